@@ -1,0 +1,81 @@
+"""ddvlm-predict: emotion distributions for a dialogue, from the command line.
+
+    ddvlm-predict --meld test:0                      # every utterance of MELD test dialogue 0
+    ddvlm-predict "Ross: I got the job!" "Rachel: No way!"   # "speaker: text" per argument
+    ddvlm-predict --checkpoint DIR --caption "She is raising her eyebrows." "A: hi" "B: hello"
+
+Uses the embedded default checkpoint (checkpoints/default) unless --checkpoint is given. Without any
+trained checkpoint it runs the embedded MPNet backbone with an UNTRAINED head and says so on every line.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ddvlm_core.labels import LABELS
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "default"
+
+
+def parse_turn(arg: str) -> tuple[str | None, str]:
+    """'speaker: text' -> (speaker, text); a line without ': ' has no speaker."""
+    speaker, sep, text = arg.partition(": ")
+    return (speaker.strip(), text) if sep else (None, arg)
+
+
+def load_recognizer(checkpoint: str | None):
+    import torch
+
+    from ddvlm_core.inference import EmotionRecognizer
+    from ddvlm_core.model import DDVLM, DDVLMConfig
+
+    path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    if (path / "manifest.json").is_file():
+        return EmotionRecognizer.from_checkpoint(path), str(path)
+    if checkpoint:
+        raise SystemExit(f"ddvlm-predict: {checkpoint}: not a ddvlm checkpoint (no manifest.json)")
+    torch.manual_seed(0)
+    model, tokenizer = DDVLM.from_backbone(DDVLMConfig())
+    return EmotionRecognizer(model, tokenizer, name="untrained"), "UNTRAINED head (no trained checkpoint yet)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ddvlm-predict", description=__doc__.split("\n\n")[0])
+    ap.add_argument("turns", nargs="*", help="utterances in order, each 'speaker: text'")
+    ap.add_argument("--meld", metavar="SPLIT:DIALOGUE", help="predict every utterance of a MELD dialogue")
+    ap.add_argument("--checkpoint", help="checkpoint directory (default: the embedded default)")
+    ap.add_argument("--caption", help="caption of the last utterance's frames (visual branch)")
+    args = ap.parse_args(argv)
+
+    gold: list[str | None]
+    if args.meld:
+        from ddvlm_core.meld import dialogues
+
+        split, _, dia = args.meld.partition(":")
+        rows = dialogues(split)[int(dia)]
+        turns, gold = [(r.speaker, r.text) for r in rows], [r.emotion for r in rows]
+    elif args.turns:
+        turns, gold = [parse_turn(t) for t in args.turns], [None] * len(args.turns)
+    else:
+        ap.error("give utterances or --meld SPLIT:DIALOGUE")
+
+    recognizer, source = load_recognizer(args.checkpoint)
+    print(f"model: {source}")
+    print(f"{'#':>2}  {'speaker':<12} {'tok':<5} {'predicted':<9} {'conf':>5}  {'gold':<9} utterance")
+    correct = 0
+    for k in range(len(turns)):
+        caption = args.caption if k == len(turns) - 1 else None
+        p = recognizer.predict(turns[: k + 1], caption)
+        correct += p.top_label == gold[k]
+        speaker = (turns[k][0] or "?")[:12]
+        print(f"{k:>2}  {speaker:<12} {p.speaker_token:<5} {p.top_label:<9} {p.confidence:5.2f}  "
+              f"{gold[k] or '-':<9} {turns[k][1][:60]}" + (f"  [{', '.join(p.flags)}]" if p.flags else ""))
+    if any(gold):
+        print(f"accuracy on this dialogue: {correct}/{len(turns)}")
+    print(f"labels: {', '.join(LABELS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Dialogue context -> text prompt (paper Section 3.3, "Text modality").
+
+All utterances of a dialogue, in order, each prefixed with its speaker token, followed by the emotion
+prompt ``Now <si> feels <mask>``:
+
+    "<s1>: utt_1 <s2>: utt_2 ... <si>: utt_k Now <si> feels <mask>"
+
+limited to ``max_tokens`` (511) tokens including the tokenizer's own special tokens; when longer, the
+earliest utterances are dropped first, whole, and the current one never. If the current utterance alone
+does not fit, its tail is kept (with its speaker prefix) and the prompt says so (``truncated_current``).
+
+Speaker tokens ``<s1>``, ``<s2>``, ... are given in order of first appearance and stay fixed for the whole
+dialogue, including after the speaker's earlier turns were dropped from the window and when a speaker
+leaves and comes back (TelME numbers speakers inside the truncated window, so a returning speaker can
+change token; we number them over the whole dialogue). A turn with no speaker gets ``<s0>``, one stable
+unknown-speaker token.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+DEFAULT_MAX_TOKENS = 511
+N_SPEAKER_TOKENS = 9  # MELD dialogues have at most 9 speakers
+UNKNOWN_SPEAKER_TOKEN = "<s0>"
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def speaker_token(index: int) -> str:
+    """Token of the index-th speaker of a dialogue (1-based); 0 is the unknown speaker."""
+    return f"<s{index}>"
+
+
+def speaker_token_names(n_speakers: int = N_SPEAKER_TOKENS) -> list[str]:
+    """The speaker tokens added to a tokenizer as special tokens: <s0> (unknown) and <s1>..<sN>."""
+    return [speaker_token(i) for i in range(n_speakers + 1)]
+
+
+def normalize_utterance(text: str | bytes) -> str:
+    """Clean transcript text: UTF-8 only, control characters removed, whitespace collapsed, non-empty.
+
+    Raises ValueError with the reason for bytes that are not UTF-8 and for text that is empty after
+    cleaning; TypeError for anything that is not text.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"utterance is not valid UTF-8 (byte {e.start}: {e.reason})") from None
+    if not isinstance(text, str):
+        raise TypeError(f"utterance must be str or UTF-8 bytes, got {type(text).__name__}")
+    text = unicodedata.normalize("NFC", _CONTROL.sub(" ", text))
+    text = " ".join(text.split())
+    if not text:
+        raise ValueError("utterance text is empty")
+    return text
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One utterance of a dialogue with the speaker token it was given."""
+
+    speaker_token: str
+    text: str
+    speaker: str = ""
+
+
+class SpeakerRegistry:
+    """Speaker name -> <si>, in order of first appearance, never renumbered."""
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, str] = {}
+
+    def token(self, speaker: str | None) -> str:
+        key = (speaker or "").strip()
+        if not key:
+            return UNKNOWN_SPEAKER_TOKEN
+        if key not in self._tokens:
+            self._tokens[key] = speaker_token(len(self._tokens) + 1)
+        return self._tokens[key]
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+
+def make_turns(utterances: Iterable[tuple[str | None, str | bytes]]) -> list[Turn]:
+    """(speaker, text) pairs of one dialogue, in order -> Turns with stable speaker tokens."""
+    registry = SpeakerRegistry()
+    return [
+        Turn(registry.token(speaker), normalize_utterance(text), (speaker or "").strip())
+        for speaker, text in utterances
+    ]
+
+
+class Dialogue:
+    """Rolling context of one conversation, as a robot hears it.
+
+    Keeps the last ``max_turns`` turns (None: all). Speaker tokens come from a registry that outlives
+    the window, so a speaker keeps their token after their early turns are forgotten.
+    """
+
+    def __init__(self, max_turns: int | None = None) -> None:
+        if max_turns is not None and max_turns < 1:
+            raise ValueError("max_turns must be >= 1 or None")
+        self.speakers = SpeakerRegistry()
+        self._turns: deque[Turn] = deque(maxlen=max_turns)
+
+    def add(self, speaker: str | None, text: str | bytes) -> Turn:
+        turn = Turn(self.speakers.token(speaker), normalize_utterance(text), (speaker or "").strip())
+        self._turns.append(turn)
+        return turn
+
+    @property
+    def turns(self) -> tuple[Turn, ...]:
+        return tuple(self._turns)
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A tokenized prompt for the current (last) turn."""
+
+    input_ids: tuple[int, ...]
+    text: str
+    mask_index: int
+    speaker_token: str
+    n_turns_used: int
+    n_turns_dropped: int
+    truncated_current: bool
+
+
+def add_speaker_tokens(tokenizer, n_speakers: int = N_SPEAKER_TOKENS) -> list[int]:
+    """Add <s0>..<sN> to the tokenizer as special tokens (idempotent); returns their ids in order.
+
+    Like RoBERTa's <mask>, they absorb the space before them (lstrip), so a byte-level BPE does not
+    emit a lone space token before each speaker token and the prompt text tokenizes to the same ids
+    the builder assembles.
+    """
+    from tokenizers import AddedToken
+
+    names = speaker_token_names(n_speakers)
+    missing = [t for t in names if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, special=True, lstrip=True, normalized=False) for t in missing],
+                             special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(names)
+
+
+def special_token_template(tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The special ids a tokenizer puts before and after a single sequence (e.g. <s> ... </s>)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return tuple(full[:start]), tuple(full[start + len(plain):])
+    raise ValueError(f"cannot find the special-token template of {type(tokenizer).__name__}")
+
+
+class PromptBuilder:
+    """Builds prompts with one tokenizer; identical for training, evaluation and the robot.
+
+    ``speaker_tokens=False`` is the "text without speaker tokens" ablation: lines carry no speaker
+    prefix and the query is ``Now the speaker feels <mask>``.
+    """
+
+    def __init__(self, tokenizer, max_tokens: int = DEFAULT_MAX_TOKENS, speaker_tokens: bool = True):
+        if tokenizer.mask_token is None:
+            raise ValueError(f"{type(tokenizer).__name__} has no mask token; a masked-LM tokenizer is needed")
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.speaker_tokens = speaker_tokens
+        self.special_prefix, self.special_suffix = special_token_template(tokenizer)
+        self.n_special = len(self.special_prefix) + len(self.special_suffix)
+        self._ids = lru_cache(maxsize=8192)(self._tokenize)
+
+    def _tokenize(self, text: str, after_text: bool) -> tuple[int, ...]:
+        """Ids of one prompt part; ``after_text``: it follows earlier text and a space, as in the prompt
+        string (a byte-level BPE codes a word after a space differently from one at the start)."""
+        if not after_text:
+            return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return tuple(self.tokenizer(" " + text, add_special_tokens=False)["input_ids"])
+
+    def line(self, turn: Turn) -> str:
+        return f"{turn.speaker_token}: {turn.text}" if self.speaker_tokens else turn.text
+
+    def query(self, speaker_tok: str) -> str:
+        who = speaker_tok if self.speaker_tokens else "the speaker"
+        return f"Now {who} feels {self.tokenizer.mask_token}"
+
+    def build(self, turns: Sequence[Turn]) -> Prompt:
+        """Prompt for the last turn of ``turns``, using only it and the turns before it."""
+        if not turns:
+            raise ValueError("empty dialogue: nothing to predict")
+        current = turns[-1]
+        query = self.query(current.speaker_token)
+        query_ids = self._ids(query, True)
+        budget = self.max_tokens - self.n_special - len(query_ids)
+        if budget < 1:
+            raise ValueError(f"max_tokens={self.max_tokens} leaves no room for an utterance")
+
+        lines = [self.line(t) for t in turns]
+        # the longest run of latest lines that fits: lines[first:], the first coded as text-initial
+        first, used = len(turns), 0
+        while first > 0:
+            cost = used + len(self._ids(lines[first - 1], False))
+            if cost > budget:
+                break
+            first -= 1
+            used += len(self._ids(lines[first], True))
+        truncated = first == len(turns)
+        if truncated:
+            first = len(turns) - 1
+            tail_ids, lines[first] = self._keep_tail(current, self._ids(lines[first], False), budget)
+        body: list[int] = []
+        for k in range(first, len(turns)):
+            body += tail_ids if truncated else self._ids(lines[k], k > first)
+        input_ids = list(self.special_prefix) + body + list(query_ids) + list(self.special_suffix)
+        mask_index = len(input_ids) - 1 - input_ids[::-1].index(self.tokenizer.mask_token_id)
+        assert len(input_ids) <= self.max_tokens
+        return Prompt(
+            input_ids=tuple(input_ids),
+            text=" ".join(lines[first:] + [query]),
+            mask_index=mask_index,
+            speaker_token=current.speaker_token,
+            n_turns_used=len(turns) - first,
+            n_turns_dropped=first,
+            truncated_current=truncated,
+        )
+
+    def build_all(self, turns: Sequence[Turn]) -> list[Prompt]:
+        """One prompt per turn of a dialogue, each seeing only itself and earlier turns (causal)."""
+        return [self.build(turns[: k + 1]) for k in range(len(turns))]
+
+    def _keep_tail(self, turn: Turn, line_ids: tuple[int, ...], budget: int) -> tuple[tuple[int, ...], str]:
+        """Speaker prefix + the last tokens of an utterance too long for the budget alone."""
+        prefix = self._ids(f"{turn.speaker_token}:", False) if self.speaker_tokens else ()
+        if line_ids[: len(prefix)] != prefix:
+            prefix = ()
+        tail = line_ids[len(line_ids) - (budget - len(prefix)):]
+        ids = prefix + tail
+        return ids, self.tokenizer.decode(list(ids))

@@ -1,0 +1,122 @@
+"""EmotionRecognizer: dialogue context (+ optional caption) -> 7-way emotion distribution.
+
+The one entry point the ROS node, the demo and the evaluators use. Text-only when there is no caption,
+when the caption is empty after the emotion-word filter, or when the checkpoint has no trained visual
+branch; each of these is stated in ``modalities`` and ``flags``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from ddvlm_core.captioner import Caption, filter_emotion_words
+from ddvlm_core.context import Dialogue, PromptBuilder, Turn, make_turns
+from ddvlm_core.labels import LABELS
+from ddvlm_core.model import DDVLM, probabilities
+from ddvlm_core.text import collate_prompts
+
+MODALITY_TEXT, MODALITY_TEXT_VISUAL = "text", "text+visual"
+
+
+@dataclass(frozen=True)
+class EmotionPrediction:
+    labels: tuple[str, ...]
+    probabilities: tuple[float, ...]  # final distribution, sums to 1
+    text_probabilities: tuple[float, ...]  # the text branch alone
+    top_label: str
+    confidence: float
+    modalities: str  # "text" or "text+visual"
+    speaker_token: str
+    caption: str
+    caption_source: str
+    flags: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def as_turns(dialogue_context) -> list[Turn]:
+    """Accepts a Dialogue, a list of Turns, or a list of (speaker, text) pairs; the last is predicted."""
+    if isinstance(dialogue_context, Dialogue):
+        turns = list(dialogue_context.turns)
+    else:
+        items = list(dialogue_context)
+        turns = items if all(isinstance(t, Turn) for t in items) else make_turns(items)
+    if not turns:
+        raise ValueError("empty dialogue: nothing to predict")
+    return turns
+
+
+class EmotionRecognizer:
+    def __init__(self, model: DDVLM, tokenizer, caption_embedder=None, device: str = "cpu",
+                 has_visual_branch: bool = False, name: str = "ddvlm"):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.prompts = PromptBuilder(tokenizer, model.config.max_tokens, model.config.speaker_tokens)
+        self.caption_embedder = caption_embedder
+        self.device = device
+        self.has_visual_branch = has_visual_branch
+        self.name = name
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike, device: str = "cpu", load_caption_embedder: bool = True,
+                        backbone_path: str | None = None) -> "EmotionRecognizer":
+        model, tokenizer, manifest = DDVLM.load(directory, backbone_path)
+        visual = {"visual_head", "fusion"} <= set(manifest["modules"])
+        embedder = None
+        if visual and load_caption_embedder:
+            from ddvlm_core.assets import resolve_model
+            from ddvlm_core.visual import CaptionEmbedder
+
+            embedder = CaptionEmbedder(resolve_model(model.config.caption_embedder), device)
+        return cls(model, tokenizer, embedder, device, visual, name=os.path.basename(os.path.normpath(directory)))
+
+    def predict(self, dialogue_context, caption: str | Caption | None = None) -> EmotionPrediction:
+        """Distribution for the last utterance of ``dialogue_context``, using only it and earlier ones."""
+        return self.predict_batch([dialogue_context], [caption])[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, contexts: Sequence, captions: Iterable[str | Caption | None] | None = None):
+        contexts = list(contexts)
+        captions = list(captions) if captions is not None else [None] * len(contexts)
+        if len(captions) != len(contexts):
+            raise ValueError("one caption (or None) per dialogue context")
+        prompts = [self.prompts.build(as_turns(c)) for c in contexts]
+        ids, mask = collate_prompts([p.input_ids for p in prompts], self.tokenizer.pad_token_id)
+        text = self.model.text(ids.to(self.device), mask.to(self.device))
+        cap_texts, sources, flags = zip(*(self._caption(c) for c in captions))
+        use = torch.tensor([bool(t) for t in cap_texts], device=self.device)
+        logits = text.logits
+        if bool(use.any()):
+            emb = self.caption_embedder.embed([t or "." for t in cap_texts]).to(self.device)
+            logits = self.model.forward_features(text.hidden, emb, use).logits
+        probs, text_probs = probabilities(logits).cpu(), probabilities(text.logits).cpu()
+        out = []
+        for i, prompt in enumerate(prompts):
+            f = flags[i] + (("context-truncated",) if prompt.n_turns_dropped else ()) \
+                + (("current-utterance-truncated",) if prompt.truncated_current else ())
+            top = int(probs[i].argmax())
+            out.append(EmotionPrediction(
+                LABELS, tuple(probs[i].tolist()), tuple(text_probs[i].tolist()), LABELS[top],
+                float(probs[i, top]), MODALITY_TEXT_VISUAL if bool(use[i]) else MODALITY_TEXT,
+                prompt.speaker_token, cap_texts[i], sources[i], f))
+        return out
+
+    def _caption(self, caption: str | Caption | None) -> tuple[str, str, tuple[str, ...]]:
+        """(usable caption text or "", source, flags)."""
+        if caption is None:
+            return "", "", ()
+        if isinstance(caption, Caption):
+            text, source, flags = filter_emotion_words(caption.text).text, caption.source, tuple(caption.flags)
+        elif isinstance(caption, str):
+            text, source, flags = filter_emotion_words(caption).text, "external", ()
+        else:
+            raise TypeError(f"caption must be str, Caption or None, got {type(caption).__name__}")
+        if not text:
+            return "", source, flags + ("caption-empty-after-filter",)
+        if not self.has_visual_branch or self.caption_embedder is None:
+            return "", source, flags + ("no-visual-branch",)
+        return text, source, flags

@@ -1,0 +1,58 @@
+"""MELD text annotations (declare-lab/MELD, GPL-3.0; copies in data/meld/).
+
+Rows are read as UTF-8 CSV; dialogues are lists of utterances in Utterance_ID order. The directory is
+``$DDVLM_MELD_DIR`` if set, else the repository's ``data/meld``.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ddvlm_core.labels import label_id
+
+SPLITS = ("train", "dev", "test")
+SPLIT_SIZES = {"train": 9989, "dev": 1109, "test": 2610}
+
+
+@dataclass(frozen=True)
+class MeldUtterance:
+    split: str
+    dialogue_id: int
+    utterance_id: int
+    speaker: str
+    text: str
+    emotion: str
+    label: int
+    start: str  # hh:mm:ss,ms within the episode
+    end: str
+
+
+def meld_dir() -> Path:
+    env = os.environ.get("DDVLM_MELD_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "data" / "meld"
+
+
+def read_split(split: str, directory: Path | None = None) -> list[MeldUtterance]:
+    if split not in SPLITS:
+        raise ValueError(f"MELD split must be one of {SPLITS}, got {split!r}")
+    path = (directory or meld_dir()) / f"{split}_sent_emo.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: MELD annotations not found (set DDVLM_MELD_DIR)")
+    with open(path, encoding="utf-8", newline="") as fh:
+        return [
+            MeldUtterance(split, int(r["Dialogue_ID"]), int(r["Utterance_ID"]), r["Speaker"].strip(),
+                          r["Utterance"], r["Emotion"], label_id(r["Emotion"]), r["StartTime"], r["EndTime"])
+            for r in csv.DictReader(fh)
+        ]
+
+
+def dialogues(split: str, directory: Path | None = None) -> dict[int, list[MeldUtterance]]:
+    """dialogue id -> its utterances in order."""
+    out: dict[int, list[MeldUtterance]] = {}
+    for row in read_split(split, directory):
+        out.setdefault(row.dialogue_id, []).append(row)
+    for rows in out.values():
+        rows.sort(key=lambda r: r.utterance_id)
+    return out

@@ -1,0 +1,148 @@
+"""DDVLM: text branch + visual head + residual gated fusion (paper Figure 2).
+
+    prompt ──TextEncoder──> h_text, z_t ─────────────────────────┐
+    caption ─Sentence-BERT─> e ──VisualHead──> h_visual, z_v ──ResidualGatedFusion──> z
+
+The Sentence-BERT embedder stays outside the module (frozen, shared); the model takes its embedding.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Mapping
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddvlm_core import checkpoint as ckpt
+from ddvlm_core.assets import MINILM, MPNET, resolve_model
+from ddvlm_core.fusion import FusionOutput, ResidualGatedFusion
+from ddvlm_core.labels import NUM_LABELS
+from ddvlm_core.text import TextEncoder, TextOutput, load_backbone, load_tokenizer
+from ddvlm_core.visual import VisualHead, VisualOutput
+
+TRAINED_MODULES = ("text_head", "visual_head", "fusion")
+
+
+@dataclass
+class DDVLMConfig:
+    text_backbone: str = MPNET  # local dir, or an embedded asset name
+    caption_embedder: str = MINILM  # local SentenceTransformer dir, or an embedded asset name
+    text_dim: int = 768
+    caption_dim: int = 384
+    num_labels: int = NUM_LABELS
+    dropout: float = 0.2  # Table 2
+    n_speakers: int = 9
+    max_tokens: int = 511  # Section 3.3
+    speaker_tokens: bool = True
+    fusion_alpha_init: float = 0.3  # Table 2
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> "DDVLMConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown DDVLMConfig keys: {sorted(unknown)}")
+        return cls(**values)
+
+
+@dataclass
+class DDVLMOutput:
+    logits: Tensor  # final z (B, C): fused where a caption exists, else z_t
+    text: TextOutput
+    visual: VisualOutput | None
+    fusion: FusionOutput | None
+
+
+class DDVLM(nn.Module):
+    def __init__(self, config: DDVLMConfig, text: TextEncoder):
+        super().__init__()
+        self.config = config
+        self.text = text
+        self.visual = VisualHead(config.caption_dim, config.text_dim, config.num_labels, config.dropout)
+        self.fusion = ResidualGatedFusion(config.text_dim, config.text_dim, config.num_labels,
+                                          config.dropout, config.fusion_alpha_init)
+
+    @classmethod
+    def from_backbone(cls, config: DDVLMConfig):
+        """(model, tokenizer) with the backbone from a local dir and freshly initialised heads."""
+        path = resolve_model(config.text_backbone)
+        tokenizer = load_tokenizer(path, config.n_speakers if config.speaker_tokens else 0)
+        backbone = load_backbone(path, tokenizer)
+        if backbone.config.hidden_size != config.text_dim:
+            config.text_dim = backbone.config.hidden_size
+        return cls(config, TextEncoder(backbone, tokenizer.mask_token_id, config.num_labels, config.dropout)), tokenizer
+
+    def forward_features(
+        self, h_text: Tensor, caption_embedding: Tensor | None = None, has_visual: Tensor | None = None
+    ) -> DDVLMOutput:
+        """Everything after the backbone, from h_text (also used on cached features)."""
+        z_t = self.text.classify(h_text)
+        return self._fuse(TextOutput(z_t, h_text), caption_embedding, has_visual)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        caption_embedding: Tensor | None = None,
+        has_visual: Tensor | None = None,
+    ) -> DDVLMOutput:
+        return self._fuse(self.text(input_ids, attention_mask), caption_embedding, has_visual)
+
+    def _fuse(self, text: TextOutput, caption_embedding: Tensor | None, has_visual: Tensor | None) -> DDVLMOutput:
+        if caption_embedding is None:
+            return DDVLMOutput(text.logits, text, None, None)
+        visual = self.visual(caption_embedding)
+        fused = self.fusion(text.hidden, text.logits, visual.hidden, visual.logits, has_visual)
+        return DDVLMOutput(fused.logits, text, visual, fused)
+
+    def module_state_dicts(self, include_backbone: bool = False) -> dict[str, dict[str, Tensor]]:
+        """Per-module tensors in checkpoint layout."""
+        states = {
+            "text_head": self.text.head.state_dict(),
+            "visual_head": self.visual.state_dict(),
+            "fusion": self.fusion.state_dict(),
+        }
+        if include_backbone:
+            states["backbone"] = self.text.backbone.state_dict()
+        return states
+
+    def load_module_state_dicts(self, states: Mapping[str, Mapping[str, Tensor]]) -> None:
+        targets = {"text_head": self.text.head, "visual_head": self.visual, "fusion": self.fusion,
+                   "backbone": self.text.backbone}
+        for name, state in states.items():
+            if name not in targets:
+                continue
+            try:
+                targets[name].load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise ckpt.CheckpointError(f"module {name!r} does not fit the model: {e}") from None
+
+    def save(self, directory: str | os.PathLike, modules: tuple[str, ...] = TRAINED_MODULES, extra=None):
+        states = self.module_state_dicts(include_backbone="backbone" in modules)
+        return ckpt.save_checkpoint(directory, {m: states[m] for m in modules}, asdict(self.config), extra)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, backbone_path: str | None = None):
+        """(model, tokenizer, manifest) from a checkpoint; the backbone comes from its local dir."""
+        manifest, states = ckpt.load_checkpoint(directory)
+        try:
+            config = DDVLMConfig.from_dict(manifest["config"])
+        except (TypeError, ValueError) as e:
+            raise ckpt.CheckpointError(f"{directory}: bad config in manifest ({e})") from None
+        if backbone_path:
+            config.text_backbone = backbone_path
+        saved_dim = config.text_dim
+        model, tokenizer = cls.from_backbone(config)
+        if model.config.text_dim != saved_dim:
+            raise ckpt.CheckpointError(f"{directory}: backbone {config.text_backbone!r} has width "
+                                       f"{model.config.text_dim}, the checkpoint's modules do not fit (text_dim {saved_dim})")
+        model.load_module_state_dicts(states)
+        return model.eval(), tokenizer, manifest
+
+
+def probabilities(logits: Tensor) -> Tensor:
+    return F.softmax(logits.float(), dim=-1)
+
+
+__all__ = ["DDVLM", "DDVLMConfig", "DDVLMOutput", "TRAINED_MODULES", "probabilities"]

@@ -1,0 +1,126 @@
+"""Text branch (paper Section 3.3): masked-LM encoder -> h_text at the <mask> position -> 7-way head.
+
+The backbone is any masked-LM encoder loaded from a local directory with
+``AutoModel.from_pretrained(path, trust_remote_code=False)``: RoBERTa (the paper's), or the embedded
+default all-mpnet-base-v2 (MPNet). Nothing is downloaded: a path that is not a local directory is refused.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModel, AutoTokenizer
+
+from ddvlm_core.context import N_SPEAKER_TOKENS, add_speaker_tokens
+from ddvlm_core.labels import NUM_LABELS
+
+
+def require_local_dir(path: str | os.PathLike, what: str) -> str:
+    """A model path must be an existing local directory: no hub lookups, ever."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{what}: {path!r} is not a local directory (models are never downloaded)")
+    return path
+
+
+def load_tokenizer(path: str, n_speakers: int = N_SPEAKER_TOKENS):
+    """Tokenizer of a local backbone with the speaker tokens <s0>..<sN> added."""
+    tokenizer = AutoTokenizer.from_pretrained(require_local_dir(path, "text backbone"), trust_remote_code=False)
+    if n_speakers:
+        add_speaker_tokens(tokenizer, n_speakers)
+    return tokenizer
+
+
+def load_backbone(path: str, tokenizer) -> nn.Module:
+    """Masked-LM encoder from a local dir, embeddings resized for the speaker tokens (see below)."""
+    backbone = AutoModel.from_pretrained(
+        require_local_dir(path, "text backbone"), trust_remote_code=False, add_pooling_layer=False
+    )
+    init_new_token_embeddings(backbone, tokenizer)
+    return backbone
+
+
+@torch.no_grad()
+def init_new_token_embeddings(backbone: nn.Module, tokenizer) -> int:
+    """Resize the input embeddings to the tokenizer and initialise each added token deterministically.
+
+    An added token (e.g. ``<s3>``) starts as the mean embedding of the pieces the base vocabulary splits
+    it into (``<``, ``s``, ``3``, ``>``), so a frozen backbone still sees a meaningful, distinct token
+    and the result does not depend on a random seed. Returns how many rows were added.
+    """
+    emb = backbone.get_input_embeddings()
+    n_old = emb.weight.shape[0]
+    if len(tokenizer) <= n_old:
+        return 0
+    backbone.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    weight = backbone.get_input_embeddings().weight
+    for token_id in range(n_old, len(tokenizer)):
+        name = tokenizer.convert_ids_to_tokens(token_id)
+        pieces = [tokenizer.convert_tokens_to_ids(p) for p in _base_pieces(tokenizer, name)]
+        pieces = [p for p in pieces if p is not None and p < n_old]
+        weight[token_id] = weight[pieces].mean(0) if pieces else weight[:n_old].mean(0)
+    return len(tokenizer) - n_old
+
+
+def _base_pieces(tokenizer, name: str) -> list[str]:
+    """How the base vocabulary (without added tokens) splits ``name``: by characters through the model."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        model = backend.model
+        pretok = backend.pre_tokenizer
+        words = [w for w, _ in pretok.pre_tokenize_str(name)] if pretok is not None else [name]
+        return [t.value for w in words for t in model.tokenize(w)]
+    return [c for c in name]
+
+
+@dataclass
+class TextOutput:
+    logits: Tensor  # (B, C) text logits z_t
+    hidden: Tensor  # (B, H) h_text, the final hidden state at the <mask> position
+
+
+class TextEncoder(nn.Module):
+    """Backbone + linear 7-way head on the mask-token state: z_t = W_t Dropout(h_text) + b_t."""
+
+    def __init__(self, backbone: nn.Module, mask_token_id: int, num_labels: int = NUM_LABELS, dropout: float = 0.2):
+        super().__init__()
+        self.backbone = backbone
+        self.mask_token_id = mask_token_id
+        self.hidden_size = backbone.config.hidden_size
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.hidden_size, num_labels)
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """h_text: last-layer hidden state at the (last) <mask> token of each row, shape (B, H)."""
+        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return states[torch.arange(len(input_ids)), mask_positions(input_ids, self.mask_token_id)]
+
+    def classify(self, h_text: Tensor) -> Tensor:
+        """z_t from h_text (used directly on cached features in frozen-backbone training)."""
+        return self.head(self.dropout(h_text))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextOutput:
+        hidden = self.encode(input_ids, attention_mask)
+        return TextOutput(self.classify(hidden), hidden)
+
+
+def mask_positions(input_ids: Tensor, mask_token_id: int) -> Tensor:
+    """Index of the last mask token in each row; ValueError if a row has none."""
+    is_mask = input_ids == mask_token_id
+    if not bool(is_mask.any(1).all()):
+        raise ValueError("every prompt must contain the tokenizer's mask token")
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    return torch.where(is_mask, positions, -1).max(1).values
+
+
+def collate_prompts(input_ids: list[tuple[int, ...]], pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """Right-pad token id lists into (input_ids, attention_mask) tensors."""
+    width = max(len(ids) for ids in input_ids)
+    batch = torch.full((len(input_ids), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for row, ids in enumerate(input_ids):
+        batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        mask[row, : len(ids)] = 1
+    return batch, mask

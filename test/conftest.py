@@ -1,0 +1,63 @@
+"""Shared fixtures: the real embedded encoders and tiny random RoBERTa / Qwen2.5-VL built from configs."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from ddvlm_core.assets import MINILM, MPNET, resolve_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mpnet_path() -> str:
+    return resolve_model(MPNET)
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    return resolve_model(MINILM)
+
+
+@pytest.fixture(scope="session")
+def mpnet_tokenizer(mpnet_path):
+    from ddvlm_core.text import load_tokenizer
+
+    return load_tokenizer(mpnet_path)
+
+
+@pytest.fixture(scope="session")
+def mpnet_ddvlm():
+    """(model, tokenizer): the real MPNet backbone with seeded, untrained heads."""
+    from ddvlm_core.model import DDVLM, DDVLMConfig
+
+    torch.manual_seed(0)
+    model, tokenizer = DDVLM.from_backbone(DDVLMConfig())
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def caption_embedder(minilm_path):
+    from ddvlm_core.visual import CaptionEmbedder
+
+    return CaptionEmbedder(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory):
+    from tiny_models import build_tiny_roberta
+
+    return str(build_tiny_roberta(tmp_path_factory.mktemp("tiny-roberta")))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory):
+    from tiny_models import build_tiny_qwen_vl
+
+    return str(build_tiny_qwen_vl(tmp_path_factory.mktemp("tiny-qwen2.5-vl")))

@@ -1,0 +1,99 @@
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddvlm_core.checkpoint import CheckpointError, load_checkpoint, read_manifest, save_checkpoint, sha256_file
+from ddvlm_core.inference import EmotionRecognizer
+from ddvlm_core.labels import LABELS
+from ddvlm_core.model import DDVLM, DDVLMConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_checkpoint(tmp_path, tiny_roberta_dir, seed=0):
+    torch.manual_seed(seed)
+    model, tok = DDVLM.from_backbone(DDVLMConfig(text_backbone=tiny_roberta_dir, text_dim=32))
+    return model.eval(), tok, model.save(tmp_path / "ckpt")
+
+
+def test_round_trip_with_hashes_labels_and_per_module_files(tmp_path, tiny_roberta_dir):
+    model, _, directory = tiny_checkpoint(tmp_path, tiny_roberta_dir)
+    manifest = read_manifest(directory)
+    assert manifest["labels"] == list(LABELS) and manifest["format_version"] == 1
+    assert set(manifest["modules"]) == {"text_head", "visual_head", "fusion"}
+    for name, entry in manifest["modules"].items():
+        assert sha256_file(directory / entry["file"]) == entry["sha256"]
+    loaded, tok, _ = DDVLM.load(directory)
+    for name, state in model.module_state_dicts().items():
+        for key, value in loaded.module_state_dicts()[name].items():
+            assert torch.equal(value, state[key]), (name, key)
+    assert manifest["config"]["text_backbone"] == tiny_roberta_dir
+
+
+def test_predictions_survive_save_and_load(tmp_path, tiny_roberta_dir):
+    model, tok, directory = tiny_checkpoint(tmp_path, tiny_roberta_dir, seed=3)
+    dialogue = [("A", "I got the job!"), ("B", "No way, really?")]
+    before = EmotionRecognizer(model, tok).predict(dialogue)
+    after = EmotionRecognizer.from_checkpoint(directory, load_caption_embedder=False).predict(dialogue)
+    assert before.probabilities == after.probabilities
+
+
+def test_corrupt_tampered_or_missing_files_are_refused(tmp_path, tiny_roberta_dir):
+    _, _, directory = tiny_checkpoint(tmp_path, tiny_roberta_dir)
+    head = directory / "text_head.safetensors"
+    data = bytearray(head.read_bytes())
+    data[-1] ^= 0xFF
+    head.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_checkpoint(directory)
+    head.write_bytes(b"\x00" * 16)  # unreadable even with a matching hash
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["modules"]["text_head"]["sha256"] = sha256_file(head)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="unreadable safetensors"):
+        load_checkpoint(directory, ["text_head"])
+    (directory / "fusion.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="missing module file"):
+        load_checkpoint(directory, ["fusion"])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(labels=list(reversed(LABELS))), "label order"),
+    (lambda m: m.update(format_version=99), "format_version"),
+    (lambda m: m.update(format="something-else"), "not a ddvlm-checkpoint manifest"),
+    (lambda m: m["config"].update(unknown_key=1), "bad config"),
+    (lambda m: m["config"].update(text_dim=64), "do not fit"),
+    (lambda m: m["config"].update(num_labels=5), "does not fit the model"),
+])
+def test_mismatched_manifests_are_refused(tmp_path, tiny_roberta_dir, edit, message):
+    _, _, directory = tiny_checkpoint(tmp_path, tiny_roberta_dir)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    edit(manifest)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=message):
+        DDVLM.load(directory)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_manifest(tmp_path / "nothing")
+    with pytest.raises(CheckpointError, match="missing"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_bytes(b"\xff{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        read_manifest(tmp_path)
+
+
+def test_save_checkpoint_writes_only_safetensors_and_json(tmp_path):
+    save_checkpoint(tmp_path, {"a": {"w": torch.ones(2)}}, {"k": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "manifest.json"]
+
+
+def test_nothing_is_ever_unpickled():
+    pattern = re.compile(r"\btorch\.load\(|\bpickle\b|\bjoblib\b|\.bin\b|weights_only")
+    offenders = [str(p) for d in ("ddvlm_core", "ddvlm_ros", "training") for p in (REPO / d).rglob("*.py")
+                 if pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []

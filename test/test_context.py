@@ -1,0 +1,102 @@
+import pytest
+
+from ddvlm_core.context import (UNKNOWN_SPEAKER_TOKEN, Dialogue, PromptBuilder, make_turns, normalize_utterance)
+from ddvlm_core.meld import dialogues
+from ddvlm_core.text import load_tokenizer
+
+
+def test_speaker_tokens_follow_first_appearance_and_survive_leaving_and_returning():
+    turns = make_turns([("Ross", "a"), ("Rachel", "b"), ("Joey", "c"), ("Rachel", "d"), ("Ross", "e"), ("Monica", "f")])
+    assert [t.speaker_token for t in turns] == ["<s1>", "<s2>", "<s3>", "<s2>", "<s1>", "<s4>"]
+
+
+def test_rolling_dialogue_keeps_tokens_after_early_turns_are_forgotten():
+    d = Dialogue(max_turns=2)
+    for speaker in ["Ross", "Rachel", "Joey", "Chandler", "Ross"]:
+        d.add(speaker, "hello")
+    assert len(d) == 2
+    assert [t.speaker_token for t in d.turns] == ["<s4>", "<s1>"]  # Ross keeps <s1> though his turn left
+
+
+def test_missing_speaker_gets_one_stable_unknown_token():
+    turns = make_turns([(None, "a"), ("Ross", "b"), ("", "c"), ("  ", "d")])
+    assert [t.speaker_token for t in turns] == [UNKNOWN_SPEAKER_TOKEN, "<s1>", UNKNOWN_SPEAKER_TOKEN, UNKNOWN_SPEAKER_TOKEN]
+
+
+def test_known_answer_tokens_with_the_real_mpnet_tokenizer(mpnet_tokenizer):
+    prompt = PromptBuilder(mpnet_tokenizer).build(make_turns([("Ross", "Hi there!"), ("Rachel", "Oh my god. Hello")]))
+    assert prompt.text == "<s1>: Hi there! <s2>: Oh my god. Hello Now <s2> feels <mask>"
+    assert mpnet_tokenizer.convert_ids_to_tokens(list(prompt.input_ids)) == [
+        "<s>", "<s1>", ":", "hi", "there", "!", "<s2>", ":", "oh", "my", "god", ".", "hello",
+        "now", "<s2>", "feels", "<mask>", "</s>"]
+    assert prompt.mask_index == 16 and prompt.input_ids[16] == mpnet_tokenizer.mask_token_id
+    assert (prompt.n_turns_used, prompt.n_turns_dropped, prompt.truncated_current) == (2, 0, False)
+
+
+@pytest.mark.parametrize("which", ["mpnet", "roberta"])
+def test_prompt_ids_equal_tokenizing_the_prompt_text(which, mpnet_tokenizer, tiny_roberta_dir):
+    tok = mpnet_tokenizer if which == "mpnet" else load_tokenizer(tiny_roberta_dir)
+    builder = PromptBuilder(tok)
+    rows = dialogues("dev")[0]
+    for prompt in builder.build_all(make_turns([(r.speaker, r.text) for r in rows])):
+        assert list(prompt.input_ids) == tok(prompt.text)["input_ids"]
+        assert tok.convert_ids_to_tokens(prompt.input_ids[prompt.mask_index]) == tok.mask_token
+
+
+def test_long_dialogue_drops_earliest_whole_utterances_and_stays_within_511(mpnet_tokenizer):
+    builder = PromptBuilder(mpnet_tokenizer)
+    turns = make_turns([("A" if k % 2 else "B", f"utterance number {k} " + "word " * 40) for k in range(40)])
+    prompt = builder.build(turns)
+    assert len(prompt.input_ids) <= 511
+    assert prompt.n_turns_dropped > 0 and prompt.n_turns_used + prompt.n_turns_dropped == 40
+    first_kept = 40 - prompt.n_turns_used
+    assert prompt.text.startswith(builder.line(turns[first_kept]))
+    # one more (earlier) utterance would not have fitted
+    ids = builder._ids
+    one_more = (len(prompt.input_ids) + len(ids(builder.line(turns[first_kept - 1]), False))
+                - len(ids(builder.line(turns[first_kept]), False)) + len(ids(builder.line(turns[first_kept]), True)))
+    assert one_more > 511
+    assert "utterance number 39" in prompt.text and "utterance number 0 " not in prompt.text
+
+
+def test_current_utterance_too_long_keeps_its_tail_and_says_so(mpnet_tokenizer):
+    text = " ".join(f"w{k}" for k in range(600)) + " finale"
+    prompt = PromptBuilder(mpnet_tokenizer).build(make_turns([("Ross", "earlier"), ("Ross", text)]))
+    toks = mpnet_tokenizer.convert_ids_to_tokens(list(prompt.input_ids))
+    assert prompt.truncated_current and prompt.n_turns_dropped == 1
+    assert len(prompt.input_ids) == 511
+    assert toks[:3] == ["<s>", "<s1>", ":"] and toks[-5:] == ["now", "<s1>", "feels", "<mask>", "</s>"]
+    assert "finale" in toks and "w0" not in prompt.text
+
+
+def test_without_speaker_tokens_ablation(mpnet_tokenizer):
+    prompt = PromptBuilder(mpnet_tokenizer, speaker_tokens=False).build(make_turns([("Ross", "Hi"), ("Rachel", "Yo")]))
+    assert prompt.text == "Hi Yo Now the speaker feels <mask>"
+    assert not any(t.startswith("<s") and t.endswith(">") and t != "<s>"
+                   for t in mpnet_tokenizer.convert_ids_to_tokens(list(prompt.input_ids)))
+
+
+def test_every_meld_prompt_fits_and_is_causal(mpnet_tokenizer):
+    builder = PromptBuilder(mpnet_tokenizer)
+    for rows in list(dialogues("test").values())[:20]:
+        turns = make_turns([(r.speaker, r.text) for r in rows])
+        prompts = builder.build_all(turns)
+        longer = builder.build_all(turns + make_turns([("Zed", "a later utterance")]))
+        assert prompts == longer[: len(prompts)]  # later utterances never change earlier prompts
+        assert all(len(p.input_ids) <= 511 for p in prompts)
+
+
+def test_bad_text_gives_clear_errors(mpnet_tokenizer, tiny_qwen_dir):
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        normalize_utterance(b"caf\xe9")
+    with pytest.raises(ValueError, match="empty"):
+        normalize_utterance(" \t\n ")
+    with pytest.raises(TypeError):
+        normalize_utterance(42)
+    assert normalize_utterance("  Oh\x00 my\n\tgod ".encode()) == "Oh my god"
+    with pytest.raises(ValueError, match="empty dialogue"):
+        PromptBuilder(mpnet_tokenizer).build([])
+    from transformers import AutoTokenizer
+
+    with pytest.raises(ValueError, match="no mask token"):
+        PromptBuilder(AutoTokenizer.from_pretrained(tiny_qwen_dir))

@@ -1,0 +1,69 @@
+import pytest
+
+from ddvlm_core.captioner import Caption
+from ddvlm_core.context import Dialogue
+from ddvlm_core.inference import EmotionRecognizer
+from ddvlm_core.labels import LABELS
+from ddvlm_core.meld import dialogues
+
+
+@pytest.fixture(scope="module")
+def recognizer(mpnet_ddvlm, caption_embedder):
+    model, tok = mpnet_ddvlm
+    return EmotionRecognizer(model, tok, caption_embedder, has_visual_branch=True)
+
+
+def test_distribution_is_valid_and_text_only_without_caption(recognizer):
+    p = recognizer.predict([("Ross", "I got the job!"), ("Rachel", "Oh my god!")])
+    assert p.labels == LABELS and len(p.probabilities) == 7
+    assert sum(p.probabilities) == pytest.approx(1.0, abs=1e-5)
+    assert p.top_label == LABELS[max(range(7), key=p.probabilities.__getitem__)]
+    assert p.confidence == max(p.probabilities)
+    assert p.modalities == "text" and p.probabilities == p.text_probabilities and p.speaker_token == "<s2>"
+
+
+def test_predictions_are_causal_on_a_meld_dialogue(recognizer):
+    rows = dialogues("test")[1]
+    turns = [(r.speaker, r.text) for r in rows]
+    alone = [recognizer.predict(turns[: k + 1]).probabilities for k in range(3)]
+    in_batch = recognizer.predict_batch([turns[: k + 1] for k in range(len(turns))])
+    for k in range(3):  # later utterances (and batch padding) never change an earlier prediction
+        assert in_batch[k].probabilities == pytest.approx(alone[k], abs=1e-5)
+
+
+def test_caption_adds_the_visual_modality(recognizer):
+    turns = [("Ross", "I got the job!"), ("Rachel", "Oh my god!")]
+    p = recognizer.predict(turns, Caption("Her eyebrows are raised and her mouth is open.", "qwen2.5-vl", 4))
+    assert p.modalities == "text+visual" and p.caption_source == "qwen2.5-vl"
+    assert p.probabilities != p.text_probabilities
+    assert sum(p.probabilities) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_caption_of_only_emotion_words_falls_back_to_text_with_a_flag(recognizer):
+    p = recognizer.predict([("Ross", "Hi")], "happy and excited")
+    assert p.modalities == "text" and "caption-empty-after-filter" in p.flags and p.caption == ""
+
+
+def test_checkpoint_without_visual_branch_ignores_captions_with_a_flag(mpnet_ddvlm):
+    model, tok = mpnet_ddvlm
+    p = EmotionRecognizer(model, tok).predict([("Ross", "Hi")], "He is nodding.")
+    assert p.modalities == "text" and "no-visual-branch" in p.flags
+
+
+def test_no_speaker_identity_and_rolling_dialogues_work(recognizer):
+    d = Dialogue(max_turns=3)
+    d.add(None, "Hello?")
+    d.add("", "Is anyone there?")
+    p = recognizer.predict(d)
+    assert p.speaker_token == "<s0>"
+
+
+def test_bad_input_is_a_clear_error(recognizer):
+    with pytest.raises(ValueError, match="empty dialogue"):
+        recognizer.predict([])
+    with pytest.raises(ValueError, match="UTF-8"):
+        recognizer.predict([("Ross", b"\xff\xfe bad")])
+    with pytest.raises(ValueError, match="empty"):
+        recognizer.predict([("Ross", "   ")])
+    with pytest.raises(TypeError, match="caption"):
+        recognizer.predict([("Ross", "Hi")], caption=3)

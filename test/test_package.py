@@ -1,0 +1,59 @@
+"""The package is what a ROS 2 workspace and a pip user expect; the core never imports ROS."""
+import ast
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_top_level_layout():
+    for name in ("ddvlm_core", "ddvlm_ros", "msg", "launch", "training", "test", "package.xml", "setup.py", "README.md"):
+        assert (REPO / name).exists(), name
+
+
+def test_package_xml_is_format_3_ament_python_with_the_runtime_deps():
+    root = ET.parse(REPO / "package.xml").getroot()
+    assert root.tag == "package" and root.get("format") == "3" and root.findtext("name") == "ddvlm_ros"
+    assert root.find("export/build_type").text == "ament_python"
+    deps = {e.text for e in root if e.tag in ("exec_depend", "depend")}
+    assert {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "cv_bridge", "message_filters",
+            "python3-torch", "ddvlm_msgs"} <= deps
+    msgs = ET.parse(REPO / "msg" / "package.xml").getroot()
+    assert msgs.findtext("name") == "ddvlm_msgs" and msgs.findtext("member_of_group") == "rosidl_interface_packages"
+
+
+def test_setup_py_installs_both_packages_data_files_and_entry_points():
+    text = (REPO / "setup.py").read_text()
+    for needle in ('"ddvlm_core"', '"ddvlm_ros"', "launch/", "config/", "msg/*.msg", "package.xml",
+                   "resource/", "ddvlm-predict = ddvlm_core.cli:main"):
+        assert needle in text, needle
+
+
+def ros_imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return [n for n in names if re.match(r"(rclpy|ddvlm_msgs|ddvlm_ros|\w+_msgs|launch|cv_bridge|message_filters)\b", n)]
+
+
+def test_ddvlm_core_never_imports_ros():
+    assert {str(p): ros_imports(p) for p in (REPO / "ddvlm_core").rglob("*.py") if ros_imports(p)} == {}
+    code = ("import sys, ddvlm_core.inference, ddvlm_core.captioner, ddvlm_core.losses, ddvlm_core.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith(('rclpy', 'ddvlm_msgs'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    block = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, re.S)[0]
+    commands = [line.split("#")[0].strip() for line in block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()
+    assert ci[-1] == "make test"

@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from ddvlm_core.context import PromptBuilder, make_turns, speaker_token_names
+from ddvlm_core.text import (TextEncoder, collate_prompts, load_backbone, load_tokenizer, mask_positions,
+                             require_local_dir)
+
+
+def test_h_text_is_the_final_hidden_state_at_the_mask_even_in_a_padded_batch(mpnet_ddvlm):
+    model, tok = mpnet_ddvlm
+    builder = PromptBuilder(tok)
+    prompts = builder.build_all(make_turns([("Ross", "Hi."), ("Rachel", "What are you doing here so early?")]))
+    ids, mask = collate_prompts([p.input_ids for p in prompts], tok.pad_token_id)
+    assert ids.shape[0] == 2 and mask[0].sum() < mask[1].sum()  # the first row is padded
+    with torch.no_grad():
+        batched = model.text.encode(ids, mask)
+        for row, prompt in enumerate(prompts):
+            single = torch.tensor([prompt.input_ids])
+            states = model.text.backbone(input_ids=single).last_hidden_state[0]
+            torch.testing.assert_close(batched[row], states[prompt.mask_index], atol=1e-4, rtol=1e-4)
+    assert batched.shape == (2, 768)
+
+
+def test_mask_positions_takes_the_last_mask_and_refuses_rows_without_one():
+    ids = torch.tensor([[0, 9, 4, 7, 4, 2], [0, 4, 2, 1, 1, 1]])
+    assert mask_positions(ids, 4).tolist() == [4, 1]
+    with pytest.raises(ValueError, match="mask token"):
+        mask_positions(torch.tensor([[0, 5, 2]]), 4)
+
+
+def test_roberta_path_from_a_local_dir_with_speaker_tokens(tiny_roberta_dir):
+    tok = load_tokenizer(tiny_roberta_dir)
+    assert type(tok).__name__.startswith("Roberta") and tok.mask_token == "<mask>"
+    backbone = load_backbone(tiny_roberta_dir, tok)
+    emb = backbone.get_input_embeddings().weight
+    assert emb.shape[0] == len(tok) == 800 + 10
+    base = load_tokenizer(tiny_roberta_dir, n_speakers=0)
+    s3 = tok.convert_tokens_to_ids("<s3>")
+    pieces = base.convert_tokens_to_ids(base.tokenize("<s3>"))  # byte-level BPE pieces of the base vocab
+    torch.testing.assert_close(emb[s3], emb[pieces].mean(0))
+    again = load_backbone(tiny_roberta_dir, load_tokenizer(tiny_roberta_dir)).get_input_embeddings().weight
+    torch.testing.assert_close(emb, again, atol=0, rtol=0)  # deterministic, no random init
+    encoder = TextEncoder(backbone, tok.mask_token_id).eval()
+    prompt = PromptBuilder(tok).build(make_turns([("A", "Hello there"), ("B", "Oh no")]))
+    ids, mask = collate_prompts([prompt.input_ids], tok.pad_token_id)
+    out = encoder(ids, mask)
+    assert out.logits.shape == (1, 7) and out.hidden.shape == (1, 32)
+
+
+def test_new_speaker_token_embedding_is_the_mean_of_its_pieces(mpnet_path, mpnet_tokenizer, mpnet_ddvlm):
+    model, _ = mpnet_ddvlm
+    emb = model.text.backbone.get_input_embeddings().weight
+    base = load_tokenizer(mpnet_path, n_speakers=0)
+    for name in speaker_token_names(9):
+        assert name not in base.get_vocab()
+        pieces = base.convert_tokens_to_ids(base.tokenize(name))  # '<', 's', '##3', '>'
+        torch.testing.assert_close(emb[mpnet_tokenizer.convert_tokens_to_ids(name)], emb[pieces].mean(0))
+
+
+def test_hub_names_are_refused_not_downloaded():
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        require_local_dir("roberta-large", "text backbone")
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        load_tokenizer("FacebookAI/roberta-large")
