@@ -24,6 +24,14 @@ def parse_turn(arg: str) -> tuple[str | None, str]:
     return (speaker.strip(), text) if sep else (None, arg)
 
 
+def quiet_transformers() -> None:
+    """No per-weight load reports or progress bars on the command line."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def load_recognizer(checkpoint: str | None):
     import torch
 
@@ -60,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ap.error("give utterances or --meld SPLIT:DIALOGUE")
 
+    quiet_transformers()
     recognizer, source = load_recognizer(args.checkpoint)
     print(f"model: {source}")
     print(f"{'#':>2}  {'speaker':<12} {'tok':<5} {'predicted':<9} {'conf':>5}  {'gold':<9} utterance")
