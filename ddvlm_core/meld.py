@@ -27,6 +27,8 @@ class MeldUtterance:
     label: int
     start: str  # hh:mm:ss,ms within the episode
     end: str
+    season: int = 0
+    episode: int = 0
 
 
 def meld_dir() -> Path:
@@ -43,7 +45,8 @@ def read_split(split: str, directory: Path | None = None) -> list[MeldUtterance]
     with open(path, encoding="utf-8", newline="") as fh:
         return [
             MeldUtterance(split, int(r["Dialogue_ID"]), int(r["Utterance_ID"]), r["Speaker"].strip(),
-                          r["Utterance"], r["Emotion"], label_id(r["Emotion"]), r["StartTime"], r["EndTime"])
+                          r["Utterance"], r["Emotion"], label_id(r["Emotion"]), r["StartTime"], r["EndTime"],
+                          int(r["Season"]), int(r["Episode"]))
             for r in csv.DictReader(fh)
         ]
 

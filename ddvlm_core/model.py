@@ -36,6 +36,7 @@ class DDVLMConfig:
     max_tokens: int = 511  # Section 3.3
     speaker_tokens: bool = True
     fusion_alpha_init: float = 0.3  # Table 2
+    lora: dict | None = None  # {"r", "alpha", "dropout", "targets"} when the backbone carries a LoRA adapter
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "DDVLMConfig":
@@ -105,11 +106,24 @@ class DDVLM(nn.Module):
         }
         if include_backbone:
             states["backbone"] = self.text.backbone.state_dict()
+        if self.config.lora and hasattr(self.text.backbone, "peft_config"):
+            from ddvlm_core.lora import adapter_state
+
+            states["backbone_lora"] = adapter_state(self.text.backbone)
         return states
 
     def load_module_state_dicts(self, states: Mapping[str, Mapping[str, Tensor]]) -> None:
         targets = {"text_head": self.text.head, "visual_head": self.visual, "fusion": self.fusion,
                    "backbone": self.text.backbone}
+        if "backbone_lora" in states:
+            from ddvlm_core.lora import merge_adapter
+
+            if not self.config.lora:
+                raise ckpt.CheckpointError("checkpoint has a LoRA adapter but no 'lora' settings in its config")
+            try:
+                self.text.backbone = merge_adapter(self.text.backbone, self.config.lora, states["backbone_lora"])
+            except (KeyError, RuntimeError, ValueError) as e:
+                raise ckpt.CheckpointError(f"LoRA adapter does not fit the backbone: {e}") from None
         for name, state in states.items():
             if name not in targets:
                 continue
@@ -119,6 +133,7 @@ class DDVLM(nn.Module):
                 raise ckpt.CheckpointError(f"module {name!r} does not fit the model: {e}") from None
 
     def save(self, directory: str | os.PathLike, modules: tuple[str, ...] = TRAINED_MODULES, extra=None):
+        """Write the named modules (text_head, visual_head, fusion, backbone, backbone_lora)."""
         states = self.module_state_dicts(include_backbone="backbone" in modules)
         return ckpt.save_checkpoint(directory, {m: states[m] for m in modules}, asdict(self.config), extra)
 

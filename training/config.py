@@ -1,0 +1,125 @@
+"""Training configuration: one typed dataclass, overridden by a YAML file, then by --key=value.
+
+Unknown keys and values of the wrong type are errors (nanoGPT's configurator idea, without executing
+any config file). Paper defaults (Table 2) are the dataclass defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+TEXT_MODES = ("frozen", "lora", "full")
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    stages: tuple[str, ...] = ("text", "visual", "fusion")
+    text_mode: str = "full"  # frozen | lora | full
+    self_distillation: bool = True  # EMA self-distillation of the text branch (Section 3.4)
+    cross_modal_kd: bool = True  # response + feature distillation text -> visual (Section 3.5)
+    speaker_tokens: bool = True
+    # model
+    text_backbone: str = "all-mpnet-base-v2"
+    caption_embedder: str = "all-MiniLM-L6-v2"
+    max_tokens: int = 511
+    dropout: float = 0.2
+    # optimisation (Table 2)
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float = 1e-5
+    head_lr: float = 1e-3  # frozen mode trains only the heads, on cached features
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    sd_alpha: float = 0.7
+    sd_tau: float = 2.0
+    cmkd_alpha: float = 1.0
+    cmkd_beta: float = 1.0
+    response_tau: float = 4.0
+    feature_tau: float = 1.0
+    lambda_jsd: float = 0.2
+    fusion_alpha_init: float = 0.3
+    # LoRA (text_mode = lora)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "attn.o", "intermediate.dense", "output.dense")
+    unfreeze_top_layers: int = 0
+    # data
+    meld_dir: str = ""  # "" = the repository's data/meld
+    limit_dialogues: int = 0  # >0: first N dialogues per split (smoke runs and tests only)
+    caption_source: str = "none"  # none | cue-fallback | qwen2.5-vl | a captions JSONL path
+    length_bucketing: bool = True
+    # run
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = False
+    run_dir: str = "runs/default"
+    feature_cache: str = ".cache/ddvlm/features"
+    eval_batch_size: int = 32
+    num_threads: int = 0  # 0 = torch default
+    time_budget_min: float = 0.0  # >0: stop after the epoch that crosses it (time-boxed CPU runs)
+
+    def validate(self) -> "TrainConfig":
+        if self.text_mode not in TEXT_MODES:
+            raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}")
+        unknown = set(self.stages) - {"text", "visual", "fusion"}
+        if unknown:
+            raise ValueError(f"unknown stages {sorted(unknown)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        return self
+
+    def to_dict(self) -> dict:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+
+def _coerce(name: str, kind: Any, value: Any) -> Any:
+    """Convert a YAML / command-line value to the field's type, or raise."""
+    origin = str(kind)
+    if isinstance(value, str) and not origin.startswith("str"):
+        value = yaml.safe_load(value)
+    if origin.startswith("tuple"):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name}: expected a list, got {value!r}")
+        return tuple(value)
+    target = {"bool": bool, "int": int, "float": float, "str": str}[origin]
+    if target is float and isinstance(value, str):
+        try:
+            value = float(value)  # YAML 1.1 reads "1e-5" (no dot) as a string
+        except ValueError:
+            pass
+    if target is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, target) or (target is int and isinstance(value, bool)):
+        raise TypeError(f"{name}: expected {origin}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults <- YAML file <- ['--key=value', ...]; unknown keys and bad types raise."""
+    values: dict[str, Any] = {}
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: a config file is a mapping of keys to values")
+        values.update(loaded)
+    for item in overrides:
+        key, sep, value = item.removeprefix("--").partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like --key=value")
+        values[key.replace("-", "_")] = value
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    unknown = set(values) - set(types)
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    coerced = {k: _coerce(k, types[k], v) for k, v in values.items()}
+    return dataclasses.replace(TrainConfig(), **coerced).validate()

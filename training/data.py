@@ -1,0 +1,72 @@
+"""MELD -> prompt examples (built by ddvlm_core's PromptBuilder, as the robot builds them) and batches."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ddvlm_core.context import PromptBuilder, make_turns
+from ddvlm_core.meld import SPLIT_SIZES, dialogues
+
+
+@dataclass(frozen=True)
+class Example:
+    split: str
+    dialogue_id: int
+    utterance_id: int
+    input_ids: tuple[int, ...]
+    label: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}/dia{self.dialogue_id}_utt{self.utterance_id}"
+
+
+def build_examples(split: str, builder: PromptBuilder, meld_dir: str = "", limit_dialogues: int = 0) -> list[Example]:
+    """One example per utterance, in dialogue order; each prompt sees only its own and earlier turns."""
+    dias = dialogues(split, Path(meld_dir) if meld_dir else None)
+    ids = sorted(dias)[:limit_dialogues] if limit_dialogues else sorted(dias)
+    out = []
+    for dia in ids:
+        rows = dias[dia]
+        prompts = builder.build_all(make_turns([(r.speaker, r.text) for r in rows]))
+        out += [Example(split, r.dialogue_id, r.utterance_id, p.input_ids, r.label) for r, p in zip(rows, prompts)]
+    return out
+
+
+def shared_clips(split_a: str, split_b: str, meld_dir: str = "") -> list[tuple[str, str]]:
+    """Utterances that appear in both splits (same episode, time stamps and text): train/test leakage."""
+    from ddvlm_core.meld import read_split
+
+    where = Path(meld_dir) if meld_dir else None
+    index = {(u.season, u.episode, u.start, u.end, u.text): u for u in read_split(split_a, where)}
+    return [(f"{split_a}/dia{index[k].dialogue_id}_utt{index[k].utterance_id}", f"{split_b}/dia{u.dialogue_id}_utt{u.utterance_id}")
+            for u in read_split(split_b, where) if (k := (u.season, u.episode, u.start, u.end, u.text)) in index]
+
+
+def check_full_test_split(examples: list[Example]) -> None:
+    """The evaluator refuses a 'test' that is not exactly MELD's 2,610 utterances."""
+    if len(examples) != SPLIT_SIZES["test"] or len({e.key for e in examples}) != SPLIT_SIZES["test"]:
+        raise ValueError(f"MELD test must be exactly {SPLIT_SIZES['test']} utterances, got {len(examples)}: "
+                         "results on a subset are not comparable to the paper's")
+
+
+def batches(lengths: list[int], batch_size: int, shuffle: bool, seed: int, bucket: bool = True) -> list[list[int]]:
+    """Index batches. Bucketed: sorted by length, cut into batches, batch order shuffled (seeded)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i)) if bucket else list(range(len(lengths)))
+    rng = random.Random(seed)
+    if shuffle and not bucket:
+        rng.shuffle(order)
+    out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle and bucket:
+        rng.shuffle(out)
+    return out
+
+
+def collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from ddvlm_core.text import collate_prompts
+
+    ids, mask = collate_prompts([e.input_ids for e in examples], pad_id)
+    return ids, mask, torch.tensor([e.label for e in examples])

@@ -1,0 +1,288 @@
+"""The one training loop of ddvlm. Every stage and every ablation is a configuration of ``fit``.
+
+Stages (paper Sections 3.4-3.6, Table 2):
+  text    EMA self-distillation of the text branch (or CE only: ``self_distillation: false``), in one of
+          three modes: full fine-tuning (the paper's), LoRA, or frozen backbone (cached h_text, heads only).
+  visual  cross-modal KD from the trained, frozen text branch: L = CE + a L_resp + b L_feat
+          (or CE only: ``cross_modal_kd: false``). Needs captions.
+  fusion  residual gated fusion trained on the frozen branches (CE on the fused logits). Needs captions.
+Model selection is on dev only; test is reported for the selected epoch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ddvlm_core import losses as L
+from ddvlm_core.assets import resolve_model
+from ddvlm_core.context import PromptBuilder
+from ddvlm_core.model import DDVLM, DDVLMConfig
+from training.config import TrainConfig
+from training.data import Example, batches, build_examples, check_full_test_split, collate
+from training.evaluate import confusion_png, metrics
+from training.features import cached_features, extract
+from training.state import load_state, load_trainable_state, save_state, trainable_state
+
+SPLITS = ("train", "dev", "test")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def linear_warmup(opt: torch.optim.Optimizer, warmup: int, total: int):
+    """get_linear_schedule_with_warmup (Section 4.2): linear rise over warm-up steps, then linear decay to 0."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@dataclass
+class Stage:
+    """What ``fit`` trains: a student, how to get its logits and its loss for a batch of example indices."""
+
+    name: str
+    student: nn.Module
+    logits: Callable[[nn.Module, str, list[int]], Tensor]
+    loss: Callable[[nn.Module, "L.EMATeacher | None", list[int], Tensor, int], Tensor]
+    lr: float
+    ema: bool = False  # keep an EMA teacher of the student (self-distillation)
+    train_indices: list[int] | None = None  # default: every train example
+
+
+def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict[str, list[int]], out_dir: Path,
+        log=print) -> dict:
+    """The loop: AdamW + linear warm-up, clipping, EMA teacher update after every step, per-epoch dev/test
+    evaluation, best-on-dev selection, resumable from ``out_dir/last`` after any finished epoch."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    student = stage.student
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=cfg.weight_decay)
+    train_idx = stage.train_indices if stage.train_indices is not None else list(range(len(labels["train"])))
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    sched = linear_warmup(opt, int(cfg.warmup_ratio * total), total)
+    teacher = L.EMATeacher(student, cfg.ema_decay) if stage.ema else None
+    info = load_state(out_dir, student, teacher.model if teacher else None, opt, sched)
+    if info:
+        log(f"[{stage.name}] resumed after epoch {info['epoch']}")
+    info = info or {"epoch": 0, "best": None, "history": []}
+    started = time.monotonic()
+    for epoch in range(info["epoch"] + 1, cfg.epochs + 1):
+        student.train()
+        plan = batches([lengths["train"][i] for i in train_idx], cfg.batch_size, shuffle=True,
+                       seed=cfg.seed * 1000 + epoch, bucket=cfg.length_bucketing)
+        running, bar = 0.0, tqdm(plan, desc=f"{stage.name} epoch {epoch}/{cfg.epochs}", unit="batch", mininterval=10)
+        for step, batch in enumerate(bar, 1):
+            idx = [train_idx[i] for i in batch]
+            loss = stage.loss(student, teacher, idx, labels["train"][idx], epoch)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if teacher is not None:
+                teacher.update(student)
+            running += loss.item()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{running / step:.4f}")
+        scores = {s: evaluate(stage, s, labels[s], lengths[s], cfg.eval_batch_size) for s in ("dev", "test")}
+        record = {"epoch": epoch, "train_loss": running / max(1, len(plan)),
+                  **{f"{s}_{k}": scores[s][k] for s in scores for k in ("wa_f1", "macro_f1", "accuracy")}}
+        info["history"].append(record)
+        if info["best"] is None or record["dev_wa_f1"] > info["best"]["dev_wa_f1"]:
+            info["best"] = {**record, "dev": scores["dev"], "test": scores["test"]}
+            from safetensors.torch import save_file
+
+            save_file(trainable_state(student), out_dir / "best.safetensors")
+        info["epoch"] = epoch
+        save_state(out_dir, student, teacher.model if teacher else None, opt, sched, info)
+        log(f"[{stage.name}] epoch {epoch}: loss {record['train_loss']:.4f}  dev WA-F1 {record['dev_wa_f1']:.2f}  "
+            f"test WA-F1 {record['test_wa_f1']:.2f}  ({time.monotonic() - started:.0f}s)")
+        if cfg.time_budget_min and time.monotonic() - started > 60 * cfg.time_budget_min:
+            log(f"[{stage.name}] time budget of {cfg.time_budget_min} min reached after epoch {epoch}")
+            info["stopped_early"] = epoch
+            break
+    from safetensors.torch import load_file
+
+    load_trainable_state(student, load_file(out_dir / "best.safetensors"))
+    (out_dir / "result.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    return info
+
+
+@torch.inference_mode()
+def predict_split(stage: Stage, split: str, lengths: list[int], batch_size: int) -> Tensor:
+    """Argmax predictions for every example of a split, in example order (batches by length)."""
+    stage.student.eval()
+    preds = torch.empty(len(lengths), dtype=torch.long)
+    for idx in batches(lengths, batch_size, shuffle=False, seed=0):
+        preds[idx] = stage.logits(stage.student, split, idx).argmax(-1).cpu()
+    return preds
+
+
+def evaluate(stage: Stage, split: str, gold: Tensor, lengths: list[int], batch_size: int) -> dict:
+    return metrics(gold.numpy(), predict_split(stage, split, lengths, batch_size).numpy())
+
+
+# ---- stages -------------------------------------------------------------------------------------
+
+
+def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example]], log) -> tuple[Stage, dict]:
+    """Build the text stage for the configured mode; returns it and per-split h_text getters."""
+    device = cfg.device
+    if cfg.text_mode == "frozen":
+        path = resolve_model(cfg.text_backbone)
+        feats = {s: cached_features(model.text, data[s], tok.pad_token_id, cfg.feature_cache, path,
+                                    cfg.eval_batch_size, device, log).to(device) for s in SPLITS}
+        for p in model.text.backbone.parameters():
+            p.requires_grad_(False)
+        student = nn.Sequential(model.text.dropout, model.text.head).to(device)
+        logits = lambda m, split, idx: m(feats[split][idx])  # noqa: E731
+        lr = cfg.head_lr
+    else:
+        if cfg.text_mode == "lora":
+            from ddvlm_core.lora import apply_lora
+
+            model.config.lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+                                 "targets": list(cfg.lora_targets)}
+            model.text.backbone = apply_lora(model.text.backbone, model.config.lora)
+        student = model.text.to(device)
+        autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.bf16)
+
+        def logits(m, split, idx):
+            ids, mask, _ = collate([data[split][i] for i in idx], tok.pad_token_id)
+            with autocast:
+                return m(ids.to(device), mask.to(device)).logits.float()
+        lr = cfg.lr
+
+    def loss(m, teacher, idx, y, epoch):
+        z_s = logits(m, "train", idx)
+        y = y.to(z_s.device)
+        if teacher is None:
+            return L.classification_loss(z_s, y)
+        z_t = None
+        if epoch >= 2:  # epoch 1 is CE only, so the teacher is not even run
+            with torch.no_grad():
+                z_t = logits(teacher.model, "train", idx)
+        return L.self_distillation_loss(z_s, z_t, y, epoch, cfg.sd_alpha, cfg.sd_tau)
+
+    return Stage("text", student, logits, loss, lr, ema=cfg.self_distillation), {}
+
+
+def build_data(cfg: TrainConfig, tok) -> dict[str, list[Example]]:
+    builder = PromptBuilder(tok, cfg.max_tokens, cfg.speaker_tokens)
+    data = {s: build_examples(s, builder, cfg.meld_dir, cfg.limit_dialogues) for s in SPLITS}
+    if not cfg.limit_dialogues:
+        check_full_test_split(data["test"])
+    return data
+
+
+def run(cfg: TrainConfig, log=print) -> dict:
+    """Train the configured stages; write the run directory; return the results."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
+    model, tok = DDVLM.from_backbone(DDVLMConfig(
+        text_backbone=cfg.text_backbone, caption_embedder=cfg.caption_embedder, dropout=cfg.dropout,
+        max_tokens=cfg.max_tokens, speaker_tokens=cfg.speaker_tokens, fusion_alpha_init=cfg.fusion_alpha_init))
+    model.config.text_backbone = cfg.text_backbone
+    data = build_data(cfg, tok)
+    labels = {s: torch.tensor([e.label for e in data[s]]) for s in SPLITS}
+    lengths = {s: [len(e.input_ids) for e in data[s]] for s in SPLITS}
+    log(f"data: " + ", ".join(f"{s} {len(data[s])}" for s in SPLITS) + f"; text mode {cfg.text_mode}, "
+        f"self-distillation {'on' if cfg.self_distillation else 'off'}, captions: {cfg.caption_source}")
+    results: dict = {"config": cfg.to_dict(), "stages": {}}
+    modules = ["text_head"]
+    if "text" in cfg.stages:
+        stage, _ = text_stage(cfg, model, tok, data, log)
+        results["stages"]["text"] = fit(cfg, stage, labels, lengths, run_dir / "text", log)
+        if cfg.text_mode == "lora":
+            modules.append("backbone_lora")
+        elif cfg.text_mode == "full":
+            modules.append("backbone")
+        best = results["stages"]["text"]["best"]
+        for split in ("dev", "test"):
+            confusion_png(best[split]["confusion"], run_dir / f"confusion_text_{split}.png",
+                          f"text branch, {split}: WA-F1 {best[split]['wa_f1']:.2f}")
+    if {"visual", "fusion"} & set(cfg.stages):
+        if cfg.caption_source == "none":
+            msg = ("no captions (caption_source: none; MELD videos are not on this machine): visual and fusion "
+                   "stages skipped, the checkpoint is text-only")
+            log(msg)
+            results["stages"]["visual"] = results["stages"]["fusion"] = {"skipped": msg}
+        else:
+            results["stages"].update(multimodal_stages(cfg, model, tok, data, labels, run_dir, log))
+            modules += ["visual_head", "fusion"]
+    model.text.backbone.eval()
+    model.save(run_dir / "checkpoint", tuple(modules), extra={"trained_by": "training.loop", "run": cfg.to_dict()})
+    (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    return results
+
+
+def multimodal_stages(cfg, model, tok, data, labels, run_dir, log) -> dict:
+    from training.captions import caption_embeddings
+
+    model.text.eval()
+    with torch.no_grad():
+        h_text = {s: extract(model.text, data[s], tok.pad_token_id, cfg.eval_batch_size, cfg.device,
+                             f"teacher h_text {s}").to(cfg.device) for s in SPLITS}
+        z_text = {s: model.text.classify(h_text[s]) for s in SPLITS}
+    emb, has = caption_embeddings(cfg, data, log)
+    out = {}
+    train_with_caption = [i for i in range(len(data["train"])) if bool(has["train"][i])]
+    lengths = {s: [1] * len(data[s]) for s in SPLITS}
+    visual = model.visual.to(cfg.device)
+
+    def visual_logits(m, split, idx):
+        return m(emb[split][idx].to(cfg.device)).logits
+
+    def visual_loss(m, _teacher, idx, y, _epoch):
+        o = m(emb["train"][idx].to(cfg.device))
+        y = y.to(cfg.device)
+        if not cfg.cross_modal_kd:
+            return L.classification_loss(o.logits, y)
+        return L.visual_student_loss(o.logits, y, z_text["train"][idx], h_text["train"][idx], o.hidden,
+                                     cfg.cmkd_alpha, cfg.cmkd_beta, cfg.response_tau, cfg.feature_tau, cfg.lambda_jsd)
+
+    if "visual" in cfg.stages:
+        out["visual"] = fit(cfg, Stage("visual", visual, visual_logits, visual_loss, cfg.head_lr,
+                                       train_indices=train_with_caption), labels, lengths, run_dir / "visual", log)
+    visual.eval()
+    for p in visual.parameters():
+        p.requires_grad_(False)
+    fusion = model.fusion.to(cfg.device)
+
+    def fused_logits(m, split, idx):
+        with torch.no_grad():
+            v = visual(emb[split][idx].to(cfg.device))
+        return m(h_text[split][idx], z_text[split][idx], v.hidden, v.logits, has[split][idx].to(cfg.device)).logits
+
+    def fusion_loss(m, _teacher, idx, y, _epoch):
+        return L.classification_loss(fused_logits(m, "train", idx), y.to(cfg.device))
+
+    if "fusion" in cfg.stages:
+        out["fusion"] = fit(cfg, Stage("fusion", fusion, fused_logits, fusion_loss, cfg.head_lr), labels, lengths,
+                            run_dir / "fusion", log)
+    return out
+
+
+__all__ = ["fit", "run", "Stage", "linear_warmup"]
