@@ -1,4 +1,4 @@
-"""Resumable training state in safetensors + JSON (no pickle): trainable weights, EMA teacher,
+"""Resumable training state in safetensors + JSON (nothing unpicklable): trainable weights, EMA teacher,
 optimizer and scheduler state, RNG state, epoch and best-so-far."""
 from __future__ import annotations
 
