@@ -27,6 +27,8 @@ setup(
     entry_points={
         "console_scripts": [
             "ddvlm-predict = ddvlm_core.cli:main",
+            "ddvlm-emotion = ddvlm_ros.emotion_node:main",
+            "emotion_node = ddvlm_ros.emotion_node:main",
         ],
     },
 )

@@ -61,3 +61,26 @@ def tiny_qwen_dir(tmp_path_factory):
     from tiny_models import build_tiny_qwen_vl
 
     return str(build_tiny_qwen_vl(tmp_path_factory.mktemp("tiny-qwen2.5-vl")))
+
+
+def _tiny_checkpoint(directory, tiny_roberta_dir, modules):
+    from ddvlm_core.model import DDVLM, DDVLMConfig
+
+    torch.manual_seed(0)
+    model, _ = DDVLM.from_backbone(DDVLMConfig(text_backbone=tiny_roberta_dir, text_dim=32))
+    with torch.no_grad():
+        model.fusion.alpha.fill_(3.0)  # make the visual correction visible in tests
+    return str(model.save(directory, modules))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_checkpoint(tmp_path_factory, tiny_roberta_dir):
+    """A text-only checkpoint (text head) on the tiny RoBERTa backbone."""
+    return _tiny_checkpoint(tmp_path_factory.mktemp("ckpt-text"), tiny_roberta_dir, ("text_head",))
+
+
+@pytest.fixture(scope="session")
+def tiny_visual_checkpoint(tmp_path_factory, tiny_roberta_dir):
+    """Text head + visual head + fusion on the tiny RoBERTa backbone (MiniLM caption embedder)."""
+    return _tiny_checkpoint(tmp_path_factory.mktemp("ckpt-visual"), tiny_roberta_dir,
+                            ("text_head", "visual_head", "fusion"))

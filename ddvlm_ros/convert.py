@@ -1,0 +1,106 @@
+"""Pure conversions between ROS messages and ddvlm_core objects (no node state).
+
+Images use cv_bridge where it imports; otherwise the small converter below handles rgb8, bgr8, mono8,
+rgba8, bgra8 and mono16 raw images and JPEG/PNG compressed images, with a clear ValueError for
+anything else (unknown encoding, wrong buffer size, zero-size or undecodable data).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:  # pragma: no cover - not installable from PyPI; used on real robots
+    from cv_bridge import CvBridge
+
+    _BRIDGE = CvBridge()
+except ImportError:
+    _BRIDGE = None
+
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3, "mono16": 1}
+
+
+def stamp_to_sec(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def sec_to_stamp(seconds: float, stamp_type):
+    sec = int(np.floor(seconds))
+    return stamp_type(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+
+
+def raw_image_to_rgb(height: int, width: int, encoding: str, step: int, data: bytes, is_bigendian: bool = False) -> np.ndarray:
+    """sensor_msgs/Image fields -> H x W x 3 uint8 RGB."""
+    if encoding not in _CHANNELS:
+        raise ValueError(f"unsupported image encoding {encoding!r} (supported: {', '.join(_CHANNELS)})")
+    if height <= 0 or width <= 0:
+        raise ValueError(f"zero-size image ({width}x{height})")
+    channels = _CHANNELS[encoding]
+    itemsize = 2 if encoding == "mono16" else 1
+    row = width * channels * itemsize
+    if step < row or len(data) < step * height:
+        raise ValueError(f"image buffer too small: {len(data)} bytes for {width}x{height} {encoding} (step {step})")
+    buf = np.frombuffer(bytes(data), dtype=np.uint8)[: step * height].reshape(height, step)[:, :row]
+    if encoding == "mono16":
+        dtype = ">u2" if is_bigendian else "<u2"
+        gray = (np.ascontiguousarray(buf).view(dtype).reshape(height, width) >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    img = buf.reshape(height, width, channels)
+    if channels == 1:
+        return np.repeat(img, 3, axis=-1)
+    if encoding.startswith("bgr"):
+        img = img[..., 2::-1] if channels == 3 else img[..., [2, 1, 0]]
+    return np.ascontiguousarray(img[..., :3])
+
+
+def image_msg_to_rgb(msg) -> np.ndarray:
+    if _BRIDGE is not None:  # pragma: no cover
+        return _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8")
+    return raw_image_to_rgb(msg.height, msg.width, msg.encoding, msg.step, msg.data, bool(msg.is_bigendian))
+
+
+def compressed_to_rgb(fmt: str, data: bytes) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg / png) -> H x W x 3 uint8 RGB."""
+    import cv2
+
+    if not data:
+        raise ValueError("empty compressed image")
+    if fmt and not any(k in fmt.lower() for k in ("jpeg", "jpg", "png")):
+        raise ValueError(f"unsupported compressed format {fmt!r} (jpeg or png)")
+    img = cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        raise ValueError(f"could not decode compressed image ({len(data)} bytes, format {fmt!r})")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def compressed_msg_to_rgb(msg) -> np.ndarray:
+    return compressed_to_rgb(msg.format, msg.data)
+
+
+def parse_transcript(text: str, default_speaker: str, speaker_prefix: bool) -> tuple[str, str]:
+    """'speaker: text' -> (speaker, text) when the convention is on; else (default_speaker, text)."""
+    if speaker_prefix:
+        speaker, sep, rest = text.partition(": ")
+        if sep and 0 < len(speaker) <= 64 and "\n" not in speaker:
+            return speaker.strip(), rest
+    return default_speaker, text
+
+
+def prediction_to_msg(prediction, msg_type, header, conversation_id: str, utterance_id: str, speaker_id: str,
+                      refined: bool, latency_ms: float):
+    """EmotionPrediction -> ddvlm_msgs/EmotionDistribution (header copied from the utterance)."""
+    return msg_type(
+        header=header,
+        conversation_id=conversation_id,
+        utterance_id=utterance_id,
+        speaker_token=prediction.speaker_token,
+        speaker_id=speaker_id,
+        labels=list(prediction.labels),
+        probabilities=[float(p) for p in prediction.probabilities],
+        top_label=prediction.top_label,
+        confidence=float(prediction.confidence),
+        modalities=prediction.modalities,
+        refined=refined,
+        caption=prediction.caption,
+        caption_source=prediction.caption_source,
+        latency_ms=float(latency_ms),
+        flags=list(prediction.flags),
+    )

@@ -1,0 +1,364 @@
+"""ddvlm emotion node: transcripts + camera in, ddvlm_msgs/EmotionDistribution out on /emotion.
+
+Lifecycle: ``__init__`` declares parameters; ``on_configure`` loads the model (refuses with a clear
+error if it cannot) and creates publishers; ``on_activate`` subscribes and starts the workers;
+``on_deactivate`` / ``on_cleanup`` undo that in reverse and release the model's GPU memory.
+Callbacks only enqueue (see ddvlm_ros.pipeline): the executor never runs a model.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header, String
+
+from ddvlm_core.checkpoint import CheckpointError
+from ddvlm_msgs.msg import EmotionDistribution, Utterance
+from ddvlm_ros.convert import (compressed_msg_to_rgb, image_msg_to_rgb, parse_transcript, prediction_to_msg,
+                               sec_to_stamp, stamp_to_sec)
+from ddvlm_ros.params import PARAMS
+from ddvlm_ros.pipeline import EmotionPipeline, Result, UtteranceIn
+
+DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
+SLOW_LATENCY_MS = 500.0  # WARN above this p90 text latency
+RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
+
+
+def default_model_dir() -> Path:
+    from ddvlm_core.cli import DEFAULT_CHECKPOINT
+
+    return DEFAULT_CHECKPOINT
+
+
+class EmotionNode(LifecycleNode):
+    def __init__(self, node_name: str = "ddvlm_emotion", **kwargs):
+        super().__init__(node_name, **kwargs)
+        for p in PARAMS:
+            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
+        self.pipeline: EmotionPipeline | None = None
+        self.recognizer = None
+        self.load_error = ""
+        self.model_name = ""
+        self.quantization = "none"
+        self._subs: list = []
+        self._silence_timer = None
+        self._diag_timer = None
+        self._pub = None
+        self._diag_pub = None
+        self._counter = 0
+        self._last_input: dict[str, float] = {}
+        self._silence_warned: set[str] = set()
+        self._qos_incompatible = 0
+        self._bad_frames = 0
+        self._active = False
+        self._inputs_group = MutuallyExclusiveCallbackGroup()
+        self._diag_group = MutuallyExclusiveCallbackGroup()
+
+    def p(self, name: str):
+        return self.get_parameter(name).value
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        try:
+            self.recognizer = self._load_recognizer()
+            captioner = self._load_captioner()
+        except (CheckpointError, OSError, ValueError, RuntimeError, ImportError) as e:
+            self.load_error = f"{type(e).__name__}: {e}"
+            self.get_logger().error(f"configure failed: {self.load_error}")
+            self._ensure_diagnostics()
+            return TransitionCallbackReturn.FAILURE
+        self.load_error = ""
+        self._pub = self.create_lifecycle_publisher(
+            EmotionDistribution, self.p("emotion_topic"),
+            QoSProfile(depth=self.p("emotion_qos_depth"), history=HistoryPolicy.KEEP_LAST),
+            event_callbacks=PublisherEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+        self.pipeline = EmotionPipeline(
+            self.recognizer, self._on_result, captioner, decode_frame=self._decode_frame,
+            max_turns=self.p("max_context_turns"), idle_timeout_s=self.p("idle_timeout_s"),
+            frame_buffer_s=self.p("frame_buffer_s"), frames_per_window=self.p("frames_per_window"),
+            caption_timeout_s=self.p("caption_timeout_s"), log=self._log)
+        self._ensure_diagnostics()
+        self.get_logger().info(f"configured: model {self.model_name}, quantization {self.quantization}, "
+                               f"captioner {getattr(captioner, 'name', 'none')}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        self._to_device(self.p("device"))
+        self._subscribe()
+        now = time.monotonic()
+        self._last_input = {topic: now for topic in self._input_topics()}
+        self._silence_warned.clear()
+        if self.p("input_timeout_s") > 0:
+            self._silence_timer = self.create_timer(1.0, self._check_silence, callback_group=self._diag_group)
+        self.pipeline.start()
+        self._active = True
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        self._active = False
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._silence_timer is not None:
+            self.destroy_timer(self._silence_timer)
+            self._silence_timer = None
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        self._to_device("cpu")  # frees GPU memory while inactive
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        if self._pub is not None:
+            self.destroy_lifecycle_publisher(self._pub)
+            self._pub = None
+        self.pipeline = None
+        self.recognizer = None
+        self._release_cuda()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        return TransitionCallbackReturn.SUCCESS
+
+    # ---- loading ----------------------------------------------------------------------------
+    def _load_recognizer(self):
+        from ddvlm_core.inference import EmotionRecognizer
+
+        path = Path(self.p("model_dir") or default_model_dir())
+        if not path.is_dir():
+            raise FileNotFoundError(f"model_dir {str(path)!r} does not exist")
+        recognizer = EmotionRecognizer.from_checkpoint(path, device="cpu",
+                                                       load_caption_embedder=self.p("captioner") != "none")
+        self.model_name = str(path)
+        if self.p("quantized"):
+            try:
+                from ddvlm_core.quantization import WOQConfig, quantize_
+            except ImportError as e:
+                raise RuntimeError(f"quantized = true but WOQ is unavailable: {e}") from None
+            quantize_(recognizer.model, WOQConfig())
+            self.quantization = "woq-int8"
+        return recognizer
+
+    def _load_captioner(self):
+        kind = self.p("captioner")
+        if kind == "none":
+            return None
+        if not self.recognizer.has_visual_branch:
+            self.get_logger().warning(f"captioner {kind!r} ignored: the checkpoint has no trained visual branch")
+            return None
+        if kind == "cue":
+            from ddvlm_core.captioner import CueCaptioner
+
+            return CueCaptioner(self.p("frames_per_window"))
+        if kind == "qwen":
+            from ddvlm_core.captioner import QwenVLCaptioner
+
+            return QwenVLCaptioner(self.p("captioner_model_dir"), device=self.p("device"),
+                                   frames_per_window=self.p("frames_per_window"))
+        raise ValueError(f"captioner must be none, cue or qwen, got {kind!r}")
+
+    def _to_device(self, device: str) -> None:
+        if self.recognizer is None or self.recognizer.device == device:
+            return
+        self.recognizer.model.to(device)
+        self.recognizer.device = device
+        if device == "cpu":
+            self._release_cuda()
+
+    @staticmethod
+    def _release_cuda() -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ---- inputs ---------------------------------------------------------------------------------
+    def _input_topics(self) -> list[str]:
+        return [t for t in (self.p("transcript_topic"), self.p("utterance_topic"), self.p("image_topic"),
+                            self.p("compressed_image_topic")) if t]
+
+    def _qos(self, prefix: str) -> QoSProfile:
+        reliability = self.p(f"{prefix}_qos_reliability")
+        if reliability not in RELIABILITY:
+            self.get_logger().warning(f"{prefix}_qos_reliability {reliability!r} unknown: using reliable")
+        return QoSProfile(depth=self.p(f"{prefix}_qos_depth"), history=HistoryPolicy.KEEP_LAST,
+                          reliability=RELIABILITY.get(reliability, ReliabilityPolicy.RELIABLE))
+
+    def _subscribe(self) -> None:
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        specs = [("transcript_topic", String, self._on_transcript, "transcript"),
+                 ("utterance_topic", Utterance, self._on_utterance, "transcript"),
+                 ("image_topic", Image, self._on_image, "image"),
+                 ("compressed_image_topic", CompressedImage, self._on_compressed, "image")]
+        for param, msg_type, callback, qos in specs:
+            if self.p(param):
+                self._subs.append(self.create_subscription(msg_type, self.p(param), callback, self._qos(qos),
+                                                           callback_group=self._inputs_group, event_callbacks=events))
+
+    def _seen(self, param: str) -> None:
+        topic = self.p(param)
+        self._last_input[topic] = time.monotonic()
+        self._silence_warned.discard(topic)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _next_id(self) -> str:
+        self._counter += 1
+        return str(self._counter)
+
+    def _on_transcript(self, msg: String) -> None:
+        self._seen("transcript_topic")
+        received = time.monotonic()
+        end = self._now()
+        speaker, text = parse_transcript(msg.data, self.p("default_speaker"), self.p("speaker_prefix"))
+        header = Header(stamp=sec_to_stamp(end, type(Header().stamp)), frame_id="")
+        self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text,
+                                         end - self.p("text_window_s"), end, received, header))
+
+    def _on_utterance(self, msg: Utterance) -> None:
+        self._seen("utterance_topic")
+        if not msg.is_final:
+            return
+        received = time.monotonic()
+        end = stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp) or self._now()
+        start = stamp_to_sec(msg.start) or end - self.p("text_window_s")
+        if start > end:
+            self.get_logger().warning(f"utterance {msg.utterance_id!r}: start after end, window ignored")
+            start = end
+        header = Header(stamp=sec_to_stamp(end, type(msg.end)), frame_id=msg.header.frame_id)
+        self.pipeline.submit(UtteranceIn(msg.conversation_id or self.p("conversation_id"),
+                                         msg.utterance_id or self._next_id(), msg.speaker_id, msg.text,
+                                         start, end, received, header))
+
+    def _frame_stamp(self, header) -> float:
+        return stamp_to_sec(header.stamp) or self._now()
+
+    def _on_image(self, msg: Image) -> None:
+        self._seen("image_topic")
+        if msg.height == 0 or msg.width == 0 or len(msg.data) < msg.step * msg.height:
+            self._bad_frames += 1
+            return
+        self.pipeline.add_frame(self._frame_stamp(msg.header), ("raw", msg), now=self._now())
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self._seen("compressed_image_topic")
+        if not msg.data:
+            self._bad_frames += 1
+            return
+        self.pipeline.add_frame(self._frame_stamp(msg.header), ("compressed", msg), now=self._now())
+
+    def _decode_frame(self, item):
+        kind, msg = item
+        try:
+            return image_msg_to_rgb(msg) if kind == "raw" else compressed_msg_to_rgb(msg)
+        except ValueError:
+            self._bad_frames += 1
+            raise
+
+    def _on_incompatible_qos(self, event) -> None:
+        self._qos_incompatible += 1
+        self.get_logger().warning(f"incompatible QoS with a peer (policy {event.last_policy_kind}); "
+                               "check reliability/durability of the publisher")
+
+    def _check_silence(self) -> None:
+        limit = self.p("input_timeout_s")
+        now = time.monotonic()
+        for topic, last in self._last_input.items():
+            if now - last > limit and topic not in self._silence_warned:
+                self._silence_warned.add(topic)
+                self.get_logger().warning(f"no message on {self.resolve_topic_name(topic)} for {now - last:.0f}s")
+
+    # ---- outputs --------------------------------------------------------------------------------
+    def _on_result(self, result: Result) -> None:
+        u = result.utterance
+        msg = prediction_to_msg(result.prediction, EmotionDistribution, u.header, u.conversation_id,
+                                u.utterance_id, u.speaker_id, result.refined, result.latency_ms)
+        if self._pub is not None:
+            self._pub.publish(msg)
+
+    def _log(self, level: str, text: str) -> None:
+        logger = self.get_logger()
+        {"info": logger.info, "warn": logger.warning, "error": logger.error}.get(level, logger.info)(text)
+
+    def _ensure_diagnostics(self) -> None:
+        if self._diag_pub is None:
+            self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+            self._diag_timer = self.create_timer(self.p("diagnostics_period_s"), self.publish_diagnostics,
+                                                 callback_group=self._diag_group)
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        values = {"lifecycle_state": "active" if self._active else "inactive", "model": self.model_name,
+                  "quantization": self.quantization, "load_error": self.load_error,
+                  "incompatible_qos_events": self._qos_incompatible, "bad_frames": self._bad_frames}
+        level, message = DiagnosticStatus.OK, "running"
+        if self.pipeline is not None:
+            s = self.pipeline.stats
+            lat = sorted(s.latencies_ms)
+            p50 = lat[len(lat) // 2] if lat else 0.0
+            p90 = lat[min(len(lat) - 1, int(0.9 * len(lat)))] if lat else 0.0
+            values |= {f"queue_{k}": v for k, v in self.pipeline.queue_depths().items()}
+            values |= {"utterances": s.utterances, "published": s.published, "refined": s.refined,
+                       "rejected_utterances": s.rejected, "dropped_utterances": s.dropped_utterances,
+                       "frames": s.frames, "frames_dropped_old": s.frames_dropped_old,
+                       "frames_dropped_future": s.frames_dropped_future, "caption_errors": s.caption_errors,
+                       "caption_timeouts": s.caption_timeouts, "latency_p50_ms": round(p50, 1),
+                       "latency_p90_ms": round(p90, 1), "last_error": s.last_error,
+                       "captioner": getattr(self.pipeline.captioner, "name", "none")}
+            if p90 > SLOW_LATENCY_MS:
+                level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
+        now = time.monotonic()
+        for topic, last in self._last_input.items():
+            values[f"input_age_s[{topic}]"] = round(now - last, 1)
+        silent = [t for t in self._silence_warned]
+        if silent and level == DiagnosticStatus.OK:
+            level, message = DiagnosticStatus.WARN, f"no input on {', '.join(silent)}"
+        if not self._active and level == DiagnosticStatus.OK:
+            level, message = DiagnosticStatus.WARN, "inactive"
+        if self.load_error:
+            level, message = DiagnosticStatus.ERROR, f"model load failed: {self.load_error}"
+        return DiagnosticStatus(level=level, name=DIAGNOSTIC_NAME, message=message, hardware_id=self.get_name(),
+                                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+    def publish_diagnostics(self) -> None:
+        array = DiagnosticArray(status=[self.diagnostic_status()])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(array)
+
+
+def main(args: list[str] | None = None) -> int:
+    """ddvlm-emotion [--ros-args --params-file config/emotion.yaml -r transcript:=/asr/text ...]"""
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = EmotionNode()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        if node.p("autostart"):
+            node.trigger_configure()
+            if node.load_error == "":
+                node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node.pipeline is not None:
+            node.pipeline.stop()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

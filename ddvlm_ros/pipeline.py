@@ -1,0 +1,265 @@
+"""The emotion node's engine, free of ROS: conversations, a frame buffer, and two workers.
+
+    utterance ─► inference worker: context += utterance; text-only prediction ─► publish (refined = False)
+                   └─► caption worker: frames in the utterance window ─► caption ─► inference worker:
+                       fused prediction on the same context ─► publish (refined = True)
+
+The ROS callbacks only enqueue; the executor never runs a model. A slow, absent or crashing captioner
+never delays or stops text results: captions run on their own thread, a caption later than
+``caption_timeout_s`` is discarded and counted, an exception is logged and counted.
+"""
+from __future__ import annotations
+
+import bisect
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ddvlm_core.captioner import Frame
+from ddvlm_core.context import Dialogue, Turn
+
+DEFAULT_CONVERSATION = "default"
+
+
+@dataclass
+class UtteranceIn:
+    conversation_id: str
+    utterance_id: str
+    speaker_id: str
+    text: str | bytes
+    start: float  # seconds (ROS time)
+    end: float
+    received: float  # monotonic seconds when the transcript arrived
+    header: Any = None  # the transcript's header, copied to the output
+
+
+@dataclass
+class Result:
+    utterance: UtteranceIn
+    prediction: Any  # EmotionPrediction
+    refined: bool
+    latency_ms: float
+
+
+@dataclass
+class Stats:
+    utterances: int = 0
+    published: int = 0
+    refined: int = 0
+    rejected: int = 0  # bad transcripts (empty, not UTF-8 ...)
+    dropped_utterances: int = 0  # queue full
+    frames: int = 0
+    frames_dropped_old: int = 0
+    frames_dropped_future: int = 0
+    caption_errors: int = 0
+    caption_timeouts: int = 0
+    conversations_reset: int = 0
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
+    last_error: str = ""
+
+
+class FrameBuffer:
+    """Frames of the last ``keep_s`` seconds, ordered by stamp (like message_filters.Cache).
+
+    Frames stamped further than ``future_tolerance_s`` ahead of the newest accepted frame are refused
+    (clock errors), frames older than the kept span are dropped; both are counted in ``stats``.
+    """
+
+    def __init__(self, keep_s: float, stats: Stats, future_tolerance_s: float = 5.0):
+        self.keep_s, self.stats, self.future_tolerance_s = keep_s, stats, future_tolerance_s
+        self._stamps: list[float] = []
+        self._items: list[Any] = []
+        self._lock = threading.Lock()
+
+    def add(self, stamp: float, item: Any, now: float | None = None) -> bool:
+        with self._lock:
+            newest = self._stamps[-1] if self._stamps else None
+            reference = now if now is not None else newest
+            if reference is not None and stamp > reference + self.future_tolerance_s:
+                self.stats.frames_dropped_future += 1
+                return False
+            if newest is not None and stamp < newest - self.keep_s:
+                self.stats.frames_dropped_old += 1
+                return False
+            i = bisect.bisect_right(self._stamps, stamp)
+            self._stamps.insert(i, stamp)
+            self._items.insert(i, item)
+            self.stats.frames += 1
+            cut = bisect.bisect_left(self._stamps, self._stamps[-1] - self.keep_s)
+            if cut:
+                del self._stamps[:cut], self._items[:cut]
+                self.stats.frames_dropped_old += cut
+            return True
+
+    def window(self, start: float, end: float) -> list[tuple[float, Any]]:
+        with self._lock:
+            lo, hi = bisect.bisect_left(self._stamps, start), bisect.bisect_right(self._stamps, end)
+            return list(zip(self._stamps[lo:hi], self._items[lo:hi]))
+
+    def __len__(self) -> int:
+        return len(self._stamps)
+
+
+class Conversation:
+    def __init__(self, max_turns: int):
+        self.dialogue = Dialogue(max_turns)
+        self.last_active = time.monotonic()
+
+
+class EmotionPipeline:
+    def __init__(self, recognizer, publish: Callable[[Result], None], captioner=None,
+                 decode_frame: Callable[[Any], Any] = lambda x: x, max_turns: int = 32, idle_timeout_s: float = 120.0,
+                 frame_buffer_s: float = 10.0, frames_per_window: int = 4, caption_timeout_s: float = 10.0,
+                 queue_size: int = 256, log: Callable[[str, str], None] = lambda level, msg: None):
+        self.recognizer, self.publish, self.captioner = recognizer, publish, captioner
+        self.decode_frame, self.log = decode_frame, log
+        self.max_turns, self.idle_timeout_s = max_turns, idle_timeout_s
+        self.frames_per_window, self.caption_timeout_s = frames_per_window, caption_timeout_s
+        self.stats = Stats()
+        self.frames = FrameBuffer(frame_buffer_s, self.stats)
+        self.conversations: dict[str, Conversation] = {}
+        self._jobs: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._captions: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._threads: list[threading.Thread] = []
+        self._running = False
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._running = True
+        self._threads = [threading.Thread(target=self._inference_loop, name="ddvlm-inference", daemon=True)]
+        if self.captioner is not None:
+            self._threads.append(threading.Thread(target=self._caption_loop, name="ddvlm-caption", daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._running = False
+        for q in (self._jobs, self._captions):
+            try:
+                q.put_nowait(None)
+            except queue.Full:
+                pass
+        for t in self._threads:
+            t.join(timeout)
+        self._threads = []
+
+    def queue_depths(self) -> dict[str, int]:
+        return {"inference": self._jobs.qsize(), "caption": self._captions.qsize()}
+
+    def idle(self) -> bool:
+        return self._jobs.unfinished_tasks == 0 and self._captions.unfinished_tasks == 0
+
+    # ---- inputs (called from ROS callbacks: enqueue only) -------------------------------------
+    def submit(self, utterance: UtteranceIn) -> bool:
+        try:
+            self._jobs.put_nowait(("text", utterance))
+            return True
+        except queue.Full:
+            self.stats.dropped_utterances += 1
+            self.log("warn", f"inference queue full: utterance {utterance.utterance_id} dropped")
+            return False
+
+    def add_frame(self, stamp: float, frame: Any, now: float | None = None) -> bool:
+        return self.frames.add(stamp, frame, now)
+
+    # ---- workers ---------------------------------------------------------------------------------
+    def _inference_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None or not self._running:
+                    return
+                kind, payload = job
+                if kind == "text":
+                    self._text(payload)
+                else:
+                    self._refine(*payload)
+            except Exception as e:  # noqa: BLE001 - a bad job must never stop the worker
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+                self.log("error", f"inference failed: {self.stats.last_error}")
+            finally:
+                self._jobs.task_done()
+
+    def _conversation(self, conversation_id: str) -> Conversation:
+        conv = self.conversations.get(conversation_id)
+        now = time.monotonic()
+        if conv is not None and self.idle_timeout_s > 0 and now - conv.last_active > self.idle_timeout_s:
+            self.stats.conversations_reset += 1
+            self.log("info", f"conversation {conversation_id!r} idle for {now - conv.last_active:.0f}s: new context")
+            conv = None
+        if conv is None:
+            conv = self.conversations[conversation_id] = Conversation(self.max_turns)
+        conv.last_active = now
+        return conv
+
+    def _text(self, utt: UtteranceIn) -> None:
+        self.stats.utterances += 1
+        conv = self._conversation(utt.conversation_id)
+        try:
+            conv.dialogue.add(utt.speaker_id or None, utt.text)
+        except (ValueError, TypeError) as e:
+            self.stats.rejected += 1
+            self.log("warn", f"utterance {utt.utterance_id!r} skipped: {e}")
+            return
+        turns = conv.dialogue.turns
+        prediction = self.recognizer.predict(turns)
+        self._publish(utt, prediction, refined=False)
+        if self.captioner is not None:
+            try:
+                self._captions.put_nowait((utt, turns, time.monotonic()))
+            except queue.Full:
+                self.stats.caption_timeouts += 1
+
+    def _caption_loop(self) -> None:
+        while True:
+            job = self._captions.get()
+            try:
+                if job is None or not self._running:
+                    return
+                utt, turns, queued = job
+                caption = self._caption_window(utt)
+                if caption is None:
+                    continue
+                if time.monotonic() - queued > self.caption_timeout_s:
+                    self.stats.caption_timeouts += 1
+                    self.log("warn", f"caption for {utt.utterance_id!r} took longer than {self.caption_timeout_s}s: discarded")
+                    continue
+                self._jobs.put(("refine", (utt, turns, caption)))
+            finally:
+                self._captions.task_done()
+
+    def _caption_window(self, utt: UtteranceIn):
+        raw = self.frames.window(utt.start, utt.end)
+        frames = []
+        for stamp, item in raw:
+            try:
+                frames.append(Frame(stamp, self.decode_frame(item)))
+            except (ValueError, TypeError) as e:
+                self.stats.last_error = f"frame: {e}"
+        if not frames:
+            return None
+        try:
+            caption = self.captioner.caption(frames, (utt.start, utt.end))
+        except Exception as e:  # noqa: BLE001 - the captioner may fail in any way
+            self.stats.caption_errors += 1
+            self.stats.last_error = f"captioner {type(e).__name__}: {e}"
+            self.log("error", f"captioner failed on {utt.utterance_id!r}: {e}")
+            return None
+        return caption if caption.text else None
+
+    def _refine(self, utt: UtteranceIn, turns: tuple[Turn, ...], caption) -> None:
+        prediction = self.recognizer.predict(turns, caption)
+        if prediction.modalities == "text":  # caption rejected (e.g. only emotion words) or no visual branch
+            return
+        self.stats.refined += 1
+        self._publish(utt, prediction, refined=True)
+
+    def _publish(self, utt: UtteranceIn, prediction, refined: bool) -> None:
+        latency = 1000 * (time.monotonic() - utt.received)
+        if not refined:
+            self.stats.latencies_ms.append(latency)
+        self.stats.published += 1
+        self.publish(Result(utt, prediction, refined, latency))

@@ -1,0 +1,73 @@
+"""Test helper: a real EmotionNode and a client node on a real executor, in-process."""
+from __future__ import annotations
+
+import threading
+import time
+
+import rclpy
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+
+from ddvlm_msgs.msg import EmotionDistribution
+from ddvlm_ros.emotion_node import EmotionNode
+
+
+class Harness:
+    def __init__(self, **params):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        self.node = EmotionNode(parameter_overrides=overrides, context=self.context)
+        self.client = rclpy.create_node("ddvlm_test_client", context=self.context)
+        self.received: list[EmotionDistribution] = []
+        self.client.create_subscription(EmotionDistribution, "emotion", self.received.append, 200)
+        self.executor = MultiThreadedExecutor(num_threads=3, context=self.context)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.client)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self._pubs = {}
+
+    def start(self) -> "Harness":
+        from lifecycle_msgs.msg import State
+
+        self.node.trigger_configure()
+        assert self.node.load_error == "", self.node.load_error
+        self.node.trigger_activate()
+        assert self.node._state_machine.current_state[0] == State.PRIMARY_STATE_ACTIVE
+        return self
+
+    def publish(self, msg_type, topic: str, msg, wait_subscribers: bool = True):
+        if topic not in self._pubs:
+            self._pubs[topic] = self.client.create_publisher(msg_type, topic, 200)
+            deadline = time.monotonic() + 5
+            while wait_subscribers and self._pubs[topic].get_subscription_count() == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        self._pubs[topic].publish(msg)
+
+    def wait_for(self, n: int, timeout: float = 20.0, predicate=None) -> list[EmotionDistribution]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = [m for m in self.received if predicate is None or predicate(m)]
+            if len(got) >= n:
+                return got
+            time.sleep(0.02)
+        return [m for m in self.received if predicate is None or predicate(m)]
+
+    def settle(self, seconds: float = 0.3) -> None:
+        """Wait until the pipeline is idle, then a little longer for deliveries."""
+        deadline = time.monotonic() + 20
+        while self.node.pipeline is not None and not self.node.pipeline.idle() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(seconds)
+
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def close(self) -> None:
+        if self.node.pipeline is not None:
+            self.node.pipeline.stop()
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self.client.destroy_node()
+        rclpy.shutdown(context=self.context)

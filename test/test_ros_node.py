@@ -1,0 +1,299 @@
+"""The emotion node on a real rclpy graph: transcripts in, /emotion out; lifecycle; bad input."""
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from ddvlm_core.captioner import Caption
+from ddvlm_core.labels import LABELS
+from ddvlm_msgs.msg import Utterance
+from ddvlm_ros.convert import sec_to_stamp
+from ros_harness import Harness
+
+
+@pytest.fixture
+def harness(request):
+    made = []
+
+    def make(**params):
+        h = Harness(**params)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def image_msg(stamp: float, h=64, w=64, encoding="rgb8", value=None, seed=0):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 255, (h, w, 3), dtype=np.uint8) if value is None else np.full((h, w, 3), value, np.uint8)
+    msg = Image(height=h, width=w, encoding=encoding, step=w * 3, data=data.tobytes())
+    msg.header.stamp = sec_to_stamp(stamp, Time)
+    return msg
+
+
+def utterance(text, speaker="ross", start=0.0, end=0.0, final=True, utt_id="", conv=""):
+    return Utterance(text=text, speaker_id=speaker, is_final=final, utterance_id=utt_id, conversation_id=conv,
+                     start=sec_to_stamp(start, Time), end=sec_to_stamp(end, Time))
+
+
+def test_transcripts_give_valid_distributions_with_stable_speaker_tokens(harness, tiny_text_checkpoint):
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    for line in ["Ross: I got the job!", "Rachel: No way!", "Joey: How you doin'?", "Ross: Yes way."]:
+        h.publish(String, "transcript", String(data=line))
+    got = h.wait_for(4)
+    assert [m.speaker_id for m in got] == ["Ross", "Rachel", "Joey", "Ross"]
+    assert [m.speaker_token for m in got] == ["<s1>", "<s2>", "<s3>", "<s1>"]
+    assert [m.utterance_id for m in got] == ["1", "2", "3", "4"]
+    for m in got:
+        assert list(m.labels) == list(LABELS) and sum(m.probabilities) == pytest.approx(1, abs=1e-5)
+        assert m.top_label == LABELS[int(np.argmax(m.probabilities))] and m.confidence == max(m.probabilities)
+        assert m.modalities == "text" and not m.refined and m.latency_ms > 0 and m.conversation_id == "default"
+
+
+def test_utterance_messages_keep_ids_and_stamp_the_end(harness, tiny_text_checkpoint):
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    h.publish(Utterance, "utterance", utterance("partial", final=False))
+    h.publish(Utterance, "utterance", utterance("Hello there", "monica", 10.0, 11.5, utt_id="u7", conv="kitchen"))
+    got = h.wait_for(1)
+    h.settle()
+    assert len(h.received) == 1  # the partial (is_final = false) is not classified
+    m = got[0]
+    assert (m.utterance_id, m.conversation_id, m.speaker_id) == ("u7", "kitchen", "monica")
+    assert (m.header.stamp.sec, m.header.stamp.nanosec) == (11, 500_000_000)
+
+
+def test_text_result_first_then_refined_with_frames_of_the_window(harness, tiny_visual_checkpoint):
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frames_per_window=4).start()
+    now = h.now()
+    h.publish(Image, "image", image_msg(now - 5.0, seed=3))  # outside the window
+    for k in range(6):  # frames inside the utterance window, a moving bright block, ~20 Hz (depth-1 QoS)
+        msg = image_msg(now - 1.0 + 0.15 * k, value=0)
+        arr = np.zeros((64, 64, 3), np.uint8)
+        arr[10:50, 5 + 8 * k: 25 + 8 * k] = 255
+        msg.data = arr.tobytes()
+        h.publish(Image, "image", msg)
+        time.sleep(0.05)
+    time.sleep(0.3)
+    h.publish(Utterance, "utterance", utterance("Look at this!", "ross", now - 1.05, now, utt_id="a"))
+    got = h.wait_for(2)
+    assert [m.refined for m in got] == [False, True]
+    text, fused = got
+    assert text.modalities == "text" and fused.modalities == "text+visual"
+    assert fused.caption_source == "cue-fallback" and "fallback-captioner" in fused.flags
+    assert "Movement" in fused.caption or "movement" in fused.caption
+    assert fused.utterance_id == text.utterance_id == "a"
+    assert list(fused.probabilities) != list(text.probabilities)
+
+
+def test_lifecycle_transitions_and_diagnostics(harness, tiny_text_checkpoint):
+    from lifecycle_msgs.msg import State
+
+    h = harness(model_dir=tiny_text_checkpoint)
+    assert h.node.diagnostic_status().message in ("inactive", "running")
+    h.start()
+    assert h.node.diagnostic_status().level == b"\x00"
+    h.node.trigger_deactivate()
+    assert h.node._state_machine.current_state[0] == State.PRIMARY_STATE_INACTIVE
+    h.publish(String, "transcript", String(data="Ross: anyone?"), wait_subscribers=False)
+    time.sleep(0.5)
+    assert h.received == []  # inactive: nothing is classified or published
+    h.node.trigger_activate()
+    h.publish(String, "transcript", String(data="Ross: now?"))
+    assert len(h.wait_for(1)) == 1
+    h.node.trigger_deactivate()
+    h.node.trigger_cleanup()
+    assert h.node.recognizer is None and h.node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
+
+
+# ---- bad input: each case a clear log or flag, and the node keeps answering ----------------------------
+
+
+def assert_alive(h, n_before):
+    h.publish(String, "transcript", String(data="Ross: still there?"))
+    assert len(h.wait_for(n_before + 1)) == n_before + 1
+
+
+@pytest.mark.parametrize("text", ["", "   \t  ", "Ross:    "])
+def test_empty_or_blank_transcripts_are_skipped(harness, tiny_text_checkpoint, text):
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    h.publish(String, "transcript", String(data=text))
+    h.settle()
+    assert h.received == [] and h.node.pipeline.stats.rejected == 1
+    assert_alive(h, 0)
+
+
+def test_huge_transcript_is_answered_with_a_truncation_flag(harness, tiny_text_checkpoint):
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    h.publish(String, "transcript", String(data="Ross: " + "blah " * 20000))
+    m = h.wait_for(1)[0]
+    assert "current-utterance-truncated" in m.flags
+
+
+def test_non_utf8_text_is_rejected_by_the_pipeline(harness, tiny_text_checkpoint):
+    from ddvlm_ros.pipeline import UtteranceIn
+
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    h.node.pipeline.submit(UtteranceIn("default", "x", "ross", b"\xff\xfe\xfa", 0, 0, time.monotonic()))
+    h.settle()
+    assert h.node.pipeline.stats.rejected == 1 and h.received == []
+    assert_alive(h, 0)
+
+
+@pytest.mark.parametrize("msg_factory", [
+    lambda t: Image(height=8, width=8, encoding="yuv422", step=16, data=b"\x00" * 128),  # unknown encoding
+    lambda t: Image(height=0, width=0, encoding="rgb8", step=0, data=b""),  # zero size
+    lambda t: Image(height=8, width=8, encoding="rgb8", step=24, data=b"\x00" * 10),  # truncated buffer
+])
+def test_bad_raw_frames_are_counted_and_text_still_flows(harness, tiny_visual_checkpoint, msg_factory):
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
+    now = h.now()
+    msg = msg_factory(now)
+    msg.header.stamp = sec_to_stamp(now - 0.5, Time)
+    h.publish(Image, "image", msg)
+    time.sleep(0.2)
+    h.publish(Utterance, "utterance", utterance("hi", "ross", now - 1, now + 0.1))
+    assert len(h.wait_for(1)) == 1
+    h.settle()
+    assert h.node._bad_frames >= 1 and all(not m.refined for m in h.received)
+
+
+def test_corrupt_compressed_frame_is_counted(harness, tiny_visual_checkpoint):
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
+    now = h.now()
+    msg = CompressedImage(format="jpeg", data=b"\xff\xd8garbage")
+    msg.header.stamp = sec_to_stamp(now - 0.5, Time)
+    h.publish(CompressedImage, "image/compressed", msg)
+    time.sleep(0.2)
+    h.publish(Utterance, "utterance", utterance("hi", "ross", now - 1, now + 0.1))
+    h.wait_for(1)
+    h.settle()
+    assert h.node._bad_frames == 1 and len(h.received) == 1
+
+
+def test_good_compressed_frames_refine(harness, tiny_visual_checkpoint):
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
+    now = h.now()
+    for k in range(3):
+        ok, jpg = cv2.imencode(".jpg", np.full((48, 48, 3), 40 * k, np.uint8))
+        msg = CompressedImage(format="jpeg", data=jpg.tobytes())
+        msg.header.stamp = sec_to_stamp(now - 0.6 + 0.2 * k, Time)
+        h.publish(CompressedImage, "image/compressed", msg)
+        time.sleep(0.05)
+    time.sleep(0.3)
+    h.publish(Utterance, "utterance", utterance("hi", "ross", now - 1, now + 0.1))
+    assert [m.refined for m in h.wait_for(2)] == [False, True]
+
+
+def test_future_and_out_of_order_frame_stamps(harness, tiny_visual_checkpoint):
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
+    now = h.now()
+    h.publish(Image, "image", image_msg(now + 3600))  # an hour in the future
+    time.sleep(0.1)
+    for stamp in (now - 0.2, now - 0.8, now - 0.5):  # out of order
+        h.publish(Image, "image", image_msg(stamp))
+        time.sleep(0.1)
+    time.sleep(0.3)
+    stats = h.node.pipeline.stats
+    assert stats.frames_dropped_future == 1 and stats.frames == 3
+    stamps = [s for s, _ in h.node.pipeline.frames.window(now - 1, now)]
+    assert stamps == sorted(stamps)
+
+
+def test_no_camera_at_all_gives_text_only_results(harness, tiny_visual_checkpoint):
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
+    h.publish(String, "transcript", String(data="Ross: is the camera on?"))
+    h.wait_for(1)
+    h.settle()
+    assert len(h.received) == 1 and h.received[0].modalities == "text"
+
+
+class ExplodingCaptioner:
+    name = "exploding"
+
+    def caption(self, frames, window=None):
+        raise RuntimeError("GPU fell off")
+
+
+class SlowCaptioner:
+    name = "slow"
+
+    def caption(self, frames, window=None):
+        time.sleep(1.5)
+        return Caption("The head is turning left.", self.name, len(frames))
+
+
+@pytest.mark.parametrize("captioner, counter", [(ExplodingCaptioner(), "caption_errors"),
+                                                (SlowCaptioner(), "caption_timeouts")])
+def test_captioner_crash_or_timeout_never_stops_text_results(harness, tiny_visual_checkpoint, captioner, counter):
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", caption_timeout_s=0.5).start()
+    h.node.pipeline.captioner = captioner
+    now = h.now()
+    h.publish(Image, "image", image_msg(now - 0.5))
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    for k in range(3):
+        h.publish(Utterance, "utterance", utterance(f"line {k}", "ross", now - 1, now + 0.1))
+    assert len(h.wait_for(3)) == 3
+    assert time.monotonic() - t0 < 1.5  # text results did not wait for the captioner
+    time.sleep(2.0 if counter == "caption_timeouts" else 0.3)
+    h.settle()
+    assert getattr(h.node.pipeline.stats, counter) >= 1
+    assert all(not m.refined for m in h.received)
+    assert_alive(h, 3)
+
+
+def test_burst_of_100_utterances_is_answered_exactly_once_each(harness, tiny_text_checkpoint):
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    for k in range(100):
+        h.publish(Utterance, "utterance", utterance(f"utterance number {k}", f"s{k % 3}", utt_id=str(k)))
+    got = h.wait_for(100, timeout=60)
+    h.settle()
+    assert sorted(int(m.utterance_id) for m in h.received) == list(range(100))
+    assert [m.speaker_token for m in got[:4]] == ["<s1>", "<s2>", "<s3>", "<s1>"]
+
+
+def test_missing_model_dir_fails_configure_clearly_and_the_node_lives(harness, tmp_path):
+    h = harness(model_dir=str(tmp_path / "nope"))
+    h.node.trigger_configure()
+    assert "does not exist" in h.node.load_error
+    status = h.node.diagnostic_status()
+    assert status.level == b"\x02" and "model load failed" in status.message
+
+
+def test_corrupt_checkpoint_fails_configure_with_the_reason(harness, tmp_path, tiny_text_checkpoint):
+    import shutil
+
+    bad = tmp_path / "ckpt"
+    shutil.copytree(tiny_text_checkpoint, bad)
+    head = bad / "text_head.safetensors"
+    head.write_bytes(head.read_bytes()[:-4] + b"\x00\x00\x00\x00")
+    h = harness(model_dir=str(bad))
+    h.node.trigger_configure()
+    assert "sha256 mismatch" in h.node.load_error
+    manifest = json.loads((bad / "manifest.json").read_text())
+    assert manifest["modules"]["text_head"]["file"] == "text_head.safetensors"
+
+
+def test_start_after_end_and_unknown_speaker(harness, tiny_text_checkpoint):
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    h.publish(Utterance, "utterance", utterance("Who said that?", "", 20.0, 10.0))
+    m = h.wait_for(1)[0]
+    assert m.speaker_token == "<s0>" and m.speaker_id == ""
+
+
+def test_silent_inputs_are_reported(harness, tiny_text_checkpoint):
+    h = harness(model_dir=tiny_text_checkpoint, input_timeout_s=0.5).start()
+    deadline = time.monotonic() + 5
+    while not h.node._silence_warned and time.monotonic() < deadline:
+        time.sleep(0.1)
+    status = h.node.diagnostic_status()
+    assert status.level == b"\x01" and "no input on" in status.message
+    ages = {v.key: float(v.value) for v in status.values if v.key.startswith("input_age_s")}
+    assert ages and all(age >= 0.5 for age in ages.values())
