@@ -31,6 +31,13 @@ class MeldUtterance:
     episode: int = 0
 
 
+def parse_time(text: str) -> float:
+    """MELD's 'hh:mm:ss,mmm' -> seconds."""
+    hms, _, ms = text.strip().partition(",")
+    h, m, sec = (int(x) for x in hms.split(":"))
+    return 3600 * h + 60 * m + sec + int(ms or 0) / 1000
+
+
 def meld_dir() -> Path:
     env = os.environ.get("DDVLM_MELD_DIR")
     return Path(env) if env else Path(__file__).resolve().parents[1] / "data" / "meld"

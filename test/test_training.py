@@ -9,7 +9,7 @@ from ddvlm_core.inference import EmotionRecognizer
 from ddvlm_core.meld import dialogues
 from training.config import load_config
 from training.data import Example, batches, check_full_test_split
-from training.evaluate import metrics
+from ddvlm_core.metrics import metrics
 from training.loop import run
 
 

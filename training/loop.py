@@ -29,7 +29,7 @@ from ddvlm_core.context import PromptBuilder
 from ddvlm_core.model import DDVLM, DDVLMConfig
 from training.config import TrainConfig
 from training.data import Example, batches, build_examples, check_full_test_split, collate
-from training.evaluate import confusion_png, metrics
+from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, extract
 from training.state import load_state, load_trainable_state, save_state, trainable_state
 

@@ -1,5 +1,5 @@
 """Metrics of the paper (Section 4.1): WA-F1 (sklearn average="weighted"), plus macro F1, accuracy,
-per-class F1 and the confusion matrix (also drawn as a PNG)."""
+per-class F1 and the confusion matrix (also drawn as a PNG). Shared by training and the bag replay."""
 from __future__ import annotations
 
 from pathlib import Path

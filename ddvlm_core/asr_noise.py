@@ -1,0 +1,49 @@
+"""Seeded ASR-like corruption of transcripts at a target word error rate (WER).
+
+Robots hear ASR output, not gold transcripts. ``corrupt(text, wer, rng)`` applies word substitutions,
+deletions and insertions (default mix 60 / 25 / 15 %, a typical ASR error profile) so that the
+expected number of edits is ``wer`` x the number of words; ``word_error_rate`` measures the result
+(Levenshtein distance over words / reference length).
+"""
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+# frequent short words an ASR confuses or inserts; substitutions also draw from the corpus itself
+FILLERS = ("uh", "um", "the", "a", "and", "to", "it", "you", "that", "oh", "yeah", "so", "in", "is")
+
+
+def corrupt(text: str, wer: float, rng: random.Random, vocabulary: Sequence[str] = FILLERS,
+            mix: tuple[float, float, float] = (0.6, 0.25, 0.15)) -> str:
+    """Each reference word is edited with probability ``wer`` (substituted, deleted, or followed by an
+    inserted word, by ``mix``). Never returns an empty string: a fully deleted utterance keeps one word."""
+    if not 0.0 <= wer <= 1.0:
+        raise ValueError(f"WER must be in [0, 1], got {wer}")
+    words = text.split()
+    out: list[str] = []
+    for word in words:
+        if rng.random() >= wer:
+            out.append(word)
+            continue
+        kind = rng.choices(("sub", "del", "ins"), weights=mix)[0]
+        if kind == "sub":
+            choice = rng.choice(vocabulary)
+            out.append(choice if choice.lower() != word.lower() else rng.choice(FILLERS))
+        elif kind == "ins":
+            out += [word, rng.choice(vocabulary)]
+    if not out and words:
+        out = [rng.choice(vocabulary)]
+    return " ".join(out)
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """(substitutions + deletions + insertions) / reference words, by word-level edit distance."""
+    ref, hyp = reference.split(), hypothesis.split()
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / max(1, len(ref))

@@ -1,0 +1,32 @@
+import random
+
+import pytest
+
+from ddvlm_core.asr_noise import corrupt, word_error_rate
+from ddvlm_core.meld import read_split
+
+
+def test_word_error_rate_known_answers():
+    assert word_error_rate("a b c d", "a b c d") == 0
+    assert word_error_rate("a b c d", "a x c d") == 0.25  # one substitution
+    assert word_error_rate("a b c d", "a c d") == 0.25  # one deletion
+    assert word_error_rate("a b c d", "a b b c d e") == 0.5  # two insertions
+
+
+@pytest.mark.parametrize("target", [0.1, 0.2, 0.3])
+def test_corruption_hits_the_target_wer_on_meld_and_is_seeded(target):
+    texts = [u.text for u in read_split("dev")]
+    rng = random.Random(0)
+    noisy = [corrupt(t, target, rng) for t in texts]
+    edits = sum(word_error_rate(r, h) * len(r.split()) for r, h in zip(texts, noisy))
+    measured = edits / sum(len(t.split()) for t in texts)
+    assert measured == pytest.approx(target, abs=0.02)
+    again = random.Random(0)
+    assert [corrupt(t, target, again) for t in texts] == noisy
+    assert all(n.strip() for n in noisy)
+
+
+def test_zero_wer_is_identity_and_bad_wer_is_refused():
+    assert corrupt("I got the job", 0.0, random.Random(1)) == "I got the job"
+    with pytest.raises(ValueError, match="WER"):
+        corrupt("x", 1.5, random.Random(1))

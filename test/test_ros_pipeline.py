@@ -1,0 +1,57 @@
+"""The node's ROS-free engine: frame buffer, conversations, workers."""
+import time
+
+from ddvlm_core.inference import EmotionRecognizer
+from ddvlm_ros.pipeline import EmotionPipeline, FrameBuffer, Stats, UtteranceIn
+
+
+def test_frame_buffer_orders_windows_and_drops_old_and_future():
+    stats = Stats()
+    buf = FrameBuffer(keep_s=2.0, stats=stats, future_tolerance_s=1.0)
+    for stamp in (10.0, 10.5, 10.2, 11.0):
+        assert buf.add(stamp, f"f{stamp}", now=11.0)
+    assert [s for s, _ in buf.window(10.1, 10.9)] == [10.2, 10.5]
+    assert not buf.add(20.0, "future", now=11.0) and stats.frames_dropped_future == 1
+    assert buf.add(12.5, "new", now=12.5)  # pushes 10.0 and 10.2 out of the 2 s span
+    assert [s for s, _ in buf.window(0, 100)] == [10.5, 11.0, 12.5] and stats.frames_dropped_old == 2
+    assert not buf.add(9.0, "stale", now=12.5) and stats.frames_dropped_old == 3
+
+
+def run_pipeline(recognizer, utterances, **kw):
+    results = []
+    pipe = EmotionPipeline(recognizer, results.append, **kw)
+    pipe.start()
+    for u in utterances:
+        pipe.submit(u)
+    deadline = time.monotonic() + 20
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipe.stop()
+    return pipe, results
+
+
+def utt(text, speaker="a", conv="c"):
+    return UtteranceIn(conv, text, speaker, text, 0.0, 0.0, time.monotonic())
+
+
+def test_idle_conversations_restart_and_conversations_are_separate(tiny_text_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    pipe, results = run_pipeline(rec, [utt("hi", "a"), utt("yo", "b"), utt("hey", "z", conv="other")],
+                                 idle_timeout_s=0)
+    assert [r.prediction.speaker_token for r in results] == ["<s1>", "<s2>", "<s1>"]
+    pipe2 = EmotionPipeline(rec, results.append, idle_timeout_s=0.05)
+    pipe2.start()
+    pipe2.submit(utt("hi", "a"))
+    time.sleep(0.3)
+    pipe2.submit(utt("later", "b"))  # after the idle timeout: a new context, b is the first speaker
+    time.sleep(0.5)
+    pipe2.stop()
+    assert results[-1].prediction.speaker_token == "<s1>" and pipe2.stats.conversations_reset == 1
+
+
+def test_the_model_sees_the_same_context_as_an_offline_predict(tiny_text_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    lines = [("ross", "I got the job!"), ("rachel", "No way!"), ("ross", "Way.")]
+    _, results = run_pipeline(rec, [utt(t, s) for s, t in lines])
+    for k, r in enumerate(results):
+        assert r.prediction.probabilities == rec.predict(lines[: k + 1]).probabilities
