@@ -16,8 +16,10 @@ DEFAULT_TARGETS = ("q", "k", "v", "o", "query", "key", "value", "dense")  # MPNe
 def lora_config(settings: Mapping):
     from peft import LoraConfig
 
+    layers = list(settings.get("layers") or []) or None  # None: every encoder layer
     return LoraConfig(r=int(settings["r"]), lora_alpha=int(settings["alpha"]), lora_dropout=float(settings["dropout"]),
-                      target_modules=list(settings["targets"]), bias="none")
+                      target_modules=list(settings["targets"]), bias="none", layers_to_transform=layers,
+                      layers_pattern="layer" if layers else None)
 
 
 def apply_lora(backbone: nn.Module, settings: Mapping) -> nn.Module:

@@ -49,8 +49,8 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.1
-    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "attn.o", "intermediate.dense", "output.dense")
-    unfreeze_top_layers: int = 0
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "query", "key", "value", "dense")
+    lora_layers: tuple[int, ...] = ()  # encoder layers that get adapters; () = all
     # data
     meld_dir: str = ""  # "" = the repository's data/meld
     limit_dialogues: int = 0  # >0: first N dialogues per split (smoke runs and tests only)
@@ -72,6 +72,8 @@ class TrainConfig:
         unknown = set(self.stages) - {"text", "visual", "fusion"}
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}")
+        if self.text_mode == "frozen" and self.lora_layers:
+            raise ValueError("lora_layers only applies to text_mode: lora")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         return self
