@@ -24,7 +24,8 @@ assets: $(VENV)/.deps
 	$(PY) -m ddvlm_core.assets > /dev/null
 
 demo: setup
-	$(VENV)/bin/ddvlm-predict --meld test:0
+	$(PY) -m ddvlm_ros.replay data/sample_bag --speed 4 --live \
+		--report reports/replay_demo.md --title "make demo: sample bag through the emotion node"
 
 test: setup
 	$(PY) -m pytest -q test

@@ -191,3 +191,32 @@ def load_labels(bag: str | Path) -> dict[str, str]:
     if not side.is_file():
         raise BagError(f"{side}: labels side file missing")
     return {k: v["label"] for k, v in json.loads(side.read_text(encoding="utf-8"))["utterances"].items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m ddvlm_ros.bag OUT [--split test] [--dialogues 0,1,2 | all] [--storage mcap] [--frames none]"""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m ddvlm_ros.bag", description="MELD dialogues -> rosbag2 bag")
+    ap.add_argument("out")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--dialogues", default="all", help="comma-separated dialogue ids, or all")
+    ap.add_argument("--storage", default="mcap", choices=sorted(STORAGES))
+    ap.add_argument("--frames", default="none", choices=["none", "synthetic", "clips"])
+    ap.add_argument("--clips-dir", help="MELD.Raw root (frames = clips)")
+    ap.add_argument("--fps", type=float, default=5.0)
+    ap.add_argument("--asr-noise", type=float, default=0.0, metavar="WER", help="corrupt transcripts at this WER")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    ids = None if args.dialogues == "all" else [int(d) for d in args.dialogues.split(",")]
+    bag = write_meld_bag(args.out, args.split, ids, args.storage, args.frames, args.fps, args.clips_dir,
+                         args.asr_noise, args.seed)
+    n = sum(1 for _ in read_bag(bag))
+    print(f"wrote {bag} ({n} messages) and {labels_path(bag)}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

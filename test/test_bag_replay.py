@@ -69,3 +69,17 @@ def test_replay_answers_each_final_utterance_once_and_matches_the_offline_evalua
     keys = list(offline)
     expected = metrics([label_id(labels[k]) for k in keys], [LABELS.index(offline[k]) for k in keys])
     assert {k: score[k] for k in expected} == expected
+
+
+def test_committed_sample_bag_replays_through_the_default_checkpoint():
+    """What `make demo` runs, in the suite, under simulated time at 50x."""
+    from pathlib import Path
+
+    from ddvlm_core.cli import DEFAULT_CHECKPOINT
+
+    bag = Path(__file__).resolve().parents[1] / "data" / "sample_bag"
+    assert sum(p.stat().st_size for p in bag.iterdir()) < 5 * 2**20
+    result = replay(bag, {"model_dir": str(DEFAULT_CHECKPOINT), "input_timeout_s": 0.0}, speed=50.0)
+    score = result.score(load_labels(bag))
+    assert score["utterances"] == 38 and score["unanswered"] == 0 and score["duplicates"] == 0
+    assert 0 <= score["wa_f1"] <= 100 and score["latency_ms"]["p50"] > 0
