@@ -114,3 +114,16 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
         load_config(None, ["--text_mode=adapter"])
     cfg = load_config("training/configs/cpu.yaml", ["--epochs=3"])
     assert (cfg.text_mode, cfg.epochs, cfg.batch_size, cfg.ema_decay) == ("frozen", 3, 32, 0.99)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "lora"])
+def test_export_rebuilds_the_run_checkpoint_from_its_best_weights(tmp_path, tiny_roberta_dir, mode):
+    from training.export import export
+
+    cfg = tiny_cfg(tmp_path, tiny_roberta_dir, text_mode=mode, lr=1e-3, epochs=1)
+    run(cfg, log=lambda *_: None)
+    exported = export(tmp_path / "run", tmp_path / "exported")
+    dialogue = [("Ross", "I got the job!"), ("Rachel", "No way!")]
+    a = EmotionRecognizer.from_checkpoint(tmp_path / "run" / "checkpoint", load_caption_embedder=False).predict(dialogue)
+    b = EmotionRecognizer.from_checkpoint(exported, load_caption_embedder=False).predict(dialogue)
+    assert a.probabilities == b.probabilities
