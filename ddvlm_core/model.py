@@ -37,6 +37,7 @@ class DDVLMConfig:
     speaker_tokens: bool = True
     fusion_alpha_init: float = 0.3  # Table 2
     lora: dict | None = None  # {"r", "alpha", "dropout", "targets"} when the backbone carries a LoRA adapter
+    quantization: dict | None = None  # WOQConfig.as_dict() when the modules are stored as INT8
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "DDVLMConfig":
@@ -132,6 +133,21 @@ class DDVLM(nn.Module):
             except RuntimeError as e:
                 raise ckpt.CheckpointError(f"module {name!r} does not fit the model: {e}") from None
 
+    def quantize(self, config=None, calibration=None) -> "DDVLM":
+        """WOQ INT8 (ddvlm_core.quantization) applied in place to each module separately: text encoder
+        (backbone + head), visual head, fusion. A LoRA adapter is merged into the backbone first."""
+        from ddvlm_core.quantization import WOQConfig, quantize_
+
+        config = config or WOQConfig()
+        if hasattr(self.text.backbone, "merge_and_unload"):
+            self.text.backbone = self.text.backbone.merge_and_unload()
+        self.config.lora = None
+        for part in (self.text, self.visual, self.fusion):
+            quantize_(part, config, calibration=calibration if calibration is not None else
+                      ({} if config.awq_lite else None))
+        self.config.quantization = config.as_dict()
+        return self
+
     def save(self, directory: str | os.PathLike, modules: tuple[str, ...] = TRAINED_MODULES, extra=None):
         """Write the named modules (text_head, visual_head, fusion, backbone, backbone_lora)."""
         states = self.module_state_dicts(include_backbone="backbone" in modules)
@@ -148,7 +164,12 @@ class DDVLM(nn.Module):
         if backbone_path:
             config.text_backbone = backbone_path
         saved_dim = config.text_dim
+        quantization, config.quantization = config.quantization, None
         model, tokenizer = cls.from_backbone(config)
+        if quantization:
+            from ddvlm_core.quantization import WOQConfig
+
+            model.quantize(WOQConfig.from_dict(quantization), calibration={})
         if model.config.text_dim != saved_dim:
             raise ckpt.CheckpointError(f"{directory}: backbone {config.text_backbone!r} has width "
                                        f"{model.config.text_dim}, the checkpoint's modules do not fit (text_dim {saved_dim})")

@@ -95,7 +95,8 @@ class TextEncoder(nn.Module):
     def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """h_text: last-layer hidden state at the (last) <mask> token of each row, shape (B, H)."""
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return states[torch.arange(len(input_ids)), mask_positions(input_ids, self.mask_token_id)]
+        index = mask_positions(input_ids, self.mask_token_id)[:, None, None].expand(-1, 1, states.shape[-1])
+        return states.gather(1, index).squeeze(1)
 
     def classify(self, h_text: Tensor) -> Tensor:
         """z_t from h_text (used directly on cached features in frozen-backbone training)."""
@@ -109,7 +110,7 @@ class TextEncoder(nn.Module):
 def mask_positions(input_ids: Tensor, mask_token_id: int) -> Tensor:
     """Index of the last mask token in each row; ValueError if a row has none."""
     is_mask = input_ids == mask_token_id
-    if not bool(is_mask.any(1).all()):
+    if not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export() and not bool(is_mask.any(1).all()):
         raise ValueError("every prompt must contain the tokenizer's mask token")
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     return torch.where(is_mask, positions, -1).max(1).values

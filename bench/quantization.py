@@ -1,0 +1,322 @@
+"""WOQ INT8 vs the alternatives on the embedded default checkpoint (CPU here; GPU columns when run there).
+
+    python bench/quantization.py [--split test] [--limit 0] [--rows fp32,woq,...]
+
+Each row runs in its own process (clean peak RSS, and a crashing int8 kernel cannot take the bench down):
+MELD WA-F1 of the whole model (a LoRA adapter is merged first), weight bytes, latency p50/p90 of one
+prompt of 128 and of 511 tokens (ratios to FP32 of the same run), peak RSS. Writes
+reports/quantization.json and reports/quantization.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+ROWS = {
+    "fp32": "FP32 (PyTorch)",
+    "bf16": "BF16 autocast (PyTorch, CPU)",
+    "woq": "WOQ INT8, ours (torch._weight_int8pack_mm, bf16 activations)",
+    "woq_awq": "WOQ INT8 + AWQ-lite, ours",
+    "woq_dequant": "WOQ INT8, ours, reference kernel (dequantizes W every call)",
+    "dynamic": "PyTorch dynamic INT8 (quantize_dynamic, W8A8 dynamic)",
+    "smoothquant": "SmoothQuant W8A8 (alpha 0.5, own implementation on quantize_dynamic)",
+    "onnx_int8": "ONNX Runtime INT8 (export + quantize_dynamic, QInt8 weights)",
+}
+TRTEXEC = ("trtexec --onnx=ddvlm_text_fp32.onnx --fp16 --int8 --saveEngine=ddvlm_text.plan "
+           "--minShapes=input_ids:1x8,attention_mask:1x8 --optShapes=input_ids:1x128,attention_mask:1x128 "
+           "--maxShapes=input_ids:1x511,attention_mask:1x511")
+
+
+def default_checkpoint() -> str:
+    from ddvlm_core.cli import DEFAULT_CHECKPOINT
+
+    return str(DEFAULT_CHECKPOINT)
+
+
+def prompts(split: str, limit: int, tokenizer, max_tokens: int):
+    from ddvlm_core.context import PromptBuilder
+    from training.data import build_examples
+
+    examples = build_examples(split, PromptBuilder(tokenizer, max_tokens))
+    return examples[:limit] if limit else examples
+
+
+def smooth_quant_(text, calibration: dict, alpha: float = 0.5):
+    """SmoothQuant: s_j = max|X_j|^a / max|W_:,j|^(1-a); W' = W diag(s), x' = x / s; then W8A8 dynamic."""
+    import torch
+    from torch import nn
+
+    class Smoothed(nn.Module):
+        def __init__(self, linear, s):
+            super().__init__()
+            self.register_buffer("inv_s", 1 / s)
+            lin = nn.Linear(linear.in_features, linear.out_features, linear.bias is not None)
+            lin.weight.data = linear.weight.data * s[None, :]
+            if linear.bias is not None:
+                lin.bias.data = linear.bias.data.clone()
+            self.linear = torch.ao.quantization.quantize_dynamic(nn.Sequential(lin), {nn.Linear}, dtype=torch.qint8)
+
+        def forward(self, x):
+            return self.linear(x * self.inv_s)
+
+    from ddvlm_core.quantization import _set_submodule
+
+    for name, module in list(text.named_modules()):
+        if type(module) is nn.Linear and name in calibration:
+            x_max = calibration[name].clamp_min(1e-5)
+            w_max = module.weight.detach().abs().amax(0).clamp_min(1e-5)
+            s = (x_max.pow(alpha) / w_max.pow(1 - alpha)).clamp(1e-2, 1e2)
+            _set_submodule(text, name, Smoothed(module, s))
+    return text
+
+
+def build(row: str, directory: str, calib_examples, pad_id):
+    """(predict_fn(ids, mask) -> logits, weight_bytes, note)."""
+    import torch
+
+    from ddvlm_core.model import DDVLM
+    from ddvlm_core.quantization import WOQConfig, collect_activation_stats, weight_bytes
+    from ddvlm_core.text import collate_prompts
+
+    model, tok, _ = DDVLM.load(directory)
+    model.eval()
+    if hasattr(model.text.backbone, "merge_and_unload"):
+        model.text.backbone = model.text.backbone.merge_and_unload()
+    text = model.text
+
+    def calibrate(max_not_mean: bool = False):
+        def run():
+            for i in range(0, len(calib_examples), 16):
+                ids, mask = collate_prompts([e.input_ids for e in calib_examples[i:i + 16]], pad_id)
+                text(ids, mask)
+        if not max_not_mean:
+            return collect_activation_stats(text, run)
+        stats: dict = {}
+        hooks = []
+        for name, m in text.named_modules():
+            if type(m) is torch.nn.Linear:
+                def hook(mod, args, _o, name=name):
+                    x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)
+                    stats[name] = torch.maximum(stats.get(name, x), x)
+                hooks.append(m.register_forward_hook(hook))
+        with torch.no_grad():
+            run()
+        for h in hooks:
+            h.remove()
+        return stats
+
+    note = ""
+    if row in ("woq", "woq_dequant"):
+        model.quantize(WOQConfig(kernel="dequant" if row == "woq_dequant" else "int8pack"))
+    elif row == "woq_awq":
+        stats = calibrate()
+        model.quantize(WOQConfig(awq_lite=True), calibration=stats)
+        note = f"AWQ-lite calibrated on {len(calib_examples)} MELD dev prompts"
+    elif row == "dynamic":
+        model.text = text = torch.ao.quantization.quantize_dynamic(text, {torch.nn.Linear}, dtype=torch.qint8)
+    elif row == "smoothquant":
+        smooth_quant_(text, calibrate(max_not_mean=True))
+        note = f"smoothing scales from {len(calib_examples)} MELD dev prompts"
+    elif row == "onnx_int8":
+        return onnx_int8(text, pad_id)
+    size = weight_bytes(text)
+    if row in ("dynamic", "smoothquant"):
+        size = dynamic_bytes(text)
+    if row == "bf16":
+        def predict(ids, mask):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return text(ids, mask).logits.float()
+        return predict, weight_bytes(text) // 2, "weights cast to bf16 on the fly by autocast (stored FP32)"
+    return (lambda ids, mask: text(ids, mask).logits), size, note
+
+
+def dynamic_bytes(module) -> int:
+    """Bytes of a quantize_dynamic'd module: packed int8 weights, fp32 scales and biases, float tensors left."""
+    total = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+    for m in module.modules():
+        if hasattr(m, "_packed_params") and callable(getattr(m, "weight", None)):
+            w, b = m.weight(), m.bias()
+            total += w.int_repr().numel() + (b.numel() * 4 if b is not None else 0)
+            total += w.q_per_channel_scales().numel() * 4 if w.qscheme() != torch_per_tensor() else 4
+    return total
+
+
+def torch_per_tensor():
+    import torch
+
+    return torch.per_tensor_affine
+
+
+def onnx_int8(text, pad_id):
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    class Logits(torch.nn.Module):
+        def __init__(self, t):
+            super().__init__()
+            self.t = t
+
+        def forward(self, ids, mask):
+            return self.t(ids, mask).logits
+
+    wrapper = Logits(text).eval()
+    tmp = Path(tempfile.mkdtemp())
+    ids = torch.full((1, 16), 5, dtype=torch.long)
+    ids[0, -2] = text.mask_token_id
+    torch.onnx.export(wrapper, (ids, torch.ones_like(ids)), str(tmp / "fp32.onnx"), dynamo=False,
+                      input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                      dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}})
+    quantize_dynamic(str(tmp / "fp32.onnx"), str(tmp / "int8.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    session = ort.InferenceSession(str(tmp / "int8.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def predict(ids, mask):
+        out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        return torch.from_numpy(out)
+
+    return predict, (tmp / "int8.onnx").stat().st_size, "ONNX file size; exported with torch.onnx (TorchScript exporter)"
+
+
+def run_row(row: str, args) -> dict:
+    import torch
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    from ddvlm_core.labels import NUM_LABELS  # noqa: F401
+    from ddvlm_core.metrics import metrics
+    from ddvlm_core.model import DDVLM
+    from ddvlm_core.text import collate_prompts
+    from training.data import batches
+
+    torch.manual_seed(0)
+    _, tok, manifest = DDVLM.load(args.checkpoint)
+    max_tokens = manifest["config"]["max_tokens"]
+    examples = prompts(args.split, args.limit, tok, max_tokens)
+    calib = prompts("dev", 64, tok, max_tokens)
+    t0 = time.perf_counter()
+    predict, size, note = build(row, args.checkpoint, calib, tok.pad_token_id)
+    build_s = time.perf_counter() - t0
+    preds = np.zeros(len(examples), dtype=int)
+    with torch.inference_mode():
+        for idx in batches([len(e.input_ids) for e in examples], 16, shuffle=False, seed=0):
+            ids, mask = collate_prompts([examples[i].input_ids for i in idx], tok.pad_token_id)
+            preds[idx] = predict(ids, mask).argmax(-1).numpy()
+        score = metrics([e.label for e in examples], preds)
+        latency = {}
+        for length in (128, 511):
+            ids = torch.randint(5, 1000, (1, length))
+            ids[0, -2] = tok.mask_token_id
+            mask = torch.ones_like(ids)
+            for _ in range(3):
+                predict(ids, mask)
+            times = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                predict(ids, mask)
+                times.append(1000 * (time.perf_counter() - t))
+            latency[f"b1x{length}"] = {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90))}
+    return {"row": row, "title": ROWS[row], "wa_f1": score["wa_f1"], "accuracy": score["accuracy"], "n": score["n"],
+            "weight_bytes": int(size), "latency": latency, "build_s": build_s, "note": note,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "predictions": preds.tolist()}
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default=default_checkpoint())
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, default=0, help="first N utterances only (0 = the whole split)")
+    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--row", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.row:  # child process
+        Path(args.out).write_text(json.dumps(run_row(args.row, args)))
+        return 0
+    results = []
+    for row in args.rows.split(","):
+        out = Path(tempfile.mkdtemp()) / f"{row}.json"
+        cmd = [sys.executable, __file__, "--row", row, "--out", str(out), "--checkpoint", args.checkpoint,
+               "--split", args.split, "--limit", str(args.limit), "--repeats", str(args.repeats)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            results.append({"row": row, "title": ROWS[row], "error": tail})
+            print(f"{row}: FAILED ({tail})")
+            continue
+        results.append(json.loads(out.read_text()))
+        r = results[-1]
+        print(f"{row}: WA-F1 {r['wa_f1']:.2f}, {r['weight_bytes'] / 2**20:.1f} MiB, "
+              f"b1x128 p50 {r['latency']['b1x128']['p50_ms']:.1f} ms ({time.perf_counter() - t0:.0f}s)", flush=True)
+    write_report(results, args)
+    return 0
+
+
+def write_report(results: list[dict], args) -> None:
+    ok = {r["row"]: r for r in results if "error" not in r}
+    base = ok.get("fp32")
+    for r in ok.values():
+        if base:
+            r["wa_f1_drop_vs_fp32"] = base["wa_f1"] - r["wa_f1"]
+            r["bytes_ratio_vs_fp32"] = r["weight_bytes"] / base["weight_bytes"]
+            r["latency_ratio_vs_fp32"] = {k: r["latency"][k]["p50_ms"] / base["latency"][k]["p50_ms"] for k in r["latency"]}
+            r["agreement_with_fp32"] = float(np.mean(np.array(r["predictions"]) == np.array(base["predictions"])))
+        if "dynamic" in ok:
+            r["latency_ratio_vs_dynamic"] = {k: r["latency"][k]["p50_ms"] / ok["dynamic"]["latency"][k]["p50_ms"]
+                                             for k in r["latency"]}
+    import torch
+
+    meta = {"checkpoint": args.checkpoint, "split": args.split, "n": base["n"] if base else None,
+            "device": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
+    slim = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
+    out = REPO / "reports"
+    out.mkdir(exist_ok=True)
+    (out / "quantization.json").write_text(json.dumps({"meta": meta, "rows": slim, "tensorrt": TRTEXEC}, indent=1) + "\n")
+    lines = ["# Quantization comparison (CPU)", "",
+             f"`python bench/quantization.py` on `{args.checkpoint}`, MELD {args.split} "
+             f"({meta['n']} utterances), torch {meta['torch']}, {meta['cpu_capability']}, {meta['threads']} threads. "
+             "Latency: one prompt of 128 / 511 tokens, p50 (p90) ms; ratios to FP32 measured in the same run. "
+             "No GPU in this run: the FP16 GPU row and the GPU columns are not measured here.", "",
+             "| method | WA-F1 | drop vs FP32 | agree w/ FP32 | weight MiB | bytes vs FP32 | b1x128 ms | b1x511 ms | "
+             "x FP32 (128 / 511) | x dynamic (128 / 511) | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['title']} | failed: {r['error']} |" + " |" * 9)
+            continue
+        lat = r["latency"]
+        rf = r.get("latency_ratio_vs_fp32", {})
+        rd = r.get("latency_ratio_vs_dynamic", {})
+        lines.append(
+            f"| {r['title']} | {r['wa_f1']:.2f} | {r.get('wa_f1_drop_vs_fp32', 0):+.2f} | "
+            f"{100 * r.get('agreement_with_fp32', 1):.1f}% | {r['weight_bytes'] / 2**20:.1f} | "
+            f"{r.get('bytes_ratio_vs_fp32', 1):.3f} | {lat['b1x128']['p50_ms']:.1f} ({lat['b1x128']['p90_ms']:.1f}) | "
+            f"{lat['b1x511']['p50_ms']:.1f} ({lat['b1x511']['p90_ms']:.1f}) | "
+            f"{rf.get('b1x128', 1):.2f} / {rf.get('b1x511', 1):.2f} | "
+            f"{rd.get('b1x128', float('nan')):.2f} / {rd.get('b1x511', float('nan')):.2f} | {r['peak_rss_mb']:.0f} |")
+    notes = [f"- {r['title']}: {r['note']}" for r in results if r.get("note")]
+    lines += ["", *notes, "", "TensorRT on the Jetson (not runnable here; export the FP32 ONNX first):", "",
+              f"    {TRTEXEC}"]
+    (out / "quantization.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
