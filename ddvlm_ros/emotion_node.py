@@ -229,9 +229,13 @@ class EmotionNode(LifecycleNode):
 
     def _on_utterance(self, msg: Utterance) -> None:
         self._seen("utterance_topic")
-        if not msg.is_final:
-            return
         received = time.monotonic()
+        if not msg.is_final:  # streaming: caption the frames so far while the person is still speaking
+            start = stamp_to_sec(msg.start)
+            if start:
+                self.pipeline.prefetch(UtteranceIn(msg.conversation_id or self.p("conversation_id"), msg.utterance_id,
+                                                   msg.speaker_id, msg.text, start, self._now(), received))
+            return
         end = stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp) or self._now()
         start = stamp_to_sec(msg.start) or end - self.p("text_window_s")
         if start > end:
@@ -313,7 +317,8 @@ class EmotionNode(LifecycleNode):
                        "rejected_utterances": s.rejected, "dropped_utterances": s.dropped_utterances,
                        "frames": s.frames, "frames_dropped_old": s.frames_dropped_old,
                        "frames_dropped_future": s.frames_dropped_future, "caption_errors": s.caption_errors,
-                       "caption_timeouts": s.caption_timeouts, "latency_p50_ms": round(p50, 1),
+                       "caption_timeouts": s.caption_timeouts, "caption_prefetch_hits": s.caption_prefetch_hits,
+                       "latency_p50_ms": round(p50, 1),
                        "latency_p90_ms": round(p90, 1), "last_error": s.last_error,
                        "captioner": getattr(self.pipeline.captioner, "name", "none")}
             if p90 > SLOW_LATENCY_MS:

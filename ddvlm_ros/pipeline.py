@@ -56,6 +56,7 @@ class Stats:
     frames_dropped_future: int = 0
     caption_errors: int = 0
     caption_timeouts: int = 0
+    caption_prefetch_hits: int = 0  # final utterances whose caption was made while they were spoken
     conversations_reset: int = 0
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
@@ -125,6 +126,8 @@ class EmotionPipeline:
         self._captions: queue.Queue = queue.Queue(maxsize=queue_size)
         self._threads: list[threading.Thread] = []
         self._running = False
+        self._prefetched: dict[tuple[str, str], tuple[float, float, object]] = {}
+        self.prefetch_coverage = 0.8  # reuse a streaming caption that covers this much of the final window
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -161,6 +164,20 @@ class EmotionPipeline:
             self.stats.dropped_utterances += 1
             self.log("warn", f"inference queue full: utterance {utterance.utterance_id} dropped")
             return False
+
+    def prefetch(self, partial: UtteranceIn) -> None:
+        """Streaming: caption the frames of an utterance that is still being spoken (a non-final ASR
+        result), so the final result's refinement does not wait for the captioner. Best effort."""
+        if self.captioner is None:
+            return
+        try:
+            self._captions.put_nowait(("prefetch", partial))
+        except queue.Full:
+            pass
+
+    @staticmethod
+    def _stream_key(u: UtteranceIn) -> tuple[str, str]:
+        return (u.conversation_id, u.utterance_id or f"speaker:{u.speaker_id}")
 
     def add_frame(self, stamp: float, frame: Any, now: float | None = None) -> bool:
         return self.frames.add(stamp, frame, now)
@@ -209,7 +226,7 @@ class EmotionPipeline:
         self._publish(utt, prediction, refined=False)
         if self.captioner is not None:
             try:
-                self._captions.put_nowait((utt, turns, time.monotonic()))
+                self._captions.put_nowait(("final", (utt, turns, time.monotonic())))
             except queue.Full:
                 self.stats.caption_timeouts += 1
 
@@ -219,8 +236,14 @@ class EmotionPipeline:
             try:
                 if job is None or not self._running:
                     return
-                utt, turns, queued = job
-                caption = self._caption_window(utt)
+                kind, payload = job
+                if kind == "prefetch":
+                    caption = self._caption_window(payload)
+                    if caption is not None:
+                        self._prefetched[self._stream_key(payload)] = (payload.start, payload.end, caption)
+                    continue
+                utt, turns, queued = payload
+                caption = self._reuse_prefetched(utt) or self._caption_window(utt)
                 if caption is None:
                     continue
                 if time.monotonic() - queued > self.caption_timeout_s:
@@ -230,6 +253,18 @@ class EmotionPipeline:
                 self._jobs.put(("refine", (utt, turns, caption)))
             finally:
                 self._captions.task_done()
+
+    def _reuse_prefetched(self, utt: UtteranceIn):
+        """The streaming caption of this utterance if it covers enough of the final window."""
+        found = self._prefetched.pop(self._stream_key(utt), None)
+        if found is None:
+            return None
+        start, end, caption = found
+        span = max(utt.end - utt.start, 1e-6)
+        if (min(end, utt.end) - max(start, utt.start)) / span >= self.prefetch_coverage:
+            self.stats.caption_prefetch_hits += 1
+            return caption
+        return None
 
     def _caption_window(self, utt: UtteranceIn):
         raw = self.frames.window(utt.start, utt.end)

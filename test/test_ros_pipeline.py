@@ -55,3 +55,34 @@ def test_the_model_sees_the_same_context_as_an_offline_predict(tiny_text_checkpo
     _, results = run_pipeline(rec, [utt(t, s) for s, t in lines])
     for k, r in enumerate(results):
         assert r.prediction.probabilities == rec.predict(lines[: k + 1]).probabilities
+
+
+class CountingCaptioner:
+    name = "counting"
+
+    def __init__(self):
+        self.calls = 0
+
+    def caption(self, frames, window=None):
+        from ddvlm_core.captioner import Caption
+
+        self.calls += 1
+        return Caption("The head is turning to the left.", self.name, len(frames))
+
+
+def test_streaming_caption_made_during_speech_is_reused_for_the_final_result(tiny_visual_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    results, captioner = [], CountingCaptioner()
+    pipe = EmotionPipeline(rec, results.append, captioner=captioner)
+    pipe.start()
+    for k in range(10):
+        pipe.add_frame(100.0 + 0.1 * k, __import__("numpy").zeros((8, 8, 3), "uint8"))
+    pipe.prefetch(UtteranceIn("c", "u1", "a", "partial", 100.0, 100.85, time.monotonic()))  # still speaking
+    time.sleep(0.5)
+    pipe.submit(UtteranceIn("c", "u1", "a", "I see it now", 100.0, 100.9, time.monotonic()))
+    deadline = time.monotonic() + 20
+    while (len(results) < 2 or not pipe.idle()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pipe.stop()
+    assert [r.refined for r in results] == [False, True]
+    assert captioner.calls == 1 and pipe.stats.caption_prefetch_hits == 1
