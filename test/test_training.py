@@ -127,3 +127,26 @@ def test_export_rebuilds_the_run_checkpoint_from_its_best_weights(tmp_path, tiny
     a = EmotionRecognizer.from_checkpoint(tmp_path / "run" / "checkpoint", load_caption_embedder=False).predict(dialogue)
     b = EmotionRecognizer.from_checkpoint(exported, load_caption_embedder=False).predict(dialogue)
     assert a.probabilities == b.probabilities
+
+
+def test_two_gloo_ranks_under_torchrun_end_with_identical_weights(tmp_path, tiny_roberta_dir):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = {"text_backbone": tiny_roberta_dir, "limit_dialogues": 6, "epochs": 2, "batch_size": 4,
+                 "run_dir": str(tmp_path / "ddp"), "feature_cache": str(tmp_path / "features"),
+                 "text_mode": "frozen", "head_lr": 1e-2, "stages": "text"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "training"] + [f"--{k}={v}" for k, v in overrides.items()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r0 = load_file(tmp_path / "ddp" / "text" / "final_rank0.safetensors")
+    r1 = load_file(tmp_path / "ddp" / "text" / "final_rank1.safetensors")
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
+    info = json.loads((tmp_path / "ddp" / "text" / "result.json").read_text())
+    assert info["epoch"] == 2 and len(info["history"]) == 2
+    assert (tmp_path / "ddp" / "checkpoint" / "manifest.json").is_file()  # written once, by rank 0

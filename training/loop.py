@@ -36,6 +36,46 @@ from training.state import load_state, load_trainable_state, save_state, trainab
 SPLITS = ("train", "dev", "test")
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when not running under torchrun."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(cfg: TrainConfig) -> tuple[int, int]:
+    """Join the process group torchrun describes (gloo on CPU, NCCL on GPU); (0, 1) without torchrun."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+    return dist_info()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist_info()[1] > 1:
+        dist.barrier()
+
+
+def average_gradients(params: list[Tensor]) -> None:
+    """Data parallelism: after backward, every rank holds the mean gradient of all ranks' batches."""
+    import torch.distributed as dist
+
+    world = dist_info()[1]
+    if world == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -69,12 +109,14 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         log=print) -> dict:
     """The loop: AdamW + linear warm-up, clipping, EMA teacher update after every step, per-epoch dev/test
     evaluation, best-on-dev selection, resumable from ``out_dir/last`` after any finished epoch."""
+    rank, world = dist_info()
+    main_rank = rank == 0
     out_dir.mkdir(parents=True, exist_ok=True)
     student = stage.student
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=cfg.weight_decay)
     train_idx = stage.train_indices if stage.train_indices is not None else list(range(len(labels["train"])))
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size) // world
     total = steps_per_epoch * cfg.epochs
     sched = linear_warmup(opt, int(cfg.warmup_ratio * total), total)
     teacher = L.EMATeacher(student, cfg.ema_decay) if stage.ema else None
@@ -87,11 +129,13 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         student.train()
         plan = batches([lengths["train"][i] for i in train_idx], cfg.batch_size, shuffle=True,
                        seed=cfg.seed * 1000 + epoch, bucket=cfg.length_bucketing)
+        plan = plan[rank::world][:steps_per_epoch]  # each rank its share, the same number of steps
         running, bar = 0.0, tqdm(plan, desc=f"{stage.name} epoch {epoch}/{cfg.epochs}", unit="batch", mininterval=10)
         for step, batch in enumerate(bar, 1):
             idx = [train_idx[i] for i in batch]
             loss = stage.loss(student, teacher, idx, labels["train"][idx], epoch)
             loss.backward()
+            average_gradients(params)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
@@ -108,21 +152,28 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         info["history"].append(record)
         if info["best"] is None or record["dev_wa_f1"] > info["best"]["dev_wa_f1"]:
             info["best"] = {**record, "dev": scores["dev"], "test": scores["test"]}
-            from safetensors.torch import save_file
+            if main_rank:
+                from safetensors.torch import save_file
 
-            save_file(trainable_state(student), out_dir / "best.safetensors")
+                save_file(trainable_state(student), out_dir / "best.safetensors")
         info["epoch"] = epoch
-        save_state(out_dir, student, teacher.model if teacher else None, opt, sched, info)
+        if main_rank:
+            save_state(out_dir, student, teacher.model if teacher else None, opt, sched, info)
+        barrier()
         log(f"[{stage.name}] epoch {epoch}: loss {record['train_loss']:.4f}  dev WA-F1 {record['dev_wa_f1']:.2f}  "
             f"test WA-F1 {record['test_wa_f1']:.2f}  ({time.monotonic() - started:.0f}s)")
         if cfg.time_budget_min and time.monotonic() - started > 60 * cfg.time_budget_min:
             log(f"[{stage.name}] time budget of {cfg.time_budget_min} min reached after epoch {epoch}")
             info["stopped_early"] = epoch
             break
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
+    if world > 1:  # evidence that data parallelism kept every rank's weights identical
+        save_file(trainable_state(student), out_dir / f"final_rank{rank}.safetensors")
+    barrier()
     load_trainable_state(student, load_file(out_dir / "best.safetensors"))
-    (out_dir / "result.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    if main_rank:
+        (out_dir / "result.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
 
 
@@ -148,8 +199,12 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
     device = cfg.device
     if cfg.text_mode == "frozen":
         path = resolve_model(cfg.text_backbone)
+        if dist_info()[0] != 0:
+            barrier()  # rank 0 extracts and caches the features first
         feats = {s: cached_features(model.text, data[s], tok.pad_token_id, cfg.feature_cache, path,
                                     cfg.eval_batch_size, device, log).to(device) for s in SPLITS}
+        if dist_info()[0] == 0:
+            barrier()
         for p in model.text.backbone.parameters():
             p.requires_grad_(False)
         student = nn.Sequential(model.text.dropout, model.text.head).to(device)
@@ -197,10 +252,14 @@ def run(cfg: TrainConfig, log=print) -> dict:
     """Train the configured stages; write the run directory; return the results."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
+    rank, world = init_distributed(cfg)
+    if rank != 0:
+        log = lambda *_: None  # noqa: E731 - one rank reports
+    seed_everything(cfg.seed)  # the same initial weights on every rank
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
+    if rank == 0:
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
     model, tok = DDVLM.from_backbone(DDVLMConfig(
         text_backbone=cfg.text_backbone, caption_embedder=cfg.caption_embedder, dropout=cfg.dropout,
         max_tokens=cfg.max_tokens, speaker_tokens=cfg.speaker_tokens, fusion_alpha_init=cfg.fusion_alpha_init))
@@ -220,7 +279,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
         elif cfg.text_mode == "full":
             modules.append("backbone")
         best = results["stages"]["text"]["best"]
-        for split in ("dev", "test"):
+        for split in ("dev", "test") if rank == 0 else ():
             confusion_png(best[split]["confusion"], run_dir / f"confusion_text_{split}.png",
                           f"text branch, {split}: WA-F1 {best[split]['wa_f1']:.2f}")
     if {"visual", "fusion"} & set(cfg.stages):
@@ -233,8 +292,10 @@ def run(cfg: TrainConfig, log=print) -> dict:
             results["stages"].update(multimodal_stages(cfg, model, tok, data, labels, run_dir, log))
             modules += ["visual_head", "fusion"]
     model.text.backbone.eval()
-    model.save(run_dir / "checkpoint", tuple(modules), extra={"trained_by": "training.loop", "run": cfg.to_dict()})
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    if rank == 0:
+        model.save(run_dir / "checkpoint", tuple(modules), extra={"trained_by": "training.loop", "run": cfg.to_dict()})
+        (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    barrier()
     return results
 
 
