@@ -70,7 +70,9 @@ class ReplayResult:
 
 
 def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: float = 60.0,
-           on_answer=None) -> ReplayResult:
+           on_answer=None, max_in_flight: int = 0) -> ReplayResult:
+    """Play ``bag`` into a fresh node. ``max_in_flight`` > 0 holds back the next utterance while that many
+    are unanswered (evaluation of a whole split faster than real time without overrunning the node)."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
@@ -135,6 +137,13 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             delay = (t - t_first) / speed - (time.monotonic() - started)
             if delay > 0:
                 time.sleep(delay)
+            if max_in_flight and topic in ("/utterance", "/transcript"):
+                while True:
+                    with lock:
+                        waiting = sum(1 for k in result.finals if "text" not in result.answers.get(k, {}))
+                    if waiting < max_in_flight:
+                        break
+                    time.sleep(0.01)
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
             msg = deserialize_message(raw, types[topic])
             if topic == "/utterance" and msg.is_final:
@@ -179,9 +188,9 @@ def offline_predictions(bag: str | Path, recognizer) -> dict[str, str]:
     return out
 
 
-def report_markdown(title: str, score: dict, bag: str, params: dict, speed: float) -> str:
+def report_markdown(title: str, score: dict, bag: str, params: dict, speed: float, extra: str = "") -> str:
     lines = [f"# {title}", "", f"Bag `{bag}`, replayed at {speed}x through the emotion node "
-             f"(`python -m ddvlm_ros.replay`), params {json.dumps(params)}.", ""]
+             f"(`python -m ddvlm_ros.replay`), params {json.dumps(params)}. {extra}", ""]
     if score.get("n"):
         lines += [f"- utterances: {score['utterances']}, answered {score['answered']}, unanswered "
                   f"{score['unanswered']}, refined {score['refined']}, duplicate answers {score['duplicates']}",
@@ -204,6 +213,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--speed", type=float, default=1.0)
     ap.add_argument("--captioner", default="none")
     ap.add_argument("--live", action="store_true", help="print a table row per answer")
+    ap.add_argument("--max-in-flight", type=int, default=0,
+                    help="hold back utterances while this many are unanswered (0: pure bag timing)")
     ap.add_argument("--report", help="write Markdown here and JSON next to it")
     ap.add_argument("--title", default="Bag replay through the emotion node")
     args = ap.parse_args(argv)
@@ -222,7 +233,7 @@ def main(argv: list[str]) -> int:
 
     if args.live:
         print(f"{'utterance':<22} {'speaker':<12} {'tok':<5} {'emotion':<9} {'conf':>5} R  {'gold':<14} latency")
-    result = replay(args.bag, params, args.speed, on_answer=live)
+    result = replay(args.bag, params, args.speed, on_answer=live, max_in_flight=args.max_in_flight)
     score = result.score(labels)
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
@@ -232,7 +243,9 @@ def main(argv: list[str]) -> int:
     if args.report:
         path = Path(args.report)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(report_markdown(args.title, score, args.bag, params, args.speed))
+        extra = (f"At most {args.max_in_flight} utterances in flight (latency includes that queue)."
+                 if args.max_in_flight else "")
+        path.write_text(report_markdown(args.title, score, args.bag, params, args.speed, extra))
         path.with_suffix(".json").write_text(json.dumps({"bag": args.bag, "speed": args.speed, "params": params,
                                                          "score": score, "wall_s": result.wall_s}, indent=1) + "\n")
         print(f"report: {path}")
