@@ -63,7 +63,7 @@ def test_epoch_one_is_cross_entropy_only_then_self_distillation(tmp_path, tiny_r
     cfg = tiny_cfg(tmp_path, tiny_roberta_dir)
     model, tok = DDVLM.from_backbone(DDVLMConfig(text_backbone=tiny_roberta_dir))
     data = build_data(cfg, tok)
-    stage, _ = text_stage(cfg, model, tok, data, log=lambda *_: None)
+    stage = text_stage(cfg, model, tok, data, log=lambda *_: None)
     teacher = L.EMATeacher(stage.student)
     with torch.no_grad():
         teacher.model[1].weight.add_(1.0)  # a teacher that disagrees with the student

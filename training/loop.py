@@ -194,8 +194,8 @@ def evaluate(stage: Stage, split: str, gold: Tensor, lengths: list[int], batch_s
 # ---- stages -------------------------------------------------------------------------------------
 
 
-def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example]], log) -> tuple[Stage, dict]:
-    """Build the text stage for the configured mode; returns it and per-split h_text getters."""
+def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example]], log) -> Stage:
+    """Build the text stage for the configured mode."""
     device = cfg.device
     if cfg.text_mode == "frozen":
         path = resolve_model(cfg.text_backbone)
@@ -237,7 +237,7 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
                 z_t = logits(teacher.model, "train", idx)
         return L.self_distillation_loss(z_s, z_t, y, epoch, cfg.sd_alpha, cfg.sd_tau)
 
-    return Stage("text", student, logits, loss, lr, ema=cfg.self_distillation), {}
+    return Stage("text", student, logits, loss, lr, ema=cfg.self_distillation)
 
 
 def build_data(cfg: TrainConfig, tok) -> dict[str, list[Example]]:
@@ -272,7 +272,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
     results: dict = {"config": cfg.to_dict(), "stages": {}}
     modules = ["text_head"]
     if "text" in cfg.stages:
-        stage, _ = text_stage(cfg, model, tok, data, log)
+        stage = text_stage(cfg, model, tok, data, log)
         results["stages"]["text"] = fit(cfg, stage, labels, lengths, run_dir / "text", log)
         if cfg.text_mode == "lora":
             modules.append("backbone_lora")
