@@ -87,9 +87,18 @@ class EMATeacher:
 
 @torch.no_grad()
 def ema_update_(teacher: nn.Module, student: nn.Module, decay: float) -> None:
-    """In place: theta_t <- decay * theta_t + (1 - decay) * theta_s for parameters; buffers copied."""
-    for p_t, p_s in zip(teacher.parameters(), student.parameters(), strict=True):
-        p_t.mul_(decay).add_(p_s.detach(), alpha=1 - decay)
+    """In place: theta_t <- decay * theta_t + (1 - decay) * theta_s for parameters; buffers copied.
+
+    Frozen student parameters (``requires_grad`` False, e.g. a LoRA backbone's base weights) never change,
+    so their teacher copy already equals them and is left alone; the rest is updated with fused
+    multi-tensor ops (one kernel launch per op for all tensors, not one per tensor).
+    """
+    pairs = [(p_t, p_s.detach()) for p_t, p_s in zip(teacher.parameters(), student.parameters(), strict=True)
+             if p_s.requires_grad]
+    if pairs:
+        t, s = zip(*pairs)
+        torch._foreach_mul_(t, decay)
+        torch._foreach_add_(t, s, alpha=1 - decay)
     for b_t, b_s in zip(teacher.buffers(), student.buffers(), strict=True):
         b_t.copy_(b_s)
 

@@ -139,3 +139,15 @@ def test_gradients_of_the_distillation_losses_are_correct():
     assert torch.autograd.gradcheck(lambda z: L.response_loss(z_t, z, 4.0), (z_s,))
     assert torch.autograd.gradcheck(lambda h: L.feature_loss(h_t, h), (h_s,))
     assert torch.autograd.gradcheck(lambda z: L.distillation_kl(z_t, z, 2.0), (z_s,))
+
+
+def test_ema_leaves_frozen_parameters_exactly_equal_to_the_student():
+    student = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    student[0].requires_grad_(False)  # e.g. a LoRA backbone's base weights
+    teacher = L.EMATeacher(student, decay=0.99)
+    for _ in range(50):
+        with torch.no_grad():
+            student[1].weight.add_(0.1)
+        teacher.update(student)
+    assert torch.equal(teacher.model[0].weight, student[0].weight)
+    assert not torch.equal(teacher.model[1].weight, student[1].weight)  # trained part lags behind

@@ -150,3 +150,28 @@ def test_two_gloo_ranks_under_torchrun_end_with_identical_weights(tmp_path, tiny
     info = json.loads((tmp_path / "ddp" / "text" / "result.json").read_text())
     assert info["epoch"] == 2 and len(info["history"]) == 2
     assert (tmp_path / "ddp" / "checkpoint" / "manifest.json").is_file()  # written once, by rank 0
+
+
+def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_process(tmp_path, tiny_roberta_dir):
+    from training.ablate import ROWS, run_rows, write_report
+
+    rows = [r for r in ROWS if r.name in ("text_sd", "text_no_sd")]
+    serial = run_rows(tiny_cfg(tmp_path / "serial", tiny_roberta_dir), rows[:1], [0], log=lambda *_: None)
+    parallel = run_rows(tiny_cfg(tmp_path / "par", tiny_roberta_dir), rows, [0, 1], log=lambda *_: None, parallel=4)
+    assert [len(e["runs"]) for e in parallel] == [2, 2] and not any("failed" in e for e in parallel)
+    for entry in parallel:  # each run its own directory, log and config
+        for seed in (0, 1):
+            assert (tmp_path / "par" / "run" / "ablation" / entry["row"] / f"seed{seed}" / "results.json").is_file()
+    # the same configuration gives the same score in a subprocess as in process (seeded, deterministic)
+    assert parallel[0]["runs"][0]["test_wa_f1"] == pytest.approx(serial[0]["runs"][0]["test_wa_f1"], abs=1e-9)
+    write_report(parallel, tiny_cfg(tmp_path, tiny_roberta_dir), tmp_path / "ablation")
+    report = (tmp_path / "ablation.md").read_text()
+    assert "| text_no_sd | 1 |" in report and "Self-distillation gain" in report
+
+
+def test_a_failing_parallel_run_is_reported_not_raised(tmp_path, tiny_roberta_dir):
+    from training.ablate import ROWS, run_rows
+
+    cfg = tiny_cfg(tmp_path, tiny_roberta_dir, text_backbone=str(tmp_path / "missing-backbone"))
+    [entry] = run_rows(cfg, [r for r in ROWS if r.name == "text_sd"], [0], log=lambda *_: None, parallel=2)
+    assert entry["failed"][0]["returncode"] != 0 and "mean" not in entry

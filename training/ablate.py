@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import yaml
 
 from training.config import load_config
 
@@ -54,27 +58,84 @@ def row_score(results: dict, row: Row) -> float:
     return stages[name]["best"]["test"]["wa_f1"]
 
 
-def run_rows(base, rows: list[Row], seeds: list[int], log=print) -> list[dict]:
+def _job_config(base, row: Row, seed: int):
+    return replace(base, **row.overrides, seed=seed, run_dir=f"{base.run_dir}/ablation/{row.name}/seed{seed}").validate()
+
+
+def _run_in_process(cfg, log) -> dict:
     from training.loop import run
 
-    out = []
+    return run(cfg, log)
+
+
+def _run_as_subprocess(cfg) -> subprocess.Popen:
+    """``python -m training`` on the job's resolved config (written to its run directory as YAML)."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file = run_dir / "job.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    log_file = open(run_dir / "train.log", "w", encoding="utf-8")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([sys.executable, "-m", "training", "--config", str(config_file)],
+                            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _summary(results: dict, row: Row, seed: int, seconds: float) -> dict:
+    text = results["stages"].get("text", {})
+    return {"seed": seed, "test_wa_f1": row_score(results, row), "seconds": round(seconds, 1),
+            "text_best_epoch": text.get("best", {}).get("epoch"), "text_dev_wa_f1": text.get("best", {}).get("dev_wa_f1"),
+            "epochs_run": len(text.get("history", [])), "text_history": text.get("history", [])}
+
+
+def run_rows(base, rows: list[Row], seeds: list[int], log=print, parallel: int = 1) -> list[dict]:
+    """Every (row, seed) run; ``parallel`` > 1 runs that many at once as subprocesses (e.g. several
+    seeds sharing one GPU, whose small-batch steps leave it mostly idle)."""
+    entries, jobs = [], []
     for row in rows:
         entry = {"row": row.name, "title": row.title, "paper": row.paper, "mode": base.text_mode,
-                 "encoder": base.text_backbone, "captions": base.caption_source, "seeds": seeds, "scores": []}
+                 "encoder": base.text_backbone, "captions": base.caption_source, "device": base.device,
+                 "epochs": base.epochs, "seeds": seeds, "scores": [], "runs": []}
+        entries.append(entry)
         if row.needs_captions and base.caption_source == "none":
             entry["not_run"] = "needs captions; none on this machine (no MELD videos)"
-            out.append(entry)
             continue
-        for seed in seeds:
-            cfg = replace(base, **row.overrides, seed=seed, run_dir=f"{base.run_dir}/ablation/{row.name}/seed{seed}")
+        jobs += [(entry, row, seed, _job_config(base, row, seed)) for seed in seeds]
+    running: list[tuple] = []
+    pending = list(jobs)
+    while pending or running:
+        while pending and (parallel <= 1 or len(running) < parallel):
+            entry, row, seed, cfg = pending.pop(0)
             t0 = time.monotonic()
-            results = run(cfg.validate(), log)
-            entry["scores"].append(row_score(results, row))
-            log(f"ablation {row.name} seed {seed}: test WA-F1 {entry['scores'][-1]:.2f} ({time.monotonic() - t0:.0f}s)")
-        entry["mean"] = statistics.mean(entry["scores"])
-        entry["std"] = statistics.stdev(entry["scores"]) if len(entry["scores"]) > 1 else 0.0
-        out.append(entry)
-    return out
+            if parallel <= 1:
+                _finish(entry, row, seed, _run_in_process(cfg, log), t0, log)
+            else:
+                log(f"ablation {row.name} seed {seed}: started ({cfg.run_dir}/train.log)")
+                running.append((entry, row, seed, cfg, t0, _run_as_subprocess(cfg)))
+        for job in [j for j in running if j[-1].poll() is not None]:
+            running.remove(job)
+            entry, row, seed, cfg, t0, proc = job
+            result_file = Path(cfg.run_dir) / "results.json"
+            if proc.returncode != 0 or not result_file.is_file():
+                entry.setdefault("failed", []).append({"seed": seed, "returncode": proc.returncode,
+                                                       "log": f"{cfg.run_dir}/train.log"})
+                log(f"ablation {row.name} seed {seed}: FAILED (exit {proc.returncode}), see {cfg.run_dir}/train.log")
+                continue
+            _finish(entry, row, seed, json.loads(result_file.read_text(encoding="utf-8")), t0, log)
+        if running:
+            time.sleep(2)
+    for entry in entries:
+        if entry["scores"]:
+            entry["runs"].sort(key=lambda r: r["seed"])
+            entry["scores"] = [r["test_wa_f1"] for r in entry["runs"]]
+            entry["mean"] = statistics.mean(entry["scores"])
+            entry["std"] = statistics.stdev(entry["scores"]) if len(entry["scores"]) > 1 else 0.0
+    return entries
+
+
+def _finish(entry: dict, row: Row, seed: int, results: dict, t0: float, log) -> None:
+    summary = _summary(results, row, seed, time.monotonic() - t0)
+    entry["runs"].append(summary)
+    entry["scores"].append(summary["test_wa_f1"])
+    log(f"ablation {row.name} seed {seed}: test WA-F1 {summary['test_wa_f1']:.2f} ({summary['seconds']:.0f}s)")
 
 
 def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation") -> None:
@@ -91,10 +152,26 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation") -
         "|---|---|---|---|---|---|---|",
     ]
     for e in entries:
-        ours = "not run: " + e["not_run"] if "not_run" in e else f"{e['mean']:.2f} ± {e['std']:.2f}"
+        if "not_run" in e:
+            ours = "not run: " + e["not_run"]
+        elif "mean" not in e:
+            ours = "failed (see the run logs)"
+        else:
+            ours = f"{e['mean']:.2f} ± {e['std']:.2f}"
         paper = f"{e['paper']:.2f}" if e["paper"] is not None else "—"
         lines.append(f"| {e['title']} | {ours} | {len(e['scores'])} | {paper} | {e['mode']} | {e['encoder']} | "
                      f"{e['captions']} |")
+    runs = [(e, r) for e in entries for r in e.get("runs", [])]
+    if runs:
+        lines += ["", "Per run (model chosen on dev):", "",
+                  "| row | seed | test WA-F1 | dev WA-F1 | best epoch | epochs run | seconds |", "|---|---|---|---|---|---|---|"]
+        for e, r in runs:
+            dev = f"{r['text_dev_wa_f1']:.2f}" if r.get("text_dev_wa_f1") is not None else "—"
+            lines.append(f"| {e['row']} | {r['seed']} | {r['test_wa_f1']:.2f} | {dev} | {r['text_best_epoch']} | "
+                         f"{r['epochs_run']} | {r['seconds']:.0f} |")
+    failed = [(e["row"], f) for e in entries for f in e.get("failed", [])]
+    for row, f in failed:
+        lines.append(f"\nFAILED: {row} seed {f['seed']} (exit {f['returncode']}), log {f['log']}")
     ran = {e["row"]: e for e in entries if "mean" in e}
     if "text_sd" in ran and "text_no_sd" in ran:
         gain = ran["text_sd"]["mean"] - ran["text_no_sd"]["mean"]
@@ -108,6 +185,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rows", default=",".join(r.name for r in ROWS))
     ap.add_argument("--report", default=str(REPORTS / "ablation"))
+    ap.add_argument("--parallel", type=int, default=1, help="runs at once, as subprocesses (e.g. seeds on one GPU)")
     args, overrides = ap.parse_known_args(argv)
     from transformers.utils import logging
 
@@ -117,7 +195,8 @@ def main(argv: list[str]) -> int:
     unknown = set(wanted) - {r.name for r in ROWS}
     if unknown:
         ap.error(f"unknown rows {sorted(unknown)}")
-    entries = run_rows(base, [r for r in ROWS if r.name in wanted], [int(s) for s in args.seeds.split(",")])
+    entries = run_rows(base, [r for r in ROWS if r.name in wanted], [int(s) for s in args.seeds.split(",")],
+                       parallel=args.parallel)
     write_report(entries, base, Path(args.report))
     print(Path(args.report).with_suffix(".md").read_text())
     return 0

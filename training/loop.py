@@ -130,7 +130,8 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         plan = batches([lengths["train"][i] for i in train_idx], cfg.batch_size, shuffle=True,
                        seed=cfg.seed * 1000 + epoch, bucket=cfg.length_bucketing)
         plan = plan[rank::world][:steps_per_epoch]  # each rank its share, the same number of steps
-        running, bar = 0.0, tqdm(plan, desc=f"{stage.name} epoch {epoch}/{cfg.epochs}", unit="batch", mininterval=10)
+        epoch_start = time.monotonic()
+        running, bar = torch.zeros(()), tqdm(plan, desc=f"{stage.name} epoch {epoch}/{cfg.epochs}", unit="batch", mininterval=10)
         for step, batch in enumerate(bar, 1):
             idx = [train_idx[i] for i in batch]
             loss = stage.loss(student, teacher, idx, labels["train"][idx], epoch)
@@ -143,11 +144,14 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
             opt.zero_grad(set_to_none=True)
             if teacher is not None:
                 teacher.update(student)
-            running += loss.item()
+            running = running.to(loss.device) + loss.detach().float()  # no host sync per step
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{running / step:.4f}")
+                bar.set_postfix(loss=f"{running.item() / step:.4f}")
+        train_seconds = time.monotonic() - epoch_start
         scores = {s: evaluate(stage, s, labels[s], lengths[s], cfg.eval_batch_size) for s in ("dev", "test")}
-        record = {"epoch": epoch, "train_loss": running / max(1, len(plan)),
+        record = {"epoch": epoch, "train_loss": running.item() / max(1, len(plan)),
+                  "train_seconds": round(train_seconds, 2),
+                  "eval_seconds": round(time.monotonic() - epoch_start - train_seconds, 2), "train_steps": len(plan),
                   **{f"{s}_{k}": scores[s][k] for s in scores for k in ("wa_f1", "macro_f1", "accuracy")}}
         info["history"].append(record)
         if info["best"] is None or record["dev_wa_f1"] > info["best"]["dev_wa_f1"]:

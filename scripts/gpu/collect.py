@@ -1,0 +1,41 @@
+"""After the GPU training call: pack the best self-distilled run (by dev WA-F1) as default_checkpoint.tar
+and every run's log into train_logs.txt under OUT (the device returns at most 8 files).
+
+    python scripts/gpu/collect.py RUNS_DIR OUT
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+
+def main(runs: Path, out: Path) -> int:
+    logs, best = [], None
+    for result in sorted(runs.glob("ablation/*/seed*/results.json")):
+        run_dir = result.parent
+        info = json.loads(result.read_text())
+        text = info["stages"]["text"]["best"]
+        logs.append(f"{run_dir}: best epoch {text['epoch']} dev {text['dev_wa_f1']:.2f} test {text['test_wa_f1']:.2f}")
+        if run_dir.parent.name == "text_sd" and (best is None or text["dev_wa_f1"] > best[1]):
+            best = (run_dir, text["dev_wa_f1"])
+    for log in sorted(runs.glob("ablation/*/seed*/train.log")):
+        lines = [ln for ln in log.read_text(errors="replace").replace("\r", "\n").splitlines()
+                 if ln.strip() and "%|" not in ln]  # progress-bar redraws dropped, everything else kept
+        logs += [f"==== {log}", *lines[-200:]]
+    for name in ("/tmp/plan.sh", "/tmp/ablate_main.log", "/tmp/ablate_extra.log"):
+        if Path(name).is_file():
+            logs += [f"==== {name}", *Path(name).read_text(errors="replace").splitlines()[-60:]]
+    (out / "train_logs.txt").write_text("\n".join(logs) + "\n")
+    if best:
+        with tarfile.open(out / "default_checkpoint.tar", "w") as tar:
+            for name in ("checkpoint", "results.json", "config.json", "confusion_text_test.png", "confusion_text_dev.png"):
+                if (best[0] / name).exists():
+                    tar.add(best[0] / name, arcname=f"{best[0].parent.name}_{best[0].name}/{name}")
+        print(f"default candidate: {best[0]} (dev WA-F1 {best[1]:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
