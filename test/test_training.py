@@ -175,3 +175,20 @@ def test_a_failing_parallel_run_is_reported_not_raised(tmp_path, tiny_roberta_di
     cfg = tiny_cfg(tmp_path, tiny_roberta_dir, text_backbone=str(tmp_path / "missing-backbone"))
     [entry] = run_rows(cfg, [r for r in ROWS if r.name == "text_sd"], [0], log=lambda *_: None, parallel=2)
     assert entry["failed"][0]["returncode"] != 0 and "mean" not in entry
+
+
+def test_evaluate_checkpoint_scores_the_whole_split_as_the_recognizer_predicts(tiny_text_checkpoint):
+    from ddvlm_core.labels import LABELS
+    from training.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(tiny_text_checkpoint, ("dev",), log=lambda *_: None)
+    dev = result["splits"]["dev"]
+    assert dev["n"] == 1109 and result["modules"] == ["text_head"]
+    # independent check on one dialogue: the recognizer's own top labels give the same correct count
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    rows = dialogues("dev")[0]
+    turns = [(r.speaker, r.text) for r in rows]
+    top = [rec.predict(turns[: k + 1]).top_label for k in range(len(rows))]
+    assert [LABELS[i] for i in dev["predictions"][: len(rows)]] == top
+    confusion = torch.tensor(dev["confusion"])
+    assert confusion.sum() == 1109 and confusion.trace() / 1109 * 100 == pytest.approx(dev["accuracy"])

