@@ -16,7 +16,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -69,6 +69,7 @@ class EmotionNode(LifecycleNode):
 
     # ---- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
+        one_cpu_thread()  # this (executor) thread: see cpu_threads_setup
         try:
             self.recognizer = self._load_recognizer()
             captioner = self._load_captioner()
@@ -86,7 +87,8 @@ class EmotionNode(LifecycleNode):
             self.recognizer, self._on_result, captioner, decode_frame=self._decode_frame,
             max_turns=self.p("max_context_turns"), idle_timeout_s=self.p("idle_timeout_s"),
             frame_buffer_s=self.p("frame_buffer_s"), frames_per_window=self.p("frames_per_window"),
-            caption_timeout_s=self.p("caption_timeout_s"), log=self._log)
+            caption_timeout_s=self.p("caption_timeout_s"), log=self._log,
+            thread_setup={"inference": cpu_threads_setup(self.p("cpu_threads")), "caption": one_cpu_thread})
         self._ensure_diagnostics()
         self.get_logger().info(f"configured: model {self.model_name}, quantization {self.quantization}, "
                                f"captioner {getattr(captioner, 'name', 'none')}")
@@ -342,11 +344,36 @@ class EmotionNode(LifecycleNode):
         self._diag_pub.publish(array)
 
 
+def one_cpu_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def cpu_threads_setup(n: int):
+    """Intra-op threads for the inference worker. OpenMP keeps one thread team per calling thread, and a
+    second team that has ever run (e.g. the executor thread's, from loading the model) makes libgomp
+    throttle its spinning: measured on 2 cores, a predict on a worker thread took 1.25x the same predict
+    on a process's only team. So every other thread of the node runs torch with 1 thread (no team) and
+    only this worker gets ``n`` (0 = all cores)."""
+    def setup() -> None:
+        import os
+
+        import torch
+
+        torch.set_num_threads(n if n > 0 else (os.cpu_count() or 1))
+
+    return setup
+
+
 def main(args: list[str] | None = None) -> int:
     """ddvlm-emotion [--ros-args --params-file config/emotion.yaml -r transcript:=/asr/text ...]"""
     rclpy.init(args=args if args is not None else sys.argv)
     node = EmotionNode()
-    executor = MultiThreadedExecutor(num_threads=2)
+    # Callbacks only enqueue (the model runs on the pipeline's threads), so one executor thread is enough,
+    # and rclpy's MultiThreadedExecutor costs the inference thread the GIL: bench/ros_latency.py measured
+    # transcript->/emotion p50 at 2.6x a bare predict with it vs 1.2x with this one.
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         if node.p("autostart"):

@@ -114,7 +114,8 @@ class EmotionPipeline:
     def __init__(self, recognizer, publish: Callable[[Result], None], captioner=None,
                  decode_frame: Callable[[Any], Any] = lambda x: x, max_turns: int = 32, idle_timeout_s: float = 120.0,
                  frame_buffer_s: float = 10.0, frames_per_window: int = 4, caption_timeout_s: float = 10.0,
-                 queue_size: int = 256, log: Callable[[str, str], None] = lambda level, msg: None):
+                 queue_size: int = 256, log: Callable[[str, str], None] = lambda level, msg: None,
+                 thread_setup: dict[str, Callable[[], None]] | None = None):
         self.recognizer, self.publish, self.captioner = recognizer, publish, captioner
         self.decode_frame, self.log = decode_frame, log
         self.max_turns, self.idle_timeout_s = max_turns, idle_timeout_s
@@ -128,6 +129,7 @@ class EmotionPipeline:
         self._running = False
         self._prefetched: dict[tuple[str, str], tuple[float, float, object]] = {}
         self.prefetch_coverage = 0.8  # reuse a streaming caption that covers this much of the final window
+        self.thread_setup = thread_setup or {}  # worker name -> called first on that worker's thread
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -184,6 +186,7 @@ class EmotionPipeline:
 
     # ---- workers ---------------------------------------------------------------------------------
     def _inference_loop(self) -> None:
+        self.thread_setup.get("inference", lambda: None)()
         while True:
             job = self._jobs.get()
             try:
@@ -231,6 +234,7 @@ class EmotionPipeline:
                 self.stats.caption_timeouts += 1
 
     def _caption_loop(self) -> None:
+        self.thread_setup.get("caption", lambda: None)()
         while True:
             job = self._captions.get()
             try:

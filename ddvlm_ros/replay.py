@@ -74,7 +74,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     """Play ``bag`` into a fresh node. ``max_in_flight`` > 0 holds back the next utterance while that many
     are unanswered (evaluation of a whole split faster than real time without overrunning the node)."""
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.serialization import deserialize_message
     from rosgraph_msgs.msg import Clock
@@ -115,7 +115,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             types[topic] = ros_type(msgtype)
             depth = 1 if "image" in topic else 500
             pubs[topic] = player.create_publisher(types[topic], topic_map[topic], depth)
-    executor = MultiThreadedExecutor(num_threads=3, context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)  # as the node's main(): callbacks only enqueue
     executor.add_node(node)
     executor.add_node(player)
     spinner = threading.Thread(target=executor.spin, daemon=True)

@@ -5,7 +5,7 @@ import threading
 import time
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
 from ddvlm_msgs.msg import EmotionDistribution
@@ -21,7 +21,7 @@ class Harness:
         self.client = rclpy.create_node("ddvlm_test_client", context=self.context)
         self.received: list[EmotionDistribution] = []
         self.client.create_subscription(EmotionDistribution, "emotion", self.received.append, 200)
-        self.executor = MultiThreadedExecutor(num_threads=3, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)  # as the node's main()
         self.executor.add_node(self.node)
         self.executor.add_node(self.client)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
