@@ -19,6 +19,7 @@ $(VENV)/.deps: requirements.txt requirements-assets.txt setup.py
 
 msgs: $(VENV)/.deps
 	VENV=$(CURDIR)/$(VENV) scripts/build_msgs.sh
+	VENV=$(CURDIR)/$(VENV) scripts/build_msgs.sh third_party/hri_msgs
 
 assets: $(VENV)/.deps
 	$(PY) -m ddvlm_core.assets > /dev/null

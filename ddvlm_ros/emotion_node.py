@@ -61,6 +61,8 @@ class EmotionNode(LifecycleNode):
         self._qos_incompatible = 0
         self._bad_frames = 0
         self._active = False
+        self._hri = None  # ddvlm_ros.ros4hri.Ros4HriBridge while active with ros4hri: true
+        self._hri_status = "off"
         self._inputs_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
 
@@ -102,12 +104,16 @@ class EmotionNode(LifecycleNode):
         self._silence_warned.clear()
         if self.p("input_timeout_s") > 0:
             self._silence_timer = self.create_timer(1.0, self._check_silence, callback_group=self._diag_group)
+        self._start_ros4hri()
         self.pipeline.start()
         self._active = True
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self._active = False
+        if self._hri is not None:
+            self._hri.stop()
+            self._hri = None
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -293,6 +299,36 @@ class EmotionNode(LifecycleNode):
                                 u.utterance_id, u.speaker_id, result.refined, result.latency_ms)
         if self._pub is not None:
             self._pub.publish(msg)
+        hri = self._hri
+        if hri is not None and u.voice_id:
+            hri.publish(u.voice_id, result.prediction, msg.header)
+
+    # ---- ROS4HRI (ddvlm_ros.ros4hri) ------------------------------------------------------------
+    def _start_ros4hri(self) -> None:
+        from ddvlm_ros.ros4hri import Ros4HriBridge, hri_msgs_available
+
+        if not self.p("ros4hri"):
+            self._hri_status = "off"
+            return
+        if not hri_msgs_available():
+            self._hri_status = "requested, but hri_msgs is not installed"
+            self.get_logger().warning("ros4hri: true but hri_msgs does not import: ROS4HRI input/output is off")
+            return
+        self._hri = Ros4HriBridge(self, self._on_voice_final, self._on_voice_incremental, self._next_id, self._now,
+                                  self._qos("transcript"), callback_group=self._inputs_group)
+        self._hri_status = "on"
+
+    def _on_voice_final(self, voice: str, msg, start: float | None, uid: str) -> None:
+        received = time.monotonic()
+        end = stamp_to_sec(msg.header.stamp) or self._now()
+        start = start if start is not None and start <= end else end - self.p("text_window_s")
+        header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
+        self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
+                                         header, voice_id=voice))
+
+    def _on_voice_incremental(self, voice: str, msg, start: float, uid: str) -> None:
+        self.pipeline.prefetch(UtteranceIn(self.p("conversation_id"), uid, voice, msg.incremental, start,
+                                           self._now(), time.monotonic(), voice_id=voice))
 
     def _log(self, level: str, text: str) -> None:
         logger = self.get_logger()
@@ -307,7 +343,8 @@ class EmotionNode(LifecycleNode):
     def diagnostic_status(self) -> DiagnosticStatus:
         values = {"lifecycle_state": "active" if self._active else "inactive", "model": self.model_name,
                   "quantization": self.quantization, "load_error": self.load_error,
-                  "incompatible_qos_events": self._qos_incompatible, "bad_frames": self._bad_frames}
+                  "incompatible_qos_events": self._qos_incompatible, "bad_frames": self._bad_frames,
+                  "ros4hri": self._hri_status + (f" ({len(self._hri.voices)} voices)" if self._hri else "")}
         level, message = DiagnosticStatus.OK, "running"
         if self.pipeline is not None:
             s = self.pipeline.stats

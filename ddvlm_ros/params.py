@@ -42,5 +42,7 @@ PARAMS: tuple[Param, ...] = (
     Param("emotion_qos_depth", 10, "queue depth of the /emotion publisher"),
     Param("input_timeout_s", 30.0, "WARN and a diagnostic when an input topic was silent this long (0 = off)"),
     Param("diagnostics_period_s", 1.0, "period of /diagnostics"),
+    Param("ros4hri", False, "ROS4HRI: voices of /humans/voices/tracked, final /humans/voices/<id>/speech as "
+          "transcripts (speaker = voice id), results mirrored as hri_msgs/Expression on /humans/voices/<id>/expression"),
     Param("autostart", False, "configure and activate on start (for launch setups without a lifecycle manager)"),
 )

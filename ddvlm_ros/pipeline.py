@@ -34,6 +34,7 @@ class UtteranceIn:
     end: float
     received: float  # monotonic seconds when the transcript arrived
     header: Any = None  # the transcript's header, copied to the output
+    voice_id: str = ""  # ROS4HRI voice that spoke it ('' = another input)
 
 
 @dataclass

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Generate and install the ddvlm_msgs interfaces (msg/) into the venv, which is the ROS prefix here.
+# Generate and install an interface package into the venv, which is the ROS prefix here.
+#   scripts/build_msgs.sh                          ddvlm_msgs from msg/
+#   scripts/build_msgs.sh third_party/hri_msgs     the vendored ROS4HRI subset (only if hri_msgs does not import)
 # Recipe and pitfalls: ros-kilted-* wheels from PyPI + Debian cmake/g++ (see README, "Messages").
-# Idempotent: skips the build when the installed package matches the hash of msg/.
+# Idempotent: skips the build when the installed package matches the hash of its sources.
 set -euo pipefail
+SRC=${1:-msg}
+PKG=$(sed -n 's#.*<name>\(.*\)</name>.*#\1#p' "$SRC/package.xml" | head -1)
 VENV=${VENV:-$(pwd)/.venv}
 PY=$VENV/bin/python
-BUILD=${BUILD:-$(pwd)/build/ddvlm_msgs}
-stamp=$VENV/share/ddvlm_msgs/.source-hash
-hash=$(cat msg/*.msg msg/CMakeLists.txt msg/package.xml | sha256sum | cut -d' ' -f1)
+BUILD=${BUILD:-$(pwd)/build/$PKG}
+stamp=$VENV/share/$PKG/.source-hash
+hash=$(find "$SRC" -maxdepth 2 \( -name '*.msg' -o -name CMakeLists.txt -o -name package.xml \) | LC_ALL=C sort | xargs cat | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
-  echo "ddvlm_msgs up to date"; exit 0
+  echo "$PKG up to date"; exit 0
+fi
+if [ "$SRC" != msg ] && [ ! -f "$stamp" ] && "$PY" -c "import $PKG.msg" 2>/dev/null; then
+  echo "$PKG: the real package imports; the vendored copy is not built"; exit 0
 fi
 command -v cmake >/dev/null && command -v g++ >/dev/null || {
-  echo "ddvlm_msgs needs cmake and g++: apt-get install -y cmake g++ make" >&2; exit 1; }
+  echo "$PKG needs cmake and g++: apt-get install -y cmake g++ make" >&2; exit 1; }
 # Pitfall 3: the wheels' exported CMake targets name the wheel build host's include dirs.
 PYINC=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 NPINC=$($PY -c 'import numpy; print(numpy.get_include())')
@@ -21,9 +28,9 @@ sed -i "s#/opt/python/cp311-cp311/include/python3.11#$PYINC#g; s#/opt/python/cp3
 # Pitfall 2: the ament index is found through the environment.
 export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV PATH=$VENV/bin:$PATH
 rm -rf "$BUILD"; mkdir -p "$(dirname "$BUILD")"
-cmake -S msg -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$PY" \
+cmake -S "$SRC" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$PY" \
   -DBUILD_TESTING=OFF -DCMAKE_BUILD_TYPE=Release > "$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
 cmake --build "$BUILD" -j2 >> "$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
 cmake --install "$BUILD" >> "$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
 echo "$hash" > "$stamp"
-"$PY" -c 'from ddvlm_msgs.msg import EmotionDistribution, Utterance; print("ddvlm_msgs built:", EmotionDistribution.__name__, Utterance.__name__)'
+"$PY" -c "import $PKG.msg as m; print('$PKG built:', ', '.join(n for n in dir(m) if n[0].isupper()))"

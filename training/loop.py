@@ -147,9 +147,10 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
             running = running.to(loss.device) + loss.detach().float()  # no host sync per step
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{running.item() / step:.4f}")
+        train_loss = running.item() / max(1, len(plan))  # also waits for the device: train time is complete
         train_seconds = time.monotonic() - epoch_start
         scores = {s: evaluate(stage, s, labels[s], lengths[s], cfg.eval_batch_size) for s in ("dev", "test")}
-        record = {"epoch": epoch, "train_loss": running.item() / max(1, len(plan)),
+        record = {"epoch": epoch, "train_loss": train_loss,
                   "train_seconds": round(train_seconds, 2),
                   "eval_seconds": round(time.monotonic() - epoch_start - train_seconds, 2), "train_steps": len(plan),
                   **{f"{s}_{k}": scores[s][k] for s in scores for k in ("wa_f1", "macro_f1", "accuracy")}}

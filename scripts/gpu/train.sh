@@ -7,7 +7,11 @@ budget=${1:?budget seconds}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 DDVLM_HOME=/tmp/ddvlm PYTHONPATH=$PWD
 mkdir -p /tmp/w && cp -r .w[0-9]* /tmp/w/
 python3 scripts/gpu/backbone_shards.py unpack /tmp/w/.w* "$DDVLM_HOME/models/all-mpnet-base-v2" || exit 3
-python3 scripts/gpu/plan.py /tmp/probe/ablation.json --budget "$budget" > /tmp/plan.sh
+if [ -n "${PLAN:-}" ]; then  # a plan chosen beforehand, e.g. PLAN='PARALLEL=6;ROWS=text_sd,text_no_sd;SEEDS=0,1,2;EPOCHS=5;EXTRA=0;TIME_BUDGET_MIN=8'
+  echo "$PLAN" | tr ';' '\n' > /tmp/plan.sh
+else
+  python3 scripts/gpu/plan.py /tmp/probe/ablation.json --budget "$budget" > /tmp/plan.sh
+fi
 cat /tmp/plan.sh; source /tmp/plan.sh
 common=(--config training/configs/lora.yaml --device=${DEVICE:-cuda} --bf16=${BF16:-true} --eval_batch_size=64 --epochs="$EPOCHS"
         --time_budget_min="$TIME_BUDGET_MIN" --run_dir=/tmp/gpu_runs --stages=text ${LIMIT:+--limit_dialogues=$LIMIT})

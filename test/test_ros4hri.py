@@ -1,0 +1,96 @@
+"""ROS4HRI switch on a real rclpy graph: voices in (hri_msgs/IdsList + LiveSpeech), /emotion and
+hri_msgs/Expression out. hri_msgs is the vendored subset built by `make` (third_party/hri_msgs)."""
+import math
+import time
+
+import pytest
+from builtin_interfaces.msg import Time
+
+from ddvlm_ros.convert import sec_to_stamp
+from ros_harness import Harness
+
+hri = pytest.importorskip("hri_msgs.msg", reason="hri_msgs not built (make msgs)")
+
+
+@pytest.fixture
+def harness():
+    made = []
+
+    def make(**params):
+        h = Harness(**params)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def track(h, *ids, expect=None):
+    expect = set(ids) if expect is None else expect
+    h.publish(hri.IdsList, "/humans/voices/tracked", hri.IdsList(ids=list(ids)))
+    deadline = time.monotonic() + 5
+    while set(h.node._hri.voices) != expect and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert set(h.node._hri.voices) == expect
+
+
+def speech(final="", incremental="", stamp=0.0):
+    msg = hri.LiveSpeech(final=final, incremental=incremental, confidence=0.9, language="en-US")
+    msg.header.stamp = sec_to_stamp(stamp, Time)
+    return msg
+
+
+def test_voices_become_speakers_and_results_are_mirrored_as_expressions(harness, tiny_text_checkpoint):
+    from ddvlm_ros.ros4hri import EXPRESSION_NAME
+
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    expressions = {"anna": [], "bob": []}
+    for voice in expressions:
+        h.client.create_subscription(hri.Expression, f"/humans/voices/{voice}/expression",
+                                     expressions[voice].append, 10)
+    track(h, "anna", "bob")
+    now = h.now()
+    h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(incremental="I got"))  # anna starts: id 1
+    h.publish(hri.LiveSpeech, "/humans/voices/bob/speech", speech(final="Hi there.", stamp=now))  # id 2
+    h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(final="I got the job!", stamp=now + 1))
+    h.publish(hri.LiveSpeech, "/humans/voices/bob/speech", speech(final="   "))  # empty final: nothing
+    got = h.wait_for(2)
+    h.settle()
+    assert [(m.speaker_id, m.utterance_id, m.speaker_token) for m in got] == [("bob", "2", "<s1>"), ("anna", "1", "<s2>")]
+    for m in got:
+        [e] = expressions[m.speaker_id]
+        assert e.expression == getattr(hri.Expression, EXPRESSION_NAME[m.top_label])
+        assert e.confidence == pytest.approx(m.confidence) and math.isnan(e.valence) and math.isnan(e.arousal)
+        assert (e.header.stamp.sec, e.header.stamp.nanosec) == (m.header.stamp.sec, m.header.stamp.nanosec)
+    assert got[1].header.stamp.sec == int(now + 1)  # stamp = the LiveSpeech result's stamp
+    assert h.node.diagnostic_status().values  # still alive
+    assert {kv.key: kv.value for kv in h.node.diagnostic_status().values}["ros4hri"] == "on (2 voices)"
+
+
+def test_a_voice_that_is_no_longer_tracked_is_unsubscribed(harness, tiny_text_checkpoint):
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    track(h, "anna")
+    h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(final="hello"))
+    assert len(h.wait_for(1)) == 1
+    pub = h._pubs["/humans/voices/anna/speech"]
+    track(h, "bad/id", "", expect=set())  # anna is gone; invalid ids are ignored
+    deadline = time.monotonic() + 5
+    while pub.get_subscription_count() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pub.get_subscription_count() == 0
+    h.node.trigger_deactivate()
+    assert h.node._hri is None
+
+
+def test_ros4hri_without_hri_msgs_says_so_and_the_node_keeps_working(harness, tiny_text_checkpoint, monkeypatch):
+    from std_msgs.msg import String
+
+    import ddvlm_ros.ros4hri
+
+    monkeypatch.setattr(ddvlm_ros.ros4hri, "hri_msgs_available", lambda: False)
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    status = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert status["ros4hri"] == "requested, but hri_msgs is not installed" and h.node._hri is None
+    h.publish(String, "transcript", String(data="Ross: still here"))
+    assert len(h.wait_for(1)) == 1
