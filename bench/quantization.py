@@ -96,26 +96,12 @@ def build(row: str, directory: str, calib_examples, pad_id):
         model.text.backbone = model.text.backbone.merge_and_unload()
     text = model.text
 
-    def calibrate(max_not_mean: bool = False):
+    def calibrate(reduce: str = "mean"):
         def run():
             for i in range(0, len(calib_examples), 16):
                 ids, mask = collate_prompts([e.input_ids for e in calib_examples[i:i + 16]], pad_id)
                 text(ids, mask)
-        if not max_not_mean:
-            return collect_activation_stats(text, run)
-        stats: dict = {}
-        hooks = []
-        for name, m in text.named_modules():
-            if type(m) is torch.nn.Linear:
-                def hook(mod, args, _o, name=name):
-                    x = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)
-                    stats[name] = torch.maximum(stats.get(name, x), x)
-                hooks.append(m.register_forward_hook(hook))
-        with torch.no_grad():
-            run()
-        for h in hooks:
-            h.remove()
-        return stats
+        return collect_activation_stats(text, run, reduce=reduce)
 
     note = ""
     if row in ("woq", "woq_dequant"):
@@ -127,7 +113,7 @@ def build(row: str, directory: str, calib_examples, pad_id):
     elif row == "dynamic":
         model.text = text = torch.ao.quantization.quantize_dynamic(text, {torch.nn.Linear}, dtype=torch.qint8)
     elif row == "smoothquant":
-        smooth_quant_(text, calibrate(max_not_mean=True))
+        smooth_quant_(text, calibrate("max"))
         note = f"smoothing scales from {len(calib_examples)} MELD dev prompts"
     elif row == "onnx_int8":
         return onnx_int8(text, pad_id)

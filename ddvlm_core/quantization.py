@@ -162,24 +162,32 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 @torch.no_grad()
 def collect_activation_stats(model: nn.Module, run_batches: Callable[[], None],
-                             filter_fn: Callable[[nn.Module, str], bool] = is_linear) -> dict[str, Tensor]:
-    """Mean |x| per input channel of every selected Linear while ``run_batches()`` runs the model."""
-    sums: dict[str, Tensor] = {}
+                             filter_fn: Callable[[nn.Module, str], bool] = is_linear,
+                             reduce: str = "mean") -> dict[str, Tensor]:
+    """Per input channel of every selected Linear, while ``run_batches()`` runs the model: mean |x|
+    (``reduce="mean"``, AWQ-lite) or max |x| (``reduce="max"``, SmoothQuant)."""
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    acc: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
     hooks = []
     for name, module in model.named_modules():
         if filter_fn(module, name):
             def hook(mod, args, _out, name=name):
-                x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-                sums[name] = sums.get(name, 0) + x.abs().sum(0)
+                x = args[0].detach().float().reshape(-1, args[0].shape[-1]).abs()
+                if reduce == "max":
+                    acc[name] = torch.maximum(acc[name], x.amax(0)) if name in acc else x.amax(0)
+                else:
+                    acc[name] = acc.get(name, 0) + x.sum(0)
                 counts[name] = counts.get(name, 0) + x.shape[0]
             hooks.append(module.register_forward_hook(hook))
     try:
-        run_batches()
+        with torch.no_grad():
+            run_batches()
     finally:
         for h in hooks:
             h.remove()
-    return {name: sums[name] / counts[name] for name in sums}
+    return {name: acc[name] / counts[name] if reduce == "mean" else acc[name] for name in acc}
 
 
 @torch.no_grad()

@@ -89,6 +89,11 @@ def test_awq_lite_never_does_worse_than_plain_on_outlier_channels():
     assert (awq(x) - ref).pow(2).mean() <= (plain(x) - ref).pow(2).mean() + 1e-9
     stats = collect_activation_stats(nn.Sequential(lin), lambda: nn.Sequential(lin)(x))
     torch.testing.assert_close(stats["0"], x.abs().mean(0))
+    seq = nn.Sequential(lin)
+    peak = collect_activation_stats(seq, lambda: (seq(x[:5]), seq(x[5:])), reduce="max")  # across batches
+    torch.testing.assert_close(peak["0"], x.abs().amax(0))
+    with pytest.raises(ValueError, match="reduce"):
+        collect_activation_stats(seq, lambda: None, reduce="median")
 
 
 def test_quantized_checkpoint_reloads_bit_identically_and_refuses_tampering(tmp_path, tiny_roberta_dir):
