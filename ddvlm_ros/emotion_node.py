@@ -7,6 +7,7 @@ Callbacks only enqueue (see ddvlm_ros.pipeline): the executor never runs a model
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -71,10 +72,10 @@ class EmotionNode(LifecycleNode):
 
     # ---- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
-        one_cpu_thread()  # this (executor) thread: see cpu_threads_setup
         try:
-            self.recognizer = self._load_recognizer()
-            captioner = self._load_captioner()
+            with single_cpu_thread():  # loading must not start an OpenMP team here: see cpu_threads_setup
+                self.recognizer = self._load_recognizer()
+                captioner = self._load_captioner()
         except (CheckpointError, OSError, ValueError, RuntimeError, ImportError) as e:
             self.load_error = f"{type(e).__name__}: {e}"
             self.get_logger().error(f"configure failed: {self.load_error}")
@@ -385,6 +386,19 @@ def one_cpu_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def single_cpu_thread():
+    """torch on 1 CPU thread in this thread for the block, then as before (the caller's count is kept)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_threads_setup(n: int):
