@@ -132,6 +132,7 @@ def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "singl
     frames_seen = node.pipeline.stats.frames
     node.trigger_deactivate()
     executor.shutdown()
+    spin.join(timeout=5)
     node.destroy_node()
     client.destroy_node()
     rclpy.shutdown(context=ctx)

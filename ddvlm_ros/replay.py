@@ -164,6 +164,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         if node.pipeline is not None:
             node.pipeline.stop()
         executor.shutdown()
+        spinner.join(timeout=5)  # spin must be out of rcl_wait before the context goes
         node.destroy_node()
         player.destroy_node()
         rclpy.shutdown(context=ctx)

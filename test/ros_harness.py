@@ -68,6 +68,7 @@ class Harness:
         if self.node.pipeline is not None:
             self.node.pipeline.stop()
         self.executor.shutdown()
+        self.thread.join(timeout=5)  # spin must be out of rcl_wait before the context goes
         self.node.destroy_node()
         self.client.destroy_node()
         rclpy.shutdown(context=self.context)

@@ -41,6 +41,15 @@ def speech(final="", incremental="", stamp=0.0):
     return msg
 
 
+def until(h, voice, msg, done, timeout=10.0):
+    """Publish one LiveSpeech on the voice's speech topic and wait until done()."""
+    deadline = time.monotonic() + timeout
+    h.publish(hri.LiveSpeech, f"/humans/voices/{voice}/speech", msg)
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert done()
+
+
 def test_voices_become_speakers_and_results_are_mirrored_as_expressions(harness, tiny_text_checkpoint):
     from ddvlm_ros.ros4hri import EXPRESSION_NAME
 
@@ -51,12 +60,13 @@ def test_voices_become_speakers_and_results_are_mirrored_as_expressions(harness,
                                      expressions[voice].append, 10)
     track(h, "anna", "bob")
     now = h.now()
-    h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(incremental="I got"))  # anna starts: id 1
-    h.publish(hri.LiveSpeech, "/humans/voices/bob/speech", speech(final="Hi there.", stamp=now))  # id 2
-    h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(final="I got the job!", stamp=now + 1))
+    # one step at a time: messages on different topics have no delivery order
+    until(h, "anna", speech(incremental="I got"), lambda: "anna" in h.node._hri.speaking)  # anna starts: id 1
+    until(h, "bob", speech(final="Hi there.", stamp=now), lambda: len(h.received) == 1)  # id 2
+    until(h, "anna", speech(final="I got the job!", stamp=now + 1), lambda: len(h.received) == 2)  # id 1
     h.publish(hri.LiveSpeech, "/humans/voices/bob/speech", speech(final="   "))  # empty final: nothing
-    got = h.wait_for(2)
     h.settle()
+    got = list(h.received)
     assert [(m.speaker_id, m.utterance_id, m.speaker_token) for m in got] == [("bob", "2", "<s1>"), ("anna", "1", "<s2>")]
     for m in got:
         [e] = expressions[m.speaker_id]
