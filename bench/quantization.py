@@ -1,6 +1,6 @@
 """WOQ INT8 vs the alternatives on the embedded default checkpoint (CPU here; GPU columns when run there).
 
-    python bench/quantization.py [--split test] [--limit 0] [--rows fp32,woq,...]
+    python bench/quantization.py [--split test] [--limit 0] [--rows fp32,woq,...] [--device cuda]
 
 Each row runs in its own process (clean peak RSS, and a crashing int8 kernel cannot take the bench down):
 MELD WA-F1 of the whole model (a LoRA adapter is merged first), weight bytes, latency p50/p90 of one
@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 ROWS = {
     "fp32": "FP32 (PyTorch)",
+    "fp16": "FP16 (PyTorch, GPU)",
     "bf16": "BF16 autocast (PyTorch, CPU)",
     "woq": "WOQ INT8, ours (torch._weight_int8pack_mm, bf16 activations)",
     "woq_awq": "WOQ INT8 + AWQ-lite, ours",
@@ -82,16 +83,24 @@ def smooth_quant_(text, calibration: dict, alpha: float = 0.5):
     return text
 
 
-def build(row: str, directory: str, calib_examples, pad_id):
-    """(predict_fn(ids, mask) -> logits, weight_bytes, note)."""
+CPU_ONLY = {"bf16", "dynamic", "smoothquant", "onnx_int8"}  # CPU kernels / CPU runtimes
+GPU_ONLY = {"fp16"}
+
+
+def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu"):
+    """(predict_fn(ids, mask) -> logits on the CPU, weight_bytes, note); the model runs on ``device``."""
     import torch
 
     from ddvlm_core.model import DDVLM
     from ddvlm_core.quantization import WOQConfig, collect_activation_stats, weight_bytes
     from ddvlm_core.text import collate_prompts
 
+    if device.startswith("cuda") and row in CPU_ONLY:
+        raise ValueError(f"row {row!r} is CPU-only")
+    if device == "cpu" and row in GPU_ONLY:
+        raise ValueError(f"row {row!r} needs a GPU")
     model, tok, _ = DDVLM.load(directory)
-    model.eval()
+    model.eval().to(device)
     if hasattr(model.text.backbone, "merge_and_unload"):
         model.text.backbone = model.text.backbone.merge_and_unload()
     text = model.text
@@ -100,7 +109,7 @@ def build(row: str, directory: str, calib_examples, pad_id):
         def run():
             for i in range(0, len(calib_examples), 16):
                 ids, mask = collate_prompts([e.input_ids for e in calib_examples[i:i + 16]], pad_id)
-                text(ids, mask)
+                text(ids.to(device), mask.to(device))
         return collect_activation_stats(text, run, reduce=reduce)
 
     note = ""
@@ -125,7 +134,10 @@ def build(row: str, directory: str, calib_examples, pad_id):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return text(ids, mask).logits.float()
         return predict, weight_bytes(text) // 2, "weights cast to bf16 on the fly by autocast (stored FP32)"
-    return (lambda ids, mask: text(ids, mask).logits), size, note
+    if row == "fp16":
+        text.half()
+        note = "weights and activations FP16"
+    return (lambda ids, mask: text(ids.to(device), mask.to(device)).logits.float().cpu()), size, note
 
 
 def dynamic_bytes(module) -> int:
@@ -194,7 +206,8 @@ def run_row(row: str, args) -> dict:
     examples = prompts(args.split, args.limit, tok, max_tokens)
     calib = prompts("dev", 64, tok, max_tokens)
     t0 = time.perf_counter()
-    predict, size, note = build(row, args.checkpoint, calib, tok.pad_token_id)
+    predict, size, note = build(row, args.checkpoint, calib, tok.pad_token_id, args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     build_s = time.perf_counter() - t0
     preds = np.zeros(len(examples), dtype=int)
     with torch.inference_mode():
@@ -211,8 +224,9 @@ def run_row(row: str, args) -> dict:
                 predict(ids, mask)
             times = []
             for _ in range(args.repeats):
+                sync()
                 t = time.perf_counter()
-                predict(ids, mask)
+                predict(ids, mask)  # returns CPU logits: the device work is finished
                 times.append(1000 * (time.perf_counter() - t))
             latency[f"b1x{length}"] = {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90))}
     return {"row": row, "title": ROWS[row], "wa_f1": score["wa_f1"], "accuracy": score["accuracy"], "n": score["n"],
@@ -226,19 +240,22 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--checkpoint", default=default_checkpoint())
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=0, help="first N utterances only (0 = the whole split)")
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", help="default: every row the device runs")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU columns (CPU-only rows are refused)")
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.row:  # child process
         Path(args.out).write_text(json.dumps(run_row(args.row, args)))
         return 0
+    skip = CPU_ONLY if args.device.startswith("cuda") else GPU_ONLY
+    rows = args.rows.split(",") if args.rows else [r for r in ROWS if r not in skip]
     results = []
-    for row in args.rows.split(","):
+    for row in rows:
         out = Path(tempfile.mkdtemp()) / f"{row}.json"
         cmd = [sys.executable, __file__, "--row", row, "--out", str(out), "--checkpoint", args.checkpoint,
-               "--split", args.split, "--limit", str(args.limit), "--repeats", str(args.repeats)]
+               "--split", args.split, "--limit", str(args.limit), "--repeats", str(args.repeats), "--device", args.device]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -269,17 +286,22 @@ def write_report(results: list[dict], args) -> None:
     import torch
 
     meta = {"checkpoint": args.checkpoint, "split": args.split, "n": base["n"] if base else None,
-            "device": "cpu", "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "device": args.device, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
     slim = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
     out = REPO / "reports"
     out.mkdir(exist_ok=True)
-    (out / "quantization.json").write_text(json.dumps({"meta": meta, "rows": slim, "tensorrt": TRTEXEC}, indent=1) + "\n")
-    lines = ["# Quantization comparison (CPU)", "",
+    gpu = args.device.startswith("cuda")
+    name = "quantization_gpu" if gpu else "quantization"
+    if gpu:
+        meta["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "unavailable"
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": slim, "tensorrt": TRTEXEC}, indent=1) + "\n")
+    lines = [f"# Quantization comparison ({meta['gpu'] if gpu else 'CPU'})", "",
              f"`python bench/quantization.py` on `{args.checkpoint}`, MELD {args.split} "
              f"({meta['n']} utterances), torch {meta['torch']}, {meta['cpu_capability']}, {meta['threads']} threads. "
              "Latency: one prompt of 128 / 511 tokens, p50 (p90) ms; ratios to FP32 measured in the same run. "
-             "No GPU in this run: the FP16 GPU row and the GPU columns are not measured here.", "",
+             + ("WOQ runs the int8-weight kernel with FP16 activations on CUDA." if gpu else
+              "CPU run: the FP16 row and the GPU columns are in reports/quantization_gpu.md when measured."), "",
              "| method | WA-F1 | drop vs FP32 | agree w/ FP32 | weight MiB | bytes vs FP32 | b1x128 ms | b1x511 ms | "
              "x FP32 (128 / 511) | x dynamic (128 / 511) | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -300,7 +322,7 @@ def write_report(results: list[dict], args) -> None:
     notes = [f"- {r['title']}: {r['note']}" for r in results if r.get("note")]
     lines += ["", *notes, "", "TensorRT on the Jetson (not runnable here; export the FP32 ONNX first):", "",
               f"    {TRTEXEC}"]
-    (out / "quantization.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
