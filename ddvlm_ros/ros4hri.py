@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable
 
 VOICES = "/humans/voices"
@@ -39,6 +40,12 @@ def expression_msg(prediction, header):
                       valence=math.nan, arousal=math.nan, confidence=float(prediction.confidence))
 
 
+def valid_id(voice_id: str) -> bool:
+    """Usable as a topic name token: ASCII letters, digits and '_', not starting with a digit."""
+    return (bool(voice_id) and voice_id.isascii() and voice_id.replace("_", "a").isalnum()
+            and not voice_id[0].isdigit())
+
+
 class Ros4HriBridge:
     """Per-voice subscriptions and expression publishers of one node; created at activate."""
 
@@ -54,42 +61,49 @@ class Ros4HriBridge:
         self.qos, self.group = qos, callback_group
         self.voices: dict[str, tuple] = {}  # id -> (speech subscription, expression publisher)
         self.speaking: dict[str, tuple[float, str]] = {}  # id -> (start, utterance id) while speaking
+        self.lock = threading.Lock()
         self.tracked = node.create_subscription(IdsList, f"{VOICES}/tracked", self._on_tracked, 10,
                                                 callback_group=callback_group)
 
     def _on_tracked(self, msg) -> None:
         from hri_msgs.msg import Expression, LiveSpeech
 
-        ids = {i for i in msg.ids if i and i.replace("_", "").isalnum()}  # a topic name must be valid
-        for gone in set(self.voices) - ids:
-            sub, pub = self.voices.pop(gone)
-            self.node.destroy_subscription(sub)
-            self.node.destroy_publisher(pub)
-            self.speaking.pop(gone, None)
-        for voice in sorted(ids - set(self.voices)):
-            sub = self.node.create_subscription(LiveSpeech, f"{VOICES}/{voice}/speech",
-                                                lambda m, v=voice: self._on_speech(v, m), self.qos,
-                                                callback_group=self.group)
-            self.voices[voice] = (sub, self.node.create_publisher(Expression, f"{VOICES}/{voice}/expression", 10))
+        ids = {i for i in msg.ids if valid_id(i)}
+        with self.lock:  # publish() runs on the inference thread
+            for gone in set(self.voices) - ids:
+                sub, pub = self.voices.pop(gone)
+                self.node.destroy_subscription(sub)
+                self.node.destroy_publisher(pub)
+                self.speaking.pop(gone, None)
+            for voice in sorted(ids - set(self.voices)):
+                sub = self.node.create_subscription(LiveSpeech, f"{VOICES}/{voice}/speech",
+                                                    lambda m, v=voice: self._on_speech(v, m), self.qos,
+                                                    callback_group=self.group)
+                pub = self.node.create_publisher(Expression, f"{VOICES}/{voice}/expression", 10)
+                self.voices[voice] = (sub, pub)
 
     def _on_speech(self, voice: str, msg) -> None:
         if msg.final.strip():
-            start, uid = self.speaking.pop(voice, (None, self.new_id()))
+            start, uid = self.speaking.pop(voice, None) or (None, self.new_id())
             self.on_final(voice, msg, start, uid)
         elif msg.incremental.strip():
-            start, uid = self.speaking.setdefault(voice, (self.now(), self.new_id()))
+            if voice not in self.speaking:
+                self.speaking[voice] = (self.now(), self.new_id())
+            start, uid = self.speaking[voice]
             self.on_incremental(voice, msg, start, uid)
 
     def publish(self, voice: str, prediction, header) -> bool:
-        entry = self.voices.get(voice)
-        if entry is None:  # the voice stopped being tracked meanwhile
-            return False
-        entry[1].publish(expression_msg(prediction, header))
-        return True
+        with self.lock:
+            entry = self.voices.get(voice)
+            if entry is None:  # the voice stopped being tracked meanwhile
+                return False
+            entry[1].publish(expression_msg(prediction, header))
+            return True
 
     def stop(self) -> None:
-        for sub, pub in self.voices.values():
-            self.node.destroy_subscription(sub)
-            self.node.destroy_publisher(pub)
-        self.voices.clear()
+        with self.lock:
+            for sub, pub in self.voices.values():
+                self.node.destroy_subscription(sub)
+                self.node.destroy_publisher(pub)
+            self.voices.clear()
         self.node.destroy_subscription(self.tracked)

@@ -62,12 +62,14 @@ def test_voices_become_speakers_and_results_are_mirrored_as_expressions(harness,
     now = h.now()
     # one step at a time: messages on different topics have no delivery order
     until(h, "anna", speech(incremental="I got"), lambda: "anna" in h.node._hri.speaking)  # anna starts: id 1
+    h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(incremental="I got the"))  # same utterance
     until(h, "bob", speech(final="Hi there.", stamp=now), lambda: len(h.received) == 1)  # id 2
     until(h, "anna", speech(final="I got the job!", stamp=now + 1), lambda: len(h.received) == 2)  # id 1
     h.publish(hri.LiveSpeech, "/humans/voices/bob/speech", speech(final="   "))  # empty final: nothing
     h.settle()
     got = list(h.received)
     assert [(m.speaker_id, m.utterance_id, m.speaker_token) for m in got] == [("bob", "2", "<s1>"), ("anna", "1", "<s2>")]
+    assert h.node._next_id() == "3"  # incremental results and finals used no other ids
     for m in got:
         [e] = expressions[m.speaker_id]
         assert e.expression == getattr(hri.Expression, EXPRESSION_NAME[m.top_label])
@@ -84,7 +86,7 @@ def test_a_voice_that_is_no_longer_tracked_is_unsubscribed(harness, tiny_text_ch
     h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(final="hello"))
     assert len(h.wait_for(1)) == 1
     pub = h._pubs["/humans/voices/anna/speech"]
-    track(h, "bad/id", "", expect=set())  # anna is gone; invalid ids are ignored
+    track(h, "bad/id", "", "7up", "zoë", expect=set())  # anna is gone; invalid topic tokens are ignored
     deadline = time.monotonic() + 5
     while pub.get_subscription_count() and time.monotonic() < deadline:
         time.sleep(0.02)
