@@ -197,8 +197,7 @@ def run_row(row: str, args) -> dict:
     from ddvlm_core.labels import NUM_LABELS  # noqa: F401
     from ddvlm_core.metrics import metrics
     from ddvlm_core.model import DDVLM
-    from ddvlm_core.text import collate_prompts
-    from training.data import batches
+    from training.evaluate import predict_examples
 
     torch.manual_seed(0)
     _, tok, manifest = DDVLM.load(args.checkpoint)
@@ -209,12 +208,9 @@ def run_row(row: str, args) -> dict:
     predict, size, note = build(row, args.checkpoint, calib, tok.pad_token_id, args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     build_s = time.perf_counter() - t0
-    preds = np.zeros(len(examples), dtype=int)
+    preds = predict_examples(predict, examples, tok.pad_token_id)
+    score = metrics([e.label for e in examples], preds)
     with torch.inference_mode():
-        for idx in batches([len(e.input_ids) for e in examples], 16, shuffle=False, seed=0):
-            ids, mask = collate_prompts([examples[i].input_ids for i in idx], tok.pad_token_id)
-            preds[idx] = predict(ids, mask).argmax(-1).numpy()
-        score = metrics([e.label for e in examples], preds)
         latency = {}
         for length in (128, 511):
             ids = torch.randint(5, 1000, (1, length))

@@ -84,3 +84,20 @@ def tiny_visual_checkpoint(tmp_path_factory, tiny_roberta_dir):
     """Text head + visual head + fusion on the tiny RoBERTa backbone (MiniLM caption embedder)."""
     return _tiny_checkpoint(tmp_path_factory.mktemp("ckpt-visual"), tiny_roberta_dir,
                             ("text_head", "visual_head", "fusion"))
+
+
+@pytest.fixture
+def harness():
+    """make(**params) -> a ros_harness.Harness (real EmotionNode + client, call .start()); closed after the test."""
+    from ros_harness import Harness
+
+    made = []
+
+    def make(**params):
+        h = Harness(**params)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()

@@ -2,26 +2,19 @@
 stays within 1 WA-F1 point of FP32 on the same slice."""
 import copy
 
-import torch
-
 from ddvlm_core.cli import DEFAULT_CHECKPOINT
 from ddvlm_core.context import PromptBuilder
 from ddvlm_core.metrics import metrics
 from ddvlm_core.model import DDVLM
 from ddvlm_core.quantization import WOQConfig
-from ddvlm_core.text import collate_prompts
-from training.data import batches, build_examples
+from training.data import build_examples
+from training.evaluate import predict_examples
 
 SLICE = 200  # the first 200 utterances of MELD dev (dialogues 0..~20), fixed
 
 
 def predictions(text_encoder, examples, pad_id):
-    preds = torch.empty(len(examples), dtype=torch.long)
-    with torch.inference_mode():
-        for idx in batches([len(e.input_ids) for e in examples], 16, shuffle=False, seed=0):
-            ids, mask = collate_prompts([examples[i].input_ids for i in idx], pad_id)
-            preds[idx] = text_encoder(ids, mask).logits.argmax(-1)
-    return preds.tolist()
+    return predict_examples(lambda ids, mask: text_encoder(ids, mask).logits, examples, pad_id).tolist()
 
 
 def test_quantized_default_stays_within_one_point_of_fp32_on_a_dev_slice():

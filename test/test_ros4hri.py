@@ -7,23 +7,8 @@ import pytest
 from builtin_interfaces.msg import Time
 
 from ddvlm_ros.convert import sec_to_stamp
-from ros_harness import Harness
 
 hri = pytest.importorskip("hri_msgs.msg", reason="hri_msgs not built (make msgs)")
-
-
-@pytest.fixture
-def harness():
-    made = []
-
-    def make(**params):
-        h = Harness(**params)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
 
 
 def track(h, *ids, expect=None):

@@ -13,21 +13,6 @@ from ddvlm_core.captioner import Caption
 from ddvlm_core.labels import LABELS
 from ddvlm_msgs.msg import Utterance
 from ddvlm_ros.convert import sec_to_stamp
-from ros_harness import Harness
-
-
-@pytest.fixture
-def harness(request):
-    made = []
-
-    def make(**params):
-        h = Harness(**params)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
 
 
 def image_msg(stamp: float, h=64, w=64, encoding="rgb8", value=None, seed=0):

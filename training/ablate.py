@@ -123,7 +123,7 @@ def run_rows(base, rows: list[Row], seeds: list[int], log=print, parallel: int =
         if running:
             time.sleep(2)
     for entry in entries:
-        if entry["scores"]:
+        if entry["runs"]:
             entry["runs"].sort(key=lambda r: r["seed"])
             entry["scores"] = [r["test_wa_f1"] for r in entry["runs"]]
             entry["mean"] = statistics.mean(entry["scores"])
@@ -134,7 +134,6 @@ def run_rows(base, rows: list[Row], seeds: list[int], log=print, parallel: int =
 def _finish(entry: dict, row: Row, seed: int, results: dict, t0: float, log) -> None:
     summary = _summary(results, row, seed, time.monotonic() - t0)
     entry["runs"].append(summary)
-    entry["scores"].append(summary["test_wa_f1"])
     log(f"ablation {row.name} seed {seed}: test WA-F1 {summary['test_wa_f1']:.2f} ({summary['seconds']:.0f}s)")
 
 

@@ -78,6 +78,11 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         return self
 
+    def lora_settings(self) -> dict:
+        """The adapter settings a checkpoint stores (``DDVLMConfig.lora``, ddvlm_core.lora)."""
+        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
+                "targets": list(self.lora_targets), "layers": list(self.lora_layers)}
+
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 

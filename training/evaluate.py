@@ -17,12 +17,24 @@ import numpy as np
 import torch
 
 
+def predict_examples(logits_fn, examples, pad_id: int, batch_size: int = 16) -> np.ndarray:
+    """Argmax class of every example, in example order: length-bucketed batches, ``logits_fn(ids, mask)``."""
+    from ddvlm_core.text import collate_prompts
+    from training.data import batches
+
+    preds = np.zeros(len(examples), dtype=int)
+    with torch.inference_mode():
+        for idx in batches([len(e.input_ids) for e in examples], batch_size, shuffle=False, seed=0):
+            ids, mask = collate_prompts([examples[i].input_ids for i in idx], pad_id)
+            preds[idx] = logits_fn(ids, mask).argmax(-1).cpu().numpy()
+    return preds
+
+
 def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_size: int = 16, log=print) -> dict:
     from ddvlm_core.context import PromptBuilder
     from ddvlm_core.metrics import metrics
     from ddvlm_core.model import DDVLM
-    from ddvlm_core.text import collate_prompts
-    from training.data import batches, build_examples, check_full_test_split
+    from training.data import build_examples, check_full_test_split
 
     model, tok, manifest = DDVLM.load(checkpoint)
     model.eval()
@@ -34,11 +46,7 @@ def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_si
         if split == "test":
             check_full_test_split(examples)
         t0 = time.monotonic()
-        preds = np.zeros(len(examples), dtype=int)
-        with torch.inference_mode():
-            for idx in batches([len(e.input_ids) for e in examples], batch_size, shuffle=False, seed=0):
-                ids, mask = collate_prompts([examples[i].input_ids for i in idx], tok.pad_token_id)
-                preds[idx] = model(ids, mask).logits.argmax(-1).numpy()
+        preds = predict_examples(lambda ids, mask: model(ids, mask).logits, examples, tok.pad_token_id, batch_size)
         out["splits"][split] = {**metrics([e.label for e in examples], preds), "seconds": round(time.monotonic() - t0, 1),
                                 "predictions": preds.tolist()}  # in example (dialogue) order
         log(f"{split}: WA-F1 {out['splits'][split]['wa_f1']:.2f} accuracy {out['splits'][split]['accuracy']:.2f} "

@@ -27,8 +27,7 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if cfg.text_mode == "lora":
         from ddvlm_core.lora import apply_lora
 
-        model.config.lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                             "targets": list(cfg.lora_targets), "layers": list(cfg.lora_layers)}
+        model.config.lora = cfg.lora_settings()
         model.text.backbone = apply_lora(model.text.backbone, model.config.lora)
         load_trainable_state(model.text, best)
         modules.append("backbone_lora")

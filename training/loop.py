@@ -219,8 +219,7 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
         if cfg.text_mode == "lora":
             from ddvlm_core.lora import apply_lora
 
-            model.config.lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                                 "targets": list(cfg.lora_targets), "layers": list(cfg.lora_layers)}
+            model.config.lora = cfg.lora_settings()
             model.text.backbone = apply_lora(model.text.backbone, model.config.lora)
         student = model.text.to(device)
         autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.bf16)
