@@ -28,9 +28,10 @@ ROWS = {
     "fp32": "FP32 (PyTorch)",
     "fp16": "FP16 (PyTorch, GPU)",
     "bf16": "BF16 autocast (PyTorch, CPU)",
-    "woq": "WOQ INT8, ours (torch._weight_int8pack_mm, bf16 activations)",
-    "woq_awq": "WOQ INT8 + AWQ-lite, ours",
-    "woq_dequant": "WOQ INT8, ours, reference kernel (dequantizes W every call)",
+    "woq": "WOQ INT8, ours (default kernel)",
+    "woq_awq": "WOQ INT8 + AWQ-lite, ours (default kernel)",
+    "woq_int8pack": "WOQ INT8, ours, fused int8pack kernel (torch._weight_int8pack_mm)",
+    "woq_dequant": "WOQ INT8, ours, FP32 reference kernel (dequantizes W to FP32 every call)",
     "dynamic": "PyTorch dynamic INT8 (quantize_dynamic, W8A8 dynamic)",
     "smoothquant": "SmoothQuant W8A8 (alpha 0.5, own implementation on quantize_dynamic)",
     "onnx_int8": "ONNX Runtime INT8 (export + quantize_dynamic, QInt8 weights)",
@@ -83,6 +84,15 @@ def smooth_quant_(text, calibration: dict, alpha: float = 0.5):
     return text
 
 
+WOQ_KERNELS = {"woq": "auto", "woq_int8pack": "int8pack", "woq_dequant": "dequant"}
+KERNEL_NOTES = {
+    "decompress": "kernel decompress: int8 weights widened to bf16 (CPU) / fp16 (CUDA) on every call into a "
+                  "reused scratch buffer, then the vendor GEMM (oneDNN, AMX-BF16 on this CPU; cuBLAS on CUDA); "
+                  "weights stay int8 in memory",
+    "int8pack": "kernel int8pack: fused int8-weight matmul, torch._weight_int8pack_mm, bf16 (CPU) / fp16 (CUDA) "
+                "activations",
+    "dequant": "kernel dequant: the FP32 reference, dequantizes W to FP32 on every call",
+}
 CPU_ONLY = {"bf16", "dynamic", "smoothquant", "onnx_int8"}  # CPU kernels / CPU runtimes
 GPU_ONLY = {"fp16"}
 
@@ -92,7 +102,7 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
     import torch
 
     from ddvlm_core.model import DDVLM
-    from ddvlm_core.quantization import WOQConfig, collect_activation_stats, weight_bytes
+    from ddvlm_core.quantization import WOQConfig, collect_activation_stats, resolve_kernel, weight_bytes
     from ddvlm_core.text import collate_prompts
 
     if device.startswith("cuda") and row in CPU_ONLY:
@@ -113,12 +123,15 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
         return collect_activation_stats(text, run, reduce=reduce)
 
     note = ""
-    if row in ("woq", "woq_dequant"):
-        model.quantize(WOQConfig(kernel="dequant" if row == "woq_dequant" else "int8pack"))
+    if row in WOQ_KERNELS:
+        config = WOQConfig(kernel=WOQ_KERNELS[row])
+        model.quantize(config)
+        note = KERNEL_NOTES[resolve_kernel(config.kernel, torch.device(device))]
     elif row == "woq_awq":
         stats = calibrate()
         model.quantize(WOQConfig(awq_lite=True), calibration=stats)
-        note = f"AWQ-lite calibrated on {len(calib_examples)} MELD dev prompts"
+        note = (f"{KERNEL_NOTES[resolve_kernel('auto', torch.device(device))]}; AWQ-lite calibrated on "
+                f"{len(calib_examples)} MELD dev prompts")
     elif row == "dynamic":
         model.text = text = torch.ao.quantization.quantize_dynamic(text, {torch.nn.Linear}, dtype=torch.qint8)
     elif row == "smoothquant":
@@ -149,6 +162,15 @@ def dynamic_bytes(module) -> int:
             total += w.int_repr().numel() + (b.numel() * 4 if b is not None else 0)
             total += w.q_per_channel_scales().numel() * 4 if w.qscheme() != torch_per_tensor() else 4
     return total
+
+
+def cpu_bf16() -> list[str]:
+    """The CPU's native bf16 instruction sets (Linux flags), which decide how fast a bf16 GEMM runs here."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
 
 
 def torch_per_tensor():
@@ -282,7 +304,7 @@ def write_report(results: list[dict], args) -> None:
     import torch
 
     meta = {"checkpoint": args.checkpoint, "split": args.split, "n": base["n"] if base else None,
-            "device": args.device, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "device": args.device, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": cpu_bf16(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
     slim = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
     out = REPO / "reports"
@@ -294,7 +316,8 @@ def write_report(results: list[dict], args) -> None:
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": slim, "tensorrt": TRTEXEC}, indent=1) + "\n")
     lines = [f"# Quantization comparison ({meta['gpu'] if gpu else 'CPU'})", "",
              f"`python bench/quantization.py` on `{args.checkpoint}`, MELD {args.split} "
-             f"({meta['n']} utterances), torch {meta['torch']}, {meta['cpu_capability']}, {meta['threads']} threads. "
+             f"({meta['n']} utterances), torch {meta['torch']}, {meta['cpu_capability']} "
+             f"(bf16 units: {', '.join(meta['cpu_bf16']) or 'none'}), {meta['threads']} threads. "
              "Latency: one prompt of 128 / 511 tokens, p50 (p90) ms; ratios to FP32 measured in the same run. "
              + ("WOQ runs the int8-weight kernel with FP16 activations on CUDA." if gpu else
               "CPU run: the FP16 row and the GPU columns are in reports/quantization_gpu.md when measured."), "",

@@ -7,10 +7,22 @@ symmetric INT8 weights and FP32 scales,
     W_int8[j] = clamp(round(W[j] / s_j), -127, 127)
     y = x W^T ~= (x W_int8^T) * s + b    (activations stay floating point; LayerNorm and biases stay FP32)
 
-Execution is a real int8-weight kernel, ``torch._weight_int8pack_mm`` (activations in bfloat16 on CPU,
-float16 on CUDA, as the paper runs FP16 on the Jetson); ``kernel="dequant"`` is the reference path
-that dequantizes W on every call (correct, slow, and reported as such). Module names and state-dict keys
-stay the same apart from the int8 ``weight``, its ``weight_scale`` and an optional AWQ ``input_scale``.
+Kernels (``WOQConfig.kernel``); activations are bfloat16 on CPU and float16 on CUDA (the paper runs FP16
+on the Jetson), the matmul accumulates in FP32 and the per-channel scale and bias are applied in FP32:
+
+- ``int8pack``: ``torch._weight_int8pack_mm``, a fused int8-weight kernel (the weight is read as int8
+  inside the kernel). On x86 CPUs it is an AVX-512 kernel written for few-token decoding; it does not
+  use AMX and is ~2x slower than FP32 on a 128-token prompt.
+- ``decompress``: the int8 weight is widened to bf16/fp16 on every call into one scratch buffer per weight
+  shape and thread (a few MB, reused by every layer), then the vendor GEMM runs (oneDNN on CPU, which
+  uses AMX-BF16 where the CPU has it; cuBLAS on CUDA). Exact: int8 values are exact in bf16/fp16, so it
+  computes the same equation as ``int8pack``. Weights stay int8 in memory; this path does dequantize per
+  call, and the reports say so.
+- ``auto`` (default): ``decompress`` on CPUs with AMX or AVX-512-BF16 and on CUDA, else ``int8pack``.
+- ``dequant``: the FP32 reference (dequantizes W to FP32 on every call; correct, slow, reported as such).
+
+Module names and state-dict keys stay the same apart from the int8 ``weight``, its ``weight_scale`` and an
+optional AWQ ``input_scale``.
 
 AWQ-lite (``awq_lite=True``): per-input-channel scales from calibration activations,
 s_in = mean|x|^a (a grid-searched per layer to minimise the output error), W' = W diag(s_in) is
@@ -20,7 +32,9 @@ without changing the model; it is applied in the layer instead (one elementwise 
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterable
 
 import torch
@@ -28,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 INT8_MAX = 127
-KERNELS = ("int8pack", "dequant")
+KERNELS = ("auto", "int8pack", "decompress", "dequant")
 AWQ_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -52,9 +66,39 @@ def compute_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
+@lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """AMX-BF16 or AVX-512-BF16 (Linux /proc/cpuinfo flags): oneDNN then runs bf16 GEMMs natively."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return any(f" {flag}" in flags for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """The kernel ``auto`` stands for on ``device`` (other names are returned unchanged)."""
+    if kernel != "auto":
+        return kernel
+    return "decompress" if device.type == "cuda" or cpu_has_fast_bf16() else "int8pack"
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """One reusable buffer per (shape, dtype, device) and thread for the decompressed weight."""
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (tuple(shape), dtype, str(device))
+    if key not in buffers:
+        with torch.inference_mode(False):  # a normal tensor: writable inside and outside inference mode
+            buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+    return buffers[key]
+
+
 @dataclass(frozen=True)
 class WOQConfig:
-    kernel: str = "int8pack"  # int8pack (real int8-weight matmul) | dequant (reference)
+    kernel: str = "auto"  # auto | int8pack (fused int8-weight matmul) | decompress | dequant (reference)
     compute_dtype: str = "auto"  # auto: bfloat16 on CPU, float16 on CUDA
     awq_lite: bool = False
     keep_float: tuple[str, ...] = ()  # names (substrings) of Linear layers to leave unquantized
@@ -115,17 +159,27 @@ class Int8WeightOnlyLinear(nn.Module):
             x = x / self.input_scale.to(x.dtype)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if self.config.kernel == "dequant":
+        kernel = resolve_kernel(self.config.kernel, x.device)
+        dt = compute_dtype(x.device, self.config.compute_dtype)
+        if kernel == "dequant":
             y = F.linear(x2.float(), dequantize_weight(self.weight, self.weight_scale))
+        elif kernel == "decompress":
+            if torch.is_grad_enabled() and x.requires_grad:  # autograd keeps the weight: no shared buffer
+                weight = self.weight.to(dt)
+            else:
+                weight = _scratch(self.weight.shape, dt, x.device).copy_(self.weight)  # int8 -> bf16/fp16: exact
+            y = F.linear(x2.to(dt), weight)
+            y = torch.addcmul(self.bias, y, self.weight_scale) if self.bias is not None else y * self.weight_scale
+            return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
         else:
-            dt = compute_dtype(x.device, self.config.compute_dtype)
             y = torch._weight_int8pack_mm(x2.to(dt).contiguous(), self.weight, self.weight_scale.to(dt)).float()
         if self.bias is not None:
             y = y + self.bias
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, int8 per-channel, kernel={self.config.kernel}, "
+        return (f"in={self.in_features}, out={self.out_features}, int8 per-channel, kernel={self.config.kernel} "
+                f"({resolve_kernel(self.config.kernel, self.weight.device)}), "
                 f"awq={self.input_scale is not None}")
 
 

@@ -151,12 +151,16 @@ class EmotionNode(LifecycleNode):
                                                        load_caption_embedder=self.p("captioner") != "none")
         self.model_name = str(path)
         if self.p("quantized"):
+            import torch
+
+            from ddvlm_core.quantization import WOQConfig, resolve_kernel
+
             try:
-                from ddvlm_core.quantization import WOQConfig, quantize_
-            except ImportError as e:
-                raise RuntimeError(f"quantized = true but WOQ is unavailable: {e}") from None
-            quantize_(recognizer.model, WOQConfig())
-            self.quantization = "woq-int8"
+                config = WOQConfig(kernel=self.p("woq_kernel"))
+            except ValueError as e:
+                raise RuntimeError(f"woq_kernel: {e}") from None
+            recognizer.model.quantize(config)  # merges a LoRA adapter, checks the kernel on this device first
+            self.quantization = f"woq-int8 ({resolve_kernel(config.kernel, torch.device(self.p('device')))})"
         return recognizer
 
     def _load_captioner(self):

@@ -17,6 +17,7 @@ class Param:
 PARAMS: tuple[Param, ...] = (
     Param("model_dir", "", "ddvlm checkpoint directory; '' = the embedded default (checkpoints/default)"),
     Param("quantized", False, "apply INT8 weight-only quantization to the model at configure (WOQ)"),
+    Param("woq_kernel", "auto", "WOQ kernel when quantized: auto | decompress | int8pack | dequant (see README)"),
     Param("device", "cpu", "torch device for the model and captioner: cpu, cuda, cuda:0 ..."),
     Param("cpu_threads", 0, "CPU threads of the inference worker (0 = all cores); every other thread uses 1"),
     Param("captioner", "none", "visual captioner: none | cue (OpenCV fallback) | qwen (Qwen2.5-VL)"),

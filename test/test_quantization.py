@@ -9,8 +9,8 @@ from ddvlm_core.checkpoint import CheckpointError
 from ddvlm_core.context import PromptBuilder, make_turns
 from ddvlm_core.model import DDVLM
 from ddvlm_core.quantization import (Int8Embedding, Int8WeightOnlyLinear, WOQConfig, awq_search, check_int8_kernel,
-                                     collect_activation_stats, dequantize_weight, quantize_, quantize_weight,
-                                     weight_bytes)
+                                     collect_activation_stats, cpu_has_fast_bf16, dequantize_weight, quantize_,
+                                     quantize_weight, resolve_kernel, weight_bytes)
 from ddvlm_core.text import collate_prompts
 
 
@@ -36,9 +36,21 @@ def test_per_channel_error_bound_zero_rows_and_outliers():
 def test_known_answer_kernel_check_and_a_broken_kernel_is_refused(monkeypatch):
     check_int8_kernel("cpu")  # in a child process first, then here
     check_int8_kernel("cpu", WOQConfig(kernel="dequant"))
+    check_int8_kernel("cpu", WOQConfig(kernel="decompress"))
     monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda x, w, s: torch.zeros(x.shape[0], w.shape[0], dtype=x.dtype))
     with pytest.raises(RuntimeError, match="refusing to run"):
-        check_int8_kernel("cpu", isolated=False)
+        check_int8_kernel("cpu", WOQConfig(kernel="int8pack"), isolated=False)
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w, b=None: torch.ones(x.shape[0], w.shape[0], dtype=x.dtype))
+    with pytest.raises(RuntimeError, match="refusing to run"):
+        check_int8_kernel("cpu", WOQConfig(kernel="decompress"), isolated=False)
+
+
+def test_auto_kernel_is_decompress_where_bf16_gemms_are_native():
+    assert resolve_kernel("auto", torch.device("cpu")) == ("decompress" if cpu_has_fast_bf16() else "int8pack")
+    assert resolve_kernel("auto", torch.device("cuda")) == "decompress"
+    assert resolve_kernel("int8pack", torch.device("cpu")) == "int8pack"
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        WOQConfig(kernel="fast")
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_device_without_the_kernel_is_a_clear_error_not_a_crash():
@@ -46,16 +58,56 @@ def test_a_device_without_the_kernel_is_a_clear_error_not_a_crash():
         check_int8_kernel("cuda")  # runs in a child process first
 
 
-def test_int8_layer_matches_the_dequantized_equation_on_both_kernels():
+@pytest.mark.parametrize("kernel", ["int8pack", "decompress"])
+def test_int8_layer_matches_the_dequantized_equation_on_every_kernel(kernel):
     torch.manual_seed(0)
     lin = nn.Linear(64, 48)
     x = torch.randn(3, 5, 64)
-    fast = Int8WeightOnlyLinear.from_linear(lin, WOQConfig())
+    fast = Int8WeightOnlyLinear.from_linear(lin, WOQConfig(kernel=kernel))
     ref = Int8WeightOnlyLinear.from_linear(lin, WOQConfig(kernel="dequant"))
-    expected = x @ dequantize_weight(*quantize_weight(lin.weight)).T + lin.bias
+    w_hat = dequantize_weight(*quantize_weight(lin.weight))
+    expected = x @ w_hat.T + lin.bias
     torch.testing.assert_close(ref(x), expected, atol=1e-5, rtol=1e-5)
-    assert sqnr_db(expected, fast(x)) > 35  # bf16 activations on CPU
-    assert sqnr_db(lin(x), fast(x)) > 30
+    y = fast(x)
+    assert y.dtype == torch.float32 and y.shape == (3, 5, 48)
+    assert sqnr_db(expected, y) > 35  # bf16 activations on CPU
+    assert sqnr_db(lin(x), y) > 30
+    # the same equation with the activations rounded to bf16 first: only the accumulation order differs
+    assert sqnr_db(x.bfloat16().float() @ w_hat.T + lin.bias, y) > 45
+
+
+def test_decompress_scratch_is_shared_by_layers_and_private_to_each_thread():
+    import threading
+
+    torch.manual_seed(0)
+    layers = [Int8WeightOnlyLinear.from_linear(nn.Linear(256, 128), WOQConfig(kernel="decompress")) for _ in range(2)]
+    x = torch.randn(16, 256)
+    with torch.inference_mode():  # the scratch is created in inference mode ...
+        first = [layer(x) for layer in layers]
+    assert not torch.equal(first[0], first[1])
+    assert torch.equal(layers[0](x), first[0])  # ... and still writable outside it
+    results, errors = {i: [] for i in range(2)}, []
+
+    def run(i):
+        try:
+            for _ in range(50):
+                results[i].append(layers[i](x))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i in range(2):
+        assert all(torch.equal(y, first[i]) for y in results[i])  # no thread saw the other's weight
+    x.requires_grad_(True)  # autograd keeps its own copy of the weight, so backward sees the right one
+    loss = layers[0](x).sum() + layers[1](x).sum()
+    loss.backward()
+    w_sum = sum(dequantize_weight(m.weight, m.weight_scale).sum(0) for m in layers)
+    assert sqnr_db(w_sum.expand_as(x), x.grad) > 40
 
 
 def test_transform_replaces_linears_in_place_and_keeps_layernorm_fp32(mpnet_ddvlm):

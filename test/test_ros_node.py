@@ -282,3 +282,22 @@ def test_silent_inputs_are_reported(harness, tiny_text_checkpoint):
     assert status.level == b"\x01" and "no input on" in status.message
     ages = {v.key: float(v.value) for v in status.values if v.key.startswith("input_age_s")}
     assert ages and all(age >= 0.5 for age in ages.values())
+
+
+def test_quantized_node_answers_with_the_chosen_woq_kernel(harness, tiny_text_checkpoint):
+    from ddvlm_core.quantization import Int8WeightOnlyLinear
+
+    h = harness(model_dir=tiny_text_checkpoint, quantized=True, woq_kernel="decompress").start()
+    layers = [m for m in h.node.recognizer.model.modules() if isinstance(m, Int8WeightOnlyLinear)]
+    assert layers and all(m.config.kernel == "decompress" for m in layers)
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["quantization"] == "woq-int8 (decompress)"
+    h.publish(String, "transcript", String(data="Ross: I got the job!"))
+    m = h.wait_for(1)[0]
+    assert sum(m.probabilities) == pytest.approx(1, abs=1e-5) and m.top_label in LABELS
+
+
+def test_unknown_woq_kernel_fails_configure_with_the_choices(harness, tiny_text_checkpoint):
+    h = harness(model_dir=tiny_text_checkpoint, quantized=True, woq_kernel="turbo")
+    h.node.trigger_configure()
+    assert "woq_kernel" in h.node.load_error and "decompress" in h.node.load_error

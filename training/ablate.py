@@ -172,9 +172,16 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation") -
     for row, f in failed:
         lines.append(f"\nFAILED: {row} seed {f['seed']} (exit {f['returncode']}), log {f['log']}")
     ran = {e["row"]: e for e in entries if "mean" in e}
+    if runs:
+        lines += ["", "Seconds: wall time of each run, including the one-off h_text extraction (frozen mode) of the "
+                  "first run that found the feature cache cold; a run that finds a finished run directory resumes "
+                  "and only re-reads it."]
     if "text_sd" in ran and "text_no_sd" in ran:
         gain = ran["text_sd"]["mean"] - ran["text_no_sd"]["mean"]
         lines += ["", f"Self-distillation gain on the text branch: {gain:+.2f} WA-F1 (paper: +0.67)."]
+    if "text_sd" in ran and "text_no_speakers" in ran:
+        gain = ran["text_sd"]["mean"] - ran["text_no_speakers"]["mean"]
+        lines += ["", f"Speaker tokens (SD text branch with vs without `<sN>`): {gain:+.2f} WA-F1."]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

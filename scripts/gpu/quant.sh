@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# GPU call after train.sh on the same warm machine (the backbone is already assembled in /tmp/ddvlm; if
+# not, the call must carry the shards .w1..w4 or find them in /tmp/w): the WOQ GPU columns of issue #5.
+# Usage: scripts/gpu/quant.sh [LIMIT]   -> $OUT/quantization_gpu.{md,json}
+set -uo pipefail
+limit=${1:-1000}
+export PYTHONUNBUFFERED=1 DDVLM_HOME=/tmp/ddvlm PYTHONPATH=$PWD
+model="$DDVLM_HOME/models/all-mpnet-base-v2"
+if [ ! -f "$model/config.json" ]; then
+  mkdir -p /tmp/w && cp -r .w[0-9]* /tmp/w/ 2>/dev/null
+  python3 scripts/gpu/backbone_shards.py unpack /tmp/w/.w* "$model" || exit 3
+fi
+python3 bench/quantization.py --device cuda --limit "$limit" --repeats 20
+cp reports/quantization_gpu.md reports/quantization_gpu.json "$OUT"/
