@@ -211,12 +211,34 @@ def onnx_int8(text, pad_id):
     return predict, (tmp / "int8.onnx").stat().st_size, "ONNX file size; exported with torch.onnx (TorchScript exporter)"
 
 
+def measure_latency(predict, mask_token_id: int, repeats: int, sync) -> dict:
+    """p50 / p90 ms of one prompt of 128 and of 511 tokens (3 warm-up calls each)."""
+    import torch
+
+    latency = {}
+    with torch.inference_mode():
+        for length in (128, 511):
+            ids = torch.randint(5, 1000, (1, length))
+            ids[0, -2] = mask_token_id
+            mask = torch.ones_like(ids)
+            for _ in range(3):
+                predict(ids, mask)
+            times = []
+            for _ in range(repeats):
+                sync()
+                t = time.perf_counter()
+                predict(ids, mask)  # returns CPU logits: the device work is finished
+                times.append(1000 * (time.perf_counter() - t))
+            latency[f"b1x{length}"] = {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90))}
+    return latency
+
+
 def run_row(row: str, args) -> dict:
+    """The child process of one row: MELD accuracy + latency, or (``--latency-only``) latency alone."""
     import torch
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    from ddvlm_core.labels import NUM_LABELS  # noqa: F401
     from ddvlm_core.metrics import metrics
     from ddvlm_core.model import DDVLM
     from training.evaluate import predict_examples
@@ -224,33 +246,37 @@ def run_row(row: str, args) -> dict:
     torch.manual_seed(0)
     _, tok, manifest = DDVLM.load(args.checkpoint)
     max_tokens = manifest["config"]["max_tokens"]
-    examples = prompts(args.split, args.limit, tok, max_tokens)
     calib = prompts("dev", 64, tok, max_tokens)
     t0 = time.perf_counter()
     predict, size, note = build(row, args.checkpoint, calib, tok.pad_token_id, args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     build_s = time.perf_counter() - t0
+    if args.latency_only:
+        return {"row": row, "latency": measure_latency(predict, tok.mask_token_id, args.repeats, sync)}
+    examples = prompts(args.split, args.limit, tok, max_tokens)
     preds = predict_examples(predict, examples, tok.pad_token_id)
     score = metrics([e.label for e in examples], preds)
-    with torch.inference_mode():
-        latency = {}
-        for length in (128, 511):
-            ids = torch.randint(5, 1000, (1, length))
-            ids[0, -2] = tok.mask_token_id
-            mask = torch.ones_like(ids)
-            for _ in range(3):
-                predict(ids, mask)
-            times = []
-            for _ in range(args.repeats):
-                sync()
-                t = time.perf_counter()
-                predict(ids, mask)  # returns CPU logits: the device work is finished
-                times.append(1000 * (time.perf_counter() - t))
-            latency[f"b1x{length}"] = {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90))}
+    latency = measure_latency(predict, tok.mask_token_id, args.repeats, sync)
     return {"row": row, "title": ROWS[row], "wa_f1": score["wa_f1"], "accuracy": score["accuracy"], "n": score["n"],
             "weight_bytes": int(size), "latency": latency, "build_s": build_s, "note": note,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "predictions": preds.tolist()}
+
+
+def median_latency(rounds: list[dict]) -> dict:
+    """Per prompt length, the median over rounds of each round's p50 and p90."""
+    return {k: {q: float(np.median([r[k][q] for r in rounds])) for q in ("p50_ms", "p90_ms")} for k in rounds[0]}
+
+
+def child(row: str, args, latency_only: bool = False) -> tuple[dict | None, str]:
+    """Run one row in a fresh process: (result, error tail)."""
+    out = Path(tempfile.mkdtemp()) / f"{row}.json"
+    cmd = [sys.executable, __file__, "--row", row, "--out", str(out), "--checkpoint", args.checkpoint,
+           "--split", args.split, "--limit", str(args.limit), "--repeats", str(args.repeats), "--device", args.device]
+    proc = subprocess.run(cmd + (["--latency-only"] if latency_only else []), capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    return json.loads(out.read_text()), ""
 
 
 def main(argv: list[str]) -> int:
@@ -260,6 +286,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--limit", type=int, default=0, help="first N utterances only (0 = the whole split)")
     ap.add_argument("--rows", help="default: every row the device runs")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--latency-rounds", type=int, default=3,
+                    help="latency is measured this many times, each row in a fresh process, rows in rotated order; "
+                         "the report gives the median round (this VM's speed drifts between minutes)")
+    ap.add_argument("--latency-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU columns (CPU-only rows are refused)")
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -271,20 +301,27 @@ def main(argv: list[str]) -> int:
     rows = args.rows.split(",") if args.rows else [r for r in ROWS if r not in skip]
     results = []
     for row in rows:
-        out = Path(tempfile.mkdtemp()) / f"{row}.json"
-        cmd = [sys.executable, __file__, "--row", row, "--out", str(out), "--checkpoint", args.checkpoint,
-               "--split", args.split, "--limit", str(args.limit), "--repeats", str(args.repeats), "--device", args.device]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            results.append({"row": row, "title": ROWS[row], "error": tail})
-            print(f"{row}: FAILED ({tail})")
+        r, error = child(row, args)
+        if r is None:
+            results.append({"row": row, "title": ROWS[row], "error": error})
+            print(f"{row}: FAILED ({error})")
             continue
-        results.append(json.loads(out.read_text()))
-        r = results[-1]
+        r["latency_rounds"] = [r["latency"]]
+        results.append(r)
         print(f"{row}: WA-F1 {r['wa_f1']:.2f}, {r['weight_bytes'] / 2**20:.1f} MiB, "
               f"b1x128 p50 {r['latency']['b1x128']['p50_ms']:.1f} ms ({time.perf_counter() - t0:.0f}s)", flush=True)
+    ok = [r for r in results if "error" not in r]
+    for k in range(1, args.latency_rounds):  # more latency rounds, fresh processes, rows in rotated order
+        for r in ok[k % len(ok):] + ok[:k % len(ok)]:
+            extra, error = child(r["row"], args, latency_only=True)
+            if extra is None:
+                print(f"{r['row']}: latency round {k + 1} FAILED ({error})")
+                continue
+            r["latency_rounds"].append(extra["latency"])
+        print(f"latency round {k + 1} of {args.latency_rounds} done", flush=True)
+    for r in ok:
+        r["latency"] = median_latency(r["latency_rounds"])
     write_report(results, args)
     return 0
 
@@ -318,7 +355,8 @@ def write_report(results: list[dict], args) -> None:
              f"`python bench/quantization.py` on `{args.checkpoint}`, MELD {args.split} "
              f"({meta['n']} utterances), torch {meta['torch']}, {meta['cpu_capability']} "
              f"(bf16 units: {', '.join(meta['cpu_bf16']) or 'none'}), {meta['threads']} threads. "
-             "Latency: one prompt of 128 / 511 tokens, p50 (p90) ms; ratios to FP32 measured in the same run. "
+             f"Latency: one prompt of 128 / 511 tokens, p50 (p90) ms, median of {args.latency_rounds} rounds (each row in a "
+             "fresh process per round, rows in rotated order); ratios to FP32 measured in the same run. "
              + ("WOQ runs the int8-weight kernel with FP16 activations on CUDA." if gpu else
               "CPU run: the FP16 row and the GPU columns are in reports/quantization_gpu.md when measured."), "",
              "| method | WA-F1 | drop vs FP32 | agree w/ FP32 | weight MiB | bytes vs FP32 | b1x128 ms | b1x511 ms | "
@@ -339,6 +377,10 @@ def write_report(results: list[dict], args) -> None:
             f"{rf.get('b1x128', 1):.2f} / {rf.get('b1x511', 1):.2f} | "
             f"{rd.get('b1x128', float('nan')):.2f} / {rd.get('b1x511', float('nan')):.2f} | {r['peak_rss_mb']:.0f} |")
     notes = [f"- {r['title']}: {r['note']}" for r in results if r.get("note")]
+    spread = [f"{r['title'].split(' (')[0]} " + " / ".join(f"{x['b1x128']['p50_ms']:.1f}" for x in r["latency_rounds"])
+              for r in results if len(r.get("latency_rounds", [])) > 1]
+    if spread:
+        notes.append("- b1x128 p50 ms in each latency round: " + "; ".join(spread))
     lines += ["", *notes, "", "TensorRT on the Jetson (not runnable here; export the FP32 ONNX first):", "",
               f"    {TRTEXEC}"]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")

@@ -69,7 +69,7 @@ def bare(recognizer, ctxs) -> list[float]:
     return times
 
 
-def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "single") -> list[float]:
+def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "single", quantized: bool = False) -> list[float]:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -80,7 +80,8 @@ def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "singl
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
-    node = EmotionNode(context=ctx, parameter_overrides=[Parameter("model_dir", value=directory)])
+    node = EmotionNode(context=ctx, parameter_overrides=[Parameter("model_dir", value=directory),
+                                                         Parameter("quantized", value=quantized)])
     client = rclpy.create_node("bench_client", context=ctx)
     arrived: dict[str, float] = {}
     done = threading.Event()
@@ -141,7 +142,7 @@ def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "singl
     return times
 
 
-ROWS = ("bare_predict", "node", "node_with_30hz_camera", "node_multithreaded_executor")
+ROWS = ("bare_predict", "node", "node_with_30hz_camera", "node_quantized", "node_multithreaded_executor")
 
 
 def measure(row: str, directory: str, n: int) -> list[float]:
@@ -151,7 +152,8 @@ def measure(row: str, directory: str, n: int) -> list[float]:
 
         return bare(EmotionRecognizer.from_checkpoint(directory, load_caption_embedder=False), ctxs)
     return through_node(directory, ctxs, camera=row == "node_with_30hz_camera",
-                        executor_kind="multi" if row == "node_multithreaded_executor" else "single")
+                        executor_kind="multi" if row == "node_multithreaded_executor" else "single",
+                        quantized=row == "node_quantized")
 
 
 def main(argv: list[str]) -> int:
@@ -178,7 +180,7 @@ def main(argv: list[str]) -> int:
         results[row] = percentiles(json.loads(out.strip().splitlines()[-1]))
     ctxs = contexts(args.n)
     base = results["bare_predict"]["p50_ms"]
-    for key in ("node", "node_with_30hz_camera", "node_multithreaded_executor"):
+    for key in ("node", "node_with_30hz_camera", "node_quantized", "node_multithreaded_executor"):
         results[key]["ratio_p50_vs_bare"] = results[key]["p50_ms"] / base
     results["meta"] = {"model_dir": directory, "contexts": len(ctxs), "torch_threads": torch.get_num_threads(),
                        "machine": platform.machine(), "cpu": platform.processor() or "unknown", "device": "cpu"}
@@ -194,6 +196,7 @@ def main(argv: list[str]) -> int:
              "| path | p50 ms | p90 ms | p50 ratio |", "|---|---|---|---|"]
     for key, label in (("bare_predict", "bare predict"), ("node", "node (text result)"),
                        ("node_with_30hz_camera", "node + 30 Hz 640x480 camera"),
+                       ("node_quantized", "node, `quantized: true` (WOQ INT8, default kernel)"),
                        ("node_multithreaded_executor", "node on rclpy's MultiThreadedExecutor (not used: comparison)")):
         r = results[key]
         lines.append(f"| {label} | {r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r.get('ratio_p50_vs_bare', 1.0):.2f} |")
