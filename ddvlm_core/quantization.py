@@ -11,13 +11,14 @@ Kernels (``WOQConfig.kernel``); activations are bfloat16 on CPU and float16 on C
 on the Jetson), the matmul accumulates in FP32 and the per-channel scale and bias are applied in FP32:
 
 - ``int8pack``: ``torch._weight_int8pack_mm``, a fused int8-weight kernel (the weight is read as int8
-  inside the kernel). On x86 CPUs it is an AVX-512 kernel written for few-token decoding; it does not
-  use AMX and is ~2x slower than FP32 on a 128-token prompt.
+  inside the kernel). On x86 CPUs it is an AVX-512 kernel that does not use AMX: 1.7x FP32 latency on a
+  128-token prompt on our AMX test machine (reports/quantization.md).
 - ``decompress``: the int8 weight is widened to bf16/fp16 on every call into one scratch buffer per weight
   shape and thread (a few MB, reused by every layer), then the vendor GEMM runs (oneDNN on CPU, which
   uses AMX-BF16 where the CPU has it; cuBLAS on CUDA). Exact: int8 values are exact in bf16/fp16, so it
   computes the same equation as ``int8pack``. Weights stay int8 in memory; this path does dequantize per
-  call, and the reports say so.
+  call, and the reports say so. The widening pass is memory-bound (it is ~20 % of a 128-token forward on
+  2 cores); a GEMM that widens tiles while it computes would hide it, and PyTorch exposes none for CPU.
 - ``auto`` (default): ``decompress`` on CPUs with AMX or AVX-512-BF16 and on CUDA, else ``int8pack``.
 - ``dequant``: the FP32 reference (dequantizes W to FP32 on every call; correct, slow, reported as such).
 
