@@ -162,21 +162,25 @@ class Int8WeightOnlyLinear(nn.Module):
         x2 = x.reshape(-1, shape[-1])
         kernel = resolve_kernel(self.config.kernel, x.device)
         dt = compute_dtype(x.device, self.config.compute_dtype)
-        if kernel == "dequant":
-            y = F.linear(x2.float(), dequantize_weight(self.weight, self.weight_scale))
-        elif kernel == "decompress":
-            if torch.is_grad_enabled() and x.requires_grad:  # autograd keeps the weight: no shared buffer
-                weight = self.weight.to(dt)
-            else:
-                weight = _scratch(self.weight.shape, dt, x.device).copy_(self.weight)  # int8 -> bf16/fp16: exact
-            y = F.linear(x2.to(dt), weight)
-            y = torch.addcmul(self.bias, y, self.weight_scale) if self.bias is not None else y * self.weight_scale
-            return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+        if kernel == "decompress":
+            y = self._decompressed_linear(x2, dt)
         else:
-            y = torch._weight_int8pack_mm(x2.to(dt).contiguous(), self.weight, self.weight_scale.to(dt)).float()
-        if self.bias is not None:
-            y = y + self.bias
+            if kernel == "dequant":
+                y = F.linear(x2.float(), dequantize_weight(self.weight, self.weight_scale))
+            else:
+                y = torch._weight_int8pack_mm(x2.to(dt).contiguous(), self.weight, self.weight_scale.to(dt)).float()
+            if self.bias is not None:
+                y = y + self.bias
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+    def _decompressed_linear(self, x2: Tensor, dt: torch.dtype) -> Tensor:
+        """(x W_int8^T) * s + b with W_int8 widened to ``dt`` (exact) and the product in ``dt``, FP32 out."""
+        if torch.is_grad_enabled() and x2.requires_grad:  # autograd keeps the weight: no shared buffer
+            weight = self.weight.to(dt)
+        else:
+            weight = _scratch(self.weight.shape, dt, x2.device).copy_(self.weight)
+        y = F.linear(x2.to(dt), weight)
+        return torch.addcmul(self.bias, y, self.weight_scale) if self.bias is not None else y * self.weight_scale
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, int8 per-channel, kernel={self.config.kernel} "

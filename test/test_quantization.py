@@ -74,6 +74,10 @@ def test_int8_layer_matches_the_dequantized_equation_on_every_kernel(kernel):
     assert sqnr_db(lin(x), y) > 30
     # the same equation with the activations rounded to bf16 first: only the accumulation order differs
     assert sqnr_db(x.bfloat16().float() @ w_hat.T + lin.bias, y) > 45
+    no_bias = nn.Linear(64, 48, bias=False)
+    q_no_bias = Int8WeightOnlyLinear.from_linear(no_bias, WOQConfig(kernel=kernel))
+    assert q_no_bias.bias is None
+    assert sqnr_db(x @ dequantize_weight(*quantize_weight(no_bias.weight)).T, q_no_bias(x)) > 35
 
 
 def test_decompress_scratch_is_shared_by_layers_and_private_to_each_thread():
