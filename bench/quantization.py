@@ -164,15 +164,6 @@ def dynamic_bytes(module) -> int:
     return total
 
 
-def cpu_bf16() -> list[str]:
-    """The CPU's native bf16 instruction sets (Linux flags), which decide how fast a bf16 GEMM runs here."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return []
-    return [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags]
-
-
 def torch_per_tensor():
     import torch
 
@@ -340,8 +331,10 @@ def write_report(results: list[dict], args) -> None:
                                              for k in r["latency"]}
     import torch
 
+    from ddvlm_core.quantization import cpu_bf16_units
+
     meta = {"checkpoint": args.checkpoint, "split": args.split, "n": base["n"] if base else None,
-            "device": args.device, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": cpu_bf16(),
+            "device": args.device, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": list(cpu_bf16_units()),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
     slim = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
     out = REPO / "reports"

@@ -68,13 +68,18 @@ def compute_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
 
 
 @lru_cache(maxsize=None)
-def cpu_has_fast_bf16() -> bool:
-    """AMX-BF16 or AVX-512-BF16 (Linux /proc/cpuinfo flags): oneDNN then runs bf16 GEMMs natively."""
+def cpu_bf16_units() -> tuple[str, ...]:
+    """The CPU's native bf16 instruction sets (Linux /proc/cpuinfo flags), e.g. ("AMX-BF16", "AVX512-BF16")."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = set(open("/proc/cpuinfo").read().split())
     except OSError:
-        return False
-    return any(f" {flag}" in flags for flag in ("amx_bf16", "avx512_bf16"))
+        return ()
+    return tuple(name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX-BF16 or AVX-512-BF16: oneDNN then runs bf16 GEMMs natively."""
+    return bool(cpu_bf16_units())
 
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:

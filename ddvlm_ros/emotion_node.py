@@ -91,7 +91,7 @@ class EmotionNode(LifecycleNode):
             max_turns=self.p("max_context_turns"), idle_timeout_s=self.p("idle_timeout_s"),
             frame_buffer_s=self.p("frame_buffer_s"), frames_per_window=self.p("frames_per_window"),
             caption_timeout_s=self.p("caption_timeout_s"), log=self._log,
-            thread_setup={"inference": cpu_threads_setup(self.p("cpu_threads")), "caption": one_cpu_thread})
+            thread_setup={"inference": cpu_threads_setup(self.p("cpu_threads")), "caption": cpu_threads_setup(1)})
         self._ensure_diagnostics()
         self.get_logger().info(f"configured: model {self.model_name}, quantization {self.quantization}, "
                                f"captioner {getattr(captioner, 'name', 'none')}")
@@ -384,12 +384,6 @@ class EmotionNode(LifecycleNode):
         array = DiagnosticArray(status=[self.diagnostic_status()])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(array)
-
-
-def one_cpu_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 @contextlib.contextmanager
