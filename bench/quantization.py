@@ -350,7 +350,7 @@ def write_report(results: list[dict], args) -> None:
              f"(bf16 units: {', '.join(meta['cpu_bf16']) or 'none'}), {meta['threads']} threads. "
              f"Latency: one prompt of 128 / 511 tokens, p50 (p90) ms, median of {args.latency_rounds} rounds (each row in a "
              "fresh process per round, rows in rotated order); ratios to FP32 measured in the same run. "
-             + ("WOQ runs the int8-weight kernel with FP16 activations on CUDA." if gpu else
+             + ("WOQ activations are FP16 on CUDA; each WOQ row's note names its kernel." if gpu else
               "CPU run: the FP16 row and the GPU columns are in reports/quantization_gpu.md when measured."), "",
              "| method | WA-F1 | drop vs FP32 | agree w/ FP32 | weight MiB | bytes vs FP32 | b1x128 ms | b1x511 ms | "
              "x FP32 (128 / 511) | x dynamic (128 / 511) | peak RSS MiB |",
