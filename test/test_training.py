@@ -116,6 +116,21 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
     assert (cfg.text_mode, cfg.epochs, cfg.batch_size, cfg.ema_decay) == ("frozen", 3, 32, 0.99)
 
 
+def test_config_round_trips_through_a_run_directorys_json():
+    import json
+
+    from training.config import TrainConfig
+
+    cfg = load_config("training/configs/lora.yaml", ["--fusion_alpha_init=0.45", "--lora_layers=10,11"])
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.lora_layers == (10, 11)
+    assert again.model_config().fusion_alpha_init == 0.45 and again.model_config().max_tokens == cfg.max_tokens
+    with pytest.raises(TypeError, match="epochs"):
+        TrainConfig.from_dict({**cfg.to_dict(), "epochs": "many"})
+    with pytest.raises(TypeError, match="lora_layers: expected int"):
+        load_config("training/configs/lora.yaml", ["--lora_layers=top,two"])
+
+
 @pytest.mark.parametrize("mode", ["frozen", "lora"])
 def test_export_rebuilds_the_run_checkpoint_from_its_best_weights(tmp_path, tiny_roberta_dir, mode):
     from training.export import export

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -86,6 +86,23 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """Defaults <- ``values`` (e.g. a run directory's config.json); unknown keys and bad types raise."""
+        types = {f.name: f.type for f in fields(cls)}
+        unknown = set(values) - set(types)
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return dataclasses.replace(cls(), **{k: _coerce(k, types[k], v) for k, v in values.items()}).validate()
+
+    def model_config(self):
+        """The ddvlm_core ``DDVLMConfig`` of the model this run trains (one place for loop and export)."""
+        from ddvlm_core.model import DDVLMConfig
+
+        return DDVLMConfig(text_backbone=self.text_backbone, caption_embedder=self.caption_embedder,
+                           dropout=self.dropout, max_tokens=self.max_tokens, speaker_tokens=self.speaker_tokens,
+                           fusion_alpha_init=self.fusion_alpha_init)
+
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:
     """Convert a YAML / command-line value to the field's type, or raise."""
@@ -97,7 +114,8 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
             raise TypeError(f"{name}: expected a list, got {value!r}")
-        return tuple(value)
+        element = origin.removeprefix("tuple[").split(",")[0].strip()  # "tuple[int, ...]" -> "int"
+        return tuple(_coerce(name, element, v) for v in value)
     target = {"bool": bool, "int": int, "float": float, "str": str}[origin]
     if target is float and isinstance(value, str):
         try:
@@ -124,9 +142,4 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if not sep:
             raise ValueError(f"override {item!r} must look like --key=value")
         values[key.replace("-", "_")] = value
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    unknown = set(values) - set(types)
-    if unknown:
-        raise ValueError(f"unknown config keys: {sorted(unknown)}")
-    coerced = {k: _coerce(k, types[k], v) for k, v in values.items()}
-    return dataclasses.replace(TrainConfig(), **coerced).validate()
+    return TrainConfig.from_dict(values)

@@ -10,18 +10,15 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from ddvlm_core.model import DDVLM, DDVLMConfig
-from training.config import load_config
+from ddvlm_core.model import DDVLM
+from training.config import TrainConfig
 from training.state import load_trainable_state
 
 
 def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
-    values = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    cfg = load_config(None, [f"--{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in values.items()])
-    model, _ = DDVLM.from_backbone(DDVLMConfig(text_backbone=cfg.text_backbone, caption_embedder=cfg.caption_embedder,
-                                               dropout=cfg.dropout, max_tokens=cfg.max_tokens,
-                                               speaker_tokens=cfg.speaker_tokens))
+    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
+    model, _ = DDVLM.from_backbone(cfg.model_config())
     best = load_file(run_dir / "text" / "best.safetensors")
     modules = ["text_head"]
     if cfg.text_mode == "lora":

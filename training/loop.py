@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ddvlm_core import losses as L
 from ddvlm_core.assets import resolve_model
 from ddvlm_core.context import PromptBuilder
-from ddvlm_core.model import DDVLM, DDVLMConfig
+from ddvlm_core.model import DDVLM
 from training.config import TrainConfig
 from training.data import Example, batches, build_examples, check_full_test_split, collate
 from ddvlm_core.metrics import confusion_png, metrics
@@ -264,10 +264,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
-    model, tok = DDVLM.from_backbone(DDVLMConfig(
-        text_backbone=cfg.text_backbone, caption_embedder=cfg.caption_embedder, dropout=cfg.dropout,
-        max_tokens=cfg.max_tokens, speaker_tokens=cfg.speaker_tokens, fusion_alpha_init=cfg.fusion_alpha_init))
-    model.config.text_backbone = cfg.text_backbone
+    model, tok = DDVLM.from_backbone(cfg.model_config())
     data = build_data(cfg, tok)
     labels = {s: torch.tensor([e.label for e in data[s]]) for s in SPLITS}
     lengths = {s: [len(e.input_ids) for e in data[s]] for s in SPLITS}
