@@ -14,7 +14,7 @@ from pathlib import Path
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -27,7 +27,7 @@ from ddvlm_core.checkpoint import CheckpointError
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_ros.convert import (compressed_msg_to_rgb, image_msg_to_rgb, parse_transcript, prediction_to_msg,
                                sec_to_stamp, stamp_to_sec)
-from ddvlm_ros.params import PARAMS
+from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
 from ddvlm_ros.pipeline import EmotionPipeline, Result, UtteranceIn
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
@@ -44,8 +44,9 @@ def default_model_dir() -> Path:
 class EmotionNode(LifecycleNode):
     def __init__(self, node_name: str = "ddvlm_emotion", **kwargs):
         super().__init__(node_name, **kwargs)
-        for p in PARAMS:
-            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
+        for p in PARAMS:  # typed by ddvlm_ros.params.coerce, so a wrong type is a clear configure error, not a crash
+            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description, dynamic_typing=True))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pipeline: EmotionPipeline | None = None
         self.recognizer = None
         self.load_error = ""
@@ -68,11 +69,23 @@ class EmotionNode(LifecycleNode):
         self._diag_group = MutuallyExclusiveCallbackGroup()
 
     def p(self, name: str):
-        return self.get_parameter(name).value
+        """Parameter ``name`` as its declared type (ValueError if it has another: see parameter_errors)."""
+        return coerce(name, self.get_parameter(name).value)
+
+    def parameter_errors(self) -> list[str]:
+        return parameter_errors({p.name: self.get_parameter(p.name).value for p in PARAMS})
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """``ros2 param set`` with a wrong type is refused with the reason (values are read at configure)."""
+        errors = parameter_errors({q.name: q.value for q in params if q.name in PARAMS_BY_NAME})
+        return SetParametersResult(successful=not errors, reason="; ".join(errors))
 
     # ---- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
+            errors = self.parameter_errors()
+            if errors:
+                raise ValueError("; ".join(errors))
             with single_cpu_thread():  # loading must not start an OpenMP team here: see cpu_threads_setup
                 self.recognizer = self._load_recognizer()
                 captioner = self._load_captioner()
@@ -425,7 +438,12 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        if node.p("autostart"):
+        try:
+            autostart = node.p("autostart")
+        except ValueError as e:
+            node.get_logger().error(f"{e}: not configuring by itself")
+            autostart = False
+        if autostart:
             node.trigger_configure()
             if node.load_error == "":
                 node.trigger_activate()

@@ -1,6 +1,10 @@
 """Every parameter of the emotion node, declared once: name, default, description.
 
 The node declares exactly these; config/emotion.yaml and the README table list the same (tested).
+A parameter's type is its default's. ``coerce`` is the one type check: an integer is accepted for a
+float parameter (``frame_buffer_s: 5`` in YAML and ``-p frame_buffer_s:=5`` both give integers, which
+rclpy's static typing would turn into an exception at start-up); any other mismatch is a ValueError
+that names the parameter, the type it needs and what it got.
 """
 from __future__ import annotations
 
@@ -47,3 +51,28 @@ PARAMS: tuple[Param, ...] = (
           "transcripts (speaker = voice id), results mirrored as hri_msgs/Expression on /humans/voices/<id>/expression"),
     Param("autostart", False, "configure and activate on start (for launch setups without a lifecycle manager)"),
 )
+
+PARAMS_BY_NAME = {p.name: p for p in PARAMS}
+_TYPE_NAMES = {bool: "a bool (true | false)", int: "an integer", float: "a number", str: "a string"}
+
+
+def coerce(name: str, value: object) -> object:
+    """``value`` as parameter ``name``'s type (int -> float for float parameters); ValueError if it is not."""
+    kind = type(PARAMS_BY_NAME[name].default)
+    if kind is float and type(value) is int:
+        return float(value)
+    if type(value) is not kind:
+        got = _TYPE_NAMES.get(type(value), type(value).__name__)
+        raise ValueError(f"parameter {name!r} must be {_TYPE_NAMES[kind]}, got {value!r} ({got})")
+    return value
+
+
+def parameter_errors(values: dict[str, object]) -> list[str]:
+    """One message per value of ``values`` (parameter name -> value) that ``coerce`` refuses."""
+    errors = []
+    for name, value in values.items():
+        try:
+            coerce(name, value)
+        except ValueError as e:
+            errors.append(str(e))
+    return errors

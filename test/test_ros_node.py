@@ -301,3 +301,32 @@ def test_unknown_woq_kernel_fails_configure_with_the_choices(harness, tiny_text_
     h = harness(model_dir=tiny_text_checkpoint, quantized=True, woq_kernel="turbo")
     h.node.trigger_configure()
     assert "woq_kernel" in h.node.load_error and "decompress" in h.node.load_error
+
+
+def test_integer_values_are_accepted_for_float_parameters(harness, tiny_text_checkpoint):
+    # `frame_buffer_s: 5` in YAML or `-p caption_timeout_s:=3` give integers; rclpy's static typing would
+    # raise InvalidParameterTypeException in the constructor and the node would never start.
+    h = harness(model_dir=tiny_text_checkpoint, frame_buffer_s=5, caption_timeout_s=3, idle_timeout_s=0).start()
+    assert h.node.p("frame_buffer_s") == 5.0 and type(h.node.p("frame_buffer_s")) is float
+    assert type(h.node.pipeline.frames.keep_s) is float and h.node.pipeline.frames.keep_s == 5.0
+    assert h.node.pipeline.caption_timeout_s == 3.0 and h.node.pipeline.idle_timeout_s == 0.0
+    h.publish(String, "transcript", String(data="Ross: I got the job!"))
+    assert h.wait_for(1)[0].top_label in LABELS
+
+
+def test_wrong_parameter_types_fail_configure_with_every_reason_and_can_be_fixed(harness, tiny_text_checkpoint):
+    from rclpy.parameter import Parameter
+
+    h = harness(model_dir=tiny_text_checkpoint, quantized="yes", frames_per_window=2.5)
+    h.node.trigger_configure()
+    assert "'quantized' must be a bool" in h.node.load_error and "'yes'" in h.node.load_error
+    assert "'frames_per_window' must be an integer" in h.node.load_error
+    assert h.node.diagnostic_status().level == b"\x02"
+    refused = h.node.set_parameters([Parameter("cpu_threads", value="two")])[0]
+    assert not refused.successful and "'cpu_threads' must be an integer" in refused.reason
+    assert h.node.get_parameter("cpu_threads").value == 0
+    fixed = h.node.set_parameters([Parameter("quantized", value=False), Parameter("frames_per_window", value=2)])
+    assert all(r.successful for r in fixed)
+    h.start()  # the same node configures once the values are right
+    h.publish(String, "transcript", String(data="Rachel: No way!"))
+    assert h.wait_for(1)[0].top_label in LABELS
