@@ -45,7 +45,8 @@ class EmotionNode(LifecycleNode):
     def __init__(self, node_name: str = "ddvlm_emotion", **kwargs):
         super().__init__(node_name, **kwargs)
         for p in PARAMS:  # typed by ddvlm_ros.params.coerce, so a wrong type is a clear configure error, not a crash
-            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description, dynamic_typing=True))
+            self.declare_parameter(p.name, p.default, ParameterDescriptor(
+                description=p.description, additional_constraints=p.constraint(), dynamic_typing=True))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.pipeline: EmotionPipeline | None = None
         self.recognizer = None
@@ -72,8 +73,9 @@ class EmotionNode(LifecycleNode):
         """Parameter ``name`` as its declared type (ValueError if it has another: see parameter_errors)."""
         return coerce(name, self.get_parameter(name).value)
 
-    def parameter_errors(self) -> list[str]:
-        return parameter_errors({p.name: self.get_parameter(p.name).value for p in PARAMS})
+    def parameter_errors(self, names: list[str] | None = None) -> list[str]:
+        """Why the current values of ``names`` (default: all parameters) are refused; [] if they are not."""
+        return parameter_errors({n: self.get_parameter(n).value for n in names or PARAMS_BY_NAME})
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """``ros2 param set`` with a wrong type is refused with the reason (values are read at configure)."""
@@ -86,6 +88,7 @@ class EmotionNode(LifecycleNode):
             errors = self.parameter_errors()
             if errors:
                 raise ValueError("; ".join(errors))
+            check_device(self.p("device"))
             with single_cpu_thread():  # loading must not start an OpenMP team here: see cpu_threads_setup
                 self.recognizer = self._load_recognizer()
                 captioner = self._load_captioner()
@@ -215,11 +218,8 @@ class EmotionNode(LifecycleNode):
                             self.p("compressed_image_topic")) if t]
 
     def _qos(self, prefix: str) -> QoSProfile:
-        reliability = self.p(f"{prefix}_qos_reliability")
-        if reliability not in RELIABILITY:
-            self.get_logger().warning(f"{prefix}_qos_reliability {reliability!r} unknown: using reliable")
         return QoSProfile(depth=self.p(f"{prefix}_qos_depth"), history=HistoryPolicy.KEEP_LAST,
-                          reliability=RELIABILITY.get(reliability, ReliabilityPolicy.RELIABLE))
+                          reliability=RELIABILITY[self.p(f"{prefix}_qos_reliability")])  # checked at configure
 
     def _subscribe(self) -> None:
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
@@ -355,8 +355,9 @@ class EmotionNode(LifecycleNode):
     def _ensure_diagnostics(self) -> None:
         if self._diag_pub is None:
             self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-            self._diag_timer = self.create_timer(self.p("diagnostics_period_s"), self.publish_diagnostics,
-                                                 callback_group=self._diag_group)
+            name = "diagnostics_period_s"  # also reached when configure refused this very value
+            period = PARAMS_BY_NAME[name].default if self.parameter_errors([name]) else self.p(name)
+            self._diag_timer = self.create_timer(period, self.publish_diagnostics, callback_group=self._diag_group)
 
     def diagnostic_status(self) -> DiagnosticStatus:
         values = {"lifecycle_state": "active" if self._active else "inactive", "model": self.model_name,
@@ -426,6 +427,18 @@ def cpu_threads_setup(n: int):
         torch.set_num_threads(n if n > 0 else (os.cpu_count() or 1))
 
     return setup
+
+
+def check_device(device: str) -> None:
+    """RuntimeError unless torch can use ``device`` here (a CUDA device asked for on a machine without one)."""
+    if device == "cpu":
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise RuntimeError(f"device {device!r}: torch {torch.__version__} sees {count} CUDA device(s)")
 
 
 def main(args: list[str] | None = None) -> int:

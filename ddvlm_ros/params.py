@@ -1,14 +1,20 @@
-"""Every parameter of the emotion node, declared once: name, default, description.
+"""Every parameter of the emotion node, declared once: name, default, description, allowed values.
 
 The node declares exactly these; config/emotion.yaml and the README table list the same (tested).
 A parameter's type is its default's. ``coerce`` is the one type check: an integer is accepted for a
 float parameter (``frame_buffer_s: 5`` in YAML and ``-p frame_buffer_s:=5`` both give integers, which
 rclpy's static typing would turn into an exception at start-up); any other mismatch is a ValueError
-that names the parameter, the type it needs and what it got.
+that names the parameter, the type it needs and what it got. ``parameter_errors`` adds the value checks
+(choices, bounds, device and topic names), so configure can refuse every bad value at once, by name.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from ddvlm_core.quantization import KERNELS
+
+DEVICE = r"cpu|cuda(:\d+)?"
 
 
 @dataclass(frozen=True)
@@ -16,37 +22,68 @@ class Param:
     name: str
     default: object
     description: str
+    choices: tuple[str, ...] = ()  # the allowed values of a string parameter
+    at_least: float | None = None  # numbers: value >= at_least
+    above: float | None = None  # numbers: value > above
+    pattern: str = ""  # strings: a full match of this regular expression
+    topic: str = ""  # "optional": a topic name or '' (off); "required": a topic name
+    what: str = ""  # the pattern in words
+
+    def constraint(self) -> str:
+        """The allowed values in words ('' = any value of the type); shown by ``ros2 param describe``."""
+        if self.choices:
+            return "one of: " + ", ".join(self.choices)
+        if self.at_least is not None:
+            return f">= {self.at_least:g}"
+        if self.above is not None:
+            return f"> {self.above:g}"
+        if self.pattern:
+            return self.what or f"a full match of {self.pattern}"
+        if self.topic:
+            return "a valid topic name" + (" or '' (off)" if self.topic == "optional" else "")
+        return ""
 
 
 PARAMS: tuple[Param, ...] = (
     Param("model_dir", "", "ddvlm checkpoint directory; '' = the embedded default (checkpoints/default)"),
     Param("quantized", False, "apply INT8 weight-only quantization to the model at configure (WOQ)"),
-    Param("woq_kernel", "auto", "WOQ kernel when quantized: auto | decompress | int8pack | dequant (see README)"),
-    Param("device", "cpu", "torch device for the model and captioner: cpu, cuda, cuda:0 ..."),
-    Param("cpu_threads", 0, "CPU threads of the inference worker (0 = all cores); every other thread uses 1"),
-    Param("captioner", "none", "visual captioner: none | cue (OpenCV fallback) | qwen (Qwen2.5-VL)"),
+    Param("woq_kernel", "auto", "WOQ kernel when quantized: auto | decompress | int8pack | dequant (see README)",
+          choices=KERNELS),
+    Param("device", "cpu", "torch device for the model and captioner: cpu, cuda, cuda:0 ...", pattern=DEVICE,
+          what="cpu, cuda or cuda:<index>"),
+    Param("cpu_threads", 0, "CPU threads of the inference worker (0 = all cores); every other thread uses 1",
+          at_least=0),
+    Param("captioner", "none", "visual captioner: none | cue (OpenCV fallback) | qwen (Qwen2.5-VL)",
+          choices=("none", "cue", "qwen")),
     Param("captioner_model_dir", "", "local Qwen2.5-VL directory (captioner = qwen)"),
-    Param("frames_per_window", 4, "frames sampled uniformly from each utterance window for the caption"),
-    Param("frame_buffer_s", 10.0, "seconds of camera frames kept; older frames are dropped and counted"),
-    Param("caption_timeout_s", 10.0, "a caption later than this after the text result is discarded"),
-    Param("max_context_turns", 32, "utterances kept per conversation (the prompt also stays <= 511 tokens)"),
-    Param("idle_timeout_s", 120.0, "a conversation silent this long starts a new context (0 = never)"),
+    Param("frames_per_window", 4, "frames sampled uniformly from each utterance window for the caption", at_least=1),
+    Param("frame_buffer_s", 10.0, "seconds of camera frames kept; older frames are dropped and counted", above=0),
+    Param("caption_timeout_s", 10.0, "a caption later than this after the text result is discarded", above=0),
+    Param("max_context_turns", 32, "utterances kept per conversation (the prompt also stays <= 511 tokens)",
+          at_least=1),
+    Param("idle_timeout_s", 120.0, "a conversation silent this long starts a new context (0 = never)", at_least=0),
     Param("default_speaker", "", "speaker id for plain-text transcripts without 'speaker: ' ('' = unknown)"),
     Param("speaker_prefix", True, "read 'speaker: text' in plain-text transcripts"),
-    Param("text_window_s", 4.0, "window length (s) before arrival used for frames of plain-text transcripts"),
+    Param("text_window_s", 4.0, "window length (s) before arrival used for frames of plain-text transcripts",
+          at_least=0),
     Param("conversation_id", "default", "conversation id of plain-text transcripts"),
-    Param("transcript_topic", "transcript", "std_msgs/String transcript topic ('' = off)"),
-    Param("utterance_topic", "utterance", "ddvlm_msgs/Utterance topic ('' = off)"),
-    Param("image_topic", "image", "sensor_msgs/Image topic ('' = off)"),
-    Param("compressed_image_topic", "image/compressed", "sensor_msgs/CompressedImage topic ('' = off)"),
-    Param("emotion_topic", "emotion", "ddvlm_msgs/EmotionDistribution output topic"),
-    Param("transcript_qos_depth", 200, "queue depth of the transcript subscriptions (bursts must not be lost)"),
-    Param("transcript_qos_reliability", "reliable", "reliable | best_effort for the transcript subscriptions"),
-    Param("image_qos_depth", 1, "queue depth of the camera subscriptions (1: never a backlog)"),
-    Param("image_qos_reliability", "best_effort", "reliable | best_effort for the camera subscriptions"),
-    Param("emotion_qos_depth", 10, "queue depth of the /emotion publisher"),
-    Param("input_timeout_s", 30.0, "WARN and a diagnostic when an input topic was silent this long (0 = off)"),
-    Param("diagnostics_period_s", 1.0, "period of /diagnostics"),
+    Param("transcript_topic", "transcript", "std_msgs/String transcript topic ('' = off)", topic="optional"),
+    Param("utterance_topic", "utterance", "ddvlm_msgs/Utterance topic ('' = off)", topic="optional"),
+    Param("image_topic", "image", "sensor_msgs/Image topic ('' = off)", topic="optional"),
+    Param("compressed_image_topic", "image/compressed", "sensor_msgs/CompressedImage topic ('' = off)",
+          topic="optional"),
+    Param("emotion_topic", "emotion", "ddvlm_msgs/EmotionDistribution output topic", topic="required"),
+    Param("transcript_qos_depth", 200, "queue depth of the transcript subscriptions (bursts must not be lost)",
+          at_least=1),
+    Param("transcript_qos_reliability", "reliable", "reliable | best_effort for the transcript subscriptions",
+          choices=("reliable", "best_effort")),
+    Param("image_qos_depth", 1, "queue depth of the camera subscriptions (1: never a backlog)", at_least=1),
+    Param("image_qos_reliability", "best_effort", "reliable | best_effort for the camera subscriptions",
+          choices=("reliable", "best_effort")),
+    Param("emotion_qos_depth", 10, "queue depth of the /emotion publisher", at_least=1),
+    Param("input_timeout_s", 30.0, "WARN and a diagnostic when an input topic was silent this long (0 = off)",
+          at_least=0),
+    Param("diagnostics_period_s", 1.0, "period of /diagnostics", above=0),
     Param("ros4hri", False, "ROS4HRI: voices of /humans/voices/tracked, final /humans/voices/<id>/speech as "
           "transcripts (speaker = voice id), results mirrored as hri_msgs/Expression on /humans/voices/<id>/expression"),
     Param("autostart", False, "configure and activate on start (for launch setups without a lifecycle manager)"),
@@ -67,12 +104,34 @@ def coerce(name: str, value: object) -> object:
     return value
 
 
+def value_error(name: str, value: object) -> str:
+    """'' if ``value`` (already of the parameter's type) is allowed, else why not."""
+    p = PARAMS_BY_NAME[name]
+    bad = ((p.choices and value not in p.choices)
+           or (p.at_least is not None and value < p.at_least)
+           or (p.above is not None and value <= p.above)
+           or (p.pattern and not re.fullmatch(p.pattern, value)))
+    if bad:
+        return f"parameter {name!r} must be {p.constraint()}, got {value!r}"
+    if p.topic and (value or p.topic == "required"):
+        from rclpy.exceptions import InvalidTopicNameException
+        from rclpy.validate_topic_name import validate_topic_name
+
+        try:
+            validate_topic_name(value)
+        except InvalidTopicNameException as e:
+            return f"parameter {name!r} must be {p.constraint()}, got {value!r} ({str(e).splitlines()[0]})"
+    return ""
+
+
 def parameter_errors(values: dict[str, object]) -> list[str]:
-    """One message per value of ``values`` (parameter name -> value) that ``coerce`` refuses."""
+    """One message per value of ``values`` (parameter name -> value) of the wrong type or not allowed."""
     errors = []
     for name, value in values.items():
         try:
-            coerce(name, value)
+            message = value_error(name, coerce(name, value))
         except ValueError as e:
-            errors.append(str(e))
+            message = str(e)
+        if message:
+            errors.append(message)
     return errors

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import yaml
 
-from ddvlm_ros.params import PARAMS
+from ddvlm_ros.params import PARAMS, parameter_errors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +64,10 @@ def test_every_declared_parameter_has_a_description(tiny_text_checkpoint):
         declared = {n: node.describe_parameter(n).description for n in node._parameters if n not in builtin}
         assert set(declared) == {p.name for p in PARAMS}
         assert all(declared.values())
+        constraints = {n: node.describe_parameter(n).additional_constraints for n in declared}
+        assert constraints["captioner"] == "one of: none, cue, qwen" and constraints["frames_per_window"] == ">= 1"
+        assert constraints["emotion_topic"] == "a valid topic name" and constraints["model_dir"] == ""
+        assert not parameter_errors({p.name: p.default for p in PARAMS})  # every default is allowed
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)

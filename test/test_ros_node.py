@@ -314,19 +314,35 @@ def test_integer_values_are_accepted_for_float_parameters(harness, tiny_text_che
     assert h.wait_for(1)[0].top_label in LABELS
 
 
-def test_wrong_parameter_types_fail_configure_with_every_reason_and_can_be_fixed(harness, tiny_text_checkpoint):
+def test_wrong_parameter_types_and_values_fail_configure_with_every_reason_and_can_be_fixed(
+        harness, tiny_text_checkpoint):
     from rclpy.parameter import Parameter
 
-    h = harness(model_dir=tiny_text_checkpoint, quantized="yes", frames_per_window=2.5)
+    h = harness(model_dir=tiny_text_checkpoint, quantized="yes", frames_per_window=2.5, frame_buffer_s=-1.0,
+                image_qos_reliability="reliabel", emotion_topic="", transcript_topic="my asr", diagnostics_period_s=0.0)
     h.node.trigger_configure()
-    assert "'quantized' must be a bool" in h.node.load_error and "'yes'" in h.node.load_error
-    assert "'frames_per_window' must be an integer" in h.node.load_error
-    assert h.node.diagnostic_status().level == b"\x02"
+    for reason in ("'quantized' must be a bool", "'yes'", "'frames_per_window' must be an integer",
+                   "'frame_buffer_s' must be > 0", "'image_qos_reliability' must be one of: reliable, best_effort",
+                   "'emotion_topic' must be a valid topic name", "'transcript_topic' must be a valid topic name or ''",
+                   "'diagnostics_period_s' must be > 0"):
+        assert reason in h.node.load_error, reason
+    assert h.node.diagnostic_status().level == b"\x02" and h.node._diag_timer.timer_period_ns == 10**9
     refused = h.node.set_parameters([Parameter("cpu_threads", value="two")])[0]
     assert not refused.successful and "'cpu_threads' must be an integer" in refused.reason
-    assert h.node.get_parameter("cpu_threads").value == 0
-    fixed = h.node.set_parameters([Parameter("quantized", value=False), Parameter("frames_per_window", value=2)])
+    refused = h.node.set_parameters([Parameter("captioner", value="blip")])[0]
+    assert not refused.successful and "one of: none, cue, qwen" in refused.reason
+    assert h.node.get_parameter("cpu_threads").value == 0 and h.node.get_parameter("captioner").value == "none"
+    fixed = h.node.set_parameters([Parameter("quantized", value=False), Parameter("frames_per_window", value=2),
+                                   Parameter("frame_buffer_s", value=5), Parameter("image_qos_reliability", value="reliable"),
+                                   Parameter("emotion_topic", value="emotion"), Parameter("transcript_topic", value="transcript"),
+                                   Parameter("diagnostics_period_s", value=1.0)])
     assert all(r.successful for r in fixed)
     h.start()  # the same node configures once the values are right
     h.publish(String, "transcript", String(data="Rachel: No way!"))
     assert h.wait_for(1)[0].top_label in LABELS
+
+
+def test_a_cuda_device_the_machine_lacks_fails_configure_clearly(harness, tiny_text_checkpoint):
+    h = harness(model_dir=tiny_text_checkpoint, device="cuda:7")
+    h.node.trigger_configure()
+    assert "device 'cuda:7'" in h.node.load_error and "CUDA device(s)" in h.node.load_error
