@@ -20,6 +20,7 @@ from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from ddvlm_core.asr_noise import corrupt
+from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.meld import MeldUtterance, dialogues, parse_time
 
 MSG_DIR = Path(__file__).resolve().parents[1] / "msg"
@@ -186,11 +187,30 @@ def read_bag(path: str | Path) -> Iterator[BagMessage]:
         raise BagError(f"{path}: cannot read bag ({type(e).__name__}: {e})") from None
 
 
-def load_labels(bag: str | Path) -> dict[str, str]:
-    side = labels_path(bag)
+def load_labels(bag: str | Path, side_file: bool = True) -> dict[str, str]:
+    """Gold labels by "conversation/utterance" key from a bag's side file (or, ``side_file=False``, from the
+    JSON file ``bag`` itself): {"utterances": {key: {"label": ...}}} or simply {key: label}."""
+    side = labels_path(bag) if side_file else Path(bag)
     if not side.is_file():
-        raise BagError(f"{side}: labels side file missing")
-    return {k: v["label"] for k, v in json.loads(side.read_text(encoding="utf-8"))["utterances"].items()}
+        raise BagError(f"{side}: labels {'side ' if side_file else ''}file missing")
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+        items = data["utterances"].items() if "utterances" in data else data.items()
+        labels = {k: v["label"] if isinstance(v, dict) else v for k, v in items}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise BagError(f"{side}: not a labels file ({type(e).__name__}: {e})") from None
+    unknown = sorted({str(v) for v in labels.values() if not _is_label(v)})
+    if unknown:
+        raise BagError(f"{side}: labels {unknown} are not among {', '.join(LABELS)}")
+    return labels
+
+
+def _is_label(value) -> bool:
+    try:
+        label_id(value)
+    except ValueError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,19 @@
 """Replay a bag into the running emotion node with its timing and score what comes out on /emotion.
 
     python -m ddvlm_ros.replay BAG [--model-dir DIR] [--speed 5] [--live] [--report reports/replay.md]
+    python -m ddvlm_ros.replay ROBOT_BAG --remap /asr/text:=transcript --remap /camera/image_raw:=image \
+        [--labels gold.json] [--answers answers.jsonl]
 
 The node runs in-process on a real executor with ``use_sim_time``; the replayer publishes ``/clock``
 from the bag's time line and each message at its time (divided by ``--speed``), records every
-``/emotion`` message, joins them with the bag's labels side file and reports WA-F1, accuracy,
-per-class F1, the confusion matrix, the latency distribution and how many utterances got no answer.
-The fused (refined) answer counts where there is one, else the text answer.
+``/emotion`` message, joins them with the labels (the bag's side file, or ``--labels``) and reports
+WA-F1, accuracy, per-class F1, the confusion matrix, the latency distribution and how many utterances
+got no answer. The fused (refined) answer counts where there is one, else the text answer.
+
+Bag topics reach the node's inputs (utterance, transcript, image, image/compressed) by name: /utterance,
+/transcript, /image and /image/compressed by default, any other topic with ``--remap TOPIC:=INPUT``
+(a bag recorded on a robot). A bag without labels is replayed for its answers and latency only;
+``--answers`` writes every utterance's answers as JSON lines (e.g. to annotate them).
 """
 from __future__ import annotations
 
@@ -24,7 +31,38 @@ from rosbags.rosbag2 import Reader
 
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.metrics import metrics
-from ddvlm_ros.bag import BagError, load_labels
+from ddvlm_ros.bag import BagError, labels_path, load_labels
+
+
+INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/String",
+          "image": "sensor_msgs/msg/Image", "image/compressed": "sensor_msgs/msg/CompressedImage"}
+DEFAULT_TOPICS = {"/utterance": "utterance", "/transcript": "transcript", "/image": "image",
+                  "/image/compressed": "image/compressed"}
+
+
+def input_topics(messages, remaps: dict[str, str] | None = None) -> dict[str, str]:
+    """Bag topic -> node input for the topics to play: the default names, overridden by ``remaps``
+    (an input that is remapped no longer takes its default topic). BagError, naming the bag's topics,
+    for a remap of a topic the bag lacks, an unknown input, a type mismatch or nothing to transcribe."""
+    in_bag = {topic: msgtype for _, topic, msgtype, _ in messages}
+    remaps = dict(remaps or {})
+    for topic, target in remaps.items():
+        if target not in INPUTS:
+            raise BagError(f"--remap {topic}:={target}: the node's inputs are {', '.join(INPUTS)}")
+        if topic not in in_bag:
+            raise BagError(f"--remap {topic}:={target}: the bag has no topic {topic} ({_listing(in_bag)})")
+    chosen = {t: i for t, i in DEFAULT_TOPICS.items() if t in in_bag and i not in remaps.values()} | remaps
+    for topic, target in chosen.items():
+        if in_bag[topic] != INPUTS[target]:
+            raise BagError(f"{topic} is {in_bag[topic]}, but the node's input {target!r} takes {INPUTS[target]}")
+    if not {"utterance", "transcript"} & set(chosen.values()):
+        raise BagError(f"nothing to transcribe in the bag ({_listing(in_bag)}): map a topic with "
+                       f"--remap TOPIC:=transcript ({INPUTS['transcript']}) or TOPIC:=utterance ({INPUTS['utterance']})")
+    return chosen
+
+
+def _listing(in_bag: dict[str, str]) -> str:
+    return "topics: " + ", ".join(f"{t} ({m})" for t, m in sorted(in_bag.items())) if in_bag else "no topics"
 
 
 def ros_type(msgtype: str):
@@ -53,11 +91,12 @@ class ReplayResult:
         return entry.get("refined") or entry.get("text")
 
     def score(self, labels: dict[str, str]) -> dict:
-        keys = [k for k in self.finals if k in labels]
+        """Scores over the labelled utterances; with no labels at all, answer counts and latency only."""
+        keys = [k for k in self.finals if k in labels] if labels else list(self.finals)
         answered = [k for k in keys if self.prediction(k) is not None]
-        gold = [label_id(labels[k]) for k in answered]
+        gold = [label_id(labels[k]) for k in answered] if labels else []
         pred = [LABELS.index(self.prediction(k).top_label) for k in answered]
-        result = metrics(gold, pred) if answered else {"n": 0}
+        result = metrics(gold, pred) if gold else {"n": 0}
         latencies = [self.answers[k]["text"].latency_ms for k in answered if "text" in self.answers[k]]
         result |= {
             "utterances": len(keys), "answered": len(answered), "unanswered": len(keys) - len(answered),
@@ -70,9 +109,10 @@ class ReplayResult:
 
 
 def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: float = 60.0,
-           on_answer=None, max_in_flight: int = 0) -> ReplayResult:
+           on_answer=None, max_in_flight: int = 0, remaps: dict[str, str] | None = None) -> ReplayResult:
     """Play ``bag`` into a fresh node. ``max_in_flight`` > 0 holds back the next utterance while that many
-    are unanswered (evaluation of a whole split faster than real time without overrunning the node)."""
+    are unanswered (evaluation of a whole split faster than real time without overrunning the node).
+    ``remaps``: bag topic -> node input, for topics not named like the inputs (see ``input_topics``)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -86,6 +126,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     messages = bag_messages(bag)
     if not messages:
         raise BagError(f"{bag}: no messages")
+    topics = input_topics(messages, remaps)
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     overrides = [Parameter("use_sim_time", value=True)] + [Parameter(k, value=v) for k, v in params.items()]
@@ -107,14 +148,12 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
 
     player.create_subscription(EmotionDistribution, "emotion", on_emotion, 500)
     clock_pub = player.create_publisher(Clock, "/clock", 10)
-    topic_map = {"/utterance": "utterance", "/transcript": "transcript", "/image": "image",
-                 "/image/compressed": "image/compressed"}
     pubs, types = {}, {}
     for _, topic, msgtype, _ in messages:
-        if topic in topic_map and topic not in pubs:
+        if topic in topics and topic not in pubs:
             types[topic] = ros_type(msgtype)
-            depth = 1 if "image" in topic else 500
-            pubs[topic] = player.create_publisher(types[topic], topic_map[topic], depth)
+            depth = 1 if "image" in topics[topic] else 500
+            pubs[topic] = player.create_publisher(types[topic], topics[topic], depth)
     executor = SingleThreadedExecutor(context=ctx)  # as the node's main(): callbacks only enqueue
     executor.add_node(node)
     executor.add_node(player)
@@ -137,7 +176,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             delay = (t - t_first) / speed - (time.monotonic() - started)
             if delay > 0:
                 time.sleep(delay)
-            if max_in_flight and topic in ("/utterance", "/transcript"):
+            if max_in_flight and topics[topic] in ("utterance", "transcript"):
                 while True:
                     with lock:
                         waiting = sum(1 for k in result.finals if "text" not in result.answers.get(k, {}))
@@ -146,9 +185,9 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                     time.sleep(0.01)
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
             msg = deserialize_message(raw, types[topic])
-            if topic == "/utterance" and msg.is_final:
+            if topics[topic] == "utterance" and msg.is_final:
                 result.finals.append(f"{msg.conversation_id}/{msg.utterance_id}")
-            elif topic == "/transcript":
+            elif topics[topic] == "transcript":
                 result.finals.append(f"{node.p('conversation_id')}/{len(result.finals) + 1}")
             pubs[topic].publish(msg)
         deadline = time.monotonic() + answer_timeout_s
@@ -192,19 +231,51 @@ def offline_predictions(bag: str | Path, recognizer) -> dict[str, str]:
 def report_markdown(title: str, score: dict, bag: str, params: dict, speed: float, extra: str = "") -> str:
     lines = [f"# {title}", "", f"Bag `{bag}`, replayed at {speed}x through the emotion node "
              f"(`python -m ddvlm_ros.replay`), params {json.dumps(params)}. {extra}", ""]
-    if score.get("n"):
-        lines += [f"- utterances: {score['utterances']}, answered {score['answered']}, unanswered "
-                  f"{score['unanswered']}, refined {score['refined']}, duplicate answers {score['duplicates']}",
-                  f"- WA-F1 **{score['wa_f1']:.2f}**, macro F1 {score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}",
-                  f"- text-result latency ms: p50 {score['latency_ms']['p50']:.1f}, p90 {score['latency_ms']['p90']:.1f}, "
-                  f"max {score['latency_ms']['max']:.1f}", "",
-                  "| class | F1 |", "|---|---|"]
-        lines += [f"| {name} | {f1:.2f} |" for name, f1 in score["per_class_f1"].items()]
-        lines += ["", "Confusion (rows gold, columns predicted, order " + ", ".join(LABELS) + "):", "", "```"]
-        lines += [" ".join(f"{v:5d}" for v in row) for row in score["confusion"]] + ["```"]
-    else:
-        lines.append(f"No utterance was answered ({score.get('utterances', 0)} replayed).")
+    if not score.get("utterances"):
+        return "\n".join(lines + ["No final utterance was replayed."]) + "\n"
+    lines.append(f"- utterances: {score['utterances']}, answered {score['answered']}, unanswered "
+                 f"{score['unanswered']}, refined {score['refined']}, duplicate answers {score['duplicates']}")
+    if score["latency_ms"]:
+        lines.append(f"- text-result latency ms: p50 {score['latency_ms']['p50']:.1f}, "
+                     f"p90 {score['latency_ms']['p90']:.1f}, max {score['latency_ms']['max']:.1f}")
+    if not score.get("n"):
+        return "\n".join(lines + ["- no labels for these utterances: no scores"]) + "\n"
+    lines += [f"- WA-F1 **{score['wa_f1']:.2f}**, macro F1 {score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}",
+              "", "| class | F1 |", "|---|---|"]
+    lines += [f"| {name} | {f1:.2f} |" for name, f1 in score["per_class_f1"].items()]
+    lines += ["", "Confusion (rows gold, columns predicted, order " + ", ".join(LABELS) + "):", "", "```"]
+    lines += [" ".join(f"{v:5d}" for v in row) for row in score["confusion"]] + ["```"]
     return "\n".join(lines) + "\n"
+
+
+def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
+    """One record per replayed final utterance (in order): its text and refined answers and the gold label."""
+    def answer(msg):
+        return None if msg is None else {
+            "top_label": msg.top_label, "confidence": msg.confidence,
+            "probabilities": dict(zip(msg.labels, map(float, msg.probabilities))),
+            "modalities": msg.modalities, "caption": msg.caption, "caption_source": msg.caption_source,
+            "latency_ms": msg.latency_ms, "flags": list(msg.flags)}
+
+    records = []
+    for key in result.finals:
+        entry = result.answers.get(key, {})
+        first = entry.get("text") or entry.get("refined")
+        records.append({"key": key, "speaker_id": first.speaker_id if first else None,
+                        "speaker_token": first.speaker_token if first else None, "gold": labels.get(key),
+                        "text": answer(entry.get("text")), "refined": answer(entry.get("refined"))})
+    return records
+
+
+def parse_remaps(items: list[str]) -> dict[str, str]:
+    """['/asr/text:=transcript', ...] -> {'/asr/text': 'transcript'} (ros2 bag play's --remap syntax)."""
+    remaps = {}
+    for item in items:
+        topic, sep, target = item.partition(":=")
+        if not sep or not topic or not target:
+            raise BagError(f"--remap {item!r}: expected TOPIC:=INPUT, e.g. /asr/text:=transcript")
+        remaps[topic if topic.startswith("/") else "/" + topic] = target
+    return remaps
 
 
 def main(argv: list[str]) -> int:
@@ -213,6 +284,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--model-dir", default="")
     ap.add_argument("--speed", type=float, default=1.0)
     ap.add_argument("--captioner", default="none")
+    ap.add_argument("--remap", action="append", default=[], metavar="TOPIC:=INPUT",
+                    help=f"play a bag topic into a node input ({', '.join(INPUTS)}); repeatable")
+    ap.add_argument("--labels", help="gold labels JSON (a side file's format); default: the bag's side file if any")
+    ap.add_argument("--answers", help="write one JSON line per replayed utterance with its answers")
     ap.add_argument("--live", action="store_true", help="print a table row per answer")
     ap.add_argument("--max-in-flight", type=int, default=0,
                     help="hold back utterances while this many are unanswered (0: pure bag timing)")
@@ -222,7 +297,14 @@ def main(argv: list[str]) -> int:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    labels = load_labels(args.bag)
+    try:
+        remaps = parse_remaps(args.remap)
+        labels = load_labels(args.labels or args.bag, side_file=not args.labels) if args.labels or \
+            labels_path(args.bag).is_file() else {}
+    except BagError as e:
+        ap.error(str(e))
+    if not labels:
+        print(f"no labels ({labels_path(args.bag)} missing, no --labels): answers and latency only")
     params = {"model_dir": args.model_dir, "captioner": args.captioner, "input_timeout_s": 0.0}
 
     def live(key, msg):
@@ -234,13 +316,22 @@ def main(argv: list[str]) -> int:
 
     if args.live:
         print(f"{'utterance':<22} {'speaker':<12} {'tok':<5} {'emotion':<9} {'conf':>5} R  {'gold':<14} latency")
-    result = replay(args.bag, params, args.speed, on_answer=live, max_in_flight=args.max_in_flight)
+    try:
+        result = replay(args.bag, params, args.speed, on_answer=live, max_in_flight=args.max_in_flight, remaps=remaps)
+    except BagError as e:
+        ap.error(str(e))
     score = result.score(labels)
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
     if score.get("n"):
         print(f"WA-F1 {score['wa_f1']:.2f}  macro F1 {score['macro_f1']:.2f}  accuracy {score['accuracy']:.2f}  "
               f"latency p50 {score['latency_ms']['p50']:.1f} ms")
+    if args.answers:
+        path = Path(args.answers)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in answer_records(result, labels)),
+                        encoding="utf-8")
+        print(f"answers: {path}")
     if args.report:
         path = Path(args.report)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +339,8 @@ def main(argv: list[str]) -> int:
                  if args.max_in_flight else "")
         path.write_text(report_markdown(args.title, score, args.bag, params, args.speed, extra))
         path.with_suffix(".json").write_text(json.dumps({"bag": args.bag, "speed": args.speed, "params": params,
-                                                         "score": score, "wall_s": result.wall_s}, indent=1) + "\n")
+                                                         "remaps": remaps, "score": score, "wall_s": result.wall_s},
+                                                        indent=1) + "\n")
         print(f"report: {path}")
     return 0
 

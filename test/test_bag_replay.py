@@ -83,3 +83,84 @@ def test_committed_sample_bag_replays_through_the_default_checkpoint():
     score = result.score(load_labels(bag))
     assert score["utterances"] == 38 and score["unanswered"] == 0 and score["duplicates"] == 0
     assert 0 <= score["wa_f1"] <= 100 and score["latency_ms"]["p50"] > 0
+
+
+def write_robot_bag(path, lines, fps=4.0):
+    """A bag as `ros2 bag record` leaves it on a robot: ASR text on /asr/text, JPEG frames on
+    /camera/color/image_raw/compressed and a topic the node has no use for; no labels side file."""
+    import cv2
+    import numpy as np
+    from rosbags.rosbag2 import Writer
+
+    from ddvlm_ros.bag import _stamp, synthetic_frame, typestore
+
+    store = typestore()
+    String, Header = store.types["std_msgs/msg/String"], store.types["std_msgs/msg/Header"]
+    Compressed = store.types["sensor_msgs/msg/CompressedImage"]
+    with Writer(path, version=9) as writer:
+        asr = writer.add_connection("/asr/text", "std_msgs/msg/String", typestore=store)
+        cam = writer.add_connection("/camera/color/image_raw/compressed", "sensor_msgs/msg/CompressedImage",
+                                    typestore=store)
+        status = writer.add_connection("/robot/status", "std_msgs/msg/String", typestore=store)
+        events = []
+        for k, line in enumerate(lines):
+            t = 100.0 + 2.0 * (k + 1)
+            events.append((t, asr, store.serialize_cdr(String(data=line), "std_msgs/msg/String")))
+            events.append((t - 0.5, status, store.serialize_cdr(String(data="ok"), "std_msgs/msg/String")))
+            for j in range(int(2 * fps)):
+                ts = t - 2.0 + j / fps
+                jpg = cv2.imencode(".jpg", synthetic_frame(j))[1]
+                frame = Compressed(header=Header(stamp=_stamp(store, ts), frame_id="camera"), format="jpeg",
+                                   data=np.frombuffer(jpg.tobytes(), np.uint8))
+                events.append((ts, cam, store.serialize_cdr(frame, "sensor_msgs/msg/CompressedImage")))
+        for t, connection, data in sorted(events, key=lambda e: e[0]):
+            writer.write(connection, int(t * 1e9), data)
+    return path
+
+
+ROBOT_LINES = ["Ross: I got the job!", "Rachel: No way!", "Ross: They called this morning.", "Rachel: Oh my God."]
+
+
+def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_path, tiny_text_checkpoint):
+    from ddvlm_ros.replay import main
+
+    bag = write_robot_bag(tmp_path / "robot", ROBOT_LINES)
+    remaps = ["--remap", "/asr/text:=transcript", "--remap", "/camera/color/image_raw/compressed:=image/compressed"]
+    out = tmp_path / "out"
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *remaps,
+                 "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
+    records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in records] == ["default/1", "default/2", "default/3", "default/4"]
+    assert [r["speaker_id"] for r in records] == ["Ross", "Rachel", "Ross", "Rachel"]
+    assert [r["speaker_token"] for r in records] == ["<s1>", "<s2>", "<s1>", "<s2>"]
+    assert all(r["gold"] is None and abs(sum(r["text"]["probabilities"].values()) - 1) < 1e-4 for r in records)
+    report = (out / "replay.md").read_text()
+    assert "answered 4, unanswered 0" in report and "no labels for these utterances" in report
+    assert json.loads((out / "replay.json").read_text())["remaps"]["/asr/text"] == "transcript"
+    gold = tmp_path / "gold.json"  # labels added afterwards, e.g. by annotating answers.jsonl
+    gold.write_text(json.dumps({r["key"]: label for r, label in zip(records, ["joy", "surprise", "neutral", "joy"])}))
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *remaps, "--labels", str(gold),
+                 "--report", str(out / "scored.md")]) == 0
+    scored = json.loads((out / "scored.json").read_text())["score"]
+    assert scored["n"] == 4 and scored["answered"] == 4 and "wa_f1" in scored
+
+
+def test_replay_refuses_unmapped_mistyped_or_missing_topics_with_the_bags_topics(tmp_path):
+    from ddvlm_ros.replay import bag_messages, input_topics, parse_remaps
+
+    messages = bag_messages(write_robot_bag(tmp_path / "robot", ROBOT_LINES[:1]))
+    with pytest.raises(BagError, match=r"nothing to transcribe.*/asr/text \(std_msgs/msg/String\).*--remap"):
+        input_topics(messages)
+    with pytest.raises(BagError, match="takes sensor_msgs/msg/CompressedImage"):
+        input_topics(messages, {"/asr/text": "image/compressed"})
+    with pytest.raises(BagError, match="has no topic /mic"):
+        input_topics(messages, {"/mic": "transcript"})
+    with pytest.raises(BagError, match="the node's inputs are utterance, transcript"):
+        input_topics(messages, {"/asr/text": "speech"})
+    assert input_topics(messages, parse_remaps(["asr/text:=transcript"])) == {"/asr/text": "transcript"}
+    with pytest.raises(BagError, match="expected TOPIC:=INPUT"):
+        parse_remaps(["/asr/text=transcript"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"default/1": "happy"}))
+    with pytest.raises(BagError, match=r"\['happy'\] are not among"):
+        load_labels(bad, side_file=False)
