@@ -61,7 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         from ddvlm_core.meld import dialogues
 
         split, _, dia = args.meld.partition(":")
-        rows = dialogues(split)[int(dia)]
+        try:
+            by_id = dialogues(split)
+            rows = by_id[int(dia)]
+        except ValueError as e:
+            ap.error(f"--meld {args.meld}: {e if split not in ('train', 'dev', 'test') else 'expected SPLIT:DIALOGUE_ID'}")
+        except KeyError:
+            ap.error(f"--meld {args.meld}: MELD {split} has no dialogue {dia} (ids {min(by_id)}..{max(by_id)})")
         turns, gold = [(r.speaker, r.text) for r in rows], [r.emotion for r in rows]
     elif args.turns:
         turns, gold = [parse_turn(t) for t in args.turns], [None] * len(args.turns)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from rosbags.rosbag2 import Reader, Writer
+from rosbags.rosbag2 import Reader, Writer, WriterError
 from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
@@ -228,9 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--asr-noise", type=float, default=0.0, metavar="WER", help="corrupt transcripts at this WER")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    ids = None if args.dialogues == "all" else [int(d) for d in args.dialogues.split(",")]
-    bag = write_meld_bag(args.out, args.split, ids, args.storage, args.frames, args.fps, args.clips_dir,
-                         args.asr_noise, args.seed)
+    try:
+        ids = None if args.dialogues == "all" else [int(d) for d in args.dialogues.split(",")]
+        bag = write_meld_bag(args.out, args.split, ids, args.storage, args.frames, args.fps, args.clips_dir,
+                             args.asr_noise, args.seed)
+    except (ValueError, WriterError) as e:  # a bad split or id, an existing bag
+        ap.error(str(e))
     n = sum(1 for _ in read_bag(bag))
     print(f"wrote {bag} ({n} messages) and {labels_path(bag)}")
     return 0

@@ -1,3 +1,5 @@
+import pytest
+
 from ddvlm_core import cli
 from ddvlm_core.meld import dialogues
 
@@ -16,3 +18,24 @@ def test_cli_predicts_every_utterance_of_a_meld_dialogue(monkeypatch, tmp_path, 
 def test_cli_parses_speaker_prefixed_turns():
     assert cli.parse_turn("Ross: I got the job!") == ("Ross", "I got the job!")
     assert cli.parse_turn("no speaker here") == (None, "no speaker here")
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("ddvlm_core.cli", ["--meld", "test:99999"], "MELD test has no dialogue 99999 (ids 0..279)"),
+    ("ddvlm_core.cli", ["--meld", "val:1"], "MELD split must be one of"),
+    ("ddvlm_ros.bag", ["{tmp}/bag", "--split", "val"], "MELD split must be one of"),
+    ("ddvlm_ros.replay", ["{tmp}/no_bag"], "cannot read bag"),
+    ("training.evaluate", ["{tmp}/no_checkpoint"], "does not exist"),
+    ("training.__main__", ["--config", "{tmp}/no.yaml"], "No such file"),
+    ("training.__main__", ["--config", "training/configs/cpu.yaml", "--epochs=ten"], "epochs: expected int"),
+])
+def test_command_lines_answer_bad_input_with_one_error_line_and_status_2(tmp_path, capsys, module, argv, message):
+    import importlib
+
+    main = importlib.import_module(module).main
+    try:
+        status = main([a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as e:
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and "Traceback" not in err

@@ -19,7 +19,11 @@ def main(argv: list[str]) -> int:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    cfg = load_config(config_path, rest)
+    try:
+        cfg = load_config(config_path, rest)
+    except (OSError, ValueError, TypeError) as e:  # a missing file, an unknown key, a wrong type: no traceback
+        print(f"python -m training: error: {e}", file=sys.stderr)
+        return 2
     results = run(cfg)
     text = results["stages"].get("text", {}).get("best")
     if text:

@@ -63,7 +63,12 @@ def main(argv: list[str]) -> int:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    result = evaluate_checkpoint(args.checkpoint, tuple(args.splits.split(",")))
+    from ddvlm_core.checkpoint import CheckpointError
+
+    try:
+        result = evaluate_checkpoint(args.checkpoint, tuple(args.splits.split(",")))
+    except CheckpointError as e:
+        ap.error(str(e))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
