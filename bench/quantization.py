@@ -199,7 +199,8 @@ def onnx_int8(text, pad_id):
         out = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
         return torch.from_numpy(out)
 
-    return predict, (tmp / "int8.onnx").stat().st_size, "ONNX file size; exported with torch.onnx (TorchScript exporter)"
+    note = "ONNX file size; exported with torch.onnx (TorchScript exporter)"
+    return predict, (tmp / "int8.onnx").stat().st_size, note
 
 
 def measure_latency(predict, mask_token_id: int, repeats: int, sync) -> dict:
@@ -220,7 +221,8 @@ def measure_latency(predict, mask_token_id: int, repeats: int, sync) -> dict:
                 t = time.perf_counter()
                 predict(ids, mask)  # returns CPU logits: the device work is finished
                 times.append(1000 * (time.perf_counter() - t))
-            latency[f"b1x{length}"] = {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90))}
+            latency[f"b1x{length}"] = {"p50_ms": float(np.percentile(times, 50)),
+                                       "p90_ms": float(np.percentile(times, 90))}
     return latency
 
 
@@ -324,7 +326,8 @@ def write_report(results: list[dict], args) -> None:
         if base:
             r["wa_f1_drop_vs_fp32"] = base["wa_f1"] - r["wa_f1"]
             r["bytes_ratio_vs_fp32"] = r["weight_bytes"] / base["weight_bytes"]
-            r["latency_ratio_vs_fp32"] = {k: r["latency"][k]["p50_ms"] / base["latency"][k]["p50_ms"] for k in r["latency"]}
+            r["latency_ratio_vs_fp32"] = {k: r["latency"][k]["p50_ms"] / base["latency"][k]["p50_ms"]
+                                          for k in r["latency"]}
             r["agreement_with_fp32"] = float(np.mean(np.array(r["predictions"]) == np.array(base["predictions"])))
         if "dynamic" in ok:
             r["latency_ratio_vs_dynamic"] = {k: r["latency"][k]["p50_ms"] / ok["dynamic"]["latency"][k]["p50_ms"]
@@ -334,7 +337,8 @@ def write_report(results: list[dict], args) -> None:
     from ddvlm_core.quantization import cpu_bf16_units
 
     meta = {"checkpoint": args.checkpoint, "split": args.split, "n": base["n"] if base else None,
-            "device": args.device, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16": list(cpu_bf16_units()),
+            "device": args.device, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16": list(cpu_bf16_units()),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
     slim = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
     out = REPO / "reports"
@@ -348,10 +352,10 @@ def write_report(results: list[dict], args) -> None:
              f"`python bench/quantization.py` on `{args.checkpoint}`, MELD {args.split} "
              f"({meta['n']} utterances), torch {meta['torch']}, {meta['cpu_capability']} "
              f"(bf16 units: {', '.join(meta['cpu_bf16']) or 'none'}), {meta['threads']} threads. "
-             f"Latency: one prompt of 128 / 511 tokens, p50 (p90) ms, median of {args.latency_rounds} rounds (each row in a "
-             "fresh process per round, rows in rotated order); ratios to FP32 measured in the same run. "
+             f"Latency: one prompt of 128 / 511 tokens, p50 (p90) ms, median of {args.latency_rounds} rounds "
+             "(each row in a fresh process per round, rows in rotated order); ratios to FP32 measured in the same run. "
              + ("WOQ activations are FP16 on CUDA; each WOQ row's note names its kernel." if gpu else
-              "CPU run: the FP16 row and the GPU columns are in reports/quantization_gpu.md when measured."), "",
+                "CPU run: the FP16 row and the GPU columns are in reports/quantization_gpu.md when measured."), "",
              "| method | WA-F1 | drop vs FP32 | agree w/ FP32 | weight MiB | bytes vs FP32 | b1x128 ms | b1x511 ms | "
              "x FP32 (128 / 511) | x dynamic (128 / 511) | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

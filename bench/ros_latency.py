@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,7 +68,8 @@ def bare(recognizer, ctxs) -> list[float]:
     return times
 
 
-def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "single", quantized: bool = False) -> list[float]:
+def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "single",
+                 quantized: bool = False) -> list[float]:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -190,7 +190,8 @@ def main(argv: list[str]) -> int:
     lines = ["# Transcript-in -> /emotion-out latency (CPU)", "",
              f"`python bench/ros_latency.py --n {args.n}`; model `{directory}`; {len(ctxs)} MELD test contexts; "
              f"torch threads {torch.get_num_threads()}. Ratios are to the bare `EmotionRecognizer.predict` "
-             "measured in the same run, each row in its own fresh process (target <= 1.2x). The node runs on a SingleThreadedExecutor, as its `main()` "
+             "measured in the same run, each row in its own fresh process (target <= 1.2x). "
+             "The node runs on a SingleThreadedExecutor, as its `main()` "
              "does (callbacks only enqueue; the model runs on the pipeline's own threads); the last row shows what "
              "rclpy's MultiThreadedExecutor cost before that change.", "",
              "| path | p50 ms | p90 ms | p50 ratio |", "|---|---|---|---|"]

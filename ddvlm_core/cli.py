@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             by_id = dialogues(split)
             rows = by_id[int(dia)]
         except ValueError as e:
-            ap.error(f"--meld {args.meld}: {e if split not in ('train', 'dev', 'test') else 'expected SPLIT:DIALOGUE_ID'}")
+            why = e if split not in ("train", "dev", "test") else "expected SPLIT:DIALOGUE_ID"
+            ap.error(f"--meld {args.meld}: {why}")
         except KeyError:
             ap.error(f"--meld {args.meld}: MELD {split} has no dialogue {dia} (ids {min(by_id)}..{max(by_id)})")
         turns, gold = [(r.speaker, r.text) for r in rows], [r.emotion for r in rows]

@@ -172,7 +172,8 @@ class DDVLM(nn.Module):
             model.quantize(WOQConfig.from_dict(quantization), calibration={})
         if model.config.text_dim != saved_dim:
             raise ckpt.CheckpointError(f"{directory}: backbone {config.text_backbone!r} has width "
-                                       f"{model.config.text_dim}, the checkpoint's modules do not fit (text_dim {saved_dim})")
+                                       f"{model.config.text_dim}, the checkpoint's modules do not fit "
+                                       f"(text_dim {saved_dim})")
         model.load_module_state_dicts(states)
         return model.eval(), tokenizer, manifest
 

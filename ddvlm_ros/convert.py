@@ -27,7 +27,8 @@ def sec_to_stamp(seconds: float, stamp_type):
     return stamp_type(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
 
 
-def raw_image_to_rgb(height: int, width: int, encoding: str, step: int, data: bytes, is_bigendian: bool = False) -> np.ndarray:
+def raw_image_to_rgb(height: int, width: int, encoding: str, step: int, data: bytes,
+                     is_bigendian: bool = False) -> np.ndarray:
     """sensor_msgs/Image fields -> H x W x 3 uint8 RGB."""
     if encoding not in _CHANNELS:
         raise ValueError(f"unsupported image encoding {encoding!r} (supported: {', '.join(_CHANNELS)})")

@@ -300,7 +300,7 @@ class EmotionNode(LifecycleNode):
     def _on_incompatible_qos(self, event) -> None:
         self._qos_incompatible += 1
         self.get_logger().warning(f"incompatible QoS with a peer (policy {event.last_policy_kind}); "
-                               "check reliability/durability of the publisher")
+                                  "check reliability/durability of the publisher")
 
     def _check_silence(self) -> None:
         limit = self.p("input_timeout_s")

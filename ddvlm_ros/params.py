@@ -85,7 +85,8 @@ PARAMS: tuple[Param, ...] = (
           at_least=0),
     Param("diagnostics_period_s", 1.0, "period of /diagnostics", above=0),
     Param("ros4hri", False, "ROS4HRI: voices of /humans/voices/tracked, final /humans/voices/<id>/speech as "
-          "transcripts (speaker = voice id), results mirrored as hri_msgs/Expression on /humans/voices/<id>/expression"),
+          "transcripts (speaker = voice id), results mirrored as hri_msgs/Expression on "
+          "/humans/voices/<id>/expression"),
     Param("autostart", False, "configure and activate on start (for launch setups without a lifecycle manager)"),
 )
 

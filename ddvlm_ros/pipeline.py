@@ -253,7 +253,8 @@ class EmotionPipeline:
                     continue
                 if time.monotonic() - queued > self.caption_timeout_s:
                     self.stats.caption_timeouts += 1
-                    self.log("warn", f"caption for {utt.utterance_id!r} took longer than {self.caption_timeout_s}s: discarded")
+                    self.log("warn", f"caption for {utt.utterance_id!r} took longer than "
+                                     f"{self.caption_timeout_s}s: discarded")
                     continue
                 self._jobs.put(("refine", (utt, turns, caption)))
             finally:

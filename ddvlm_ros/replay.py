@@ -57,7 +57,8 @@ def input_topics(messages, remaps: dict[str, str] | None = None) -> dict[str, st
             raise BagError(f"{topic} is {in_bag[topic]}, but the node's input {target!r} takes {INPUTS[target]}")
     if not {"utterance", "transcript"} & set(chosen.values()):
         raise BagError(f"nothing to transcribe in the bag ({_listing(in_bag)}): map a topic with "
-                       f"--remap TOPIC:=transcript ({INPUTS['transcript']}) or TOPIC:=utterance ({INPUTS['utterance']})")
+                       f"--remap TOPIC:=transcript ({INPUTS['transcript']}) or "
+                       f"TOPIC:=utterance ({INPUTS['utterance']})")
     return chosen
 
 

@@ -60,8 +60,8 @@ def test_replay_answers_each_final_utterance_once_and_matches_the_offline_evalua
     score = result.score(labels)
     assert score["utterances"] == len(labels) == score["answered"] and score["unanswered"] == 0
     assert score["duplicates"] == 0
-    offline = offline_predictions(bag, EmotionRecognizer.from_checkpoint(tiny_text_checkpoint,
-                                                                          load_caption_embedder=False))
+    recognizer = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    offline = offline_predictions(bag, recognizer)
     assert {k: result.prediction(k).top_label for k in result.finals} == offline
     from ddvlm_core.labels import LABELS, label_id
     from ddvlm_core.metrics import metrics

@@ -30,7 +30,8 @@ def test_every_label_name_is_filtered():
 
 
 def test_annotator_prompt_is_the_papers():
-    assert ANNOTATOR_PROMPT.startswith("You are an annotator who concisely describes observable actions and facial states")
+    assert ANNOTATOR_PROMPT.startswith(
+        "You are an annotator who concisely describes observable actions and facial states")
     for cue in ("eyes", "eyebrows", "lips", "jaw", "head", "gaze", "hand", "posture", "present progressive"):
         assert cue in ANNOTATOR_PROMPT
     assert "forbidden" in ANNOTATOR_PROMPT

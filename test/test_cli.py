@@ -12,7 +12,7 @@ def test_cli_predicts_every_utterance_of_a_meld_dialogue(monkeypatch, tmp_path, 
     assert "UNTRAINED head" in out
     table = [line for line in out.splitlines() if line[:2].strip().isdigit()]
     assert len(table) == len(rows)
-    assert f"accuracy on this dialogue: " in out and f"/{len(rows)}" in out
+    assert "accuracy on this dialogue: " in out and f"/{len(rows)}" in out
 
 
 def test_cli_parses_speaker_prefixed_turns():

@@ -20,7 +20,8 @@ def test_rolling_dialogue_keeps_tokens_after_early_turns_are_forgotten():
 
 def test_missing_speaker_gets_one_stable_unknown_token():
     turns = make_turns([(None, "a"), ("Ross", "b"), ("", "c"), ("  ", "d")])
-    assert [t.speaker_token for t in turns] == [UNKNOWN_SPEAKER_TOKEN, "<s1>", UNKNOWN_SPEAKER_TOKEN, UNKNOWN_SPEAKER_TOKEN]
+    unknown = UNKNOWN_SPEAKER_TOKEN
+    assert [t.speaker_token for t in turns] == [unknown, "<s1>", unknown, unknown]
 
 
 def test_known_answer_tokens_with_the_real_mpnet_tokenizer(mpnet_tokenizer):

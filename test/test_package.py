@@ -10,7 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_top_level_layout():
-    for name in ("ddvlm_core", "ddvlm_ros", "msg", "launch", "training", "test", "package.xml", "setup.py", "README.md"):
+    for name in ("ddvlm_core", "ddvlm_ros", "msg", "launch", "training", "test", "package.xml", "setup.py",
+                 "README.md"):
         assert (REPO / name).exists(), name
 
 
@@ -39,7 +40,8 @@ def ros_imports(path: Path) -> list[str]:
             names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.append(node.module)
-    return [n for n in names if re.match(r"(rclpy|ddvlm_msgs|ddvlm_ros|\w+_msgs|launch|cv_bridge|message_filters)\b", n)]
+    ros = r"(rclpy|ddvlm_msgs|ddvlm_ros|\w+_msgs|launch|cv_bridge|message_filters)\b"
+    return [n for n in names if re.match(ros, n)]
 
 
 def test_ddvlm_core_never_imports_ros():

@@ -37,10 +37,12 @@ def test_known_answer_kernel_check_and_a_broken_kernel_is_refused(monkeypatch):
     check_int8_kernel("cpu")  # in a child process first, then here
     check_int8_kernel("cpu", WOQConfig(kernel="dequant"))
     check_int8_kernel("cpu", WOQConfig(kernel="decompress"))
-    monkeypatch.setattr(torch, "_weight_int8pack_mm", lambda x, w, s: torch.zeros(x.shape[0], w.shape[0], dtype=x.dtype))
+    monkeypatch.setattr(torch, "_weight_int8pack_mm",
+                        lambda x, w, s: torch.zeros(x.shape[0], w.shape[0], dtype=x.dtype))
     with pytest.raises(RuntimeError, match="refusing to run"):
         check_int8_kernel("cpu", WOQConfig(kernel="int8pack"), isolated=False)
-    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w, b=None: torch.ones(x.shape[0], w.shape[0], dtype=x.dtype))
+    monkeypatch.setattr(torch.nn.functional, "linear",
+                        lambda x, w, b=None: torch.ones(x.shape[0], w.shape[0], dtype=x.dtype))
     with pytest.raises(RuntimeError, match="refusing to run"):
         check_int8_kernel("cpu", WOQConfig(kernel="decompress"), isolated=False)
 
@@ -51,6 +53,7 @@ def test_auto_kernel_is_decompress_where_bf16_gemms_are_native():
     assert resolve_kernel("int8pack", torch.device("cpu")) == "int8pack"
     with pytest.raises(ValueError, match="kernel must be one of"):
         WOQConfig(kernel="fast")
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_device_without_the_kernel_is_a_clear_error_not_a_crash():

@@ -53,7 +53,8 @@ def test_voices_become_speakers_and_results_are_mirrored_as_expressions(harness,
     h.publish(hri.LiveSpeech, "/humans/voices/bob/speech", speech(final="   "))  # empty final: nothing
     h.settle()
     got = list(h.received)
-    assert [(m.speaker_id, m.utterance_id, m.speaker_token) for m in got] == [("bob", "2", "<s1>"), ("anna", "1", "<s2>")]
+    assert [(m.speaker_id, m.utterance_id, m.speaker_token) for m in got] == [("bob", "2", "<s1>"),
+                                                                              ("anna", "1", "<s2>")]
     assert h.node._next_id() == "3"  # incremental results and finals used no other ids
     for m in got:
         [e] = expressions[m.speaker_id]

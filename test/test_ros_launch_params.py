@@ -25,8 +25,8 @@ def test_launch_file_starts_the_lifecycle_node_with_params_and_remaps():
     assert f'"{executable} = ddvlm_ros.emotion_node:main"' in (REPO / "setup.py").read_text()
     remapped = [ast.literal_eval(t.elts[0]) for t in kw["remappings"].elts]
     defaults = {p.name: p.default for p in PARAMS}
-    assert set(remapped) == {defaults[k] for k in ("transcript_topic", "utterance_topic", "image_topic",
-                                                     "compressed_image_topic", "emotion_topic")}
+    topics = ("transcript_topic", "utterance_topic", "image_topic", "compressed_image_topic", "emotion_topic")
+    assert set(remapped) == {defaults[k] for k in topics}
     args = {ast.literal_eval(c.args[0]) for c in calls if c.func.id == "DeclareLaunchArgument"}
     assert {"params_file", "transcript_topic", "image_topic", "emotion_topic", "autostart"} <= args
     for c in calls:

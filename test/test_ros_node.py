@@ -332,10 +332,9 @@ def test_wrong_parameter_types_and_values_fail_configure_with_every_reason_and_c
     refused = h.node.set_parameters([Parameter("captioner", value="blip")])[0]
     assert not refused.successful and "one of: none, cue, qwen" in refused.reason
     assert h.node.get_parameter("cpu_threads").value == 0 and h.node.get_parameter("captioner").value == "none"
-    fixed = h.node.set_parameters([Parameter("quantized", value=False), Parameter("frames_per_window", value=2),
-                                   Parameter("frame_buffer_s", value=5), Parameter("image_qos_reliability", value="reliable"),
-                                   Parameter("emotion_topic", value="emotion"), Parameter("transcript_topic", value="transcript"),
-                                   Parameter("diagnostics_period_s", value=1.0)])
+    good = {"quantized": False, "frames_per_window": 2, "frame_buffer_s": 5, "image_qos_reliability": "reliable",
+            "emotion_topic": "emotion", "transcript_topic": "transcript", "diagnostics_period_s": 1.0}
+    fixed = h.node.set_parameters([Parameter(name, value=value) for name, value in good.items()])
     assert all(r.successful for r in fixed)
     h.start()  # the same node configures once the values are right
     h.publish(String, "transcript", String(data="Rachel: No way!"))

@@ -139,7 +139,8 @@ def test_export_rebuilds_the_run_checkpoint_from_its_best_weights(tmp_path, tiny
     run(cfg, log=lambda *_: None)
     exported = export(tmp_path / "run", tmp_path / "exported")
     dialogue = [("Ross", "I got the job!"), ("Rachel", "No way!")]
-    a = EmotionRecognizer.from_checkpoint(tmp_path / "run" / "checkpoint", load_caption_embedder=False).predict(dialogue)
+    run_checkpoint = tmp_path / "run" / "checkpoint"
+    a = EmotionRecognizer.from_checkpoint(run_checkpoint, load_caption_embedder=False).predict(dialogue)
     b = EmotionRecognizer.from_checkpoint(exported, load_caption_embedder=False).predict(dialogue)
     assert a.probabilities == b.probabilities
 

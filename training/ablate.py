@@ -59,7 +59,8 @@ def row_score(results: dict, row: Row) -> float:
 
 
 def _job_config(base, row: Row, seed: int):
-    return replace(base, **row.overrides, seed=seed, run_dir=f"{base.run_dir}/ablation/{row.name}/seed{seed}").validate()
+    run_dir = f"{base.run_dir}/ablation/{row.name}/seed{seed}"
+    return replace(base, **row.overrides, seed=seed, run_dir=run_dir).validate()
 
 
 def _run_in_process(cfg, log) -> dict:
@@ -82,7 +83,8 @@ def _run_as_subprocess(cfg) -> subprocess.Popen:
 def _summary(results: dict, row: Row, seed: int, seconds: float) -> dict:
     text = results["stages"].get("text", {})
     return {"seed": seed, "test_wa_f1": row_score(results, row), "seconds": round(seconds, 1),
-            "text_best_epoch": text.get("best", {}).get("epoch"), "text_dev_wa_f1": text.get("best", {}).get("dev_wa_f1"),
+            "text_best_epoch": text.get("best", {}).get("epoch"),
+            "text_dev_wa_f1": text.get("best", {}).get("dev_wa_f1"),
             "epochs_run": len(text.get("history", [])), "text_history": text.get("history", [])}
 
 
@@ -163,7 +165,8 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation") -
     runs = [(e, r) for e in entries for r in e.get("runs", [])]
     if runs:
         lines += ["", "Per run (model chosen on dev):", "",
-                  "| row | seed | test WA-F1 | dev WA-F1 | best epoch | epochs run | seconds |", "|---|---|---|---|---|---|---|"]
+                  "| row | seed | test WA-F1 | dev WA-F1 | best epoch | epochs run | seconds |",
+                  "|---|---|---|---|---|---|---|"]
         for e, r in runs:
             dev = f"{r['text_dev_wa_f1']:.2f}" if r.get("text_dev_wa_f1") is not None else "—"
             lines.append(f"| {e['row']} | {r['seed']} | {r['test_wa_f1']:.2f} | {dev} | {r['text_best_epoch']} | "

@@ -42,7 +42,8 @@ def shared_clips(split_a: str, split_b: str, meld_dir: str = "") -> list[tuple[s
 
     where = Path(meld_dir) if meld_dir else None
     index = {(u.season, u.episode, u.start, u.end, u.text): u for u in read_split(split_a, where)}
-    return [(f"{split_a}/dia{index[k].dialogue_id}_utt{index[k].utterance_id}", f"{split_b}/dia{u.dialogue_id}_utt{u.utterance_id}")
+    return [(f"{split_a}/dia{index[k].dialogue_id}_utt{index[k].utterance_id}",
+             f"{split_b}/dia{u.dialogue_id}_utt{u.utterance_id}")
             for u in read_split(split_b, where) if (k := (u.season, u.episode, u.start, u.end, u.text)) in index]
 
 

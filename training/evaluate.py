@@ -47,7 +47,8 @@ def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_si
             check_full_test_split(examples)
         t0 = time.monotonic()
         preds = predict_examples(lambda ids, mask: model(ids, mask).logits, examples, tok.pad_token_id, batch_size)
-        out["splits"][split] = {**metrics([e.label for e in examples], preds), "seconds": round(time.monotonic() - t0, 1),
+        out["splits"][split] = {**metrics([e.label for e in examples], preds),
+                                "seconds": round(time.monotonic() - t0, 1),
                                 "predictions": preds.tolist()}  # in example (dialogue) order
         log(f"{split}: WA-F1 {out['splits'][split]['wa_f1']:.2f} accuracy {out['splits'][split]['accuracy']:.2f} "
             f"({len(examples)} utterances, {out['splits'][split]['seconds']:.0f}s)")

@@ -40,6 +40,6 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 if __name__ == "__main__":
     if not 1 <= len(sys.argv) - 1 <= 2 or not (Path(sys.argv[1]) / "text" / "best.safetensors").is_file():
-        sys.exit(f"usage: python -m training.export RUN_DIR [OUT_DIR]; RUN_DIR must hold a run's text/best.safetensors"
-                 + (f" ({sys.argv[1]} does not)" if len(sys.argv) > 1 else ""))
+        sys.exit("usage: python -m training.export RUN_DIR [OUT_DIR]; RUN_DIR must hold a run's "
+                 "text/best.safetensors" + (f" ({sys.argv[1]} does not)" if len(sys.argv) > 1 else ""))
     print(export(*sys.argv[1:3]))

@@ -131,7 +131,8 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
                        seed=cfg.seed * 1000 + epoch, bucket=cfg.length_bucketing)
         plan = plan[rank::world][:steps_per_epoch]  # each rank its share, the same number of steps
         epoch_start = time.monotonic()
-        running, bar = torch.zeros(()), tqdm(plan, desc=f"{stage.name} epoch {epoch}/{cfg.epochs}", unit="batch", mininterval=10)
+        running = torch.zeros(())
+        bar = tqdm(plan, desc=f"{stage.name} epoch {epoch}/{cfg.epochs}", unit="batch", mininterval=10)
         for step, batch in enumerate(bar, 1):
             idx = [train_idx[i] for i in batch]
             loss = stage.loss(student, teacher, idx, labels["train"][idx], epoch)
@@ -268,7 +269,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
     data = build_data(cfg, tok)
     labels = {s: torch.tensor([e.label for e in data[s]]) for s in SPLITS}
     lengths = {s: [len(e.input_ids) for e in data[s]] for s in SPLITS}
-    log(f"data: " + ", ".join(f"{s} {len(data[s])}" for s in SPLITS) + f"; text mode {cfg.text_mode}, "
+    log("data: " + ", ".join(f"{s} {len(data[s])}" for s in SPLITS) + f"; text mode {cfg.text_mode}, "
         f"self-distillation {'on' if cfg.self_distillation else 'off'}, captions: {cfg.caption_source}")
     results: dict = {"config": cfg.to_dict(), "stages": {}}
     modules = ["text_head"]

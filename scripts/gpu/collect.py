@@ -30,7 +30,8 @@ def main(runs: Path, out: Path) -> int:
     (out / "train_logs.txt").write_text("\n".join(logs) + "\n")
     if best:
         with tarfile.open(out / "default_checkpoint.tar", "w") as tar:
-            for name in ("checkpoint", "results.json", "config.json", "confusion_text_test.png", "confusion_text_dev.png"):
+            for name in ("checkpoint", "results.json", "config.json", "confusion_text_test.png",
+                         "confusion_text_dev.png"):
                 if (best[0] / name).exists():
                     tar.add(best[0] / name, arcname=f"{best[0].parent.name}_{best[0].name}/{name}")
         print(f"default candidate: {best[0]} (dev WA-F1 {best[1]:.2f})")

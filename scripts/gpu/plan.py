@@ -61,8 +61,9 @@ def choose(t_epoch: float, startup: float, probed: int, budget: float, epochs: i
         # (8.2 vs 6.6 steps/s with SD), so fewer runs are assumed no faster; more scale linearly
         need = startup + epochs * t_epoch * max(1.0, k / probed)
         if need <= 0.9 * budget:
+            last_epoch_start = budget - startup - t_epoch * max(1.0, k / probed)
             return {"PARALLEL": 6 if extra else k, "ROWS": rows, "SEEDS": seeds, "EPOCHS": epochs, "EXTRA": int(extra),
-                    "ESTIMATE_S": round(need), "TIME_BUDGET_MIN": round((budget - startup - t_epoch * max(1.0, k / probed)) / 60, 2)}
+                    "ESTIMATE_S": round(need), "TIME_BUDGET_MIN": round(last_epoch_start / 60, 2)}
     per_epoch = t_epoch  # see above: 2 runs at once take about as long per epoch as 6
     fit = max(1, min(epochs, int((0.9 * budget - startup) / per_epoch)))
     return {"PARALLEL": 2, "ROWS": "text_sd,text_no_sd", "SEEDS": "0", "EPOCHS": fit, "EXTRA": 0,
