@@ -12,8 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ddvlm_core.quantization import KERNELS
-
+WOQ_KERNELS = ("auto", "int8pack", "decompress", "dequant")  # ddvlm_core.quantization.KERNELS (tested): no torch
 DEVICE = r"cpu|cuda(:\d+)?"
 
 
@@ -48,7 +47,7 @@ PARAMS: tuple[Param, ...] = (
     Param("model_dir", "", "ddvlm checkpoint directory; '' = the embedded default (checkpoints/default)"),
     Param("quantized", False, "apply INT8 weight-only quantization to the model at configure (WOQ)"),
     Param("woq_kernel", "auto", "WOQ kernel when quantized: auto | decompress | int8pack | dequant (see README)",
-          choices=KERNELS),
+          choices=WOQ_KERNELS),
     Param("device", "cpu", "torch device for the model and captioner: cpu, cuda, cuda:0 ...", pattern=DEVICE,
           what="cpu, cuda or cuda:<index>"),
     Param("cpu_threads", 0, "CPU threads of the inference worker (0 = all cores); every other thread uses 1",
@@ -136,3 +135,47 @@ def parameter_errors(values: dict[str, object]) -> list[str]:
         if message:
             errors.append(message)
     return errors
+
+
+# ---- launch arguments (launch/emotion.launch.py) --------------------------------------------------
+# Topics are set by remapping, not by these parameters (the *_topic parameters only switch an input off).
+LAUNCH_DEFAULTS = {"autostart": "true"}  # the launch file starts the node by itself unless told otherwise
+
+
+def launch_arguments() -> list[dict]:
+    """One launch argument per non-topic parameter: name, default_value, description, choices.
+
+    The default is '' (= keep the params file's value), so ``ros2 launch ... quantized:=true`` overrides
+    only what is given; ``autostart`` defaults to true in the launch file.
+    """
+    out = []
+    for p in PARAMS:
+        if p.topic:
+            continue
+        default = LAUNCH_DEFAULTS.get(p.name, "")
+        choices = list(p.choices) if p.choices else (["true", "false"] if isinstance(p.default, bool) else None)
+        if choices and default not in choices:
+            choices = [default, *choices]
+        shown = str(p.default).lower() if isinstance(p.default, bool) else p.default
+        where = (f"node default {shown!r}; '' = the params file's value" if default == ""
+                 else f"launch default {default}")
+        out.append({"name": p.name, "default_value": default, "choices": choices,
+                    "description": f"{p.description} [{where}]"})
+    return out
+
+
+def launch_overrides(values: dict[str, str]) -> dict[str, object]:
+    """Launch argument strings -> typed parameter overrides, leaving out the empty ones (ValueError, naming
+    every bad argument, for a value of the wrong type or not allowed)."""
+    import yaml
+
+    typed = {}
+    for name, text in values.items():
+        if text == "":
+            continue
+        kind = type(PARAMS_BY_NAME[name].default)
+        typed[name] = text if kind is str else yaml.safe_load(text)
+    errors = parameter_errors(typed)
+    if errors:
+        raise ValueError("launch arguments: " + "; ".join(errors))
+    return {name: coerce(name, value) for name, value in typed.items()}

@@ -3,6 +3,7 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from ddvlm_ros.params import PARAMS, parameter_errors
@@ -23,16 +24,41 @@ def test_launch_file_starts_the_lifecycle_node_with_params_and_remaps():
     assert ast.literal_eval(kw["name"]) == "ddvlm_emotion"
     executable = ast.literal_eval(kw["executable"])
     assert f'"{executable} = ddvlm_ros.emotion_node:main"' in (REPO / "setup.py").read_text()
-    remapped = [ast.literal_eval(t.elts[0]) for t in kw["remappings"].elts]
+    tree = ast.parse((REPO / "launch" / "emotion.launch.py").read_text())
+    topic_args = next(ast.literal_eval(n.value) for n in ast.walk(tree)
+                      if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TOPIC_ARGUMENTS")
     defaults = {p.name: p.default for p in PARAMS}
     topics = ("transcript_topic", "utterance_topic", "image_topic", "compressed_image_topic", "emotion_topic")
-    assert set(remapped) == {defaults[k] for k in topics}
-    args = {ast.literal_eval(c.args[0]) for c in calls if c.func.id == "DeclareLaunchArgument"}
-    assert {"params_file", "transcript_topic", "image_topic", "emotion_topic", "autostart"} <= args
-    for c in calls:
-        if c.func.id == "DeclareLaunchArgument":
-            assert any(k.arg == "description" for k in c.keywords), ast.literal_eval(c.args[0])
+    assert {remapped for remapped, *_ in topic_args} == {defaults[k] for k in topics}
+    assert {arg for _, arg, *_ in topic_args} == set(topics)  # topics are remapped, never set as parameters
+    assert ast.unparse(kw["parameters"]) == "[LaunchConfiguration('params_file'), given]"  # given ones win
+    declared = [c for c in calls if c.func.id == "DeclareLaunchArgument"]
+    assert {c.args[0].value for c in declared if c.args and isinstance(c.args[0], ast.Constant)} == {
+        "params_file", "namespace"}  # the others come from TOPIC_ARGUMENTS and launch_arguments()
+    assert all(any(k.arg in ("description", None) for k in c.keywords) for c in declared)
     assert "emotion.yaml" in (REPO / "launch" / "emotion.launch.py").read_text()
+
+
+def test_every_other_parameter_is_a_launch_argument_that_only_overrides_when_given():
+    from ddvlm_ros.params import launch_arguments, launch_overrides
+
+    args = {a["name"]: a for a in launch_arguments()}
+    assert set(args) == {p.name for p in PARAMS if not p.topic}
+    assert all(a["description"] and (a["choices"] is None or a["default_value"] in a["choices"]) for a in args.values())
+    from ddvlm_core.quantization import KERNELS
+    from ddvlm_ros.params import WOQ_KERNELS
+
+    assert WOQ_KERNELS == KERNELS
+    assert args["captioner"]["choices"] == ["", "none", "cue", "qwen"] and args["autostart"]["default_value"] == "true"
+    assert args["quantized"]["default_value"] == "" and args["quantized"]["choices"] == ["", "true", "false"]
+    given = launch_overrides({"quantized": "true", "cpu_threads": "4", "frame_buffer_s": "5", "model_dir": "2024",
+                              "device": "", "captioner": ""})
+    assert given == {"quantized": True, "cpu_threads": 4, "frame_buffer_s": 5.0, "model_dir": "2024"}
+    assert type(given["frame_buffer_s"]) is float
+    with pytest.raises(ValueError) as e:
+        launch_overrides({"quantized": "maybe", "frames_per_window": "0", "woq_kernel": "turbo"})
+    for name in ("quantized", "frames_per_window", "woq_kernel"):
+        assert f"'{name}'" in str(e.value)
 
 
 def test_params_yaml_declares_exactly_the_node_parameters_with_their_defaults():
