@@ -63,6 +63,7 @@ class EmotionNode(LifecycleNode):
         self._silence_warned: set[str] = set()
         self._qos_incompatible = 0
         self._bad_frames = 0
+        self._last_output = ""  # the last /emotion answer, in words (diagnostics)
         self._active = False
         self._hri = None  # ddvlm_ros.ros4hri.Ros4HriBridge while active with ros4hri: true
         self._hri_status = "off"
@@ -317,6 +318,8 @@ class EmotionNode(LifecycleNode):
                                 u.utterance_id, u.speaker_id, result.refined, result.latency_ms)
         if self._pub is not None:
             self._pub.publish(msg)
+        self._last_output = (f"{u.conversation_id}/{u.utterance_id} {u.speaker_id or '?'}: {msg.top_label} "
+                             f"{msg.confidence:.2f}{' (refined)' if result.refined else ''}")
         hri = self._hri
         if hri is not None and u.voice_id:
             hri.publish(u.voice_id, result.prediction, msg.header)
@@ -378,7 +381,8 @@ class EmotionNode(LifecycleNode):
                        "caption_timeouts": s.caption_timeouts, "caption_prefetch_hits": s.caption_prefetch_hits,
                        "latency_p50_ms": round(p50, 1),
                        "latency_p90_ms": round(p90, 1), "last_error": s.last_error,
-                       "captioner": getattr(self.pipeline.captioner, "name", "none")}
+                       "captioner": getattr(self.pipeline.captioner, "name", "none"),
+                       "conversations": len(self.pipeline.conversations), "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
         now = time.monotonic()
@@ -390,7 +394,7 @@ class EmotionNode(LifecycleNode):
         if not self._active and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, "inactive"
         if self.load_error:
-            level, message = DiagnosticStatus.ERROR, f"model load failed: {self.load_error}"
+            level, message = DiagnosticStatus.ERROR, f"configure failed: {self.load_error}"
         return DiagnosticStatus(level=level, name=DIAGNOSTIC_NAME, message=message, hardware_id=self.get_name(),
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 

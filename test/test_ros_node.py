@@ -91,7 +91,10 @@ def test_lifecycle_transitions_and_diagnostics(harness, tiny_text_checkpoint):
     assert h.received == []  # inactive: nothing is classified or published
     h.node.trigger_activate()
     h.publish(String, "transcript", String(data="Ross: now?"))
-    assert len(h.wait_for(1)) == 1
+    answer = h.wait_for(1)[0]
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["last_output"] == f"default/{answer.utterance_id} Ross: {answer.top_label} {answer.confidence:.2f}"
+    assert values["conversations"] == "1" and values["published"] == "1"
     h.node.trigger_deactivate()
     h.node.trigger_cleanup()
     assert h.node.recognizer is None and h.node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
@@ -249,7 +252,7 @@ def test_missing_model_dir_fails_configure_clearly_and_the_node_lives(harness, t
     h.node.trigger_configure()
     assert "does not exist" in h.node.load_error
     status = h.node.diagnostic_status()
-    assert status.level == b"\x02" and "model load failed" in status.message
+    assert status.level == b"\x02" and "configure failed" in status.message
 
 
 def test_corrupt_checkpoint_fails_configure_with_the_reason(harness, tmp_path, tiny_text_checkpoint):
