@@ -1,11 +1,11 @@
 """WOQ INT8 vs the alternatives on the embedded default checkpoint (CPU here; GPU columns when run there).
 
-    python bench/quantization.py [--split test] [--limit 0] [--rows fp32,woq,...] [--device cuda]
+    python bench/quantization.py [--split test] [--limit 0] [--rows fp32,woq,...] [--device cuda] [--report-dir reports]
 
 Each row runs in its own process (clean peak RSS, and a crashing int8 kernel cannot take the bench down):
 MELD WA-F1 of the whole model (a LoRA adapter is merged first), weight bytes, latency p50/p90 of one
 prompt of 128 and of 511 tokens (ratios to FP32 of the same run), peak RSS. Writes
-reports/quantization.json and reports/quantization.md.
+quantization.json and quantization.md to --report-dir (default reports/).
 """
 from __future__ import annotations
 
@@ -203,14 +203,14 @@ def onnx_int8(text, pad_id):
     return predict, (tmp / "int8.onnx").stat().st_size, note
 
 
-def measure_latency(predict, mask_token_id: int, repeats: int, sync) -> dict:
-    """p50 / p90 ms of one prompt of 128 and of 511 tokens (3 warm-up calls each)."""
+def measure_latency(predict, mask_token_id: int, repeats: int, sync, vocab_size: int = 1000) -> dict:
+    """p50 / p90 ms of one prompt of 128 and of 511 tokens of random ids (3 warm-up calls each)."""
     import torch
 
     latency = {}
     with torch.inference_mode():
         for length in (128, 511):
-            ids = torch.randint(5, 1000, (1, length))
+            ids = torch.randint(5, min(1000, vocab_size), (1, length))
             ids[0, -2] = mask_token_id
             mask = torch.ones_like(ids)
             for _ in range(3):
@@ -245,11 +245,11 @@ def run_row(row: str, args) -> dict:
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     build_s = time.perf_counter() - t0
     if args.latency_only:
-        return {"row": row, "latency": measure_latency(predict, tok.mask_token_id, args.repeats, sync)}
+        return {"row": row, "latency": measure_latency(predict, tok.mask_token_id, args.repeats, sync, len(tok))}
     examples = prompts(args.split, args.limit, tok, max_tokens)
     preds = predict_examples(predict, examples, tok.pad_token_id)
     score = metrics([e.label for e in examples], preds)
-    latency = measure_latency(predict, tok.mask_token_id, args.repeats, sync)
+    latency = measure_latency(predict, tok.mask_token_id, args.repeats, sync, len(tok))
     return {"row": row, "title": ROWS[row], "wa_f1": score["wa_f1"], "accuracy": score["accuracy"], "n": score["n"],
             "weight_bytes": int(size), "latency": latency, "build_s": build_s, "note": note,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -284,6 +284,7 @@ def main(argv: list[str]) -> int:
                          "the report gives the median round (this VM's speed drifts between minutes)")
     ap.add_argument("--latency-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU columns (CPU-only rows are refused)")
+    ap.add_argument("--report-dir", default=str(REPO / "reports"), help="where quantization[_gpu].{md,json} go")
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -341,8 +342,8 @@ def write_report(results: list[dict], args) -> None:
             "cpu_bf16": list(cpu_bf16_units()),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
     slim = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
-    out = REPO / "reports"
-    out.mkdir(exist_ok=True)
+    out = Path(args.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
     gpu = args.device.startswith("cuda")
     name = "quantization_gpu" if gpu else "quantization"
     if gpu:

