@@ -106,6 +106,7 @@ class EmotionNode(LifecycleNode):
         self.pipeline = EmotionPipeline(
             self.recognizer, self._on_result, captioner, decode_frame=self._decode_frame,
             max_turns=self.p("max_context_turns"), idle_timeout_s=self.p("idle_timeout_s"),
+            max_conversations=self.p("max_conversations"),
             frame_buffer_s=self.p("frame_buffer_s"), frames_per_window=self.p("frames_per_window"),
             caption_timeout_s=self.p("caption_timeout_s"), log=self._log,
             thread_setup={"inference": cpu_threads_setup(self.p("cpu_threads")), "caption": cpu_threads_setup(1)})
@@ -382,7 +383,8 @@ class EmotionNode(LifecycleNode):
                        "latency_p50_ms": round(p50, 1),
                        "latency_p90_ms": round(p90, 1), "last_error": s.last_error,
                        "captioner": getattr(self.pipeline.captioner, "name", "none"),
-                       "conversations": len(self.pipeline.conversations), "last_output": self._last_output}
+                       "conversations": len(self.pipeline.conversations),
+                       "conversations_forgotten": s.conversations_forgotten, "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
         now = time.monotonic()

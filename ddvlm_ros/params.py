@@ -61,6 +61,8 @@ PARAMS: tuple[Param, ...] = (
     Param("max_context_turns", 32, "utterances kept per conversation (the prompt also stays <= 511 tokens)",
           at_least=1),
     Param("idle_timeout_s", 120.0, "a conversation silent this long starts a new context (0 = never)", at_least=0),
+    Param("max_conversations", 1000, "conversation contexts kept in memory; the least recently active go first",
+          at_least=1),
     Param("default_speaker", "", "speaker id for plain-text transcripts without 'speaker: ' ('' = unknown)"),
     Param("speaker_prefix", True, "read 'speaker: text' in plain-text transcripts"),
     Param("text_window_s", 4.0, "window length (s) before arrival used for frames of plain-text transcripts",

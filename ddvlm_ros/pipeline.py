@@ -59,6 +59,7 @@ class Stats:
     caption_timeouts: int = 0
     caption_prefetch_hits: int = 0  # final utterances whose caption was made while they were spoken
     conversations_reset: int = 0
+    conversations_forgotten: int = 0  # dropped from memory (idle, or the least recently active past the cap)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -105,6 +106,9 @@ class FrameBuffer:
         return len(self._stamps)
 
 
+MAX_PREFETCHED = 256  # streaming captions waiting for their final utterance
+
+
 class Conversation:
     def __init__(self, max_turns: int):
         self.dialogue = Dialogue(max_turns)
@@ -115,7 +119,8 @@ class EmotionPipeline:
     def __init__(self, recognizer, publish: Callable[[Result], None], captioner=None,
                  decode_frame: Callable[[Any], Any] = lambda x: x, max_turns: int = 32, idle_timeout_s: float = 120.0,
                  frame_buffer_s: float = 10.0, frames_per_window: int = 4, caption_timeout_s: float = 10.0,
-                 queue_size: int = 256, log: Callable[[str, str], None] = lambda level, msg: None,
+                 queue_size: int = 256, max_conversations: int = 1000,
+                 log: Callable[[str, str], None] = lambda level, msg: None,
                  thread_setup: dict[str, Callable[[], None]] | None = None):
         self.recognizer, self.publish, self.captioner = recognizer, publish, captioner
         self.decode_frame, self.log = decode_frame, log
@@ -130,6 +135,7 @@ class EmotionPipeline:
         self._running = False
         self._prefetched: dict[tuple[str, str], tuple[float, float, object]] = {}
         self.prefetch_coverage = 0.8  # reuse a streaming caption that covers this much of the final window
+        self.max_conversations = max_conversations  # contexts kept in memory at most
         self.thread_setup = thread_setup or {}  # worker name -> called first on that worker's thread
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -212,9 +218,27 @@ class EmotionPipeline:
             self.log("info", f"conversation {conversation_id!r} idle for {now - conv.last_active:.0f}s: new context")
             conv = None
         if conv is None:
+            self._forget_conversations(now)
             conv = self.conversations[conversation_id] = Conversation(self.max_turns)
         conv.last_active = now
+        self.conversations[conversation_id] = self.conversations.pop(conversation_id)  # most recent last
         return conv
+
+    def _forget_conversations(self, now: float) -> None:
+        """Bounded memory on a node that runs for weeks (new voice ids every day): drop conversations idle
+        past ``idle_timeout_s`` (their next utterance would start a new context anyway), then the least
+        recently active beyond ``max_conversations``; their streaming captions go with them."""
+        idle = [c for c, conv in self.conversations.items()
+                if self.idle_timeout_s > 0 and now - conv.last_active > self.idle_timeout_s]
+        excess = len(self.conversations) - len(idle) - (self.max_conversations - 1)
+        oldest = [c for c in self.conversations if c not in idle][:max(0, excess)]
+        for c in idle + oldest:
+            del self.conversations[c]
+            self.stats.conversations_forgotten += 1
+        if idle or oldest:
+            gone = set(idle + oldest)
+            for key in [k for k in list(self._prefetched) if k[0] in gone]:  # the caption thread writes it too
+                self._prefetched.pop(key, None)
 
     def _text(self, utt: UtteranceIn) -> None:
         self.stats.utterances += 1
@@ -246,6 +270,8 @@ class EmotionPipeline:
                     caption = self._caption_window(payload)
                     if caption is not None:
                         self._prefetched[self._stream_key(payload)] = (payload.start, payload.end, caption)
+                        while len(self._prefetched) > MAX_PREFETCHED:  # streams that never became final
+                            self._prefetched.pop(next(iter(self._prefetched)), None)
                     continue
                 utt, turns, queued = payload
                 caption = self._reuse_prefetched(utt) or self._caption_window(utt)

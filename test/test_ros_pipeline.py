@@ -86,3 +86,20 @@ def test_streaming_caption_made_during_speech_is_reused_for_the_final_result(tin
     pipe.stop()
     assert [r.refined for r in results] == [False, True]
     assert captioner.calls == 1 and pipe.stats.caption_prefetch_hits == 1
+
+
+def test_memory_stays_bounded_on_a_node_that_meets_new_people_for_weeks(tiny_text_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    people = [utt(f"hello number {k}", "a", conv=f"voice{k}") for k in range(12)]
+    pipe, results = run_pipeline(rec, people, idle_timeout_s=0, max_conversations=5)
+    assert len(results) == 12 and list(pipe.conversations) == [f"voice{k}" for k in range(7, 12)]
+    assert pipe.stats.conversations_forgotten == 7
+    pipe, _ = run_pipeline(rec, [utt("hi", conv="old")], idle_timeout_s=0.05)
+    time.sleep(0.1)  # "old" is now idle past the timeout: the next new conversation forgets it
+    pipe.start()
+    pipe.submit(utt("hi", conv="new"))
+    deadline = time.monotonic() + 20
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipe.stop()
+    assert list(pipe.conversations) == ["new"] and pipe.stats.conversations_forgotten == 1
