@@ -107,7 +107,8 @@ class EmotionNode(LifecycleNode):
             self.recognizer, self._on_result, captioner, decode_frame=self._decode_frame,
             max_turns=self.p("max_context_turns"), idle_timeout_s=self.p("idle_timeout_s"),
             max_conversations=self.p("max_conversations"),
-            frame_buffer_s=self.p("frame_buffer_s"), frames_per_window=self.p("frames_per_window"),
+            frame_buffer_s=self.p("frame_buffer_s"), frame_rate_hz=self.p("frame_rate_hz"),
+            frames_per_window=self.p("frames_per_window"),
             caption_timeout_s=self.p("caption_timeout_s"), log=self._log,
             thread_setup={"inference": cpu_threads_setup(self.p("cpu_threads")), "caption": cpu_threads_setup(1)})
         self._ensure_diagnostics()
@@ -378,6 +379,7 @@ class EmotionNode(LifecycleNode):
             values |= {"utterances": s.utterances, "published": s.published, "refined": s.refined,
                        "rejected_utterances": s.rejected, "dropped_utterances": s.dropped_utterances,
                        "frames": s.frames, "frames_dropped_old": s.frames_dropped_old,
+                       "frames_thinned": s.frames_thinned,
                        "frames_dropped_future": s.frames_dropped_future, "caption_errors": s.caption_errors,
                        "caption_timeouts": s.caption_timeouts, "caption_prefetch_hits": s.caption_prefetch_hits,
                        "latency_p50_ms": round(p50, 1),

@@ -103,3 +103,19 @@ def test_memory_stays_bounded_on_a_node_that_meets_new_people_for_weeks(tiny_tex
         time.sleep(0.01)
     pipe.stop()
     assert list(pipe.conversations) == ["new"] and pipe.stats.conversations_forgotten == 1
+
+
+def test_frame_buffer_thins_a_fast_camera_to_the_kept_rate():
+    stats = Stats()
+    buf = FrameBuffer(keep_s=10.0, stats=stats, max_rate_hz=5.0)
+    for k in range(60):  # 2 s of a 30 Hz camera
+        buf.add(100.0 + k / 30, k, now=100.0 + k / 30)
+    kept = [s for s, _ in buf.window(0, 1e9)]
+    assert len(kept) == 10 and stats.frames == 10 and stats.frames_thinned == 50
+    assert all(b - a >= 0.2 - 1e-9 for a, b in zip(kept, kept[1:]))
+    assert not buf.add(kept[3] + 0.05, "late, too close", now=102.0)  # out of order: checked on both sides
+    assert buf.add(kept[-1] + 0.5, "next", now=102.5) and stats.frames_thinned == 51
+    every = FrameBuffer(keep_s=10.0, stats=Stats())  # frame_rate_hz 0: every frame
+    for k in range(60):
+        every.add(100.0 + k / 30, k)
+    assert len(every) == 60
