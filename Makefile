@@ -9,7 +9,7 @@ export DDVLM_HOME ?= $(CURDIR)/.cache/ddvlm
 .PHONY: setup demo test msgs assets clean
 setup: $(VENV)/.deps msgs assets
 
-$(VENV)/.deps: requirements.txt requirements-assets.txt setup.py
+$(VENV)/.deps: requirements.txt requirements-ml.txt requirements-ros-pypi.txt requirements-assets.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -r requirements.txt

@@ -16,6 +16,7 @@ setup(
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml")),
         ("share/" + package_name + "/msg", glob("msg/*.msg")),
+        ("share/" + package_name + "/checkpoints/default", glob("checkpoints/default/*")),  # the embedded default
     ],
     install_requires=["setuptools"],
     zip_safe=False,

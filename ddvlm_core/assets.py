@@ -24,6 +24,22 @@ def asset_home() -> Path:
     return Path(os.environ.get("DDVLM_HOME", Path.home() / ".cache" / "ddvlm"))
 
 
+def shipped(relative: str) -> Path:
+    """A file or folder the package ships (``checkpoints/default``, ``msg``): the source tree's when run
+    from a checkout (or an editable install), else the installed copy under ``<prefix>/share/ddvlm_ros/``
+    (colcon or pip install), searched in ``$AMENT_PREFIX_PATH`` then ``sys.prefix``. Returns the source
+    tree's path when neither exists, so a caller's error names a real place to look."""
+    source = Path(__file__).resolve().parents[1] / relative
+    if source.exists():
+        return source
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
+    for prefix in prefixes:
+        installed = Path(prefix) / "share" / "ddvlm_ros" / relative
+        if installed.exists():
+            return installed
+    return source
+
+
 def _mpnet_parts() -> list[str]:
     roots = site.getsitepackages() + [site.getusersitepackages()] + sys.path
     parts = set()

@@ -13,9 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from ddvlm_core.assets import shipped
 from ddvlm_core.labels import LABELS
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "default"
+DEFAULT_CHECKPOINT = shipped("checkpoints/default")
 
 
 def parse_turn(arg: str) -> tuple[str | None, str]:

@@ -20,10 +20,11 @@ from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from ddvlm_core.asr_noise import corrupt
+from ddvlm_core.assets import shipped
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.meld import MeldUtterance, dialogues, parse_time
 
-MSG_DIR = Path(__file__).resolve().parents[1] / "msg"
+MSG_DIR = shipped("msg")  # the .msg files of ddvlm_msgs (also installed to share/ddvlm_ros/msg)
 UTTERANCE_TOPIC, IMAGE_TOPIC = "/utterance", "/image/compressed"
 UTTERANCE_TYPE, IMAGE_TYPE = "ddvlm_msgs/msg/Utterance", "sensor_msgs/msg/CompressedImage"
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}

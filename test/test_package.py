@@ -59,3 +59,28 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert commands == ["make demo", "make test"]
     ci = (REPO / ".ci" / "run").read_text().strip().splitlines()
     assert ci[-1] == "make test"
+
+
+def test_an_installed_package_finds_its_default_checkpoint_and_message_definitions(tmp_path):
+    """A colcon / pip install (not this checkout): ddvlm_core.cli.DEFAULT_CHECKPOINT and the bag tools' .msg
+    files must come from <prefix>/share/ddvlm_ros, where setup.py installs them."""
+    import json
+    import os
+
+    prefix = tmp_path / "install"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--prefix", str(prefix), str(REPO)], check=True, capture_output=True)
+    site = next(prefix.glob("lib/python3*/site-packages"))
+    code = ("import json, ddvlm_core, ddvlm_core.cli as cli, ddvlm_ros.bag as bag\n"
+            "from ddvlm_core.checkpoint import load_checkpoint\n"
+            "manifest, states = load_checkpoint(cli.DEFAULT_CHECKPOINT)\n"
+            "print(json.dumps({'core': ddvlm_core.__file__, 'checkpoint': str(cli.DEFAULT_CHECKPOINT),\n"
+            "                  'modules': sorted(states), 'types': sorted(bag.typestore().types)}))")
+    env = {**os.environ, "AMENT_PREFIX_PATH": str(prefix), "PYTHONPATH": str(site)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert found["core"].startswith(str(site))
+    assert found["checkpoint"] == str(prefix / "share" / "ddvlm_ros" / "checkpoints" / "default")
+    assert found["modules"] == ["backbone_lora", "text_head"]  # hashes verified by load_checkpoint
+    assert {"ddvlm_msgs/msg/Utterance", "ddvlm_msgs/msg/EmotionDistribution"} <= set(found["types"])
