@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import deque
+from collections import abc, deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
@@ -87,13 +87,37 @@ class SpeakerRegistry:
         return len(self._tokens)
 
 
-def make_turns(utterances: Iterable[tuple[str | None, str | bytes]]) -> list[Turn]:
-    """(speaker, text) pairs of one dialogue, in order -> Turns with stable speaker tokens."""
+def make_turns(utterances: Iterable) -> list[Turn]:
+    """Utterances of one dialogue, in order -> Turns with stable speaker tokens. Each is a (speaker, text)
+    pair, a mapping with "text" (and "speaker"), or a bare text (no speaker); see ``speaker_and_text``."""
     registry = SpeakerRegistry()
-    return [
-        Turn(registry.token(speaker), normalize_utterance(text), (speaker or "").strip())
-        for speaker, text in utterances
-    ]
+    turns = []
+    for index, item in enumerate(utterances):
+        speaker, text = speaker_and_text(item, index)
+        turns.append(Turn(registry.token(speaker), normalize_utterance(text), (speaker or "").strip()))
+    return turns
+
+
+def speaker_and_text(item, index: int = 0) -> tuple[str | None, str | bytes]:
+    """One utterance as (speaker, text); TypeError naming the utterance for anything else. A speaker is a
+    str, an int (turned into its str) or None; a mapping must have "text" (a dict unpacked as a pair would
+    silently give its keys)."""
+    if isinstance(item, (str, bytes)):
+        speaker, text = None, item
+    elif isinstance(item, abc.Mapping):
+        if "text" not in item:
+            raise TypeError(f"utterance {index}: a mapping needs a 'text' key, got keys {sorted(item)}")
+        speaker, text = item.get("speaker"), item["text"]
+    elif isinstance(item, abc.Sequence) and len(item) == 2:
+        speaker, text = item
+    else:
+        raise TypeError(f"utterance {index}: expected (speaker, text), {{'speaker': ..., 'text': ...}} or a "
+                        f"text, got {item!r:.80}")
+    if isinstance(speaker, int) and not isinstance(speaker, bool):
+        speaker = str(speaker)
+    if speaker is not None and not isinstance(speaker, str):
+        raise TypeError(f"utterance {index}: speaker must be a str, an int or None, got {type(speaker).__name__}")
+    return speaker, text
 
 
 class Dialogue:

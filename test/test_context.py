@@ -101,3 +101,18 @@ def test_bad_text_gives_clear_errors(mpnet_tokenizer, tiny_qwen_dir):
 
     with pytest.raises(ValueError, match="no mask token"):
         PromptBuilder(AutoTokenizer.from_pretrained(tiny_qwen_dir))
+
+
+def test_every_utterance_form_gives_the_same_turns_and_a_dict_is_never_unpacked_as_its_keys():
+    pairs = make_turns([("Ross", "I got the job!"), ("Rachel", "No way!")])
+    dicts = make_turns([{"speaker": "Ross", "text": "I got the job!"}, {"text": "No way!", "speaker": "Rachel"}])
+    lists = make_turns([["Ross", "I got the job!"], ["Rachel", "No way!"]])
+    assert pairs == dicts == lists and [t.text for t in dicts] == ["I got the job!", "No way!"]
+    bare = make_turns(["Hello there.", b"Hi!"])
+    assert [t.speaker_token for t in bare] == [UNKNOWN_SPEAKER_TOKEN] * 2 and bare[1].text == "Hi!"
+    numbered = make_turns([(1, "a"), (2, "b"), (1, "c")])
+    assert [t.speaker_token for t in numbered] == ["<s1>", "<s2>", "<s1>"] and numbered[0].speaker == "1"
+    for bad, why in [([("A", "hi", "extra")], "utterance 0: expected"), ([("A", "ok"), {"speaker": "B"}],
+                     "utterance 1: a mapping needs a 'text' key"), ([(1.5, "hi")], "speaker must be a str")]:
+        with pytest.raises(TypeError, match=why):
+            make_turns(bad)
