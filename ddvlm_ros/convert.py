@@ -6,6 +6,8 @@ anything else (unknown encoding, wrong buffer size, zero-size or undecodable dat
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 try:  # pragma: no cover - not installable from PyPI; used on real robots
@@ -76,12 +78,22 @@ def compressed_msg_to_rgb(msg) -> np.ndarray:
     return compressed_to_rgb(msg.format, msg.data)
 
 
+SPEAKER_LABEL = re.compile(r"[\w.'’#/-]+(?: [\w.'’#/-]+){0,3}")  # "Ross", "Dr. Who", "SPEAKER_00", "Guest #1"
+
+
 def parse_transcript(text: str, default_speaker: str, speaker_prefix: bool) -> tuple[str, str]:
-    """'speaker: text' -> (speaker, text) when the convention is on; else (default_speaker, text)."""
+    """'speaker: text' -> (speaker, text) when the convention is on; else (default_speaker, text).
+
+    Only a name-like label counts as a speaker (at most 4 words of letters, digits and . _ ' ’ # / -, at most
+    32 characters; every MELD speaker name passes), so a colon inside speech ("see http://x.org: now",
+    "Note, this: ...") stays in the text. A short clause before a colon ("I told him: go") cannot be told
+    from a name: set ``speaker_prefix: false`` for ASR output that never carries speakers.
+    """
     if speaker_prefix:
         speaker, sep, rest = text.partition(": ")
-        if sep and 0 < len(speaker) <= 64 and "\n" not in speaker:
-            return speaker.strip(), rest
+        speaker = speaker.strip()
+        if sep and len(speaker) <= 32 and SPEAKER_LABEL.fullmatch(speaker):
+            return speaker, rest
     return default_speaker, text
 
 

@@ -65,3 +65,16 @@ def test_transcript_convention_and_stamps():
 
     t = sec_to_stamp(12.25, Time)
     assert (t.sec, t.nanosec) == (12, 250_000_000) and stamp_to_sec(t) == 12.25
+
+
+def test_only_name_like_prefixes_are_speakers_and_every_meld_speaker_is_one():
+    from ddvlm_core.meld import dialogues
+
+    for text, expected in [("Dr. Who: hello", ("Dr. Who", "hello")), ("SPEAKER_00: yes", ("SPEAKER_00", "yes")),
+                           ("Guest #1: hi", ("Guest #1", "hi")), ("小明: 你好", ("小明", "你好")),
+                           ("see http://x.org: now", ("", "see http://x.org: now")),
+                           ("Note, this: matters", ("", "Note, this: matters")),
+                           ("a" * 40 + ": too long a name", ("", "a" * 40 + ": too long a name"))]:
+        assert parse_transcript(text, "", True) == expected, text
+    names = {r.speaker for s in ("train", "dev", "test") for rows in dialogues(s).values() for r in rows}
+    assert len(names) > 300 and all(parse_transcript(f"{n}: hi", "", True) == (n.strip(), "hi") for n in names)
