@@ -348,3 +348,26 @@ def test_a_cuda_device_the_machine_lacks_fails_configure_clearly(harness, tiny_t
     h = harness(model_dir=tiny_text_checkpoint, device="cuda:7")
     h.node.trigger_configure()
     assert "device 'cuda:7'" in h.node.load_error and "CUDA device(s)" in h.node.load_error
+
+
+def test_a_params_file_and_command_line_with_integers_for_numbers_start_the_node(tmp_path):
+    """What `ddvlm-emotion --ros-args --params-file my.yaml -p caption_timeout_s:=3` does on a robot."""
+    import rclpy
+
+    from ddvlm_ros.emotion_node import EmotionNode
+
+    params = tmp_path / "my.yaml"
+    params.write_text("ddvlm_emotion:\n  ros__parameters:\n    frame_buffer_s: 5\n    idle_timeout_s: 60\n"
+                      "    quantized: true\n")
+    ctx = rclpy.Context()
+    rclpy.init(args=["ddvlm-emotion", "--ros-args", "--params-file", str(params), "-p", "caption_timeout_s:=3"],
+               context=ctx)
+    try:
+        node = EmotionNode(context=ctx)
+        values = {n: node.p(n) for n in ("frame_buffer_s", "idle_timeout_s", "caption_timeout_s", "quantized")}
+        assert values == {"frame_buffer_s": 5.0, "idle_timeout_s": 60.0, "caption_timeout_s": 3.0, "quantized": True}
+        assert all(type(values[n]) is float for n in ("frame_buffer_s", "idle_timeout_s", "caption_timeout_s"))
+        assert node.parameter_errors() == []
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
