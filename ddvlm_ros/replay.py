@@ -13,7 +13,8 @@ got no answer. The fused (refined) answer counts where there is one, else the te
 Bag topics reach the node's inputs (utterance, transcript, image, image/compressed) by name: /utterance,
 /transcript, /image and /image/compressed by default, any other topic with ``--remap TOPIC:=INPUT``
 (a bag recorded on a robot). A bag without labels is replayed for its answers and latency only;
-``--answers`` writes every utterance's answers as JSON lines (e.g. to annotate them).
+``--answers`` writes every utterance's answers as JSON lines (e.g. to annotate them), ``--record`` a bag
+with the replayed messages and the /emotion answers.
 """
 from __future__ import annotations
 
@@ -86,6 +87,7 @@ class ReplayResult:
     answers: dict[str, dict] = field(default_factory=dict)  # key -> {"text": msg, "refined": msg}
     finals: list[str] = field(default_factory=list)  # keys of the final utterances replayed, in order
     wall_s: float = 0.0
+    emotion_log: list[tuple[int, bytes]] = field(default_factory=list)  # (sim time ns, CDR) of every /emotion
 
     def prediction(self, key: str):
         entry = self.answers.get(key, {})
@@ -117,7 +119,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
-    from rclpy.serialization import deserialize_message
+    from rclpy.serialization import deserialize_message, serialize_message
     from rosgraph_msgs.msg import Clock
 
     from ddvlm_msgs.msg import EmotionDistribution
@@ -144,6 +146,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             if slot in entry:
                 entry["duplicates"] = entry.get("duplicates", 0) + 1
             entry[slot] = msg
+            result.emotion_log.append((node.get_clock().now().nanoseconds, bytes(serialize_message(msg))))
         if on_answer is not None:
             on_answer(key, msg)
 
@@ -249,6 +252,30 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
     return "\n".join(lines) + "\n"
 
 
+EMOTION_TYPE = "ddvlm_msgs/msg/EmotionDistribution"
+
+
+def write_recording(out: str | Path, messages, result: ReplayResult) -> tuple[Path, int]:
+    """A new bag (mcap): the replayed bag's messages plus every /emotion answer at the simulated time it
+    came out, to look at side by side (e.g. in Foxglove or rqt_bag). Topics of message types unknown
+    here (a robot's own packages) are left out; returns (bag, how many messages were left out)."""
+    from rosbags.rosbag2 import Writer
+
+    from ddvlm_ros.bag import typestore
+
+    store, out = typestore(), Path(out)
+    events = [(int(round(t * 1e9)), topic, msgtype, raw) for t, topic, msgtype, raw in messages]
+    events += [(t, "/emotion", EMOTION_TYPE, raw) for t, raw in result.emotion_log]
+    left_out = sum(1 for e in events if e[2] not in store.types)
+    with Writer(out, version=9) as writer:
+        connections = {}
+        for t, topic, msgtype, raw in sorted((e for e in events if e[2] in store.types), key=lambda e: e[0]):
+            if (topic, msgtype) not in connections:
+                connections[topic, msgtype] = writer.add_connection(topic, msgtype, typestore=store)
+            writer.write(connections[topic, msgtype], t, raw)
+    return out, left_out
+
+
 def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
     """One record per replayed final utterance (in order): its text and refined answers and the gold label."""
     def answer(msg):
@@ -289,6 +316,7 @@ def main(argv: list[str]) -> int:
                     help=f"play a bag topic into a node input ({', '.join(INPUTS)}); repeatable")
     ap.add_argument("--labels", help="gold labels JSON (a side file's format); default: the bag's side file if any")
     ap.add_argument("--answers", help="write one JSON line per replayed utterance with its answers")
+    ap.add_argument("--record", metavar="OUT_BAG", help="write a bag: the replayed messages + /emotion answers")
     ap.add_argument("--live", action="store_true", help="print a table row per answer")
     ap.add_argument("--max-in-flight", type=int, default=0,
                     help="hold back utterances while this many are unanswered (0: pure bag timing)")
@@ -327,6 +355,14 @@ def main(argv: list[str]) -> int:
     if score.get("n"):
         print(f"WA-F1 {score['wa_f1']:.2f}  macro F1 {score['macro_f1']:.2f}  accuracy {score['accuracy']:.2f}  "
               f"latency p50 {score['latency_ms']['p50']:.1f} ms")
+    if args.record:
+        from rosbags.rosbag2 import WriterError
+
+        try:
+            out, left_out = write_recording(args.record, bag_messages(args.bag), result)
+        except WriterError as e:
+            ap.error(str(e))
+        print(f"recording: {out}" + (f" ({left_out} messages of unknown types left out)" if left_out else ""))
     if args.answers:
         path = Path(args.answers)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -137,6 +137,16 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
     report = (out / "replay.md").read_text()
     assert "answered 4, unanswered 0" in report and "no labels for these utterances" in report
     assert json.loads((out / "replay.json").read_text())["remaps"]["/asr/text"] == "transcript"
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *remaps,
+                 "--record", str(out / "with_answers")]) == 0
+    recorded = list(read_bag(out / "with_answers"))
+    answers = [m for m in recorded if m.topic == "/emotion"]
+    assert [m.msg.speaker_id for m in answers] == ["Ross", "Rachel", "Ross", "Rachel"]
+    assert all(abs(sum(m.msg.probabilities) - 1) < 1e-4 for m in answers)
+    asr = [m for m in recorded if m.topic == "/asr/text"]
+    assert [m.msg.data for m in asr] == ROBOT_LINES and {m.topic for m in recorded} >= {
+        "/robot/status", "/camera/color/image_raw/compressed"}
+    assert all(a.timestamp >= t.timestamp for a, t in zip(answers, asr))  # each answer after its transcript
     gold = tmp_path / "gold.json"  # labels added afterwards, e.g. by annotating answers.jsonl
     gold.write_text(json.dumps({r["key"]: label for r, label in zip(records, ["joy", "surprise", "neutral", "joy"])}))
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *remaps, "--labels", str(gold),
