@@ -332,6 +332,8 @@ def main(argv: list[str]) -> int:
             labels_path(args.bag).is_file() else {}
     except BagError as e:
         ap.error(str(e))
+    if args.record and Path(args.record).exists():
+        ap.error(f"--record {args.record}: exists already, not overwriting")
     if not labels:
         print(f"no labels ({labels_path(args.bag)} missing, no --labels): answers and latency only")
     params = {"model_dir": args.model_dir, "captioner": args.captioner, "input_timeout_s": 0.0}
@@ -350,6 +352,10 @@ def main(argv: list[str]) -> int:
     except BagError as e:
         ap.error(str(e))
     score = result.score(labels)
+    unlabelled = [k for k in result.finals if k not in labels]
+    if labels and unlabelled:
+        print(f"{len(unlabelled)} of {len(result.finals)} replayed utterances have no label "
+              f"(their keys look like {unlabelled[0]!r}); they are not scored")
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
     if score.get("n"):

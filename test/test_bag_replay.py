@@ -153,6 +153,8 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
                  "--report", str(out / "scored.md")]) == 0
     scored = json.loads((out / "scored.json").read_text())["score"]
     assert scored["n"] == 4 and scored["answered"] == 4 and "wa_f1" in scored
+    with pytest.raises(SystemExit):  # an existing recording is refused before the replay, not after
+        main([str(bag), *remaps, "--record", str(out / "with_answers")])
 
 
 def test_replay_refuses_unmapped_mistyped_or_missing_topics_with_the_bags_topics(tmp_path):
