@@ -30,6 +30,7 @@ setup(
             "ddvlm-predict = ddvlm_core.cli:main",
             "ddvlm-emotion = ddvlm_ros.emotion_node:main",
             "emotion_node = ddvlm_ros.emotion_node:main",
+            "ddvlm-emotion-echo = ddvlm_ros.echo:main",
         ],
     },
 )

@@ -371,3 +371,26 @@ def test_a_params_file_and_command_line_with_integers_for_numbers_start_the_node
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_echo_tool_prints_one_readable_line_per_answer(harness, tiny_text_checkpoint):
+    from ddvlm_ros.echo import EmotionEcho
+
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    lines = []
+    echo = EmotionEcho(out=lines.append, context=h.context)
+    h.executor.add_node(echo)
+    deadline = time.monotonic() + 5
+    while h.node.count_subscribers("emotion") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    h.publish(String, "transcript", String(data="Ross: I got the job!"))
+    m = h.wait_for(1)[0]
+    deadline = time.monotonic() + 5
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ranked = sorted(zip(m.labels, m.probabilities), key=lambda lp: -lp[1])
+    assert lines == [f"default/{m.utterance_id}  Ross <s1>  {m.top_label} {m.confidence:.2f}  "
+                     f"({ranked[1][0]} {ranked[1][1]:.2f}, {ranked[2][0]} {ranked[2][1]:.2f})  text  "
+                     f"{m.latency_ms:.0f} ms"]
+    h.executor.remove_node(echo)
+    echo.destroy_node()
