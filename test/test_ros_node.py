@@ -394,3 +394,6 @@ def test_echo_tool_prints_one_readable_line_per_answer(harness, tiny_text_checkp
                      f"{m.latency_ms:.0f} ms"]
     h.executor.remove_node(echo)
     echo.destroy_node()
+    from ddvlm_ros.echo import main
+
+    assert main(["ddvlm-emotion-echo", "--help"]) == 0 and main(["ddvlm-emotion-echo", "--bogus"]) == 2  # no spin
