@@ -88,6 +88,7 @@ class ReplayResult:
     finals: list[str] = field(default_factory=list)  # keys of the final utterances replayed, in order
     wall_s: float = 0.0
     emotion_log: list[tuple[int, bytes]] = field(default_factory=list)  # (sim time ns, CDR) of every /emotion
+    messages: list = field(default_factory=list)  # the bag as read (bag_messages), for write_recording
 
     def prediction(self, key: str):
         entry = self.answers.get(key, {})
@@ -130,12 +131,12 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     if not messages:
         raise BagError(f"{bag}: no messages")
     topics = input_topics(messages, remaps)
+    result = ReplayResult(messages=messages)
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     overrides = [Parameter("use_sim_time", value=True)] + [Parameter(k, value=v) for k, v in params.items()]
     node = EmotionNode(context=ctx, parameter_overrides=overrides)
     player = rclpy.create_node("ddvlm_replay", context=ctx)
-    result = ReplayResult()
     lock = threading.Lock()
 
     def on_emotion(msg):
@@ -255,7 +256,7 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
 EMOTION_TYPE = "ddvlm_msgs/msg/EmotionDistribution"
 
 
-def write_recording(out: str | Path, messages, result: ReplayResult) -> tuple[Path, int]:
+def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
     """A new bag (mcap): the replayed bag's messages plus every /emotion answer at the simulated time it
     came out, to look at side by side (e.g. in Foxglove or rqt_bag). Topics of message types unknown
     here (a robot's own packages) are left out; returns (bag, how many messages were left out)."""
@@ -264,7 +265,7 @@ def write_recording(out: str | Path, messages, result: ReplayResult) -> tuple[Pa
     from ddvlm_ros.bag import typestore
 
     store, out = typestore(), Path(out)
-    events = [(int(round(t * 1e9)), topic, msgtype, raw) for t, topic, msgtype, raw in messages]
+    events = [(int(round(t * 1e9)), topic, msgtype, raw) for t, topic, msgtype, raw in result.messages]
     events += [(t, "/emotion", EMOTION_TYPE, raw) for t, raw in result.emotion_log]
     left_out = sum(1 for e in events if e[2] not in store.types)
     with Writer(out, version=9) as writer:
@@ -365,7 +366,7 @@ def main(argv: list[str]) -> int:
         from rosbags.rosbag2 import WriterError
 
         try:
-            out, left_out = write_recording(args.record, bag_messages(args.bag), result)
+            out, left_out = write_recording(args.record, result)  # the bag as replay() read it: no second read
         except WriterError as e:
             ap.error(str(e))
         print(f"recording: {out}" + (f" ({left_out} messages of unknown types left out)" if left_out else ""))
