@@ -259,8 +259,9 @@ def awq_search(linear: nn.Linear, act_mean: Tensor, grid: Iterable[float] = AWQ_
     """Per-input-channel scale s = m^a / sqrt(max * min), a chosen on the grid to minimise the output error
     of the quantized layer on a probe built from the activation statistics (a = 0 is plain WOQ)."""
     w = linear.weight.detach().float()
-    m = act_mean.float().clamp_min(1e-6)
-    probe = torch.randn(64, w.shape[1], generator=torch.Generator().manual_seed(0)) * m[None, :]
+    m = act_mean.float().to(w.device).clamp_min(1e-6)
+    # the probe is drawn on the CPU (same numbers on every device), then moved to the weight's device
+    probe = torch.randn(64, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w.device) * m[None, :]
     reference = probe @ w.T
     best, best_err = torch.ones_like(m), float("inf")
     for a in grid:

@@ -55,6 +55,15 @@ def test_resume_after_interrupt_gives_the_same_weights(tmp_path, tiny_roberta_di
             assert torch.equal(a[key], b[key]), key
 
 
+def test_time_budget_stops_before_an_epoch_that_would_overrun_it():
+    from training.loop import over_budget
+
+    # 10 min budget, epochs of 3 min: after 6 min a third epoch would end at 9 min (go on); after 8 min, at 11
+    assert not over_budget(6 * 60, 3 * 60, 10)
+    assert over_budget(8 * 60, 3 * 60, 10)
+    assert not over_budget(10_000, 10_000, 0)  # 0: no budget
+
+
 def test_epoch_one_is_cross_entropy_only_then_self_distillation(tmp_path, tiny_roberta_dir):
     from ddvlm_core import losses as L
     from ddvlm_core.model import DDVLM, DDVLMConfig

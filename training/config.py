@@ -64,7 +64,7 @@ class TrainConfig:
     feature_cache: str = ".cache/ddvlm/features"
     eval_batch_size: int = 32
     num_threads: int = 0  # 0 = torch default
-    time_budget_min: float = 0.0  # >0: stop after the epoch that crosses it (time-boxed CPU runs)
+    time_budget_min: float = 0.0  # >0: no epoch is started that would end past it (time-boxed runs)
 
     def validate(self) -> "TrainConfig":
         if self.text_mode not in TEXT_MODES:

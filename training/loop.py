@@ -168,8 +168,9 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         barrier()
         log(f"[{stage.name}] epoch {epoch}: loss {record['train_loss']:.4f}  dev WA-F1 {record['dev_wa_f1']:.2f}  "
             f"test WA-F1 {record['test_wa_f1']:.2f}  ({time.monotonic() - started:.0f}s)")
-        if cfg.time_budget_min and time.monotonic() - started > 60 * cfg.time_budget_min:
-            log(f"[{stage.name}] time budget of {cfg.time_budget_min} min reached after epoch {epoch}")
+        if epoch < cfg.epochs and over_budget(time.monotonic() - started, time.monotonic() - epoch_start,
+                                              cfg.time_budget_min):
+            log(f"[{stage.name}] time budget of {cfg.time_budget_min} min: stopping after epoch {epoch}")
             info["stopped_early"] = epoch
             break
     from safetensors.torch import load_file, save_file
@@ -181,6 +182,11 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
     if main_rank:
         (out_dir / "result.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
+
+
+def over_budget(elapsed_s: float, last_epoch_s: float, budget_min: float) -> bool:
+    """True when another epoch as long as the last one would end past the time budget (0: no budget)."""
+    return budget_min > 0 and elapsed_s + last_epoch_s > 60 * budget_min
 
 
 @torch.inference_mode()

@@ -1,7 +1,7 @@
 """Move the embedded text backbone to the lent GPU machine, which has no model hub and takes at most
-64 MiB of working tree per call (../shared/notes/gpu-device.md).
+64 MiB of working tree per call, tracked files (~14 MB) included (../shared/notes/gpu-device.md).
 
-    python scripts/gpu/backbone_shards.py pack                 # here: .w1/ .w2/ ... (bf16, <= 56 MB each)
+    python scripts/gpu/backbone_shards.py pack                 # here: .w1/ .w2/ ... (bf16, <= 48 MB each)
     python scripts/gpu/backbone_shards.py unpack SRC... DEST   # there: one fp32 model dir from the shards
     python scripts/gpu/backbone_shards.py random SRC DEST      # there: same architecture, random weights
 
@@ -33,7 +33,7 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def pack(model_dir: Path, out_root: Path, max_mb: float = 56.0) -> list[Path]:
+def pack(model_dir: Path, out_root: Path, max_mb: float = 48.0) -> list[Path]:
     state = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v)
              for k, v in load_file(model_dir / "model.safetensors").items()}
     shards: list[dict[str, torch.Tensor]] = []

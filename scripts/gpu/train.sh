@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU final call (carries the last shard; earlier calls left the others in /tmp/w): assemble the backbone,
-# run the planned LoRA jobs of training/configs/lora.yaml at once, bring back reports, logs and the best
-# self-distilled run's checkpoint (the embedded default candidate). Usage: scripts/gpu/train.sh BUDGET_SECONDS
+# run the planned jobs of one config (CONFIG, default training/configs/lora.yaml; ARGS: more --key=value
+# overrides) at once, bring back reports, logs and the best self-distilled run's checkpoint (the embedded
+# default candidate). Usage: scripts/gpu/train.sh BUDGET_SECONDS
+# The ablation runs are killed 30 s before BUDGET_SECONDS so that what they logged still comes back.
 set -uo pipefail
 budget=${1:?budget seconds}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 DDVLM_HOME=/tmp/ddvlm PYTHONPATH=$PWD
@@ -13,14 +15,14 @@ else
   python3 scripts/gpu/plan.py /tmp/probe/ablation.json --budget "$budget" > /tmp/plan.sh
 fi
 cat /tmp/plan.sh; source /tmp/plan.sh
-common=(--config training/configs/lora.yaml --device=${DEVICE:-cuda} --bf16=${BF16:-true} --eval_batch_size=64 --epochs="$EPOCHS"
-        --time_budget_min="$TIME_BUDGET_MIN" --run_dir=/tmp/gpu_runs --stages=text ${LIMIT:+--limit_dialogues=$LIMIT})
-python3 -m training.ablate "${common[@]}" --rows "$ROWS" --seeds "$SEEDS" --parallel "$PARALLEL" \
+common=(--config "${CONFIG:-training/configs/lora.yaml}" --device=${DEVICE:-cuda} --bf16=${BF16:-true} --eval_batch_size=64 --epochs="$EPOCHS"
+        --time_budget_min="$TIME_BUDGET_MIN" --run_dir=/tmp/gpu_runs --stages=text ${LIMIT:+--limit_dialogues=$LIMIT} ${ARGS:-})
+timeout -k 10 $((budget - 30)) python3 -m training.ablate "${common[@]}" --rows "$ROWS" --seeds "$SEEDS" --parallel "$PARALLEL" \
   --report "$OUT/ablation" > /tmp/ablate_main.log 2>&1 &
 if [ "$EXTRA" = 1 ]; then
-  python3 -m training.ablate "${common[@]}" --rows text_no_speakers --seeds 0 --parallel 1 \
+  timeout -k 10 $((budget - 30)) python3 -m training.ablate "${common[@]}" --rows text_no_speakers --seeds 0 --parallel 1 \
     --report "$OUT/ablation_no_speakers" > /tmp/ablate_extra.log 2>&1 &
 fi
-wait
+wait  # a run killed at the deadline still leaves its train.log for collect.py
 python3 scripts/gpu/collect.py /tmp/gpu_runs "$OUT"
 tail -n 30 /tmp/ablate_main.log
