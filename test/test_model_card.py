@@ -33,3 +33,11 @@ def test_card_lists_woq_from_a_bench_run_of_the_same_checkpoint_on_the_whole_tes
     other = {**report, "meta": {**report["meta"], "checkpoint": "/elsewhere/checkpoints/another"}}
     for refused in (partial, other, None):
         assert "weight-only" not in card(tmp_path / "run", checkpoint, "a test CPU", "pytest", quantization=refused)
+    # the same run read as a GPU report (a lent GPU session measures part of the split): listed with its size
+    gpu = {**report, "meta": {**report["meta"], "device": "cuda", "gpu": "a test GPU", "n": 1000}}
+    line = next(line for line in card(tmp_path / "run", checkpoint, "a test CPU", "pytest", gpu_quantization=gpu)
+                .splitlines() if "On a GPU" in line)
+    ratio = rows["woq"]["latency_ratio_vs_fp32"]
+    assert f"{ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x FP32" in line and "on 1000 MELD test utterances" in line
+    assert ("slower than FP32" in line) == (max(ratio.values()) > 1)
+    assert "On a GPU" not in card(tmp_path / "run", checkpoint, "a test CPU", "pytest", gpu_quantization=report)

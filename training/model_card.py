@@ -46,8 +46,25 @@ def quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
             f"torch {meta['torch']}; `python bench/quantization.py`, reports/quantization.md)."]
 
 
+def gpu_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
+    """The WOQ INT8 latency on a GPU from bench/quantization.py's CUDA JSON (a lent GPU session may only
+    afford part of the test split: the line says how many utterances), when it measured this checkpoint."""
+    if not report or report["meta"].get("device") != "cuda":
+        return []
+    meta = report["meta"]
+    rows = {r["row"]: r for r in report["rows"] if "error" not in r}
+    if Path(meta["checkpoint"]).parts[-2:] != checkpoint.resolve().parts[-2:] or not {"fp32", "woq"} <= set(rows):
+        return []
+    woq, fp32 = rows["woq"], rows["fp32"]
+    ratio = woq["latency_ratio_vs_fp32"]
+    return [f"- **On a GPU** ({meta.get('gpu', 'cuda')}, torch {meta['torch']}, batch 1): WOQ latency "
+            f"{ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x FP32 for 128 / 511-token prompts, "
+            f"{'slower' if max(ratio.values()) > 1 else 'not slower'} than FP32 there; WA-F1 {woq['wa_f1']:.2f} vs "
+            f"{fp32['wa_f1']:.2f} FP32 on {meta['n']} MELD {meta['split']} utterances (reports/quantization_gpu.md)."]
+
+
 def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation: dict | None = None,
-         quantization: dict | None = None) -> str:
+         quantization: dict | None = None, gpu_quantization: dict | None = None) -> str:
     """``evaluation``: training.evaluate's result for the checkpoint as shipped; when given it is the
     headline, and the numbers the run measured on its own machine are listed beside it. ``quantization``:
     bench/quantization.py's JSON (see quantization_lines)."""
@@ -101,6 +118,7 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
            f"merged, CPU, torch {evaluation['torch']}); the training run itself measured test "
            f"{best['test']['wa_f1']:.2f} / dev {best['dev_wa_f1']:.2f} on its machine." if evaluation else ""),
         *quantization_lines(quantization, checkpoint),
+        *gpu_quantization_lines(gpu_quantization, checkpoint),
         "- The paper's text branch (RoBERTa-large, full fine-tuning, GPU): 67.13; its full multimodal model: 67.80.",
         "",
         "| class | test F1 | dev F1 |", "|---|---|---|",
@@ -130,12 +148,14 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--evaluation", help="training.evaluate JSON of the checkpoint as shipped")
     ap.add_argument("--quantization", default="reports/quantization.json",
                     help="bench/quantization.py JSON; its WOQ row is listed when it covers the whole test split")
+    ap.add_argument("--gpu-quantization", default="reports/quantization_gpu.json",
+                    help="bench/quantization.py --device cuda JSON; its WOQ latency is listed")
     args = ap.parse_args(argv)
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
-    quant = Path(args.quantization)
-    quantization = json.loads(quant.read_text()) if quant.is_file() else None
+    quantization, gpu_quantization = (json.loads(Path(f).read_text()) if Path(f).is_file() else None
+                                      for f in (args.quantization, args.gpu_quantization))
     Path(args.out).write_text(card(Path(args.run_dir), Path(args.checkpoint), args.device, args.command, evaluation,
-                                   quantization))
+                                   quantization, gpu_quantization))
     print(Path(args.out).read_text())
     return 0
 
