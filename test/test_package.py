@@ -68,8 +68,9 @@ def test_an_installed_package_finds_its_default_checkpoint_and_message_definitio
     import os
 
     prefix = tmp_path / "install"
+    # --ignore-installed: without it pip uninstalls the checkout's editable install from the venv first
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--prefix", str(prefix), str(REPO)], check=True, capture_output=True)
+                    "--ignore-installed", "--prefix", str(prefix), str(REPO)], check=True, capture_output=True)
     site = next(prefix.glob("lib/python3*/site-packages"))
     code = ("import json, ddvlm_core, ddvlm_core.cli as cli, ddvlm_ros.bag as bag\n"
             "from ddvlm_core.checkpoint import load_checkpoint\n"
@@ -84,3 +85,6 @@ def test_an_installed_package_finds_its_default_checkpoint_and_message_definitio
     assert found["checkpoint"] == str(prefix / "share" / "ddvlm_ros" / "checkpoints" / "default")
     assert found["modules"] == ["backbone_lora", "text_head"]  # hashes verified by load_checkpoint
     assert {"ddvlm_msgs/msg/Utterance", "ddvlm_msgs/msg/EmotionDistribution"} <= set(found["types"])
+    # and the venv running the tests still has its own install (its console scripts, ddvlm_core importable)
+    here = subprocess.run([sys.executable, "-m", "pip", "show", "-q", "ddvlm_ros"], capture_output=True, text=True)
+    assert here.returncode == 0, "the prefix install removed the venv's ddvlm_ros"
