@@ -192,6 +192,14 @@ def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_proc
     write_report(parallel, tiny_cfg(tmp_path, tiny_roberta_dir), tmp_path / "ablation")
     report = (tmp_path / "ablation.md").read_text()
     assert "| text_no_sd | 1 |" in report and "Self-distillation gain" in report
+    by_seed = {e["row"]: {r["seed"]: r["test_wa_f1"] for r in e["runs"]} for e in parallel}
+    assert f"seed 1 {by_seed['text_sd'][1] - by_seed['text_no_sd'][1]:+.2f}" in report
+    # --render rebuilds the same Markdown from the JSON alone (a report brought back from another machine)
+    (tmp_path / "ablation.md").unlink()
+    from training.ablate import main as ablate_main
+
+    assert ablate_main(["--render", str(tmp_path / "ablation.json")]) == 0
+    assert (tmp_path / "ablation.md").read_text() == report
 
 
 def test_a_failing_parallel_run_is_reported_not_raised(tmp_path, tiny_roberta_dir):

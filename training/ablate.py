@@ -1,6 +1,7 @@
 """Table 4 ablations: each row is a set of overrides of one training configuration, run for several seeds.
 
     python -m training.ablate --config training/configs/cpu.yaml --seeds 0,1,2 [--rows text_sd,text_no_sd]
+    python -m training.ablate --render reports/ablation.json      # the Markdown again from a report's JSON
 
 Writes reports/ablation.md and reports/ablation.json: mean ± std test WA-F1 (model chosen on dev) per
 row next to the paper's number, with the encoder, caption source and text mode of each row. Rows that
@@ -139,6 +140,12 @@ def _finish(entry: dict, row: Row, seed: int, results: dict, t0: float, log) -> 
     log(f"ablation {row.name} seed {seed}: test WA-F1 {summary['test_wa_f1']:.2f} ({summary['seconds']:.0f}s)")
 
 
+def paired_differences(a: dict, b: dict) -> dict[int, float]:
+    """Test WA-F1 of row ``a`` minus row ``b`` for each seed both rows ran, in seed order."""
+    score_b = {r["seed"]: r["test_wa_f1"] for r in b["runs"]}
+    return {r["seed"]: r["test_wa_f1"] - score_b[r["seed"]] for r in a["runs"] if r["seed"] in score_b}
+
+
 def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps({"config": base.to_dict(), "rows": entries}, indent=1) + "\n")
@@ -183,10 +190,26 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation") -
     if "text_sd" in ran and "text_no_sd" in ran:
         gain = ran["text_sd"]["mean"] - ran["text_no_sd"]["mean"]
         lines += ["", f"Self-distillation gain on the text branch: {gain:+.2f} WA-F1 (paper: +0.67)."]
+        diffs = paired_differences(ran["text_sd"], ran["text_no_sd"])
+        if len(diffs) > 1:
+            lines += [f"Paired by seed (same initialisation and batch order; epoch 1 is identical): "
+                      f"{', '.join(f'seed {k} {d:+.2f}' for k, d in diffs.items())}; "
+                      f"mean {statistics.mean(diffs.values()):+.2f} ± {statistics.stdev(diffs.values()):.2f}."]
     if "text_sd" in ran and "text_no_speakers" in ran:
         gain = ran["text_sd"]["mean"] - ran["text_no_speakers"]["mean"]
         lines += ["", f"Speaker tokens (SD text branch with vs without `<sN>`): {gain:+.2f} WA-F1."]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def render(json_path: Path) -> int:
+    """The Markdown report again from a report JSON, with this version's layout (the JSON is rewritten
+    unchanged in content)."""
+    from training.config import TrainConfig
+
+    report = json.loads(json_path.read_text())
+    write_report(report["rows"], TrainConfig.from_dict(report["config"]), json_path.with_suffix(""))
+    print(json_path.with_suffix(".md").read_text())
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -196,7 +219,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rows", default=",".join(r.name for r in ROWS))
     ap.add_argument("--report", default=str(REPORTS / "ablation"))
     ap.add_argument("--parallel", type=int, default=1, help="runs at once, as subprocesses (e.g. seeds on one GPU)")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the Markdown report of an earlier run's JSON "
+                    "(e.g. one brought back from the GPU machine) next to it")
     args, overrides = ap.parse_known_args(argv)
+    if args.render:
+        return render(Path(args.render))
     from transformers.utils import logging
 
     logging.set_verbosity_error()

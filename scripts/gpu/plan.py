@@ -6,7 +6,7 @@ The probe (scripts/gpu/probe.sh) runs the 6 jobs of the SD-gain experiment at on
 its per-epoch train and eval seconds, scaled to the full splits, give the time of a 10-epoch run. The
 richest plan that fits the budget wins: 6 runs (SD / no SD x 3 seeds) plus the no-speaker-tokens row,
 then 6, then 4 (2 seeds), then 2 (seed 0) with as many epochs as fit. Each run also gets a time budget
-so that a wrong estimate ends runs after an epoch rather than killing them.
+so that a wrong estimate ends runs before an epoch that would overrun it rather than killing them.
 """
 from __future__ import annotations
 
@@ -50,6 +50,12 @@ def epoch_seconds(probe: dict) -> tuple[float, float, int]:
     return worst, startup, len(runs)
 
 
+def deadline_min(budget: float, startup: float, margin: float = 40.0) -> float:
+    """The runs' time budget: the training loop starts no epoch that would end past it, and ``margin`` seconds
+    are left for the final test predictions and collect.py before train.sh's deadline kill."""
+    return round(max(0.5, (budget - startup - margin) / 60), 2)
+
+
 def choose(t_epoch: float, startup: float, probed: int, budget: float, epochs: int = 10) -> dict:
     options = [  # (runs at once, rows, seeds, extra no-speaker run)
         (probed + 1, "text_sd,text_no_sd", "0,1,2", True),
@@ -61,14 +67,13 @@ def choose(t_epoch: float, startup: float, probed: int, budget: float, epochs: i
         # (8.2 vs 6.6 steps/s with SD), so fewer runs are assumed no faster; more scale linearly
         need = startup + epochs * t_epoch * max(1.0, k / probed)
         if need <= 0.9 * budget:
-            last_epoch_start = budget - startup - t_epoch * max(1.0, k / probed)
             return {"PARALLEL": 6 if extra else k, "ROWS": rows, "SEEDS": seeds, "EPOCHS": epochs, "EXTRA": int(extra),
-                    "ESTIMATE_S": round(need), "TIME_BUDGET_MIN": round(last_epoch_start / 60, 2)}
+                    "ESTIMATE_S": round(need), "TIME_BUDGET_MIN": deadline_min(budget, startup)}
     per_epoch = t_epoch  # see above: 2 runs at once take about as long per epoch as 6
     fit = max(1, min(epochs, int((0.9 * budget - startup) / per_epoch)))
     return {"PARALLEL": 2, "ROWS": "text_sd,text_no_sd", "SEEDS": "0", "EPOCHS": fit, "EXTRA": 0,
             "ESTIMATE_S": round(startup + fit * per_epoch),
-            "TIME_BUDGET_MIN": round(max(0.5, budget - startup - per_epoch) / 60, 2)}
+            "TIME_BUDGET_MIN": deadline_min(budget, startup)}
 
 
 def main(argv: list[str]) -> int:
