@@ -7,6 +7,7 @@ branch; each of these is stated in ``modalities`` and ``flags``.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
@@ -73,6 +74,14 @@ class EmotionRecognizer:
 
             embedder = CaptionEmbedder(resolve_model(model.config.caption_embedder), device)
         return cls(model, tokenizer, embedder, device, visual, name=os.path.basename(os.path.normpath(directory)))
+
+    def warm_up(self) -> float:
+        """Seconds spent on one prediction of one and of two dialogues (a compiled model compiles for single
+        prompts and for batches now rather than at the first utterances)."""
+        start = time.perf_counter()
+        self.predict_batch([[("s1", "Hello there.")]])
+        self.predict_batch([[("s1", "Hello there.")], [("s1", "Hi!"), ("s2", "How are you doing today?")]])
+        return time.perf_counter() - start
 
     def predict(self, dialogue_context, caption: str | Caption | None = None) -> EmotionPrediction:
         """Distribution for the last utterance of ``dialogue_context``, using only it and earlier ones."""

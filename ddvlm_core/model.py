@@ -148,6 +148,15 @@ class DDVLM(nn.Module):
         self.config.quantization = config.as_dict()
         return self
 
+    def compile_text(self, mode: str = "default") -> "DDVLM":
+        """torch.compile (inductor) the text encoder in place, with dynamic shapes: every prompt length shares
+        one compiled graph. Compiling happens at the first calls (about a minute on a 2-core CPU; it needs a
+        C++ compiler there, Triton on a GPU): ``EmotionRecognizer.warm_up`` runs them. Weights and state dict
+        are unchanged; a WOQ model keeps its int8 weights, and its per-call widening, epilogue and the
+        element-wise ops around it are fused (bench/quantization.py, rows *_compiled)."""
+        self.text.compile(dynamic=True, mode=mode)
+        return self
+
     def save(self, directory: str | os.PathLike, modules: tuple[str, ...] = TRAINED_MODULES, extra=None):
         """Write the named modules (text_head, visual_head, fusion, backbone, backbone_lora)."""
         states = self.module_state_dicts(include_backbone="backbone" in modules)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable, Iterable
 
 import torch
@@ -67,14 +66,20 @@ def compute_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
-@lru_cache(maxsize=None)
-def cpu_bf16_units() -> tuple[str, ...]:
-    """The CPU's native bf16 instruction sets (Linux /proc/cpuinfo flags), e.g. ("AMX-BF16", "AVX512-BF16")."""
+def _read_cpu_bf16_units() -> tuple[str, ...]:
     try:
         flags = set(open("/proc/cpuinfo").read().split())
     except OSError:
         return ()
     return tuple(name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flag in flags)
+
+
+_CPU_BF16_UNITS = _read_cpu_bf16_units()  # read once at import: a constant torch.compile can trace through
+
+
+def cpu_bf16_units() -> tuple[str, ...]:
+    """The CPU's native bf16 instruction sets (Linux /proc/cpuinfo flags), e.g. ("AMX-BF16", "AVX512-BF16")."""
+    return _CPU_BF16_UNITS
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -179,8 +184,11 @@ class Int8WeightOnlyLinear(nn.Module):
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
     def _decompressed_linear(self, x2: Tensor, dt: torch.dtype) -> Tensor:
-        """(x W_int8^T) * s + b with W_int8 widened to ``dt`` (exact) and the product in ``dt``, FP32 out."""
-        if torch.is_grad_enabled() and x2.requires_grad:  # autograd keeps the weight: no shared buffer
+        """(x W_int8^T) * s + b with W_int8 widened to ``dt`` (exact) and the product in ``dt``, FP32 out.
+
+        Under torch.compile the widening is a plain cast that inductor fuses into its generated code (the
+        shared scratch buffer would break the graph); the weights stay int8 in memory either way."""
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and x2.requires_grad):  # autograd: no sharing
             weight = self.weight.to(dt)
         else:
             weight = _scratch(self.weight.shape, dt, x2.device).copy_(self.weight)

@@ -53,6 +53,7 @@ class EmotionNode(LifecycleNode):
         self.load_error = ""
         self.model_name = ""
         self.quantization = "none"
+        self.compiled = "no"
         self._subs: list = []
         self._silence_timer = None
         self._diag_timer = None
@@ -118,6 +119,13 @@ class EmotionNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self._to_device(self.p("device"))
+        try:
+            self._compile()
+        except Exception as e:  # noqa: BLE001 - any compiler failure: stay inactive and say why
+            self.load_error = f"compile failed: {type(e).__name__}: {str(e)[:300]} (set compile:=false)"
+            self.get_logger().error(self.load_error)
+            return TransitionCallbackReturn.FAILURE
+        self.load_error = ""
         self._subscribe()
         now = time.monotonic()
         self._last_input = {topic: now for topic in self._input_topics()}
@@ -169,6 +177,8 @@ class EmotionNode(LifecycleNode):
         recognizer = EmotionRecognizer.from_checkpoint(path, device="cpu",
                                                        load_caption_embedder=self.p("captioner") != "none")
         self.model_name = str(path)
+        # a freshly loaded model: quantized below and compiled at activate when the parameters say so
+        self.quantization, self.compiled = "none", "no"
         if self.p("quantized"):
             import torch
 
@@ -199,6 +209,18 @@ class EmotionNode(LifecycleNode):
             return QwenVLCaptioner(self.p("captioner_model_dir"), device=self.p("device"),
                                    frames_per_window=self.p("frames_per_window"))
         raise ValueError(f"captioner must be none, cue or qwen, got {kind!r}")
+
+    def _compile(self) -> None:
+        """compile: torch.compile the text model and run its first calls now, on the device it will run on,
+        so that no utterance waits for the compiler (about a minute on a 2-core CPU; cached afterwards)."""
+        if not self.p("compile"):
+            return
+        self.get_logger().info(f"compiling the text model for {self.recognizer.device} (torch.compile) ...")
+        self.recognizer.model.compile_text()
+        with single_cpu_thread():
+            seconds = self.recognizer.warm_up()
+        self.compiled = f"inductor on {self.recognizer.device} (warm-up {seconds:.0f} s)"
+        self.get_logger().info(f"text model compiled: {self.compiled}")
 
     def _to_device(self, device: str) -> None:
         if self.recognizer is None or self.recognizer.device == device:
@@ -366,7 +388,7 @@ class EmotionNode(LifecycleNode):
 
     def diagnostic_status(self) -> DiagnosticStatus:
         values = {"lifecycle_state": "active" if self._active else "inactive", "model": self.model_name,
-                  "quantization": self.quantization, "load_error": self.load_error,
+                  "quantization": self.quantization, "compiled": self.compiled, "load_error": self.load_error,
                   "incompatible_qos_events": self._qos_incompatible, "bad_frames": self._bad_frames,
                   "ros4hri": self._hri_status + (f" ({len(self._hri.voices)} voices)" if self._hri else "")}
         level, message = DiagnosticStatus.OK, "running"

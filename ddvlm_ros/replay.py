@@ -233,6 +233,19 @@ def offline_predictions(bag: str | Path, recognizer) -> dict[str, str]:
     return out
 
 
+def parse_params(items: list[str]) -> dict[str, object]:
+    """``NAME:=VALUE`` strings -> typed node parameters (ddvlm_ros.params); ValueError naming the bad ones."""
+    from ddvlm_ros.params import typed_overrides
+
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition(":=")
+        if not sep or not name:
+            raise ValueError(f"--param {item!r}: expected NAME:=VALUE")
+        pairs[name] = value
+    return typed_overrides(pairs, "--param")
+
+
 def report_markdown(title: str, score: dict, bag: str, params: dict, speed: float, extra: str = "") -> str:
     lines = [f"# {title}", "", f"Bag `{bag}`, replayed at {speed}x through the emotion node "
              f"(`python -m ddvlm_ros.replay`), params {json.dumps(params)}. {extra}", ""]
@@ -315,6 +328,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--captioner", default="none")
     ap.add_argument("--remap", action="append", default=[], metavar="TOPIC:=INPUT",
                     help=f"play a bag topic into a node input ({', '.join(INPUTS)}); repeatable")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="a node parameter, as ros2 run -p (e.g. quantized:=true, compile:=true); repeatable")
     ap.add_argument("--labels", help="gold labels JSON (a side file's format); default: the bag's side file if any")
     ap.add_argument("--answers", help="write one JSON line per replayed utterance with its answers")
     ap.add_argument("--record", metavar="OUT_BAG", help="write a bag: the replayed messages + /emotion answers")
@@ -338,6 +353,10 @@ def main(argv: list[str]) -> int:
     if not labels:
         print(f"no labels ({labels_path(args.bag)} missing, no --labels): answers and latency only")
     params = {"model_dir": args.model_dir, "captioner": args.captioner, "input_timeout_s": 0.0}
+    try:
+        params.update(parse_params(args.param))
+    except ValueError as e:
+        ap.error(str(e))
 
     def live(key, msg):
         if args.live:

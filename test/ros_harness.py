@@ -65,6 +65,10 @@ class Harness:
         return self.node.get_clock().now().nanoseconds * 1e-9
 
     def close(self) -> None:
+        """Stop and destroy both nodes and the context (again: nothing)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         if self.node.pipeline is not None:
             self.node.pipeline.stop()
         self.executor.shutdown()

@@ -153,6 +153,13 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
                  "--report", str(out / "scored.md")]) == 0
     scored = json.loads((out / "scored.json").read_text())["score"]
     assert scored["n"] == 4 and scored["answered"] == 4 and "wa_f1" in scored
+    # the deployed configuration on the same bag: node parameters as ros2 run -p gives them
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *remaps, "--labels", str(gold),
+                 "--param", "quantized:=true", "--param", "woq_kernel:=dequant", "--param", "frame_buffer_s:=5",
+                 "--report", str(out / "quantized.md")]) == 0
+    quantized = json.loads((out / "quantized.json").read_text())
+    assert quantized["params"]["quantized"] is True and quantized["params"]["frame_buffer_s"] == 5.0
+    assert quantized["score"]["answered"] == 4
     with pytest.raises(SystemExit):  # an existing recording is refused before the replay, not after
         main([str(bag), *remaps, "--record", str(out / "with_answers")])
 
@@ -172,6 +179,16 @@ def test_replay_refuses_unmapped_mistyped_or_missing_topics_with_the_bags_topics
     assert input_topics(messages, parse_remaps(["asr/text:=transcript"])) == {"/asr/text": "transcript"}
     with pytest.raises(BagError, match="expected TOPIC:=INPUT"):
         parse_remaps(["/asr/text=transcript"])
+    from ddvlm_ros.replay import parse_params
+
+    assert parse_params(["quantized:=true", "cpu_threads:=2", "device:=cuda:0"]) == {
+        "quantized": True, "cpu_threads": 2, "device": "cuda:0"}
+    with pytest.raises(ValueError, match=r"unknown parameters \['quantised'\]"):
+        parse_params(["quantised:=true"])
+    with pytest.raises(ValueError, match="'quantized' must be a bool.*'frames_per_window'"):
+        parse_params(["quantized:=maybe", "frames_per_window:=0"])
+    with pytest.raises(ValueError, match="expected NAME:=VALUE"):
+        parse_params(["quantized=true"])
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"default/1": "happy"}))
     with pytest.raises(BagError, match=r"\['happy'\] are not among"):

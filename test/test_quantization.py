@@ -177,3 +177,35 @@ def test_quantized_checkpoint_reloads_bit_identically_and_refuses_tampering(tmp_
     backbone.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="sha256 mismatch"):
         DDVLM.load(directory)
+
+
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="compiles the decompress kernel (bf16 CPUs)")
+def test_compiled_woq_model_matches_eager_keeps_int8_weights_and_compiles_once(tiny_text_checkpoint):
+    """torch.compile of a WOQ model: the widening is traced (no scratch) and fused; after warm_up, prompts of
+    other lengths and batch sizes reuse the compiled code (dynamic shapes) instead of compiling again."""
+    from torch._dynamo.utils import counters
+
+    from ddvlm_core.inference import EmotionRecognizer
+
+    eager = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint)
+    eager.model.quantize(WOQConfig(kernel="decompress"))
+    compiled = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint)
+    compiled.model.quantize(WOQConfig(kernel="decompress")).compile_text()
+    torch._dynamo.reset()
+    counters.clear()
+    assert compiled.warm_up() > 0
+    frames_after_warm_up = counters["stats"]["unique_graphs"]
+    assert frames_after_warm_up >= 1  # it did compile
+    dialogues = [[("Ross", "I got the job!")],
+                 [("Ross", "I got the job!"), ("Rachel", "Oh my god, really? That is amazing news, Ross!")],
+                 [("Joey", "How you doin'?")] * 7]
+    for batch in ([dialogues[0]], [dialogues[1]], dialogues):
+        for a, b in zip(eager.predict_batch(batch), compiled.predict_batch(batch)):
+            assert max(abs(p - q) for p, q in zip(a.probabilities, b.probabilities)) < 2e-3
+    assert counters["stats"]["unique_graphs"] == frames_after_warm_up  # no recompilation
+    no_mask = torch.full((1, 12), 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="mask token"), torch.inference_mode():  # still checked, not a crash
+        compiled.model.text(no_mask, torch.ones_like(no_mask))
+    linears = [m for m in compiled.model.text.modules() if isinstance(m, Int8WeightOnlyLinear)]
+    assert linears and all(m.weight.dtype == torch.int8 for m in linears)
+    assert set(compiled.model.text.state_dict()) == set(eager.model.text.state_dict())

@@ -11,6 +11,7 @@ from std_msgs.msg import String
 
 from ddvlm_core.captioner import Caption
 from ddvlm_core.labels import LABELS
+from ddvlm_core.quantization import cpu_has_fast_bf16
 from ddvlm_msgs.msg import Utterance
 from ddvlm_ros.convert import sec_to_stamp
 
@@ -298,6 +299,21 @@ def test_quantized_node_answers_with_the_chosen_woq_kernel(harness, tiny_text_ch
     h.publish(String, "transcript", String(data="Ross: I got the job!"))
     m = h.wait_for(1)[0]
     assert sum(m.probabilities) == pytest.approx(1, abs=1e-5) and m.top_label in LABELS
+
+
+@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="compiles the decompress kernel (bf16 CPUs)")
+def test_compiled_quantized_node_compiles_at_activate_and_answers_like_the_eager_one(harness, tiny_text_checkpoint):
+    eager = harness(model_dir=tiny_text_checkpoint, quantized=True, woq_kernel="decompress").start()
+    eager.publish(String, "transcript", String(data="Ross: I got the job!"))
+    expected = eager.wait_for(1)[0]
+    eager.close()  # one node on /transcript and /emotion at a time
+    h = harness(model_dir=tiny_text_checkpoint, quantized=True, woq_kernel="decompress", compile=True).start()
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["compiled"].startswith("inductor on cpu") and values["load_error"] == ""
+    assert h.node.recognizer.model.text._compiled_call_impl is not None  # compiled before the first utterance
+    h.publish(String, "transcript", String(data="Ross: I got the job!"))
+    m = h.wait_for(1)[0]
+    assert max(abs(a - b) for a, b in zip(m.probabilities, expected.probabilities)) < 2e-3
 
 
 def test_unknown_woq_kernel_fails_configure_with_the_choices(harness, tiny_text_checkpoint):
