@@ -119,9 +119,11 @@ class EmotionNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         self._to_device(self.p("device"))
+        self.pipeline.start()
         try:
             self._compile()
         except Exception as e:  # noqa: BLE001 - any compiler failure: stay inactive and say why
+            self.pipeline.stop()
             self.load_error = f"compile failed: {type(e).__name__}: {str(e)[:300]} (set compile:=false)"
             self.get_logger().error(self.load_error)
             return TransitionCallbackReturn.FAILURE
@@ -133,7 +135,6 @@ class EmotionNode(LifecycleNode):
         if self.p("input_timeout_s") > 0:
             self._silence_timer = self.create_timer(1.0, self._check_silence, callback_group=self._diag_group)
         self._start_ros4hri()
-        self.pipeline.start()
         self._active = True
         return super().on_activate(state)
 
@@ -215,11 +216,13 @@ class EmotionNode(LifecycleNode):
         so that no utterance waits for the compiler (about a minute on a 2-core CPU; cached afterwards)."""
         if not self.p("compile"):
             return
+        import torch
+
         self.get_logger().info(f"compiling the text model for {self.recognizer.device} (torch.compile) ...")
         self.recognizer.model.compile_text()
-        with single_cpu_thread():
-            seconds = self.recognizer.warm_up()
-        self.compiled = f"inductor on {self.recognizer.device} (warm-up {seconds:.0f} s)"
+        # on the inference worker: inductor bakes the thread count it compiles with into its CPU kernels
+        seconds, threads = self.pipeline.call(lambda: (self.recognizer.warm_up(), torch.get_num_threads()))
+        self.compiled = f"inductor on {self.recognizer.device}, {threads} threads (warm-up {seconds:.0f} s)"
         self.get_logger().info(f"text model compiled: {self.compiled}")
 
     def _to_device(self, device: str) -> None:

@@ -166,6 +166,27 @@ class EmotionPipeline:
             t.join(timeout)
         self._threads = []
 
+    def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run ``fn`` on the inference worker, after the jobs queued before it, and return its result (its
+        exception is raised here). For work that must see the worker's torch threads, e.g. compiling: inductor
+        generates serial CPU kernels when it compiles on a thread with 1 torch thread."""
+        done, box = threading.Event(), {}
+
+        def job() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                box["error"] = e
+            finally:
+                done.set()
+
+        self._jobs.put(("call", job), timeout=timeout)
+        if not done.wait(timeout):
+            raise TimeoutError(f"the inference worker did not run the call within {timeout} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
     def queue_depths(self) -> dict[str, int]:
         return {"inference": self._jobs.qsize(), "caption": self._captions.qsize()}
 
@@ -210,6 +231,8 @@ class EmotionPipeline:
                 kind, payload = job
                 if kind == "text":
                     self._text(payload)
+                elif kind == "call":
+                    payload()
                 else:
                     self._refine(*payload)
             except Exception as e:  # noqa: BLE001 - a bad job must never stop the worker

@@ -1,5 +1,9 @@
 """The node's ROS-free engine: frame buffer, conversations, workers."""
+import threading
 import time
+
+import pytest
+import torch
 
 from ddvlm_core.inference import EmotionRecognizer
 from ddvlm_ros.pipeline import EmotionPipeline, FrameBuffer, Stats, UtteranceIn
@@ -119,3 +123,17 @@ def test_frame_buffer_thins_a_fast_camera_to_the_kept_rate():
     for k in range(60):
         every.add(100.0 + k / 30, k)
     assert len(every) == 60
+
+
+def test_call_runs_on_the_inference_worker_with_its_thread_settings_and_raises_its_errors(tiny_text_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint)
+    pipe = EmotionPipeline(rec, lambda r: None, thread_setup={"inference": lambda: torch.set_num_threads(3)})
+    pipe.start()
+    try:
+        name, threads = pipe.call(lambda: (threading.current_thread().name, torch.get_num_threads()), timeout=10)
+        assert (name, threads) == ("ddvlm-inference", 3)
+        with pytest.raises(ZeroDivisionError):
+            pipe.call(lambda: 1 / 0, timeout=10)
+        assert pipe.call(lambda: "still running", timeout=10) == "still running"  # the worker survived
+    finally:
+        pipe.stop()
