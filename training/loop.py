@@ -63,6 +63,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_rank(flag: bool) -> bool:
+    """``flag`` of every rank combined with OR, so that all ranks take the same branch (e.g. stop together)."""
+    import torch.distributed as dist
+
+    if dist_info()[1] == 1:
+        return flag
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def average_gradients(params: list[Tensor]) -> None:
     """Data parallelism: after backward, every rank holds the mean gradient of all ranks' batches."""
     import torch.distributed as dist
@@ -168,8 +179,8 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         barrier()
         log(f"[{stage.name}] epoch {epoch}: loss {record['train_loss']:.4f}  dev WA-F1 {record['dev_wa_f1']:.2f}  "
             f"test WA-F1 {record['test_wa_f1']:.2f}  ({time.monotonic() - started:.0f}s)")
-        if epoch < cfg.epochs and over_budget(time.monotonic() - started, time.monotonic() - epoch_start,
-                                              cfg.time_budget_min):
+        if epoch < cfg.epochs and any_rank(over_budget(time.monotonic() - started, time.monotonic() - epoch_start,
+                                                       cfg.time_budget_min)):  # ranks' clocks differ: stop together
             log(f"[{stage.name}] time budget of {cfg.time_budget_min} min: stopping after epoch {epoch}")
             info["stopped_early"] = epoch
             break
