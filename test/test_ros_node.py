@@ -318,6 +318,31 @@ def test_compiled_quantized_node_compiles_at_activate_and_answers_like_the_eager
     assert max(abs(a - b) for a, b in zip(m.probabilities, expected.probabilities)) < 2e-3
 
 
+def test_a_compiler_failure_leaves_the_node_inactive_with_the_reason_and_it_activates_without_compile(
+        harness, tiny_text_checkpoint, monkeypatch):
+    from lifecycle_msgs.msg import State
+    from rclpy.parameter import Parameter
+
+    from ddvlm_core.model import DDVLM
+
+    def no_compiler(self, mode="default"):  # what a robot without g++ / Triton gets from inductor
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    monkeypatch.setattr(DDVLM, "compile_text", no_compiler)
+    h = harness(model_dir=tiny_text_checkpoint, compile=True)
+    h.node.trigger_configure()
+    h.node.trigger_activate()
+    assert h.node._state_machine.current_state[0] == State.PRIMARY_STATE_INACTIVE
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert "compile failed" in values["load_error"] and "compile:=false" in values["load_error"]
+    assert h.node.pipeline._threads == []  # the worker started for the compile was stopped again
+    h.node.set_parameters([Parameter("compile", value=False)])
+    h.node.trigger_activate()
+    assert h.node._state_machine.current_state[0] == State.PRIMARY_STATE_ACTIVE and h.node.load_error == ""
+    h.publish(String, "transcript", String(data="Ross: I got the job!"))
+    assert h.wait_for(1)[0].top_label in LABELS
+
+
 def test_unknown_woq_kernel_fails_configure_with_the_choices(harness, tiny_text_checkpoint):
     h = harness(model_dir=tiny_text_checkpoint, quantized=True, woq_kernel="turbo")
     h.node.trigger_configure()
