@@ -41,3 +41,12 @@ def test_card_lists_woq_from_a_bench_run_of_the_same_checkpoint_on_the_whole_tes
     assert f"{ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x FP32" in line and "on 1000 MELD test utterances" in line
     assert ("slower than FP32" in line) == (max(ratio.values()) > 1)
     assert "On a GPU" not in card(tmp_path / "run", checkpoint, "a test CPU", "pytest", gpu_quantization=report)
+    # a report with the torch.compile'd row (here the same run's woq row under that name): listed as such
+    compiled = {**report, "rows": [{**r, "row": "woq_compiled"} if r["row"] == "woq" else r for r in report["rows"]]}
+    line = next(line for line in card(tmp_path / "run", checkpoint, "a test CPU", "pytest",
+                                      compiled_quantization=compiled).splitlines() if "The same, compiled" in line)
+    assert f"test WA-F1 {rows['woq']['wa_f1']:.2f} vs {rows['fp32']['wa_f1']:.2f} FP32" in line
+    assert f"latency {ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x FP32" in line
+    compiled_partial = {**compiled, "meta": {**compiled["meta"], "n": 1000}}
+    refused = card(tmp_path / "run", checkpoint, "a test CPU", "pytest", compiled_quantization=compiled_partial)
+    assert "The same, compiled" not in refused

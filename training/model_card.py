@@ -46,6 +46,25 @@ def quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
             f"torch {meta['torch']}; `python bench/quantization.py`, reports/quantization.md)."]
 
 
+def compiled_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
+    """The torch.compile'd WOQ row (bench row ``woq_compiled``), under the same conditions as
+    quantization_lines: this checkpoint, the whole MELD test split."""
+    if not report:
+        return []
+    meta = report["meta"]
+    rows = {r["row"]: r for r in report["rows"] if "error" not in r}
+    same = Path(meta["checkpoint"]).parts[-2:] == checkpoint.resolve().parts[-2:]
+    if not same or meta["split"] != "test" or meta["n"] != MELD_TEST_SIZE or not {"fp32", "woq_compiled"} <= set(rows):
+        return []
+    row, fp32 = rows["woq_compiled"], rows["fp32"]
+    ratio = row["latency_ratio_vs_fp32"]
+    dynamic = row.get("latency_ratio_vs_dynamic")
+    versus = f" ({dynamic['b1x128']:.2f}x / {dynamic['b1x511']:.2f}x PyTorch dynamic INT8)" if dynamic else ""
+    return [f"- **The same, compiled** (node parameter `compile: true`, torch.compile): test WA-F1 {row['wa_f1']:.2f} "
+            f"vs {fp32['wa_f1']:.2f} FP32, latency {ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x FP32{versus} "
+            f"({meta['device']}, {meta['threads']} threads; reports/torch_compile/quantization.md)."]
+
+
 def gpu_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
     """The WOQ INT8 latency on a GPU from bench/quantization.py's CUDA JSON (a lent GPU session may only
     afford part of the test split: the line says how many utterances), when it measured this checkpoint."""
@@ -64,7 +83,8 @@ def gpu_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
 
 
 def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation: dict | None = None,
-         quantization: dict | None = None, gpu_quantization: dict | None = None) -> str:
+         quantization: dict | None = None, gpu_quantization: dict | None = None,
+         compiled_quantization: dict | None = None) -> str:
     """``evaluation``: training.evaluate's result for the checkpoint as shipped; when given it is the
     headline, and the numbers the run measured on its own machine are listed beside it. ``quantization``:
     bench/quantization.py's JSON (see quantization_lines)."""
@@ -118,6 +138,7 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
            f"merged, CPU, torch {evaluation['torch']}); the training run itself measured test "
            f"{best['test']['wa_f1']:.2f} / dev {best['dev_wa_f1']:.2f} on its machine." if evaluation else ""),
         *quantization_lines(quantization, checkpoint),
+        *compiled_quantization_lines(compiled_quantization, checkpoint),
         *gpu_quantization_lines(gpu_quantization, checkpoint),
         "- The paper's text branch (RoBERTa-large, full fine-tuning, GPU): 67.13; its full multimodal model: 67.80.",
         "",
@@ -150,12 +171,15 @@ def main(argv: list[str]) -> int:
                     help="bench/quantization.py JSON; its WOQ row is listed when it covers the whole test split")
     ap.add_argument("--gpu-quantization", default="reports/quantization_gpu.json",
                     help="bench/quantization.py --device cuda JSON; its WOQ latency is listed")
+    ap.add_argument("--compiled-quantization", default="reports/torch_compile/quantization.json",
+                    help="bench/quantization.py JSON with the woq_compiled row (whole test split)")
     args = ap.parse_args(argv)
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
-    quantization, gpu_quantization = (json.loads(Path(f).read_text()) if Path(f).is_file() else None
-                                      for f in (args.quantization, args.gpu_quantization))
+    quantization, gpu_quantization, compiled = (
+        json.loads(Path(f).read_text()) if Path(f).is_file() else None
+        for f in (args.quantization, args.gpu_quantization, args.compiled_quantization))
     Path(args.out).write_text(card(Path(args.run_dir), Path(args.checkpoint), args.device, args.command, evaluation,
-                                   quantization, gpu_quantization))
+                                   quantization, gpu_quantization, compiled))
     print(Path(args.out).read_text())
     return 0
 
