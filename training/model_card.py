@@ -26,16 +26,28 @@ def run_info(run_dir: Path) -> dict:
 MELD_TEST_SIZE = 2610
 
 
+def measured_rows(report: dict | None, checkpoint: Path, needed: tuple[str, ...],
+                  whole_test_split: bool = True) -> dict[str, dict] | None:
+    """bench/quantization.py's rows that ran (row name -> row), or None unless the report measured this
+    checkpoint, has every ``needed`` row and (``whole_test_split``) covered all of MELD's test split."""
+    if not report:
+        return None
+    meta = report["meta"]
+    rows = {r["row"]: r for r in report["rows"] if "error" not in r}
+    if Path(meta["checkpoint"]).parts[-2:] != checkpoint.resolve().parts[-2:] or not set(needed) <= set(rows):
+        return None
+    if whole_test_split and (meta["split"] != "test" or meta["n"] != MELD_TEST_SIZE):
+        return None
+    return rows
+
+
 def quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
     """The WOQ INT8 result from bench/quantization.py's JSON, when it measured this checkpoint on the whole
     MELD test split (a partial split or another checkpoint is left out)."""
-    if not report:
+    rows = measured_rows(report, checkpoint, ("fp32", "woq"))
+    if rows is None:
         return []
     meta = report["meta"]
-    rows = {r["row"]: r for r in report["rows"] if "error" not in r}
-    same = Path(meta["checkpoint"]).parts[-2:] == checkpoint.resolve().parts[-2:]
-    if not same or meta["split"] != "test" or meta["n"] != MELD_TEST_SIZE or not {"fp32", "woq"} <= set(rows):
-        return []
     woq, fp32 = rows["woq"], rows["fp32"]
     ratio = woq["latency_ratio_vs_fp32"]
     drop = fp32["wa_f1"] - woq["wa_f1"]
@@ -49,13 +61,10 @@ def quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
 def compiled_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
     """The torch.compile'd WOQ row (bench row ``woq_compiled``), under the same conditions as
     quantization_lines: this checkpoint, the whole MELD test split."""
-    if not report:
+    rows = measured_rows(report, checkpoint, ("fp32", "woq_compiled"))
+    if rows is None:
         return []
     meta = report["meta"]
-    rows = {r["row"]: r for r in report["rows"] if "error" not in r}
-    same = Path(meta["checkpoint"]).parts[-2:] == checkpoint.resolve().parts[-2:]
-    if not same or meta["split"] != "test" or meta["n"] != MELD_TEST_SIZE or not {"fp32", "woq_compiled"} <= set(rows):
-        return []
     row, fp32 = rows["woq_compiled"], rows["fp32"]
     ratio = row["latency_ratio_vs_fp32"]
     dynamic = row.get("latency_ratio_vs_dynamic")
@@ -70,10 +79,10 @@ def gpu_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
     afford part of the test split: the line says how many utterances), when it measured this checkpoint."""
     if not report or report["meta"].get("device") != "cuda":
         return []
-    meta = report["meta"]
-    rows = {r["row"]: r for r in report["rows"] if "error" not in r}
-    if Path(meta["checkpoint"]).parts[-2:] != checkpoint.resolve().parts[-2:] or not {"fp32", "woq"} <= set(rows):
+    rows = measured_rows(report, checkpoint, ("fp32", "woq"), whole_test_split=False)
+    if rows is None:
         return []
+    meta = report["meta"]
     woq, fp32 = rows["woq"], rows["fp32"]
     ratio = woq["latency_ratio_vs_fp32"]
     return [f"- **On a GPU** ({meta.get('gpu', 'cuda')}, torch {meta['torch']}, batch 1): WOQ latency "
