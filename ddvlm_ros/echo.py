@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from ddvlm_msgs.msg import EmotionDistribution
+from ddvlm_ros.spin import spin_until_shutdown
 
 
 def format_emotion(msg, runners_up: int = 2) -> str:
@@ -42,15 +42,7 @@ def main(args: list[str] | None = None) -> int:
         return 0 if set(ours) <= {"-h", "--help"} else 2
     rclpy.init(args=args)
     node = EmotionEcho(out=lambda line: print(line, flush=True))
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return spin_until_shutdown(node, lambda: rclpy.spin(node))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -29,6 +29,7 @@ from ddvlm_ros.convert import (compressed_msg_to_rgb, image_msg_to_rgb, parse_tr
                                sec_to_stamp, stamp_to_sec)
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
 from ddvlm_ros.pipeline import EmotionPipeline, Result, UtteranceIn
+from ddvlm_ros.spin import spin_until_shutdown
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
 SLOW_LATENCY_MS = 500.0  # WARN above this p90 text latency
@@ -483,7 +484,8 @@ def main(args: list[str] | None = None) -> int:
     # transcript->/emotion p50 at 2.6x a bare predict with it vs 1.2x with this one.
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    try:
+
+    def run() -> None:
         try:
             autostart = node.p("autostart")
         except ValueError as e:
@@ -494,15 +496,12 @@ def main(args: list[str] | None = None) -> int:
             if node.load_error == "":
                 node.trigger_activate()
         executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
+
+    def stop_pipeline() -> None:
         if node.pipeline is not None:
             node.pipeline.stop()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+
+    return spin_until_shutdown(node, run, before_destroy=stop_pipeline)
 
 
 if __name__ == "__main__":

@@ -440,3 +440,31 @@ def test_echo_tool_prints_one_readable_line_per_answer(harness, tiny_text_checkp
     from ddvlm_ros.echo import main
 
     assert main(["ddvlm-emotion-echo", "--help"]) == 0 and main(["ddvlm-emotion-echo", "--bogus"]) == 2  # no spin
+
+
+def test_entry_points_stop_cleanly_on_ctrl_c():
+    """ddvlm_ros.spin.spin_until_shutdown ends both entry points: Ctrl-C gives status 0, no traceback."""
+    import signal
+    import subprocess
+    import sys
+
+    import rclpy
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    watcher = rclpy.create_node("ctrl_c_watcher", context=ctx)
+    try:
+        for module, name in (("ddvlm_ros.echo", "ddvlm_emotion_echo"), ("ddvlm_ros.emotion_node", "ddvlm_emotion")):
+            proc = subprocess.Popen([sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.monotonic() + 60
+            while name not in watcher.get_node_names() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)  # until its node is on the graph, i.e. it spins
+            assert proc.poll() is None and name in watcher.get_node_names(), proc.communicate()[1]
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=20)
+            assert proc.returncode == 0 and "Traceback" not in err, err
+    finally:
+        watcher.destroy_node()
+        rclpy.shutdown(context=ctx)
