@@ -26,6 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from rosbags.rosbag2 import Reader
@@ -237,13 +238,20 @@ def parse_params(items: list[str]) -> dict[str, object]:
     """``NAME:=VALUE`` strings -> typed node parameters (ddvlm_ros.params); ValueError naming the bad ones."""
     from ddvlm_ros.params import typed_overrides
 
+    return typed_overrides(assignments(items, lambda item: ValueError(f"--param {item!r}: expected NAME:=VALUE"),
+                                       empty_value=True), "--param")
+
+
+def assignments(items: list[str], error: Callable[[str], Exception], empty_value: bool = False) -> dict[str, str]:
+    """``['A:=B', ...]`` (ROS's ``:=`` syntax) -> ``{'A': 'B'}``; ``error(item)`` is raised for an item
+    without ``:=``, with nothing before it, or (unless ``empty_value``) nothing after it."""
     pairs = {}
     for item in items:
         name, sep, value = item.partition(":=")
-        if not sep or not name:
-            raise ValueError(f"--param {item!r}: expected NAME:=VALUE")
+        if not sep or not name or not (value or empty_value):
+            raise error(item)
         pairs[name] = value
-    return typed_overrides(pairs, "--param")
+    return pairs
 
 
 def report_markdown(title: str, score: dict, bag: str, params: dict, speed: float, extra: str = "") -> str:
@@ -311,13 +319,9 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
 
 def parse_remaps(items: list[str]) -> dict[str, str]:
     """['/asr/text:=transcript', ...] -> {'/asr/text': 'transcript'} (ros2 bag play's --remap syntax)."""
-    remaps = {}
-    for item in items:
-        topic, sep, target = item.partition(":=")
-        if not sep or not topic or not target:
-            raise BagError(f"--remap {item!r}: expected TOPIC:=INPUT, e.g. /asr/text:=transcript")
-        remaps[topic if topic.startswith("/") else "/" + topic] = target
-    return remaps
+    pairs = assignments(items, lambda item: BagError(f"--remap {item!r}: expected TOPIC:=INPUT, e.g. "
+                                                     "/asr/text:=transcript"))
+    return {(topic if topic.startswith("/") else "/" + topic): target for topic, target in pairs.items()}
 
 
 def main(argv: list[str]) -> int:
