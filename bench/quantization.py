@@ -148,7 +148,7 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
             note = ("kernel decompress traced by torch.compile: the int8 -> bf16 / fp16 widening, the scale and "
                     "bias and the element-wise ops around them are inductor-generated code, the GEMM the vendor's; "
                     "weights stay int8 in memory")
-        compile_note = f"torch.compile (inductor, dynamic shapes): {compile_now(model, device)}"
+        compile_note = f"torch.compile (inductor, dynamic shapes): {compile_now(model, tok, device)}"
         note = "; ".join(filter(None, [note, compile_note]))
     size = weight_bytes(text)
     if row in ("dynamic", "smoothquant"):
@@ -164,18 +164,12 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
     return (lambda ids, mask: text(ids.to(device), mask.to(device)).logits.float().cpu()), size, note
 
 
-def compile_now(model, device: str) -> str:
-    """Compile the text encoder and run its first calls (one prompt, then two): how long that took."""
-    import torch
+def compile_now(model, tokenizer, device: str) -> str:
+    """Compile the text encoder and run its first calls as the node does (EmotionRecognizer.warm_up)."""
+    from ddvlm_core.inference import EmotionRecognizer
 
     model.compile_text()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for batch in (1, 2):
-            ids = torch.full((batch, 40 + batch), 5, dtype=torch.long, device=device)
-            ids[:, -2] = model.text.mask_token_id
-            model.text(ids, torch.ones_like(ids))
-    return f"compiled in {time.perf_counter() - start:.0f} s"
+    return f"compiled in {EmotionRecognizer(model, tokenizer, device=device).warm_up():.0f} s"
 
 
 def dynamic_bytes(module) -> int:
