@@ -454,8 +454,10 @@ def test_entry_points_stop_cleanly_on_ctrl_c():
     rclpy.init(context=ctx)
     watcher = rclpy.create_node("ctrl_c_watcher", context=ctx)
     try:
-        for module, name in (("ddvlm_ros.echo", "ddvlm_emotion_echo"), ("ddvlm_ros.emotion_node", "ddvlm_emotion")):
-            proc = subprocess.Popen([sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())"],
+        for module in ("ddvlm_ros.echo", "ddvlm_ros.emotion_node"):
+            name = f"ctrl_c_{module.rpartition('.')[2]}_{time.time_ns()}"  # not a name other tests' nodes left
+            proc = subprocess.Popen([sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())",
+                                     "--ros-args", "-r", f"__node:={name}"],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             deadline = time.monotonic() + 60
             while name not in watcher.get_node_names() and proc.poll() is None and time.monotonic() < deadline:
