@@ -34,6 +34,8 @@ ROWS = {
     "woq_dequant": "WOQ INT8, ours, FP32 reference kernel (dequantizes W to FP32 every call)",
     "woq_compiled": "WOQ INT8, ours (default kernel), torch.compile",
     "fp32_compiled": "FP32 (PyTorch), torch.compile",
+    "woq_cudagraphs": "WOQ INT8, ours (default kernel), torch.compile + CUDA graphs",
+    "fp32_cudagraphs": "FP32 (PyTorch), torch.compile + CUDA graphs",
     "dynamic": "PyTorch dynamic INT8 (quantize_dynamic, W8A8 dynamic)",
     "smoothquant": "SmoothQuant W8A8 (alpha 0.5, own implementation on quantize_dynamic)",
     "onnx_int8": "ONNX Runtime INT8 (export + quantize_dynamic, QInt8 weights)",
@@ -96,7 +98,8 @@ KERNEL_NOTES = {
     "dequant": "kernel dequant: the FP32 reference, dequantizes W to FP32 on every call",
 }
 CPU_ONLY = {"bf16", "dynamic", "smoothquant", "onnx_int8"}  # CPU kernels / CPU runtimes
-GPU_ONLY = {"fp16"}
+GPU_ONLY = {"fp16", "woq_cudagraphs", "fp32_cudagraphs"}
+COMPILE_SUFFIXES = {"_compiled": "default", "_cudagraphs": "reduce-overhead"}  # row suffix -> torch.compile mode
 
 
 def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu"):
@@ -111,8 +114,8 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
         raise ValueError(f"row {row!r} is CPU-only")
     if device == "cpu" and row in GPU_ONLY:
         raise ValueError(f"row {row!r} needs a GPU")
-    compiled = row.endswith("_compiled")
-    row = row.removesuffix("_compiled")
+    suffix = next((x for x in COMPILE_SUFFIXES if row.endswith(x)), "")
+    row = row.removesuffix(suffix)
     model, tok, _ = DDVLM.load(directory)
     model.eval().to(device)
     if hasattr(model.text.backbone, "merge_and_unload"):
@@ -143,12 +146,15 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
         note = f"smoothing scales from {len(calib_examples)} MELD dev prompts"
     elif row == "onnx_int8":
         return onnx_int8(text, pad_id)
-    if compiled:
+    if suffix:
         if row in WOQ_KERNELS:
             note = ("kernel decompress traced by torch.compile: the int8 -> bf16 / fp16 widening, the scale and "
                     "bias and the element-wise ops around them are inductor-generated code, the GEMM the vendor's; "
                     "weights stay int8 in memory")
-        compile_note = f"torch.compile (inductor, dynamic shapes): {compile_now(model, tok, device)}"
+        mode = COMPILE_SUFFIXES[suffix]
+        compile_note = (f"torch.compile (inductor {mode}, dynamic shapes"
+                        + (", CUDA graphs per 64-token length bucket" if suffix == "_cudagraphs" else "")
+                        + f"): {compile_now(model, tok, device, mode)}")
         note = "; ".join(filter(None, [note, compile_note]))
     size = weight_bytes(text)
     if row in ("dynamic", "smoothquant"):
@@ -164,11 +170,11 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
     return (lambda ids, mask: text(ids.to(device), mask.to(device)).logits.float().cpu()), size, note
 
 
-def compile_now(model, tokenizer, device: str) -> str:
+def compile_now(model, tokenizer, device: str, mode: str) -> str:
     """Compile the text encoder and run its first calls as the node does (EmotionRecognizer.warm_up)."""
     from ddvlm_core.inference import EmotionRecognizer
 
-    model.compile_text()
+    model.compile_text(mode)
     return f"compiled in {EmotionRecognizer(model, tokenizer, device=device).warm_up():.0f} s"
 
 
@@ -339,6 +345,19 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def same_mode_ratios(ok: dict[str, dict]) -> list[str]:
+    """Each compiled row's latency against FP32 compiled the same way (e.g. woq_cudagraphs / fp32_cudagraphs)."""
+    lines = []
+    for suffix in COMPILE_SUFFIXES:
+        base = ok.get("fp32" + suffix)
+        for name, r in ok.items():
+            if base and name != base["row"] and name.endswith(suffix):
+                ratio = " / ".join(f"{r['latency'][k]['p50_ms'] / base['latency'][k]['p50_ms']:.2f}"
+                                   for k in ("b1x128", "b1x511"))
+                lines.append(f"- {r['title']}: {ratio} x {base['title']} (128 / 511 tokens, same execution mode)")
+    return lines
+
+
 def write_report(results: list[dict], args) -> None:
     ok = {r["row"]: r for r in results if "error" not in r}
     base = ok.get("fp32")
@@ -398,6 +417,7 @@ def write_report(results: list[dict], args) -> None:
               for r in results if len(r.get("latency_rounds", [])) > 1]
     if spread:
         notes.append("- b1x128 p50 ms in each latency round: " + "; ".join(spread))
+    notes += same_mode_ratios(ok)
     lines += ["", *notes, "", "TensorRT on the Jetson (not runnable here; export the FP32 ONNX first):", "",
               f"    {TRTEXEC}"]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")

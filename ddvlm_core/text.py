@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer
 
@@ -91,12 +92,20 @@ class TextEncoder(nn.Module):
         self.hidden_size = backbone.config.hidden_size
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.hidden_size, num_labels)
+        self.length_bucket: tuple[int, int] | None = None  # (multiple, max_width): see pad_to_bucket
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """h_text: last-layer hidden state at the (last) <mask> token of each row, shape (B, H)."""
+        """h_text: last-layer hidden state at the (last) <mask> token of each row, shape (B, H).
+
+        With ``length_bucket`` set (``DDVLM.compile_text`` in a CUDA-graph mode on a GPU) prompts are padded to
+        a few widths before the backbone: a CUDA graph is recorded per shape, and the padding is masked out."""
+        index = mask_positions(input_ids, self.mask_token_id)  # checked here, outside a compiled backbone
+        if self.length_bucket:
+            input_ids, attention_mask = pad_to_bucket(input_ids, attention_mask, *self.length_bucket,
+                                                      self.backbone.config.pad_token_id or 0)
+            torch.compiler.cudagraph_mark_step_begin()  # the last call's graph outputs are not read again
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        index = mask_positions(input_ids, self.mask_token_id)[:, None, None].expand(-1, 1, states.shape[-1])
-        return states.gather(1, index).squeeze(1)
+        return states.gather(1, index[:, None, None].expand(-1, 1, states.shape[-1])).squeeze(1)
 
     def classify(self, h_text: Tensor) -> Tensor:
         """z_t from h_text (used directly on cached features in frozen-backbone training)."""
@@ -114,6 +123,18 @@ def mask_positions(input_ids: Tensor, mask_token_id: int) -> Tensor:
         raise ValueError("every prompt must contain the tokenizer's mask token")
     positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
     return torch.where(is_mask, positions, -1).max(1).values
+
+
+def pad_to_bucket(input_ids: Tensor, attention_mask: Tensor, multiple: int, max_width: int,
+                  pad_token_id: int) -> tuple[Tensor, Tensor]:
+    """Right-pad a batch to the next multiple of ``multiple`` tokens, capped at ``max_width`` (a batch already
+    wider is left as it is). The padding has attention mask 0, so no real token's state changes."""
+    width = input_ids.shape[1]
+    target = max(width, min(-(-width // multiple) * multiple, max_width))
+    if target == width:
+        return input_ids, attention_mask
+    return (F.pad(input_ids, (0, target - width), value=pad_token_id),
+            F.pad(attention_mask, (0, target - width), value=0))
 
 
 def collate_prompts(input_ids: list[tuple[int, ...]], pad_token_id: int) -> tuple[Tensor, Tensor]:

@@ -219,11 +219,13 @@ class EmotionNode(LifecycleNode):
             return
         import torch
 
-        self.get_logger().info(f"compiling the text model for {self.recognizer.device} (torch.compile) ...")
-        self.recognizer.model.compile_text()
+        mode = self.p("compile_mode")
+        self.get_logger().info(f"compiling the text model for {self.recognizer.device} (torch.compile, {mode}) ...")
+        self.recognizer.model.compile_text(mode)
         # on the inference worker: inductor bakes the thread count it compiles with into its CPU kernels
         seconds, threads = self.pipeline.call(lambda: (self.recognizer.warm_up(), torch.get_num_threads()))
-        self.compiled = f"inductor on {self.recognizer.device}, {threads} threads (warm-up {seconds:.0f} s)"
+        self.compiled = (f"inductor {mode} on {self.recognizer.device}, {threads} threads "
+                         f"(warm-up {seconds:.0f} s)")
         self.get_logger().info(f"text model compiled: {self.compiled}")
 
     def _to_device(self, device: str) -> None:

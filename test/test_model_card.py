@@ -8,7 +8,7 @@ import pytest
 
 from ddvlm_core.quantization import cpu_has_fast_bf16
 from training.loop import run
-from training.model_card import MELD_TEST_SIZE, card
+from training.model_card import MELD_TEST_SIZE, card, gpu_quantization_lines
 
 from test_training import tiny_cfg
 
@@ -50,3 +50,33 @@ def test_card_lists_woq_from_a_bench_run_of_the_same_checkpoint_on_the_whole_tes
     compiled_partial = {**compiled, "meta": {**compiled["meta"], "n": 1000}}
     refused = card(tmp_path / "run", checkpoint, "a test CPU", "pytest", compiled_quantization=compiled_partial)
     assert "The same, compiled" not in refused
+
+
+def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_and_the_card(tmp_path):
+    """bench/quantization.py's same-mode ratio and the card's CUDA-graph line, on a GPU report of known latencies
+    (the rows only run on a GPU: here they are refused)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_quantization", REPO / "bench" / "quantization.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(ValueError, match="needs a GPU"):
+        bench.build("woq_cudagraphs", str(tmp_path), [], 1, device="cpu")
+
+    def row(name, ms128, ms511, wa_f1=60.0):
+        return {"row": name, "title": bench.ROWS[name], "wa_f1": wa_f1,
+                "latency": {"b1x128": {"p50_ms": ms128}, "b1x511": {"p50_ms": ms511}},
+                "latency_ratio_vs_fp32": {"b1x128": ms128 / 5.0, "b1x511": ms511 / 8.0}}
+
+    rows = [row("fp32", 5.0, 8.0), row("woq", 8.0, 12.0), row("fp32_cudagraphs", 2.0, 4.0),
+            row("woq_cudagraphs", 1.0, 5.0, 59.5), row("woq_compiled", 3.0, 6.0)]
+    lines = bench.same_mode_ratios({r["row"]: r for r in rows})
+    assert lines == [f"- {bench.ROWS['woq_cudagraphs']}: 0.50 / 1.25 x {bench.ROWS['fp32_cudagraphs']} "
+                     "(128 / 511 tokens, same execution mode)"]  # woq_compiled: no fp32_compiled to compare with
+    checkpoint = tmp_path / "checkpoints" / "default"
+    report = {"meta": {"checkpoint": str(checkpoint), "device": "cuda", "gpu": "a test GPU", "torch": "2.x",
+                       "split": "test", "n": 1000}, "rows": rows}
+    text = "\n".join(gpu_quantization_lines(report, checkpoint))
+    assert "WOQ latency 0.20x / 0.62x eager FP32 and 0.50x / 1.25x FP32 with CUDA graphs; WA-F1 59.50" in text
+    no_graphs = {**report, "rows": rows[:2]}
+    assert "CUDA graphs" not in "\n".join(gpu_quantization_lines(no_graphs, checkpoint))

@@ -179,6 +179,17 @@ def test_quantized_checkpoint_reloads_bit_identically_and_refuses_tampering(tmp_
         DDVLM.load(directory)
 
 
+def test_compile_modes_are_checked_and_cuda_graph_buckets_are_only_for_a_gpu(tiny_text_checkpoint):
+    from ddvlm_core.model import DDVLM
+
+    model, _, _ = DDVLM.load(tiny_text_checkpoint)
+    with pytest.raises(ValueError, match="compile mode"):
+        model.compile_text("turbo")
+    model.compile_text("reduce-overhead")  # compiles lazily, at the first call
+    assert model.text.backbone._compiled_call_impl is not None
+    assert model.text.length_bucket is None  # on a CPU: no CUDA graphs, so no padding to buckets
+
+
 @pytest.mark.skipif(not cpu_has_fast_bf16(), reason="compiles the decompress kernel (bf16 CPUs)")
 def test_compiled_woq_model_matches_eager_keeps_int8_weights_and_compiles_once(tiny_text_checkpoint):
     """torch.compile of a WOQ model: the widening is traced (no scratch) and fused; after warm_up, prompts of

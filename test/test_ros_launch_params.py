@@ -45,10 +45,14 @@ def test_every_other_parameter_is_a_launch_argument_that_only_overrides_when_giv
     args = {a["name"]: a for a in launch_arguments()}
     assert set(args) == {p.name for p in PARAMS if not p.topic}
     assert all(a["description"] and (a["choices"] is None or a["default_value"] in a["choices"]) for a in args.values())
+    import torch._inductor
+
+    from ddvlm_core import model
     from ddvlm_core.quantization import KERNELS
-    from ddvlm_ros.params import WOQ_KERNELS
+    from ddvlm_ros.params import COMPILE_MODES, WOQ_KERNELS
 
     assert WOQ_KERNELS == KERNELS
+    assert COMPILE_MODES == model.COMPILE_MODES and set(COMPILE_MODES) <= set(torch._inductor.list_mode_options())
     assert args["captioner"]["choices"] == ["", "none", "cue", "qwen"] and args["autostart"]["default_value"] == "true"
     assert args["quantized"]["default_value"] == "" and args["quantized"]["choices"] == ["", "true", "false"]
     given = launch_overrides({"quantized": "true", "cpu_threads": "4", "frame_buffer_s": "5", "model_dir": "2024",

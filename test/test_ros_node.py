@@ -311,8 +311,8 @@ def test_compiled_quantized_node_compiles_at_activate_and_answers_like_the_eager
                 cpu_threads=3).start()
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     # compiled on the inference worker, with its 3 threads (inductor bakes the count into its CPU kernels)
-    assert values["compiled"].startswith("inductor on cpu, 3 threads") and values["load_error"] == ""
-    assert h.node.recognizer.model.text._compiled_call_impl is not None  # compiled before the first utterance
+    assert values["compiled"].startswith("inductor default on cpu, 3 threads") and values["load_error"] == ""
+    assert h.node.recognizer.model.text.backbone._compiled_call_impl is not None  # compiled before the first utterance
     h.publish(String, "transcript", String(data="Ross: I got the job!"))
     m = h.wait_for(1)[0]
     assert max(abs(a - b) for a, b in zip(m.probabilities, expected.probabilities)) < 2e-3

@@ -3,7 +3,7 @@ import torch
 
 from ddvlm_core.context import PromptBuilder, make_turns, speaker_token_names
 from ddvlm_core.text import (TextEncoder, collate_prompts, load_backbone, load_tokenizer, mask_positions,
-                             require_local_dir)
+                             pad_to_bucket, require_local_dir)
 
 
 def test_h_text_is_the_final_hidden_state_at_the_mask_even_in_a_padded_batch(mpnet_ddvlm):
@@ -19,6 +19,42 @@ def test_h_text_is_the_final_hidden_state_at_the_mask_even_in_a_padded_batch(mpn
             states = model.text.backbone(input_ids=single).last_hidden_state[0]
             torch.testing.assert_close(batched[row], states[prompt.mask_index], atol=1e-4, rtol=1e-4)
     assert batched.shape == (2, 768)
+
+
+def test_pad_to_bucket_pads_to_the_next_multiple_up_to_the_cap_and_masks_the_padding():
+    def widths(width, multiple, cap):
+        ids, mask = pad_to_bucket(torch.full((2, width), 7), torch.ones(2, width, dtype=torch.long), multiple, cap, 1)
+        assert (ids[:, :width] == 7).all() and (ids[:, width:] == 1).all()  # right-padded with the pad id
+        assert (mask[:, :width] == 1).all() and (mask[:, width:] == 0).all()  # and masked out
+        return ids.shape[1]
+
+    assert [widths(w, 4, 511) for w in (1, 4, 5, 8)] == [4, 4, 8, 8]
+    assert [widths(w, 64, 511) for w in (65, 128, 449, 500, 511)] == [128, 128, 511, 511, 511]
+    assert widths(600, 64, 511) == 600  # wider than the cap: never cut
+
+
+def test_length_buckets_leave_h_text_unchanged_and_give_the_backbone_few_widths(mpnet_ddvlm):
+    """What compile_text sets for CUDA graphs (on a GPU): the backbone sees 64-token buckets, h_text is the same."""
+    model, tok = mpnet_ddvlm
+    builder = PromptBuilder(tok)
+    turns = make_turns([("Ross", "Hi."), ("Rachel", "What are you doing here so early?"), ("Ross", "Guess!")] * 8)
+    prompts = builder.build_all(turns)[::5]
+    seen = []
+    hook = model.text.backbone.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[1]),
+                                                         with_kwargs=True)
+    try:
+        with torch.no_grad():
+            plain = [model.text.encode(*collate_prompts([p.input_ids], tok.pad_token_id)) for p in prompts]
+            model.text.length_bucket = (64, 511)
+            bucketed = [model.text.encode(*collate_prompts([p.input_ids], tok.pad_token_id)) for p in prompts]
+    finally:
+        model.text.length_bucket = None
+        hook.remove()
+    lengths = [len(p.input_ids) for p in prompts]
+    assert seen[:len(prompts)] == lengths and len(set(lengths)) == len(prompts) > 3
+    assert seen[len(prompts):] == [-(-n // 64) * 64 for n in lengths]
+    for a, b in zip(plain, bucketed):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_mask_positions_takes_the_last_mask_and_refuses_rows_without_one():

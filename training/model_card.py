@@ -85,10 +85,19 @@ def gpu_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
     meta = report["meta"]
     woq, fp32 = rows["woq"], rows["fp32"]
     ratio = woq["latency_ratio_vs_fp32"]
-    return [f"- **On a GPU** ({meta.get('gpu', 'cuda')}, torch {meta['torch']}, batch 1): WOQ latency "
-            f"{ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x FP32 for 128 / 511-token prompts, "
-            f"{'slower' if max(ratio.values()) > 1 else 'not slower'} than FP32 there; WA-F1 {woq['wa_f1']:.2f} vs "
-            f"{fp32['wa_f1']:.2f} FP32 on {meta['n']} MELD {meta['split']} utterances (reports/quantization_gpu.md)."]
+    lines = [f"- **On a GPU** ({meta.get('gpu', 'cuda')}, torch {meta['torch']}, batch 1): WOQ latency "
+             f"{ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x FP32 for 128 / 511-token prompts, "
+             f"{'slower' if max(ratio.values()) > 1 else 'not slower'} than FP32 there; WA-F1 {woq['wa_f1']:.2f} vs "
+             f"{fp32['wa_f1']:.2f} FP32 on {meta['n']} MELD {meta['split']} utterances (reports/quantization_gpu.md)."]
+    graphs, fp32_graphs = rows.get("woq_cudagraphs"), rows.get("fp32_cudagraphs")
+    if graphs and fp32_graphs:
+        eager = graphs["latency_ratio_vs_fp32"]
+        same = {k: graphs["latency"][k]["p50_ms"] / fp32_graphs["latency"][k]["p50_ms"] for k in eager}
+        lines.append(f"- **On a GPU with CUDA graphs** (node parameters `compile: true`, `compile_mode: "
+                     f"reduce-overhead`): WOQ latency {eager['b1x128']:.2f}x / {eager['b1x511']:.2f}x eager FP32 "
+                     f"and {same['b1x128']:.2f}x / {same['b1x511']:.2f}x FP32 with CUDA graphs; WA-F1 "
+                     f"{graphs['wa_f1']:.2f}.")
+    return lines
 
 
 def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation: dict | None = None,
