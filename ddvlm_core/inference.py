@@ -17,7 +17,7 @@ from ddvlm_core.captioner import Caption, filter_emotion_words
 from ddvlm_core.context import Dialogue, PromptBuilder, Turn, make_turns
 from ddvlm_core.labels import LABELS
 from ddvlm_core.model import DDVLM, probabilities
-from ddvlm_core.text import collate_prompts
+from ddvlm_core.text import bucket_widths, collate_prompts
 
 MODALITY_TEXT, MODALITY_TEXT_VISUAL = "text", "text+visual"
 
@@ -77,10 +77,18 @@ class EmotionRecognizer:
 
     def warm_up(self) -> float:
         """Seconds spent on one prediction of one and of two dialogues (a compiled model compiles for single
-        prompts and for batches now rather than at the first utterances)."""
+        prompts and for batches now rather than at the first utterances) and, when prompts are padded to
+        length buckets (CUDA graphs), on two single-prompt calls per bucket width: the first call of a shape
+        runs it, the second records its CUDA graph."""
         start = time.perf_counter()
         self.predict_batch([[("s1", "Hello there.")]])
         self.predict_batch([[("s1", "Hello there.")], [("s1", "Hi!"), ("s2", "How are you doing today?")]])
+        if self.model.text.length_bucket:
+            with torch.inference_mode():
+                for width in bucket_widths(*self.model.text.length_bucket):
+                    ids = torch.full((1, width), self.tokenizer.mask_token_id, device=self.device)
+                    for _ in range(2):
+                        self.model.text(ids, torch.ones_like(ids))
         return time.perf_counter() - start
 
     def predict(self, dialogue_context, caption: str | Caption | None = None) -> EmotionPrediction:

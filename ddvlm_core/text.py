@@ -137,6 +137,11 @@ def pad_to_bucket(input_ids: Tensor, attention_mask: Tensor, multiple: int, max_
             F.pad(attention_mask, (0, target - width), value=0))
 
 
+def bucket_widths(multiple: int, max_width: int) -> list[int]:
+    """Every width pad_to_bucket gives a batch of at most ``max_width`` tokens: 64, 128, ..., 448, 511."""
+    return sorted({min(w, max_width) for w in range(multiple, max_width + multiple, multiple)})
+
+
 def collate_prompts(input_ids: list[tuple[int, ...]], pad_token_id: int) -> tuple[Tensor, Tensor]:
     """Right-pad token id lists into (input_ids, attention_mask) tensors."""
     width = max(len(ids) for ids in input_ids)

@@ -67,3 +67,24 @@ def test_bad_input_is_a_clear_error(recognizer):
         recognizer.predict([("Ross", "   ")])
     with pytest.raises(TypeError, match="caption"):
         recognizer.predict([("Ross", "Hi")], caption=3)
+
+
+def test_warm_up_records_every_length_bucket_and_bucketed_predictions_match(tiny_text_checkpoint):
+    """With length buckets (what compile_text sets for CUDA graphs on a GPU) warm_up runs each bucket width
+    twice (run, then record), every backbone call is a bucket width, and predictions are those without."""
+    from ddvlm_core.text import bucket_widths
+
+    plain = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint)
+    bucketed = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint)
+    bucketed.model.text.length_bucket = (64, 511)
+    widths = []
+    bucketed.model.text.backbone.register_forward_pre_hook(
+        lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    bucketed.warm_up()
+    assert widths[:2] == [64, 64]  # the two dialogue calls
+    assert widths[2:] == [w for w in bucket_widths(64, 511) for _ in range(2)]
+    dialogue = [("Ross", "We were on a break!")] * 12
+    for n in (1, 6, 12):
+        a, b = plain.predict(dialogue[:n]), bucketed.predict(dialogue[:n])
+        assert max(abs(p - q) for p, q in zip(a.probabilities, b.probabilities)) < 1e-5
+    assert set(widths) <= set(bucket_widths(64, 511))

@@ -3,7 +3,7 @@ import torch
 
 from ddvlm_core.context import PromptBuilder, make_turns, speaker_token_names
 from ddvlm_core.text import (TextEncoder, collate_prompts, load_backbone, load_tokenizer, mask_positions,
-                             pad_to_bucket, require_local_dir)
+                             bucket_widths, pad_to_bucket, require_local_dir)
 
 
 def test_h_text_is_the_final_hidden_state_at_the_mask_even_in_a_padded_batch(mpnet_ddvlm):
@@ -31,6 +31,8 @@ def test_pad_to_bucket_pads_to_the_next_multiple_up_to_the_cap_and_masks_the_pad
     assert [widths(w, 4, 511) for w in (1, 4, 5, 8)] == [4, 4, 8, 8]
     assert [widths(w, 64, 511) for w in (65, 128, 449, 500, 511)] == [128, 128, 511, 511, 511]
     assert widths(600, 64, 511) == 600  # wider than the cap: never cut
+    assert bucket_widths(64, 511) == [64, 128, 192, 256, 320, 384, 448, 511]
+    assert {widths(w, 64, 511) for w in range(1, 512)} == set(bucket_widths(64, 511))
 
 
 def test_length_buckets_leave_h_text_unchanged_and_give_the_backbone_few_widths(mpnet_ddvlm):
