@@ -200,6 +200,22 @@ def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_proc
 
     assert ablate_main(["--render", str(tmp_path / "ablation.json")]) == 0
     assert (tmp_path / "ablation.md").read_text() == report
+    # --merge: the same runs brought back by two sessions, one seed each, make the same report
+    import copy
+
+    from training.ablate import summarize
+
+    for seed in (0, 1):
+        part = [copy.deepcopy(e) for e in parallel]
+        part = [summarize({**e, "seeds": [seed], "runs": [r for r in e["runs"] if r["seed"] == seed]}) for e in part]
+        write_report(part, tiny_cfg(tmp_path, tiny_roberta_dir, seed=seed), tmp_path / f"seed{seed}")
+    halves = [str(tmp_path / "seed0.json"), str(tmp_path / "seed1.json")]
+    assert ablate_main(["--merge", *halves, "--report", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged.md").read_text() == report
+    assert ablate_main(["--merge", halves[0], halves[0], "--report", str(tmp_path / "twice")]) == 2  # seed twice
+    write_report(parallel, tiny_cfg(tmp_path, tiny_roberta_dir, epochs=3), tmp_path / "longer")
+    assert ablate_main(["--merge", halves[0], str(tmp_path / "longer.json"), "--report", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "twice.md").exists() and not (tmp_path / "x.md").exists()
 
 
 def test_a_failing_parallel_run_is_reported_not_raised(tmp_path, tiny_roberta_dir):

@@ -2,6 +2,7 @@
 
     python -m training.ablate --config training/configs/cpu.yaml --seeds 0,1,2 [--rows text_sd,text_no_sd]
     python -m training.ablate --render reports/ablation.json      # the Markdown again from a report's JSON
+    python -m training.ablate --merge a.json b.json --report reports/ablation_x   # seeds run in two sessions
 
 Writes reports/ablation.md and reports/ablation.json: mean ± std test WA-F1 (model chosen on dev) per
 row next to the paper's number, with the encoder, caption source and text mode of each row. Rows that
@@ -126,12 +127,52 @@ def run_rows(base, rows: list[Row], seeds: list[int], log=print, parallel: int =
         if running:
             time.sleep(2)
     for entry in entries:
-        if entry["runs"]:
-            entry["runs"].sort(key=lambda r: r["seed"])
-            entry["scores"] = [r["test_wa_f1"] for r in entry["runs"]]
-            entry["mean"] = statistics.mean(entry["scores"])
-            entry["std"] = statistics.stdev(entry["scores"]) if len(entry["scores"]) > 1 else 0.0
+        summarize(entry)
     return entries
+
+
+def summarize(entry: dict) -> dict:
+    """A row's runs in seed order, their test WA-F1 scores, mean and (sample) std."""
+    if entry["runs"]:
+        entry["runs"].sort(key=lambda r: r["seed"])
+        entry["scores"] = [r["test_wa_f1"] for r in entry["runs"]]
+        entry["mean"] = statistics.mean(entry["scores"])
+        entry["std"] = statistics.stdev(entry["scores"]) if len(entry["scores"]) > 1 else 0.0
+    return entry
+
+
+MERGE_MAY_DIFFER = ("seed", "run_dir", "time_budget_min", "num_threads")  # how a run was hosted, not what it trains
+
+
+def merge_reports(reports: list[dict]) -> list[dict]:
+    """The rows of several reports of one configuration (e.g. seeds run in different GPU sessions) as one
+    report's rows: each row's runs joined by seed. ValueError when the configurations differ in anything but
+    MERGE_MAY_DIFFER, or when a row has the same seed in two reports."""
+    config = reports[0]["config"]
+    for report in reports[1:]:
+        differ = sorted(k for k in set(config) | set(report["config"])
+                        if k not in MERGE_MAY_DIFFER and config.get(k) != report["config"].get(k))
+        if differ:
+            raise ValueError(f"the reports differ in {differ}: only seeds of one configuration can be merged")
+    merged: dict[str, dict] = {}
+    for report in reports:
+        for entry in report["rows"]:
+            row = merged.setdefault(entry["row"], {**{k: v for k, v in entry.items() if k not in (
+                "seeds", "scores", "runs", "mean", "std", "failed", "not_run")}, "seeds": [], "scores": [], "runs": []})
+            repeated = {r["seed"] for r in entry["runs"]} & {r["seed"] for r in row["runs"]}
+            if repeated:
+                raise ValueError(f"row {entry['row']}: seeds {sorted(repeated)} are in two of the reports")
+            row["runs"] += entry["runs"]
+            row["seeds"] = sorted(set(row["seeds"]) | set(entry["seeds"]))
+            row.setdefault("failed", []).extend(entry.get("failed", []))
+            if "not_run" in entry:
+                row["not_run"] = entry["not_run"]
+    for row in merged.values():
+        if not row["failed"]:
+            del row["failed"]
+        if row["runs"]:
+            row.pop("not_run", None)
+    return [summarize(row) for row in merged.values()]
 
 
 def _finish(entry: dict, row: Row, seed: int, results: dict, t0: float, log) -> None:
@@ -212,6 +253,20 @@ def render(json_path: Path) -> int:
     return 0
 
 
+def merge(json_paths: list[str], report: Path) -> int:
+    from training.config import TrainConfig
+
+    reports = [json.loads(Path(p).read_text()) for p in json_paths]
+    try:
+        rows = merge_reports(reports)
+    except ValueError as e:
+        print(f"cannot merge: {e}", file=sys.stderr)
+        return 2
+    write_report(rows, TrainConfig.from_dict(reports[0]["config"]), report)
+    print(report.with_suffix(".md").read_text())
+    return 0
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.ablate")
     ap.add_argument("--config")
@@ -221,9 +276,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--parallel", type=int, default=1, help="runs at once, as subprocesses (e.g. seeds on one GPU)")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the Markdown report of an earlier run's JSON "
                     "(e.g. one brought back from the GPU machine) next to it")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="only join the runs of reports of one configuration "
+                    "(seeds run in different sessions) into the --report")
     args, overrides = ap.parse_known_args(argv)
     if args.render:
         return render(Path(args.render))
+    if args.merge:
+        return merge(args.merge, Path(args.report))
     from transformers.utils import logging
 
     logging.set_verbosity_error()
