@@ -73,10 +73,13 @@ def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_an
     lines = bench.same_mode_ratios({r["row"]: r for r in rows})
     assert lines == [f"- {bench.ROWS['woq_cudagraphs']}: 0.50 / 1.25 x {bench.ROWS['fp32_cudagraphs']} "
                      "(128 / 511 tokens, same execution mode)"]  # woq_compiled: no fp32_compiled to compare with
+    assert rows[3]["latency_ratio_vs_fp32_same_mode"] == {"b1x128": 0.5, "b1x511": 1.25}
     checkpoint = tmp_path / "checkpoints" / "default"
     report = {"meta": {"checkpoint": str(checkpoint), "device": "cuda", "gpu": "a test GPU", "torch": "2.x",
                        "split": "test", "n": 1000}, "rows": rows}
     text = "\n".join(gpu_quantization_lines(report, checkpoint))
     assert "WOQ latency 0.20x / 0.62x eager FP32 and 0.50x / 1.25x FP32 with CUDA graphs; WA-F1 59.50" in text
-    no_graphs = {**report, "rows": rows[:2]}
+    fresh = [row("fp32", 5.0, 8.0), row("woq", 8.0, 12.0), row("woq_cudagraphs", 1.0, 5.0)]
+    assert bench.same_mode_ratios({r["row"]: r for r in fresh}) == []  # no fp32_cudagraphs: nothing to compare
+    no_graphs = {**report, "rows": fresh}
     assert "CUDA graphs" not in "\n".join(gpu_quantization_lines(no_graphs, checkpoint))

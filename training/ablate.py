@@ -141,6 +141,7 @@ def summarize(entry: dict) -> dict:
     return entry
 
 
+RUN_KEYS = ("seeds", "scores", "runs", "mean", "std", "failed", "not_run")  # a report row's results
 MERGE_MAY_DIFFER = ("seed", "run_dir", "time_budget_min", "num_threads")  # how a run was hosted, not what it trains
 
 
@@ -157,14 +158,16 @@ def merge_reports(reports: list[dict]) -> list[dict]:
     merged: dict[str, dict] = {}
     for report in reports:
         for entry in report["rows"]:
-            row = merged.setdefault(entry["row"], {**{k: v for k, v in entry.items() if k not in (
-                "seeds", "scores", "runs", "mean", "std", "failed", "not_run")}, "seeds": [], "scores": [], "runs": []})
+            if entry["row"] not in merged:  # the row's description; what its runs gave is joined below
+                merged[entry["row"]] = {**{k: v for k, v in entry.items() if k not in RUN_KEYS},
+                                        "seeds": [], "scores": [], "runs": [], "failed": []}
+            row = merged[entry["row"]]
             repeated = {r["seed"] for r in entry["runs"]} & {r["seed"] for r in row["runs"]}
             if repeated:
                 raise ValueError(f"row {entry['row']}: seeds {sorted(repeated)} are in two of the reports")
             row["runs"] += entry["runs"]
             row["seeds"] = sorted(set(row["seeds"]) | set(entry["seeds"]))
-            row.setdefault("failed", []).extend(entry.get("failed", []))
+            row["failed"] += entry.get("failed", [])
             if "not_run" in entry:
                 row["not_run"] = entry["not_run"]
     for row in merged.values():
