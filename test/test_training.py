@@ -45,6 +45,8 @@ def test_resume_after_interrupt_gives_the_same_weights(tmp_path, tiny_roberta_di
     interrupted = tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, time_budget_min=1e-9)
     first = run(interrupted, log=lambda *_: None)
     assert first["stages"]["text"]["stopped_early"] == 1
+    with pytest.raises(ValueError, match="other lr, text_mode"):  # another run's state is never resumed
+        run(tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, text_mode="lora", lr=1e-3), log=lambda *_: None)
     logs = []
     run(tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3), log=logs.append)
     assert any("resumed after epoch 1" in line for line in logs)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from training.config import load_config
+from training.config import HOSTING_KEYS, config_differences, load_config
 
 REPORTS = Path("reports")
 
@@ -142,7 +142,7 @@ def summarize(entry: dict) -> dict:
 
 
 RUN_KEYS = ("seeds", "scores", "runs", "mean", "std", "failed", "not_run")  # a report row's results
-MERGE_MAY_DIFFER = ("seed", "run_dir", "time_budget_min", "num_threads")  # how a run was hosted, not what it trains
+MERGE_MAY_DIFFER = ("seed", *HOSTING_KEYS)  # the seed, and how a run was hosted (not what it trains)
 
 
 def merge_reports(reports: list[dict]) -> list[dict]:
@@ -151,8 +151,7 @@ def merge_reports(reports: list[dict]) -> list[dict]:
     MERGE_MAY_DIFFER, or when a row has the same seed in two reports."""
     config = reports[0]["config"]
     for report in reports[1:]:
-        differ = sorted(k for k in set(config) | set(report["config"])
-                        if k not in MERGE_MAY_DIFFER and config.get(k) != report["config"].get(k))
+        differ = config_differences(config, report["config"], MERGE_MAY_DIFFER)
         if differ:
             raise ValueError(f"the reports differ in {differ}: only seeds of one configuration can be merged")
     merged: dict[str, dict] = {}

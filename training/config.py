@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 TEXT_MODES = ("frozen", "lora", "full")
+HOSTING_KEYS = ("run_dir", "feature_cache", "eval_batch_size", "num_threads", "time_budget_min")  # not what is trained
 
 
 @dataclass
@@ -102,6 +103,12 @@ class TrainConfig:
         return DDVLMConfig(text_backbone=self.text_backbone, caption_embedder=self.caption_embedder,
                            dropout=self.dropout, max_tokens=self.max_tokens, speaker_tokens=self.speaker_tokens,
                            fusion_alpha_init=self.fusion_alpha_init)
+
+
+def config_differences(a: Mapping[str, Any], b: Mapping[str, Any],
+                       may_differ: Sequence[str] = HOSTING_KEYS) -> list[str]:
+    """The keys whose values differ between two config dicts (``to_dict`` form), ``may_differ`` left out."""
+    return sorted(k for k in set(a) | set(b) if k not in may_differ and a.get(k) != b.get(k))
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:

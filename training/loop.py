@@ -27,11 +27,11 @@ from ddvlm_core import losses as L
 from ddvlm_core.assets import resolve_model
 from ddvlm_core.context import PromptBuilder
 from ddvlm_core.model import DDVLM
-from training.config import TrainConfig
+from training.config import TrainConfig, config_differences
 from training.data import Example, batches, build_examples, check_full_test_split, collate
 from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, extract
-from training.state import load_state, load_trainable_state, save_state, trainable_state
+from training.state import STATE_DIR, load_state, load_trainable_state, save_state, trainable_state
 
 SPLITS = ("train", "dev", "test")
 
@@ -270,6 +270,18 @@ def build_data(cfg: TrainConfig, tok) -> dict[str, list[Example]]:
     return data
 
 
+def refuse_other_runs_state(run_dir: Path, cfg: TrainConfig) -> None:
+    """A run resumes from the state its directory holds; a directory holding the state of a run of another
+    configuration is refused (resuming would mix two runs). Where it ran (HOSTING_KEYS) may differ."""
+    saved = run_dir / "config.json"
+    if not saved.is_file() or not any((run_dir / stage / STATE_DIR).is_dir() for stage in ("text", "visual", "fusion")):
+        return
+    differ = config_differences(json.loads(saved.read_text(encoding="utf-8")), cfg.to_dict())
+    if differ:
+        raise ValueError(f"run_dir {str(run_dir)!r} holds the state of a run with other {', '.join(differ)}: "
+                         "give another run_dir, or delete it to start again")
+
+
 def run(cfg: TrainConfig, log=print) -> dict:
     """Train the configured stages; write the run directory; return the results."""
     if cfg.num_threads:
@@ -279,6 +291,7 @@ def run(cfg: TrainConfig, log=print) -> dict:
         log = lambda *_: None  # noqa: E731 - one rank reports
     seed_everything(cfg.seed)  # the same initial weights on every rank
     run_dir = Path(cfg.run_dir)
+    refuse_other_runs_state(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")

@@ -15,8 +15,12 @@ else
   python3 scripts/gpu/plan.py /tmp/probe/ablation.json --budget "$budget" > /tmp/plan.sh
 fi
 cat /tmp/plan.sh; source /tmp/plan.sh
-common=(--config "${CONFIG:-training/configs/lora.yaml}" --device=${DEVICE:-cuda} --bf16=${BF16:-true} --eval_batch_size=64 --epochs="$EPOCHS"
-        --time_budget_min="$TIME_BUDGET_MIN" --run_dir=/tmp/gpu_runs --stages=text ${LIMIT:+--limit_dialogues=$LIMIT} ${ARGS:-})
+config=${CONFIG:-training/configs/lora.yaml}
+# one runs directory per config file, epochs and ARGS: a call with the same PLAN resumes its runs (the loop
+# refuses a run dir that holds another configuration's state)
+runs=${RUNS:-/tmp/gpu_runs/$(basename "$config" .yaml)_e${EPOCHS}$(printf '%s' "${ARGS:-}" | tr -c 'A-Za-z0-9.=-' '_')}
+common=(--config "$config" --device=${DEVICE:-cuda} --bf16=${BF16:-true} --eval_batch_size=64 --epochs="$EPOCHS"
+        --time_budget_min="$TIME_BUDGET_MIN" --run_dir="$runs" --stages=text ${LIMIT:+--limit_dialogues=$LIMIT} ${ARGS:-})
 timeout -k 10 $((budget - 30)) python3 -m training.ablate "${common[@]}" --rows "$ROWS" --seeds "$SEEDS" --parallel "$PARALLEL" \
   --report "$OUT/ablation" > /tmp/ablate_main.log 2>&1 &
 if [ "$EXTRA" = 1 ]; then
@@ -24,5 +28,5 @@ if [ "$EXTRA" = 1 ]; then
     --report "$OUT/ablation_no_speakers" > /tmp/ablate_extra.log 2>&1 &
 fi
 wait  # a run killed at the deadline still leaves its train.log for collect.py
-python3 scripts/gpu/collect.py /tmp/gpu_runs "$OUT"
+python3 scripts/gpu/collect.py "$runs" "$OUT"
 tail -n 30 /tmp/ablate_main.log
