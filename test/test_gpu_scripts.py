@@ -57,3 +57,29 @@ def test_planner_prefers_three_seeds_and_falls_back_to_fewer_epochs():
     # the loop's budget (from its start, after start-up) ends before train.sh kills the runs at budget - 30 s
     for chosen, budget in ((rich, 600), (tight, 555)):
         assert 30 + chosen["TIME_BUDGET_MIN"] * 60 <= budget - 30
+
+
+def test_collect_packs_the_best_self_distilled_run_and_refuses_a_checkpoint_too_big_to_return(
+        tmp_path, tiny_roberta_dir):
+    import tarfile
+
+    from test_training import tiny_cfg
+    from training.loop import run
+
+    collect = load("collect")
+    runs = tmp_path / "runs"
+    for row in ("text_sd", "text_no_sd"):
+        run(tiny_cfg(tmp_path / row, tiny_roberta_dir, epochs=1, stages="text",
+                     run_dir=str(runs / "ablation" / row / "seed0")), log=lambda *_: None)
+    (runs / "ablation" / "text_sd" / "seed0" / "train.log").write_text("epoch 1\r 50%|##  |\rdone\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    assert collect.main(runs, out) == 0
+    logs = (out / "train_logs.txt").read_text()
+    assert logs.count("best epoch 1") == 2 and "done" in logs and "%|" not in logs  # progress redraws dropped
+    with tarfile.open(out / "default_checkpoint.tar") as tar:
+        names = tar.getnames()
+    assert "text_sd_seed0/checkpoint/manifest.json" in names and not any("no_sd" in n for n in names)
+    (out / "default_checkpoint.tar").unlink()
+    collect.MAX_CHECKPOINT_BYTES = 1000  # a full fine-tune's checkpoint holds the whole backbone
+    assert collect.main(runs, out) == 0 and not (out / "default_checkpoint.tar").exists()

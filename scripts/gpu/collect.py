@@ -11,6 +11,9 @@ import tarfile
 from pathlib import Path
 
 
+MAX_CHECKPOINT_BYTES = 15 * 2**20  # what comes back from the device: files of at most 16 MiB
+
+
 def main(runs: Path, out: Path) -> int:
     logs, best = [], None
     for result in sorted(runs.glob("ablation/*/seed*/results.json")):
@@ -28,6 +31,11 @@ def main(runs: Path, out: Path) -> int:
         if Path(name).is_file():
             logs += [f"==== {name}", *Path(name).read_text(errors="replace").splitlines()[-60:]]
     (out / "train_logs.txt").write_text("\n".join(logs) + "\n")
+    size = sum(f.stat().st_size for f in (best[0] / "checkpoint").rglob("*") if f.is_file()) if best else 0
+    if size > MAX_CHECKPOINT_BYTES:  # a full fine-tune stores the whole backbone: not a shippable default
+        print(f"default candidate {best[0]} not packed: its checkpoint is {size / 2**20:.0f} MiB "
+              f"(the device returns files of <= 16 MiB; the embedded default must stay <= 20 MB)")
+        best = None
     if best:
         with tarfile.open(out / "default_checkpoint.tar", "w") as tar:
             for name in ("checkpoint", "results.json", "config.json", "confusion_text_test.png",
