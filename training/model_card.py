@@ -41,6 +41,11 @@ def measured_rows(report: dict | None, checkpoint: Path, needed: tuple[str, ...]
     return rows
 
 
+def per_length(ratio: dict) -> str:
+    """A row's latency ratios for 128 / 511-token prompts as the card writes them: '0.44x / 0.42x'."""
+    return f"{ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x"
+
+
 def quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
     """The WOQ INT8 result from bench/quantization.py's JSON, when it measured this checkpoint on the whole
     MELD test split (a partial split or another checkpoint is left out)."""
@@ -53,8 +58,8 @@ def quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
     drop = fp32["wa_f1"] - woq["wa_f1"]
     return [f"- **INT8 weight-only quantization** (node parameter `quantized: true`): test WA-F1 "
             f"{woq['wa_f1']:.2f} vs {fp32['wa_f1']:.2f} FP32 in the same run (drop {drop:.2f}), "
-            f"{woq['bytes_ratio_vs_fp32']:.3f}x the weight bytes, latency {ratio['b1x128']:.2f}x / "
-            f"{ratio['b1x511']:.2f}x FP32 for 128 / 511-token prompts ({meta['device']}, {meta['threads']} threads, "
+            f"{woq['bytes_ratio_vs_fp32']:.3f}x the weight bytes, latency {per_length(ratio)} FP32 for 128 / 511-token "
+            f"prompts ({meta['device']}, {meta['threads']} threads, "
             f"torch {meta['torch']}; `python bench/quantization.py`, reports/quantization.md)."]
 
 
@@ -68,9 +73,9 @@ def compiled_quantization_lines(report: dict | None, checkpoint: Path) -> list[s
     row, fp32 = rows["woq_compiled"], rows["fp32"]
     ratio = row["latency_ratio_vs_fp32"]
     dynamic = row.get("latency_ratio_vs_dynamic")
-    versus = f" ({dynamic['b1x128']:.2f}x / {dynamic['b1x511']:.2f}x PyTorch dynamic INT8)" if dynamic else ""
+    versus = f" ({per_length(dynamic)} PyTorch dynamic INT8)" if dynamic else ""
     return [f"- **The same, compiled** (node parameter `compile: true`, torch.compile): test WA-F1 {row['wa_f1']:.2f} "
-            f"vs {fp32['wa_f1']:.2f} FP32, latency {ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x FP32{versus} "
+            f"vs {fp32['wa_f1']:.2f} FP32, latency {per_length(ratio)} FP32{versus} "
             f"({meta['device']}, {meta['threads']} threads; reports/torch_compile/quantization.md)."]
 
 
@@ -86,15 +91,15 @@ def gpu_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
     woq, fp32 = rows["woq"], rows["fp32"]
     ratio = woq["latency_ratio_vs_fp32"]
     lines = [f"- **On a GPU** ({meta.get('gpu', 'cuda')}, torch {meta['torch']}, batch 1): WOQ latency "
-             f"{ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x FP32 for 128 / 511-token prompts, "
+             f"{per_length(ratio)} FP32 for 128 / 511-token prompts, "
              f"{'slower' if max(ratio.values()) > 1 else 'not slower'} than FP32 there; WA-F1 {woq['wa_f1']:.2f} vs "
              f"{fp32['wa_f1']:.2f} FP32 on {meta['n']} MELD {meta['split']} utterances (reports/quantization_gpu.md)."]
     graphs = rows.get("woq_cudagraphs", {})
     if "latency_ratio_vs_fp32_same_mode" in graphs:  # bench/quantization.py ran fp32_cudagraphs too
         eager, same = graphs["latency_ratio_vs_fp32"], graphs["latency_ratio_vs_fp32_same_mode"]
         lines.append(f"- **On a GPU with CUDA graphs** (node parameters `compile: true`, `compile_mode: "
-                     f"reduce-overhead`): WOQ latency {eager['b1x128']:.2f}x / {eager['b1x511']:.2f}x eager FP32 "
-                     f"and {same['b1x128']:.2f}x / {same['b1x511']:.2f}x FP32 with CUDA graphs; WA-F1 "
+                     f"reduce-overhead`): WOQ latency {per_length(eager)} eager FP32 "
+                     f"and {per_length(same)} FP32 with CUDA graphs; WA-F1 "
                      f"{graphs['wa_f1']:.2f}.")
     return lines
 
