@@ -42,19 +42,32 @@ def test_lora_run_end_to_end_writes_a_checkpoint_that_loads_and_predicts(tmp_pat
 def test_resume_after_interrupt_gives_the_same_weights(tmp_path, tiny_roberta_dir):
     straight = tiny_cfg(tmp_path / "a", tiny_roberta_dir, epochs=3)
     run(straight, log=lambda *_: None)
-    interrupted = tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, time_budget_min=1e-9)
+    # state_every=0: no state is written between epochs, only when the time budget stops the run
+    interrupted = tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, time_budget_min=1e-9, state_every=0)
     first = run(interrupted, log=lambda *_: None)
     assert first["stages"]["text"]["stopped_early"] == 1
+    assert (tmp_path / "b" / "run" / "text" / "best.safetensors").is_file()
     with pytest.raises(ValueError, match="other lr, text_mode"):  # another run's state is never resumed
         run(tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, text_mode="lora", lr=1e-3), log=lambda *_: None)
     logs = []
-    run(tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3), log=logs.append)
+    run(tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, state_every=2), log=logs.append)  # a hosting key
     assert any("resumed after epoch 1" in line for line in logs)
     a = load_file(tmp_path / "a" / "run" / "text" / "last" / "state.safetensors")
     b = load_file(tmp_path / "b" / "run" / "text" / "last" / "state.safetensors")
     for key in a:
         if key.startswith(("student.", "teacher.")):
             assert torch.equal(a[key], b[key]), key
+
+
+def test_the_resume_state_is_saved_every_n_epochs_and_whenever_the_run_stops():
+    from training.loop import saves_state_after
+
+    assert [e for e in range(1, 11) if saves_state_after(e, 10, 1, False)] == list(range(1, 11))
+    assert [e for e in range(1, 11) if saves_state_after(e, 10, 3, False)] == [3, 6, 9, 10]
+    assert [e for e in range(1, 11) if saves_state_after(e, 10, 0, False)] == [10]
+    assert saves_state_after(4, 10, 0, True)  # stopped by the time budget: resumable from epoch 4
+    with pytest.raises(ValueError, match="state_every"):
+        load_config(None, ["--state_every=-1"])
 
 
 def test_time_budget_stops_before_an_epoch_that_would_overrun_it():

@@ -13,7 +13,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 TEXT_MODES = ("frozen", "lora", "full")
-HOSTING_KEYS = ("run_dir", "feature_cache", "eval_batch_size", "num_threads", "time_budget_min")  # not what is trained
+HOSTING_KEYS = ("run_dir", "feature_cache", "eval_batch_size", "num_threads", "time_budget_min",
+                "state_every")  # not what is trained
 
 
 @dataclass
@@ -66,6 +67,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     num_threads: int = 0  # 0 = torch default
     time_budget_min: float = 0.0  # >0: no epoch is started that would end past it (time-boxed runs)
+    state_every: int = 1  # epochs between saved resume states (0: only when the run stops); a kill loses the rest
 
     def validate(self) -> "TrainConfig":
         if self.text_mode not in TEXT_MODES:
@@ -77,6 +79,8 @@ class TrainConfig:
             raise ValueError("lora_layers only applies to text_mode: lora")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.state_every < 0:
+            raise ValueError("state_every must be >= 0 (0: save the resume state only when the run stops)")
         return self
 
     def lora_settings(self) -> dict:

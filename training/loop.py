@@ -119,13 +119,16 @@ class Stage:
 def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict[str, list[int]], out_dir: Path,
         log=print) -> dict:
     """The loop: AdamW + linear warm-up, clipping, EMA teacher update after every step, per-epoch dev/test
-    evaluation, best-on-dev selection, resumable from ``out_dir/last`` after any finished epoch."""
+    evaluation, best-on-dev selection, resumable from ``out_dir/last`` after the epochs that saved it
+    (``saves_state_after``: every epoch by default, and whenever the run stops)."""
     rank, world = dist_info()
     main_rank = rank == 0
     out_dir.mkdir(parents=True, exist_ok=True)
     student = stage.student
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=cfg.weight_decay)
+    # on a GPU one fused kernel updates every parameter (a step of small LoRA tensors is launch-bound)
+    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=cfg.weight_decay,
+                            fused=all(p.is_cuda for p in params) or None)
     train_idx = stage.train_indices if stage.train_indices is not None else list(range(len(labels["train"])))
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size) // world
     total = steps_per_epoch * cfg.epochs
@@ -136,6 +139,7 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         log(f"[{stage.name}] resumed after epoch {info['epoch']}")
     info = info or {"epoch": 0, "best": None, "history": []}
     started = time.monotonic()
+    best_weights = None  # the best epoch's trainable weights, until they are written with the next saved state
     for epoch in range(info["epoch"] + 1, cfg.epochs + 1):
         student.train()
         plan = batches([lengths["train"][i] for i in train_idx], cfg.batch_size, shuffle=True,
@@ -169,18 +173,21 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         info["history"].append(record)
         if info["best"] is None or record["dev_wa_f1"] > info["best"]["dev_wa_f1"]:
             info["best"] = {**record, "dev": scores["dev"], "test": scores["test"]}
-            if main_rank:
+            best_weights = trainable_state(student) if main_rank else None
+        info["epoch"] = epoch
+        stop = epoch < cfg.epochs and any_rank(over_budget(time.monotonic() - started, time.monotonic() - epoch_start,
+                                                           cfg.time_budget_min))  # ranks' clocks differ: stop together
+        if main_rank and saves_state_after(epoch, cfg.epochs, cfg.state_every, stop):
+            if best_weights is not None:
                 from safetensors.torch import save_file
 
-                save_file(trainable_state(student), out_dir / "best.safetensors")
-        info["epoch"] = epoch
-        if main_rank:
+                save_file(best_weights, out_dir / "best.safetensors")
+                best_weights = None
             save_state(out_dir, student, teacher.model if teacher else None, opt, sched, info)
         barrier()
         log(f"[{stage.name}] epoch {epoch}: loss {record['train_loss']:.4f}  dev WA-F1 {record['dev_wa_f1']:.2f}  "
             f"test WA-F1 {record['test_wa_f1']:.2f}  ({time.monotonic() - started:.0f}s)")
-        if epoch < cfg.epochs and any_rank(over_budget(time.monotonic() - started, time.monotonic() - epoch_start,
-                                                       cfg.time_budget_min)):  # ranks' clocks differ: stop together
+        if stop:
             log(f"[{stage.name}] time budget of {cfg.time_budget_min} min: stopping after epoch {epoch}")
             info["stopped_early"] = epoch
             break
@@ -193,6 +200,13 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
     if main_rank:
         (out_dir / "result.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
+
+
+def saves_state_after(epoch: int, epochs: int, every: int, stopping: bool) -> bool:
+    """Whether the resume state (and the best weights so far) is written after ``epoch``: every ``every``
+    epochs (0: never in between), and always when the run stops, at its last epoch or for its time budget.
+    A full fine-tune's state is the whole backbone twice (student, EMA teacher) plus AdamW's moments: 1.7 GB."""
+    return stopping or epoch == epochs or (every > 0 and epoch % every == 0)
 
 
 def over_budget(elapsed_s: float, last_epoch_s: float, budget_min: float) -> bool:
