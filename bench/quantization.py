@@ -291,7 +291,11 @@ def child(row: str, args, latency_only: bool = False) -> tuple[dict | None, str]
     out = Path(tempfile.mkdtemp()) / f"{row}.json"
     cmd = [sys.executable, __file__, "--row", row, "--out", str(out), "--checkpoint", args.checkpoint,
            "--split", args.split, "--limit", str(args.limit), "--repeats", str(args.repeats), "--device", args.device]
-    proc = subprocess.run(cmd + (["--latency-only"] if latency_only else []), capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd + (["--latency-only"] if latency_only else []), capture_output=True, text=True,
+                              timeout=args.row_timeout or None)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {args.row_timeout:g} s (--row-timeout)"
     if proc.returncode != 0:
         return None, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
     return json.loads(out.read_text()), ""
@@ -310,6 +314,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--latency-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU columns (CPU-only rows are refused)")
     ap.add_argument("--report-dir", default=str(REPO / "reports"), help="where quantization[_gpu].{md,json} go")
+    ap.add_argument("--row-timeout", type=float, default=0,
+                    help="seconds a row's process may run before it is stopped and reported as failed (0: no limit)")
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -325,11 +331,14 @@ def main(argv: list[str]) -> int:
         if r is None:
             results.append({"row": row, "title": ROWS[row], "error": error})
             print(f"{row}: FAILED ({error})")
-            continue
-        r["latency_rounds"] = [r["latency"]]
-        results.append(r)
-        print(f"{row}: WA-F1 {r['wa_f1']:.2f}, {r['weight_bytes'] / 2**20:.1f} MiB, "
-              f"b1x128 p50 {r['latency']['b1x128']['p50_ms']:.1f} ms ({time.perf_counter() - t0:.0f}s)", flush=True)
+        else:
+            r["latency_rounds"] = [r["latency"]]
+            results.append(r)
+            print(f"{row}: WA-F1 {r['wa_f1']:.2f}, {r['weight_bytes'] / 2**20:.1f} MiB, "
+                  f"b1x128 p50 {r['latency']['b1x128']['p50_ms']:.1f} ms ({time.perf_counter() - t0:.0f}s)", flush=True)
+        # the report so far, rewritten after every row: a run stopped from outside (a lent GPU's time is up)
+        # still leaves the rows it finished
+        write_report(results, args, pending=rows[len(results):])
     ok = [r for r in results if "error" not in r]
     for k in range(1, args.latency_rounds):  # more latency rounds, fresh processes, rows in rotated order
         for r in ok[k % len(ok):] + ok[:k % len(ok)]:
@@ -360,7 +369,8 @@ def same_mode_ratios(ok: dict[str, dict]) -> list[str]:
     return lines
 
 
-def write_report(results: list[dict], args) -> None:
+def write_report(results: list[dict], args, pending: list[str] | None = None) -> None:
+    """reports/quantization[_gpu].{json,md}; ``pending``: rows not run yet (a report written while running)."""
     ok = {r["row"]: r for r in results if "error" not in r}
     base = ok.get("fp32")
     for r in ok.values():
@@ -381,7 +391,8 @@ def write_report(results: list[dict], args) -> None:
     meta = {"checkpoint": args.checkpoint, "split": args.split, "n": base["n"] if base else None,
             "device": args.device, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_bf16": list(cpu_bf16_units()),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine()}
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "pending_rows": list(pending or [])}
     slim = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -423,8 +434,12 @@ def write_report(results: list[dict], args) -> None:
     notes += same_modes
     lines += ["", *notes, "", "TensorRT on the Jetson (not runnable here; export the FP32 ONNX first):", "",
               f"    {TRTEXEC}"]
+    if pending is not None:
+        lines[2:2] = [f"**Partial report, written while the bench was running**: rows not run yet: "
+                      f"{', '.join(pending) or 'none'}; latency is the first round's.", ""]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if pending is None:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

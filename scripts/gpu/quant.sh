@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU call after train.sh on the same warm machine (the backbone is already assembled in /tmp/ddvlm; if
 # not, the call must carry the shards .w1..w4 or find them in /tmp/w): the WOQ GPU columns of issue #5.
-# Usage: [ROWS=fp32,woq,...] scripts/gpu/quant.sh [LIMIT]   -> $OUT/quantization_gpu.{md,json}
-# (default: every row a GPU runs; the compiled rows add a Triton compile of about a minute each)
+# Usage: [ROWS=fp32,woq,...] [ROW_TIMEOUT=s] scripts/gpu/quant.sh [LIMIT]   -> $OUT/quantization_gpu.{md,json}
+# (default: every row a GPU runs; the compiled rows add a Triton compile of about a minute each). A row running
+# past ROW_TIMEOUT seconds is stopped and reported failed; the report is rewritten after every row.
 set -uo pipefail
 limit=${1:-1000}
 export PYTHONUNBUFFERED=1 DDVLM_HOME=/tmp/ddvlm PYTHONPATH=$PWD
@@ -14,4 +15,4 @@ fi
 # one latency round: the 3 rounds of fresh processes are for this drifting CPU VM, and 2 more rounds of 6 rows
 # cost ~150 s of a 15-minute device budget
 python3 bench/quantization.py --device cuda --limit "$limit" --repeats 20 --latency-rounds 1 --report-dir "$OUT" \
-  ${ROWS:+--rows "$ROWS"}
+  ${ROWS:+--rows "$ROWS"} ${ROW_TIMEOUT:+--row-timeout "$ROW_TIMEOUT"}

@@ -1,0 +1,46 @@
+"""bench/quantization.py as a one-shot run on a lent GPU uses it: a row that runs too long is stopped and
+reported, and the report on disk is rewritten after every row (a run stopped from outside keeps its rows)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_quantization", REPO / "bench" / "quantization.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_a_row_past_its_timeout_is_stopped_and_reported_failed(tmp_path, tiny_text_checkpoint):
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "bench/quantization.py", "--checkpoint", str(tiny_text_checkpoint),
+                           "--rows", "fp32,woq", "--latency-rounds", "1", "--row-timeout", "0.3",
+                           "--report-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "quantization.json").read_text())
+    assert [(r["row"], r["error"]) for r in report["rows"]] == [
+        ("fp32", "timed out after 0.3 s (--row-timeout)"), ("woq", "timed out after 0.3 s (--row-timeout)")]
+    assert report["meta"]["pending_rows"] == []
+    assert "| FP32 (PyTorch) | failed: timed out after 0.3 s" in (out / "quantization.md").read_text()
+
+
+def test_the_report_written_while_running_names_the_rows_still_to_run(tmp_path):
+    bench = load_bench()
+    done = {"row": "fp32", "title": bench.ROWS["fp32"], "wa_f1": 60.0, "accuracy": 61.0, "n": 10,
+            "weight_bytes": 4 * 2**20, "note": "", "peak_rss_mb": 100.0, "predictions": [0] * 10,
+            "latency": {"b1x128": {"p50_ms": 5.0, "p90_ms": 6.0}, "b1x511": {"p50_ms": 8.0, "p90_ms": 9.0}},
+            "latency_rounds": [{}]}
+    args = SimpleNamespace(checkpoint="ckpt", split="test", latency_rounds=1, device="cpu", report_dir=str(tmp_path))
+    bench.write_report([done], args, pending=["woq", "woq_compiled"])
+    text = (tmp_path / "quantization.md").read_text()
+    assert "rows not run yet: woq, woq_compiled" in text and "| FP32 (PyTorch) | 60.00 |" in text
+    assert json.loads((tmp_path / "quantization.json").read_text())["meta"]["pending_rows"] == ["woq", "woq_compiled"]
+    bench.write_report([done], args)  # the final report: nothing pending, no partial note
+    assert "Partial report" not in (tmp_path / "quantization.md").read_text()
