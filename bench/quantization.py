@@ -36,6 +36,8 @@ ROWS = {
     "fp32_compiled": "FP32 (PyTorch), torch.compile",
     "woq_cudagraphs": "WOQ INT8, ours (default kernel), torch.compile + CUDA graphs",
     "fp32_cudagraphs": "FP32 (PyTorch), torch.compile + CUDA graphs",
+    "woq_graphed": "WOQ INT8, ours (default kernel), CUDA graphs without inductor (no Triton)",
+    "fp32_graphed": "FP32 (PyTorch), CUDA graphs without inductor (no Triton)",
     "dynamic": "PyTorch dynamic INT8 (quantize_dynamic, W8A8 dynamic)",
     "smoothquant": "SmoothQuant W8A8 (alpha 0.5, own implementation on quantize_dynamic)",
     "onnx_int8": "ONNX Runtime INT8 (export + quantize_dynamic, QInt8 weights)",
@@ -98,8 +100,9 @@ KERNEL_NOTES = {
     "dequant": "kernel dequant: the FP32 reference, dequantizes W to FP32 on every call",
 }
 CPU_ONLY = {"bf16", "dynamic", "smoothquant", "onnx_int8"}  # CPU kernels / CPU runtimes
-GPU_ONLY = {"fp16", "woq_cudagraphs", "fp32_cudagraphs"}
-COMPILE_SUFFIXES = {"_compiled": "default", "_cudagraphs": "reduce-overhead"}  # row suffix -> torch.compile mode
+GPU_ONLY = {"fp16", "woq_cudagraphs", "fp32_cudagraphs", "woq_graphed", "fp32_graphed"}
+# row suffix -> DDVLM.compile_text mode
+COMPILE_SUFFIXES = {"_compiled": "default", "_cudagraphs": "reduce-overhead", "_graphed": "cudagraphs"}
 
 
 def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu"):
@@ -147,13 +150,17 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
     elif row == "onnx_int8":
         return onnx_int8(text, pad_id)
     if suffix:
-        if row in WOQ_KERNELS:
+        mode = COMPILE_SUFFIXES[suffix]
+        if row in WOQ_KERNELS and mode == "cudagraphs":
+            note = ("kernel decompress traced by torch.compile and replayed as CUDA graphs with PyTorch's own "
+                    "kernels (int8 -> fp16 widening, vendor GEMM, scale and bias); weights stay int8 in memory")
+        elif row in WOQ_KERNELS:
             note = ("kernel decompress traced by torch.compile: the int8 -> bf16 / fp16 widening, the scale and "
                     "bias and the element-wise ops around them are inductor-generated code, the GEMM the vendor's; "
                     "weights stay int8 in memory")
-        mode = COMPILE_SUFFIXES[suffix]
-        compile_note = (f"torch.compile (inductor {mode}, dynamic shapes"
-                        + (", CUDA graphs per 64-token length bucket" if suffix == "_cudagraphs" else "")
+        how = "dynamo cudagraphs backend, no inductor" if mode == "cudagraphs" else f"inductor {mode}"
+        compile_note = (f"torch.compile ({how}, dynamic shapes"
+                        + (", CUDA graphs per 64-token length bucket" if suffix != "_compiled" else "")
                         + f"): {compile_now(model, tok, device, mode)}")
         note = "; ".join(filter(None, [note, compile_note]))
     size = weight_bytes(text)

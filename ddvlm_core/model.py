@@ -22,8 +22,10 @@ from ddvlm_core.text import TextEncoder, TextOutput, load_backbone, load_tokeniz
 from ddvlm_core.visual import VisualHead, VisualOutput
 
 TRAINED_MODULES = ("text_head", "visual_head", "fusion")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that record CUDA graphs (on CUDA only)
+INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+# "cudagraphs": dynamo's cudagraphs backend, the traced graph replayed as CUDA graphs without inductor (no Triton)
+COMPILE_MODES = (*INDUCTOR_MODES, "cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune", "cudagraphs")  # the modes that record CUDA graphs (CUDA only)
 LENGTH_BUCKET = 64  # CUDA-graph modes: prompts padded to a multiple of this many tokens (8 widths up to 511)
 
 
@@ -152,20 +154,26 @@ class DDVLM(nn.Module):
         return self
 
     def compile_text(self, mode: str = "default") -> "DDVLM":
-        """torch.compile (inductor) the text backbone in place, with dynamic shapes: every prompt length shares
-        one compiled graph. Compiling happens at the first calls (about a minute on a 2-core CPU; it needs a
+        """torch.compile the text backbone in place, with dynamic shapes: every prompt length shares one
+        compiled graph. Compiling happens at the first calls (about a minute on a 2-core CPU; it needs a
         C++ compiler there, Triton on a GPU): ``EmotionRecognizer.warm_up`` runs them. Weights and state dict
         are unchanged; a WOQ model keeps its int8 weights, and its per-call widening, epilogue and the
         element-wise ops around it are fused (bench/quantization.py, rows *_compiled).
 
-        ``mode`` is torch.compile's. ``reduce-overhead`` and ``max-autotune`` also replay the backbone as CUDA
-        graphs on a GPU (one launch per forward instead of one per kernel: at batch 1 the GPU otherwise waits
-        on launches). A graph is recorded per input shape, so prompts are then padded to multiples of
-        LENGTH_BUCKET tokens (``TextEncoder.length_bucket``): 8 widths up to 511 tokens. The model must be on
-        its device already: on a CPU these modes compile without CUDA graphs, and nothing is padded."""
+        ``mode`` is one of torch.compile's (inductor) or ``cudagraphs``. ``reduce-overhead`` and
+        ``max-autotune`` also replay the backbone as CUDA graphs on a GPU (one launch per forward instead of one
+        per kernel: at batch 1 the GPU otherwise waits on launches). ``cudagraphs`` replays the traced graph as
+        CUDA graphs without inductor: the kernels are PyTorch's own, nothing is code-generated, so no Triton is
+        needed (a Jetson's PyTorch may have none); on a CPU it runs the traced graph as it is, no faster. A graph
+        is recorded per input shape, so in these three modes prompts are padded to multiples of LENGTH_BUCKET
+        tokens (``TextEncoder.length_bucket``): 8 widths up to 511 tokens. The model must be on its device
+        already: on a CPU no CUDA graphs are recorded, and nothing is padded."""
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
-        self.text.backbone.compile(dynamic=True, mode=mode)
+        if mode == "cudagraphs":
+            self.text.backbone.compile(dynamic=True, backend="cudagraphs")
+        else:
+            self.text.backbone.compile(dynamic=True, mode=mode)
         on_gpu = next(self.text.backbone.parameters()).is_cuda
         self.text.length_bucket = (LENGTH_BUCKET, self.config.max_tokens) if mode in CUDA_GRAPH_MODES and on_gpu \
             else None

@@ -224,8 +224,8 @@ class EmotionNode(LifecycleNode):
         self.recognizer.model.compile_text(mode)
         # on the inference worker: inductor bakes the thread count it compiles with into its CPU kernels
         seconds, threads = self.pipeline.call(lambda: (self.recognizer.warm_up(), torch.get_num_threads()))
-        self.compiled = (f"inductor {mode} on {self.recognizer.device}, {threads} threads "
-                         f"(warm-up {seconds:.0f} s)")
+        how = "dynamo cudagraphs (no inductor)" if mode == "cudagraphs" else f"inductor {mode}"
+        self.compiled = f"{how} on {self.recognizer.device}, {threads} threads (warm-up {seconds:.0f} s)"
         self.get_logger().info(f"text model compiled: {self.compiled}")
 
     def _to_device(self, device: str) -> None:

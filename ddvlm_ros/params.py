@@ -13,7 +13,8 @@ import re
 from dataclasses import dataclass
 
 WOQ_KERNELS = ("auto", "int8pack", "decompress", "dequant")  # ddvlm_core.quantization.KERNELS (tested): no torch
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # ddvlm_core.model's
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
+                 "cudagraphs")  # ddvlm_core.model's
 DEVICE = r"cpu|cuda(:\d+)?"
 
 
@@ -50,11 +51,12 @@ PARAMS: tuple[Param, ...] = (
     Param("woq_kernel", "auto", "WOQ kernel when quantized: auto | decompress | int8pack | dequant (see README)",
           choices=WOQ_KERNELS),
     Param("compile", False, "torch.compile the text model at activate (inductor; needs g++ on a CPU, Triton on a "
-          "GPU; about a minute on 2 cores, cached afterwards): quantized prompts of 128 tokens about 25% faster "
-          "on CPU (bench/quantization.py)"),
+          "GPU, except compile_mode cudagraphs; about a minute on 2 cores, cached afterwards): quantized prompts of "
+          "128 tokens about 25% faster on CPU (bench/quantization.py)"),
     Param("compile_mode", "default", "torch.compile mode when compile: default | reduce-overhead | max-autotune "
           "(these two replay CUDA graphs on a GPU, prompts padded to 64-token buckets: for batch-1 GPU latency) | "
-          "max-autotune-no-cudagraphs", choices=COMPILE_MODES),
+          "max-autotune-no-cudagraphs | cudagraphs (CUDA graphs without inductor: no Triton needed, e.g. a Jetson)",
+          choices=COMPILE_MODES),
     Param("device", "cpu", "torch device for the model and captioner: cpu, cuda, cuda:0 ...", pattern=DEVICE,
           what="cpu, cuda or cuda:<index>"),
     Param("cpu_threads", 0, "CPU threads of the inference worker (0 = all cores); every other thread uses 1",

@@ -62,6 +62,8 @@ def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_an
     spec.loader.exec_module(bench)
     with pytest.raises(ValueError, match="needs a GPU"):
         bench.build("woq_cudagraphs", str(tmp_path), [], 1, device="cpu")
+    with pytest.raises(ValueError, match="needs a GPU"):
+        bench.build("woq_graphed", str(tmp_path), [], 1, device="cpu")
 
     def row(name, ms128, ms511, wa_f1=60.0):
         return {"row": name, "title": bench.ROWS[name], "wa_f1": wa_f1,
@@ -78,7 +80,18 @@ def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_an
     report = {"meta": {"checkpoint": str(checkpoint), "device": "cuda", "gpu": "a test GPU", "torch": "2.x",
                        "split": "test", "n": 1000}, "rows": rows}
     text = "\n".join(gpu_quantization_lines(report, checkpoint))
-    assert "WOQ latency 0.20x / 0.62x eager FP32 and 0.50x / 1.25x FP32 with CUDA graphs; WA-F1 59.50" in text
+    assert ("On a GPU with CUDA graphs** (node parameters `compile: true`, `compile_mode: reduce-overhead`): "
+            "WOQ latency 0.20x / 0.62x eager FP32 and 0.50x / 1.25x FP32 in the same mode; WA-F1 59.50") in text
+    assert "without inductor" not in text  # no woq_graphed / fp32_graphed rows in this report
+    graphed = [row("fp32", 5.0, 8.0), row("woq", 8.0, 12.0), row("fp32_graphed", 4.0, 6.0),
+               row("woq_graphed", 3.0, 6.0, 59.0)]
+    assert bench.same_mode_ratios({r["row"]: r for r in graphed}) == [
+        f"- {bench.ROWS['woq_graphed']}: 0.75 / 1.00 x {bench.ROWS['fp32_graphed']} "
+        "(128 / 511 tokens, same execution mode)"]
+    text = "\n".join(gpu_quantization_lines({**report, "rows": graphed}, checkpoint))
+    assert ("On a GPU with CUDA graphs without inductor, no Triton** (node parameters `compile: true`, "
+            "`compile_mode: cudagraphs`): WOQ latency 0.60x / 0.75x eager FP32 and 0.75x / 1.00x FP32 in the same "
+            "mode; WA-F1 59.00") in text
     fresh = [row("fp32", 5.0, 8.0), row("woq", 8.0, 12.0), row("woq_cudagraphs", 1.0, 5.0)]
     assert bench.same_mode_ratios({r["row"]: r for r in fresh}) == []  # no fp32_cudagraphs: nothing to compare
     no_graphs = {**report, "rows": fresh}

@@ -190,6 +190,34 @@ def test_compile_modes_are_checked_and_cuda_graph_buckets_are_only_for_a_gpu(tin
     assert model.text.length_bucket is None  # on a CPU: no CUDA graphs, so no padding to buckets
 
 
+def test_cudagraphs_mode_traces_the_woq_backbone_without_inductor_and_matches_eager(tiny_text_checkpoint):
+    """compile_mode cudagraphs (no Triton): dynamo's cudagraphs backend; on a CPU it runs the traced graph as it
+    is (CUDA graphs are for CUDA tensors), so its outputs equal eager's, bucket padding or not."""
+    from torch._dynamo.utils import counters
+
+    from ddvlm_core.model import DDVLM
+
+    model, tok, _ = DDVLM.load(tiny_text_checkpoint)
+    model.quantize(WOQConfig(kernel="dequant"))  # a kernel every CPU has
+    ids = torch.randint(5, 60, (2, 21))
+    ids[:, -2] = tok.mask_token_id
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    with torch.inference_mode():
+        eager = model.text(ids, mask).logits
+    torch._dynamo.reset()
+    counters.clear()
+    model.compile_text("cudagraphs")
+    assert model.text.length_bucket is None
+    with torch.inference_mode():
+        compiled = model.text(ids, mask).logits
+        model.text.length_bucket = (8, 40)  # as on a GPU: padded to 24 tokens, the padding masked out
+        bucketed = model.text(ids, mask).logits
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo traced it
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+    torch.testing.assert_close(bucketed, eager, rtol=0, atol=1e-4)
+
+
 @pytest.mark.skipif(not cpu_has_fast_bf16(), reason="compiles the decompress kernel (bf16 CPUs)")
 def test_compiled_woq_model_matches_eager_keeps_int8_weights_and_compiles_once(tiny_text_checkpoint):
     """torch.compile of a WOQ model: the widening is traced (no scratch) and fused; after warm_up, prompts of

@@ -52,7 +52,9 @@ def test_every_other_parameter_is_a_launch_argument_that_only_overrides_when_giv
     from ddvlm_ros.params import COMPILE_MODES, WOQ_KERNELS
 
     assert WOQ_KERNELS == KERNELS
-    assert COMPILE_MODES == model.COMPILE_MODES and set(COMPILE_MODES) <= set(torch._inductor.list_mode_options())
+    assert COMPILE_MODES == model.COMPILE_MODES
+    assert set(model.INDUCTOR_MODES) <= set(torch._inductor.list_mode_options())
+    assert set(COMPILE_MODES) - set(model.INDUCTOR_MODES) == {"cudagraphs"} <= set(torch._dynamo.list_backends())
     assert args["captioner"]["choices"] == ["", "none", "cue", "qwen"] and args["autostart"]["default_value"] == "true"
     assert args["quantized"]["default_value"] == "" and args["quantized"]["choices"] == ["", "true", "false"]
     given = launch_overrides({"quantized": "true", "cpu_threads": "4", "frame_buffer_s": "5", "model_dir": "2024",

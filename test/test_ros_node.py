@@ -318,6 +318,20 @@ def test_compiled_quantized_node_compiles_at_activate_and_answers_like_the_eager
     assert max(abs(a - b) for a, b in zip(m.probabilities, expected.probabilities)) < 2e-3
 
 
+def test_cudagraphs_compile_mode_needs_no_inductor_and_answers_like_the_eager_node(harness, tiny_text_checkpoint):
+    eager = harness(model_dir=tiny_text_checkpoint, quantized=True, woq_kernel="dequant").start()
+    eager.publish(String, "transcript", String(data="Ross: I got the job!"))
+    expected = eager.wait_for(1)[0]
+    eager.close()
+    h = harness(model_dir=tiny_text_checkpoint, quantized=True, woq_kernel="dequant", compile=True,
+                compile_mode="cudagraphs").start()
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["compiled"].startswith("dynamo cudagraphs (no inductor) on cpu") and values["load_error"] == ""
+    h.publish(String, "transcript", String(data="Ross: I got the job!"))
+    m = h.wait_for(1)[0]
+    assert max(abs(a - b) for a, b in zip(m.probabilities, expected.probabilities)) < 1e-5
+
+
 def test_a_compiler_failure_leaves_the_node_inactive_with_the_reason_and_it_activates_without_compile(
         harness, tiny_text_checkpoint, monkeypatch):
     from lifecycle_msgs.msg import State

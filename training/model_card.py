@@ -94,13 +94,14 @@ def gpu_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
              f"{per_length(ratio)} FP32 for 128 / 511-token prompts, "
              f"{'slower' if max(ratio.values()) > 1 else 'not slower'} than FP32 there; WA-F1 {woq['wa_f1']:.2f} vs "
              f"{fp32['wa_f1']:.2f} FP32 on {meta['n']} MELD {meta['split']} utterances (reports/quantization_gpu.md)."]
-    graphs = rows.get("woq_cudagraphs", {})
-    if "latency_ratio_vs_fp32_same_mode" in graphs:  # bench/quantization.py ran fp32_cudagraphs too
-        eager, same = graphs["latency_ratio_vs_fp32"], graphs["latency_ratio_vs_fp32_same_mode"]
-        lines.append(f"- **On a GPU with CUDA graphs** (node parameters `compile: true`, `compile_mode: "
-                     f"reduce-overhead`): WOQ latency {per_length(eager)} eager FP32 "
-                     f"and {per_length(same)} FP32 with CUDA graphs; WA-F1 "
-                     f"{graphs['wa_f1']:.2f}.")
+    for row, mode, how in (("woq_cudagraphs", "reduce-overhead", "CUDA graphs"),
+                           ("woq_graphed", "cudagraphs", "CUDA graphs without inductor, no Triton")):
+        graphs = rows.get(row, {})
+        if "latency_ratio_vs_fp32_same_mode" in graphs:  # bench/quantization.py ran FP32 in the same mode too
+            eager, same = graphs["latency_ratio_vs_fp32"], graphs["latency_ratio_vs_fp32_same_mode"]
+            lines.append(f"- **On a GPU with {how}** (node parameters `compile: true`, `compile_mode: {mode}`): "
+                         f"WOQ latency {per_length(eager)} eager FP32 and {per_length(same)} FP32 in the same "
+                         f"mode; WA-F1 {graphs['wa_f1']:.2f}.")
     return lines
 
 
