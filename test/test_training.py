@@ -207,6 +207,7 @@ def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_proc
     write_report(parallel, tiny_cfg(tmp_path, tiny_roberta_dir), tmp_path / "ablation")
     report = (tmp_path / "ablation.md").read_text()
     assert "| text_no_sd | 1 |" in report and "Self-distillation gain" in report
+    assert "| epoch | text_sd | text_no_sd |" in report and "| 2 | " in report  # the per-epoch table, 2 epochs
     by_seed = {e["row"]: {r["seed"]: r["test_wa_f1"] for r in e["runs"]} for e in parallel}
     assert f"seed 1 {by_seed['text_sd'][1] - by_seed['text_no_sd'][1]:+.2f}" in report
     # --render rebuilds the same Markdown from the JSON alone (a report brought back from another machine)
@@ -231,6 +232,22 @@ def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_proc
     write_report(parallel, tiny_cfg(tmp_path, tiny_roberta_dir, epochs=3), tmp_path / "longer")
     assert ablate_main(["--merge", halves[0], str(tmp_path / "longer.json"), "--report", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "twice.md").exists() and not (tmp_path / "x.md").exists()
+
+
+def test_per_epoch_means_show_each_row_at_every_epoch_over_the_seeds_that_reached_it():
+    from training.ablate import epoch_means, epoch_table
+
+    def run(seed, history):
+        return {"seed": seed, "text_history": [{"epoch": e, "dev_wa_f1": d, "test_wa_f1": t} for e, d, t in history]}
+
+    sd = {"row": "text_sd", "runs": [run(0, [(1, 50, 55), (2, 60, 63)]), run(1, [(1, 52, 57)])]}  # seed 1 stopped
+    no_sd = {"row": "text_no_sd", "runs": [run(0, [(1, 50, 55), (2, 61, 62), (3, 61.5, 61)])]}
+    assert epoch_means(sd) == {1: (2, 51.0, 56.0), 2: (1, 60.0, 63.0)}
+    table = epoch_table([sd, no_sd, {"row": "full", "not_run": "needs captions"}])
+    assert "| epoch | text_sd | text_no_sd |" in table
+    assert "| 1 | 51.00 / 56.00 (2) | 50.00 / 55.00 (1) |" in table
+    assert "| 3 | — | 61.50 / 61.00 (1) |" in table
+    assert epoch_table([{"row": "full", "not_run": "needs captions"}]) == []
 
 
 def test_a_failing_parallel_run_is_reported_not_raised(tmp_path, tiny_roberta_dir):

@@ -189,9 +189,39 @@ def paired_differences(a: dict, b: dict) -> dict[int, float]:
     return {r["seed"]: r["test_wa_f1"] - score_b[r["seed"]] for r in a["runs"] if r["seed"] in score_b}
 
 
-def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation") -> None:
+def epoch_means(entry: dict) -> dict[int, tuple[int, float, float]]:
+    """epoch -> (runs that reached it, mean dev WA-F1, mean test WA-F1) over a row's runs: how the rows
+    compare at each epoch of training, not only at each run's dev-selected one (e.g. a no-SD model that
+    overfits in later epochs while the self-distilled one holds)."""
+    per_epoch: dict[int, list[dict]] = {}
+    for run in entry.get("runs", []):
+        for record in run.get("text_history", []):
+            per_epoch.setdefault(record["epoch"], []).append(record)
+    return {epoch: (len(records), statistics.mean(r["dev_wa_f1"] for r in records),
+                    statistics.mean(r["test_wa_f1"] for r in records))
+            for epoch, records in sorted(per_epoch.items())}
+
+
+def epoch_table(entries: list[dict]) -> list[str]:
+    """Markdown: per epoch, each row's mean dev / test WA-F1 over its seeds (and how many reached the epoch)."""
+    means = {e["row"]: epoch_means(e) for e in entries if epoch_means(e)}
+    if not means:
+        return []
+    epochs = sorted({epoch for m in means.values() for epoch in m})
+    lines = ["", "Per epoch, mean over the seeds that reached it (dev / test WA-F1, runs):", "",
+             "| epoch | " + " | ".join(means) + " |", "|---|" + "---|" * len(means)]
+    for epoch in epochs:
+        cells = [f"{m[epoch][1]:.2f} / {m[epoch][2]:.2f} ({m[epoch][0]})" if epoch in m else "—"
+                 for m in means.values()]
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", config: dict | None = None) -> None:
+    """``path``.json (``config``, default ``base``'s, and the rows) and ``path``.md."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps({"config": base.to_dict(), "rows": entries}, indent=1) + "\n")
+    report = {"config": config if config is not None else base.to_dict(), "rows": entries}
+    path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     lines = [
         "# Table 4 ablations on MELD (test WA-F1, model chosen on dev)",
         "",
@@ -222,6 +252,7 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation") -
             dev = f"{r['text_dev_wa_f1']:.2f}" if r.get("text_dev_wa_f1") is not None else "—"
             lines.append(f"| {e['row']} | {r['seed']} | {r['test_wa_f1']:.2f} | {dev} | {r['text_best_epoch']} | "
                          f"{r['epochs_run']} | {r['seconds']:.0f} |")
+    lines += epoch_table(entries)
     failed = [(e["row"], f) for e in entries for f in e.get("failed", [])]
     for row, f in failed:
         lines.append(f"\nFAILED: {row} seed {f['seed']} (exit {f['returncode']}), log {f['log']}")
@@ -250,7 +281,7 @@ def render(json_path: Path) -> int:
     from training.config import TrainConfig
 
     report = json.loads(json_path.read_text())
-    write_report(report["rows"], TrainConfig.from_dict(report["config"]), json_path.with_suffix(""))
+    write_report(report["rows"], TrainConfig.from_dict(report["config"]), json_path.with_suffix(""), report["config"])
     print(json_path.with_suffix(".md").read_text())
     return 0
 
@@ -264,7 +295,7 @@ def merge(json_paths: list[str], report: Path) -> int:
     except ValueError as e:
         print(f"cannot merge: {e}", file=sys.stderr)
         return 2
-    write_report(rows, TrainConfig.from_dict(reports[0]["config"]), report)
+    write_report(rows, TrainConfig.from_dict(reports[0]["config"]), report, reports[0]["config"])
     print(report.with_suffix(".md").read_text())
     return 0
 
