@@ -150,19 +150,7 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
     elif row == "onnx_int8":
         return onnx_int8(text, pad_id)
     if suffix:
-        mode = COMPILE_SUFFIXES[suffix]
-        if row in WOQ_KERNELS and mode == "cudagraphs":
-            note = ("kernel decompress traced by torch.compile and replayed as CUDA graphs with PyTorch's own "
-                    "kernels (int8 -> fp16 widening, vendor GEMM, scale and bias); weights stay int8 in memory")
-        elif row in WOQ_KERNELS:
-            note = ("kernel decompress traced by torch.compile: the int8 -> bf16 / fp16 widening, the scale and "
-                    "bias and the element-wise ops around them are inductor-generated code, the GEMM the vendor's; "
-                    "weights stay int8 in memory")
-        how = "dynamo cudagraphs backend, no inductor" if mode == "cudagraphs" else f"inductor {mode}"
-        compile_note = (f"torch.compile ({how}, dynamic shapes"
-                        + (", CUDA graphs per 64-token length bucket" if suffix != "_compiled" else "")
-                        + f"): {compile_now(model, tok, device, mode)}")
-        note = "; ".join(filter(None, [note, compile_note]))
+        note = compile_row(model, tok, device, COMPILE_SUFFIXES[suffix], woq=row in WOQ_KERNELS)
     size = weight_bytes(text)
     if row in ("dynamic", "smoothquant"):
         size = dynamic_bytes(text)
@@ -175,6 +163,24 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
         text.half()
         note = "weights and activations FP16"
     return (lambda ids, mask: text(ids.to(device), mask.to(device)).logits.float().cpu()), size, note
+
+
+def compile_row(model, tokenizer, device: str, mode: str, woq: bool) -> str:
+    """Compile the row's model in ``mode`` now (DDVLM.compile_text + warm-up); the report's note on it."""
+    from ddvlm_core.model import CUDA_GRAPH_MODES
+
+    how = "dynamo cudagraphs backend, no inductor" if mode == "cudagraphs" else f"inductor {mode}"
+    graphs = ", CUDA graphs per 64-token length bucket" if mode in CUDA_GRAPH_MODES else ""
+    note = f"torch.compile ({how}, dynamic shapes{graphs}): {compile_now(model, tokenizer, device, mode)}"
+    if not woq:
+        return note
+    if mode == "cudagraphs":
+        kernel = ("kernel decompress traced by torch.compile and replayed as CUDA graphs with PyTorch's own kernels "
+                  "(int8 -> fp16 widening, vendor GEMM, scale and bias)")
+    else:
+        kernel = ("kernel decompress traced by torch.compile: the int8 -> bf16 / fp16 widening, the scale and bias "
+                  "and the element-wise ops around them are inductor-generated code, the GEMM the vendor's")
+    return f"{kernel}; weights stay int8 in memory; {note}"
 
 
 def compile_now(model, tokenizer, device: str, mode: str) -> str:

@@ -44,3 +44,18 @@ def test_the_report_written_while_running_names_the_rows_still_to_run(tmp_path):
     assert json.loads((tmp_path / "quantization.json").read_text())["meta"]["pending_rows"] == ["woq", "woq_compiled"]
     bench.write_report([done], args)  # the final report: nothing pending, no partial note
     assert "Partial report" not in (tmp_path / "quantization.md").read_text()
+
+
+def test_a_compiled_row_is_compiled_now_and_its_note_says_how(tiny_text_checkpoint):
+    """The bench's compile step for the rows *_compiled / *_cudagraphs / *_graphed, here in the mode that needs
+    neither a C++ compiler nor Triton (on a CPU: traced, no CUDA graphs recorded)."""
+    from ddvlm_core.model import DDVLM
+    from ddvlm_core.quantization import WOQConfig
+
+    bench = load_bench()
+    model, tok, _ = DDVLM.load(tiny_text_checkpoint)
+    model.quantize(WOQConfig(kernel="dequant"))
+    note = bench.compile_row(model, tok, "cpu", "cudagraphs", woq=True)
+    assert note.startswith("kernel decompress traced by torch.compile and replayed as CUDA graphs")
+    assert "torch.compile (dynamo cudagraphs backend, no inductor, dynamic shapes, CUDA graphs per 64-token" in note
+    assert model.text.backbone._compiled_call_impl is not None and " s" in note.rsplit("compiled in", 1)[1]
