@@ -204,7 +204,7 @@ def epoch_means(entry: dict) -> dict[int, tuple[int, float, float]]:
 
 def epoch_table(entries: list[dict]) -> list[str]:
     """Markdown: per epoch, each row's mean dev / test WA-F1 over its seeds (and how many reached the epoch)."""
-    means = {e["row"]: epoch_means(e) for e in entries if epoch_means(e)}
+    means = {e["row"]: m for e in entries if (m := epoch_means(e))}
     if not means:
         return []
     epochs = sorted({epoch for m in means.values() for epoch in m})
