@@ -187,8 +187,13 @@ def compile_now(model, tokenizer, device: str, mode: str) -> str:
     """Compile the text encoder and run its first calls as the node does (EmotionRecognizer.warm_up)."""
     from ddvlm_core.inference import EmotionRecognizer
 
+    from ddvlm_core.model import cuda_graph_note
+
     model.compile_text(mode)
-    return f"compiled in {EmotionRecognizer(model, tokenizer, device=device).warm_up():.0f} s"
+    recognizer = EmotionRecognizer(model, tokenizer, device=device)
+    seconds = recognizer.warm_up()
+    graphs = cuda_graph_note(mode, device, recognizer.cuda_graph_skips)
+    return f"compiled in {seconds:.0f} s" + (f", {graphs}" if graphs else "")
 
 
 def dynamic_bytes(module) -> int:

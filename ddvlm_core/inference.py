@@ -16,7 +16,7 @@ import torch
 from ddvlm_core.captioner import Caption, filter_emotion_words
 from ddvlm_core.context import Dialogue, PromptBuilder, Turn, make_turns
 from ddvlm_core.labels import LABELS
-from ddvlm_core.model import DDVLM, probabilities
+from ddvlm_core.model import DDVLM, cuda_graph_skips, probabilities
 from ddvlm_core.text import bucket_widths, collate_prompts
 
 MODALITY_TEXT, MODALITY_TEXT_VISUAL = "text", "text+visual"
@@ -61,6 +61,7 @@ class EmotionRecognizer:
         self.device = device
         self.has_visual_branch = has_visual_branch
         self.name = name
+        self.cuda_graph_skips: list[str] = []  # why the last warm_up ran compiled graphs without CUDA graphs
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, device: str = "cpu", load_caption_embedder: bool = True,
@@ -79,16 +80,18 @@ class EmotionRecognizer:
         """Seconds spent on one prediction of one and of two dialogues (a compiled model compiles for single
         prompts and for batches now rather than at the first utterances) and, when prompts are padded to
         length buckets (CUDA graphs), on two single-prompt calls per bucket width: the first call of a shape
-        runs it, the second records its CUDA graph."""
+        runs it, the second records its CUDA graph. The reasons torch gives for not recording CUDA graphs, if
+        any, are kept in ``cuda_graph_skips`` (``ddvlm_core.model.cuda_graph_note`` words them)."""
         start = time.perf_counter()
-        self.predict_batch([[("s1", "Hello there.")]])
-        self.predict_batch([[("s1", "Hello there.")], [("s1", "Hi!"), ("s2", "How are you doing today?")]])
-        if self.model.text.length_bucket:
-            with torch.inference_mode():
-                for width in bucket_widths(*self.model.text.length_bucket):
-                    ids = torch.full((1, width), self.tokenizer.mask_token_id, device=self.device)
-                    for _ in range(2):
-                        self.model.text(ids, torch.ones_like(ids))
+        with cuda_graph_skips() as self.cuda_graph_skips:
+            self.predict_batch([[("s1", "Hello there.")]])
+            self.predict_batch([[("s1", "Hello there.")], [("s1", "Hi!"), ("s2", "How are you doing today?")]])
+            if self.model.text.length_bucket:
+                with torch.inference_mode():
+                    for width in bucket_widths(*self.model.text.length_bucket):
+                        ids = torch.full((1, width), self.tokenizer.mask_token_id, device=self.device)
+                        for _ in range(2):
+                            self.model.text(ids, torch.ones_like(ids))
         return time.perf_counter() - start
 
     def predict(self, dialogue_context, caption: str | Caption | None = None) -> EmotionPrediction:

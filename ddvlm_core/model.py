@@ -7,9 +7,12 @@ The Sentence-BERT embedder stays outside the module (frozen, shared); the model 
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,6 +30,44 @@ INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no
 COMPILE_MODES = (*INDUCTOR_MODES, "cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune", "cudagraphs")  # the modes that record CUDA graphs (CUDA only)
 LENGTH_BUCKET = 64  # CUDA-graph modes: prompts padded to a multiple of this many tokens (8 widths up to 511)
+CUDA_GRAPH_SKIP_LOG = "torch._inductor.cudagraph_utils.__cudagraphs"  # where torch says why it runs without graphs
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]):
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        first_line = record.getMessage().splitlines()[0]
+        reason = re.sub(r"^(skipping cudagraphs due to )+", "", first_line).rstrip(". ")
+        if reason not in self.into:
+            self.into.append(reason)
+
+
+@contextmanager
+def cuda_graph_skips() -> Iterator[list[str]]:
+    """The reasons torch gives, while the block runs, for running a compiled graph without recording CUDA
+    graphs (its warning "skipping cudagraphs due to cpu device (arg1_1) ..." -> "cpu device (arg1_1)"), each
+    once. In a CUDA-graph mode on a GPU an empty list means the graphs were recorded."""
+    reasons: list[str] = []
+    handler = _Collect(reasons)
+    logger = logging.getLogger(CUDA_GRAPH_SKIP_LOG)
+    logger.addHandler(handler)
+    try:
+        yield reasons
+    finally:
+        logger.removeHandler(handler)
+
+
+def cuda_graph_note(mode: str, device: str, skipped: list[str]) -> str:
+    """What a compile in ``mode`` on ``device`` did about CUDA graphs: '' where none are recorded by design
+    (not a CUDA-graph mode, or not a GPU), else "CUDA graphs recorded" or "CUDA graphs skipped: <reason>"."""
+    if mode not in CUDA_GRAPH_MODES or not str(device).startswith("cuda"):
+        return ""
+    if not skipped:
+        return "CUDA graphs recorded"
+    return f"CUDA graphs skipped: {skipped[0]}" + (f" (+{len(skipped) - 1} more)" if len(skipped) > 1 else "")
 
 
 @dataclass
@@ -213,4 +254,5 @@ def probabilities(logits: Tensor) -> Tensor:
     return F.softmax(logits.float(), dim=-1)
 
 
-__all__ = ["COMPILE_MODES", "DDVLM", "DDVLMConfig", "DDVLMOutput", "TRAINED_MODULES", "probabilities"]
+__all__ = ["COMPILE_MODES", "cuda_graph_note", "cuda_graph_skips", "DDVLM", "DDVLMConfig", "DDVLMOutput",
+           "TRAINED_MODULES", "probabilities"]

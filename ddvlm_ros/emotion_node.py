@@ -219,14 +219,19 @@ class EmotionNode(LifecycleNode):
             return
         import torch
 
+        from ddvlm_core.model import cuda_graph_note
+
         mode = self.p("compile_mode")
         self.get_logger().info(f"compiling the text model for {self.recognizer.device} (torch.compile, {mode}) ...")
         self.recognizer.model.compile_text(mode)
         # on the inference worker: inductor bakes the thread count it compiles with into its CPU kernels
         seconds, threads = self.pipeline.call(lambda: (self.recognizer.warm_up(), torch.get_num_threads()))
         how = "dynamo cudagraphs (no inductor)" if mode == "cudagraphs" else f"inductor {mode}"
-        self.compiled = f"{how} on {self.recognizer.device}, {threads} threads (warm-up {seconds:.0f} s)"
-        self.get_logger().info(f"text model compiled: {self.compiled}")
+        graphs = cuda_graph_note(mode, self.recognizer.device, self.recognizer.cuda_graph_skips)
+        self.compiled = (f"{how} on {self.recognizer.device}, {threads} threads (warm-up {seconds:.0f} s)"
+                         + (f"; {graphs}" if graphs else ""))
+        log = self.get_logger().warning if "skipped" in graphs else self.get_logger().info
+        log(f"text model compiled: {self.compiled}")
 
     def _to_device(self, device: str) -> None:
         if self.recognizer is None or self.recognizer.device == device:

@@ -218,6 +218,28 @@ def test_cudagraphs_mode_traces_the_woq_backbone_without_inductor_and_matches_ea
     torch.testing.assert_close(bucketed, eager, rtol=0, atol=1e-4)
 
 
+def test_why_cuda_graphs_were_not_recorded_is_caught_from_torch_and_worded(tiny_text_checkpoint):
+    """torch runs a compiled graph without CUDA graphs when it must (here: CPU tensors) and only logs why; the
+    recognizer keeps the reason from its warm-up, and the node / bench say "recorded" or "skipped: why"."""
+    from ddvlm_core.inference import EmotionRecognizer
+    from ddvlm_core.model import cuda_graph_note
+
+    recognizer = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint)
+    torch._dynamo.reset()
+    recognizer.model.compile_text("cudagraphs")
+    recognizer.warm_up()
+    skips = recognizer.cuda_graph_skips  # torch's own words, once per graph: one for batch 1, one for batches
+    assert len(skips) == len(set(skips)) >= 1 and all(r.startswith("cpu device (") for r in skips)
+    assert cuda_graph_note("cudagraphs", "cuda:0", skips) == f"CUDA graphs skipped: {skips[0]}" + (
+        f" (+{len(skips) - 1} more)" if len(skips) > 1 else "")
+    assert cuda_graph_note("cudagraphs", "cuda", ["a", "b", "c"]) == "CUDA graphs skipped: a (+2 more)"
+    assert cuda_graph_note("reduce-overhead", "cuda", []) == "CUDA graphs recorded"
+    assert cuda_graph_note("default", "cuda", []) == "" and cuda_graph_note("cudagraphs", "cpu", ["x"]) == ""
+    eager = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint)
+    eager.warm_up()
+    assert eager.cuda_graph_skips == []  # nothing compiled: nothing skipped
+
+
 @pytest.mark.skipif(not cpu_has_fast_bf16(), reason="compiles the decompress kernel (bf16 CPUs)")
 def test_compiled_woq_model_matches_eager_keeps_int8_weights_and_compiles_once(tiny_text_checkpoint):
     """torch.compile of a WOQ model: the widening is traced (no scratch) and fused; after warm_up, prompts of
