@@ -61,10 +61,12 @@ def cuda_graph_skips() -> Iterator[list[str]]:
 
 
 def cuda_graph_note(mode: str, device: str, skipped: list[str]) -> str:
-    """What a compile in ``mode`` on ``device`` did about CUDA graphs: '' where none are recorded by design
-    (not a CUDA-graph mode, or not a GPU), else "CUDA graphs recorded" or "CUDA graphs skipped: <reason>"."""
-    if mode not in CUDA_GRAPH_MODES or not str(device).startswith("cuda"):
+    """What a compile in ``mode`` on ``device`` did about CUDA graphs: '' for a mode without them, "no CUDA
+    graphs on cpu ..." off a GPU, else "CUDA graphs recorded" or "CUDA graphs skipped: <torch's reason>"."""
+    if mode not in CUDA_GRAPH_MODES:
         return ""
+    if not str(device).startswith("cuda"):
+        return f"no CUDA graphs on {device} (they are recorded on a GPU only)"
     if not skipped:
         return "CUDA graphs recorded"
     return f"CUDA graphs skipped: {skipped[0]}" + (f" (+{len(skipped) - 1} more)" if len(skipped) > 1 else "")

@@ -230,7 +230,7 @@ class EmotionNode(LifecycleNode):
         graphs = cuda_graph_note(mode, self.recognizer.device, self.recognizer.cuda_graph_skips)
         self.compiled = (f"{how} on {self.recognizer.device}, {threads} threads (warm-up {seconds:.0f} s)"
                          + (f"; {graphs}" if graphs else ""))
-        log = self.get_logger().warning if "skipped" in graphs else self.get_logger().info
+        log = self.get_logger().warning if graphs and graphs != "CUDA graphs recorded" else self.get_logger().info
         log(f"text model compiled: {self.compiled}")
 
     def _to_device(self, device: str) -> None:

@@ -327,6 +327,7 @@ def test_cudagraphs_compile_mode_needs_no_inductor_and_answers_like_the_eager_no
                 compile_mode="cudagraphs").start()
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["compiled"].startswith("dynamo cudagraphs (no inductor) on cpu") and values["load_error"] == ""
+    assert values["compiled"].endswith("; no CUDA graphs on cpu (they are recorded on a GPU only)")
     h.publish(String, "transcript", String(data="Ross: I got the job!"))
     m = h.wait_for(1)[0]
     assert max(abs(a - b) for a, b in zip(m.probabilities, expected.probabilities)) < 1e-5
