@@ -207,7 +207,10 @@ def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_proc
     write_report(parallel, tiny_cfg(tmp_path, tiny_roberta_dir), tmp_path / "ablation")
     report = (tmp_path / "ablation.md").read_text()
     assert "| text_no_sd | 1 |" in report and "Self-distillation gain" in report
-    assert "| epoch | text_sd | text_no_sd |" in report and "| 2 | " in report  # the per-epoch table, 2 epochs
+    assert "| epoch | text_sd | text_sd EMA teacher | text_no_sd |" in report and "| 2 | " in report  # per epoch
+    sd_records = [h for r in parallel[0]["runs"] for h in r["text_history"]]  # the EMA teacher is scored too
+    assert all(0 <= h["teacher_test_wa_f1"] <= 100 for h in sd_records)
+    assert not any("teacher_test_wa_f1" in h for r in parallel[1]["runs"] for h in r["text_history"])
     by_seed = {e["row"]: {r["seed"]: r["test_wa_f1"] for r in e["runs"]} for e in parallel}
     assert f"seed 1 {by_seed['text_sd'][1] - by_seed['text_no_sd'][1]:+.2f}" in report
     # --render rebuilds the same Markdown from the JSON alone (a report brought back from another machine)
@@ -241,12 +244,15 @@ def test_per_epoch_means_show_each_row_at_every_epoch_over_the_seeds_that_reache
         return {"seed": seed, "text_history": [{"epoch": e, "dev_wa_f1": d, "test_wa_f1": t} for e, d, t in history]}
 
     sd = {"row": "text_sd", "runs": [run(0, [(1, 50, 55), (2, 60, 63)]), run(1, [(1, 52, 57)])]}  # seed 1 stopped
+    sd["runs"][0]["text_history"][1] |= {"teacher_dev_wa_f1": 61.0, "teacher_test_wa_f1": 64.0}  # from epoch 2
     no_sd = {"row": "text_no_sd", "runs": [run(0, [(1, 50, 55), (2, 61, 62), (3, 61.5, 61)])]}
     assert epoch_means(sd) == {1: (2, 51.0, 56.0), 2: (1, 60.0, 63.0)}
+    assert epoch_means(sd, "teacher_") == {2: (1, 61.0, 64.0)} and epoch_means(no_sd, "teacher_") == {}
     table = epoch_table([sd, no_sd, {"row": "full", "not_run": "needs captions"}])
-    assert "| epoch | text_sd | text_no_sd |" in table
-    assert "| 1 | 51.00 / 56.00 (2) | 50.00 / 55.00 (1) |" in table
-    assert "| 3 | — | 61.50 / 61.00 (1) |" in table
+    assert "| epoch | text_sd | text_sd EMA teacher | text_no_sd |" in table
+    assert "| 1 | 51.00 / 56.00 (2) | — | 50.00 / 55.00 (1) |" in table
+    assert "| 2 | 60.00 / 63.00 (1) | 61.00 / 64.00 (1) | 61.00 / 62.00 (1) |" in table
+    assert "| 3 | — | — | 61.50 / 61.00 (1) |" in table
     assert epoch_table([{"row": "full", "not_run": "needs captions"}]) == []
 
 

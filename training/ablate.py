@@ -189,22 +189,26 @@ def paired_differences(a: dict, b: dict) -> dict[int, float]:
     return {r["seed"]: r["test_wa_f1"] - score_b[r["seed"]] for r in a["runs"] if r["seed"] in score_b}
 
 
-def epoch_means(entry: dict) -> dict[int, tuple[int, float, float]]:
+def epoch_means(entry: dict, model: str = "") -> dict[int, tuple[int, float, float]]:
     """epoch -> (runs that reached it, mean dev WA-F1, mean test WA-F1) over a row's runs: how the rows
     compare at each epoch of training, not only at each run's dev-selected one (e.g. a no-SD model that
-    overfits in later epochs while the self-distilled one holds)."""
+    overfits in later epochs while the self-distilled one holds). ``model="teacher_"``: the EMA teacher's
+    scores, which self-distilled runs record beside the student's."""
     per_epoch: dict[int, list[dict]] = {}
     for run in entry.get("runs", []):
         for record in run.get("text_history", []):
-            per_epoch.setdefault(record["epoch"], []).append(record)
-    return {epoch: (len(records), statistics.mean(r["dev_wa_f1"] for r in records),
-                    statistics.mean(r["test_wa_f1"] for r in records))
+            if f"{model}dev_wa_f1" in record:
+                per_epoch.setdefault(record["epoch"], []).append(record)
+    return {epoch: (len(records), statistics.mean(r[f"{model}dev_wa_f1"] for r in records),
+                    statistics.mean(r[f"{model}test_wa_f1"] for r in records))
             for epoch, records in sorted(per_epoch.items())}
 
 
 def epoch_table(entries: list[dict]) -> list[str]:
-    """Markdown: per epoch, each row's mean dev / test WA-F1 over its seeds (and how many reached the epoch)."""
-    means = {e["row"]: m for e in entries if (m := epoch_means(e))}
+    """Markdown: per epoch, each row's mean dev / test WA-F1 over its seeds (and how many reached the epoch),
+    and its EMA teacher's where the runs recorded it."""
+    means = {f"{e['row']}{title}": m for e in entries for model, title in (("", ""), ("teacher_", " EMA teacher"))
+             if (m := epoch_means(e, model))}
     if not means:
         return []
     epochs = sorted({epoch for m in means.values() for epoch in m})

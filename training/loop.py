@@ -166,10 +166,14 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         train_loss = running.item() / max(1, len(plan))  # also waits for the device: train time is complete
         train_seconds = time.monotonic() - epoch_start
         scores = {s: evaluate(stage, s, labels[s], lengths[s], cfg.eval_batch_size) for s in ("dev", "test")}
+        # the EMA teacher's own scores are recorded too, not selected from: the student is the trained model
+        teacher_scores = {s: evaluate(stage, s, labels[s], lengths[s], cfg.eval_batch_size, teacher.model)
+                          for s in ("dev", "test")} if teacher is not None else {}
         record = {"epoch": epoch, "train_loss": train_loss,
                   "train_seconds": round(train_seconds, 2),
                   "eval_seconds": round(time.monotonic() - epoch_start - train_seconds, 2), "train_steps": len(plan),
-                  **{f"{s}_{k}": scores[s][k] for s in scores for k in ("wa_f1", "macro_f1", "accuracy")}}
+                  **{f"{s}_{k}": scores[s][k] for s in scores for k in ("wa_f1", "macro_f1", "accuracy")},
+                  **{f"teacher_{s}_wa_f1": teacher_scores[s]["wa_f1"] for s in teacher_scores}}
         info["history"].append(record)
         if info["best"] is None or record["dev_wa_f1"] > info["best"]["dev_wa_f1"]:
             info["best"] = {**record, "dev": scores["dev"], "test": scores["test"]}
@@ -185,8 +189,10 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
                 best_weights = None
             save_state(out_dir, student, teacher.model if teacher else None, opt, sched, info)
         barrier()
+        ema = (f"  (EMA teacher: dev {record['teacher_dev_wa_f1']:.2f}  test {record['teacher_test_wa_f1']:.2f})"
+               if teacher_scores else "")
         log(f"[{stage.name}] epoch {epoch}: loss {record['train_loss']:.4f}  dev WA-F1 {record['dev_wa_f1']:.2f}  "
-            f"test WA-F1 {record['test_wa_f1']:.2f}  ({time.monotonic() - started:.0f}s)")
+            f"test WA-F1 {record['test_wa_f1']:.2f}{ema}  ({time.monotonic() - started:.0f}s)")
         if stop:
             log(f"[{stage.name}] time budget of {cfg.time_budget_min} min: stopping after epoch {epoch}")
             info["stopped_early"] = epoch
@@ -215,17 +221,21 @@ def over_budget(elapsed_s: float, last_epoch_s: float, budget_min: float) -> boo
 
 
 @torch.inference_mode()
-def predict_split(stage: Stage, split: str, lengths: list[int], batch_size: int) -> Tensor:
-    """Argmax predictions for every example of a split, in example order (batches by length)."""
-    stage.student.eval()
+def predict_split(stage: Stage, split: str, lengths: list[int], batch_size: int,
+                  model: nn.Module | None = None) -> Tensor:
+    """Argmax predictions of ``model`` (default: the stage's student) for every example of a split, in
+    example order (batches by length)."""
+    model = model if model is not None else stage.student
+    model.eval()
     preds = torch.empty(len(lengths), dtype=torch.long)
     for idx in batches(lengths, batch_size, shuffle=False, seed=0):
-        preds[idx] = stage.logits(stage.student, split, idx).argmax(-1).cpu()
+        preds[idx] = stage.logits(model, split, idx).argmax(-1).cpu()
     return preds
 
 
-def evaluate(stage: Stage, split: str, gold: Tensor, lengths: list[int], batch_size: int) -> dict:
-    return metrics(gold.numpy(), predict_split(stage, split, lengths, batch_size).numpy())
+def evaluate(stage: Stage, split: str, gold: Tensor, lengths: list[int], batch_size: int,
+             model: nn.Module | None = None) -> dict:
+    return metrics(gold.numpy(), predict_split(stage, split, lengths, batch_size, model).numpy())
 
 
 # ---- stages -------------------------------------------------------------------------------------
