@@ -1,5 +1,7 @@
 """The lent-GPU tooling: backbone shards survive the trip bit-for-bit (after bf16 rounding) and damaged
-or missing shards are refused; the planner picks what fits the budget."""
+or missing shards are refused; the planner picks what fits the budget; the training and quantization calls
+(train.sh, quant.sh) run end to end here on a CPU with a tiny backbone, so a broken script is found before a
+GPU session's one try."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -83,3 +85,55 @@ def test_collect_packs_the_best_self_distilled_run_and_refuses_a_checkpoint_too_
     (out / "default_checkpoint.tar").unlink()
     collect.MAX_CHECKPOINT_BYTES = 1000  # a full fine-tune's checkpoint holds the whole backbone
     assert collect.main(runs, out) == 0 and not (out / "default_checkpoint.tar").exists()
+
+
+def test_train_sh_assembles_the_shards_runs_the_plan_stops_on_its_budget_and_resumes(tmp_path, tiny_roberta_dir):
+    """The one-shot GPU training call, run here on a CPU with a tiny backbone sent as shards: a first call
+    stops every run after epoch 1 on its time budget (the resume state is written only then: --state_every=0),
+    the same call again resumes them to the end, and collect.py packs the self-distilled run's checkpoint."""
+    import json
+    import os
+    import subprocess
+    import tarfile
+
+    shards = load("backbone_shards").pack(Path(tiny_roberta_dir), tmp_path / "carried", max_mb=0.05)
+    out = tmp_path / "out"
+    env = {**os.environ, "GPU_TMP": str(tmp_path / "device"), "SHARDS": " ".join(map(str, shards)), "OUT": str(out),
+           "DEVICE": "cpu", "BF16": "false", "LIMIT": "2", "CONFIG": "training/configs/lora.yaml",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    plan = "PARALLEL=2;ROWS=text_sd,text_no_sd;SEEDS=0;EPOCHS=2;EXTRA=0;TIME_BUDGET_MIN="
+    for budget in ("1e-9", "0"):  # stop after epoch 1, then no budget
+        out.mkdir(exist_ok=True)
+        call = subprocess.run(["bash", "scripts/gpu/train.sh", "300"], cwd=GPU.parents[1], capture_output=True,
+                              text=True, timeout=600, env={**env, "PLAN": plan + budget})
+        assert call.returncode == 0, call.stdout[-2000:] + call.stderr[-2000:]
+        report = json.loads((out / "ablation.json").read_text())
+        assert [r["row"] for r in report["rows"]] == ["text_sd", "text_no_sd"]
+        assert [r["runs"][0]["epochs_run"] for r in report["rows"]] == ([1, 1] if budget != "0" else [2, 2])
+    logs = (out / "train_logs.txt").read_text()
+    assert logs.count("resumed after epoch 1") == 2 and "TIME_BUDGET_MIN=0" in logs
+    with tarfile.open(out / "default_checkpoint.tar") as tar:
+        assert "text_sd_seed0/checkpoint/manifest.json" in tar.getnames()
+
+
+def test_quant_sh_assembles_the_backbone_when_missing_and_writes_the_report(tmp_path, tiny_roberta_dir,
+                                                                            tiny_text_checkpoint):
+    """The GPU quantization call, run here on a CPU (DEVICE=cpu) on a tiny checkpoint: it assembles the carried
+    shards when no backbone is there yet, and passes rows, their time limit and the utterance limit on."""
+    import json
+    import os
+    import subprocess
+
+    shards = load("backbone_shards").pack(Path(tiny_roberta_dir), tmp_path / "carried", max_mb=0.05)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "GPU_TMP": str(tmp_path / "device"), "SHARDS": " ".join(map(str, shards)), "OUT": str(out),
+           "DEVICE": "cpu", "CHECKPOINT": tiny_text_checkpoint, "ROWS": "fp32,woq_dequant", "ROW_TIMEOUT": "300",
+           "REPEATS": "2", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    call = subprocess.run(["bash", "scripts/gpu/quant.sh", "40"], cwd=GPU.parents[1], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert call.returncode == 0, call.stdout[-2000:] + call.stderr[-2000:]
+    assert (tmp_path / "device" / "ddvlm" / "models" / "all-mpnet-base-v2" / "model.safetensors").is_file()
+    report = json.loads((out / "quantization.json").read_text())
+    assert [r["row"] for r in report["rows"]] == ["fp32", "woq_dequant"] and report["meta"]["n"] == 40
+    assert all("error" not in r for r in report["rows"]) and report["meta"]["pending_rows"] == []

@@ -6,6 +6,7 @@ and every run's log into train_logs.txt under OUT (the device returns at most 8 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -27,9 +28,10 @@ def main(runs: Path, out: Path) -> int:
         lines = [ln for ln in log.read_text(errors="replace").replace("\r", "\n").splitlines()
                  if ln.strip() and "%|" not in ln]  # progress-bar redraws dropped, everything else kept
         logs += [f"==== {log}", *lines[-200:]]
-    for name in ("/tmp/plan.sh", "/tmp/ablate_main.log", "/tmp/ablate_extra.log"):
-        if Path(name).is_file():
-            logs += [f"==== {name}", *Path(name).read_text(errors="replace").splitlines()[-60:]]
+    scratch = Path(os.environ.get("GPU_TMP", "/tmp"))  # train.sh's plan and ablate logs
+    for name in ("plan.sh", "ablate_main.log", "ablate_extra.log"):
+        if (scratch / name).is_file():
+            logs += [f"==== {scratch / name}", *(scratch / name).read_text(errors="replace").splitlines()[-60:]]
     (out / "train_logs.txt").write_text("\n".join(logs) + "\n")
     size = sum(f.stat().st_size for f in (best[0] / "checkpoint").rglob("*") if f.is_file()) if best else 0
     if size > MAX_CHECKPOINT_BYTES:  # a full fine-tune stores the whole backbone: not a shippable default
