@@ -30,7 +30,9 @@ INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no
 COMPILE_MODES = (*INDUCTOR_MODES, "cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune", "cudagraphs")  # the modes that record CUDA graphs (CUDA only)
 LENGTH_BUCKET = 64  # CUDA-graph modes: prompts padded to a multiple of this many tokens (8 widths up to 511)
-CUDA_GRAPH_SKIP_LOG = "torch._inductor.cudagraph_utils.__cudagraphs"  # where torch says why it runs without graphs
+# where torch says why it runs a compiled graph without CUDA graphs (the artifact logger moved between versions)
+CUDA_GRAPH_SKIP_LOGS = ("torch._inductor.cudagraph_utils.__cudagraphs", "torch._inductor.cudagraph_utils.__perf_hints")
+NO_REASON = "torch gave no reason (TORCH_LOGS=cudagraphs,perf_hints shows it)"
 
 
 class _Collect(logging.Handler):
@@ -40,6 +42,8 @@ class _Collect(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         first_line = record.getMessage().splitlines()[0]
+        if "skipping cudagraphs" not in first_line:
+            return
         reason = re.sub(r"^(skipping cudagraphs due to )+", "", first_line).rstrip(". ")
         if reason not in self.into:
             self.into.append(reason)
@@ -49,15 +53,24 @@ class _Collect(logging.Handler):
 def cuda_graph_skips() -> Iterator[list[str]]:
     """The reasons torch gives, while the block runs, for running a compiled graph without recording CUDA
     graphs (its warning "skipping cudagraphs due to cpu device (arg1_1) ..." -> "cpu device (arg1_1)"), each
-    once. In a CUDA-graph mode on a GPU an empty list means the graphs were recorded."""
+    once. torch also counts every skip: a count that grew with no warning caught (a torch whose logger has
+    another name, or is off) gives NO_REASON. In a CUDA-graph mode on a GPU an empty list means the graphs
+    were recorded."""
+    from torch._dynamo.utils import counters
+
     reasons: list[str] = []
     handler = _Collect(reasons)
-    logger = logging.getLogger(CUDA_GRAPH_SKIP_LOG)
-    logger.addHandler(handler)
+    loggers = [logging.getLogger(name) for name in CUDA_GRAPH_SKIP_LOGS]
+    skips_before = counters["inductor"]["cudagraph_skips"]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         yield reasons
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
+        if counters["inductor"]["cudagraph_skips"] > skips_before and not reasons:
+            reasons.append(NO_REASON)
 
 
 def cuda_graph_note(mode: str, device: str, skipped: list[str]) -> str:

@@ -239,6 +239,18 @@ def test_why_cuda_graphs_were_not_recorded_is_caught_from_torch_and_worded(tiny_
     eager = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint)
     eager.warm_up()
     assert eager.cuda_graph_skips == []  # nothing compiled: nothing skipped
+    import logging
+
+    from torch._dynamo.utils import counters
+
+    from ddvlm_core.model import CUDA_GRAPH_SKIP_LOGS, NO_REASON, cuda_graph_skips
+
+    with cuda_graph_skips() as other:
+        logging.getLogger(CUDA_GRAPH_SKIP_LOGS[1]).warning("a perf hint that is not a CUDA-graph skip")
+    assert other == []
+    with cuda_graph_skips() as silent:  # a torch that counts a skip under a logger name we do not know
+        counters["inductor"]["cudagraph_skips"] += 1
+    assert silent == [NO_REASON]
 
 
 @pytest.mark.skipif(not cpu_has_fast_bf16(), reason="compiles the decompress kernel (bf16 CPUs)")
