@@ -137,3 +137,19 @@ def test_quant_sh_assembles_the_backbone_when_missing_and_writes_the_report(tmp_
     report = json.loads((out / "quantization.json").read_text())
     assert [r["row"] for r in report["rows"]] == ["fp32", "woq_dequant"] and report["meta"]["n"] == 40
     assert all("error" not in r for r in report["rows"]) and report["meta"]["pending_rows"] == []
+
+
+def test_a_shard_upload_call_still_fits_the_device_carry_limit_beside_the_tracked_tree():
+    """Each upload call carries the whole tracked tree and one shard (<= 64 MiB in all): tracked files that
+    grow past the margin would make the next GPU session's uploads fail, so CI says so first."""
+    import subprocess
+
+    shards = load("backbone_shards")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=GPU.parents[1], capture_output=True, check=True).stdout
+    tracked = sum((GPU.parents[1] / name).stat().st_size for name in listed.decode().split("\0") if name
+                  and (GPU.parents[1] / name).is_file())
+    assert tracked > 5e6  # the checkpoint and MELD's CSVs are in it: the listing worked
+    needed = tracked + shards.MAX_SHARD_MB * 1e6 + 1e6
+    assert needed <= shards.CARRY_LIMIT, (
+        f"tracked tree {tracked / 1e6:.1f} MB + a shard of {shards.MAX_SHARD_MB} MB exceed one device call's "
+        f"{shards.CARRY_LIMIT / 2**20:.0f} MiB: pack smaller shards (more upload calls) or track fewer bytes")

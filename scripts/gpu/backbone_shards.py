@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 SMALL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
                "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 SHARD = "part.safetensors"
+CARRY_LIMIT = 64 * 2**20  # what one device call carries: the working tree plus the carried paths
+MAX_SHARD_MB = 48.0  # a shard's tensors; the first shard also carries the tokenizer and config files (< 1 MB)
 
 
 def digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -33,7 +35,7 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def pack(model_dir: Path, out_root: Path, max_mb: float = 48.0) -> list[Path]:
+def pack(model_dir: Path, out_root: Path, max_mb: float = MAX_SHARD_MB) -> list[Path]:
     state = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v)
              for k, v in load_file(model_dir / "model.safetensors").items()}
     shards: list[dict[str, torch.Tensor]] = []
