@@ -213,6 +213,7 @@ def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_proc
     assert not any("teacher_test_wa_f1" in h for r in parallel[1]["runs"] for h in r["text_history"])
     by_seed = {e["row"]: {r["seed"]: r["test_wa_f1"] for r in e["runs"]} for e in parallel}
     assert f"seed 1 {by_seed['text_sd'][1] - by_seed['text_no_sd'][1]:+.2f}" in report
+    assert "epoch 1 is identical" in report  # CE only in both, deterministic CPU kernels: measured, not claimed
     # --render rebuilds the same Markdown from the JSON alone (a report brought back from another machine)
     (tmp_path / "ablation.md").unlink()
     from training.ablate import main as ablate_main
@@ -254,6 +255,23 @@ def test_per_epoch_means_show_each_row_at_every_epoch_over_the_seeds_that_reache
     assert "| 2 | 60.00 / 63.00 (1) | 61.00 / 64.00 (1) | 61.00 / 62.00 (1) |" in table
     assert "| 3 | — | — | 61.50 / 61.00 (1) |" in table
     assert epoch_table([{"row": "full", "not_run": "needs captions"}]) == []
+
+
+def test_the_paired_sd_gain_says_how_far_apart_epoch_one_already_was():
+    from training.ablate import epoch_one_spread, paired_line
+
+    def row(name, firsts, scores):
+        return {"row": name, "runs": [{"seed": k, "test_wa_f1": t, "text_history": [{"epoch": 1, "dev_wa_f1": d}]}
+                                      for k, (d, t) in enumerate(zip(firsts, scores))]}
+
+    sd, no_sd = row("text_sd", [50.0, 52.0], [63.0, 64.0]), row("text_no_sd", [50.0, 52.0], [62.0, 62.5])
+    assert epoch_one_spread(sd, no_sd) == 0.0
+    assert paired_line(sd, no_sd) == ["Paired by seed (same initialisation and batch order; epoch 1 is identical): "
+                                      "seed 0 +1.00, seed 1 +1.50; mean +1.25 ± 0.35."]
+    gpu_no_sd = row("text_no_sd", [51.5, 51.0], [62.0, 62.5])  # e.g. full fine-tuning on a GPU
+    assert epoch_one_spread(sd, gpu_no_sd) == 1.5
+    assert "epoch 1, CE only in both, already differs by up to 1.50 dev WA-F1" in paired_line(sd, gpu_no_sd)[0]
+    assert paired_line(row("a", [1.0], [2.0]), row("b", [1.0], [2.0])) == []  # one seed: no spread to show
 
 
 def test_a_failing_parallel_run_is_reported_not_raised(tmp_path, tiny_roberta_dir):
