@@ -21,7 +21,7 @@ from ddvlm_core import checkpoint as ckpt
 from ddvlm_core.assets import MINILM, MPNET, resolve_model
 from ddvlm_core.fusion import FusionOutput, ResidualGatedFusion
 from ddvlm_core.labels import NUM_LABELS
-from ddvlm_core.text import TextEncoder, TextOutput, load_backbone, load_tokenizer
+from ddvlm_core.text import TextEncoder, TextOutput, keep_position_bias_on_device, load_backbone, load_tokenizer
 from ddvlm_core.visual import VisualHead, VisualOutput
 
 TRAINED_MODULES = ("text_head", "visual_head", "fusion")
@@ -35,6 +35,13 @@ CUDA_GRAPH_SKIP_LOGS = ("torch._inductor.cudagraph_utils.__cudagraphs", "torch._
 NO_REASON = "torch gave no reason (TORCH_LOGS=cudagraphs,perf_hints shows it)"
 
 
+def skip_reason(message: str) -> str:
+    """torch's reason in its "skipping cudagraphs due to ..." warning, without the prefix and the stack trace
+    that torch 2.11 appends ("... (arange_4). Found from : <trace>" -> "cpu device (arange_4)")."""
+    reason = re.sub(r"^(skipping cudagraphs due to )+", "", message.splitlines()[0] if message else "")
+    return re.sub(r"\.?\s*Found from\b.*$", "", reason).rstrip(". ")
+
+
 class _Collect(logging.Handler):
     def __init__(self, into: list[str]):
         super().__init__(logging.WARNING)
@@ -44,7 +51,7 @@ class _Collect(logging.Handler):
         first_line = record.getMessage().splitlines()[0]
         if "skipping cudagraphs" not in first_line:
             return
-        reason = re.sub(r"^(skipping cudagraphs due to )+", "", first_line).rstrip(". ")
+        reason = skip_reason(first_line)
         if reason not in self.into:
             self.into.append(reason)
 
@@ -226,6 +233,7 @@ class DDVLM(nn.Module):
         already: on a CPU no CUDA graphs are recorded, and nothing is padded."""
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
+        keep_position_bias_on_device(self.text.backbone)  # MPNet on older transformers: no CPU tensor in the graph
         if mode == "cudagraphs":
             self.text.backbone.compile(dynamic=True, backend="cudagraphs")
         else:

@@ -7,6 +7,7 @@ default all-mpnet-base-v2 (MPNet). Nothing is downloaded: a path that is not a l
 from __future__ import annotations
 
 import os
+import types
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,40 @@ def load_backbone(path: str, tokenizer) -> nn.Module:
     )
     init_new_token_embeddings(backbone, tokenizer)
     return backbone
+
+
+def position_bias_on_input_device(encoder: nn.Module, x: Tensor, position_ids: Tensor | None = None,
+                                  num_buckets: int = 32) -> Tensor:
+    """MPNet's relative attention bias, as transformers' ``MPNetEncoder.compute_position_bias`` computes it
+    (same buckets, same embedding, same values), with its position indices made on ``x``'s device.
+
+    Older transformers (5.17, on the lent GPU machine) make them on the CPU and then move the buckets to the
+    GPU. Eager code does not notice; CUDA graphs do: a graph that creates a CPU tensor is not recorded, and
+    dynamo's ``cudagraphs`` backend then runs it uncaptured ("skipping cudagraphs due to cpu device
+    (arange_4)", measured on the H100; reports/quantization_gpu.md)."""
+    bsz, qlen = x.size(0), x.size(1)
+    if position_ids is None:
+        positions = torch.arange(qlen, dtype=torch.long, device=x.device)
+        context_position, memory_position = positions[:, None], positions[None, :]
+    else:
+        context_position, memory_position = position_ids[:, :, None], position_ids[:, None, :]
+    buckets = encoder.relative_position_bucket(memory_position - context_position, num_buckets=num_buckets)
+    values = encoder.relative_attention_bias(buckets).movedim(-1, -3)  # ([batch,] heads, q, k)
+    values = values if values.dim() == 4 else values.unsqueeze(0)
+    return values.expand((bsz, -1, qlen, qlen)).contiguous()
+
+
+def keep_position_bias_on_device(backbone: nn.Module) -> int:
+    """Give every MPNet encoder inside ``backbone`` (a PEFT wrapper included) ``position_bias_on_input_device``
+    in place of its own ``compute_position_bias``, so that a compiled backbone creates no CPU tensor and
+    can be replayed as CUDA graphs. Weights and outputs are unchanged. Returns how many encoders it changed
+    (0 for RoBERTa, whose positions never leave the input's device)."""
+    encoders = [m for m in backbone.modules()
+                if hasattr(m, "compute_position_bias") and hasattr(m, "relative_attention_bias")
+                and hasattr(m, "relative_position_bucket")]
+    for encoder in encoders:
+        encoder.compute_position_bias = types.MethodType(position_bias_on_input_device, encoder)
+    return len(encoders)
 
 
 @torch.no_grad()

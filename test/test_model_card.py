@@ -92,6 +92,12 @@ def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_an
     assert ("On a GPU with CUDA graphs without inductor, no Triton** (node parameters `compile: true`, "
             "`compile_mode: cudagraphs`): WOQ latency 0.60x / 0.75x eager FP32 and 0.75x / 1.00x FP32 in the same "
             "mode; WA-F1 59.00") in text
+    graphed[3]["note"] = ("torch.compile (dynamo cudagraphs backend ...): CUDA graphs skipped: cpu device (arange_4). "
+                          "Found from :")
+    text = "\n".join(gpu_quantization_lines({**report, "rows": graphed}, checkpoint))
+    assert ("On a GPU, `compile_mode: cudagraphs`**: torch skipped the CUDA graphs in that run (cpu device "
+            "(arange_4)), so its latencies are not those of CUDA graphs without inductor, no Triton.") in text
+    assert "0.75x / 1.00x" not in text
     fresh = [row("fp32", 5.0, 8.0), row("woq", 8.0, 12.0), row("woq_cudagraphs", 1.0, 5.0)]
     assert bench.same_mode_ratios({r["row"]: r for r in fresh}) == []  # no fp32_cudagraphs: nothing to compare
     no_graphs = {**report, "rows": fresh}

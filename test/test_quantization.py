@@ -1,9 +1,12 @@
 """WOQ INT8 (paper Section 3.7): the equations, the transform, the kernel check, storage."""
 import copy
+import types
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from ddvlm_core.checkpoint import CheckpointError
 from ddvlm_core.context import PromptBuilder, make_turns
@@ -218,6 +221,80 @@ def test_cudagraphs_mode_traces_the_woq_backbone_without_inductor_and_matches_ea
     torch.testing.assert_close(bucketed, eager, rtol=0, atol=1e-4)
 
 
+def old_transformers_position_bias(self, x, position_ids=None, num_buckets=32):
+    """transformers 5.17's MPNetEncoder.compute_position_bias (the lent GPU machine's; found in its public
+    source): the positions are made on the CPU, the buckets moved to x's device afterwards."""
+    bsz, qlen, klen = x.size(0), x.size(1), x.size(1)
+    context_position = torch.arange(qlen, dtype=torch.long)[:, None]
+    memory_position = torch.arange(klen, dtype=torch.long)[None, :]
+    rp_bucket = self.relative_position_bucket(memory_position - context_position, num_buckets=num_buckets)
+    rp_bucket = rp_bucket.to(x.device)
+    values = self.relative_attention_bias(rp_bucket).permute([2, 0, 1]).unsqueeze(0)
+    return values.expand((bsz, -1, qlen, klen)).contiguous()
+
+
+class CpuTensorLog(TorchDispatchMode):
+    """The ops that return a CPU tensor while a model runs on the meta device: what CUDA graphs refuse to
+    record ("skipping cudagraphs due to cpu device")."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.device.type == "cpu" for t in tree_leaves(out)):
+            self.ops.append(str(func))
+        return out
+
+
+def test_mpnet_position_bias_is_made_on_the_inputs_device_so_cuda_graphs_can_record_it(mpnet_path):
+    """The H100 run skipped CUDA graphs in compile_mode cudagraphs: "cpu device (arange_4)", MPNet's relative
+    positions made on the CPU by transformers 5.17. compile_text gives each MPNet encoder a device-local
+    position bias with the same values, here checked on the real architecture at tiny sizes."""
+    from transformers import MPNetConfig, MPNetModel
+
+    from ddvlm_core.model import DDVLM, DDVLMConfig
+    from ddvlm_core.text import keep_position_bias_on_device, position_bias_on_input_device
+
+    config = MPNetConfig.from_pretrained(mpnet_path)
+    config.update(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+    torch.manual_seed(0)
+    encoder = MPNetModel(config, add_pooling_layer=False).eval().encoder
+    x = torch.randn(2, 300, 32)  # past MPNet's max_distance of 128 positions: the log-spaced buckets too
+    ours = position_bias_on_input_device(encoder, x)
+    assert ours.shape == (2, 2, 300, 300)
+    torch.testing.assert_close(ours, encoder.compute_position_bias(x), rtol=0, atol=0)
+    torch.testing.assert_close(ours, old_transformers_position_bias(encoder, x), rtol=0, atol=0)
+    shifted = torch.arange(300).expand(2, -1) + 5  # explicit positions: only their differences count
+    torch.testing.assert_close(position_bias_on_input_device(encoder, x, shifted), ours, rtol=0, atol=0)
+
+    with torch.device("meta"):
+        meta_model = MPNetModel(config, add_pooling_layer=False).eval()
+    meta_model.encoder.compute_position_bias = types.MethodType(old_transformers_position_bias, meta_model.encoder)
+    ids = torch.ones(1, 40, dtype=torch.long, device="meta")
+
+    def cpu_ops():
+        with CpuTensorLog() as log, torch.no_grad():
+            meta_model(input_ids=ids)  # no mask: transformers checks a given one with .item(), not on meta
+        return log.ops
+
+    # the old code makes CPU tensors, and this log sees them
+    assert cpu_ops()[:2] == ["aten.arange.default", "aten.unsqueeze.default"]
+    assert keep_position_bias_on_device(meta_model) == 1
+    assert cpu_ops() == []
+    model, _ = DDVLM.from_backbone(DDVLMConfig())  # the embedded MPNet: compile_text installs it
+    model.compile_text("cudagraphs")
+    assert model.text.backbone.encoder.compute_position_bias.__func__ is position_bias_on_input_device
+
+
+def test_roberta_keeps_its_own_position_code(tiny_roberta_dir):
+    from ddvlm_core.text import keep_position_bias_on_device, load_backbone, load_tokenizer
+
+    backbone = load_backbone(tiny_roberta_dir, load_tokenizer(tiny_roberta_dir))
+    assert keep_position_bias_on_device(backbone) == 0
+
+
 def test_why_cuda_graphs_were_not_recorded_is_caught_from_torch_and_worded(tiny_text_checkpoint):
     """torch runs a compiled graph without CUDA graphs when it must (here: CPU tensors) and only logs why; the
     recognizer keeps the reason from its warm-up, and the node / bench say "recorded" or "skipped: why"."""
@@ -248,6 +325,10 @@ def test_why_cuda_graphs_were_not_recorded_is_caught_from_torch_and_worded(tiny_
     with cuda_graph_skips() as other:
         logging.getLogger(CUDA_GRAPH_SKIP_LOGS[1]).warning("a perf hint that is not a CUDA-graph skip")
     assert other == []
+    with cuda_graph_skips() as gpu_words:  # torch 2.11's warning on the H100, stack trace after "Found from"
+        logging.getLogger(CUDA_GRAPH_SKIP_LOGS[0]).warning(
+            "skipping cudagraphs due to cpu device (arange_4). Found from : \n   File \"modeling_mpnet.py\", line 1")
+    assert gpu_words == ["cpu device (arange_4)"]
     with cuda_graph_skips() as silent:  # a torch that counts a skip under a logger name we do not know
         counters["inductor"]["cudagraph_skips"] += 1
     assert silent == [NO_REASON]

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from ddvlm_core.checkpoint import read_manifest
 from ddvlm_core.labels import LABELS
+from ddvlm_core.model import skip_reason
 
 
 def run_info(run_dir: Path) -> dict:
@@ -97,11 +99,17 @@ def gpu_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
     for row, mode, how in (("woq_cudagraphs", "reduce-overhead", "CUDA graphs"),
                            ("woq_graphed", "cudagraphs", "CUDA graphs without inductor, no Triton")):
         graphs = rows.get(row, {})
-        if "latency_ratio_vs_fp32_same_mode" in graphs:  # bench/quantization.py ran FP32 in the same mode too
-            eager, same = graphs["latency_ratio_vs_fp32"], graphs["latency_ratio_vs_fp32_same_mode"]
-            lines.append(f"- **On a GPU with {how}** (node parameters `compile: true`, `compile_mode: {mode}`): "
-                         f"WOQ latency {per_length(eager)} eager FP32 and {per_length(same)} FP32 in the same "
-                         f"mode; WA-F1 {graphs['wa_f1']:.2f}.")
+        if "latency_ratio_vs_fp32_same_mode" not in graphs:  # bench/quantization.py ran FP32 in this mode too
+            continue
+        skipped = re.search(r"CUDA graphs skipped: ([^;]*)", graphs.get("note", ""))
+        if skipped:  # torch ran the graph uncaptured: its latency says nothing of CUDA graphs
+            lines.append(f"- **On a GPU, `compile_mode: {mode}`**: torch skipped the CUDA graphs in that run "
+                         f"({skip_reason(skipped.group(1))}), so its latencies are not those of {how}.")
+            continue
+        eager, same = graphs["latency_ratio_vs_fp32"], graphs["latency_ratio_vs_fp32_same_mode"]
+        lines.append(f"- **On a GPU with {how}** (node parameters `compile: true`, `compile_mode: {mode}`): "
+                     f"WOQ latency {per_length(eager)} eager FP32 and {per_length(same)} FP32 in the same "
+                     f"mode; WA-F1 {graphs['wa_f1']:.2f}.")
     return lines
 
 
