@@ -70,6 +70,45 @@ def test_the_resume_state_is_saved_every_n_epochs_and_whenever_the_run_stops():
         load_config(None, ["--state_every=-1"])
 
 
+def test_sd_select_ema_keeps_the_ema_teachers_weights_and_scores(tmp_path, tiny_roberta_dir):
+    """sd_select: ema hands on the EMA teacher's weights of the dev-selected epoch (here epoch 1 of 1, so the
+    teacher in the saved resume state is that teacher) with the teacher's dev / test scores."""
+    cfg = tiny_cfg(tmp_path, tiny_roberta_dir, epochs=1, sd_select="ema")
+    results = run(cfg, log=lambda *_: None)
+    text = results["stages"]["text"]
+    best, record = text["best"], text["history"][0]
+    assert best["kept"] == "ema"
+    assert (best["dev_wa_f1"], best["test_wa_f1"]) == (record["teacher_dev_wa_f1"], record["teacher_test_wa_f1"])
+    assert best["dev"]["wa_f1"] == record["teacher_dev_wa_f1"]
+    kept = load_file(tmp_path / "run" / "text" / "best.safetensors")
+    state = load_file(tmp_path / "run" / "text" / "last" / "state.safetensors")
+    assert kept and all(torch.equal(v, state[f"teacher.{k}"]) for k, v in kept.items())
+    assert not all(torch.equal(v, state[f"student.{k}"]) for k, v in kept.items())  # 1 epoch of steps apart
+    from training.model_card import card
+
+    assert "selected epoch (best dev WA-F1): 1, the EMA teacher's weights" in card(
+        tmp_path / "run", tmp_path / "run" / "checkpoint", "a test CPU", "pytest")
+    student = run(tiny_cfg(tmp_path / "s", tiny_roberta_dir, epochs=1), log=lambda *_: None)["stages"]["text"]
+    assert student["best"]["kept"] == "student" and student["best"]["dev_wa_f1"] == record["dev_wa_f1"]
+
+
+def test_sd_select_chooses_among_the_student_and_the_ema_teacher_on_dev_only():
+    from training.config import config_differences
+    from training.loop import candidates
+
+    student, ema = {"dev": {"wa_f1": 50.0}}, {"dev": {"wa_f1": 52.0}}
+    assert candidates("student", student, ema) == [("student", student)]
+    assert candidates("ema", student, ema) == [("ema", ema)]
+    assert candidates("either", student, ema) == [("student", student), ("ema", ema)]  # a tie keeps the student
+    assert candidates("ema", student, {}) == [("student", student)]  # no teacher (no SD, visual, fusion stages)
+    with pytest.raises(ValueError, match="sd_select"):
+        load_config(None, ["--sd_select=teacher"])
+    # a report or run directory written before sd_select existed used the default: not a difference
+    old = {k: v for k, v in load_config(None, []).to_dict().items() if k != "sd_select"}
+    assert config_differences(old, load_config(None, []).to_dict()) == []
+    assert config_differences(old, load_config(None, ["--sd_select=ema"]).to_dict()) == ["sd_select"]
+
+
 def test_time_budget_stops_before_an_epoch_that_would_overrun_it():
     from training.loop import over_budget
 

@@ -27,7 +27,8 @@ def main(argv: list[str]) -> int:
     results = run(cfg)
     text = results["stages"].get("text", {}).get("best")
     if text:
-        print(f"best text epoch {text['epoch']}: dev WA-F1 {text['dev_wa_f1']:.2f}, "
+        kept = " (the EMA teacher's weights)" if text.get("kept") == "ema" else ""
+        print(f"best text epoch {text['epoch']}{kept}: dev WA-F1 {text['dev_wa_f1']:.2f}, "
               f"test WA-F1 {text['test_wa_f1']:.2f}")
     print(f"run directory: {cfg.run_dir}")
     return 0

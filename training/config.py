@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 TEXT_MODES = ("frozen", "lora", "full")
+SD_SELECT = ("student", "ema", "either")  # the weights a self-distilled text run keeps (see TrainConfig.sd_select)
 HOSTING_KEYS = ("run_dir", "feature_cache", "eval_batch_size", "num_threads", "time_budget_min",
                 "state_every")  # not what is trained
 
@@ -41,6 +42,10 @@ class TrainConfig:
     ema_decay: float = 0.99
     sd_alpha: float = 0.7
     sd_tau: float = 2.0
+    # which weights a self-distilled text run keeps at its best dev epoch: "student" (the trained model, our
+    # reading of Section 3.4), "ema" (the EMA teacher's), or "either" (whichever scores higher on dev that epoch).
+    # Selection uses dev only; the teacher is scored every epoch anyway (teacher_*_wa_f1 in the history)
+    sd_select: str = "student"
     cmkd_alpha: float = 1.0
     cmkd_beta: float = 1.0
     response_tau: float = 4.0
@@ -79,6 +84,8 @@ class TrainConfig:
             raise ValueError("lora_layers only applies to text_mode: lora")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.sd_select not in SD_SELECT:
+            raise ValueError(f"sd_select must be one of {SD_SELECT}, got {self.sd_select!r}")
         if self.state_every < 0:
             raise ValueError("state_every must be >= 0 (0: save the resume state only when the run stops)")
         return self
@@ -111,8 +118,11 @@ class TrainConfig:
 
 def config_differences(a: Mapping[str, Any], b: Mapping[str, Any],
                        may_differ: Sequence[str] = HOSTING_KEYS) -> list[str]:
-    """The keys whose values differ between two config dicts (``to_dict`` form), ``may_differ`` left out."""
-    return sorted(k for k in set(a) | set(b) if k not in may_differ and a.get(k) != b.get(k))
+    """The keys whose values differ between two config dicts (``to_dict`` form), ``may_differ`` left out. A key
+    one of them lacks (written before the key existed) counts as its default, which is what that run used."""
+    defaults = TrainConfig().to_dict()
+    return sorted(k for k in set(a) | set(b)
+                  if k not in may_differ and a.get(k, defaults.get(k)) != b.get(k, defaults.get(k)))
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:

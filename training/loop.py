@@ -31,7 +31,8 @@ from training.config import TrainConfig, config_differences
 from training.data import Example, batches, build_examples, check_full_test_split, collate
 from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, extract
-from training.state import STATE_DIR, load_state, load_trainable_state, save_state, trainable_state
+from training.state import (STATE_DIR, load_state, load_trainable_state, save_state, trainable_state,
+                            trainable_state_like)
 
 SPLITS = ("train", "dev", "test")
 
@@ -166,7 +167,7 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         train_loss = running.item() / max(1, len(plan))  # also waits for the device: train time is complete
         train_seconds = time.monotonic() - epoch_start
         scores = {s: evaluate(stage, s, labels[s], lengths[s], cfg.eval_batch_size) for s in ("dev", "test")}
-        # the EMA teacher's own scores are recorded too, not selected from: the student is the trained model
+        # the EMA teacher is scored too; it is selected from only as cfg.sd_select says (default: the student)
         teacher_scores = {s: evaluate(stage, s, labels[s], lengths[s], cfg.eval_batch_size, teacher.model)
                           for s in ("dev", "test")} if teacher is not None else {}
         record = {"epoch": epoch, "train_loss": train_loss,
@@ -175,9 +176,13 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
                   **{f"{s}_{k}": scores[s][k] for s in scores for k in ("wa_f1", "macro_f1", "accuracy")},
                   **{f"teacher_{s}_wa_f1": teacher_scores[s]["wa_f1"] for s in teacher_scores}}
         info["history"].append(record)
-        if info["best"] is None or record["dev_wa_f1"] > info["best"]["dev_wa_f1"]:
-            info["best"] = {**record, "dev": scores["dev"], "test": scores["test"]}
-            best_weights = trainable_state(student) if main_rank else None
+        for kept, kept_scores in candidates(cfg.sd_select, scores, teacher_scores):
+            if info["best"] is None or kept_scores["dev"]["wa_f1"] > info["best"]["dev_wa_f1"]:
+                info["best"] = {**record, **{f"{s}_{k}": kept_scores[s][k] for s in kept_scores
+                                             for k in ("wa_f1", "macro_f1", "accuracy")},
+                                "kept": kept, "dev": kept_scores["dev"], "test": kept_scores["test"]}
+                best_weights = None if not main_rank else (
+                    trainable_state(student) if kept == "student" else trainable_state_like(teacher.model, student))
         info["epoch"] = epoch
         stop = epoch < cfg.epochs and any_rank(over_budget(time.monotonic() - started, time.monotonic() - epoch_start,
                                                            cfg.time_budget_min))  # ranks' clocks differ: stop together
@@ -206,6 +211,17 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
     if main_rank:
         (out_dir / "result.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
+
+
+def candidates(sd_select: str, scores: dict, teacher_scores: dict) -> list[tuple[str, dict]]:
+    """The models an epoch's best-on-dev selection chooses from, as (name, scores): the student, or with an EMA
+    teacher (``teacher_scores`` not empty) what ``sd_select`` names; "either" lists the student first, so a
+    tie keeps the student."""
+    if not teacher_scores or sd_select == "student":
+        return [("student", scores)]
+    if sd_select == "ema":
+        return [("ema", teacher_scores)]
+    return [("student", scores), ("ema", teacher_scores)]
 
 
 def saves_state_after(epoch: int, epochs: int, every: int, stopping: bool) -> bool:

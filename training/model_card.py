@@ -155,7 +155,8 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
         f"AdamW lr {cfg['lr'] if cfg['text_mode'] != 'frozen' else cfg['head_lr']}, batch {cfg['batch_size']}, "
         f"linear warm-up {cfg['warmup_ratio']}, dropout {cfg['dropout']}, seed {cfg['seed']}).",
         f"- Epochs completed: {epochs_done} of {cfg['epochs']} planned; "
-        f"selected epoch (best dev WA-F1): {best['epoch']}."
+        f"selected epoch (best dev WA-F1): {best['epoch']}"
+        + (", the EMA teacher's weights (`sd_select`)." if best.get("kept") == "ema" else ".")
         + (" The run was time-boxed on a CPU; the self-distillation epochs (2+) were not reached."
            if epochs_done < 2 and cfg["self_distillation"] else "")
         + (f" It was stopped by its time budget after epoch {info['stopped_early']}, before the learning rate"
