@@ -92,6 +92,31 @@ def test_sd_select_ema_keeps_the_ema_teachers_weights_and_scores(tmp_path, tiny_
     assert student["best"]["kept"] == "student" and student["best"]["dev_wa_f1"] == record["dev_wa_f1"]
 
 
+def test_deterministic_runs_use_deterministic_kernels_and_restore_the_settings(tmp_path, tiny_roberta_dir, monkeypatch):
+    """deterministic: true turns on torch's deterministic kernels and a fixed cuBLAS workspace for the run (the
+    loop's own log lines see them on) and restores the caller's settings; it is a hosting key, so on a CPU,
+    where every kernel is deterministic already, it gives the same run."""
+    import os
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seen = []
+
+    def log(_line):
+        seen.append((torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+
+    on = run(tiny_cfg(tmp_path / "on", tiny_roberta_dir, deterministic=True), log=log)
+    assert seen and set(seen) == {(True, ":4096:8")}
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    seen.clear()
+    off = run(tiny_cfg(tmp_path / "off", tiny_roberta_dir), log=log)
+    assert set(seen) == {(False, None)}
+    assert [h["dev_wa_f1"] for h in on["stages"]["text"]["history"]] == \
+        [h["dev_wa_f1"] for h in off["stages"]["text"]["history"]]
+    from training.config import config_differences
+
+    assert config_differences(on["config"], off["config"]) == []  # resumable and mergeable with each other
+
+
 def test_sd_select_chooses_among_the_student_and_the_ema_teacher_on_dev_only():
     from training.config import config_differences
     from training.loop import candidates

@@ -15,7 +15,7 @@ import yaml
 TEXT_MODES = ("frozen", "lora", "full")
 SD_SELECT = ("student", "ema", "either")  # the weights a self-distilled text run keeps (see TrainConfig.sd_select)
 HOSTING_KEYS = ("run_dir", "feature_cache", "eval_batch_size", "num_threads", "time_budget_min",
-                "state_every")  # not what is trained
+                "state_every", "deterministic")  # not what is trained
 
 
 @dataclass
@@ -72,6 +72,9 @@ class TrainConfig:
     eval_batch_size: int = 32
     num_threads: int = 0  # 0 = torch default
     time_budget_min: float = 0.0  # >0: no epoch is started that would end past it (time-boxed runs)
+    # deterministic kernels (torch.use_deterministic_algorithms, a fixed cuBLAS workspace): a GPU run of one seed
+    # then repeats bit for bit, as a CPU run does, so SD and no SD share epoch 1 exactly; slower on a GPU
+    deterministic: bool = False
     state_every: int = 1  # epochs between saved resume states (0: only when the run stops); a kill loses the rest
 
     def validate(self) -> "TrainConfig":

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -92,6 +94,29 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def deterministic_kernels(on: bool):
+    """With ``on``: kernels that give the same result on every run while the block runs (cuBLAS with a fixed
+    workspace, no atomics-based reductions, no cuDNN autotuning), so two runs of one seed match bit for bit on
+    a GPU too. An op with no deterministic kernel warns instead of failing (warn_only). The previous settings
+    are restored afterwards: ``run`` can be called in a process that does other work."""
+    if not on:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[3] or ":4096:8"  # read when cuBLAS starts: before any GPU op
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = before[2]
+        if before[3] is None:
+            del os.environ["CUBLAS_WORKSPACE_CONFIG"]
 
 
 def linear_warmup(opt: torch.optim.Optimizer, warmup: int, total: int):
@@ -324,6 +349,11 @@ def refuse_other_runs_state(run_dir: Path, cfg: TrainConfig) -> None:
 
 def run(cfg: TrainConfig, log=print) -> dict:
     """Train the configured stages; write the run directory; return the results."""
+    with deterministic_kernels(cfg.deterministic):
+        return run_stages(cfg, log)
+
+
+def run_stages(cfg: TrainConfig, log=print) -> dict:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     rank, world = init_distributed(cfg)
