@@ -336,7 +336,10 @@ def main(argv: list[str]) -> int:
                     help="seconds a row's process may run before it is stopped and reported as failed (0: no limit)")
     ap.add_argument("--row", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the Markdown report next to an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        return render(Path(args.render))
     if args.row:  # child process
         Path(args.out).write_text(json.dumps(run_row(args.row, args)))
         return 0
@@ -401,7 +404,6 @@ def write_report(results: list[dict], args, pending: list[str] | None = None) ->
         if "dynamic" in ok:
             r["latency_ratio_vs_dynamic"] = {k: r["latency"][k]["p50_ms"] / ok["dynamic"]["latency"][k]["p50_ms"]
                                              for k in r["latency"]}
-    same_modes = same_mode_ratios(ok)
     import torch
 
     from ddvlm_core.quantization import cpu_bf16_units
@@ -410,54 +412,77 @@ def write_report(results: list[dict], args, pending: list[str] | None = None) ->
             "device": args.device, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_bf16": list(cpu_bf16_units()),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "pending_rows": list(pending or [])}
+            "latency_rounds": args.latency_rounds, "pending_rows": list(pending or [])}
+    if args.device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "unavailable"
     slim = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
+    lines = markdown(meta, slim, pending)
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    gpu = args.device.startswith("cuda")
-    name = "quantization_gpu" if gpu else "quantization"
-    if gpu:
-        meta["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "unavailable"
+    name = report_name(meta)
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": slim, "tensorrt": TRTEXEC}, indent=1) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    if pending is None:
+        print("\n".join(lines))
+
+
+def report_name(meta: dict) -> str:
+    return "quantization_gpu" if meta["device"].startswith("cuda") else "quantization"
+
+
+def ratio_pair(ratio: dict | None) -> str:
+    """'0.54 / 0.50' for 128 / 511 tokens; '—' where the row has no such ratio (no dynamic INT8 row on a GPU)."""
+    return f"{ratio['b1x128']:.2f} / {ratio['b1x511']:.2f}" if ratio else "—"
+
+
+def markdown(meta: dict, rows: list[dict], pending: list[str] | None = None) -> list[str]:
+    """The Markdown report of a run's meta and rows (the JSON's, ratios included)."""
+    gpu = meta["device"].startswith("cuda")
+    rounds = meta.get("latency_rounds") or max([len(r.get("latency_rounds", [])) for r in rows] + [1])
+    ok = {r["row"]: r for r in rows if "error" not in r}
+    same_modes = same_mode_ratios(ok)
     lines = [f"# Quantization comparison ({meta['gpu'] if gpu else 'CPU'})", "",
-             f"`python bench/quantization.py` on `{args.checkpoint}`, MELD {args.split} "
+             f"`python bench/quantization.py` on `{meta['checkpoint']}`, MELD {meta['split']} "
              f"({meta['n']} utterances), torch {meta['torch']}, {meta['cpu_capability']} "
              f"(bf16 units: {', '.join(meta['cpu_bf16']) or 'none'}), {meta['threads']} threads. "
-             f"Latency: one prompt of 128 / 511 tokens, p50 (p90) ms, median of {args.latency_rounds} rounds "
+             f"Latency: one prompt of 128 / 511 tokens, p50 (p90) ms, median of {rounds} rounds "
              "(each row in a fresh process per round, rows in rotated order); ratios to FP32 measured in the same run. "
              + ("WOQ activations are FP16 on CUDA; each WOQ row's note names its kernel." if gpu else
                 "CPU run: the FP16 row and the GPU columns are in reports/quantization_gpu.md when measured."), "",
              "| method | WA-F1 | drop vs FP32 | agree w/ FP32 | weight MiB | bytes vs FP32 | b1x128 ms | b1x511 ms | "
              "x FP32 (128 / 511) | x dynamic (128 / 511) | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
+    for r in rows:
         if "error" in r:
             lines.append(f"| {r['title']} | failed: {r['error']} |" + " |" * 9)
             continue
         lat = r["latency"]
-        rf = r.get("latency_ratio_vs_fp32", {})
-        rd = r.get("latency_ratio_vs_dynamic", {})
         lines.append(
             f"| {r['title']} | {r['wa_f1']:.2f} | {r.get('wa_f1_drop_vs_fp32', 0):+.2f} | "
             f"{100 * r.get('agreement_with_fp32', 1):.1f}% | {r['weight_bytes'] / 2**20:.1f} | "
             f"{r.get('bytes_ratio_vs_fp32', 1):.3f} | {lat['b1x128']['p50_ms']:.1f} ({lat['b1x128']['p90_ms']:.1f}) | "
             f"{lat['b1x511']['p50_ms']:.1f} ({lat['b1x511']['p90_ms']:.1f}) | "
-            f"{rf.get('b1x128', 1):.2f} / {rf.get('b1x511', 1):.2f} | "
-            f"{rd.get('b1x128', float('nan')):.2f} / {rd.get('b1x511', float('nan')):.2f} | {r['peak_rss_mb']:.0f} |")
-    notes = [f"- {r['title']}: {r['note']}" for r in results if r.get("note")]
+            f"{ratio_pair(r.get('latency_ratio_vs_fp32', {'b1x128': 1, 'b1x511': 1}))} | "
+            f"{ratio_pair(r.get('latency_ratio_vs_dynamic'))} | {r['peak_rss_mb']:.0f} |")
+    notes = [f"- {r['title']}: {r['note']}" for r in rows if r.get("note")]
     spread = [f"{r['row']} " + " / ".join(f"{x['b1x128']['p50_ms']:.1f}" for x in r["latency_rounds"])
-              for r in results if len(r.get("latency_rounds", [])) > 1]
+              for r in rows if len(r.get("latency_rounds", [])) > 1]
     if spread:
         notes.append("- b1x128 p50 ms in each latency round: " + "; ".join(spread))
     notes += same_modes
     lines += ["", *notes, "", "TensorRT on the Jetson (not runnable here; export the FP32 ONNX first):", "",
               f"    {TRTEXEC}"]
-    if pending is not None:
+    if pending is not None:  # written while running: [] once every row ran, before the further latency rounds
         lines[2:2] = [f"**Partial report, written while the bench was running**: rows not run yet: "
                       f"{', '.join(pending) or 'none'}; latency is the first round's.", ""]
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    if pending is None:
-        print("\n".join(lines))
+    return lines
+
+
+def render(json_path: Path) -> int:
+    """The Markdown report again, next to an earlier run's JSON (e.g. one brought back from the GPU machine)."""
+    report = json.loads(json_path.read_text())
+    json_path.with_suffix(".md").write_text("\n".join(markdown(report["meta"], report["rows"])) + "\n")
+    return 0
 
 
 if __name__ == "__main__":

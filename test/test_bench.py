@@ -59,3 +59,24 @@ def test_a_compiled_row_is_compiled_now_and_its_note_says_how(tiny_text_checkpoi
     assert note.startswith("kernel decompress traced by torch.compile and replayed as CUDA graphs")
     assert "torch.compile (dynamo cudagraphs backend, no inductor, dynamic shapes, CUDA graphs per 64-token" in note
     assert model.text.backbone._compiled_call_impl is not None and " s" in note.rsplit("compiled in", 1)[1]
+
+
+def test_render_rebuilds_the_markdown_from_the_json_and_marks_ratios_a_run_did_not_measure(tmp_path):
+    """A GPU run has no dynamic INT8 row: its 'x dynamic' cells read '—', not 'nan'. --render rewrites the
+    Markdown from the JSON alone (a report brought back from the GPU machine), the same as the run wrote."""
+    bench = load_bench()
+
+    def row(name, ms128, ms511):
+        return {"row": name, "title": bench.ROWS[name], "wa_f1": 60.0, "accuracy": 61.0, "n": 10,
+                "weight_bytes": 4 * 2**20, "note": "", "peak_rss_mb": 100.0, "predictions": [0] * 10,
+                "latency": {"b1x128": {"p50_ms": ms128, "p90_ms": ms128}, "b1x511": {"p50_ms": ms511, "p90_ms": ms511}},
+                "latency_rounds": [{}]}
+
+    args = SimpleNamespace(checkpoint="ckpt", split="test", latency_rounds=1, device="cuda", report_dir=str(tmp_path))
+    bench.write_report([row("fp32", 5.0, 8.0), row("woq", 4.0, 6.0)], args)
+    written = (tmp_path / "quantization_gpu.md").read_text()
+    assert "| 0.80 / 0.75 | — | 100 |" in written and "nan" not in written
+    (tmp_path / "quantization_gpu.md").unlink()
+    render = [sys.executable, "bench/quantization.py", "--render", str(tmp_path / "quantization_gpu.json")]
+    assert subprocess.run(render, cwd=REPO, timeout=120).returncode == 0
+    assert (tmp_path / "quantization_gpu.md").read_text() == written
