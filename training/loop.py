@@ -198,14 +198,13 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         record = {"epoch": epoch, "train_loss": train_loss,
                   "train_seconds": round(train_seconds, 2),
                   "eval_seconds": round(time.monotonic() - epoch_start - train_seconds, 2), "train_steps": len(plan),
-                  **{f"{s}_{k}": scores[s][k] for s in scores for k in ("wa_f1", "macro_f1", "accuracy")},
+                  **headline_scores(scores),
                   **{f"teacher_{s}_wa_f1": teacher_scores[s]["wa_f1"] for s in teacher_scores}}
         info["history"].append(record)
         for kept, kept_scores in candidates(cfg.sd_select, scores, teacher_scores):
             if info["best"] is None or kept_scores["dev"]["wa_f1"] > info["best"]["dev_wa_f1"]:
-                info["best"] = {**record, **{f"{s}_{k}": kept_scores[s][k] for s in kept_scores
-                                             for k in ("wa_f1", "macro_f1", "accuracy")},
-                                "kept": kept, "dev": kept_scores["dev"], "test": kept_scores["test"]}
+                info["best"] = {**record, **headline_scores(kept_scores), "kept": kept,
+                                "dev": kept_scores["dev"], "test": kept_scores["test"]}
                 best_weights = None if not main_rank else (
                     trainable_state(student) if kept == "student" else trainable_state_like(teacher.model, student))
         info["epoch"] = epoch
@@ -236,6 +235,11 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
     if main_rank:
         (out_dir / "result.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
+
+
+def headline_scores(scores: dict) -> dict:
+    """{"dev_wa_f1": .., "dev_macro_f1": .., "dev_accuracy": .., "test_...": ..} of a model's per-split metrics."""
+    return {f"{split}_{k}": scores[split][k] for split in scores for k in ("wa_f1", "macro_f1", "accuracy")}
 
 
 def candidates(sd_select: str, scores: dict, teacher_scores: dict) -> list[tuple[str, dict]]:
