@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from training.config import HOSTING_KEYS, config_differences, load_config
+from training.schedule import lr_left_after
 
 REPORTS = Path("reports")
 SD_KEPT = {"student": "", "ema": "; self-distilled runs keep the EMA teacher's weights",  # TrainConfig.sd_select
@@ -254,6 +255,24 @@ def epoch_table(entries: list[dict]) -> list[str]:
     return lines
 
 
+def truncation_line(entries: list[dict], epochs: int, warmup_ratio: float) -> list[str]:
+    """Which runs their time budget stopped before the end of the ``epochs``-epoch schedule, and how high the
+    learning rate still was there: such a run never reached the low-rate end of the linear decay, so its score
+    is not that of the configured schedule, and rows stopped at different epochs are compared unevenly."""
+    stops = []
+    for entry in entries:
+        cut = sorted({(run["epochs_run"], run["text_history"][-1]["train_steps"]) for run in entry.get("runs", [])
+                      if 0 < run["epochs_run"] < epochs and run.get("text_history")})
+        if cut:
+            where = ", ".join(f"{n} ({lr_left_after(n, epochs, warmup_ratio, steps):.0%})" for n, steps in cut)
+            stops.append(f"{entry['row']} after {where}")
+    if not stops:
+        return []
+    return ["", f"Stopped by the time budget before the {epochs}-epoch schedule ended (epochs run, and in brackets "
+            f"the learning rate there as a share of its peak; it decays linearly to 0 at epoch {epochs}): "
+            f"{'; '.join(stops)}. These scores are not those of a completed schedule."]
+
+
 def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", config: dict | None = None) -> None:
     """``path``.json (``config``, default ``base``'s, and the rows) and ``path``.md."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -299,6 +318,7 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", c
         lines += ["", "Seconds: wall time of each run, including the one-off h_text extraction (frozen mode) of the "
                   "first run that found the feature cache cold; a run that finds a finished run directory resumes "
                   "and only re-reads it."]
+    lines += truncation_line(entries, base.epochs, base.warmup_ratio)
     if "text_sd" in ran and "text_no_sd" in ran:
         gain = ran["text_sd"]["mean"] - ran["text_no_sd"]["mean"]
         lines += ["", f"Self-distillation gain on the text branch: {gain:+.2f} WA-F1 (paper: +0.67)."]

@@ -33,6 +33,7 @@ from training.config import TrainConfig, config_differences
 from training.data import Example, batches, build_examples, check_full_test_split, collate
 from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, extract
+from training.schedule import lr_factor
 from training.state import (STATE_DIR, load_state, load_trainable_state, save_state, trainable_state,
                             trainable_state_like)
 
@@ -120,13 +121,9 @@ def deterministic_kernels(on: bool):
 
 
 def linear_warmup(opt: torch.optim.Optimizer, warmup: int, total: int):
-    """get_linear_schedule_with_warmup (Section 4.2): linear rise over warm-up steps, then linear decay to 0."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    """get_linear_schedule_with_warmup (Section 4.2, named by the paper): linear rise over the warm-up steps, then
+    linear decay to 0 (``training.schedule.lr_factor``)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, total))
 
 
 @dataclass

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 from ddvlm_core.checkpoint import read_manifest
 from ddvlm_core.labels import LABELS
-from ddvlm_core.model import skip_reason
+from training.schedule import lr_left_after
 
 
 def run_info(run_dir: Path) -> dict:
@@ -101,16 +100,27 @@ def gpu_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
         graphs = rows.get(row, {})
         if "latency_ratio_vs_fp32_same_mode" not in graphs:  # bench/quantization.py ran FP32 in this mode too
             continue
-        skipped = re.search(r"CUDA graphs skipped: ([^;]*)", graphs.get("note", ""))
-        if skipped:  # torch ran the graph uncaptured: its latency says nothing of CUDA graphs
-            lines.append(f"- **On a GPU, `compile_mode: {mode}`**: torch skipped the CUDA graphs in that run "
-                         f"({skip_reason(skipped.group(1))}), so its latencies are not those of {how}.")
+        if graphs.get("cuda_graphs") != "recorded":  # uncaptured, or not known: the latency is not CUDA graphs'
+            what = (f"torch skipped the CUDA graphs in that run ({'; '.join(graphs['cuda_graph_skips'])})"
+                    if graphs.get("cuda_graphs") == "skipped" else "the report does not say whether torch recorded "
+                    "CUDA graphs (`python bench/quantization.py --render` its JSON)")
+            lines.append(f"- **On a GPU, `compile_mode: {mode}`**: {what}, so its latencies are not those of {how}.")
             continue
         eager, same = graphs["latency_ratio_vs_fp32"], graphs["latency_ratio_vs_fp32_same_mode"]
         lines.append(f"- **On a GPU with {how}** (node parameters `compile: true`, `compile_mode: {mode}`): "
                      f"WOQ latency {per_length(eager)} eager FP32 and {per_length(same)} FP32 in the same "
                      f"mode; WA-F1 {graphs['wa_f1']:.2f}.")
     return lines
+
+
+def stopped_line(info: dict, cfg: dict) -> str:
+    """The card's sentence on a run its time budget stopped before the end of its learning-rate schedule."""
+    stopped = info.get("stopped_early")
+    if not stopped or stopped >= cfg["epochs"]:
+        return ""
+    left = lr_left_after(stopped, cfg["epochs"], cfg["warmup_ratio"], info["history"][-1]["train_steps"])
+    return (f" It was stopped by its time budget after epoch {stopped}, before the learning rate had decayed to "
+            f"zero (still {left:.0%} of its peak).")
 
 
 def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation: dict | None = None,
@@ -159,8 +169,7 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
         + (", the EMA teacher's weights (`sd_select`)." if best.get("kept") == "ema" else ".")
         + (" The run was time-boxed on a CPU; the self-distillation epochs (2+) were not reached."
            if epochs_done < 2 and cfg["self_distillation"] else "")
-        + (f" It was stopped by its time budget after epoch {info['stopped_early']}, before the learning rate"
-           " had decayed to zero." if info.get("stopped_early") and info["stopped_early"] < cfg["epochs"] else ""),
+        + stopped_line(info, cfg),
         f"- Trained on: {device}.",
         "",
         "## Results (MELD, model chosen on dev)",
