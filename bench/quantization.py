@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -106,7 +107,8 @@ COMPILE_SUFFIXES = {"_compiled": "default", "_cudagraphs": "reduce-overhead", "_
 
 
 def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu"):
-    """(predict_fn(ids, mask) -> logits on the CPU, weight_bytes, note); the model runs on ``device``."""
+    """(predict_fn(ids, mask) -> logits on the CPU, weight_bytes, note, graphs); the model runs on ``device``;
+    ``graphs`` is what a CUDA-graph compile did ({} for other rows, see ``compile_row``)."""
     import torch
 
     from ddvlm_core.model import DDVLM
@@ -148,9 +150,10 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
         smooth_quant_(text, calibrate("max"))
         note = f"smoothing scales from {len(calib_examples)} MELD dev prompts"
     elif row == "onnx_int8":
-        return onnx_int8(text, pad_id)
+        return (*onnx_int8(text, pad_id), {})
+    graphs: dict = {}
     if suffix:
-        note = compile_row(model, tok, device, COMPILE_SUFFIXES[suffix], woq=row in WOQ_KERNELS)
+        note, graphs = compile_row(model, tok, device, COMPILE_SUFFIXES[suffix], woq=row in WOQ_KERNELS)
     size = weight_bytes(text)
     if row in ("dynamic", "smoothquant"):
         size = dynamic_bytes(text)
@@ -158,33 +161,39 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
         def predict(ids, mask):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return text(ids, mask).logits.float()
-        return predict, weight_bytes(text) // 2, "weights cast to bf16 on the fly by autocast (stored FP32)"
+        return predict, weight_bytes(text) // 2, "weights cast to bf16 on the fly by autocast (stored FP32)", {}
     if row == "fp16":
         text.half()
         note = "weights and activations FP16"
-    return (lambda ids, mask: text(ids.to(device), mask.to(device)).logits.float().cpu()), size, note
+    return (lambda ids, mask: text(ids.to(device), mask.to(device)).logits.float().cpu()), size, note, graphs
 
 
-def compile_row(model, tokenizer, device: str, mode: str, woq: bool) -> str:
-    """Compile the row's model in ``mode`` now (DDVLM.compile_text + warm-up); the report's note on it."""
+def compile_row(model, tokenizer, device: str, mode: str, woq: bool) -> tuple[str, dict]:
+    """Compile the row's model in ``mode`` now (DDVLM.compile_text + warm-up): the report's note on it, and for a
+    CUDA-graph mode on a GPU the row's fields {"cuda_graphs": "recorded" | "skipped", "cuda_graph_skips":
+    [torch's reasons]}, which the model card reads."""
     from ddvlm_core.model import CUDA_GRAPH_MODES
 
     how = "dynamo cudagraphs backend, no inductor" if mode == "cudagraphs" else f"inductor {mode}"
     graphs = ", CUDA graphs per 64-token length bucket" if mode in CUDA_GRAPH_MODES else ""
-    note = f"torch.compile ({how}, dynamic shapes{graphs}): {compile_now(model, tokenizer, device, mode)}"
+    compiled, skips = compile_now(model, tokenizer, device, mode)
+    note = f"torch.compile ({how}, dynamic shapes{graphs}): {compiled}"
+    fields = ({"cuda_graphs": "skipped" if skips else "recorded", "cuda_graph_skips": skips}
+              if mode in CUDA_GRAPH_MODES and device.startswith("cuda") else {})
     if not woq:
-        return note
+        return note, fields
     if mode == "cudagraphs":
         kernel = ("kernel decompress traced by torch.compile and replayed as CUDA graphs with PyTorch's own kernels "
                   "(int8 -> fp16 widening, vendor GEMM, scale and bias)")
     else:
         kernel = ("kernel decompress traced by torch.compile: the int8 -> bf16 / fp16 widening, the scale and bias "
                   "and the element-wise ops around them are inductor-generated code, the GEMM the vendor's")
-    return f"{kernel}; weights stay int8 in memory; {note}"
+    return f"{kernel}; weights stay int8 in memory; {note}", fields
 
 
-def compile_now(model, tokenizer, device: str, mode: str) -> str:
-    """Compile the text encoder and run its first calls as the node does (EmotionRecognizer.warm_up)."""
+def compile_now(model, tokenizer, device: str, mode: str) -> tuple[str, list[str]]:
+    """Compile the text encoder and run its first calls as the node does (EmotionRecognizer.warm_up): what
+    happened, in words, and the reasons torch gave for skipping CUDA graphs (``ddvlm_core.model.skip_reason``)."""
     from ddvlm_core.inference import EmotionRecognizer
 
     from ddvlm_core.model import cuda_graph_note
@@ -193,7 +202,7 @@ def compile_now(model, tokenizer, device: str, mode: str) -> str:
     recognizer = EmotionRecognizer(model, tokenizer, device=device)
     seconds = recognizer.warm_up()
     graphs = cuda_graph_note(mode, device, recognizer.cuda_graph_skips)
-    return f"compiled in {seconds:.0f} s" + (f", {graphs}" if graphs else "")
+    return f"compiled in {seconds:.0f} s" + (f", {graphs}" if graphs else ""), list(recognizer.cuda_graph_skips)
 
 
 def dynamic_bytes(module) -> int:
@@ -284,7 +293,7 @@ def run_row(row: str, args) -> dict:
     max_tokens = manifest["config"]["max_tokens"]
     calib = prompts("dev", 64, tok, max_tokens)
     t0 = time.perf_counter()
-    predict, size, note = build(row, args.checkpoint, calib, tok.pad_token_id, args.device)
+    predict, size, note, graphs = build(row, args.checkpoint, calib, tok.pad_token_id, args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     build_s = time.perf_counter() - t0
     if args.latency_only:
@@ -294,7 +303,7 @@ def run_row(row: str, args) -> dict:
     score = metrics([e.label for e in examples], preds)
     latency = measure_latency(predict, tok.mask_token_id, args.repeats, sync, len(tok))
     return {"row": row, "title": ROWS[row], "wa_f1": score["wa_f1"], "accuracy": score["accuracy"], "n": score["n"],
-            "weight_bytes": int(size), "latency": latency, "build_s": build_s, "note": note,
+            "weight_bytes": int(size), "latency": latency, "build_s": build_s, "note": note, **graphs,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "predictions": preds.tolist()}
 
@@ -479,10 +488,26 @@ def markdown(meta: dict, rows: list[dict], pending: list[str] | None = None) -> 
 
 
 def render(json_path: Path) -> int:
-    """The Markdown report again, next to an earlier run's JSON (e.g. one brought back from the GPU machine)."""
+    """The Markdown report again, next to an earlier run's JSON (e.g. one brought back from the GPU machine);
+    the JSON is rewritten with the fields this version stores (``graph_fields_from_note``)."""
     report = json.loads(json_path.read_text())
+    for row in report["rows"]:
+        if "cuda_graphs" not in row:
+            row.update(graph_fields_from_note(row.get("note", "")))
+    json_path.write_text(json.dumps(report, indent=1) + "\n")
     json_path.with_suffix(".md").write_text("\n".join(markdown(report["meta"], report["rows"])) + "\n")
     return 0
+
+
+def graph_fields_from_note(note: str) -> dict:
+    """``compile_row``'s fields, read back from the note of a row written before the bench stored them (the note
+    holds only torch's first reason: "CUDA graphs skipped: <reason> (+N more)")."""
+    from ddvlm_core.model import skip_reason
+
+    if "CUDA graphs recorded" in note:
+        return {"cuda_graphs": "recorded", "cuda_graph_skips": []}
+    skipped = re.search(r"CUDA graphs skipped: (.*?)(?: \(\+\d+ more\))?(?:;|$)", note)
+    return {"cuda_graphs": "skipped", "cuda_graph_skips": [skip_reason(skipped.group(1))]} if skipped else {}
 
 
 if __name__ == "__main__":

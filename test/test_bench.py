@@ -55,7 +55,8 @@ def test_a_compiled_row_is_compiled_now_and_its_note_says_how(tiny_text_checkpoi
     bench = load_bench()
     model, tok, _ = DDVLM.load(tiny_text_checkpoint)
     model.quantize(WOQConfig(kernel="dequant"))
-    note = bench.compile_row(model, tok, "cpu", "cudagraphs", woq=True)
+    note, graphs = bench.compile_row(model, tok, "cpu", "cudagraphs", woq=True)
+    assert graphs == {}  # CUDA graphs are recorded on a GPU only: nothing to store for the row
     assert note.startswith("kernel decompress traced by torch.compile and replayed as CUDA graphs")
     assert "torch.compile (dynamo cudagraphs backend, no inductor, dynamic shapes, CUDA graphs per 64-token" in note
     assert model.text.backbone._compiled_call_impl is not None and " s" in note.rsplit("compiled in", 1)[1]
@@ -80,3 +81,11 @@ def test_render_rebuilds_the_markdown_from_the_json_and_marks_ratios_a_run_did_n
     render = [sys.executable, "bench/quantization.py", "--render", str(tmp_path / "quantization_gpu.json")]
     assert subprocess.run(render, cwd=REPO, timeout=120).returncode == 0
     assert (tmp_path / "quantization_gpu.md").read_text() == written
+    # a report written before the bench stored CUDA-graph fields gets them from its rows' notes
+    report = json.loads((tmp_path / "quantization_gpu.json").read_text())
+    report["rows"][1]["note"] = "torch.compile (...): compiled in 37 s, CUDA graphs skipped: cpu device (arange_4)"
+    (tmp_path / "quantization_gpu.json").write_text(json.dumps(report))
+    assert subprocess.run(render, cwd=REPO, timeout=120).returncode == 0
+    rows = json.loads((tmp_path / "quantization_gpu.json").read_text())["rows"]
+    assert "cuda_graphs" not in rows[0]
+    assert rows[1]["cuda_graphs"] == "skipped" and rows[1]["cuda_graph_skips"] == ["cpu device (arange_4)"]

@@ -70,8 +70,9 @@ def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_an
                 "latency": {"b1x128": {"p50_ms": ms128}, "b1x511": {"p50_ms": ms511}},
                 "latency_ratio_vs_fp32": {"b1x128": ms128 / 5.0, "b1x511": ms511 / 8.0}}
 
-    rows = [row("fp32", 5.0, 8.0), row("woq", 8.0, 12.0), row("fp32_cudagraphs", 2.0, 4.0),
-            row("woq_cudagraphs", 1.0, 5.0, 59.5), row("woq_compiled", 3.0, 6.0)]
+    recorded = {"cuda_graphs": "recorded", "cuda_graph_skips": []}  # what compile_row stores on a GPU
+    rows = [row("fp32", 5.0, 8.0), row("woq", 8.0, 12.0), {**row("fp32_cudagraphs", 2.0, 4.0), **recorded},
+            {**row("woq_cudagraphs", 1.0, 5.0, 59.5), **recorded}, row("woq_compiled", 3.0, 6.0)]
     lines = bench.same_mode_ratios({r["row"]: r for r in rows})
     assert lines == [f"- {bench.ROWS['woq_cudagraphs']}: 0.50 / 1.25 x {bench.ROWS['fp32_cudagraphs']} "
                      "(128 / 511 tokens, same execution mode)"]  # woq_compiled: no fp32_compiled to compare with
@@ -83,8 +84,8 @@ def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_an
     assert ("On a GPU with CUDA graphs** (node parameters `compile: true`, `compile_mode: reduce-overhead`): "
             "WOQ latency 0.20x / 0.62x eager FP32 and 0.50x / 1.25x FP32 in the same mode; WA-F1 59.50") in text
     assert "without inductor" not in text  # no woq_graphed / fp32_graphed rows in this report
-    graphed = [row("fp32", 5.0, 8.0), row("woq", 8.0, 12.0), row("fp32_graphed", 4.0, 6.0),
-               row("woq_graphed", 3.0, 6.0, 59.0)]
+    graphed = [row("fp32", 5.0, 8.0), row("woq", 8.0, 12.0), {**row("fp32_graphed", 4.0, 6.0), **recorded},
+               {**row("woq_graphed", 3.0, 6.0, 59.0), **recorded}]
     assert bench.same_mode_ratios({r["row"]: r for r in graphed}) == [
         f"- {bench.ROWS['woq_graphed']}: 0.75 / 1.00 x {bench.ROWS['fp32_graphed']} "
         "(128 / 511 tokens, same execution mode)"]
@@ -92,12 +93,24 @@ def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_an
     assert ("On a GPU with CUDA graphs without inductor, no Triton** (node parameters `compile: true`, "
             "`compile_mode: cudagraphs`): WOQ latency 0.60x / 0.75x eager FP32 and 0.75x / 1.00x FP32 in the same "
             "mode; WA-F1 59.00") in text
-    graphed[3]["note"] = ("torch.compile (dynamo cudagraphs backend ...): CUDA graphs skipped: cpu device (arange_4). "
-                          "Found from :")
+    # the H100 run of stop 15, written before the bench stored the fields: --render reads them from its note
+    note = ("torch.compile (dynamo cudagraphs backend ...): compiled in 37 s, CUDA graphs skipped: cpu device "
+            "(arange_4). Found from :")
+    assert bench.graph_fields_from_note(note) == {"cuda_graphs": "skipped",
+                                                  "cuda_graph_skips": ["cpu device (arange_4)"]}
+    assert bench.graph_fields_from_note("...: compiled in 53 s, CUDA graphs recorded") == recorded
+    assert bench.graph_fields_from_note("...: CUDA graphs skipped: a (+2 more); int8") == {
+        "cuda_graphs": "skipped", "cuda_graph_skips": ["a"]}
+    assert bench.graph_fields_from_note("kernel decompress ...") == {}
+    graphed[3] |= bench.graph_fields_from_note(note)
     text = "\n".join(gpu_quantization_lines({**report, "rows": graphed}, checkpoint))
     assert ("On a GPU, `compile_mode: cudagraphs`**: torch skipped the CUDA graphs in that run (cpu device "
             "(arange_4)), so its latencies are not those of CUDA graphs without inductor, no Triton.") in text
     assert "0.75x / 1.00x" not in text
+    for key in ("cuda_graphs", "cuda_graph_skips"):  # a row that does not say: no CUDA-graph latency claimed
+        del graphed[3][key]
+    text = "\n".join(gpu_quantization_lines({**report, "rows": graphed}, checkpoint))
+    assert "the report does not say whether torch recorded CUDA graphs" in text and "0.75x / 1.00x" not in text
     fresh = [row("fp32", 5.0, 8.0), row("woq", 8.0, 12.0), row("woq_cudagraphs", 1.0, 5.0)]
     assert bench.same_mode_ratios({r["row"]: r for r in fresh}) == []  # no fp32_cudagraphs: nothing to compare
     no_graphs = {**report, "rows": fresh}
