@@ -11,6 +11,7 @@ from training.config import load_config
 from training.data import Example, batches, check_full_test_split
 from ddvlm_core.metrics import metrics
 from training.loop import run
+from training.schedule import lr_left_after
 
 
 def tiny_cfg(tmp_path, tiny_roberta_dir, **over):
@@ -44,8 +45,13 @@ def test_resume_after_interrupt_gives_the_same_weights(tmp_path, tiny_roberta_di
     run(straight, log=lambda *_: None)
     # state_every=0: no state is written between epochs, only when the time budget stops the run
     interrupted = tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, time_budget_min=1e-9, state_every=0)
-    first = run(interrupted, log=lambda *_: None)
+    stop_logs = []
+    first = run(interrupted, log=stop_logs.append)
     assert first["stages"]["text"]["stopped_early"] == 1
+    steps = first["stages"]["text"]["history"][0]["train_steps"]  # where the 3-epoch schedule was left
+    left = lr_left_after(1, 3, interrupted.warmup_ratio, steps)
+    assert 0 < left < 1 and any(f"stopping after epoch 1 of 3, the learning rate still at {left:.0%} of its peak"
+                                in line for line in stop_logs)
     assert (tmp_path / "b" / "run" / "text" / "best.safetensors").is_file()
     with pytest.raises(ValueError, match="other lr, text_mode"):  # another run's state is never resumed
         run(tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, text_mode="lora", lr=1e-3), log=lambda *_: None)

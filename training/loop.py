@@ -220,7 +220,9 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         log(f"[{stage.name}] epoch {epoch}: loss {record['train_loss']:.4f}  dev WA-F1 {record['dev_wa_f1']:.2f}  "
             f"test WA-F1 {record['test_wa_f1']:.2f}{ema}  ({time.monotonic() - started:.0f}s)")
         if stop:
-            log(f"[{stage.name}] time budget of {cfg.time_budget_min} min: stopping after epoch {epoch}")
+            log(f"[{stage.name}] time budget of {cfg.time_budget_min} min: stopping after epoch {epoch} of "
+                f"{cfg.epochs}, the learning rate still at {sched.get_last_lr()[0] / stage.lr:.0%} of its peak "
+                f"(the schedule decays it to 0 at epoch {cfg.epochs}; --epochs={epoch} would have finished it)")
             info["stopped_early"] = epoch
             break
     from safetensors.torch import load_file, save_file
