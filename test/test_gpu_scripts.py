@@ -49,15 +49,18 @@ def test_shards_roundtrip_to_an_fp32_model_dir_and_refuse_damage(tmp_path, tiny_
         shards.unpack(dirs, tmp_path / "damaged")
 
 
-def test_planner_prefers_three_seeds_and_falls_back_to_fewer_epochs():
+def test_planner_prefers_three_seeds_and_falls_back_to_a_shorter_schedule_it_finishes():
     plan = load("plan")
     rich = plan.choose(t_epoch=20, startup=30, probed=6, budget=600)
     assert (rich["PARALLEL"], rich["SEEDS"], rich["EPOCHS"], rich["EXTRA"]) == (6, "0,1,2", 10, 1)
     assert rich["ESTIMATE_S"] <= 0.9 * 600
-    tight = plan.choose(t_epoch=100, startup=30, probed=6, budget=555)
+    # the third session's full fine-tuning: ~90 s per SD epoch, 6 runs at once; 10 epochs do not fit, 5 do
+    short = plan.choose(t_epoch=90, startup=23, probed=6, budget=555)
+    assert (short["PARALLEL"], short["SEEDS"], short["EPOCHS"]) == (6, "0,1,2", 5)
+    tight = plan.choose(t_epoch=100, startup=30, probed=6, budget=555, min_epochs=6)  # 4 epochs fit: too short
     assert (tight["PARALLEL"], tight["SEEDS"]) == (2, "0") and tight["EPOCHS"] == int((0.9 * 555 - 30) / 100)
     # the loop's budget (from its start, after start-up) ends before train.sh kills the runs at budget - 30 s
-    for chosen, budget in ((rich, 600), (tight, 555)):
+    for chosen, budget in ((rich, 600), (short, 555), (tight, 555)):
         assert 30 + chosen["TIME_BUDGET_MIN"] * 60 <= budget - 30
 
 

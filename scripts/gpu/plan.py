@@ -5,7 +5,9 @@
 The probe (scripts/gpu/probe.sh) runs the 6 jobs of the SD-gain experiment at once on a slice of MELD;
 its per-epoch train and eval seconds, scaled to the full splits, give the time of a 10-epoch run. The
 richest plan that fits the budget wins: 6 runs (SD / no SD x 3 seeds) plus the no-speaker-tokens row,
-then 6, then 4 (2 seeds), then 2 (seed 0) with as many epochs as fit. Each run also gets a time budget
+then 6, then 4 (2 seeds); when 10 epochs do not fit, a schedule of as many epochs as fit (it then runs to its
+end, the learning rate decayed to 0), for 3 seeds if that is at least 5 epochs, else for seed 0 alone (2
+runs). Each run also gets a time budget
 so that a wrong estimate ends runs before an epoch that would overrun it rather than killing them.
 """
 from __future__ import annotations
@@ -56,7 +58,7 @@ def deadline_min(budget: float, startup: float, margin: float = 40.0) -> float:
     return round(max(0.5, (budget - startup - margin) / 60), 2)
 
 
-def choose(t_epoch: float, startup: float, probed: int, budget: float, epochs: int = 10) -> dict:
+def choose(t_epoch: float, startup: float, probed: int, budget: float, epochs: int = 10, min_epochs: int = 5) -> dict:
     options = [  # (runs at once, rows, seeds, extra no-speaker run)
         (probed + 1, "text_sd,text_no_sd", "0,1,2", True),
         (probed, "text_sd,text_no_sd", "0,1,2", False),
@@ -69,10 +71,12 @@ def choose(t_epoch: float, startup: float, probed: int, budget: float, epochs: i
         if need <= 0.9 * budget:
             return {"PARALLEL": 6 if extra else k, "ROWS": rows, "SEEDS": seeds, "EPOCHS": epochs, "EXTRA": int(extra),
                     "ESTIMATE_S": round(need), "TIME_BUDGET_MIN": deadline_min(budget, startup)}
-    per_epoch = t_epoch  # see above: 2 runs at once take about as long per epoch as 6
-    fit = max(1, min(epochs, int((0.9 * budget - startup) / per_epoch)))
-    return {"PARALLEL": 2, "ROWS": "text_sd,text_no_sd", "SEEDS": "0", "EPOCHS": fit, "EXTRA": 0,
-            "ESTIMATE_S": round(startup + fit * per_epoch),
+    # the 10 epochs do not fit: a shorter schedule that the runs finish (a run its time budget stops keeps a
+    # learning rate still far from 0), 3 seeds while they get at least ``min_epochs``, else seed 0 alone
+    fit = max(1, min(epochs, int((0.9 * budget - startup) / t_epoch)))  # 2 or 6 at once: about as long an epoch
+    parallel, seeds = (probed, "0,1,2") if fit >= min_epochs else (2, "0")
+    return {"PARALLEL": parallel, "ROWS": "text_sd,text_no_sd", "SEEDS": seeds, "EPOCHS": fit, "EXTRA": 0,
+            "ESTIMATE_S": round(startup + fit * t_epoch),
             "TIME_BUDGET_MIN": deadline_min(budget, startup)}
 
 
