@@ -91,7 +91,8 @@ def _summary(results: dict, row: Row, seed: int, seconds: float) -> dict:
     return {"seed": seed, "test_wa_f1": row_score(results, row), "seconds": round(seconds, 1),
             "text_best_epoch": text.get("best", {}).get("epoch"), "text_kept": text.get("best", {}).get("kept"),
             "text_dev_wa_f1": text.get("best", {}).get("dev_wa_f1"),
-            "epochs_run": len(text.get("history", [])), "text_history": text.get("history", [])}
+            "epochs_run": len(text.get("history", [])), "text_history": text.get("history", []),
+            **({"captions": results["captions"]} if "captions" in results else {})}
 
 
 def run_rows(base, rows: list[Row], seeds: list[int], log=print, parallel: int = 1) -> list[dict]:
@@ -255,6 +256,18 @@ def epoch_table(entries: list[dict]) -> list[str]:
     return lines
 
 
+def captions_line(entries: list[dict]) -> list[str]:
+    """Which captioner's captions the multimodal rows trained on, and how many examples per split had one (the
+    others: a missing, unreadable or mis-timed clip, or no record; ``python -m training.captions`` lists them)."""
+    reports = [run["captions"] for e in entries for run in e.get("runs", []) if run.get("captions")]
+    if not reports:
+        return []
+    first = reports[0]
+    splits = ", ".join(f"{s} {first[s]['captioned']}/{first[s]['examples']}" for s in ("train", "dev", "test")
+                       if s in first)
+    return ["", f"Captions: `{first['captioner']}` from {first['source']}; examples with a usable caption: {splits}."]
+
+
 def truncation_line(entries: list[dict], epochs: int, warmup_ratio: float) -> list[str]:
     """Which runs their time budget stopped before the end of the ``epochs``-epoch schedule, and how high the
     learning rate still was there: such a run never reached the low-rate end of the linear decay, so its score
@@ -318,6 +331,7 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", c
         lines += ["", "Seconds: wall time of each run, including the one-off h_text extraction (frozen mode) of the "
                   "first run that found the feature cache cold; a run that finds a finished run directory resumes "
                   "and only re-reads it."]
+    lines += captions_line(entries)
     lines += truncation_line(entries, base.epochs, base.warmup_ratio)
     if "text_sd" in ran and "text_no_sd" in ran:
         gain = ran["text_sd"]["mean"] - ran["text_no_sd"]["mean"]

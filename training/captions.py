@@ -1,13 +1,28 @@
-"""Captions for the visual branch: a JSONL cache keyed by split/dialogue/utterance + captioner id, and
-their Sentence-BERT embeddings (cached as safetensors).
+"""Captions for the visual branch (paper Section 3.3): MELD.Raw clips -> a captioner -> a JSONL cache, and the
+cache's Sentence-BERT embeddings (cached as safetensors).
 
-Without MELD videos or Qwen2.5-VL weights there are no real captions: ``caption_source: none`` makes
-the run text-only and every report says so.
+    python -m training.captions --video_dir MELD.Raw --captioner cue-fallback [--shard 0/4] [--out captions]
+    python -m training.captions --video_dir MELD.Raw --captioner qwen2.5-vl --qwen_path DIR --device cuda
+    python -m training --config ... --caption_source=captions      # a JSONL file or a folder of them
+
+Every utterance gets one record, keyed ``split/dia{D}_utt{U}`` and stamped with the captioner's id (which
+captioner, with which weights and settings). A clip the manifest check finds missing, unreadable or not as long
+as the CSV's Start/EndTime says gets a record with that status and no caption: listed in the run's manifest
+report and skipped, never a crash and never dropped silently. The emotion-word filter is applied before a
+caption is stored. Each shard (``--shard i/n``: every n-th utterance from the i-th) appends to its own file,
+one flushed line per utterance, so a killed run resumes where it stopped.
+
+Without MELD videos or Qwen2.5-VL weights there are no real captions: ``caption_source: none`` makes the run
+text-only and every report says so.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import os
+import re
+import sys
 from pathlib import Path
 
 import torch
@@ -15,32 +30,231 @@ from safetensors.torch import load_file, save_file
 
 from ddvlm_core.assets import resolve_model
 from ddvlm_core.captioner import filter_emotion_words
+from ddvlm_core.meld import SPLITS, MeldUtterance, dialogues
 
+CAPTIONERS = ("cue-fallback", "qwen2.5-vl")
+
+
+# --- the cache: JSONL records --------------------------------------------------------------------------------
 
 def read_captions(path: str | Path) -> dict[str, dict]:
-    """key -> record; a later line for the same key wins (resumed runs append). Bad lines are errors."""
-    records = {}
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
+    """key -> record from a JSONL file, or from every ``*.jsonl`` in a folder (a captioning run's shards); a later
+    line for the same key wins (resumed runs append). A line cut short by a kill (the file's last, without its
+    newline) is not a record; any other bad line is an error, and so are records of two different captioners."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"caption_source {path}: no such captions file or folder "
+                                "(write one with `python -m training.captions`, or use caption_source: none)")
+    records: dict[str, dict] = {}
+    for file in sorted(path.glob("*.jsonl")) if path.is_dir() else [path]:
+        text = file.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        if not text.endswith("\n"):
+            lines = lines[:-1]  # killed mid-write: the run that resumes rewrites it
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
                 records[rec["key"]] = rec
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{n}: not a caption record ({e})") from None
+                raise ValueError(f"{file}:{n}: not a caption record ({e})") from None
+    ids = sorted({r.get("captioner", "") for r in records.values()})
+    if len(ids) > 1:
+        raise ValueError(f"{path}: captions of more than one captioner {ids}: keep one captioner's files per folder")
     return records
 
 
-def caption_embeddings(cfg, data, log=print) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Per split: (N, d) embeddings (zeros where no caption) and an (N,) bool mask of captioned examples."""
+def repair_partial_line(path: Path) -> None:
+    """Drop a last line that a kill cut short, so that appending starts on a fresh line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        with open(path, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
+# --- producing captions ------------------------------------------------------------------------------------------
+
+def make_captioner(name: str, qwen_path: str = "", device: str = "cpu", frames: int = 0, max_new_tokens: int = 96):
+    """The captioner a run uses: the paper's Qwen2.5-VL from a local folder, or the offline OpenCV fallback."""
+    from ddvlm_core.captioner import CueCaptioner, QwenVLCaptioner
+
+    if name == "cue-fallback":
+        return CueCaptioner(frames_per_window=frames or 8)
+    if name == "qwen2.5-vl":
+        if not qwen_path:
+            raise ValueError("--captioner qwen2.5-vl needs --qwen_path (a local Qwen2.5-VL folder; nothing is "
+                             "downloaded)")
+        return QwenVLCaptioner(qwen_path, device=device, frames_per_window=frames or 4, max_new_tokens=max_new_tokens)
+    raise ValueError(f"captioner must be one of {CAPTIONERS}, got {name!r}")
+
+
+def captioner_id(captioner) -> str:
+    """Which captioner, weights and settings wrote a caption, e.g. "cue-fallback:frames=8" or
+    "qwen2.5-vl:Qwen2.5-VL-7B-Instruct@1a2b3c4d5e6f:frames=4,max_new_tokens=96,prompt=9f8e7d6c" (the hash of the
+    model's config.json; the prompt's hash): captions of one id are interchangeable, of two ids are not."""
+    settings = f"frames={captioner.frames_per_window}"
+    if captioner.name != "qwen2.5-vl":
+        return f"{captioner.name}:{settings}"
+    folder = Path(captioner.model.name_or_path)
+    weights = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:12]
+    prompt = hashlib.sha256(captioner.prompt.encode()).hexdigest()[:8]
+    return f"qwen2.5-vl:{folder.name}@{weights}:{settings},max_new_tokens={captioner.max_new_tokens},prompt={prompt}"
+
+
+def utterances(splits: list[str], meld_dir: str = "", limit_dialogues: int = 0) -> list[MeldUtterance]:
+    """The utterances to caption, in a fixed order (split, dialogue, utterance)."""
+    out = []
+    for split in splits:
+        dias = dialogues(split, Path(meld_dir) if meld_dir else None)
+        for d in sorted(dias)[:limit_dialogues or None]:
+            out += dias[d]
+    return out
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"i/n" -> (i, n), 0 <= i < n."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise ValueError(f"--shard must be i/n with 0 <= i < n, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def key_of(u: MeldUtterance) -> str:
+    return f"{u.split}/dia{u.dialogue_id}_utt{u.utterance_id}"  # training.data.Example.key
+
+
+def caption_clip(captioner, video_dir: Path, u: MeldUtterance, ident: str) -> dict:
+    """One utterance's record: its clip checked (``training.video.manifest``), then captioned. A failing clip or
+    captioner gives a record with the reason, not an exception."""
+    from ddvlm_core.captioner import Frame
+    from training.video import clip_path, manifest, read_clip_frames
+
+    record = {"key": key_of(u), "captioner": ident}
+    status = manifest(video_dir, [u])[0]
+    if status.status != "ok":
+        return {**record, "status": status.status, "detail": status.detail, "caption": ""}
+    try:
+        images = read_clip_frames(clip_path(video_dir, u.split, u.dialogue_id, u.utterance_id),
+                                  captioner.frames_per_window)
+        caption = captioner.caption([Frame(float(i), image) for i, image in enumerate(images)])
+    except Exception as e:  # noqa: BLE001 - one bad clip or captioner error must not end a day-long run
+        return {**record, "status": "failed", "detail": f"{type(e).__name__}: {e}"[:300], "caption": ""}
+    caption_text = filter_emotion_words(caption.text).text  # the captioner filters too; stored text is checked
+    return {**record, "status": "ok", "caption": caption_text, "raw": caption.raw_text,
+            "removed_words": list(caption.removed_words), "frames": caption.n_frames, "flags": list(caption.flags)}
+
+
+def shard_file(out_dir: Path, ident: str, shard: tuple[int, int]) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9.=@_-]+", "_", ident)
+    return out_dir / f"{slug}.shard{shard[0]}of{shard[1]}.jsonl"
+
+
+def caption_run(captioner, video_dir: str | Path, todo: list[MeldUtterance], out_dir: str | Path,
+                shard: tuple[int, int] = (0, 1), max_new: int = 0, log=print) -> dict:
+    """Caption this shard's utterances into its JSONL file, resuming after the ones it already holds (a record
+    that failed is tried again); ``max_new`` > 0 stops after that many new records. Writes and returns the
+    shard's manifest report: counts per status and every problem clip."""
+    from tqdm import tqdm
+
+    video_dir, out_dir = Path(video_dir), Path(out_dir)
+    if not video_dir.is_dir():
+        raise FileNotFoundError(f"--video_dir {video_dir}: no MELD.Raw folder here (train_splits/, "
+                                "dev_splits_complete/, output_repeated_splits_test/)")
+    ident = captioner_id(captioner)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = shard_file(out_dir, ident, shard)
+    repair_partial_line(path)
+    done = {k: r for k, r in read_captions(path).items() if r.get("status") != "failed"} if path.is_file() else {}
+    mine = todo[shard[0]::shard[1]]
+    pending = [u for u in mine if key_of(u) not in done]
+    if max_new:
+        pending = pending[:max_new]
+    log(f"captions {path.name}: {len(mine)} utterances in this shard, {len(mine) - len(pending)} done, "
+        f"{len(pending)} to caption now")
+    with open(path, "a", encoding="utf-8") as fh:
+        for u in tqdm(pending, desc=f"captions {shard[0]}/{shard[1]}", unit="clip", mininterval=10):
+            record = caption_clip(captioner, video_dir, u, ident)
+            done[record["key"]] = record
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    report = manifest_summary([done[key_of(u)] for u in mine if key_of(u) in done], ident, len(mine))
+    path.with_suffix(".manifest.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    log(f"captions {path.name}: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items())
+        + (f"; {len(report['problems'])} problem clips listed in {path.with_suffix('.manifest.json').name}"
+           if report["problems"] else ""))
+    return report
+
+
+def manifest_summary(records: list[dict], ident: str, total: int) -> dict:
+    """Counts per status (ok, missing, unreadable, duration_mismatch, failed, and not_done_yet) and the problem
+    records, for the captioning report and the training run's results."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    if total > len(records):
+        counts["not_done_yet"] = total - len(records)
+    problems = [{k: r.get(k, "") for k in ("key", "status", "detail")} for r in records if r["status"] != "ok"]
+    return {"captioner": ident, "utterances": total, "counts": counts, "problems": problems}
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.captions", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--video_dir", required=True, help="MELD.Raw: train_splits/, dev_splits_complete/, "
+                    "output_repeated_splits_test/")
+    ap.add_argument("--captioner", choices=CAPTIONERS, default="qwen2.5-vl")
+    ap.add_argument("--qwen_path", default="", help="local Qwen2.5-VL folder (the paper's: Qwen2.5-VL-7B-Instruct)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--frames", type=int, default=0, help="frames per clip (default: 4 Qwen2.5-VL, 8 cue-fallback)")
+    ap.add_argument("--max_new_tokens", type=int, default=96)
+    ap.add_argument("--splits", default=",".join(SPLITS))
+    ap.add_argument("--meld_dir", default="", help="MELD CSVs (default: the repository's data/meld)")
+    ap.add_argument("--limit_dialogues", type=int, default=0, help="first N dialogues per split (smoke runs)")
+    ap.add_argument("--shard", default="0/1", help="i/n: this process captions every n-th utterance from the i-th")
+    ap.add_argument("--max_new", type=int, default=0, help="stop after N new captions (time-boxed runs; resumable)")
+    ap.add_argument("--out", default="captions", help="folder of the JSONL shards (then --caption_source=<it>)")
+    args = ap.parse_args(argv)
+    try:
+        shard = parse_shard(args.shard)
+        splits = args.splits.split(",")
+        unknown = set(splits) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"unknown splits {sorted(unknown)}")
+        captioner = make_captioner(args.captioner, args.qwen_path, args.device, args.frames, args.max_new_tokens)
+        report = caption_run(captioner, args.video_dir, utterances(splits, args.meld_dir, args.limit_dialogues),
+                             args.out, shard, args.max_new)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if "not_done_yet" not in report["counts"] else 3
+
+
+# --- embeddings for training -------------------------------------------------------------------------------------
+
+def caption_status_counts(records: dict[str, dict], examples) -> dict[str, int]:
+    """How the examples' clips fared: captioning statuses, and ``no_record`` for an utterance never captioned."""
+    counts: dict[str, int] = {}
+    for e in examples:
+        status = records[e.key].get("status", "ok") if e.key in records else "no_record"
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def caption_embeddings(cfg, data, log=print) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
+    """Per split: (N, d) embeddings (zeros where no caption), an (N,) bool mask of captioned examples, and the
+    report of the captions used (captioner id, per split the clips' statuses)."""
     from ddvlm_core.visual import CaptionEmbedder
 
     records = read_captions(cfg.caption_source)
     embedder = CaptionEmbedder(resolve_model(cfg.caption_embedder), cfg.device)
-    emb, has = {}, {}
+    ident = next(iter(records.values()), {}).get("captioner", "")
+    emb, has, report = {}, {}, {"source": cfg.caption_source, "captioner": ident}
     for split, examples in data.items():
-        texts = [filter_emotion_words(records.get(e.key, {}).get("caption", "")).text for e in examples]
+        texts = [filter_emotion_words(records[e.key].get("caption", "")).text
+                 if records.get(e.key, {}).get("status", "ok") == "ok" else "" for e in examples]
         digest = hashlib.sha256(json.dumps([cfg.caption_embedder, texts]).encode()).hexdigest()[:16]
         cache = Path(cfg.feature_cache) / f"captions-{split}-{digest}.safetensors"
         if cache.is_file():
@@ -53,5 +267,12 @@ def caption_embeddings(cfg, data, log=print) -> tuple[dict[str, torch.Tensor], d
             cache.parent.mkdir(parents=True, exist_ok=True)
             save_file({"embedding": emb[split].contiguous()}, cache)
         has[split] = torch.tensor([bool(t) for t in texts])
-        log(f"captions {split}: {int(has[split].sum())}/{len(texts)} examples have a usable caption")
-    return emb, has
+        statuses = caption_status_counts(records, examples)
+        report[split] = {"captioned": int(has[split].sum()), "examples": len(texts), "clips": statuses}
+        log(f"captions {split}: {int(has[split].sum())}/{len(texts)} examples have a usable caption ("
+            + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) + f"; {ident or 'no captioner id'})")
+    return emb, has, report
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

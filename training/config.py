@@ -61,7 +61,7 @@ class TrainConfig:
     # data
     meld_dir: str = ""  # "" = the repository's data/meld
     limit_dialogues: int = 0  # >0: first N dialogues per split (smoke runs and tests only)
-    caption_source: str = "none"  # none | cue-fallback | qwen2.5-vl | a captions JSONL path
+    caption_source: str = "none"  # none (text only) | a captions JSONL file or folder (python -m training.captions)
     length_bucketing: bool = True
     # run
     seed: int = 0

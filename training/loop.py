@@ -394,7 +394,8 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
             log(msg)
             results["stages"]["visual"] = results["stages"]["fusion"] = {"skipped": msg}
         else:
-            results["stages"].update(multimodal_stages(cfg, model, tok, data, labels, run_dir, log))
+            stages, results["captions"] = multimodal_stages(cfg, model, tok, data, labels, run_dir, log)
+            results["stages"].update(stages)
             modules += ["visual_head", "fusion"]
     model.text.backbone.eval()
     if rank == 0:
@@ -404,7 +405,9 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
     return results
 
 
-def multimodal_stages(cfg, model, tok, data, labels, run_dir, log) -> dict:
+def multimodal_stages(cfg, model, tok, data, labels, run_dir, log) -> tuple[dict, dict]:
+    """The visual (CMKD from the trained text branch) and fusion stages on the captions of ``cfg.caption_source``:
+    (their results, the report of the captions used)."""
     from training.captions import caption_embeddings
 
     model.text.eval()
@@ -412,7 +415,7 @@ def multimodal_stages(cfg, model, tok, data, labels, run_dir, log) -> dict:
         h_text = {s: extract(model.text, data[s], tok.pad_token_id, cfg.eval_batch_size, cfg.device,
                              f"teacher h_text {s}").to(cfg.device) for s in SPLITS}
         z_text = {s: model.text.classify(h_text[s]) for s in SPLITS}
-    emb, has = caption_embeddings(cfg, data, log)
+    emb, has, captions = caption_embeddings(cfg, data, log)
     out = {}
     train_with_caption = [i for i in range(len(data["train"])) if bool(has["train"][i])]
     lengths = {s: [1] * len(data[s]) for s in SPLITS}
@@ -448,7 +451,7 @@ def multimodal_stages(cfg, model, tok, data, labels, run_dir, log) -> dict:
     if "fusion" in cfg.stages:
         out["fusion"] = fit(cfg, Stage("fusion", fusion, fused_logits, fusion_loss, cfg.head_lr), labels, lengths,
                             run_dir / "fusion", log)
-    return out
+    return out, captions
 
 
 __all__ = ["fit", "run", "Stage", "linear_warmup"]

@@ -1,0 +1,211 @@
+"""MELD.Raw clips -> captions -> the visual and fusion stages, on clips these tests write with OpenCV (no MELD
+video exists on this machine): the clip reader, the manifest check of MELD's known problem clips, the resumable
+and shardable captioning run, and the multimodal training stages on its captions."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ddvlm_core.captioner import WindowCaptioner, filter_emotion_words
+from ddvlm_core.meld import parse_time
+from training.captions import (caption_run, captioner_id, key_of, main, make_captioner, parse_shard, read_captions,
+                               utterances)
+from training.video import SPLIT_DIRS, clip_duration, manifest, manifest_report, read_clip_frames
+
+REPO = Path(__file__).resolve().parents[1]
+FPS = 10
+MISSING, UNREADABLE, TOO_LONG = "train/dia0_utt1", "dev/dia0_utt0", "test/dia0_utt0"  # MELD has each kind
+
+
+def write_clip(path: Path, seconds: float) -> None:
+    """A 64 x 48 clip of a moving disc, ``seconds`` long at 10 fps."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (64, 48))
+    assert writer.isOpened()
+    for i in range(max(2, round(seconds * FPS))):
+        frame = np.zeros((48, 64, 3), np.uint8)
+        cv2.circle(frame, (8 + (3 * i) % 48, 24), 6, (40, 200, 90), -1)
+        writer.write(frame)
+    writer.release()
+
+
+@pytest.fixture(scope="module")
+def meld_raw(tmp_path_factory):
+    """MELD.Raw for the first 2 dialogues of each split, with one missing, one unreadable and one too-long clip."""
+    root = tmp_path_factory.mktemp("MELD.Raw")
+    for u in utterances(["train", "dev", "test"], limit_dialogues=2):
+        folder = root / SPLIT_DIRS[u.split]
+        folder.mkdir(exist_ok=True)
+        path = folder / f"dia{u.dialogue_id}_utt{u.utterance_id}.mp4"
+        if key_of(u) == MISSING:
+            continue
+        if key_of(u) == UNREADABLE:
+            path.write_bytes(b"\x00\x01 not an mp4 " * 40)
+            continue
+        seconds = parse_time(u.end) - parse_time(u.start)
+        write_clip(path, seconds + (60 if key_of(u) == TOO_LONG else 0))  # test clips run minutes too long
+    return root
+
+
+def test_clip_reader_samples_frames_and_the_manifest_finds_the_problem_clips(meld_raw):
+    todo = utterances(["train", "dev", "test"], limit_dialogues=2)
+    first = todo[0]
+    path = meld_raw / "train_splits" / f"dia{first.dialogue_id}_utt{first.utterance_id}.mp4"
+    frames = read_clip_frames(path, 4)
+    assert len(frames) == 4 and frames[0].shape == (48, 64, 3) and frames[0].dtype == np.uint8
+    assert frames[0][24, 8 + 0].tolist() == pytest.approx([90, 200, 40], abs=40)  # RGB, not OpenCV's BGR
+    expected = parse_time(first.end) - parse_time(first.start)
+    assert clip_duration(path) == pytest.approx(max(2, round(expected * FPS)) / FPS, abs=1e-6)
+    with pytest.raises(ValueError, match="not a readable video"):
+        read_clip_frames(meld_raw / "dev_splits_complete" / "dia0_utt0.mp4", 4)
+    statuses = {s.key: s for s in manifest(meld_raw, todo)}
+    assert statuses[MISSING].status == "missing" and statuses[UNREADABLE].status == "unreadable"
+    assert statuses[TOO_LONG].status == "duration_mismatch" and "CSV" in statuses[TOO_LONG].detail
+    report = manifest_report(list(statuses.values()))
+    assert report["counts"] == {"ok": len(todo) - 3, "missing": 1, "unreadable": 1, "duration_mismatch": 1}
+    assert {p["key"] for p in report["problems"]} == {MISSING, UNREADABLE, TOO_LONG}
+
+
+def test_captioning_run_records_every_utterance_and_lists_the_clips_it_skipped(meld_raw, tmp_path):
+    out = tmp_path / "captions"
+    args = ["--video_dir", str(meld_raw), "--captioner", "cue-fallback", "--limit_dialogues", "2", "--out", str(out)]
+    assert main(args) == 0
+    records = read_captions(out)
+    todo = utterances(["train", "dev", "test"], limit_dialogues=2)
+    assert set(records) == {key_of(u) for u in todo}
+    assert {r["captioner"] for r in records.values()} == {"cue-fallback:frames=8"}
+    problems = {k: r["status"] for k, r in records.items() if r["status"] != "ok"}
+    assert problems == {MISSING: "missing", UNREADABLE: "unreadable", TOO_LONG: "duration_mismatch"}
+    assert all(r["caption"] == "" for k, r in records.items() if k in problems)
+    ok = [r for r in records.values() if r["status"] == "ok"]
+    assert all("face" in r["caption"] and 0 < r["frames"] <= 8 and "fallback-captioner" in r["flags"] for r in ok)
+    assert max(r["frames"] for r in ok) == 8  # up to 8 frames a clip, fewer from a clip that has fewer
+    report = json.loads(next(out.glob("*.manifest.json")).read_text())
+    assert report["counts"] == {"ok": len(todo) - 3, "missing": 1, "unreadable": 1, "duration_mismatch": 1}
+    assert {p["key"] for p in report["problems"]} == set(problems)
+    assert main(args + ["--shard", "2/2"]) == 2 and main(["--video_dir", str(tmp_path / "none"), "--captioner",
+                                                          "cue-fallback", "--out", str(out)]) == 2
+
+
+def test_a_killed_run_resumes_without_captioning_again_and_shards_split_the_work(meld_raw, tmp_path):
+    out = tmp_path / "captions"
+    base = ["--video_dir", str(meld_raw), "--captioner", "cue-fallback", "--frames", "3", "--splits", "dev",
+            "--limit_dialogues", "2", "--out", str(out)]
+    assert main(base + ["--max_new", "3"]) == 3  # stopped early: not done yet
+    (shard,) = out.glob("*.jsonl")
+    first_lines = shard.read_text().splitlines()
+    assert len(first_lines) == 3
+    with open(shard, "a") as fh:
+        fh.write('{"key": "dev/dia1_utt0", "capt')  # killed while writing the 4th record
+    assert len(read_captions(out)) == 3  # the cut line is not a record
+    assert main(base) == 0
+    lines = shard.read_text().splitlines()
+    dev = [key_of(u) for u in utterances(["dev"], limit_dialogues=2)]
+    assert lines[:3] == first_lines and sorted(json.loads(x)["key"] for x in lines) == sorted(dev)
+    halves = [tmp_path / "half0", tmp_path / "half1"]
+    for i, half in enumerate(halves):
+        assert main(base[:-1] + [str(half), "--shard", f"{i}/2"]) == 0
+        assert next(half.glob("*.jsonl")).name == f"cue-fallback_frames=3.shard{i}of2.jsonl"
+    keys = [set(read_captions(h)) for h in halves]
+    assert not keys[0] & keys[1] and keys[0] | keys[1] == set(dev)
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "1-4", "-1/2"):
+        with pytest.raises(ValueError, match="i/n"):
+            parse_shard(bad)
+
+
+class WordyCaptioner(WindowCaptioner):
+    """A captioner that breaks the annotator prompt's rule and names emotions."""
+
+    name = "wordy"
+
+    def describe(self, images):
+        return "He smiles happily and looks angry, raising his eyebrows."
+
+
+def test_no_emotion_word_reaches_the_cache(meld_raw, tmp_path):
+    todo = [u for u in utterances(["train"], limit_dialogues=1) if key_of(u) != MISSING][:2]
+    caption_run(WordyCaptioner(frames_per_window=2), meld_raw, todo, tmp_path, log=lambda *_: None)
+    records = read_captions(tmp_path)
+    for r in records.values():
+        assert r["caption"] == "He smiles and looks, raising his eyebrows."
+        assert filter_emotion_words(r["caption"]).removed == ()
+        assert r["removed_words"] == ["happily", "angry"] and r["captioner"] == "wordy:frames=2"
+
+
+def test_the_qwen_captioner_runs_in_the_pipeline_with_an_id_naming_its_weights(meld_raw, tmp_path, tiny_qwen_dir):
+    captioner = make_captioner("qwen2.5-vl", tiny_qwen_dir, frames=2, max_new_tokens=4)
+    ident = captioner_id(captioner)
+    assert ident.startswith(f"qwen2.5-vl:{Path(tiny_qwen_dir).name}@") and "frames=2,max_new_tokens=4" in ident
+    todo = [u for u in utterances(["test"], limit_dialogues=2) if key_of(u) != TOO_LONG][:2]
+    report = caption_run(captioner, meld_raw, todo, tmp_path, log=lambda *_: None)
+    assert report["counts"] == {"ok": 2}
+    assert all(r["captioner"] == ident and r["frames"] == 2 for r in read_captions(tmp_path).values())
+    with pytest.raises(ValueError, match="--qwen_path"):
+        make_captioner("qwen2.5-vl")
+
+
+def test_captions_of_two_captioners_or_a_damaged_line_are_refused(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"key": "dev/dia0_utt0", "captioner": "cue-fallback:frames=8"}) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"key": "dev/dia0_utt1", "captioner": "cue-fallback:frames=3"}) + "\n")
+    with pytest.raises(ValueError, match="more than one captioner"):
+        read_captions(tmp_path)
+    (tmp_path / "b.jsonl").write_text("not json\n" + json.dumps({"key": "dev/dia0_utt1"}) + "\n")
+    with pytest.raises(ValueError, match="b.jsonl:1: not a caption record"):
+        read_captions(tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m training.captions"):
+        read_captions(tmp_path / "nothing")
+
+
+def test_visual_and_fusion_stages_train_on_the_captions_and_the_checkpoint_uses_them(meld_raw, tmp_path,
+                                                                                     tiny_roberta_dir):
+    from ddvlm_core.inference import EmotionRecognizer
+    from test_training import tiny_cfg
+    from training.loop import run
+
+    captions = tmp_path / "captions"
+    assert main(["--video_dir", str(meld_raw), "--captioner", "cue-fallback", "--frames", "4", "--limit_dialogues",
+                 "2", "--out", str(captions)]) == 0
+    cfg = tiny_cfg(tmp_path, tiny_roberta_dir, limit_dialogues=2, caption_source=str(captions),
+                   stages="text,visual,fusion")
+    logs = []
+    results = run(cfg, log=logs.append)
+    for stage in ("visual", "fusion"):
+        assert results["stages"][stage]["best"]["test"]["n"] == len(utterances(["test"], limit_dialogues=2))
+    report = results["captions"]
+    assert report["captioner"] == "cue-fallback:frames=4"
+    assert report["train"]["clips"]["missing"] == 1 and report["dev"]["clips"]["unreadable"] == 1
+    assert report["test"]["captioned"] == report["test"]["examples"] - 1  # the too-long clip: skipped
+    assert any("captions train:" in line and "missing 1" in line for line in logs)
+    checkpoint = tmp_path / "run" / "checkpoint"
+    modules = json.loads((checkpoint / "manifest.json").read_text())["modules"]
+    assert {"text_head", "visual_head", "fusion"} <= set(modules)
+    recognizer = EmotionRecognizer.from_checkpoint(checkpoint)
+    dialogue = [("Ross", "I got the job!"), ("Rachel", "No way!")]
+    caption = next(r["caption"] for r in read_captions(captions).values() if r["caption"])
+    with_caption, text_only = recognizer.predict(dialogue, caption), recognizer.predict(dialogue)
+    assert with_caption.probabilities != text_only.probabilities  # the trained fusion uses the caption
+    # the Table 4 rows that need captions run on them, and the report names the captioner
+    from dataclasses import replace
+
+    from training.ablate import ROWS, run_rows, write_report
+
+    base = replace(cfg, run_dir=str(tmp_path / "ablate"))
+    entries = run_rows(base, [r for r in ROWS if r.name in ("full", "visual_cmkd")], [0], log=lambda *_: None)
+    assert all("not_run" not in e and len(e["scores"]) == 1 for e in entries)
+    write_report(entries, base, tmp_path / "ablation")
+    text = (tmp_path / "ablation.md").read_text()
+    assert "| DDVLM (full) | " in text and "not run" not in text
+    assert (f"Captions: `cue-fallback:frames=4` from {captions}; examples with a usable caption: train "
+            f"{report['train']['captioned']}/{report['train']['examples']}") in text
+
+
+def test_the_captioning_command_runs_as_documented(meld_raw, tmp_path):
+    cmd = [sys.executable, "-m", "training.captions", "--video_dir", str(meld_raw), "--captioner", "cue-fallback",
+           "--splits", "test", "--limit_dialogues", "1", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "problem clips listed in cue-fallback_frames=8.shard0of1.manifest.json" in done.stdout
