@@ -146,16 +146,31 @@ class WindowCaptioner:
     def describe(self, images: list[np.ndarray]) -> str:
         raise NotImplementedError
 
+    def describe_batch(self, image_lists: list[list[np.ndarray]]) -> list[str]:
+        """Several windows at once (a captioner that batches on its device overrides this)."""
+        return [self.describe(images) for images in image_lists]
+
     def caption(self, frames: Sequence[Frame], window: tuple[float, float] | None = None) -> Caption:
-        picked = select_window_frames(frames, window, self.frames_per_window)
+        return self.caption_batch([frames], [window])[0]
+
+    def caption_batch(self, frame_lists: Sequence[Sequence[Frame]],
+                      windows: Sequence[tuple[float, float] | None] | None = None) -> list[Caption]:
+        """One caption per (frames, window), the windows with frames described in one ``describe_batch``."""
+        windows = list(windows) if windows is not None else [None] * len(frame_lists)
         flags = ("fallback-captioner",) if self.fallback else ()
-        if not picked:
-            return Caption("", self.name, 0, flags=flags + ("no-frames-in-window",))
-        raw = self.describe([check_image(f.image) for f in picked]).strip()
-        filtered = filter_emotion_words(raw)
-        if not filtered.text:
-            flags += ("caption-empty-after-filter",)
-        return Caption(filtered.text, self.name, len(picked), raw, filtered.removed, flags)
+        picked = [select_window_frames(frames, window, self.frames_per_window)
+                  for frames, window in zip(frame_lists, windows, strict=True)]
+        described = iter(self.describe_batch([[check_image(f.image) for f in p] for p in picked if p]))
+        captions = []
+        for p in picked:
+            if not p:
+                captions.append(Caption("", self.name, 0, flags=flags + ("no-frames-in-window",)))
+                continue
+            raw = next(described).strip()
+            filtered = filter_emotion_words(raw)
+            empty = ("caption-empty-after-filter",) if not filtered.text else ()
+            captions.append(Caption(filtered.text, self.name, len(p), raw, filtered.removed, flags + empty))
+        return captions
 
 
 class CueCaptioner(WindowCaptioner):
@@ -312,21 +327,40 @@ class QwenVLCaptioner(WindowCaptioner):
         return [{"role": "user", "content": content}]
 
     def inputs(self, images: list[np.ndarray]):
+        return self.batch_inputs([images])
+
+    def batch_inputs(self, image_lists: list[list[np.ndarray]]):
+        """Processor inputs for several windows' images as one batch, left-padded: a decoder generates after
+        the last position of every row."""
         from PIL import Image
 
-        text = self.processor.apply_chat_template(self.messages(len(images)), tokenize=False,
-                                                  add_generation_prompt=True)
-        pil = [Image.fromarray(im) for im in images]
-        return self.processor(text=[text], images=pil, return_tensors="pt").to(self.device)
+        texts = [self.processor.apply_chat_template(self.messages(len(images)), tokenize=False,
+                                                    add_generation_prompt=True) for images in image_lists]
+        pil = [Image.fromarray(im) for images in image_lists for im in images]
+        tokenizer = self.processor.tokenizer
+        side, tokenizer.padding_side = tokenizer.padding_side, "left"
+        try:
+            return self.processor(text=texts, images=pil, padding=True, return_tensors="pt").to(self.device)
+        finally:
+            tokenizer.padding_side = side
 
     def new_tokens(self, images: list[np.ndarray]):
         """Greedy generation; only the tokens after the prompt."""
+        return self.batch_new_tokens([images])[0]
+
+    def batch_new_tokens(self, image_lists: list[list[np.ndarray]]):
+        """Greedy generation for a batch of windows: per row, the tokens after the (padded) prompt."""
         import torch
 
-        inputs = self.inputs(images)
+        inputs = self.batch_inputs(image_lists)
         with torch.inference_mode():
             out = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens)
-        return out[0, inputs["input_ids"].shape[1]:]
+        return out[:, inputs["input_ids"].shape[1]:]
 
     def describe(self, images: list[np.ndarray]) -> str:
         return self.processor.decode(self.new_tokens(images), skip_special_tokens=True)
+
+    def describe_batch(self, image_lists: list[list[np.ndarray]]) -> list[str]:
+        if not image_lists:
+            return []
+        return [self.processor.decode(row, skip_special_tokens=True) for row in self.batch_new_tokens(image_lists)]

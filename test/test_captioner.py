@@ -90,3 +90,19 @@ def test_qwen_captioner_runs_a_tiny_random_qwen25vl_end_to_end(tiny_qwen_dir):
     assert first.text == filter_emotion_words(first.raw_text).text
     assert 1 <= len(cap.new_tokens([f.image for f in fs[:3]])) <= 8
     assert cap.caption(fs, (7.0, 8.0)).flags == ("no-frames-in-window",)
+
+
+def test_qwen_captioner_batches_windows_of_different_lengths_as_it_captions_them_one_by_one(tiny_qwen_dir):
+    """Batch captioning (training.captions): windows of 3 and 1 frames are one left-padded batch, and greedy
+    decoding gives each the caption it gets alone; a window without frames is answered without the model."""
+    cap = QwenVLCaptioner(tiny_qwen_dir, frames_per_window=3, max_new_tokens=8, max_pixels=112 * 112)
+    fs = frames(6)
+    windows = [(0.0, 0.5), (7.0, 8.0), (fs[4].stamp, fs[4].stamp)]
+    batch = cap.caption_batch([fs] * 3, windows)
+    assert [c.n_frames for c in batch] == [3, 0, 1]
+    assert batch == [cap.caption(fs, w) for w in windows]
+    side = cap.processor.tokenizer.padding_side
+    ids = cap.batch_inputs([[f.image for f in fs[:3]], [fs[4].image]])["input_ids"]
+    pad = cap.processor.tokenizer.pad_token_id
+    assert ids[1, 0] == pad and ids[0, 0] != pad and ids[1, -1] == ids[0, -1]  # padded on the left
+    assert cap.processor.tokenizer.padding_side == side  # the caller's side is restored

@@ -136,13 +136,42 @@ def test_no_emotion_word_reaches_the_cache(meld_raw, tmp_path):
         assert r["removed_words"] == ["happily", "angry"] and r["captioner"] == "wordy:frames=2"
 
 
+class ShortClipFailingCaptioner(WindowCaptioner):
+    """Fails on a clip with fewer frames than it asks for, as a real captioner may fail on one clip of a batch."""
+
+    name = "picky"
+
+    def describe(self, images):
+        if len(images) < self.frames_per_window:
+            raise RuntimeError("too few frames")
+        return "A person turns the head."
+
+
+def test_a_clip_the_captioner_fails_on_is_recorded_failed_alone_and_retried_on_resume(meld_raw, tmp_path):
+    todo = [u for u in utterances(["train"], limit_dialogues=2) if key_of(u) != MISSING]
+    frames = {key_of(u): round(cv2.VideoCapture(str(meld_raw / "train_splits" / f"dia{u.dialogue_id}_utt"
+                                                    f"{u.utterance_id}.mp4")).get(cv2.CAP_PROP_FRAME_COUNT))
+              for u in todo}
+    short = {k for k, n in frames.items() if n < 25}
+    assert short and len(short) < len(todo)  # both kinds in every batch of 4 below
+    report = caption_run(ShortClipFailingCaptioner(frames_per_window=25), meld_raw, todo, tmp_path, batch_size=4,
+                         log=lambda *_: None)
+    records = read_captions(tmp_path)
+    assert {k for k, r in records.items() if r["status"] == "failed"} == short
+    assert all(r["detail"] == "RuntimeError: too few frames" for k, r in records.items() if k in short)
+    assert report["counts"] == {"ok": len(todo) - len(short), "failed": len(short)}
+    lines = len((next(tmp_path.glob("*.jsonl"))).read_text().splitlines())
+    caption_run(ShortClipFailingCaptioner(frames_per_window=25), meld_raw, todo, tmp_path, log=lambda *_: None)
+    assert len((next(tmp_path.glob("*.jsonl"))).read_text().splitlines()) == lines + len(short)  # only those
+
+
 def test_the_qwen_captioner_runs_in_the_pipeline_with_an_id_naming_its_weights(meld_raw, tmp_path, tiny_qwen_dir):
     captioner = make_captioner("qwen2.5-vl", tiny_qwen_dir, frames=2, max_new_tokens=4)
     ident = captioner_id(captioner)
     assert ident.startswith(f"qwen2.5-vl:{Path(tiny_qwen_dir).name}@") and "frames=2,max_new_tokens=4" in ident
     todo = [u for u in utterances(["test"], limit_dialogues=2) if key_of(u) != TOO_LONG][:2]
-    report = caption_run(captioner, meld_raw, todo, tmp_path, log=lambda *_: None)
-    assert report["counts"] == {"ok": 2}
+    report = caption_run(captioner, meld_raw, todo, tmp_path, batch_size=2, log=lambda *_: None)
+    assert report["counts"] == {"ok": 2}  # one batched generate call for the two clips
     assert all(r["captioner"] == ident and r["frames"] == 2 for r in read_captions(tmp_path).values())
     with pytest.raises(ValueError, match="--qwen_path"):
         make_captioner("qwen2.5-vl")

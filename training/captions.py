@@ -126,25 +126,54 @@ def key_of(u: MeldUtterance) -> str:
     return f"{u.split}/dia{u.dialogue_id}_utt{u.utterance_id}"  # training.data.Example.key
 
 
-def caption_clip(captioner, video_dir: Path, u: MeldUtterance, ident: str) -> dict:
-    """One utterance's record: its clip checked (``training.video.manifest``), then captioned. A failing clip or
-    captioner gives a record with the reason, not an exception."""
+def check_and_read(video_dir: Path, u: MeldUtterance, frames: int, ident: str) -> tuple[dict, list | None]:
+    """An utterance's record so far and its clip's frames: the clip checked first (``training.video.manifest``);
+    a clip that fails the check or cannot be decoded gets its status and no frames."""
     from ddvlm_core.captioner import Frame
     from training.video import clip_path, manifest, read_clip_frames
 
     record = {"key": key_of(u), "captioner": ident}
     status = manifest(video_dir, [u])[0]
     if status.status != "ok":
-        return {**record, "status": status.status, "detail": status.detail, "caption": ""}
+        return {**record, "status": status.status, "detail": status.detail, "caption": ""}, None
     try:
-        images = read_clip_frames(clip_path(video_dir, u.split, u.dialogue_id, u.utterance_id),
-                                  captioner.frames_per_window)
-        caption = captioner.caption([Frame(float(i), image) for i, image in enumerate(images)])
-    except Exception as e:  # noqa: BLE001 - one bad clip or captioner error must not end a day-long run
-        return {**record, "status": "failed", "detail": f"{type(e).__name__}: {e}"[:300], "caption": ""}
-    caption_text = filter_emotion_words(caption.text).text  # the captioner filters too; stored text is checked
-    return {**record, "status": "ok", "caption": caption_text, "raw": caption.raw_text,
+        images = read_clip_frames(clip_path(video_dir, u.split, u.dialogue_id, u.utterance_id), frames)
+    except Exception as e:  # noqa: BLE001 - ValueError, or OpenCV's own error on a damaged stream
+        return {**record, "status": "unreadable", "detail": f"{type(e).__name__}: {e}"[:300], "caption": ""}, None
+    return record, [Frame(float(i), image) for i, image in enumerate(images)]
+
+
+def captioned(record: dict, caption) -> dict:
+    text = filter_emotion_words(caption.text).text  # the captioner filters too; what is stored is checked again
+    return {**record, "status": "ok", "caption": text, "raw": caption.raw_text,
             "removed_words": list(caption.removed_words), "frames": caption.n_frames, "flags": list(caption.flags)}
+
+
+def failed(record: dict, error: Exception) -> dict:
+    return {**record, "status": "failed", "detail": f"{type(error).__name__}: {error}"[:300], "caption": ""}
+
+
+def caption_clips(captioner, video_dir: Path, batch: list[MeldUtterance], ident: str) -> list[dict]:
+    """The records of a batch of utterances: their clips checked and read, the readable ones captioned in one
+    ``caption_batch`` call. A batch the captioner fails on is captioned clip by clip, so that only the clip at
+    fault is recorded as failed; no exception leaves this function."""
+    read = [check_and_read(video_dir, u, captioner.frames_per_window, ident) for u in batch]
+    todo = [(record, frames) for record, frames in read if frames is not None]
+    try:
+        done = dict(zip((r["key"] for r, _ in todo), captioner.caption_batch([f for _, f in todo])))
+    except Exception:  # noqa: BLE001 - e.g. out of memory on one long clip: try each on its own
+        done = {}
+        for record, frames in todo:
+            try:
+                done[record["key"]] = captioner.caption(frames)
+            except Exception as e:  # noqa: BLE001 - one bad clip must not end a day-long run
+                done[record["key"]] = e
+    out = []
+    for record, frames in read:
+        result = done.get(record["key"])
+        out.append(record if frames is None else failed(record, result) if isinstance(result, Exception)
+                   else captioned(record, result))
+    return out
 
 
 def shard_file(out_dir: Path, ident: str, shard: tuple[int, int]) -> Path:
@@ -153,10 +182,10 @@ def shard_file(out_dir: Path, ident: str, shard: tuple[int, int]) -> Path:
 
 
 def caption_run(captioner, video_dir: str | Path, todo: list[MeldUtterance], out_dir: str | Path,
-                shard: tuple[int, int] = (0, 1), max_new: int = 0, log=print) -> dict:
-    """Caption this shard's utterances into its JSONL file, resuming after the ones it already holds (a record
-    that failed is tried again); ``max_new`` > 0 stops after that many new records. Writes and returns the
-    shard's manifest report: counts per status and every problem clip."""
+                shard: tuple[int, int] = (0, 1), max_new: int = 0, batch_size: int = 1, log=print) -> dict:
+    """Caption this shard's utterances into its JSONL file, ``batch_size`` clips per captioner call, resuming
+    after the ones it already holds (a record that failed is tried again); ``max_new`` > 0 stops after that many
+    new records. Writes and returns the shard's manifest report: counts per status and every problem clip."""
     from tqdm import tqdm
 
     video_dir, out_dir = Path(video_dir), Path(out_dir)
@@ -174,13 +203,16 @@ def caption_run(captioner, video_dir: str | Path, todo: list[MeldUtterance], out
         pending = pending[:max_new]
     log(f"captions {path.name}: {len(mine)} utterances in this shard, {len(mine) - len(pending)} done, "
         f"{len(pending)} to caption now")
+    bar = tqdm(total=len(pending), desc=f"captions {shard[0]}/{shard[1]}", unit="clip", mininterval=10)
     with open(path, "a", encoding="utf-8") as fh:
-        for u in tqdm(pending, desc=f"captions {shard[0]}/{shard[1]}", unit="clip", mininterval=10):
-            record = caption_clip(captioner, video_dir, u, ident)
-            done[record["key"]] = record
-            fh.write(json.dumps(record) + "\n")
+        for start in range(0, len(pending), max(1, batch_size)):
+            for record in caption_clips(captioner, video_dir, pending[start:start + max(1, batch_size)], ident):
+                done[record["key"]] = record
+                fh.write(json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+            bar.update(min(max(1, batch_size), len(pending) - start))
+    bar.close()
     report = manifest_summary([done[key_of(u)] for u in mine if key_of(u) in done], ident, len(mine))
     path.with_suffix(".manifest.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     log(f"captions {path.name}: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items())
@@ -210,6 +242,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--frames", type=int, default=0, help="frames per clip (default: 4 Qwen2.5-VL, 8 cue-fallback)")
     ap.add_argument("--max_new_tokens", type=int, default=96)
+    ap.add_argument("--batch_size", type=int, default=1, help="clips per captioner call (Qwen2.5-VL on a GPU: e.g. 8)")
     ap.add_argument("--splits", default=",".join(SPLITS))
     ap.add_argument("--meld_dir", default="", help="MELD CSVs (default: the repository's data/meld)")
     ap.add_argument("--limit_dialogues", type=int, default=0, help="first N dialogues per split (smoke runs)")
@@ -225,7 +258,7 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"unknown splits {sorted(unknown)}")
         captioner = make_captioner(args.captioner, args.qwen_path, args.device, args.frames, args.max_new_tokens)
         report = caption_run(captioner, args.video_dir, utterances(splits, args.meld_dir, args.limit_dialogues),
-                             args.out, shard, args.max_new)
+                             args.out, shard, args.max_new, args.batch_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
