@@ -209,6 +209,8 @@ def test_visual_and_fusion_stages_train_on_the_captions_and_the_checkpoint_uses_
     assert report["train"]["clips"]["missing"] == 1 and report["dev"]["clips"]["unreadable"] == 1
     assert report["test"]["captioned"] == report["test"]["examples"] - 1  # the too-long clip: skipped
     assert any("captions train:" in line and "missing 1" in line for line in logs)
+    for stage in ("text", "visual", "fusion"):  # a confusion matrix of each stage's dev-selected model
+        assert (tmp_path / "run" / f"confusion_{stage}_test.png").stat().st_size > 1000
     checkpoint = tmp_path / "run" / "checkpoint"
     modules = json.loads((checkpoint / "manifest.json").read_text())["modules"]
     assert {"text_head", "visual_head", "fusion"} <= set(modules)

@@ -383,10 +383,6 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
             modules.append("backbone_lora")
         elif cfg.text_mode == "full":
             modules.append("backbone")
-        best = results["stages"]["text"]["best"]
-        for split in ("dev", "test") if rank == 0 else ():
-            confusion_png(best[split]["confusion"], run_dir / f"confusion_text_{split}.png",
-                          f"text branch, {split}: WA-F1 {best[split]['wa_f1']:.2f}")
     if {"visual", "fusion"} & set(cfg.stages):
         if cfg.caption_source == "none":
             msg = ("no captions (caption_source: none; MELD videos are not on this machine): visual and fusion "
@@ -399,10 +395,21 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
             modules += ["visual_head", "fusion"]
     model.text.backbone.eval()
     if rank == 0:
+        confusion_pngs(results["stages"], run_dir)
         model.save(run_dir / "checkpoint", tuple(modules), extra={"trained_by": "training.loop", "run": cfg.to_dict()})
         (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     barrier()
     return results
+
+
+def confusion_pngs(stages: dict, run_dir: Path) -> None:
+    """confusion_{stage}_{split}.png of every trained stage's dev-selected model (text, visual, fusion)."""
+    for name, result in stages.items():
+        for split in ("dev", "test") if "best" in result else ():
+            best = result["best"]
+            confusion_png(best[split]["confusion"], run_dir / f"confusion_{name}_{split}.png",
+                          f"{name} {'branch' if name != 'fusion' else 'output'}, {split}: "
+                          f"WA-F1 {best[split]['wa_f1']:.2f}")
 
 
 def multimodal_stages(cfg, model, tok, data, labels, run_dir, log) -> tuple[dict, dict]:
