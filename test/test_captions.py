@@ -207,6 +207,7 @@ def test_visual_and_fusion_stages_train_on_the_captions_and_the_checkpoint_uses_
     report = results["captions"]
     assert report["captioner"] == "cue-fallback:frames=4"
     assert report["train"]["clips"]["missing"] == 1 and report["dev"]["clips"]["unreadable"] == 1
+    assert report["test"]["problems"] == [{"key": TOO_LONG, "status": "duration_mismatch"}]
     assert report["test"]["captioned"] == report["test"]["examples"] - 1  # the too-long clip: skipped
     assert any("captions train:" in line and "missing 1" in line for line in logs)
     for stage in ("text", "visual", "fusion"):  # a confusion matrix of each stage's dev-selected model

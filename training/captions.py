@@ -278,7 +278,8 @@ def caption_status_counts(records: dict[str, dict], examples) -> dict[str, int]:
 
 def caption_embeddings(cfg, data, log=print) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """Per split: (N, d) embeddings (zeros where no caption), an (N,) bool mask of captioned examples, and the
-    report of the captions used (captioner id, per split the clips' statuses)."""
+    report of the captions used (captioner id; per split the clips' statuses and every example whose clip was
+    not captioned, which trains and is scored text-only)."""
     from ddvlm_core.visual import CaptionEmbedder
 
     records = read_captions(cfg.caption_source)
@@ -301,7 +302,10 @@ def caption_embeddings(cfg, data, log=print) -> tuple[dict[str, torch.Tensor], d
             save_file({"embedding": emb[split].contiguous()}, cache)
         has[split] = torch.tensor([bool(t) for t in texts])
         statuses = caption_status_counts(records, examples)
-        report[split] = {"captioned": int(has[split].sum()), "examples": len(texts), "clips": statuses}
+        problems = [{"key": e.key, "status": records[e.key].get("status", "ok") if e.key in records else "no_record"}
+                    for e in examples if records.get(e.key, {}).get("status") != "ok"]
+        report[split] = {"captioned": int(has[split].sum()), "examples": len(texts), "clips": statuses,
+                         "problems": problems}
         log(f"captions {split}: {int(has[split].sum())}/{len(texts)} examples have a usable caption ("
             + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) + f"; {ident or 'no captioner id'})")
     return emb, has, report
