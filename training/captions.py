@@ -199,10 +199,10 @@ def caption_run(captioner, video_dir: str | Path, todo: list[MeldUtterance], out
     done = {k: r for k, r in read_captions(path).items() if r.get("status") != "failed"} if path.is_file() else {}
     mine = todo[shard[0]::shard[1]]
     pending = [u for u in mine if key_of(u) not in done]
+    log(f"captions {path.name}: {len(mine)} utterances in this shard, {len(mine) - len(pending)} done, "
+        f"{min(len(pending), max_new or len(pending))} to caption now")
     if max_new:
         pending = pending[:max_new]
-    log(f"captions {path.name}: {len(mine)} utterances in this shard, {len(mine) - len(pending)} done, "
-        f"{len(pending)} to caption now")
     bar = tqdm(total=len(pending), desc=f"captions {shard[0]}/{shard[1]}", unit="clip", mininterval=10)
     with open(path, "a", encoding="utf-8") as fh:
         for start in range(0, len(pending), max(1, batch_size)):
