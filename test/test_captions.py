@@ -168,7 +168,10 @@ def test_a_clip_the_captioner_fails_on_is_recorded_failed_alone_and_retried_on_r
 def test_the_qwen_captioner_runs_in_the_pipeline_with_an_id_naming_its_weights(meld_raw, tmp_path, tiny_qwen_dir):
     captioner = make_captioner("qwen2.5-vl", tiny_qwen_dir, frames=2, max_new_tokens=4)
     ident = captioner_id(captioner)
-    assert ident.startswith(f"qwen2.5-vl:{Path(tiny_qwen_dir).name}@") and "frames=2,max_new_tokens=4" in ident
+    assert ident.startswith(f"qwen2.5-vl:{Path(tiny_qwen_dir).name}@") and "frames=2,max_new_tokens=4," in ident
+    assert ",pixels=3136-200704,float32,prompt=" in ident  # QwenVLCaptioner's default pixel range, fp32 weights
+    half = make_captioner("qwen2.5-vl", tiny_qwen_dir, frames=2, max_new_tokens=4, dtype="bfloat16")
+    assert captioner_id(half) == ident.replace(",float32,", ",bfloat16,")
     todo = [u for u in utterances(["test"], limit_dialogues=2) if key_of(u) != TOO_LONG][:2]
     report = caption_run(captioner, meld_raw, todo, tmp_path, batch_size=2, log=lambda *_: None)
     assert report["counts"] == {"ok": 2}  # one batched generate call for the two clips

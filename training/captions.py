@@ -77,8 +77,10 @@ def repair_partial_line(path: Path) -> None:
 
 # --- producing captions ------------------------------------------------------------------------------------------
 
-def make_captioner(name: str, qwen_path: str = "", device: str = "cpu", frames: int = 0, max_new_tokens: int = 96):
-    """The captioner a run uses: the paper's Qwen2.5-VL from a local folder, or the offline OpenCV fallback."""
+def make_captioner(name: str, qwen_path: str = "", device: str = "cpu", frames: int = 0, max_new_tokens: int = 96,
+                   dtype: str | None = None):
+    """The captioner a run uses: the paper's Qwen2.5-VL from a local folder (``dtype`` e.g. "bfloat16" on a GPU;
+    default: the checkpoint's), or the offline OpenCV fallback."""
     from ddvlm_core.captioner import CueCaptioner, QwenVLCaptioner
 
     if name == "cue-fallback":
@@ -87,21 +89,26 @@ def make_captioner(name: str, qwen_path: str = "", device: str = "cpu", frames: 
         if not qwen_path:
             raise ValueError("--captioner qwen2.5-vl needs --qwen_path (a local Qwen2.5-VL folder; nothing is "
                              "downloaded)")
-        return QwenVLCaptioner(qwen_path, device=device, frames_per_window=frames or 4, max_new_tokens=max_new_tokens)
+        return QwenVLCaptioner(qwen_path, device=device, frames_per_window=frames or 4, max_new_tokens=max_new_tokens,
+                               dtype=dtype)
     raise ValueError(f"captioner must be one of {CAPTIONERS}, got {name!r}")
 
 
 def captioner_id(captioner) -> str:
     """Which captioner, weights and settings wrote a caption, e.g. "cue-fallback:frames=8" or
-    "qwen2.5-vl:Qwen2.5-VL-7B-Instruct@1a2b3c4d5e6f:frames=4,max_new_tokens=96,prompt=9f8e7d6c" (the hash of the
-    model's config.json; the prompt's hash): captions of one id are interchangeable, of two ids are not."""
+    "qwen2.5-vl:Qwen2.5-VL-7B-Instruct@1a2b3c4d5e6f:frames=4,max_new_tokens=96,pixels=3136-200704,bfloat16,
+    prompt=9f8e7d6c" (the hash of the model's config.json, the frames' pixel range, the weights' dtype, the
+    prompt's hash): captions of one id are interchangeable, of two ids are not."""
     settings = f"frames={captioner.frames_per_window}"
     if captioner.name != "qwen2.5-vl":
         return f"{captioner.name}:{settings}"
     folder = Path(captioner.model.name_or_path)
     weights = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:12]
     prompt = hashlib.sha256(captioner.prompt.encode()).hexdigest()[:8]
-    return f"qwen2.5-vl:{folder.name}@{weights}:{settings},max_new_tokens={captioner.max_new_tokens},prompt={prompt}"
+    size = captioner.processor.image_processor.size  # the pixel range frames are resized into
+    dtype = str(captioner.model.dtype).removeprefix("torch.")
+    return (f"qwen2.5-vl:{folder.name}@{weights}:{settings},max_new_tokens={captioner.max_new_tokens},"
+            f"pixels={size.shortest_edge}-{size.longest_edge},{dtype},prompt={prompt}")
 
 
 def utterances(splits: list[str], meld_dir: str = "", limit_dialogues: int = 0) -> list[MeldUtterance]:
@@ -240,6 +247,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--captioner", choices=CAPTIONERS, default="qwen2.5-vl")
     ap.add_argument("--qwen_path", default="", help="local Qwen2.5-VL folder (the paper's: Qwen2.5-VL-7B-Instruct)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, help="Qwen2.5-VL weights' dtype, e.g. bfloat16 on a GPU")
     ap.add_argument("--frames", type=int, default=0, help="frames per clip (default: 4 Qwen2.5-VL, 8 cue-fallback)")
     ap.add_argument("--max_new_tokens", type=int, default=96)
     ap.add_argument("--batch_size", type=int, default=1, help="clips per captioner call (Qwen2.5-VL on a GPU: e.g. 8)")
@@ -256,7 +264,8 @@ def main(argv: list[str]) -> int:
         unknown = set(splits) - set(SPLITS)
         if unknown:
             raise ValueError(f"unknown splits {sorted(unknown)}")
-        captioner = make_captioner(args.captioner, args.qwen_path, args.device, args.frames, args.max_new_tokens)
+        captioner = make_captioner(args.captioner, args.qwen_path, args.device, args.frames, args.max_new_tokens,
+                                   args.dtype)
         report = caption_run(captioner, args.video_dir, utterances(splits, args.meld_dir, args.limit_dialogues),
                              args.out, shard, args.max_new, args.batch_size)
     except (ValueError, FileNotFoundError) as e:
