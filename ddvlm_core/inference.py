@@ -61,6 +61,7 @@ class EmotionRecognizer:
         self.device = device
         self.has_visual_branch = has_visual_branch
         self.name = name
+        self.trained_captioner = ""  # the captioner id whose captions trained the visual branch ("" unknown)
         self.cuda_graph_skips: list[str] = []  # why the last warm_up ran compiled graphs without CUDA graphs
 
     @classmethod
@@ -74,7 +75,19 @@ class EmotionRecognizer:
             from ddvlm_core.visual import CaptionEmbedder
 
             embedder = CaptionEmbedder(resolve_model(model.config.caption_embedder), device)
-        return cls(model, tokenizer, embedder, device, visual, name=os.path.basename(os.path.normpath(directory)))
+        recognizer = cls(model, tokenizer, embedder, device, visual, name=os.path.basename(os.path.normpath(directory)))
+        recognizer.trained_captioner = manifest.get("captioner", "")  # written by training.loop (training.captions)
+        return recognizer
+
+    def captioner_check(self, captioner) -> str:
+        """Whether ``captioner`` is the kind whose captions trained the visual branch: "matches training",
+        "differs from training (<id>)" (its visual scores then come from captions unlike those it learned from,
+        e.g. the OpenCV fallback's on a head trained on Qwen2.5-VL's), or "training captioner unknown"."""
+        if not self.trained_captioner:
+            return "training captioner unknown"
+        if self.trained_captioner.split(":", 1)[0] == getattr(captioner, "name", None):
+            return "matches training"
+        return f"differs from training ({self.trained_captioner})"
 
     def warm_up(self) -> float:
         """Seconds spent on one prediction of one and of two dialogues (a compiled model compiles for single

@@ -204,13 +204,19 @@ class EmotionNode(LifecycleNode):
         if kind == "cue":
             from ddvlm_core.captioner import CueCaptioner
 
-            return CueCaptioner(self.p("frames_per_window"))
-        if kind == "qwen":
+            captioner = CueCaptioner(self.p("frames_per_window"))
+        elif kind == "qwen":
             from ddvlm_core.captioner import QwenVLCaptioner
 
-            return QwenVLCaptioner(self.p("captioner_model_dir"), device=self.p("device"),
-                                   frames_per_window=self.p("frames_per_window"))
-        raise ValueError(f"captioner must be none, cue or qwen, got {kind!r}")
+            captioner = QwenVLCaptioner(self.p("captioner_model_dir"), device=self.p("device"),
+                                        frames_per_window=self.p("frames_per_window"))
+        else:
+            raise ValueError(f"captioner must be none, cue or qwen, got {kind!r}")
+        check = self.recognizer.captioner_check(captioner)
+        if check.startswith("differs"):
+            self.get_logger().warning(f"captioner {captioner.name}: the visual branch was trained on captions "
+                                      f"of another captioner, {check.removeprefix('differs from training ')}")
+        return captioner
 
     def _compile(self) -> None:
         """compile: torch.compile the text model and run its first calls now, on the device it will run on,
@@ -418,6 +424,8 @@ class EmotionNode(LifecycleNode):
                        "latency_p50_ms": round(p50, 1),
                        "latency_p90_ms": round(p90, 1), "last_error": s.last_error,
                        "captioner": getattr(self.pipeline.captioner, "name", "none"),
+                       **({"captioner_check": self.recognizer.captioner_check(self.pipeline.captioner)}
+                          if self.pipeline.captioner is not None else {}),
                        "conversations": len(self.pipeline.conversations),
                        "conversations_forgotten": s.conversations_forgotten, "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:

@@ -76,6 +76,8 @@ def test_text_result_first_then_refined_with_frames_of_the_window(harness, tiny_
     assert "Movement" in fused.caption or "movement" in fused.caption
     assert fused.utterance_id == text.utterance_id == "a"
     assert list(fused.probabilities) != list(text.probabilities)
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["captioner_check"] == "training captioner unknown"  # a checkpoint not from training.loop
 
 
 def test_lifecycle_transitions_and_diagnostics(harness, tiny_text_checkpoint):

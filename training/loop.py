@@ -396,7 +396,9 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
     model.text.backbone.eval()
     if rank == 0:
         confusion_pngs(results["stages"], run_dir)
-        model.save(run_dir / "checkpoint", tuple(modules), extra={"trained_by": "training.loop", "run": cfg.to_dict()})
+        captioner = {"captioner": results["captions"]["captioner"]} if "captions" in results else {}
+        model.save(run_dir / "checkpoint", tuple(modules),
+                   extra={"trained_by": "training.loop", "run": cfg.to_dict(), **captioner})
         (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     barrier()
     return results
