@@ -8,9 +8,11 @@ cache's Sentence-BERT embeddings (cached as safetensors).
 Every utterance gets one record, keyed ``split/dia{D}_utt{U}`` and stamped with the captioner's id (which
 captioner, with which weights and settings). A clip the manifest check finds missing, unreadable or not as long
 as the CSV's Start/EndTime says gets a record with that status and no caption: listed in the run's manifest
-report and skipped, never a crash and never dropped silently. The emotion-word filter is applied before a
-caption is stored. Each shard (``--shard i/n``: every n-th utterance from the i-th) appends to its own file,
-one flushed line per utterance, so a killed run resumes where it stopped.
+report and skipped, never a crash and never dropped silently (MELD's silent clips, without sound, are captioned
+as any other: captions use the frames only). The emotion-word filter is applied before a caption is stored.
+Clips are captioned ``--batch_size`` at a time (Qwen2.5-VL: one left-padded ``generate``). Each shard
+(``--shard i/n``: every n-th utterance from the i-th) appends to its own file, one line per utterance, flushed
+after every batch, so a killed run resumes where it stopped.
 
 Without MELD videos or Qwen2.5-VL weights there are no real captions: ``caption_source: none`` makes the run
 text-only and every report says so.
