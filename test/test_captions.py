@@ -86,6 +86,8 @@ def test_captioning_run_records_every_utterance_and_lists_the_clips_it_skipped(m
     report = json.loads(next(out.glob("*.manifest.json")).read_text())
     assert report["counts"] == {"ok": len(todo) - 3, "missing": 1, "unreadable": 1, "duration_mismatch": 1}
     assert {p["key"] for p in report["problems"]} == set(problems)
+    assert main(args + ["--check_only", "--out", str(tmp_path / "check")]) == 0  # the check alone, no captioner
+    assert json.loads((tmp_path / "check" / "manifest.shard0of1.json").read_text())["counts"] == report["counts"]
     assert main(args + ["--shard", "2/2"]) == 2 and main(["--video_dir", str(tmp_path / "none"), "--captioner",
                                                           "cue-fallback", "--out", str(out)]) == 2
 

@@ -242,6 +242,27 @@ def manifest_summary(records: list[dict], ident: str, total: int) -> dict:
     return {"captioner": ident, "utterances": total, "counts": counts, "problems": problems}
 
 
+def check_clips(video_dir: str | Path, todo: list[MeldUtterance], out_dir: str | Path, shard: tuple[int, int] = (0, 1),
+                log=print) -> dict:
+    """The manifest check alone, before a long captioning run: this shard's clips' statuses, counted, with every
+    problem clip (``training.video.manifest_report``), written to ``out_dir/manifest.shard{i}of{n}.json``."""
+    from tqdm import tqdm
+
+    from training.video import manifest, manifest_report
+
+    if not Path(video_dir).is_dir():
+        raise FileNotFoundError(f"--video_dir {video_dir}: no MELD.Raw folder here")
+    mine = todo[shard[0]::shard[1]]
+    clips = tqdm(mine, desc="manifest", unit="clip", mininterval=10)
+    report = manifest_report([manifest(video_dir, [u])[0] for u in clips])
+    path = Path(out_dir) / f"manifest.shard{shard[0]}of{shard[1]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    log(f"manifest of {len(mine)} clips: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items())
+        + f" -> {path}")
+    return report
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.captions", description=__doc__.split("\n\n")[0])
     ap.add_argument("--video_dir", required=True, help="MELD.Raw: train_splits/, dev_splits_complete/, "
@@ -259,6 +280,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--shard", default="0/1", help="i/n: this process captions every n-th utterance from the i-th")
     ap.add_argument("--max_new", type=int, default=0, help="stop after N new captions (time-boxed runs; resumable)")
     ap.add_argument("--out", default="captions", help="folder of the JSONL shards (then --caption_source=<it>)")
+    ap.add_argument("--check_only", action="store_true", help="only the manifest check of this shard's clips "
+                    "(missing, unreadable, duration vs the CSV) -> <out>/manifest.shard{i}of{n}.json; no captioner")
     args = ap.parse_args(argv)
     try:
         shard = parse_shard(args.shard)
@@ -266,10 +289,13 @@ def main(argv: list[str]) -> int:
         unknown = set(splits) - set(SPLITS)
         if unknown:
             raise ValueError(f"unknown splits {sorted(unknown)}")
+        todo = utterances(splits, args.meld_dir, args.limit_dialogues)
+        if args.check_only:
+            check_clips(args.video_dir, todo, args.out, shard)
+            return 0
         captioner = make_captioner(args.captioner, args.qwen_path, args.device, args.frames, args.max_new_tokens,
                                    args.dtype)
-        report = caption_run(captioner, args.video_dir, utterances(splits, args.meld_dir, args.limit_dialogues),
-                             args.out, shard, args.max_new, args.batch_size)
+        report = caption_run(captioner, args.video_dir, todo, args.out, shard, args.max_new, args.batch_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
