@@ -7,6 +7,7 @@ branch; each of these is stated in ``modalities`` and ``flags``.
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
@@ -80,14 +81,19 @@ class EmotionRecognizer:
         return recognizer
 
     def captioner_check(self, captioner) -> str:
-        """Whether ``captioner`` is the kind whose captions trained the visual branch: "matches training",
-        "differs from training (<id>)" (its visual scores then come from captions unlike those it learned from,
-        e.g. the OpenCV fallback's on a head trained on Qwen2.5-VL's), or "training captioner unknown"."""
+        """Whether ``captioner`` is the kind whose captions trained the visual branch: "matches training" (with
+        a note when its frames per window differ), "differs from training (<id>)" (its visual scores then come
+        from captions unlike those it learned from, e.g. the OpenCV fallback's on a head trained on
+        Qwen2.5-VL's), or "training captioner unknown"."""
         if not self.trained_captioner:
             return "training captioner unknown"
-        if self.trained_captioner.split(":", 1)[0] == getattr(captioner, "name", None):
-            return "matches training"
-        return f"differs from training ({self.trained_captioner})"
+        if self.trained_captioner.split(":", 1)[0] != getattr(captioner, "name", None):
+            return f"differs from training ({self.trained_captioner})"
+        trained = re.search(r"frames=(\d+)", self.trained_captioner)
+        frames = getattr(captioner, "frames_per_window", None)
+        if trained and frames is not None and int(trained[1]) != frames:
+            return f"matches training, but {frames} frames per window where training used {trained[1]}"
+        return "matches training"
 
     def warm_up(self) -> float:
         """Seconds spent on one prediction of one and of two dialogues (a compiled model compiles for single
