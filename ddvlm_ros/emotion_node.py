@@ -213,9 +213,9 @@ class EmotionNode(LifecycleNode):
         else:
             raise ValueError(f"captioner must be none, cue or qwen, got {kind!r}")
         check = self.recognizer.captioner_check(captioner)
-        if check.startswith("differs"):
-            self.get_logger().warning(f"captioner {captioner.name}: the visual branch was trained on captions "
-                                      f"of another captioner, {check.removeprefix('differs from training ')}")
+        if check not in ("matches training", "training captioner unknown"):
+            self.get_logger().warning(f"captioner {captioner.name} {check}: its captions are not like those the "
+                                      "visual branch was trained on")
         return captioner
 
     def _compile(self) -> None:
