@@ -76,13 +76,12 @@ def test_captioning_run_records_every_utterance_and_lists_the_clips_it_skipped(m
     records = read_captions(out)
     todo = utterances(["train", "dev", "test"], limit_dialogues=2)
     assert set(records) == {key_of(u) for u in todo}
-    assert {r["captioner"] for r in records.values()} == {"cue-fallback:frames=8"}
+    assert {r["captioner"] for r in records.values()} == {"cue-fallback:frames=4"}  # the node's default
     problems = {k: r["status"] for k, r in records.items() if r["status"] != "ok"}
     assert problems == {MISSING: "missing", UNREADABLE: "unreadable", TOO_LONG: "duration_mismatch"}
     assert all(r["caption"] == "" for k, r in records.items() if k in problems)
     ok = [r for r in records.values() if r["status"] == "ok"]
-    assert all("face" in r["caption"] and 0 < r["frames"] <= 8 and "fallback-captioner" in r["flags"] for r in ok)
-    assert max(r["frames"] for r in ok) == 8  # up to 8 frames a clip, fewer from a clip that has fewer
+    assert all("face" in r["caption"] and r["frames"] == 4 and "fallback-captioner" in r["flags"] for r in ok)
     report = json.loads(next(out.glob("*.manifest.json")).read_text())
     assert report["counts"] == {"ok": len(todo) - 3, "missing": 1, "unreadable": 1, "duration_mismatch": 1}
     assert {p["key"] for p in report["problems"]} == set(problems)
@@ -223,7 +222,7 @@ def test_visual_and_fusion_stages_train_on_the_captions_and_the_checkpoint_uses_
     recognizer = EmotionRecognizer.from_checkpoint(checkpoint)
     assert recognizer.trained_captioner == "cue-fallback:frames=4"  # the node warns when it captions otherwise
     assert recognizer.captioner_check(make_captioner("cue-fallback", frames=4)) == "matches training"
-    assert recognizer.captioner_check(make_captioner("cue-fallback")) == (
+    assert recognizer.captioner_check(make_captioner("cue-fallback", frames=8)) == (
         "matches training, but 8 frames per window where training used 4")
     assert recognizer.captioner_check(WordyCaptioner()) == "differs from training (cue-fallback:frames=4)"
     dialogue = [("Ross", "I got the job!"), ("Rachel", "No way!")]
@@ -250,4 +249,4 @@ def test_the_captioning_command_runs_as_documented(meld_raw, tmp_path):
            "--splits", "test", "--limit_dialogues", "1", "--out", str(tmp_path)]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "problem clips listed in cue-fallback_frames=8.shard0of1.manifest.json" in done.stdout
+    assert "problem clips listed in cue-fallback_frames=4.shard0of1.manifest.json" in done.stdout

@@ -79,25 +79,25 @@ def repair_partial_line(path: Path) -> None:
 
 # --- producing captions ------------------------------------------------------------------------------------------
 
-def make_captioner(name: str, qwen_path: str = "", device: str = "cpu", frames: int = 0, max_new_tokens: int = 96,
+def make_captioner(name: str, qwen_path: str = "", device: str = "cpu", frames: int = 4, max_new_tokens: int = 96,
                    dtype: str | None = None):
     """The captioner a run uses: the paper's Qwen2.5-VL from a local folder (``dtype`` e.g. "bfloat16" on a GPU;
     default: the checkpoint's), or the offline OpenCV fallback."""
     from ddvlm_core.captioner import CueCaptioner, QwenVLCaptioner
 
     if name == "cue-fallback":
-        return CueCaptioner(frames_per_window=frames or 8)
+        return CueCaptioner(frames_per_window=frames)
     if name == "qwen2.5-vl":
         if not qwen_path:
             raise ValueError("--captioner qwen2.5-vl needs --qwen_path (a local Qwen2.5-VL folder; nothing is "
                              "downloaded)")
-        return QwenVLCaptioner(qwen_path, device=device, frames_per_window=frames or 4, max_new_tokens=max_new_tokens,
+        return QwenVLCaptioner(qwen_path, device=device, frames_per_window=frames, max_new_tokens=max_new_tokens,
                                dtype=dtype)
     raise ValueError(f"captioner must be one of {CAPTIONERS}, got {name!r}")
 
 
 def captioner_id(captioner) -> str:
-    """Which captioner, weights and settings wrote a caption, e.g. "cue-fallback:frames=8" or
+    """Which captioner, weights and settings wrote a caption, e.g. "cue-fallback:frames=4" or
     "qwen2.5-vl:Qwen2.5-VL-7B-Instruct@1a2b3c4d5e6f:frames=4,max_new_tokens=96,pixels=3136-200704,bfloat16,
     prompt=9f8e7d6c" (the hash of the model's config.json, the frames' pixel range, the weights' dtype, the
     prompt's hash): captions of one id are interchangeable, of two ids are not."""
@@ -271,7 +271,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--qwen_path", default="", help="local Qwen2.5-VL folder (the paper's: Qwen2.5-VL-7B-Instruct)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="Qwen2.5-VL weights' dtype, e.g. bfloat16 on a GPU")
-    ap.add_argument("--frames", type=int, default=0, help="frames per clip (default: 4 Qwen2.5-VL, 8 cue-fallback)")
+    ap.add_argument("--frames", type=int, default=4, help="frames per clip (the emotion node's frames_per_window "
+                    "default is 4: caption as the robot will)")
     ap.add_argument("--max_new_tokens", type=int, default=96)
     ap.add_argument("--batch_size", type=int, default=1, help="clips per captioner call (Qwen2.5-VL on a GPU: e.g. 8)")
     ap.add_argument("--splits", default=",".join(SPLITS))
