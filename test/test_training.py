@@ -367,3 +367,18 @@ def test_evaluate_checkpoint_scores_the_whole_split_as_the_recognizer_predicts(t
     assert [LABELS[i] for i in dev["predictions"][: len(rows)]] == top
     confusion = torch.tensor(dev["confusion"])
     assert confusion.sum() == 1109 and confusion.trace() / 1109 * 100 == pytest.approx(dev["accuracy"])
+
+
+def test_cache_files_are_written_whole_or_not_at_all(tmp_path):
+    """Feature and caption-embedding caches are shared by DDP ranks and parallel seeds: written to a temporary
+    name and renamed, so a reader never loads a file being written."""
+    from training.features import save_atomically
+
+    path = tmp_path / "cache" / "dev-abc.safetensors"
+    for value in (1.0, 2.0):  # a second writer replaces the file whole
+        save_atomically({"h_text": torch.full((3, 4), value)}, path, metadata={"split": "dev"})
+        assert torch.equal(load_file(path)["h_text"], torch.full((3, 4), value))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    with pytest.raises(Exception):
+        save_atomically({"h_text": "not a tensor"}, tmp_path / "cache" / "bad.safetensors")
+    assert not (tmp_path / "cache" / "bad.safetensors").exists()

@@ -28,11 +28,12 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ddvlm_core.assets import resolve_model
 from ddvlm_core.captioner import filter_emotion_words
 from ddvlm_core.meld import SPLITS, MeldUtterance, dialogues
+from training.features import save_atomically
 
 CAPTIONERS = ("cue-fallback", "qwen2.5-vl")
 
@@ -336,8 +337,7 @@ def caption_embeddings(cfg, data, log=print) -> tuple[dict[str, torch.Tensor], d
             idx = [i for i, t in enumerate(texts) if t]
             if idx:
                 emb[split][idx] = embedder.embed([texts[i] for i in idx])
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"embedding": emb[split].contiguous()}, cache)
+            save_atomically({"embedding": emb[split].contiguous()}, cache)
         has[split] = torch.tensor([bool(t) for t in texts])
         statuses = caption_status_counts(records, examples)
         problems = [{"key": e.key, "status": records[e.key].get("status", "ok") if e.key in records else "no_record"}

@@ -6,6 +6,7 @@ backbone, tokenizer, prompt format or MELD subset never reuses stale features.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -49,6 +50,15 @@ def extract(text_encoder, examples: list[Example], pad_id: int, batch_size: int,
     return out
 
 
+def save_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    """safetensors to ``path`` through a temporary file and a rename: processes sharing a cache (DDP ranks, the
+    parallel seeds of training.ablate) see no file or a whole one, never one being written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
 def cached_features(text_encoder, examples: list[Example], pad_id: int, cache_dir: str | Path, backbone_path: str,
                     batch_size: int = 32, device: str = "cpu", log=print) -> torch.Tensor:
     split = examples[0].split if examples else "empty"
@@ -58,7 +68,6 @@ def cached_features(text_encoder, examples: list[Example], pad_id: int, cache_di
         return load_file(path)["h_text"]
     t0 = time.monotonic()
     features = extract(text_encoder, examples, pad_id, batch_size, device, desc=f"h_text {split}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"h_text": features.contiguous()}, path, metadata={"split": split, "n": str(len(examples))})
+    save_atomically({"h_text": features.contiguous()}, path, metadata={"split": split, "n": str(len(examples))})
     log(f"cached {len(examples)} {split} features in {time.monotonic() - t0:.0f}s -> {path}")
     return features
