@@ -172,14 +172,14 @@ def compile_row(model, tokenizer, device: str, mode: str, woq: bool) -> tuple[st
     """Compile the row's model in ``mode`` now (DDVLM.compile_text + warm-up): the report's note on it, and for a
     CUDA-graph mode on a GPU the row's fields {"cuda_graphs": "recorded" | "skipped", "cuda_graph_skips":
     [torch's reasons]}, which the model card reads."""
-    from ddvlm_core.model import CUDA_GRAPH_MODES
+    from ddvlm_core.model import CUDA_GRAPH_MODES, cuda_graph_outcome
 
     how = "dynamo cudagraphs backend, no inductor" if mode == "cudagraphs" else f"inductor {mode}"
     graphs = ", CUDA graphs per 64-token length bucket" if mode in CUDA_GRAPH_MODES else ""
     compiled, skips = compile_now(model, tokenizer, device, mode)
     note = f"torch.compile ({how}, dynamic shapes{graphs}): {compiled}"
-    fields = ({"cuda_graphs": "skipped" if skips else "recorded", "cuda_graph_skips": skips}
-              if mode in CUDA_GRAPH_MODES and device.startswith("cuda") else {})
+    outcome = cuda_graph_outcome(mode, device, skips)
+    fields = {"cuda_graphs": outcome, "cuda_graph_skips": skips} if outcome in ("recorded", "skipped") else {}
     if not woq:
         return note, fields
     if mode == "cudagraphs":

@@ -30,6 +30,11 @@ class MeldUtterance:
     season: int = 0
     episode: int = 0
 
+    @property
+    def key(self) -> str:
+        """``split/dia{D}_utt{U}``: the utterance's clip name, the key of its caption and of its training example."""
+        return f"{self.split}/dia{self.dialogue_id}_utt{self.utterance_id}"
+
 
 def parse_time(text: str) -> float:
     """MELD's 'hh:mm:ss,mmm' -> seconds."""

@@ -80,16 +80,25 @@ def cuda_graph_skips() -> Iterator[list[str]]:
             reasons.append(NO_REASON)
 
 
-def cuda_graph_note(mode: str, device: str, skipped: list[str]) -> str:
-    """What a compile in ``mode`` on ``device`` did about CUDA graphs: '' for a mode without them, "no CUDA
-    graphs on cpu ..." off a GPU, else "CUDA graphs recorded" or "CUDA graphs skipped: <torch's reason>"."""
+def cuda_graph_outcome(mode: str, device: str, skipped: list[str]) -> str:
+    """What a compile in ``mode`` on ``device`` did about CUDA graphs: "" (a mode without them), "off-gpu",
+    "recorded" or "skipped" (``skipped``: torch's reasons)."""
     if mode not in CUDA_GRAPH_MODES:
         return ""
     if not str(device).startswith("cuda"):
+        return "off-gpu"
+    return "skipped" if skipped else "recorded"
+
+
+def cuda_graph_note(mode: str, device: str, skipped: list[str]) -> str:
+    """``cuda_graph_outcome`` in words: '' for a mode without CUDA graphs, "no CUDA graphs on cpu ..." off a GPU,
+    else "CUDA graphs recorded" or "CUDA graphs skipped: <torch's reason>"."""
+    outcome = cuda_graph_outcome(mode, device, skipped)
+    if outcome == "off-gpu":
         return f"no CUDA graphs on {device} (they are recorded on a GPU only)"
-    if not skipped:
-        return "CUDA graphs recorded"
-    return f"CUDA graphs skipped: {skipped[0]}" + (f" (+{len(skipped) - 1} more)" if len(skipped) > 1 else "")
+    if outcome == "skipped":
+        return f"CUDA graphs skipped: {skipped[0]}" + (f" (+{len(skipped) - 1} more)" if len(skipped) > 1 else "")
+    return "CUDA graphs recorded" if outcome == "recorded" else ""
 
 
 @dataclass
@@ -277,5 +286,5 @@ def probabilities(logits: Tensor) -> Tensor:
     return F.softmax(logits.float(), dim=-1)
 
 
-__all__ = ["COMPILE_MODES", "cuda_graph_note", "cuda_graph_skips", "DDVLM", "DDVLMConfig", "DDVLMOutput",
-           "TRAINED_MODULES", "probabilities"]
+__all__ = ["COMPILE_MODES", "cuda_graph_note", "cuda_graph_outcome", "cuda_graph_skips", "DDVLM", "DDVLMConfig",
+           "DDVLMOutput", "TRAINED_MODULES", "probabilities"]

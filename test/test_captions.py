@@ -12,7 +12,7 @@ import pytest
 
 from ddvlm_core.captioner import WindowCaptioner, filter_emotion_words
 from ddvlm_core.meld import parse_time
-from training.captions import (caption_run, captioner_id, key_of, main, make_captioner, parse_shard, read_captions,
+from training.captions import (caption_run, captioner_id, main, make_captioner, parse_shard, read_captions,
                                utterances)
 from training.video import SPLIT_DIRS, clip_duration, manifest, manifest_report, read_clip_frames
 
@@ -40,13 +40,13 @@ def meld_raw(tmp_path_factory):
         folder = root / SPLIT_DIRS[u.split]
         folder.mkdir(exist_ok=True)
         path = folder / f"dia{u.dialogue_id}_utt{u.utterance_id}.mp4"
-        if key_of(u) == MISSING:
+        if u.key == MISSING:
             continue
-        if key_of(u) == UNREADABLE:
+        if u.key == UNREADABLE:
             path.write_bytes(b"\x00\x01 not an mp4 " * 40)
             continue
         seconds = parse_time(u.end) - parse_time(u.start)
-        write_clip(path, seconds + (60 if key_of(u) == TOO_LONG else 0))  # test clips run minutes too long
+        write_clip(path, seconds + (60 if u.key == TOO_LONG else 0))  # test clips run minutes too long
     return root
 
 
@@ -75,7 +75,7 @@ def test_captioning_run_records_every_utterance_and_lists_the_clips_it_skipped(m
     assert main(args) == 0
     records = read_captions(out)
     todo = utterances(["train", "dev", "test"], limit_dialogues=2)
-    assert set(records) == {key_of(u) for u in todo}
+    assert set(records) == {u.key for u in todo}
     assert {r["captioner"] for r in records.values()} == {"cue-fallback:frames=4"}  # the node's default
     problems = {k: r["status"] for k, r in records.items() if r["status"] != "ok"}
     assert problems == {MISSING: "missing", UNREADABLE: "unreadable", TOO_LONG: "duration_mismatch"}
@@ -104,7 +104,7 @@ def test_a_killed_run_resumes_without_captioning_again_and_shards_split_the_work
     assert len(read_captions(out)) == 3  # the cut line is not a record
     assert main(base) == 0
     lines = shard.read_text().splitlines()
-    dev = [key_of(u) for u in utterances(["dev"], limit_dialogues=2)]
+    dev = [u.key for u in utterances(["dev"], limit_dialogues=2)]
     assert lines[:3] == first_lines and sorted(json.loads(x)["key"] for x in lines) == sorted(dev)
     halves = [tmp_path / "half0", tmp_path / "half1"]
     for i, half in enumerate(halves):
@@ -128,7 +128,7 @@ class WordyCaptioner(WindowCaptioner):
 
 
 def test_no_emotion_word_reaches_the_cache(meld_raw, tmp_path):
-    todo = [u for u in utterances(["train"], limit_dialogues=1) if key_of(u) != MISSING][:2]
+    todo = [u for u in utterances(["train"], limit_dialogues=1) if u.key != MISSING][:2]
     caption_run(WordyCaptioner(frames_per_window=2), meld_raw, todo, tmp_path, log=lambda *_: None)
     records = read_captions(tmp_path)
     for r in records.values():
@@ -149,9 +149,9 @@ class ShortClipFailingCaptioner(WindowCaptioner):
 
 
 def test_a_clip_the_captioner_fails_on_is_recorded_failed_alone_and_retried_on_resume(meld_raw, tmp_path):
-    todo = [u for u in utterances(["train"], limit_dialogues=2) if key_of(u) != MISSING]
-    frames = {key_of(u): round(cv2.VideoCapture(str(meld_raw / "train_splits" / f"dia{u.dialogue_id}_utt"
-                                                    f"{u.utterance_id}.mp4")).get(cv2.CAP_PROP_FRAME_COUNT))
+    todo = [u for u in utterances(["train"], limit_dialogues=2) if u.key != MISSING]
+    frames = {u.key: round(cv2.VideoCapture(str(meld_raw / "train_splits" / f"dia{u.dialogue_id}_utt"
+                                                f"{u.utterance_id}.mp4")).get(cv2.CAP_PROP_FRAME_COUNT))
               for u in todo}
     short = {k for k, n in frames.items() if n < 25}
     assert short and len(short) < len(todo)  # both kinds in every batch of 4 below
@@ -173,7 +173,7 @@ def test_the_qwen_captioner_runs_in_the_pipeline_with_an_id_naming_its_weights(m
     assert ",pixels=3136-200704,float32,prompt=" in ident  # QwenVLCaptioner's default pixel range, fp32 weights
     half = make_captioner("qwen2.5-vl", tiny_qwen_dir, frames=2, max_new_tokens=4, dtype="bfloat16")
     assert captioner_id(half) == ident.replace(",float32,", ",bfloat16,")
-    todo = [u for u in utterances(["test"], limit_dialogues=2) if key_of(u) != TOO_LONG][:2]
+    todo = [u for u in utterances(["test"], limit_dialogues=2) if u.key != TOO_LONG][:2]
     report = caption_run(captioner, meld_raw, todo, tmp_path, batch_size=2, log=lambda *_: None)
     assert report["counts"] == {"ok": 2}  # one batched generate call for the two clips
     assert all(r["captioner"] == ident and r["frames"] == 2 for r in read_captions(tmp_path).values())

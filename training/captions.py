@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -132,24 +133,20 @@ def parse_shard(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def key_of(u: MeldUtterance) -> str:
-    return f"{u.split}/dia{u.dialogue_id}_utt{u.utterance_id}"  # training.data.Example.key
-
-
 def check_and_read(video_dir: Path, u: MeldUtterance, frames: int, ident: str) -> tuple[dict, list | None]:
     """An utterance's record so far and its clip's frames: the clip checked first (``training.video.manifest``);
     a clip that fails the check or cannot be decoded gets its status and no frames."""
     from ddvlm_core.captioner import Frame
     from training.video import clip_path, manifest, read_clip_frames
 
-    record = {"key": key_of(u), "captioner": ident}
+    record = {"key": u.key, "captioner": ident}
     status = manifest(video_dir, [u])[0]
     if status.status != "ok":
         return {**record, "status": status.status, "detail": status.detail, "caption": ""}, None
     try:
         images = read_clip_frames(clip_path(video_dir, u.split, u.dialogue_id, u.utterance_id), frames)
     except Exception as e:  # noqa: BLE001 - ValueError, or OpenCV's own error on a damaged stream
-        return {**record, "status": "unreadable", "detail": f"{type(e).__name__}: {e}"[:300], "caption": ""}, None
+        return {**record, "status": "unreadable", "detail": error_text(e), "caption": ""}, None
     return record, [Frame(float(i), image) for i, image in enumerate(images)]
 
 
@@ -160,7 +157,11 @@ def captioned(record: dict, caption) -> dict:
 
 
 def failed(record: dict, error: Exception) -> dict:
-    return {**record, "status": "failed", "detail": f"{type(error).__name__}: {error}"[:300], "caption": ""}
+    return {**record, "status": "failed", "detail": error_text(error), "caption": ""}
+
+
+def error_text(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
 
 
 def caption_clips(captioner, video_dir: Path, batch: list[MeldUtterance], ident: str) -> list[dict]:
@@ -198,32 +199,31 @@ def caption_run(captioner, video_dir: str | Path, todo: list[MeldUtterance], out
     new records. Writes and returns the shard's manifest report: counts per status and every problem clip."""
     from tqdm import tqdm
 
-    video_dir, out_dir = Path(video_dir), Path(out_dir)
-    if not video_dir.is_dir():
-        raise FileNotFoundError(f"--video_dir {video_dir}: no MELD.Raw folder here (train_splits/, "
-                                "dev_splits_complete/, output_repeated_splits_test/)")
+    video_dir, out_dir = require_video_dir(video_dir), Path(out_dir)
     ident = captioner_id(captioner)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = shard_file(out_dir, ident, shard)
     repair_partial_line(path)
     done = {k: r for k, r in read_captions(path).items() if r.get("status") != "failed"} if path.is_file() else {}
     mine = todo[shard[0]::shard[1]]
-    pending = [u for u in mine if key_of(u) not in done]
+    pending = [u for u in mine if u.key not in done]
     log(f"captions {path.name}: {len(mine)} utterances in this shard, {len(mine) - len(pending)} done, "
         f"{min(len(pending), max_new or len(pending))} to caption now")
     if max_new:
         pending = pending[:max_new]
+    step = max(1, batch_size)
     bar = tqdm(total=len(pending), desc=f"captions {shard[0]}/{shard[1]}", unit="clip", mininterval=10)
     with open(path, "a", encoding="utf-8") as fh:
-        for start in range(0, len(pending), max(1, batch_size)):
-            for record in caption_clips(captioner, video_dir, pending[start:start + max(1, batch_size)], ident):
+        for start in range(0, len(pending), step):
+            batch = pending[start:start + step]
+            for record in caption_clips(captioner, video_dir, batch, ident):
                 done[record["key"]] = record
                 fh.write(json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-            bar.update(min(max(1, batch_size), len(pending) - start))
+            bar.update(len(batch))
     bar.close()
-    report = manifest_summary([done[key_of(u)] for u in mine if key_of(u) in done], ident, len(mine))
+    report = manifest_summary([done[u.key] for u in mine if u.key in done], ident, len(mine))
     path.with_suffix(".manifest.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     log(f"captions {path.name}: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items())
         + (f"; {len(report['problems'])} problem clips listed in {path.with_suffix('.manifest.json').name}"
@@ -232,15 +232,22 @@ def caption_run(captioner, video_dir: str | Path, todo: list[MeldUtterance], out
 
 
 def manifest_summary(records: list[dict], ident: str, total: int) -> dict:
-    """Counts per status (ok, missing, unreadable, duration_mismatch, failed, and not_done_yet) and the problem
-    records, for the captioning report and the training run's results."""
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    """``training.video.manifest_report`` of a shard's records (ok, missing, unreadable, duration_mismatch,
+    failed), with the utterances not captioned yet counted as not_done_yet."""
+    from training.video import ClipStatus, manifest_report
+
+    report = manifest_report([ClipStatus(r["key"], r["status"], r.get("detail", "")) for r in records])
     if total > len(records):
-        counts["not_done_yet"] = total - len(records)
-    problems = [{k: r.get(k, "") for k in ("key", "status", "detail")} for r in records if r["status"] != "ok"]
-    return {"captioner": ident, "utterances": total, "counts": counts, "problems": problems}
+        report["counts"]["not_done_yet"] = total - len(records)
+    return {"captioner": ident, "utterances": total, **report}
+
+
+def require_video_dir(video_dir: str | Path) -> Path:
+    video_dir = Path(video_dir)
+    if not video_dir.is_dir():
+        raise FileNotFoundError(f"--video_dir {video_dir}: no MELD.Raw folder here (train_splits/, "
+                                "dev_splits_complete/, output_repeated_splits_test/)")
+    return video_dir
 
 
 def check_clips(video_dir: str | Path, todo: list[MeldUtterance], out_dir: str | Path, shard: tuple[int, int] = (0, 1),
@@ -251,8 +258,7 @@ def check_clips(video_dir: str | Path, todo: list[MeldUtterance], out_dir: str |
 
     from training.video import manifest, manifest_report
 
-    if not Path(video_dir).is_dir():
-        raise FileNotFoundError(f"--video_dir {video_dir}: no MELD.Raw folder here")
+    video_dir = require_video_dir(video_dir)
     mine = todo[shard[0]::shard[1]]
     clips = tqdm(mine, desc="manifest", unit="clip", mininterval=10)
     report = manifest_report([manifest(video_dir, [u])[0] for u in clips])
@@ -306,15 +312,6 @@ def main(argv: list[str]) -> int:
 
 # --- embeddings for training -------------------------------------------------------------------------------------
 
-def caption_status_counts(records: dict[str, dict], examples) -> dict[str, int]:
-    """How the examples' clips fared: captioning statuses, and ``no_record`` for an utterance never captioned."""
-    counts: dict[str, int] = {}
-    for e in examples:
-        status = records[e.key].get("status", "ok") if e.key in records else "no_record"
-        counts[status] = counts.get(status, 0) + 1
-    return counts
-
-
 def caption_embeddings(cfg, data, log=print) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """Per split: (N, d) embeddings (zeros where no caption), an (N,) bool mask of captioned examples, and the
     report of the captions used (captioner id; per split the clips' statuses and every example whose clip was
@@ -326,8 +323,10 @@ def caption_embeddings(cfg, data, log=print) -> tuple[dict[str, torch.Tensor], d
     ident = next(iter(records.values()), {}).get("captioner", "")
     emb, has, report = {}, {}, {"source": cfg.caption_source, "captioner": ident}
     for split, examples in data.items():
-        texts = [filter_emotion_words(records[e.key].get("caption", "")).text
-                 if records.get(e.key, {}).get("status", "ok") == "ok" else "" for e in examples]
+        # how each example's clip fared: its record's status, or no_record for an utterance never captioned
+        statuses = [records[e.key].get("status", "ok") if e.key in records else "no_record" for e in examples]
+        texts = [filter_emotion_words(records[e.key].get("caption", "")).text if status == "ok" else ""
+                 for e, status in zip(examples, statuses)]
         digest = hashlib.sha256(json.dumps([cfg.caption_embedder, texts]).encode()).hexdigest()[:16]
         cache = Path(cfg.feature_cache) / f"captions-{split}-{digest}.safetensors"
         if cache.is_file():
@@ -339,13 +338,12 @@ def caption_embeddings(cfg, data, log=print) -> tuple[dict[str, torch.Tensor], d
                 emb[split][idx] = embedder.embed([texts[i] for i in idx])
             save_atomically({"embedding": emb[split].contiguous()}, cache)
         has[split] = torch.tensor([bool(t) for t in texts])
-        statuses = caption_status_counts(records, examples)
-        problems = [{"key": e.key, "status": records[e.key].get("status", "ok") if e.key in records else "no_record"}
-                    for e in examples if records.get(e.key, {}).get("status") != "ok"]
-        report[split] = {"captioned": int(has[split].sum()), "examples": len(texts), "clips": statuses,
+        counts = dict(Counter(statuses))
+        problems = [{"key": e.key, "status": status} for e, status in zip(examples, statuses) if status != "ok"]
+        report[split] = {"captioned": int(has[split].sum()), "examples": len(texts), "clips": counts,
                          "problems": problems}
         log(f"captions {split}: {int(has[split].sum())}/{len(texts)} examples have a usable caption ("
-            + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) + f"; {ident or 'no captioner id'})")
+            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; {ident or 'no captioner id'})")
     return emb, has, report
 
 

@@ -7,6 +7,7 @@ dropped silently.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,27 +72,24 @@ def manifest(root: str | Path, utterances: list[MeldUtterance]) -> list[ClipStat
     """Check each utterance's clip: present, readable, duration within tolerance of End - Start."""
     out = []
     for u in utterances:
-        key = f"{u.split}/dia{u.dialogue_id}_utt{u.utterance_id}"
         path = clip_path(root, u.split, u.dialogue_id, u.utterance_id)
         if path is None:
-            out.append(ClipStatus(key, "missing"))
+            out.append(ClipStatus(u.key, "missing"))
             continue
         try:
             duration = clip_duration(path)
         except ValueError as e:
-            out.append(ClipStatus(key, "unreadable", str(e)))
+            out.append(ClipStatus(u.key, "unreadable", str(e)))
             continue
         expected = parse_time(u.end) - parse_time(u.start)
         if abs(duration - expected) > DURATION_TOLERANCE_S:
-            out.append(ClipStatus(key, "duration_mismatch", f"clip {duration:.1f}s, CSV {expected:.1f}s"))
+            out.append(ClipStatus(u.key, "duration_mismatch", f"clip {duration:.1f}s, CSV {expected:.1f}s"))
         else:
-            out.append(ClipStatus(key, "ok"))
+            out.append(ClipStatus(u.key, "ok"))
     return out
 
 
 def manifest_report(statuses: list[ClipStatus]) -> dict:
     """Counts per status and every problem clip, for the run report."""
-    counts: dict[str, int] = {}
-    for s in statuses:
-        counts[s.status] = counts.get(s.status, 0) + 1
-    return {"counts": counts, "problems": [asdict(s) for s in statuses if s.status != "ok"]}
+    return {"counts": dict(Counter(s.status for s in statuses)),
+            "problems": [asdict(s) for s in statuses if s.status != "ok"]}
