@@ -32,8 +32,12 @@ class MeldUtterance:
 
     @property
     def key(self) -> str:
-        """``split/dia{D}_utt{U}``: the utterance's clip name, the key of its caption and of its training example."""
-        return f"{self.split}/dia{self.dialogue_id}_utt{self.utterance_id}"
+        return utterance_key(self.split, self.dialogue_id, self.utterance_id)
+
+
+def utterance_key(split: str, dialogue_id: int, utterance_id: int) -> str:
+    """``split/dia{D}_utt{U}``: the utterance's clip name, the key of its caption and of its training example."""
+    return f"{split}/dia{dialogue_id}_utt{utterance_id}"
 
 
 def parse_time(text: str) -> float:

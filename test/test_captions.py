@@ -14,7 +14,7 @@ from ddvlm_core.captioner import WindowCaptioner, filter_emotion_words
 from ddvlm_core.meld import parse_time
 from training.captions import (caption_run, captioner_id, main, make_captioner, parse_shard, read_captions,
                                utterances)
-from training.video import SPLIT_DIRS, clip_duration, manifest, manifest_report, read_clip_frames
+from training.video import SPLIT_DIRS, check_clip, clip_duration, manifest, manifest_report, read_clip_frames
 
 REPO = Path(__file__).resolve().parents[1]
 FPS = 10
@@ -67,6 +67,23 @@ def test_clip_reader_samples_frames_and_the_manifest_finds_the_problem_clips(mel
     report = manifest_report(list(statuses.values()))
     assert report["counts"] == {"ok": len(todo) - 3, "missing": 1, "unreadable": 1, "duration_mismatch": 1}
     assert {p["key"] for p in report["problems"]} == {MISSING, UNREADABLE, TOO_LONG}
+
+
+def test_a_clip_whose_frames_cannot_be_decoded_passes_the_manifest_but_is_recorded_unreadable(tmp_path):
+    u = utterances(["dev"], limit_dialogues=1)[0]
+    (tmp_path / SPLIT_DIRS["dev"]).mkdir()
+    path = tmp_path / SPLIT_DIRS["dev"] / f"dia{u.dialogue_id}_utt{u.utterance_id}.mp4"
+    write_clip(path, parse_time(u.end) - parse_time(u.start))
+    data = bytearray(path.read_bytes())
+    start, end = data.find(b"mdat") + 4, data.find(b"moov") - 4
+    data[start:end] = bytes(end - start)  # the coded frames zeroed, the container (duration) intact
+    path.write_bytes(bytes(data))
+    assert manifest(tmp_path, [u])[0].status == "ok"  # the check opens the clip, it does not decode it
+    status, frames = check_clip(tmp_path, u, 4)
+    assert status.status == "unreadable" and "no frame could be decoded" in status.detail and frames == []
+    report = caption_run(make_captioner("cue-fallback"), tmp_path, [u], tmp_path / "out", log=lambda *_: None)
+    assert report["counts"] == {"unreadable": 1}
+    assert read_captions(tmp_path / "out")[u.key]["status"] == "unreadable"
 
 
 def test_captioning_run_records_every_utterance_and_lists_the_clips_it_skipped(meld_raw, tmp_path):

@@ -134,19 +134,15 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def check_and_read(video_dir: Path, u: MeldUtterance, frames: int, ident: str) -> tuple[dict, list | None]:
-    """An utterance's record so far and its clip's frames: the clip checked first (``training.video.manifest``);
-    a clip that fails the check or cannot be decoded gets its status and no frames."""
+    """An utterance's record so far and its clip's frames, the clip opened once (``training.video.check_clip``):
+    a clip that fails the manifest check or cannot be decoded gets its status and no frames."""
     from ddvlm_core.captioner import Frame
-    from training.video import clip_path, manifest, read_clip_frames
+    from training.video import check_clip
 
     record = {"key": u.key, "captioner": ident}
-    status = manifest(video_dir, [u])[0]
+    status, images = check_clip(video_dir, u, frames)
     if status.status != "ok":
         return {**record, "status": status.status, "detail": status.detail, "caption": ""}, None
-    try:
-        images = read_clip_frames(clip_path(video_dir, u.split, u.dialogue_id, u.utterance_id), frames)
-    except Exception as e:  # noqa: BLE001 - ValueError, or OpenCV's own error on a damaged stream
-        return {**record, "status": "unreadable", "detail": error_text(e), "caption": ""}, None
     return record, [Frame(float(i), image) for i, image in enumerate(images)]
 
 

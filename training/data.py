@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ddvlm_core.context import PromptBuilder, make_turns
-from ddvlm_core.meld import SPLIT_SIZES, dialogues
+from ddvlm_core.meld import SPLIT_SIZES, dialogues, utterance_key
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Example:
 
     @property
     def key(self) -> str:
-        return f"{self.split}/dia{self.dialogue_id}_utt{self.utterance_id}"
+        return utterance_key(self.split, self.dialogue_id, self.utterance_id)
 
 
 def build_examples(split: str, builder: PromptBuilder, meld_dir: str = "", limit_dialogues: int = 0) -> list[Example]:
@@ -42,9 +42,8 @@ def shared_clips(split_a: str, split_b: str, meld_dir: str = "") -> list[tuple[s
 
     where = Path(meld_dir) if meld_dir else None
     index = {(u.season, u.episode, u.start, u.end, u.text): u for u in read_split(split_a, where)}
-    return [(f"{split_a}/dia{index[k].dialogue_id}_utt{index[k].utterance_id}",
-             f"{split_b}/dia{u.dialogue_id}_utt{u.utterance_id}")
-            for u in read_split(split_b, where) if (k := (u.season, u.episode, u.start, u.end, u.text)) in index]
+    return [(index[k].key, u.key) for u in read_split(split_b, where)
+            if (k := (u.season, u.episode, u.start, u.end, u.text)) in index]
 
 
 def check_full_test_split(examples: list[Example]) -> None:

@@ -8,6 +8,7 @@ dropped silently.
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,39 +27,53 @@ def clip_path(root: str | Path | None, split: str, dialogue_id: int, utterance_i
     return path if path.is_file() else None
 
 
-def read_clip_frames(path: str | Path, n: int) -> list[np.ndarray]:
-    """n frames sampled uniformly over the clip, RGB uint8; ValueError for an unreadable clip."""
+@contextmanager
+def opened(path: str | Path):
+    """An OpenCV capture of the clip, released afterwards."""
     import cv2
 
     cap = cv2.VideoCapture(str(path))
     try:
-        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        if not cap.isOpened() or total <= 0:
-            raise ValueError(f"{path}: not a readable video")
-        frames = []
-        for index in np.linspace(0, total - 1, min(n, total)).round().astype(int):
-            cap.set(cv2.CAP_PROP_POS_FRAMES, int(index))
-            ok, frame = cap.read()
-            if ok:
-                frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        if not frames:
-            raise ValueError(f"{path}: no frame could be decoded")
-        return frames
+        yield cap
     finally:
         cap.release()
+
+
+def read_clip_frames(path: str | Path, n: int) -> list[np.ndarray]:
+    """n frames sampled uniformly over the clip, RGB uint8; ValueError for an unreadable clip."""
+    with opened(path) as cap:
+        return sampled_frames(cap, path, n)
 
 
 def clip_duration(path: str | Path) -> float:
+    with opened(path) as cap:
+        return duration_of(cap, path)
+
+
+def sampled_frames(cap, path: str | Path, n: int) -> list[np.ndarray]:
     import cv2
 
-    cap = cv2.VideoCapture(str(path))
-    try:
-        fps, total = cap.get(cv2.CAP_PROP_FPS), cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        if not cap.isOpened() or fps <= 0 or total <= 0:
-            raise ValueError(f"{path}: not a readable video")
-        return total / fps
-    finally:
-        cap.release()
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    if not cap.isOpened() or total <= 0:
+        raise ValueError(f"{path}: not a readable video")
+    frames = []
+    for index in np.linspace(0, total - 1, min(n, total)).round().astype(int):
+        cap.set(cv2.CAP_PROP_POS_FRAMES, int(index))
+        ok, frame = cap.read()
+        if ok:
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    if not frames:
+        raise ValueError(f"{path}: no frame could be decoded")
+    return frames
+
+
+def duration_of(cap, path: str | Path) -> float:
+    import cv2
+
+    fps, total = cap.get(cv2.CAP_PROP_FPS), cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    if not cap.isOpened() or fps <= 0 or total <= 0:
+        raise ValueError(f"{path}: not a readable video")
+    return total / fps
 
 
 @dataclass(frozen=True)
@@ -68,25 +83,30 @@ class ClipStatus:
     detail: str = ""
 
 
-def manifest(root: str | Path, utterances: list[MeldUtterance]) -> list[ClipStatus]:
-    """Check each utterance's clip: present, readable, duration within tolerance of End - Start."""
-    out = []
-    for u in utterances:
-        path = clip_path(root, u.split, u.dialogue_id, u.utterance_id)
-        if path is None:
-            out.append(ClipStatus(u.key, "missing"))
-            continue
+def check_clip(root: str | Path, u: MeldUtterance, frames: int = 0) -> tuple[ClipStatus, list[np.ndarray]]:
+    """The utterance's clip opened once: present, readable, as long as the CSV's End - Start (within
+    ``DURATION_TOLERANCE_S``), and when it passes and ``frames`` > 0, that many frames sampled uniformly.
+    A clip that fails, or whose frames cannot be decoded, gets its status and no frames."""
+    path = clip_path(root, u.split, u.dialogue_id, u.utterance_id)
+    if path is None:
+        return ClipStatus(u.key, "missing"), []
+    with opened(path) as cap:
         try:
-            duration = clip_duration(path)
+            duration = duration_of(cap, path)
         except ValueError as e:
-            out.append(ClipStatus(u.key, "unreadable", str(e)))
-            continue
+            return ClipStatus(u.key, "unreadable", str(e)), []
         expected = parse_time(u.end) - parse_time(u.start)
         if abs(duration - expected) > DURATION_TOLERANCE_S:
-            out.append(ClipStatus(u.key, "duration_mismatch", f"clip {duration:.1f}s, CSV {expected:.1f}s"))
-        else:
-            out.append(ClipStatus(u.key, "ok"))
-    return out
+            return ClipStatus(u.key, "duration_mismatch", f"clip {duration:.1f}s, CSV {expected:.1f}s"), []
+        try:
+            return ClipStatus(u.key, "ok"), sampled_frames(cap, path, frames) if frames > 0 else []
+        except Exception as e:  # noqa: BLE001 - ValueError, or OpenCV's own error on a damaged stream
+            return ClipStatus(u.key, "unreadable", f"{type(e).__name__}: {e}"[:300]), []
+
+
+def manifest(root: str | Path, utterances: list[MeldUtterance]) -> list[ClipStatus]:
+    """Check each utterance's clip: present, readable, duration within tolerance of End - Start."""
+    return [check_clip(root, u)[0] for u in utterances]
 
 
 def manifest_report(statuses: list[ClipStatus]) -> dict:
