@@ -14,7 +14,8 @@ from ddvlm_core.captioner import WindowCaptioner, filter_emotion_words
 from ddvlm_core.meld import parse_time
 from training.captions import (caption_run, captioner_id, main, make_captioner, parse_shard, read_captions,
                                utterances)
-from training.video import SPLIT_DIRS, check_clip, clip_duration, manifest, manifest_report, read_clip_frames
+from training.video import (SPLIT_DIRS, check_clip, duration_of, manifest, manifest_report, opened,
+                            read_clip_frames)
 
 REPO = Path(__file__).resolve().parents[1]
 FPS = 10
@@ -58,7 +59,9 @@ def test_clip_reader_samples_frames_and_the_manifest_finds_the_problem_clips(mel
     assert len(frames) == 4 and frames[0].shape == (48, 64, 3) and frames[0].dtype == np.uint8
     assert frames[0][24, 8 + 0].tolist() == pytest.approx([90, 200, 40], abs=40)  # RGB, not OpenCV's BGR
     expected = parse_time(first.end) - parse_time(first.start)
-    assert clip_duration(path) == pytest.approx(max(2, round(expected * FPS)) / FPS, abs=1e-6)
+    with opened(path) as cap:
+        duration = duration_of(cap, path)
+    assert duration == pytest.approx(max(2, round(expected * FPS)) / FPS, abs=1e-6)
     with pytest.raises(ValueError, match="not a readable video"):
         read_clip_frames(meld_raw / "dev_splits_complete" / "dia0_utt0.mp4", 4)
     statuses = {s.key: s for s in manifest(meld_raw, todo)}

@@ -45,11 +45,6 @@ def read_clip_frames(path: str | Path, n: int) -> list[np.ndarray]:
         return sampled_frames(cap, path, n)
 
 
-def clip_duration(path: str | Path) -> float:
-    with opened(path) as cap:
-        return duration_of(cap, path)
-
-
 def sampled_frames(cap, path: str | Path, n: int) -> list[np.ndarray]:
     import cv2
 
