@@ -1,0 +1,86 @@
+"""training.results: every text-branch report in one table, and what `--sd_select=either` keeps, recomputed from
+the scores a run recorded."""
+import json
+from pathlib import Path
+
+import pytest
+
+from training.results import either_choice, main, summary
+from test_training import tiny_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def history(*epochs):
+    """Records (dev, test, teacher dev, teacher test) per epoch, as training.loop.fit writes them."""
+    return [{"epoch": k, "dev_wa_f1": d, "test_wa_f1": t, "teacher_dev_wa_f1": td, "teacher_test_wa_f1": tt}
+            for k, (d, t, td, tt) in enumerate(epochs, 1)]
+
+
+def test_either_keeps_the_best_dev_model_of_every_epoch_ties_to_the_student_and_the_earlier_epoch():
+    assert either_choice({"text_history": history((50, 55, 51, 57), (60, 62, 61, 64))}) == (61, 64)  # teacher
+    assert either_choice({"text_history": history((60, 62, 60, 64), (59, 70, 59, 71))}) == (60, 62)  # ties
+    assert either_choice({"text_history": [{"epoch": 1, "dev_wa_f1": 50, "test_wa_f1": 55}]}) is None  # no SD
+    assert either_choice({}) is None
+
+
+def test_either_recomputed_from_a_student_run_is_what_an_either_run_reports(tmp_path, tiny_roberta_dir):
+    """Selection does not change training: the loop scores student and teacher every epoch, so the recorded
+    scores of an sd_select=student run give exactly the model an sd_select=either run keeps."""
+    from training.ablate import ROWS, run_rows
+
+    sd_row = [r for r in ROWS if r.name == "text_sd"]
+    runs = {select: run_rows(tiny_cfg(tmp_path / select, tiny_roberta_dir, epochs=3, sd_select=select), sd_row,
+                             [0], log=lambda *_: None)[0]["runs"][0] for select in ("student", "either")}
+    scores = [{k: v for k, v in record.items() if "wa_f1" in k} for run in runs.values()
+              for record in run["text_history"]]
+    assert scores[:3] == scores[3:] and len(scores) == 6  # the same trajectory: every epoch's scores equal
+    assert runs["either"]["text_kept"] == "ema"  # here the teacher wins on dev: not the student's score again
+    assert either_choice(runs["student"]) == (runs["either"]["text_dev_wa_f1"], runs["either"]["test_wa_f1"])
+
+
+def report(path, mode, sd, no_sd, epochs=5, runs_epochs=None, teacher=None):
+    """A report JSON as training.ablate writes it, with the text rows' runs."""
+    def runs(scores, with_teacher):
+        return [{"seed": k, "test_wa_f1": t, "epochs_run": (runs_epochs or {}).get(k, epochs),
+                 "text_history": history((60.0, t, 61.0, teacher[k])) if with_teacher else
+                 [{"epoch": 1, "dev_wa_f1": 60.0, "test_wa_f1": t}]} for k, t in enumerate(scores)]
+    rows = [{"row": "text_sd", "encoder": "all-mpnet-base-v2", "runs": runs(sd, teacher is not None)},
+            {"row": "text_no_sd", "encoder": "all-mpnet-base-v2", "runs": runs(no_sd, False)},
+            {"row": "full", "encoder": "all-mpnet-base-v2", "not_run": "needs captions"}]
+    config = {"text_mode": mode, "device": "cuda", "epochs": epochs, "batch_size": 16, "lr": 3e-5, "head_lr": 1e-3}
+    path.write_text(json.dumps({"config": config, "rows": rows}))
+    return path
+
+
+def test_the_table_has_a_line_per_report_the_paper_and_whether_the_target_is_met(tmp_path):
+    full = report(tmp_path / "full.json", "full", [63.0, 64.0, 62.0], [62.0, 62.5, 61.5], epochs=10,
+                  runs_epochs={0: 5}, teacher=[64.0, 65.0, 66.0])
+    frozen = report(tmp_path / "frozen.json", "frozen", [70.0, 70.0, 70.0], [69.0, 69.0, 69.0])
+    empty = tmp_path / "captions_only.json"
+    empty.write_text(json.dumps({"config": {}, "rows": [{"row": "full", "not_run": "needs captions"}]}))
+    line = summary(full)
+    assert line["gain"] == pytest.approx(63.0 - 62.0) and line["best_sd_run"] == 64.0
+    assert line["either"] == [64.0, 65.0, 66.0]  # the teachers score higher on dev in every run
+    assert line["schedule"] == "10 epochs; budget stopped SD after 5, no SD after 5"  # seed 0's runs only
+    assert summary(empty) is None
+    assert main([str(full), str(frozen), str(empty), "--out", str(tmp_path / "table")]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert ("| `full` | full | cuda | 10 epochs; budget stopped SD after 5, no SD after 5 | 16 | 3e-05 | "
+            "63.00 ± 1.00 (3) | 62.00 ± 0.50 (3) | +1.00 | 64.00 | 65.00 ± 1.00 (3) |") in table
+    assert "| paper, RoBERTa-large (Table 4) | full | GPU | Table 2 | 4 | 1e-05 | 67.13 | 66.46 | +0.67 |" \
+        in table
+    # a frozen backbone does not count for the target (a fine-tuned text branch); the either column does
+    assert "SD >= 65.0, mean of 3 seeds: met; highest 3-seed mean 65.00 (`full`, either)" in table
+    assert json.loads((tmp_path / "table.json").read_text())["reports"][0]["report"] == "frozen"
+    report(full, "full", [63.0, 64.0, 62.0], [62.0, 62.5, 61.5])
+    assert main([str(full), "--out", str(tmp_path / "short")]) == 0
+    assert "not met (2.00 short); highest 3-seed mean 63.00 (`full`, SD)" in (tmp_path / "short.md").read_text()
+    assert main([str(empty), "--out", str(tmp_path / "none")]) == 2
+
+
+def test_the_committed_table_is_the_one_the_committed_reports_give(tmp_path):
+    reports = sorted(str(p) for p in (REPO / "reports").glob("ablation*.json"))
+    assert len(reports) >= 5 and main([*reports, "--out", str(tmp_path / "text_branch")]) == 0
+    assert (tmp_path / "text_branch.md").read_text() == (REPO / "reports/text_branch.md").read_text(), \
+        "reports/text_branch.md is stale: python -m training.results reports/ablation*.json"
