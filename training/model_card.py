@@ -182,6 +182,8 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
         *compiled_quantization_lines(compiled_quantization, checkpoint),
         *gpu_quantization_lines(gpu_quantization, checkpoint),
         "- The paper's text branch (RoBERTa-large, full fine-tuning, GPU): 67.13; its full multimodal model: 67.80.",
+        "- Every other measured configuration of the text branch (frozen backbone, LoRA, full fine-tuning; "
+        "with and without self-distillation; 3 seeds where run): reports/text_branch.md.",
         "",
         "| class | test F1 | dev F1 |", "|---|---|---|",
         *[f"| {c} | {test['per_class_f1'][c]:.2f} | {dev['per_class_f1'][c]:.2f} |" for c in LABELS],
