@@ -77,6 +77,11 @@ def test_the_table_has_a_line_per_report_the_paper_and_whether_the_target_is_met
     assert main([str(full), "--out", str(tmp_path / "short")]) == 0
     assert "not met (2.00 short); highest 3-seed mean 63.00 (`full`, SD)" in (tmp_path / "short.md").read_text()
     assert main([str(empty), "--out", str(tmp_path / "none")]) == 2
+    (tmp_path / "table.md").write_text("not json")
+    for bad in (tmp_path / "missing.json", tmp_path / "table.md"):  # a clear error, not a traceback
+        with pytest.raises(SystemExit) as exit_:
+            main([str(bad), "--out", str(tmp_path / "none")])
+        assert exit_.value.code == 2
 
 
 def test_the_committed_table_is_the_one_the_committed_reports_give(tmp_path):

@@ -122,7 +122,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("reports", nargs="+", help="ablation report JSON files (python -m training.ablate)")
     ap.add_argument("--out", default="reports/text_branch", help="writes OUT.md and OUT.json")
     args = ap.parse_args(argv)
-    summaries = [s for path in sorted(set(args.reports)) if (s := summary(Path(path))) is not None]
+    try:
+        summaries = [s for path in sorted(set(args.reports)) if (s := summary(Path(path))) is not None]
+    except FileNotFoundError as e:
+        ap.error(f"no such report: {e.filename}")
+    except (ValueError, KeyError, TypeError) as e:  # JSON that is not python -m training.ablate's
+        ap.error(f"not an ablation report ({type(e).__name__}: {e}); pass the .json that training.ablate writes")
     if not summaries:
         print("no report with a self-distilled text row", file=sys.stderr)
         return 2
