@@ -306,6 +306,10 @@ def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_proc
     write_report(parallel, tiny_cfg(tmp_path, tiny_roberta_dir, epochs=3), tmp_path / "longer")
     assert ablate_main(["--merge", halves[0], str(tmp_path / "longer.json"), "--report", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "twice.md").exists() and not (tmp_path / "x.md").exists()
+    for missing in (["--render", str(tmp_path / "gone.json")], ["--merge", halves[0], str(tmp_path / "gone.json")]):
+        with pytest.raises(SystemExit) as exit_:  # a usage error naming the file, not a traceback
+            ablate_main(missing)
+        assert exit_.value.code == 2
 
 
 def test_per_epoch_means_show_each_row_at_every_epoch_over_the_seeds_that_reached_it():

@@ -380,6 +380,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only join the runs of reports of one configuration "
                     "(seeds run in different sessions) into the --report")
     args, overrides = ap.parse_known_args(argv)
+    missing = [path for path in ([args.render] if args.render else []) + (args.merge or []) if not Path(path).is_file()]
+    if missing:
+        ap.error(f"no such report: {', '.join(missing)}")
     if args.render:
         return render(Path(args.render))
     if args.merge:
