@@ -352,6 +352,12 @@ def main(argv: list[str]) -> int:
     if args.row:  # child process
         Path(args.out).write_text(json.dumps(run_row(args.row, args)))
         return 0
+    from ddvlm_core.checkpoint import CheckpointError, read_manifest
+
+    try:  # before any row runs and rewrites the report: a wrong path must not replace it with failures
+        read_manifest(args.checkpoint)
+    except CheckpointError as e:
+        ap.error(f"--checkpoint: {e}")
     skip = CPU_ONLY if args.device.startswith("cuda") else GPU_ONLY
     rows = args.rows.split(",") if args.rows else [r for r in ROWS if r not in skip]
     results = []
@@ -370,7 +376,7 @@ def main(argv: list[str]) -> int:
         # still leaves the rows it finished
         write_report(results, args, pending=rows[len(results):])
     ok = [r for r in results if "error" not in r]
-    for k in range(1, args.latency_rounds):  # more latency rounds, fresh processes, rows in rotated order
+    for k in range(1, args.latency_rounds if ok else 1):  # more latency rounds, fresh processes, rotated order
         for r in ok[k % len(ok):] + ok[:k % len(ok)]:
             extra, error = child(r["row"], args, latency_only=True)
             if extra is None:

@@ -21,7 +21,7 @@ def load_bench():
 def test_a_row_past_its_timeout_is_stopped_and_reported_failed(tmp_path, tiny_text_checkpoint):
     out = tmp_path / "reports"
     proc = subprocess.run([sys.executable, "bench/quantization.py", "--checkpoint", str(tiny_text_checkpoint),
-                           "--rows", "fp32,woq", "--latency-rounds", "1", "--row-timeout", "0.3",
+                           "--rows", "fp32,woq", "--latency-rounds", "2", "--row-timeout", "0.3",
                            "--report-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((out / "quantization.json").read_text())
@@ -29,6 +29,14 @@ def test_a_row_past_its_timeout_is_stopped_and_reported_failed(tmp_path, tiny_te
         ("fp32", "timed out after 0.3 s (--row-timeout)"), ("woq", "timed out after 0.3 s (--row-timeout)")]
     assert report["meta"]["pending_rows"] == []
     assert "| FP32 (PyTorch) | failed: timed out after 0.3 s" in (out / "quantization.md").read_text()
+
+
+def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written(tmp_path):
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "bench/quantization.py", "--checkpoint", str(tmp_path),
+                           "--report-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--checkpoint" in proc.stderr and "not a ddvlm checkpoint" in proc.stderr
+    assert not out.exists()  # the committed report is not replaced by a table of failures
 
 
 def test_the_report_written_while_running_names_the_rows_still_to_run(tmp_path):
