@@ -52,6 +52,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model-dir", default=str(REPO / "checkpoints" / "default"))
     args = ap.parse_args(argv)
+    from ddvlm_core.checkpoint import CheckpointError, read_manifest
+
+    try:  # before the bags are written and the report replaced
+        read_manifest(args.model_dir)
+    except CheckpointError as e:
+        ap.error(f"--model-dir: {e}")
     from transformers.utils import logging
 
     logging.set_verbosity_error()

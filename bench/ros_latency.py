@@ -168,6 +168,12 @@ def main(argv: list[str]) -> int:
     import torch
 
     directory = model_dir(args.model_dir)
+    from ddvlm_core.checkpoint import CheckpointError, read_manifest
+
+    try:  # before any row runs and the report is replaced
+        read_manifest(directory)
+    except CheckpointError as e:
+        ap.error(f"--model-dir: {e}")
     if args.row:
         print(json.dumps(measure(args.row, directory, args.n)))
         return 0

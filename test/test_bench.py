@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -31,12 +33,16 @@ def test_a_row_past_its_timeout_is_stopped_and_reported_failed(tmp_path, tiny_te
     assert "| FP32 (PyTorch) | failed: timed out after 0.3 s" in (out / "quantization.md").read_text()
 
 
-def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written(tmp_path):
+@pytest.mark.parametrize("bench, option", [("quantization.py", "--checkpoint"), ("asr_noise.py", "--model-dir"),
+                                           ("ros_latency.py", "--model-dir")])
+def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written(tmp_path, bench, option):
     out = tmp_path / "reports"
-    proc = subprocess.run([sys.executable, "bench/quantization.py", "--checkpoint", str(tmp_path),
-                           "--report-dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--checkpoint" in proc.stderr and "not a ddvlm checkpoint" in proc.stderr
-    assert not out.exists()  # the committed report is not replaced by a table of failures
+    extra = ["--report-dir", str(out)] if bench == "quantization.py" else []
+    proc = subprocess.run([sys.executable, f"bench/{bench}", option, str(tmp_path), *extra], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and option in proc.stderr and "not a ddvlm checkpoint" in proc.stderr
+    if extra:  # the other two write their reports only after all rows
+        assert not out.exists()  # the committed report is not replaced by a table of failures
 
 
 def test_the_report_written_while_running_names_the_rows_still_to_run(tmp_path):
