@@ -328,7 +328,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m ddvlm_ros.replay", description=__doc__.split("\n\n")[0])
     ap.add_argument("bag")
     ap.add_argument("--model-dir", default="")
-    ap.add_argument("--speed", type=float, default=1.0)
+    ap.add_argument("--speed", type=float, default=1.0, help="bag time divided by this (> 0; e.g. 4: 4x faster)")
     ap.add_argument("--captioner", default="none")
     ap.add_argument("--remap", action="append", default=[], metavar="TOPIC:=INPUT",
                     help=f"play a bag topic into a node input ({', '.join(INPUTS)}); repeatable")
@@ -354,6 +354,8 @@ def main(argv: list[str]) -> int:
         ap.error(str(e))
     if args.record and Path(args.record).exists():
         ap.error(f"--record {args.record}: exists already, not overwriting")
+    if not args.speed > 0:  # the bag's time line is divided by it
+        ap.error(f"--speed must be > 0, got {args.speed}")
     if not labels:
         print(f"no labels ({labels_path(args.bag)} missing, no --labels): answers and latency only")
     params = {"model_dir": args.model_dir, "captioner": args.captioner, "input_timeout_s": 0.0}

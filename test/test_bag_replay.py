@@ -160,8 +160,10 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
     quantized = json.loads((out / "quantized.json").read_text())
     assert quantized["params"]["quantized"] is True and quantized["params"]["frame_buffer_s"] == 5.0
     assert quantized["score"]["answered"] == 4
-    with pytest.raises(SystemExit):  # an existing recording is refused before the replay, not after
-        main([str(bag), *remaps, "--record", str(out / "with_answers")])
+    for refused in (["--record", str(out / "with_answers")],  # an existing recording: before the replay, not after
+                    ["--speed", "0"], ["--speed", "-4"]):
+        with pytest.raises(SystemExit):
+            main([str(bag), *remaps, *refused])
 
 
 def test_replay_refuses_unmapped_mistyped_or_missing_topics_with_the_bags_topics(tmp_path):
