@@ -1,5 +1,8 @@
 """The training loop on tiny real models: end to end, SD schedule, resume, data and evaluator guards."""
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -210,6 +213,45 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
     assert (cfg.text_mode, cfg.epochs, cfg.batch_size, cfg.ema_decay) == ("frozen", 3, 32, 0.99)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("--lr=0", "lr must be > 0"), ("--lr=nan", "lr must be > 0"), ("--head_lr=-1e-3", "head_lr must be > 0"),
+    ("--sd_alpha=1.5", "sd_alpha must be in [0, 1]"), ("--ema_decay=-0.1", "ema_decay must be in [0, 1]"),
+    ("--dropout=1", "dropout must be in [0, 1)"), ("--limit_dialogues=-2", "limit_dialogues must be >= 0"),
+    ("--max_tokens=0", "max_tokens must be >= 1"), ("--sd_tau=0", "sd_tau must be > 0")])
+def test_config_refuses_values_outside_their_range(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(None, [override])
+    for edge in ("--ema_decay=1", "--sd_alpha=0", "--warmup_ratio=0", "--grad_clip=0", "--dropout=0"):
+        load_config(None, [edge])  # the ends each range allows
+
+
+def test_what_cannot_run_here_is_refused_before_any_work_with_one_line(tmp_path, tiny_roberta_dir):
+    from training.config import ConfigError
+    from training.loop import preflight
+
+    cases = {"caption_source": (str(tmp_path / "no_captions"), "no such captions file or folder"),
+             "text_backbone": (str(tmp_path / "no_backbone"), "models are never downloaded"),
+             "meld_dir": (str(tmp_path / "no_meld"), "no such folder")}
+    for key, (value, message) in cases.items():
+        cfg = tiny_cfg(tmp_path, tiny_roberta_dir, **{key: value})
+        with pytest.raises(ConfigError, match=message):
+            preflight(cfg)
+        with pytest.raises(ConfigError, match=message):
+            run(cfg, log=lambda *_: None)
+        assert not (tmp_path / "run").exists()  # refused before the run directory is made
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            preflight(tiny_cfg(tmp_path, tiny_roberta_dir, device="cuda"))
+    preflight(tiny_cfg(tmp_path, tiny_roberta_dir, stages="text", caption_source=str(tmp_path / "none_needed")))
+    # the commands print the reason as one usage line and exit 2
+    missing = ["--config", "training/configs/cpu.yaml", f"--caption_source={tmp_path / 'no_captions'}"]
+    for command in (["training"], ["training.ablate"]):
+        proc = subprocess.run([sys.executable, "-m", *command, *missing, f"--run_dir={tmp_path / 'r'}"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "no such captions file or folder" in proc.stderr.strip().splitlines()[-1]
+
+
 def test_config_round_trips_through_a_run_directorys_json():
     import json
 
@@ -241,8 +283,6 @@ def test_export_rebuilds_the_run_checkpoint_from_its_best_weights(tmp_path, tiny
 
 def test_two_gloo_ranks_under_torchrun_end_with_identical_weights(tmp_path, tiny_roberta_dir):
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,7 +1,7 @@
 """python -m training [--config FILE] [--key=value ...]   (see training/configs/)"""
 import sys
 
-from training.config import load_config
+from training.config import ConfigError, load_config
 from training.loop import run
 
 
@@ -24,7 +24,11 @@ def main(argv: list[str]) -> int:
     except (OSError, ValueError, TypeError) as e:  # a missing file, an unknown key, a wrong type: no traceback
         print(f"python -m training: error: {e}", file=sys.stderr)
         return 2
-    results = run(cfg)
+    try:
+        results = run(cfg)
+    except ConfigError as e:  # found before any work: a missing path, no such device, another run's directory
+        print(f"python -m training: error: {e}", file=sys.stderr)
+        return 2
     text = results["stages"].get("text", {}).get("best")
     if text:
         kept = " (the EMA teacher's weights)" if text.get("kept") == "ema" else ""

@@ -390,11 +390,21 @@ def main(argv: list[str]) -> int:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    base = load_config(args.config, overrides)
+    try:
+        base = load_config(args.config, overrides)
+    except (OSError, ValueError, TypeError) as e:  # a missing file, an unknown key, a wrong type or range
+        ap.error(str(e))
     wanted = args.rows.split(",")
     unknown = set(wanted) - {r.name for r in ROWS}
     if unknown:
         ap.error(f"unknown rows {sorted(unknown)}")
+    from training.config import ConfigError
+    from training.loop import preflight
+
+    try:  # before any row starts (each row's run checks its own run directory)
+        preflight(base)
+    except ConfigError as e:
+        ap.error(str(e))
     entries = run_rows(base, [r for r in ROWS if r.name in wanted], [int(s) for s in args.seeds.split(",")],
                        parallel=args.parallel)
     write_report(entries, base, Path(args.report))

@@ -14,8 +14,21 @@ import yaml
 
 TEXT_MODES = ("frozen", "lora", "full")
 SD_SELECT = ("student", "ema", "either")  # the weights a self-distilled text run keeps (see TrainConfig.sd_select)
+VALUE_RANGES = (  # (fields, test, what the test allows)
+    (("lr", "head_lr", "sd_tau", "response_tau", "feature_tau"), lambda v: v > 0, "> 0"),
+    (("max_tokens", "eval_batch_size", "lora_r"), lambda v: v >= 1, ">= 1"),
+    (("weight_decay", "grad_clip", "cmkd_alpha", "cmkd_beta", "lambda_jsd", "limit_dialogues", "time_budget_min",
+      "num_threads"), lambda v: v >= 0, ">= 0"),
+    (("sd_alpha", "ema_decay", "warmup_ratio"), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (("dropout", "lora_dropout"), lambda v: 0 <= v < 1, "in [0, 1)"),
+)
 HOSTING_KEYS = ("run_dir", "feature_cache", "eval_batch_size", "num_threads", "time_budget_min",
                 "state_every", "deterministic")  # not what is trained
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run here (a missing path, an absent device, another run's directory): the
+    commands print it as a one-line error instead of a traceback."""
 
 
 @dataclass
@@ -91,6 +104,10 @@ class TrainConfig:
             raise ValueError(f"sd_select must be one of {SD_SELECT}, got {self.sd_select!r}")
         if self.state_every < 0:
             raise ValueError("state_every must be >= 0 (0: save the resume state only when the run stops)")
+        for names, allowed, text in VALUE_RANGES:  # a NaN fails every comparison, so it is refused too
+            for name in names:
+                if not allowed(getattr(self, name)):
+                    raise ValueError(f"{name} must be {text}, got {getattr(self, name)!r}")
         return self
 
     def lora_settings(self) -> dict:

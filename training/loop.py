@@ -29,7 +29,7 @@ from ddvlm_core import losses as L
 from ddvlm_core.assets import resolve_model
 from ddvlm_core.context import PromptBuilder
 from ddvlm_core.model import DDVLM
-from training.config import TrainConfig, config_differences
+from training.config import ConfigError, TrainConfig, config_differences
 from training.data import Example, batches, build_examples, check_full_test_split, collate
 from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, extract
@@ -346,8 +346,26 @@ def refuse_other_runs_state(run_dir: Path, cfg: TrainConfig) -> None:
         return
     differ = config_differences(json.loads(saved.read_text(encoding="utf-8")), cfg.to_dict())
     if differ:
-        raise ValueError(f"run_dir {str(run_dir)!r} holds the state of a run with other {', '.join(differ)}: "
-                         "give another run_dir, or delete it to start again")
+        raise ConfigError(f"run_dir {str(run_dir)!r} holds the state of a run with other {', '.join(differ)}: "
+                          "give another run_dir, or delete it to start again")
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """What can be checked before any work starts: the backbone and, for the multimodal stages, the captions and
+    their embedder exist locally, MELD's folder exists, the device is there. ConfigError naming the problem."""
+    needs_captions = bool({"visual", "fusion"} & set(cfg.stages)) and cfg.caption_source != "none"
+    for name in (cfg.text_backbone, *([cfg.caption_embedder] if needs_captions else [])):
+        try:
+            resolve_model(name)
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
+    if needs_captions and not Path(cfg.caption_source).exists():
+        raise ConfigError(f"caption_source {cfg.caption_source!r}: no such captions file or folder (write one with "
+                          "`python -m training.captions`, or use caption_source: none)")
+    if cfg.meld_dir and not Path(cfg.meld_dir).is_dir():
+        raise ConfigError(f"meld_dir {cfg.meld_dir!r}: no such folder (leave it empty for the repository's data/meld)")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {cfg.device!r}: no CUDA device on this machine (use device: cpu)")
 
 
 def run(cfg: TrainConfig, log=print) -> dict:
@@ -364,6 +382,7 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
         log = lambda *_: None  # noqa: E731 - one rank reports
     seed_everything(cfg.seed)  # the same initial weights on every rank
     run_dir = Path(cfg.run_dir)
+    preflight(cfg)
     refuse_other_runs_state(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
