@@ -109,6 +109,15 @@ def test_captioning_run_records_every_utterance_and_lists_the_clips_it_skipped(m
     assert json.loads((tmp_path / "check" / "manifest.shard0of1.json").read_text())["counts"] == report["counts"]
     assert main(args + ["--shard", "2/2"]) == 2 and main(["--video_dir", str(tmp_path / "none"), "--captioner",
                                                           "cue-fallback", "--out", str(out)]) == 2
+    only_train = tmp_path / "only_train"
+    (only_train / SPLIT_DIRS["train"]).mkdir(parents=True)  # e.g. only train_splits unpacked so far
+    partial = ["--video_dir", str(only_train), "--captioner", "cue-fallback", "--limit_dialogues", "1"]
+    assert main(partial + ["--out", str(tmp_path / "p")]) == 2  # dev and test would be all 'missing'
+    assert main(partial + ["--out", str(tmp_path / "p"), "--splits", "train"]) == 0
+    for bad in (["--batch_size", "0"], ["--frames", "0"], ["--max_new", "-1"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(args + bad)
+        assert exit_.value.code == 2
 
 
 def test_a_killed_run_resumes_without_captioning_again_and_shards_split_the_work(meld_raw, tmp_path):

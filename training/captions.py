@@ -195,7 +195,7 @@ def caption_run(captioner, video_dir: str | Path, todo: list[MeldUtterance], out
     new records. Writes and returns the shard's manifest report: counts per status and every problem clip."""
     from tqdm import tqdm
 
-    video_dir, out_dir = require_video_dir(video_dir), Path(out_dir)
+    video_dir, out_dir = require_video_dir(video_dir, [u.split for u in todo]), Path(out_dir)
     ident = captioner_id(captioner)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = shard_file(out_dir, ident, shard)
@@ -238,11 +238,20 @@ def manifest_summary(records: list[dict], ident: str, total: int) -> dict:
     return {"captioner": ident, "utterances": total, **report}
 
 
-def require_video_dir(video_dir: str | Path) -> Path:
+def require_video_dir(video_dir: str | Path, splits=None) -> Path:
+    """``video_dir`` as a Path, when it holds the MELD.Raw folder of every split to caption (``splits``: those of
+    the utterances given); FileNotFoundError naming what is missing otherwise."""
+    from training.video import SPLIT_DIRS
+
     video_dir = Path(video_dir)
     if not video_dir.is_dir():
         raise FileNotFoundError(f"--video_dir {video_dir}: no MELD.Raw folder here (train_splits/, "
                                 "dev_splits_complete/, output_repeated_splits_test/)")
+    absent = [f"{SPLIT_DIRS[s]}/ ({s})" for s in dict.fromkeys(splits or ())
+              if not (video_dir / SPLIT_DIRS[s]).is_dir()]
+    if absent:
+        raise FileNotFoundError(f"--video_dir {video_dir}: no {', '.join(absent)}; every clip of that split would be "
+                                "'missing' (caption the splits that are there with --splits)")
     return video_dir
 
 
@@ -254,7 +263,7 @@ def check_clips(video_dir: str | Path, todo: list[MeldUtterance], out_dir: str |
 
     from training.video import manifest, manifest_report
 
-    video_dir = require_video_dir(video_dir)
+    video_dir = require_video_dir(video_dir, [u.split for u in todo])
     mine = todo[shard[0]::shard[1]]
     clips = tqdm(mine, desc="manifest", unit="clip", mininterval=10)
     report = manifest_report([manifest(video_dir, [u])[0] for u in clips])
@@ -266,6 +275,17 @@ def check_clips(video_dir: str | Path, todo: list[MeldUtterance], out_dir: str |
     return report
 
 
+def count(low: int):
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = "integer"  # argparse names the type in its message
+    return parse
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.captions", description=__doc__.split("\n\n")[0])
     ap.add_argument("--video_dir", required=True, help="MELD.Raw: train_splits/, dev_splits_complete/, "
@@ -274,15 +294,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--qwen_path", default="", help="local Qwen2.5-VL folder (the paper's: Qwen2.5-VL-7B-Instruct)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="Qwen2.5-VL weights' dtype, e.g. bfloat16 on a GPU")
-    ap.add_argument("--frames", type=int, default=4, help="frames per clip (the emotion node's frames_per_window "
+    ap.add_argument("--frames", type=count(1), default=4, help="frames per clip (the emotion node's frames_per_window "
                     "default is 4: caption as the robot will)")
-    ap.add_argument("--max_new_tokens", type=int, default=96)
-    ap.add_argument("--batch_size", type=int, default=1, help="clips per captioner call (Qwen2.5-VL on a GPU: e.g. 8)")
+    ap.add_argument("--max_new_tokens", type=count(1), default=96)
+    ap.add_argument("--batch_size", type=count(1), default=1,
+                    help="clips per captioner call (Qwen2.5-VL on a GPU: e.g. 8)")
     ap.add_argument("--splits", default=",".join(SPLITS))
     ap.add_argument("--meld_dir", default="", help="MELD CSVs (default: the repository's data/meld)")
-    ap.add_argument("--limit_dialogues", type=int, default=0, help="first N dialogues per split (smoke runs)")
+    ap.add_argument("--limit_dialogues", type=count(0), default=0, help="first N dialogues per split (smoke runs)")
     ap.add_argument("--shard", default="0/1", help="i/n: this process captions every n-th utterance from the i-th")
-    ap.add_argument("--max_new", type=int, default=0, help="stop after N new captions (time-boxed runs; resumable)")
+    ap.add_argument("--max_new", type=count(0), default=0,
+                    help="stop after N new captions (time-boxed runs; resumable)")
     ap.add_argument("--out", default="captions", help="folder of the JSONL shards (then --caption_source=<it>)")
     ap.add_argument("--check_only", action="store_true", help="only the manifest check of this shard's clips "
                     "(missing, unreadable, duration vs the CSV) -> <out>/manifest.shard{i}of{n}.json; no captioner")
@@ -301,7 +323,7 @@ def main(argv: list[str]) -> int:
                                    args.dtype)
         report = caption_run(captioner, args.video_dir, todo, args.out, shard, args.max_new, args.batch_size)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{ap.prog}: error: {e}", file=sys.stderr)
         return 2
     return 0 if "not_done_yet" not in report["counts"] else 3
 
