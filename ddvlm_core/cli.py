@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         turns, gold = [(r.speaker, r.text) for r in rows], [r.emotion for r in rows]
     elif args.turns:
         turns, gold = [parse_turn(t) for t in args.turns], [None] * len(args.turns)
+        empty = [k for k, (_, text) in enumerate(turns) if not text.strip()]
+        if empty:
+            ap.error(f"utterance {', '.join(map(str, empty))} has no text (each turn is 'speaker: text')")
     else:
         ap.error("give utterances or --meld SPLIT:DIALOGUE")
 

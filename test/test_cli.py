@@ -28,6 +28,14 @@ def test_cli_parses_speaker_prefixed_turns():
     ("training.evaluate", ["{tmp}/no_checkpoint"], "does not exist"),
     ("training.__main__", ["--config", "{tmp}/no.yaml"], "No such file"),
     ("training.__main__", ["--config", "training/configs/cpu.yaml", "--epochs=ten"], "epochs: expected int"),
+    ("training.__main__", ["--config", "training/configs/cpu.yaml", "--lr=0"], "lr must be > 0"),
+    ("training.__main__", ["--config", "training/configs/cpu.yaml", "--caption_source={tmp}/none",
+                           "--run_dir={tmp}/run"], "no such captions file or folder"),
+    ("training.ablate", ["--config", "training/configs/cpu.yaml", "--sd_alpha=2"], "sd_alpha must be in [0, 1]"),
+    ("training.ablate", ["--render", "{tmp}/no_report.json"], "no such report"),
+    ("training.results", ["{tmp}/no_report.json"], "no such report"),
+    ("training.captions", ["--video_dir", "{tmp}", "--batch_size", "0"], "must be >= 1"),
+    ("ddvlm_core.cli", ["Ross: I got the job!", "Rachel: "], "utterance 1 has no text"),
 ])
 def test_command_lines_answer_bad_input_with_one_error_line_and_status_2(tmp_path, capsys, module, argv, message):
     import importlib
