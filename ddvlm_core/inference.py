@@ -42,6 +42,9 @@ class EmotionPrediction:
 
 def as_turns(dialogue_context) -> list[Turn]:
     """Accepts a Dialogue, a list of Turns, or a list of (speaker, text) pairs; the last is predicted."""
+    if isinstance(dialogue_context, (str, bytes)):  # list("hi") would be a dialogue of two turns, "h" and "i"
+        raise TypeError("a dialogue context is a list of utterances, not one text: pass [text] or "
+                        "[(speaker, text)]")
     if isinstance(dialogue_context, Dialogue):
         turns = list(dialogue_context.turns)
     else:

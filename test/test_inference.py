@@ -67,6 +67,10 @@ def test_bad_input_is_a_clear_error(recognizer):
         recognizer.predict([("Ross", "   ")])
     with pytest.raises(TypeError, match="caption"):
         recognizer.predict([("Ross", "Hi")], caption=3)
+    for one_text in ("I got the job!", b"I got the job!"):  # not a dialogue of one turn per character
+        with pytest.raises(TypeError, match="not one text"):
+            recognizer.predict(one_text)
+    assert recognizer.predict(["I got the job!"]).speaker_token == "<s0>"  # as a list it is one turn
 
 
 def test_warm_up_records_every_length_bucket_and_bucketed_predictions_match(tiny_text_checkpoint):
