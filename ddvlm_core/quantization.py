@@ -120,6 +120,9 @@ class WOQConfig:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
         if self.compute_dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"compute_dtype {self.compute_dtype!r} not supported")
+        if isinstance(self.keep_float, str) or not all(isinstance(k, str) for k in self.keep_float):
+            # a bare str would be matched character by character, keeping nearly every layer float
+            raise TypeError(f"keep_float is a tuple of layer names, got {self.keep_float!r}")
 
     def as_dict(self) -> dict:
         return {"method": "woq-int8", "kernel": self.kernel, "compute_dtype": self.compute_dtype,

@@ -56,6 +56,9 @@ def test_auto_kernel_is_decompress_where_bf16_gemms_are_native():
     assert resolve_kernel("int8pack", torch.device("cpu")) == "int8pack"
     with pytest.raises(ValueError, match="kernel must be one of"):
         WOQConfig(kernel="fast")
+    with pytest.raises(TypeError, match="tuple of layer names"):
+        WOQConfig(keep_float="head")  # matched per character, it would keep almost every layer float
+    assert WOQConfig(keep_float=("head",)).keep_float == ("head",)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
