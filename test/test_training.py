@@ -240,7 +240,7 @@ def test_what_cannot_run_here_is_refused_before_any_work_with_one_line(tmp_path,
             run(cfg, log=lambda *_: None)
         assert not (tmp_path / "run").exists()  # refused before the run directory is made
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="no CUDA device"):
+        with pytest.raises(ConfigError, match="has 0 CUDA device"):
             preflight(tiny_cfg(tmp_path, tiny_roberta_dir, device="cuda"))
     preflight(tiny_cfg(tmp_path, tiny_roberta_dir, stages="text", caption_source=str(tmp_path / "none_needed")))
     # the commands print the reason as one usage line and exit 2

@@ -364,8 +364,12 @@ def preflight(cfg: TrainConfig) -> None:
                           "`python -m training.captions`, or use caption_source: none)")
     if cfg.meld_dir and not Path(cfg.meld_dir).is_dir():
         raise ConfigError(f"meld_dir {cfg.meld_dir!r}: no such folder (leave it empty for the repository's data/meld)")
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {cfg.device!r}: no CUDA device on this machine (use device: cpu)")
+    if cfg.device.startswith("cuda"):
+        index = cfg.device.partition(":")[2]
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count or (index.isdigit() and int(index) >= count):
+            raise ConfigError(f"device {cfg.device!r}: this machine has {count} CUDA device(s)"
+                              + (" (use device: cpu)" if not count else ""))
 
 
 def run(cfg: TrainConfig, log=print) -> dict:
