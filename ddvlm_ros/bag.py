@@ -101,6 +101,10 @@ def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int]
 
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {sorted(STORAGES)}")
+    if frames != "none" and not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if frames == "clips" and (clips_dir is None or not Path(clips_dir).is_dir()):
+        raise ValueError(f"frames 'clips' needs the MELD.Raw folder as clips_dir (--clips-dir), got {clips_dir!r}")
     rows = dialogues(split)
     ids = dialogue_ids if dialogue_ids is not None else sorted(rows)
     missing = [d for d in ids if d not in rows]
@@ -113,7 +117,8 @@ def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int]
     Compressed = store.types[IMAGE_TYPE]
     rng = random.Random(seed)
     out = Path(out)
-    labels = {}
+    labels, clip_problems = {}, {}
+    by_key = {r.key: r for d in ids for r in rows[d]}
     with Writer(out, version=9, storage_plugin=STORAGES[storage]) as writer:
         conn = writer.add_connection(UTTERANCE_TOPIC, UTTERANCE_TYPE, typestore=store)
         cam = writer.add_connection(IMAGE_TOPIC, IMAGE_TYPE, typestore=store) if frames != "none" else None
@@ -127,7 +132,9 @@ def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int]
             labels[f"{u.conversation_id}/{u.utterance_id}"] = {"label": u.label, "text": u.text, "asr_text": text,
                                                                "speaker": u.speaker, "start": u.start, "end": u.end}
             if cam is not None:
-                images = _frames_for(u, frames, fps, clips_dir, split)
+                images, problem = _frames_for(u, frames, fps, clips_dir, by_key)
+                if problem:
+                    clip_problems[f"{u.conversation_id}/{u.utterance_id}"] = problem
                 for t, img in images:
                     ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 70])
                     frame = Compressed(header=Header(stamp=_stamp(store, t), frame_id="camera"), format="jpeg",
@@ -136,24 +143,25 @@ def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int]
         for t, connection, data in sorted(events, key=lambda e: e[0]):
             writer.write(connection, int(t * 1e9), data)
     side = labels_path(out)
-    side.write_text(json.dumps({"split": split, "dialogues": ids, "asr_wer": asr_wer, "seed": seed,
+    clips = {"clip_problems": clip_problems} if frames == "clips" else {}  # utterances without camera frames
+    side.write_text(json.dumps({"split": split, "dialogues": ids, "asr_wer": asr_wer, "seed": seed, **clips,
                                 "utterances": labels}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
 
 
-def _frames_for(u: TimedUtterance, frames: str, fps: float, clips_dir, split: str) -> list[tuple[float, np.ndarray]]:
+def _frames_for(u: TimedUtterance, frames: str, fps: float, clips_dir, by_key: dict[str, MeldUtterance]
+                ) -> tuple[list[tuple[float, np.ndarray]], str]:
+    """Camera frames inside the utterance's window, and for clips the reason there are none: a clip that is
+    missing, unreadable or not as long as the CSV says (``training.video.check_clip``, as captioning checks it)."""
     n = max(1, int((u.end - u.start) * fps))
     stamps = [u.start + (k + 0.5) * (u.end - u.start) / n for k in range(n)]
     if frames == "synthetic":
-        return [(t, synthetic_frame(int(t * fps))) for t in stamps]
+        return [(t, synthetic_frame(int(t * fps))) for t in stamps], ""
     if frames == "clips":
-        from training.video import clip_path, read_clip_frames
+        from training.video import check_clip
 
-        dia, utt = u.conversation_id.split("dia")[1], u.utterance_id[3:]
-        path = clip_path(clips_dir, split, int(dia), int(utt))
-        if path is None:
-            return []
-        return list(zip(stamps, read_clip_frames(path, n)))
+        status, images = check_clip(clips_dir, by_key[f"{u.conversation_id}_{u.utterance_id}"], n)
+        return list(zip(stamps, images)), "" if status.status == "ok" else status.status
     raise ValueError(f"frames must be none, synthetic or clips, got {frames!r}")
 
 
@@ -225,18 +233,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default="mcap", choices=sorted(STORAGES))
     ap.add_argument("--frames", default="none", choices=["none", "synthetic", "clips"])
     ap.add_argument("--clips-dir", help="MELD.Raw root (frames = clips)")
-    ap.add_argument("--fps", type=float, default=5.0)
+    ap.add_argument("--fps", type=float, default=5.0, help="camera frames per second of utterance (> 0)")
     ap.add_argument("--asr-noise", type=float, default=0.0, metavar="WER", help="corrupt transcripts at this WER")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     try:
         ids = None if args.dialogues == "all" else [int(d) for d in args.dialogues.split(",")]
+    except ValueError:
+        ap.error(f"--dialogues: comma-separated dialogue ids or all, got {args.dialogues!r}")
+    try:
         bag = write_meld_bag(args.out, args.split, ids, args.storage, args.frames, args.fps, args.clips_dir,
                              args.asr_noise, args.seed)
     except (ValueError, WriterError) as e:  # a bad split or id, an existing bag
         ap.error(str(e))
     n = sum(1 for _ in read_bag(bag))
-    print(f"wrote {bag} ({n} messages) and {labels_path(bag)}")
+    problems = json.loads(labels_path(bag).read_text(encoding="utf-8")).get("clip_problems", {})
+    print(f"wrote {bag} ({n} messages) and {labels_path(bag)}" + (
+        f"; {len(problems)} utterances without camera frames (their clips are missing, unreadable or of the wrong "
+        "length: clip_problems in the labels file)" if problems else ""))
     return 0
 
 

@@ -26,6 +26,45 @@ def test_write_read_round_trip(tmp_path, storage, suffix):
     assert labels["test/dia0/utt0"] == rows[0].emotion and len(labels) == len(rows)
 
 
+def test_frames_from_meld_raw_clips_fill_each_utterance_window_and_problem_clips_are_listed(tmp_path, capsys):
+    from ddvlm_core.meld import parse_time
+    from ddvlm_ros.bag import main
+    from test_captions import write_clip
+    from training.video import SPLIT_DIRS
+
+    root = tmp_path / "MELD.Raw"
+    (root / SPLIT_DIRS["test"]).mkdir(parents=True)
+    problems = {"test/dia0_utt0": "missing", "test/dia0_utt1": "unreadable", "test/dia0_utt2": "duration_mismatch"}
+    rows = dialogues("test")[0] + dialogues("test")[1]
+    for r in rows:
+        path = root / SPLIT_DIRS["test"] / f"dia{r.dialogue_id}_utt{r.utterance_id}.mp4"
+        if problems.get(r.key) == "unreadable":
+            path.write_bytes(b"not an mp4" * 50)
+        elif problems.get(r.key) != "missing":
+            long = 60 if problems.get(r.key) == "duration_mismatch" else 0  # MELD's test clips cut minutes too long
+            write_clip(path, parse_time(r.end) - parse_time(r.start) + long)
+    bag = write_meld_bag(tmp_path / "clips", "test", [0, 1], frames="clips", fps=2, clips_dir=root)
+    msgs = list(read_bag(bag))
+
+    def seconds(stamp):
+        return stamp.sec + stamp.nanosec * 1e-9
+
+    windows = {f"{m.msg.conversation_id}/{m.msg.utterance_id}": (seconds(m.msg.start), seconds(m.msg.end))
+               for m in msgs if m.topic == "/utterance"}
+    frames = [seconds(m.msg.header.stamp) for m in msgs if m.topic == "/image/compressed"]
+    listed = {key.replace("_", "/"): status for key, status in problems.items()}
+    with_frames = {key for key, (start, end) in windows.items() if any(start <= t <= end for t in frames)}
+    assert with_frames == set(windows) - set(listed)  # every other utterance has frames inside its window
+    assert json.loads((tmp_path / "clips.labels.json").read_text())["clip_problems"] == listed
+    assert main([str(tmp_path / "again"), "--dialogues", "0,1", "--frames", "clips", "--clips-dir", str(root)]) == 0
+    assert "3 utterances without camera frames" in capsys.readouterr().out
+    bad_arguments = ({"frames": "clips"}, {"frames": "clips", "clips_dir": tmp_path / "none"},
+                     {"frames": "synthetic", "fps": 0})
+    for bad in bad_arguments:
+        with pytest.raises(ValueError, match="clips_dir|fps must be > 0"):
+            write_meld_bag(tmp_path / "bad", "test", [0], **bad)
+
+
 def test_timeline_is_ordered_and_dialogues_do_not_overlap():
     t = timeline({d: dialogues("test")[d] for d in range(6)}, "test")
     for a, b in zip(t, t[1:]):

@@ -24,6 +24,8 @@ def test_cli_parses_speaker_prefixed_turns():
     ("ddvlm_core.cli", ["--meld", "test:99999"], "MELD test has no dialogue 99999 (ids 0..279)"),
     ("ddvlm_core.cli", ["--meld", "val:1"], "MELD split must be one of"),
     ("ddvlm_ros.bag", ["{tmp}/bag", "--split", "val"], "MELD split must be one of"),
+    ("ddvlm_ros.bag", ["{tmp}/bag", "--dialogues", "0,one"], "comma-separated dialogue ids or all"),
+    ("ddvlm_ros.bag", ["{tmp}/bag", "--frames", "clips"], "needs the MELD.Raw folder"),
     ("ddvlm_ros.replay", ["{tmp}/no_bag"], "cannot read bag"),
     ("training.evaluate", ["{tmp}/no_checkpoint"], "does not exist"),
     ("training.__main__", ["--config", "{tmp}/no.yaml"], "No such file"),
