@@ -28,6 +28,7 @@ def test_cli_parses_speaker_prefixed_turns():
     ("ddvlm_ros.bag", ["{tmp}/bag", "--frames", "clips"], "needs the MELD.Raw folder"),
     ("ddvlm_ros.replay", ["{tmp}/no_bag"], "cannot read bag"),
     ("training.evaluate", ["{tmp}/no_checkpoint"], "does not exist"),
+    ("training.export", ["{tmp}"], "no text/best.safetensors"),
     ("training.__main__", ["--config", "{tmp}/no.yaml"], "No such file"),
     ("training.__main__", ["--config", "training/configs/cpu.yaml", "--epochs=ten"], "epochs: expected int"),
     ("training.__main__", ["--config", "training/configs/cpu.yaml", "--lr=0"], "lr must be > 0"),

@@ -279,6 +279,14 @@ def test_export_rebuilds_the_run_checkpoint_from_its_best_weights(tmp_path, tiny
     a = EmotionRecognizer.from_checkpoint(run_checkpoint, load_caption_embedder=False).predict(dialogue)
     b = EmotionRecognizer.from_checkpoint(exported, load_caption_embedder=False).predict(dialogue)
     assert a.probabilities == b.probabilities
+    from training.export import main as export_main
+
+    manifest = (exported / "manifest.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_:  # a checkpoint (e.g. checkpoints/default) is not overwritten silently
+        export_main([str(tmp_path / "run"), str(exported)])
+    assert exit_.value.code == 2 and (exported / "manifest.json").read_bytes() == manifest
+    assert export_main([str(tmp_path / "run"), str(tmp_path / "second")]) == 0
+    assert export_main([str(tmp_path / "run"), str(exported), "--force"]) == 0
 
 
 def test_two_gloo_ranks_under_torchrun_end_with_identical_weights(tmp_path, tiny_roberta_dir):

@@ -1,6 +1,8 @@
 """Export a checkpoint from a run directory's best-on-dev text weights, e.g. after an interrupted run.
 
-    python -m training.export RUN_DIR [OUT_DIR]      (default OUT_DIR: RUN_DIR/checkpoint)
+    python -m training.export RUN_DIR [OUT_DIR] [--force]      (default OUT_DIR: RUN_DIR/checkpoint)
+
+A directory that already holds a checkpoint (e.g. checkpoints/default) is not overwritten without --force.
 """
 from __future__ import annotations
 
@@ -38,8 +40,26 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
                       extra={"trained_by": "training.export", "run": cfg.to_dict(), "text_best": result["best"]})
 
 
+def main(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", help="a training run directory (holds text/best.safetensors)")
+    ap.add_argument("out_dir", nargs="?", help="where the checkpoint goes (default: RUN_DIR/checkpoint)")
+    ap.add_argument("--force", action="store_true", help="replace a checkpoint already in OUT_DIR")
+    args = ap.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    out = Path(args.out_dir) if args.out_dir else run_dir / "checkpoint"
+    if not (run_dir / "text" / "best.safetensors").is_file():
+        ap.error(f"{run_dir}: no text/best.safetensors (not a training run directory, or no epoch finished yet)")
+    if (out / "manifest.json").is_file() and not args.force:
+        ap.error(f"{out} holds a checkpoint already; --force replaces it")
+    try:
+        print(export(run_dir, out))
+    except (ValueError, TypeError) as e:  # e.g. the config of a run written by another ddvlm version
+        ap.error(f"{run_dir}: cannot rebuild its model ({e})")
+    return 0
+
+
 if __name__ == "__main__":
-    if not 1 <= len(sys.argv) - 1 <= 2 or not (Path(sys.argv[1]) / "text" / "best.safetensors").is_file():
-        sys.exit("usage: python -m training.export RUN_DIR [OUT_DIR]; RUN_DIR must hold a run's "
-                 "text/best.safetensors" + (f" ({sys.argv[1]} does not)" if len(sys.argv) > 1 else ""))
-    print(export(*sys.argv[1:3]))
+    sys.exit(main(sys.argv[1:]))
