@@ -29,6 +29,7 @@ def test_cli_parses_speaker_prefixed_turns():
     ("ddvlm_ros.replay", ["{tmp}/no_bag"], "cannot read bag"),
     ("training.evaluate", ["{tmp}/no_checkpoint"], "does not exist"),
     ("training.export", ["{tmp}"], "no text/best.safetensors"),
+    ("training.evaluate", ["checkpoints/default", "--splits", "dev,tset"], "unknown MELD splits ['tset']"),
     ("training.__main__", ["--config", "{tmp}/no.yaml"], "No such file"),
     ("training.__main__", ["--config", "training/configs/cpu.yaml", "--epochs=ten"], "epochs: expected int"),
     ("training.__main__", ["--config", "training/configs/cpu.yaml", "--lr=0"], "lr must be > 0"),

@@ -58,9 +58,12 @@ def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_si
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.evaluate")
     ap.add_argument("checkpoint")
-    ap.add_argument("--splits", default="dev,test")
-    ap.add_argument("--out")
+    ap.add_argument("--out", help="also write every metric and prediction as JSON here")
+    ap.add_argument("--splits", default="dev,test", help="comma-separated MELD splits (train, dev, test)")
     args = ap.parse_args(argv)
+    unknown = [s for s in args.splits.split(",") if s not in ("train", "dev", "test")]
+    if unknown:
+        ap.error(f"--splits: unknown MELD splits {unknown} (train, dev, test)")
     from transformers.utils import logging
 
     logging.set_verbosity_error()
