@@ -219,8 +219,13 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
     ("--dropout=1", "dropout must be in [0, 1)"), ("--limit_dialogues=-2", "limit_dialogues must be >= 0"),
     ("--max_tokens=0", "max_tokens must be >= 1"), ("--sd_tau=0", "sd_tau must be > 0")])
 def test_config_refuses_values_outside_their_range(override, message):
+    from training.config import TrainConfig
+
     with pytest.raises(ValueError, match=re.escape(message)):
         load_config(None, [override])
+    name, value = override.removeprefix("--").split("=")
+    with pytest.raises(ValueError, match=re.escape(message)):  # built in code, not read from a file: the same
+        TrainConfig(**{name: type(getattr(TrainConfig(), name))(float(value))})
     for edge in ("--ema_decay=1", "--sd_alpha=0", "--warmup_ratio=0", "--grad_clip=0", "--dropout=0"):
         load_config(None, [edge])  # the ends each range allows
 

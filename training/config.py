@@ -90,6 +90,9 @@ class TrainConfig:
     deterministic: bool = False
     state_every: int = 1  # epochs between saved resume states (0: only when the run stops); a kill loses the rest
 
+    def __post_init__(self):
+        self.validate()  # also for TrainConfig(...) and dataclasses.replace(cfg, ...) in code, not only files
+
     def validate(self) -> "TrainConfig":
         if self.text_mode not in TEXT_MODES:
             raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {self.text_mode!r}")
@@ -125,7 +128,7 @@ class TrainConfig:
         unknown = set(values) - set(types)
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
-        return dataclasses.replace(cls(), **{k: _coerce(k, types[k], v) for k, v in values.items()}).validate()
+        return dataclasses.replace(cls(), **{k: _coerce(k, types[k], v) for k, v in values.items()})
 
     def model_config(self):
         """The ddvlm_core ``DDVLMConfig`` of the model this run trains (one place for loop and export)."""
