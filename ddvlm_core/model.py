@@ -116,6 +116,27 @@ class DDVLMConfig:
     lora: dict | None = None  # {"r", "alpha", "dropout", "targets"} when the backbone carries a LoRA adapter
     quantization: dict | None = None  # WOQConfig.as_dict() when the modules are stored as INT8
 
+    def __post_init__(self):
+        """Types and ranges checked, so that a damaged manifest fails at load with the field's name."""
+        for name in ("text_dim", "caption_dim", "num_labels", "n_speakers", "max_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.num_labels != NUM_LABELS:
+            raise ValueError(f"num_labels must be {NUM_LABELS} (MELD's labels), got {self.num_labels}")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.fusion_alpha_init, (int, float)) or isinstance(self.fusion_alpha_init, bool):
+            raise ValueError(f"fusion_alpha_init must be a number, got {self.fusion_alpha_init!r}")
+        for name in ("text_backbone", "caption_embedder"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a str, got {getattr(self, name)!r}")
+        if not isinstance(self.speaker_tokens, bool):
+            raise ValueError(f"speaker_tokens must be true or false, got {self.speaker_tokens!r}")
+        for name in ("lora", "quantization"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping or null, got {getattr(self, name)!r}")
+
     @classmethod
     def from_dict(cls, values: Mapping) -> "DDVLMConfig":
         known = {f.name for f in fields(cls)}

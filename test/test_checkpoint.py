@@ -66,7 +66,11 @@ def test_corrupt_tampered_or_missing_files_are_refused(tmp_path, tiny_roberta_di
     (lambda m: m.update(format="something-else"), "not a ddvlm-checkpoint manifest"),
     (lambda m: m["config"].update(unknown_key=1), "bad config"),
     (lambda m: m["config"].update(text_dim=64), "do not fit"),
-    (lambda m: m["config"].update(num_labels=5), "does not fit the model"),
+    (lambda m: m["config"].update(num_labels=5), "bad config in manifest .num_labels must be 7"),
+    (lambda m: m["config"].update(caption_dim=64), "does not fit the model"),
+    (lambda m: m["config"].update(max_tokens="511"), "bad config in manifest .max_tokens must be an integer"),
+    (lambda m: m["config"].update(dropout=2.0), r"bad config in manifest .dropout must be a number in \[0, 1\)"),
+    (lambda m: m["config"].update(lora=[16]), "bad config in manifest .lora must be a mapping"),
 ])
 def test_mismatched_manifests_are_refused(tmp_path, tiny_roberta_dir, edit, message):
     _, _, directory = tiny_checkpoint(tmp_path, tiny_roberta_dir)
