@@ -21,7 +21,8 @@ from ddvlm_core import checkpoint as ckpt
 from ddvlm_core.assets import MINILM, MPNET, resolve_model
 from ddvlm_core.fusion import FusionOutput, ResidualGatedFusion
 from ddvlm_core.labels import NUM_LABELS
-from ddvlm_core.text import TextEncoder, TextOutput, keep_position_bias_on_device, load_backbone, load_tokenizer
+from ddvlm_core.text import (TextEncoder, TextOutput, check_prompt_fits, keep_position_bias_on_device, load_backbone,
+                             load_tokenizer)
 from ddvlm_core.visual import VisualHead, VisualOutput
 
 TRAINED_MODULES = ("text_head", "visual_head", "fusion")
@@ -169,6 +170,7 @@ class DDVLM(nn.Module):
         path = resolve_model(config.text_backbone)
         tokenizer = load_tokenizer(path, config.n_speakers if config.speaker_tokens else 0)
         backbone = load_backbone(path, tokenizer)
+        check_prompt_fits(config.max_tokens, backbone.config, path)
         if backbone.config.hidden_size != config.text_dim:
             config.text_dim = backbone.config.hidden_size
         return cls(config, TextEncoder(backbone, tokenizer.mask_token_id, config.num_labels, config.dropout)), tokenizer

@@ -44,6 +44,22 @@ def load_backbone(path: str, tokenizer) -> nn.Module:
     return backbone
 
 
+def max_prompt_tokens(backbone_config) -> int | None:
+    """The longest prompt the backbone's position embeddings can read (None when it does not say). RoBERTa-style
+    encoders (RoBERTa, MPNet) number positions from pad_token_id + 1: 514 embeddings read 512 tokens."""
+    limit = getattr(backbone_config, "max_position_embeddings", None)
+    if limit and getattr(backbone_config, "model_type", "") in ("roberta", "mpnet", "xlm-roberta", "camembert"):
+        limit -= (backbone_config.pad_token_id or 0) + 1
+    return limit
+
+
+def check_prompt_fits(max_tokens: int, backbone_config, path: str) -> None:
+    """ValueError when prompts of ``max_tokens`` would run past the backbone's position embeddings."""
+    limit = max_prompt_tokens(backbone_config)
+    if limit is not None and max_tokens > limit:
+        raise ValueError(f"max_tokens {max_tokens} is longer than the backbone {path} reads ({limit} tokens)")
+
+
 def position_bias_on_input_device(encoder: nn.Module, x: Tensor, position_ids: Tensor | None = None,
                                   num_buckets: int = 32) -> Tensor:
     """MPNet's relative attention bias, as transformers' ``MPNetEncoder.compute_position_bias`` computes it

@@ -100,3 +100,23 @@ def test_hub_names_are_refused_not_downloaded():
         require_local_dir("roberta-large", "text backbone")
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         load_tokenizer("FacebookAI/roberta-large")
+
+
+def test_prompts_longer_than_the_backbones_positions_are_refused_when_the_model_is_built(tiny_roberta_dir):
+    from transformers import AutoConfig
+
+    from ddvlm_core.model import DDVLM, DDVLMConfig
+    from ddvlm_core.text import max_prompt_tokens
+
+    backbone_config = AutoConfig.from_pretrained(tiny_roberta_dir)
+    limit = max_prompt_tokens(backbone_config)
+    assert limit == backbone_config.max_position_embeddings - backbone_config.pad_token_id - 1
+    model, tokenizer = DDVLM.from_backbone(DDVLMConfig(text_backbone=tiny_roberta_dir, max_tokens=limit))
+    backbone = model.text.backbone
+    ids = torch.full((1, limit), tokenizer.convert_tokens_to_ids("a"))
+    backbone(input_ids=ids, attention_mask=torch.ones_like(ids))  # the longest prompt it reads
+    with pytest.raises((IndexError, RuntimeError)):  # one more token runs past the position embeddings: exact
+        longer = torch.cat([ids, ids[:, :1]], dim=1)
+        backbone(input_ids=longer, attention_mask=torch.ones_like(longer))
+    with pytest.raises(ValueError, match=f"max_tokens {limit + 1} is longer than the backbone"):
+        DDVLM.from_backbone(DDVLMConfig(text_backbone=tiny_roberta_dir, max_tokens=limit + 1))

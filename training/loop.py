@@ -359,6 +359,15 @@ def preflight(cfg: TrainConfig) -> None:
             resolve_model(name)
         except FileNotFoundError as e:
             raise ConfigError(str(e)) from None
+    from transformers import AutoConfig
+
+    from ddvlm_core.text import check_prompt_fits
+
+    backbone = resolve_model(cfg.text_backbone)
+    try:
+        check_prompt_fits(cfg.max_tokens, AutoConfig.from_pretrained(backbone, trust_remote_code=False), backbone)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if needs_captions and not Path(cfg.caption_source).exists():
         raise ConfigError(f"caption_source {cfg.caption_source!r}: no such captions file or folder (write one with "
                           "`python -m training.captions`, or use caption_source: none)")
