@@ -313,6 +313,10 @@ class QwenVLCaptioner(WindowCaptioner):
 
         super().__init__(frames_per_window)
         path = require_local_dir(path, "Qwen2.5-VL captioner")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"Qwen2.5-VL captioner: {path!r} has no config.json (not a model folder)")
+        if dtype is not None and not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"dtype must be a torch dtype name (e.g. bfloat16, float16, float32), got {dtype!r}")
         self.device = device
         self.max_new_tokens = max_new_tokens
         self.prompt = prompt

@@ -106,3 +106,12 @@ def test_qwen_captioner_batches_windows_of_different_lengths_as_it_captions_them
     pad = cap.processor.tokenizer.pad_token_id
     assert ids[1, 0] == pad and ids[0, 0] != pad and ids[1, -1] == ids[0, -1]  # padded on the left
     assert cap.processor.tokenizer.padding_side == side  # the caller's side is restored
+
+
+def test_a_folder_that_is_not_a_qwen_model_or_an_unknown_dtype_is_refused_by_name(tmp_path, tiny_qwen_dir):
+    with pytest.raises(FileNotFoundError, match="not a local directory"):
+        QwenVLCaptioner(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="has no config.json"):  # e.g. the folder above the weights
+        QwenVLCaptioner(str(tmp_path))
+    with pytest.raises(ValueError, match="torch dtype name"):
+        QwenVLCaptioner(tiny_qwen_dir, dtype="float17")
