@@ -37,6 +37,7 @@ def test_cli_parses_speaker_prefixed_turns():
                            "--run_dir={tmp}/run"], "no such captions file or folder"),
     ("training.ablate", ["--config", "training/configs/cpu.yaml", "--sd_alpha=2"], "sd_alpha must be in [0, 1]"),
     ("training.ablate", ["--render", "{tmp}/no_report.json"], "no such report"),
+    ("training.ablate", ["--config", "training/configs/cpu.yaml", "--seeds", "0,one"], "comma-separated integers"),
     ("training.results", ["{tmp}/no_report.json"], "no such report"),
     ("training.captions", ["--video_dir", "{tmp}", "--batch_size", "0"], "must be >= 1"),
     ("ddvlm_core.cli", ["Ross: I got the job!", "Rachel: "], "utterance 1 has no text"),

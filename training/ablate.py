@@ -398,6 +398,12 @@ def main(argv: list[str]) -> int:
     unknown = set(wanted) - {r.name for r in ROWS}
     if unknown:
         ap.error(f"unknown rows {sorted(unknown)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
+    if args.parallel < 1:
+        ap.error(f"--parallel must be >= 1, got {args.parallel}")
     from training.config import ConfigError
     from training.loop import preflight
 
@@ -405,8 +411,7 @@ def main(argv: list[str]) -> int:
         preflight(base)
     except ConfigError as e:
         ap.error(str(e))
-    entries = run_rows(base, [r for r in ROWS if r.name in wanted], [int(s) for s in args.seeds.split(",")],
-                       parallel=args.parallel)
+    entries = run_rows(base, [r for r in ROWS if r.name in wanted], seeds, parallel=args.parallel)
     write_report(entries, base, Path(args.report))
     print(Path(args.report).with_suffix(".md").read_text())
     return 0
