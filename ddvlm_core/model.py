@@ -119,24 +119,24 @@ class DDVLMConfig:
 
     def __post_init__(self):
         """Types and ranges checked, so that a damaged manifest fails at load with the field's name."""
-        for name in ("text_dim", "caption_dim", "num_labels", "n_speakers", "max_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.num_labels != NUM_LABELS:
-            raise ValueError(f"num_labels must be {NUM_LABELS} (MELD's labels), got {self.num_labels}")
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.fusion_alpha_init, (int, float)) or isinstance(self.fusion_alpha_init, bool):
-            raise ValueError(f"fusion_alpha_init must be a number, got {self.fusion_alpha_init!r}")
-        for name in ("text_backbone", "caption_embedder"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a str, got {getattr(self, name)!r}")
-        if not isinstance(self.speaker_tokens, bool):
-            raise ValueError(f"speaker_tokens must be true or false, got {self.speaker_tokens!r}")
-        for name in ("lora", "quantization"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a mapping or null, got {getattr(self, name)!r}")
+        def number(value) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+        checks = [(name, isinstance(getattr(self, name), int) and number(getattr(self, name))
+                   and getattr(self, name) >= 1, "an integer >= 1")
+                  for name in ("text_dim", "caption_dim", "num_labels", "n_speakers", "max_tokens")]
+        checks += [("num_labels", self.num_labels == NUM_LABELS, f"{NUM_LABELS} (MELD's labels)"),
+                   ("dropout", number(self.dropout) and 0 <= self.dropout < 1, "a number in [0, 1)"),
+                   ("fusion_alpha_init", number(self.fusion_alpha_init), "a number"),
+                   ("text_backbone", isinstance(self.text_backbone, str), "a str"),
+                   ("caption_embedder", isinstance(self.caption_embedder, str), "a str"),
+                   ("speaker_tokens", isinstance(self.speaker_tokens, bool), "true or false"),
+                   ("lora", self.lora is None or isinstance(self.lora, dict), "a mapping or null"),
+                   ("quantization", self.quantization is None or isinstance(self.quantization, dict),
+                    "a mapping or null")]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "DDVLMConfig":
