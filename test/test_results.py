@@ -42,7 +42,7 @@ def test_either_recomputed_from_a_student_run_is_what_an_either_run_reports(tmp_
 def report(path, mode, sd, no_sd, epochs=5, runs_epochs=None, teacher=None):
     """A report JSON as training.ablate writes it, with the text rows' runs."""
     def runs(scores, with_teacher):
-        return [{"seed": k, "test_wa_f1": t, "epochs_run": (runs_epochs or {}).get(k, epochs),
+        return [{"seed": k, "test_wa_f1": t, "epochs_run": (runs_epochs or {}).get(k, epochs), "hardware": "a test GPU",
                  "text_history": history((60.0, t, 61.0, teacher[k])) if with_teacher else
                  [{"epoch": 1, "dev_wa_f1": 60.0, "test_wa_f1": t}]} for k, t in enumerate(scores)]
     rows = [{"row": "text_sd", "encoder": "all-mpnet-base-v2", "runs": runs(sd, teacher is not None)},
@@ -66,7 +66,7 @@ def test_the_table_has_a_line_per_report_the_paper_and_whether_the_target_is_met
     assert summary(empty) is None
     assert main([str(full), str(frozen), str(empty), "--out", str(tmp_path / "table")]) == 0
     table = (tmp_path / "table.md").read_text()
-    assert ("| `full` | full | cuda | 10 epochs; budget stopped SD after 5, no SD after 5 | 16 | 3e-05 | "
+    assert ("| `full` | full | cuda (a test GPU) | 10 epochs; budget stopped SD after 5, no SD after 5 | 16 | 3e-05 | "
             "63.00 ± 1.00 (3) | 62.00 ± 0.50 (3) | +1.00 | 64.00 | 65.00 ± 1.00 (3) |") in table
     assert "| paper, RoBERTa-large (Table 4) | full | GPU | Table 2 | 4 | 1e-05 | 67.13 | 66.46 | +0.67 |" \
         in table

@@ -330,6 +330,9 @@ def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_proc
     write_report(parallel, tiny_cfg(tmp_path, tiny_roberta_dir), tmp_path / "ablation")
     report = (tmp_path / "ablation.md").read_text()
     assert "| text_no_sd | 1 |" in report and "Self-distillation gain" in report
+    from training.loop import hardware
+
+    assert f"device cpu ({hardware('cpu')})" in report  # what trained the runs, as each run recorded it
     assert "| epoch | text_sd | text_sd EMA teacher | text_no_sd |" in report and "| 2 | " in report  # per epoch
     sd_records = [h for r in parallel[0]["runs"] for h in r["text_history"]]  # the EMA teacher is scored too
     assert all(0 <= h["teacher_test_wa_f1"] <= 100 for h in sd_records)

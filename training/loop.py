@@ -381,6 +381,19 @@ def preflight(cfg: TrainConfig) -> None:
                               + (" (use device: cpu)" if not count else ""))
 
 
+def hardware(device: str) -> str:
+    """What trained the run, for its reports: the GPU's name, or the CPU's model and core count."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        index = int(device.partition(":")[2] or torch.cuda.current_device())
+        return torch.cuda.get_device_name(index)
+    try:
+        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")]
+    except OSError:
+        models = []
+    return f"{models[0] if models else 'CPU'}, {os.cpu_count()} cores"
+
+
 def run(cfg: TrainConfig, log=print) -> dict:
     """Train the configured stages; write the run directory; return the results."""
     with deterministic_kernels(cfg.deterministic):
@@ -406,7 +419,7 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
     lengths = {s: [len(e.input_ids) for e in data[s]] for s in SPLITS}
     log("data: " + ", ".join(f"{s} {len(data[s])}" for s in SPLITS) + f"; text mode {cfg.text_mode}, "
         f"self-distillation {'on' if cfg.self_distillation else 'off'}, captions: {cfg.caption_source}")
-    results: dict = {"config": cfg.to_dict(), "stages": {}}
+    results: dict = {"config": cfg.to_dict(), "hardware": hardware(cfg.device), "stages": {}}
     modules = ["text_head"]
     if "text" in cfg.stages:
         stage = text_stage(cfg, model, tok, data, log)

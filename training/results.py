@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from training.ablate import ROWS
+from training.ablate import ROWS, hardware_text
 
 PAPER = {row.name: row.paper for row in ROWS}  # RoBERTa-large, Table 4
 TARGET = 65.0  # issue #4: a fine-tuned MPNet-base text branch with SD, mean of 3 seeds
@@ -71,7 +71,8 @@ def summary(path: Path) -> dict | None:
     either = [choice[1] for run in sd if (choice := either_choice(run)) is not None]
     return {
         "report": path.stem, "mode": config["text_mode"], "encoder": rows["text_sd"]["encoder"],
-        "device": config["device"], "schedule": schedule(config, rows), "batch_size": config["batch_size"],
+        "device": config["device"] + hardware_text(report["rows"]), "schedule": schedule(config, rows),
+        "batch_size": config["batch_size"],
         "lr": config["lr"] if config["text_mode"] != "frozen" else config["head_lr"],
         "sd_select": config.get("sd_select") or "student",
         "sd": sd_scores, "no_sd": no_sd_scores,
