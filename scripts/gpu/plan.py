@@ -93,7 +93,8 @@ def main(argv: list[str]) -> int:
         plan["EPOCH_S_PROBED"] = round(t_epoch, 1)
     except (OSError, ValueError, KeyError) as exc:  # no probe: the safe plan
         plan = {"PARALLEL": 2, "ROWS": "text_sd,text_no_sd", "SEEDS": "0", "EPOCHS": 10, "EXTRA": 0,
-                "ESTIMATE_S": -1, "TIME_BUDGET_MIN": round((args.budget - 90) / 60, 2), "NO_PROBE": repr(exc)[:80]}
+                "ESTIMATE_S": -1, "TIME_BUDGET_MIN": round(max(0.5, (args.budget - 90) / 60), 2),
+                "NO_PROBE": repr(exc)[:80]}
     for k, v in plan.items():
         print(f"{k}={json.dumps(v) if isinstance(v, str) else v}")
     return 0
