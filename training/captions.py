@@ -35,6 +35,7 @@ from ddvlm_core.assets import resolve_model
 from ddvlm_core.captioner import filter_emotion_words
 from ddvlm_core.meld import SPLITS, MeldUtterance, dialogues
 from training.features import save_atomically
+from training.video import error_text
 
 CAPTIONERS = ("cue-fallback", "qwen2.5-vl")
 
@@ -45,10 +46,7 @@ def read_captions(path: str | Path) -> dict[str, dict]:
     """key -> record from a JSONL file, or from every ``*.jsonl`` in a folder (a captioning run's shards); a later
     line for the same key wins (resumed runs append). A line cut short by a kill (the file's last, without its
     newline) is not a record; any other bad line is an error, and so are records of two different captioners."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"caption_source {path}: no such captions file or folder "
-                                "(write one with `python -m training.captions`, or use caption_source: none)")
+    path = require_caption_source(path)
     records: dict[str, dict] = {}
     for file in sorted(path.glob("*.jsonl")) if path.is_dir() else [path]:
         text = file.read_text(encoding="utf-8")
@@ -67,6 +65,15 @@ def read_captions(path: str | Path) -> dict[str, dict]:
     if len(ids) > 1:
         raise ValueError(f"{path}: captions of more than one captioner {ids}: keep one captioner's files per folder")
     return records
+
+
+def require_caption_source(path: str | Path) -> Path:
+    """``path`` as a Path when it exists; FileNotFoundError saying how to make one otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"caption_source {str(path)!r}: no such captions file or folder (write one with "
+                                "`python -m training.captions`, or use caption_source: none)")
+    return path
 
 
 def repair_partial_line(path: Path) -> None:
@@ -154,10 +161,6 @@ def captioned(record: dict, caption) -> dict:
 
 def failed(record: dict, error: Exception) -> dict:
     return {**record, "status": "failed", "detail": error_text(error), "caption": ""}
-
-
-def error_text(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"[:300]
 
 
 def caption_clips(captioner, video_dir: Path, batch: list[MeldUtterance], ident: str) -> list[dict]:

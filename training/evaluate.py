@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddvlm_core.meld import SPLITS
+
 
 def predict_examples(logits_fn, examples, pad_id: int, batch_size: int = 16) -> np.ndarray:
     """Argmax class of every example, in example order: length-bucketed batches, ``logits_fn(ids, mask)``."""
@@ -61,9 +63,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", help="also write every metric and prediction as JSON here")
     ap.add_argument("--splits", default="dev,test", help="comma-separated MELD splits (train, dev, test)")
     args = ap.parse_args(argv)
-    unknown = [s for s in args.splits.split(",") if s not in ("train", "dev", "test")]
+    unknown = [s for s in args.splits.split(",") if s not in SPLITS]
     if unknown:
-        ap.error(f"--splits: unknown MELD splits {unknown} (train, dev, test)")
+        ap.error(f"--splits: unknown MELD splits {unknown} ({', '.join(SPLITS)})")
     from transformers.utils import logging
 
     logging.set_verbosity_error()

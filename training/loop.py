@@ -353,24 +353,20 @@ def refuse_other_runs_state(run_dir: Path, cfg: TrainConfig) -> None:
 def preflight(cfg: TrainConfig) -> None:
     """What can be checked before any work starts: the backbone and, for the multimodal stages, the captions and
     their embedder exist locally, MELD's folder exists, the device is there. ConfigError naming the problem."""
-    needs_captions = bool({"visual", "fusion"} & set(cfg.stages)) and cfg.caption_source != "none"
-    for name in (cfg.text_backbone, *([cfg.caption_embedder] if needs_captions else [])):
-        try:
-            resolve_model(name)
-        except FileNotFoundError as e:
-            raise ConfigError(str(e)) from None
     from transformers import AutoConfig
 
     from ddvlm_core.text import check_prompt_fits
+    from training.captions import require_caption_source
 
-    backbone = resolve_model(cfg.text_backbone)
+    needs_captions = bool({"visual", "fusion"} & set(cfg.stages)) and cfg.caption_source != "none"
     try:
+        backbone = resolve_model(cfg.text_backbone)
         check_prompt_fits(cfg.max_tokens, AutoConfig.from_pretrained(backbone, trust_remote_code=False), backbone)
-    except ValueError as e:
+        if needs_captions:
+            resolve_model(cfg.caption_embedder)
+            require_caption_source(cfg.caption_source)
+    except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
-    if needs_captions and not Path(cfg.caption_source).exists():
-        raise ConfigError(f"caption_source {cfg.caption_source!r}: no such captions file or folder (write one with "
-                          "`python -m training.captions`, or use caption_source: none)")
     if cfg.meld_dir and not Path(cfg.meld_dir).is_dir():
         raise ConfigError(f"meld_dir {cfg.meld_dir!r}: no such folder (leave it empty for the repository's data/meld)")
     if cfg.device.startswith("cuda"):

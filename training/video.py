@@ -71,6 +71,11 @@ def duration_of(cap, path: str | Path) -> float:
     return total / fps
 
 
+def error_text(error: Exception) -> str:
+    """An exception as a record's one-line detail: its type and message, at most 300 characters."""
+    return f"{type(error).__name__}: {error}"[:300]
+
+
 @dataclass(frozen=True)
 class ClipStatus:
     key: str
@@ -96,7 +101,7 @@ def check_clip(root: str | Path, u: MeldUtterance, frames: int = 0) -> tuple[Cli
         try:
             return ClipStatus(u.key, "ok"), sampled_frames(cap, path, frames) if frames > 0 else []
         except Exception as e:  # noqa: BLE001 - ValueError, or OpenCV's own error on a damaged stream
-            return ClipStatus(u.key, "unreadable", f"{type(e).__name__}: {e}"[:300]), []
+            return ClipStatus(u.key, "unreadable", error_text(e)), []
 
 
 def manifest(root: str | Path, utterances: list[MeldUtterance]) -> list[ClipStatus]:
