@@ -128,7 +128,7 @@ def test_deterministic_runs_use_deterministic_kernels_and_restore_the_settings(t
 
 def test_sd_select_chooses_among_the_student_and_the_ema_teacher_on_dev_only():
     from training.config import config_differences
-    from training.loop import candidates
+    from training.config import candidates
 
     student, ema = {"dev": {"wa_f1": 50.0}}, {"dev": {"wa_f1": 52.0}}
     assert candidates("student", student, ema) == [("student", student)]

@@ -26,6 +26,17 @@ HOSTING_KEYS = ("run_dir", "feature_cache", "eval_batch_size", "num_threads", "t
                 "state_every", "deterministic")  # not what is trained
 
 
+def candidates(sd_select: str, scores: dict, teacher_scores: dict) -> list[tuple[str, dict]]:
+    """The models an epoch's best-on-dev selection chooses from, as (name, scores): the student, or with an EMA
+    teacher (``teacher_scores`` not empty) what ``sd_select`` names; "either" lists the student first, so a
+    tie keeps the student."""
+    if not teacher_scores or sd_select == "student":
+        return [("student", scores)]
+    if sd_select == "ema":
+        return [("ema", teacher_scores)]
+    return [("student", scores), ("ema", teacher_scores)]
+
+
 class ConfigError(ValueError):
     """A configuration that cannot run here (a missing path, an absent device, another run's directory): the
     commands print it as a one-line error instead of a traceback."""

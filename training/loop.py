@@ -29,7 +29,7 @@ from ddvlm_core import losses as L
 from ddvlm_core.assets import resolve_model
 from ddvlm_core.context import PromptBuilder
 from ddvlm_core.model import DDVLM
-from training.config import ConfigError, TrainConfig, config_differences
+from training.config import ConfigError, TrainConfig, candidates, config_differences
 from training.data import Example, batches, build_examples, check_full_test_split, collate
 from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, extract
@@ -239,17 +239,6 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
 def headline_scores(scores: dict) -> dict:
     """{"dev_wa_f1": .., "dev_macro_f1": .., "dev_accuracy": .., "test_...": ..} of a model's per-split metrics."""
     return {f"{split}_{k}": scores[split][k] for split in scores for k in ("wa_f1", "macro_f1", "accuracy")}
-
-
-def candidates(sd_select: str, scores: dict, teacher_scores: dict) -> list[tuple[str, dict]]:
-    """The models an epoch's best-on-dev selection chooses from, as (name, scores): the student, or with an EMA
-    teacher (``teacher_scores`` not empty) what ``sd_select`` names; "either" lists the student first, so a
-    tie keeps the student."""
-    if not teacher_scores or sd_select == "student":
-        return [("student", scores)]
-    if sd_select == "ema":
-        return [("ema", teacher_scores)]
-    return [("student", scores), ("ema", teacher_scores)]
 
 
 def saves_state_after(epoch: int, epochs: int, every: int, stopping: bool) -> bool:

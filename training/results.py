@@ -18,23 +18,27 @@ import sys
 from pathlib import Path
 
 from training.ablate import ROWS, hardware_text
+from training.config import candidates
 
 PAPER = {row.name: row.paper for row in ROWS}  # RoBERTa-large, Table 4
 TARGET = 65.0  # issue #4: a fine-tuned MPNet-base text branch with SD, mean of 3 seeds
 
 
 def either_choice(run: dict) -> tuple[float, float] | None:
-    """(dev, test) WA-F1 of the model ``sd_select: either`` keeps in this run: the best dev score over every
-    epoch's student and EMA teacher, ties to the earlier epoch and to the student (``training.loop.fit``'s
-    order). None when the run recorded no teacher scores."""
+    """(dev, test) WA-F1 of the model ``sd_select: either`` keeps in this run: ``training.config.candidates`` of
+    every epoch's recorded student and EMA-teacher scores, the first best on dev kept, as ``training.loop.fit``
+    keeps it. None when the run recorded no teacher scores."""
     history = run.get("text_history") or []
     if not any("teacher_dev_wa_f1" in record for record in history):
         return None
     best = None
     for record in history:
-        for model in ("", "teacher_"):
-            if f"{model}dev_wa_f1" in record and (best is None or record[f"{model}dev_wa_f1"] > best[0]):
-                best = (record[f"{model}dev_wa_f1"], record[f"{model}test_wa_f1"])
+        scores = {split: {"wa_f1": record[f"{split}_wa_f1"]} for split in ("dev", "test")}
+        teacher = {split: {"wa_f1": record[f"teacher_{split}_wa_f1"]} for split in ("dev", "test")
+                   if f"teacher_{split}_wa_f1" in record}
+        for _, kept in candidates("either", scores, teacher if len(teacher) == 2 else {}):
+            if best is None or kept["dev"]["wa_f1"] > best[0]:
+                best = (kept["dev"]["wa_f1"], kept["test"]["wa_f1"])
     return best
 
 
