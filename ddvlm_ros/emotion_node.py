@@ -52,6 +52,7 @@ class EmotionNode(LifecycleNode):
         self.pipeline: EmotionPipeline | None = None
         self.recognizer = None
         self.load_error = ""
+        self.captioner_check = ""  # the captioner against the one that trained the visual branch, set at configure
         self.model_name = ""
         self.quantization = "none"
         self.compiled = "no"
@@ -195,6 +196,7 @@ class EmotionNode(LifecycleNode):
         return recognizer
 
     def _load_captioner(self):
+        self.captioner_check = ""
         kind = self.p("captioner")
         if kind == "none":
             return None
@@ -212,10 +214,10 @@ class EmotionNode(LifecycleNode):
                                         frames_per_window=self.p("frames_per_window"))
         else:
             raise ValueError(f"captioner must be none, cue or qwen, got {kind!r}")
-        check = self.recognizer.captioner_check(captioner)
-        if check not in ("matches training", "training captioner unknown"):
-            self.get_logger().warning(f"captioner {captioner.name} {check}: its captions are not like those the "
-                                      "visual branch was trained on")
+        self.captioner_check = self.recognizer.captioner_check(captioner)
+        if self.captioner_check not in ("matches training", "training captioner unknown"):
+            self.get_logger().warning(f"captioner {captioner.name} {self.captioner_check}: its captions are not like "
+                                      "those the visual branch was trained on")
         return captioner
 
     def _compile(self) -> None:
@@ -424,8 +426,7 @@ class EmotionNode(LifecycleNode):
                        "latency_p50_ms": round(p50, 1),
                        "latency_p90_ms": round(p90, 1), "last_error": s.last_error,
                        "captioner": getattr(self.pipeline.captioner, "name", "none"),
-                       **({"captioner_check": self.recognizer.captioner_check(self.pipeline.captioner)}
-                          if self.pipeline.captioner is not None else {}),
+                       **({"captioner_check": self.captioner_check} if self.pipeline.captioner is not None else {}),
                        "conversations": len(self.pipeline.conversations),
                        "conversations_forgotten": s.conversations_forgotten, "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
