@@ -269,14 +269,19 @@ def captions_line(entries: list[dict]) -> list[str]:
     return ["", f"Captions: `{first['captioner']}` from {first['source']}; examples with a usable caption: {splits}."]
 
 
+def stopped_runs(entry: dict, epochs: int) -> list[dict]:
+    """A row's runs that stopped (their time budget) before the end of the ``epochs``-epoch schedule."""
+    return [run for run in entry.get("runs", []) if 0 < run["epochs_run"] < epochs and run.get("text_history")]
+
+
 def truncation_line(entries: list[dict], epochs: int, warmup_ratio: float) -> list[str]:
     """Which runs their time budget stopped before the end of the ``epochs``-epoch schedule, and how high the
     learning rate still was there: such a run never reached the low-rate end of the linear decay, so its score
     is not that of the configured schedule, and rows stopped at different epochs are compared unevenly."""
     stops = []
     for entry in entries:
-        cut = sorted({(run["epochs_run"], run["text_history"][-1]["train_steps"]) for run in entry.get("runs", [])
-                      if 0 < run["epochs_run"] < epochs and run.get("text_history")})
+        cut = sorted({(run["epochs_run"], run["text_history"][-1]["train_steps"])
+                      for run in stopped_runs(entry, epochs)})
         if cut:
             where = ", ".join(f"{n} ({lr_left_after(n, epochs, warmup_ratio, steps):.0%})" for n, steps in cut)
             stops.append(f"{entry['row']} after {where}")

@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from training.ablate import ROWS, hardware_text
+from training.ablate import ROWS, hardware_text, stopped_runs
 from training.config import candidates
 
 PAPER = {row.name: row.paper for row in ROWS}  # RoBERTa-large, Table 4
@@ -56,7 +56,7 @@ def schedule(config: dict, rows: dict) -> str:
     epochs, label = config["epochs"], {"text_sd": "SD", "text_no_sd": "no SD"}
     stopped = []
     for name in label:
-        cuts = sorted({run["epochs_run"] for run in rows.get(name, {}).get("runs", []) if run["epochs_run"] < epochs})
+        cuts = sorted({run["epochs_run"] for run in stopped_runs(rows.get(name, {}), epochs)})
         if cuts:
             stopped.append(f"{label[name]} after {'/'.join(map(str, cuts))}")
     return f"{epochs} epochs" + (f"; budget stopped {', '.join(stopped)}" if stopped else "")
