@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import types
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -156,7 +158,15 @@ class TextEncoder(nn.Module):
                                                       self.backbone.config.pad_token_id or 0)
             torch.compiler.cudagraph_mark_step_begin()  # the last call's graph outputs are not read again
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return states.gather(1, index[:, None, None].expand(-1, 1, states.shape[-1])).squeeze(1)
+        return states_at(states, index)
+
+    def encode_from_layer(self, states: Tensor, attention_mask: Tensor, mask_index: Tensor, start: int) -> Tensor:
+        """h_text from the hidden states entering encoder layer ``start`` (B, T, H): only layers ``start`` and
+        above run. Equal to ``encode`` on the prompts those states came from (``layers_only``), in eval mode;
+        in train mode the layers below ``start`` drop nothing out (training.features caches them once)."""
+        with layers_only(self.backbone, start):
+            states = self.backbone(inputs_embeds=states, attention_mask=attention_mask).last_hidden_state
+        return states_at(states, mask_index)
 
     def classify(self, h_text: Tensor) -> Tensor:
         """z_t from h_text (used directly on cached features in frozen-backbone training)."""
@@ -165,6 +175,45 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> TextOutput:
         hidden = self.encode(input_ids, attention_mask)
         return TextOutput(self.classify(hidden), hidden)
+
+
+def states_at(states: Tensor, index: Tensor) -> Tensor:
+    """Row ``b``'s hidden state at position ``index[b]``: (B, T, H) -> (B, H)."""
+    return states.gather(1, index[:, None, None].expand(-1, 1, states.shape[-1])).squeeze(1)
+
+
+class _GivenStates(nn.Module):
+    """Stands in for a backbone's embeddings inside ``layers_only``: returns the hidden states it is given."""
+
+    def forward(self, input_ids=None, inputs_embeds=None, **_):
+        return inputs_embeds
+
+
+@contextmanager
+def layers_only(backbone: nn.Module, start: int, stop: int | None = None) -> Iterator[nn.Module]:
+    """Within the block the backbone (a PEFT wrapper included) runs only its encoder layers ``start`` to
+    ``stop`` (exclusive; None = the last). Below ``start``, nothing: with ``start > 0`` it takes the hidden
+    states entering layer ``start`` as ``inputs_embeds``. With ``start = 0`` and a ``stop``, its
+    ``last_hidden_state`` is what enters layer ``stop``: the two halves of a forward, split at one layer.
+
+    transformers' own forward runs, so the attention mask is built as in a whole forward, and so is MPNet's
+    relative position bias (a function of the sequence length only); RoBERTa and MPNet have no norm after
+    the last layer. Modules are swapped back on exit; set train / eval outside the block."""
+    model = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    if not isinstance(getattr(getattr(model, "encoder", None), "layer", None), nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} has no encoder.layer list: only BERT-like backbones (RoBERTa, "
+                         "MPNet) run in parts")
+    embeddings, layers = model.embeddings, model.encoder.layer
+    stop = len(layers) if stop is None else stop
+    if not 0 <= start < stop <= len(layers):
+        raise ValueError(f"layers {start}..{stop - 1}: the backbone has layers 0..{len(layers) - 1}")
+    model.encoder.layer = layers[start:stop]
+    if start > 0:
+        model.embeddings = _GivenStates()
+    try:
+        yield backbone
+    finally:
+        model.embeddings, model.encoder.layer = embeddings, layers
 
 
 def mask_positions(input_ids: Tensor, mask_token_id: int) -> Tensor:

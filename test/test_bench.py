@@ -45,6 +45,15 @@ def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written
         assert not out.exists()  # the committed report is not replaced by a table of failures
 
 
+@pytest.mark.parametrize("config, message", [("training/configs/cpu.yaml", "lora_layers above layer 0"),
+                                             ("missing.yaml", "No such file")])
+def test_the_layer_cache_bench_refuses_a_config_without_frozen_layers_to_cache(tmp_path, config, message):
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "bench/layer_cache.py", "--config", config, "--report-dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--config" in proc.stderr and message in proc.stderr and not out.exists()
+
+
 def test_the_report_written_while_running_names_the_rows_still_to_run(tmp_path):
     bench = load_bench()
     done = {"row": "fp32", "title": bench.ROWS["fp32"], "wa_f1": 60.0, "accuracy": 61.0, "n": 10,

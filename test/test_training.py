@@ -270,6 +270,8 @@ def test_config_round_trips_through_a_run_directorys_json():
         TrainConfig.from_dict({**cfg.to_dict(), "epochs": "many"})
     with pytest.raises(TypeError, match="lora_layers: expected int"):
         load_config("training/configs/lora.yaml", ["--lora_layers=top,two"])
+    assert load_config("training/configs/lora.yaml", ["--lora_layers=11"]).lora_layers == (11,)  # one layer
+    assert load_config(None, ["--stages=text"]).stages == ("text",)
 
 
 @pytest.mark.parametrize("mode", ["frozen", "lora"])

@@ -26,6 +26,18 @@ HOSTING_KEYS = ("run_dir", "feature_cache", "eval_batch_size", "num_threads", "t
                 "state_every", "deterministic")  # not what is trained
 
 
+def mode_text(config: Mapping) -> str:
+    """The text mode as reports name it (a run's config as a dict): "full", "frozen", "lora", or for LoRA on
+    some layers e.g. "lora (layers 8-11; 0-7 cached)"."""
+    layers = sorted(config.get("lora_layers") or ())
+    if config["text_mode"] != "lora" or not layers:
+        return config["text_mode"]
+    contiguous = layers == list(range(layers[0], layers[-1] + 1))
+    span = f"{layers[0]}-{layers[-1]}" if contiguous else ", ".join(map(str, layers))
+    cached = f"; 0-{layers[0] - 1} cached" if config.get("cache_frozen_layers") else ""
+    return f"lora (layers {span}{cached})"
+
+
 def candidates(sd_select: str, scores: dict, teacher_scores: dict) -> list[tuple[str, dict]]:
     """The models an epoch's best-on-dev selection chooses from, as (name, scores): the student, or with an EMA
     teacher (``teacher_scores`` not empty) what ``sd_select`` names; "either" lists the student first, so a
@@ -82,6 +94,9 @@ class TrainConfig:
     lora_dropout: float = 0.1
     lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "query", "key", "value", "dense")
     lora_layers: tuple[int, ...] = ()  # encoder layers that get adapters; () = all
+    # with lora_layers above layer 0: run the frozen layers below the lowest adapted one once per split (eval
+    # mode, cached in feature_cache) and train only the layers above; those frozen layers then drop nothing out
+    cache_frozen_layers: bool = False
     # data
     meld_dir: str = ""  # "" = the repository's data/meld
     limit_dialogues: int = 0  # >0: first N dialogues per split (smoke runs and tests only)
@@ -112,6 +127,9 @@ class TrainConfig:
             raise ValueError(f"unknown stages {sorted(unknown)}")
         if self.text_mode == "frozen" and self.lora_layers:
             raise ValueError("lora_layers only applies to text_mode: lora")
+        if self.cache_frozen_layers and not (self.text_mode == "lora" and self.lora_layers and min(self.lora_layers)):
+            raise ValueError("cache_frozen_layers needs text_mode: lora with lora_layers above layer 0 (the layers "
+                             "below the lowest adapted one are cached)")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.sd_select not in SD_SELECT:
@@ -168,7 +186,7 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{name}: expected a list, got {value!r}")
+            value = [value]  # one element: --lora_layers=11
         element = origin.removeprefix("tuple[").split(",")[0].strip()  # "tuple[int, ...]" -> "int"
         return tuple(_coerce(name, element, v) for v in value)
     target = {"bool": bool, "int": int, "float": float, "str": str}[origin]

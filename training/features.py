@@ -1,19 +1,25 @@
-"""Frozen-backbone mode: mask-token states h_text extracted once per split and cached (safetensors).
+"""What frozen layers compute, extracted once per split and cached (safetensors):
 
-The cache key hashes the backbone's weights file and every prompt's token ids, so a different
-backbone, tokenizer, prompt format or MELD subset never reuses stale features.
+- frozen-backbone mode: the mask-token states h_text;
+- LoRA on the top layers (``cache_frozen_layers``): every token's hidden state entering the lowest adapted
+  layer, so that training runs only the layers above it.
+
+The cache key hashes the backbone's weights file and every prompt's token ids (and the layer), so a
+different backbone, tokenizer, prompt format or MELD subset never reuses stale features.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ddvlm_core.text import layers_only, mask_positions
 from training.data import Example, batches, collate
 
 
@@ -71,3 +77,62 @@ def cached_features(text_encoder, examples: list[Example], pad_id: int, cache_di
     save_atomically({"h_text": features.contiguous()}, path, metadata={"split": split, "n": str(len(examples))})
     log(f"cached {len(examples)} {split} features in {time.monotonic() - t0:.0f}s -> {path}")
     return features
+
+
+@dataclass
+class LayerStates:
+    """The hidden states entering one encoder layer for every prompt of a split: each prompt's tokens one after
+    the other in ``values`` (tokens, H); ``lengths`` and ``mask_index`` (the <mask> position) per prompt."""
+
+    values: torch.Tensor
+    lengths: torch.Tensor
+    mask_index: torch.Tensor
+
+    def __post_init__(self):
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)])
+
+    def batch(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(states (B, T, H) right-padded with zeros, attention_mask (B, T), mask_index (B,)) of prompts ``idx``."""
+        rows = [self.values[self.offsets[i]:self.offsets[i + 1]] for i in idx]
+        states = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        lengths = self.lengths[idx]
+        mask = (torch.arange(states.shape[1])[None, :] < lengths[:, None]).long()
+        return states, mask, self.mask_index[idx]
+
+
+@torch.inference_mode()
+def extract_layer_states(text_encoder, examples: list[Example], pad_id: int, layer: int, batch_size: int,
+                         device: str, desc: str = "states") -> LayerStates:
+    """Run encoder layers below ``layer`` (eval mode: no dropout) and keep every real token's output."""
+    text_encoder.eval().to(device)
+    lengths = torch.tensor([len(e.input_ids) for e in examples], dtype=torch.long)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    values = torch.empty((int(offsets[-1]), text_encoder.hidden_size))
+    mask_index = torch.empty(len(examples), dtype=torch.long)
+    for idx in tqdm(batches(lengths.tolist(), batch_size, shuffle=False, seed=0), desc=desc, unit="batch",
+                    mininterval=5):
+        ids, mask, _ = collate([examples[i] for i in idx], pad_id)
+        mask_index[idx] = mask_positions(ids, text_encoder.mask_token_id)
+        with layers_only(text_encoder.backbone, 0, layer) as lower:
+            states = lower(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float().cpu()
+        for row, i in enumerate(idx):
+            values[offsets[i]:offsets[i + 1]] = states[row, :lengths[i]]
+    return LayerStates(values, lengths, mask_index)
+
+
+def cached_layer_states(text_encoder, examples: list[Example], pad_id: int, layer: int, cache_dir: str | Path,
+                        backbone_path: str, batch_size: int = 32, device: str = "cpu", log=print) -> LayerStates:
+    """``extract_layer_states``, read from the cache when this backbone, layer and these prompts were seen."""
+    split = examples[0].split if examples else "empty"
+    key = f"{split}-layer{layer}-{backbone_digest(backbone_path)}-{prompts_digest(examples)}"
+    path = Path(cache_dir) / f"{key}.safetensors"
+    if path.is_file():
+        return LayerStates(**load_file(path))
+    t0 = time.monotonic()
+    states = extract_layer_states(text_encoder, examples, pad_id, layer, batch_size, device,
+                                  desc=f"layer {layer} states {split}")
+    save_atomically({"values": states.values, "lengths": states.lengths, "mask_index": states.mask_index}, path,
+                    metadata={"split": split, "layer": str(layer), "n": str(len(examples))})
+    log(f"cached {int(states.lengths.sum())} token states of {len(examples)} {split} prompts at layer {layer} in "
+        f"{time.monotonic() - t0:.0f}s -> {path}")
+    return states

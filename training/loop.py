@@ -3,6 +3,7 @@
 Stages (paper Sections 3.4-3.6, Table 2):
   text    EMA self-distillation of the text branch (or CE only: ``self_distillation: false``), in one of
           three modes: full fine-tuning (the paper's), LoRA, or frozen backbone (cached h_text, heads only).
+          LoRA on the top layers can cache what the frozen layers below compute (``cache_frozen_layers``).
   visual  cross-modal KD from the trained, frozen text branch: L = CE + a L_resp + b L_feat
           (or CE only: ``cross_modal_kd: false``). Needs captions.
   fusion  residual gated fusion trained on the frozen branches (CE on the fused logits). Needs captions.
@@ -18,7 +19,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -32,12 +33,13 @@ from ddvlm_core.model import DDVLM
 from training.config import ConfigError, TrainConfig, candidates, config_differences
 from training.data import Example, batches, build_examples, check_full_test_split, collate
 from ddvlm_core.metrics import confusion_png, metrics
-from training.features import cached_features, extract
+from training.features import cached_features, cached_layer_states, extract
 from training.schedule import lr_factor
 from training.state import (STATE_DIR, load_state, load_trainable_state, save_state, trainable_state,
                             trainable_state_like)
 
 SPLITS = ("train", "dev", "test")
+T = TypeVar("T")
 
 
 def dist_info() -> tuple[int, int]:
@@ -76,6 +78,17 @@ def any_rank(flag: bool) -> bool:
     t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def rank0_first(make: Callable[[], T]) -> T:
+    """``make()`` on rank 0 first, then on the other ranks (which then read the cache rank 0 wrote)."""
+    first = dist_info()[0] == 0
+    if not first:
+        barrier()
+    value = make()
+    if first:
+        barrier()
+    return value
 
 
 def average_gradients(params: list[Tensor]) -> None:
@@ -277,14 +290,11 @@ def evaluate(stage: Stage, split: str, gold: Tensor, lengths: list[int], batch_s
 def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example]], log) -> Stage:
     """Build the text stage for the configured mode."""
     device = cfg.device
+    path = resolve_model(cfg.text_backbone)
     if cfg.text_mode == "frozen":
-        path = resolve_model(cfg.text_backbone)
-        if dist_info()[0] != 0:
-            barrier()  # rank 0 extracts and caches the features first
-        feats = {s: cached_features(model.text, data[s], tok.pad_token_id, cfg.feature_cache, path,
-                                    cfg.eval_batch_size, device, log).to(device) for s in SPLITS}
-        if dist_info()[0] == 0:
-            barrier()
+        feats = rank0_first(lambda: {s: cached_features(model.text, data[s], tok.pad_token_id, cfg.feature_cache,
+                                                        path, cfg.eval_batch_size, device, log).to(device)
+                                     for s in SPLITS})
         for p in model.text.backbone.parameters():
             p.requires_grad_(False)
         student = nn.Sequential(model.text.dropout, model.text.head).to(device)
@@ -298,11 +308,21 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
             model.text.backbone = apply_lora(model.text.backbone, model.config.lora)
         student = model.text.to(device)
         autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.bf16)
+        if cfg.cache_frozen_layers:
+            start = min(cfg.lora_layers)
+            states = rank0_first(lambda: {s: cached_layer_states(model.text, data[s], tok.pad_token_id, start,
+                                                                 cfg.feature_cache, path, cfg.eval_batch_size,
+                                                                 device, log) for s in SPLITS})
 
-        def logits(m, split, idx):
-            ids, mask, _ = collate([data[split][i] for i in idx], tok.pad_token_id)
-            with autocast:
-                return m(ids.to(device), mask.to(device)).logits.float()
+            def logits(m, split, idx):
+                x, mask, index = (t.to(device) for t in states[split].batch(idx))
+                with autocast:
+                    return m.classify(m.encode_from_layer(x, mask, index, start)).float()
+        else:
+            def logits(m, split, idx):
+                ids, mask, _ = collate([data[split][i] for i in idx], tok.pad_token_id)
+                with autocast:
+                    return m(ids.to(device), mask.to(device)).logits.float()
         lr = cfg.lr
 
     def loss(m, teacher, idx, y, epoch):

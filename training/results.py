@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from training.ablate import ROWS, hardware_text, stopped_runs
-from training.config import candidates
+from training.config import candidates, mode_text
 
 PAPER = {row.name: row.paper for row in ROWS}  # RoBERTa-large, Table 4
 TARGET = 65.0  # issue #4: a fine-tuned MPNet-base text branch with SD, mean of 3 seeds
@@ -74,7 +74,7 @@ def summary(path: Path) -> dict | None:
     sd_scores, no_sd_scores = [r["test_wa_f1"] for r in sd], [r["test_wa_f1"] for r in no_sd]
     either = [choice[1] for run in sd if (choice := either_choice(run)) is not None]
     return {
-        "report": path.stem, "mode": config["text_mode"], "encoder": rows["text_sd"]["encoder"],
+        "report": path.stem, "mode": mode_text(config), "encoder": rows["text_sd"]["encoder"],
         "device": config["device"] + hardware_text(report["rows"]), "schedule": schedule(config, rows),
         "batch_size": config["batch_size"],
         "lr": config["lr"] if config["text_mode"] != "frozen" else config["head_lr"],
