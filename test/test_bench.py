@@ -54,6 +54,24 @@ def test_the_layer_cache_bench_refuses_a_config_without_frozen_layers_to_cache(t
     assert proc.returncode == 2 and "--config" in proc.stderr and message in proc.stderr and not out.exists()
 
 
+def test_the_layer_cache_bench_times_both_ways_on_the_same_batches(tmp_path, tiny_roberta_dir):
+    import json
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"text_mode: lora\nlora_layers: [1]\ntext_backbone: {tiny_roberta_dir}\nbatch_size: 4\n"
+                      "eval_batch_size: 8\nlr: 1.0e-3\n")
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "bench/layer_cache.py", "--config", str(config), "--steps", "2",
+                           "--dialogues", "3", "--report-dir", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "layer_cache.json").read_text())
+    whole, cached = report["rows"]["whole backbone"], report["rows"]["cached frozen layers"]
+    assert whole["steps"] == cached["steps"] == 2 and whole["tokens_per_step"] == cached["tokens_per_step"] > 0
+    assert report["step_ratio"] == pytest.approx(cached["step_s"] / whole["step_s"]) and cached["setup_s"] > 0
+    assert f"| ratio | {report['step_ratio']:.2f}x |" in (out / "layer_cache.md").read_text()
+
+
 def test_the_report_written_while_running_names_the_rows_still_to_run(tmp_path):
     bench = load_bench()
     done = {"row": "fp32", "title": bench.ROWS["fp32"], "wa_f1": 60.0, "accuracy": 61.0, "n": 10,
