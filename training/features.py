@@ -106,18 +106,17 @@ def extract_layer_states(text_encoder, examples: list[Example], pad_id: int, lay
     """Run encoder layers below ``layer`` (eval mode: no dropout) and keep every real token's output."""
     text_encoder.eval().to(device)
     lengths = torch.tensor([len(e.input_ids) for e in examples], dtype=torch.long)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    values = torch.empty((int(offsets[-1]), text_encoder.hidden_size))
-    mask_index = torch.empty(len(examples), dtype=torch.long)
+    out = LayerStates(torch.empty((int(lengths.sum()), text_encoder.hidden_size)), lengths,
+                      torch.empty(len(examples), dtype=torch.long))  # filled below, at out.offsets
     for idx in tqdm(batches(lengths.tolist(), batch_size, shuffle=False, seed=0), desc=desc, unit="batch",
                     mininterval=5):
         ids, mask, _ = collate([examples[i] for i in idx], pad_id)
-        mask_index[idx] = mask_positions(ids, text_encoder.mask_token_id)
+        out.mask_index[idx] = mask_positions(ids, text_encoder.mask_token_id)
         with layers_only(text_encoder.backbone, 0, layer) as lower:
             states = lower(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float().cpu()
         for row, i in enumerate(idx):
-            values[offsets[i]:offsets[i + 1]] = states[row, :lengths[i]]
-    return LayerStates(values, lengths, mask_index)
+            out.values[out.offsets[i]:out.offsets[i + 1]] = states[row, :lengths[i]]
+    return out
 
 
 def cached_layer_states(text_encoder, examples: list[Example], pad_id: int, layer: int, cache_dir: str | Path,
