@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from training.results import either_choice, main, summary
+from training.results import either_choice, highest_test_score, main, summary
 from test_training import tiny_cfg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,6 +22,15 @@ def test_either_keeps_the_best_dev_model_of_every_epoch_ties_to_the_student_and_
     assert either_choice({"text_history": history((60, 62, 60, 64), (59, 70, 59, 71))}) == (60, 62)  # ties
     assert either_choice({"text_history": [{"epoch": 1, "dev_wa_f1": 50, "test_wa_f1": 55}]}) is None  # no SD
     assert either_choice({}) is None
+
+
+def test_the_test_ceiling_is_the_highest_test_score_of_any_epoch_student_or_teacher():
+    runs = [{"text_history": history((50, 55, 51, 57), (60, 62, 61, 64))},
+            {"text_history": history((55, 66, 50, 52))},  # a student epoch that dev did not pick
+            {"text_history": [{"epoch": 1, "dev_wa_f1": 50, "test_wa_f1": 59}]}]  # no teacher recorded
+    assert highest_test_score(runs) == 66
+    assert highest_test_score(runs[:1]) == 64 and highest_test_score(runs[2:]) == 59
+    assert highest_test_score([{"test_wa_f1": 70}]) is None  # no epochs recorded: no ceiling claimed
 
 
 def test_either_recomputed_from_a_student_run_is_what_an_either_run_reports(tmp_path, tiny_roberta_dir):
@@ -62,20 +71,28 @@ def test_the_table_has_a_line_per_report_the_paper_and_whether_the_target_is_met
     line = summary(full)
     assert line["gain"] == pytest.approx(63.0 - 62.0) and line["best_sd_run"] == 64.0
     assert line["either"] == [64.0, 65.0, 66.0]  # the teachers score higher on dev in every run
+    assert line["test_ceiling"] == 66.0
     assert line["schedule"] == "10 epochs; budget stopped SD after 5, no SD after 5"  # seed 0's runs only
     assert summary(empty) is None
     assert main([str(full), str(frozen), str(empty), "--out", str(tmp_path / "table")]) == 0
     table = (tmp_path / "table.md").read_text()
     assert ("| `full` | full | cuda (a test GPU) | 10 epochs; budget stopped SD after 5, no SD after 5 | 16 | 3e-05 | "
-            "63.00 ± 1.00 (3) | 62.00 ± 0.50 (3) | +1.00 | 64.00 | 65.00 ± 1.00 (3) |") in table
-    assert "| paper, RoBERTa-large (Table 4) | full | GPU | Table 2 | 4 | 1e-05 | 67.13 | 66.46 | +0.67 |" \
+            "63.00 ± 1.00 (3) | 62.00 ± 0.50 (3) | +1.00 | 64.00 | 65.00 ± 1.00 (3) | 66.00 |") in table
+    assert "| paper, RoBERTa-large (Table 4) | full | GPU | Table 2 | 4 | 1e-05 | 67.13 | 66.46 | +0.67 | — | — | — |" \
         in table
     # a frozen backbone does not count for the target (a fine-tuned text branch); the either column does
-    assert "SD >= 65.0, mean of 3 seeds: met; highest 3-seed mean 65.00 (`full`, either)" in table
+    assert "SD >= 65.0, mean of 3 seeds: met; highest 3-seed mean 65.00 (`full`, either)." in table
+    assert "No recorded epoch" not in table
     assert json.loads((tmp_path / "table.json").read_text())["reports"][0]["report"] == "frozen"
     report(full, "full", [63.0, 64.0, 62.0], [62.0, 62.5, 61.5])
-    assert main([str(full), "--out", str(tmp_path / "short")]) == 0
-    assert "not met (2.00 short); highest 3-seed mean 63.00 (`full`, SD)" in (tmp_path / "short.md").read_text()
+    assert main([str(full), str(frozen), "--out", str(tmp_path / "short")]) == 0
+    short = (tmp_path / "short.md").read_text()
+    assert "not met (2.00 short); highest 3-seed mean 63.00 (`full`, SD). No recorded epoch of a fine-tuned SD " \
+        "run reached 65.0 on test, even picked on test (highest 64.00, `full`)" in short  # frozen's 70 not counted
+    report(full, "full", [63.0, 64.0, 62.0], [62.0, 62.5, 61.5], teacher=[60.0, 60.0, 65.5])
+    assert main([str(full), "--out", str(tmp_path / "reachable")]) == 0  # a teacher epoch reached it on test
+    reachable = (tmp_path / "reachable.md").read_text()
+    assert "not met (2.00 short)" in reachable and "No recorded epoch" not in reachable
     assert main([str(empty), "--out", str(tmp_path / "none")]) == 2
     (tmp_path / "table.md").write_text("not json")
     for bad in (tmp_path / "missing.json", tmp_path / "table.md"):  # a clear error, not a traceback
