@@ -59,13 +59,30 @@ def test_resume_after_interrupt_gives_the_same_weights(tmp_path, tiny_roberta_di
     with pytest.raises(ValueError, match="other lr, text_mode"):  # another run's state is never resumed
         run(tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, text_mode="lora", lr=1e-3), log=lambda *_: None)
     logs = []
-    run(tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, state_every=2), log=logs.append)  # a hosting key
+    resumed = run(tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, state_every=2), log=logs.append)  # hosting key
     assert any("resumed after epoch 1" in line for line in logs)
+    assert resumed["stages"]["text"]["resumed_after"] == 1 and "resumed_after" not in first["stages"]["text"]
     a = load_file(tmp_path / "a" / "run" / "text" / "last" / "state.safetensors")
     b = load_file(tmp_path / "b" / "run" / "text" / "last" / "state.safetensors")
     for key in a:
         if key.startswith(("student.", "teacher.")):
             assert torch.equal(a[key], b[key]), key
+
+
+def test_a_resumed_runs_seconds_add_the_time_its_history_records_for_the_epochs_an_earlier_call_ran():
+    from training.ablate import ROWS, _summary, resumed_text
+
+    row = next(r for r in ROWS if r.name == "text_sd")
+    history = [{"epoch": k, "train_seconds": t, "eval_seconds": e} for k, (t, e) in enumerate([(10, 2), (20, 3),
+                                                                                               (40, 5)], 1)]
+    text = {"history": history, "best": {"epoch": 3, "dev_wa_f1": 50.0, "test": {"wa_f1": 55.0}}}
+    whole = _summary({"stages": {"text": text}}, row, 0, 80.0)
+    assert whole["seconds"] == 80.0 and resumed_text(whole) == ""
+    again = _summary({"stages": {"text": {**text, "resumed_after": 2}}}, row, 0, 50.0)  # epoch 3 in this call
+    assert again["seconds"] == 50.0 + 12 + 23 and again["epochs_run"] == 3
+    assert resumed_text(again) == " (resumed after epoch 2)"
+    reread = _summary({"stages": {"text": {**text, "resumed_after": 3}}}, row, 0, 4.0)  # found finished
+    assert reread["seconds"] == 4.0 + 12 + 23 + 45 and resumed_text(reread) == " (re-read)"
 
 
 def test_the_resume_state_is_saved_every_n_epochs_and_whenever_the_run_stops():

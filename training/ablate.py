@@ -87,8 +87,14 @@ def _run_as_subprocess(cfg) -> subprocess.Popen:
 
 
 def _summary(results: dict, row: Row, seed: int, seconds: float) -> dict:
+    """One run's line of the report. ``seconds`` is this call's wall time; a text stage resumed from an earlier
+    call adds the train and eval time its history records for the epochs that call ran (not its start-up)."""
     text = results["stages"].get("text", {})
+    earlier = text.get("resumed_after", 0)
+    seconds += sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in text.get("history", [])
+                   if r["epoch"] <= earlier)
     return {"seed": seed, "test_wa_f1": row_score(results, row), "seconds": round(seconds, 1),
+            **({"resumed_after": earlier} if earlier else {}),
             "text_best_epoch": text.get("best", {}).get("epoch"), "text_kept": text.get("best", {}).get("kept"),
             "text_dev_wa_f1": text.get("best", {}).get("dev_wa_f1"),
             "epochs_run": len(text.get("history", [])), "text_history": text.get("history", []),
@@ -187,6 +193,15 @@ def _finish(entry: dict, row: Row, seed: int, results: dict, t0: float, log) -> 
     summary = _summary(results, row, seed, time.monotonic() - t0)
     entry["runs"].append(summary)
     log(f"ablation {row.name} seed {seed}: test WA-F1 {summary['test_wa_f1']:.2f} ({summary['seconds']:.0f}s)")
+
+
+def resumed_text(run: dict) -> str:
+    """" (resumed after epoch 2)" for a run that an earlier call stopped there, " (re-read)" for one this call
+    found finished, else ""."""
+    earlier = run.get("resumed_after")
+    if not earlier:
+        return ""
+    return " (re-read)" if earlier >= run["epochs_run"] else f" (resumed after epoch {earlier})"
 
 
 def paired_differences(a: dict, b: dict) -> dict[int, float]:
@@ -335,7 +350,7 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", c
             dev = f"{r['text_dev_wa_f1']:.2f}" if r.get("text_dev_wa_f1") is not None else "—"
             epoch = f"{r['text_best_epoch']}" + (" (EMA teacher)" if r.get("text_kept") == "ema" else "")
             lines.append(f"| {e['row']} | {r['seed']} | {r['test_wa_f1']:.2f} | {dev} | {epoch} | "
-                         f"{r['epochs_run']} | {r['seconds']:.0f} |")
+                         f"{r['epochs_run']} | {r['seconds']:.0f}{resumed_text(r)} |")
     lines += epoch_table(entries)
     failed = [(e["row"], f) for e in entries for f in e.get("failed", [])]
     for row, f in failed:
@@ -344,7 +359,9 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", c
     if runs:
         lines += ["", "Seconds: wall time of each run, including the one-off extraction of cached features (frozen "
                   "mode: h_text; cached frozen layers: their token states) by the first run that found the feature "
-                  "cache cold; a run that finds a finished run directory resumes and only re-reads it."]
+                  "cache cold. A run resumed from an earlier call (its time budget stopped it, or a kill) adds the "
+                  "train and eval time its history records for the epochs before, not that call's start-up; so does a "
+                  "run that found its run directory finished and only re-read it (marked re-read)."]
     lines += captions_line(entries)
     lines += truncation_line(entries, base.epochs, base.warmup_ratio)
     if "text_sd" in ran and "text_no_sd" in ran:

@@ -173,6 +173,7 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
     info = load_state(out_dir, student, teacher.model if teacher else None, opt, sched)
     if info:
         log(f"[{stage.name}] resumed after epoch {info['epoch']}")
+        info["resumed_after"] = info["epoch"]  # the epochs up to here ran in an earlier call (their time: history)
     info = info or {"epoch": 0, "best": None, "history": []}
     started = time.monotonic()
     best_weights = None  # the best epoch's trainable weights, until they are written with the next saved state
