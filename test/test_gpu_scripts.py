@@ -114,7 +114,8 @@ def test_train_sh_assembles_the_shards_runs_the_plan_stops_on_its_budget_and_res
         assert [r["row"] for r in report["rows"]] == ["text_sd", "text_no_sd"]
         assert [r["runs"][0]["epochs_run"] for r in report["rows"]] == ([1, 1] if budget != "0" else [2, 2])
     logs = (out / "train_logs.txt").read_text()
-    assert logs.count("resumed after epoch 1") == 2 and "TIME_BUDGET_MIN=0" in logs
+    assert logs.count("[text] resumed after epoch 1") == 2 and "TIME_BUDGET_MIN=0" in logs
+    assert [r["runs"][0]["resumed_after"] for r in report["rows"]] == [1, 1]  # its seconds count epoch 1 too
     with tarfile.open(out / "default_checkpoint.tar") as tar:
         assert "text_sd_seed0/checkpoint/manifest.json" in tar.getnames()
 
