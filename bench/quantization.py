@@ -102,6 +102,8 @@ KERNEL_NOTES = {
 }
 CPU_ONLY = {"bf16", "dynamic", "smoothquant", "onnx_int8"}  # CPU kernels / CPU runtimes
 GPU_ONLY = {"fp16", "woq_cudagraphs", "fp32_cudagraphs", "woq_graphed", "fp32_graphed"}
+PROGRESS = "bench progress: "  # a child's stderr lines saying what it starts (see progress)
+FRAME = re.compile(r'\s*File "(.+)", line (\d+), in (.+)$')  # a traceback frame
 # row suffix -> DDVLM.compile_text mode
 COMPILE_SUFFIXES = {"_compiled": "default", "_cudagraphs": "reduce-overhead", "_graphed": "cudagraphs"}
 
@@ -172,12 +174,14 @@ def compile_row(model, tokenizer, device: str, mode: str, woq: bool) -> tuple[st
     """Compile the row's model in ``mode`` now (DDVLM.compile_text + warm-up): the report's note on it, and for a
     CUDA-graph mode on a GPU the row's fields {"cuda_graphs": "recorded" | "skipped", "cuda_graph_skips":
     [torch's reasons]}, which the model card reads."""
-    from ddvlm_core.model import CUDA_GRAPH_MODES, cuda_graph_outcome
+    from ddvlm_core.model import CUDA_GRAPH_MODES, compile_options, cuda_graph_outcome
 
     how = "dynamo cudagraphs backend, no inductor" if mode == "cudagraphs" else f"inductor {mode}"
+    dynamic = compile_options(mode, on_gpu=str(device).startswith("cuda"))["dynamic"]
+    shapes = "dynamic shapes" if dynamic else "static shapes: a graph per width for single prompts, batches eager"
     graphs = ", CUDA graphs per 64-token length bucket" if mode in CUDA_GRAPH_MODES else ""
     compiled, skips = compile_now(model, tokenizer, device, mode)
-    note = f"torch.compile ({how}, dynamic shapes{graphs}): {compiled}"
+    note = f"torch.compile ({how}, {shapes}{graphs}): {compiled}"
     outcome = cuda_graph_outcome(mode, device, skips)
     fields = {"cuda_graphs": outcome, "cuda_graph_skips": skips} if outcome in ("recorded", "skipped") else {}
     if not woq:
@@ -200,6 +204,7 @@ def compile_now(model, tokenizer, device: str, mode: str) -> tuple[str, list[str
 
     model.compile_text(mode)
     recognizer = EmotionRecognizer(model, tokenizer, device=device)
+    progress(f"compiling ({mode}): the warm-up's first calls")
     seconds = recognizer.warm_up()
     graphs = cuda_graph_note(mode, device, recognizer.cuda_graph_skips)
     return f"compiled in {seconds:.0f} s" + (f", {graphs}" if graphs else ""), list(recognizer.cuda_graph_skips)
@@ -293,14 +298,18 @@ def run_row(row: str, args) -> dict:
     max_tokens = manifest["config"]["max_tokens"]
     calib = prompts("dev", 64, tok, max_tokens)
     t0 = time.perf_counter()
+    progress(f"building the {row} model")
     predict, size, note, graphs = build(row, args.checkpoint, calib, tok.pad_token_id, args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     build_s = time.perf_counter() - t0
     if args.latency_only:
+        progress(f"timing latency (built in {build_s:.0f} s)")
         return {"row": row, "latency": measure_latency(predict, tok.mask_token_id, args.repeats, sync, len(tok))}
     examples = prompts(args.split, args.limit, tok, max_tokens)
+    progress(f"scoring {len(examples)} {args.split} utterances (built in {build_s:.0f} s)")
     preds = predict_examples(predict, examples, tok.pad_token_id)
     score = metrics([e.label for e in examples], preds)
+    progress(f"timing latency (built in {build_s:.0f} s, scored)")
     latency = measure_latency(predict, tok.mask_token_id, args.repeats, sync, len(tok))
     return {"row": row, "title": ROWS[row], "wa_f1": score["wa_f1"], "accuracy": score["accuracy"], "n": score["n"],
             "weight_bytes": int(size), "latency": latency, "build_s": build_s, "note": note, **graphs,
@@ -321,11 +330,51 @@ def child(row: str, args, latency_only: bool = False) -> tuple[dict | None, str]
     try:
         proc = subprocess.run(cmd + (["--latency-only"] if latency_only else []), capture_output=True, text=True,
                               timeout=args.row_timeout or None)
-    except subprocess.TimeoutExpired:
-        return None, f"timed out after {args.row_timeout:g} s (--row-timeout)"
+    except subprocess.TimeoutExpired as e:
+        return None, timeout_text(args.row_timeout, e.stderr)
     if proc.returncode != 0:
-        return None, (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        return None, failure_text(proc.stderr, proc.returncode)
     return json.loads(out.read_text()), ""
+
+
+def timeout_text(seconds: float, stderr: bytes | str | None) -> str:
+    """A row stopped by --row-timeout: how long it had, and the last step its child said it started."""
+    stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else (stderr or "")
+    steps = [line.removeprefix(PROGRESS) for line in stderr.splitlines() if line.startswith(PROGRESS)]
+    return f"timed out after {seconds:g} s (--row-timeout)" + (f" while {steps[-1]}" if steps else "")
+
+
+def progress(step: str) -> None:
+    """A row's child says what it starts now (on stderr), so that a row stopped by --row-timeout says where."""
+    print(PROGRESS + step, file=sys.stderr, flush=True)
+
+
+def failure_text(stderr: str, returncode: int) -> str:
+    """A failed row's error: the exception's last line and where it was raised, the innermost frame, and
+    (when that is in a library) the innermost frame of this repository, e.g. "RuntimeError: ... (at
+    torch/nn/functional.py:2 linear; from ddvlm_core/quantization.py:170 forward)". The lent GPU returns only
+    the report, so the report carries the place."""
+    lines = stderr.strip().splitlines()
+    if not lines:
+        return f"exit {returncode}"
+    frames = [m.groups() for m in map(FRAME.match, lines) if m]
+    if not frames:
+        return lines[-1]
+    places = [f"{short_path(path)}:{line} {func}" for path, line, func in frames]
+    ours = [place for (path, _, _), place in zip(frames, places) if is_repo_file(path)]
+    where = places[-1] if not ours or ours[-1] == places[-1] else f"{places[-1]}; from {ours[-1]}"
+    return f"{lines[-1]} (at {where})"
+
+
+def short_path(path: str) -> str:
+    """A traceback's file path relative to site-packages or to this repository."""
+    if "site-packages/" in path:
+        return path.rsplit("site-packages/", 1)[1]
+    return os.path.relpath(path, REPO) if is_repo_file(path) else path
+
+
+def is_repo_file(path: str) -> bool:
+    return "site-packages/" not in path and Path(path).resolve().is_relative_to(REPO.resolve())
 
 
 def main(argv: list[str]) -> int:

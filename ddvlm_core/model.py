@@ -31,6 +31,7 @@ INDUCTOR_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no
 COMPILE_MODES = (*INDUCTOR_MODES, "cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune", "cudagraphs")  # the modes that record CUDA graphs (CUDA only)
 LENGTH_BUCKET = 64  # CUDA-graph modes: prompts padded to a multiple of this many tokens (8 widths up to 511)
+STATIC_SHAPES = 16  # cudagraphs mode on a GPU: the most shapes compiled (8 bucket widths at batch 1); more run eager
 # where torch says why it runs a compiled graph without CUDA graphs (the artifact logger moved between versions)
 CUDA_GRAPH_SKIP_LOGS = ("torch._inductor.cudagraph_utils.__cudagraphs", "torch._inductor.cudagraph_utils.__perf_hints")
 NO_REASON = "torch gave no reason (TORCH_LOGS=cudagraphs,perf_hints shows it)"
@@ -79,6 +80,28 @@ def cuda_graph_skips() -> Iterator[list[str]]:
             logger.removeHandler(handler)
         if counters["inductor"]["cudagraph_skips"] > skips_before and not reasons:
             reasons.append(NO_REASON)
+
+
+def compile_options(mode: str, on_gpu: bool) -> dict:
+    """torch.compile's arguments for ``DDVLM.compile_text(mode)``: dynamic shapes (one graph for every prompt
+    length), except dynamo's ``cudagraphs`` backend on a GPU. That backend records a CUDA graph for the first shape
+    it meets and then fails on the next ("The size of tensor a (64) must match the size of tensor b (128)",
+    measured on the H100 with torch 2.11; pytorch/pytorch#131009, whose workaround is ``dynamic=False``), so there
+    each bucket width is compiled as a static graph of its own, for single prompts only (``compile_text``:
+    batches run eager, so no batch size costs a compile). Inductor's modes record a graph per shape themselves
+    and keep dynamic shapes."""
+    if mode == "cudagraphs":
+        return {"backend": "cudagraphs", "dynamic": not on_gpu}
+    return {"mode": mode, "dynamic": True}
+
+
+def allow_static_shapes(count: int = STATIC_SHAPES) -> None:
+    """Let dynamo compile ``count`` shapes of one function before it runs new ones uncompiled (its default, 8,
+    leaves no margin over the 8 bucket widths)."""
+    import torch._dynamo
+
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), count))
 
 
 def cuda_graph_outcome(mode: str, device: str, skipped: list[str]) -> str:
@@ -250,27 +273,29 @@ class DDVLM(nn.Module):
 
     def compile_text(self, mode: str = "default") -> "DDVLM":
         """torch.compile the text backbone in place, with dynamic shapes: every prompt length shares one
-        compiled graph. Compiling happens at the first calls (about a minute on a 2-core CPU; it needs a
-        C++ compiler there, Triton on a GPU): ``EmotionRecognizer.warm_up`` runs them. Weights and state dict
-        are unchanged; a WOQ model keeps its int8 weights, and its per-call widening, epilogue and the
-        element-wise ops around it are fused (bench/quantization.py, rows *_compiled).
+        compiled graph (not in ``cudagraphs`` mode on a GPU, below). Compiling happens at the first calls (about a
+        minute on a 2-core CPU; it needs a C++ compiler there, Triton on a GPU): ``EmotionRecognizer.warm_up``
+        runs them. Weights and state dict are unchanged; a WOQ model keeps its int8 weights, and its per-call
+        widening, epilogue and the element-wise ops around it are fused (bench/quantization.py, rows *_compiled).
 
-        ``mode`` is one of torch.compile's (inductor) or ``cudagraphs``. ``reduce-overhead`` and
-        ``max-autotune`` also replay the backbone as CUDA graphs on a GPU (one launch per forward instead of one
-        per kernel: at batch 1 the GPU otherwise waits on launches). ``cudagraphs`` replays the traced graph as
-        CUDA graphs without inductor: the kernels are PyTorch's own, nothing is code-generated, so no Triton is
-        needed (a Jetson's PyTorch may have none); on a CPU it runs the traced graph as it is, no faster. A graph
-        is recorded per input shape, so in these three modes prompts are padded to multiples of LENGTH_BUCKET
-        tokens (``TextEncoder.length_bucket``): 8 widths up to 511 tokens. The model must be on its device
-        already: on a CPU no CUDA graphs are recorded, and nothing is padded."""
+        ``mode`` is one of torch.compile's (inductor) or ``cudagraphs``. ``reduce-overhead`` and ``max-autotune``
+        also replay the backbone as CUDA graphs on a GPU (one launch per forward instead of one per kernel: at
+        batch 1 the GPU otherwise waits on launches). ``cudagraphs`` replays the traced graph as CUDA graphs
+        without inductor: the kernels are PyTorch's own, nothing is code-generated, so no Triton is needed (a
+        Jetson's PyTorch may have none); on a GPU it compiles a static graph per width for single prompts, the
+        node's case, and runs batches eager (``compile_options``); on a CPU it runs the traced graph as it is, no
+        faster. A graph is recorded per input shape, so in these three modes prompts are padded to multiples of
+        LENGTH_BUCKET tokens (``TextEncoder.length_bucket``): 8 widths up to 511 tokens. The model must be on its
+        device already: on a CPU no CUDA graphs are recorded, and nothing is padded."""
         if mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
         keep_position_bias_on_device(self.text.backbone)  # MPNet on older transformers: no CPU tensor in the graph
-        if mode == "cudagraphs":
-            self.text.backbone.compile(dynamic=True, backend="cudagraphs")
-        else:
-            self.text.backbone.compile(dynamic=True, mode=mode)
         on_gpu = next(self.text.backbone.parameters()).is_cuda
+        options = compile_options(mode, on_gpu)
+        if not options["dynamic"]:
+            allow_static_shapes()
+        self.text.backbone.compile(**options)
+        self.text.compiled_batch_sizes = None if options["dynamic"] else (1,)  # static: one graph per width
         self.text.length_bucket = (LENGTH_BUCKET, self.config.max_tokens) if mode in CUDA_GRAPH_MODES and on_gpu \
             else None
         return self
@@ -309,5 +334,5 @@ def probabilities(logits: Tensor) -> Tensor:
     return F.softmax(logits.float(), dim=-1)
 
 
-__all__ = ["COMPILE_MODES", "cuda_graph_note", "cuda_graph_outcome", "cuda_graph_skips", "DDVLM", "DDVLMConfig",
-           "DDVLMOutput", "TRAINED_MODULES", "probabilities"]
+__all__ = ["COMPILE_MODES", "compile_options", "cuda_graph_note", "cuda_graph_outcome", "cuda_graph_skips", "DDVLM",
+           "DDVLMConfig", "DDVLMOutput", "TRAINED_MODULES", "probabilities"]

@@ -151,9 +151,11 @@ class Int8WeightOnlyLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: WOQConfig, input_scale: Tensor | None = None):
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, config)
+        with torch.device(linear.weight.device):  # built where the weight is: nothing crosses devices
+            module = cls(linear.in_features, linear.out_features, linear.bias is not None, config)
         weight = linear.weight.detach().float()
         if input_scale is not None:
+            input_scale = input_scale.to(weight.device)
             module.input_scale.copy_(input_scale)
             weight = weight * input_scale[None, :]
         q, s = quantize_weight(weight)
@@ -221,13 +223,20 @@ def quantize_(model: nn.Module, config: WOQConfig = WOQConfig(),
     targets = [(name, m) for name, m in model.named_modules()
                if filter_fn(m, name) and not any(k in name for k in config.keep_float)]
     for name, linear in targets:
-        scale = awq_search(linear, calibration[name]) if config.awq_lite and name in calibration else None
-        if config.awq_lite and scale is None:
-            scale = torch.ones(linear.in_features)
+        scale = awq_input_scale(linear, name, calibration) if config.awq_lite else None
         _set_submodule(model, name, Int8WeightOnlyLinear.from_linear(linear, config, scale))
     if config.embeddings:
         quantize_embeddings_(model)
     return model
+
+
+def awq_input_scale(linear: nn.Linear, name: str, calibration: dict[str, Tensor]) -> Tensor:
+    """AWQ-lite's per-input-channel scale of one layer: searched (``awq_search``) from its calibration
+    statistics, or all ones (plain WOQ) for a layer the calibration did not see, e.g. the visual head and the
+    fusion when only the text encoder was calibrated. On the layer's device."""
+    if name in calibration:
+        return awq_search(linear, calibration[name])
+    return torch.ones(linear.in_features, device=linear.weight.device)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

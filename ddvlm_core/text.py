@@ -146,6 +146,7 @@ class TextEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.hidden_size, num_labels)
         self.length_bucket: tuple[int, int] | None = None  # (multiple, max_width): see pad_to_bucket
+        self.compiled_batch_sizes: tuple[int, ...] | None = None  # None: all; else other batch sizes run eager
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """h_text: last-layer hidden state at the (last) <mask> token of each row, shape (B, H).
@@ -157,7 +158,11 @@ class TextEncoder(nn.Module):
             input_ids, attention_mask = pad_to_bucket(input_ids, attention_mask, *self.length_bucket,
                                                       self.backbone.config.pad_token_id or 0)
             torch.compiler.cudagraph_mark_step_begin()  # the last call's graph outputs are not read again
-        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.compiled_batch_sizes is not None and input_ids.shape[0] not in self.compiled_batch_sizes:
+            with torch.compiler.set_stance("force_eager"):  # a compiled backbone runs as it is, nothing compiled
+                states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return states_at(states, index)
 
     def encode_from_layer(self, states: Tensor, attention_mask: Tensor, mask_index: Tensor, start: int) -> Tensor:

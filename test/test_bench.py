@@ -1,12 +1,16 @@
 """bench/quantization.py as a one-shot run on a lent GPU uses it: a row that runs too long is stopped and
 reported, and the report on disk is rewritten after every row (a run stopped from outside keeps its rows)."""
+import argparse
 import json
+import re
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +35,30 @@ def test_a_row_past_its_timeout_is_stopped_and_reported_failed(tmp_path, tiny_te
         ("fp32", "timed out after 0.3 s (--row-timeout)"), ("woq", "timed out after 0.3 s (--row-timeout)")]
     assert report["meta"]["pending_rows"] == []
     assert "| FP32 (PyTorch) | failed: timed out after 0.3 s" in (out / "quantization.md").read_text()
+
+
+def test_a_failed_row_reports_its_error_with_where_it_was_raised(tiny_text_checkpoint):
+    """The lent GPU returns only the report: a failed row's error names the exception and the place."""
+    bench = load_bench()
+    args = argparse.Namespace(checkpoint=str(tiny_text_checkpoint), split="test", limit=4, repeats=1, device="cpu",
+                              row_timeout=0)
+    result, error = bench.child("fp32_graphed", args)  # a GPU row on a CPU: refused inside build()
+    assert result is None
+    assert re.fullmatch(r"ValueError: row 'fp32_graphed' needs a GPU \(at bench/quantization\.py:\d+ build\)", error)
+    try:
+        torch.zeros(2, 3) @ torch.zeros(2, 3)  # raised inside torch: the repo's innermost frame is named too
+    except RuntimeError:
+        text = bench.failure_text(traceback.format_exc(), 1)
+    assert re.fullmatch(r"RuntimeError: mat1 and mat2 shapes cannot be multiplied.* \(at test/test_bench\.py:\d+ "
+                        r"test_a_failed_row_reports_its_error_with_where_it_was_raised\)", text), text
+    ours, theirs = REPO / "ddvlm_core" / "model.py", "/v/lib/python3.11/site-packages/torch/x.py"
+    library = (f'Traceback (most recent call last):\n  File "{ours}", line 7, in run\n    x()\n'
+               f'  File "{theirs}", line 9, in f\n    y()\nRuntimeError: boom')
+    assert bench.failure_text(library, 1) == "RuntimeError: boom (at torch/x.py:9 f; from ddvlm_core/model.py:7 run)"
+    assert bench.failure_text("", 9) == "exit 9" and bench.failure_text("killed\n", 9) == "killed"
+    said = f"warning: slow\n{bench.PROGRESS}building the woq model\n{bench.PROGRESS}compiling (cudagraphs)\nnoise\n"
+    assert bench.timeout_text(80, said.encode()) == "timed out after 80 s (--row-timeout) while compiling (cudagraphs)"
+    assert bench.timeout_text(0.3, None) == "timed out after 0.3 s (--row-timeout)"
 
 
 @pytest.mark.parametrize("bench, option", [("quantization.py", "--checkpoint"), ("asr_noise.py", "--model-dir"),

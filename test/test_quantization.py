@@ -11,7 +11,8 @@ from torch.utils._pytree import tree_leaves
 from ddvlm_core.checkpoint import CheckpointError
 from ddvlm_core.context import PromptBuilder, make_turns
 from ddvlm_core.model import DDVLM
-from ddvlm_core.quantization import (Int8Embedding, Int8WeightOnlyLinear, WOQConfig, awq_search, check_int8_kernel,
+from ddvlm_core.quantization import (Int8Embedding, Int8WeightOnlyLinear, WOQConfig, awq_input_scale, awq_search,
+                                     check_int8_kernel,
                                      collect_activation_stats, cpu_has_fast_bf16, dequantize_weight, quantize_,
                                      quantize_weight, resolve_kernel, weight_bytes)
 from ddvlm_core.text import collate_prompts
@@ -161,6 +162,26 @@ def test_awq_lite_never_does_worse_than_plain_on_outlier_channels():
         collect_activation_stats(seq, lambda: None, reduce="median")
 
 
+def test_awq_layers_are_built_on_their_weights_device_even_without_calibration():
+    """The H100 run of bench row woq_awq failed with 'found at least two devices, cuda:0 and cpu': the visual
+    head and the fusion have no calibration statistics (only the text encoder is calibrated), and their all-ones
+    scale was made on the CPU. The meta device stands in for the GPU: mixing it with a CPU tensor fails the same
+    way."""
+    layer = nn.Linear(64, 8, device="meta")
+    with pytest.raises(RuntimeError, match="device"):
+        layer.weight * torch.ones(64)[None, :]  # what from_linear did with a CPU scale
+    scale = awq_input_scale(layer, "not.calibrated", {})
+    assert scale.device.type == "meta" and scale.shape == (64,)
+    quantized = Int8WeightOnlyLinear.from_linear(layer, WOQConfig(awq_lite=True), torch.ones(64))  # a CPU scale
+    assert {t.device.type for t in [*quantized.buffers(), *quantized.parameters()]} == {"meta"}
+    torch.manual_seed(0)
+    real = nn.Linear(32, 16)
+    act = torch.ones(32)
+    act[:2] = 50.0
+    torch.testing.assert_close(awq_input_scale(real, "0", {"0": act}), awq_search(real, act))
+    assert torch.equal(awq_input_scale(real, "other", {"0": act}), torch.ones(32))
+
+
 def test_quantized_checkpoint_reloads_bit_identically_and_refuses_tampering(tmp_path, tiny_roberta_dir):
     from ddvlm_core.model import DDVLMConfig
 
@@ -222,6 +243,47 @@ def test_cudagraphs_mode_traces_the_woq_backbone_without_inductor_and_matches_ea
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo traced it
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
     torch.testing.assert_close(bucketed, eager, rtol=0, atol=1e-4)
+
+
+def test_cudagraphs_mode_on_a_gpu_compiles_each_bucket_width_as_a_static_graph(tiny_text_checkpoint):
+    """On the H100 the cudagraphs backend with dynamic shapes recorded the first width's graph and failed on the
+    next ('The size of tensor a (64) must match the size of tensor b (128)'; pytorch/pytorch#131009). On a GPU
+    that mode now compiles one static graph per width for single prompts; batches run eager. Run here with the
+    GPU's settings: a graph per bucket width, reused when a width comes back, none for a batch, outputs equal
+    to eager; off a GPU every length shares a dynamic graph."""
+    from torch._dynamo.utils import counters
+
+    from ddvlm_core.model import DDVLM, compile_options
+
+    assert compile_options("cudagraphs", on_gpu=True) == {"backend": "cudagraphs", "dynamic": False}
+    assert compile_options("cudagraphs", on_gpu=False)["dynamic"] is True
+    assert compile_options("reduce-overhead", on_gpu=True) == {"mode": "reduce-overhead", "dynamic": True}
+    model, tok, _ = DDVLM.load(tiny_text_checkpoint)
+    model.eval()
+    batches = []
+    for rows, width in ((1, 21), (1, 30), (3, 21), (1, 19)):  # buckets of 8: 24, 32, a batch at 24, 24 again
+        ids = torch.randint(5, 60, (rows, width))
+        ids[:, -2] = tok.mask_token_id
+        batches.append((ids, torch.ones_like(ids)))
+    with torch.inference_mode():
+        eager = [model.text(*b).logits for b in batches]
+
+    def graphs_for(on_gpu, bucket):
+        torch._dynamo.reset()
+        counters.clear()
+        options = compile_options("cudagraphs", on_gpu)
+        model.text.backbone.compile(**options)
+        model.text.length_bucket = bucket
+        model.text.compiled_batch_sizes = None if options["dynamic"] else (1,)  # as compile_text sets it
+        with torch.inference_mode():
+            for batch, reference in zip(batches, eager):
+                torch.testing.assert_close(model.text(*batch).logits, reference, rtol=0, atol=1e-4)
+        return counters["stats"]["unique_graphs"]
+
+    # widths 24 and 32 at batch 1; the batch ran eager (dynamic shapes: 1 graph; a compiled batch: 3)
+    assert graphs_for(on_gpu=True, bucket=(8, 40)) == 2
+    # off a GPU every length shares a graph: one for single prompts (dynamo specialises size-1 dims), one for batches
+    assert graphs_for(on_gpu=False, bucket=None) == 2
 
 
 def old_transformers_position_bias(self, x, position_ids=None, num_buckets=32):
