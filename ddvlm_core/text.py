@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import types
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -158,10 +158,8 @@ class TextEncoder(nn.Module):
             input_ids, attention_mask = pad_to_bucket(input_ids, attention_mask, *self.length_bucket,
                                                       self.backbone.config.pad_token_id or 0)
             torch.compiler.cudagraph_mark_step_begin()  # the last call's graph outputs are not read again
-        if self.compiled_batch_sizes is not None and input_ids.shape[0] not in self.compiled_batch_sizes:
-            with torch.compiler.set_stance("force_eager"):  # a compiled backbone runs as it is, nothing compiled
-                states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        else:
+        eager = self.compiled_batch_sizes is not None and input_ids.shape[0] not in self.compiled_batch_sizes
+        with torch.compiler.set_stance("force_eager") if eager else nullcontext():  # force_eager: nothing compiled
             states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return states_at(states, index)
 
