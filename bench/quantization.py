@@ -93,13 +93,12 @@ def smooth_quant_(text, calibration: dict, alpha: float = 0.5):
 
 WOQ_KERNELS = {"woq": "auto", "woq_int8pack": "int8pack", "woq_dequant": "dequant"}
 KERNEL_NOTES = {
-    "decompress": "kernel decompress: int8 weights widened to bf16 (CPU) / fp16 (CUDA) on every call into a "
-                  "reused scratch buffer, then the vendor GEMM (oneDNN, AMX-BF16 on this CPU; cuBLAS on CUDA); "
-                  "weights stay int8 in memory",
-    "int8pack": "kernel int8pack: fused int8-weight matmul, torch._weight_int8pack_mm, bf16 (CPU) / fp16 (CUDA) "
-                "activations",
+    "decompress": "kernel decompress: int8 weights widened to {dtype} on every call into a reused scratch buffer, "
+                  "then the vendor GEMM ({gemm}); weights stay int8 in memory",
+    "int8pack": "kernel int8pack: fused int8-weight matmul, torch._weight_int8pack_mm, {dtype} activations",
     "dequant": "kernel dequant: the FP32 reference, dequantizes W to FP32 on every call",
 }
+
 CPU_ONLY = {"bf16", "dynamic", "smoothquant", "onnx_int8"}  # CPU kernels / CPU runtimes
 GPU_ONLY = {"fp16", "woq_cudagraphs", "fp32_cudagraphs", "woq_graphed", "fp32_graphed"}
 PROGRESS = "bench progress: "  # a child's stderr lines saying what it starts (see progress)
@@ -108,13 +107,28 @@ FRAME = re.compile(r'\s*File "(.+)", line (\d+), in (.+)$')  # a traceback frame
 COMPILE_SUFFIXES = {"_compiled": "default", "_cudagraphs": "reduce-overhead", "_graphed": "cudagraphs"}
 
 
+def kernel_note(kernel: str, device: str) -> str:
+    """What a WOQ kernel runs on ``device``: the kernel ``auto`` stands for, its compute dtype and GEMM."""
+    import torch
+
+    from ddvlm_core.quantization import compute_dtype, cpu_bf16_units, resolve_kernel
+
+    dev = torch.device(device)
+    kernel = resolve_kernel(kernel, dev)
+    dtype = str(compute_dtype(dev, "auto", kernel)).removeprefix("torch.")
+    units = "/".join(cpu_bf16_units())
+    gemm = ("cuBLAS" if dev.type == "cuda" else f"oneDNN, {units} on this CPU" if dtype == "bfloat16"
+            else "FP32 GEMM: this CPU has no native bf16 units")
+    return KERNEL_NOTES[kernel].format(dtype=dtype, gemm=gemm)
+
+
 def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu"):
     """(predict_fn(ids, mask) -> logits on the CPU, weight_bytes, note, graphs); the model runs on ``device``;
     ``graphs`` is what a CUDA-graph compile did ({} for other rows, see ``compile_row``)."""
     import torch
 
     from ddvlm_core.model import DDVLM
-    from ddvlm_core.quantization import WOQConfig, collect_activation_stats, resolve_kernel, weight_bytes
+    from ddvlm_core.quantization import WOQConfig, collect_activation_stats, weight_bytes
     from ddvlm_core.text import collate_prompts
 
     if device.startswith("cuda") and row in CPU_ONLY:
@@ -140,11 +154,11 @@ def build(row: str, directory: str, calib_examples, pad_id, device: str = "cpu")
     if row in WOQ_KERNELS:
         config = WOQConfig(kernel=WOQ_KERNELS[row])
         model.quantize(config)
-        note = KERNEL_NOTES[resolve_kernel(config.kernel, torch.device(device))]
+        note = kernel_note(config.kernel, device)
     elif row == "woq_awq":
         stats = calibrate()
         model.quantize(WOQConfig(awq_lite=True), calibration=stats)
-        note = (f"{KERNEL_NOTES[resolve_kernel('auto', torch.device(device))]}; AWQ-lite calibrated on "
+        note = (f"{kernel_note('auto', device)}; AWQ-lite calibrated on "
                 f"{len(calib_examples)} MELD dev prompts")
     elif row == "dynamic":
         model.text = text = torch.ao.quantization.quantize_dynamic(text, {torch.nn.Linear}, dtype=torch.qint8)
@@ -174,7 +188,10 @@ def compile_row(model, tokenizer, device: str, mode: str, woq: bool) -> tuple[st
     """Compile the row's model in ``mode`` now (DDVLM.compile_text + warm-up): the report's note on it, and for a
     CUDA-graph mode on a GPU the row's fields {"cuda_graphs": "recorded" | "skipped", "cuda_graph_skips":
     [torch's reasons]}, which the model card reads."""
+    import torch
+
     from ddvlm_core.model import CUDA_GRAPH_MODES, compile_options, cuda_graph_outcome
+    from ddvlm_core.quantization import compute_dtype
 
     how = "dynamo cudagraphs backend, no inductor" if mode == "cudagraphs" else f"inductor {mode}"
     dynamic = compile_options(mode, on_gpu=str(device).startswith("cuda"))["dynamic"]
@@ -190,7 +207,8 @@ def compile_row(model, tokenizer, device: str, mode: str, woq: bool) -> tuple[st
         kernel = ("kernel decompress traced by torch.compile and replayed as CUDA graphs with PyTorch's own kernels "
                   "(int8 -> fp16 widening, vendor GEMM, scale and bias)")
     else:
-        kernel = ("kernel decompress traced by torch.compile: the int8 -> bf16 / fp16 widening, the scale and bias "
+        dtype = str(compute_dtype(torch.device(device))).removeprefix("torch.")
+        kernel = (f"kernel decompress traced by torch.compile: the int8 -> {dtype} widening, the scale and bias "
                   "and the element-wise ops around them are inductor-generated code, the GEMM the vendor's")
     return f"{kernel}; weights stay int8 in memory; {note}", fields
 

@@ -7,19 +7,23 @@ symmetric INT8 weights and FP32 scales,
     W_int8[j] = clamp(round(W[j] / s_j), -127, 127)
     y = x W^T ~= (x W_int8^T) * s + b    (activations stay floating point; LayerNorm and biases stay FP32)
 
-Kernels (``WOQConfig.kernel``); activations are bfloat16 on CPU and float16 on CUDA (the paper runs FP16
-on the Jetson), the matmul accumulates in FP32 and the per-channel scale and bias are applied in FP32:
+Kernels (``WOQConfig.kernel``); activations are float16 on CUDA (the paper runs FP16 on the Jetson) and
+bfloat16 on CPUs with native bf16 units (AMX-BF16, AVX512-BF16); on other CPUs ``decompress`` computes in
+FP32 (``compute_dtype``). The matmul accumulates in FP32 and the per-channel scale and bias are applied in FP32:
 
 - ``int8pack``: ``torch._weight_int8pack_mm``, a fused int8-weight kernel (the weight is read as int8
   inside the kernel). On x86 CPUs it is an AVX-512 kernel that does not use AMX: 1.7x FP32 latency on a
   128-token prompt on our AMX test machine (reports/quantization.md).
-- ``decompress``: the int8 weight is widened to bf16/fp16 on every call into one scratch buffer per weight
-  shape and thread (a few MB, reused by every layer), then the vendor GEMM runs (oneDNN on CPU, which
-  uses AMX-BF16 where the CPU has it; cuBLAS on CUDA). Exact: int8 values are exact in bf16/fp16, so it
-  computes the same equation as ``int8pack``. Weights stay int8 in memory; this path does dequantize per
-  call, and the reports say so. The widening pass is memory-bound (it is ~20 % of a 128-token forward on
-  2 cores); a GEMM that widens tiles while it computes would hide it, and PyTorch exposes none for CPU.
-- ``auto`` (default): ``decompress`` on CPUs with AMX or AVX-512-BF16 and on CUDA, else ``int8pack``.
+- ``decompress``: the int8 weight is widened to the compute dtype (bf16/fp16/fp32) on every call into one
+  scratch buffer per weight shape and thread (a few MB, reused by every layer), then the vendor GEMM runs
+  (oneDNN/MKL on CPU, which uses AMX-BF16 where the CPU has it; cuBLAS on CUDA). Exact: int8 values are
+  exact in bf16/fp16/fp32, so it computes the same equation as ``int8pack``. Weights stay int8 in memory;
+  this path does dequantize per call, and the reports say so. The widening pass is memory-bound (it is
+  ~20 % of a 128-token forward on 2 cores); a GEMM that widens tiles while it computes would hide it, and
+  PyTorch exposes none for CPU. On a CPU without native bf16 it computes in FP32, as a bf16 GEMM is
+  emulated there: on a 2-core AVX2 AMD EPYC the model then runs at 1.01x / 0.97x FP32 latency (128 /
+  511-token prompts) where ``int8pack`` takes 1.37x / 1.68x (reports/quantization_avx2).
+- ``auto`` (default): ``decompress`` everywhere, in the compute dtype above.
 - ``dequant``: the FP32 reference (dequantizes W to FP32 on every call; correct, slow, reported as such).
 
 Module names and state-dict keys stay the same apart from the int8 ``weight``, its ``weight_scale`` and an
@@ -60,10 +64,15 @@ def dequantize_weight(q: Tensor, scale: Tensor) -> Tensor:
     return q.float() * scale[:, None]
 
 
-def compute_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
+def compute_dtype(device: torch.device, requested: str = "auto", kernel: str = "decompress") -> torch.dtype:
+    """The activations' dtype in a WOQ matmul. ``auto``: float16 on CUDA; on a CPU bfloat16 where it has native
+    bf16 units, else float32 for ``decompress`` (a bf16 GEMM is emulated there, several times slower) and
+    bfloat16 for ``int8pack`` (its float32 path is a slow reference loop)."""
     if requested != "auto":
         return getattr(torch, requested)
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() or kernel == "int8pack" else torch.float32
 
 
 def _read_cpu_bf16_units() -> tuple[str, ...]:
@@ -91,7 +100,20 @@ def resolve_kernel(kernel: str, device: torch.device) -> str:
     """The kernel ``auto`` stands for on ``device`` (other names are returned unchanged)."""
     if kernel != "auto":
         return kernel
-    return "decompress" if device.type == "cuda" or cpu_has_fast_bf16() else "int8pack"
+    return "decompress"  # in compute_dtype's dtype: fp16 (CUDA), bf16 (native bf16 CPUs), else fp32
+
+
+@torch.library.custom_op("ddvlm::int8pack_mm", mutates_args=())
+def int8pack_mm(x: Tensor, weight: Tensor, scale: Tensor) -> Tensor:
+    """``torch._weight_int8pack_mm`` as an op torch.compile calls as it is: inductor's lowering of the aten op
+    (torch 2.13) asserts when the scale is computed in the graph ("LoweringException: AssertionError:
+    Pointwise"), as ``weight_scale.to(bf16)`` is; a custom op's inputs are materialised first."""
+    return torch._weight_int8pack_mm(x, weight, scale)
+
+
+@int8pack_mm.register_fake
+def _int8pack_mm_shape(x: Tensor, weight: Tensor, scale: Tensor) -> Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0])
 
 
 _SCRATCH = threading.local()
@@ -110,7 +132,7 @@ def _scratch(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Ten
 @dataclass(frozen=True)
 class WOQConfig:
     kernel: str = "auto"  # auto | int8pack (fused int8-weight matmul) | decompress | dequant (reference)
-    compute_dtype: str = "auto"  # auto: bfloat16 on CPU, float16 on CUDA
+    compute_dtype: str = "auto"  # auto: float16 on CUDA, bfloat16 on native-bf16 CPUs, else float32 (compute_dtype)
     awq_lite: bool = False
     keep_float: tuple[str, ...] = ()  # names (substrings) of Linear layers to leave unquantized
     embeddings: bool = True  # also store large embedding tables (word embeddings) as per-row int8
@@ -176,14 +198,16 @@ class Int8WeightOnlyLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         kernel = resolve_kernel(self.config.kernel, x.device)
-        dt = compute_dtype(x.device, self.config.compute_dtype)
+        dt = compute_dtype(x.device, self.config.compute_dtype, kernel)
         if kernel == "decompress":
             y = self._decompressed_linear(x2, dt)
         else:
             if kernel == "dequant":
                 y = F.linear(x2.float(), dequantize_weight(self.weight, self.weight_scale))
             else:
-                y = torch._weight_int8pack_mm(x2.to(dt).contiguous(), self.weight, self.weight_scale.to(dt)).float()
+                # compiled: through an opaque op, as inductor's own lowering of the kernel fails on the cast scale
+                mm = int8pack_mm if torch.compiler.is_compiling() else torch._weight_int8pack_mm
+                y = mm(x2.to(dt).contiguous(), self.weight, self.weight_scale.to(dt)).float()
             if self.bias is not None:
                 y = y + self.bias
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from ddvlm_core.quantization import cpu_has_fast_bf16
 from training.loop import run
 from training.model_card import MELD_TEST_SIZE, card, gpu_quantization_lines
 
@@ -15,7 +14,6 @@ from test_training import tiny_cfg
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="the tiny model's shapes are for the decompress kernel (bf16 CPUs)")
 def test_card_lists_woq_from_a_bench_run_of_the_same_checkpoint_on_the_whole_test_split(tmp_path, tiny_roberta_dir):
     run(tiny_cfg(tmp_path, tiny_roberta_dir, epochs=1), log=lambda *_: None)
     checkpoint = tmp_path / "run" / "checkpoint"

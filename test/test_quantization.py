@@ -12,9 +12,8 @@ from ddvlm_core.checkpoint import CheckpointError
 from ddvlm_core.context import PromptBuilder, make_turns
 from ddvlm_core.model import DDVLM
 from ddvlm_core.quantization import (Int8Embedding, Int8WeightOnlyLinear, WOQConfig, awq_input_scale, awq_search,
-                                     check_int8_kernel,
-                                     collect_activation_stats, cpu_has_fast_bf16, dequantize_weight, quantize_,
-                                     quantize_weight, resolve_kernel, weight_bytes)
+                                     check_int8_kernel, collect_activation_stats, compute_dtype, cpu_has_fast_bf16,
+                                     dequantize_weight, quantize_, quantize_weight, resolve_kernel, weight_bytes)
 from ddvlm_core.text import collate_prompts
 
 
@@ -51,10 +50,19 @@ def test_known_answer_kernel_check_and_a_broken_kernel_is_refused(monkeypatch):
         check_int8_kernel("cpu", WOQConfig(kernel="decompress"), isolated=False)
 
 
-def test_auto_kernel_is_decompress_where_bf16_gemms_are_native():
-    assert resolve_kernel("auto", torch.device("cpu")) == ("decompress" if cpu_has_fast_bf16() else "int8pack")
-    assert resolve_kernel("auto", torch.device("cuda")) == "decompress"
-    assert resolve_kernel("int8pack", torch.device("cpu")) == "int8pack"
+def test_auto_kernel_is_decompress_in_the_dtype_the_device_computes_natively(monkeypatch):
+    from ddvlm_core import quantization
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_kernel("auto", cpu) == resolve_kernel("auto", cuda) == "decompress"
+    assert resolve_kernel("int8pack", cpu) == "int8pack"
+    assert compute_dtype(cpu) == (torch.bfloat16 if cpu_has_fast_bf16() else torch.float32)
+    for units, decompress_dtype in ((("AMX-BF16",), torch.bfloat16), ((), torch.float32)):
+        monkeypatch.setattr(quantization, "_CPU_BF16_UNITS", units)  # a CPU with / without native bf16
+        assert compute_dtype(cpu) == compute_dtype(cpu, "auto", "decompress") == decompress_dtype
+        assert compute_dtype(cpu, "auto", "int8pack") == torch.bfloat16  # its float32 path is a slow loop
+        assert compute_dtype(cuda) == torch.float16
+        assert compute_dtype(cpu, "float16") == torch.float16  # an explicit dtype is kept
     with pytest.raises(ValueError, match="kernel must be one of"):
         WOQConfig(kernel="fast")
     with pytest.raises(TypeError, match="tuple of layer names"):
@@ -80,14 +88,27 @@ def test_int8_layer_matches_the_dequantized_equation_on_every_kernel(kernel):
     torch.testing.assert_close(ref(x), expected, atol=1e-5, rtol=1e-5)
     y = fast(x)
     assert y.dtype == torch.float32 and y.shape == (3, 5, 48)
-    assert sqnr_db(expected, y) > 35  # bf16 activations on CPU
+    assert sqnr_db(expected, y) > 35  # bf16 activations on CPU (or fp32 for decompress without native bf16)
     assert sqnr_db(lin(x), y) > 30
-    # the same equation with the activations rounded to bf16 first: only the accumulation order differs
-    assert sqnr_db(x.bfloat16().float() @ w_hat.T + lin.bias, y) > 45
+    # the same equation with the activations rounded to the compute dtype first: only the accumulation order differs
+    dt = compute_dtype(torch.device("cpu"), "auto", kernel)
+    assert sqnr_db(x.to(dt).float() @ w_hat.T + lin.bias, y) > 45
     no_bias = nn.Linear(64, 48, bias=False)
     q_no_bias = Int8WeightOnlyLinear.from_linear(no_bias, WOQConfig(kernel=kernel))
     assert q_no_bias.bias is None
     assert sqnr_db(x @ dequantize_weight(*quantize_weight(no_bias.weight)).T, q_no_bias(x)) > 35
+
+
+def test_a_compiled_int8pack_layer_gives_the_eager_result():
+    """inductor's own lowering of torch._weight_int8pack_mm fails on a scale cast inside the graph (torch 2.13:
+    "LoweringException: AssertionError: <class 'torch._inductor.ir.Pointwise'>"); compiled, the layer calls the
+    kernel as an opaque op instead, on the same bf16 inputs."""
+    torch.manual_seed(0)
+    layer = Int8WeightOnlyLinear.from_linear(nn.Linear(64, 48), WOQConfig(kernel="int8pack"))
+    x = torch.randn(2, 5, 64)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.compile(layer)(x), layer(x), atol=1e-5, rtol=1e-5)
 
 
 def test_decompress_scratch_is_shared_by_layers_and_private_to_each_thread():
@@ -399,7 +420,6 @@ def test_why_cuda_graphs_were_not_recorded_is_caught_from_torch_and_worded(tiny_
     assert silent == [NO_REASON]
 
 
-@pytest.mark.skipif(not cpu_has_fast_bf16(), reason="compiles the decompress kernel (bf16 CPUs)")
 def test_compiled_woq_model_matches_eager_keeps_int8_weights_and_compiles_once(tiny_text_checkpoint):
     """torch.compile of a WOQ model: the widening is traced (no scratch) and fused; after warm_up, prompts of
     other lengths and batch sizes reuse the compiled code (dynamic shapes) instead of compiling again."""
