@@ -52,7 +52,8 @@ PARAMS: tuple[Param, ...] = (
           choices=WOQ_KERNELS),
     Param("compile", False, "torch.compile the text model at activate (inductor; needs g++ on a CPU, Triton on a "
           "GPU, except compile_mode cudagraphs; about a minute on 2 cores, cached afterwards): quantized prompts of "
-          "128 tokens about 25% faster on CPU (bench/quantization.py)"),
+          "128 tokens about 25% faster on a CPU with AMX, no faster on one without native bf16 "
+          "(bench/quantization.py)"),
     Param("compile_mode", "default", "torch.compile mode when compile: default | reduce-overhead | max-autotune "
           "(these two replay CUDA graphs on a GPU, prompts padded to 64-token buckets: for batch-1 GPU latency) | "
           "max-autotune-no-cudagraphs | cudagraphs (CUDA graphs without inductor: no Triton needed, e.g. a Jetson)",
