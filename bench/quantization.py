@@ -98,7 +98,6 @@ KERNEL_NOTES = {
     "int8pack": "kernel int8pack: fused int8-weight matmul, torch._weight_int8pack_mm, {dtype} activations",
     "dequant": "kernel dequant: the FP32 reference, dequantizes W to FP32 on every call",
 }
-
 CPU_ONLY = {"bf16", "dynamic", "smoothquant", "onnx_int8"}  # CPU kernels / CPU runtimes
 GPU_ONLY = {"fp16", "woq_cudagraphs", "fp32_cudagraphs", "woq_graphed", "fp32_graphed"}
 PROGRESS = "bench progress: "  # a child's stderr lines saying what it starts (see progress)
