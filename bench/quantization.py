@@ -110,11 +110,11 @@ def kernel_note(kernel: str, device: str) -> str:
     """What a WOQ kernel runs on ``device``: the kernel ``auto`` stands for, its compute dtype and GEMM."""
     import torch
 
-    from ddvlm_core.quantization import compute_dtype, cpu_bf16_units, resolve_kernel
+    from ddvlm_core.quantization import WOQConfig, cpu_bf16_units
 
     dev = torch.device(device)
-    kernel = resolve_kernel(kernel, dev)
-    dtype = str(compute_dtype(dev, "auto", kernel)).removeprefix("torch.")
+    kernel, dtype = WOQConfig(kernel=kernel).resolved(dev)
+    dtype = str(dtype).removeprefix("torch.")
     units = "/".join(cpu_bf16_units())
     gemm = ("cuBLAS" if dev.type == "cuda" else f"oneDNN, {units} on this CPU" if dtype == "bfloat16"
             else "FP32 GEMM: this CPU has no native bf16 units")
@@ -190,7 +190,7 @@ def compile_row(model, tokenizer, device: str, mode: str, woq: bool) -> tuple[st
     import torch
 
     from ddvlm_core.model import CUDA_GRAPH_MODES, compile_options, cuda_graph_outcome
-    from ddvlm_core.quantization import compute_dtype
+    from ddvlm_core.quantization import WOQConfig
 
     how = "dynamo cudagraphs backend, no inductor" if mode == "cudagraphs" else f"inductor {mode}"
     dynamic = compile_options(mode, on_gpu=str(device).startswith("cuda"))["dynamic"]
@@ -206,7 +206,7 @@ def compile_row(model, tokenizer, device: str, mode: str, woq: bool) -> tuple[st
         kernel = ("kernel decompress traced by torch.compile and replayed as CUDA graphs with PyTorch's own kernels "
                   "(int8 -> fp16 widening, vendor GEMM, scale and bias)")
     else:
-        dtype = str(compute_dtype(torch.device(device))).removeprefix("torch.")
+        dtype = str(WOQConfig().resolved(torch.device(device))[1]).removeprefix("torch.")
         kernel = (f"kernel decompress traced by torch.compile: the int8 -> {dtype} widening, the scale and bias "
                   "and the element-wise ops around them are inductor-generated code, the GEMM the vendor's")
     return f"{kernel}; weights stay int8 in memory; {note}", fields

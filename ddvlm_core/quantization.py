@@ -146,6 +146,11 @@ class WOQConfig:
             # a bare str would be matched character by character, keeping nearly every layer float
             raise TypeError(f"keep_float is a tuple of layer names, got {self.keep_float!r}")
 
+    def resolved(self, device: torch.device) -> tuple[str, torch.dtype]:
+        """The kernel and the activations' dtype this configuration runs on ``device`` (``auto`` resolved)."""
+        kernel = resolve_kernel(self.kernel, device)
+        return kernel, compute_dtype(device, self.compute_dtype, kernel)
+
     def as_dict(self) -> dict:
         return {"method": "woq-int8", "kernel": self.kernel, "compute_dtype": self.compute_dtype,
                 "awq_lite": self.awq_lite, "keep_float": list(self.keep_float), "embeddings": self.embeddings}
@@ -197,8 +202,7 @@ class Int8WeightOnlyLinear(nn.Module):
             x = x / self.input_scale.to(x.dtype)
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        kernel = resolve_kernel(self.config.kernel, x.device)
-        dt = compute_dtype(x.device, self.config.compute_dtype, kernel)
+        kernel, dt = self.config.resolved(x.device)
         if kernel == "decompress":
             y = self._decompressed_linear(x2, dt)
         else:

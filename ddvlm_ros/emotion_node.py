@@ -185,17 +185,15 @@ class EmotionNode(LifecycleNode):
         if self.p("quantized"):
             import torch
 
-            from ddvlm_core.quantization import WOQConfig, compute_dtype, resolve_kernel
+            from ddvlm_core.quantization import WOQConfig
 
             try:
                 config = WOQConfig(kernel=self.p("woq_kernel"))
             except ValueError as e:
                 raise RuntimeError(f"woq_kernel: {e}") from None
             recognizer.model.quantize(config)  # merges a LoRA adapter, checks the kernel on this device first
-            device = torch.device(self.p("device"))
-            kernel = resolve_kernel(config.kernel, device)
-            dtype = str(compute_dtype(device, config.compute_dtype, kernel)).removeprefix("torch.")
-            self.quantization = f"woq-int8 ({kernel}, {dtype} activations)"
+            kernel, dtype = config.resolved(torch.device(self.p("device")))
+            self.quantization = f"woq-int8 ({kernel}, {str(dtype).removeprefix('torch.')} activations)"
         return recognizer
 
     def _load_captioner(self):
