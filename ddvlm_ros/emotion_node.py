@@ -424,6 +424,9 @@ class EmotionNode(LifecycleNode):
                        "frames_thinned": s.frames_thinned,
                        "frames_dropped_future": s.frames_dropped_future, "caption_errors": s.caption_errors,
                        "caption_timeouts": s.caption_timeouts, "caption_prefetch_hits": s.caption_prefetch_hits,
+                       "windows_without_frames": s.windows_without_frames,
+                       "frame_window_miss": s.frame_window_miss,
+                       "frame_stamp_offset_s": self._frame_offset(),
                        "latency_p50_ms": round(p50, 1),
                        "latency_p90_ms": round(p90, 1), "last_error": s.last_error,
                        "captioner": getattr(self.pipeline.captioner, "name", "none"),
@@ -432,6 +435,8 @@ class EmotionNode(LifecycleNode):
                        "conversations_forgotten": s.conversations_forgotten, "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
+            elif s.frame_window_miss:
+                level, message = DiagnosticStatus.WARN, "no frames in utterance windows (see frame_window_miss)"
         now = time.monotonic()
         for topic, last in self._last_input.items():
             values[f"input_age_s[{topic}]"] = round(now - last, 1)
@@ -444,6 +449,12 @@ class EmotionNode(LifecycleNode):
             level, message = DiagnosticStatus.ERROR, f"configure failed: {self.load_error}"
         return DiagnosticStatus(level=level, name=DIAGNOSTIC_NAME, message=message, hardware_id=self.get_name(),
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+    def _frame_offset(self) -> str:
+        """The last frame's stamp minus this node's clock when it arrived, in seconds ('' before any frame):
+        about 0 when the camera and the node share a clock."""
+        offset = self.pipeline.frames.arrival_offset_s
+        return "" if offset is None else f"{offset:+.2f}"
 
     def publish_diagnostics(self) -> None:
         array = DiagnosticArray(status=[self.diagnostic_status()])

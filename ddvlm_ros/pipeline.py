@@ -22,6 +22,7 @@ from ddvlm_core.captioner import Frame
 from ddvlm_core.context import Dialogue, Turn
 
 DEFAULT_CONVERSATION = "default"
+CLOCK_SKEW_S = 1.0  # frames stamped further than this from the node's clock on arrival come from another clock
 
 
 @dataclass
@@ -59,6 +60,8 @@ class Stats:
     caption_errors: int = 0
     caption_timeouts: int = 0
     caption_prefetch_hits: int = 0  # final utterances whose caption was made while they were spoken
+    windows_without_frames: int = 0  # final utterances (with a captioner) whose window held no frame
+    frame_window_miss: str = ""  # why the last final window held no frame though frames were buffered ('' = it had)
     conversations_reset: int = 0
     conversations_forgotten: int = 0  # dropped from memory (idle, or the least recently active past the cap)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
@@ -80,6 +83,7 @@ class FrameBuffer:
         self._stamps: list[float] = []
         self._items: list[Any] = []
         self._lock = threading.Lock()
+        self.arrival_offset_s: float | None = None  # stamp - the node's clock, for the last frame kept
 
     def add(self, stamp: float, item: Any, now: float | None = None) -> bool:
         with self._lock:
@@ -98,6 +102,8 @@ class FrameBuffer:
             self._stamps.insert(i, stamp)
             self._items.insert(i, item)
             self.stats.frames += 1
+            if now is not None:
+                self.arrival_offset_s = stamp - now
             cut = bisect.bisect_left(self._stamps, self._stamps[-1] - self.keep_s)
             if cut:
                 del self._stamps[:cut], self._items[:cut]
@@ -108,6 +114,11 @@ class FrameBuffer:
         with self._lock:
             lo, hi = bisect.bisect_left(self._stamps, start), bisect.bisect_right(self._stamps, end)
             return list(zip(self._stamps[lo:hi], self._items[lo:hi]))
+
+    def span(self) -> tuple[float, float] | None:
+        """(oldest, newest) stamp buffered, None when empty."""
+        with self._lock:
+            return (self._stamps[0], self._stamps[-1]) if self._stamps else None
 
     def __len__(self) -> int:
         return len(self._stamps)
@@ -305,7 +316,7 @@ class EmotionPipeline:
                             self._prefetched.pop(next(iter(self._prefetched)), None)
                     continue
                 utt, turns, queued = payload
-                caption = self._reuse_prefetched(utt) or self._caption_window(utt)
+                caption = self._reuse_prefetched(utt) or self._caption_window(utt, final=True)
                 if caption is None:
                     continue
                 if time.monotonic() - queued > self.caption_timeout_s:
@@ -329,8 +340,10 @@ class EmotionPipeline:
             return caption
         return None
 
-    def _caption_window(self, utt: UtteranceIn):
+    def _caption_window(self, utt: UtteranceIn, final: bool = False):
         raw = self.frames.window(utt.start, utt.end)
+        if final:
+            self._check_window(utt, bool(raw))
         frames = []
         for stamp, item in raw:
             try:
@@ -347,6 +360,37 @@ class EmotionPipeline:
             self.log("error", f"captioner failed on {utt.utterance_id!r}: {e}")
             return None
         return caption if caption.text else None
+
+    def _check_window(self, utt: UtteranceIn, has_frames: bool) -> None:
+        """Count a final utterance whose window holds no frame; when frames are buffered outside it, say why
+        (once, until a window holds frames again): usually the camera's and the transcripts' stamps come
+        from different clocks, e.g. a bag played without ``--clock``, and no result would ever be refined."""
+        if has_frames:
+            self.stats.frame_window_miss = ""
+            return
+        self.stats.windows_without_frames += 1
+        span = self.frames.span()
+        if span is None or (span[0] <= utt.end and span[1] >= utt.start):
+            self.stats.frame_window_miss = ""  # no camera, or a gap in its stream around this window
+            return
+        before = span[1] < utt.start
+        gap = utt.start - span[1] if before else span[0] - utt.end
+        offset = self.frames.arrival_offset_s
+        where = f"the buffered frames are stamped {gap:.1f} s {'before' if before else 'after'} it"
+        if not before:
+            why = (f"the transcript came more than frame_buffer_s ({self.frames.keep_s:g} s) after its words, "
+                   "or its stamps come from another clock than the camera's")
+        elif offset is None or abs(offset) <= CLOCK_SKEW_S:
+            why = "no frame has arrived since: is the camera stalled?"
+        else:
+            why = ("the camera's and the transcripts' stamps come from different clocks (frames arrive stamped "
+                   f"{offset:+.1f} s from this node's clock); playing a bag: `ros2 bag play --clock` "
+                   "and `use_sim_time:=true`")
+        first = not self.stats.frame_window_miss
+        self.stats.frame_window_miss = f"{where}; {why}"
+        if first:
+            self.log("warn", f"no frame in the window of utterance {utt.utterance_id!r} "
+                             f"[{utt.start:.1f}, {utt.end:.1f}]: {self.stats.frame_window_miss}")
 
     def _refine(self, utt: UtteranceIn, turns: tuple[Turn, ...], caption) -> None:
         prediction = self.recognizer.predict(turns, caption)

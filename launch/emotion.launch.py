@@ -2,6 +2,7 @@
 
 Starts the ddvlm emotion lifecycle node with config/emotion.yaml; by default it configures and
 activates itself (autostart), so no lifecycle manager is needed. Topics are remapped, not set.
+``use_sim_time:=true`` when the inputs come from ``ros2 bag play --clock``.
 Every other node parameter is also a launch argument (``quantized:=true cpu_threads:=4 ...``): one that
 is not given keeps the params file's value (``ros2 launch ddvlm_ros emotion.launch.py --show-args``).
 """
@@ -27,6 +28,9 @@ TOPIC_ARGUMENTS = [  # (remapped name, launch argument, default, description)
 def emotion_node(context):
     """The node, with the params file and then the launch arguments that were given (typed, checked)."""
     given = launch_overrides({a["name"]: LaunchConfiguration(a["name"]).perform(context) for a in launch_arguments()})
+    sim_time = LaunchConfiguration("use_sim_time").perform(context)
+    if sim_time:  # rclpy's own parameter: /clock (e.g. `ros2 bag play --clock`) instead of the wall clock
+        given["use_sim_time"] = sim_time == "true"
     return [LifecycleNode(
         package="ddvlm_ros",
         executable="emotion_node",
@@ -44,6 +48,9 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "emotion.yaml"),
                               description="YAML file with the node's parameters"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("use_sim_time", default_value="", choices=["", "true", "false"],
+                              description="true: the node's clock is /clock (replaying a bag with `ros2 bag "
+                                          "play --clock`) [node default false; '' = the params file's value]"),
     ]
     args += [DeclareLaunchArgument(arg, default_value=default, description=description)
              for _, arg, default, description in TOPIC_ARGUMENTS]

@@ -196,6 +196,33 @@ def test_future_and_out_of_order_frame_stamps(harness, tiny_visual_checkpoint):
     assert stamps == sorted(stamps)
 
 
+def test_frames_on_another_clock_are_diagnosed_and_frames_on_the_nodes_clock_refine(harness, tiny_visual_checkpoint):
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
+    now = h.now()
+    for k in range(3):  # `ros2 bag play` without --clock: the bag's stamps, an hour before the node's clock
+        h.publish(Image, "image", image_msg(now - 3600 + 0.2 * k, seed=k))
+        time.sleep(0.1)
+    h.publish(String, "transcript", String(data="Ross: can you see me?"))
+    h.wait_for(1)
+    h.settle()
+    status = h.node.diagnostic_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert [m.modalities for m in h.received] == ["text"] and values["windows_without_frames"] == "1"
+    assert status.level == b"\x01" and "frame_window_miss" in status.message
+    assert "different clocks" in values["frame_window_miss"] and "use_sim_time:=true" in values["frame_window_miss"]
+    assert -3601 < float(values["frame_stamp_offset_s"]) < -3599
+    now = h.now()
+    for k in range(3):  # the camera on the node's clock
+        h.publish(Image, "image", image_msg(now - 0.5 + 0.2 * k, seed=k))
+        time.sleep(0.1)
+    h.publish(String, "transcript", String(data="Ross: and now?"))
+    assert [m.refined for m in h.wait_for(3)] == [False, False, True]
+    status = h.node.diagnostic_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == b"\x00" and values["frame_window_miss"] == "" and values["windows_without_frames"] == "1"
+    assert abs(float(values["frame_stamp_offset_s"])) < 1.0
+
+
 def test_no_camera_at_all_gives_text_only_results(harness, tiny_visual_checkpoint):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
     h.publish(String, "transcript", String(data="Ross: is the camera on?"))

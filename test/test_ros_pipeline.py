@@ -137,3 +137,49 @@ def test_call_runs_on_the_inference_worker_with_its_thread_settings_and_raises_i
         assert pipe.call(lambda: "still running", timeout=10) == "still running"  # the worker survived
     finally:
         pipe.stop()
+
+
+def test_a_window_without_frames_while_frames_are_buffered_says_whose_clock_is_off(tiny_visual_checkpoint):
+    import numpy as np
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    results, logs = [], []
+    pipe = EmotionPipeline(rec, results.append, captioner=CountingCaptioner(), frame_buffer_s=10.0,
+                           log=lambda level, text: logs.append((level, text)))
+    pipe.start()
+    frame = np.zeros((8, 8, 3), np.uint8)
+
+    def final(uid, start, end):
+        n = len(results)
+        pipe.submit(UtteranceIn("c", uid, "a", f"line {uid}", start, end, time.monotonic()))
+        deadline = time.monotonic() + 20
+        while (len(results) == n or not pipe.idle()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return [r.refined for r in results[n:]]
+
+    for k in range(5):  # a bag's frames (an hour before the node's clock) while transcripts come stamped now
+        pipe.add_frame(1000.0 + 0.1 * k, frame, now=4600.0 + 0.1 * k)
+    assert final("1", 4592.0, 4600.5) == [False]  # the text result only: no frame in its window
+    miss = pipe.stats.frame_window_miss
+    assert pipe.stats.windows_without_frames == 1 and "3591.6 s before it" in miss
+    assert "different clocks" in miss and "-3600.0 s" in miss and "use_sim_time:=true" in miss
+    assert final("2", 4593.0, 4601.0) == [False] and pipe.stats.windows_without_frames == 2
+    assert [level for level, _ in logs] == ["warn"] and "utterance '1'" in logs[0][1]  # once per streak
+
+    pipe.add_frame(4601.0, frame, now=4601.05)  # the camera on the node's clock: a window with a frame
+    assert final("3", 4600.8, 4601.2) == [False, True] and pipe.stats.frame_window_miss == ""
+    assert pipe.stats.windows_without_frames == 2
+
+    assert final("4", 4630.0, 4632.0) == [False]  # frames on the node's clock, but none since 4601.0
+    assert "29.0 s before it" in pipe.stats.frame_window_miss and "camera stalled" in pipe.stats.frame_window_miss
+    assert len(logs) == 2
+
+    for stamp in (4628.0, 4635.0):
+        pipe.add_frame(stamp, frame, now=stamp)
+    assert final("5", 4631.0, 4633.0) == [False]  # between two buffered frames: a gap in the stream, not a clock
+    assert pipe.stats.windows_without_frames == 4 and pipe.stats.frame_window_miss == ""
+    assert final("6", 4620.0, 4625.0) == [False]  # a window the 10 s buffer no longer holds
+    miss = pipe.stats.frame_window_miss
+    assert "3.0 s after it" in miss and "more than frame_buffer_s (10 s)" in miss and "another clock" in miss
+    assert len(logs) == 3
+    pipe.stop()
