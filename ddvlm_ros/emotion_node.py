@@ -443,6 +443,10 @@ class EmotionNode(LifecycleNode):
         silent = [t for t in self._silence_warned]
         if silent and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, f"no input on {', '.join(silent)}"
+        if self.get_parameter("use_sim_time").value and self.get_clock().now().nanoseconds == 0:
+            values["clock"] = "use_sim_time is true and no /clock message has come (`ros2 bag play --clock`?)"
+            if level == DiagnosticStatus.OK:
+                level, message = DiagnosticStatus.WARN, "no /clock (use_sim_time: true)"
         if not self._active and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, "inactive"
         if self.load_error:

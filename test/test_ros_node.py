@@ -223,6 +223,23 @@ def test_frames_on_another_clock_are_diagnosed_and_frames_on_the_nodes_clock_ref
     assert abs(float(values["frame_stamp_offset_s"])) < 1.0
 
 
+def test_sim_time_without_a_clock_is_a_warning_until_clock_comes(harness, tiny_text_checkpoint):
+    from rosgraph_msgs.msg import Clock
+
+    h = harness(model_dir=tiny_text_checkpoint, use_sim_time=True).start()
+    status = h.node.diagnostic_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == b"\x01" and status.message == "no /clock (use_sim_time: true)"
+    assert "ros2 bag play --clock" in values["clock"]
+    h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(1700000000.5, Time)))
+    deadline = time.monotonic() + 5
+    while h.node.get_clock().now().nanoseconds == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    status = h.node.diagnostic_status()
+    assert status.level == b"\x00" and "clock" not in {kv.key for kv in status.values}
+    assert abs(h.now() - 1700000000.5) < 1e-3
+
+
 def test_no_camera_at_all_gives_text_only_results(harness, tiny_visual_checkpoint):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
     h.publish(String, "transcript", String(data="Ross: is the camera on?"))
