@@ -84,6 +84,8 @@ class FrameBuffer:
         self._items: list[Any] = []
         self._lock = threading.Lock()
         self.arrival_offset_s: float | None = None  # stamp - the node's clock, for the last frame kept
+        self.future_offset_s: float | None = None  # stamp - reference of the last frame dropped as future, if
+        # no frame was kept after it
 
     def add(self, stamp: float, item: Any, now: float | None = None) -> bool:
         with self._lock:
@@ -91,6 +93,7 @@ class FrameBuffer:
             reference = now if now is not None else newest
             if reference is not None and stamp > reference + self.future_tolerance_s:
                 self.stats.frames_dropped_future += 1
+                self.future_offset_s = stamp - reference
                 return False
             if newest is not None and stamp < newest - self.keep_s:
                 self.stats.frames_dropped_old += 1
@@ -102,6 +105,7 @@ class FrameBuffer:
             self._stamps.insert(i, stamp)
             self._items.insert(i, item)
             self.stats.frames += 1
+            self.future_offset_s = None
             if now is not None:
                 self.arrival_offset_s = stamp - now
             cut = bisect.bisect_left(self._stamps, self._stamps[-1] - self.keep_s)
@@ -362,35 +366,37 @@ class EmotionPipeline:
         return caption if caption.text else None
 
     def _check_window(self, utt: UtteranceIn, has_frames: bool) -> None:
-        """Count a final utterance whose window holds no frame; when frames are buffered outside it, say why
-        (once, until a window holds frames again): usually the camera's and the transcripts' stamps come
-        from different clocks, e.g. a bag played without ``--clock``, and no result would ever be refined."""
+        """Count a final utterance whose window holds no frame; when the camera is sending frames that miss
+        it, say why (once, until a window holds frames again): usually the camera's and the transcripts'
+        stamps come from different clocks, e.g. a bag played without ``--clock``, and no result would ever
+        be refined."""
         if has_frames:
             self.stats.frame_window_miss = ""
             return
         self.stats.windows_without_frames += 1
-        span = self.frames.span()
-        if span is None or (span[0] <= utt.end and span[1] >= utt.start):
+        span, ahead, offset = self.frames.span(), self.frames.future_offset_s, self.frames.arrival_offset_s
+        clocks = ("the camera's and the transcripts' stamps come from different clocks; playing a bag: "
+                  "`ros2 bag play --clock` and `use_sim_time:=true`")
+        if ahead is not None:
+            miss = f"the camera's latest frames are stamped {ahead:+.1f} s from this node's clock and dropped; {clocks}"
+        elif span is None or (span[0] <= utt.end and span[1] >= utt.start):
             self.stats.frame_window_miss = ""  # no camera, or a gap in its stream around this window
             return
-        before = span[1] < utt.start
-        gap = utt.start - span[1] if before else span[0] - utt.end
-        offset = self.frames.arrival_offset_s
-        where = f"the buffered frames are stamped {gap:.1f} s {'before' if before else 'after'} it"
-        if not before:
-            why = (f"the transcript came more than frame_buffer_s ({self.frames.keep_s:g} s) after its words, "
-                   "or its stamps come from another clock than the camera's")
-        elif offset is None or abs(offset) <= CLOCK_SKEW_S:
-            why = "no frame has arrived since: is the camera stalled?"
+        elif span[1] >= utt.start:
+            miss = (f"the buffered frames are stamped {span[0] - utt.end:.1f} s after it; the transcript came more "
+                    f"than frame_buffer_s ({self.frames.keep_s:g} s) after its words, or its stamps come from "
+                    "another clock than the camera's")
+        elif offset is not None and abs(offset) > CLOCK_SKEW_S:
+            miss = (f"the buffered frames are stamped {utt.start - span[1]:.1f} s before it and arrive stamped "
+                    f"{offset:+.1f} s from this node's clock; {clocks}")
         else:
-            why = ("the camera's and the transcripts' stamps come from different clocks (frames arrive stamped "
-                   f"{offset:+.1f} s from this node's clock); playing a bag: `ros2 bag play --clock` "
-                   "and `use_sim_time:=true`")
+            miss = (f"the buffered frames are stamped {utt.start - span[1]:.1f} s before it and no frame has "
+                    "arrived since: is the camera stalled?")
         first = not self.stats.frame_window_miss
-        self.stats.frame_window_miss = f"{where}; {why}"
+        self.stats.frame_window_miss = miss
         if first:
             self.log("warn", f"no frame in the window of utterance {utt.utterance_id!r} "
-                             f"[{utt.start:.1f}, {utt.end:.1f}]: {self.stats.frame_window_miss}")
+                             f"[{utt.start:.1f}, {utt.end:.1f}]: {miss}")
 
     def _refine(self, utt: UtteranceIn, turns: tuple[Turn, ...], caption) -> None:
         prediction = self.recognizer.predict(turns, caption)

@@ -182,4 +182,9 @@ def test_a_window_without_frames_while_frames_are_buffered_says_whose_clock_is_o
     miss = pipe.stats.frame_window_miss
     assert "3.0 s after it" in miss and "more than frame_buffer_s (10 s)" in miss and "another clock" in miss
     assert len(logs) == 3
+    assert not pipe.add_frame(9640.0, frame, now=4640.0)  # a camera clock ahead: its frames are dropped as future
+    assert final("7", 4638.0, 4640.0) == [False]
+    assert "+5000.0 s from this node's clock and dropped" in pipe.stats.frame_window_miss
+    assert "different clocks" in pipe.stats.frame_window_miss
+    assert pipe.add_frame(4641.0, frame, now=4641.0) and pipe.frames.future_offset_s is None
     pipe.stop()
