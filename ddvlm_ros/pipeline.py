@@ -61,7 +61,7 @@ class Stats:
     caption_timeouts: int = 0
     caption_prefetch_hits: int = 0  # final utterances whose caption was made while they were spoken
     windows_without_frames: int = 0  # final utterances (with a captioner) whose window held no frame
-    frame_window_miss: str = ""  # why the last final window held no frame though frames were buffered ('' = it had)
+    frame_window_miss: str = ""  # why the last final window held no frame while the camera sent frames
     conversations_reset: int = 0
     conversations_forgotten: int = 0  # dropped from memory (idle, or the least recently active past the cap)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
