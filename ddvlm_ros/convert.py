@@ -1,8 +1,10 @@
 """Pure conversions between ROS messages and ddvlm_core objects (no node state).
 
-Images use cv_bridge where it imports; otherwise the small converter below handles rgb8, bgr8, mono8,
-rgba8, bgra8 and mono16 raw images and JPEG/PNG compressed images, with a clear ValueError for
-anything else (unknown encoding, wrong buffer size, zero-size or undecodable data).
+Images use cv_bridge where it imports; otherwise the small converter below handles the raw encodings
+cameras publish (rgb8, bgr8, rgba8, bgra8, mono8, mono16; YUV 4:2:2 uyvy / yuyv and 4:2:0 nv12 / nv21, as
+USB and Jetson cameras send them; 8- and 16-bit Bayer mosaics, as industrial cameras send them) with
+cv_bridge's OpenCV conversions, and JPEG/PNG compressed images, with a clear ValueError for anything else
+(unknown encoding, wrong buffer size, odd sizes a format cannot have, zero-size or undecodable data).
 """
 from __future__ import annotations
 
@@ -18,6 +20,16 @@ except ImportError:
     _BRIDGE = None
 
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3, "mono16": 1}
+# YUV encoding -> (OpenCV conversion, bytes per pixel in a row, rows per image row); yuv422 / yuv422_yuy2 are
+# the deprecated names of uyvy / yuyv (sensor_msgs/image_encodings.hpp). OpenCV decodes BT.601 video range.
+_YUV = {"uyvy": ("COLOR_YUV2RGB_UYVY", 2, 1.0), "yuv422": ("COLOR_YUV2RGB_UYVY", 2, 1.0),
+        "yuyv": ("COLOR_YUV2RGB_YUY2", 2, 1.0), "yuv422_yuy2": ("COLOR_YUV2RGB_YUY2", 2, 1.0),
+        "nv12": ("COLOR_YUV2RGB_NV12", 1, 1.5), "nv21": ("COLOR_YUV2RGB_NV21", 1, 1.5)}
+# Bayer pattern -> OpenCV conversion, as cv_bridge maps them (OpenCV names a pattern by its second row)
+_BAYER = {"rggb": "COLOR_BayerBG2RGB", "bggr": "COLOR_BayerRG2RGB", "gbrg": "COLOR_BayerGR2RGB",
+          "grbg": "COLOR_BayerGB2RGB"}
+_BAYER_ENCODING = re.compile(rf"bayer_({'|'.join(_BAYER)})(8|16)")
+SUPPORTED_ENCODINGS = [*_CHANNELS, *_YUV, *(f"bayer_{p}{bits}" for p in _BAYER for bits in (8, 16))]
 
 
 def stamp_to_sec(stamp) -> float:
@@ -32,26 +44,49 @@ def sec_to_stamp(seconds: float, stamp_type):
 def raw_image_to_rgb(height: int, width: int, encoding: str, step: int, data: bytes,
                      is_bigendian: bool = False) -> np.ndarray:
     """sensor_msgs/Image fields -> H x W x 3 uint8 RGB."""
-    if encoding not in _CHANNELS:
-        raise ValueError(f"unsupported image encoding {encoding!r} (supported: {', '.join(_CHANNELS)})")
+    bayer = _BAYER_ENCODING.fullmatch(encoding)
+    if encoding not in _CHANNELS and encoding not in _YUV and bayer is None:
+        raise ValueError(f"unsupported image encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
     if height <= 0 or width <= 0:
         raise ValueError(f"zero-size image ({width}x{height})")
-    channels = _CHANNELS[encoding]
-    itemsize = 2 if encoding == "mono16" else 1
-    row = width * channels * itemsize
-    if step < row or len(data) < step * height:
-        raise ValueError(f"image buffer too small: {len(data)} bytes for {width}x{height} {encoding} (step {step})")
-    buf = np.frombuffer(bytes(data), dtype=np.uint8)[: step * height].reshape(height, step)[:, :row]
-    if encoding == "mono16":
+    if encoding in _YUV:
+        return _yuv_to_rgb(height, width, encoding, step, data)
+    wide = encoding == "mono16" or (bayer is not None and bayer[2] == "16")
+    channels = _CHANNELS.get(encoding, 1)
+    buf = _rows(height, width * channels * (2 if wide else 1), step, data, encoding, width)
+    if wide:  # the top 8 bits
         dtype = ">u2" if is_bigendian else "<u2"
-        gray = (np.ascontiguousarray(buf).view(dtype).reshape(height, width) >> 8).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
+        buf = (np.ascontiguousarray(buf).view(dtype).reshape(height, width * channels) >> 8).astype(np.uint8)
+    if bayer:
+        import cv2
+
+        return cv2.cvtColor(np.ascontiguousarray(buf), getattr(cv2, _BAYER[bayer[1]]))
     img = buf.reshape(height, width, channels)
     if channels == 1:
         return np.repeat(img, 3, axis=-1)
     if encoding.startswith("bgr"):
         img = img[..., 2::-1] if channels == 3 else img[..., [2, 1, 0]]
     return np.ascontiguousarray(img[..., :3])
+
+
+def _rows(rows: int, row_bytes: int, step: int, data: bytes, encoding: str, width: int) -> np.ndarray:
+    """The ``rows`` x ``row_bytes`` pixel bytes of an image buffer whose rows are ``step`` bytes apart."""
+    if step < row_bytes or len(data) < step * rows:
+        raise ValueError(f"image buffer too small: {len(data)} bytes for {width} pixels x {rows} rows of {encoding} "
+                         f"(step {step})")
+    return np.frombuffer(bytes(data), dtype=np.uint8)[: step * rows].reshape(rows, step)[:, :row_bytes]
+
+
+def _yuv_to_rgb(height: int, width: int, encoding: str, step: int, data: bytes) -> np.ndarray:
+    import cv2
+
+    code, pixel_bytes, rows_per_row = _YUV[encoding]
+    if width % 2 or (rows_per_row != 1 and height % 2):
+        raise ValueError(f"a {encoding} image needs an even width{'' if rows_per_row == 1 else ' and height'}, "
+                         f"got {width}x{height}")
+    rows = int(height * rows_per_row)
+    buf = np.ascontiguousarray(_rows(rows, width * pixel_bytes, step, data, encoding, width))
+    return cv2.cvtColor(buf.reshape(rows, width, 2) if pixel_bytes == 2 else buf, getattr(cv2, code))
 
 
 def image_msg_to_rgb(msg) -> np.ndarray:

@@ -60,8 +60,8 @@ class Stats:
     caption_errors: int = 0
     caption_timeouts: int = 0
     caption_prefetch_hits: int = 0  # final utterances whose caption was made while they were spoken
-    windows_without_frames: int = 0  # final utterances (with a captioner) whose window held no frame
-    frame_window_miss: str = ""  # why the last final window held no frame while the camera sent frames
+    windows_without_frames: int = 0  # final utterances (with a captioner) whose window gave no frame to caption
+    frame_window_miss: str = ""  # why the last final window gave none while the camera sent frames ('' = it gave)
     conversations_reset: int = 0
     conversations_forgotten: int = 0  # dropped from memory (idle, or the least recently active past the cap)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
@@ -346,14 +346,14 @@ class EmotionPipeline:
 
     def _caption_window(self, utt: UtteranceIn, final: bool = False):
         raw = self.frames.window(utt.start, utt.end)
-        if final:
-            self._check_window(utt, bool(raw))
         frames = []
         for stamp, item in raw:
             try:
                 frames.append(Frame(stamp, self.decode_frame(item)))
             except (ValueError, TypeError) as e:
                 self.stats.last_error = f"frame: {e}"
+        if final:
+            self._check_window(utt, len(raw), len(frames))
         if not frames:
             return None
         try:
@@ -365,19 +365,21 @@ class EmotionPipeline:
             return None
         return caption if caption.text else None
 
-    def _check_window(self, utt: UtteranceIn, has_frames: bool) -> None:
-        """Count a final utterance whose window holds no frame; when the camera is sending frames that miss
-        it, say why (once, until a window holds frames again): usually the camera's and the transcripts'
-        stamps come from different clocks, e.g. a bag played without ``--clock``, and no result would ever
-        be refined."""
-        if has_frames:
+    def _check_window(self, utt: UtteranceIn, n_buffered: int, n_decoded: int) -> None:
+        """Count a final utterance whose window gives no frame to caption; when the camera is sending frames,
+        say why (once, until a window gives frames again): usually the camera's and the transcripts' stamps
+        come from different clocks, e.g. a bag played without ``--clock``, or the camera's encoding cannot be
+        decoded; either way no result would ever be refined."""
+        if n_decoded:
             self.stats.frame_window_miss = ""
             return
         self.stats.windows_without_frames += 1
         span, ahead, offset = self.frames.span(), self.frames.future_offset_s, self.frames.arrival_offset_s
         clocks = ("the camera's and the transcripts' stamps come from different clocks; playing a bag: "
                   "`ros2 bag play --clock` and `use_sim_time:=true`")
-        if ahead is not None:
+        if n_buffered:
+            miss = f"none of the {n_buffered} frames in its window could be decoded ({self.stats.last_error})"
+        elif ahead is not None:
             miss = f"the camera's latest frames are stamped {ahead:+.1f} s from this node's clock and dropped; {clocks}"
         elif span is None or (span[0] <= utt.end and span[1] >= utt.start):
             self.stats.frame_window_miss = ""  # no camera, or a gap in its stream around this window

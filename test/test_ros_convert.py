@@ -32,8 +32,61 @@ def test_mono_and_padded_rows():
     assert np.array_equal(raw_image_to_rgb(4, 5, "mono16", 10, mono16.tobytes())[..., 0], gray)
 
 
+COLOURS = [(200, 100, 50), (30, 180, 90), (128, 128, 128)]
+
+
+def yuv_bt601_video_range(rgb):
+    """Y, U, V of an RGB colour: ITU-R BT.601, video range (Y 16-235), the range cameras' YUV uses."""
+    r, g, b = rgb
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    return [int(round(c)) for c in (y, u, v)]
+
+
+def yuv_image(encoding, rgb, h=4, w=6, pad=0):
+    """A solid-colour image in ``encoding``, rows padded by ``pad`` bytes; (step, bytes)."""
+    y, u, v = yuv_bt601_video_range(rgb)
+    if encoding in ("uyvy", "yuv422", "yuyv", "yuv422_yuy2"):
+        pair = [u, y, v, y] if encoding in ("uyvy", "yuv422") else [y, u, y, v]
+        rows = np.tile(np.array(pair, np.uint8), (h, w // 2))
+    else:  # nv12 / nv21: the Y plane, then h/2 rows of interleaved chroma
+        chroma = [u, v] if encoding == "nv12" else [v, u]
+        rows = np.concatenate([np.full((h, w), y, np.uint8), np.tile(np.array(chroma, np.uint8), (h // 2, w // 2))])
+    rows = np.concatenate([rows, np.zeros((rows.shape[0], pad), np.uint8)], 1)
+    return rows.shape[1], rows.tobytes()
+
+
+@pytest.mark.parametrize("encoding", ["uyvy", "yuv422", "yuyv", "yuv422_yuy2", "nv12", "nv21"])
+def test_yuv_encodings_decode_to_the_colour_they_code(encoding):
+    for rgb in COLOURS:
+        step, data = yuv_image(encoding, rgb, pad=4)
+        out = raw_image_to_rgb(4, 6, encoding, step, data)
+        assert out.shape == (4, 6, 3) and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - np.array(rgb)).max() <= 3, (encoding, rgb, out[0, 0])
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_mosaics_demosaic_to_the_colour_they_sample(pattern):
+    rgb = dict(zip("rgb", COLOURS[0]))
+    mosaic = np.zeros((8, 10), np.uint8)
+    for k, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):  # the pattern names the 2x2 cell row by row
+        mosaic[dy::2, dx::2] = rgb[pattern[k]]
+    out = raw_image_to_rgb(8, 10, f"bayer_{pattern}8", 10, mosaic.tobytes())
+    assert out.shape == (8, 10, 3) and np.array_equal(out[2:-2, 2:-2].reshape(-1, 3).max(0), COLOURS[0])
+    assert np.array_equal(out[2:-2, 2:-2].reshape(-1, 3).min(0), COLOURS[0])
+    for order in ("<u2", ">u2"):  # 16 bits: the top 8 decide, in the message's byte order
+        wide = ((mosaic.astype(np.uint16) << 8) | 0x7F).astype(order)
+        out16 = raw_image_to_rgb(8, 10, f"bayer_{pattern}16", 20, wide.tobytes(), is_bigendian=order == ">u2")
+        assert np.array_equal(out16, out)
+
+
 @pytest.mark.parametrize("args, message", [
-    ((4, 5, "yuv422", 10, b"\x00" * 40), "unsupported image encoding"),
+    ((4, 5, "nv24", 10, b"\x00" * 60), "unsupported image encoding"),
+    ((4, 5, "bayer_rgbg8", 5, b"\x00" * 20), "unsupported image encoding"),
+    ((4, 5, "yuyv", 10, b"\x00" * 40), "even width"),
+    ((3, 4, "nv12", 4, b"\x00" * 24), "even width and height"),
+    ((4, 4, "nv12", 4, b"\x00" * 16), "buffer too small"),  # the Y plane without its chroma rows
     ((0, 5, "rgb8", 15, b""), "zero-size"),
     ((4, 5, "rgb8", 15, b"\x00" * 10), "buffer too small"),
 ])

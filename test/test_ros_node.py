@@ -137,7 +137,7 @@ def test_non_utf8_text_is_rejected_by_the_pipeline(harness, tiny_text_checkpoint
 
 
 @pytest.mark.parametrize("msg_factory", [
-    lambda t: Image(height=8, width=8, encoding="yuv422", step=16, data=b"\x00" * 128),  # unknown encoding
+    lambda t: Image(height=8, width=8, encoding="nv24", step=16, data=b"\x00" * 128),  # unknown encoding
     lambda t: Image(height=0, width=0, encoding="rgb8", step=0, data=b""),  # zero size
     lambda t: Image(height=8, width=8, encoding="rgb8", step=24, data=b"\x00" * 10),  # truncated buffer
 ])
@@ -152,6 +152,25 @@ def test_bad_raw_frames_are_counted_and_text_still_flows(harness, tiny_visual_ch
     assert len(h.wait_for(1)) == 1
     h.settle()
     assert h.node._bad_frames >= 1 and all(not m.refined for m in h.received)
+    miss = h.node.pipeline.stats.frame_window_miss
+    if msg.encoding == "nv24":  # buffered, then undecodable: said; the others never reach the buffer
+        assert "none of the 1 frames in its window could be decoded" in miss and "'nv24'" in miss
+    else:
+        assert miss == ""
+
+
+def test_a_yuyv_camera_refines(harness, tiny_visual_checkpoint):
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
+    now = h.now()
+    for k in range(3):  # a USB camera's YUYV frames, brightening
+        msg = Image(height=8, width=8, encoding="yuyv", step=16, data=bytes([60 + 40 * k, 128] * 64))
+        msg.header.stamp = sec_to_stamp(now - 0.6 + 0.2 * k, Time)
+        h.publish(Image, "image", msg)
+        time.sleep(0.05)
+    time.sleep(0.3)
+    h.publish(Utterance, "utterance", utterance("hi", "ross", now - 1, now + 0.1))
+    assert [m.refined for m in h.wait_for(2)] == [False, True]
+    assert h.node._bad_frames == 0
 
 
 def test_corrupt_compressed_frame_is_counted(harness, tiny_visual_checkpoint):
