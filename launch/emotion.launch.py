@@ -37,6 +37,7 @@ def emotion_node(context):
         name="ddvlm_emotion",
         namespace=LaunchConfiguration("namespace"),
         output="screen",
+        ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         parameters=[LaunchConfiguration("params_file"), given],
         remappings=[(name, LaunchConfiguration(arg)) for name, arg, _, _ in TOPIC_ARGUMENTS],
     )]
@@ -48,6 +49,8 @@ def generate_launch_description():
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "emotion.yaml"),
                               description="YAML file with the node's parameters"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("log_level", default_value="info", choices=["debug", "info", "warn", "error", "fatal"],
+                              description="the node's log level"),
         DeclareLaunchArgument("use_sim_time", default_value="", choices=["", "true", "false"],
                               description="true: the node's clock is /clock (replaying a bag with `ros2 bag "
                                           "play --clock`) [node default false; '' = the params file's value]"),

@@ -34,7 +34,8 @@ def test_launch_file_starts_the_lifecycle_node_with_params_and_remaps():
     assert ast.unparse(kw["parameters"]) == "[LaunchConfiguration('params_file'), given]"  # given ones win
     declared = [c for c in calls if c.func.id == "DeclareLaunchArgument"]
     assert {c.args[0].value for c in declared if c.args and isinstance(c.args[0], ast.Constant)} == {
-        "params_file", "namespace", "use_sim_time"}  # the others come from TOPIC_ARGUMENTS and launch_arguments()
+        "params_file", "namespace", "log_level", "use_sim_time"}  # the others: TOPIC_ARGUMENTS, launch_arguments()
+    assert ast.unparse(kw["ros_arguments"]) == "['--log-level', LaunchConfiguration('log_level')]"
     sim_time = next(c for c in declared if c.args and getattr(c.args[0], "value", "") == "use_sim_time")
     assert ast.literal_eval(next(k.value for k in sim_time.keywords if k.arg == "choices")) == ["", "true", "false"]
     source = (REPO / "launch" / "emotion.launch.py").read_text()
