@@ -338,7 +338,7 @@ class EmotionNode(LifecycleNode):
         kind, msg = item
         try:
             return image_msg_to_rgb(msg) if kind == "raw" else compressed_msg_to_rgb(msg)
-        except ValueError:
+        except Exception:  # ValueError from our converter; cv_bridge raises its own CvBridgeError
             self._bad_frames += 1
             raise
 

@@ -329,6 +329,9 @@ class EmotionPipeline:
                                      f"{self.caption_timeout_s}s: discarded")
                     continue
                 self._jobs.put(("refine", (utt, turns, caption)))
+            except Exception as e:  # noqa: BLE001 - a bad job must never stop the worker
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+                self.log("error", f"captioning failed: {self.stats.last_error}")
             finally:
                 self._captions.task_done()
 
@@ -350,7 +353,7 @@ class EmotionPipeline:
         for stamp, item in raw:
             try:
                 frames.append(Frame(stamp, self.decode_frame(item)))
-            except (ValueError, TypeError) as e:
+            except Exception as e:  # noqa: BLE001 - ValueError from ours, CvBridgeError, cv2.error ...
                 self.stats.last_error = f"frame: {e}"
         if final:
             self._check_window(utt, len(raw), len(frames))

@@ -188,3 +188,37 @@ def test_a_window_without_frames_while_frames_are_buffered_says_whose_clock_is_o
     assert "different clocks" in pipe.stats.frame_window_miss
     assert pipe.add_frame(4641.0, frame, now=4641.0) and pipe.frames.future_offset_s is None
     pipe.stop()
+
+
+def test_the_caption_worker_survives_any_error_and_refines_the_next_utterance(tiny_visual_checkpoint):
+    import numpy as np
+
+    from ddvlm_core.captioner import Caption
+
+    class BrokenThenFine:  # returns no Caption once (a broken plug-in), then real ones
+        name = "broken-then-fine"
+        calls = 0
+
+        def caption(self, frames, window=None):
+            self.calls += 1
+            return None if self.calls == 1 else Caption("The head is turning to the left.", self.name, len(frames))
+
+    def decode(item):  # cv_bridge raises its own error type, not ValueError
+        if item == "cvbridge-unsupported":
+            raise RuntimeError("CvBridgeError: encoding not supported")
+        return np.zeros((8, 8, 3), np.uint8)
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    results = []
+    pipe = EmotionPipeline(rec, results.append, captioner=BrokenThenFine(), decode_frame=decode)
+    pipe.start()
+    for k, item in enumerate(["ok", "cvbridge-unsupported", "ok"]):
+        pipe.add_frame(100.0 + 0.1 * k, item, now=100.3)
+    for uid in ("1", "2"):
+        pipe.submit(UtteranceIn("c", uid, "a", f"line {uid}", 99.9, 100.3, time.monotonic()))
+    deadline = time.monotonic() + 20
+    while (len(results) < 3 or not pipe.idle()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pipe.stop()
+    assert [(r.utterance.utterance_id, r.refined) for r in results] == [("1", False), ("2", False), ("2", True)]
+    assert results[-1].prediction.caption and pipe.stats.frame_window_miss == ""
