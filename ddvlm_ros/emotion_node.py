@@ -33,6 +33,7 @@ from ddvlm_ros.spin import spin_until_shutdown
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
 SLOW_LATENCY_MS = 500.0  # WARN above this p90 text latency
+NO_FINAL_WARN_S = 30.0  # utterance messages this long, none final: WARN that only final ones are classified
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
@@ -64,6 +65,9 @@ class EmotionNode(LifecycleNode):
         self._counter = 0
         self._last_input: dict[str, float] = {}
         self._silence_warned: set[str] = set()
+        self._utterance_msgs = {"final": 0, "partial": 0}
+        self._first_partial: float | None = None  # monotonic time of the first non-final utterance message
+        self._no_final_warned = False
         self._qos_incompatible = 0
         self._bad_frames = 0
         self._last_output = ""  # the last /emotion answer, in words (diagnostics)
@@ -301,7 +305,13 @@ class EmotionNode(LifecycleNode):
     def _on_utterance(self, msg: Utterance) -> None:
         self._seen("utterance_topic")
         received = time.monotonic()
+        self._utterance_msgs["final" if msg.is_final else "partial"] += 1
         if not msg.is_final:  # streaming: caption the frames so far while the person is still speaking
+            if self._first_partial is None:
+                self._first_partial = received
+            elif not self._no_final_warned and self._no_final():
+                self._no_final_warned = True
+                self.get_logger().warning(self._no_final())
             start = stamp_to_sec(msg.start)
             if start:
                 self.pipeline.prefetch(UtteranceIn(msg.conversation_id or self.p("conversation_id"), msg.utterance_id,
@@ -443,6 +453,12 @@ class EmotionNode(LifecycleNode):
         silent = [t for t in self._silence_warned]
         if silent and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, f"no input on {', '.join(silent)}"
+        values["utterance_msgs"] = f"{self._utterance_msgs['final']} final, {self._utterance_msgs['partial']} partial"
+        no_final = self._no_final()
+        if no_final:
+            values["no_final_utterance"] = no_final
+            if level == DiagnosticStatus.OK:
+                level, message = DiagnosticStatus.WARN, "no final utterance (is_final)"
         if self.get_parameter("use_sim_time").value and self.get_clock().now().nanoseconds == 0:
             values["clock"] = "use_sim_time is true and no /clock message has come (`ros2 bag play --clock`?)"
             if level == DiagnosticStatus.OK:
@@ -453,6 +469,15 @@ class EmotionNode(LifecycleNode):
             level, message = DiagnosticStatus.ERROR, f"configure failed: {self.load_error}"
         return DiagnosticStatus(level=level, name=DIAGNOSTIC_NAME, message=message, hardware_id=self.get_name(),
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+    def _no_final(self) -> str:
+        """Why nothing is classified when utterance messages have come for NO_FINAL_WARN_S and none was final
+        (Utterance.is_final defaults to false); '' otherwise."""
+        counts, first = self._utterance_msgs, self._first_partial
+        if counts["final"] or first is None or time.monotonic() - first < NO_FINAL_WARN_S:
+            return ""
+        return (f"{counts['partial']} utterance messages in {time.monotonic() - first:.0f} s and none with is_final "
+                "true: only final ones are classified (set is_final on the ASR's final result)")
 
     def _frame_offset(self) -> str:
         """The last frame's stamp minus this node's clock when it arrived, in seconds ('' before any frame):

@@ -259,6 +259,27 @@ def test_sim_time_without_a_clock_is_a_warning_until_clock_comes(harness, tiny_t
     assert abs(h.now() - 1700000000.5) < 1e-3
 
 
+def test_utterances_that_are_never_final_are_a_warning_that_names_is_final(harness, tiny_text_checkpoint,
+                                                                           monkeypatch):
+    from ddvlm_ros import emotion_node
+
+    monkeypatch.setattr(emotion_node, "NO_FINAL_WARN_S", 0.3)  # 30 s on a robot
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    for k in range(4):  # an ASR node that leaves Utterance.is_final at its default, false
+        h.publish(Utterance, "utterance", utterance(f"hello there {k}", final=False))
+        time.sleep(0.15)
+    h.settle()
+    status = h.node.diagnostic_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert h.received == [] and values["utterance_msgs"] == "0 final, 4 partial"
+    assert status.level == b"\x01" and status.message == "no final utterance (is_final)"
+    assert "none with is_final true" in values["no_final_utterance"]
+    h.publish(Utterance, "utterance", utterance("hello there", final=True))
+    assert len(h.wait_for(1)) == 1
+    status = h.node.diagnostic_status()
+    assert status.level == b"\x00" and "no_final_utterance" not in {kv.key for kv in status.values}
+
+
 def test_no_camera_at_all_gives_text_only_results(harness, tiny_visual_checkpoint):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
     h.publish(String, "transcript", String(data="Ross: is the camera on?"))
