@@ -68,6 +68,7 @@ class EmotionNode(LifecycleNode):
         self._utterance_msgs = {"final": 0, "partial": 0}
         self._first_partial: float | None = None  # monotonic time of the first non-final utterance message
         self._no_final_warned = False
+        self._input_types: dict[str, str] = {}  # input topic -> the type it takes, e.g. sensor_msgs/msg/Image
         self._qos_incompatible = 0
         self._bad_frames = 0
         self._last_output = ""  # the last /emotion answer, in words (diagnostics)
@@ -278,6 +279,7 @@ class EmotionNode(LifecycleNode):
                  ("compressed_image_topic", CompressedImage, self._on_compressed, "image")]
         for param, msg_type, callback, qos in specs:
             if self.p(param):
+                self._input_types[self.p(param)] = f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
                 self._subs.append(self.create_subscription(msg_type, self.p(param), callback, self._qos(qos),
                                                            callback_group=self._inputs_group, event_callbacks=events))
 
@@ -363,7 +365,20 @@ class EmotionNode(LifecycleNode):
         for topic, last in self._last_input.items():
             if now - last > limit and topic not in self._silence_warned:
                 self._silence_warned.add(topic)
-                self.get_logger().warning(f"no message on {self.resolve_topic_name(topic)} for {now - last:.0f}s")
+                self.get_logger().warning(f"no message on {self.resolve_topic_name(topic)} for {now - last:.0f}s: "
+                                          f"{self._why_silent(topic)}")
+
+    def _why_silent(self, topic: str) -> str:
+        """What the ROS graph says about a silent input: no publisher, publishers of another type (a wrong
+        remap, e.g. a compressed image topic on ``image``), or publishers of the right type that sent nothing."""
+        expected = self._input_types.get(topic, "")
+        publishers = self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
+        if not publishers:
+            return "no node publishes it (check the remapping)"
+        wrong = sorted({p.topic_type for p in publishers if p.topic_type != expected})
+        if wrong:
+            return f"its publishers send {', '.join(wrong)}; this input takes {expected}"
+        return f"{len(publishers)} publisher(s) of {expected}, nothing received (QoS, or they are idle)"
 
     # ---- outputs --------------------------------------------------------------------------------
     def _on_result(self, result: Result) -> None:
@@ -450,7 +465,9 @@ class EmotionNode(LifecycleNode):
         now = time.monotonic()
         for topic, last in self._last_input.items():
             values[f"input_age_s[{topic}]"] = round(now - last, 1)
-        silent = [t for t in self._silence_warned]
+        silent = sorted(self._silence_warned)
+        for topic in silent:
+            values[f"silent_why[{topic}]"] = self._why_silent(topic)
         if silent and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, f"no input on {', '.join(silent)}"
         values["utterance_msgs"] = f"{self._utterance_msgs['final']} final, {self._utterance_msgs['partial']} partial"

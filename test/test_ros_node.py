@@ -362,15 +362,31 @@ def test_start_after_end_and_unknown_speaker(harness, tiny_text_checkpoint):
     assert m.speaker_token == "<s0>" and m.speaker_id == ""
 
 
-def test_silent_inputs_are_reported(harness, tiny_text_checkpoint):
+def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness, tiny_text_checkpoint):
+    import rclpy
+
     h = harness(model_dir=tiny_text_checkpoint, input_timeout_s=0.5).start()
-    deadline = time.monotonic() + 5
-    while not h.node._silence_warned and time.monotonic() < deadline:
-        time.sleep(0.1)
-    status = h.node.diagnostic_status()
+    context = rclpy.Context()  # another process's node: a participant of its own
+    rclpy.init(context=context)
+    camera = rclpy.create_node("wrongly_remapped_camera", context=context)
+    try:
+        camera.create_publisher(CompressedImage, "image", 1)  # a compressed stream remapped onto `image`
+        camera.create_publisher(String, "transcript", 1)  # an ASR that has not spoken yet
+        deadline = time.monotonic() + 5
+        while len(h.node._silence_warned) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        status = h.node.diagnostic_status()
+        values = {v.key: v.value for v in status.values}
+        why = {k[len("silent_why["):-1]: v for k, v in values.items() if k.startswith("silent_why[")}
+    finally:
+        camera.destroy_node()
+        rclpy.shutdown(context=context)
     assert status.level == b"\x01" and "no input on" in status.message
-    ages = {v.key: float(v.value) for v in status.values if v.key.startswith("input_age_s")}
+    ages = {k: float(v) for k, v in values.items() if k.startswith("input_age_s")}
     assert ages and all(age >= 0.5 for age in ages.values())
+    assert why["image"] == "its publishers send sensor_msgs/msg/CompressedImage; this input takes sensor_msgs/msg/Image"
+    assert why["transcript"] == "1 publisher(s) of std_msgs/msg/String, nothing received (QoS, or they are idle)"
+    assert why["utterance"] == why["image/compressed"] == "no node publishes it (check the remapping)"
 
 
 def test_quantized_node_answers_with_the_chosen_woq_kernel(harness, tiny_text_checkpoint):
