@@ -372,7 +372,10 @@ class EmotionNode(LifecycleNode):
         """What the ROS graph says about a silent input: no publisher, publishers of another type (a wrong
         remap, e.g. a compressed image topic on ``image``), or publishers of the right type that sent nothing."""
         expected = self._input_types.get(topic, "")
-        publishers = self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
+        try:
+            publishers = self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
+        except Exception as e:  # noqa: BLE001 - runs on the diagnostics timer: it must never stop the executor
+            return f"the ROS graph could not be read ({type(e).__name__}: {e})"
         if not publishers:
             return "no node publishes it (check the remapping)"
         wrong = sorted({p.topic_type for p in publishers if p.topic_type != expected})
