@@ -90,6 +90,20 @@ class ReplayResult:
     wall_s: float = 0.0
     emotion_log: list[tuple[int, bytes]] = field(default_factory=list)  # (sim time ns, CDR) of every /emotion
     messages: list = field(default_factory=list)  # the bag as read (bag_messages), for write_recording
+    node_status: dict = field(default_factory=dict)  # the node's diagnostic values when the replay ended
+
+    def camera_line(self) -> str:
+        """What the node made of the bag's camera frames, with the reason when windows got none ('' without
+        a camera)."""
+        s = self.node_status
+        counts = [int(s.get(k, 0) or 0) for k in ("frames", "bad_frames", "windows_without_frames")]
+        if not any(counts):
+            return ""
+        if s.get("captioner", "none") == "none":
+            return f"camera: {counts[0]} frames kept, {counts[1]} undecodable; no captioner, so no frame was used"
+        miss = s.get("frame_window_miss", "")
+        return (f"camera: {counts[0]} frames kept, {counts[1]} undecodable, {counts[2]} utterance windows without "
+                f"a frame to caption" + (f" (the last: {miss})" if miss else ""))
 
     def prediction(self, key: str):
         entry = self.answers.get(key, {})
@@ -205,6 +219,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             time.sleep(0.05)
         time.sleep(0.3)  # late refined answers
         result.wall_s = time.monotonic() - started
+        result.node_status = {kv.key: kv.value for kv in node.diagnostic_status().values}
     finally:
         if node.pipeline is not None:
             node.pipeline.stop()
@@ -254,13 +269,16 @@ def assignments(items: list[str], error: Callable[[str], Exception], empty_value
     return pairs
 
 
-def report_markdown(title: str, score: dict, bag: str, params: dict, speed: float, extra: str = "") -> str:
+def report_markdown(title: str, score: dict, bag: str, params: dict, speed: float, extra: str = "",
+                    camera: str = "") -> str:
     lines = [f"# {title}", "", f"Bag `{bag}`, replayed at {speed}x through the emotion node "
              f"(`python -m ddvlm_ros.replay`), params {json.dumps(params)}. {extra}", ""]
     if not score.get("utterances"):
         return "\n".join(lines + ["No final utterance was replayed."]) + "\n"
     lines.append(f"- utterances: {score['utterances']}, answered {score['answered']}, unanswered "
                  f"{score['unanswered']}, refined {score['refined']}, duplicate answers {score['duplicates']}")
+    if camera:
+        lines.append(f"- {camera}")
     if score["latency_ms"]:
         lines.append(f"- text-result latency ms: p50 {score['latency_ms']['p50']:.1f}, "
                      f"p90 {score['latency_ms']['p90']:.1f}, max {score['latency_ms']['max']:.1f}")
@@ -384,6 +402,8 @@ def main(argv: list[str]) -> int:
               f"(their keys look like {unlabelled[0]!r}); they are not scored")
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
+    if result.camera_line():
+        print(result.camera_line())
     if score.get("n"):
         print(f"WA-F1 {score['wa_f1']:.2f}  macro F1 {score['macro_f1']:.2f}  accuracy {score['accuracy']:.2f}  "
               f"latency p50 {score['latency_ms']['p50']:.1f} ms")
@@ -406,10 +426,10 @@ def main(argv: list[str]) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         extra = (f"At most {args.max_in_flight} utterances in flight (latency includes that queue)."
                  if args.max_in_flight else "")
-        path.write_text(report_markdown(args.title, score, args.bag, params, args.speed, extra))
+        path.write_text(report_markdown(args.title, score, args.bag, params, args.speed, extra, result.camera_line()))
         path.with_suffix(".json").write_text(json.dumps({"bag": args.bag, "speed": args.speed, "params": params,
-                                                         "remaps": remaps, "score": score, "wall_s": result.wall_s},
-                                                        indent=1) + "\n")
+                                                         "remaps": remaps, "score": score, "wall_s": result.wall_s,
+                                                         "node": result.node_status}, indent=1) + "\n")
         print(f"report: {path}")
     return 0
 

@@ -124,9 +124,10 @@ def test_committed_sample_bag_replays_through_the_default_checkpoint():
     assert 0 <= score["wa_f1"] <= 100 and score["latency_ms"]["p50"] > 0
 
 
-def write_robot_bag(path, lines, fps=4.0):
+def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0):
     """A bag as `ros2 bag record` leaves it on a robot: ASR text on /asr/text, JPEG frames on
-    /camera/color/image_raw/compressed and a topic the node has no use for; no labels side file."""
+    /camera/color/image_raw/compressed and a topic the node has no use for; no labels side file.
+    ``camera_clock_offset_s``: the camera stamps its frames with a clock that far from the robot's."""
     import cv2
     import numpy as np
     from rosbags.rosbag2 import Writer
@@ -149,7 +150,8 @@ def write_robot_bag(path, lines, fps=4.0):
             for j in range(int(2 * fps)):
                 ts = t - 2.0 + j / fps
                 jpg = cv2.imencode(".jpg", synthetic_frame(j))[1]
-                frame = Compressed(header=Header(stamp=_stamp(store, ts), frame_id="camera"), format="jpeg",
+                frame = Compressed(header=Header(stamp=_stamp(store, ts + camera_clock_offset_s), frame_id="camera"),
+                                   format="jpeg",
                                    data=np.frombuffer(jpg.tobytes(), np.uint8))
                 events.append((ts, cam, store.serialize_cdr(frame, "sensor_msgs/msg/CompressedImage")))
         for t, connection, data in sorted(events, key=lambda e: e[0]):
@@ -203,6 +205,25 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
                     ["--speed", "0"], ["--speed", "-4"]):
         with pytest.raises(SystemExit):
             main([str(bag), *remaps, *refused])
+
+
+def test_the_replay_report_says_what_the_node_made_of_the_camera(tmp_path, tiny_visual_checkpoint):
+    from ddvlm_ros.replay import main
+
+    remaps = ["--remap", "/asr/text:=transcript", "--remap", "/camera/color/image_raw/compressed:=image/compressed"]
+    reports = {}
+    for name, offset in (("robot", 0.0), ("camera_clock", -3600.0)):
+        bag = write_robot_bag(tmp_path / name, ROBOT_LINES, camera_clock_offset_s=offset)
+        assert main([str(bag), "--model-dir", tiny_visual_checkpoint, "--captioner", "cue", "--speed", "4", *remaps,
+                     "--report", str(tmp_path / f"{name}.md")]) == 0
+        reports[name] = ((tmp_path / f"{name}.md").read_text(), json.loads((tmp_path / f"{name}.json").read_text()))
+    text, data = reports["robot"]
+    assert data["score"]["refined"] == 4 and data["node"]["windows_without_frames"] == "0"
+    assert "- camera: " in text and "0 undecodable, 0 utterance windows without a frame to caption" in text
+    text, data = reports["camera_clock"]
+    assert data["score"]["refined"] == 0 and data["node"]["windows_without_frames"] == "4"
+    assert "4 utterance windows without a frame to caption (the last: the buffered frames are stamped" in text
+    assert "different clocks" in text
 
 
 def test_replay_refuses_unmapped_mistyped_or_missing_topics_with_the_bags_topics(tmp_path):
