@@ -159,20 +159,6 @@ def test_bad_raw_frames_are_counted_and_text_still_flows(harness, tiny_visual_ch
         assert miss == ""
 
 
-def test_a_yuyv_camera_refines(harness, tiny_visual_checkpoint):
-    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
-    now = h.now()
-    for k in range(3):  # a USB camera's YUYV frames, brightening
-        msg = Image(height=8, width=8, encoding="yuyv", step=16, data=bytes([60 + 40 * k, 128] * 64))
-        msg.header.stamp = sec_to_stamp(now - 0.6 + 0.2 * k, Time)
-        h.publish(Image, "image", msg)
-        time.sleep(0.05)
-    time.sleep(0.3)
-    h.publish(Utterance, "utterance", utterance("hi", "ross", now - 1, now + 0.1))
-    assert [m.refined for m in h.wait_for(2)] == [False, True]
-    assert h.node._bad_frames == 0
-
-
 def test_corrupt_compressed_frame_is_counted(harness, tiny_visual_checkpoint):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
     now = h.now()
@@ -186,18 +172,29 @@ def test_corrupt_compressed_frame_is_counted(harness, tiny_visual_checkpoint):
     assert h.node._bad_frames == 1 and len(h.received) == 1
 
 
-def test_good_compressed_frames_refine(harness, tiny_visual_checkpoint):
+def jpeg_frame(k):
+    ok, jpg = cv2.imencode(".jpg", np.full((48, 48, 3), 40 * k, np.uint8))
+    return CompressedImage(format="jpeg", data=jpg.tobytes())
+
+
+def yuyv_frame(k):  # a USB camera's YUYV frames, brightening
+    return Image(height=8, width=8, encoding="yuyv", step=16, data=bytes([60 + 40 * k, 128] * 64))
+
+
+@pytest.mark.parametrize("msg_type, topic, make", [(CompressedImage, "image/compressed", jpeg_frame),
+                                                   (Image, "image", yuyv_frame)])
+def test_good_frames_refine(harness, tiny_visual_checkpoint, msg_type, topic, make):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
     now = h.now()
     for k in range(3):
-        ok, jpg = cv2.imencode(".jpg", np.full((48, 48, 3), 40 * k, np.uint8))
-        msg = CompressedImage(format="jpeg", data=jpg.tobytes())
+        msg = make(k)
         msg.header.stamp = sec_to_stamp(now - 0.6 + 0.2 * k, Time)
-        h.publish(CompressedImage, "image/compressed", msg)
+        h.publish(msg_type, topic, msg)
         time.sleep(0.05)
     time.sleep(0.3)
     h.publish(Utterance, "utterance", utterance("hi", "ross", now - 1, now + 0.1))
     assert [m.refined for m in h.wait_for(2)] == [False, True]
+    assert h.node._bad_frames == 0
 
 
 def test_future_and_out_of_order_frame_stamps(harness, tiny_visual_checkpoint):
