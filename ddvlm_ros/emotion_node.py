@@ -311,9 +311,9 @@ class EmotionNode(LifecycleNode):
         if not msg.is_final:  # streaming: caption the frames so far while the person is still speaking
             if self._first_partial is None:
                 self._first_partial = received
-            elif not self._no_final_warned and self._no_final():
+            elif not self._no_final_warned and (why := self._no_final()):
                 self._no_final_warned = True
-                self.get_logger().warning(self._no_final())
+                self.get_logger().warning(why)
             start = stamp_to_sec(msg.start)
             if start:
                 self.pipeline.prefetch(UtteranceIn(msg.conversation_id or self.p("conversation_id"), msg.utterance_id,

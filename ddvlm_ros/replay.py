@@ -402,8 +402,9 @@ def main(argv: list[str]) -> int:
               f"(their keys look like {unlabelled[0]!r}); they are not scored")
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
-    if result.camera_line():
-        print(result.camera_line())
+    camera = result.camera_line()
+    if camera:
+        print(camera)
     if score.get("n"):
         print(f"WA-F1 {score['wa_f1']:.2f}  macro F1 {score['macro_f1']:.2f}  accuracy {score['accuracy']:.2f}  "
               f"latency p50 {score['latency_ms']['p50']:.1f} ms")
@@ -426,7 +427,7 @@ def main(argv: list[str]) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         extra = (f"At most {args.max_in_flight} utterances in flight (latency includes that queue)."
                  if args.max_in_flight else "")
-        path.write_text(report_markdown(args.title, score, args.bag, params, args.speed, extra, result.camera_line()))
+        path.write_text(report_markdown(args.title, score, args.bag, params, args.speed, extra, camera))
         path.with_suffix(".json").write_text(json.dumps({"bag": args.bag, "speed": args.speed, "params": params,
                                                          "remaps": remaps, "score": score, "wall_s": result.wall_s,
                                                          "node": result.node_status}, indent=1) + "\n")
