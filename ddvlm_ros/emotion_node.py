@@ -25,6 +25,7 @@ from std_msgs.msg import Header, String
 
 from ddvlm_core.checkpoint import CheckpointError
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
+from ddvlm_msgs.srv import ResetConversation
 from ddvlm_ros.convert import (compressed_msg_to_rgb, image_msg_to_rgb, parse_transcript, prediction_to_msg,
                                sec_to_stamp, stamp_to_sec)
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
@@ -77,6 +78,8 @@ class EmotionNode(LifecycleNode):
         self._hri_status = "off"
         self._inputs_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
+        self.create_service(ResetConversation, "~/reset_conversation", self._on_reset_conversation,
+                            callback_group=self._inputs_group)
 
     def p(self, name: str):
         """Parameter ``name`` as its declared type (ValueError if it has another: see parameter_errors)."""
@@ -383,6 +386,19 @@ class EmotionNode(LifecycleNode):
             return f"its publishers send {', '.join(wrong)}; this input takes {expected}"
         return f"{len(publishers)} publisher(s) of {expected}, nothing received (QoS, or they are idle)"
 
+    def _on_reset_conversation(self, request, response):
+        """~/reset_conversation: forget a conversation's context ('' = all), e.g. when a new participant
+        comes; utterances received before the call keep theirs (ddvlm_ros.pipeline.EmotionPipeline.reset)."""
+        if not self._active or self.pipeline is None:
+            response.success, response.message = False, "the node is not active: no context to reset"
+        else:
+            try:
+                response.success, response.message = True, self.pipeline.reset(request.conversation_id)
+            except RuntimeError as e:
+                response.success, response.message = False, str(e)
+        self.get_logger().info(f"reset_conversation: {response.message}")
+        return response
+
     # ---- outputs --------------------------------------------------------------------------------
     def _on_result(self, result: Result) -> None:
         u = result.utterance
@@ -460,7 +476,8 @@ class EmotionNode(LifecycleNode):
                        "captioner": getattr(self.pipeline.captioner, "name", "none"),
                        **({"captioner_check": self.captioner_check} if self.pipeline.captioner is not None else {}),
                        "conversations": len(self.pipeline.conversations),
-                       "conversations_forgotten": s.conversations_forgotten, "last_output": self._last_output}
+                       "conversations_forgotten": s.conversations_forgotten, "resets_requested": s.resets_requested,
+                       "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
             elif s.frame_window_miss:

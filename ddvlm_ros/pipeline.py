@@ -62,7 +62,8 @@ class Stats:
     caption_prefetch_hits: int = 0  # final utterances whose caption was made while they were spoken
     windows_without_frames: int = 0  # final utterances (with a captioner) whose window gave no frame to caption
     frame_window_miss: str = ""  # why the last final window gave none while the camera sent frames ('' = it gave)
-    conversations_reset: int = 0
+    conversations_reset: int = 0  # idle past idle_timeout_s: the next utterance started a new context
+    resets_requested: int = 0  # reset() calls (the node's reset_conversation service)
     conversations_forgotten: int = 0  # dropped from memory (idle, or the least recently active past the cap)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
@@ -228,6 +229,26 @@ class EmotionPipeline:
         except queue.Full:
             pass
 
+    def reset(self, conversation_id: str = "") -> str:
+        """Forget the dialogue context of ``conversation_id`` ('' = every conversation), so that its next
+        utterance starts a new one with new speaker tokens. The reset is queued behind the utterances submitted
+        before it: they keep the context they were spoken in. Returns what will be forgotten, in words;
+        RuntimeError if the inference queue is full."""
+        job = ("reset", conversation_id)
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            raise RuntimeError("the inference queue is full; try again") from None
+        self.stats.resets_requested += 1
+        with self._jobs.mutex:  # utterances still waiting ahead of this reset
+            ahead = 0
+            for queued in self._jobs.queue:
+                if queued is job:
+                    break
+                ahead += queued is not None and queued[0] == "text"
+        what = f"conversation {conversation_id!r}" if conversation_id else "every conversation"
+        return f"{what} starts over" + (f" after the {ahead} utterances queued before this call" if ahead > 0 else "")
+
     @staticmethod
     def _stream_key(u: UtteranceIn) -> tuple[str, str]:
         return (u.conversation_id, u.utterance_id or f"speaker:{u.speaker_id}")
@@ -248,6 +269,8 @@ class EmotionPipeline:
                     self._text(payload)
                 elif kind == "call":
                     payload()
+                elif kind == "reset":
+                    self._reset(payload)
                 else:
                     self._refine(*payload)
             except Exception as e:  # noqa: BLE001 - a bad job must never stop the worker
@@ -285,6 +308,11 @@ class EmotionPipeline:
             gone = set(idle + oldest)
             for key in [k for k in list(self._prefetched) if k[0] in gone]:  # the caption thread writes it too
                 self._prefetched.pop(key, None)
+
+    def _reset(self, conversation_id: str) -> None:
+        gone = [c for c in self.conversations if not conversation_id or c == conversation_id]
+        turns = sum(len(self.conversations.pop(c).dialogue) for c in gone)
+        self.log("info", f"reset on request: {len(gone)} conversation(s) forgotten ({turns} utterances of context)")
 
     def _text(self, utt: UtteranceIn) -> None:
         self.stats.utterances += 1

@@ -11,7 +11,7 @@ VENV=${VENV:-$(pwd)/.venv}
 PY=$VENV/bin/python
 BUILD=${BUILD:-$(pwd)/build/$PKG}
 stamp=$VENV/share/$PKG/.source-hash
-hash=$(find "$SRC" -maxdepth 2 \( -name '*.msg' -o -name CMakeLists.txt -o -name package.xml \) | LC_ALL=C sort | xargs cat | sha256sum | cut -d' ' -f1)
+hash=$(find "$SRC" -maxdepth 2 \( -name '*.msg' -o -name '*.srv' -o -name CMakeLists.txt -o -name package.xml \) | LC_ALL=C sort | xargs cat | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
   echo "$PKG up to date"; exit 0
 fi
@@ -33,4 +33,5 @@ cmake -S "$SRC" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE=
 cmake --build "$BUILD" -j2 >> "$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
 cmake --install "$BUILD" >> "$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
 echo "$hash" > "$stamp"
-"$PY" -c "import $PKG.msg as m; print('$PKG built:', ', '.join(n for n in dir(m) if n[0].isupper()))"
+"$PY" -c "import importlib, importlib.util as u, $PKG.msg as m; s = importlib.import_module('$PKG.srv') if u.find_spec('$PKG.srv') else None
+print('$PKG built:', ', '.join(n for x in (m, s) if x for n in dir(x) if n[0].isupper() and not n.endswith(('_Request', '_Response', '_Event'))))"

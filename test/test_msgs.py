@@ -22,6 +22,13 @@ def test_fields_and_constants_are_as_documented():
         assert hasattr(u, field), field
 
 
+def test_the_reset_service_type_is_generated_with_its_documented_fields():
+    from ddvlm_msgs.srv import ResetConversation
+
+    assert ResetConversation.Request.get_fields_and_field_types() == {"conversation_id": "string"}
+    assert ResetConversation.Response.get_fields_and_field_types() == {"success": "boolean", "message": "string"}
+
+
 def test_serialization_round_trip():
     m = EmotionDistribution(labels=list(LABELS), probabilities=[1 / 7] * 7, top_label="neutral",
                             speaker_token="<s1>", refined=True, caption="Eyebrows are raised.")

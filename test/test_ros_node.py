@@ -102,6 +102,38 @@ def test_lifecycle_transitions_and_diagnostics(harness, tiny_text_checkpoint):
     assert h.node.recognizer is None and h.node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
 
 
+def call_reset(h, conversation_id: str):
+    from ddvlm_msgs.srv import ResetConversation
+
+    client = h.client.create_client(ResetConversation, "/ddvlm_emotion/reset_conversation")
+    assert client.wait_for_service(timeout_sec=5)
+    future = client.call_async(ResetConversation.Request(conversation_id=conversation_id))
+    deadline = time.monotonic() + 10
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return future.result()
+
+
+def test_the_reset_service_starts_one_conversation_over_and_refuses_while_inactive(harness, tiny_text_checkpoint):
+    h = harness(model_dir=tiny_text_checkpoint)
+    refused = call_reset(h, "")
+    assert not refused.success and "not active" in refused.message
+    h.start()
+    for text, speaker, conv in [("Hi", "ross", "kitchen"), ("Hey", "monica", "kitchen"), ("Yo", "joey", "hall")]:
+        h.publish(Utterance, "utterance", utterance(text, speaker, conv=conv))
+    h.wait_for(3)
+    h.settle()
+    answer = call_reset(h, "kitchen")
+    assert answer.success and answer.message == "conversation 'kitchen' starts over"
+    h.publish(Utterance, "utterance", utterance("Bye", "monica", conv="kitchen"))  # the next participant
+    h.publish(Utterance, "utterance", utterance("So", "chandler", conv="hall"))
+    got = h.wait_for(5)
+    assert [(m.conversation_id, m.speaker_token) for m in got] == [
+        ("kitchen", "<s1>"), ("kitchen", "<s2>"), ("hall", "<s1>"), ("kitchen", "<s1>"), ("hall", "<s2>")]
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["resets_requested"] == "1" and values["conversations"] == "2"
+
+
 # ---- bad input: each case a clear log or flag, and the node keeps answering ----------------------------
 
 

@@ -61,6 +61,31 @@ def test_the_model_sees_the_same_context_as_an_offline_predict(tiny_text_checkpo
         assert r.prediction.probabilities == rec.predict(lines[: k + 1]).probabilities
 
 
+def test_a_reset_forgets_one_conversation_after_the_utterances_queued_before_it(tiny_text_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    results = []
+    pipe = EmotionPipeline(rec, results.append, idle_timeout_s=0)
+    for u in (utt("hi", "a"), utt("yo", "b"), utt("hey", "z", conv="other")):
+        pipe.submit(u)
+    said = pipe.reset("c")  # queued behind the three: they keep the context they were spoken in
+    assert said == "conversation 'c' starts over after the 3 utterances queued before this call"
+    pipe.submit(utt("later", "b"))  # a new context: b is its first speaker
+    pipe.submit(utt("still", "y", conv="other"))  # untouched: y is other's second speaker
+    pipe.start()
+    deadline = time.monotonic() + 20
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r.prediction.speaker_token for r in results] == ["<s1>", "<s2>", "<s1>", "<s1>", "<s2>"]
+    assert results[3].prediction.probabilities == rec.predict([("b", "later")]).probabilities
+    assert results[4].prediction.probabilities == rec.predict([("z", "hey"), ("y", "still")]).probabilities
+    assert pipe.reset("") == "every conversation starts over" and pipe.stats.resets_requested == 2
+    deadline = time.monotonic() + 20
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipe.stop()
+    assert pipe.conversations == {}
+
+
 class CountingCaptioner:
     name = "counting"
 
