@@ -35,6 +35,8 @@ from ddvlm_ros.spin import spin_until_shutdown
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
 SLOW_LATENCY_MS = 500.0  # WARN above this p90 text latency
 NO_FINAL_WARN_S = 30.0  # utterance messages this long, none final: WARN that only final ones are classified
+LIVE_PIPELINE_SETTINGS = {"caption_timeout_s": "caption_timeout_s", "idle_timeout_s": "idle_timeout_s",
+                          "max_conversations": "max_conversations"}  # parameter -> EmotionPipeline attribute
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
@@ -49,8 +51,10 @@ class EmotionNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         for p in PARAMS:  # typed by ddvlm_ros.params.coerce, so a wrong type is a clear configure error, not a crash
             self.declare_parameter(p.name, p.default, ParameterDescriptor(
-                description=p.description, additional_constraints=p.constraint(), dynamic_typing=True))
+                description=p.described(), additional_constraints=p.constraint(), dynamic_typing=True))
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+        self._configured_values: dict[str, object] = {}  # the values the current configuration was made with
         self.pipeline: EmotionPipeline | None = None
         self.recognizer = None
         self.load_error = ""
@@ -94,6 +98,27 @@ class EmotionNode(LifecycleNode):
         errors = parameter_errors({q.name: q.value for q in params if q.name in PARAMS_BY_NAME})
         return SetParametersResult(successful=not errors, reason="; ".join(errors))
 
+    def _after_set_parameters(self, params) -> None:
+        """A value set on a running node: the pipeline's live settings change at once; any other waits for
+        the next configure, and the log says so (``ros2 param set`` alone answers "successful")."""
+        for q in params:
+            param = PARAMS_BY_NAME.get(q.name)
+            if param is None:
+                continue
+            if param.applies == "now" and self.pipeline is not None and q.name in LIVE_PIPELINE_SETTINGS:
+                setattr(self.pipeline, LIVE_PIPELINE_SETTINGS[q.name], coerce(q.name, q.value))
+            elif param.applies == "configure" and q.name in self._configured_values:
+                in_use = self._configured_values[q.name]
+                self.get_logger().warning(
+                    f"{q.name} = {q.value!r} takes effect at the next configure (in use: {in_use!r}): ros2 lifecycle "
+                    f"set {self.get_fully_qualified_name()} deactivate, then cleanup, configure, activate")
+            elif param.applies == "start":
+                self.get_logger().warning(f"{q.name} is read when the node starts: setting it now changes nothing")
+
+    def pending_parameters(self) -> list[str]:
+        """Parameters set since the last configure whose new values wait for the next one."""
+        return [name for name, value in self._configured_values.items() if self.get_parameter(name).value != value]
+
     # ---- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         try:
@@ -110,6 +135,7 @@ class EmotionNode(LifecycleNode):
             self._ensure_diagnostics()
             return TransitionCallbackReturn.FAILURE
         self.load_error = ""
+        self._configured_values = {p.name: self.get_parameter(p.name).value for p in PARAMS if p.applies == "configure"}
         self._pub = self.create_lifecycle_publisher(
             EmotionDistribution, self.p("emotion_topic"),
             QoSProfile(depth=self.p("emotion_qos_depth"), history=HistoryPolicy.KEEP_LAST),
@@ -142,8 +168,7 @@ class EmotionNode(LifecycleNode):
         now = time.monotonic()
         self._last_input = {topic: now for topic in self._input_topics()}
         self._silence_warned.clear()
-        if self.p("input_timeout_s") > 0:
-            self._silence_timer = self.create_timer(1.0, self._check_silence, callback_group=self._diag_group)
+        self._silence_timer = self.create_timer(1.0, self._check_silence, callback_group=self._diag_group)
         self._start_ros4hri()
         self._active = True
         return super().on_activate(state)
@@ -170,6 +195,7 @@ class EmotionNode(LifecycleNode):
             self._pub = None
         self.pipeline = None
         self.recognizer = None
+        self._configured_values = {}
         self._release_cuda()
         return TransitionCallbackReturn.SUCCESS
 
@@ -364,6 +390,9 @@ class EmotionNode(LifecycleNode):
 
     def _check_silence(self) -> None:
         limit = self.p("input_timeout_s")
+        if limit <= 0:  # off (it may be set so while active)
+            self._silence_warned.clear()
+            return
         now = time.monotonic()
         for topic, last in self._last_input.items():
             if now - last > limit and topic not in self._silence_warned:
@@ -490,6 +519,9 @@ class EmotionNode(LifecycleNode):
             values[f"silent_why[{topic}]"] = self._why_silent(topic)
         if silent and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, f"no input on {', '.join(silent)}"
+        pending = self.pending_parameters()
+        if pending:
+            values["parameters_pending"] = f"{', '.join(pending)} (set since configure; applied at the next one)"
         values["utterance_msgs"] = f"{self._utterance_msgs['final']} final, {self._utterance_msgs['partial']} partial"
         no_final = self._no_final()
         if no_final:

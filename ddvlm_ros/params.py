@@ -29,6 +29,11 @@ class Param:
     pattern: str = ""  # strings: a full match of this regular expression
     topic: str = ""  # "optional": a topic name or '' (off); "required": a topic name
     what: str = ""  # the pattern in words
+    applies: str = "configure"  # when a new value takes effect: "configure" (the next one), "now", "start"
+
+    def described(self) -> str:
+        """The description with when a new value takes effect (``ros2 param describe``)."""
+        return f"{self.description} [{APPLIES[self.applies]}]"
 
     def constraint(self) -> str:
         """The allowed values in words ('' = any value of the type); shown by ``ros2 param describe``."""
@@ -44,6 +49,9 @@ class Param:
             return "a valid topic name" + (" or '' (off)" if self.topic == "optional" else "")
         return ""
 
+
+APPLIES = {"configure": "a new value takes effect at the next configure", "now": "a new value takes effect at once",
+           "start": "read when the node starts"}
 
 PARAMS: tuple[Param, ...] = (
     Param("model_dir", "", "ddvlm checkpoint directory; '' = the embedded default (checkpoints/default)"),
@@ -69,17 +77,20 @@ PARAMS: tuple[Param, ...] = (
     Param("frame_buffer_s", 10.0, "seconds of camera frames kept; older frames are dropped and counted", above=0),
     Param("frame_rate_hz", 5.0, "camera frames kept per second at most (0 = every frame); a caption samples "
           "frames_per_window of them", at_least=0),
-    Param("caption_timeout_s", 10.0, "a caption later than this after the text result is discarded", above=0),
+    Param("caption_timeout_s", 10.0, "a caption later than this after the text result is discarded", above=0,
+          applies="now"),
     Param("max_context_turns", 32, "utterances kept per conversation (the prompt also stays <= 511 tokens)",
           at_least=1),
-    Param("idle_timeout_s", 120.0, "a conversation silent this long starts a new context (0 = never)", at_least=0),
+    Param("idle_timeout_s", 120.0, "a conversation silent this long starts a new context (0 = never)", at_least=0,
+          applies="now"),
     Param("max_conversations", 1000, "conversation contexts kept in memory; the least recently active go first",
-          at_least=1),
-    Param("default_speaker", "", "speaker id for plain-text transcripts without 'speaker: ' ('' = unknown)"),
-    Param("speaker_prefix", True, "read 'speaker: text' in plain-text transcripts"),
+          at_least=1, applies="now"),
+    Param("default_speaker", "", "speaker id for plain-text transcripts without 'speaker: ' ('' = unknown)",
+          applies="now"),
+    Param("speaker_prefix", True, "read 'speaker: text' in plain-text transcripts", applies="now"),
     Param("text_window_s", 4.0, "window length (s) before arrival used for frames of plain-text transcripts",
-          at_least=0),
-    Param("conversation_id", "default", "conversation id of plain-text transcripts"),
+          at_least=0, applies="now"),
+    Param("conversation_id", "default", "conversation id of plain-text transcripts", applies="now"),
     Param("transcript_topic", "transcript", "std_msgs/String transcript topic ('' = off)", topic="optional"),
     Param("utterance_topic", "utterance", "ddvlm_msgs/Utterance topic ('' = off)", topic="optional"),
     Param("image_topic", "image", "sensor_msgs/Image topic ('' = off)", topic="optional"),
@@ -95,12 +106,13 @@ PARAMS: tuple[Param, ...] = (
           choices=("reliable", "best_effort")),
     Param("emotion_qos_depth", 10, "queue depth of the /emotion publisher", at_least=1),
     Param("input_timeout_s", 30.0, "WARN and a diagnostic when an input topic was silent this long (0 = off)",
-          at_least=0),
+          at_least=0, applies="now"),
     Param("diagnostics_period_s", 1.0, "period of /diagnostics", above=0),
     Param("ros4hri", False, "ROS4HRI: voices of /humans/voices/tracked, final /humans/voices/<id>/speech as "
           "transcripts (speaker = voice id), results mirrored as hri_msgs/Expression on "
           "/humans/voices/<id>/expression"),
-    Param("autostart", False, "configure and activate on start (for launch setups without a lifecycle manager)"),
+    Param("autostart", False, "configure and activate on start (for launch setups without a lifecycle manager)",
+          applies="start"),
 )
 
 PARAMS_BY_NAME = {p.name: p for p in PARAMS}

@@ -80,11 +80,12 @@ def test_params_yaml_declares_exactly_the_node_parameters_with_their_defaults():
 
 def test_readme_parameter_table_matches_the_node():
     readme = (REPO / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", readme, re.M))
+    rows = {name: rest for name, *rest in re.findall(r"^\| `(\w+)` \| `([^`]*)` \| ([\w ]+) \|", readme, re.M)}
     assert set(rows) == {p.name for p in PARAMS}
+    when = {"configure": "configure", "now": "at once", "start": "start"}
     for p in PARAMS:
         shown = str(p.default).lower() if isinstance(p.default, bool) else str(p.default)
-        assert rows[p.name] == shown, p.name
+        assert rows[p.name] == [shown, when[p.applies]], p.name
 
 
 def test_every_declared_parameter_has_a_description(tiny_text_checkpoint):
@@ -100,7 +101,9 @@ def test_every_declared_parameter_has_a_description(tiny_text_checkpoint):
         builtin = {"use_sim_time", "start_type_description_service"}  # rclpy declares these itself
         declared = {n: node.describe_parameter(n).description for n in node._parameters if n not in builtin}
         assert set(declared) == {p.name for p in PARAMS}
-        assert all(declared.values())
+        assert declared == {p.name: p.described() for p in PARAMS}
+        assert declared["idle_timeout_s"].endswith("[a new value takes effect at once]")
+        assert declared["model_dir"].endswith("[a new value takes effect at the next configure]")
         constraints = {n: node.describe_parameter(n).additional_constraints for n in declared}
         assert constraints["captioner"] == "one of: none, cue, qwen" and constraints["frames_per_window"] == ">= 1"
         assert constraints["emotion_topic"] == "a valid topic name" and constraints["model_dir"] == ""

@@ -134,6 +134,39 @@ def test_the_reset_service_starts_one_conversation_over_and_refuses_while_inacti
     assert values["resets_requested"] == "1" and values["conversations"] == "2"
 
 
+def set_parameters(h, **values):
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    client = AsyncParameterClient(h.client, "ddvlm_emotion")
+    assert client.wait_for_services(timeout_sec=5)
+    future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+    deadline = time.monotonic() + 10
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return [r.successful for r in future.result().results]
+
+
+def test_param_set_on_a_running_node_applies_live_settings_and_names_the_rest_as_pending(
+        harness, tiny_text_checkpoint, capfd):
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    assert set_parameters(h, idle_timeout_s=0.0, caption_timeout_s=3, conversation_id="lab") == [True] * 3
+    assert (h.node.pipeline.idle_timeout_s, h.node.pipeline.caption_timeout_s) == (0.0, 3.0)
+    h.publish(String, "transcript", String(data="Ross: hi"))
+    assert h.wait_for(1)[0].conversation_id == "lab"
+    assert h.node.pending_parameters() == []
+    assert set_parameters(h, frames_per_window=2, frame_buffer_s=0) == [True, False]  # 0 is refused
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["parameters_pending"].startswith("frames_per_window (set since configure")
+    assert h.node.pipeline.frames_per_window == 4  # the running pipeline keeps its configuration
+    assert "frames_per_window = 2 takes effect at the next configure (in use: 4)" in capfd.readouterr().err
+    h.node.trigger_deactivate()
+    h.node.trigger_cleanup()
+    h.start()
+    assert h.node.pipeline.frames_per_window == 2 and h.node.pending_parameters() == []
+    assert "parameters_pending" not in {kv.key for kv in h.node.diagnostic_status().values}
+
+
 # ---- bad input: each case a clear log or flag, and the node keeps answering ----------------------------
 
 
@@ -416,6 +449,11 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
     assert why["image"] == "its publishers send sensor_msgs/msg/CompressedImage; this input takes sensor_msgs/msg/Image"
     assert why["transcript"] == "1 publisher(s) of std_msgs/msg/String, nothing received (QoS, or they are idle)"
     assert why["utterance"] == why["image/compressed"] == "no node publishes it (check the remapping)"
+    assert set_parameters(h, input_timeout_s=0) == [True]  # off, on a running node: the warnings go
+    deadline = time.monotonic() + 5
+    while h.node._silence_warned and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "no input on" not in h.node.diagnostic_status().message
 
 
 def test_quantized_node_answers_with_the_chosen_woq_kernel(harness, tiny_text_checkpoint):
