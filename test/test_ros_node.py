@@ -167,6 +167,51 @@ def test_param_set_on_a_running_node_applies_live_settings_and_names_the_rest_as
     assert "parameters_pending" not in {kv.key for kv in h.node.diagnostic_status().values}
 
 
+def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, tiny_text_checkpoint, capfd):
+    import re
+    import threading
+    from pathlib import Path
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from ddvlm_msgs.msg import EmotionDistribution
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (example,) = re.findall(r"```python\n(# A behaviour node.*?)```", readme, re.S)
+    namespace = {"__name__": "readme_example"}
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    rclpy.init()  # the example uses the default context, as a node of its own process would
+    try:
+        behaviour = namespace["EmotionAwareBehaviour"]()
+        executor = SingleThreadedExecutor()
+        executor.add_node(behaviour)
+        threading.Thread(target=executor.spin, daemon=True).start()
+        deadline = time.monotonic() + 5
+        while not h.node.count_subscribers("emotion") >= 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        h.publish(String, "transcript", String(data="Ross: I got the job!"))
+        answer = h.wait_for(1)[0]
+        angry = EmotionDistribution(labels=list(LABELS), probabilities=[0.1, 0, 0, 0, 0.1, 0.1, 0.7],
+                                    top_label="anger", confidence=0.7, speaker_id="joey")
+        h.publish(EmotionDistribution, "emotion", angry)
+        deadline = time.monotonic() + 5
+        while len(behaviour.mood) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert behaviour.mood == {"Ross": (answer.top_label, answer.confidence), "joey": ("anger", pytest.approx(0.7))}
+        deadline = time.monotonic() + 5
+        err = ""
+        while "joey sounds upset: slowing down" not in err and time.monotonic() < deadline:
+            err += capfd.readouterr().err
+            time.sleep(0.05)
+        assert "joey sounds upset: slowing down" in err
+        executor.shutdown()
+        behaviour.destroy_node()
+    finally:
+        rclpy.shutdown()
+
+
 # ---- bad input: each case a clear log or flag, and the node keeps answering ----------------------------
 
 
