@@ -54,7 +54,7 @@ class EmotionNode(LifecycleNode):
                 description=p.described(), additional_constraints=p.constraint(), dynamic_typing=True))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
-        self._configured_values: dict[str, object] = {}  # the values the current configuration was made with
+        self._values_in_use: dict[str, object] = {}  # parameters read at configure / activate: the values read
         self.pipeline: EmotionPipeline | None = None
         self.recognizer = None
         self.load_error = ""
@@ -107,17 +107,26 @@ class EmotionNode(LifecycleNode):
                 continue
             if param.applies == "now" and self.pipeline is not None and q.name in LIVE_PIPELINE_SETTINGS:
                 setattr(self.pipeline, LIVE_PIPELINE_SETTINGS[q.name], coerce(q.name, q.value))
-            elif param.applies == "configure" and q.name in self._configured_values:
-                in_use = self._configured_values[q.name]
+            elif q.name == "diagnostics_period_s" and self._diag_timer is not None:
+                self.destroy_timer(self._diag_timer)
+                self._diag_timer = self.create_timer(coerce(q.name, q.value), self.publish_diagnostics,
+                                                     callback_group=self._diag_group)
+            elif q.name in self._values_in_use:
+                steps = "deactivate, then activate" if param.applies == "activate" else \
+                    "deactivate, then cleanup, configure, activate"
                 self.get_logger().warning(
-                    f"{q.name} = {q.value!r} takes effect at the next configure (in use: {in_use!r}): ros2 lifecycle "
-                    f"set {self.get_fully_qualified_name()} deactivate, then cleanup, configure, activate")
+                    f"{q.name} = {q.value!r} takes effect at the next {param.applies} (in use: "
+                    f"{self._values_in_use[q.name]!r}): ros2 lifecycle set {self.get_fully_qualified_name()} {steps}")
             elif param.applies == "start":
                 self.get_logger().warning(f"{q.name} is read when the node starts: setting it now changes nothing")
 
+    def _read(self, stage: str) -> None:
+        """Record the values of the parameters read at ``stage`` (configure / activate), as now in use."""
+        self._values_in_use |= {p.name: self.get_parameter(p.name).value for p in PARAMS if p.applies == stage}
+
     def pending_parameters(self) -> list[str]:
-        """Parameters set since the last configure whose new values wait for the next one."""
-        return [name for name, value in self._configured_values.items() if self.get_parameter(name).value != value]
+        """Parameters set since they were read (at configure or activate) whose new values wait for the next one."""
+        return [name for name, value in self._values_in_use.items() if self.get_parameter(name).value != value]
 
     # ---- lifecycle -----------------------------------------------------------------------
     def on_configure(self, state: State) -> TransitionCallbackReturn:
@@ -135,7 +144,7 @@ class EmotionNode(LifecycleNode):
             self._ensure_diagnostics()
             return TransitionCallbackReturn.FAILURE
         self.load_error = ""
-        self._configured_values = {p.name: self.get_parameter(p.name).value for p in PARAMS if p.applies == "configure"}
+        self._read("configure")
         self._pub = self.create_lifecycle_publisher(
             EmotionDistribution, self.p("emotion_topic"),
             QoSProfile(depth=self.p("emotion_qos_depth"), history=HistoryPolicy.KEEP_LAST),
@@ -170,6 +179,7 @@ class EmotionNode(LifecycleNode):
         self._silence_warned.clear()
         self._silence_timer = self.create_timer(1.0, self._check_silence, callback_group=self._diag_group)
         self._start_ros4hri()
+        self._read("activate")
         self._active = True
         return super().on_activate(state)
 
@@ -195,7 +205,7 @@ class EmotionNode(LifecycleNode):
             self._pub = None
         self.pipeline = None
         self.recognizer = None
-        self._configured_values = {}
+        self._values_in_use = {}
         self._release_cuda()
         return TransitionCallbackReturn.SUCCESS
 
@@ -521,7 +531,7 @@ class EmotionNode(LifecycleNode):
             level, message = DiagnosticStatus.WARN, f"no input on {', '.join(silent)}"
         pending = self.pending_parameters()
         if pending:
-            values["parameters_pending"] = f"{', '.join(pending)} (set since configure; applied at the next one)"
+            values["parameters_pending"] = ", ".join(f"{n} (next {PARAMS_BY_NAME[n].applies})" for n in pending)
         values["utterance_msgs"] = f"{self._utterance_msgs['final']} final, {self._utterance_msgs['partial']} partial"
         no_final = self._no_final()
         if no_final:

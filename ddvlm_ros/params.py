@@ -29,7 +29,7 @@ class Param:
     pattern: str = ""  # strings: a full match of this regular expression
     topic: str = ""  # "optional": a topic name or '' (off); "required": a topic name
     what: str = ""  # the pattern in words
-    applies: str = "configure"  # when a new value takes effect: "configure" (the next one), "now", "start"
+    applies: str = "configure"  # when a new value takes effect: the next "configure" or "activate", "now", "start"
 
     def described(self) -> str:
         """The description with when a new value takes effect (``ros2 param describe``)."""
@@ -50,7 +50,8 @@ class Param:
         return ""
 
 
-APPLIES = {"configure": "a new value takes effect at the next configure", "now": "a new value takes effect at once",
+APPLIES = {"configure": "a new value takes effect at the next configure",
+           "activate": "a new value takes effect at the next activate", "now": "a new value takes effect at once",
            "start": "read when the node starts"}
 
 PARAMS: tuple[Param, ...] = (
@@ -91,26 +92,29 @@ PARAMS: tuple[Param, ...] = (
     Param("text_window_s", 4.0, "window length (s) before arrival used for frames of plain-text transcripts",
           at_least=0, applies="now"),
     Param("conversation_id", "default", "conversation id of plain-text transcripts", applies="now"),
-    Param("transcript_topic", "transcript", "std_msgs/String transcript topic ('' = off)", topic="optional"),
-    Param("utterance_topic", "utterance", "ddvlm_msgs/Utterance topic ('' = off)", topic="optional"),
-    Param("image_topic", "image", "sensor_msgs/Image topic ('' = off)", topic="optional"),
+    Param("transcript_topic", "transcript", "std_msgs/String transcript topic ('' = off)", topic="optional",
+          applies="activate"),
+    Param("utterance_topic", "utterance", "ddvlm_msgs/Utterance topic ('' = off)", topic="optional",
+          applies="activate"),
+    Param("image_topic", "image", "sensor_msgs/Image topic ('' = off)", topic="optional", applies="activate"),
     Param("compressed_image_topic", "image/compressed", "sensor_msgs/CompressedImage topic ('' = off)",
-          topic="optional"),
+          topic="optional", applies="activate"),
     Param("emotion_topic", "emotion", "ddvlm_msgs/EmotionDistribution output topic", topic="required"),
     Param("transcript_qos_depth", 200, "queue depth of the transcript subscriptions (bursts must not be lost)",
-          at_least=1),
+          at_least=1, applies="activate"),
     Param("transcript_qos_reliability", "reliable", "reliable | best_effort for the transcript subscriptions",
-          choices=("reliable", "best_effort")),
-    Param("image_qos_depth", 1, "queue depth of the camera subscriptions (1: never a backlog)", at_least=1),
+          choices=("reliable", "best_effort"), applies="activate"),
+    Param("image_qos_depth", 1, "queue depth of the camera subscriptions (1: never a backlog)", at_least=1,
+          applies="activate"),
     Param("image_qos_reliability", "best_effort", "reliable | best_effort for the camera subscriptions",
-          choices=("reliable", "best_effort")),
+          choices=("reliable", "best_effort"), applies="activate"),
     Param("emotion_qos_depth", 10, "queue depth of the /emotion publisher", at_least=1),
     Param("input_timeout_s", 30.0, "WARN and a diagnostic when an input topic was silent this long (0 = off)",
           at_least=0, applies="now"),
-    Param("diagnostics_period_s", 1.0, "period of /diagnostics", above=0),
+    Param("diagnostics_period_s", 1.0, "period of /diagnostics", above=0, applies="now"),
     Param("ros4hri", False, "ROS4HRI: voices of /humans/voices/tracked, final /humans/voices/<id>/speech as "
           "transcripts (speaker = voice id), results mirrored as hri_msgs/Expression on "
-          "/humans/voices/<id>/expression"),
+          "/humans/voices/<id>/expression", applies="activate"),
     Param("autostart", False, "configure and activate on start (for launch setups without a lifecycle manager)",
           applies="start"),
 )

@@ -82,7 +82,7 @@ def test_readme_parameter_table_matches_the_node():
     readme = (REPO / "README.md").read_text()
     rows = {name: rest for name, *rest in re.findall(r"^\| `(\w+)` \| `([^`]*)` \| ([\w ]+) \|", readme, re.M)}
     assert set(rows) == {p.name for p in PARAMS}
-    when = {"configure": "configure", "now": "at once", "start": "start"}
+    when = {"configure": "configure", "activate": "activate", "now": "at once", "start": "start"}
     for p in PARAMS:
         shown = str(p.default).lower() if isinstance(p.default, bool) else str(p.default)
         assert rows[p.name] == [shown, when[p.applies]], p.name

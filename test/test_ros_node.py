@@ -157,9 +157,18 @@ def test_param_set_on_a_running_node_applies_live_settings_and_names_the_rest_as
     assert h.node.pending_parameters() == []
     assert set_parameters(h, frames_per_window=2, frame_buffer_s=0) == [True, False]  # 0 is refused
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
-    assert values["parameters_pending"].startswith("frames_per_window (set since configure")
+    assert values["parameters_pending"] == "frames_per_window (next configure)"
     assert h.node.pipeline.frames_per_window == 4  # the running pipeline keeps its configuration
     assert "frames_per_window = 2 takes effect at the next configure (in use: 4)" in capfd.readouterr().err
+    assert set_parameters(h, transcript_topic="asr/text", diagnostics_period_s=0.25) == [True, True]
+    assert h.node.pending_parameters() == ["frames_per_window", "transcript_topic"]
+    assert "transcript_topic = 'asr/text' takes effect at the next activate" in capfd.readouterr().err
+    assert h.node._diag_timer.timer_period_ns == 250_000_000  # at once
+    h.node.trigger_deactivate()
+    h.node.trigger_activate()  # subscribes to the new topic; the pipeline's settings wait for configure
+    assert h.node.pending_parameters() == ["frames_per_window"]
+    h.publish(String, "asr/text", String(data="Rachel: hi"))
+    assert h.wait_for(2)[-1].speaker_id == "Rachel"
     h.node.trigger_deactivate()
     h.node.trigger_cleanup()
     h.start()
