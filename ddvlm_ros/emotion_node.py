@@ -503,6 +503,7 @@ class EmotionNode(LifecycleNode):
             values |= {f"queue_{k}": v for k, v in self.pipeline.queue_depths().items()}
             values |= {"utterances": s.utterances, "published": s.published, "refined": s.refined,
                        "rejected_utterances": s.rejected, "dropped_utterances": s.dropped_utterances,
+                       "dropped_at_deactivate": s.dropped_at_stop,
                        "frames": s.frames, "frames_dropped_old": s.frames_dropped_old,
                        "frames_thinned": s.frames_thinned,
                        "frames_dropped_future": s.frames_dropped_future, "caption_errors": s.caption_errors,

@@ -53,6 +53,7 @@ class Stats:
     refined: int = 0
     rejected: int = 0  # bad transcripts (empty, not UTF-8 ...)
     dropped_utterances: int = 0  # queue full
+    dropped_at_stop: int = 0  # utterances still queued when the pipeline stopped (deactivate): never answered
     frames: int = 0
     frames_dropped_old: int = 0
     frames_thinned: int = 0  # not kept: closer than 1 / frame_rate_hz to a kept frame
@@ -172,6 +173,8 @@ class EmotionPipeline:
             t.start()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop the workers after the jobs they are running. The jobs still queued are dropped and counted (an
+        answer minutes late, after a deactivate, would mislead), so a restart begins with empty queues."""
         self._running = False
         for q in (self._jobs, self._captions):
             try:
@@ -180,7 +183,35 @@ class EmotionPipeline:
                 pass
         for t in self._threads:
             t.join(timeout)
+        alive = [t.name for t in self._threads if t.is_alive()]
         self._threads = []
+        if alive:  # draining now would race with it
+            self.log("error", f"worker {', '.join(alive)} still busy {timeout} s after stop; queued jobs kept")
+            return
+        dropped = {"text": 0, "refine": 0, "final": 0}
+        for q in (self._jobs, self._captions):
+            while True:
+                try:
+                    job = q.get_nowait()
+                except queue.Empty:
+                    break
+                self._discard(job, dropped)
+                q.task_done()
+        if dropped["text"] or dropped["refine"] or dropped["final"]:
+            self.log("warn", f"stopped with {dropped['text']} utterances and {dropped['refine'] + dropped['final']} "
+                             "refinements queued: dropped")
+
+    def _discard(self, job, dropped: dict[str, int] | None = None) -> None:
+        """A job left unrun by a stop: counted, and a caller waiting in ``call`` is told."""
+        if job is None:
+            return
+        kind, payload = job
+        if kind == "text":
+            self.stats.dropped_at_stop += 1
+        elif kind == "call":
+            payload.cancel()
+        if dropped is not None and kind in dropped:
+            dropped[kind] += 1
 
     def call(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
         """Run ``fn`` on the inference worker, after the jobs queued before it, and return its result (its
@@ -195,6 +226,12 @@ class EmotionPipeline:
                 box["error"] = e
             finally:
                 done.set()
+
+        def cancel() -> None:
+            box["error"] = RuntimeError("the pipeline stopped before the inference worker ran the call")
+            done.set()
+
+        job.cancel = cancel
 
         self._jobs.put(("call", job), timeout=timeout)
         if not done.wait(timeout):
@@ -262,7 +299,10 @@ class EmotionPipeline:
         while True:
             job = self._jobs.get()
             try:
-                if job is None or not self._running:
+                if job is None:
+                    return
+                if not self._running:  # stopping: stop() drops what is still queued
+                    self._discard(job)
                     return
                 kind, payload = job
                 if kind == "text":

@@ -221,6 +221,26 @@ def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, t
         rclpy.shutdown()
 
 
+def test_deactivate_with_utterances_queued_drops_them_and_the_reactivated_node_answers(harness, tiny_text_checkpoint):
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    for i in range(60):
+        h.publish(String, "transcript", String(data=f"Ross: line {i}"))
+    deadline = time.monotonic() + 10
+    while h.node.pipeline.stats.utterances < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    h.node.trigger_deactivate()  # while the rest of the burst waits (or is still arriving)
+    h.settle()
+    stats = h.node.pipeline.stats
+    before = len(h.received)
+    assert stats.published == stats.utterances == before  # each one taken up was answered, the rest dropped
+    assert stats.dropped_at_stop >= 1 and before + stats.dropped_at_stop <= 60
+    h.node.trigger_activate()
+    h.publish(String, "transcript", String(data="Rachel: are you still there?"))
+    assert h.wait_for(before + 1)[-1].speaker_id == "Rachel"
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["dropped_at_deactivate"] == str(stats.dropped_at_stop)
+
+
 # ---- bad input: each case a clear log or flag, and the node keeps answering ----------------------------
 
 

@@ -247,3 +247,43 @@ def test_the_caption_worker_survives_any_error_and_refines_the_next_utterance(ti
     pipe.stop()
     assert [(r.utterance.utterance_id, r.refined) for r in results] == [("1", False), ("2", False), ("2", True)]
     assert results[-1].prediction.caption and pipe.stats.frame_window_miss == ""
+
+
+def test_a_stop_drops_the_queued_utterances_and_a_restart_answers_what_follows(tiny_text_checkpoint):
+    """Deactivate while utterances wait, then activate: the waiting ones are dropped and counted, and the new
+    worker must not stop on the old stop's sentinel."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+
+    class Slow:
+        def predict(self, turns):
+            time.sleep(0.2)
+            return rec.predict(turns)
+
+    results = []
+    pipe = EmotionPipeline(Slow(), results.append, idle_timeout_s=0)
+    pipe.start()
+    for i in range(5):
+        pipe.submit(utt(f"u{i}"))
+    time.sleep(0.05)
+    pipe.stop()
+    answered = [r.utterance.utterance_id for r in results]
+    assert answered == [f"u{i}" for i in range(len(answered))]  # the one running at stop finishes
+    assert pipe.stats.dropped_at_stop == 5 - len(answered) >= 3 and pipe.idle()
+    pipe.start()
+    pipe.submit(utt("after"))
+    deadline = time.monotonic() + 20
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipe.stop()
+    assert [r.utterance.utterance_id for r in results] == answered + ["after"]
+    pipe.start()  # a call waiting behind an utterance when the pipeline stops is told so
+    pipe.submit(utt("busy"))
+    told = []
+    caller = threading.Thread(target=lambda: told.append(pytest.raises(RuntimeError, pipe.call, lambda: 1, 10)))
+    caller.start()
+    deadline = time.monotonic() + 5
+    while pipe._jobs.unfinished_tasks < 2 and time.monotonic() < deadline:  # "busy" and the call behind it
+        time.sleep(0.001)
+    pipe.stop()
+    caller.join(5)
+    assert "stopped before the inference worker ran the call" in str(told[0].value)
