@@ -99,8 +99,8 @@ class EmotionNode(LifecycleNode):
         return SetParametersResult(successful=not errors, reason="; ".join(errors))
 
     def _after_set_parameters(self, params) -> None:
-        """A value set on a running node: the pipeline's live settings change at once; any other waits for
-        the next configure, and the log says so (``ros2 param set`` alone answers "successful")."""
+        """A value set on a running node: the live settings change at once; one read at configure or activate
+        waits for the next one, and the log says so (``ros2 param set`` alone answers "successful")."""
         for q in params:
             param = PARAMS_BY_NAME.get(q.name)
             if param is None:
