@@ -158,6 +158,7 @@ class EmotionPipeline:
         self._captions: queue.Queue = queue.Queue(maxsize=queue_size)
         self._threads: list[threading.Thread] = []
         self._running = False
+        self._generation = 0  # start() number: a worker of an earlier one exits after the job it is running
         self._prefetched: dict[tuple[str, str], tuple[float, float, object]] = {}
         self.prefetch_coverage = 0.8  # reuse a streaming caption that covers this much of the final window
         self.max_conversations = max_conversations  # contexts kept in memory at most
@@ -165,29 +166,36 @@ class EmotionPipeline:
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
+        self._generation += 1
         self._running = True
-        self._threads = [threading.Thread(target=self._inference_loop, name="ddvlm-inference", daemon=True)]
+        workers = [(self._inference_loop, "ddvlm-inference")]
         if self.captioner is not None:
-            self._threads.append(threading.Thread(target=self._caption_loop, name="ddvlm-caption", daemon=True))
+            workers.append((self._caption_loop, "ddvlm-caption"))
+        self._threads = [threading.Thread(target=loop, args=(self._generation,), name=name, daemon=True)
+                         for loop, name in workers]
         for t in self._threads:
             t.start()
 
+    def _current(self, generation: int) -> bool:
+        """Whether a worker of ``generation`` is to go on (False once its pipeline stopped or restarted)."""
+        return self._running and self._generation == generation
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the workers after the jobs they are running. The jobs still queued are dropped and counted (an
-        answer minutes late, after a deactivate, would mislead), so a restart begins with empty queues."""
+        answer minutes late, after a deactivate, would mislead), so a restart begins with empty queues. A worker
+        still busy after ``timeout`` (a long caption) finishes its job and exits without taking another."""
         self._running = False
         for q in (self._jobs, self._captions):
             try:
-                q.put_nowait(None)
+                q.put_nowait(None)  # wakes a worker waiting for a job
             except queue.Full:
                 pass
         for t in self._threads:
             t.join(timeout)
-        alive = [t.name for t in self._threads if t.is_alive()]
+        busy = [t.name for t in self._threads if t.is_alive()]
         self._threads = []
-        if alive:  # draining now would race with it
-            self.log("error", f"worker {', '.join(alive)} still busy {timeout} s after stop; queued jobs kept")
-            return
+        if busy:
+            self.log("warn", f"{', '.join(busy)} still busy {timeout} s after stop: it exits after its job")
         dropped = {"text": 0, "refine": 0, "final": 0}
         for q in (self._jobs, self._captions):
             while True:
@@ -294,16 +302,16 @@ class EmotionPipeline:
         return self.frames.add(stamp, frame, now)
 
     # ---- workers ---------------------------------------------------------------------------------
-    def _inference_loop(self) -> None:
+    def _inference_loop(self, generation: int) -> None:
         self.thread_setup.get("inference", lambda: None)()
-        while True:
+        while self._current(generation):
             job = self._jobs.get()
             try:
-                if job is None:
-                    return
-                if not self._running:  # stopping: stop() drops what is still queued
+                if job is None:  # stop()'s wake-up, maybe an earlier stop's
+                    continue
+                if not self._current(generation):  # stopping: stop() drops what is still queued
                     self._discard(job)
-                    return
+                    continue
                 kind, payload = job
                 if kind == "text":
                     self._text(payload)
@@ -372,13 +380,16 @@ class EmotionPipeline:
             except queue.Full:
                 self.stats.caption_timeouts += 1
 
-    def _caption_loop(self) -> None:
+    def _caption_loop(self, generation: int) -> None:
         self.thread_setup.get("caption", lambda: None)()
-        while True:
+        while self._current(generation):
             job = self._captions.get()
             try:
-                if job is None or not self._running:
-                    return
+                if job is None:
+                    continue
+                if not self._current(generation):
+                    self._discard(job)
+                    continue
                 kind, payload = job
                 if kind == "prefetch":
                     caption = self._caption_window(payload)
@@ -396,7 +407,8 @@ class EmotionPipeline:
                     self.log("warn", f"caption for {utt.utterance_id!r} took longer than "
                                      f"{self.caption_timeout_s}s: discarded")
                     continue
-                self._jobs.put(("refine", (utt, turns, caption)))
+                if self._current(generation):  # not after a stop that came while captioning
+                    self._jobs.put(("refine", (utt, turns, caption)))
             except Exception as e:  # noqa: BLE001 - a bad job must never stop the worker
                 self.stats.last_error = f"{type(e).__name__}: {e}"
                 self.log("error", f"captioning failed: {self.stats.last_error}")

@@ -287,3 +287,45 @@ def test_a_stop_drops_the_queued_utterances_and_a_restart_answers_what_follows(t
     pipe.stop()
     caller.join(5)
     assert "stopped before the inference worker ran the call" in str(told[0].value)
+
+
+def test_a_caption_still_running_at_stop_neither_blocks_the_restart_nor_refines_after_it(tiny_visual_checkpoint):
+    """A caption longer than stop's timeout (Qwen2.5-VL on a CPU): the restarted pipeline answers at once,
+    and the old caption, when it ends, is not turned into a late refined result."""
+    import numpy as np
+
+    from ddvlm_core.captioner import Caption
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    started, release = threading.Event(), threading.Event()
+
+    class SlowFirstCaption:
+        name = "slow-first"
+
+        def caption(self, frames, window=None):
+            if not started.is_set():
+                started.set()
+                release.wait(30)
+            return Caption("The head is turning to the left.", self.name, len(frames))
+
+    results = []
+    pipe = EmotionPipeline(rec, results.append, captioner=SlowFirstCaption(), idle_timeout_s=0,
+                           caption_timeout_s=60)
+    for k in range(10):
+        pipe.add_frame(100.0 + 0.1 * k, np.zeros((8, 8, 3), "uint8"))
+    pipe.start()
+    pipe.submit(UtteranceIn("c", "u1", "a", "first", 100.0, 100.9, time.monotonic()))
+    assert started.wait(10)  # its caption is running
+    pipe.stop(timeout=0.2)
+    pipe.start()
+    pipe.submit(UtteranceIn("c", "u2", "a", "second", 100.0, 100.9, time.monotonic()))
+    deadline = time.monotonic() + 5
+    while len(results) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    release.set()  # the old caption ends now
+    time.sleep(0.5)
+    deadline = time.monotonic() + 20
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pipe.stop()
+    assert [(r.utterance.utterance_id, r.refined) for r in results] == [("u1", False), ("u2", False), ("u2", True)]
