@@ -283,8 +283,10 @@ class EmotionNode(LifecycleNode):
         graphs = cuda_graph_note(mode, self.recognizer.device, self.recognizer.cuda_graph_skips)
         self.compiled = (f"{how} on {self.recognizer.device}, {threads} threads (warm-up {seconds:.0f} s)"
                          + (f"; {graphs}" if graphs else ""))
-        log = self.get_logger().warning if graphs and graphs != "CUDA graphs recorded" else self.get_logger().info
-        log(f"text model compiled: {self.compiled}")
+        if graphs and graphs != "CUDA graphs recorded":
+            self.get_logger().warning(f"text model compiled: {self.compiled}")
+        else:
+            self.get_logger().info(f"text model compiled: {self.compiled}")
 
     def _to_device(self, device: str) -> None:
         if self.recognizer is None or self.recognizer.device == device:
@@ -479,8 +481,15 @@ class EmotionNode(LifecycleNode):
                                            self._now(), time.monotonic(), voice_id=voice))
 
     def _log(self, level: str, text: str) -> None:
+        """The pipeline's log. One call site per severity: rclpy's logger raises ValueError when one call site
+        logs at another severity than it first did (it keys its logging context by the caller's line)."""
         logger = self.get_logger()
-        {"info": logger.info, "warn": logger.warning, "error": logger.error}.get(level, logger.info)(text)
+        if level == "error":
+            logger.error(text)
+        elif level == "warn":
+            logger.warning(text)
+        else:
+            logger.info(text)
 
     def _ensure_diagnostics(self) -> None:
         if self._diag_pub is None:

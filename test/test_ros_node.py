@@ -395,6 +395,14 @@ def test_sim_time_without_a_clock_is_a_warning_until_clock_comes(harness, tiny_t
     assert abs(h.now() - 1700000000.5) < 1e-3
 
 
+def test_the_pipeline_logs_at_every_severity_in_any_order(harness, tiny_text_checkpoint):
+    """rclpy's logger keys its context by call site and raises if one site changes severity: the worker
+    thread that logged "info" and then "error" through one helper died of it."""
+    h = harness(model_dir=tiny_text_checkpoint)
+    for level in ("warn", "info", "error", "info", "warn"):
+        h.node._log(level, f"a {level} line")
+
+
 def test_utterances_that_are_never_final_are_a_warning_that_names_is_final(harness, tiny_text_checkpoint,
                                                                            monkeypatch):
     from ddvlm_ros import emotion_node
