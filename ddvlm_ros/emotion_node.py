@@ -16,6 +16,8 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
@@ -34,6 +36,7 @@ from ddvlm_ros.spin import spin_until_shutdown
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
 SLOW_LATENCY_MS = 500.0  # WARN above this p90 text latency
+TIME_JUMP_BACK_S = 1.0  # ROS time going back more than this (a bag played again) starts frames and contexts afresh
 NO_FINAL_WARN_S = 30.0  # utterance messages this long, none final: WARN that only final ones are classified
 LIVE_PIPELINE_SETTINGS = {"caption_timeout_s": "caption_timeout_s", "idle_timeout_s": "idle_timeout_s",
                           "max_conversations": "max_conversations"}  # parameter -> EmotionPipeline attribute
@@ -84,6 +87,9 @@ class EmotionNode(LifecycleNode):
         self._diag_group = MutuallyExclusiveCallbackGroup()
         self.create_service(ResetConversation, "~/reset_conversation", self._on_reset_conversation,
                             callback_group=self._inputs_group)
+        self._time_jump = self.get_clock().create_jump_callback(  # the handle must live as long as the node
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(TIME_JUMP_BACK_S * 1e9)),
+                          on_clock_change=False), post_callback=self._on_time_jump)
 
     def p(self, name: str):
         """Parameter ``name`` as its declared type (ValueError if it has another: see parameter_errors)."""
@@ -427,6 +433,10 @@ class EmotionNode(LifecycleNode):
             return f"its publishers send {', '.join(wrong)}; this input takes {expected}"
         return f"{len(publishers)} publisher(s) of {expected}, nothing received (QoS, or they are idle)"
 
+    def _on_time_jump(self, jump) -> None:
+        if self.pipeline is not None:
+            self.pipeline.time_jumped_back(-jump.delta.nanoseconds * 1e-9)
+
     def _on_reset_conversation(self, request, response):
         """~/reset_conversation: forget a conversation's context ('' = all), e.g. when a new participant
         comes; utterances received before the call keep theirs (ddvlm_ros.pipeline.EmotionPipeline.reset)."""
@@ -526,6 +536,7 @@ class EmotionNode(LifecycleNode):
                        **({"captioner_check": self.captioner_check} if self.pipeline.captioner is not None else {}),
                        "conversations": len(self.pipeline.conversations),
                        "conversations_forgotten": s.conversations_forgotten, "resets_requested": s.resets_requested,
+                       "time_jumps_back": s.time_jumps_back,
                        "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"

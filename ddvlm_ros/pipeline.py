@@ -65,6 +65,7 @@ class Stats:
     frame_window_miss: str = ""  # why the last final window gave none while the camera sent frames ('' = it gave)
     conversations_reset: int = 0  # idle past idle_timeout_s: the next utterance started a new context
     resets_requested: int = 0  # reset() calls (the node's reset_conversation service)
+    time_jumps_back: int = 0  # ROS time went back (a bag played again): frames and contexts started afresh
     conversations_forgotten: int = 0  # dropped from memory (idle, or the least recently active past the cap)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
@@ -115,6 +116,11 @@ class FrameBuffer:
                 del self._stamps[:cut], self._items[:cut]
                 self.stats.frames_dropped_old += cut
             return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._stamps.clear()
+            self._items.clear()
 
     def window(self, start: float, end: float) -> list[tuple[float, Any]]:
         with self._lock:
@@ -279,7 +285,7 @@ class EmotionPipeline:
         utterance starts a new one with new speaker tokens. The reset is queued behind the utterances submitted
         before it: they keep the context they were spoken in. Returns what will be forgotten, in words;
         RuntimeError if the inference queue is full."""
-        job = ("reset", conversation_id)
+        job = ("reset", (conversation_id, "on request"))
         try:
             self._jobs.put_nowait(job)
         except queue.Full:
@@ -293,6 +299,21 @@ class EmotionPipeline:
                 ahead += queued is not None and queued[0] == "text"
         what = f"conversation {conversation_id!r}" if conversation_id else "every conversation"
         return f"{what} starts over" + (f" after the {ahead} utterances queued before this call" if ahead > 0 else "")
+
+    def time_jumped_back(self, seconds: float) -> None:
+        """ROS time went back ``seconds`` (a bag played again, or looped, under use_sim_time). The buffered
+        frames and the dialogue contexts belong to a timeline that will not come again: the frames go at once
+        (else every new frame would be older than the kept span), the contexts after the utterances queued
+        before the jump (as ``reset('')``), and the streaming captions with them."""
+        self.frames.clear()
+        self._prefetched.clear()
+        self.stats.time_jumps_back += 1
+        try:
+            self._jobs.put_nowait(("reset", ("", f"ROS time went back {seconds:.1f} s")))
+        except queue.Full:
+            self.log("error", "ROS time went back but the inference queue is full: dialogue contexts kept")
+        self.log("warn", f"ROS time went back {seconds:.1f} s (a bag played again?): camera frames and dialogue "
+                         "contexts start afresh")
 
     @staticmethod
     def _stream_key(u: UtteranceIn) -> tuple[str, str]:
@@ -318,7 +339,7 @@ class EmotionPipeline:
                 elif kind == "call":
                     payload()
                 elif kind == "reset":
-                    self._reset(payload)
+                    self._reset(*payload)
                 else:
                     self._refine(*payload)
             except Exception as e:  # noqa: BLE001 - a bad job must never stop the worker
@@ -357,10 +378,10 @@ class EmotionPipeline:
             for key in [k for k in list(self._prefetched) if k[0] in gone]:  # the caption thread writes it too
                 self._prefetched.pop(key, None)
 
-    def _reset(self, conversation_id: str) -> None:
+    def _reset(self, conversation_id: str, why: str) -> None:
         gone = [c for c in self.conversations if not conversation_id or c == conversation_id]
         turns = sum(len(self.conversations.pop(c).dialogue) for c in gone)
-        self.log("info", f"reset on request: {len(gone)} conversation(s) forgotten ({turns} utterances of context)")
+        self.log("info", f"reset {why}: {len(gone)} conversation(s) forgotten ({turns} utterances of context)")
 
     def _text(self, utt: UtteranceIn) -> None:
         self.stats.utterances += 1

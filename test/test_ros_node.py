@@ -403,6 +403,43 @@ def test_the_pipeline_logs_at_every_severity_in_any_order(harness, tiny_text_che
         h.node._log(level, f"a {level} line")
 
 
+def test_a_bag_played_again_time_going_back_starts_frames_and_contexts_afresh(harness, tiny_visual_checkpoint):
+    """`ros2 bag play --clock` twice (or --loop) under use_sim_time: ROS time jumps back. The frames and
+    dialogue contexts of the first play belong to a timeline that will not come again."""
+    from rosgraph_msgs.msg import Clock
+
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", use_sim_time=True).start()
+
+    def play(t0: float) -> list:
+        h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(t0, Time)))
+        deadline = time.monotonic() + 5
+        while abs(h.now() - t0) > 1e-3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for k in range(3):
+            h.publish(Image, "image", image_msg(t0 + 0.2 * k, seed=k))
+            time.sleep(0.1)
+        h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(t0 + 1.0, Time)))
+        n = len(h.received)
+        for speaker, text in [("ross", "Can you see me?"), ("rachel", "Yes!")]:
+            h.publish(Utterance, "utterance", utterance(text, speaker, t0, t0 + 0.9, conv="dia1"))
+        h.wait_for(n + 4)
+        h.settle()
+        return h.received[n:]
+
+    first = play(1000.0)
+    again = play(1000.0 - 60)  # the bag from its start: a minute back
+    for answers in (first, again):
+        assert sorted((m.speaker_token, m.refined) for m in answers) == [
+            ("<s1>", False), ("<s1>", True), ("<s2>", False), ("<s2>", True)]
+
+    def text_answers(answers):
+        return [list(m.probabilities) for m in answers if not m.refined]
+
+    assert text_answers(again) == text_answers(first)  # the same prompts: the first play is not in the context
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["time_jumps_back"] == "1" and values["windows_without_frames"] == "0"
+
+
 def test_utterances_that_are_never_final_are_a_warning_that_names_is_final(harness, tiny_text_checkpoint,
                                                                            monkeypatch):
     from ddvlm_ros import emotion_node
