@@ -206,9 +206,10 @@ class PromptBuilder:
     def _tokenize(self, text: str, after_text: bool) -> tuple[int, ...]:
         """Ids of one prompt part; ``after_text``: it follows earlier text and a space, as in the prompt
         string (a byte-level BPE codes a word after a space differently from one at the start)."""
+        # verbose=False: a long utterance is cut to the budget below, not by the tokenizer (no length warning)
         if not after_text:
-            return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return tuple(self.tokenizer(" " + text, add_special_tokens=False)["input_ids"])
+            return tuple(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        return tuple(self.tokenizer(" " + text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def line(self, turn: Turn) -> str:
         return f"{turn.speaker_token}: {turn.text}" if self.speaker_tokens else turn.text

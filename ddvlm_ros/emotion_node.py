@@ -117,7 +117,7 @@ class EmotionNode(LifecycleNode):
                 self.destroy_timer(self._diag_timer)
                 self._diag_timer = self.create_timer(coerce(q.name, q.value), self.publish_diagnostics,
                                                      callback_group=self._diag_group)
-            elif q.name in self._values_in_use:
+            elif q.name in self._values_in_use and q.value != self._values_in_use[q.name]:
                 steps = "deactivate, then activate" if param.applies == "activate" else \
                     "deactivate, then cleanup, configure, activate"
                 self.get_logger().warning(

@@ -160,6 +160,8 @@ def test_param_set_on_a_running_node_applies_live_settings_and_names_the_rest_as
     assert values["parameters_pending"] == "frames_per_window (next configure)"
     assert h.node.pipeline.frames_per_window == 4  # the running pipeline keeps its configuration
     assert "frames_per_window = 2 takes effect at the next configure (in use: 4)" in capfd.readouterr().err
+    assert set_parameters(h, max_context_turns=32) == [True]  # the value in use: nothing to say
+    assert "max_context_turns" not in capfd.readouterr().err and h.node.pending_parameters() == ["frames_per_window"]
     assert set_parameters(h, transcript_topic="asr/text", diagnostics_period_s=0.25) == [True, True]
     assert h.node.pending_parameters() == ["frames_per_window", "transcript_topic"]
     assert "transcript_topic = 'asr/text' takes effect at the next activate" in capfd.readouterr().err
