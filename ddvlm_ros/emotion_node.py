@@ -222,7 +222,10 @@ class EmotionNode(LifecycleNode):
 
     # ---- loading ----------------------------------------------------------------------------
     def _load_recognizer(self):
+        from ddvlm_core.cli import quiet_transformers
         from ddvlm_core.inference import EmotionRecognizer
+
+        quiet_transformers()  # no progress bars or per-weight load reports in a robot's log
 
         path = Path(self.p("model_dir") or default_model_dir())
         if not path.is_dir():

@@ -79,12 +79,14 @@ def test_text_result_first_then_refined_with_frames_of_the_window(harness, tiny_
     assert values["captioner_check"] == "training captioner unknown"  # a checkpoint not from training.loop
 
 
-def test_lifecycle_transitions_and_diagnostics(harness, tiny_text_checkpoint):
+def test_lifecycle_transitions_and_diagnostics(harness, tiny_text_checkpoint, capfd):
     from lifecycle_msgs.msg import State
 
     h = harness(model_dir=tiny_text_checkpoint)
     assert h.node.diagnostic_status().message in ("inactive", "running")
+    capfd.readouterr()
     h.start()
+    assert "Loading weights" not in capfd.readouterr().err  # no progress bars in the node's log
     assert h.node.diagnostic_status().level == b"\x00"
     h.node.trigger_deactivate()
     assert h.node._state_machine.current_state[0] == State.PRIMARY_STATE_INACTIVE
