@@ -1,0 +1,112 @@
+"""A soak test: the node under a seeded random mix of everything a robot and its operator do to it at once.
+
+Transcripts (good, empty, huge), utterances (final, partial, several conversations), camera frames (good,
+odd encodings, truncated, stamped in the past or future), corrupt compressed frames, ROS4HRI voices coming and
+going, lifecycle transitions, parameter changes, conversation resets and /clock going forwards and back. The
+invariants: no exception escapes a callback or a worker thread, and afterwards the node answers.
+"""
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from lifecycle_msgs.msg import State
+from rclpy.parameter import Parameter
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import String
+
+from ddvlm_msgs.msg import Utterance
+from ddvlm_ros.convert import sec_to_stamp
+
+hri = pytest.importorskip("hri_msgs.msg", reason="hri_msgs not built (make msgs)")
+
+OPS = ("transcript", "transcript", "utterance", "partial", "image", "image", "bad_image", "compressed", "clock",
+       "clock", "deactivate", "activate", "cleanup", "configure", "parameter", "reset", "track", "speech", "speech")
+PARAMETERS = (("idle_timeout_s", 0.0), ("caption_timeout_s", 0.5), ("frames_per_window", 2),
+              ("diagnostics_period_s", 0.3), ("input_timeout_s", 0.0), ("image_topic", "camera"),
+              ("conversation_id", "lab"))
+
+
+def image(rng: random.Random, stamp: float) -> Image:
+    data = np.random.default_rng(rng.randrange(1 << 30)).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    msg = Image(height=32, width=32, encoding=rng.choice(["rgb8", "bgr8", "mono8", "no-such-encoding"]), step=96,
+                data=data.tobytes())
+    msg.header.stamp = sec_to_stamp(stamp, Time)
+    return msg
+
+
+def act(h, rng: random.Random, op: str, sim: list[float]) -> None:
+    state = h.node._state_machine.current_state[0]
+    now = h.now()
+    if op == "transcript":
+        text = rng.choice(["Ross: hi", "Rachel: what?!", "", "   ", "blah " * 1000, "how you doin"])
+        h.publish(String, "transcript", String(data=text), wait_subscribers=False)
+    elif op in ("utterance", "partial"):
+        h.publish(Utterance, "utterance", Utterance(
+            text="hey there", speaker_id=rng.choice(["a", "b", ""]), is_final=op == "utterance",
+            conversation_id=rng.choice(["", "c1", "c2"]), start=sec_to_stamp(now - 1, Time),
+            end=sec_to_stamp(now, Time)), wait_subscribers=False)
+    elif op == "image":
+        h.publish(Image, "image", image(rng, now + rng.choice([0.0, -0.5, -100.0, 100.0])), wait_subscribers=False)
+    elif op == "bad_image":
+        h.publish(Image, "image", Image(height=32, width=32, encoding="rgb8", step=96, data=b"12"),
+                  wait_subscribers=False)
+    elif op == "compressed":
+        h.publish(CompressedImage, "image/compressed", CompressedImage(format="jpeg", data=b"not a jpeg"),
+                  wait_subscribers=False)
+    elif op == "clock":
+        sim[0] = max(100.0, sim[0] + rng.choice([0.1, 0.3, 0.5, 5.0, -30.0]))
+        h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(sim[0], Time)), wait_subscribers=False)
+    elif op == "deactivate" and state == State.PRIMARY_STATE_ACTIVE:
+        h.node.trigger_deactivate()
+    elif op == "activate" and state == State.PRIMARY_STATE_INACTIVE:
+        h.node.trigger_activate()
+    elif op == "cleanup" and state == State.PRIMARY_STATE_INACTIVE:
+        h.node.trigger_cleanup()
+    elif op == "configure" and state == State.PRIMARY_STATE_UNCONFIGURED:
+        h.node.trigger_configure()
+    elif op == "parameter":
+        name, value = rng.choice(PARAMETERS)
+        h.node.set_parameters([Parameter(name, value=value)])
+    elif op == "reset" and h.node.pipeline is not None and h.node._active:
+        h.node.pipeline.reset(rng.choice(["", "c1"]))
+    elif op == "track":
+        ids = rng.sample(["anna", "bob", "cleo", "9bad", "a-b", ""], rng.randint(0, 4))
+        h.publish(hri.IdsList, "/humans/voices/tracked", hri.IdsList(ids=ids), wait_subscribers=False)
+    elif op == "speech":
+        final = rng.random() < 0.5
+        msg = hri.LiveSpeech(final="I got it" if final else "", incremental="" if final else "I go", confidence=0.9)
+        msg.header.stamp = sec_to_stamp(now, Time)
+        h.publish(hri.LiveSpeech, f"/humans/voices/{rng.choice(['anna', 'bob', 'cleo'])}/speech", msg,
+                  wait_subscribers=False)
+
+
+def test_a_random_mix_of_inputs_transitions_and_settings_never_stops_the_node(
+        harness, tiny_visual_checkpoint, monkeypatch):
+    escaped = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(f"{args.thread}: {args.exc_value!r}"))
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", input_timeout_s=1.0, idle_timeout_s=0.5,
+                use_sim_time=True, ros4hri=True).start()
+    h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(1000.0, Time)))
+    rng, sim, ops = random.Random(0), [1000.0], 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        act(h, rng, rng.choice(OPS), sim)
+        h.node.diagnostic_status()
+        ops += 1
+        time.sleep(rng.random() * 0.02)
+    assert h.thread.is_alive() and not escaped, escaped  # the executor still spins; no worker died
+    state = h.node._state_machine.current_state[0]
+    if state == State.PRIMARY_STATE_UNCONFIGURED:
+        h.node.trigger_configure()
+    if h.node._state_machine.current_state[0] == State.PRIMARY_STATE_INACTIVE:
+        h.node.trigger_activate()
+    h.node.set_parameters([Parameter("conversation_id", value="after")])
+    h.settle()
+    h.publish(String, "transcript", String(data="Ross: still there?"))
+    answered = h.wait_for(1, predicate=lambda m: m.conversation_id == "after")
+    assert answered and answered[0].speaker_id == "Ross", f"no answer after {ops} operations"
+    assert [t.name for t in threading.enumerate()].count("ddvlm-inference") == 1
