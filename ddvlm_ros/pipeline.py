@@ -309,7 +309,7 @@ class EmotionPipeline:
         self._prefetched.clear()
         self.stats.time_jumps_back += 1
         try:
-            self._jobs.put_nowait(("reset", ("", f"ROS time went back {seconds:.1f} s")))
+            self._jobs.put_nowait(("reset", ("", f"as ROS time went back {seconds:.1f} s")))
         except queue.Full:
             self.log("error", "ROS time went back but the inference queue is full: dialogue contexts kept")
         self.log("warn", f"ROS time went back {seconds:.1f} s (a bag played again?): camera frames and dialogue "
