@@ -104,16 +104,20 @@ def test_lifecycle_transitions_and_diagnostics(harness, tiny_text_checkpoint, ca
     assert h.node.recognizer is None and h.node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
 
 
+def result_of(future, timeout: float = 10.0):
+    """The result of a service call made from the harness's client (its executor spins in another thread)."""
+    deadline = time.monotonic() + timeout
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return future.result()
+
+
 def call_reset(h, conversation_id: str):
     from ddvlm_msgs.srv import ResetConversation
 
     client = h.client.create_client(ResetConversation, "/ddvlm_emotion/reset_conversation")
     assert client.wait_for_service(timeout_sec=5)
-    future = client.call_async(ResetConversation.Request(conversation_id=conversation_id))
-    deadline = time.monotonic() + 10
-    while not future.done() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return future.result()
+    return result_of(client.call_async(ResetConversation.Request(conversation_id=conversation_id)))
 
 
 def test_the_reset_service_starts_one_conversation_over_and_refuses_while_inactive(harness, tiny_text_checkpoint):
@@ -143,10 +147,7 @@ def set_parameters(h, **values):
     client = AsyncParameterClient(h.client, "ddvlm_emotion")
     assert client.wait_for_services(timeout_sec=5)
     future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
-    deadline = time.monotonic() + 10
-    while not future.done() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return [r.successful for r in future.result().results]
+    return [r.successful for r in result_of(future).results]
 
 
 def test_param_set_on_a_running_node_applies_live_settings_and_names_the_rest_as_pending(
