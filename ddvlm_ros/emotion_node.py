@@ -161,7 +161,7 @@ class EmotionNode(LifecycleNode):
             max_conversations=self.p("max_conversations"),
             frame_buffer_s=self.p("frame_buffer_s"), frame_rate_hz=self.p("frame_rate_hz"),
             frames_per_window=self.p("frames_per_window"),
-            caption_timeout_s=self.p("caption_timeout_s"), log=self._log,
+            caption_timeout_s=self.p("caption_timeout_s"), log=self._log, clock=self._now,
             thread_setup={"inference": cpu_threads_setup(self.p("cpu_threads")), "caption": cpu_threads_setup(1)})
         self._ensure_diagnostics()
         self.get_logger().info(f"configured: model {self.model_name}, quantization {self.quantization}, "

@@ -82,8 +82,8 @@ PARAMS: tuple[Param, ...] = (
           applies="now"),
     Param("max_context_turns", 32, "utterances kept per conversation (the prompt also stays <= 511 tokens)",
           at_least=1),
-    Param("idle_timeout_s", 120.0, "a conversation silent this long starts a new context (0 = never)", at_least=0,
-          applies="now"),
+    Param("idle_timeout_s", 120.0, "a conversation silent this long (ROS time: the bag's under use_sim_time) "
+          "starts a new context (0 = never)", at_least=0, applies="now"),
     Param("max_conversations", 1000, "conversation contexts kept in memory; the least recently active go first",
           at_least=1, applies="now"),
     Param("default_speaker", "", "speaker id for plain-text transcripts without 'speaker: ' ('' = unknown)",

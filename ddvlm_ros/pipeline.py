@@ -140,9 +140,9 @@ MAX_PREFETCHED = 256  # streaming captions waiting for their final utterance
 
 
 class Conversation:
-    def __init__(self, max_turns: int):
+    def __init__(self, max_turns: int, now: float):
         self.dialogue = Dialogue(max_turns)
-        self.last_active = time.monotonic()
+        self.last_active = now  # on the pipeline's clock
 
 
 class EmotionPipeline:
@@ -152,7 +152,8 @@ class EmotionPipeline:
                  caption_timeout_s: float = 10.0,
                  queue_size: int = 256, max_conversations: int = 1000,
                  log: Callable[[str, str], None] = lambda level, msg: None,
-                 thread_setup: dict[str, Callable[[], None]] | None = None):
+                 thread_setup: dict[str, Callable[[], None]] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.recognizer, self.publish, self.captioner = recognizer, publish, captioner
         self.decode_frame, self.log = decode_frame, log
         self.max_turns, self.idle_timeout_s = max_turns, idle_timeout_s
@@ -169,6 +170,7 @@ class EmotionPipeline:
         self.prefetch_coverage = 0.8  # reuse a streaming caption that covers this much of the final window
         self.max_conversations = max_conversations  # contexts kept in memory at most
         self.thread_setup = thread_setup or {}  # worker name -> called first on that worker's thread
+        self.clock = clock  # seconds; measures a conversation's silence (the node's: ROS time, a bag's under sim time)
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -350,14 +352,14 @@ class EmotionPipeline:
 
     def _conversation(self, conversation_id: str) -> Conversation:
         conv = self.conversations.get(conversation_id)
-        now = time.monotonic()
+        now = self.clock()
         if conv is not None and self.idle_timeout_s > 0 and now - conv.last_active > self.idle_timeout_s:
             self.stats.conversations_reset += 1
             self.log("info", f"conversation {conversation_id!r} idle for {now - conv.last_active:.0f}s: new context")
             conv = None
         if conv is None:
             self._forget_conversations(now)
-            conv = self.conversations[conversation_id] = Conversation(self.max_turns)
+            conv = self.conversations[conversation_id] = Conversation(self.max_turns, now)
         conv.last_active = now
         self.conversations[conversation_id] = self.conversations.pop(conversation_id)  # most recent last
         return conv

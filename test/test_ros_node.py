@@ -11,7 +11,7 @@ from std_msgs.msg import String
 
 from ddvlm_core.captioner import Caption
 from ddvlm_core.labels import LABELS
-from ddvlm_msgs.msg import Utterance
+from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_ros.convert import sec_to_stamp
 
 
@@ -443,6 +443,30 @@ def test_a_bag_played_again_time_going_back_starts_frames_and_contexts_afresh(ha
     assert text_answers(again) == text_answers(first)  # the same prompts: the first play is not in the context
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["time_jumps_back"] == "1" and values["windows_without_frames"] == "0"
+
+
+def test_idle_timeout_counts_ros_time_so_a_paused_bag_keeps_its_contexts(harness, tiny_text_checkpoint):
+    """Under use_sim_time a conversation's silence is measured on the bag's clock: pausing `ros2 bag play`
+    (or replaying it faster or slower) must not change which utterances share a context."""
+    from rosgraph_msgs.msg import Clock
+
+    h = harness(model_dir=tiny_text_checkpoint, use_sim_time=True, idle_timeout_s=1.0).start()
+
+    def at(t: float, text: str) -> EmotionDistribution:
+        h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(t, Time)))
+        deadline = time.monotonic() + 5
+        while abs(h.now() - t) > 1e-3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        n = len(h.received)
+        h.publish(String, "transcript", String(data=text))
+        return h.wait_for(n + 1)[-1]
+
+    assert at(1000.0, "Ross: hi").speaker_token == "<s1>"
+    time.sleep(1.5)  # the bag is paused: its clock stands still
+    assert at(1000.0, "Rachel: still here").speaker_token == "<s2>"  # the same conversation
+    assert at(1000.5, "Joey: yo").speaker_token == "<s3>"
+    assert at(1002.0, "Monica: hello?").speaker_token == "<s1>"  # 1.5 s of bag time in silence: a new context
+    assert h.node.pipeline.stats.conversations_reset == 1
 
 
 def test_utterances_that_are_never_final_are_a_warning_that_names_is_final(harness, tiny_text_checkpoint,
