@@ -430,8 +430,12 @@ class EmotionPipeline:
                     self.log("warn", f"caption for {utt.utterance_id!r} took longer than "
                                      f"{self.caption_timeout_s}s: discarded")
                     continue
-                if self._current(generation):  # not after a stop that came while captioning
-                    self._jobs.put(("refine", (utt, turns, caption)))
+                while self._current(generation):  # not after a stop that came while captioning or waiting
+                    try:
+                        self._jobs.put(("refine", (utt, turns, caption)), timeout=0.2)  # a full queue: wait
+                        break
+                    except queue.Full:
+                        pass
             except Exception as e:  # noqa: BLE001 - a bad job must never stop the worker
                 self.stats.last_error = f"{type(e).__name__}: {e}"
                 self.log("error", f"captioning failed: {self.stats.last_error}")

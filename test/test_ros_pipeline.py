@@ -329,3 +329,53 @@ def test_a_caption_still_running_at_stop_neither_blocks_the_restart_nor_refines_
         time.sleep(0.02)
     pipe.stop()
     assert [(r.utterance.utterance_id, r.refined) for r in results] == [("u1", False), ("u2", False), ("u2", True)]
+
+
+def test_a_refinement_waiting_for_room_in_a_full_queue_is_dropped_by_a_stop(tiny_visual_checkpoint):
+    """Overload: the inference queue is full when a caption is ready. A stop must end that wait (the caption
+    worker exits within stop's timeout) and the refinement must not reach the restarted pipeline."""
+    import numpy as np
+
+    from ddvlm_core.captioner import Caption
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    busy, caption_ready = threading.Event(), threading.Event()
+
+    class SlowOnLine2:
+        def predict(self, turns, caption=None):
+            if turns[-1].text == "line 2" and caption is None:
+                busy.set()
+                time.sleep(1.0)  # the worker is busy while line 3 fills the queue and line 1's caption waits
+            return rec.predict(turns, caption)
+
+    class CaptionWhenTold:
+        name = "when-told"
+
+        def caption(self, frames, window=None):
+            caption_ready.wait(10)
+            return Caption("The head is turning to the left.", self.name, len(frames))
+
+    results = []
+    pipe = EmotionPipeline(SlowOnLine2(), results.append, captioner=CaptionWhenTold(), queue_size=1,
+                           idle_timeout_s=0, caption_timeout_s=60)
+    for k in range(10):
+        pipe.add_frame(100.0 + 0.1 * k, np.zeros((8, 8, 3), "uint8"))
+    pipe.start()
+    for i in (1, 2, 3):
+        while not pipe.submit(UtteranceIn("c", f"u{i}", "a", f"line {i}", 100.0, 100.9, time.monotonic())):
+            time.sleep(0.005)  # the queue holds one job
+        if i == 2:
+            assert busy.wait(10)
+    caption_ready.set()
+    time.sleep(0.3)  # line 1's refinement now waits for room behind line 3
+    started = time.monotonic()
+    pipe.stop(timeout=3)
+    assert time.monotonic() - started < 2.5  # no worker left busy
+    pipe.start()
+    deadline = time.monotonic() + 5
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    pipe.stop()
+    assert [(r.utterance.utterance_id, r.refined) for r in results] == [("u1", False), ("u2", False)]
+    assert pipe.stats.dropped_at_stop == 1  # line 3
