@@ -325,17 +325,26 @@ class EmotionPipeline:
         return self.frames.add(stamp, frame, now)
 
     # ---- workers ---------------------------------------------------------------------------------
-    def _inference_loop(self, generation: int) -> None:
-        self.thread_setup.get("inference", lambda: None)()
+    def _jobs_of(self, jobs: queue.Queue, generation: int):
+        """The jobs a worker of ``generation`` takes from ``jobs``, each marked done when the worker asks for the
+        next (so ``idle()`` waits for its handling); ends once the pipeline stops or restarts, and a job taken
+        after that is dropped as stop() drops the ones still queued."""
         while self._current(generation):
-            job = self._jobs.get()
+            job = jobs.get()
             try:
                 if job is None:  # stop()'s wake-up, maybe an earlier stop's
                     continue
-                if not self._current(generation):  # stopping: stop() drops what is still queued
+                if not self._current(generation):
                     self._discard(job)
                     continue
-                kind, payload = job
+                yield job
+            finally:
+                jobs.task_done()
+
+    def _inference_loop(self, generation: int) -> None:
+        self.thread_setup.get("inference", lambda: None)()
+        for kind, payload in self._jobs_of(self._jobs, generation):
+            try:
                 if kind == "text":
                     self._text(payload)
                 elif kind == "call":
@@ -347,8 +356,6 @@ class EmotionPipeline:
             except Exception as e:  # noqa: BLE001 - a bad job must never stop the worker
                 self.stats.last_error = f"{type(e).__name__}: {e}"
                 self.log("error", f"inference failed: {self.stats.last_error}")
-            finally:
-                self._jobs.task_done()
 
     def _conversation(self, conversation_id: str) -> Conversation:
         conv = self.conversations.get(conversation_id)
@@ -405,15 +412,8 @@ class EmotionPipeline:
 
     def _caption_loop(self, generation: int) -> None:
         self.thread_setup.get("caption", lambda: None)()
-        while self._current(generation):
-            job = self._captions.get()
+        for kind, payload in self._jobs_of(self._captions, generation):
             try:
-                if job is None:
-                    continue
-                if not self._current(generation):
-                    self._discard(job)
-                    continue
-                kind, payload = job
                 if kind == "prefetch":
                     caption = self._caption_window(payload)
                     if caption is not None:
@@ -439,8 +439,6 @@ class EmotionPipeline:
             except Exception as e:  # noqa: BLE001 - a bad job must never stop the worker
                 self.stats.last_error = f"{type(e).__name__}: {e}"
                 self.log("error", f"captioning failed: {self.stats.last_error}")
-            finally:
-                self._captions.task_done()
 
     def _reuse_prefetched(self, utt: UtteranceIn):
         """The streaming caption of this utterance if it covers enough of the final window."""
