@@ -38,8 +38,7 @@ DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
 SLOW_LATENCY_MS = 500.0  # WARN above this p90 text latency
 TIME_JUMP_BACK_S = 1.0  # ROS time going back more than this (a bag played again) starts frames and contexts afresh
 NO_FINAL_WARN_S = 30.0  # utterance messages this long, none final: WARN that only final ones are classified
-LIVE_PIPELINE_SETTINGS = {"caption_timeout_s": "caption_timeout_s", "idle_timeout_s": "idle_timeout_s",
-                          "max_conversations": "max_conversations"}  # parameter -> EmotionPipeline attribute
+LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversations")  # EmotionPipeline attributes
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
@@ -111,8 +110,8 @@ class EmotionNode(LifecycleNode):
             param = PARAMS_BY_NAME.get(q.name)
             if param is None:
                 continue
-            if param.applies == "now" and self.pipeline is not None and q.name in LIVE_PIPELINE_SETTINGS:
-                setattr(self.pipeline, LIVE_PIPELINE_SETTINGS[q.name], coerce(q.name, q.value))
+            if q.name in LIVE_PIPELINE_SETTINGS and self.pipeline is not None:
+                setattr(self.pipeline, q.name, coerce(q.name, q.value))
             elif q.name == "diagnostics_period_s" and self._diag_timer is not None:
                 self.destroy_timer(self._diag_timer)
                 self._diag_timer = self.create_timer(coerce(q.name, q.value), self.publish_diagnostics,
