@@ -3,6 +3,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -226,8 +227,45 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
         load_config(None, ["--epochs=ten"])
     with pytest.raises(ValueError, match="text_mode"):
         load_config(None, ["--text_mode=adapter"])
+    with pytest.raises(ValueError, match="stages must name at least one"):
+        load_config(None, ["--stages="])
+    lora_cpu = "training/configs/lora_cpu.yaml"  # adapters on layers 8-11; an empty value clears the list
+    assert load_config(lora_cpu, ["--cache_frozen_layers=false", "--lora_layers="]).lora_layers == ()
+    assert load_config(lora_cpu, []).lora_layers == (8, 9, 10, 11)
     cfg = load_config("training/configs/cpu.yaml", ["--epochs=3"])
     assert (cfg.text_mode, cfg.epochs, cfg.batch_size, cfg.ema_decay) == ("frozen", 3, 32, 0.99)
+
+
+def test_help_lists_every_config_file_and_every_key_with_a_default_that_reads_back(capsys):
+    from dataclasses import fields
+
+    from training.__main__ import main
+    from training.config import TrainConfig
+
+    assert main(["--config", "training/configs/cpu.yaml", "--help"]) == 0  # before any config is read or run
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: python -m training")
+    for path in Path("training/configs").glob("*.yaml"):
+        assert f"  {path.name}\n" in shown
+    assert "Time-boxed CPU fine-tune of the embedded default" in shown  # lora_cpu.yaml's opening comment
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        assert len(f.metadata.get("help", "")) > 10, f"{f.name} has no description"
+        line = next(x for x in shown.splitlines() if x.startswith(f"  --{f.name}="))
+        override = line.split()[0]
+        assert getattr(load_config(None, [override]), f.name) == getattr(defaults, f.name), override
+        assert " ".join(f.metadata["help"].split()[:4]) in " ".join(shown.split())
+
+
+def test_a_misspelt_key_is_refused_with_the_closest_key_named(capsys):
+    from training.__main__ import main
+
+    with pytest.raises(ValueError, match=r"did you mean lrr -> lr, sd_alfa -> sd_alpha\?"):
+        load_config(None, ["--lrr=3", "--sd_alfa=0.5", "--zzzz=1"])
+    with pytest.raises(ValueError, match=r"\['qqqq'\] \(python -m training --help"):  # nothing close: no guess
+        load_config(None, ["--qqqq=1"])
+    assert main(["--epoch=3"]) == 2
+    assert "did you mean epoch -> epochs?" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override, message", [

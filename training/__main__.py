@@ -1,11 +1,14 @@
-"""python -m training [--config FILE] [--key=value ...]   (see training/configs/)"""
+"""python -m training [--config FILE] [--key=value ...]   (--help: the config files and every key)"""
 import sys
 
-from training.config import ConfigError, load_config
+from training.config import ConfigError, load_config, usage
 from training.loop import run
 
 
 def main(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv):
+        print(usage())
+        return 0
     config_path = None
     rest = []
     it = iter(argv)

@@ -6,6 +6,7 @@ any config file). Paper defaults (Table 2) are the dataclass defaults.
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -54,67 +55,85 @@ class ConfigError(ValueError):
     commands print it as a one-line error instead of a traceback."""
 
 
+def option(default: Any, help: str):
+    """A TrainConfig field: its default and the one description that ``python -m training --help`` prints."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # what to train
-    stages: tuple[str, ...] = ("text", "visual", "fusion")
-    text_mode: str = "full"  # frozen | lora | full
-    self_distillation: bool = True  # EMA self-distillation of the text branch (Section 3.4)
-    cross_modal_kd: bool = True  # response + feature distillation text -> visual (Section 3.5)
-    speaker_tokens: bool = True
+    stages: tuple[str, ...] = option(("text", "visual", "fusion"), "stages to run, in order: text, visual, fusion")
+    text_mode: str = option("full", "how the text backbone trains: full (the paper's), lora (peft), frozen "
+                                    "(mask states cached once, heads trained on them)")
+    self_distillation: bool = option(True, "EMA self-distillation of the text branch (Section 3.4); false: CE only")
+    cross_modal_kd: bool = option(True, "response + feature distillation text -> visual (Section 3.5); "
+                                        "false: the visual head trains on CE alone")
+    speaker_tokens: bool = option(True, "speaker tokens <s1>, <s2>... in the prompt; false: Table 4's row "
+                                        "without them")
     # model
-    text_backbone: str = "all-mpnet-base-v2"
-    caption_embedder: str = "all-MiniLM-L6-v2"
-    max_tokens: int = 511
-    dropout: float = 0.2
+    text_backbone: str = option("all-mpnet-base-v2", "text encoder: a name in ddvlm_core.assets or a local "
+                                                     "model folder (from_pretrained, no download)")
+    caption_embedder: str = option("all-MiniLM-L6-v2", "Sentence-BERT model that embeds captions")
+    max_tokens: int = option(511, "prompt length in tokens; the earliest context is dropped first")
+    dropout: float = option(0.2, "dropout before the text, visual and fusion heads (Table 2)")
     # optimisation (Table 2)
-    epochs: int = 10
-    batch_size: int = 4
-    lr: float = 1e-5
-    head_lr: float = 1e-3  # frozen mode trains only the heads, on cached features
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    grad_clip: float = 1.0
-    ema_decay: float = 0.99
-    sd_alpha: float = 0.7
-    sd_tau: float = 2.0
-    # which weights a self-distilled text run keeps at its best dev epoch: "student" (the trained model, our
-    # reading of Section 3.4), "ema" (the EMA teacher's), or "either" (whichever scores higher on dev that epoch).
-    # Selection uses dev only; the teacher is scored every epoch anyway (teacher_*_wa_f1 in the history)
-    sd_select: str = "student"
-    cmkd_alpha: float = 1.0
-    cmkd_beta: float = 1.0
-    response_tau: float = 4.0
-    feature_tau: float = 1.0
-    lambda_jsd: float = 0.2
-    fusion_alpha_init: float = 0.3
+    epochs: int = option(10, "epochs per stage (Table 2)")
+    batch_size: int = option(4, "training batch size (Table 2)")
+    lr: float = option(1e-5, "AdamW peak learning rate of the text backbone and its head (Table 2)")
+    head_lr: float = option(1e-3, "learning rate of the heads trained on cached features (frozen mode), of the "
+                                  "visual head and of the fusion")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup_ratio: float = option(0.1, "share of the steps with linear warm-up; then linear decay to 0")
+    grad_clip: float = option(1.0, "gradient norm clip (0: none)")
+    ema_decay: float = option(0.99, "EMA teacher decay lambda (Table 2)")
+    sd_alpha: float = option(0.7, "self-distillation weight alpha of the CE: L = a CE + (1 - a) tau^2 KL "
+                                  "(Table 2)")
+    sd_tau: float = option(2.0, "self-distillation temperature tau (Table 2)")
+    sd_select: str = option("student", "which weights a self-distilled text run keeps at its best dev epoch: "
+                                       "student (our reading of Section 3.4), ema (the EMA teacher's), either "
+                                       "(whichever scores higher on dev that epoch; the teacher is scored "
+                                       "every epoch anyway)")
+    cmkd_alpha: float = option(1.0, "weight alpha of the response loss in L_visual (Table 2)")
+    cmkd_beta: float = option(1.0, "weight beta of the feature loss in L_visual (Table 2)")
+    response_tau: float = option(4.0, "temperature of the response loss (Table 2)")
+    feature_tau: float = option(1.0, "temperature of the feature loss's similarity softmax (Table 2)")
+    lambda_jsd: float = option(0.2, "weight of the JSD term in the feature loss (Table 2)")
+    fusion_alpha_init: float = option(0.3, "initial value of the fusion's learnable residual scale alpha")
     # LoRA (text_mode = lora)
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "query", "key", "value", "dense")
-    lora_layers: tuple[int, ...] = ()  # encoder layers that get adapters; () = all
-    # with lora_layers above layer 0: run the frozen layers below the lowest adapted one once per split (eval
-    # mode, cached in feature_cache) and train only the layers above; those frozen layers then drop nothing out
-    cache_frozen_layers: bool = False
+    lora_r: int = option(16, "rank r of each LoRA adapter")
+    lora_alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = option(0.1, "dropout on the LoRA path")
+    lora_targets: tuple[str, ...] = option(("q", "k", "v", "o", "query", "key", "value", "dense"),
+                                           "names of the Linear modules that get adapters")
+    lora_layers: tuple[int, ...] = option((), "encoder layers that get adapters, e.g. 8,9,10,11 (empty: all)")
+    cache_frozen_layers: bool = option(False, "with lora_layers above layer 0: run the frozen layers below the "
+                                              "lowest adapted one once per split (eval mode, cached in "
+                                              "feature_cache) and train only the layers above; those frozen "
+                                              "layers then drop nothing out")
     # data
-    meld_dir: str = ""  # "" = the repository's data/meld
-    limit_dialogues: int = 0  # >0: first N dialogues per split (smoke runs and tests only)
-    caption_source: str = "none"  # none (text only) | a captions JSONL file or folder (python -m training.captions)
-    length_bucketing: bool = True
+    meld_dir: str = option("", "folder of MELD's CSVs (empty: the repository's data/meld)")
+    limit_dialogues: int = option(0, "> 0: only the first N dialogues per split (smoke runs and tests only: "
+                                     "the test score is then not one on MELD's test split)")
+    caption_source: str = option("none", "none (text only) or a captions JSONL file or folder "
+                                         "(python -m training.captions)")
+    length_bucketing: bool = option(True, "batch prompts of similar length together (less padding)")
     # run
-    seed: int = 0
-    device: str = "cpu"
-    bf16: bool = False
-    run_dir: str = "runs/default"
-    feature_cache: str = ".cache/ddvlm/features"
-    eval_batch_size: int = 32
-    num_threads: int = 0  # 0 = torch default
-    time_budget_min: float = 0.0  # >0: no epoch is started that would end past it (time-boxed runs)
-    # deterministic kernels (torch.use_deterministic_algorithms, a fixed cuBLAS workspace): a GPU run of one seed
-    # then repeats bit for bit, as a CPU run does, so SD and no SD share epoch 1 exactly; slower on a GPU
-    deterministic: bool = False
-    state_every: int = 1  # epochs between saved resume states (0: only when the run stops); a kill loses the rest
+    seed: int = option(0, "random seed (data order, initialisation, dropout)")
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:1 ...")
+    bf16: bool = option(False, "bf16 autocast (GPU)")
+    run_dir: str = option("runs/default", "where the run writes its config, scores, states and checkpoint; "
+                                          "an interrupted run there resumes")
+    feature_cache: str = option(".cache/ddvlm/features", "folder of cached features and layer states")
+    eval_batch_size: int = option(32, "batch size of dev/test scoring")
+    num_threads: int = option(0, "torch CPU threads (0: torch's default)")
+    time_budget_min: float = option(0.0, "> 0: no epoch is started that would end past this many minutes "
+                                         "(time-boxed runs)")
+    deterministic: bool = option(False, "deterministic kernels (torch.use_deterministic_algorithms, a fixed "
+                                        "cuBLAS workspace): a GPU run of one seed then repeats bit for bit, as a "
+                                        "CPU run does, so SD and no SD share epoch 1 exactly; slower on a GPU")
+    state_every: int = option(1, "epochs between saved resume states (0: only when the run stops); a kill "
+                                 "loses the rest")
 
     def __post_init__(self):
         self.validate()  # also for TrainConfig(...) and dataclasses.replace(cfg, ...) in code, not only files
@@ -125,6 +144,8 @@ class TrainConfig:
         unknown = set(self.stages) - {"text", "visual", "fusion"}
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}")
+        if not self.stages:
+            raise ValueError("stages must name at least one of text, visual, fusion")
         if self.text_mode == "frozen" and self.lora_layers:
             raise ValueError("lora_layers only applies to text_mode: lora")
         if self.cache_frozen_layers and not (self.text_mode == "lora" and self.lora_layers and min(self.lora_layers)):
@@ -156,7 +177,8 @@ class TrainConfig:
         types = {f.name: f.type for f in fields(cls)}
         unknown = set(values) - set(types)
         if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+            raise ValueError(f"unknown config keys: {sorted(unknown)}{_close_names(unknown, types)} "
+                             "(python -m training --help lists them)")
         return dataclasses.replace(cls(), **{k: _coerce(k, types[k], v) for k, v in values.items()})
 
     def model_config(self):
@@ -177,12 +199,22 @@ def config_differences(a: Mapping[str, Any], b: Mapping[str, Any],
                   if k not in may_differ and a.get(k, defaults.get(k)) != b.get(k, defaults.get(k)))
 
 
+def _close_names(unknown: set[str], known: Mapping[str, Any]) -> str:
+    """"; did you mean lr?" for a misspelt key, or "" where no known key is close."""
+    import difflib
+
+    close = [f"{k} -> {m[0]}" for k in sorted(unknown) if (m := difflib.get_close_matches(k, known, n=1))]
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def _coerce(name: str, kind: Any, value: Any) -> Any:
     """Convert a YAML / command-line value to the field's type, or raise."""
     origin = str(kind)
     if isinstance(value, str) and not origin.startswith("str"):
         value = yaml.safe_load(value)
     if origin.startswith("tuple"):
+        if value is None:  # --lora_layers= (empty), or "lora_layers:" with no value in a YAML file
+            return ()
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, (list, tuple)):
@@ -213,6 +245,47 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     for item in overrides:
         key, sep, value = item.removeprefix("--").partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} must look like --key=value")
+            raise ValueError(f"override {item!r} must look like --key=value (--help lists the keys)")
         values[key.replace("-", "_")] = value
     return TrainConfig.from_dict(values)
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def usage() -> str:
+    """``python -m training --help``: the config files with what their opening comment says, then every key with
+    its type, default and description (from the fields, so a new key is listed without more code)."""
+    about = ("Trains DDVLM on MELD with one loop: the text branch (EMA self-distillation), the visual branch "
+             "(cross-modal distillation) and the fusion. A value comes from the defaults (Table 2), then --config, "
+             "then --key=value; an unknown key, a wrong type or a value out of range is an error. An interrupted "
+             "run resumes from its run_dir.")
+    lines = ["usage: python -m training [--config FILE] [--key=value ...]", "", *textwrap.wrap(about, 100), "",
+             f"config files ({CONFIG_DIR.relative_to(CONFIG_DIR.parents[1])}/):"]
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        lines += _wrapped(path.name, _opening_comment(path))
+    lines += ["", "keys (--key=value; a list as a,b,c):"]
+    for f in fields(TrainConfig):
+        lines += _wrapped(f"--{f.name}={_shown(f.default)}  ({f.type})", f.metadata["help"])
+    return "\n".join(lines)
+
+
+def _opening_comment(path: Path) -> str:
+    comment = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        comment.append(line.lstrip("# ").strip())
+    return " ".join(comment)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _wrapped(head: str, text: str, width: int = 100) -> list[str]:
+    return ["  " + head] + textwrap.wrap(text, width, initial_indent=" " * 8, subsequent_indent=" " * 8)
