@@ -47,10 +47,10 @@ def evaluate_bag(bag: Path, recognizer, batch: int = 16) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--wers", default="0,0.1,0.2,0.3")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--model-dir", default=str(REPO / "checkpoints" / "default"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--wers", default="0,0.1,0.2,0.3", help="comma-separated word error rates, 0-1")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the simulated ASR errors")
+    ap.add_argument("--model-dir", default=str(REPO / "checkpoints" / "default"), help="checkpoint to evaluate")
     args = ap.parse_args(argv)
     from ddvlm_core.checkpoint import CheckpointError, read_manifest
 

@@ -70,11 +70,12 @@ def time_stage(cfg, steps: int, log) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default=str(REPO / "training" / "configs" / "lora_cpu.yaml"))
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--dialogues", type=int, default=60)
-    ap.add_argument("--report-dir", default=str(REPO / "reports"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "training" / "configs" / "lora_cpu.yaml"),
+                    help="a LoRA config with lora_layers above layer 0")
+    ap.add_argument("--steps", type=int, default=8, help="training steps timed each way")
+    ap.add_argument("--dialogues", type=int, default=60, help="dialogues per split whose states are extracted")
+    ap.add_argument("--report-dir", default=str(REPO / "reports"), help="where layer_cache.{md,json} go")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.dialogues < 1:
         ap.error("--steps and --dialogues must be >= 1")

@@ -395,12 +395,13 @@ def is_repo_file(path: str) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--checkpoint", default=default_checkpoint())
-    ap.add_argument("--split", default="test")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=default_checkpoint(),
+                    help="checkpoint to quantize (default: the embedded one)")
+    ap.add_argument("--split", default="test", help="MELD split scored for WA-F1")
     ap.add_argument("--limit", type=int, default=0, help="first N utterances only (0 = the whole split)")
     ap.add_argument("--rows", help="default: every row the device runs")
-    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=20, help="latency samples per prompt length and row")
     ap.add_argument("--latency-rounds", type=int, default=3,
                     help="latency is measured this many times, each row in a fresh process, rows in rotated order; "
                          "the report gives the median round (this VM's speed drifts between minutes)")

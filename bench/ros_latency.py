@@ -2,9 +2,10 @@
 
     python bench/ros_latency.py [--model-dir DIR] [--n 40]
 
-Three measurements on the same MELD test contexts: (1) bare predict, (2) the node in-process on a
-real executor (publish a transcript, wait for its /emotion), (3) the same with a 30 Hz 640x480 camera
-stream running. Writes reports/ros_latency.json and reports/ros_latency.md.
+Five rows on the same MELD test contexts, each in its own fresh process: (1) bare predict, (2) the node
+in-process on a real executor (publish a transcript, wait for its /emotion), (3) the same with a 30 Hz
+640x480 camera stream running, (4) the node with ``quantized: true``, (5) the node on rclpy's
+MultiThreadedExecutor (a comparison). Writes reports/ros_latency.json and reports/ros_latency.md.
 """
 from __future__ import annotations
 
@@ -157,9 +158,9 @@ def measure(row: str, directory: str, n: int) -> list[float]:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model-dir")
-    ap.add_argument("--n", type=int, default=40)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", help="checkpoint the node loads (default: the embedded one)")
+    ap.add_argument("--n", type=int, default=40, help="utterances timed per row")
     ap.add_argument("--row", choices=ROWS, help="measure one row in this process (the bench runs each in its own)")
     args = ap.parse_args(argv)
     from transformers.utils import logging

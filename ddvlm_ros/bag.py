@@ -227,15 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m ddvlm_ros.bag", description="MELD dialogues -> rosbag2 bag")
-    ap.add_argument("out")
-    ap.add_argument("--split", default="test")
+    ap.add_argument("out", help="the bag folder to write (must not exist); labels go to OUT.labels.json")
+    ap.add_argument("--split", default="test", help="MELD split: train, dev or test")
     ap.add_argument("--dialogues", default="all", help="comma-separated dialogue ids, or all")
-    ap.add_argument("--storage", default="mcap", choices=sorted(STORAGES))
-    ap.add_argument("--frames", default="none", choices=["none", "synthetic", "clips"])
+    ap.add_argument("--storage", default="mcap", choices=sorted(STORAGES), help="rosbag2 storage format")
+    ap.add_argument("--frames", default="none", choices=["none", "synthetic", "clips"],
+                    help="camera frames: none, small synthetic JPEGs, or MELD.Raw clips (--clips-dir)")
     ap.add_argument("--clips-dir", help="MELD.Raw root (frames = clips)")
     ap.add_argument("--fps", type=float, default=5.0, help="camera frames per second of utterance (> 0)")
     ap.add_argument("--asr-noise", type=float, default=0.0, metavar="WER", help="corrupt transcripts at this WER")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the simulated ASR errors")
     args = ap.parse_args(argv)
     try:
         ids = None if args.dialogues == "all" else [int(d) for d in args.dialogues.split(",")]

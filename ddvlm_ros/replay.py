@@ -344,10 +344,11 @@ def parse_remaps(items: list[str]) -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m ddvlm_ros.replay", description=__doc__.split("\n\n")[0])
-    ap.add_argument("bag")
-    ap.add_argument("--model-dir", default="")
+    ap.add_argument("bag", help="a rosbag2 folder (mcap or sqlite3): python -m ddvlm_ros.bag, or ros2 bag record")
+    ap.add_argument("--model-dir", default="", help="checkpoint the node loads (default: the embedded one)")
     ap.add_argument("--speed", type=float, default=1.0, help="bag time divided by this (> 0; e.g. 4: 4x faster)")
-    ap.add_argument("--captioner", default="none")
+    ap.add_argument("--captioner", default="none",
+                    help="the node's captioner parameter: none | cue | qwen (qwen: --param captioner_model_dir:=DIR)")
     ap.add_argument("--remap", action="append", default=[], metavar="TOPIC:=INPUT",
                     help=f"play a bag topic into a node input ({', '.join(INPUTS)}); repeatable")
     ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
@@ -359,7 +360,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--max-in-flight", type=int, default=0,
                     help="hold back utterances while this many are unanswered (0: pure bag timing)")
     ap.add_argument("--report", help="write Markdown here and JSON next to it")
-    ap.add_argument("--title", default="Bag replay through the emotion node")
+    ap.add_argument("--title", default="Bag replay through the emotion node", help="heading of the --report")
     args = ap.parse_args(argv)
     from transformers.utils import logging
 

@@ -52,3 +52,40 @@ def test_command_lines_answer_bad_input_with_one_error_line_and_status_2(tmp_pat
         status = e.code
     err = capsys.readouterr().err
     assert status == 2 and message in err and "Traceback" not in err
+
+
+class _ParserBuilt(Exception):
+    """Raised where a command would parse its arguments: the test then holds the parser it built."""
+
+
+COMMANDS = ["training.ablate", "training.evaluate", "training.captions", "training.export", "training.results",
+            "training.model_card", "ddvlm_core.cli", "ddvlm_ros.replay", "ddvlm_ros.bag", "bench/asr_noise.py",
+            "bench/layer_cache.py", "bench/quantization.py", "bench/ros_latency.py", "scripts/gpu/plan.py"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_says_what_it_does_and_what_each_option_means(command, monkeypatch):
+    import argparse
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    if command.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(Path(command).stem, Path(__file__).parents[1] / command)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(command)
+    built = []
+
+    def hold(parser, *args, **kwargs):
+        built.append(parser)
+        raise _ParserBuilt
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", hold)
+    with pytest.raises(_ParserBuilt):
+        module.main(["x"])
+    parser = built[0]
+    assert parser.description and len(parser.description) > 20
+    undescribed = [a.option_strings or a.dest for a in parser._actions if not a.help]
+    assert undescribed == []

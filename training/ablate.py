@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -400,11 +401,19 @@ def merge(json_paths: list[str], report: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.ablate")
-    ap.add_argument("--config")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--rows", default=",".join(r.name for r in ROWS))
-    ap.add_argument("--report", default=str(REPORTS / "ablation"))
+    rows = "\n".join(f"  {r.name:<17} {r.title}" + (f" (paper: {r.paper:.2f})" if r.paper else "")
+                     + ("; needs captions" if r.needs_captions else "") for r in ROWS)
+    ap = argparse.ArgumentParser(
+        prog="python -m training.ablate", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill("Table 4: each row a configuration of the one training loop, run for each seed; "
+                                  "mean +- std test WA-F1 (model chosen on dev) beside the paper's. Any other "
+                                  "--key=value is a training override for every row (python -m training --help "
+                                  "lists them).", 79),
+        epilog=f"rows:\n{rows}")
+    ap.add_argument("--config", help="the training config every row starts from (training/configs/*.yaml)")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each row runs once per seed")
+    ap.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma-separated rows (below; default: all)")
+    ap.add_argument("--report", default=str(REPORTS / "ablation"), help="report path without suffix: .md and .json")
     ap.add_argument("--parallel", type=int, default=1, help="runs at once, as subprocesses (e.g. seeds on one GPU)")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the Markdown report of an earlier run's JSON "
                     "(e.g. one brought back from the GPU machine) next to it")

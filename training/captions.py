@@ -293,16 +293,17 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.captions", description=__doc__.split("\n\n")[0])
     ap.add_argument("--video_dir", required=True, help="MELD.Raw: train_splits/, dev_splits_complete/, "
                     "output_repeated_splits_test/")
-    ap.add_argument("--captioner", choices=CAPTIONERS, default="qwen2.5-vl")
+    ap.add_argument("--captioner", choices=CAPTIONERS, default="qwen2.5-vl",
+                    help="qwen2.5-vl (the paper's annotator prompt) or cue-fallback (OpenCV cues, offline)")
     ap.add_argument("--qwen_path", default="", help="local Qwen2.5-VL folder (the paper's: Qwen2.5-VL-7B-Instruct)")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cpu", help="torch device of the captioner: cpu, cuda, cuda:1 ...")
     ap.add_argument("--dtype", default=None, help="Qwen2.5-VL weights' dtype, e.g. bfloat16 on a GPU")
     ap.add_argument("--frames", type=count(1), default=4, help="frames per clip (the emotion node's frames_per_window "
                     "default is 4: caption as the robot will)")
-    ap.add_argument("--max_new_tokens", type=count(1), default=96)
+    ap.add_argument("--max_new_tokens", type=count(1), default=96, help="longest caption, in generated tokens")
     ap.add_argument("--batch_size", type=count(1), default=1,
                     help="clips per captioner call (Qwen2.5-VL on a GPU: e.g. 8)")
-    ap.add_argument("--splits", default=",".join(SPLITS))
+    ap.add_argument("--splits", default=",".join(SPLITS), help="comma-separated MELD splits")
     ap.add_argument("--meld_dir", default="", help="MELD CSVs (default: the repository's data/meld)")
     ap.add_argument("--limit_dialogues", type=count(0), default=0, help="first N dialogues per split (smoke runs)")
     ap.add_argument("--shard", default="0/1", help="i/n: this process captions every n-th utterance from the i-th")

