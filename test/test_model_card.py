@@ -114,3 +114,18 @@ def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_an
     assert bench.same_mode_ratios({r["row"]: r for r in fresh}) == []  # no fp32_cudagraphs: nothing to compare
     no_graphs = {**report, "rows": fresh}
     assert "CUDA graphs" not in "\n".join(gpu_quantization_lines(no_graphs, checkpoint))
+
+
+def test_the_card_command_refuses_what_is_not_a_run_or_a_checkpoint_with_one_line(tmp_path, capsys):
+    from training.model_card import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "no_run")])
+    assert stop.value.code == 2 and "not a training run directory" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "run"), "--checkpoint", str(tmp_path / "no_checkpoint"),
+              "--out", str(tmp_path / "card.md")])
+    assert f"no such file: {tmp_path / 'no_checkpoint'}/manifest.json" in capsys.readouterr().err
+    assert not (tmp_path / "card.md").exists()

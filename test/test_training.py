@@ -227,6 +227,12 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
         load_config(None, ["--epochs=ten"])
     with pytest.raises(ValueError, match="text_mode"):
         load_config(None, ["--text_mode=adapter"])
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("epochs: 3\n```\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: not valid YAML at line 2, column 1"):
+        load_config(bad_yaml)
+    with pytest.raises(ValueError, match=r"epochs: not valid YAML"):
+        load_config(None, ["--epochs=["])
     with pytest.raises(ValueError, match="stages must name at least one"):
         load_config(None, ["--stages="])
     lora_cpu = "training/configs/lora_cpu.yaml"  # adapters on layers 8-11; an empty value clears the list

@@ -199,6 +199,16 @@ def config_differences(a: Mapping[str, Any], b: Mapping[str, Any],
                   if k not in may_differ and a.get(k, defaults.get(k)) != b.get(k, defaults.get(k)))
 
 
+def _yaml(text: str, where: str) -> Any:
+    """yaml.safe_load, its syntax error a ValueError naming ``where`` (the commands print it as one line)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{where}: not valid YAML{at} ({getattr(e, 'problem', None) or e})") from None
+
+
 def _close_names(unknown: set[str], known: Mapping[str, Any]) -> str:
     """"; did you mean lr?" for a misspelt key, or "" where no known key is close."""
     import difflib
@@ -211,7 +221,7 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
     """Convert a YAML / command-line value to the field's type, or raise."""
     origin = str(kind)
     if isinstance(value, str) and not origin.startswith("str"):
-        value = yaml.safe_load(value)
+        value = _yaml(value, name)
     if origin.startswith("tuple"):
         if value is None:  # --lora_layers= (empty), or "lora_layers:" with no value in a YAML file
             return ()
@@ -238,7 +248,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Defaults <- YAML file <- ['--key=value', ...]; unknown keys and bad types raise."""
     values: dict[str, Any] = {}
     if path:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        loaded = _yaml(Path(path).read_text(encoding="utf-8"), str(path)) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: a config file is a mapping of keys to values")
         values.update(loaded)

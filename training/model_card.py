@@ -218,11 +218,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--compiled-quantization", default="reports/torch_compile/quantization.json",
                     help="bench/quantization.py JSON with the woq_compiled row (whole test split)")
     args = ap.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not ((run_dir / "text" / "last" / "state.json").is_file() or (run_dir / "results.json").is_file()):
+        ap.error(f"{run_dir}: not a training run directory (no results.json, no text/last/state.json)")
+    for needed in filter(None, (args.evaluation, args.checkpoint + "/manifest.json")):
+        if not Path(needed).is_file():
+            ap.error(f"no such file: {needed}")
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
     quantization, gpu_quantization, compiled = (
         json.loads(Path(f).read_text()) if Path(f).is_file() else None
         for f in (args.quantization, args.gpu_quantization, args.compiled_quantization))
-    Path(args.out).write_text(card(Path(args.run_dir), Path(args.checkpoint), args.device, args.command, evaluation,
+    Path(args.out).write_text(card(run_dir, Path(args.checkpoint), args.device, args.command, evaluation,
                                    quantization, gpu_quantization, compiled))
     print(Path(args.out).read_text())
     return 0
