@@ -83,6 +83,10 @@ def bag_messages(path: str | Path) -> list[tuple[float, str, str, bytes]]:
         raise BagError(f"{path}: cannot read bag ({type(e).__name__}: {e})") from None
 
 
+class NodeConfigureError(RuntimeError):
+    """The node refused its parameters (e.g. no such model_dir, an unknown captioner): replay prints one line."""
+
+
 @dataclass
 class ReplayResult:
     answers: dict[str, dict] = field(default_factory=dict)  # key -> {"text": msg, "refined": msg}
@@ -184,7 +188,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         clock_pub.publish(Clock(clock=sec_to_stamp(t_first, type(Clock().clock))))
         node.trigger_configure()
         if node.load_error:
-            raise RuntimeError(f"emotion node did not configure: {node.load_error}")
+            raise NodeConfigureError(f"the emotion node did not configure: {node.load_error}")
         node.trigger_activate()
         deadline = time.monotonic() + 10
         while any(p.get_subscription_count() == 0 for p in pubs.values()) and time.monotonic() < deadline:
@@ -375,6 +379,8 @@ def main(argv: list[str]) -> int:
         ap.error(f"--record {args.record}: exists already, not overwriting")
     if not args.speed > 0:  # the bag's time line is divided by it
         ap.error(f"--speed must be > 0, got {args.speed}")
+    if args.max_in_flight < 0:
+        ap.error(f"--max-in-flight must be >= 0 (0: pure bag timing), got {args.max_in_flight}")
     if not labels:
         print(f"no labels ({labels_path(args.bag)} missing, no --labels): answers and latency only")
     params = {"model_dir": args.model_dir, "captioner": args.captioner, "input_timeout_s": 0.0}
@@ -394,7 +400,7 @@ def main(argv: list[str]) -> int:
         print(f"{'utterance':<22} {'speaker':<12} {'tok':<5} {'emotion':<9} {'conf':>5} R  {'gold':<14} latency")
     try:
         result = replay(args.bag, params, args.speed, on_answer=live, max_in_flight=args.max_in_flight, remaps=remaps)
-    except BagError as e:
+    except (BagError, NodeConfigureError) as e:
         ap.error(str(e))
     score = result.score(labels)
     unlabelled = [k for k in result.finals if k not in labels]

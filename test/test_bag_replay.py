@@ -162,7 +162,7 @@ def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0):
 ROBOT_LINES = ["Ross: I got the job!", "Rachel: No way!", "Ross: They called this morning.", "Rachel: Oh my God."]
 
 
-def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_path, tiny_text_checkpoint):
+def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_path, tiny_text_checkpoint, capsys):
     from ddvlm_ros.replay import main
 
     bag = write_robot_bag(tmp_path / "robot", ROBOT_LINES)
@@ -201,10 +201,15 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
     quantized = json.loads((out / "quantized.json").read_text())
     assert quantized["params"]["quantized"] is True and quantized["params"]["frame_buffer_s"] == 5.0
     assert quantized["score"]["answered"] == 4
-    for refused in (["--record", str(out / "with_answers")],  # an existing recording: before the replay, not after
-                    ["--speed", "0"], ["--speed", "-4"]):
-        with pytest.raises(SystemExit):
+    for refused, message in (
+            (["--record", str(out / "with_answers")], "exists already"),  # before the replay, not after
+            (["--speed", "0"], "--speed must be > 0"), (["--speed", "-4"], "--speed must be > 0"),
+            (["--max-in-flight", "-1"], "--max-in-flight must be >= 0"),
+            (["--model-dir", str(tmp_path / "none")], "the emotion node did not configure: FileNotFoundError"),
+            (["--model-dir", tiny_text_checkpoint, "--captioner", "bogus"], "parameter 'captioner' must be one of")):
+        with pytest.raises(SystemExit) as stop:
             main([str(bag), *remaps, *refused])
+        assert stop.value.code == 2 and message in capsys.readouterr().err  # one line, no traceback
 
 
 def test_the_replay_report_says_what_the_node_made_of_the_camera(tmp_path, tiny_visual_checkpoint):
