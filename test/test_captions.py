@@ -222,6 +222,33 @@ def test_captions_of_two_captioners_or_a_damaged_line_are_refused(tmp_path):
         read_captions(tmp_path / "nothing")
 
 
+def test_captions_that_cover_no_training_example_skip_the_visual_stages_and_ship_a_text_only_checkpoint(
+        tmp_path, tiny_roberta_dir):
+    from dataclasses import replace
+
+    from ddvlm_core.meld import utterance_key
+    from test_training import tiny_cfg
+    from training.ablate import ROWS, run_rows
+    from training.loop import run
+
+    captions = tmp_path / "dev_only.jsonl"  # e.g. only the dev shard was captioned
+    captions.write_text(json.dumps({"key": utterance_key("dev", 0, 0), "captioner": "cue-fallback:frames=4",
+                                    "status": "ok", "caption": "The person raises both eyebrows."}) + "\n")
+    cfg = tiny_cfg(tmp_path, tiny_roberta_dir, epochs=1, caption_source=str(captions), stages="text,visual,fusion")
+    logs = []
+    results = run(cfg, log=logs.append)
+    assert "no train example has a usable caption" in results["stages"]["visual"]["skipped"]
+    assert "skipped" in results["stages"]["fusion"] and "best" in results["stages"]["text"]
+    assert results["captions"]["train"]["captioned"] == 0 and results["captions"]["dev"]["captioned"] == 1
+    assert any("visual and fusion stages skipped" in line for line in logs)
+    manifest = json.loads((tmp_path / "run" / "checkpoint" / "manifest.json").read_text())
+    assert "visual_head" not in manifest["modules"] and "fusion" not in manifest["modules"]
+    assert "captioner" not in manifest  # no visual branch, so no captioner for the node to match
+    entries = run_rows(replace(cfg, run_dir=str(tmp_path / "ablate")), [r for r in ROWS if r.name == "visual_cmkd"],
+                       [0], log=lambda *_: None)
+    assert entries[0]["scores"] == [] and "no train example has a usable caption" in entries[0]["not_run"]
+
+
 def test_visual_and_fusion_stages_train_on_the_captions_and_the_checkpoint_uses_them(meld_raw, tmp_path,
                                                                                      tiny_roberta_dir):
     from ddvlm_core.inference import EmotionRecognizer

@@ -295,10 +295,14 @@ def test_what_cannot_run_here_is_refused_before_any_work_with_one_line(tmp_path,
     from training.config import ConfigError
     from training.loop import preflight
 
-    cases = {"caption_source": (str(tmp_path / "no_captions"), "no such captions file or folder"),
-             "text_backbone": (str(tmp_path / "no_backbone"), "models are never downloaded"),
-             "meld_dir": (str(tmp_path / "no_meld"), "no such folder")}
-    for key, (value, message) in cases.items():
+    (tmp_path / "empty").mkdir()
+    cases = [("caption_source", str(tmp_path / "no_captions"), "no such captions file or folder"),
+             ("caption_source", str(tmp_path / "empty"), "a folder without captions"),
+             ("text_backbone", str(tmp_path / "no_backbone"), "models are never downloaded"),
+             ("meld_dir", str(tmp_path / "no_meld"), "no such folder"),
+             ("meld_dir", str(tmp_path / "empty"), "no train_sent_emo.csv, dev_sent_emo.csv, test_sent_emo.csv"),
+             ("device", "banana", "'banana': not a torch device")]
+    for key, value, message in cases:
         cfg = tiny_cfg(tmp_path, tiny_roberta_dir, **{key: value})
         with pytest.raises(ConfigError, match=message):
             preflight(cfg)

@@ -191,6 +191,11 @@ def merge_reports(reports: list[dict]) -> list[dict]:
 
 
 def _finish(entry: dict, row: Row, seed: int, results: dict, t0: float, log) -> None:
+    skipped = [stage["skipped"] for stage in results["stages"].values() if "skipped" in stage]
+    if row.needs_captions and skipped:  # e.g. no train example had a usable caption: the row is not what it says
+        entry["not_run"] = skipped[0]
+        log(f"ablation {row.name} seed {seed}: not run ({skipped[0]})")
+        return
     summary = _summary(results, row, seed, time.monotonic() - t0)
     entry["runs"].append(summary)
     log(f"ablation {row.name} seed {seed}: test WA-F1 {summary['test_wa_f1']:.2f} ({summary['seconds']:.0f}s)")

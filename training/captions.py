@@ -68,11 +68,15 @@ def read_captions(path: str | Path) -> dict[str, dict]:
 
 
 def require_caption_source(path: str | Path) -> Path:
-    """``path`` as a Path when it exists; FileNotFoundError saying how to make one otherwise."""
+    """``path`` as a Path when it is a captions file or a folder holding some; FileNotFoundError saying how to make
+    one otherwise."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"caption_source {str(path)!r}: no such captions file or folder (write one with "
                                 "`python -m training.captions`, or use caption_source: none)")
+    if path.is_dir() and not any(path.glob("*.jsonl")):
+        raise FileNotFoundError(f"caption_source {str(path)!r}: a folder without captions (*.jsonl; write them with "
+                                "`python -m training.captions --out` it, or use caption_source: none)")
     return path
 
 

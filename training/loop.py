@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ddvlm_core import losses as L
 from ddvlm_core.assets import resolve_model
 from ddvlm_core.context import PromptBuilder
+from ddvlm_core.meld import SPLITS, meld_dir
 from ddvlm_core.model import DDVLM
 from training.config import ConfigError, TrainConfig, candidates, config_differences
 from training.data import Example, batches, build_examples, check_full_test_split, collate
@@ -38,7 +39,6 @@ from training.schedule import lr_factor
 from training.state import (STATE_DIR, load_state, load_trainable_state, save_state, trainable_state,
                             trainable_state_like)
 
-SPLITS = ("train", "dev", "test")
 T = TypeVar("T")
 
 
@@ -379,6 +379,14 @@ def preflight(cfg: TrainConfig) -> None:
         raise ConfigError(str(e)) from None
     if cfg.meld_dir and not Path(cfg.meld_dir).is_dir():
         raise ConfigError(f"meld_dir {cfg.meld_dir!r}: no such folder (leave it empty for the repository's data/meld)")
+    folder = Path(cfg.meld_dir) if cfg.meld_dir else meld_dir()
+    missing = [f"{split}_sent_emo.csv" for split in SPLITS if not (folder / f"{split}_sent_emo.csv").is_file()]
+    if missing:
+        raise ConfigError(f"meld_dir {str(folder)!r}: no {', '.join(missing)} (MELD's annotation CSVs) in it")
+    try:
+        torch.device(cfg.device)
+    except RuntimeError:
+        raise ConfigError(f"device {cfg.device!r}: not a torch device (cpu, cuda, cuda:1 ...)") from None
     if cfg.device.startswith("cuda"):
         index = cfg.device.partition(":")[2]
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -443,11 +451,12 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
         else:
             stages, results["captions"] = multimodal_stages(cfg, model, tok, data, labels, run_dir, log)
             results["stages"].update(stages)
-            modules += ["visual_head", "fusion"]
+            if not any("skipped" in stage for stage in stages.values()):
+                modules += ["visual_head", "fusion"]
     model.text.backbone.eval()
     if rank == 0:
         confusion_pngs(results["stages"], run_dir)
-        captioner = {"captioner": results["captions"]["captioner"]} if "captions" in results else {}
+        captioner = {"captioner": results["captions"]["captioner"]} if "visual_head" in modules else {}
         model.save(run_dir / "checkpoint", tuple(modules),
                    extra={"trained_by": "training.loop", "run": cfg.to_dict(), **captioner})
         (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
@@ -470,14 +479,19 @@ def multimodal_stages(cfg, model, tok, data, labels, run_dir, log) -> tuple[dict
     (their results, the report of the captions used)."""
     from training.captions import caption_embeddings
 
+    emb, has, captions = caption_embeddings(cfg, data, log)
+    train_with_caption = [i for i in range(len(data["train"])) if bool(has["train"][i])]
+    if not train_with_caption:  # nothing to train the visual head on: no visual or fusion weights are shipped
+        msg = (f"no train example has a usable caption in {cfg.caption_source} (see the counts above): visual and "
+               "fusion stages skipped, the checkpoint is text-only")
+        log(msg)
+        return {"visual": {"skipped": msg}, "fusion": {"skipped": msg}}, captions
     model.text.eval()
     with torch.no_grad():
         h_text = {s: extract(model.text, data[s], tok.pad_token_id, cfg.eval_batch_size, cfg.device,
                              f"teacher h_text {s}").to(cfg.device) for s in SPLITS}
         z_text = {s: model.text.classify(h_text[s]) for s in SPLITS}
-    emb, has, captions = caption_embeddings(cfg, data, log)
     out = {}
-    train_with_caption = [i for i in range(len(data["train"])) if bool(has["train"][i])]
     lengths = {s: [1] * len(data[s]) for s in SPLITS}
     visual = model.visual.to(cfg.device)
 
