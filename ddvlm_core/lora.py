@@ -6,6 +6,7 @@ inference and quantization see a plain model.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Mapping
 
 from torch import Tensor, nn
@@ -23,10 +24,16 @@ def lora_config(settings: Mapping):
 
 
 def apply_lora(backbone: nn.Module, settings: Mapping) -> nn.Module:
-    """Wrap the backbone with LoRA adapters; only adapter weights are trainable."""
+    """Wrap the backbone with LoRA adapters; only adapter weights are trainable.
+
+    peft reads transformers' deprecated ``is_gradient_checkpointing`` while wrapping, and transformers warns about
+    it (a FutureWarning at every checkpoint load, which the user of ddvlm cannot act on): that one warning is
+    silenced here; any other passes through."""
     from peft import get_peft_model
 
-    return get_peft_model(backbone, lora_config(settings))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(backbone, lora_config(settings))
 
 
 def adapter_state(peft_backbone: nn.Module) -> dict[str, Tensor]:

@@ -101,3 +101,19 @@ def test_nothing_is_ever_unpickled():
     offenders = [str(p) for d in ("ddvlm_core", "ddvlm_ros", "training") for p in (REPO / d).rglob("*.py")
                  if pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def test_loading_a_lora_checkpoint_warns_of_nothing_the_user_cannot_act_on(tmp_path, tiny_roberta_dir):
+    import warnings
+
+    from ddvlm_core.lora import apply_lora
+    from ddvlm_core.model import DDVLM, DDVLMConfig
+
+    model, _ = DDVLM.from_backbone(DDVLMConfig(text_backbone=tiny_roberta_dir, text_dim=32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_lora(model.text.backbone, {"r": 4, "alpha": 8, "dropout": 0.0, "targets": ["query", "value"]})
+        warnings.warn("a warning of our own still shows", FutureWarning)
+    said = [str(w.message) for w in caught]
+    assert not [s for s in said if "is_gradient_checkpointing" in s]  # peft's use of a deprecated transformers API
+    assert "a warning of our own still shows" in said
