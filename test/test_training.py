@@ -263,6 +263,23 @@ def test_help_lists_every_config_file_and_every_key_with_a_default_that_reads_ba
         assert " ".join(f.metadata["help"].split()[:4]) in " ".join(shown.split())
 
 
+def test_a_dry_run_prints_the_resolved_config_and_checks_without_training(tmp_path, tiny_roberta_dir, capsys):
+    import yaml
+
+    from training.__main__ import main
+
+    args = [f"--text_backbone={tiny_roberta_dir}", f"--run_dir={tmp_path / 'run'}", "--epochs=3", "--dry-run"]
+    assert main(["--config", "training/configs/cpu.yaml", *args]) == 0
+    shown = capsys.readouterr().out
+    resolved = yaml.safe_load(shown)
+    assert resolved == load_config("training/configs/cpu.yaml", args[:-1]).to_dict()
+    assert resolved["epochs"] == 3 and resolved["text_mode"] == "frozen"  # the override, then the file
+    assert shown.rstrip().endswith("starts afresh") and not (tmp_path / "run").exists()
+    assert main(["--config", "training/configs/cpu.yaml", *args, "--meld_dir=" + str(tmp_path)]) == 2
+    assert "no train_sent_emo.csv" in capsys.readouterr().err
+    assert main(["--config"]) == 2 and "--config needs a file" in capsys.readouterr().err
+
+
 def test_a_misspelt_key_is_refused_with_the_closest_key_named(capsys):
     from training.__main__ import main
 

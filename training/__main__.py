@@ -1,20 +1,26 @@
-"""python -m training [--config FILE] [--key=value ...]   (--help: the config files and every key)"""
+"""python -m training [--config FILE] [--key=value ...] [--dry-run]   (--help: the config files and every key)"""
 import sys
+from pathlib import Path
+
+import yaml
 
 from training.config import ConfigError, load_config, usage
-from training.loop import run
+from training.loop import STATE_DIR, preflight, refuse_other_runs_state, run
 
 
 def main(argv: list[str]) -> int:
     if {"-h", "--help"} & set(argv):
         print(usage())
         return 0
+    dry_run = "--dry-run" in argv
     config_path = None
     rest = []
-    it = iter(argv)
+    it = iter(a for a in argv if a != "--dry-run")
     for arg in it:
         if arg == "--config":
-            config_path = next(it)
+            config_path = next(it, None)
+            if config_path is None:
+                return fail("--config needs a file")
         elif arg.startswith("--config="):
             config_path = arg.split("=", 1)[1]
         else:
@@ -25,13 +31,13 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_config(config_path, rest)
     except (OSError, ValueError, TypeError) as e:  # a missing file, an unknown key, a wrong type: no traceback
-        print(f"python -m training: error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     try:
+        if dry_run:
+            return check_only(cfg)
         results = run(cfg)
     except ConfigError as e:  # found before any work: a missing path, no such device, another run's directory
-        print(f"python -m training: error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     text = results["stages"].get("text", {}).get("best")
     if text:
         kept = " (the EMA teacher's weights)" if text.get("kept") == "ema" else ""
@@ -39,6 +45,24 @@ def main(argv: list[str]) -> int:
               f"test WA-F1 {text['test_wa_f1']:.2f}")
     print(f"run directory: {cfg.run_dir}")
     return 0
+
+
+def check_only(cfg) -> int:
+    """--dry-run: the resolved config as YAML (what the run would write to config.json) and the checks a run makes
+    before any work (backbone, captions, MELD, device, the run directory), without training or writing anything:
+    e.g. before a job on a lent GPU whose minutes are counted."""
+    preflight(cfg)
+    refuse_other_runs_state(Path(cfg.run_dir), cfg)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    states = [stage for stage in cfg.stages if (Path(cfg.run_dir) / stage / STATE_DIR).is_dir()]
+    print(f"# checks passed; run_dir {cfg.run_dir}: "
+          + (f"resumes the saved {', '.join(states)} state" if states else "starts afresh"))
+    return 0
+
+
+def fail(error) -> int:
+    print(f"python -m training: error: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

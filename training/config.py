@@ -269,9 +269,10 @@ def usage() -> str:
     about = ("Trains DDVLM on MELD with one loop: the text branch (EMA self-distillation), the visual branch "
              "(cross-modal distillation) and the fusion. A value comes from the defaults (Table 2), then --config, "
              "then --key=value; an unknown key, a wrong type or a value out of range is an error. An interrupted "
-             "run resumes from its run_dir.")
-    lines = ["usage: python -m training [--config FILE] [--key=value ...]", "", *textwrap.wrap(about, 100), "",
-             f"config files ({CONFIG_DIR.relative_to(CONFIG_DIR.parents[1])}/):"]
+             "run resumes from its run_dir. --dry-run prints the resolved config and makes the checks a run makes "
+             "before any work (backbone, captions, MELD, device, run_dir), then stops.")
+    lines = ["usage: python -m training [--config FILE] [--key=value ...] [--dry-run]", "",
+             *textwrap.wrap(about, 100), "", f"config files ({CONFIG_DIR.relative_to(CONFIG_DIR.parents[1])}/):"]
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         lines += _wrapped(path.name, _opening_comment(path))
     lines += ["", "keys (--key=value; a list as a,b,c):"]
