@@ -70,6 +70,27 @@ def test_resume_after_interrupt_gives_the_same_weights(tmp_path, tiny_roberta_di
             assert torch.equal(a[key], b[key]), key
 
 
+def test_a_saved_state_that_cannot_be_read_is_refused_with_what_to_do(tmp_path, tiny_roberta_dir):
+    from training.config import ConfigError
+
+    cfg = tiny_cfg(tmp_path, tiny_roberta_dir, epochs=2, time_budget_min=1e-9)
+    run(cfg, log=lambda *_: None)  # stopped by its budget after epoch 1: a state to resume from
+    last = tmp_path / "run" / "text" / "last"
+    whole = (last / "state.safetensors").read_bytes()
+    (last / "state.safetensors").write_bytes(whole[:300])  # e.g. a copy cut short on its way back from a GPU
+    resume = tiny_cfg(tmp_path, tiny_roberta_dir, epochs=2)
+    with pytest.raises(ConfigError, match=r"text/last: the saved state to resume from cannot be read \(Safetensor"):
+        run(resume, log=lambda *_: None)
+    (last / "state.safetensors").write_bytes(whole)
+    (last / "state.json").write_text('{"info": {}}')
+    with pytest.raises(ConfigError, match="parts are missing.*delete that folder to run the text stage"):
+        run(resume, log=lambda *_: None)
+    for f in last.iterdir():
+        f.unlink()
+    last.rmdir()
+    assert run(resume, log=lambda *_: None)["stages"]["text"]["best"]  # as the message says: it runs from the start
+
+
 def test_a_resumed_runs_seconds_add_the_time_its_history_records_for_the_epochs_an_earlier_call_ran():
     from training.ablate import ROWS, _summary, resumed_text
 

@@ -7,7 +7,10 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from training.config import ConfigError
 
 STATE_DIR = "last"
 
@@ -84,8 +87,14 @@ def load_state(run_dir: Path, student, teacher, opt, sched) -> dict | None:
     path = run_dir / STATE_DIR
     if not (path / "state.json").is_file():
         return None
-    tensors = load_file(path / "state.safetensors")
-    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    try:
+        tensors = load_file(path / "state.safetensors")
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        if not {"info", "optimizer", "scheduler"} <= set(meta) or "rng.torch" not in tensors:
+            raise ValueError("parts are missing")
+    except (OSError, ValueError, SafetensorError) as e:  # cut short by a full disk, a copy broken on its way back
+        raise ConfigError(f"{path}: the saved state to resume from cannot be read ({type(e).__name__}: {e}); "
+                          f"delete that folder to run the {run_dir.name} stage from its start") from None
     load_trainable_state(student, {k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
     if teacher is not None:
         load_trainable_state(teacher, {k[8:]: v for k, v in tensors.items() if k.startswith("teacher.")})
