@@ -380,12 +380,29 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", c
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+def read_report(path: str | Path) -> dict:
+    """A report JSON that ``python -m training.ablate`` wrote; ValueError naming the file for anything else (e.g.
+    a run's results.json or a quantization report passed by mistake)."""
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not (isinstance(report, dict) and isinstance(report.get("config"), dict) and isinstance(report.get("rows"), list)
+            and all(isinstance(row, dict) and "row" in row for row in report["rows"])):
+        raise ValueError(f"{path}: not an ablation report (one has 'config' and 'rows'; python -m training.ablate "
+                         "writes it next to the Markdown)")
+    from training.config import TrainConfig
+
+    TrainConfig.from_dict(report["config"])  # a config this version can read, or ValueError / TypeError naming it
+    return report
+
+
 def render(json_path: Path) -> int:
     """The Markdown report again from a report JSON, with this version's layout (the JSON is rewritten
     unchanged in content)."""
     from training.config import TrainConfig
 
-    report = json.loads(json_path.read_text())
+    report = read_report(json_path)
     write_report(report["rows"], TrainConfig.from_dict(report["config"]), json_path.with_suffix(""), report["config"])
     print(json_path.with_suffix(".md").read_text())
     return 0
@@ -394,10 +411,10 @@ def render(json_path: Path) -> int:
 def merge(json_paths: list[str], report: Path) -> int:
     from training.config import TrainConfig
 
-    reports = [json.loads(Path(p).read_text()) for p in json_paths]
     try:
+        reports = [read_report(p) for p in json_paths]
         rows = merge_reports(reports)
-    except ValueError as e:
+    except (ValueError, TypeError, KeyError) as e:
         print(f"cannot merge: {e}", file=sys.stderr)
         return 2
     write_report(rows, TrainConfig.from_dict(reports[0]["config"]), report, reports[0]["config"])
@@ -429,7 +446,12 @@ def main(argv: list[str]) -> int:
     if missing:
         ap.error(f"no such report: {', '.join(missing)}")
     if args.render:
-        return render(Path(args.render))
+        try:
+            return render(Path(args.render))
+        except (ValueError, TypeError) as e:
+            ap.error(str(e))
+        except KeyError as e:  # a report JSON whose rows or config lack what the Markdown shows
+            ap.error(f"{args.render}: an incomplete ablation report (no {e})")
     if args.merge:
         return merge(args.merge, Path(args.report))
     from transformers.utils import logging
