@@ -415,7 +415,19 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--render", metavar="JSON", help="only rewrite the Markdown report next to an earlier run's JSON")
     args = ap.parse_args(argv)
     if args.render:
-        return render(Path(args.render))
+        if not Path(args.render).is_file():
+            ap.error(f"--render: no such report: {args.render}")
+        try:
+            return render(Path(args.render))
+        except (ValueError, KeyError, TypeError) as e:  # KeyError: a report whose rows lack what the table shows
+            ap.error(f"--render: {e}" if not isinstance(e, KeyError) else f"--render: an incomplete report (no {e})")
+    unknown = [row for row in (args.rows or "").split(",") if row and row not in ROWS]
+    if unknown:
+        ap.error(f"--rows: unknown {', '.join(unknown)} (rows: {', '.join(ROWS)})")
+    for name, value, least in (("--limit", args.limit, 0), ("--repeats", args.repeats, 1),
+                               ("--latency-rounds", args.latency_rounds, 1), ("--row-timeout", args.row_timeout, 0)):
+        if not value >= least:
+            ap.error(f"{name} must be >= {least}, got {value}")
     if args.row:  # child process
         Path(args.out).write_text(json.dumps(run_row(args.row, args)))
         return 0
@@ -563,12 +575,19 @@ def markdown(meta: dict, rows: list[dict], pending: list[str] | None = None) -> 
 def render(json_path: Path) -> int:
     """The Markdown report again, next to an earlier run's JSON (e.g. one brought back from the GPU machine);
     the JSON is rewritten with the fields this version stores (``graph_fields_from_note``)."""
-    report = json.loads(json_path.read_text())
+    try:
+        report = json.loads(json_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{json_path}: not JSON ({e})") from None
+    if not (isinstance(report, dict) and isinstance(report.get("meta"), dict) and isinstance(report.get("rows"), list)
+            and all(isinstance(row, dict) and "row" in row for row in report["rows"])):
+        raise ValueError(f"{json_path}: not a quantization report (one has 'meta' and 'rows'; this bench writes it)")
     for row in report["rows"]:
         if "cuda_graphs" not in row:
             row.update(graph_fields_from_note(row.get("note", "")))
+    text = "\n".join(markdown(report["meta"], report["rows"])) + "\n"  # before either file is rewritten
     json_path.write_text(json.dumps(report, indent=1) + "\n")
-    json_path.with_suffix(".md").write_text("\n".join(markdown(report["meta"], report["rows"])) + "\n")
+    json_path.with_suffix(".md").write_text(text)
     return 0
 
 

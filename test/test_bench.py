@@ -73,6 +73,25 @@ def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written
         assert not out.exists()  # the committed report is not replaced by a table of failures
 
 
+def test_bad_options_and_reports_of_another_kind_are_refused_before_anything_is_written(tmp_path, capsys):
+    bench = load_bench()
+    other = tmp_path / "ablation.json"  # another bench's report, passed by mistake: refused, left as it was
+    other.write_text((REPO / "reports" / "ablation.json").read_text())
+    cases = [(["--render", str(other)], "ablation.json: not a quantization report"),
+             (["--render", str(REPO / "README.md")], "README.md: not JSON"),
+             (["--render", str(tmp_path / "gone.json")], "no such report"),
+             (["--rows", "fp32,fp33"], "--rows: unknown fp33 (rows: fp32, fp16"),
+             (["--limit", "-3"], "--limit must be >= 0"), (["--repeats", "0"], "--repeats must be >= 1"),
+             (["--latency-rounds", "0"], "--latency-rounds must be >= 1"),
+             (["--row-timeout", "-1"], "--row-timeout must be >= 0")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            bench.main([*argv, "--report-dir", str(tmp_path / "reports")])
+        assert stop.value.code == 2 and message in capsys.readouterr().err, argv
+    assert other.read_text() == (REPO / "reports" / "ablation.json").read_text()
+    assert not (tmp_path / "ablation.md").exists() and not (tmp_path / "reports").exists()
+
+
 @pytest.mark.parametrize("config, message", [("training/configs/cpu.yaml", "lora_layers above layer 0"),
                                              ("missing.yaml", "No such file")])
 def test_the_layer_cache_bench_refuses_a_config_without_frozen_layers_to_cache(tmp_path, config, message):
