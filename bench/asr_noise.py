@@ -52,6 +52,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the simulated ASR errors")
     ap.add_argument("--model-dir", default=str(REPO / "checkpoints" / "default"), help="checkpoint to evaluate")
     args = ap.parse_args(argv)
+    try:
+        wers = [float(w) for w in args.wers.split(",")]
+    except ValueError:
+        ap.error(f"--wers: comma-separated numbers in [0, 1], got {args.wers!r}")
+    if not all(0 <= w <= 1 for w in wers):
+        ap.error(f"--wers: each in [0, 1], got {args.wers!r}")
     from ddvlm_core.checkpoint import CheckpointError, read_manifest
 
     try:  # before the bags are written and the report replaced
@@ -67,7 +73,7 @@ def main(argv: list[str]) -> int:
 
     recognizer = EmotionRecognizer.from_checkpoint(args.model_dir, load_caption_embedder=False)
     rows = []
-    for wer in (float(w) for w in args.wers.split(",")):
+    for wer in wers:
         bag = write_meld_bag(Path(tempfile.mkdtemp()) / f"meld_test_wer{wer}", "test", asr_wer=wer, seed=args.seed)
         side = json.loads(labels_path(bag).read_text())["utterances"].values()
         ref_words = sum(len(u["text"].split()) for u in side)

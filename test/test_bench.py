@@ -73,6 +73,19 @@ def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written
         assert not out.exists()  # the committed report is not replaced by a table of failures
 
 
+@pytest.mark.parametrize("wers, message", [("0,0.1,a", "comma-separated numbers"), ("0,2", "each in [0, 1]"),
+                                           ("nan", "each in [0, 1]")])
+def test_the_asr_noise_bench_refuses_word_error_rates_outside_0_to_1_before_any_bag_is_written(wers, message, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_asr_noise", REPO / "bench" / "asr_noise.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--wers", wers])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_bad_options_and_reports_of_another_kind_are_refused_before_anything_is_written(tmp_path, capsys):
     bench = load_bench()
     other = tmp_path / "ablation.json"  # another bench's report, passed by mistake: refused, left as it was
