@@ -163,6 +163,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--n", type=int, default=40, help="utterances timed per row")
     ap.add_argument("--row", choices=ROWS, help="measure one row in this process (the bench runs each in its own)")
     args = ap.parse_args(argv)
+    if args.n < 1:
+        ap.error(f"--n must be >= 1, got {args.n}")
     from transformers.utils import logging
 
     logging.set_verbosity_error()

@@ -86,6 +86,12 @@ def test_the_asr_noise_bench_refuses_word_error_rates_outside_0_to_1_before_any_
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_the_ros_latency_bench_refuses_a_count_below_one_before_any_row_runs():
+    proc = subprocess.run([sys.executable, "bench/ros_latency.py", "--n", "0"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "--n must be >= 1, got 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_bad_options_and_reports_of_another_kind_are_refused_before_anything_is_written(tmp_path, capsys):
     bench = load_bench()
     other = tmp_path / "ablation.json"  # another bench's report, passed by mistake: refused, left as it was
