@@ -286,6 +286,18 @@ def _chat_template(path: str, tokenizer) -> str:
     return tokenizer.chat_template
 
 
+def _model_type(path: str) -> str:
+    """config.json's model_type ("" when the file is not a JSON object or has none)."""
+    import json
+
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (OSError, ValueError):
+        return ""
+    return str(config.get("model_type", "")) if isinstance(config, dict) else ""
+
+
 class QwenVLCaptioner(WindowCaptioner):
     """Qwen2.5-VL captioner (the paper's: Qwen2.5-VL-7B-Instruct) from a local directory.
 
@@ -315,6 +327,10 @@ class QwenVLCaptioner(WindowCaptioner):
         path = require_local_dir(path, "Qwen2.5-VL captioner")
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise FileNotFoundError(f"Qwen2.5-VL captioner: {path!r} has no config.json (not a model folder)")
+        model_type = _model_type(path)
+        if model_type != "qwen2_5_vl":
+            raise ValueError(f"Qwen2.5-VL captioner: {path!r} holds a {model_type or 'model of unknown type'}, not "
+                             "Qwen2.5-VL (config.json model_type: qwen2_5_vl)")
         if dtype is not None and not isinstance(getattr(torch, dtype, None), torch.dtype):
             raise ValueError(f"dtype must be a torch dtype name (e.g. bfloat16, float16, float32), got {dtype!r}")
         self.device = device

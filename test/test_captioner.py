@@ -115,3 +115,11 @@ def test_a_folder_that_is_not_a_qwen_model_or_an_unknown_dtype_is_refused_by_nam
         QwenVLCaptioner(str(tmp_path))
     with pytest.raises(ValueError, match="torch dtype name"):
         QwenVLCaptioner(tiny_qwen_dir, dtype="float17")
+    other = tmp_path / "roberta"  # another model's folder, e.g. the text backbone's, given by mistake
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "roberta"}')
+    with pytest.raises(ValueError, match="holds a roberta, not Qwen2.5-VL"):
+        QwenVLCaptioner(str(other))
+    (other / "config.json").write_text("not json")
+    with pytest.raises(ValueError, match="holds a model of unknown type"):
+        QwenVLCaptioner(str(other))
