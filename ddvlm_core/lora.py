@@ -23,6 +23,24 @@ def lora_config(settings: Mapping):
                       layers_pattern="layer" if layers else None)
 
 
+def check_lora_settings(backbone_config, settings: Mapping) -> None:
+    """ValueError naming what ``settings`` ask of a backbone (its transformers config) that it lacks: an encoder
+    layer past its last, or target names that none of its modules has. Built on the meta device (no weights)."""
+    import torch
+    from transformers import AutoModel
+
+    count = getattr(backbone_config, "num_hidden_layers", None)
+    outside = [layer for layer in settings.get("layers") or () if count is not None and not 0 <= layer < count]
+    if outside:
+        raise ValueError(f"lora_layers {outside}: the backbone's encoder layers are 0-{count - 1}")
+    with torch.device("meta"):
+        names = {name.rsplit(".", 1)[-1] for name, _ in AutoModel.from_config(backbone_config).named_modules()}
+    if not set(settings["targets"]) & names:
+        linear_names = sorted(n for n in names if n in DEFAULT_TARGETS or n.endswith(("proj", "dense")))
+        raise ValueError(f"lora_targets {list(settings['targets'])}: no module of the backbone has one of these "
+                         f"names (its projections: {', '.join(linear_names) or 'none of the usual names'})")
+
+
 def apply_lora(backbone: nn.Module, settings: Mapping) -> nn.Module:
     """Wrap the backbone with LoRA adapters; only adapter weights are trainable.
 

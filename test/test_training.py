@@ -347,6 +347,11 @@ def test_what_cannot_run_here_is_refused_before_any_work_with_one_line(tmp_path,
         with pytest.raises(ConfigError, match=message):
             run(cfg, log=lambda *_: None)
         assert not (tmp_path / "run").exists()  # refused before the run directory is made
+    for lora, message in (({"lora_layers": "1,9"}, r"lora_layers \[9\]: the backbone's encoder layers are 0-1"),
+                          ({"lora_targets": "q_proj,v_proj"}, "lora_targets .* no module of the backbone has one of")):
+        with pytest.raises(ConfigError, match=message):  # tiny RoBERTa: 2 layers, query / key / value / dense
+            preflight(tiny_cfg(tmp_path, tiny_roberta_dir, text_mode="lora", **lora))
+    preflight(tiny_cfg(tmp_path, tiny_roberta_dir, text_mode="lora", lora_layers="1", lora_targets="query,value"))
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="has 0 CUDA device"):
             preflight(tiny_cfg(tmp_path, tiny_roberta_dir, device="cuda"))

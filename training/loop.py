@@ -365,13 +365,17 @@ def preflight(cfg: TrainConfig) -> None:
     their embedder exist locally, MELD's folder exists, the device is there. ConfigError naming the problem."""
     from transformers import AutoConfig
 
+    from ddvlm_core.lora import check_lora_settings
     from ddvlm_core.text import check_prompt_fits
     from training.captions import require_caption_source
 
     needs_captions = bool({"visual", "fusion"} & set(cfg.stages)) and cfg.caption_source != "none"
     try:
         backbone = resolve_model(cfg.text_backbone)
-        check_prompt_fits(cfg.max_tokens, AutoConfig.from_pretrained(backbone, trust_remote_code=False), backbone)
+        backbone_config = AutoConfig.from_pretrained(backbone, trust_remote_code=False)
+        check_prompt_fits(cfg.max_tokens, backbone_config, backbone)
+        if cfg.text_mode == "lora" and "text" in cfg.stages:
+            check_lora_settings(backbone_config, cfg.lora_settings())
         if needs_captions:
             resolve_model(cfg.caption_embedder)
             require_caption_source(cfg.caption_source)
