@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from training.config import HOSTING_KEYS, config_differences, load_config, mode_text
+from training.config import HOSTING_KEYS, TrainConfig, config_differences, load_config, mode_text
 from training.schedule import lr_left_after
 
 REPORTS = Path("reports")
@@ -391,8 +391,6 @@ def read_report(path: str | Path) -> dict:
             and all(isinstance(row, dict) and "row" in row for row in report["rows"])):
         raise ValueError(f"{path}: not an ablation report (one has 'config' and 'rows'; python -m training.ablate "
                          "writes it next to the Markdown)")
-    from training.config import TrainConfig
-
     TrainConfig.from_dict(report["config"])  # a config this version can read, or ValueError / TypeError naming it
     return report
 
@@ -400,8 +398,6 @@ def read_report(path: str | Path) -> dict:
 def render(json_path: Path) -> int:
     """The Markdown report again from a report JSON, with this version's layout (the JSON is rewritten
     unchanged in content)."""
-    from training.config import TrainConfig
-
     report = read_report(json_path)
     write_report(report["rows"], TrainConfig.from_dict(report["config"]), json_path.with_suffix(""), report["config"])
     print(json_path.with_suffix(".md").read_text())
@@ -409,8 +405,6 @@ def render(json_path: Path) -> int:
 
 
 def merge(json_paths: list[str], report: Path) -> int:
-    from training.config import TrainConfig
-
     try:
         reports = [read_report(p) for p in json_paths]
         rows = merge_reports(reports)

@@ -75,8 +75,8 @@ def require_caption_source(path: str | Path) -> Path:
         raise FileNotFoundError(f"caption_source {str(path)!r}: no such captions file or folder (write one with "
                                 "`python -m training.captions`, or use caption_source: none)")
     if path.is_dir() and not any(path.glob("*.jsonl")):
-        raise FileNotFoundError(f"caption_source {str(path)!r}: a folder without captions (*.jsonl; write them with "
-                                "`python -m training.captions --out` it, or use caption_source: none)")
+        raise FileNotFoundError(f"caption_source {str(path)!r}: a folder without captions (no *.jsonl; write them "
+                                "there with `python -m training.captions --out FOLDER`, or use caption_source: none)")
     return path
 
 

@@ -6,6 +6,7 @@ any config file). Paper defaults (Table 2) are the dataclass defaults.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import textwrap
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -210,9 +211,7 @@ def _yaml(text: str, where: str) -> Any:
 
 
 def _close_names(unknown: set[str], known: Mapping[str, Any]) -> str:
-    """"; did you mean lr?" for a misspelt key, or "" where no known key is close."""
-    import difflib
-
+    """"; did you mean lrr -> lr?" for misspelt keys, or "" where no known key is close to any."""
     close = [f"{k} -> {m[0]}" for k in sorted(unknown) if (m := difflib.get_close_matches(k, known, n=1))]
     return f"; did you mean {', '.join(close)}?" if close else ""
 

@@ -90,7 +90,8 @@ def load_state(run_dir: Path, student, teacher, opt, sched) -> dict | None:
     try:
         tensors = load_file(path / "state.safetensors")
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        if not {"info", "optimizer", "scheduler"} <= set(meta) or "rng.torch" not in tensors:
+        complete = isinstance(meta, dict) and {"info", "optimizer", "scheduler"} <= set(meta) and "rng.torch" in tensors
+        if not complete:
             raise ValueError("parts are missing")
     except (OSError, ValueError, SafetensorError) as e:  # cut short by a full disk, a copy broken on its way back
         raise ConfigError(f"{path}: the saved state to resume from cannot be read ({type(e).__name__}: {e}); "
