@@ -221,9 +221,10 @@ def main(argv: list[str]) -> int:
     run_dir = Path(args.run_dir)
     if not ((run_dir / "text" / "last" / "state.json").is_file() or (run_dir / "results.json").is_file()):
         ap.error(f"{run_dir}: not a training run directory (no results.json, no text/last/state.json)")
-    for needed in filter(None, (args.evaluation, args.checkpoint + "/manifest.json")):
-        if not Path(needed).is_file():
-            ap.error(f"no such file: {needed}")
+    needed = [Path(args.checkpoint) / "manifest.json"] + ([Path(args.evaluation)] if args.evaluation else [])
+    for path in needed:
+        if not path.is_file():
+            ap.error(f"no such file: {path}")
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
     quantization, gpu_quantization, compiled = (
         json.loads(Path(f).read_text()) if Path(f).is_file() else None
