@@ -92,3 +92,24 @@ def test_warm_up_records_every_length_bucket_and_bucketed_predictions_match(tiny
         a, b = plain.predict(dialogue[:n]), bucketed.predict(dialogue[:n])
         assert max(abs(p - q) for p, q in zip(a.probabilities, b.probabilities)) < 1e-5
     assert set(widths) <= set(bucket_widths(64, 511))
+
+
+def test_the_readme_python_example_runs_on_the_embedded_default_and_prints_what_it_says(monkeypatch, capsys):
+    import ast
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (example,) = re.findall(r"```python\n(# Emotion of the last utterance.*?)```", (repo / "README.md").read_text(),
+                            re.S)
+    monkeypatch.chdir(repo)
+    namespace = {"__name__": "readme_example"}
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    first, second = capsys.readouterr().out.splitlines()
+    prediction, batch = namespace["prediction"], namespace["batch"]
+    assert first == f"<s2> {prediction.top_label} {prediction.confidence:.2f} text"  # Rachel: the second speaker
+    shown = ast.literal_eval(second)  # the dict the example printed
+    assert list(shown) == list(LABELS) and sum(shown.values()) == pytest.approx(1.0, abs=1e-5)
+    assert prediction.top_label == max(shown, key=shown.get)
+    assert [p.speaker_token for p in batch] == ["<s1>", "<s2>"]
+    assert batch[1].probabilities == pytest.approx(prediction.probabilities, abs=1e-5)  # batched = alone
