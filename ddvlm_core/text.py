@@ -6,7 +6,9 @@ default all-mpnet-base-v2 (MPNet). Nothing is downloaded: a path that is not a l
 """
 from __future__ import annotations
 
+import logging
 import os
+import re
 import types
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -38,12 +40,43 @@ def load_tokenizer(path: str, n_speakers: int = N_SPEAKER_TOKENS):
 
 
 def load_backbone(path: str, tokenizer) -> nn.Module:
-    """Masked-LM encoder from a local dir, embeddings resized for the speaker tokens (see below)."""
-    backbone = AutoModel.from_pretrained(
-        require_local_dir(path, "text backbone"), trust_remote_code=False, add_pooling_layer=False
-    )
+    """Masked-LM encoder from a local dir, embeddings resized for the speaker tokens (see below). Built without its
+    pooler (h_text is the <mask> token's state), so transformers' report of the checkpoint's pooler weights as
+    unexpected is dropped (``PoolerOnlyLoadReport``); any other load report is logged as usual."""
+    with filter_logs("transformers.modeling_utils", PoolerOnlyLoadReport()):
+        backbone = AutoModel.from_pretrained(
+            require_local_dir(path, "text backbone"), trust_remote_code=False, add_pooling_layer=False
+        )
     init_new_token_embeddings(backbone, tokenizer)
     return backbone
+
+
+class PoolerOnlyLoadReport(logging.Filter):
+    """Drops a transformers LOAD REPORT whose every row is a ``pooler.*`` weight marked UNEXPECTED (what building an
+    encoder with ``add_pooling_layer=False`` from a checkpoint that has a pooler gives); a report with any other row
+    (a missing or mismatched weight, another unexpected one), or in a format it cannot read, passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = ANSI_STYLE.sub("", record.getMessage())
+        if "LOAD REPORT" not in text:
+            return True
+        table = text.split("\n\nNotes:")[0].splitlines()
+        rows = [[cell.strip() for cell in line.split("|")] for line in table if "|" in line][1:]  # after the header
+        return not (rows and all(len(r) > 1 and r[0].startswith("pooler.") and r[1] == "UNEXPECTED" for r in rows))
+
+
+ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")  # the colours transformers puts in its report
+
+
+@contextmanager
+def filter_logs(name: str, log_filter: logging.Filter) -> Iterator[None]:
+    """``log_filter`` on the logger ``name`` for the duration of the block only."""
+    logger = logging.getLogger(name)
+    logger.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(log_filter)
 
 
 def max_prompt_tokens(backbone_config) -> int | None:

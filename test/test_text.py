@@ -120,3 +120,37 @@ def test_prompts_longer_than_the_backbones_positions_are_refused_when_the_model_
         backbone(input_ids=longer, attention_mask=torch.ones_like(longer))
     with pytest.raises(ValueError, match=f"max_tokens {limit + 1} is longer than the backbone"):
         DDVLM.from_backbone(DDVLMConfig(text_backbone=tiny_roberta_dir, max_tokens=limit + 1))
+
+
+def test_only_the_report_of_the_pooler_left_out_on_purpose_is_dropped_when_a_backbone_loads(
+        tmp_path, tiny_roberta_dir):
+    import logging
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers.utils import logging as hf_logging
+
+    def reports_when_loading(extra: dict) -> list[str]:
+        folder = tmp_path / f"backbone{len(extra)}"
+        shutil.copytree(tiny_roberta_dir, folder)
+        weights = load_file(folder / "model.safetensors")
+        save_file({**weights, **extra}, folder / "model.safetensors")
+        said = []
+        handler = logging.Handler()
+        handler.emit = lambda record: said.append(record.getMessage())
+        logger = logging.getLogger("transformers.modeling_utils")
+        logger.addHandler(handler)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_warning()  # an earlier test may have quieted transformers in this process
+        try:
+            load_backbone(str(folder), load_tokenizer(str(folder)))
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            logger.removeHandler(handler)
+        return [s for s in said if "LOAD REPORT" in s]
+
+    pooler = {"pooler.dense.weight": torch.zeros(32, 32), "pooler.dense.bias": torch.zeros(32)}
+    assert reports_when_loading(pooler) == []  # built without a pooler on purpose: nothing to report
+    other = reports_when_loading({**pooler, "classifier.weight": torch.zeros(7, 32)})
+    assert len(other) == 1 and "classifier.weight" in other[0]  # anything else is still reported
+    assert logging.getLogger("transformers.modeling_utils").filters == []  # the filter was only for the load
