@@ -301,6 +301,26 @@ def test_a_dry_run_prints_the_resolved_config_and_checks_without_training(tmp_pa
     assert main(["--config"]) == 2 and "--config needs a file" in capsys.readouterr().err
 
 
+def test_an_ablation_dry_run_lists_each_run_and_flags_one_its_directory_would_refuse(tmp_path, tiny_roberta_dir,
+                                                                                     capsys):
+    from training.ablate import main as ablate_main
+
+    args = ["--rows", "text_sd,text_no_sd,full", "--seeds", "0,1", "--dry-run", f"--text_backbone={tiny_roberta_dir}",
+            f"--run_dir={tmp_path / 'abl'}", "--text_mode=frozen", "--limit_dialogues=2"]
+    assert ablate_main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "full: not run (needs captions; caption_source: none)" and len(lines) == 5  # Table 4's order
+    assert lines[1] == f"text_sd seed 0: {tmp_path / 'abl'}/ablation/text_sd/seed0 (starts afresh); stages=text"
+    assert lines[4].endswith("seed1 (starts afresh); stages=text, self_distillation=false")
+    assert not (tmp_path / "abl").exists()  # nothing was run or written
+    other = tmp_path / "abl" / "ablation" / "text_no_sd" / "seed1"  # a run of another configuration left there
+    (other / "text" / "last").mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({**load_config(None, []).to_dict(), "lr": 0.5}))
+    assert ablate_main(args) == 2
+    refused = capsys.readouterr().out.splitlines()[4]
+    assert refused.startswith("text_no_sd seed 1: ") and "REFUSED: run_dir" in refused and "other " in refused
+
+
 def test_a_misspelt_key_is_refused_with_the_closest_key_named(capsys):
     from training.__main__ import main
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from training.config import HOSTING_KEYS, TrainConfig, config_differences, load_config, mode_text
+from training.config import (HOSTING_KEYS, TrainConfig, config_differences, load_config, mode_text,
+                             override_text)
 from training.schedule import lr_left_after
 
 REPORTS = Path("reports")
@@ -380,6 +381,30 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", c
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+def planned_runs(base, rows: list[Row], seeds: list[int]) -> tuple[list[str], int]:
+    """--dry-run: a line per run that ``run_rows`` would start (or not), and how many runs would be refused (their
+    run directory holds the state of another configuration)."""
+    from training.loop import STATE_DIR, refuse_other_runs_state
+
+    lines, refused = [], 0
+    for row in rows:
+        changes = ", ".join(f"{k}={override_text(v)}" for k, v in row.overrides.items())
+        if row.needs_captions and base.caption_source == "none":
+            lines.append(f"{row.name}: not run (needs captions; caption_source: none)")
+            continue
+        for seed in seeds:
+            cfg = _job_config(base, row, seed)
+            try:
+                refuse_other_runs_state(Path(cfg.run_dir), cfg)
+                saved = [s for s in cfg.stages if (Path(cfg.run_dir) / s / STATE_DIR).is_dir()]
+                status = f"resumes the saved {', '.join(saved)} state" if saved else "starts afresh"
+            except ValueError as e:  # ConfigError
+                refused += 1
+                status = f"REFUSED: {e}"
+            lines.append(f"{row.name} seed {seed}: {cfg.run_dir} ({status}){'; ' + changes if changes else ''}")
+    return lines, refused
+
+
 def read_report(path: str | Path) -> dict:
     """A report JSON that ``python -m training.ablate`` wrote; ValueError naming the file for anything else (e.g.
     a run's results.json or a quantization report passed by mistake)."""
@@ -433,6 +458,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--parallel", type=int, default=1, help="runs at once, as subprocesses (e.g. seeds on one GPU)")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the Markdown report of an earlier run's JSON "
                     "(e.g. one brought back from the GPU machine) next to it")
+    ap.add_argument("--dry-run", action="store_true", help="make the checks a run makes before any work, print each "
+                    "run (row, seed, run directory, whether it starts afresh or resumes, what the row changes), stop")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only join the runs of reports of one configuration "
                     "(seeds run in different sessions) into the --report")
     args, overrides = ap.parse_known_args(argv)
@@ -472,6 +499,10 @@ def main(argv: list[str]) -> int:
         preflight(base)
     except ConfigError as e:
         ap.error(str(e))
+    if args.dry_run:
+        plan, refused = planned_runs(base, [r for r in ROWS if r.name in wanted], seeds)
+        print("\n".join(plan))
+        return 2 if refused else 0
     entries = run_rows(base, [r for r in ROWS if r.name in wanted], seeds, parallel=args.parallel)
     write_report(entries, base, Path(args.report))
     print(Path(args.report).with_suffix(".md").read_text())

@@ -276,7 +276,7 @@ def usage() -> str:
         lines += _wrapped(path.name, _opening_comment(path))
     lines += ["", "keys (--key=value; a list as a,b,c):"]
     for f in fields(TrainConfig):
-        lines += _wrapped(f"--{f.name}={_shown(f.default)}  ({f.type})", f.metadata["help"])
+        lines += _wrapped(f"--{f.name}={override_text(f.default)}  ({f.type})", f.metadata["help"])
     return "\n".join(lines)
 
 
@@ -289,7 +289,8 @@ def _opening_comment(path: Path) -> str:
     return " ".join(comment)
 
 
-def _shown(value: Any) -> str:
+def override_text(value: Any) -> str:
+    """A config value as --key=value writes it: true / false, a list as a,b,c."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, tuple):
