@@ -34,6 +34,7 @@ from rosbags.rosbag2 import Reader
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.metrics import metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
+from ddvlm_ros.convert import parse_transcript
 
 
 INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/String",
@@ -94,6 +95,7 @@ class ReplayResult:
     wall_s: float = 0.0
     emotion_log: list[tuple[int, bytes]] = field(default_factory=list)  # (sim time ns, CDR) of every /emotion
     messages: list = field(default_factory=list)  # the bag as read (bag_messages), for write_recording
+    texts: dict[str, str] = field(default_factory=dict)  # key -> the utterance's transcript, as the node read it
     node_status: dict = field(default_factory=dict)  # the node's diagnostic values when the replay ended
 
     def camera_line(self) -> str:
@@ -193,6 +195,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         deadline = time.monotonic() + 10
         while any(p.get_subscription_count() == 0 for p in pubs.values()) and time.monotonic() < deadline:
             time.sleep(0.01)
+        answer_key = AnswerKeys(node.p("conversation_id"))
         started = time.monotonic()
         for t, topic, msgtype, raw in messages:
             if topic not in pubs:
@@ -209,10 +212,10 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                     time.sleep(0.01)
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
             msg = deserialize_message(raw, types[topic])
-            if topics[topic] == "utterance" and msg.is_final:
-                result.finals.append(f"{msg.conversation_id}/{msg.utterance_id}")
-            elif topics[topic] == "transcript":
-                result.finals.append(f"{node.p('conversation_id')}/{len(result.finals) + 1}")
+            if key := answer_key(topics[topic], msg):
+                result.finals.append(key)
+                result.texts[key] = msg.text if topics[topic] == "utterance" else parse_transcript(
+                    msg.data, node.p("default_speaker"), node.p("speaker_prefix"))[1]
             pubs[topic].publish(msg)
         deadline = time.monotonic() + answer_timeout_s
         while time.monotonic() < deadline:
@@ -233,6 +236,28 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         player.destroy_node()
         rclpy.shutdown(context=ctx)
     return result
+
+
+class AnswerKeys:
+    """The "conversation/utterance" key of the node's answer to each replayed message ("" for one it does not
+    classify), numbered as the node numbers them: a transcript, or a final Utterance without an utterance_id, takes
+    the next number of the node's one counter (EmotionNode._next_id); an Utterance without a conversation_id goes
+    to the node's conversation_id."""
+
+    def __init__(self, conversation_id: str):
+        self.conversation_id = conversation_id
+        self.counter = 0
+
+    def __call__(self, node_input: str, msg) -> str:
+        if node_input == "transcript":
+            return f"{self.conversation_id}/{self._next()}"
+        if node_input != "utterance" or not msg.is_final:
+            return ""
+        return f"{msg.conversation_id or self.conversation_id}/{msg.utterance_id or self._next()}"
+
+    def _next(self) -> int:
+        self.counter += 1
+        return self.counter
 
 
 def offline_predictions(bag: str | Path, recognizer) -> dict[str, str]:
@@ -334,7 +359,8 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
         entry = result.answers.get(key, {})
         first = entry.get("text") or entry.get("refined")
         records.append({"key": key, "speaker_id": first.speaker_id if first else None,
-                        "speaker_token": first.speaker_token if first else None, "gold": labels.get(key),
+                        "speaker_token": first.speaker_token if first else None,
+                        "transcript": result.texts.get(key), "gold": labels.get(key),
                         "text": answer(entry.get("text")), "refined": answer(entry.get("refined"))})
     return records
 

@@ -260,3 +260,36 @@ def test_replay_refuses_unmapped_mistyped_or_missing_topics_with_the_bags_topics
     bad.write_text(json.dumps({"default/1": "happy"}))
     with pytest.raises(BagError, match=r"\['happy'\] are not among"):
         load_labels(bad, side_file=False)
+
+
+def test_utterances_without_ids_are_keyed_as_the_node_numbers_them_and_answers_carry_the_transcript(
+        tmp_path, tiny_text_checkpoint):
+    """An ASR bridge may leave conversation_id and utterance_id empty: the node then files the utterance under its
+    conversation_id and numbers it. The replayer must key it the same way, or every answer counts as missing."""
+    from rosbags.rosbag2 import Writer
+
+    from ddvlm_ros.bag import _stamp, typestore
+    from ddvlm_ros.replay import main
+
+    store = typestore()
+    Utterance = store.types["ddvlm_msgs/msg/Utterance"]
+    Header = store.types["std_msgs/msg/Header"]
+    bag = tmp_path / "asr_bridge"
+    with Writer(bag, version=9) as writer:
+        topic = writer.add_connection("/asr/utterance", "ddvlm_msgs/msg/Utterance", typestore=store)
+        for k, line in enumerate(ROBOT_LINES):
+            speaker, text = line.split(": ", 1)
+            end = 100.0 + 2.0 * (k + 1)
+            for final, words in ((False, text.split()[0]), (True, text)):  # a partial result, then the final one
+                msg = Utterance(header=Header(stamp=_stamp(store, end), frame_id="mic"), start=_stamp(store, end - 1.5),
+                                end=_stamp(store, end), conversation_id="", utterance_id="" if final else "p",
+                                speaker_id=speaker, text=words, is_final=final)
+                writer.write(topic, int(end * 1e9), store.serialize_cdr(msg, "ddvlm_msgs/msg/Utterance"))
+    out = tmp_path / "answers.jsonl"
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/utterance:=utterance",
+                 "--param", "conversation_id:=lab", "--answers", str(out), "--report", str(tmp_path / "r.md")]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["key"] for r in records] == ["lab/1", "lab/2", "lab/3", "lab/4"]
+    assert all(r["text"] is not None for r in records)  # every final utterance answered, under the node's key
+    assert [r["transcript"] for r in records] == [line.split(": ", 1)[1] for line in ROBOT_LINES]
+    assert "answered 4, unanswered 0" in (tmp_path / "r.md").read_text()
