@@ -51,6 +51,9 @@ def load_backbone(path: str, tokenizer) -> nn.Module:
     return backbone
 
 
+ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")  # the colours transformers puts in its report
+
+
 class PoolerOnlyLoadReport(logging.Filter):
     """Drops a transformers LOAD REPORT whose every row is a ``pooler.*`` weight marked UNEXPECTED (what building an
     encoder with ``add_pooling_layer=False`` from a checkpoint that has a pooler gives); a report with any other row
@@ -63,9 +66,6 @@ class PoolerOnlyLoadReport(logging.Filter):
         table = text.split("\n\nNotes:")[0].splitlines()
         rows = [[cell.strip() for cell in line.split("|")] for line in table if "|" in line][1:]  # after the header
         return not (rows and all(len(r) > 1 and r[0].startswith("pooler.") and r[1] == "UNEXPECTED" for r in rows))
-
-
-ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")  # the colours transformers puts in its report
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from training.config import (HOSTING_KEYS, TrainConfig, config_differences, load_config, mode_text,
+from training.config import (HOSTING_KEYS, ConfigError, TrainConfig, config_differences, load_config, mode_text,
                              override_text)
 from training.schedule import lr_left_after
 
@@ -398,7 +398,7 @@ def planned_runs(base, rows: list[Row], seeds: list[int]) -> tuple[list[str], in
                 refuse_other_runs_state(Path(cfg.run_dir), cfg)
                 saved = [s for s in cfg.stages if (Path(cfg.run_dir) / s / STATE_DIR).is_dir()]
                 status = f"resumes the saved {', '.join(saved)} state" if saved else "starts afresh"
-            except ValueError as e:  # ConfigError
+            except ConfigError as e:
                 refused += 1
                 status = f"REFUSED: {e}"
             lines.append(f"{row.name} seed {seed}: {cfg.run_dir} ({status}){'; ' + changes if changes else ''}")
@@ -492,7 +492,6 @@ def main(argv: list[str]) -> int:
         ap.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
     if args.parallel < 1:
         ap.error(f"--parallel must be >= 1, got {args.parallel}")
-    from training.config import ConfigError
     from training.loop import preflight
 
     try:  # before any row starts (each row's run checks its own run directory)
