@@ -1,11 +1,10 @@
 """python -m training [--config FILE] [--key=value ...] [--dry-run]   (--help: the config files and every key)"""
 import sys
-from pathlib import Path
 
 import yaml
 
 from training.config import ConfigError, load_config, usage
-from training.loop import STATE_DIR, preflight, refuse_other_runs_state, run
+from training.loop import preflight, resume_status, run
 
 
 def main(argv: list[str]) -> int:
@@ -52,11 +51,9 @@ def check_only(cfg) -> int:
     before any work (backbone, captions, MELD, device, the run directory), without training or writing anything:
     e.g. before a job on a lent GPU whose minutes are counted."""
     preflight(cfg)
-    refuse_other_runs_state(Path(cfg.run_dir), cfg)
+    status = resume_status(cfg)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-    states = [stage for stage in cfg.stages if (Path(cfg.run_dir) / stage / STATE_DIR).is_dir()]
-    print(f"# checks passed; run_dir {cfg.run_dir}: "
-          + (f"resumes the saved {', '.join(states)} state" if states else "starts afresh"))
+    print(f"# checks passed; run_dir {cfg.run_dir}: {status}")
     return 0
 
 

@@ -384,7 +384,7 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", c
 def planned_runs(base, rows: list[Row], seeds: list[int]) -> tuple[list[str], int]:
     """--dry-run: a line per run that ``run_rows`` would start (or not), and how many runs would be refused (their
     run directory holds the state of another configuration)."""
-    from training.loop import STATE_DIR, refuse_other_runs_state
+    from training.loop import resume_status
 
     lines, refused = [], 0
     for row in rows:
@@ -395,9 +395,7 @@ def planned_runs(base, rows: list[Row], seeds: list[int]) -> tuple[list[str], in
         for seed in seeds:
             cfg = _job_config(base, row, seed)
             try:
-                refuse_other_runs_state(Path(cfg.run_dir), cfg)
-                saved = [s for s in cfg.stages if (Path(cfg.run_dir) / s / STATE_DIR).is_dir()]
-                status = f"resumes the saved {', '.join(saved)} state" if saved else "starts afresh"
+                status = resume_status(cfg)
             except ConfigError as e:
                 refused += 1
                 status = f"REFUSED: {e}"

@@ -348,6 +348,15 @@ def build_data(cfg: TrainConfig, tok) -> dict[str, list[Example]]:
     return data
 
 
+def resume_status(cfg: TrainConfig) -> str:
+    """What a run of ``cfg`` would do with its run directory, in words: "starts afresh", or "resumes the saved text
+    state"; ConfigError when the directory holds another configuration's state (``refuse_other_runs_state``)."""
+    run_dir = Path(cfg.run_dir)
+    refuse_other_runs_state(run_dir, cfg)
+    saved = [stage for stage in cfg.stages if (run_dir / stage / STATE_DIR).is_dir()]
+    return f"resumes the saved {', '.join(saved)} state" if saved else "starts afresh"
+
+
 def refuse_other_runs_state(run_dir: Path, cfg: TrainConfig) -> None:
     """A run resumes from the state its directory holds; a directory holding the state of a run of another
     configuration is refused (resuming would mix two runs). Where it ran (HOSTING_KEYS) may differ."""
