@@ -23,6 +23,7 @@ from ddvlm_core.asr_noise import corrupt
 from ddvlm_core.assets import shipped
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.meld import MeldUtterance, dialogues, parse_time
+from ddvlm_ros.convert import sec_to_stamp
 
 MSG_DIR = shipped("msg")  # the .msg files of ddvlm_msgs (also installed to share/ddvlm_ros/msg)
 UTTERANCE_TOPIC, IMAGE_TOPIC = "/utterance", "/image/compressed"
@@ -88,9 +89,7 @@ def synthetic_frame(k: int, size: int = 64) -> np.ndarray:
 
 
 def _stamp(store, seconds: float):
-    Time = store.types["builtin_interfaces/msg/Time"]
-    sec = int(seconds)
-    return Time(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+    return sec_to_stamp(seconds, store.types["builtin_interfaces/msg/Time"])
 
 
 def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int] | None = None,
@@ -141,7 +140,7 @@ def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int]
                                        data=np.frombuffer(jpg.tobytes(), np.uint8))
                     events.append((t, cam, store.serialize_cdr(frame, IMAGE_TYPE)))
         for t, connection, data in sorted(events, key=lambda e: e[0]):
-            writer.write(connection, int(t * 1e9), data)
+            writer.write(connection, round(t * 1e9), data)
     side = labels_path(out)
     clips = {"clip_problems": clip_problems} if frames == "clips" else {}  # utterances without camera frames
     side.write_text(json.dumps({"split": split, "dialogues": ids, "asr_wer": asr_wer, "seed": seed, **clips,

@@ -37,8 +37,11 @@ def stamp_to_sec(stamp) -> float:
 
 
 def sec_to_stamp(seconds: float, stamp_type):
+    """Seconds -> builtin_interfaces/Time, to the nearest nanosecond; a fraction that rounds up to a whole
+    second carries into ``sec`` (1.9999999997 is 2 s, not 1 s)."""
     sec = int(np.floor(seconds))
-    return stamp_type(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+    carry, nanosec = divmod(round((seconds - sec) * 1e9), 1_000_000_000)
+    return stamp_type(sec=sec + carry, nanosec=nanosec)
 
 
 def raw_image_to_rgb(height: int, width: int, encoding: str, step: int, data: bytes,

@@ -293,3 +293,18 @@ def test_utterances_without_ids_are_keyed_as_the_node_numbers_them_and_answers_c
     assert all(r["text"] is not None for r in records)  # every final utterance answered, under the node's key
     assert [r["transcript"] for r in records] == [line.split(": ", 1)[1] for line in ROBOT_LINES]
     assert "answered 4, unanswered 0" in (tmp_path / "r.md").read_text()
+
+
+def test_stamps_whose_fraction_rounds_up_to_a_second_are_not_a_second_early(tmp_path):
+    """MELD test dialogue 134, utterance 2 starts at 7656.999999999995 s on the bag's time line: its stamp is
+    7657 s, not 7656 s (a nanosecond fraction that rounds to 1e9 carries into sec)."""
+    rows = dialogues("test")
+    ids = sorted(rows)[:135]
+    expected = {f"{u.conversation_id}/{u.utterance_id}": u for u in timeline(rows, "test")}
+    utterances = [m.msg for m in read_bag(write_meld_bag(tmp_path / "b", "test", ids)) if m.topic == "/utterance"]
+    assert len(utterances) == sum(len(rows[d]) for d in ids)
+    for msg in utterances:
+        u = expected[f"{msg.conversation_id}/{msg.utterance_id}"]
+        assert msg.start.sec + msg.start.nanosec * 1e-9 == pytest.approx(u.start, abs=1e-6), msg.utterance_id
+        assert msg.end.sec + msg.end.nanosec * 1e-9 == pytest.approx(u.end, abs=1e-6), msg.utterance_id
+    assert "test/dia134" in {m.conversation_id for m in utterances}

@@ -118,6 +118,10 @@ def test_transcript_convention_and_stamps():
 
     t = sec_to_stamp(12.25, Time)
     assert (t.sec, t.nanosec) == (12, 250_000_000) and stamp_to_sec(t) == 12.25
+    for seconds, expected in [(1.9999999997, (2, 0)), (1.9999999994, (1, 999_999_999)), (-0.5, (-1, 500_000_000)),
+                              (-1e-10, (0, 0))]:  # a fraction rounding up to a second carries into sec
+        t = sec_to_stamp(seconds, Time)
+        assert (t.sec, t.nanosec) == expected, seconds
 
 
 def test_only_name_like_prefixes_are_speakers_and_every_meld_speaker_is_one():
