@@ -23,6 +23,7 @@ from ddvlm_core.context import Dialogue, Turn
 
 DEFAULT_CONVERSATION = "default"
 CLOCK_SKEW_S = 1.0  # frames stamped further than this from the node's clock on arrival come from another clock
+RATE_SLACK = 0.1  # share of a frame period by which two kept frames may be closer (stamp jitter): see FrameBuffer
 
 
 @dataclass
@@ -76,13 +77,17 @@ class FrameBuffer:
 
     Frames stamped further than ``future_tolerance_s`` ahead of the newest accepted frame are refused
     (clock errors), frames older than the kept span are dropped; both are counted in ``stats``. With
-    ``max_rate_hz`` > 0 a frame closer than 1 / max_rate_hz to a kept one is not kept (counted as thinned):
-    a caption samples a few frames per utterance, and 10 s of a 30 Hz 720p camera is 0.8 GB of messages.
+    ``max_rate_hz`` > 0 a frame closer than (1 - RATE_SLACK) / max_rate_hz to a kept one is not kept (counted
+    as thinned): a caption samples a few frames per utterance, and 10 s of a 30 Hz 720p camera is 0.8 GB of
+    messages. The slack lets a camera at max_rate_hz keep every frame although its stamps jitter (with a full
+    period as the gap, a 5 Hz camera lost 1 frame in 5 to float rounding alone, about 1 in 3 with 5 ms of
+    jitter); a faster camera keeps every k-th frame, k the least with k / camera_hz >= 0.9 / max_rate_hz
+    (a 30 Hz camera: every 6th, 5 Hz).
     """
 
     def __init__(self, keep_s: float, stats: Stats, future_tolerance_s: float = 5.0, max_rate_hz: float = 0.0):
         self.keep_s, self.stats, self.future_tolerance_s = keep_s, stats, future_tolerance_s
-        self.min_gap_s = 1.0 / max_rate_hz if max_rate_hz > 0 else 0.0
+        self.min_gap_s = (1.0 - RATE_SLACK) / max_rate_hz if max_rate_hz > 0 else 0.0
         self._stamps: list[float] = []
         self._items: list[Any] = []
         self._lock = threading.Lock()

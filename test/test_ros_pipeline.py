@@ -1,4 +1,5 @@
 """The node's ROS-free engine: frame buffer, conversations, workers."""
+import random
 import threading
 import time
 
@@ -144,6 +145,11 @@ def test_frame_buffer_thins_a_fast_camera_to_the_kept_rate():
     assert all(b - a >= 0.2 - 1e-9 for a, b in zip(kept, kept[1:]))
     assert not buf.add(kept[3] + 0.05, "late, too close", now=102.0)  # out of order: checked on both sides
     assert buf.add(kept[-1] + 0.5, "next", now=102.5) and stats.frames_thinned == 51
+    for hz, jitter_s in ((5.0, 0.0), (5.0, 0.005), (4.0, 0.01)):  # a camera at the kept rate or slower: every frame
+        at_rate, rng = FrameBuffer(keep_s=1e6, stats=Stats(), max_rate_hz=5.0), random.Random(0)
+        for k in range(500):
+            at_rate.add(1764268508.0 + k / hz + rng.uniform(-jitter_s, jitter_s), k)
+        assert len(at_rate) == 500 and at_rate.stats.frames_thinned == 0, (hz, jitter_s)
     every = FrameBuffer(keep_s=10.0, stats=Stats())  # frame_rate_hz 0: every frame
     for k in range(60):
         every.add(100.0 + k / 30, k)
