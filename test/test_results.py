@@ -62,7 +62,7 @@ def report(path, mode, sd, no_sd, epochs=5, runs_epochs=None, teacher=None):
     return path
 
 
-def test_the_table_has_a_line_per_report_the_paper_and_whether_the_target_is_met(tmp_path):
+def test_the_table_has_a_line_per_report_the_paper_and_whether_the_target_is_met(tmp_path, capsys):
     full = report(tmp_path / "full.json", "full", [63.0, 64.0, 62.0], [62.0, 62.5, 61.5], epochs=10,
                   runs_epochs={0: 5}, teacher=[64.0, 65.0, 66.0])
     frozen = report(tmp_path / "frozen.json", "frozen", [70.0, 70.0, 70.0], [69.0, 69.0, 69.0])
@@ -95,10 +95,15 @@ def test_the_table_has_a_line_per_report_the_paper_and_whether_the_target_is_met
     assert "not met (2.00 short)" in reachable and "No recorded epoch" not in reachable
     assert main([str(empty), "--out", str(tmp_path / "none")]) == 2
     (tmp_path / "table.md").write_text("not json")
-    for bad in (tmp_path / "missing.json", tmp_path / "table.md"):  # a clear error, not a traceback
-        with pytest.raises(SystemExit) as exit_:
-            main([str(bad), "--out", str(tmp_path / "none")])
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "quantization.json").write_text(json.dumps({"meta": {}, "rows": [{"row": "fp32"}]}))
+    for bad, why in [("missing.json", "no such report"), ("table.md", "not JSON"),
+                     ("list.json", "not an ablation report"), ("quantization.json", "not an ablation report")]:
+        with pytest.raises(SystemExit) as exit_:  # a clear error naming the file, not a traceback
+            main([str(tmp_path / bad), "--out", str(tmp_path / "none")])
         assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert why in err and bad in err, err
 
 
 def test_the_committed_table_is_the_one_the_committed_reports_give(tmp_path):

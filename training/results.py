@@ -20,7 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from training.ablate import ROWS, hardware_text, stopped_runs
+from training.ablate import ROWS, hardware_text, read_report, stopped_runs
 from training.config import candidates, mode_text
 
 PAPER = {row.name: row.paper for row in ROWS}  # RoBERTa-large, Table 4
@@ -76,7 +76,7 @@ def schedule(config: dict, rows: dict) -> str:
 
 def summary(path: Path) -> dict | None:
     """One report's line, or None when it has no self-distilled text row with runs."""
-    report = json.loads(path.read_text())
+    report = read_report(path)
     rows = {row["row"]: row for row in report["rows"]}
     sd = rows.get("text_sd", {}).get("runs", [])
     if not sd:
@@ -164,8 +164,11 @@ def main(argv: list[str]) -> int:
         summaries = [s for path in sorted(set(args.reports)) if (s := summary(Path(path))) is not None]
     except FileNotFoundError as e:
         ap.error(f"no such report: {e.filename}")
-    except (ValueError, KeyError, TypeError) as e:  # JSON that is not python -m training.ablate's
-        ap.error(f"not an ablation report ({type(e).__name__}: {e}); pass the .json that training.ablate writes")
+    except ValueError as e:  # read_report: JSON that is not python -m training.ablate's, naming the file
+        ap.error(str(e))
+    except (KeyError, TypeError) as e:  # a report of that shape with a row that lacks a field
+        ap.error(f"an incomplete ablation report ({type(e).__name__}: {e}); pass the .json that training.ablate "
+                 "writes")
     if not summaries:
         print("no report with a self-distilled text row", file=sys.stderr)
         return 2
