@@ -292,9 +292,8 @@ class EmotionPipeline:
         utterance starts a new one with new speaker tokens. The reset is queued behind the utterances submitted
         before it: they keep the context they were spoken in. Returns what will be forgotten, in words;
         RuntimeError if the inference queue is full."""
-        job = ("reset", (conversation_id, "on request"))
         try:
-            self._jobs.put_nowait(job)
+            job = self._queue_reset(conversation_id, "on request")
         except queue.Full:
             raise RuntimeError("the inference queue is full; try again") from None
         self.stats.resets_requested += 1
@@ -316,11 +315,18 @@ class EmotionPipeline:
         self._prefetched.clear()
         self.stats.time_jumps_back += 1
         try:
-            self._jobs.put_nowait(("reset", ("", f"as ROS time went back {seconds:.1f} s")))
+            self._queue_reset("", f"as ROS time went back {seconds:.1f} s")
         except queue.Full:
             self.log("error", "ROS time went back but the inference queue is full: dialogue contexts kept")
         self.log("warn", f"ROS time went back {seconds:.1f} s (a bag played again?): camera frames and dialogue "
                          "contexts start afresh")
+
+    def _queue_reset(self, conversation_id: str, why: str) -> tuple:
+        """Queue the forgetting of ``conversation_id``'s context ('' = all) behind the utterances queued so far;
+        returns the job (queue.Full when the inference queue is)."""
+        job = ("reset", (conversation_id, why))
+        self._jobs.put_nowait(job)
+        return job
 
     @staticmethod
     def _stream_key(u: UtteranceIn) -> tuple[str, str]:
