@@ -122,10 +122,14 @@ class EmotionRecognizer:
 
     @torch.inference_mode()
     def predict_batch(self, contexts: Sequence, captions: Iterable[str | Caption | None] | None = None):
+        """``predict`` for several dialogue contexts in one forward pass: one prediction per context, in order
+        ([] for none); ``captions`` has one caption (or None) per context."""
         contexts = list(contexts)
         captions = list(captions) if captions is not None else [None] * len(contexts)
         if len(captions) != len(contexts):
             raise ValueError("one caption (or None) per dialogue context")
+        if not contexts:
+            return []
         prompts = [self.prompts.build(as_turns(c)) for c in contexts]
         ids, mask = collate_prompts([p.input_ids for p in prompts], self.tokenizer.pad_token_id)
         text = self.model.text(ids.to(self.device), mask.to(self.device))

@@ -71,6 +71,9 @@ def test_bad_input_is_a_clear_error(recognizer):
         with pytest.raises(TypeError, match="not one text"):
             recognizer.predict(one_text)
     assert recognizer.predict(["I got the job!"]).speaker_token == "<s0>"  # as a list it is one turn
+    assert recognizer.predict_batch([]) == []  # a batch of no dialogues is no predictions, not an error
+    with pytest.raises(ValueError, match="one caption"):
+        recognizer.predict_batch([["Hi"]], [None, None])
 
 
 def test_warm_up_records_every_length_bucket_and_bucketed_predictions_match(tiny_text_checkpoint):
