@@ -9,6 +9,7 @@ that names the parameter, the type it needs and what it got. ``parameter_errors`
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -137,6 +138,8 @@ def coerce(name: str, value: object) -> object:
 def value_error(name: str, value: object) -> str:
     """'' if ``value`` (already of the parameter's type) is allowed, else why not."""
     p = PARAMS_BY_NAME[name]
+    if isinstance(value, float) and not math.isfinite(value):  # YAML .nan / .inf: no bound check refuses NaN
+        return f"parameter {name!r} must be a finite number {p.constraint()}".rstrip() + f", got {value!r}"
     bad = ((p.choices and value not in p.choices)
            or (p.at_least is not None and value < p.at_least)
            or (p.above is not None and value <= p.above)

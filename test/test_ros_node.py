@@ -1,5 +1,6 @@
 """The emotion node on a real rclpy graph: transcripts in, /emotion out; lifecycle; bad input."""
 import json
+import math
 import time
 
 import cv2
@@ -696,21 +697,27 @@ def test_wrong_parameter_types_and_values_fail_configure_with_every_reason_and_c
     from rclpy.parameter import Parameter
 
     h = harness(model_dir=tiny_text_checkpoint, quantized="yes", frames_per_window=2.5, frame_buffer_s=-1.0,
-                image_qos_reliability="reliabel", emotion_topic="", transcript_topic="my asr", diagnostics_period_s=0.0)
+                image_qos_reliability="reliabel", emotion_topic="", transcript_topic="my asr", diagnostics_period_s=0.0,
+                caption_timeout_s=math.nan)
     h.node.trigger_configure()
     for reason in ("'quantized' must be a bool", "'yes'", "'frames_per_window' must be an integer",
                    "'frame_buffer_s' must be > 0", "'image_qos_reliability' must be one of: reliable, best_effort",
                    "'emotion_topic' must be a valid topic name", "'transcript_topic' must be a valid topic name or ''",
-                   "'diagnostics_period_s' must be > 0"):
+                   "'diagnostics_period_s' must be > 0", "'caption_timeout_s' must be a finite number > 0, got nan"):
         assert reason in h.node.load_error, reason
     assert h.node.diagnostic_status().level == b"\x02" and h.node._diag_timer.timer_period_ns == 10**9
+    for name, value in (("diagnostics_period_s", math.nan), ("idle_timeout_s", math.inf)):  # YAML .nan, .inf
+        refused = h.node.set_parameters([Parameter(name, value=value)])[0]
+        assert not refused.successful and f"'{name}' must be a finite number" in refused.reason
+    assert h.node._diag_timer.timer_period_ns == 10**9
     refused = h.node.set_parameters([Parameter("cpu_threads", value="two")])[0]
     assert not refused.successful and "'cpu_threads' must be an integer" in refused.reason
     refused = h.node.set_parameters([Parameter("captioner", value="blip")])[0]
     assert not refused.successful and "one of: none, cue, qwen" in refused.reason
     assert h.node.get_parameter("cpu_threads").value == 0 and h.node.get_parameter("captioner").value == "none"
     good = {"quantized": False, "frames_per_window": 2, "frame_buffer_s": 5, "image_qos_reliability": "reliable",
-            "emotion_topic": "emotion", "transcript_topic": "transcript", "diagnostics_period_s": 1.0}
+            "emotion_topic": "emotion", "transcript_topic": "transcript", "diagnostics_period_s": 1.0,
+            "caption_timeout_s": 10}
     fixed = h.node.set_parameters([Parameter(name, value=value) for name, value in good.items()])
     assert all(r.successful for r in fixed)
     h.start()  # the same node configures once the values are right
