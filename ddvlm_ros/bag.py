@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -96,56 +97,71 @@ def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int]
                    storage: str = "mcap", frames: str = "none", fps: float = 5.0, clips_dir: str | Path | None = None,
                    asr_wer: float = 0.0, seed: int = 0) -> Path:
     """Write MELD dialogues as a bag + labels side file. ``frames``: none | synthetic | clips."""
-    import cv2
-
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {sorted(STORAGES)}")
     if frames != "none" and not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     if frames == "clips" and (clips_dir is None or not Path(clips_dir).is_dir()):
         raise ValueError(f"frames 'clips' needs the MELD.Raw folder as clips_dir (--clips-dir), got {clips_dir!r}")
+    if not 0.0 <= asr_wer <= 1.0:
+        raise ValueError(f"WER must be in [0, 1], got {asr_wer}")
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"{out} exists: the bag folder must not")
     rows = dialogues(split)
     ids = dialogue_ids if dialogue_ids is not None else sorted(rows)
     missing = [d for d in ids if d not in rows]
     if missing:
         raise ValueError(f"MELD {split} has no dialogues {missing}")
-    utterances = timeline({d: rows[d] for d in ids}, split)
     store = typestore()
-    Utterance = store.types[UTTERANCE_TYPE]
-    Header = store.types["std_msgs/msg/Header"]
-    Compressed = store.types[IMAGE_TYPE]
-    rng = random.Random(seed)
-    out = Path(out)
-    labels, clip_problems = {}, {}
-    by_key = {r.key: r for d in ids for r in rows[d]}
-    with Writer(out, version=9, storage_plugin=STORAGES[storage]) as writer:
-        conn = writer.add_connection(UTTERANCE_TOPIC, UTTERANCE_TYPE, typestore=store)
-        cam = writer.add_connection(IMAGE_TOPIC, IMAGE_TYPE, typestore=store) if frames != "none" else None
-        events = []
-        for u in utterances:
-            text = corrupt(u.text, asr_wer, rng) if asr_wer else u.text
-            msg = Utterance(header=Header(stamp=_stamp(store, u.end), frame_id="mic"), start=_stamp(store, u.start),
-                            end=_stamp(store, u.end), conversation_id=u.conversation_id, utterance_id=u.utterance_id,
-                            speaker_id=u.speaker, text=text, is_final=True)
-            events.append((u.end, conn, store.serialize_cdr(msg, UTTERANCE_TYPE)))
-            labels[f"{u.conversation_id}/{u.utterance_id}"] = {"label": u.label, "text": u.text, "asr_text": text,
-                                                               "speaker": u.speaker, "start": u.start, "end": u.end}
-            if cam is not None:
-                images, problem = _frames_for(u, frames, fps, clips_dir, by_key)
-                if problem:
-                    clip_problems[f"{u.conversation_id}/{u.utterance_id}"] = problem
-                for t, img in images:
-                    ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 70])
-                    frame = Compressed(header=Header(stamp=_stamp(store, t), frame_id="camera"), format="jpeg",
-                                       data=np.frombuffer(jpg.tobytes(), np.uint8))
-                    events.append((t, cam, store.serialize_cdr(frame, IMAGE_TYPE)))
-        for t, connection, data in sorted(events, key=lambda e: e[0]):
-            writer.write(connection, round(t * 1e9), data)
+    events, labels, clip_problems = _meld_events(timeline({d: rows[d] for d in ids}, split), store, frames, fps,
+                                                 clips_dir, {r.key: r for d in ids for r in rows[d]}, asr_wer, seed)
+    try:  # every message is made before the bag folder is: only writing them can fail halfway
+        with Writer(out, version=9, storage_plugin=STORAGES[storage]) as writer:
+            connections = {UTTERANCE_TOPIC: writer.add_connection(UTTERANCE_TOPIC, UTTERANCE_TYPE, typestore=store)}
+            if frames != "none":
+                connections[IMAGE_TOPIC] = writer.add_connection(IMAGE_TOPIC, IMAGE_TYPE, typestore=store)
+            for t, topic, data in sorted(events, key=lambda e: e[0]):
+                writer.write(connections[topic], round(t * 1e9), data)
+    except BaseException:  # e.g. Ctrl-C, a full disk: no half-written bag is left to be mistaken for a whole one
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     side = labels_path(out)
     clips = {"clip_problems": clip_problems} if frames == "clips" else {}  # utterances without camera frames
     side.write_text(json.dumps({"split": split, "dialogues": ids, "asr_wer": asr_wer, "seed": seed, **clips,
                                 "utterances": labels}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
+
+
+def _meld_events(utterances: list[TimedUtterance], store, frames: str, fps: float, clips_dir,
+                 by_key: dict[str, MeldUtterance], asr_wer: float, seed: int) -> tuple[list, dict, dict]:
+    """The bag's messages as (time s, topic, CDR bytes), the labels side file's utterance records, and the
+    utterances whose clips gave no frames (and why)."""
+    import cv2
+
+    Utterance, Header, Compressed = (store.types[t] for t in (UTTERANCE_TYPE, "std_msgs/msg/Header", IMAGE_TYPE))
+    rng = random.Random(seed)
+    events, labels, clip_problems = [], {}, {}
+    for u in utterances:
+        key = f"{u.conversation_id}/{u.utterance_id}"
+        text = corrupt(u.text, asr_wer, rng) if asr_wer else u.text
+        msg = Utterance(header=Header(stamp=_stamp(store, u.end), frame_id="mic"), start=_stamp(store, u.start),
+                        end=_stamp(store, u.end), conversation_id=u.conversation_id, utterance_id=u.utterance_id,
+                        speaker_id=u.speaker, text=text, is_final=True)
+        events.append((u.end, UTTERANCE_TOPIC, store.serialize_cdr(msg, UTTERANCE_TYPE)))
+        labels[key] = {"label": u.label, "text": u.text, "asr_text": text, "speaker": u.speaker, "start": u.start,
+                       "end": u.end}
+        if frames == "none":
+            continue
+        images, problem = _frames_for(u, frames, fps, clips_dir, by_key)
+        if problem:
+            clip_problems[key] = problem
+        for t, img in images:
+            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 70])
+            frame = Compressed(header=Header(stamp=_stamp(store, t), frame_id="camera"), format="jpeg",
+                               data=np.frombuffer(jpg.tobytes(), np.uint8))
+            events.append((t, IMAGE_TOPIC, store.serialize_cdr(frame, IMAGE_TYPE)))
+    return events, labels, clip_problems
 
 
 def _frames_for(u: TimedUtterance, frames: str, fps: float, clips_dir, by_key: dict[str, MeldUtterance]

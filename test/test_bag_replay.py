@@ -83,6 +83,34 @@ def test_corrupt_or_missing_bag_is_a_clear_error(tmp_path):
         list(read_bag(tmp_path / "nothing"))
 
 
+def test_a_refused_or_failed_bag_write_leaves_no_bag_folder_behind(tmp_path, monkeypatch):
+    """A rerun with the value fixed must not meet 'exists': nothing is created before every message is made, and a
+    write that fails halfway (here the disk fills up at the 3rd message) removes the folder it made."""
+    from rosbags.rosbag2 import Writer
+
+    for kwargs, why in [({"asr_wer": 1.5}, "WER must be in"), ({"frames": "video"}, "frames must be"),
+                        ({"dialogue_ids": [99999]}, "no dialogues")]:
+        with pytest.raises(ValueError, match=why):
+            write_meld_bag(tmp_path / "refused", "test", **{"dialogue_ids": [0], **kwargs})
+        assert not (tmp_path / "refused").exists()
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ValueError, match="exists"):
+        write_meld_bag(tmp_path / "taken", "test", [0])
+    written = []
+
+    def write(self, connection, timestamp, data):
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        written.append(timestamp)
+
+    monkeypatch.setattr(Writer, "write", write)
+    with pytest.raises(OSError, match="No space"):
+        write_meld_bag(tmp_path / "full_disk", "test", [0])
+    assert len(written) == 2 and not (tmp_path / "full_disk").exists()
+    monkeypatch.undo()
+    assert len(list(read_bag(write_meld_bag(tmp_path / "full_disk", "test", [0])))) == len(dialogues("test")[0])
+
+
 def test_asr_noise_changes_the_transcripts_but_not_the_labels(tmp_path):
     bag = write_meld_bag(tmp_path / "noisy", "test", [0, 1, 2], asr_wer=0.3, seed=1)
     side = json.loads((tmp_path / "noisy.labels.json").read_text())
