@@ -118,6 +118,46 @@ def test_the_resume_state_is_saved_every_n_epochs_and_whenever_the_run_stops():
         load_config(None, ["--state_every=-1"])
 
 
+@pytest.mark.parametrize("kill_at", [1, 2, 3])
+def test_a_kill_while_the_state_is_saved_resumes_to_the_weights_of_an_uninterrupted_run(
+        tmp_path, tiny_roberta_dir, monkeypatch, kill_at):
+    """The save after epoch 2 is killed at its k-th rename: 1 before epoch 1's state is moved aside, 2 when there is
+    no text/last at all (epoch 2's state is whole in last.tmp), 3 before the best weights are published. The run
+    resumes from a saved state (never from scratch) and ends with the uninterrupted run's best weights and
+    history."""
+    import os
+
+    straight = run(tiny_cfg(tmp_path / "a", tiny_roberta_dir, epochs=3, seed=3), log=lambda *_: None)
+    cfg = tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, seed=3)
+    run(tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, seed=3, time_budget_min=1e-9), log=lambda *_: None)
+    renames, real_replace = [], os.replace
+
+    def replace(src, dst):
+        if "/run/text/" in str(dst):
+            renames.append(dst)
+            if len(renames) == kill_at:
+                raise KeyboardInterrupt  # the process is killed here
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, log=lambda *_: None)
+    monkeypatch.undo()
+    text = tmp_path / "b" / "run" / "text"
+    assert (kill_at == 2) != (text / "last" / "state.json").is_file()  # the moment without text/last
+    logs = []
+    resumed = run(cfg, log=logs.append)["stages"]["text"]
+    saved = 1 if kill_at == 1 else 2  # killed before the swap began: epoch 1's state; after: epoch 2's, whole
+    assert any(f"resumed after epoch {saved}" in line for line in logs), logs
+    assert [r["dev_wa_f1"] for r in resumed["history"]] == \
+        [r["dev_wa_f1"] for r in straight["stages"]["text"]["history"]]
+    assert resumed["best"]["epoch"] == straight["stages"]["text"]["best"]["epoch"]
+    a, b = load_file(tmp_path / "a" / "run" / "text" / "best.safetensors"), load_file(text / "best.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    left = sorted(p.name for p in text.iterdir() if p.name.startswith(("last", "best")))
+    assert left == ["best.safetensors", "last"]  # no last.tmp, last.old or best.safetensors.tmp
+
+
 def test_sd_select_ema_keeps_the_ema_teachers_weights_and_scores(tmp_path, tiny_roberta_dir):
     """sd_select: ema hands on the EMA teacher's weights of the dev-selected epoch (here epoch 1 of 1, so the
     teacher in the saved resume state is that teacher) with the teacher's dev / test scores."""

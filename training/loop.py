@@ -36,8 +36,8 @@ from training.data import Example, batches, build_examples, check_full_test_spli
 from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, cached_layer_states, extract
 from training.schedule import lr_factor
-from training.state import (STATE_DIR, load_state, load_trainable_state, save_state, trainable_state,
-                            trainable_state_like)
+from training.state import (STATE_DIR, load_state, load_trainable_state, recover_state, save_state,
+                            trainable_state, trainable_state_like)
 
 T = TypeVar("T")
 
@@ -170,6 +170,9 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
     total = steps_per_epoch * cfg.epochs
     sched = linear_warmup(opt, int(cfg.warmup_ratio * total), total)
     teacher = L.EMATeacher(student, cfg.ema_decay) if stage.ema else None
+    if main_rank:
+        recover_state(out_dir)  # a state swap a kill cut short
+    barrier()
     info = load_state(out_dir, student, teacher.model if teacher else None, opt, sched)
     if info:
         log(f"[{stage.name}] resumed after epoch {info['epoch']}")
@@ -222,12 +225,8 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         stop = epoch < cfg.epochs and any_rank(over_budget(time.monotonic() - started, time.monotonic() - epoch_start,
                                                            cfg.time_budget_min))  # ranks' clocks differ: stop together
         if main_rank and saves_state_after(epoch, cfg.epochs, cfg.state_every, stop):
-            if best_weights is not None:
-                from safetensors.torch import save_file
-
-                save_file(best_weights, out_dir / "best.safetensors")
-                best_weights = None
-            save_state(out_dir, student, teacher.model if teacher else None, opt, sched, info)
+            save_state(out_dir, student, teacher.model if teacher else None, opt, sched, info, best_weights)
+            best_weights = None
         barrier()
         ema = (f"  (EMA teacher: dev {record['teacher_dev_wa_f1']:.2f}  test {record['teacher_test_wa_f1']:.2f})"
                if teacher_scores else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from training.config import ConfigError
 
 STATE_DIR = "last"
+BEST = "best.safetensors"  # the best epoch's trainable weights, in the state and published beside it
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -55,10 +57,18 @@ def _unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 
 def save_state(run_dir: Path, student: torch.nn.Module, teacher: torch.nn.Module | None, opt, sched,
-               info: dict) -> None:
-    """Atomically replace run_dir/last with the state after a finished epoch."""
-    tmp = run_dir / (STATE_DIR + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+               info: dict, best: dict[str, torch.Tensor] | None = None) -> None:
+    """Replace run_dir/last with the state after a finished epoch, together with the best weights so far
+    (``best``: new ones; None: those of the state it replaces), then publish those as run_dir/best.safetensors.
+
+    A kill at any moment leaves a state whose best weights are the ones its ``info["best"]`` names: the new state
+    is written whole into last.tmp (state.json last), then renames swap it in (``recover_state`` finishes a swap
+    a kill cut short)."""
+    recover_state(run_dir)
+    final, tmp, old = _state_dirs(run_dir)
+    for leftover in (tmp, old):  # a state a kill left half-written, or the one a finished swap replaced
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir(parents=True)
     tensors = {f"student.{k}": v for k, v in trainable_state(student).items()}
     if teacher is not None:
         tensors |= {f"teacher.{k}": v for k, v in trainable_state_like(teacher, student).items()}
@@ -66,14 +76,57 @@ def save_state(run_dir: Path, student: torch.nn.Module, teacher: torch.nn.Module
     tensors |= opt_tensors
     tensors["rng.torch"] = torch.get_rng_state()
     save_file(tensors, tmp / "state.safetensors")
+    # no new best: the replaced state's (or, in a run directory older than states holding them, the published)
+    previous = next((path for path in (final / BEST, run_dir / BEST) if path.is_file()), None)
+    if best is not None:
+        save_file(best, tmp / BEST)
+    elif previous is not None:
+        _link_or_copy(previous, tmp / BEST)
     meta = {"info": info, "optimizer": opt_meta, "scheduler": sched.state_dict() if sched else None}
     (tmp / "state.json").write_text(json.dumps(meta, indent=1, default=float), encoding="utf-8")
-    final = run_dir / STATE_DIR
     if final.exists():
-        for f in final.iterdir():
-            f.unlink()
-        final.rmdir()
+        os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    publish_best(run_dir)
+
+
+def _state_dirs(run_dir: Path) -> tuple[Path, Path, Path]:
+    """run_dir/last, the new state being written (last.tmp) and the one being replaced (last.old)."""
+    return run_dir / STATE_DIR, run_dir / (STATE_DIR + ".tmp"), run_dir / (STATE_DIR + ".old")
+
+
+def recover_state(run_dir: Path) -> None:
+    """Finish a swap of states that a kill cut short: with no run_dir/last, the whole new state (last.tmp with its
+    state.json) becomes it, else the one it was replacing (last.old); then publish its best weights."""
+    final, tmp, old = _state_dirs(run_dir)
+    if not (final / "state.json").is_file():
+        for candidate in (tmp, old):
+            if (candidate / "state.json").is_file():
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(candidate, final)
+                break
+    publish_best(run_dir)
+
+
+def publish_best(run_dir: Path) -> None:
+    """run_dir/best.safetensors (what export, evaluation and the end of a run read) := the saved state's best
+    weights, replaced whole (a hard link where the file system allows; nothing writes either file in place)."""
+    source, published, tmp = run_dir / STATE_DIR / BEST, run_dir / BEST, run_dir / (BEST + ".tmp")
+    tmp.unlink(missing_ok=True)  # a publication a kill cut short
+    if not source.is_file() or (published.is_file() and os.path.samefile(source, published)):
+        return  # (renaming a hard link onto another name of the same file would do nothing and keep the first)
+    _link_or_copy(source, tmp)
+    os.replace(tmp, published)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a new name of ``source``, or a new copy: never a write into an existing file."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def trainable_state_like(teacher: torch.nn.Module, student: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -83,7 +136,8 @@ def trainable_state_like(teacher: torch.nn.Module, student: torch.nn.Module) -> 
 
 
 def load_state(run_dir: Path, student, teacher, opt, sched) -> dict | None:
-    """Restore run_dir/last into the given objects; returns its info dict, or None if there is none."""
+    """Restore run_dir/last into the given objects; returns its info dict, or None if there is none. (One process
+    calls ``recover_state`` first: every rank of a distributed run reads the same state.)"""
     path = run_dir / STATE_DIR
     if not (path / "state.json").is_file():
         return None
