@@ -281,6 +281,30 @@ def test_length_buckets_cover_every_example_once_and_are_seeded():
     assert plan == batches(lengths, 3, shuffle=True, seed=1)
 
 
+def test_megabatch_buckets_make_new_batches_each_epoch_of_still_similar_lengths():
+    """bucket_megabatch: 0 keeps the same length-sorted batches every epoch; N makes new ones inside seeded random
+    groups of N batches' prompts, each group sorted by length (MELD train prompt lengths, batch 16, N = 50)."""
+    from ddvlm_core.meld import read_split
+
+    lengths = [len(r.text.split()) * 1.3 + 10 * r.utterance_id for r in read_split("train")]  # prompt-like lengths
+    fixed = [batches(lengths, 16, shuffle=True, seed=s) for s in (1, 2)]
+    assert fixed[0] != fixed[1] and sorted(map(sorted, fixed[0])) == sorted(map(sorted, fixed[1]))  # same batches
+    fresh = [batches(lengths, 16, shuffle=True, seed=s, megabatch=50) for s in (1, 2)]
+    assert fresh[0] == batches(lengths, 16, shuffle=True, seed=1, megabatch=50)  # seeded
+    for plan in fresh:
+        assert sorted(i for b in plan for i in b) == list(range(len(lengths)))  # every prompt once
+        assert sum(len(b) < 16 for b in plan) <= -(-len(lengths) // 800)  # a short batch only ends a group
+    kept = {tuple(sorted(b)) for b in fresh[0]}
+    assert sum(tuple(sorted(b)) in kept for b in fresh[1]) < len(fresh[1]) // 20  # new batches each epoch
+
+    def padding(plan):  # share of padded positions when each batch is padded to its longest prompt
+        return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in plan) / \
+            sum(len(b) * max(lengths[i] for i in b) for b in plan)
+    unbucketed = batches(lengths, 16, shuffle=True, seed=1, bucket=False)
+    assert padding(fixed[0]) < padding(fresh[0]) < padding(unbucketed) / 4
+    assert batches(lengths, 16, shuffle=False, seed=0, megabatch=50) == batches(lengths, 16, shuffle=False, seed=0)
+
+
 def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
     with pytest.raises(ValueError, match="unknown config keys"):
         load_config(None, ["--learning_rate=1"])

@@ -119,6 +119,9 @@ class TrainConfig:
     caption_source: str = option("none", "none (text only) or a captions JSONL file or folder "
                                          "(python -m training.captions)")
     length_bucketing: bool = option(True, "batch prompts of similar length together (less padding)")
+    bucket_megabatch: int = option(0, "with length_bucketing, 0: the same length-sorted batches every epoch, in a "
+                                      "new order; N: batches made anew each epoch inside random groups of N batches' "
+                                      "prompts, each group sorted by length (transformers' group_by_length: 50)")
     # run
     seed: int = option(0, "random seed (data order, initialisation, dropout)")
     device: str = option("cpu", "torch device: cpu, cuda, cuda:1 ...")
@@ -156,6 +159,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.sd_select not in SD_SELECT:
             raise ValueError(f"sd_select must be one of {SD_SELECT}, got {self.sd_select!r}")
+        if self.bucket_megabatch < 0:
+            raise ValueError("bucket_megabatch must be >= 0 (0: the same length-sorted batches every epoch)")
         if self.state_every < 0:
             raise ValueError("state_every must be >= 0 (0: save the resume state only when the run stops)")
         for names, allowed, text in VALUE_RANGES:  # a NaN fails every comparison, so it is refused too

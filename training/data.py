@@ -53,10 +53,22 @@ def check_full_test_split(examples: list[Example]) -> None:
                          "results on a subset are not comparable to the paper's")
 
 
-def batches(lengths: list[int], batch_size: int, shuffle: bool, seed: int, bucket: bool = True) -> list[list[int]]:
-    """Index batches. Bucketed: sorted by length, cut into batches, batch order shuffled (seeded)."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i)) if bucket else list(range(len(lengths)))
+def batches(lengths: list[int], batch_size: int, shuffle: bool, seed: int, bucket: bool = True,
+            megabatch: int = 0) -> list[list[int]]:
+    """Index batches. Bucketed: sorted by length, cut into batches, batch order shuffled (seeded): the same
+    batches for every seed. With ``megabatch`` > 0 (bucketed, shuffled), transformers' group_by_length: a seeded
+    permutation is cut into groups of ``megabatch`` x ``batch_size`` prompts, each group sorted by length and
+    cut into batches, so that a new seed (epoch) makes new batches of still similar lengths."""
     rng = random.Random(seed)
+    if bucket and shuffle and megabatch > 0:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        size = megabatch * batch_size
+        groups = [sorted(order[g : g + size], key=lambda i: (lengths[i], i)) for g in range(0, len(order), size)]
+        out = [group[i : i + batch_size] for group in groups for i in range(0, len(group), batch_size)]
+        rng.shuffle(out)
+        return out
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i)) if bucket else list(range(len(lengths)))
     if shuffle and not bucket:
         rng.shuffle(order)
     out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

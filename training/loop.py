@@ -183,7 +183,7 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
     for epoch in range(info["epoch"] + 1, cfg.epochs + 1):
         student.train()
         plan = batches([lengths["train"][i] for i in train_idx], cfg.batch_size, shuffle=True,
-                       seed=cfg.seed * 1000 + epoch, bucket=cfg.length_bucketing)
+                       seed=cfg.seed * 1000 + epoch, bucket=cfg.length_bucketing, megabatch=cfg.bucket_megabatch)
         plan = plan[rank::world][:steps_per_epoch]  # each rank its share, the same number of steps
         epoch_start = time.monotonic()
         running = torch.zeros(())
