@@ -118,7 +118,7 @@ def test_a_run_on_cached_lower_layers_scores_what_its_checkpoint_predicts(tmp_pa
     from training.state import load_trainable_state
 
     cfg = tiny_cfg(tmp_path, tiny_roberta_dir, text_mode="lora", lora_layers="1", cache_frozen_layers="true",
-                   lr=3e-3, epochs=2)
+                   lr=3e-3, epochs=2, bucket_megabatch=2)  # cached states batched anew each epoch
     logs = []
     best = run(cfg, log=logs.append)["stages"]["text"]["best"]
     assert sum("token states" in line for line in logs) == 3  # train, dev, test: extracted once each
