@@ -87,6 +87,10 @@ def read_manifest(directory: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path}: label order {manifest.get('labels')} differs from {list(LABELS)}")
     if not isinstance(manifest.get("modules"), dict) or not isinstance(manifest.get("config"), dict):
         raise CheckpointError(f"{path}: 'modules' and 'config' must be objects")
+    for name, entry in manifest["modules"].items():
+        if not (isinstance(entry, dict) and all(isinstance(entry.get(k), str) for k in ("file", "sha256"))):
+            raise CheckpointError(f"{path}: module {name!r} must be an object with a 'file' and its 'sha256', got "
+                                  f"{entry!r:.80}")
     return manifest
 
 
