@@ -309,19 +309,20 @@ class DDVLM(nn.Module):
     def load(cls, directory: str | os.PathLike, backbone_path: str | None = None):
         """(model, tokenizer, manifest) from a checkpoint; the backbone comes from its local dir."""
         manifest, states = ckpt.load_checkpoint(directory)
+        from ddvlm_core.quantization import WOQConfig
+
         try:
             config = DDVLMConfig.from_dict(manifest["config"])
+            quantization = WOQConfig.from_dict(config.quantization) if config.quantization else None
         except (TypeError, ValueError) as e:
             raise ckpt.CheckpointError(f"{directory}: bad config in manifest ({e})") from None
         if backbone_path:
             config.text_backbone = backbone_path
         saved_dim = config.text_dim
-        quantization, config.quantization = config.quantization, None
+        config.quantization = None  # the model is built in FP32, then quantized as the checkpoint was
         model, tokenizer = cls.from_backbone(config)
         if quantization:
-            from ddvlm_core.quantization import WOQConfig
-
-            model.quantize(WOQConfig.from_dict(quantization), calibration={})
+            model.quantize(quantization, calibration={})
         if model.config.text_dim != saved_dim:
             raise ckpt.CheckpointError(f"{directory}: backbone {config.text_backbone!r} has width "
                                        f"{model.config.text_dim}, the checkpoint's modules do not fit "
