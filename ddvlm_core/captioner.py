@@ -279,7 +279,10 @@ def _chat_template(path: str, tokenizer) -> str:
             if name.endswith(".json"):
                 import json
 
-                text = json.loads(text)["chat_template"]
+                text = json.loads(text)
+                if not (isinstance(text, dict) and isinstance(text.get("chat_template"), str)):
+                    raise ValueError(f"{file}: no 'chat_template' text in it")
+                return text["chat_template"]
             return text
     if tokenizer.chat_template is None:
         raise ValueError(f"{path}: no chat template found for the Qwen2.5-VL processor")

@@ -25,7 +25,6 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from ddvlm_core.checkpoint import CheckpointError
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
 from ddvlm_ros.convert import (compressed_msg_to_rgb, image_msg_to_rgb, parse_transcript, prediction_to_msg,
@@ -143,7 +142,8 @@ class EmotionNode(LifecycleNode):
             with single_cpu_thread():  # loading must not start an OpenMP team here: see cpu_threads_setup
                 self.recognizer = self._load_recognizer()
                 captioner = self._load_captioner()
-        except (CheckpointError, OSError, ValueError, RuntimeError, ImportError) as e:
+        except Exception as e:  # noqa: BLE001 - a loader may raise anything (a captioner's truncated safetensors:
+            # SafetensorError; a bad config.json: transformers' own errors): configure fails with the reason
             self.load_error = f"{type(e).__name__}: {e}"
             self.get_logger().error(f"configure failed: {self.load_error}")
             self._ensure_diagnostics()

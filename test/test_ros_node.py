@@ -566,6 +566,34 @@ def test_corrupt_checkpoint_fails_configure_with_the_reason(harness, tmp_path, t
     assert manifest["modules"]["text_head"]["file"] == "text_head.safetensors"
 
 
+def test_a_captioner_folder_that_cannot_load_fails_configure_with_the_reason_and_the_node_lives(
+        harness, tmp_path, tiny_visual_checkpoint, tiny_qwen_dir):
+    """Qwen2.5-VL weights cut short on their way to the robot raise safetensors' own error, which configure
+    reports like any other (the node does not die); with the weights whole the same node configures."""
+    import shutil
+
+    from rclpy.parameter import Parameter
+
+    qwen = tmp_path / "qwen"
+    shutil.copytree(tiny_qwen_dir, qwen)
+    weights = next(qwen.glob("*.safetensors"))
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:1000])
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="qwen", captioner_model_dir=str(qwen))
+    h.node.trigger_configure()
+    assert h.node.load_error.startswith("SafetensorError") and h.node.diagnostic_status().level == b"\x02"
+    (qwen / "chat_template.jinja").unlink()
+    (qwen / "chat_template.json").write_text('{"template": "not the key"}')
+    weights.write_bytes(whole)
+    h.node.trigger_configure()
+    assert "chat_template.json: no 'chat_template' text in it" in h.node.load_error
+    (qwen / "chat_template.json").unlink()
+    h.node.set_parameters([Parameter("captioner", value="cue")])
+    h.start()
+    h.publish(String, "transcript", String(data="Ross: Hi!"))
+    assert h.wait_for(1)[0].top_label in LABELS
+
+
 def test_start_after_end_and_unknown_speaker(harness, tiny_text_checkpoint):
     h = harness(model_dir=tiny_text_checkpoint).start()
     h.publish(Utterance, "utterance", utterance("Who said that?", "", 20.0, 10.0))
