@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ddvlm_core.assets import shipped
+from ddvlm_core.checkpoint import CheckpointError
 from ddvlm_core.labels import LABELS
 
 DEFAULT_CHECKPOINT = shipped("checkpoints/default")
@@ -43,7 +44,7 @@ def load_recognizer(checkpoint: str | None):
     if (path / "manifest.json").is_file():
         return EmotionRecognizer.from_checkpoint(path), str(path)
     if checkpoint:
-        raise SystemExit(f"ddvlm-predict: {checkpoint}: not a ddvlm checkpoint (no manifest.json)")
+        raise CheckpointError(f"{checkpoint}: not a ddvlm checkpoint (no manifest.json)")
     torch.manual_seed(0)
     model, tokenizer = DDVLM.from_backbone(DDVLMConfig())
     return EmotionRecognizer(model, tokenizer, name="untrained"), "UNTRAINED head (no trained checkpoint yet)"
@@ -80,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give utterances or --meld SPLIT:DIALOGUE")
 
     quiet_transformers()
-    recognizer, source = load_recognizer(args.checkpoint)
+    try:
+        recognizer, source = load_recognizer(args.checkpoint)
+    except Exception as e:  # noqa: BLE001 - CheckpointError (a corrupt or foreign checkpoint), a backbone's own
+        ap.error(f"cannot load the checkpoint: {type(e).__name__}: {e}")  # loader errors: one line, status 2
     print(f"model: {source}")
     print(f"{'#':>2}  {'speaker':<12} {'tok':<5} {'predicted':<9} {'conf':>5}  {'gold':<9} utterance")
     correct = 0

@@ -45,17 +45,28 @@ def test_cli_parses_speaker_prefixed_turns():
     ("training.results", ["{tmp}/no_report.json"], "no such report"),
     ("training.captions", ["--video_dir", "{tmp}", "--batch_size", "0"], "must be >= 1"),
     ("ddvlm_core.cli", ["Ross: I got the job!", "Rachel: "], "utterance 1 has no text"),
+    ("ddvlm_core.cli", ["--checkpoint", "{tmp}", "Ross: hi"], "not a ddvlm checkpoint (no manifest.json)"),
+    ("ddvlm_core.cli", ["--checkpoint", "{tmp}/corrupt", "Ross: hi"],
+     "cannot load the checkpoint: CheckpointError: {tmp}/corrupt/text_head.safetensors: sha256 mismatch"),
 ])
 def test_command_lines_answer_bad_input_with_one_error_line_and_status_2(tmp_path, capsys, module, argv, message):
     import importlib
 
+    import shutil
+
+    from ddvlm_core.cli import DEFAULT_CHECKPOINT
+
+    if "{tmp}/corrupt" in argv:
+        shutil.copytree(DEFAULT_CHECKPOINT, tmp_path / "corrupt")
+        with open(tmp_path / "corrupt" / "text_head.safetensors", "ab") as fh:  # a copy that changed on its way
+            fh.write(b"\0")
     main = importlib.import_module(module).main
     try:
         status = main([a.format(tmp=tmp_path) for a in argv])
     except SystemExit as e:
         status = e.code
     err = capsys.readouterr().err
-    assert status == 2 and message in err and "Traceback" not in err
+    assert status == 2 and message.format(tmp=tmp_path) in err and "Traceback" not in err
 
 
 class _ParserBuilt(Exception):
