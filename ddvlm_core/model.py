@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Iterator, Mapping
 
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from ddvlm_core import checkpoint as ckpt
@@ -320,7 +321,11 @@ class DDVLM(nn.Module):
             config.text_backbone = backbone_path
         saved_dim = config.text_dim
         config.quantization = None  # the model is built in FP32, then quantized as the checkpoint was
-        model, tokenizer = cls.from_backbone(config)
+        try:
+            model, tokenizer = cls.from_backbone(config)
+        except (OSError, ValueError, SafetensorError) as e:  # e.g. trained on another machine's local backbone
+            raise ckpt.CheckpointError(f"{directory}: its backbone {config.text_backbone!r} cannot be loaded here "
+                                       f"({type(e).__name__}: {e})") from None
         if quantization:
             model.quantize(quantization, calibration={})
         if model.config.text_dim != saved_dim:

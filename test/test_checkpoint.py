@@ -73,6 +73,8 @@ def test_corrupt_tampered_or_missing_files_are_refused(tmp_path, tiny_roberta_di
     (lambda m: m["config"].update(lora=[16]), "bad config in manifest .lora must be a mapping"),
     (lambda m: m["config"].update(quantization={"kernel": "fast"}), "bad config in manifest .kernel must be one of"),
     (lambda m: m["config"].update(quantization={"bits": 4}), "bad config in manifest .*keyword argument 'bits'"),
+    (lambda m: m["config"].update(text_backbone="/elsewhere/roberta-large"),
+     "its backbone '/elsewhere/roberta-large' cannot be loaded here .FileNotFoundError"),
     (lambda m: m["modules"].update(text_head="text_head.safetensors"), "module 'text_head' must be an object with"),
     (lambda m: m["modules"]["text_head"].pop("sha256"), "module 'text_head' must be an object with a 'file' and"),
     (lambda m: m["modules"]["text_head"].update(file=5), "module 'text_head' must be an object with a 'file'"),
