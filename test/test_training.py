@@ -145,6 +145,9 @@ def test_a_kill_while_the_state_is_saved_resumes_to_the_weights_of_an_uninterrup
     monkeypatch.undo()
     text = tmp_path / "b" / "run" / "text"
     assert (kill_at == 2) != (text / "last" / "state.json").is_file()  # the moment without text/last
+    from training.export import main as export_main
+
+    assert export_main([str(tmp_path / "b" / "run"), str(tmp_path / "exported")]) == 0  # before any resume
     logs = []
     resumed = run(cfg, log=logs.append)["stages"]["text"]
     saved = 1 if kill_at == 1 else 2  # killed before the swap began: epoch 1's state; after: epoch 2's, whole

@@ -14,11 +14,12 @@ from safetensors.torch import load_file
 
 from ddvlm_core.model import DDVLM
 from training.config import TrainConfig
-from training.state import load_trainable_state
+from training.state import load_trainable_state, recover_state
 
 
 def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
+    recover_state(run_dir / "text")  # a run killed while saving: its whole state, best weights published
     cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
     model, _ = DDVLM.from_backbone(cfg.model_config())
     best = load_file(run_dir / "text" / "best.safetensors")
@@ -50,6 +51,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
     out = Path(args.out_dir) if args.out_dir else run_dir / "checkpoint"
+    if (run_dir / "text").is_dir():
+        recover_state(run_dir / "text")  # a run killed while saving: its whole state, best weights published
     if not (run_dir / "text" / "best.safetensors").is_file():
         ap.error(f"{run_dir}: no text/best.safetensors (not a training run directory, or no epoch finished yet)")
     if (out / "manifest.json").is_file() and not args.force:
