@@ -147,6 +147,8 @@ def test_a_kill_while_the_state_is_saved_resumes_to_the_weights_of_an_uninterrup
     assert (kill_at == 2) != (text / "last" / "state.json").is_file()  # the moment without text/last
     from training.export import main as export_main
 
+    with pytest.raises(ValueError, match="holds the state of a run with other head_lr"):  # even with no text/last
+        run(tiny_cfg(tmp_path / "b", tiny_roberta_dir, epochs=3, seed=3, head_lr=5e-3), log=lambda *_: None)
     assert export_main([str(tmp_path / "b" / "run"), str(tmp_path / "exported")]) == 0  # before any resume
     logs = []
     resumed = run(cfg, log=logs.append)["stages"]["text"]

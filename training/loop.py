@@ -36,7 +36,7 @@ from training.data import Example, batches, build_examples, check_full_test_spli
 from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, cached_layer_states, extract
 from training.schedule import lr_factor
-from training.state import (STATE_DIR, load_state, load_trainable_state, recover_state, save_state,
+from training.state import (holds_state, load_state, load_trainable_state, recover_state, save_state,
                             trainable_state, trainable_state_like)
 
 T = TypeVar("T")
@@ -352,7 +352,7 @@ def resume_status(cfg: TrainConfig) -> str:
     state"; ConfigError when the directory holds another configuration's state (``refuse_other_runs_state``)."""
     run_dir = Path(cfg.run_dir)
     refuse_other_runs_state(run_dir, cfg)
-    saved = [stage for stage in cfg.stages if (run_dir / stage / STATE_DIR).is_dir()]
+    saved = [stage for stage in cfg.stages if holds_state(run_dir / stage)]
     return f"resumes the saved {', '.join(saved)} state" if saved else "starts afresh"
 
 
@@ -360,7 +360,7 @@ def refuse_other_runs_state(run_dir: Path, cfg: TrainConfig) -> None:
     """A run resumes from the state its directory holds; a directory holding the state of a run of another
     configuration is refused (resuming would mix two runs). Where it ran (HOSTING_KEYS) may differ."""
     saved = run_dir / "config.json"
-    if not saved.is_file() or not any((run_dir / stage / STATE_DIR).is_dir() for stage in ("text", "visual", "fusion")):
+    if not saved.is_file() or not any(holds_state(run_dir / stage) for stage in ("text", "visual", "fusion")):
         return
     differ = config_differences(json.loads(saved.read_text(encoding="utf-8")), cfg.to_dict())
     if differ:

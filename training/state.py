@@ -96,6 +96,13 @@ def _state_dirs(run_dir: Path) -> tuple[Path, Path, Path]:
     return run_dir / STATE_DIR, run_dir / (STATE_DIR + ".tmp"), run_dir / (STATE_DIR + ".old")
 
 
+def holds_state(run_dir: Path) -> bool:
+    """Whether a run resuming in run_dir finds a saved state: run_dir/last, or a whole one that a kill left
+    mid-swap (``recover_state`` makes it run_dir/last)."""
+    final, tmp, old = _state_dirs(run_dir)
+    return final.is_dir() or any((d / "state.json").is_file() for d in (tmp, old))
+
+
 def recover_state(run_dir: Path) -> None:
     """Finish a swap of states that a kill cut short: with no run_dir/last, the whole new state (last.tmp with its
     state.json) becomes it, else the one it was replacing (last.old); then publish its best weights."""
