@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give utterances or --meld SPLIT:DIALOGUE")
 
     quiet_transformers()
-    try:
+    try:  # a corrupt or foreign checkpoint (CheckpointError) or a loader's own error: one line, status 2
         recognizer, source = load_recognizer(args.checkpoint)
-    except Exception as e:  # noqa: BLE001 - CheckpointError (a corrupt or foreign checkpoint), a backbone's own
-        ap.error(f"cannot load the checkpoint: {type(e).__name__}: {e}")  # loader errors: one line, status 2
+    except Exception as e:  # noqa: BLE001
+        ap.error(f"cannot load the checkpoint: {type(e).__name__}: {e}")
     print(f"model: {source}")
     print(f"{'#':>2}  {'speaker':<12} {'tok':<5} {'predicted':<9} {'conf':>5}  {'gold':<9} utterance")
     correct = 0

@@ -116,15 +116,18 @@ def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int]
     store = typestore()
     events, labels, clip_problems = _meld_events(timeline({d: rows[d] for d in ids}, split), store, frames, fps,
                                                  clips_dir, {r.key: r for d in ids for r in rows[d]}, asr_wer, seed)
+    made = False  # whether this call made the folder (a folder another process made meanwhile is not ours)
     try:  # every message is made before the bag folder is: only writing them can fail halfway
         with Writer(out, version=9, storage_plugin=STORAGES[storage]) as writer:
+            made = True
             connections = {UTTERANCE_TOPIC: writer.add_connection(UTTERANCE_TOPIC, UTTERANCE_TYPE, typestore=store)}
             if frames != "none":
                 connections[IMAGE_TOPIC] = writer.add_connection(IMAGE_TOPIC, IMAGE_TYPE, typestore=store)
             for t, topic, data in sorted(events, key=lambda e: e[0]):
                 writer.write(connections[topic], round(t * 1e9), data)
     except BaseException:  # e.g. Ctrl-C, a full disk: no half-written bag is left to be mistaken for a whole one
-        shutil.rmtree(out, ignore_errors=True)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
         raise
     side = labels_path(out)
     clips = {"clip_problems": clip_problems} if frames == "clips" else {}  # utterances without camera frames

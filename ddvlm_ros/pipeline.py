@@ -81,8 +81,8 @@ class FrameBuffer:
     as thinned): a caption samples a few frames per utterance, and 10 s of a 30 Hz 720p camera is 0.8 GB of
     messages. The slack lets a camera at max_rate_hz keep every frame although its stamps jitter (with a full
     period as the gap, a 5 Hz camera lost 1 frame in 5 to float rounding alone, about 1 in 3 with 5 ms of
-    jitter); a faster camera keeps every k-th frame, k the least with k / camera_hz >= 0.9 / max_rate_hz
-    (a 30 Hz camera: every 6th, 5 Hz).
+    jitter); a faster camera keeps every k-th frame, k the least with k / camera_hz >= (1 - RATE_SLACK) /
+    max_rate_hz (a 30 Hz camera: every 6th, 5 Hz).
     """
 
     def __init__(self, keep_s: float, stats: Stats, future_tolerance_s: float = 5.0, max_rate_hz: float = 0.0):
