@@ -374,9 +374,11 @@ class EmotionNode(LifecycleNode):
             self.get_logger().warning(f"utterance {msg.utterance_id!r}: start after end, window ignored")
             start = end
         header = Header(stamp=sec_to_stamp(end, type(msg.end)), frame_id=msg.header.frame_id)
+        # without an id the node numbers it; its partial results' streaming caption is keyed by its speaker
+        stream = "" if msg.utterance_id else f"speaker:{msg.speaker_id}"
         self.pipeline.submit(UtteranceIn(msg.conversation_id or self.p("conversation_id"),
                                          msg.utterance_id or self._next_id(), msg.speaker_id, msg.text,
-                                         start, end, received, header))
+                                         start, end, received, header, stream_id=stream))
 
     def _frame_stamp(self, header) -> float:
         return stamp_to_sec(header.stamp) or self._now()

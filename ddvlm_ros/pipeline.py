@@ -37,6 +37,7 @@ class UtteranceIn:
     received: float  # monotonic seconds when the transcript arrived
     header: Any = None  # the transcript's header, copied to the output
     voice_id: str = ""  # ROS4HRI voice that spoke it ('' = another input)
+    stream_id: str = ""  # the id its partial (streaming) results had, when the final one was given another
 
 
 @dataclass
@@ -330,7 +331,8 @@ class EmotionPipeline:
 
     @staticmethod
     def _stream_key(u: UtteranceIn) -> tuple[str, str]:
-        return (u.conversation_id, u.utterance_id or f"speaker:{u.speaker_id}")
+        """Which streaming caption an utterance's results share: its id, or its speaker's while the ASR gives none."""
+        return (u.conversation_id, u.stream_id or u.utterance_id or f"speaker:{u.speaker_id}")
 
     def add_frame(self, stamp: float, frame: Any, now: float | None = None) -> bool:
         return self.frames.add(stamp, frame, now)

@@ -55,6 +55,26 @@ def test_utterance_messages_keep_ids_and_stamp_the_end(harness, tiny_text_checkp
     assert (m.header.stamp.sec, m.header.stamp.nanosec) == (11, 500_000_000)
 
 
+@pytest.mark.parametrize("utt_id", ["u9", ""])  # an ASR that numbers its utterances, and one that does not
+def test_the_caption_made_while_a_person_speaks_refines_the_final_result(harness, tiny_visual_checkpoint, utt_id):
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frames_per_window=4).start()
+    now = h.now()
+    for k in range(6):
+        h.publish(Image, "image", image_msg(now - 1.0 + 0.15 * k, seed=k))
+        time.sleep(0.05)
+    time.sleep(0.3)
+    h.publish(Utterance, "utterance", utterance("Look at", "ross", now - 1.05, 0.0, final=False, utt_id=utt_id))
+    deadline = time.monotonic() + 20  # the streaming caption is made while the words come
+    while h.node.pipeline.queue_depths()["caption"] or not h.node.pipeline._prefetched:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    h.publish(Utterance, "utterance", utterance("Look at this!", "ross", now - 1.05, now, utt_id=utt_id))
+    got = h.wait_for(2)
+    assert [m.refined for m in got] == [False, True] and got[1].utterance_id == (utt_id or "1")
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["caption_prefetch_hits"] == "1"
+
+
 def test_text_result_first_then_refined_with_frames_of_the_window(harness, tiny_visual_checkpoint):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frames_per_window=4).start()
     now = h.now()
