@@ -173,6 +173,8 @@ class EmotionPipeline:
         self._running = False
         self._generation = 0  # start() number: a worker of an earlier one exits after the job it is running
         self._prefetched: dict[tuple[str, str], tuple[float, float, object]] = {}
+        self._partials: dict[tuple[str, str], UtteranceIn] = {}  # the newest partial result of each stream whose
+        self._partials_lock = threading.Lock()  # streaming caption is queued: one caption job per stream at a time
         self.prefetch_coverage = 0.8  # reuse a streaming caption that covers this much of the final window
         self.max_conversations = max_conversations  # contexts kept in memory at most
         self.thread_setup = thread_setup or {}  # worker name -> called first on that worker's thread
@@ -232,6 +234,9 @@ class EmotionPipeline:
             self.stats.dropped_at_stop += 1
         elif kind == "call":
             payload.cancel()
+        elif kind == "prefetch":
+            with self._partials_lock:
+                self._partials.pop(payload, None)
         if dropped is not None and kind in dropped:
             dropped[kind] += 1
 
@@ -280,13 +285,21 @@ class EmotionPipeline:
 
     def prefetch(self, partial: UtteranceIn) -> None:
         """Streaming: caption the frames of an utterance that is still being spoken (a non-final ASR
-        result), so the final result's refinement does not wait for the captioner. Best effort."""
+        result), so the final result's refinement does not wait for the captioner. Best effort. An ASR sends
+        partial results faster than a captioner captions (every word, for ROS4HRI's incremental speech): one
+        job per stream waits at a time and captions the newest partial result when its turn comes."""
         if self.captioner is None:
             return
-        try:
-            self._captions.put_nowait(("prefetch", partial))
-        except queue.Full:
-            pass
+        key = self._stream_key(partial)
+        with self._partials_lock:
+            queued = key in self._partials
+            self._partials[key] = partial
+            if queued:
+                return
+            try:
+                self._captions.put_nowait(("prefetch", key))
+            except queue.Full:
+                del self._partials[key]
 
     def reset(self, conversation_id: str = "") -> str:
         """Forget the dialogue context of ``conversation_id`` ('' = every conversation), so that its next
@@ -314,6 +327,8 @@ class EmotionPipeline:
         before the jump (as ``reset('')``), and the streaming captions with them."""
         self.frames.clear()
         self._prefetched.clear()
+        with self._partials_lock:
+            self._partials.clear()
         self.stats.time_jumps_back += 1
         try:
             self._queue_reset("", f"as ROS time went back {seconds:.1f} s")
@@ -428,9 +443,11 @@ class EmotionPipeline:
         for kind, payload in self._jobs_of(self._captions, generation):
             try:
                 if kind == "prefetch":
-                    caption = self._caption_window(payload)
+                    with self._partials_lock:
+                        partial = self._partials.pop(payload, None)
+                    caption = self._caption_window(partial) if partial is not None else None
                     if caption is not None:
-                        self._prefetched[self._stream_key(payload)] = (payload.start, payload.end, caption)
+                        self._prefetched[payload] = (partial.start, partial.end, caption)
                         while len(self._prefetched) > MAX_PREFETCHED:  # streams that never became final
                             self._prefetched.pop(next(iter(self._prefetched)), None)
                     continue

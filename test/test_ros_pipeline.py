@@ -118,6 +118,40 @@ def test_streaming_caption_made_during_speech_is_reused_for_the_final_result(tin
     assert captioner.calls == 1 and pipe.stats.caption_prefetch_hits == 1
 
 
+class SlowCaptioner(CountingCaptioner):
+    def __init__(self):
+        super().__init__()
+        self.windows = []  # the window of each call
+
+    def caption(self, frames, window=None):
+        time.sleep(0.2)
+        self.windows.append(window)
+        return super().caption(frames, window)
+
+
+def test_partial_results_faster_than_the_captioner_share_one_caption_job_per_stream(tiny_visual_checkpoint):
+    """40 partial results in 0.4 s (an ASR's word-by-word hypotheses) with a captioner taking 0.2 s: one job at a
+    time per stream, each captioning the newest partial, so the final result is refined at once from the
+    streaming caption instead of waiting behind 40 captions."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    results, captioner = [], SlowCaptioner()
+    pipe = EmotionPipeline(rec, results.append, captioner=captioner, caption_timeout_s=5.0)
+    pipe.start()
+    for k in range(20):
+        pipe.add_frame(100.0 + 0.05 * k, __import__("numpy").zeros((8, 8, 3), "uint8"))
+    for k in range(40):
+        pipe.prefetch(UtteranceIn("c", "u1", "a", "partial " * k, 100.0, 100.05 + 0.02 * k, time.monotonic()))
+        time.sleep(0.01)
+    time.sleep(0.5)
+    pipe.submit(UtteranceIn("c", "u1", "a", "I see it now", 100.0, 100.9, time.monotonic()))
+    deadline = time.monotonic() + 20
+    while (len(results) < 2 or not pipe.idle()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pipe.stop()
+    assert [r.refined for r in results] == [False, True] and pipe.stats.caption_prefetch_hits == 1
+    assert captioner.calls <= 4 and captioner.windows[-1] == (100.0, 100.05 + 0.02 * 39)  # the newest partial
+
+
 def test_memory_stays_bounded_on_a_node_that_meets_new_people_for_weeks(tiny_text_checkpoint):
     rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
     people = [utt(f"hello number {k}", "a", conv=f"voice{k}") for k in range(12)]
