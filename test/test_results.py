@@ -111,3 +111,15 @@ def test_the_committed_table_is_the_one_the_committed_reports_give(tmp_path):
     assert len(reports) >= 5 and main([*reports, "--out", str(tmp_path / "text_branch")]) == 0
     assert (tmp_path / "text_branch.md").read_text() == (REPO / "reports/text_branch.md").read_text(), \
         "reports/text_branch.md is stale: python -m training.results reports/ablation*.json"
+
+
+def test_reports_name_batches_made_otherwise_than_by_fixed_length_buckets(tmp_path):
+    from training.ablate import batches_text
+
+    assert batches_text({}) == "" and batches_text({"bucket_megabatch": 0}) == ""  # every report so far
+    assert batches_text({"length_bucketing": False, "bucket_megabatch": 50}) == " (random batches, not length-bucketed)"
+    path = report(tmp_path / "megabatch.json", "full", [63.0, 64.0, 62.0], [62.0, 62.5, 61.5])
+    data = json.loads(path.read_text())
+    data["config"]["bucket_megabatch"] = 50
+    path.write_text(json.dumps(data))
+    assert summary(path)["schedule"] == "5 epochs (new length buckets each epoch, groups of 50 batches)"

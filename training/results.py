@@ -20,7 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from training.ablate import ROWS, hardware_text, read_report, stopped_runs
+from training.ablate import ROWS, batches_text, hardware_text, read_report, stopped_runs
 from training.config import candidates, mode_text
 
 PAPER = {row.name: row.paper for row in ROWS}  # RoBERTa-large, Table 4
@@ -71,7 +71,7 @@ def schedule(config: dict, rows: dict) -> str:
         cuts = sorted({run["epochs_run"] for run in stopped_runs(rows.get(name, {}), epochs)})
         if cuts:
             stopped.append(f"{label[name]} after {'/'.join(map(str, cuts))}")
-    return f"{epochs} epochs" + (f"; budget stopped {', '.join(stopped)}" if stopped else "")
+    return f"{epochs} epochs{batches_text(config)}" + (f"; budget stopped {', '.join(stopped)}" if stopped else "")
 
 
 def summary(path: Path) -> dict | None:
