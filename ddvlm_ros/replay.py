@@ -196,6 +196,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         while any(p.get_subscription_count() == 0 for p in pubs.values()) and time.monotonic() < deadline:
             time.sleep(0.01)
         answer_key = AnswerKeys(node.p("conversation_id"))
+        skipped: set[str] = set()  # final utterances the node does not classify (no text): no answer to wait for
         started = time.monotonic()
         for t, topic, msgtype, raw in messages:
             if topic not in pubs:
@@ -204,9 +205,11 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             if delay > 0:
                 time.sleep(delay)
             if max_in_flight and topics[topic] in ("utterance", "transcript"):
-                while True:
+                held = time.monotonic() + answer_timeout_s  # an utterance the node dropped is not waited for forever
+                while time.monotonic() < held:
                     with lock:
-                        waiting = sum(1 for k in result.finals if "text" not in result.answers.get(k, {}))
+                        waiting = sum(1 for k in result.finals if k not in skipped and "text" not in
+                                      result.answers.get(k, {}))
                     if waiting < max_in_flight:
                         break
                     time.sleep(0.01)
@@ -216,11 +219,13 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 result.finals.append(key)
                 result.texts[key] = msg.text if topics[topic] == "utterance" else parse_transcript(
                     msg.data, node.p("default_speaker"), node.p("speaker_prefix"))[1]
+                if not classifiable(result.texts[key]):  # blank: the node skips it (counted unanswered)
+                    skipped.add(key)
             pubs[topic].publish(msg)
         deadline = time.monotonic() + answer_timeout_s
         while time.monotonic() < deadline:
             with lock:
-                missing = [k for k in result.finals if "text" not in result.answers.get(k, {})]
+                missing = [k for k in result.finals if k not in skipped and "text" not in result.answers.get(k, {})]
             if not missing and node.pipeline.idle():
                 break
             time.sleep(0.05)
@@ -236,6 +241,17 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         player.destroy_node()
         rclpy.shutdown(context=ctx)
     return result
+
+
+def classifiable(text) -> bool:
+    """Whether the node classifies an utterance of this text (ddvlm_core.context.normalize_utterance takes it)."""
+    from ddvlm_core.context import normalize_utterance
+
+    try:
+        normalize_utterance(text)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 class AnswerKeys:

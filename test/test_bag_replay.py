@@ -1,5 +1,6 @@
 """rosbag2 bags of MELD dialogues, written and read with rosbags, replayed through the real node."""
 import json
+import time
 
 import pytest
 
@@ -336,3 +337,18 @@ def test_stamps_whose_fraction_rounds_up_to_a_second_are_not_a_second_early(tmp_
         assert msg.start.sec + msg.start.nanosec * 1e-9 == pytest.approx(u.start, abs=1e-6), msg.utterance_id
         assert msg.end.sec + msg.end.nanosec * 1e-9 == pytest.approx(u.end, abs=1e-6), msg.utterance_id
     assert "test/dia134" in {m.conversation_id for m in utterances}
+
+
+def test_a_blank_transcript_is_counted_unanswered_without_holding_up_the_replay(tmp_path, tiny_text_checkpoint):
+    """An ASR that publishes a blank hypothesis: the node skips it, so the replay neither waits for its answer
+    (with --max-in-flight it used to wait forever; without, the whole answer timeout) nor loses the others."""
+    from ddvlm_ros.replay import replay
+
+    bag = write_robot_bag(tmp_path / "robot", [ROBOT_LINES[0], "   ", *ROBOT_LINES[1:3]], fps=0)
+    started = time.monotonic()
+    result = replay(bag, {"model_dir": tiny_text_checkpoint}, speed=20, answer_timeout_s=30, max_in_flight=1,
+                    remaps={"/asr/text": "transcript"})
+    assert time.monotonic() - started < 20
+    scores = result.score({})
+    assert (scores["utterances"], scores["answered"], scores["unanswered"]) == (4, 3, 1)
+    assert result.prediction("default/2") is None and result.prediction("default/4").speaker_id == "Ross"
