@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+ANSWER_TIMEOUT_S = 120.0  # one utterance through the node: a missing answer stops the bench with the reason
 sys.path.insert(0, str(REPO))
 
 
@@ -101,8 +102,13 @@ def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "singl
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()
     node.trigger_configure()
+    if node.load_error:
+        raise RuntimeError(f"the emotion node did not configure: {node.load_error}")
     node.trigger_activate()
+    deadline = time.monotonic() + 30
     while pub.get_subscription_count() == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the emotion node did not subscribe to utterance within 30 s")
         time.sleep(0.01)
     stop = threading.Event()
     frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8).tobytes()
@@ -126,7 +132,11 @@ def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "singl
             uid = f"{k}.{j}"
             sent = time.perf_counter()
             pub.publish(Utterance(conversation_id=conv, utterance_id=uid, speaker_id=speaker, text=text, is_final=True))
+            deadline = time.monotonic() + ANSWER_TIMEOUT_S
             while uid not in arrived:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no /emotion answer to utterance {uid} within {ANSWER_TIMEOUT_S:g} s "
+                                       f"(node: {node.pipeline.stats.last_error or 'no error recorded'})")
                 done.wait(0.5)
             if j == len(c) - 1 and k > 0:
                 times.append(1000 * (arrived[uid] - sent))
@@ -184,9 +194,13 @@ def main(argv: list[str]) -> int:
     # measurement must not slow the next (see ddvlm_ros.emotion_node.cpu_threads_setup)
     results = {}
     for row in ROWS:
-        out = subprocess.run([sys.executable, __file__, "--row", row, "--model-dir", directory, "--n", str(args.n)],
-                             check=True, capture_output=True, text=True).stdout
-        results[row] = percentiles(json.loads(out.strip().splitlines()[-1]))
+        proc = subprocess.run([sys.executable, __file__, "--row", row, "--model-dir", directory, "--n", str(args.n)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:  # the reports are left as they were
+            why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+            print(f"ros_latency.py: row {row} failed: {why}", file=sys.stderr)
+            return 1
+        results[row] = percentiles(json.loads(proc.stdout.strip().splitlines()[-1]))
     ctxs = contexts(args.n)
     base = results["bare_predict"]["p50_ms"]
     for key in ("node", "node_with_30hz_camera", "node_quantized", "node_multithreaded_executor"):

@@ -92,6 +92,25 @@ def test_the_ros_latency_bench_refuses_a_count_below_one_before_any_row_runs():
     assert proc.returncode == 2 and "--n must be >= 1, got 0" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_ros_latency_row_whose_node_does_not_configure_stops_the_bench_with_the_reason(tmp_path,
+                                                                                         tiny_text_checkpoint):
+    """A checkpoint whose backbone is not on this machine: the first row fails, the bench says why in one line and
+    stops (it used to end in the parent's CalledProcessError traceback), leaving the reports as they were."""
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_text_checkpoint, moved)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["config"]["text_backbone"] = str(tmp_path / "elsewhere")
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    before = (REPO / "reports" / "ros_latency.json").read_bytes()
+    proc = subprocess.run([sys.executable, "bench/ros_latency.py", "--model-dir", str(moved), "--n", "1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "row bare_predict failed: " in proc.stderr and "cannot be loaded here" in proc.stderr
+    assert (REPO / "reports" / "ros_latency.json").read_bytes() == before
+
+
 def test_bad_options_and_reports_of_another_kind_are_refused_before_anything_is_written(tmp_path, capsys):
     bench = load_bench()
     other = tmp_path / "ablation.json"  # another bench's report, passed by mistake: refused, left as it was
