@@ -575,13 +575,10 @@ def markdown(meta: dict, rows: list[dict], pending: list[str] | None = None) -> 
 def render(json_path: Path) -> int:
     """The Markdown report again, next to an earlier run's JSON (e.g. one brought back from the GPU machine);
     the JSON is rewritten with the fields this version stores (``graph_fields_from_note``)."""
-    try:
-        report = json.loads(json_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{json_path}: not JSON ({e})") from None
-    if not (isinstance(report, dict) and isinstance(report.get("meta"), dict) and isinstance(report.get("rows"), list)
-            and all(isinstance(row, dict) and "row" in row for row in report["rows"])):
-        raise ValueError(f"{json_path}: not a quantization report (one has 'meta' and 'rows'; this bench writes it)")
+    from training.ablate import read_rows_report
+
+    report = read_rows_report(json_path, "meta", "a quantization report (one has 'meta' and 'rows'; this bench "
+                                                 "writes it)")
     for row in report["rows"]:
         if "cuda_graphs" not in row:
             row.update(graph_fields_from_note(row.get("note", "")))

@@ -100,6 +100,16 @@ class CountingCaptioner:
         return Caption("The head is turning to the left.", self.name, len(frames))
 
 
+def finish_streamed_utterance(pipe, results: list) -> None:
+    """The final result of utterance c/u1 (window 100.0-100.9 s), after its partial ones: wait for its text and
+    refined answers and for the pipeline to go idle, then stop it."""
+    pipe.submit(UtteranceIn("c", "u1", "a", "I see it now", 100.0, 100.9, time.monotonic()))
+    deadline = time.monotonic() + 20
+    while (len(results) < 2 or not pipe.idle()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pipe.stop()
+
+
 def test_streaming_caption_made_during_speech_is_reused_for_the_final_result(tiny_visual_checkpoint):
     rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
     results, captioner = [], CountingCaptioner()
@@ -109,11 +119,7 @@ def test_streaming_caption_made_during_speech_is_reused_for_the_final_result(tin
         pipe.add_frame(100.0 + 0.1 * k, __import__("numpy").zeros((8, 8, 3), "uint8"))
     pipe.prefetch(UtteranceIn("c", "u1", "a", "partial", 100.0, 100.85, time.monotonic()))  # still speaking
     time.sleep(0.5)
-    pipe.submit(UtteranceIn("c", "u1", "a", "I see it now", 100.0, 100.9, time.monotonic()))
-    deadline = time.monotonic() + 20
-    while (len(results) < 2 or not pipe.idle()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    pipe.stop()
+    finish_streamed_utterance(pipe, results)
     assert [r.refined for r in results] == [False, True]
     assert captioner.calls == 1 and pipe.stats.caption_prefetch_hits == 1
 
@@ -143,11 +149,7 @@ def test_partial_results_faster_than_the_captioner_share_one_caption_job_per_str
         pipe.prefetch(UtteranceIn("c", "u1", "a", "partial " * k, 100.0, 100.05 + 0.02 * k, time.monotonic()))
         time.sleep(0.01)
     time.sleep(0.5)
-    pipe.submit(UtteranceIn("c", "u1", "a", "I see it now", 100.0, 100.9, time.monotonic()))
-    deadline = time.monotonic() + 20
-    while (len(results) < 2 or not pipe.idle()) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    pipe.stop()
+    finish_streamed_utterance(pipe, results)
     assert [r.refined for r in results] == [False, True] and pipe.stats.caption_prefetch_hits == 1
     assert captioner.calls <= 4 and captioner.windows[-1] == (100.0, 100.05 + 0.02 * 39)  # the newest partial
 

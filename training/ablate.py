@@ -413,17 +413,24 @@ def batches_text(config: dict) -> str:
     return f" (new length buckets each epoch, groups of {megabatch} batches)" if megabatch else ""
 
 
-def read_report(path: str | Path) -> dict:
-    """A report JSON that ``python -m training.ablate`` wrote; ValueError naming the file for anything else (e.g.
-    a run's results.json or a quantization report passed by mistake)."""
+def read_rows_report(path: str | Path, head: str, what: str) -> dict:
+    """A report JSON of the shape this ablation and bench/quantization.py write, {head: {...}, "rows": [{"row":
+    ...}, ...]}; ValueError naming the file for anything else: "not JSON (...)", or "not " + ``what``."""
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not JSON ({e})") from None
-    if not (isinstance(report, dict) and isinstance(report.get("config"), dict) and isinstance(report.get("rows"), list)
+    if not (isinstance(report, dict) and isinstance(report.get(head), dict) and isinstance(report.get("rows"), list)
             and all(isinstance(row, dict) and "row" in row for row in report["rows"])):
-        raise ValueError(f"{path}: not an ablation report (one has 'config' and 'rows'; python -m training.ablate "
-                         "writes it next to the Markdown)")
+        raise ValueError(f"{path}: not {what}")
+    return report
+
+
+def read_report(path: str | Path) -> dict:
+    """A report JSON that ``python -m training.ablate`` wrote; ValueError naming the file for anything else (e.g.
+    a run's results.json or a quantization report passed by mistake)."""
+    report = read_rows_report(path, "config", "an ablation report (one has 'config' and 'rows'; python -m "
+                                              "training.ablate writes it next to the Markdown)")
     TrainConfig.from_dict(report["config"])  # a config this version can read, or ValueError / TypeError naming it
     return report
 

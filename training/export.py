@@ -51,8 +51,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
     out = Path(args.out_dir) if args.out_dir else run_dir / "checkpoint"
-    if (run_dir / "text").is_dir():
-        recover_state(run_dir / "text")  # a run killed while saving: its whole state, best weights published
+    recover_state(run_dir / "text")  # before the check below: a run killed while saving has its best weights
     if not (run_dir / "text" / "best.safetensors").is_file():
         ap.error(f"{run_dir}: no text/best.safetensors (not a training run directory, or no epoch finished yet)")
     if (out / "manifest.json").is_file() and not args.force:
