@@ -103,7 +103,7 @@ def position_bias_on_input_device(encoder: nn.Module, x: Tensor, position_ids: T
     Older transformers (5.17, on the lent GPU machine) make them on the CPU and then move the buckets to the
     GPU. Eager code does not notice; CUDA graphs do: a graph that creates a CPU tensor is not recorded, and
     dynamo's ``cudagraphs`` backend then runs it uncaptured ("skipping cudagraphs due to cpu device
-    (arange_4)", measured on the H100; reports/quantization_gpu.md)."""
+    (arange_4)", measured on the H100; reports/quantization_gpu_inductor.md)."""
     bsz, qlen = x.size(0), x.size(1)
     if position_ids is None:
         positions = torch.arange(qlen, dtype=torch.long, device=x.device)

@@ -123,7 +123,8 @@ def test_train_sh_assembles_the_shards_runs_the_plan_stops_on_its_budget_and_res
 def test_quant_sh_assembles_the_backbone_when_missing_and_writes_the_report(tmp_path, tiny_roberta_dir,
                                                                             tiny_text_checkpoint):
     """The GPU quantization call, run here on a CPU (DEVICE=cpu) on a tiny checkpoint: it assembles the carried
-    shards when no backbone is there yet, and passes rows, their time limit and the utterance limit on."""
+    shards when no backbone is there yet, and passes rows, their time limit, latency rounds and the utterance
+    limit on."""
     import json
     import os
     import subprocess
@@ -133,7 +134,7 @@ def test_quant_sh_assembles_the_backbone_when_missing_and_writes_the_report(tmp_
     out.mkdir()
     env = {**os.environ, "GPU_TMP": str(tmp_path / "device"), "SHARDS": " ".join(map(str, shards)), "OUT": str(out),
            "DEVICE": "cpu", "CHECKPOINT": tiny_text_checkpoint, "ROWS": "fp32,woq_dequant", "ROW_TIMEOUT": "300",
-           "REPEATS": "2", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+           "REPEATS": "2", "ROUNDS": "2", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     call = subprocess.run(["bash", "scripts/gpu/quant.sh", "40"], cwd=GPU.parents[1], capture_output=True, text=True,
                           timeout=600, env=env)
     assert call.returncode == 0, call.stdout[-2000:] + call.stderr[-2000:]
@@ -141,6 +142,7 @@ def test_quant_sh_assembles_the_backbone_when_missing_and_writes_the_report(tmp_
     report = json.loads((out / "quantization.json").read_text())
     assert [r["row"] for r in report["rows"]] == ["fp32", "woq_dequant"] and report["meta"]["n"] == 40
     assert all("error" not in r for r in report["rows"]) and report["meta"]["pending_rows"] == []
+    assert [len(r["latency_rounds"]) for r in report["rows"]] == [2, 2]  # ROUNDS: each row timed in 2 processes
 
 
 def test_a_shard_upload_call_still_fits_the_device_carry_limit_beside_the_tracked_tree():

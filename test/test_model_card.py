@@ -33,13 +33,16 @@ def test_card_lists_woq_from_a_bench_run_of_the_same_checkpoint_on_the_whole_tes
         assert "weight-only" not in card(tmp_path / "run", checkpoint, "a test CPU", "pytest", quantization=refused)
     # the same run read as a GPU report (a lent GPU session measures part of the split): listed with its size
     gpu = {**report, "meta": {**report["meta"], "device": "cuda", "gpu": "a test GPU", "n": 1000}}
-    line = next(line for line in card(tmp_path / "run", checkpoint, "a test CPU", "pytest", gpu_quantization=gpu)
-                .splitlines() if "On a GPU" in line)
+    gpu_card = card(tmp_path / "run", checkpoint, "a test CPU", "pytest",
+                    gpu_quantization=[("reports/quantization_gpu.md", gpu)])
+    line = next(line for line in gpu_card.splitlines() if "On a GPU" in line)
     ratio = rows["woq"]["latency_ratio_vs_fp32"]
-    assert f"{ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x FP32" in line and "on 1000 MELD test utterances" in line
+    assert f"{ratio['b1x128']:.2f}x / {ratio['b1x511']:.2f}x FP32" in line
+    assert "on 1000 MELD test utterances (reports/quantization_gpu.md)" in line
     verdict = "slower" if max(ratio.values()) > 1 else "not slower"  # "not slower" holds "slower" too: whole phrase
     assert f"prompts, {verdict} than FP32 there" in line
-    assert "On a GPU" not in card(tmp_path / "run", checkpoint, "a test CPU", "pytest", gpu_quantization=report)
+    cpu_report = [("r.md", report)]  # a CPU run is no GPU line
+    assert "On a GPU" not in card(tmp_path / "run", checkpoint, "a test CPU", "pytest", gpu_quantization=cpu_report)
     # a report with the torch.compile'd row (here the same run's woq row under that name): listed as such
     compiled = {**report, "rows": [{**r, "row": "woq_compiled"} if r["row"] == "woq" else r for r in report["rows"]]}
     line = next(line for line in card(tmp_path / "run", checkpoint, "a test CPU", "pytest",
@@ -49,6 +52,9 @@ def test_card_lists_woq_from_a_bench_run_of_the_same_checkpoint_on_the_whole_tes
     compiled_partial = {**compiled, "meta": {**compiled["meta"], "n": 1000}}
     refused = card(tmp_path / "run", checkpoint, "a test CPU", "pytest", compiled_quantization=compiled_partial)
     assert "The same, compiled" not in refused
+
+
+SOURCE = "reports/quantization_gpu.md"
 
 
 def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_and_the_card(tmp_path):
@@ -79,7 +85,7 @@ def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_an
     checkpoint = tmp_path / "checkpoints" / "default"
     report = {"meta": {"checkpoint": str(checkpoint), "device": "cuda", "gpu": "a test GPU", "torch": "2.x",
                        "split": "test", "n": 1000}, "rows": rows}
-    text = "\n".join(gpu_quantization_lines(report, checkpoint))
+    text = "\n".join(gpu_quantization_lines([(SOURCE, report)], checkpoint))
     assert ("On a GPU with CUDA graphs** (node parameters `compile: true`, `compile_mode: reduce-overhead`): "
             "WOQ latency 0.20x / 0.62x eager FP32 and 0.50x / 1.25x FP32 in the same mode; WA-F1 59.50") in text
     assert "without inductor" not in text  # no woq_graphed / fp32_graphed rows in this report
@@ -88,7 +94,7 @@ def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_an
     assert bench.same_mode_ratios({r["row"]: r for r in graphed}) == [
         f"- {bench.ROWS['woq_graphed']}: 0.75 / 1.00 x {bench.ROWS['fp32_graphed']} "
         "(128 / 511 tokens, same execution mode)"]
-    text = "\n".join(gpu_quantization_lines({**report, "rows": graphed}, checkpoint))
+    text = "\n".join(gpu_quantization_lines([(SOURCE, {**report, "rows": graphed})], checkpoint))
     assert ("On a GPU with CUDA graphs without inductor, no Triton** (node parameters `compile: true`, "
             "`compile_mode: cudagraphs`): WOQ latency 0.60x / 0.75x eager FP32 and 0.75x / 1.00x FP32 in the same "
             "mode; WA-F1 59.00") in text
@@ -102,18 +108,56 @@ def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_an
         "cuda_graphs": "skipped", "cuda_graph_skips": ["a"]}
     assert bench.graph_fields_from_note("kernel decompress ...") == {}
     graphed[3] |= bench.graph_fields_from_note(note)
-    text = "\n".join(gpu_quantization_lines({**report, "rows": graphed}, checkpoint))
+    text = "\n".join(gpu_quantization_lines([(SOURCE, {**report, "rows": graphed})], checkpoint))
     assert ("On a GPU, `compile_mode: cudagraphs`**: torch skipped the CUDA graphs in that run (cpu device "
-            "(arange_4)), so its latencies are not those of CUDA graphs without inductor, no Triton.") in text
+            "(arange_4)), so its latencies are not those of CUDA graphs without inductor, no Triton "
+            f"({SOURCE}).") in text
     assert "0.75x / 1.00x" not in text
     for key in ("cuda_graphs", "cuda_graph_skips"):  # a row that does not say: no CUDA-graph latency claimed
         del graphed[3][key]
-    text = "\n".join(gpu_quantization_lines({**report, "rows": graphed}, checkpoint))
+    text = "\n".join(gpu_quantization_lines([(SOURCE, {**report, "rows": graphed})], checkpoint))
     assert "the report does not say whether torch recorded CUDA graphs" in text and "0.75x / 1.00x" not in text
     fresh = [row("fp32", 5.0, 8.0), row("woq", 8.0, 12.0), row("woq_cudagraphs", 1.0, 5.0)]
     assert bench.same_mode_ratios({r["row"]: r for r in fresh}) == []  # no fp32_cudagraphs: nothing to compare
     no_graphs = {**report, "rows": fresh}
-    assert "CUDA graphs" not in "\n".join(gpu_quantization_lines(no_graphs, checkpoint))
+    assert "CUDA graphs" not in "\n".join(gpu_quantization_lines([(SOURCE, no_graphs)], checkpoint))
+
+
+def test_each_gpu_line_comes_from_the_newest_report_that_measured_its_rows(tmp_path):
+    """GPU sessions measure some rows each: a newer report's rows win, a mode it did not run comes from an
+    older one, and each line names the report it came from."""
+    checkpoint = tmp_path / "checkpoints" / "default"
+
+    def row(name, ms128, wa_f1, same_mode=None):
+        made = {"row": name, "wa_f1": wa_f1, "latency_ratio_vs_fp32": {"b1x128": ms128 / 10.0, "b1x511": 1.0}}
+        if same_mode is not None:
+            made |= {"cuda_graphs": "recorded", "latency_ratio_vs_fp32_same_mode": {"b1x128": same_mode, "b1x511": 1.0}}
+        return made
+
+    def report(n, rows, device="cuda"):
+        return {"meta": {"checkpoint": str(checkpoint), "device": device, "gpu": "G", "torch": "2.x", "split": "test",
+                         "n": n}, "rows": rows}
+
+    newer = report(300, [row("fp32", 10.0, 64.0), row("woq", 11.0, 64.5), row("woq_graphed", 4.0, 64.5, 0.8),
+                         {**row("woq_awq", 9.0, 64.9), "error": "a failed row"}])
+    older = report(325, [row("fp32", 7.0, 63.1), row("woq", 8.0, 63.6), row("woq_cudagraphs", 1.5, 63.6, 0.5),
+                         row("woq_graphed", 5.0, 63.6, 0.9)])
+    lines = gpu_quantization_lines([("new.md", newer), ("old.md", older)], checkpoint)
+    assert len(lines) == 3
+    assert "WOQ latency 1.10x / 1.00x FP32" in lines[0] and "on 300 MELD test utterances (new.md)" in lines[0]
+    assert "`compile_mode: cudagraphs`): WOQ latency 0.40x / 1.00x eager FP32 and 0.80x" in lines[2]
+    assert lines[2].endswith("on 300 MELD test utterances (new.md).")
+    assert "`compile_mode: reduce-overhead`): WOQ latency 0.15x / 1.00x eager FP32 and 0.50x" in lines[1]
+    assert lines[1].endswith("WA-F1 63.60 on 325 MELD test utterances (old.md).")
+    # the newer report without its eager WOQ row: the eager line is the older one's; a CPU report is skipped
+    no_eager = {**newer, "rows": [r for r in newer["rows"] if r["row"] != "woq"]}
+    cpu = report(2610, [row("fp32", 1.0, 1.0), row("woq", 1.0, 1.0)], device="cpu")
+    lines = gpu_quantization_lines([("cpu.md", cpu), ("new.md", no_eager), ("old.md", older)], checkpoint)
+    assert [line[line.rindex("("):] for line in lines] == ["(old.md).", "(old.md).", "(new.md)."]
+    assert lines[0].startswith("- **On a GPU** (") and "on 325 MELD test utterances" in lines[0]
+    assert not any("cpu.md" in line for line in lines)
+    other = report(300, newer["rows"]) | {"meta": {**newer["meta"], "checkpoint": "/x/checkpoints/other"}}
+    assert gpu_quantization_lines([("other.md", other)], checkpoint) == []
 
 
 def test_the_card_command_refuses_what_is_not_a_run_or_a_checkpoint_with_one_line(tmp_path, capsys):

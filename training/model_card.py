@@ -80,37 +80,43 @@ def compiled_quantization_lines(report: dict | None, checkpoint: Path) -> list[s
             f"({meta['device']}, {meta['threads']} threads; reports/torch_compile/quantization.md)."]
 
 
-def gpu_quantization_lines(report: dict | None, checkpoint: Path) -> list[str]:
+def gpu_quantization_lines(reports: list[tuple[str, dict | None]], checkpoint: Path) -> list[str]:
     """The WOQ INT8 latency on a GPU from bench/quantization.py's CUDA JSON (a lent GPU session may only
-    afford part of the test split: the line says how many utterances), when it measured this checkpoint."""
-    if not report or report["meta"].get("device") != "cuda":
-        return []
-    rows = measured_rows(report, checkpoint, ("fp32", "woq"), whole_test_split=False)
-    if rows is None:
-        return []
-    meta = report["meta"]
-    woq, fp32 = rows["woq"], rows["fp32"]
-    ratio = woq["latency_ratio_vs_fp32"]
-    lines = [f"- **On a GPU** ({meta.get('gpu', 'cuda')}, torch {meta['torch']}, batch 1): WOQ latency "
-             f"{per_length(ratio)} FP32 for 128 / 511-token prompts, "
-             f"{'slower' if max(ratio.values()) > 1 else 'not slower'} than FP32 there; WA-F1 {woq['wa_f1']:.2f} vs "
-             f"{fp32['wa_f1']:.2f} FP32 on {meta['n']} MELD {meta['split']} utterances (reports/quantization_gpu.md)."]
+    afford part of the test split: the line says how many utterances), when it measured this checkpoint.
+    ``reports``: (the report's Markdown path, its JSON), newest first. GPU sessions measure some rows each: the
+    eager line and each CUDA-graph mode's line come from the newest report that measured them, and name it."""
+    measured = [(source, report["meta"], rows) for source, report in reports
+                if report and report["meta"].get("device") == "cuda"
+                and (rows := measured_rows(report, checkpoint, ("fp32",), whole_test_split=False)) is not None]
+    lines = [eager_gpu_line(meta, rows["woq"], rows["fp32"], source)
+             for source, meta, rows in measured if "woq" in rows][:1]
     for row, mode, how in (("woq_cudagraphs", "reduce-overhead", "CUDA graphs"),
                            ("woq_graphed", "cudagraphs", "CUDA graphs without inductor, no Triton")):
-        graphs = rows.get(row, {})
-        if "latency_ratio_vs_fp32_same_mode" not in graphs:  # bench/quantization.py ran FP32 in this mode too
-            continue
-        if graphs.get("cuda_graphs") != "recorded":  # uncaptured, or not known: the latency is not CUDA graphs'
-            what = (f"torch skipped the CUDA graphs in that run ({'; '.join(graphs['cuda_graph_skips'])})"
-                    if graphs.get("cuda_graphs") == "skipped" else "the report does not say whether torch recorded "
-                    "CUDA graphs (`python bench/quantization.py --render` its JSON)")
-            lines.append(f"- **On a GPU, `compile_mode: {mode}`**: {what}, so its latencies are not those of {how}.")
-            continue
-        eager, same = graphs["latency_ratio_vs_fp32"], graphs["latency_ratio_vs_fp32_same_mode"]
-        lines.append(f"- **On a GPU with {how}** (node parameters `compile: true`, `compile_mode: {mode}`): "
-                     f"WOQ latency {per_length(eager)} eager FP32 and {per_length(same)} FP32 in the same "
-                     f"mode; WA-F1 {graphs['wa_f1']:.2f}.")
+        lines += [graphed_gpu_line(meta, rows[row], mode, how, source) for source, meta, rows in measured
+                  if "latency_ratio_vs_fp32_same_mode" in rows.get(row, {})][:1]  # FP32 ran in this mode too
     return lines
+
+
+def eager_gpu_line(meta: dict, woq: dict, fp32: dict, source: str) -> str:
+    """The card's line on eager WOQ against eager FP32 on a GPU."""
+    ratio = woq["latency_ratio_vs_fp32"]
+    return (f"- **On a GPU** ({meta.get('gpu', 'cuda')}, torch {meta['torch']}, batch 1): WOQ latency "
+            f"{per_length(ratio)} FP32 for 128 / 511-token prompts, "
+            f"{'slower' if max(ratio.values()) > 1 else 'not slower'} than FP32 there; WA-F1 {woq['wa_f1']:.2f} vs "
+            f"{fp32['wa_f1']:.2f} FP32 on {meta['n']} MELD {meta['split']} utterances ({source}).")
+
+
+def graphed_gpu_line(meta: dict, graphs: dict, mode: str, how: str, source: str) -> str:
+    """The card's line on a CUDA-graph WOQ row (compile_mode ``mode``), or on its graphs being skipped."""
+    if graphs.get("cuda_graphs") != "recorded":  # uncaptured, or not known: the latency is not CUDA graphs'
+        what = (f"torch skipped the CUDA graphs in that run ({'; '.join(graphs['cuda_graph_skips'])})"
+                if graphs.get("cuda_graphs") == "skipped" else "the report does not say whether torch recorded "
+                "CUDA graphs (`python bench/quantization.py --render` its JSON)")
+        return f"- **On a GPU, `compile_mode: {mode}`**: {what}, so its latencies are not those of {how} ({source})."
+    eager, same = graphs["latency_ratio_vs_fp32"], graphs["latency_ratio_vs_fp32_same_mode"]
+    return (f"- **On a GPU with {how}** (node parameters `compile: true`, `compile_mode: {mode}`): "
+            f"WOQ latency {per_length(eager)} eager FP32 and {per_length(same)} FP32 in the same "
+            f"mode; WA-F1 {graphs['wa_f1']:.2f} on {meta['n']} MELD {meta['split']} utterances ({source}).")
 
 
 def stopped_line(info: dict, cfg: dict) -> str:
@@ -124,7 +130,7 @@ def stopped_line(info: dict, cfg: dict) -> str:
 
 
 def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation: dict | None = None,
-         quantization: dict | None = None, gpu_quantization: dict | None = None,
+         quantization: dict | None = None, gpu_quantization: list[tuple[str, dict | None]] = (),
          compiled_quantization: dict | None = None) -> str:
     """``evaluation``: training.evaluate's result for the checkpoint as shipped; when given it is the
     headline, and the numbers the run measured on its own machine are listed beside it. ``quantization``:
@@ -213,8 +219,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--evaluation", help="training.evaluate JSON of the checkpoint as shipped")
     ap.add_argument("--quantization", default="reports/quantization.json",
                     help="bench/quantization.py JSON; its WOQ row is listed when it covers the whole test split")
-    ap.add_argument("--gpu-quantization", default="reports/quantization_gpu.json",
-                    help="bench/quantization.py --device cuda JSON; its WOQ latency is listed")
+    ap.add_argument("--gpu-quantization", nargs="+",
+                    default=["reports/quantization_gpu.json", "reports/quantization_gpu_inductor.json"],
+                    help="bench/quantization.py --device cuda JSONs, newest first; each GPU line comes from the "
+                         "newest that measured it")
     ap.add_argument("--compiled-quantization", default="reports/torch_compile/quantization.json",
                     help="bench/quantization.py JSON with the woq_compiled row (whole test split)")
     args = ap.parse_args(argv)
@@ -226,9 +234,10 @@ def main(argv: list[str]) -> int:
         if not path.is_file():
             ap.error(f"no such file: {path}")
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
-    quantization, gpu_quantization, compiled = (
-        json.loads(Path(f).read_text()) if Path(f).is_file() else None
-        for f in (args.quantization, args.gpu_quantization, args.compiled_quantization))
+    quantization, compiled = (json.loads(Path(f).read_text()) if Path(f).is_file() else None
+                              for f in (args.quantization, args.compiled_quantization))
+    gpu_quantization = [(str(Path(f).with_suffix(".md")), json.loads(Path(f).read_text()))
+                        for f in args.gpu_quantization if Path(f).is_file()]
     Path(args.out).write_text(card(run_dir, Path(args.checkpoint), args.device, args.command, evaluation,
                                    quantization, gpu_quantization, compiled))
     print(Path(args.out).read_text())
