@@ -13,7 +13,10 @@ Speaker tokens ``<s1>``, ``<s2>``, ... are given in order of first appearance an
 dialogue, including after the speaker's earlier turns were dropped from the window and when a speaker
 leaves and comes back (TelME numbers speakers inside the truncated window, so a returning speaker can
 change token; we number them over the whole dialogue). A turn with no speaker gets ``<s0>``, one stable
-unknown-speaker token.
+unknown-speaker token. The tokenizer knows ``<s1>``..``<s9>`` (MELD dialogues have at most 9 speakers); a
+robot's conversation can meet more people than that, and ``<s10>`` would reach the model as the pieces
+``<``, ``s``, ``##10``, ``>`` it never saw. So a 10th speaker takes over the token of the speaker heard least
+recently, who gets a token afresh if they speak again.
 """
 from __future__ import annotations
 
@@ -70,18 +73,27 @@ class Turn:
 
 
 class SpeakerRegistry:
-    """Speaker name -> <si>, in order of first appearance, never renumbered."""
+    """Speaker name -> <si>, in order of first appearance, never renumbered while at most ``n_tokens``
+    speakers have spoken; past that, a new speaker takes the token of the one heard least recently."""
 
-    def __init__(self) -> None:
-        self._tokens: dict[str, str] = {}
+    def __init__(self, n_tokens: int = N_SPEAKER_TOKENS) -> None:
+        if n_tokens < 1:
+            raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+        self.n_tokens = n_tokens
+        self._tokens: dict[str, str] = {}  # ordered from the speaker heard least recently to the latest
 
     def token(self, speaker: str | None) -> str:
         key = (speaker or "").strip()
         if not key:
             return UNKNOWN_SPEAKER_TOKEN
-        if key not in self._tokens:
-            self._tokens[key] = speaker_token(len(self._tokens) + 1)
-        return self._tokens[key]
+        if key in self._tokens:
+            token = self._tokens.pop(key)
+        elif len(self._tokens) < self.n_tokens:
+            token = speaker_token(len(self._tokens) + 1)
+        else:
+            token = self._tokens.pop(next(iter(self._tokens)))
+        self._tokens[key] = token  # now the latest heard
+        return token
 
     def __len__(self) -> int:
         return len(self._tokens)

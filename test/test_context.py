@@ -1,6 +1,7 @@
 import pytest
 
-from ddvlm_core.context import (UNKNOWN_SPEAKER_TOKEN, Dialogue, PromptBuilder, make_turns, normalize_utterance)
+from ddvlm_core.context import (UNKNOWN_SPEAKER_TOKEN, Dialogue, PromptBuilder, SpeakerRegistry, make_turns,
+                                normalize_utterance)
 from ddvlm_core.meld import dialogues
 from ddvlm_core.text import load_tokenizer
 
@@ -16,6 +17,25 @@ def test_rolling_dialogue_keeps_tokens_after_early_turns_are_forgotten():
         d.add(speaker, "hello")
     assert len(d) == 2
     assert [t.speaker_token for t in d.turns] == ["<s4>", "<s1>"]  # Ross keeps <s1> though his turn left
+
+
+def test_a_tenth_speaker_takes_the_token_of_the_speaker_heard_least_recently(mpnet_tokenizer):
+    """The tokenizer knows <s1>..<s9>; <s10> would be the pieces '<', 's', '##10', '>' the model never saw."""
+    names = [f"guest{k}" for k in range(1, 10)]
+    d = Dialogue(max_turns=32)
+    for name in names:
+        d.add(name, "hello")
+    d.add("guest1", "me again")  # guest1 is now heard more recently than guest2
+    assert [t.speaker_token for t in d.turns] == [f"<s{k}>" for k in range(1, 10)] + ["<s1>"]
+    assert d.add("guest10", "hi").speaker_token == "<s2>"  # guest2, heard least recently, gives up <s2>
+    assert d.add("guest2", "back").speaker_token == "<s3>"  # guest2 again: guest3's, now the least recent
+    assert d.add("guest1", "still here").speaker_token == "<s1>"  # a speaker never evicted keeps the token
+    prompt = PromptBuilder(mpnet_tokenizer).build(d.turns)
+    pieces = mpnet_tokenizer.convert_ids_to_tokens(list(prompt.input_ids))
+    assert "##10" not in pieces and pieces[-4:] == ["<s1>", "feels", "<mask>", "</s>"]
+    assert make_turns([(f"p{k}", "x") for k in range(12)])[-1].speaker_token == "<s3>"  # training: the same
+    with pytest.raises(ValueError, match="n_tokens"):
+        SpeakerRegistry(0)
 
 
 def test_missing_speaker_gets_one_stable_unknown_token():
