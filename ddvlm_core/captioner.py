@@ -45,6 +45,10 @@ EMOTION_WORDS = frozenset(
     disgust disgusted disgusting disgustedly revulsion repulsed revolted contempt contemptuous
     calm calmly relaxed bored boredom embarrassed embarrassment ashamed shame guilty proud pride
     jealous jealousy lonely loving hateful hatred
+    tense tensely distressed distress distraught agitated agitation apprehensive apprehension uneasy unease
+    concerned horrified horror dread displeased displeasure dismayed dismay bitter bitterly irritable
+    irritably annoying frustrating upsetting exciting enthusiastic enthusiastically enthusiasm sorrowfully
+    cheerfulness joyless fright frightful worriedly resigned resignation defeated
     """.split()
 )
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")

@@ -17,6 +17,17 @@ def test_filter_removes_emotion_words_and_tidies_punctuation():
     assert filter_emotion_words("He made a gesture toward the madras shirt.").removed == ()
 
 
+def test_mood_words_a_vlm_uses_for_faces_are_filtered():
+    """Words a VLM reaches for when it reads a face ('appears tense', 'looks concerned') name a mood, not an
+    action: the annotator prompt forbids them, and the filter removes them when the model uses them anyway."""
+    caption = ("The man appears tense and uneasy, brows drawn together; the woman looks concerned, then "
+               "horrified, hand over her mouth, and later distressed and agitated, sitting back, defeated.")
+    result = filter_emotion_words(caption)
+    assert result.removed == ("tense", "uneasy", "concerned", "horrified", "distressed", "agitated", "defeated")
+    assert result.text == ("The man appears and, brows drawn together; the woman looks, then, hand over her "
+                           "mouth, and later and, sitting back.")
+
+
 def test_caption_with_only_emotion_words_or_garbage_becomes_empty():
     assert filter_emotion_words("Happy. SAD! angry, scared").text == ""
     assert filter_emotion_words("\x01\ufffd ;; .").text == ""
