@@ -48,14 +48,15 @@ def test_either_recomputed_from_a_student_run_is_what_an_either_run_reports(tmp_
     assert either_choice(runs["student"]) == (runs["either"]["text_dev_wa_f1"], runs["either"]["test_wa_f1"])
 
 
-def report(path, mode, sd, no_sd, epochs=5, runs_epochs=None, teacher=None):
-    """A report JSON as training.ablate writes it, with the text rows' runs."""
-    def runs(scores, with_teacher):
+def report(path, mode, sd, no_sd, epochs=5, runs_epochs=None, teacher=None, no_sd_epoch1=60.0):
+    """A report JSON as training.ablate writes it, with the text rows' runs (epoch 1: dev 60.0 in the SD runs,
+    ``no_sd_epoch1`` in the no-SD runs)."""
+    def runs(scores, with_teacher, first=60.0):
         return [{"seed": k, "test_wa_f1": t, "epochs_run": (runs_epochs or {}).get(k, epochs), "hardware": "a test GPU",
-                 "text_history": history((60.0, t, 61.0, teacher[k])) if with_teacher else
-                 [{"epoch": 1, "dev_wa_f1": 60.0, "test_wa_f1": t}]} for k, t in enumerate(scores)]
+                 "text_history": history((first, t, 61.0, teacher[k])) if with_teacher else
+                 [{"epoch": 1, "dev_wa_f1": first, "test_wa_f1": t}]} for k, t in enumerate(scores)]
     rows = [{"row": "text_sd", "encoder": "all-mpnet-base-v2", "runs": runs(sd, teacher is not None)},
-            {"row": "text_no_sd", "encoder": "all-mpnet-base-v2", "runs": runs(no_sd, False)},
+            {"row": "text_no_sd", "encoder": "all-mpnet-base-v2", "runs": runs(no_sd, False, no_sd_epoch1)},
             {"row": "full", "encoder": "all-mpnet-base-v2", "not_run": "needs captions"}]
     config = {"text_mode": mode, "device": "cuda", "epochs": epochs, "batch_size": 16, "lr": 3e-5, "head_lr": 1e-3}
     path.write_text(json.dumps({"config": config, "rows": rows}))
@@ -77,9 +78,10 @@ def test_the_table_has_a_line_per_report_the_paper_and_whether_the_target_is_met
     assert main([str(full), str(frozen), str(empty), "--out", str(tmp_path / "table")]) == 0
     table = (tmp_path / "table.md").read_text()
     assert ("| `full` | full | cuda (a test GPU) | 10 epochs; budget stopped SD after 5, no SD after 5 | 16 | 3e-05 | "
-            "63.00 ± 1.00 (3) | 62.00 ± 0.50 (3) | +1.00 | 64.00 | 65.00 ± 1.00 (3) | 66.00 |") in table
-    assert "| paper, RoBERTa-large (Table 4) | full | GPU | Table 2 | 4 | 1e-05 | 67.13 | 66.46 | +0.67 | — | — | — |" \
-        in table
+            "63.00 ± 1.00 (3) | 62.00 ± 0.50 (3) | +1.00 | 0.00 | 64.00 | 65.00 ± 1.00 (3) | 66.00 |") in table
+    assert ("| paper, RoBERTa-large (Table 4) | full | GPU | Table 2 | 4 | 1e-05 | 67.13 | 66.46 | +0.67 | — | — | — | "
+            "— |") in table
+    assert "SD gain >= +0.5 over no SD, fine-tuned, mean of 3 seeds: met: +1.00 (`full`, epoch 1 identical" in table
     # a frozen backbone does not count for the target (a fine-tuned text branch); the either column does
     assert "SD >= 65.0, mean of 3 seeds: met; highest 3-seed mean 65.00 (`full`, either)." in table
     assert "No recorded epoch" not in table
@@ -94,6 +96,16 @@ def test_the_table_has_a_line_per_report_the_paper_and_whether_the_target_is_met
     reachable = (tmp_path / "reachable.md").read_text()
     assert "not met (2.00 short)" in reachable and "No recorded epoch" not in reachable
     assert main([str(empty), "--out", str(tmp_path / "none")]) == 2
+    # the same gain from pairs whose CE-only epoch 1 already differed: kernel noise, not counted as met
+    noisy = report(tmp_path / "noisy.json", "full", [63.0, 64.0, 62.0], [62.0, 62.5, 61.5], no_sd_epoch1=61.5)
+    clean = report(tmp_path / "clean.json", "lora", [62.0, 62.0, 62.0], [62.2, 62.2, 62.2])
+    assert summary(noisy)["epoch1_gap"] == pytest.approx(1.5) and summary(clean)["epoch1_gap"] == 0.0
+    assert main([str(noisy), str(clean), str(frozen), "--out", str(tmp_path / "gain")]) == 0
+    gain = (tmp_path / "gain.md").read_text()
+    assert ("SD gain >= +0.5 over no SD, fine-tuned, mean of 3 seeds: not met; where each seed's two runs share "
+            "epoch 1 exactly (the gain is SD's alone), the highest is -0.20 (`clean`). Higher gains come only from "
+            "pairs whose CE-only epoch 1 already differed: +1.00 (`noisy`, up to 1.50 dev WA-F1).") in gain
+    assert "| +1.00 | 1.50 |" in gain  # the frozen report's +1.00 (gap 0) does not count: not fine-tuned
     (tmp_path / "table.md").write_text("not json")
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "quantization.json").write_text(json.dumps({"meta": {}, "rows": [{"row": "fp32"}]}))

@@ -20,11 +20,12 @@ import statistics
 import sys
 from pathlib import Path
 
-from training.ablate import ROWS, batches_text, hardware_text, read_report, stopped_runs
+from training.ablate import ROWS, batches_text, epoch_one_spread, hardware_text, read_report, stopped_runs
 from training.config import candidates, mode_text
 
 PAPER = {row.name: row.paper for row in ROWS}  # RoBERTa-large, Table 4
 TARGET = 65.0  # issue #4: a fine-tuned MPNet-base text branch with SD, mean of 3 seeds
+GAIN_TARGET = 0.5  # issue #4: SD over no SD, mean of 3 seeds
 
 
 def either_choice(run: dict) -> tuple[float, float] | None:
@@ -93,6 +94,7 @@ def summary(path: Path) -> dict | None:
         "sd_select": config.get("sd_select") or "student",
         "sd": sd_scores, "no_sd": no_sd_scores,
         "gain": statistics.mean(sd_scores) - statistics.mean(no_sd_scores) if no_sd_scores else None,
+        "epoch1_gap": epoch_one_spread(rows["text_sd"], rows["text_no_sd"]) if no_sd else None,
         "best_sd_run": max(sd_scores), "either": either if len(either) == len(sd) else [],
         "test_ceiling": highest_test_score(sd),
     }
@@ -109,20 +111,24 @@ def write(summaries: list[dict], out: Path) -> None:
              "keeps; computed from the scores the runs recorded for both). *Test ceiling*: the highest test score "
              "that any recorded epoch of the SD runs reached, student or teacher; picked on test, so not a result, "
              "but the most that any other choice of epoch or of student/teacher could have reported from these "
-             "runs. The lr of a frozen-backbone run is its head's.", "",
-             "| report | mode | device | schedule | batch | lr | SD | no SD | SD gain | best SD run | either "
-             "| test ceiling |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "runs. *Epoch-1 gap*: the largest dev WA-F1 difference between a seed's SD and no-SD runs after epoch 1, "
+             "which is CE only in both: 0 where the kernels are deterministic, so that the SD gain is SD's alone; "
+             "above 0, each paired difference carries that much kernel noise. The lr of a frozen-backbone run is its "
+             "head's.", "",
+             "| report | mode | device | schedule | batch | lr | SD | no SD | SD gain | epoch-1 gap | best SD run "
+             "| either | test ceiling |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         gain = f"{s['gain']:+.2f}" if s["gain"] is not None else "—"
         kept = "" if s["sd_select"] == "student" else f" (kept: {s['sd_select']})"
         lines.append(f"| `{s['report']}` | {s['mode']} | {s['device']} | {s['schedule']} | {s['batch_size']} | "
                      f"{s['lr']:g} | {mean_std(s['sd'])}{kept} | {mean_std(s['no_sd'])} | {gain} | "
-                     f"{s['best_sd_run']:.2f} | {mean_std(s['either'])} | {number(s['test_ceiling'])} |")
+                     f"{number(s['epoch1_gap'])} | {s['best_sd_run']:.2f} | {mean_std(s['either'])} | "
+                     f"{number(s['test_ceiling'])} |")
     paper_gain = PAPER["text_sd"] - PAPER["text_no_sd"]
     lines.append(f"| paper, RoBERTa-large (Table 4) | full | GPU | Table 2 | 4 | 1e-05 | {PAPER['text_sd']:.2f} | "
-                 f"{PAPER['text_no_sd']:.2f} | {paper_gain:+.2f} | — | — | — |")
-    lines += ["", target_line(summaries)]
+                 f"{PAPER['text_no_sd']:.2f} | {paper_gain:+.2f} | — | — | — | — |")
+    lines += ["", target_line(summaries), "", gain_target_line(summaries)]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -153,6 +159,36 @@ def target_line(summaries: list[dict]) -> str:
                  f"(highest {top[0]:.2f}, `{top[1]}`): no choice of epoch or of student/teacher from these runs "
                  "can meet the target; the training has to change.")
     return line
+
+
+def gain_target_line(summaries: list[dict]) -> str:
+    """Issue #4's second target: an SD gain of at least GAIN_TARGET over no SD, fine-tuned, mean of 3 seeds. A
+    gain counts as SD's where each seed's two runs are identical through the CE-only epoch 1 (epoch-1 gap 0).
+    Where they already differ there, kernel noise is part of every paired difference (up to 1.95 dev WA-F1 in
+    the GPU runs, more than the target), so a gain from such runs is named with its gap, not counted as met."""
+    head = f"Target (issue #4): SD gain >= +{GAIN_TARGET:.1f} over no SD, fine-tuned, mean of 3 seeds: "
+    tuned = [s for s in summaries if s["mode"] != "frozen" and s["gain"] is not None
+             and len(s["sd"]) >= 3 and len(s["no_sd"]) >= 3]
+    if not tuned:
+        return head + "no 3-seed pair of rows yet."
+    clean = [s for s in tuned if s["epoch1_gap"] is not None and s["epoch1_gap"] < 1e-9]
+    best_clean = max(clean, key=lambda s: s["gain"], default=None)
+    if best_clean is not None and best_clean["gain"] >= GAIN_TARGET:
+        return head + f"met: {best_clean['gain']:+.2f} (`{best_clean['report']}`, epoch 1 identical in each pair)."
+    line = head + "not met"
+    if best_clean is not None:
+        line += (f"; where each seed's two runs share epoch 1 exactly (the gain is SD's alone), the highest is "
+                 f"{best_clean['gain']:+.2f} (`{best_clean['report']}`)")
+    noisy = [s for s in tuned if s not in clean and s["gain"] >= GAIN_TARGET]
+    if noisy:
+        top = max(noisy, key=lambda s: s["gain"])
+        gap = f"up to {top['epoch1_gap']:.2f} dev WA-F1" if top["epoch1_gap"] is not None else "by an unknown amount"
+        line += (f". Higher gains come only from pairs whose CE-only epoch 1 already differed: {top['gain']:+.2f} "
+                 f"(`{top['report']}`, {gap})")
+    elif best_clean is None:
+        top = max(tuned, key=lambda s: s["gain"])
+        line += f"; highest {top['gain']:+.2f} (`{top['report']}`)"
+    return line + "."
 
 
 def main(argv: list[str]) -> int:
