@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from ddvlm_core.checkpoint import read_manifest
 from ddvlm_core.labels import LABELS
@@ -80,7 +81,7 @@ def compiled_quantization_lines(report: dict | None, checkpoint: Path) -> list[s
             f"({meta['device']}, {meta['threads']} threads; reports/torch_compile/quantization.md)."]
 
 
-def gpu_quantization_lines(reports: list[tuple[str, dict | None]], checkpoint: Path) -> list[str]:
+def gpu_quantization_lines(reports: Sequence[tuple[str, dict | None]], checkpoint: Path) -> list[str]:
     """The WOQ INT8 latency on a GPU from bench/quantization.py's CUDA JSON (a lent GPU session may only
     afford part of the test split: the line says how many utterances), when it measured this checkpoint.
     ``reports``: (the report's Markdown path, its JSON), newest first. GPU sessions measure some rows each: the
@@ -130,7 +131,7 @@ def stopped_line(info: dict, cfg: dict) -> str:
 
 
 def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation: dict | None = None,
-         quantization: dict | None = None, gpu_quantization: list[tuple[str, dict | None]] = (),
+         quantization: dict | None = None, gpu_quantization: Sequence[tuple[str, dict | None]] = (),
          compiled_quantization: dict | None = None) -> str:
     """``evaluation``: training.evaluate's result for the checkpoint as shipped; when given it is the
     headline, and the numbers the run measured on its own machine are listed beside it. ``quantization``:
