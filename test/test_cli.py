@@ -45,6 +45,7 @@ def test_cli_parses_speaker_prefixed_turns():
     ("training.results", ["{tmp}/no_report.json"], "no such report"),
     ("training.captions", ["--video_dir", "{tmp}", "--batch_size", "0"], "must be >= 1"),
     ("ddvlm_core.cli", ["Ross: I got the job!", "Rachel: "], "utterance 1 has no text"),
+    ("ddvlm_core.cli", ["Ross: \x01\x7f", "Rachel: hi"], "utterance 0 has no text"),  # only control characters
     ("ddvlm_core.cli", ["--checkpoint", "{tmp}", "Ross: hi"], "not a ddvlm checkpoint (no manifest.json)"),
     ("ddvlm_core.cli", ["--checkpoint", "{tmp}/corrupt", "Ross: hi"],
      "cannot load the checkpoint: CheckpointError: {tmp}/corrupt/text_head.safetensors: sha256 mismatch"),
