@@ -81,6 +81,7 @@ class SpeakerRegistry:
             raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
         self.n_tokens = n_tokens
         self._tokens: dict[str, str] = {}  # ordered from the speaker heard least recently to the latest
+        self.reused = 0  # tokens taken over from another speaker (more than n_tokens speakers)
 
     def token(self, speaker: str | None) -> str:
         key = (speaker or "").strip()
@@ -92,6 +93,7 @@ class SpeakerRegistry:
             token = speaker_token(len(self._tokens) + 1)
         else:
             token = self._tokens.pop(next(iter(self._tokens)))
+            self.reused += 1
         self._tokens[key] = token  # now the latest heard
         return token
 

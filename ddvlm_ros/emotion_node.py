@@ -540,7 +540,7 @@ class EmotionNode(LifecycleNode):
                        **({"captioner_check": self.captioner_check} if self.pipeline.captioner is not None else {}),
                        "conversations": len(self.pipeline.conversations),
                        "conversations_forgotten": s.conversations_forgotten, "resets_requested": s.resets_requested,
-                       "time_jumps_back": s.time_jumps_back,
+                       "time_jumps_back": s.time_jumps_back, "speaker_tokens_reused": s.speaker_tokens_reused,
                        "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"

@@ -69,6 +69,7 @@ class Stats:
     resets_requested: int = 0  # reset() calls (the node's reset_conversation service)
     time_jumps_back: int = 0  # ROS time went back (a bag played again): frames and contexts started afresh
     conversations_forgotten: int = 0  # dropped from memory (idle, or the least recently active past the cap)
+    speaker_tokens_reused: int = 0  # a 10th speaker in a conversation took the least recently heard one's token
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -423,12 +424,14 @@ class EmotionPipeline:
     def _text(self, utt: UtteranceIn) -> None:
         self.stats.utterances += 1
         conv = self._conversation(utt.conversation_id)
+        reused = conv.dialogue.speakers.reused
         try:
             conv.dialogue.add(utt.speaker_id or None, utt.text)
         except (ValueError, TypeError) as e:
             self.stats.rejected += 1
             self.log("warn", f"utterance {utt.utterance_id!r} skipped: {e}")
             return
+        self.stats.speaker_tokens_reused += conv.dialogue.speakers.reused - reused
         turns = conv.dialogue.turns
         prediction = self.recognizer.predict(turns)
         self._publish(utt, prediction, refined=False)

@@ -464,6 +464,7 @@ def test_a_bag_played_again_time_going_back_starts_frames_and_contexts_afresh(ha
     assert text_answers(again) == text_answers(first)  # the same prompts: the first play is not in the context
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["time_jumps_back"] == "1" and values["windows_without_frames"] == "0"
+    assert values["speaker_tokens_reused"] == "0"  # two speakers: each keeps a token of their own
 
 
 def test_idle_timeout_counts_ros_time_so_a_paused_bag_keeps_its_contexts(harness, tiny_text_checkpoint):

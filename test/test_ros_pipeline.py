@@ -54,6 +54,16 @@ def test_idle_conversations_restart_and_conversations_are_separate(tiny_text_che
     assert results[-1].prediction.speaker_token == "<s1>" and pipe2.stats.conversations_reset == 1
 
 
+def test_a_tenth_speaker_reuses_a_token_and_the_pipeline_counts_it(tiny_text_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    guests = [utt(f"hello {k}", f"guest{k}") for k in range(1, 11)] + [utt("again", "guest1")]
+    pipe, results = run_pipeline(rec, guests + [utt("other room", "guest10", conv="other")])
+    tokens = [r.prediction.speaker_token for r in results]
+    assert tokens[:9] == [f"<s{k}>" for k in range(1, 10)] and tokens[9] == "<s1>"  # guest1 was heard least recently
+    assert tokens[10] == "<s2>" and tokens[11] == "<s1>"  # guest1 again takes guest2's; another conversation: <s1>
+    assert pipe.stats.speaker_tokens_reused == 2
+
+
 def test_the_model_sees_the_same_context_as_an_offline_predict(tiny_text_checkpoint):
     rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
     lines = [("ross", "I got the job!"), ("rachel", "No way!"), ("ross", "Way.")]
