@@ -829,6 +829,38 @@ def test_echo_tool_prints_one_readable_line_per_answer(harness, tiny_text_checkp
     assert main(["ddvlm-emotion-echo", "--help"]) == 0 and main(["ddvlm-emotion-echo", "--bogus"]) == 2  # no spin
 
 
+def test_ctrl_c_between_the_executors_shutdown_check_and_its_wait_set_is_a_clean_stop():
+    """The race CI met once: SIGINT shut the context down just before the executor made its wait set, and the
+    entry point ended in an RCLError traceback with status 1. An RCLError while the context is valid still raises."""
+    import rclpy
+    from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+    from ddvlm_ros.spin import spin_until_shutdown
+
+    def spin_racing_ctrl_c(ctx):
+        def spin():
+            rclpy.shutdown(context=ctx)  # what rclpy's SIGINT handler does, from the signal
+            _rclpy.WaitSet(0, 0, 0, 0, 0, 0, ctx.handle)  # the executor's next step: RCLError, context not valid
+        return spin
+
+    for failing_while_valid in (False, True):
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx)
+        node = rclpy.create_node(f"race_{time.time_ns()}", context=ctx)
+        cleaned = []
+
+        def spin_failing():
+            raise _rclpy.RCLError("a real error, the context still valid")
+
+        spin = spin_failing if failing_while_valid else spin_racing_ctrl_c(ctx)
+        if failing_while_valid:
+            with pytest.raises(_rclpy.RCLError, match="a real error"):
+                spin_until_shutdown(node, spin, before_destroy=lambda: cleaned.append(1))
+        else:
+            assert spin_until_shutdown(node, spin, before_destroy=lambda: cleaned.append(1)) == 0
+        assert cleaned == [1] and not ctx.ok()  # cleaned up, and the node's own context shut down either way
+
+
 def test_entry_points_stop_cleanly_on_ctrl_c():
     """ddvlm_ros.spin.spin_until_shutdown ends both entry points: Ctrl-C gives status 0, no traceback."""
     import signal
