@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ddvlm_core.assets import shipped
 from ddvlm_core.checkpoint import CheckpointError
-from ddvlm_core.context import normalize_utterance
+from ddvlm_core.context import has_text
 from ddvlm_core.labels import LABELS
 
 DEFAULT_CHECKPOINT = shipped("checkpoints/default")
@@ -25,15 +25,6 @@ def parse_turn(arg: str) -> tuple[str | None, str]:
     """'speaker: text' -> (speaker, text); a line without ': ' has no speaker."""
     speaker, sep, text = arg.partition(": ")
     return (speaker.strip(), text) if sep else (None, arg)
-
-
-def printable_text(text: str) -> bool:
-    """Whether a turn has text once cleaned as every utterance is (control characters and spaces removed)."""
-    try:
-        normalize_utterance(text)
-    except ValueError:
-        return False
-    return True
 
 
 def quiet_transformers() -> None:
@@ -84,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         turns, gold = [(r.speaker, r.text) for r in rows], [r.emotion for r in rows]
     elif args.turns:
         turns, gold = [parse_turn(t) for t in args.turns], [None] * len(args.turns)
-        empty = [k for k, (_, text) in enumerate(turns) if not printable_text(text)]
+        empty = [k for k, (_, text) in enumerate(turns) if not has_text(text)]
         if empty:
             ap.error(f"utterance {', '.join(map(str, empty))} has no text (each turn is 'speaker: text')")
     else:

@@ -63,6 +63,16 @@ def normalize_utterance(text: str | bytes) -> str:
     return text
 
 
+def has_text(text) -> bool:
+    """Whether ``normalize_utterance`` takes this text: what the node classifies (a blank ASR hypothesis, or
+    control characters only, it skips)."""
+    try:
+        normalize_utterance(text)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Turn:
     """One utterance of a dialogue with the speaker token it was given."""

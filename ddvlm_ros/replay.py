@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 from rosbags.rosbag2 import Reader
 
+from ddvlm_core.context import has_text
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.metrics import metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
@@ -219,7 +220,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 result.finals.append(key)
                 result.texts[key] = msg.text if topics[topic] == "utterance" else parse_transcript(
                     msg.data, node.p("default_speaker"), node.p("speaker_prefix"))[1]
-                if not classifiable(result.texts[key]):  # blank: the node skips it (counted unanswered)
+                if not has_text(result.texts[key]):  # blank: the node skips it (counted unanswered)
                     skipped.add(key)
             pubs[topic].publish(msg)
         deadline = time.monotonic() + answer_timeout_s
@@ -241,17 +242,6 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         player.destroy_node()
         rclpy.shutdown(context=ctx)
     return result
-
-
-def classifiable(text) -> bool:
-    """Whether the node classifies an utterance of this text (ddvlm_core.context.normalize_utterance takes it)."""
-    from ddvlm_core.context import normalize_utterance
-
-    try:
-        normalize_utterance(text)
-    except (ValueError, TypeError):
-        return False
-    return True
 
 
 class AnswerKeys:
