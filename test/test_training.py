@@ -493,25 +493,38 @@ def test_export_rebuilds_the_run_checkpoint_from_its_best_weights(tmp_path, tiny
     assert export_main([str(tmp_path / "run"), str(exported), "--force"]) == 0
 
 
-def test_two_gloo_ranks_under_torchrun_end_with_identical_weights(tmp_path, tiny_roberta_dir):
+def torchrun_training(tmp_path, tiny_roberta_dir, run_dir: str, *extra: str) -> None:
+    """``python -m training`` on a tiny frozen-backbone run under torchrun, 2 CPU ranks with gloo."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     overrides = {"text_backbone": tiny_roberta_dir, "limit_dialogues": 6, "epochs": 2, "batch_size": 4,
-                 "run_dir": str(tmp_path / "ddp"), "feature_cache": str(tmp_path / "features"),
+                 "run_dir": str(tmp_path / run_dir), "feature_cache": str(tmp_path / "features"),
                  "text_mode": "frozen", "head_lr": 1e-2, "stages": "text"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "training"] + [f"--{k}={v}" for k, v in overrides.items()]
+           "--master_port", str(port), "-m", "training"] + [f"--{k}={v}" for k, v in overrides.items()] + list(extra)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_two_gloo_ranks_under_torchrun_end_with_identical_weights_and_resume_as_if_uninterrupted(
+        tmp_path, tiny_roberta_dir):
+    torchrun_training(tmp_path, tiny_roberta_dir, "ddp")
     r0 = load_file(tmp_path / "ddp" / "text" / "final_rank0.safetensors")
     r1 = load_file(tmp_path / "ddp" / "text" / "final_rank1.safetensors")
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
     info = json.loads((tmp_path / "ddp" / "text" / "result.json").read_text())
     assert info["epoch"] == 2 and len(info["history"]) == 2
     assert (tmp_path / "ddp" / "checkpoint" / "manifest.json").is_file()  # written once, by rank 0
+    # stopped by its time budget after epoch 1, then resumed: every rank draws epoch 2's dropout masks as the
+    # uninterrupted run did (rank 1 used to resume with rank 0's saved RNG state), so the weights are the same
+    torchrun_training(tmp_path, tiny_roberta_dir, "stopped", "--time_budget_min=0.0001")
+    assert json.loads((tmp_path / "stopped" / "text" / "result.json").read_text())["stopped_early"] == 1
+    torchrun_training(tmp_path, tiny_roberta_dir, "stopped")
+    resumed = load_file(tmp_path / "stopped" / "text" / "final_rank1.safetensors")
+    assert all(torch.equal(resumed[k], r1[k]) for k in r1)
 
 
 def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_process(tmp_path, tiny_roberta_dir):

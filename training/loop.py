@@ -110,6 +110,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of one rank's epoch (dropout): a function of the run's seed, the epoch and the rank alone, so
+    an epoch draws the same whether the run got there in one go or resumed after the epoch before, on a GPU too,
+    and with any number of ranks. (The state's saved RNG is rank 0's CPU generator: a resumed GPU run drew other
+    dropout masks, and so did every other rank of a resumed distributed one.)"""
+    return (seed * 1000 + epoch) * 1000 + rank
+
+
 @contextmanager
 def deterministic_kernels(on: bool):
     """With ``on``: kernels that give the same result on every run while the block runs (cuBLAS with a fixed
@@ -181,6 +189,7 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
     started = time.monotonic()
     best_weights = None  # the best epoch's trainable weights, until they are written with the next saved state
     for epoch in range(info["epoch"] + 1, cfg.epochs + 1):
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))  # CPU and every GPU: see epoch_seed
         student.train()
         plan = batches([lengths["train"][i] for i in train_idx], cfg.batch_size, shuffle=True,
                        seed=cfg.seed * 1000 + epoch, bucket=cfg.length_bucketing, megabatch=cfg.bucket_megabatch)
