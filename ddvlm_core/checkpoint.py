@@ -51,7 +51,9 @@ def save_checkpoint(
     for name, state in modules.items():
         file = directory / f"{name}.safetensors"
         tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        save_file(tensors, file, metadata={"module": name, "format": FORMAT})
+        # one metadata key: safetensors writes its metadata in hash-map order, which varies from save to save, so
+        # two keys gave the same weights files (and manifest hashes) that differed by their order
+        save_file(tensors, file, metadata={FORMAT: name})
         entries[name] = {"file": file.name, "sha256": sha256_file(file), "tensors": len(tensors)}
     manifest = {
         "format": FORMAT,

@@ -33,6 +33,16 @@ def test_round_trip_with_hashes_labels_and_per_module_files(tmp_path, tiny_rober
     assert manifest["config"]["text_backbone"] == tiny_roberta_dir
 
 
+def test_the_same_weights_save_to_the_same_bytes(tmp_path, tiny_roberta_dir):
+    """A re-export of unchanged weights leaves the files and the manifest as they were (a committed checkpoint does
+    not change in git, two runs that trained the same weights have the same hashes)."""
+    model, _, directory = tiny_checkpoint(tmp_path, tiny_roberta_dir)
+    first = (directory / "manifest.json").read_text()
+    for _ in range(6):  # the metadata's order was random: 2 keys, 1 chance in 2 per save of another file
+        model.save(directory)
+        assert (directory / "manifest.json").read_text() == first
+
+
 def test_predictions_survive_save_and_load(tmp_path, tiny_roberta_dir):
     model, tok, directory = tiny_checkpoint(tmp_path, tiny_roberta_dir, seed=3)
     dialogue = [("A", "I got the job!"), ("B", "No way, really?")]
