@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from ddvlm_core.captioner import WindowCaptioner, filter_emotion_words
 from ddvlm_core.meld import parse_time
@@ -298,6 +299,44 @@ def test_visual_and_fusion_stages_train_on_the_captions_and_the_checkpoint_uses_
     assert "| DDVLM (full) | " in text and "not run" not in text
     assert (f"Captions: `cue-fallback:frames=4` from {captions}; examples with a usable caption: train "
             f"{report['train']['captioned']}/{report['train']['examples']}") in text
+
+
+def test_one_command_per_stage_trains_what_one_call_of_all_stages_does(meld_raw, tmp_path, tiny_roberta_dir):
+    """text, then visual, then fusion, each its own call in one run_dir, load the stages before from there: the
+    checkpoint is the one a single call of all three writes. A stage whose stages before it have not run is
+    refused before any work (a visual stage alone used to distil from an untrained text head and ship it)."""
+    from safetensors.torch import load_file
+
+    from test_training import tiny_cfg
+    from training.config import ConfigError
+    from training.loop import run
+
+    captions = tmp_path / "captions"
+    assert main(["--video_dir", str(meld_raw), "--captioner", "cue-fallback", "--limit_dialogues", "2",
+                 "--out", str(captions)]) == 0
+
+    def cfg(run_dir, stages):
+        return tiny_cfg(tmp_path, tiny_roberta_dir, limit_dialogues=2, caption_source=str(captions), stages=stages,
+                        run_dir=str(tmp_path / run_dir))
+
+    run(cfg("all", "text,visual,fusion"), log=lambda *_: None)
+    for stages, missing in (("visual", "text"), ("fusion", "text")):
+        with pytest.raises(ConfigError, match=f"build on the {missing} stage, which has not run"):
+            run(cfg("staged", stages), log=lambda *_: None)
+    run(cfg("staged", "text"), log=lambda *_: None)
+    with pytest.raises(ConfigError, match="build on the visual stage, which has not run.*--stages=visual there"):
+        run(cfg("staged", "fusion"), log=lambda *_: None)
+    logs = []
+    run(cfg("staged", "visual"), log=logs.append)
+    assert "[text] resumed after epoch 2" in logs and not any(line.startswith("[text] epoch") for line in logs)
+    results = run(cfg("staged", "fusion"), log=lambda *_: None)
+    assert results["stages"]["visual"]["epoch"] == 2 and results["stages"]["fusion"]["best"]["test"]["n"] > 0
+    one_call, staged = tmp_path / "all" / "checkpoint", tmp_path / "staged" / "checkpoint"
+    modules = json.loads((one_call / "manifest.json").read_text())["modules"]
+    assert json.loads((staged / "manifest.json").read_text())["modules"] == modules
+    for module in ("text_head", "visual_head", "fusion"):
+        a, b = load_file(one_call / f"{module}.safetensors"), load_file(staged / f"{module}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), module
 
 
 def test_the_captioning_command_runs_as_documented(meld_raw, tmp_path):

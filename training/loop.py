@@ -11,6 +11,7 @@ Model selection is on dev only; test is reported for the selected epoch.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from ddvlm_core.assets import resolve_model
 from ddvlm_core.context import PromptBuilder
 from ddvlm_core.meld import SPLITS, meld_dir
 from ddvlm_core.model import DDVLM
-from training.config import ConfigError, TrainConfig, candidates, config_differences
+from training.config import HOSTING_KEYS, ConfigError, TrainConfig, candidates, config_differences
 from training.data import Example, batches, build_examples, check_full_test_split, collate
 from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, cached_layer_states, extract
@@ -361,8 +362,32 @@ def resume_status(cfg: TrainConfig) -> str:
     state"; ConfigError when the directory holds another configuration's state (``refuse_other_runs_state``)."""
     run_dir = Path(cfg.run_dir)
     refuse_other_runs_state(run_dir, cfg)
+    upstream = [stage for stage in stages_to_run(cfg) if stage not in cfg.stages]
     saved = [stage for stage in cfg.stages if holds_state(run_dir / stage)]
-    return f"resumes the saved {', '.join(saved)} state" if saved else "starts afresh"
+    status = f"resumes the saved {', '.join(saved)} state" if saved else "starts afresh"
+    return status + (f", on the finished {' and '.join(upstream)} stage{'s' * (len(upstream) > 1)}" if upstream else "")
+
+
+STAGE_ORDER = ("text", "visual", "fusion")
+
+
+def stages_to_run(cfg: TrainConfig) -> tuple[str, ...]:
+    """``cfg.stages`` and the earlier stages they build on, in order: the visual stage distils from the text branch
+    and the fusion fuses both (and every checkpoint carries the text head). One command per stage: an earlier
+    stage not in ``cfg.stages`` must have finished in ``run_dir`` in an earlier call, and is loaded from there (its
+    best weights, through its saved state: nothing is trained again). ConfigError before any work otherwise: a
+    visual stage run on its own used to distil from an untrained text head and ship it."""
+    run_dir = Path(cfg.run_dir)
+    needed = {"text"} | ({"visual"} if "fusion" in cfg.stages and cfg.caption_source != "none" else set())
+    for stage in [s for s in STAGE_ORDER if s in needed - set(cfg.stages)]:
+        result = run_dir / stage / "result.json"
+        epoch = json.loads(result.read_text(encoding="utf-8")).get("epoch", 0) if result.is_file() else 0
+        if epoch < cfg.epochs or not holds_state(run_dir / stage):
+            done = f"stopped after epoch {epoch} of {cfg.epochs}" if epoch else "has not run"
+            raise ConfigError(f"stages {','.join(cfg.stages)} build on the {stage} stage, which {done} in run_dir "
+                              f"{str(run_dir)!r}: run --stages={stage} there first (or --stages="
+                              f"{','.join(s for s in STAGE_ORDER if s in needed | set(cfg.stages))} in one call)")
+    return tuple(s for s in STAGE_ORDER if s in needed | set(cfg.stages))
 
 
 def refuse_other_runs_state(run_dir: Path, cfg: TrainConfig) -> None:
@@ -371,7 +396,9 @@ def refuse_other_runs_state(run_dir: Path, cfg: TrainConfig) -> None:
     saved = run_dir / "config.json"
     if not saved.is_file() or not any(holds_state(run_dir / stage) for stage in ("text", "visual", "fusion")):
         return
-    differ = config_differences(json.loads(saved.read_text(encoding="utf-8")), cfg.to_dict())
+    # a call may run other stages (one command per stage): ``stages_to_run`` checks the ones they build on
+    differ = config_differences(json.loads(saved.read_text(encoding="utf-8")), cfg.to_dict(),
+                                (*HOSTING_KEYS, "stages"))
     if differ:
         raise ConfigError(f"run_dir {str(run_dir)!r} holds the state of a run with other {', '.join(differ)}: "
                           "give another run_dir, or delete it to start again")
@@ -445,6 +472,7 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
     run_dir = Path(cfg.run_dir)
     preflight(cfg)
     refuse_other_runs_state(run_dir, cfg)
+    cfg = dataclasses.replace(cfg, stages=stages_to_run(cfg))  # with the finished stages they build on
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
