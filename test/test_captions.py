@@ -337,6 +337,11 @@ def test_one_command_per_stage_trains_what_one_call_of_all_stages_does(meld_raw,
     for module in ("text_head", "visual_head", "fusion"):
         a, b = load_file(one_call / f"{module}.safetensors"), load_file(staged / f"{module}.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), module
+    # an export of the run directory's best weights holds the visual head and the fusion too, and their captioner
+    from training.export import export
+
+    exported = json.loads((export(tmp_path / "staged", tmp_path / "exported") / "manifest.json").read_text())
+    assert exported["modules"] == modules and exported["captioner"] == "cue-fallback:frames=4"
 
 
 def test_the_captioning_command_runs_as_documented(meld_raw, tmp_path):

@@ -1,4 +1,5 @@
-"""Export a checkpoint from a run directory's best-on-dev text weights, e.g. after an interrupted run.
+"""Export a checkpoint from a run directory's best-on-dev weights, e.g. after an interrupted run: the text branch,
+and the visual head and the fusion when both of those stages have best weights there (a run on captions).
 
     python -m training.export RUN_DIR [OUT_DIR] [--force]      (default OUT_DIR: RUN_DIR/checkpoint)
 
@@ -14,12 +15,13 @@ from safetensors.torch import load_file
 
 from ddvlm_core.model import DDVLM
 from training.config import TrainConfig
-from training.state import load_trainable_state, recover_state
+from training.state import BEST, load_trainable_state, recover_state
 
 
 def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
-    recover_state(run_dir / "text")  # a run killed while saving: its whole state, best weights published
+    for stage in ("text", "visual", "fusion"):  # a run killed while saving: its whole state, best published
+        recover_state(run_dir / stage)
     cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
     model, _ = DDVLM.from_backbone(cfg.model_config())
     best = load_file(run_dir / "text" / "best.safetensors")
@@ -37,8 +39,20 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
         load_trainable_state(model.text, best)
         modules.append("backbone")
     result = json.loads((run_dir / "text" / "last" / "state.json").read_text())["info"]
-    return model.save(out or run_dir / "checkpoint", tuple(modules),
-                      extra={"trained_by": "training.export", "run": cfg.to_dict(), "text_best": result["best"]})
+    extra = {"trained_by": "training.export", "run": cfg.to_dict(), "text_best": result["best"]}
+    if all((run_dir / stage / BEST).is_file() for stage in ("visual", "fusion")):  # else a text-only checkpoint
+        load_trainable_state(model.visual, load_file(run_dir / "visual" / BEST))
+        load_trainable_state(model.fusion, load_file(run_dir / "fusion" / BEST))
+        modules += ["visual_head", "fusion"]
+        extra["captioner"] = captions_captioner(cfg.caption_source)  # the node compares its captioner with it
+    return model.save(out or run_dir / "checkpoint", tuple(modules), extra=extra)
+
+
+def captions_captioner(caption_source: str) -> str:
+    """The id of the captioner that wrote the captions a run trained its visual branch on."""
+    from training.captions import read_captions
+
+    return next(iter(read_captions(caption_source).values()), {}).get("captioner", "")
 
 
 def main(argv: list[str]) -> int:
