@@ -19,6 +19,7 @@ with the replayed messages and the /emotion answers.
 from __future__ import annotations
 
 import argparse
+import heapq
 import importlib
 import json
 import sys
@@ -26,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection, Iterator
 
 import numpy as np
 from rosbags.rosbag2 import Reader
@@ -44,11 +45,11 @@ DEFAULT_TOPICS = {"/utterance": "utterance", "/transcript": "transcript", "/imag
                   "/image/compressed": "image/compressed"}
 
 
-def input_topics(messages, remaps: dict[str, str] | None = None) -> dict[str, str]:
-    """Bag topic -> node input for the topics to play: the default names, overridden by ``remaps``
-    (an input that is remapped no longer takes its default topic). BagError, naming the bag's topics,
-    for a remap of a topic the bag lacks, an unknown input, a type mismatch or nothing to transcribe."""
-    in_bag = {topic: msgtype for _, topic, msgtype, _ in messages}
+def input_topics(in_bag: dict[str, str], remaps: dict[str, str] | None = None) -> dict[str, str]:
+    """Bag topic -> node input for the topics to play, from the bag's topics and their types (``bag_topics``):
+    the default names, overridden by ``remaps`` (an input that is remapped no longer takes its default topic).
+    BagError, naming the bag's topics, for a remap of a topic the bag lacks, an unknown input, a type mismatch
+    or nothing to transcribe."""
     remaps = dict(remaps or {})
     for topic, target in remaps.items():
         if target not in INPUTS:
@@ -76,11 +77,27 @@ def ros_type(msgtype: str):
     return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
-def bag_messages(path: str | Path) -> list[tuple[float, str, str, bytes]]:
-    """(time s, topic, msgtype, raw CDR) of every message, in time order."""
+def bag_topics(path: str | Path) -> tuple[dict[str, str], float | None]:
+    """(topic -> message type, the time of the bag's first message in seconds; None for a bag without messages),
+    from the bag's index: no message is read."""
     try:
         with Reader(Path(path)) as reader:
-            return [(t * 1e-9, c.topic, c.msgtype, bytes(raw)) for c, t, raw in reader.messages()]
+            return ({c.topic: c.msgtype for c in reader.connections},
+                    reader.start_time * 1e-9 if reader.message_count else None)
+    except Exception as e:  # rosbags raises several types for broken bags
+        raise BagError(f"{path}: cannot read bag ({type(e).__name__}: {e})") from None
+
+
+def bag_messages(path: str | Path, topics: Collection[str] | None = None) -> Iterator[tuple[float, str, str, bytes]]:
+    """(time s, topic, msgtype, raw CDR) of every message on ``topics`` (None: all), in time order, one at a time: a
+    robot's bag of raw camera images is tens of GB, more than a machine's memory, and was read whole."""
+    try:
+        with Reader(Path(path)) as reader:
+            connections = [c for c in reader.connections if topics is None or c.topic in topics]
+            if not connections:  # (rosbags reads every connection when given none)
+                return
+            for c, t, raw in reader.messages(connections=connections):
+                yield t * 1e-9, c.topic, c.msgtype, bytes(raw)
     except Exception as e:  # rosbags raises several types for broken bags
         raise BagError(f"{path}: cannot read bag ({type(e).__name__}: {e})") from None
 
@@ -95,7 +112,7 @@ class ReplayResult:
     finals: list[str] = field(default_factory=list)  # keys of the final utterances replayed, in order
     wall_s: float = 0.0
     emotion_log: list[tuple[int, bytes]] = field(default_factory=list)  # (sim time ns, CDR) of every /emotion
-    messages: list = field(default_factory=list)  # the bag as read (bag_messages), for write_recording
+    bag: str = ""  # the bag replayed, read again by write_recording
     texts: dict[str, str] = field(default_factory=dict)  # key -> the utterance's transcript, as the node read it
     node_status: dict = field(default_factory=dict)  # the node's diagnostic values when the replay ended
 
@@ -149,11 +166,11 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     from ddvlm_ros.convert import sec_to_stamp
     from ddvlm_ros.emotion_node import EmotionNode
 
-    messages = bag_messages(bag)
-    if not messages:
+    in_bag, t_first = bag_topics(bag)
+    if t_first is None:
         raise BagError(f"{bag}: no messages")
-    topics = input_topics(messages, remaps)
-    result = ReplayResult(messages=messages)
+    topics = input_topics(in_bag, remaps)
+    result = ReplayResult(bag=str(bag))
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     overrides = [Parameter("use_sim_time", value=True)] + [Parameter(k, value=v) for k, v in params.items()]
@@ -176,18 +193,15 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     player.create_subscription(EmotionDistribution, "emotion", on_emotion, 500)
     clock_pub = player.create_publisher(Clock, "/clock", 10)
     pubs, types = {}, {}
-    for _, topic, msgtype, _ in messages:
-        if topic in topics and topic not in pubs:
-            types[topic] = ros_type(msgtype)
-            depth = 1 if "image" in topics[topic] else 500
-            pubs[topic] = player.create_publisher(types[topic], topics[topic], depth)
+    for topic, node_input in topics.items():
+        types[topic] = ros_type(in_bag[topic])
+        pubs[topic] = player.create_publisher(types[topic], node_input, 1 if "image" in node_input else 500)
     executor = SingleThreadedExecutor(context=ctx)  # as the node's main(): callbacks only enqueue
     executor.add_node(node)
     executor.add_node(player)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     try:
-        t_first = messages[0][0]
         clock_pub.publish(Clock(clock=sec_to_stamp(t_first, type(Clock().clock))))
         node.trigger_configure()
         if node.load_error:
@@ -199,9 +213,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         answer_key = AnswerKeys(node.p("conversation_id"))
         skipped: set[str] = set()  # final utterances the node does not classify (no text): no answer to wait for
         started = time.monotonic()
-        for t, topic, msgtype, raw in messages:
-            if topic not in pubs:
-                continue
+        for t, topic, msgtype, raw in bag_messages(bag, topics):
             delay = (t - t_first) / speed - (time.monotonic() - started)
             if delay > 0:
                 time.sleep(delay)
@@ -272,9 +284,7 @@ def offline_predictions(bag: str | Path, recognizer) -> dict[str, str]:
 
     contexts: dict[str, list[tuple[str, str]]] = {}
     out = {}
-    for _, topic, msgtype, raw in bag_messages(bag):
-        if topic != "/utterance":
-            continue
+    for _, topic, msgtype, raw in bag_messages(bag, ["/utterance"]):
         msg = deserialize_message(raw, ros_type(msgtype))
         if not msg.is_final:
             continue
@@ -339,16 +349,27 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
     from ddvlm_ros.bag import typestore
 
     store, out = typestore(), Path(out)
-    events = [(int(round(t * 1e9)), topic, msgtype, raw) for t, topic, msgtype, raw in result.messages]
-    events += [(t, "/emotion", EMOTION_TYPE, raw) for t, raw in result.emotion_log]
-    left_out = sum(1 for e in events if e[2] not in store.types)
+    in_bag, _ = bag_topics(result.bag)
+    known = [topic for topic, msgtype in in_bag.items() if msgtype in store.types]
+    left_out = sum(counts for topic, counts in topic_counts(result.bag).items() if topic not in known)
+    played = ((int(round(t * 1e9)), topic, msgtype, raw) for t, topic, msgtype, raw in bag_messages(result.bag, known))
+    answers = [(t, "/emotion", EMOTION_TYPE, raw) for t, raw in sorted(result.emotion_log, key=lambda e: e[0])]
     with Writer(out, version=9) as writer:
         connections = {}
-        for t, topic, msgtype, raw in sorted((e for e in events if e[2] in store.types), key=lambda e: e[0]):
+        for t, topic, msgtype, raw in heapq.merge(played, answers, key=lambda e: e[0]):  # both in time order
             if (topic, msgtype) not in connections:
                 connections[topic, msgtype] = writer.add_connection(topic, msgtype, typestore=store)
             writer.write(connections[topic, msgtype], t, raw)
     return out, left_out
+
+
+def topic_counts(path: str | Path) -> dict[str, int]:
+    """How many messages each topic of a bag holds, from its index."""
+    with Reader(Path(path)) as reader:
+        counts: dict[str, int] = {}
+        for c in reader.connections:
+            counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
+        return counts
 
 
 def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:

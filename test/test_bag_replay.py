@@ -260,19 +260,61 @@ def test_the_replay_report_says_what_the_node_made_of_the_camera(tmp_path, tiny_
     assert "different clocks" in text
 
 
-def test_replay_refuses_unmapped_mistyped_or_missing_topics_with_the_bags_topics(tmp_path):
-    from ddvlm_ros.replay import bag_messages, input_topics, parse_remaps
+def test_a_bag_of_raw_camera_images_is_read_one_message_at_a_time(tmp_path):
+    """A robot's bag of raw 720p images is about 2.7 MB a frame, tens of GB an hour: the replay and its recording
+    read it message by message (the whole bag used to be read into memory first)."""
+    import tracemalloc
 
-    messages = bag_messages(write_robot_bag(tmp_path / "robot", ROBOT_LINES[:1]))
+    import numpy as np
+    from rosbags.rosbag2 import Writer
+
+    from ddvlm_ros.bag import _stamp, typestore
+    from ddvlm_ros.replay import ReplayResult, bag_messages, bag_topics, write_recording
+
+    store = typestore()
+    Image, Header = store.types["sensor_msgs/msg/Image"], store.types["std_msgs/msg/Header"]
+    String = store.types["std_msgs/msg/String"]
+    frame_bytes, n_frames = 1280 * 720 * 3, 24
+    with Writer(tmp_path / "raw", version=9) as writer:
+        cam = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=store)
+        asr = writer.add_connection("/asr/text", "std_msgs/msg/String", typestore=store)
+        for k in range(n_frames):
+            pixels = np.full(frame_bytes, k, np.uint8)
+            image = Image(header=Header(stamp=_stamp(store, 10 + k / 4), frame_id="camera"), height=720, width=1280,
+                          encoding="rgb8", is_bigendian=0, step=1280 * 3, data=pixels)
+            writer.write(cam, int((10 + k / 4) * 1e9), store.serialize_cdr(image, "sensor_msgs/msg/Image"))
+        writer.write(asr, int(12e9), store.serialize_cdr(String(data="Ross: Hi."), "std_msgs/msg/String"))
+    assert bag_topics(tmp_path / "raw") == ({"/camera/image_raw": "sensor_msgs/msg/Image",
+                                             "/asr/text": "std_msgs/msg/String"}, 10.0)
+    bag_size = n_frames * frame_bytes  # 66 MB
+    tracemalloc.start()
+    try:
+        seen = [(t, topic) for t, topic, _, _ in bag_messages(tmp_path / "raw")]
+        read_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        assert [topic for _, topic, _, _ in bag_messages(tmp_path / "raw", ["/asr/text"])] == ["/asr/text"]
+        recording, left_out = write_recording(tmp_path / "recorded", ReplayResult(bag=str(tmp_path / "raw")))
+        record_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(seen) == n_frames + 1 and [t for t, _ in seen] == sorted(t for t, _ in seen) and left_out == 0
+    assert read_peak < bag_size / 4 and record_peak < bag_size / 4, (read_peak, record_peak, bag_size)
+    assert [t for t, _, _, _ in bag_messages(recording)] == [t for t, _ in seen]
+
+
+def test_replay_refuses_unmapped_mistyped_or_missing_topics_with_the_bags_topics(tmp_path):
+    from ddvlm_ros.replay import bag_topics, input_topics, parse_remaps
+
+    in_bag, _ = bag_topics(write_robot_bag(tmp_path / "robot", ROBOT_LINES[:1]))
     with pytest.raises(BagError, match=r"nothing to transcribe.*/asr/text \(std_msgs/msg/String\).*--remap"):
-        input_topics(messages)
+        input_topics(in_bag)
     with pytest.raises(BagError, match="takes sensor_msgs/msg/CompressedImage"):
-        input_topics(messages, {"/asr/text": "image/compressed"})
+        input_topics(in_bag, {"/asr/text": "image/compressed"})
     with pytest.raises(BagError, match="has no topic /mic"):
-        input_topics(messages, {"/mic": "transcript"})
+        input_topics(in_bag, {"/mic": "transcript"})
     with pytest.raises(BagError, match="the node's inputs are utterance, transcript"):
-        input_topics(messages, {"/asr/text": "speech"})
-    assert input_topics(messages, parse_remaps(["asr/text:=transcript"])) == {"/asr/text": "transcript"}
+        input_topics(in_bag, {"/asr/text": "speech"})
+    assert input_topics(in_bag, parse_remaps(["asr/text:=transcript"])) == {"/asr/text": "transcript"}
     with pytest.raises(BagError, match="expected TOPIC:=INPUT"):
         parse_remaps(["/asr/text=transcript"])
     from ddvlm_ros.replay import parse_params
