@@ -405,7 +405,8 @@ def test_a_misspelt_key_is_refused_with_the_closest_key_named(capsys):
     ("--lr=0", "lr must be > 0"), ("--lr=nan", "lr must be > 0"), ("--head_lr=-1e-3", "head_lr must be > 0"),
     ("--sd_alpha=1.5", "sd_alpha must be in [0, 1]"), ("--ema_decay=-0.1", "ema_decay must be in [0, 1]"),
     ("--dropout=1", "dropout must be in [0, 1)"), ("--limit_dialogues=-2", "limit_dialogues must be >= 0"),
-    ("--max_tokens=0", "max_tokens must be >= 1"), ("--sd_tau=0", "sd_tau must be > 0")])
+    ("--max_tokens=0", "max_tokens must be >= 1"), ("--sd_tau=0", "sd_tau must be > 0"),
+    ("--seed=-1", "seed must be in [0, 2**32)")])
 def test_config_refuses_values_outside_their_range(override, message):
     from training.config import TrainConfig
 
@@ -414,7 +415,8 @@ def test_config_refuses_values_outside_their_range(override, message):
     name, value = override.removeprefix("--").split("=")
     with pytest.raises(ValueError, match=re.escape(message)):  # built in code, not read from a file: the same
         TrainConfig(**{name: type(getattr(TrainConfig(), name))(float(value))})
-    for edge in ("--ema_decay=1", "--sd_alpha=0", "--warmup_ratio=0", "--grad_clip=0", "--dropout=0"):
+    for edge in ("--ema_decay=1", "--sd_alpha=0", "--warmup_ratio=0", "--grad_clip=0", "--dropout=0",
+                 f"--seed={2**32 - 1}"):
         load_config(None, [edge])  # the ends each range allows
 
 

@@ -23,6 +23,7 @@ VALUE_RANGES = (  # (fields, test, what the test allows)
       "num_threads"), lambda v: v >= 0, ">= 0"),
     (("sd_alpha", "ema_decay", "warmup_ratio"), lambda v: 0 <= v <= 1, "in [0, 1]"),
     (("dropout", "lora_dropout"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("seed",), lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's seeds)"),
 )
 HOSTING_KEYS = ("run_dir", "feature_cache", "eval_batch_size", "num_threads", "time_budget_min",
                 "state_every", "deterministic")  # not what is trained
