@@ -344,6 +344,41 @@ def test_one_command_per_stage_trains_what_one_call_of_all_stages_does(meld_raw,
     assert exported["modules"] == modules and exported["captioner"] == "cue-fallback:frames=4"
 
 
+def test_the_evaluator_scores_a_fused_checkpoint_with_the_captions_as_the_node_would(meld_raw, tmp_path,
+                                                                                     tiny_roberta_dir):
+    """``python -m training.evaluate CKPT --captions DIR``: each captioned MELD utterance is scored with its caption
+    (the recognizer's fused answer), the others from their text; without --captions the output says text only."""
+    from ddvlm_core.inference import EmotionRecognizer
+    from ddvlm_core.labels import LABELS
+    from ddvlm_core.meld import dialogues
+    from test_training import tiny_cfg
+    from training.evaluate import evaluate_checkpoint
+    from training.loop import run
+
+    captions = tmp_path / "captions"
+    assert main(["--video_dir", str(meld_raw), "--captioner", "cue-fallback", "--limit_dialogues", "2", "--splits",
+                 "train,dev", "--out", str(captions)]) == 0
+    run(tiny_cfg(tmp_path, tiny_roberta_dir, limit_dialogues=2, caption_source=str(captions)), log=lambda *_: None)
+    checkpoint = tmp_path / "run" / "checkpoint"
+    logs = []
+    text_only = evaluate_checkpoint(checkpoint, ("dev",), log=logs.append)
+    fused = evaluate_checkpoint(checkpoint, ("dev",), log=logs.append, captions=captions)
+    assert text_only["modalities"] == "text" and "text only: this fused checkpoint" in logs[0]
+    records = read_captions(captions)
+    rows = [u for d in sorted(dialogues("dev")) for u in dialogues("dev")[d]]  # the evaluator's example order
+    with_caption = [i for i, u in enumerate(rows) if records.get(u.key, {}).get("caption")]
+    assert fused["modalities"] == "text + captions" and fused["splits"]["dev"]["captioned"] == len(with_caption) > 5
+    assert any(f"1109 utterances, {len(with_caption)} with a caption" in line for line in logs)
+    a, b = text_only["splits"]["dev"]["predictions"], fused["splits"]["dev"]["predictions"]
+    assert all(a[i] == b[i] for i in range(len(rows)) if i not in with_caption)  # no caption: the text's answer
+    recognizer = EmotionRecognizer.from_checkpoint(checkpoint)
+    for i in with_caption:
+        u, turns = rows[i], dialogues("dev")[rows[i].dialogue_id]
+        context = [(r.speaker, r.text) for r in turns[:turns.index(u) + 1]]
+        answer = recognizer.predict(context, records[u.key]["caption"])
+        assert answer.modalities != "text" and LABELS[b[i]] == answer.top_label, u.key
+
+
 def test_the_captioning_command_runs_as_documented(meld_raw, tmp_path):
     cmd = [sys.executable, "-m", "training.captions", "--video_dir", str(meld_raw), "--captioner", "cue-fallback",
            "--splits", "test", "--limit_dialogues", "1", "--out", str(tmp_path)]

