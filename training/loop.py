@@ -379,15 +379,17 @@ def stages_to_run(cfg: TrainConfig) -> tuple[str, ...]:
     visual stage run on its own used to distil from an untrained text head and ship it."""
     run_dir = Path(cfg.run_dir)
     needed = {"text"} | ({"visual"} if "fusion" in cfg.stages and cfg.caption_source != "none" else set())
-    for stage in [s for s in STAGE_ORDER if s in needed - set(cfg.stages)]:
+    stages = tuple(s for s in STAGE_ORDER if s in needed | set(cfg.stages))
+    for stage in [s for s in stages if s not in cfg.stages]:
         result = run_dir / stage / "result.json"
         epoch = json.loads(result.read_text(encoding="utf-8")).get("epoch", 0) if result.is_file() else 0
         if epoch < cfg.epochs or not holds_state(run_dir / stage):
-            done = f"stopped after epoch {epoch} of {cfg.epochs}" if epoch else "has not run"
+            done = ("has not run" if not epoch else f"stopped after epoch {epoch} of {cfg.epochs}"
+                    if epoch < cfg.epochs else "finished without its saved state (last/)")
             raise ConfigError(f"stages {','.join(cfg.stages)} build on the {stage} stage, which {done} in run_dir "
-                              f"{str(run_dir)!r}: run --stages={stage} there first (or --stages="
-                              f"{','.join(s for s in STAGE_ORDER if s in needed | set(cfg.stages))} in one call)")
-    return tuple(s for s in STAGE_ORDER if s in needed | set(cfg.stages))
+                              f"{str(run_dir)!r}: run --stages={stage} there first (or --stages={','.join(stages)} "
+                              "in one call)")
+    return stages
 
 
 def refuse_other_runs_state(run_dir: Path, cfg: TrainConfig) -> None:
