@@ -656,3 +656,29 @@ def test_cache_files_are_written_whole_or_not_at_all(tmp_path):
     with pytest.raises(Exception):
         save_atomically({"h_text": "not a tensor"}, tmp_path / "cache" / "bad.safetensors")
     assert not (tmp_path / "cache" / "bad.safetensors").exists()
+
+
+def test_a_fine_tuned_copy_of_the_backbone_does_not_reuse_its_cached_features(tmp_path, tiny_roberta_dir):
+    """Two backbones of one architecture (same file names and sizes, same config), e.g. a model and its fine-tuned
+    copy in another folder, get their own frozen-mode features; only the names and sizes were hashed before."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from training.features import backbone_digest
+
+    tuned = shutil.copytree(tiny_roberta_dir, tmp_path / "tuned")
+    weights = load_file(tuned / "model.safetensors")
+    weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()}  # every tensor changed
+    save_file(weights, tuned / "model.safetensors", metadata={"format": "pt"})
+    assert (tuned / "model.safetensors").stat().st_size == (Path(tiny_roberta_dir) / "model.safetensors").stat().st_size
+    assert backbone_digest(str(tuned)) != backbone_digest(tiny_roberta_dir)
+    assert backbone_digest(tiny_roberta_dir) == backbone_digest(str(shutil.copytree(tiny_roberta_dir, tmp_path / "c")))
+    cache = tmp_path / "features"
+    h = {}
+    for name, backbone in (("base", tiny_roberta_dir), ("tuned", str(tuned))):
+        run(tiny_cfg(tmp_path, backbone, epochs=1, limit_dialogues=2, stages="text", feature_cache=str(cache),
+                     run_dir=str(tmp_path / "runs" / name)), log=lambda *_: None)
+        h[name] = {p.name: load_file(p)["h_text"] for p in cache.glob("dev-*.safetensors")}
+    (base,), (new,) = h["base"].values(), [v for k, v in h["tuned"].items() if k not in h["base"]]
+    assert base.shape == new.shape and not torch.allclose(base, new)  # its own features, not the base model's
