@@ -349,9 +349,9 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
     from ddvlm_ros.bag import typestore
 
     store, out = typestore(), Path(out)
-    in_bag, _ = bag_topics(result.bag)
-    known = [topic for topic, msgtype in in_bag.items() if msgtype in store.types]
-    left_out = sum(counts for topic, counts in topic_counts(result.bag).items() if topic not in known)
+    with Reader(Path(result.bag)) as reader:  # its index: which topics can be written, how many messages cannot
+        known = {c.topic for c in reader.connections if c.msgtype in store.types}
+        left_out = sum(c.msgcount for c in reader.connections if c.msgtype not in store.types)
     played = ((int(round(t * 1e9)), topic, msgtype, raw) for t, topic, msgtype, raw in bag_messages(result.bag, known))
     answers = [(t, "/emotion", EMOTION_TYPE, raw) for t, raw in sorted(result.emotion_log, key=lambda e: e[0])]
     with Writer(out, version=9) as writer:
@@ -361,15 +361,6 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
                 connections[topic, msgtype] = writer.add_connection(topic, msgtype, typestore=store)
             writer.write(connections[topic, msgtype], t, raw)
     return out, left_out
-
-
-def topic_counts(path: str | Path) -> dict[str, int]:
-    """How many messages each topic of a bag holds, from its index."""
-    with Reader(Path(path)) as reader:
-        counts: dict[str, int] = {}
-        for c in reader.connections:
-            counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
-        return counts
 
 
 def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:

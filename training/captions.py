@@ -338,6 +338,31 @@ def main(argv: list[str]) -> int:
 
 # --- embeddings for training -------------------------------------------------------------------------------------
 
+def captioner_of(records: dict[str, dict]) -> str:
+    """The id of the captioner that wrote the records ("" for none; ``read_captions`` allows only one)."""
+    return next(iter(records.values()), {}).get("captioner", "")
+
+
+def caption_status(records: dict[str, dict], key: str) -> str:
+    """How an utterance's clip fared: its record's status, or no_record for an utterance never captioned."""
+    return records[key].get("status", "ok") if key in records else "no_record"
+
+
+def usable_caption(records: dict[str, dict], key: str) -> str:
+    """The caption an utterance is trained and scored with: its record's, emotion words filtered (again: a cache
+    written before a word joined the filter), "" where its clip was not captioned."""
+    return filter_emotion_words(records[key].get("caption", "")).text if caption_status(records, key) == "ok" else ""
+
+
+def embed_captions(embedder, texts: list[str]) -> torch.Tensor:
+    """(N, d) Sentence-BERT embeddings of ``texts``, zeros where a text is "" (no caption)."""
+    out = torch.zeros((len(texts), embedder.dim))
+    idx = [i for i, t in enumerate(texts) if t]
+    if idx:
+        out[idx] = embedder.embed([texts[i] for i in idx])
+    return out
+
+
 def caption_embeddings(cfg, data, log=print) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """Per split: (N, d) embeddings (zeros where no caption), an (N,) bool mask of captioned examples, and the
     report of the captions used (captioner id; per split the clips' statuses and every example whose clip was
@@ -346,22 +371,17 @@ def caption_embeddings(cfg, data, log=print) -> tuple[dict[str, torch.Tensor], d
 
     records = read_captions(cfg.caption_source)
     embedder = CaptionEmbedder(resolve_model(cfg.caption_embedder), cfg.device)
-    ident = next(iter(records.values()), {}).get("captioner", "")
+    ident = captioner_of(records)
     emb, has, report = {}, {}, {"source": cfg.caption_source, "captioner": ident}
     for split, examples in data.items():
-        # how each example's clip fared: its record's status, or no_record for an utterance never captioned
-        statuses = [records[e.key].get("status", "ok") if e.key in records else "no_record" for e in examples]
-        texts = [filter_emotion_words(records[e.key].get("caption", "")).text if status == "ok" else ""
-                 for e, status in zip(examples, statuses)]
+        statuses = [caption_status(records, e.key) for e in examples]
+        texts = [usable_caption(records, e.key) for e in examples]
         digest = hashlib.sha256(json.dumps([cfg.caption_embedder, texts]).encode()).hexdigest()[:16]
         cache = Path(cfg.feature_cache) / f"captions-{split}-{digest}.safetensors"
         if cache.is_file():
             emb[split] = load_file(cache)["embedding"]
         else:
-            emb[split] = torch.zeros((len(texts), embedder.dim))
-            idx = [i for i, t in enumerate(texts) if t]
-            if idx:
-                emb[split][idx] = embedder.embed([texts[i] for i in idx])
+            emb[split] = embed_captions(embedder, texts)
             save_atomically({"embedding": emb[split].contiguous()}, cache)
         has[split] = torch.tensor([bool(t) for t in texts])
         counts = dict(Counter(statuses))

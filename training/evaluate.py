@@ -60,15 +60,16 @@ def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_si
         if split == "test":
             check_full_test_split(examples)
         t0 = time.monotonic()
-        extras = caption_of.for_examples(examples) if caption_of else None
+        embeddings, has = caption_of.for_examples(examples) if caption_of else (None, None)
+        extras = (lambda idx: (embeddings[idx], has[idx])) if caption_of else None
         preds = predict_examples(lambda ids, mask, *more: model(ids, mask, *more).logits, examples,
                                  tok.pad_token_id, batch_size, extras)
         out["splits"][split] = {**metrics([e.label for e in examples], preds),
                                 "seconds": round(time.monotonic() - t0, 1),
                                 "predictions": preds.tolist()}  # in example (dialogue) order
-        captioned = f", {caption_of.captioned} with a caption" if caption_of else ""
+        captioned = f", {int(has.sum())} with a caption" if caption_of else ""
         if caption_of:
-            out["splits"][split]["captioned"] = caption_of.captioned
+            out["splits"][split]["captioned"] = int(has.sum())
         log(f"{split}: WA-F1 {out['splits'][split]['wa_f1']:.2f} accuracy {out['splits'][split]['accuracy']:.2f} "
             f"({len(examples)} utterances{captioned}, {out['splits'][split]['seconds']:.0f}s)")
     return out
@@ -76,8 +77,8 @@ def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_si
 
 class CaptionInputs:
     """The caption inputs of the fused model for MELD examples, from a captions JSONL file or folder: each
-    captioned utterance's caption (emotion words filtered, as in training) embedded by the checkpoint's Sentence-BERT
-    model; an utterance without a usable caption is scored from its text (``has_visual`` False)."""
+    captioned utterance's caption (``training.captions.usable_caption``, as in training) embedded by the
+    checkpoint's Sentence-BERT model; an utterance without one is scored from its text (``has_visual`` False)."""
 
     def __init__(self, captions: str | Path, embedder: str):
         from ddvlm_core.assets import resolve_model
@@ -86,20 +87,13 @@ class CaptionInputs:
 
         self.records = read_captions(captions)
         self.embedder = CaptionEmbedder(resolve_model(embedder))
-        self.captioned = 0
 
-    def for_examples(self, examples):
-        """``extras`` for ``predict_examples``: the batch's (caption embeddings, has_visual)."""
-        from ddvlm_core.captioner import filter_emotion_words
+    def for_examples(self, examples) -> tuple[torch.Tensor, torch.Tensor]:
+        """(caption embeddings (N, d), has_visual (N,)) of ``examples``, in their order."""
+        from training.captions import embed_captions, usable_caption
 
-        texts = [filter_emotion_words(r.get("caption", "")).text if (r := self.records.get(e.key)) and
-                 r.get("status", "ok") == "ok" else "" for e in examples]
-        has = torch.tensor([bool(t) for t in texts])
-        embeddings = torch.zeros((len(texts), self.embedder.dim))
-        if has.any():
-            embeddings[has] = self.embedder.embed([t for t in texts if t])
-        self.captioned = int(has.sum())
-        return lambda idx: (embeddings[idx], has[idx])
+        texts = [usable_caption(self.records, e.key) for e in examples]
+        return embed_captions(self.embedder, texts), torch.tensor([bool(t) for t in texts])
 
 
 def main(argv: list[str]) -> int:

@@ -44,15 +44,10 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
         load_trainable_state(model.visual, load_file(run_dir / "visual" / BEST))
         load_trainable_state(model.fusion, load_file(run_dir / "fusion" / BEST))
         modules += ["visual_head", "fusion"]
-        extra["captioner"] = captions_captioner(cfg.caption_source)  # the node compares its captioner with it
+        from training.captions import captioner_of, read_captions
+
+        extra["captioner"] = captioner_of(read_captions(cfg.caption_source))  # the node compares its captioner
     return model.save(out or run_dir / "checkpoint", tuple(modules), extra=extra)
-
-
-def captions_captioner(caption_source: str) -> str:
-    """The id of the captioner that wrote the captions a run trained its visual branch on."""
-    from training.captions import read_captions
-
-    return next(iter(read_captions(caption_source).values()), {}).get("captioner", "")
 
 
 def main(argv: list[str]) -> int:

@@ -396,7 +396,7 @@ def refuse_other_runs_state(run_dir: Path, cfg: TrainConfig) -> None:
     """A run resumes from the state its directory holds; a directory holding the state of a run of another
     configuration is refused (resuming would mix two runs). Where it ran (HOSTING_KEYS) may differ."""
     saved = run_dir / "config.json"
-    if not saved.is_file() or not any(holds_state(run_dir / stage) for stage in ("text", "visual", "fusion")):
+    if not saved.is_file() or not any(holds_state(run_dir / stage) for stage in STAGE_ORDER):
         return
     # a call may run other stages (one command per stage): ``stages_to_run`` checks the ones they build on
     differ = config_differences(json.loads(saved.read_text(encoding="utf-8")), cfg.to_dict(),
