@@ -132,10 +132,15 @@ def select_window_frames(frames: Sequence[Frame], window: tuple[float, float] | 
     """Frames with start <= stamp <= end, in time order, n of them sampled uniformly (all if fewer)."""
     inside = sorted((f for f in frames if window is None or window[0] <= f.stamp <= window[1]),
                     key=lambda f: f.stamp)
-    if n <= 0 or len(inside) <= n:
-        return inside
-    picks = np.linspace(0, len(inside) - 1, n).round().astype(int)
-    return [inside[i] for i in picks]
+    return [inside[i] for i in uniform_picks(len(inside), n)]
+
+
+def uniform_picks(count: int, n: int) -> list[int]:
+    """Indices of n of ``count`` items in time order, spread uniformly from the first to the last (all of them
+    when there are at most n; n <= 0: all)."""
+    if n <= 0 or count <= n:
+        return list(range(count))
+    return np.linspace(0, count - 1, n).round().astype(int).tolist()
 
 
 class WindowCaptioner:

@@ -301,6 +301,58 @@ def test_the_caption_worker_survives_any_error_and_refines_the_next_utterance(ti
     assert results[-1].prediction.caption and pipe.stats.frame_window_miss == ""
 
 
+def test_only_the_frames_a_caption_samples_are_decoded(tiny_visual_checkpoint):
+    """A 5 Hz camera buffers 25 frames over a 5 s utterance and the caption samples 4: the other 21 are not
+    decoded. A frame that cannot be decoded is left out as if it had never arrived."""
+    import numpy as np
+
+    from ddvlm_core.captioner import Caption, select_window_frames
+
+    class Recording:
+        name = "recording"
+        frames_per_window = 4
+
+        def __init__(self):
+            self.stamps = []
+
+        def caption(self, frames, window=None):
+            picked = select_window_frames(frames, window, self.frames_per_window)
+            self.stamps.append([f.stamp for f in picked])
+            return Caption("The head is turning to the left.", self.name, len(picked))
+
+    decoded, broken = [], set()
+
+    def decode(item):
+        decoded.append(item)
+        if item in broken:
+            raise ValueError("truncated JPEG")
+        return np.zeros((8, 8, 3), np.uint8)
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    captioner, results = Recording(), []
+    pipe = EmotionPipeline(rec, results.append, captioner=captioner, decode_frame=decode, frame_rate_hz=5.0)
+    pipe.start()
+    stamps = [200.0 + 0.2 * k for k in range(25)]
+    for k, stamp in enumerate(stamps):
+        assert pipe.add_frame(stamp, k, now=205.0)
+
+    def caption_of(uid):
+        pipe.submit(UtteranceIn("c", uid, "a", f"line {uid}", 200.0, 204.8, time.monotonic()))
+        deadline = time.monotonic() + 20
+        while (len(captioner.stamps) < int(uid) or not pipe.idle()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return captioner.stamps[-1]
+
+    assert caption_of("1") == [stamps[i] for i in (0, 8, 16, 24)]
+    assert sorted(decoded) == [0, 8, 16, 24]
+    decoded.clear()
+    broken.add(8)  # the caption is made from the 24 good frames, as if frame 8 had not come
+    assert caption_of("2") == [stamps[i] for i in (0, 9, 16, 24)]  # items 0, 8, 15, 23 of the 24 good ones
+    assert sorted(decoded) == list(range(25)) and pipe.stats.last_error == "frame: truncated JPEG"
+    pipe.stop()
+    assert [r.refined for r in results] == [False, True, False, True]
+
+
 def test_a_stop_drops_the_queued_utterances_and_a_restart_answers_what_follows(tiny_text_checkpoint):
     """Deactivate while utterances wait, then activate: the waiting ones are dropped and counted, and the new
     worker must not stop on the old stop's sentinel."""
