@@ -632,8 +632,10 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
     try:
         camera.create_publisher(CompressedImage, "image", 1)  # a compressed stream remapped onto `image`
         camera.create_publisher(String, "transcript", 1)  # an ASR that has not spoken yet
-        deadline = time.monotonic() + 5
-        while len(h.node._silence_warned) < 4 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10  # the warnings, and the camera's publishers discovered (a busy machine
+        while time.monotonic() < deadline and (  # can take seconds: the status would say "no node publishes it")
+                len(h.node._silence_warned) < 4 or not h.node.count_publishers("image")
+                or not h.node.count_publishers("transcript")):
             time.sleep(0.1)
         status = h.node.diagnostic_status()
         values = {v.key: v.value for v in status.values}
