@@ -57,26 +57,37 @@ class TimedUtterance:
     label: str
 
 
+MAX_PAUSE_S = 10.0  # the longest silence inside a dialogue on a bag's timeline
+
+
 def timeline(rows_by_dialogue: dict[int, list[MeldUtterance]], split: str, t0: float = 1000.0,
-             gap_s: float = 3.0) -> list[TimedUtterance]:
+             gap_s: float = 3.0, max_pause_s: float = MAX_PAUSE_S) -> list[TimedUtterance]:
     """Dialogues one after another; inside a dialogue MELD's own Start/EndTime offsets.
 
     MELD times are sometimes out of order, overlapping or inverted; an utterance never starts before the
-    previous one, and ends at least 0.2 s after its start.
+    previous one, and ends at least 0.2 s after its start. They also put some turns of one dialogue minutes
+    apart (test dialogue 218: 20 minutes between its first two): a silence longer than ``max_pause_s`` after
+    the dialogue's latest end is shortened to it, and the rest of the dialogue moved up with it. Else the node,
+    replaying under ``use_sim_time``, would start a new context there (``idle_timeout_s``, 120 s), and its
+    answers would come from other prompts than the ones the model is trained and evaluated on.
     """
     out, clock = [], t0
     for dia in sorted(rows_by_dialogue):
         rows = rows_by_dialogue[dia]
         first = parse_time(rows[0].start)
-        last_start = clock
-        for r in rows:
-            start = max(clock + parse_time(r.start) - first, last_start)
-            end = max(clock + parse_time(r.end) - first, start + 0.2)
+        last_start = latest_end = clock
+        cut = 0.0  # seconds of silence taken out of this dialogue so far
+        for k, r in enumerate(rows):
+            start = max(clock + parse_time(r.start) - first - cut, last_start)
+            if k and start - latest_end > max_pause_s:
+                cut += start - latest_end - max_pause_s
+                start = latest_end + max_pause_s
+            end = max(clock + parse_time(r.end) - first - cut, start + 0.2)
             if end - start > 30:  # MELD test clips known to be minutes too long
                 end = start + min(30.0, 0.4 * len(r.text.split()) + 1.0)
             out.append(TimedUtterance(f"{split}/dia{dia}", f"utt{r.utterance_id}", r.speaker, r.text, start, end,
                                       r.emotion))
-            last_start = start
+            last_start, latest_end = start, max(latest_end, end)
         clock = max(u.end for u in out) + gap_s
     return out
 

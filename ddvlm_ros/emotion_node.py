@@ -539,6 +539,7 @@ class EmotionNode(LifecycleNode):
                        "captioner": getattr(self.pipeline.captioner, "name", "none"),
                        **({"captioner_check": self.captioner_check} if self.pipeline.captioner is not None else {}),
                        "conversations": len(self.pipeline.conversations),
+                       "conversations_reset": s.conversations_reset,
                        "conversations_forgotten": s.conversations_forgotten, "resets_requested": s.resets_requested,
                        "time_jumps_back": s.time_jumps_back, "speaker_tokens_reused": s.speaker_tokens_reused,
                        "last_output": self._last_output}

@@ -6,7 +6,7 @@ import pytest
 
 from ddvlm_core.inference import EmotionRecognizer
 from ddvlm_core.meld import dialogues
-from ddvlm_ros.bag import BagError, load_labels, read_bag, timeline, write_meld_bag
+from ddvlm_ros.bag import MAX_PAUSE_S, BagError, load_labels, read_bag, timeline, write_meld_bag
 from ddvlm_ros.replay import offline_predictions, replay
 
 
@@ -66,12 +66,16 @@ def test_frames_from_meld_raw_clips_fill_each_utterance_window_and_problem_clips
             write_meld_bag(tmp_path / "bad", "test", [0], **bad)
 
 
-def test_timeline_is_ordered_and_dialogues_do_not_overlap():
-    t = timeline({d: dialogues("test")[d] for d in range(6)}, "test")
+def test_timeline_is_ordered_and_dialogues_do_not_overlap_or_pause_longer_than_10_s():
+    t = timeline(dialogues("test"), "test")
+    latest_end = {}
     for a, b in zip(t, t[1:]):
         assert b.start >= a.start and a.end > a.start
+        latest_end[a.conversation_id] = max(latest_end.get(a.conversation_id, 0.0), a.end)
         if a.conversation_id != b.conversation_id:
-            assert b.start > max(u.end for u in t if u.conversation_id == a.conversation_id)
+            assert b.start > latest_end[a.conversation_id]
+        else:
+            assert b.start - latest_end[a.conversation_id] <= MAX_PAUSE_S + 1e-9
 
 
 def test_corrupt_or_missing_bag_is_a_clear_error(tmp_path):
@@ -122,12 +126,17 @@ def test_asr_noise_changes_the_transcripts_but_not_the_labels(tmp_path):
 
 
 def test_replay_answers_each_final_utterance_once_and_matches_the_offline_evaluator(tmp_path, tiny_text_checkpoint):
-    bag = write_meld_bag(tmp_path / "r", "test", [0, 1, 2], frames="synthetic", fps=3)
+    """Dialogue 218's MELD times put 20 minutes between its first two turns and 2 between the next two: the bag
+    shortens those silences, so that the node (idle_timeout_s 120 s, on the bag's clock) keeps one context and
+    gives its three speakers <s1>, <s2>, <s3>, as training and the offline evaluator do."""
+    bag = write_meld_bag(tmp_path / "r", "test", [0, 1, 2, 218], frames="synthetic", fps=3)
     result = replay(bag, {"model_dir": tiny_text_checkpoint, "input_timeout_s": 0.0}, speed=40.0)
     labels = load_labels(bag)
     score = result.score(labels)
     assert score["utterances"] == len(labels) == score["answered"] and score["unanswered"] == 0
     assert score["duplicates"] == 0
+    assert [result.prediction(f"test/dia218/utt{u}").speaker_token for u in range(3)] == ["<s1>", "<s2>", "<s3>"]
+    assert result.node_status["conversations_reset"] == "0"
     recognizer = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
     offline = offline_predictions(bag, recognizer)
     assert {k: result.prediction(k).top_label for k in result.finals} == offline
