@@ -40,7 +40,7 @@ class Harness:
     def publish(self, msg_type, topic: str, msg, wait_subscribers: bool = True):
         if topic not in self._pubs:
             self._pubs[topic] = self.client.create_publisher(msg_type, topic, 200)
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 15
             while wait_subscribers and self._pubs[topic].get_subscription_count() == 0 and time.monotonic() < deadline:
                 time.sleep(0.02)
         self._pubs[topic].publish(msg)

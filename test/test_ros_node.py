@@ -223,7 +223,7 @@ def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, t
         executor = SingleThreadedExecutor()
         executor.add_node(behaviour)
         threading.Thread(target=executor.spin, daemon=True).start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while not h.node.count_subscribers("emotion") >= 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         h.publish(String, "transcript", String(data="Ross: I got the job!"))
@@ -231,11 +231,11 @@ def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, t
         angry = EmotionDistribution(labels=list(LABELS), probabilities=[0.1, 0, 0, 0, 0.1, 0.1, 0.7],
                                     top_label="anger", confidence=0.7, speaker_id="joey")
         h.publish(EmotionDistribution, "emotion", angry)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while len(behaviour.mood) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert behaviour.mood == {"Ross": (answer.top_label, answer.confidence), "joey": ("anger", pytest.approx(0.7))}
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         err = ""
         while "joey sounds upset: slowing down" not in err and time.monotonic() < deadline:
             err += capfd.readouterr().err
@@ -413,7 +413,7 @@ def test_sim_time_without_a_clock_is_a_warning_until_clock_comes(harness, tiny_t
     assert status.level == b"\x01" and status.message == "no /clock (use_sim_time: true)"
     assert "ros2 bag play --clock" in values["clock"]
     h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(1700000000.5, Time)))
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while h.node.get_clock().now().nanoseconds == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     status = h.node.diagnostic_status()
@@ -438,7 +438,7 @@ def test_a_bag_played_again_time_going_back_starts_frames_and_contexts_afresh(ha
 
     def play(t0: float) -> list:
         h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(t0, Time)))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while abs(h.now() - t0) > 1e-3 and time.monotonic() < deadline:
             time.sleep(0.02)
         for k in range(3):
@@ -476,7 +476,7 @@ def test_idle_timeout_counts_ros_time_so_a_paused_bag_keeps_its_contexts(harness
 
     def at(t: float, text: str) -> EmotionDistribution:
         h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(t, Time)))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while abs(h.now() - t) > 1e-3 and time.monotonic() < deadline:
             time.sleep(0.02)
         n = len(h.received)
@@ -650,7 +650,7 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
     assert why["transcript"] == "1 publisher(s) of std_msgs/msg/String, nothing received (QoS, or they are idle)"
     assert why["utterance"] == why["image/compressed"] == "no node publishes it (check the remapping)"
     assert set_parameters(h, input_timeout_s=0) == [True]  # off, on a running node: the warnings go
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while h.node._silence_warned and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "no input on" not in h.node.diagnostic_status().message
@@ -812,12 +812,12 @@ def test_echo_tool_prints_one_readable_line_per_answer(harness, tiny_text_checkp
     lines = []
     echo = EmotionEcho(out=lines.append, context=h.context)
     h.executor.add_node(echo)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while h.node.count_subscribers("emotion") < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     h.publish(String, "transcript", String(data="Ross: I got the job!"))
     m = h.wait_for(1)[0]
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while not lines and time.monotonic() < deadline:
         time.sleep(0.01)
     ranked = sorted(zip(m.labels, m.probabilities), key=lambda lp: -lp[1])
