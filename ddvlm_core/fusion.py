@@ -11,6 +11,9 @@ The paper leaves three quantities undefined; the readings (shared/notes/paper-re
     s_conf  = max_c softmax(z_v)_c, detached     confidence of the visual logits, in [1/C, 1]
 g is one scalar per sample (W_g: 4d -> 1). A sample without a caption gets z = z_t exactly, and
 alpha = 0 gives z = z_t exactly for every sample.
+
+``ConcatFusion`` is Table 4's "w/o Residual Fusion": the simple feature concatenation that Section 3.6 sets
+residual fusion against, z = W Dropout([h_t || h_v]), on the same frozen branches.
 """
 from __future__ import annotations
 
@@ -24,13 +27,16 @@ GATE_MIN, GATE_MAX = 0.05, 0.5
 ALPHA_INIT = 0.3  # Table 2: residual fusion alpha
 
 
+FUSIONS = ("residual", "concat")  # ResidualGatedFusion (the paper's), ConcatFusion (Table 4's w/o residual fusion)
+
+
 @dataclass
 class FusionOutput:
     logits: Tensor  # z (B, C)
-    gate: Tensor  # g (B, 1)
-    s_cos: Tensor  # (B, 1)
-    s_conf: Tensor  # (B, 1)
-    delta: Tensor  # residual correction logits (B, C)
+    gate: Tensor | None = None  # g (B, 1); the residual fusion's terms, None for ConcatFusion
+    s_cos: Tensor | None = None  # (B, 1)
+    s_conf: Tensor | None = None  # (B, 1)
+    delta: Tensor | None = None  # residual correction logits (B, C)
 
 
 def gate_value(gate_layer: nn.Linear, h_t: Tensor, h_v_proj: Tensor) -> Tensor:
@@ -99,3 +105,31 @@ class ResidualGatedFusion(nn.Module):
         if has_visual is not None:
             step = torch.where(has_visual.view(-1, 1).bool(), step, torch.zeros_like(step))
         return FusionOutput(text_logits + step, gate, s_cos, s_conf, delta)
+
+
+class ConcatFusion(nn.Module):
+    """Table 4's "w/o Residual Fusion": z = W Dropout([h_t || h_v]), one linear classifier on the concatenated
+    text and visual states, trained on the frozen branches as the residual fusion is. A sample without a caption
+    gets z = z_t exactly, as with the residual fusion, so that the two rows differ only in how a caption is used."""
+
+    def __init__(self, text_dim: int, visual_dim: int, num_labels: int, dropout: float = 0.2):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(text_dim + visual_dim, num_labels)
+
+    def forward(self, h_t: Tensor, text_logits: Tensor, h_v: Tensor, visual_logits: Tensor,
+                has_visual: Tensor | None = None) -> FusionOutput:
+        logits = self.classifier(self.dropout(torch.cat([h_t, h_v], dim=-1)))
+        if has_visual is not None:
+            logits = torch.where(has_visual.view(-1, 1).bool(), logits, text_logits)
+        return FusionOutput(logits)
+
+
+def make_fusion(kind: str, text_dim: int, visual_dim: int, num_labels: int, dropout: float = 0.2,
+                alpha_init: float = ALPHA_INIT) -> nn.Module:
+    """The fusion module a model config names: "residual" (Section 3.6) or "concat" (the Table 4 ablation)."""
+    if kind == "residual":
+        return ResidualGatedFusion(text_dim, visual_dim, num_labels, dropout, alpha_init)
+    if kind == "concat":
+        return ConcatFusion(text_dim, visual_dim, num_labels, dropout)
+    raise ValueError(f"fusion must be one of {FUSIONS}, got {kind!r}")

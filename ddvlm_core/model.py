@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ddvlm_core import checkpoint as ckpt
 from ddvlm_core.assets import MINILM, MPNET, resolve_model
-from ddvlm_core.fusion import FusionOutput, ResidualGatedFusion
+from ddvlm_core.fusion import FUSIONS, FusionOutput, make_fusion
 from ddvlm_core.labels import NUM_LABELS
 from ddvlm_core.text import (TextEncoder, TextOutput, check_prompt_fits, keep_position_bias_on_device, load_backbone,
                              load_tokenizer)
@@ -138,6 +138,7 @@ class DDVLMConfig:
     max_tokens: int = 511  # Section 3.3
     speaker_tokens: bool = True
     fusion_alpha_init: float = 0.3  # Table 2
+    fusion: str = "residual"  # "concat": Table 4's w/o residual fusion (ddvlm_core.fusion.ConcatFusion)
     lora: dict | None = None  # {"r", "alpha", "dropout", "targets"} when the backbone carries a LoRA adapter
     quantization: dict | None = None  # WOQConfig.as_dict() when the modules are stored as INT8
 
@@ -152,6 +153,7 @@ class DDVLMConfig:
         checks += [("num_labels", self.num_labels == NUM_LABELS, f"{NUM_LABELS} (MELD's labels)"),
                    ("dropout", number(self.dropout) and 0 <= self.dropout < 1, "a number in [0, 1)"),
                    ("fusion_alpha_init", number(self.fusion_alpha_init), "a number"),
+                   ("fusion", self.fusion in FUSIONS, f"one of {', '.join(FUSIONS)}"),
                    ("text_backbone", isinstance(self.text_backbone, str), "a str"),
                    ("caption_embedder", isinstance(self.caption_embedder, str), "a str"),
                    ("speaker_tokens", isinstance(self.speaker_tokens, bool), "true or false"),
@@ -185,8 +187,8 @@ class DDVLM(nn.Module):
         self.config = config
         self.text = text
         self.visual = VisualHead(config.caption_dim, config.text_dim, config.num_labels, config.dropout)
-        self.fusion = ResidualGatedFusion(config.text_dim, config.text_dim, config.num_labels,
-                                          config.dropout, config.fusion_alpha_init)
+        self.fusion = make_fusion(config.fusion, config.text_dim, config.text_dim, config.num_labels,
+                                  config.dropout, config.fusion_alpha_init)
 
     @classmethod
     def from_backbone(cls, config: DDVLMConfig):

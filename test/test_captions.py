@@ -292,8 +292,19 @@ def test_visual_and_fusion_stages_train_on_the_captions_and_the_checkpoint_uses_
     from training.ablate import ROWS, run_rows, write_report
 
     base = replace(cfg, run_dir=str(tmp_path / "ablate"))
-    entries = run_rows(base, [r for r in ROWS if r.name in ("full", "visual_cmkd")], [0], log=lambda *_: None)
+    entries = run_rows(base, [r for r in ROWS if r.name in ("full", "no_fusion", "visual_cmkd")], [0],
+                       log=lambda *_: None)
     assert all("not_run" not in e and len(e["scores"]) == 1 for e in entries)
+    # w/o residual fusion: the same branches fused by concatenation, its fusion stage's score (it used to be a run
+    # without a fusion stage, scored on its text branch: the text-only row's number under another name)
+    from ddvlm_core.fusion import ConcatFusion
+
+    no_fusion = tmp_path / "ablate" / "ablation" / "no_fusion" / "seed0"
+    fused = json.loads((no_fusion / "results.json").read_text())["stages"]["fusion"]["best"]["test"]["wa_f1"]
+    assert next(e for e in entries if e["row"] == "no_fusion")["scores"] == [fused]
+    concat = EmotionRecognizer.from_checkpoint(no_fusion / "checkpoint")
+    assert isinstance(concat.model.fusion, ConcatFusion)
+    assert concat.predict(dialogue, caption).probabilities != concat.predict(dialogue).probabilities
     write_report(entries, base, tmp_path / "ablation")
     text = (tmp_path / "ablation.md").read_text()
     assert "| DDVLM (full) | " in text and "not run" not in text

@@ -73,3 +73,26 @@ def test_alpha_is_learnable_from_0_3_and_confidence_is_detached():
     fusion(h_t, z_t, h_v, z_v).logits.sum().backward()
     assert fusion.alpha.grad is not None and fusion.alpha.grad != 0
     assert z_v.grad is None  # s_conf scales the correction but is not trained through
+
+
+def test_concat_fusion_is_one_linear_map_of_both_states_and_leaves_uncaptioned_rows_to_the_text():
+    """Table 4's w/o Residual Fusion (ddvlm_core.fusion.ConcatFusion): z = W [h_t || h_v] + b, z = z_t without a
+    caption; the model config and the training config name the same two fusions."""
+    from ddvlm_core.fusion import FUSIONS, ConcatFusion
+    from ddvlm_core.model import DDVLMConfig
+    from training.config import FUSIONS as TRAINING_FUSIONS
+    from training.config import TrainConfig
+
+    torch.manual_seed(0)
+    d, c = 6, 7
+    fusion = ConcatFusion(d, d, c, dropout=0.2).eval()
+    h_t, h_v, z_t, z_v = torch.randn(3, d), torch.randn(3, d), torch.randn(3, c), torch.randn(3, c)
+    w, b = fusion.classifier.weight.detach().numpy(), fusion.classifier.bias.detach().numpy()
+    expected = np.concatenate([h_t.numpy(), h_v.numpy()], axis=1) @ w.T + b
+    out = fusion(h_t, z_t, h_v, z_v, torch.tensor([True, False, True]))
+    np.testing.assert_allclose(out.logits[[0, 2]].detach().numpy(), expected[[0, 2]], rtol=1e-5, atol=1e-6)
+    assert torch.equal(out.logits[1], z_t[1]) and out.gate is None
+    assert TRAINING_FUSIONS == FUSIONS and DDVLMConfig(fusion="concat").fusion == "concat"
+    for bad in (lambda: DDVLMConfig(fusion="sum"), lambda: TrainConfig(fusion="sum")):
+        with pytest.raises(ValueError, match="fusion must be one of"):
+            bad()

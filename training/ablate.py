@@ -48,7 +48,7 @@ ROWS = (
     Row("full", "DDVLM (full)", 67.80, {}, True),
     Row("no_sd", "w/o Self-Distillation", 66.88, {"self_distillation": False}, True),
     Row("no_cmkd", "w/o Cross-Modal KD", 67.42, {"cross_modal_kd": False}, True),
-    Row("no_fusion", "w/o Residual Fusion", 67.24, {"stages": ("text", "visual")}, True, "text"),
+    Row("no_fusion", "w/o Residual Fusion", 67.24, {"fusion": "concat"}, True),
     Row("text_sd", "Self-Distillation Only Text", 67.13, {"stages": ("text",)}, False, "text"),
     Row("text_no_sd", "w/o Self-Distillation Only Text", 66.46, {"stages": ("text",), "self_distillation": False},
         False, "text"),

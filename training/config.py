@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 TEXT_MODES = ("frozen", "lora", "full")
+FUSIONS = ("residual", "concat")  # ddvlm_core.fusion.FUSIONS, named here without importing torch
 SD_SELECT = ("student", "ema", "either")  # the weights a self-distilled text run keeps (see TrainConfig.sd_select)
 VALUE_RANGES = (  # (fields, test, what the test allows)
     (("lr", "head_lr", "sd_tau", "response_tau", "feature_tau"), lambda v: v > 0, "> 0"),
@@ -102,6 +103,9 @@ class TrainConfig:
     feature_tau: float = option(1.0, "temperature of the feature loss's similarity softmax (Table 2)")
     lambda_jsd: float = option(0.2, "weight of the JSD term in the feature loss (Table 2)")
     fusion_alpha_init: float = option(0.3, "initial value of the fusion's learnable residual scale alpha")
+    fusion: str = option("residual", "how the fusion stage combines the branches: residual (Section 3.6's residual "
+                                     "gated fusion) or concat (Table 4's w/o Residual Fusion: one linear classifier "
+                                     "on [h_text || h_visual], the simple concatenation Section 3.6 sets it against)")
     # LoRA (text_mode = lora)
     lora_r: int = option(16, "rank r of each LoRA adapter")
     lora_alpha: int = option(32, "LoRA scaling alpha (the update is scaled by alpha / r)")
@@ -160,6 +164,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.sd_select not in SD_SELECT:
             raise ValueError(f"sd_select must be one of {SD_SELECT}, got {self.sd_select!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.bucket_megabatch < 0:
             raise ValueError("bucket_megabatch must be >= 0 (0: the same length-sorted batches every epoch)")
         if self.state_every < 0:
@@ -194,7 +200,7 @@ class TrainConfig:
 
         return DDVLMConfig(text_backbone=self.text_backbone, caption_embedder=self.caption_embedder,
                            dropout=self.dropout, max_tokens=self.max_tokens, speaker_tokens=self.speaker_tokens,
-                           fusion_alpha_init=self.fusion_alpha_init)
+                           fusion_alpha_init=self.fusion_alpha_init, fusion=self.fusion)
 
 
 def config_differences(a: Mapping[str, Any], b: Mapping[str, Any],
