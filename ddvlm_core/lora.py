@@ -72,4 +72,9 @@ def merge_adapter(backbone: nn.Module, settings: Mapping, state: Mapping[str, Te
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise KeyError(f"adapter has keys the backbone does not: {unexpected[:3]}")
+    # an adapter tensor its settings give the backbone but the state lacks would keep its fresh initialisation (a
+    # random A under a trained B): a different model, loaded without a word
+    missing = [k for k in getattr(result, "missing_keys", []) if ".lora_" in k]
+    if missing:
+        raise KeyError(f"adapter lacks {len(missing)} of the tensors its settings give the backbone: {missing[:3]}")
     return peft_backbone.merge_and_unload()

@@ -134,3 +134,27 @@ def test_loading_a_lora_checkpoint_warns_of_nothing_the_user_cannot_act_on(tmp_p
     said = [str(w.message) for w in caught]
     assert not [s for s in said if "is_gradient_checkpointing" in s]  # peft's use of a deprecated transformers API
     assert "a warning of our own still shows" in said
+
+
+def test_a_lora_adapter_missing_a_tensor_is_refused_not_filled_with_a_fresh_one(tmp_path, tiny_roberta_dir):
+    """A tensor the adapter's settings call for but its file lacks kept peft's fresh initialisation (a random
+    lora_A under a trained lora_B), and the checkpoint loaded as another model without a word."""
+    from safetensors.torch import load_file, save_file
+
+    from ddvlm_core.lora import apply_lora
+    from ddvlm_core.model import DDVLMConfig
+
+    settings = {"r": 4, "alpha": 8, "dropout": 0.0, "targets": ["query", "value"], "layers": []}
+    model, tok = DDVLM.from_backbone(DDVLMConfig(text_backbone=tiny_roberta_dir, text_dim=32, lora=settings))
+    model.text.backbone = apply_lora(model.text.backbone, settings)
+    model.save(tmp_path / "ckpt", ("text_head", "backbone_lora"))
+    assert isinstance(DDVLM.load(tmp_path / "ckpt")[0], DDVLM)
+    adapter = tmp_path / "ckpt" / "backbone_lora.safetensors"
+    state = load_file(adapter)
+    save_file({k: v for k, v in state.items() if not k.endswith("layer.1.attention.self.value.lora_A.weight")},
+              adapter)
+    manifest = json.loads((tmp_path / "ckpt" / "manifest.json").read_text())
+    manifest["modules"]["backbone_lora"]["sha256"] = sha256_file(adapter)
+    (tmp_path / "ckpt" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="LoRA adapter does not fit the backbone: .*lacks 1 of the tensors"):
+        DDVLM.load(tmp_path / "ckpt")
