@@ -26,9 +26,11 @@ def tiny_cfg(tmp_path, tiny_roberta_dir, **over):
     return load_config(None, [f"--{k}={v}" for k, v in base.items()])
 
 
-def test_lora_run_end_to_end_writes_a_checkpoint_that_loads_and_predicts(tmp_path, tiny_roberta_dir):
+def test_lora_run_end_to_end_writes_a_checkpoint_that_loads_and_predicts(tmp_path, tiny_roberta_dir, capsys):
     cfg = tiny_cfg(tmp_path, tiny_roberta_dir, text_mode="lora", lr=1e-3)
     results = run(cfg, log=lambda *_: None)
+    bars = capsys.readouterr().err  # training and each per-epoch evaluation show a progress bar with an ETA
+    assert "text epoch 1/" in bars and "text eval dev:" in bars and "text eval test:" in bars
     best = results["stages"]["text"]["best"]
     assert best["dev"]["n"] == sum(len(dialogues("dev")[d]) for d in sorted(dialogues("dev"))[:4])
     assert "skipped" in results["stages"]["visual"]
@@ -626,11 +628,12 @@ def test_a_failing_parallel_run_is_reported_not_raised(tmp_path, tiny_roberta_di
     assert entry["failed"][0]["returncode"] != 0 and "mean" not in entry
 
 
-def test_evaluate_checkpoint_scores_the_whole_split_as_the_recognizer_predicts(tiny_text_checkpoint):
+def test_evaluate_checkpoint_scores_the_whole_split_as_the_recognizer_predicts(tiny_text_checkpoint, capsys):
     from ddvlm_core.labels import LABELS
     from training.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(tiny_text_checkpoint, ("dev",), log=lambda *_: None)
+    assert "dev (1109 utterances):   0%|" in capsys.readouterr().err  # a progress bar with an ETA while it runs
     dev = result["splits"]["dev"]
     assert dev["n"] == 1109 and result["modules"] == ["text_head"]
     # independent check on one dialogue: the recognizer's own top labels give the same correct count

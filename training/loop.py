@@ -284,7 +284,9 @@ def predict_split(stage: Stage, split: str, lengths: list[int], batch_size: int,
     model = model if model is not None else stage.student
     model.eval()
     preds = torch.empty(len(lengths), dtype=torch.long)
-    for idx in batches(lengths, batch_size, shuffle=False, seed=0):
+    # a bar with an ETA, erased when done: a fine-tuned backbone's dev and test take minutes on a CPU, twice with SD
+    plan = batches(lengths, batch_size, shuffle=False, seed=0)
+    for idx in tqdm(plan, desc=f"{stage.name} eval {split}", unit="batch", mininterval=10, leave=False):
         preds[idx] = stage.logits(model, split, idx).argmax(-1).cpu()
     return preds
 
