@@ -88,6 +88,15 @@ def bag_topics(path: str | Path) -> tuple[dict[str, str], float | None]:
         raise BagError(f"{path}: cannot read bag ({type(e).__name__}: {e})") from None
 
 
+def message_count(path: str | Path, topics: Collection[str]) -> int:
+    """How many messages the bag holds on ``topics``, from its index."""
+    try:
+        with Reader(Path(path)) as reader:
+            return sum(c.msgcount for c in reader.connections if c.topic in topics)
+    except Exception as e:  # rosbags raises several types for broken bags
+        raise BagError(f"{path}: cannot read bag ({type(e).__name__}: {e})") from None
+
+
 def bag_messages(path: str | Path, topics: Collection[str] | None = None) -> Iterator[tuple[float, str, str, bytes]]:
     """(time s, topic, msgtype, raw CDR) of every message on ``topics`` (None: all), in time order, one at a time: a
     robot's bag of raw camera images is tens of GB, more than a machine's memory, and was read whole."""
@@ -152,7 +161,8 @@ class ReplayResult:
 
 
 def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: float = 60.0,
-           on_answer=None, max_in_flight: int = 0, remaps: dict[str, str] | None = None) -> ReplayResult:
+           on_answer=None, max_in_flight: int = 0, remaps: dict[str, str] | None = None,
+           progress: bool = False) -> ReplayResult:
     """Play ``bag`` into a fresh node. ``max_in_flight`` > 0 holds back the next utterance while that many
     are unanswered (evaluation of a whole split faster than real time without overrunning the node).
     ``remaps``: bag topic -> node input, for topics not named like the inputs (see ``input_topics``)."""
@@ -213,7 +223,12 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         answer_key = AnswerKeys(node.p("conversation_id"))
         skipped: set[str] = set()  # final utterances the node does not classify (no text): no answer to wait for
         started = time.monotonic()
-        for t, topic, msgtype, raw in bag_messages(bag, topics):
+        played = bag_messages(bag, topics)
+        if progress:  # a whole MELD split takes minutes: a bar with an ETA (``--live`` prints a line per answer)
+            from tqdm import tqdm
+
+            played = tqdm(played, total=message_count(bag, topics), desc="replay", unit="msg", mininterval=10)
+        for t, topic, msgtype, raw in played:
             delay = (t - t_first) / speed - (time.monotonic() - started)
             if delay > 0:
                 time.sleep(delay)
@@ -443,7 +458,8 @@ def main(argv: list[str]) -> int:
     if args.live:
         print(f"{'utterance':<22} {'speaker':<12} {'tok':<5} {'emotion':<9} {'conf':>5} R  {'gold':<14} latency")
     try:
-        result = replay(args.bag, params, args.speed, on_answer=live, max_in_flight=args.max_in_flight, remaps=remaps)
+        result = replay(args.bag, params, args.speed, on_answer=live, max_in_flight=args.max_in_flight, remaps=remaps,
+                        progress=not args.live)
     except (BagError, NodeConfigureError) as e:
         ap.error(str(e))
     score = result.score(labels)

@@ -208,6 +208,7 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
     out = tmp_path / "out"
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *remaps,
                  "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
+    assert "replay:   0%|          | 0/36 " in capsys.readouterr().err  # 4 transcripts, 32 frames: a progress bar
     records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert [r["key"] for r in records] == ["default/1", "default/2", "default/3", "default/4"]
     assert [r["speaker_id"] for r in records] == ["Ross", "Rachel", "Ross", "Rachel"]
