@@ -178,6 +178,7 @@ class EmotionPipeline:
         self._partials_lock = threading.Lock()  # streaming caption is queued: one caption job per stream at a time
         self.prefetch_coverage = 0.8  # reuse a streaming caption that covers this much of the final window
         self.max_conversations = max_conversations  # contexts kept in memory at most
+        self._dropped_idle: dict[str, float] = {}  # conversation -> when it last spoke, for those dropped idle
         self.thread_setup = thread_setup or {}  # worker name -> called first on that worker's thread
         self.clock = clock  # seconds; measures a conversation's silence (the node's: ROS time, a bag's under sim time)
 
@@ -389,9 +390,10 @@ class EmotionPipeline:
     def _conversation(self, conversation_id: str) -> Conversation:
         conv = self.conversations.get(conversation_id)
         now = self.clock()
-        if conv is not None and self.idle_timeout_s > 0 and now - conv.last_active > self.idle_timeout_s:
+        last = conv.last_active if conv is not None else self._dropped_idle.pop(conversation_id, None)
+        if last is not None and self.idle_timeout_s > 0 and now - last > self.idle_timeout_s:
             self.stats.conversations_reset += 1
-            self.log("info", f"conversation {conversation_id!r} idle for {now - conv.last_active:.0f}s: new context")
+            self.log("info", f"conversation {conversation_id!r} idle for {now - last:.0f}s: new context")
             conv = None
         if conv is None:
             self._forget_conversations(now)
@@ -408,6 +410,10 @@ class EmotionPipeline:
                 if self.idle_timeout_s > 0 and now - conv.last_active > self.idle_timeout_s]
         excess = len(self.conversations) - len(idle) - (self.max_conversations - 1)
         oldest = [c for c in self.conversations if c not in idle][:max(0, excess)]
+        for c in idle:  # its next utterance is an idle restart, said and counted as one (a few bytes each)
+            self._dropped_idle[c] = self.conversations[c].last_active
+        while len(self._dropped_idle) > self.max_conversations:
+            self._dropped_idle.pop(next(iter(self._dropped_idle)))
         for c in idle + oldest:
             del self.conversations[c]
             self.stats.conversations_forgotten += 1
@@ -418,6 +424,8 @@ class EmotionPipeline:
 
     def _reset(self, conversation_id: str, why: str) -> None:
         gone = [c for c in self.conversations if not conversation_id or c == conversation_id]
+        for c in [c for c in self._dropped_idle if not conversation_id or c == conversation_id]:
+            del self._dropped_idle[c]  # its next utterance starts anew because of this reset, not of its silence
         turns = sum(len(self.conversations.pop(c).dialogue) for c in gone)
         self.log("info", f"reset {why}: {len(gone)} conversation(s) forgotten ({turns} utterances of context)")
 

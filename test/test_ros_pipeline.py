@@ -179,6 +179,15 @@ def test_memory_stays_bounded_on_a_node_that_meets_new_people_for_weeks(tiny_tex
         time.sleep(0.01)
     pipe.stop()
     assert list(pipe.conversations) == ["new"] and pipe.stats.conversations_forgotten == 1
+    logs = []  # "old" speaks again: a new context, said and counted as an idle restart like any other
+    pipe.log = lambda level, text: logs.append(text)
+    pipe.start()
+    pipe.submit(utt("hi again", conv="old"))
+    deadline = time.monotonic() + 20
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipe.stop()
+    assert pipe.stats.conversations_reset == 1 and any("conversation 'old' idle for" in line for line in logs)
 
 
 def test_frame_buffer_thins_a_fast_camera_to_the_kept_rate():
