@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Iterator
+from typing import Callable, Collection, Iterator, NamedTuple
 
 import numpy as np
 from rosbags.rosbag2 import Reader
@@ -77,22 +77,23 @@ def ros_type(msgtype: str):
     return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
-def bag_topics(path: str | Path) -> tuple[dict[str, str], float | None]:
-    """(topic -> message type, the time of the bag's first message in seconds; None for a bag without messages),
-    from the bag's index: no message is read."""
-    try:
-        with Reader(Path(path)) as reader:
-            return ({c.topic: c.msgtype for c in reader.connections},
-                    reader.start_time * 1e-9 if reader.message_count else None)
-    except Exception as e:  # rosbags raises several types for broken bags
-        raise BagError(f"{path}: cannot read bag ({type(e).__name__}: {e})") from None
+class BagIndex(NamedTuple):
+    """What a bag's index says, without reading a message."""
+
+    types: dict[str, str]  # topic -> message type
+    counts: dict[str, int]  # topic -> how many messages
+    start_s: float | None  # the time of the bag's first message in seconds; None for a bag without messages
 
 
-def message_count(path: str | Path, topics: Collection[str]) -> int:
-    """How many messages the bag holds on ``topics``, from its index."""
+def bag_topics(path: str | Path) -> BagIndex:
+    """The bag's topics, their types and message counts and its start, from its index: no message is read."""
     try:
         with Reader(Path(path)) as reader:
-            return sum(c.msgcount for c in reader.connections if c.topic in topics)
+            counts: dict[str, int] = {}
+            for c in reader.connections:
+                counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
+            return BagIndex({c.topic: c.msgtype for c in reader.connections}, counts,
+                            reader.start_time * 1e-9 if reader.message_count else None)
     except Exception as e:  # rosbags raises several types for broken bags
         raise BagError(f"{path}: cannot read bag ({type(e).__name__}: {e})") from None
 
@@ -176,7 +177,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     from ddvlm_ros.convert import sec_to_stamp
     from ddvlm_ros.emotion_node import EmotionNode
 
-    in_bag, t_first = bag_topics(bag)
+    in_bag, counts, t_first = bag_topics(bag)
     if t_first is None:
         raise BagError(f"{bag}: no messages")
     topics = input_topics(in_bag, remaps)
@@ -227,7 +228,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         if progress:  # a whole MELD split takes minutes: a bar with an ETA (``--live`` prints a line per answer)
             from tqdm import tqdm
 
-            played = tqdm(played, total=message_count(bag, topics), desc="replay", unit="msg", mininterval=10)
+            played = tqdm(played, total=sum(counts[t] for t in topics), desc="replay", unit="msg", mininterval=10)
         for t, topic, msgtype, raw in played:
             delay = (t - t_first) / speed - (time.monotonic() - started)
             if delay > 0:
@@ -364,9 +365,9 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
     from ddvlm_ros.bag import typestore
 
     store, out = typestore(), Path(out)
-    with Reader(Path(result.bag)) as reader:  # its index: which topics can be written, how many messages cannot
-        known = {c.topic for c in reader.connections if c.msgtype in store.types}
-        left_out = sum(c.msgcount for c in reader.connections if c.msgtype not in store.types)
+    index = bag_topics(result.bag)  # which topics can be written, how many messages cannot
+    known = {topic for topic, msgtype in index.types.items() if msgtype in store.types}
+    left_out = sum(count for topic, count in index.counts.items() if topic not in known)
     played = ((int(round(t * 1e9)), topic, msgtype, raw) for t, topic, msgtype, raw in bag_messages(result.bag, known))
     answers = [(t, "/emotion", EMOTION_TYPE, raw) for t, raw in sorted(result.emotion_log, key=lambda e: e[0])]
     with Writer(out, version=9) as writer:

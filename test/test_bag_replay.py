@@ -295,7 +295,8 @@ def test_a_bag_of_raw_camera_images_is_read_one_message_at_a_time(tmp_path):
             writer.write(cam, int((10 + k / 4) * 1e9), store.serialize_cdr(image, "sensor_msgs/msg/Image"))
         writer.write(asr, int(12e9), store.serialize_cdr(String(data="Ross: Hi."), "std_msgs/msg/String"))
     assert bag_topics(tmp_path / "raw") == ({"/camera/image_raw": "sensor_msgs/msg/Image",
-                                             "/asr/text": "std_msgs/msg/String"}, 10.0)
+                                             "/asr/text": "std_msgs/msg/String"},
+                                            {"/camera/image_raw": n_frames, "/asr/text": 1}, 10.0)
     bag_size = n_frames * frame_bytes  # 66 MB
     tracemalloc.start()
     try:
@@ -315,7 +316,7 @@ def test_a_bag_of_raw_camera_images_is_read_one_message_at_a_time(tmp_path):
 def test_replay_refuses_unmapped_mistyped_or_missing_topics_with_the_bags_topics(tmp_path):
     from ddvlm_ros.replay import bag_topics, input_topics, parse_remaps
 
-    in_bag, _ = bag_topics(write_robot_bag(tmp_path / "robot", ROBOT_LINES[:1]))
+    in_bag = bag_topics(write_robot_bag(tmp_path / "robot", ROBOT_LINES[:1])).types
     with pytest.raises(BagError, match=r"nothing to transcribe.*/asr/text \(std_msgs/msg/String\).*--remap"):
         input_topics(in_bag)
     with pytest.raises(BagError, match="takes sensor_msgs/msg/CompressedImage"):

@@ -25,6 +25,12 @@ def test_frame_buffer_orders_windows_and_drops_old_and_future():
 def run_pipeline(recognizer, utterances, **kw):
     results = []
     pipe = EmotionPipeline(recognizer, results.append, **kw)
+    answer(pipe, utterances)
+    return pipe, results
+
+
+def answer(pipe, utterances):
+    """Start ``pipe``, submit ``utterances``, wait until it has handled them, stop it."""
     pipe.start()
     for u in utterances:
         pipe.submit(u)
@@ -32,7 +38,6 @@ def run_pipeline(recognizer, utterances, **kw):
     while not pipe.idle() and time.monotonic() < deadline:
         time.sleep(0.01)
     pipe.stop()
-    return pipe, results
 
 
 def utt(text, speaker="a", conv="c"):
@@ -172,21 +177,11 @@ def test_memory_stays_bounded_on_a_node_that_meets_new_people_for_weeks(tiny_tex
     assert pipe.stats.conversations_forgotten == 7
     pipe, _ = run_pipeline(rec, [utt("hi", conv="old")], idle_timeout_s=0.05)
     time.sleep(0.1)  # "old" is now idle past the timeout: the next new conversation forgets it
-    pipe.start()
-    pipe.submit(utt("hi", conv="new"))
-    deadline = time.monotonic() + 20
-    while not pipe.idle() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    pipe.stop()
+    answer(pipe, [utt("hi", conv="new")])
     assert list(pipe.conversations) == ["new"] and pipe.stats.conversations_forgotten == 1
     logs = []  # "old" speaks again: a new context, said and counted as an idle restart like any other
     pipe.log = lambda level, text: logs.append(text)
-    pipe.start()
-    pipe.submit(utt("hi again", conv="old"))
-    deadline = time.monotonic() + 20
-    while not pipe.idle() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    pipe.stop()
+    answer(pipe, [utt("hi again", conv="old")])
     assert pipe.stats.conversations_reset == 1 and any("conversation 'old' idle for" in line for line in logs)
 
 
