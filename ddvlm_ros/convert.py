@@ -1,9 +1,10 @@
 """Pure conversions between ROS messages and ddvlm_core objects (no node state).
 
-Images use cv_bridge where it imports; otherwise the small converter below handles the raw encodings
-cameras publish (rgb8, bgr8, rgba8, bgra8, mono8, mono16; YUV 4:2:2 uyvy / yuyv and 4:2:0 nv12 / nv21, as
-USB and Jetson cameras send them; 8- and 16-bit Bayer mosaics, as industrial cameras send them) with
-cv_bridge's OpenCV conversions, and JPEG/PNG compressed images, with a clear ValueError for anything else
+Images use cv_bridge where it imports. The small converter below decodes what cv_bridge refuses (it knows no
+uyvy, yuyv, nv12 or nv21) and, where cv_bridge does not import, every raw encoding cameras publish (rgb8, bgr8,
+rgba8, bgra8, mono8, mono16; YUV 4:2:2 uyvy / yuyv and 4:2:0 nv12 / nv21, as USB and Jetson cameras send them;
+8- and 16-bit Bayer mosaics, as industrial cameras send them) with cv_bridge's OpenCV conversions; JPEG/PNG
+compressed images are decoded by OpenCV. Anything else is a clear ValueError
 (unknown encoding, wrong buffer size, odd sizes a format cannot have, zero-size or undecodable data).
 """
 from __future__ import annotations
@@ -48,7 +49,7 @@ def raw_image_to_rgb(height: int, width: int, encoding: str, step: int, data: by
                      is_bigendian: bool = False) -> np.ndarray:
     """sensor_msgs/Image fields -> H x W x 3 uint8 RGB."""
     bayer = _BAYER_ENCODING.fullmatch(encoding)
-    if encoding not in _CHANNELS and encoding not in _YUV and bayer is None:
+    if not known_encoding(encoding):
         raise ValueError(f"unsupported image encoding {encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
     if height <= 0 or width <= 0:
         raise ValueError(f"zero-size image ({width}x{height})")
@@ -92,9 +93,25 @@ def _yuv_to_rgb(height: int, width: int, encoding: str, step: int, data: bytes) 
     return cv2.cvtColor(buf.reshape(rows, width, 2) if pixel_bytes == 2 else buf, getattr(cv2, code))
 
 
+def known_encoding(encoding: str) -> bool:
+    """Whether ``raw_image_to_rgb`` decodes this encoding."""
+    return encoding in _CHANNELS or encoding in _YUV or _BAYER_ENCODING.fullmatch(encoding) is not None
+
+
 def image_msg_to_rgb(msg) -> np.ndarray:
-    if _BRIDGE is not None:  # pragma: no cover
-        return _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8")
+    """sensor_msgs/Image -> H x W x 3 uint8 RGB: cv_bridge where it imports, else ``raw_image_to_rgb``.
+
+    cv_bridge knows YUV 4:2:2 only by its deprecated names (yuv422, yuv422_yuy2): it refuses uyvy, yuyv, nv12
+    and nv21, which sensor_msgs names and USB and Jetson cameras send ("Unrecognized image encoding"). An image
+    that cv_bridge refuses in an encoding ``raw_image_to_rgb`` decodes is decoded by it; any other refusal is a
+    ValueError with cv_bridge's reason.
+    """
+    if _BRIDGE is not None:
+        try:
+            return _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8")
+        except Exception as e:  # noqa: BLE001 - cv_bridge.CvBridgeError, or numpy's on a short buffer
+            if not known_encoding(msg.encoding):
+                raise ValueError(f"cv_bridge cannot convert a {msg.encoding!r} image: {e}") from None
     return raw_image_to_rgb(msg.height, msg.width, msg.encoding, msg.step, msg.data, bool(msg.is_bigendian))
 
 

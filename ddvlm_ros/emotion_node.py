@@ -401,7 +401,7 @@ class EmotionNode(LifecycleNode):
         kind, msg = item
         try:
             return image_msg_to_rgb(msg) if kind == "raw" else compressed_msg_to_rgb(msg)
-        except Exception:  # ValueError from our converter; cv_bridge raises its own CvBridgeError
+        except Exception:  # a ValueError with the reason (an encoding neither cv_bridge nor our converter knows ...)
             self._bad_frames += 1
             raise
 

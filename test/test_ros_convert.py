@@ -2,7 +2,9 @@ import cv2
 import numpy as np
 import pytest
 
-from ddvlm_ros.convert import compressed_to_rgb, parse_transcript, raw_image_to_rgb, sec_to_stamp, stamp_to_sec
+from ddvlm_ros import convert
+from ddvlm_ros.convert import (compressed_to_rgb, image_msg_to_rgb, parse_transcript, raw_image_to_rgb, sec_to_stamp,
+                               stamp_to_sec)
 
 
 def rgb_image(h=4, w=5):
@@ -64,6 +66,64 @@ def test_yuv_encodings_decode_to_the_colour_they_code(encoding):
         out = raw_image_to_rgb(4, 6, encoding, step, data)
         assert out.shape == (4, 6, 3) and out.dtype == np.uint8
         assert np.abs(out.astype(int) - np.array(rgb)).max() <= 3, (encoding, rgb, out[0, 0])
+
+
+# The encodings cv_bridge's getCvType knows (vision_opencv cv_bridge/src/cv_bridge.cpp; Debian's cv_bridge 1.16.2
+# refuses the same ones, and yuv422_yuy2 too): anything else raises "Unrecognized image encoding [...]".
+CV_BRIDGE_ENCODINGS = {"bgr8", "mono8", "rgb8", "mono16", "bgr16", "rgb16", "bgra8", "rgba8", "bgra16", "rgba16",
+                       *(f"bayer_{p}{bits}" for p in ("rggb", "bggr", "gbrg", "grbg") for bits in (8, 16)),
+                       "yuv422", "yuv422_yuy2"}
+
+
+class CvBridgeError(TypeError):
+    pass
+
+
+class TableBridge:
+    """cv_bridge's imgmsg_to_cv2 as far as encodings go: those of its table decoded, the others refused."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def imgmsg_to_cv2(self, msg, desired_encoding):
+        self.calls += 1
+        if msg.encoding not in CV_BRIDGE_ENCODINGS:
+            raise CvBridgeError(f"Unrecognized image encoding [{msg.encoding}]")
+        return raw_image_to_rgb(msg.height, msg.width, msg.encoding, msg.step, bytes(msg.data))
+
+
+def image_msg(encoding, step, data, h=4, w=6):
+    from sensor_msgs.msg import Image
+
+    return Image(height=h, width=w, encoding=encoding, step=step, data=data)
+
+
+@pytest.mark.parametrize("encoding", ["uyvy", "yuyv", "nv12", "nv21", "yuv422"])
+def test_images_cv_bridge_refuses_are_decoded_without_it(encoding, monkeypatch):
+    """A robot with cv_bridge: it does not know uyvy, yuyv, nv12, nv21 (sensor_msgs names USB and Jetson cameras
+    use); those frames are decoded by our converter instead of all being counted bad."""
+    bridge = TableBridge()
+    monkeypatch.setattr(convert, "_BRIDGE", bridge)
+    for rgb in COLOURS:
+        out = image_msg_to_rgb(image_msg(encoding, *yuv_image(encoding, rgb)))
+        assert np.abs(out.astype(int) - np.array(rgb)).max() <= 3, (encoding, rgb, out[0, 0])
+    assert bridge.calls == len(COLOURS)  # cv_bridge first, where it imports
+    with pytest.raises(ValueError, match=r"cv_bridge cannot convert a 'nv24' image: Unrecognized image encoding"):
+        image_msg_to_rgb(image_msg("nv24", 6, bytes(72)))
+
+
+def test_images_decode_with_the_real_cv_bridge_where_it_imports():
+    """On a robot with ROS 2's cv_bridge (not installable here)."""
+    pytest.importorskip("cv_bridge")
+    assert convert._BRIDGE is not None
+    for encoding in ("rgb8", "uyvy", "yuyv", "nv12", "nv21"):
+        if encoding == "rgb8":
+            im = np.tile(np.array(COLOURS[0], np.uint8), (4, 6, 1))
+            msg = image_msg("rgb8", 18, im.tobytes())
+        else:
+            msg = image_msg(encoding, *yuv_image(encoding, COLOURS[0]))
+        out = image_msg_to_rgb(msg)
+        assert np.abs(out.astype(int) - np.array(COLOURS[0])).max() <= 3, encoding
 
 
 @pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
