@@ -1,24 +1,23 @@
 """Pure conversions between ROS messages and ddvlm_core objects (no node state).
 
-Images use cv_bridge where it imports. The small converter below decodes what cv_bridge refuses (it knows no
-uyvy, yuyv, nv12 or nv21) and, where cv_bridge does not import, every raw encoding cameras publish (rgb8, bgr8,
-rgba8, bgra8, mono8, mono16; YUV 4:2:2 uyvy / yuyv and 4:2:0 nv12 / nv21, as USB and Jetson cameras send them;
-8- and 16-bit Bayer mosaics, as industrial cameras send them) with cv_bridge's OpenCV conversions; JPEG/PNG
-compressed images are decoded by OpenCV. Anything else is a clear ValueError
+Images use cv_bridge where it imports and works (``use_cv_bridge``). The small converter below decodes what
+cv_bridge refuses (it knows no uyvy, yuyv, nv12 or nv21) and, without a working cv_bridge, every raw encoding
+cameras publish (rgb8, bgr8, rgba8, bgra8, mono8, mono16; YUV 4:2:2 uyvy / yuyv and 4:2:0 nv12 / nv21, as USB
+and Jetson cameras send them; 8- and 16-bit Bayer mosaics, as industrial cameras send them) with cv_bridge's
+OpenCV conversions; JPEG/PNG compressed images are decoded by OpenCV. Anything else is a clear ValueError
 (unknown encoding, wrong buffer size, odd sizes a format cannot have, zero-size or undecodable data).
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
+import subprocess
+import sys
 
 import numpy as np
 
-try:  # pragma: no cover - not installable from PyPI; used on real robots
-    from cv_bridge import CvBridge
-
-    _BRIDGE = CvBridge()
-except ImportError:
-    _BRIDGE = None
+_BRIDGE = None  # the cv_bridge.CvBridge that raw images go through, once use_cv_bridge() found one that works
 
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "8UC1": 1, "8UC3": 3, "mono16": 1}
 # YUV encoding -> (OpenCV conversion, bytes per pixel in a row, rows per image row); yuv422 / yuv422_yuy2 are
@@ -98,8 +97,60 @@ def known_encoding(encoding: str) -> bool:
     return encoding in _CHANNELS or encoding in _YUV or _BAYER_ENCODING.fullmatch(encoding) is not None
 
 
+# A 1 x 2 bgr8 image through cv_bridge, in a child process; it prints the RGB pixels.
+CV_BRIDGE_PROBE = """
+from cv_bridge import CvBridge
+from sensor_msgs.msg import Image
+msg = Image(height=1, width=2, encoding="bgr8", step=6, data=bytes([10, 20, 30, 40, 50, 60]))
+print(CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8").tolist())
+"""
+CV_BRIDGE_EXPECTED = "[[[30, 20, 10], [60, 50, 40]]]"
+
+
+def probe(code: str, expected: str, env: dict | None = None, timeout_s: float = 60.0) -> str:
+    """Run ``code`` in a child Python; '' when its last line of output is ``expected``, else why not."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return f"no answer in {timeout_s:.0f} s"
+    if proc.returncode < 0:
+        return f"the process crashed (signal {-proc.returncode})"
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        return lines[-1] if lines else f"exit status {proc.returncode}"
+    answer = (proc.stdout.strip().splitlines() or [""])[-1]
+    return "" if answer == expected else f"wrong answer {answer[:80]!r}, expected {expected!r}"
+
+
+@functools.cache
+def cv_bridge_problem() -> str:
+    """Why cv_bridge cannot decode images here ('' when it can), checked once per process: a known 1 x 2 image
+    converted in a child process. A cv_bridge built against NumPy 1.x (Ubuntu's, under which apt's ROS 2 is
+    built) imports under NumPy 2 but crashes the process at its first conversion (seen with Debian's cv_bridge
+    1.16.2 and NumPy 2.4.6), so it is tried where a crash costs nothing."""
+    if importlib.util.find_spec("cv_bridge") is None:
+        return "not installed"
+    why = probe(CV_BRIDGE_PROBE, CV_BRIDGE_EXPECTED)
+    return f"{why} converting a test image (NumPy here: {np.__version__})" if why else ""
+
+
+def use_cv_bridge() -> str:
+    """Decode raw images with cv_bridge if it works here (``cv_bridge_problem``), else with ``raw_image_to_rgb``;
+    returns what decodes them, for the node's log and diagnostics."""
+    global _BRIDGE
+    problem = cv_bridge_problem()
+    if problem:
+        _BRIDGE = None
+        return f"ddvlm (cv_bridge: {problem})"
+    from cv_bridge import CvBridge
+
+    _BRIDGE = CvBridge()
+    return "cv_bridge"
+
+
 def image_msg_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/Image -> H x W x 3 uint8 RGB: cv_bridge where it imports, else ``raw_image_to_rgb``.
+    """sensor_msgs/Image -> H x W x 3 uint8 RGB: cv_bridge once ``use_cv_bridge`` found it working, else
+    ``raw_image_to_rgb``.
 
     cv_bridge knows YUV 4:2:2 only by its deprecated names (yuv422, yuv422_yuy2): it refuses uyvy, yuyv, nv12
     and nv21, which sensor_msgs names and USB and Jetson cameras send ("Unrecognized image encoding"). An image

@@ -28,7 +28,7 @@ from std_msgs.msg import Header, String
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
 from ddvlm_ros.convert import (compressed_msg_to_rgb, image_msg_to_rgb, parse_transcript, prediction_to_msg,
-                               sec_to_stamp, stamp_to_sec)
+                               sec_to_stamp, stamp_to_sec, use_cv_bridge)
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
 from ddvlm_ros.pipeline import EmotionPipeline, Result, UtteranceIn
 from ddvlm_ros.spin import spin_until_shutdown
@@ -60,6 +60,7 @@ class EmotionNode(LifecycleNode):
         self.recognizer = None
         self.load_error = ""
         self.captioner_check = ""  # the captioner against the one that trained the visual branch, set at configure
+        self.image_decoder = ""  # what decodes raw images: cv_bridge where it works, else ddvlm's converter; configure
         self.model_name = ""
         self.quantization = "none"
         self.compiled = "no"
@@ -150,6 +151,9 @@ class EmotionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.load_error = ""
         self._read("configure")
+        self.image_decoder = use_cv_bridge()
+        if "cv_bridge: not installed" not in self.image_decoder and self.image_decoder != "cv_bridge":
+            self.get_logger().warning(f"cv_bridge does not work here: raw images are decoded by {self.image_decoder}")
         self._pub = self.create_lifecycle_publisher(
             EmotionDistribution, self.p("emotion_topic"),
             QoSProfile(depth=self.p("emotion_qos_depth"), history=HistoryPolicy.KEEP_LAST),
@@ -516,7 +520,8 @@ class EmotionNode(LifecycleNode):
         values = {"lifecycle_state": "active" if self._active else "inactive", "model": self.model_name,
                   "quantization": self.quantization, "compiled": self.compiled, "load_error": self.load_error,
                   "incompatible_qos_events": self._qos_incompatible, "bad_frames": self._bad_frames,
-                  "ros4hri": self._hri_status + (f" ({len(self._hri.voices)} voices)" if self._hri else "")}
+                  "ros4hri": self._hri_status + (f" ({len(self._hri.voices)} voices)" if self._hri else ""),
+                  "image_decoder": self.image_decoder}
         level, message = DiagnosticStatus.OK, "running"
         if self.pipeline is not None:
             s = self.pipeline.stats

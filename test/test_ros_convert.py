@@ -1,3 +1,6 @@
+import os
+import textwrap
+
 import cv2
 import numpy as np
 import pytest
@@ -112,10 +115,13 @@ def test_images_cv_bridge_refuses_are_decoded_without_it(encoding, monkeypatch):
         image_msg_to_rgb(image_msg("nv24", 6, bytes(72)))
 
 
-def test_images_decode_with_the_real_cv_bridge_where_it_imports():
+def test_images_decode_with_the_real_cv_bridge_where_it_works(monkeypatch):
     """On a robot with ROS 2's cv_bridge (not installable here)."""
     pytest.importorskip("cv_bridge")
-    assert convert._BRIDGE is not None
+    if convert.cv_bridge_problem():
+        pytest.skip(f"cv_bridge does not work here: {convert.cv_bridge_problem()}")
+    monkeypatch.setattr(convert, "_BRIDGE", None)
+    assert convert.use_cv_bridge() == "cv_bridge" and convert._BRIDGE is not None
     for encoding in ("rgb8", "uyvy", "yuyv", "nv12", "nv21"):
         if encoding == "rgb8":
             im = np.tile(np.array(COLOURS[0], np.uint8), (4, 6, 1))
@@ -124,6 +130,50 @@ def test_images_decode_with_the_real_cv_bridge_where_it_imports():
             msg = image_msg(encoding, *yuv_image(encoding, COLOURS[0]))
         out = image_msg_to_rgb(msg)
         assert np.abs(out.astype(int) - np.array(COLOURS[0])).max() <= 3, encoding
+
+
+@pytest.mark.parametrize("code, why", [
+    ("print('[[[30, 20, 10], [60, 50, 40]]]')", ""),
+    ("print('[[[10, 20, 30], [40, 50, 60]]]')", "wrong answer '[[[10, 20, 30], [40, 50, 60]]]'"),
+    ("import cv_bridge_that_is_not_there", "ModuleNotFoundError: No module named 'cv_bridge_that_is_not_there'"),
+    ("import ctypes; ctypes.string_at(0)", "the process crashed (signal 11)"),
+])
+def test_a_decoder_is_probed_in_a_child_process_that_may_crash(code, why):
+    got = convert.probe(code, convert.CV_BRIDGE_EXPECTED)
+    assert got.startswith(why) and bool(got) == bool(why), got
+
+
+STAND_IN_CV_BRIDGE = {  # cv_bridge packages as a robot may have them: working, and built against another NumPy
+    "works": """
+        import numpy as np
+        class CvBridge:
+            def imgmsg_to_cv2(self, msg, desired_encoding):
+                bgr = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width, 3)
+                return bgr[..., ::-1]
+    """,
+    "crashes": """
+        class CvBridge:
+            def imgmsg_to_cv2(self, msg, desired_encoding):
+                import ctypes
+                ctypes.string_at(0)  # what a cv_bridge built against NumPy 1.x does under NumPy 2
+    """,
+}
+
+
+@pytest.mark.parametrize("kind, why", [("works", ""), ("crashes", "the process crashed (signal 11)")])
+def test_the_cv_bridge_probe_converts_a_known_image_without_risking_the_node(kind, why, tmp_path):
+    package = tmp_path / "cv_bridge"
+    package.mkdir()
+    (package / "__init__.py").write_text(textwrap.dedent(STAND_IN_CV_BRIDGE[kind]))
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    assert convert.probe(convert.CV_BRIDGE_PROBE, convert.CV_BRIDGE_EXPECTED, env=env) == why
+
+
+def test_without_cv_bridge_our_converter_decodes_and_says_so(monkeypatch):
+    if convert.cv_bridge_problem() != "not installed":
+        pytest.skip("cv_bridge is installed here")
+    monkeypatch.setattr(convert, "_BRIDGE", object())
+    assert convert.use_cv_bridge() == "ddvlm (cv_bridge: not installed)" and convert._BRIDGE is None
 
 
 @pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
