@@ -15,7 +15,7 @@ from ddvlm_core.captioner import WindowCaptioner, filter_emotion_words
 from ddvlm_core.meld import parse_time
 from training.captions import (caption_run, captioner_id, main, make_captioner, parse_shard, read_captions,
                                utterances)
-from training.video import (SPLIT_DIRS, check_clip, duration_of, manifest, manifest_report, opened,
+from training.video import (SPLIT_DIRS, ClipStatus, check_clip, duration_of, manifest, manifest_report, opened,
                             read_clip_frames)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +71,30 @@ def test_clip_reader_samples_frames_and_the_manifest_finds_the_problem_clips(mel
     report = manifest_report(list(statuses.values()))
     assert report["counts"] == {"ok": len(todo) - 3, "missing": 1, "unreadable": 1, "duration_mismatch": 1}
     assert {p["key"] for p in report["problems"]} == {MISSING, UNREADABLE, TOO_LONG}
+
+
+def test_a_test_clip_minutes_too_long_is_replaced_by_its_re_cut_twin(tmp_path):
+    """MELD.Raw's test folder holds re-cut twins (final_videos_testdia{D}_utt{U}.mp4) of clips minutes too long."""
+    first, second, third = utterances(["test"], limit_dialogues=1)[:3]
+    folder = tmp_path / SPLIT_DIRS["test"]
+    folder.mkdir()
+    for u, plain, twin in ((first, 60, 0), (second, None, 0), (third, 60, 90)):  # seconds too long; None: absent
+        seconds = parse_time(u.end) - parse_time(u.start)
+        if plain is not None:
+            write_clip(folder / f"dia{u.dialogue_id}_utt{u.utterance_id}.mp4", seconds + plain)
+        write_clip(folder / f"final_videos_testdia{u.dialogue_id}_utt{u.utterance_id}.mp4", seconds + twin)
+    status, frames = check_clip(tmp_path, first, 4)
+    assert status.status == "ok" and len(frames) == 4
+    assert status.detail.startswith("final_videos_testdia0_utt0.mp4, not dia0_utt0.mp4: duration_mismatch (clip ")
+    assert check_clip(tmp_path, second, 2)[0] == ClipStatus("test/dia0_utt1", "ok")  # only the twin is there
+    status, frames = check_clip(tmp_path, third, 4)
+    assert status.status == "duration_mismatch" and frames == []
+    assert "dia0_utt2.mp4: duration_mismatch" in status.detail and "final_videos_testdia0_utt2.mp4" in status.detail
+    report = caption_run(make_captioner("cue-fallback"), tmp_path, [first, second, third], tmp_path / "out",
+                         log=lambda *_: None)
+    assert report["counts"] == {"ok": 2, "duration_mismatch": 1}
+    records = read_captions(tmp_path / "out")
+    assert records[first.key]["caption"] and records[first.key]["detail"].startswith("final_videos_testdia0_utt0.mp4")
 
 
 def test_a_clip_whose_frames_cannot_be_decoded_passes_the_manifest_but_is_recorded_unreadable(tmp_path):

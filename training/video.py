@@ -3,7 +3,9 @@
 MELD.Raw layout: ``train_splits/dia{D}_utt{U}.mp4``, ``dev_splits_complete/…``,
 ``output_repeated_splits_test/…``. Known problems (a missing train clip, test clips minutes too long,
 unreadable files) are found by ``manifest`` and listed; a broken clip is skipped, never a crash and never
-dropped silently.
+dropped silently. The test folder also holds about 130 clips named ``final_videos_testdia{D}_utt{U}.mp4``,
+re-cut twins of clips whose plain-named file is among the ones minutes too long: where the plain clip fails the
+check, its twin is checked and used if it passes.
 """
 from __future__ import annotations
 
@@ -20,11 +22,17 @@ SPLIT_DIRS = {"train": "train_splits", "dev": "dev_splits_complete", "test": "ou
 DURATION_TOLERANCE_S = 2.0
 
 
-def clip_path(root: str | Path | None, split: str, dialogue_id: int, utterance_id: int) -> Path | None:
+TEST_TWIN_PREFIX = "final_videos_test"  # MELD.Raw's re-cut test clips: final_videos_testdia{D}_utt{U}.mp4
+
+
+def clip_paths(root: str | Path | None, split: str, dialogue_id: int, utterance_id: int) -> list[Path]:
+    """The utterance's clip files that exist: ``dia{D}_utt{U}.mp4``, then (test split) its re-cut twin."""
     if root is None:
-        return None
-    path = Path(root) / SPLIT_DIRS[split] / f"dia{dialogue_id}_utt{utterance_id}.mp4"
-    return path if path.is_file() else None
+        return []
+    name = f"dia{dialogue_id}_utt{utterance_id}.mp4"
+    names = [name, TEST_TWIN_PREFIX + name] if split == "test" else [name]
+    folder = Path(root) / SPLIT_DIRS[split]
+    return [folder / n for n in names if (folder / n).is_file()]
 
 
 @contextmanager
@@ -86,10 +94,26 @@ class ClipStatus:
 def check_clip(root: str | Path, u: MeldUtterance, frames: int = 0) -> tuple[ClipStatus, list[np.ndarray]]:
     """The utterance's clip opened once: present, readable, as long as the CSV's End - Start (within
     ``DURATION_TOLERANCE_S``), and when it passes and ``frames`` > 0, that many frames sampled uniformly.
-    A clip that fails, or whose frames cannot be decoded, gets its status and no frames."""
-    path = clip_path(root, u.split, u.dialogue_id, u.utterance_id)
-    if path is None:
+    A clip that fails, or whose frames cannot be decoded, gets its status and no frames. In the test split a
+    failing clip's re-cut twin (``clip_paths``) is checked next; the status names the twin when it is used, and
+    every file tried when none passes."""
+    paths = clip_paths(root, u.split, u.dialogue_id, u.utterance_id)
+    if not paths:
         return ClipStatus(u.key, "missing"), []
+    failures = []
+    for path in paths:
+        status, images = _check_file(path, u, frames)
+        if status.status == "ok":
+            tried = "; ".join(f"{p.name}: {f.status} ({f.detail})" for p, f in failures)
+            return ClipStatus(u.key, "ok", f"{path.name}, not {tried}" if failures else ""), images
+        failures.append((path, status))
+    if len(failures) == 1:
+        return failures[0][1], []
+    first = failures[0][1]
+    return ClipStatus(u.key, first.status, "; ".join(f"{p.name}: {f.status} ({f.detail})" for p, f in failures)), []
+
+
+def _check_file(path: Path, u: MeldUtterance, frames: int) -> tuple[ClipStatus, list[np.ndarray]]:
     with opened(path) as cap:
         try:
             duration = duration_of(cap, path)
