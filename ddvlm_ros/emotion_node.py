@@ -27,8 +27,8 @@ from std_msgs.msg import Header, String
 
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
-from ddvlm_ros.convert import (compressed_msg_to_rgb, image_msg_to_rgb, parse_transcript, prediction_to_msg,
-                               sec_to_stamp, stamp_to_sec, use_cv_bridge)
+from ddvlm_ros.convert import (compressed_msg_to_rgb, cv_bridge_problem, image_msg_to_rgb, parse_transcript,
+                               prediction_to_msg, sec_to_stamp, stamp_to_sec, use_cv_bridge)
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
 from ddvlm_ros.pipeline import EmotionPipeline, Result, UtteranceIn
 from ddvlm_ros.spin import spin_until_shutdown
@@ -152,7 +152,7 @@ class EmotionNode(LifecycleNode):
         self.load_error = ""
         self._read("configure")
         self.image_decoder = use_cv_bridge()
-        if "cv_bridge: not installed" not in self.image_decoder and self.image_decoder != "cv_bridge":
+        if cv_bridge_problem() not in ("", "not installed"):
             self.get_logger().warning(f"cv_bridge does not work here: raw images are decoded by {self.image_decoder}")
         self._pub = self.create_lifecycle_publisher(
             EmotionDistribution, self.p("emotion_topic"),

@@ -86,7 +86,7 @@ def test_a_test_clip_minutes_too_long_is_replaced_by_its_re_cut_twin(tmp_path):
     status, frames = check_clip(tmp_path, first, 4)
     assert status.status == "ok" and len(frames) == 4
     assert status.detail.startswith("final_videos_testdia0_utt0.mp4, not dia0_utt0.mp4: duration_mismatch (clip ")
-    assert check_clip(tmp_path, second, 2)[0] == ClipStatus("test/dia0_utt1", "ok")  # only the twin is there
+    assert check_clip(tmp_path, second, 2)[0] == ClipStatus("test/dia0_utt1", "ok", "final_videos_testdia0_utt1.mp4")
     status, frames = check_clip(tmp_path, third, 4)
     assert status.status == "duration_mismatch" and frames == []
     assert "dia0_utt2.mp4: duration_mismatch" in status.detail and "final_videos_testdia0_utt2.mp4" in status.detail
