@@ -333,10 +333,10 @@ class QwenVLCaptioner(WindowCaptioner):
         import torch
         from transformers import Qwen2_5_VLForConditionalGeneration
 
-        from ddvlm_core.text import require_local_dir
+        from ddvlm_core.text import require_safetensors
 
         super().__init__(frames_per_window)
-        path = require_local_dir(path, "Qwen2.5-VL captioner")
+        path = require_safetensors(path, "Qwen2.5-VL captioner")
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise FileNotFoundError(f"Qwen2.5-VL captioner: {path!r} has no config.json (not a model folder)")
         model_type = _model_type(path)
@@ -351,7 +351,7 @@ class QwenVLCaptioner(WindowCaptioner):
         self.processor = load_qwen_processor(path, min_pixels, max_pixels)
         torch_dtype = getattr(torch, dtype) if dtype else None
         self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            path, trust_remote_code=False, dtype=torch_dtype
+            path, trust_remote_code=False, use_safetensors=True, dtype=torch_dtype
         ).to(device).eval()
 
     def messages(self, n_images: int) -> list[dict]:

@@ -1,8 +1,9 @@
 """Text branch (paper Section 3.3): masked-LM encoder -> h_text at the <mask> position -> 7-way head.
 
 The backbone is any masked-LM encoder loaded from a local directory with
-``AutoModel.from_pretrained(path, trust_remote_code=False)``: RoBERTa (the paper's), or the embedded
-default all-mpnet-base-v2 (MPNet). Nothing is downloaded: a path that is not a local directory is refused.
+``AutoModel.from_pretrained(path, trust_remote_code=False, use_safetensors=True)``: RoBERTa (the paper's), or the
+embedded default all-mpnet-base-v2 (MPNet). Nothing is downloaded: a path that is not a local directory is refused,
+and so are pickled weights (``require_safetensors``).
 """
 from __future__ import annotations
 
@@ -31,6 +32,24 @@ def require_local_dir(path: str | os.PathLike, what: str) -> str:
     return path
 
 
+PICKLED_WEIGHTS = ("bin", "pt", "pth", "ckpt", "pkl")  # file name suffixes of torch.save'd (pickled) weights
+
+
+def require_safetensors(path: str | os.PathLike, what: str) -> str:
+    """A local model directory whose weights are all safetensors. A folder of it (the model's, or a
+    SentenceTransformer module's such as 2_Dense/) with pickled weights (pytorch_model + PICKLED_WEIGHTS) and no
+    .safetensors is refused: transformers would otherwise unpickle them, and ddvlm never unpickles."""
+    path = require_local_dir(path, what)
+    for folder in [path] + sorted(os.path.join(path, d) for d in os.listdir(path)):
+        files = os.listdir(folder) if os.path.isdir(folder) else []
+        pickled = sorted(f for f in files if f.rpartition(".")[2] in PICKLED_WEIGHTS)
+        if pickled and not any(f.endswith(".safetensors") for f in files):
+            raise ValueError(f"{what}: {folder!r} holds pickled weights ({', '.join(pickled)}) and no .safetensors; "
+                             "ddvlm never unpickles: save the model as safetensors once, where you trust the file "
+                             "(from_pretrained(dir).save_pretrained(dir) writes model.safetensors)")
+    return path
+
+
 def load_tokenizer(path: str, n_speakers: int = N_SPEAKER_TOKENS):
     """Tokenizer of a local backbone with the speaker tokens <s0>..<sN> added."""
     tokenizer = AutoTokenizer.from_pretrained(require_local_dir(path, "text backbone"), trust_remote_code=False)
@@ -45,7 +64,8 @@ def load_backbone(path: str, tokenizer) -> nn.Module:
     unexpected is dropped (``PoolerOnlyLoadReport``); any other load report is logged as usual."""
     with filter_logs("transformers.modeling_utils", PoolerOnlyLoadReport()):
         backbone = AutoModel.from_pretrained(
-            require_local_dir(path, "text backbone"), trust_remote_code=False, add_pooling_layer=False
+            require_safetensors(path, "text backbone"), trust_remote_code=False, use_safetensors=True,
+            add_pooling_layer=False,
         )
     init_new_token_embeddings(backbone, tokenizer)
     return backbone

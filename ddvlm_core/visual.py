@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ddvlm_core.labels import NUM_LABELS
-from ddvlm_core.text import require_local_dir
+from ddvlm_core.text import require_safetensors
 
 
 class CaptionEmbedder:
@@ -23,8 +23,9 @@ class CaptionEmbedder:
     def __init__(self, path: str, device: str = "cpu"):
         from sentence_transformers import SentenceTransformer
 
-        self.path = require_local_dir(path, "caption embedder")
-        self.model = SentenceTransformer(self.path, device=device, trust_remote_code=False)
+        self.path = require_safetensors(path, "caption embedder")
+        self.model = SentenceTransformer(self.path, device=device, trust_remote_code=False,
+                                         model_kwargs={"use_safetensors": True})
         self.model.eval()
         self.dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") \
             else self.model.get_sentence_embedding_dimension()

@@ -95,6 +95,25 @@ def test_new_speaker_token_embedding_is_the_mean_of_its_pieces(mpnet_path, mpnet
         torch.testing.assert_close(emb[mpnet_tokenizer.convert_tokens_to_ids(name)], emb[pieces].mean(0))
 
 
+def test_a_backbone_with_pickled_weights_only_is_refused_not_unpickled(tiny_roberta_dir, tmp_path):
+    """pytorch_model.bin is a pickle; transformers would load it; ddvlm never unpickles."""
+    import os
+
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    for name in os.listdir(tiny_roberta_dir):
+        if name != "model.safetensors":
+            os.symlink(os.path.join(tiny_roberta_dir, name), pickled / name)
+    torch.save(load_file(os.path.join(tiny_roberta_dir, "model.safetensors")), pickled / "pytorch_model.bin")
+    tokenizer = load_tokenizer(str(pickled))  # tokenizer files are JSON and text
+    with pytest.raises(ValueError, match=r"holds pickled weights \(pytorch_model.bin\) and no .safetensors"):
+        load_backbone(str(pickled), tokenizer)
+    (pickled / "model.safetensors").symlink_to(os.path.join(tiny_roberta_dir, "model.safetensors"))
+    assert load_backbone(str(pickled), tokenizer) is not None  # both: the safetensors are read
+
+
 def test_hub_names_are_refused_not_downloaded():
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         require_local_dir("roberta-large", "text backbone")
