@@ -336,8 +336,13 @@ class EmotionNode(LifecycleNode):
                 self._subs.append(self.create_subscription(msg_type, self.p(param), callback, self._qos(qos),
                                                            callback_group=self._inputs_group, event_callbacks=events))
 
+    def _in_use(self, name: str):
+        """The value of parameter ``name`` that the node runs with: the one read at configure or activate (a new
+        value set meanwhile waits for it), else the current one."""
+        return self._values_in_use.get(name, self.p(name))
+
     def _seen(self, param: str) -> None:
-        topic = self.p(param)
+        topic = self._in_use(param)  # the subscribed topic, also after a new name was set but not yet applied
         self._last_input[topic] = time.monotonic()
         self._silence_warned.discard(topic)
 
@@ -415,16 +420,33 @@ class EmotionNode(LifecycleNode):
                                   "check reliability/durability of the publisher")
 
     def _check_silence(self) -> None:
+        """WARN once per input topic silent for input_timeout_s, among the inputs the node needs: transcripts on
+        ``transcript`` or ``utterance`` (either is enough: the other's silence is not reported while one speaks),
+        and, when a captioner uses frames, images on ``image`` or ``image/compressed`` (the same)."""
         limit = self.p("input_timeout_s")
         if limit <= 0:  # off (it may be set so while active)
             self._silence_warned.clear()
             return
         now = time.monotonic()
-        for topic, last in self._last_input.items():
-            if now - last > limit and topic not in self._silence_warned:
-                self._silence_warned.add(topic)
-                self.get_logger().warning(f"no message on {self.resolve_topic_name(topic)} for {now - last:.0f}s: "
-                                          f"{self._why_silent(topic)}")
+        for group in self._needed_inputs():
+            lasts = {topic: self._last_input[topic] for topic in group if topic in self._last_input}
+            if not lasts or now - max(lasts.values()) <= limit:  # one of the alternatives is heard
+                self._silence_warned -= set(lasts)
+                continue
+            for topic, last in lasts.items():
+                if topic not in self._silence_warned:
+                    self._silence_warned.add(topic)
+                    self.get_logger().warning(f"no message on {self.resolve_topic_name(topic)} for {now - last:.0f}s: "
+                                              f"{self._why_silent(topic)}")
+
+    def _needed_inputs(self) -> list[list[str]]:
+        """The input topics in groups of alternatives, each group one the node needs: transcripts, and camera
+        frames only when a captioner would caption them."""
+        groups = [["transcript_topic", "utterance_topic"]]
+        if self.pipeline is not None and self.pipeline.captioner is not None:
+            groups.append(["image_topic", "compressed_image_topic"])
+        groups = [[self._in_use(name) for name in group] for group in groups]
+        return [[topic for topic in group if topic] for group in groups]
 
     def _why_silent(self, topic: str) -> str:
         """What the ROS graph says about a silent input: no publisher, publishers of another type (a wrong

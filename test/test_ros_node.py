@@ -626,10 +626,10 @@ def test_start_after_end_and_unknown_speaker(harness, tiny_text_checkpoint):
     assert m.speaker_token == "<s0>" and m.speaker_id == ""
 
 
-def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness, tiny_text_checkpoint):
+def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness, tiny_visual_checkpoint):
     import rclpy
 
-    h = harness(model_dir=tiny_text_checkpoint, input_timeout_s=0.5).start()
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", input_timeout_s=0.5).start()
     context = rclpy.Context()  # another process's node: a participant of its own
     rclpy.init(context=context)
     camera = rclpy.create_node("wrongly_remapped_camera", context=context)
@@ -658,6 +658,22 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
     while h.node._silence_warned and time.monotonic() < deadline:
         time.sleep(0.1)
     assert "no input on" not in h.node.diagnostic_status().message
+
+
+def test_an_unused_alternative_input_is_not_reported_silent(harness, tiny_text_checkpoint):
+    """The usual wiring: an ASR on transcript, nothing on utterance, and no captioner, so that the camera topics are
+    not needed. Before, utterance, image and image/compressed were each reported silent (WARN) for ever."""
+    h = harness(model_dir=tiny_text_checkpoint, input_timeout_s=0.5).start()
+    for k in range(8):
+        h.publish(String, "transcript", String(data=f"Ross: line {k}"))
+        time.sleep(0.2)
+    h.wait_for(8)
+    assert h.node._silence_warned == set()
+    assert "no input on" not in h.node.diagnostic_status().message
+    deadline = time.monotonic() + 15  # the ASR stops: now the transcripts are missed, on both topics
+    while len(h.node._silence_warned) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert h.node._silence_warned == {"transcript", "utterance"}  # the camera is not needed without a captioner
 
 
 def test_quantized_node_answers_with_the_chosen_woq_kernel(harness, tiny_text_checkpoint):
