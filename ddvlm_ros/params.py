@@ -198,6 +198,19 @@ def launch_arguments() -> list[dict]:
     return out
 
 
+def launch_topics(topic_arguments, values: dict[str, str]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The launch file's topic arguments (remapped name, launch argument, ...) and their values -> (remappings,
+    parameters): a topic given remaps the node's name onto it; '' turns that input off through its ``*_topic``
+    parameter, since rcl refuses an empty remapping ("Couldn't parse remap rule") and the node would not start."""
+    remappings, off = [], {}
+    for name, arg, *_ in topic_arguments:
+        if values.get(arg, ""):
+            remappings.append((name, values[arg]))
+        else:
+            off[arg] = ""
+    return remappings, off
+
+
 def launch_overrides(values: dict[str, str]) -> dict[str, object]:
     """Launch argument strings -> typed parameter overrides, leaving out the empty ones (ValueError, naming
     every bad argument, for a value of the wrong type or not allowed)."""

@@ -3,6 +3,7 @@
 Starts the ddvlm emotion lifecycle node with config/emotion.yaml; by default it configures and
 activates itself (autostart), so no lifecycle manager is needed. Topics are remapped, not set.
 ``use_sim_time:=true`` when the inputs come from ``ros2 bag play --clock``.
+A topic argument set to '' turns that input off (``compressed_image_topic`` is off unless given).
 Every other node parameter is also a launch argument (``quantized:=true cpu_threads:=4 ...``): one that
 is not given keeps the params file's value (``ros2 launch ddvlm_ros emotion.launch.py --show-args``).
 """
@@ -14,13 +15,14 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
-from ddvlm_ros.params import launch_arguments, launch_overrides
+from ddvlm_ros.params import launch_arguments, launch_overrides, launch_topics
 
 TOPIC_ARGUMENTS = [  # (remapped name, launch argument, default, description)
     ("transcript", "transcript_topic", "/transcript", "std_msgs/String ASR transcripts ('speaker: text')"),
     ("utterance", "utterance_topic", "/utterance", "ddvlm_msgs/Utterance transcripts with speaker and timing"),
     ("image", "image_topic", "/camera/image_raw", "sensor_msgs/Image"),
-    ("image/compressed", "compressed_image_topic", "/camera/image_raw/compressed", "sensor_msgs/CompressedImage"),
+    ("image/compressed", "compressed_image_topic", "", "sensor_msgs/CompressedImage; '' = off (a camera that "
+     "publishes through image_transport JPEG-encodes every frame while its compressed topic has a subscriber)"),
     ("emotion", "emotion_topic", "/emotion", "ddvlm_msgs/EmotionDistribution output"),
 ]
 
@@ -28,6 +30,9 @@ TOPIC_ARGUMENTS = [  # (remapped name, launch argument, default, description)
 def emotion_node(context):
     """The node, with the params file and then the launch arguments that were given (typed, checked)."""
     given = launch_overrides({a["name"]: LaunchConfiguration(a["name"]).perform(context) for a in launch_arguments()})
+    topics = {arg: LaunchConfiguration(arg).perform(context) for _, arg, _, _ in TOPIC_ARGUMENTS}
+    remappings, topics_off = launch_topics(TOPIC_ARGUMENTS, topics)  # '' = that input off, not an empty remap
+    given |= topics_off
     sim_time = LaunchConfiguration("use_sim_time").perform(context)
     if sim_time:  # rclpy's own parameter: /clock (e.g. `ros2 bag play --clock`) instead of the wall clock
         given["use_sim_time"] = sim_time == "true"
@@ -39,7 +44,7 @@ def emotion_node(context):
         output="screen",
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         parameters=[LaunchConfiguration("params_file"), given],
-        remappings=[(name, LaunchConfiguration(arg)) for name, arg, _, _ in TOPIC_ARGUMENTS],
+        remappings=remappings,
     )]
 
 

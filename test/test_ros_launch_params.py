@@ -111,3 +111,41 @@ def test_every_declared_parameter_has_a_description(tiny_text_checkpoint):
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def topic_arguments():
+    tree = ast.parse((REPO / "launch" / "emotion.launch.py").read_text())
+    return next(ast.literal_eval(n.value) for n in ast.walk(tree)
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TOPIC_ARGUMENTS")
+
+
+def test_a_topic_launch_argument_set_to_nothing_turns_that_input_off(tiny_text_checkpoint):
+    """As the launch file builds the node: an empty remapping would stop it from starting (rcl refuses it), so ''
+    turns the input off through its parameter. compressed_image_topic is off unless given: subscribing to a
+    camera's compressed twin of the raw stream gets every frame twice and makes the camera JPEG-encode them."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from ddvlm_ros.emotion_node import EmotionNode
+    from ddvlm_ros.params import launch_topics
+
+    args = topic_arguments()
+    defaults = {arg: default for _, arg, default, _ in args}
+    assert defaults["compressed_image_topic"] == "" and defaults["image_topic"] == "/camera/image_raw"
+    remappings, off = launch_topics(args, defaults | {"utterance_topic": "", "image_topic": "/cam/raw"})
+    assert off == {"utterance_topic": "", "compressed_image_topic": ""}
+    ctx = rclpy.Context()
+    with pytest.raises(Exception, match="remap"):  # what the launch file passed before for ''
+        rclpy.init(context=ctx, args=["--ros-args", "-r", "image/compressed:="])
+    rules = [a for name, target in remappings for a in ("-r", f"{name}:={target}")]
+    rclpy.init(context=ctx, args=["--ros-args", *rules])
+    try:
+        node = EmotionNode(context=ctx, parameter_overrides=[Parameter("model_dir", value=tiny_text_checkpoint)]
+                           + [Parameter(name, value=value) for name, value in off.items()])
+        node.trigger_configure()
+        node.trigger_activate()
+        assert sorted(s.topic_name for s in node._subs) == ["/cam/raw", "/transcript"]
+        node.trigger_deactivate()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
