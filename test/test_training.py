@@ -46,6 +46,31 @@ def test_lora_run_end_to_end_writes_a_checkpoint_that_loads_and_predicts(tmp_pat
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
 
 
+def test_lora_can_train_the_speaker_token_rows_and_the_checkpoint_keeps_them(tmp_path, tiny_roberta_dir):
+    """LoRA leaves the embeddings frozen, where <s1>..<s9> stay near-duplicates (the mean of their pieces):
+    lora_speaker_tokens trains their rows too, and the checkpoint stores and merges them."""
+    from ddvlm_core.context import speaker_token_names
+    from ddvlm_core.text import load_backbone, load_tokenizer
+
+    cfg = tiny_cfg(tmp_path, tiny_roberta_dir, text_mode="lora", lr=1e-2, lora_speaker_tokens="true")
+    run(cfg, log=lambda *_: None)
+    ckpt = tmp_path / "run" / "checkpoint"
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    tokenizer = load_tokenizer(tiny_roberta_dir)
+    ids = tokenizer.convert_tokens_to_ids(speaker_token_names())
+    assert manifest["config"]["lora"]["trainable_tokens"] == ids
+    rows = [v for k, v in load_file(ckpt / "backbone_lora.safetensors").items() if "trainable_tokens" in k]
+    assert len(rows) == 1 and rows[0].shape == (len(ids), 32)
+    initial = load_backbone(tiny_roberta_dir, tokenizer).get_input_embeddings().weight[ids]
+    merged = EmotionRecognizer.from_checkpoint(ckpt, load_caption_embedder=False).model.text.backbone
+    trained = merged.get_input_embeddings().weight[ids]
+    assert torch.equal(trained, rows[0]) and not torch.allclose(trained, initial)
+    cached = {"text_mode": "lora", "lora_layers": "1", "cache_frozen_layers": "true"}
+    for over, message in (({"text_mode": "frozen"}, "only applies to text_mode: lora"), (cached, "one or the other")):
+        with pytest.raises(ValueError, match=message):
+            tiny_cfg(tmp_path, tiny_roberta_dir, lora_speaker_tokens="true", **over)
+
+
 def test_resume_after_interrupt_gives_the_same_weights(tmp_path, tiny_roberta_dir):
     straight = tiny_cfg(tmp_path / "a", tiny_roberta_dir, epochs=3)
     run(straight, log=lambda *_: None)

@@ -113,6 +113,10 @@ class TrainConfig:
     lora_targets: tuple[str, ...] = option(("q", "k", "v", "o", "query", "key", "value", "dense"),
                                            "names of the Linear modules that get adapters")
     lora_layers: tuple[int, ...] = option((), "encoder layers that get adapters, e.g. 8,9,10,11 (empty: all)")
+    lora_speaker_tokens: bool = option(False, "also train the embedding rows of the speaker tokens <s0>..<s9> "
+                                              "(LoRA leaves the embeddings frozen, where the speaker tokens stay "
+                                              "near-duplicates: the mean of their pieces, cosine 0.93-0.96); "
+                                              "nothing to train when speaker_tokens is false")
     cache_frozen_layers: bool = option(False, "with lora_layers above layer 0: run the frozen layers below the "
                                               "lowest adapted one once per split (eval mode, cached in "
                                               "feature_cache) and train only the layers above; those frozen "
@@ -157,6 +161,12 @@ class TrainConfig:
             raise ValueError("stages must name at least one of text, visual, fusion")
         if self.text_mode == "frozen" and self.lora_layers:
             raise ValueError("lora_layers only applies to text_mode: lora")
+        if self.lora_speaker_tokens and self.text_mode != "lora":
+            raise ValueError("lora_speaker_tokens only applies to text_mode: lora (full trains every embedding, "
+                             "frozen none)")
+        if self.lora_speaker_tokens and self.cache_frozen_layers:
+            raise ValueError("lora_speaker_tokens changes the input of the frozen layers that cache_frozen_layers "
+                             "caches: use one or the other")
         if self.cache_frozen_layers and not (self.text_mode == "lora" and self.lora_layers and min(self.lora_layers)):
             raise ValueError("cache_frozen_layers needs text_mode: lora with lora_layers above layer 0 (the layers "
                              "below the lowest adapted one are cached)")
@@ -176,10 +186,13 @@ class TrainConfig:
                     raise ValueError(f"{name} must be {text}, got {getattr(self, name)!r}")
         return self
 
-    def lora_settings(self) -> dict:
-        """The adapter settings a checkpoint stores (``DDVLMConfig.lora``, ddvlm_core.lora)."""
+    def lora_settings(self, speaker_token_ids: list[int] = ()) -> dict:
+        """The adapter settings a checkpoint stores (``DDVLMConfig.lora``, ddvlm_core.lora); with
+        ``lora_speaker_tokens``, the ids of the speaker tokens whose embedding rows train (the tokenizer's)."""
         return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
-                "targets": list(self.lora_targets), "layers": list(self.lora_layers)}
+                "targets": list(self.lora_targets), "layers": list(self.lora_layers),
+                "trainable_tokens": ([int(i) for i in speaker_token_ids]
+                                     if self.lora_speaker_tokens and self.speaker_tokens else [])}
 
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}

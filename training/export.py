@@ -13,6 +13,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from ddvlm_core.context import speaker_token_names
 from ddvlm_core.model import DDVLM
 from training.config import TrainConfig
 from training.state import BEST, load_trainable_state, recover_state
@@ -23,13 +24,13 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for stage in ("text", "visual", "fusion"):  # a run killed while saving: its whole state, best published
         recover_state(run_dir / stage)
     cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
-    model, _ = DDVLM.from_backbone(cfg.model_config())
+    model, tokenizer = DDVLM.from_backbone(cfg.model_config())
     best = load_file(run_dir / "text" / "best.safetensors")
     modules = ["text_head"]
     if cfg.text_mode == "lora":
         from ddvlm_core.lora import apply_lora
 
-        model.config.lora = cfg.lora_settings()
+        model.config.lora = cfg.lora_settings(tokenizer.convert_tokens_to_ids(speaker_token_names()))
         model.text.backbone = apply_lora(model.text.backbone, model.config.lora)
         load_trainable_state(model.text, best)
         modules.append("backbone_lora")
