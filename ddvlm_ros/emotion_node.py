@@ -37,7 +37,8 @@ DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
 SLOW_LATENCY_MS = 500.0  # WARN above this p90 text latency
 TIME_JUMP_BACK_S = 1.0  # ROS time going back more than this (a bag played again) starts frames and contexts afresh
 NO_FINAL_WARN_S = 30.0  # utterance messages this long, none final: WARN that only final ones are classified
-LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversations")  # EmotionPipeline attributes
+LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversations",
+                          "context_only_speakers")  # EmotionPipeline attributes
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
@@ -166,6 +167,7 @@ class EmotionNode(LifecycleNode):
             frames_per_window=self.p("frames_per_window"),
             caption_timeout_s=self.p("caption_timeout_s"), log=self._log, clock=self._now,
             thread_setup={"inference": cpu_threads_setup(self.p("cpu_threads")), "caption": cpu_threads_setup(1)})
+        self.pipeline.context_only_speakers = self.p("context_only_speakers")
         self._ensure_diagnostics()
         self.get_logger().info(f"configured: model {self.model_name}, quantization {self.quantization}, "
                                f"captioner {getattr(captioner, 'name', 'none')}")
@@ -569,6 +571,7 @@ class EmotionNode(LifecycleNode):
                        "conversations_reset": s.conversations_reset,
                        "conversations_forgotten": s.conversations_forgotten, "resets_requested": s.resets_requested,
                        "time_jumps_back": s.time_jumps_back, "speaker_tokens_reused": s.speaker_tokens_reused,
+                       "context_only_utterances": s.context_only,
                        "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"

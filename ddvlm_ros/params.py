@@ -93,6 +93,8 @@ PARAMS: tuple[Param, ...] = (
     Param("text_window_s", 4.0, "window length (s) before arrival used for frames of plain-text transcripts",
           at_least=0, applies="now"),
     Param("conversation_id", "default", "conversation id of plain-text transcripts", applies="now"),
+    Param("context_only_speakers", "", "speaker ids, comma-separated, whose utterances join the dialogue context "
+          "but get no /emotion, e.g. the robot's own speech from its TTS ('robot')", applies="now"),
     Param("transcript_topic", "transcript", "std_msgs/String transcript topic ('' = off)", topic="optional",
           applies="activate"),
     Param("utterance_topic", "utterance", "ddvlm_msgs/Utterance topic ('' = off)", topic="optional",

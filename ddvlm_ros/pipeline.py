@@ -70,6 +70,7 @@ class Stats:
     time_jumps_back: int = 0  # ROS time went back (a bag played again): frames and contexts started afresh
     conversations_forgotten: int = 0  # dropped from memory (idle, or the least recently active past the cap)
     speaker_tokens_reused: int = 0  # a 10th speaker in a conversation took the least recently heard one's token
+    context_only: int = 0  # utterances of context_only_speakers: added to their dialogue, not classified
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -181,6 +182,7 @@ class EmotionPipeline:
         self._dropped_idle: dict[str, float] = {}  # conversation -> when it last spoke, for those dropped idle
         self.thread_setup = thread_setup or {}  # worker name -> called first on that worker's thread
         self.clock = clock  # seconds; measures a conversation's silence (the node's: ROS time, a bag's under sim time)
+        self.context_only_speakers = ""  # comma-separated speaker ids whose utterances are context, not classified
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -290,7 +292,7 @@ class EmotionPipeline:
         result), so the final result's refinement does not wait for the captioner. Best effort. An ASR sends
         partial results faster than a captioner captions (every word, for ROS4HRI's incremental speech): one
         job per stream waits at a time and captions the newest partial result when its turn comes."""
-        if self.captioner is None:
+        if self.captioner is None or self.context_only(partial.speaker_id):
             return
         key = self._stream_key(partial)
         with self._partials_lock:
@@ -345,6 +347,11 @@ class EmotionPipeline:
         job = ("reset", (conversation_id, why))
         self._jobs.put_nowait(job)
         return job
+
+    def context_only(self, speaker_id: str) -> bool:
+        """Whether this speaker's utterances only join the context (``context_only_speakers``, e.g. the robot)."""
+        speaker = (speaker_id or "").strip()
+        return bool(speaker) and speaker in {s.strip() for s in self.context_only_speakers.split(",")}
 
     @staticmethod
     def _stream_key(u: UtteranceIn) -> tuple[str, str]:
@@ -440,6 +447,9 @@ class EmotionPipeline:
             self.log("warn", f"utterance {utt.utterance_id!r} skipped: {e}")
             return
         self.stats.speaker_tokens_reused += conv.dialogue.speakers.reused - reused
+        if self.context_only(utt.speaker_id):  # e.g. the robot's own turn: context for the next human one
+            self.stats.context_only += 1
+            return
         turns = conv.dialogue.turns
         prediction = self.recognizer.predict(turns)
         self._publish(utt, prediction, refined=False)

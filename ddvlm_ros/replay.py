@@ -245,11 +245,13 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
             msg = deserialize_message(raw, types[topic])
             if key := answer_key(topics[topic], msg):
-                result.finals.append(key)
-                result.texts[key] = msg.text if topics[topic] == "utterance" else parse_transcript(
-                    msg.data, node.p("default_speaker"), node.p("speaker_prefix"))[1]
-                if not has_text(result.texts[key]):  # blank: the node skips it (counted unanswered)
-                    skipped.add(key)
+                speaker, text = (msg.speaker_id, msg.text) if topics[topic] == "utterance" else parse_transcript(
+                    msg.data, node.p("default_speaker"), node.p("speaker_prefix"))
+                if not node.pipeline.context_only(speaker):  # context_only_speakers (the robot) get no answer
+                    result.finals.append(key)
+                    result.texts[key] = text
+                    if not has_text(text):  # blank: the node skips it (counted unanswered)
+                        skipped.add(key)
             pubs[topic].publish(msg)
         deadline = time.monotonic() + answer_timeout_s
         while time.monotonic() < deadline:

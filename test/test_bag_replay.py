@@ -240,6 +240,13 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
     quantized = json.loads((out / "quantized.json").read_text())
     assert quantized["params"]["quantized"] is True and quantized["params"]["frame_buffer_s"] == 5.0
     assert quantized["score"]["answered"] == 4
+    # Rachel as the robot (context_only_speakers): her lines are context, not utterances to answer or wait for
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *remaps, "--param",
+                 "context_only_speakers:=Rachel", "--answers", str(out / "robot.jsonl"),
+                 "--report", str(out / "robot.md")]) == 0
+    assert [json.loads(line)["key"] for line in (out / "robot.jsonl").read_text().splitlines()] == [
+        "default/1", "default/3"]
+    assert "answered 2, unanswered 0" in (out / "robot.md").read_text()
     for refused, message in (
             (["--record", str(out / "with_answers")], "exists already"),  # before the replay, not after
             (["--speed", "0"], "--speed must be > 0"), (["--speed", "-4"], "--speed must be > 0"),

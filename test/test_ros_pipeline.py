@@ -77,6 +77,21 @@ def test_the_model_sees_the_same_context_as_an_offline_predict(tiny_text_checkpo
         assert r.prediction.probabilities == rec.predict(lines[: k + 1]).probabilities
 
 
+def test_the_robots_own_turns_join_the_context_but_get_no_answer(tiny_text_checkpoint):
+    """context_only_speakers: the robot's speech (from its TTS) is context for the next human turn, as the other
+    speakers' turns of a MELD dialogue are, and it is never classified."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    lines = [("ann", "Can you get me a coffee?"), ("robot", "Sorry, I cannot do that."), ("ann", "Seriously?")]
+    pipe = EmotionPipeline(rec, (results := []).append)
+    pipe.context_only_speakers = " robot , pepper"
+    answer(pipe, [utt(t, s) for s, t in lines])
+    assert [r.utterance.speaker_id for r in results] == ["ann", "ann"] and pipe.stats.context_only == 1
+    assert results[1].prediction.probabilities == rec.predict(lines).probabilities  # with the robot's turn
+    assert results[1].prediction.probabilities != rec.predict([lines[0], lines[2]]).probabilities
+    assert results[1].prediction.speaker_token == "<s1>" and pipe.context_only("pepper")
+    assert not pipe.context_only("") and not pipe.context_only("ann")
+
+
 def test_a_reset_forgets_one_conversation_after_the_utterances_queued_before_it(tiny_text_checkpoint):
     rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
     results = []
