@@ -82,6 +82,7 @@ class EmotionNode(LifecycleNode):
         self._last_output = ""  # the last /emotion answer, in words (diagnostics)
         self._active = False
         self._hri = None  # ddvlm_ros.ros4hri.Ros4HriBridge while active with ros4hri: true
+        self._last_voice_speech: float | None = None  # monotonic time of the last ROS4HRI speech result
         self._hri_status = "off"
         self._inputs_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
@@ -187,6 +188,7 @@ class EmotionNode(LifecycleNode):
         self._subscribe()
         now = time.monotonic()
         self._last_input = {topic: now for topic in self._input_topics()}
+        self._last_voice_speech = None
         self._silence_warned.clear()
         self._silence_timer = self.create_timer(1.0, self._check_silence, callback_group=self._diag_group)
         self._start_ros4hri()
@@ -423,16 +425,19 @@ class EmotionNode(LifecycleNode):
 
     def _check_silence(self) -> None:
         """WARN once per input topic silent for input_timeout_s, among the inputs the node needs: transcripts on
-        ``transcript`` or ``utterance`` (either is enough: the other's silence is not reported while one speaks),
-        and, when a captioner uses frames, images on ``image`` or ``image/compressed`` (the same)."""
+        ``transcript`` or ``utterance``, or ROS4HRI speech (any is enough: the others' silence is not reported while
+        one speaks), and, when a captioner uses frames, images on ``image`` or ``image/compressed`` (the same)."""
         limit = self.p("input_timeout_s")
         if limit <= 0:  # off (it may be set so while active)
             self._silence_warned.clear()
             return
         now = time.monotonic()
-        for group in self._needed_inputs():
+        for k, group in enumerate(self._needed_inputs()):
             lasts = {topic: self._last_input[topic] for topic in group if topic in self._last_input}
-            if not lasts or now - max(lasts.values()) <= limit:  # one of the alternatives is heard
+            heard = list(lasts.values())
+            if k == 0 and self._hri is not None and self._last_voice_speech is not None:
+                heard.append(self._last_voice_speech)  # ROS4HRI voices are transcripts too
+            if not lasts or now - max(heard) <= limit:  # one of the alternatives is heard
                 self._silence_warned -= set(lasts)
                 continue
             for topic, last in lasts.items():
@@ -511,7 +516,7 @@ class EmotionNode(LifecycleNode):
         self._hri_status = "on"
 
     def _on_voice_final(self, voice: str, msg, start: float | None, uid: str) -> None:
-        received = time.monotonic()
+        received = self._last_voice_speech = time.monotonic()
         end = stamp_to_sec(msg.header.stamp) or self._now()
         start = start if start is not None and start <= end else end - self.p("text_window_s")
         header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
@@ -519,6 +524,7 @@ class EmotionNode(LifecycleNode):
                                          header, voice_id=voice))
 
     def _on_voice_incremental(self, voice: str, msg, start: float, uid: str) -> None:
+        self._last_voice_speech = time.monotonic()
         self.pipeline.prefetch(UtteranceIn(self.p("conversation_id"), uid, voice, msg.incremental, start,
                                            self._now(), time.monotonic(), voice_id=voice))
 
