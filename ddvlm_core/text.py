@@ -32,22 +32,35 @@ def require_local_dir(path: str | os.PathLike, what: str) -> str:
     return path
 
 
-PICKLED_WEIGHTS = ("bin", "pt", "pth", "ckpt", "pkl")  # file name suffixes of torch.save'd (pickled) weights
+PICKLED_WEIGHTS = re.compile(r"pytorch_model(-\d+-of-\d+)?\.bin")  # what transformers and sentence-transformers
+# read with torch.load (an unpickler) when a folder has no .safetensors; other .bin files (openvino/) are not
 
 
 def require_safetensors(path: str | os.PathLike, what: str) -> str:
-    """A local model directory whose weights are all safetensors. A folder of it (the model's, or a
-    SentenceTransformer module's such as 2_Dense/) with pickled weights (pytorch_model + PICKLED_WEIGHTS) and no
-    .safetensors is refused: transformers would otherwise unpickle them, and ddvlm never unpickles."""
+    """A local model directory whose weights load from safetensors. The model's folder, or a SentenceTransformer
+    module's that modules.json lists (e.g. 2_Dense/), with pickled weights (pytorch_model.bin) and no .safetensors
+    is refused: transformers or sentence-transformers would unpickle them, and ddvlm never unpickles."""
     path = require_local_dir(path, what)
-    for folder in [path] + sorted(os.path.join(path, d) for d in os.listdir(path)):
+    for folder in [path] + _module_folders(path):
         files = os.listdir(folder) if os.path.isdir(folder) else []
-        pickled = sorted(f for f in files if f.rpartition(".")[2] in PICKLED_WEIGHTS)
+        pickled = sorted(f for f in files if PICKLED_WEIGHTS.fullmatch(f))
         if pickled and not any(f.endswith(".safetensors") for f in files):
             raise ValueError(f"{what}: {folder!r} holds pickled weights ({', '.join(pickled)}) and no .safetensors; "
                              "ddvlm never unpickles: save the model as safetensors once, where you trust the file "
                              "(from_pretrained(dir).save_pretrained(dir) writes model.safetensors)")
     return path
+
+
+def _module_folders(path: str) -> list[str]:
+    """The module folders a SentenceTransformer directory's modules.json names (none for a plain model)."""
+    import json
+
+    try:
+        with open(os.path.join(path, "modules.json"), encoding="utf-8") as fh:
+            modules = json.load(fh)
+    except (OSError, ValueError):
+        return []
+    return [os.path.join(path, m["path"]) for m in modules if isinstance(m, dict) and m.get("path")]
 
 
 def load_tokenizer(path: str, n_speakers: int = N_SPEAKER_TOKENS):

@@ -114,10 +114,18 @@ def test_save_checkpoint_writes_only_safetensors_and_json(tmp_path):
 
 
 def test_nothing_is_ever_unpickled():
-    pattern = re.compile(r"\btorch\.load\(|\bpickle\b|\bjoblib\b|\.bin\b|weights_only")
-    offenders = [str(p) for d in ("ddvlm_core", "ddvlm_ros", "training") for p in (REPO / d).rglob("*.py")
-                 if pattern.search(p.read_text(encoding="utf-8"))]
-    assert offenders == []
+    """No unpickling call, and every model's from_pretrained reads safetensors only (transformers would otherwise
+    torch.load a pytorch_model.bin; refused before, as test_text / test_visual show on such folders)."""
+    pattern = re.compile(r"\btorch\.load\(|\bpickle\b|\bjoblib\b|weights_only")
+    sources = {p: p.read_text(encoding="utf-8") for d in ("ddvlm_core", "ddvlm_ros", "training")
+               for p in (REPO / d).rglob("*.py")}
+    assert [str(p) for p, text in sources.items() if pattern.search(text)] == []
+    loads = [(p, m.end()) for p, text in sources.items()
+             for m in re.finditer(r"(Model|ForConditionalGeneration)\.from_pretrained\(\s*\n", text)]
+    assert len(loads) == 2  # the text backbone, the Qwen2.5-VL captioner
+    for p, at in loads:
+        call = sources[p][at:sources[p].index("\n", sources[p].index("\n", at) + 1)]  # its next two lines
+        assert "use_safetensors=True" in call, p
 
 
 def test_loading_a_lora_checkpoint_warns_of_nothing_the_user_cannot_act_on(tmp_path, tiny_roberta_dir):

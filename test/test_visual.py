@@ -42,6 +42,11 @@ def test_an_embedder_module_with_pickled_weights_is_refused_not_unpickled(minilm
     for name in os.listdir(minilm_path):
         if name != "modules.json":
             os.symlink(os.path.join(minilm_path, name), model / name)
+    (model / "openvino").mkdir()  # as on the Hugging Face hub: other runtimes' files, not pickles, never read
+    (model / "openvino" / "openvino_model.bin").write_bytes(b"\x00" * 64)
+    (model / "modules.json").symlink_to(os.path.join(minilm_path, "modules.json"))
+    assert CaptionEmbedder(str(model)).dim == 384
+    (model / "modules.json").unlink()
     modules = json.loads(open(os.path.join(minilm_path, "modules.json")).read())
     modules.append({"idx": len(modules), "name": str(len(modules)), "path": "2_Dense",
                     "type": "sentence_transformers.models.Dense"})
