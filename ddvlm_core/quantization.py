@@ -350,8 +350,7 @@ def check_int8_kernel(device: torch.device | str, config: WOQConfig = WOQConfig(
     crashing the process: with ``isolated`` the first check per (device, kernel, dtype) runs in a child
     process, so a crash becomes a clear error instead of taking the caller (e.g. the ROS node) down.
     """
-    import subprocess
-    import sys
+    from ddvlm_core.child import probe
 
     device = torch.device(device)
     key = (str(device), config.kernel, config.compute_dtype)
@@ -359,14 +358,8 @@ def check_int8_kernel(device: torch.device | str, config: WOQConfig = WOQConfig(
         code = ("import sys, torch; from ddvlm_core.quantization import WOQConfig, _known_answer; "
                 f"_known_answer(torch.device({str(device)!r}), WOQConfig(kernel={config.kernel!r}, "
                 f"compute_dtype={config.compute_dtype!r}))")
-        try:
-            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"int8 weight-only kernel {config.kernel!r} on {device}: check timed out") from None
-        if proc.returncode != 0:
-            why = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"
-            if proc.returncode < 0:
-                why = f"the process crashed (signal {-proc.returncode})"
+        why = probe(code, timeout_s=300)
+        if why:
             raise RuntimeError(f"int8 weight-only kernel {config.kernel!r} unavailable on {device}: {why}")
     try:
         _known_answer(device, config)

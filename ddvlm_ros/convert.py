@@ -12,10 +12,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import re
-import subprocess
-import sys
 
 import numpy as np
+
+from ddvlm_core.child import probe
 
 _BRIDGE = None  # the cv_bridge.CvBridge that raw images go through, once use_cv_bridge() found one that works
 
@@ -105,21 +105,6 @@ msg = Image(height=1, width=2, encoding="bgr8", step=6, data=bytes([10, 20, 30, 
 print(CvBridge().imgmsg_to_cv2(msg, desired_encoding="rgb8").tolist())
 """
 CV_BRIDGE_EXPECTED = "[[[30, 20, 10], [60, 50, 40]]]"
-
-
-def probe(code: str, expected: str, env: dict | None = None, timeout_s: float = 60.0) -> str:
-    """Run ``code`` in a child Python; '' when its last line of output is ``expected``, else why not."""
-    try:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s, env=env)
-    except subprocess.TimeoutExpired:
-        return f"no answer in {timeout_s:.0f} s"
-    if proc.returncode < 0:
-        return f"the process crashed (signal {-proc.returncode})"
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        return lines[-1] if lines else f"exit status {proc.returncode}"
-    answer = (proc.stdout.strip().splitlines() or [""])[-1]
-    return "" if answer == expected else f"wrong answer {answer[:80]!r}, expected {expected!r}"
 
 
 @functools.cache

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
+from ddvlm_core.child import probe
 from ddvlm_ros import convert
 from ddvlm_ros.convert import (compressed_to_rgb, image_msg_to_rgb, parse_transcript, raw_image_to_rgb, sec_to_stamp,
                                stamp_to_sec)
@@ -139,7 +140,7 @@ def test_images_decode_with_the_real_cv_bridge_where_it_works(monkeypatch):
     ("import ctypes; ctypes.string_at(0)", "the process crashed (signal 11)"),
 ])
 def test_a_decoder_is_probed_in_a_child_process_that_may_crash(code, why):
-    got = convert.probe(code, convert.CV_BRIDGE_EXPECTED)
+    got = probe(code, convert.CV_BRIDGE_EXPECTED)
     assert got.startswith(why) and bool(got) == bool(why), got
 
 
@@ -166,7 +167,7 @@ def test_the_cv_bridge_probe_converts_a_known_image_without_risking_the_node(kin
     package.mkdir()
     (package / "__init__.py").write_text(textwrap.dedent(STAND_IN_CV_BRIDGE[kind]))
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
-    assert convert.probe(convert.CV_BRIDGE_PROBE, convert.CV_BRIDGE_EXPECTED, env=env) == why
+    assert probe(convert.CV_BRIDGE_PROBE, convert.CV_BRIDGE_EXPECTED, env=env) == why
 
 
 def test_without_cv_bridge_our_converter_decodes_and_says_so(monkeypatch):
