@@ -167,8 +167,8 @@ class EmotionNode(LifecycleNode):
             frame_buffer_s=self.p("frame_buffer_s"), frame_rate_hz=self.p("frame_rate_hz"),
             frames_per_window=self.p("frames_per_window"),
             caption_timeout_s=self.p("caption_timeout_s"), log=self._log, clock=self._now,
+            context_only_speakers=self.p("context_only_speakers"),
             thread_setup={"inference": cpu_threads_setup(self.p("cpu_threads")), "caption": cpu_threads_setup(1)})
-        self.pipeline.context_only_speakers = self.p("context_only_speakers")
         self._ensure_diagnostics()
         self.get_logger().info(f"configured: model {self.model_name}, quantization {self.quantization}, "
                                f"captioner {getattr(captioner, 'name', 'none')}")
@@ -432,12 +432,9 @@ class EmotionNode(LifecycleNode):
             self._silence_warned.clear()
             return
         now = time.monotonic()
-        for k, group in enumerate(self._needed_inputs()):
+        for group, heard_elsewhere in self._needed_inputs():
             lasts = {topic: self._last_input[topic] for topic in group if topic in self._last_input}
-            heard = list(lasts.values())
-            if k == 0 and self._hri is not None and self._last_voice_speech is not None:
-                heard.append(self._last_voice_speech)  # ROS4HRI voices are transcripts too
-            if not lasts or now - max(heard) <= limit:  # one of the alternatives is heard
+            if not lasts or now - max([*lasts.values(), *heard_elsewhere]) <= limit:  # one alternative is heard
                 self._silence_warned -= set(lasts)
                 continue
             for topic, last in lasts.items():
@@ -446,14 +443,15 @@ class EmotionNode(LifecycleNode):
                     self.get_logger().warning(f"no message on {self.resolve_topic_name(topic)} for {now - last:.0f}s: "
                                               f"{self._why_silent(topic)}")
 
-    def _needed_inputs(self) -> list[list[str]]:
-        """The input topics in groups of alternatives, each group one the node needs: transcripts, and camera
-        frames only when a captioner would caption them."""
-        groups = [["transcript_topic", "utterance_topic"]]
+    def _needed_inputs(self) -> list[tuple[list[str], list[float]]]:
+        """The inputs the node needs, each as its alternative topics and when an input other than a topic last
+        did the same job: transcripts (ROS4HRI speech does it too), and camera frames only when a captioner would
+        caption them."""
+        voices = [self._last_voice_speech] if self._hri is not None and self._last_voice_speech is not None else []
+        groups = [(("transcript_topic", "utterance_topic"), voices)]
         if self.pipeline is not None and self.pipeline.captioner is not None:
-            groups.append(["image_topic", "compressed_image_topic"])
-        groups = [[self._in_use(name) for name in group] for group in groups]
-        return [[topic for topic in group if topic] for group in groups]
+            groups.append((("image_topic", "compressed_image_topic"), []))
+        return [([t for t in map(self._in_use, names) if t], heard) for names, heard in groups]
 
     def _why_silent(self, topic: str) -> str:
         """What the ROS graph says about a silent input: no publisher, publishers of another type (a wrong

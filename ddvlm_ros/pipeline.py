@@ -161,7 +161,7 @@ class EmotionPipeline:
                  queue_size: int = 256, max_conversations: int = 1000,
                  log: Callable[[str, str], None] = lambda level, msg: None,
                  thread_setup: dict[str, Callable[[], None]] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, context_only_speakers: str = ""):
         self.recognizer, self.publish, self.captioner = recognizer, publish, captioner
         self.decode_frame, self.log = decode_frame, log
         self.max_turns, self.idle_timeout_s = max_turns, idle_timeout_s
@@ -182,7 +182,7 @@ class EmotionPipeline:
         self._dropped_idle: dict[str, float] = {}  # conversation -> when it last spoke, for those dropped idle
         self.thread_setup = thread_setup or {}  # worker name -> called first on that worker's thread
         self.clock = clock  # seconds; measures a conversation's silence (the node's: ROS time, a bag's under sim time)
-        self.context_only_speakers = ""  # comma-separated speaker ids whose utterances are context, not classified
+        self.context_only_speakers = context_only_speakers  # comma-separated speaker ids: context, not classified
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:

@@ -82,8 +82,7 @@ def test_the_robots_own_turns_join_the_context_but_get_no_answer(tiny_text_check
     speakers' turns of a MELD dialogue are, and it is never classified."""
     rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
     lines = [("ann", "Can you get me a coffee?"), ("robot", "Sorry, I cannot do that."), ("ann", "Seriously?")]
-    pipe = EmotionPipeline(rec, (results := []).append)
-    pipe.context_only_speakers = " robot , pepper"
+    pipe = EmotionPipeline(rec, (results := []).append, context_only_speakers=" robot , pepper")
     answer(pipe, [utt(t, s) for s, t in lines])
     assert [r.utterance.speaker_id for r in results] == ["ann", "ann"] and pipe.stats.context_only == 1
     assert results[1].prediction.probabilities == rec.predict(lines).probabilities  # with the robot's turn

@@ -186,13 +186,15 @@ class TrainConfig:
                     raise ValueError(f"{name} must be {text}, got {getattr(self, name)!r}")
         return self
 
-    def lora_settings(self, speaker_token_ids: list[int] = ()) -> dict:
+    def lora_settings(self, tokenizer=None) -> dict:
         """The adapter settings a checkpoint stores (``DDVLMConfig.lora``, ddvlm_core.lora); with
-        ``lora_speaker_tokens``, the ids of the speaker tokens whose embedding rows train (the tokenizer's)."""
+        ``lora_speaker_tokens``, the ids (in ``tokenizer``) of the speaker tokens whose embedding rows train."""
+        from ddvlm_core.context import speaker_token_names
+
+        train_tokens = self.lora_speaker_tokens and self.speaker_tokens and tokenizer is not None
         return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
                 "targets": list(self.lora_targets), "layers": list(self.lora_layers),
-                "trainable_tokens": ([int(i) for i in speaker_token_ids]
-                                     if self.lora_speaker_tokens and self.speaker_tokens else [])}
+                "trainable_tokens": tokenizer.convert_tokens_to_ids(speaker_token_names()) if train_tokens else []}
 
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}

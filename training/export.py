@@ -13,7 +13,6 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from ddvlm_core.context import speaker_token_names
 from ddvlm_core.model import DDVLM
 from training.config import TrainConfig
 from training.state import BEST, load_trainable_state, recover_state
@@ -30,7 +29,7 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if cfg.text_mode == "lora":
         from ddvlm_core.lora import apply_lora
 
-        model.config.lora = cfg.lora_settings(tokenizer.convert_tokens_to_ids(speaker_token_names()))
+        model.config.lora = cfg.lora_settings(tokenizer)
         model.text.backbone = apply_lora(model.text.backbone, model.config.lora)
         load_trainable_state(model.text, best)
         modules.append("backbone_lora")

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ddvlm_core import losses as L
 from ddvlm_core.assets import resolve_model
-from ddvlm_core.context import PromptBuilder, speaker_token_names
+from ddvlm_core.context import PromptBuilder
 from ddvlm_core.meld import SPLITS, meld_dir
 from ddvlm_core.model import DDVLM
 from training.config import HOSTING_KEYS, ConfigError, TrainConfig, candidates, config_differences
@@ -316,7 +316,7 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
         if cfg.text_mode == "lora":
             from ddvlm_core.lora import apply_lora
 
-            model.config.lora = cfg.lora_settings(tok.convert_tokens_to_ids(speaker_token_names()))
+            model.config.lora = cfg.lora_settings(tok)
             model.text.backbone = apply_lora(model.text.backbone, model.config.lora)
         student = model.text.to(device)
         autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.bf16)
