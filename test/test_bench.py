@@ -215,3 +215,21 @@ def test_render_rebuilds_the_markdown_from_the_json_and_marks_ratios_a_run_did_n
     rows = json.loads((tmp_path / "quantization_gpu.json").read_text())["rows"]
     assert "cuda_graphs" not in rows[0]
     assert rows[1]["cuda_graphs"] == "skipped" and rows[1]["cuda_graph_skips"] == ["cpu device (arange_4)"]
+
+
+def test_the_speaker_tokens_bench_scores_both_ways_on_the_same_utterances(tmp_path, tiny_text_checkpoint):
+    import importlib.util
+
+    from ddvlm_core.meld import dialogues
+
+    spec = importlib.util.spec_from_file_location("bench_speaker_tokens", REPO / "bench" / "speaker_tokens.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "speaker_tokens.md"
+    assert bench.main(["--model-dir", tiny_text_checkpoint, "--dialogues", "2", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    n = sum(len(d) for d in list(dialogues("test").values())[:2])
+    assert {k: v["n"] for k, v in result["scores"].items()} == {"real speakers": n, "every turn one speaker": n}
+    cos = result["speaker_token_cosine_s1_s9"]
+    assert -1 <= cos["min"] <= cos["max"] <= 1
+    assert "| real speakers |" in out.read_text() and result["dialogues"] == 2

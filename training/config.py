@@ -115,7 +115,7 @@ class TrainConfig:
     lora_layers: tuple[int, ...] = option((), "encoder layers that get adapters, e.g. 8,9,10,11 (empty: all)")
     lora_speaker_tokens: bool = option(False, "also train the embedding rows of the speaker tokens <s0>..<s9> "
                                               "(LoRA leaves the embeddings frozen, where the speaker tokens stay "
-                                              "near-duplicates: the mean of their pieces, cosine 0.93-0.96); "
+                                              "near-duplicates: the mean of their pieces, cosine 0.93-0.97); "
                                               "nothing to train when speaker_tokens is false")
     cache_frozen_layers: bool = option(False, "with lora_layers above layer 0: run the frozen layers below the "
                                               "lowest adapted one once per split (eval mode, cached in "
