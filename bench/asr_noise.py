@@ -1,11 +1,15 @@
-"""WA-F1 on MELD test when the transcripts carry ASR errors at WER 0 / 10 / 20 / 30 %.
+"""WA-F1 on MELD test when the transcripts carry ASR errors at WER 0 / 10 / 20 / 30 %, and when they come
+without punctuation (an ASR that does not punctuate) at WER 0 / 20 %.
 
-    python bench/asr_noise.py [--wers 0,0.1,0.2,0.3] [--seed 0] [--model-dir checkpoints/default]
+    python bench/asr_noise.py [--wers 0,0.1,0.2,0.3] [--unpunctuated-wers 0,0.2] [--seed 0]
+                              [--model-dir checkpoints/default]
 
-For each WER a MELD test bag is written with seeded word substitutions, deletions and insertions
-(``python -m ddvlm_ros.bag --asr-noise``), its utterances are read back and evaluated with the same
-contexts the node builds (the replay evaluator's metrics equal these on the same utterances, tested in
-test/test_bag_replay.py). Writes reports/replay_asr_noise.md and .json.
+For each row a MELD test bag is written with seeded word substitutions, deletions and insertions
+(``python -m ddvlm_ros.bag --asr-noise``; ``--asr-no-punctuation`` for the unpunctuated rows), its utterances
+are read back and evaluated with the same contexts the node builds (the replay evaluator's metrics equal these
+on the same utterances, tested in test/test_bag_replay.py). The measured WER leaves case and punctuation out
+(both texts ``unpunctuate``d), as ASR evaluations do. Writes replay_asr_noise.md and .json to reports/ (or
+``--report-dir``).
 """
 from __future__ import annotations
 
@@ -51,15 +55,17 @@ def evaluate_bag(bag: Path, recognizer, batch: int = 16) -> dict:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wers", default="0,0.1,0.2,0.3", help="comma-separated word error rates, 0-1")
+    ap.add_argument("--unpunctuated-wers", default="0,0.2",
+                    help="comma-separated word error rates, 0-1, of rows whose transcripts have no punctuation "
+                         "('' = none)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the simulated ASR errors")
+    ap.add_argument("--report-dir", default=str(REPO / "reports"), help="where the reports go")
     ap.add_argument("--model-dir", default=str(REPO / "checkpoints" / "default"), help="checkpoint to evaluate")
     args = ap.parse_args(argv)
-    try:
-        wers = [float(w) for w in args.wers.split(",")]
-    except ValueError:
-        ap.error(f"--wers: comma-separated numbers in [0, 1], got {args.wers!r}")
-    if not all(0 <= w <= 1 for w in wers):
-        ap.error(f"--wers: each in [0, 1], got {args.wers!r}")
+    plan = [(wer, True) for wer in _wers(ap, "--wers", args.wers)]
+    plan += [(wer, False) for wer in _wers(ap, "--unpunctuated-wers", args.unpunctuated_wers)]
+    if not plan:
+        ap.error("no rows: --wers and --unpunctuated-wers are both empty")
     from ddvlm_core.checkpoint import CheckpointError, read_manifest
 
     try:  # before the bags are written and the report replaced
@@ -69,37 +75,54 @@ def main(argv: list[str]) -> int:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
-    from ddvlm_core.asr_noise import word_error_rate
+    from ddvlm_core.asr_noise import unpunctuate, word_error_rate
     from ddvlm_core.inference import EmotionRecognizer
     from ddvlm_ros.bag import labels_path, write_meld_bag
 
     recognizer = EmotionRecognizer.from_checkpoint(args.model_dir, load_caption_embedder=False)
     rows = []
-    for wer in wers:
-        bag = write_meld_bag(Path(tempfile.mkdtemp()) / f"meld_test_wer{wer}", "test", asr_wer=wer, seed=args.seed)
+    for wer, punctuation in plan:
+        bag = write_meld_bag(Path(tempfile.mkdtemp()) / f"meld_test_wer{wer}", "test", asr_wer=wer, seed=args.seed,
+                             asr_punctuation=punctuation)
         side = json.loads(labels_path(bag).read_text())["utterances"].values()
-        ref_words = sum(len(u["text"].split()) for u in side)
-        measured = sum(word_error_rate(u["text"], u["asr_text"]) * len(u["text"].split()) for u in side) / ref_words
+        pairs = [(unpunctuate(u["text"]), unpunctuate(u["asr_text"])) for u in side]
+        measured = sum(word_error_rate(r, h) * len(r.split()) for r, h in pairs) / sum(len(r.split()) for r, _ in pairs)
         score = evaluate_bag(bag, recognizer)
-        rows.append({"target_wer": wer, "measured_wer": measured, "wa_f1": score["wa_f1"],
+        rows.append({"target_wer": wer, "punctuation": punctuation, "measured_wer": measured, "wa_f1": score["wa_f1"],
                      "accuracy": score["accuracy"], "macro_f1": score["macro_f1"], "n": score["n"]})
-        print(f"WER {wer:.2f} (measured {measured:.3f}): WA-F1 {score['wa_f1']:.2f}", flush=True)
-    out = REPO / "reports"
+        print(f"WER {wer:.2f} (measured {measured:.3f}){'' if punctuation else ', no punctuation'}: "
+              f"WA-F1 {score['wa_f1']:.2f}", flush=True)
+    out = Path(args.report_dir)
     out.mkdir(exist_ok=True)
     (out / "replay_asr_noise.json").write_text(json.dumps({"model_dir": args.model_dir, "seed": args.seed,
                                                            "rows": rows}, indent=1) + "\n")
     base = rows[0]["wa_f1"]
     lines = ["# MELD test under ASR errors", "",
-             f"`python bench/asr_noise.py --wers {args.wers} --seed {args.seed}`; model `{args.model_dir}`. "
-             "Transcripts corrupted word by word (60 % substitutions, 25 % deletions, 15 % insertions) at the "
-             "target WER; each utterance sees its own (noisy) dialogue context, as the node does.", "",
-             "| target WER | measured WER | WA-F1 | change | accuracy | macro F1 | utterances |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['target_wer']:.0%} | {r['measured_wer']:.1%} | {r['wa_f1']:.2f} | {r['wa_f1'] - base:+.2f} | "
-              f"{r['accuracy']:.2f} | {r['macro_f1']:.2f} | {r['n']} |" for r in rows]
+             f"`python bench/asr_noise.py --wers {args.wers} --unpunctuated-wers {args.unpunctuated_wers} --seed "
+             f"{args.seed}`; model `{args.model_dir}`. Transcripts corrupted word by word (60 % substitutions, 25 % "
+             "deletions, 15 % insertions) at the target WER; *punctuation* no: in lower case without punctuation, "
+             "as ASRs that do not punctuate write them (`ddvlm_core.asr_noise.unpunctuate`). The measured WER leaves "
+             "case and punctuation out. Each utterance sees its own (noisy) dialogue context, as the node does; "
+             "*change* is against the first row.", "",
+             "| target WER | punctuation | measured WER | WA-F1 | change | accuracy | macro F1 | utterances |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['target_wer']:.0%} | {'yes' if r['punctuation'] else 'no'} | {r['measured_wer']:.1%} | "
+              f"{r['wa_f1']:.2f} | {r['wa_f1'] - base:+.2f} | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | {r['n']} |"
+              for r in rows]
     (out / "replay_asr_noise.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _wers(ap: argparse.ArgumentParser, option: str, text: str) -> list[float]:
+    """A comma-separated list of word error rates in [0, 1] ('' = none); the parser's error otherwise."""
+    try:
+        wers = [float(w) for w in text.split(",")] if text.strip() else []
+    except ValueError:
+        ap.error(f"{option}: comma-separated numbers in [0, 1], got {text!r}")
+    if not all(0 <= w <= 1 for w in wers):
+        ap.error(f"{option}: each in [0, 1], got {text!r}")
+    return wers
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 Robots hear ASR output, not gold transcripts. ``corrupt(text, wer, rng)`` applies word substitutions,
 deletions and insertions (default mix 60 / 25 / 15 %, a typical ASR error profile) so that the
 expected number of edits is ``wer`` x the number of words; ``word_error_rate`` measures the result
-(Levenshtein distance over words / reference length).
+(Levenshtein distance over words / reference length). ``unpunctuate(text)`` writes text as an ASR that does
+not punctuate would (Vosk, Kaldi recipes, many streaming ASRs): lower case, no punctuation.
 """
 from __future__ import annotations
 
 import random
+import re
 from typing import Sequence
 
 # frequent short words an ASR confuses or inserts; substitutions also draw from the corpus itself
@@ -37,8 +39,21 @@ def corrupt(text: str, wer: float, rng: random.Random, vocabulary: Sequence[str]
     return " ".join(out)
 
 
+_NOT_IN_WORDS = re.compile(r"[^\w\s']|(?<!\w)'|'(?!\w)")  # punctuation; an apostrophe not inside a word
+
+
+def unpunctuate(text: str) -> str:
+    """``text`` as an ASR without punctuation writes it: lower case, punctuation removed ("you-you" -> "you
+    you"), apostrophes inside words kept as ASCII ("Don’t" -> "don't"). Text with no word in it ("...") is
+    returned as it is: such an ASR writes nothing for it, and a benchmark still needs an utterance there."""
+    words = _NOT_IN_WORDS.sub(" ", text.replace("’", "'").replace("‘", "'")).lower().split()
+    return " ".join(words) if words else text
+
+
 def word_error_rate(reference: str, hypothesis: str) -> float:
-    """(substitutions + deletions + insertions) / reference words, by word-level edit distance."""
+    """(substitutions + deletions + insertions) / reference words, by word-level edit distance (of the texts as
+    given: score normalised texts, e.g. both ``unpunctuate``d, to leave case and punctuation out, as ASR
+    evaluations do)."""
     ref, hyp = reference.split(), hypothesis.split()
     prev = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, 1):

@@ -73,6 +73,18 @@ def has_text(text) -> bool:
     return True
 
 
+SENTENCE_PUNCTUATION = ".,!?;:…—–。，！？；："
+UNPUNCTUATED_MIN_WORDS = 3
+
+
+def unpunctuated(text: str, min_words: int = UNPUNCTUATED_MIN_WORDS) -> bool:
+    """Whether a transcript of at least ``min_words`` words has none of ``SENTENCE_PUNCTUATION``: what an ASR
+    that does not punctuate gives (Vosk, Kaldi recipes, many streaming ASRs). The model learnt from MELD's
+    punctuated subtitles, where fewer than 1 % of the utterances of 3 words or more have none, and it scores
+    far lower on text without it (``bench/asr_noise.py``: reports/replay_asr_noise.md)."""
+    return len(text.split()) >= min_words and not any(c in SENTENCE_PUNCTUATION for c in text)
+
+
 @dataclass(frozen=True)
 class Turn:
     """One utterance of a dialogue with the speaker token it was given."""

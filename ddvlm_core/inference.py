@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ddvlm_core.captioner import Caption, filter_emotion_words
-from ddvlm_core.context import Dialogue, PromptBuilder, Turn, make_turns
+from ddvlm_core.context import Dialogue, PromptBuilder, Turn, make_turns, unpunctuated
 from ddvlm_core.labels import LABELS
 from ddvlm_core.model import DDVLM, cuda_graph_skips, probabilities
 from ddvlm_core.text import bucket_widths, collate_prompts
@@ -130,7 +130,8 @@ class EmotionRecognizer:
             raise ValueError("one caption (or None) per dialogue context")
         if not contexts:
             return []
-        prompts = [self.prompts.build(as_turns(c)) for c in contexts]
+        turns = [as_turns(c) for c in contexts]
+        prompts = [self.prompts.build(t) for t in turns]
         ids, mask = collate_prompts([p.input_ids for p in prompts], self.tokenizer.pad_token_id)
         text = self.model.text(ids.to(self.device), mask.to(self.device))
         cap_texts, sources, flags = zip(*(self._caption(c) for c in captions))
@@ -143,7 +144,8 @@ class EmotionRecognizer:
         out = []
         for i, prompt in enumerate(prompts):
             f = flags[i] + (("context-truncated",) if prompt.n_turns_dropped else ()) \
-                + (("current-utterance-truncated",) if prompt.truncated_current else ())
+                + (("current-utterance-truncated",) if prompt.truncated_current else ()) \
+                + (("transcript-unpunctuated",) if unpunctuated(turns[i][-1].text) else ())
             top = int(probs[i].argmax())
             out.append(EmotionPrediction(
                 LABELS, tuple(probs[i].tolist()), tuple(text_probs[i].tolist()), LABELS[top],

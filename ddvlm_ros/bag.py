@@ -20,7 +20,7 @@ from rosbags.rosbag2 import Reader, Writer, WriterError
 from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from ddvlm_core.asr_noise import corrupt
+from ddvlm_core.asr_noise import corrupt, unpunctuate
 from ddvlm_core.assets import shipped
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.meld import MeldUtterance, dialogues, parse_time
@@ -106,8 +106,10 @@ def _stamp(store, seconds: float):
 
 def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int] | None = None,
                    storage: str = "mcap", frames: str = "none", fps: float = 5.0, clips_dir: str | Path | None = None,
-                   asr_wer: float = 0.0, seed: int = 0) -> Path:
-    """Write MELD dialogues as a bag + labels side file. ``frames``: none | synthetic | clips."""
+                   asr_wer: float = 0.0, seed: int = 0, asr_punctuation: bool = True) -> Path:
+    """Write MELD dialogues as a bag + labels side file. ``frames``: none | synthetic | clips. The transcripts
+    are MELD's, or as an ASR would give them: ``asr_wer`` > 0 adds seeded word errors, ``asr_punctuation``
+    False writes them without punctuation, in lower case (``unpunctuate``), as ASRs that do not punctuate do."""
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {sorted(STORAGES)}")
     if frames != "none" and not fps > 0:
@@ -126,7 +128,8 @@ def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int]
         raise ValueError(f"MELD {split} has no dialogues {missing}")
     store = typestore()
     events, labels, clip_problems = _meld_events(timeline({d: rows[d] for d in ids}, split), store, frames, fps,
-                                                 clips_dir, {r.key: r for d in ids for r in rows[d]}, asr_wer, seed)
+                                                 clips_dir, {r.key: r for d in ids for r in rows[d]}, asr_wer, seed,
+                                                 asr_punctuation)
     made = False  # whether this call made the folder (a folder another process made meanwhile is not ours)
     try:  # every message is made before the bag folder is: only writing them can fail halfway
         with Writer(out, version=9, storage_plugin=STORAGES[storage]) as writer:
@@ -142,13 +145,15 @@ def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int]
         raise
     side = labels_path(out)
     clips = {"clip_problems": clip_problems} if frames == "clips" else {}  # utterances without camera frames
-    side.write_text(json.dumps({"split": split, "dialogues": ids, "asr_wer": asr_wer, "seed": seed, **clips,
+    side.write_text(json.dumps({"split": split, "dialogues": ids, "asr_wer": asr_wer, "seed": seed,
+                                "asr_punctuation": asr_punctuation, **clips,
                                 "utterances": labels}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
 
 
 def _meld_events(utterances: list[TimedUtterance], store, frames: str, fps: float, clips_dir,
-                 by_key: dict[str, MeldUtterance], asr_wer: float, seed: int) -> tuple[list, dict, dict]:
+                 by_key: dict[str, MeldUtterance], asr_wer: float, seed: int,
+                 asr_punctuation: bool = True) -> tuple[list, dict, dict]:
     """The bag's messages as (time s, topic, CDR bytes), the labels side file's utterance records, and the
     utterances whose clips gave no frames (and why)."""
     import cv2
@@ -158,7 +163,8 @@ def _meld_events(utterances: list[TimedUtterance], store, frames: str, fps: floa
     events, labels, clip_problems = [], {}, {}
     for u in utterances:
         key = f"{u.conversation_id}/{u.utterance_id}"
-        text = corrupt(u.text, asr_wer, rng) if asr_wer else u.text
+        text = u.text if asr_punctuation else unpunctuate(u.text)
+        text = corrupt(text, asr_wer, rng) if asr_wer else text
         msg = Utterance(header=Header(stamp=_stamp(store, u.end), frame_id="mic"), start=_stamp(store, u.start),
                         end=_stamp(store, u.end), conversation_id=u.conversation_id, utterance_id=u.utterance_id,
                         speaker_id=u.speaker, text=text, is_final=True)
@@ -265,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clips-dir", help="MELD.Raw root (frames = clips)")
     ap.add_argument("--fps", type=float, default=5.0, help="camera frames per second of utterance (> 0)")
     ap.add_argument("--asr-noise", type=float, default=0.0, metavar="WER", help="corrupt transcripts at this WER")
+    ap.add_argument("--asr-no-punctuation", action="store_true",
+                    help="transcripts without punctuation, in lower case, as ASRs that do not punctuate give them")
     ap.add_argument("--seed", type=int, default=0, help="seed of the simulated ASR errors")
     args = ap.parse_args(argv)
     try:
@@ -273,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--dialogues: comma-separated dialogue ids or all, got {args.dialogues!r}")
     try:
         bag = write_meld_bag(args.out, args.split, ids, args.storage, args.frames, args.fps, args.clips_dir,
-                             args.asr_noise, args.seed)
+                             args.asr_noise, args.seed, not args.asr_no_punctuation)
     except (ValueError, WriterError) as e:  # a bad split or id, an existing bag
         ap.error(str(e))
     n = sum(1 for _ in read_bag(bag))

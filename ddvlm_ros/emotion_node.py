@@ -576,11 +576,14 @@ class EmotionNode(LifecycleNode):
                        "conversations_forgotten": s.conversations_forgotten, "resets_requested": s.resets_requested,
                        "time_jumps_back": s.time_jumps_back, "speaker_tokens_reused": s.speaker_tokens_reused,
                        "context_only_utterances": s.context_only,
+                       "transcripts_unpunctuated": self.pipeline.punctuation_summary(),
                        "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
             elif s.frame_window_miss:
                 level, message = DiagnosticStatus.WARN, "no frames in utterance windows (see frame_window_miss)"
+            elif self.pipeline.asr_unpunctuated():
+                level, message = DiagnosticStatus.WARN, "transcripts without punctuation (see transcripts_unpunctuated)"
         now = time.monotonic()
         for topic, last in self._last_input.items():
             values[f"input_age_s[{topic}]"] = round(now - last, 1)

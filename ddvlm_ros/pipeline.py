@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ddvlm_core.captioner import Frame, uniform_picks
-from ddvlm_core.context import Dialogue, Turn
+from ddvlm_core.context import UNPUNCTUATED_MIN_WORDS, Dialogue, Turn, unpunctuated
 
 DEFAULT_CONVERSATION = "default"
 CLOCK_SKEW_S = 1.0  # frames stamped further than this from the node's clock on arrival come from another clock
+PUNCTUATION_WINDOW = 20  # the latest classified transcripts of 3+ words whose punctuation is watched
+PUNCTUATION_MIN = 10  # of them, before the node judges; half of them without punctuation: the ASR does not punctuate
 RATE_SLACK = 0.1  # share of a frame period by which two kept frames may be closer (stamp jitter): see FrameBuffer
 
 
@@ -71,6 +73,8 @@ class Stats:
     conversations_forgotten: int = 0  # dropped from memory (idle, or the least recently active past the cap)
     speaker_tokens_reused: int = 0  # a 10th speaker in a conversation took the least recently heard one's token
     context_only: int = 0  # utterances of context_only_speakers: added to their dialogue, not classified
+    unpunctuated: int = 0  # classified transcripts of 3+ words without sentence punctuation (flagged)
+    punctuated_recent: deque = field(default_factory=lambda: deque(maxlen=PUNCTUATION_WINDOW))  # True: punctuated
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -451,6 +455,7 @@ class EmotionPipeline:
             self.stats.context_only += 1
             return
         turns = conv.dialogue.turns
+        self._watch_punctuation(turns[-1].text)
         prediction = self.recognizer.predict(turns)
         self._publish(utt, prediction, refined=False)
         if self.captioner is not None:
@@ -458,6 +463,32 @@ class EmotionPipeline:
                 self._captions.put_nowait(("final", (utt, turns, time.monotonic())))
             except queue.Full:
                 self.stats.caption_timeouts += 1
+
+    def _watch_punctuation(self, text: str) -> None:
+        """Count a transcript of 3+ words without punctuation; the first time most of the latest ones have none,
+        say so (the model learnt from punctuated text and scores far lower without it)."""
+        if len(text.split()) < UNPUNCTUATED_MIN_WORDS:
+            return
+        was = self.asr_unpunctuated()
+        missing = unpunctuated(text)
+        self.stats.unpunctuated += missing
+        self.stats.punctuated_recent.append(not missing)
+        if self.asr_unpunctuated() and not was:
+            self.log("warn", f"{self.punctuation_summary()}: the transcripts come without punctuation, and the "
+                             "model, trained on punctuated subtitles, scores far lower on such text "
+                             "(reports/replay_asr_noise.md): use an ASR that punctuates, or restore punctuation")
+
+    def asr_unpunctuated(self) -> bool:
+        """Whether at least half of the latest transcripts of 3+ words (PUNCTUATION_MIN of them at least) have
+        no sentence punctuation: an ASR that does not punctuate (MELD: under 1 % of such utterances)."""
+        recent = self.stats.punctuated_recent
+        return len(recent) >= PUNCTUATION_MIN and 2 * recent.count(False) >= len(recent)
+
+    def punctuation_summary(self) -> str:
+        """'k of the latest n transcripts of 3+ words have no punctuation' ('' before any)."""
+        recent = self.stats.punctuated_recent
+        return (f"{recent.count(False)} of the latest {len(recent)} transcripts of {UNPUNCTUATED_MIN_WORDS}+ words "
+                "have no punctuation") if recent else ""
 
     def _caption_loop(self, generation: int) -> None:
         self.thread_setup.get("caption", lambda: None)()

@@ -32,7 +32,7 @@ from typing import Callable, Collection, Iterator, NamedTuple
 import numpy as np
 from rosbags.rosbag2 import Reader
 
-from ddvlm_core.context import has_text
+from ddvlm_core.context import UNPUNCTUATED_MIN_WORDS, has_text
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.metrics import metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
@@ -138,6 +138,21 @@ class ReplayResult:
         miss = s.get("frame_window_miss", "")
         return (f"camera: {counts[0]} frames kept, {counts[1]} undecodable, {counts[2]} utterance windows without "
                 f"a frame to caption" + (f" (the last: {miss})" if miss else ""))
+
+    def transcript_line(self) -> str:
+        """How many answered transcripts of 3+ words had no punctuation (flag ``transcript-unpunctuated``), and
+        what that costs when most of them had none ('' when none)."""
+        answered = [k for k in self.finals if "text" in self.answers.get(k, {})]
+        flagged = sum("transcript-unpunctuated" in self.answers[k]["text"].flags for k in answered)
+        if not flagged:
+            return ""
+        long = sum(len(self.texts.get(k, "").split()) >= UNPUNCTUATED_MIN_WORDS for k in answered)
+        line = (f"transcripts: {flagged} of the {long} answered ones of {UNPUNCTUATED_MIN_WORDS}+ words have no "
+                "punctuation")
+        if 2 * flagged >= long:
+            line += (" (an ASR that does not punctuate? the model, trained on punctuated text, scores far lower on "
+                     "such text: reports/replay_asr_noise.md)")
+        return line
 
     def prediction(self, key: str):
         entry = self.answers.get(key, {})
@@ -333,15 +348,15 @@ def assignments(items: list[str], error: Callable[[str], Exception], empty_value
 
 
 def report_markdown(title: str, score: dict, bag: str, params: dict, speed: float, extra: str = "",
-                    camera: str = "") -> str:
+                    notes: tuple[str, ...] = ()) -> str:
+    """The replay's report; ``notes``: lines on its inputs (the camera, the transcripts), '' ones left out."""
     lines = [f"# {title}", "", f"Bag `{bag}`, replayed at {speed}x through the emotion node "
              f"(`python -m ddvlm_ros.replay`), params {json.dumps(params)}. {extra}", ""]
     if not score.get("utterances"):
         return "\n".join(lines + ["No final utterance was replayed."]) + "\n"
     lines.append(f"- utterances: {score['utterances']}, answered {score['answered']}, unanswered "
                  f"{score['unanswered']}, refined {score['refined']}, duplicate answers {score['duplicates']}")
-    if camera:
-        lines.append(f"- {camera}")
+    lines += [f"- {note}" for note in notes if note]
     if score["latency_ms"]:
         lines.append(f"- text-result latency ms: p50 {score['latency_ms']['p50']:.1f}, "
                      f"p90 {score['latency_ms']['p90']:.1f}, max {score['latency_ms']['max']:.1f}")
@@ -472,9 +487,10 @@ def main(argv: list[str]) -> int:
               f"(their keys look like {unlabelled[0]!r}); they are not scored")
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
-    camera = result.camera_line()
-    if camera:
-        print(camera)
+    notes = (result.camera_line(), result.transcript_line())
+    for note in notes:
+        if note:
+            print(note)
     if score.get("n"):
         print(f"WA-F1 {score['wa_f1']:.2f}  macro F1 {score['macro_f1']:.2f}  accuracy {score['accuracy']:.2f}  "
               f"latency p50 {score['latency_ms']['p50']:.1f} ms")
@@ -497,7 +513,7 @@ def main(argv: list[str]) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         extra = (f"At most {args.max_in_flight} utterances in flight (latency includes that queue)."
                  if args.max_in_flight else "")
-        path.write_text(report_markdown(args.title, score, args.bag, params, args.speed, extra, camera))
+        path.write_text(report_markdown(args.title, score, args.bag, params, args.speed, extra, notes))
         path.with_suffix(".json").write_text(json.dumps({"bag": args.bag, "speed": args.speed, "params": params,
                                                          "remaps": remaps, "score": score, "wall_s": result.wall_s,
                                                          "node": result.node_status}, indent=1) + "\n")

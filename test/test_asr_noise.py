@@ -2,7 +2,8 @@ import random
 
 import pytest
 
-from ddvlm_core.asr_noise import corrupt, word_error_rate
+from ddvlm_core.asr_noise import corrupt, unpunctuate, word_error_rate
+from ddvlm_core.context import unpunctuated
 from ddvlm_core.meld import read_split
 
 
@@ -30,3 +31,22 @@ def test_zero_wer_is_identity_and_bad_wer_is_refused():
     assert corrupt("I got the job", 0.0, random.Random(1)) == "I got the job"
     with pytest.raises(ValueError, match="WER"):
         corrupt("x", 1.5, random.Random(1))
+
+
+def test_unpunctuate_writes_text_as_an_asr_without_punctuation_would():
+    assert unpunctuate("Don’t “Aww Pheebs, that sucks!” me yet.") == "don't aww pheebs that sucks me yet"
+    assert unpunctuate("You have to—you-you go to the doctor!") == "you have to you you go to the doctor"
+    assert unpunctuate("‘Kay, Ross' car… it's 5 o'clock?") == "kay ross car it's 5 o'clock"
+    assert unpunctuate("Nestlé Toll House?") == "nestlé toll house"
+    assert unpunctuate("...") == "..."  # no word: kept, so that a benchmark still has the utterance
+    assert not any(unpunctuated(t) for t in ["Okay.", "I am", "Oh, my god"])  # too short, or punctuated
+    assert unpunctuated("i told you so") and unpunctuated(unpunctuate("I told you so!"))
+
+
+def test_fewer_than_one_percent_of_meld_utterances_of_three_words_or_more_lack_punctuation():
+    """What the node's diagnostic and the flag transcript-unpunctuated rest on: MELD's subtitles, the training text,
+    are punctuated; the same utterances written as an ASR without punctuation would write them are all flagged."""
+    for split in ("train", "dev", "test"):
+        texts = [u.text for u in read_split(split) if len(u.text.split()) >= 3]
+        assert sum(map(unpunctuated, texts)) < 0.01 * len(texts)
+        assert all(unpunctuated(unpunctuate(t)) for t in texts if len(unpunctuate(t).split()) >= 3)

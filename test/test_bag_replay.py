@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from ddvlm_core.asr_noise import unpunctuate
 from ddvlm_core.inference import EmotionRecognizer
 from ddvlm_core.meld import dialogues
 from ddvlm_ros.bag import MAX_PAUSE_S, BagError, load_labels, read_bag, timeline, write_meld_bag
@@ -123,6 +124,16 @@ def test_asr_noise_changes_the_transcripts_but_not_the_labels(tmp_path):
     assert changed and side["asr_wer"] == 0.3
     texts = [m.msg.text for m in read_bag(bag) if m.topic == "/utterance"]
     assert texts == [v["asr_text"] for v in side["utterances"].values()]
+
+
+def test_a_bag_of_an_asr_without_punctuation_has_lower_case_unpunctuated_transcripts(tmp_path):
+    bag = write_meld_bag(tmp_path / "plain", "test", [0, 1], asr_wer=0.0, asr_punctuation=False)
+    side = json.loads((tmp_path / "plain.labels.json").read_text())
+    texts = [m.msg.text for m in read_bag(bag) if m.topic == "/utterance"]
+    assert side["asr_punctuation"] is False and texts == [v["asr_text"] for v in side["utterances"].values()]
+    assert texts == [unpunctuate(v["text"]) for v in side["utterances"].values()] != [
+        v["text"] for v in side["utterances"].values()]
+    assert not any(c in t for t in texts for c in ".,!?") and all(t == t.lower() for t in texts)
 
 
 def test_replay_answers_each_final_utterance_once_and_matches_the_offline_evaluator(tmp_path, tiny_text_checkpoint):
@@ -256,6 +267,26 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
         with pytest.raises(SystemExit) as stop:
             main([str(bag), *remaps, *refused])
         assert stop.value.code == 2 and message in capsys.readouterr().err  # one line, no traceback
+
+
+def test_the_replay_report_counts_transcripts_without_punctuation(tmp_path, tiny_text_checkpoint, capsys):
+    """An ASR that does not punctuate: each such answer carries the flag transcript-unpunctuated, and the report
+    says how many there were and what it costs."""
+    from ddvlm_ros.replay import main
+
+    lines = [f"{speaker}: {unpunctuate(text)}" for speaker, _, text in (line.partition(": ") for line in ROBOT_LINES)]
+    bag = write_robot_bag(tmp_path / "plain", lines, fps=0.0)
+    out = tmp_path / "out"
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
+                 "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
+    records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [("transcript-unpunctuated" in r["text"]["flags"]) for r in records] == [True, False, True, True]
+    note = "transcripts: 3 of the 3 answered ones of 3+ words have no punctuation (an ASR that does not punctuate?"
+    assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
+    bag = write_robot_bag(tmp_path / "punctuated", ROBOT_LINES, fps=0.0)
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
+                 "--report", str(out / "punctuated.md")]) == 0
+    assert "transcripts:" not in (out / "punctuated.md").read_text()
 
 
 def test_the_replay_report_says_what_the_node_made_of_the_camera(tmp_path, tiny_visual_checkpoint):

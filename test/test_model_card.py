@@ -173,3 +173,25 @@ def test_the_card_command_refuses_what_is_not_a_run_or_a_checkpoint_with_one_lin
               "--out", str(tmp_path / "card.md")])
     assert f"no such file: {tmp_path / 'no_checkpoint'}/manifest.json" in capsys.readouterr().err
     assert not (tmp_path / "card.md").exists()
+
+
+def test_the_card_says_what_transcripts_without_punctuation_cost_from_a_bench_run_of_the_checkpoint(
+        tmp_path, tiny_text_checkpoint):
+    """bench/asr_noise.py with its rows without punctuation, on a tiny checkpoint: its JSON gives the card's line."""
+    from training.model_card import asr_lines
+
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "bench/asr_noise.py", "--model-dir", str(tiny_text_checkpoint),
+                           "--wers", "0", "--unpunctuated-wers", "0", "--report-dir", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "replay_asr_noise.json").read_text())
+    assert [(r["target_wer"], r["punctuation"], r["n"]) for r in report["rows"]] == [(0, True, 2610), (0, False, 2610)]
+    assert all(r["measured_wer"] == 0 for r in report["rows"])  # case and punctuation are not word errors
+    clean, plain = report["rows"]
+    assert "| 0% | no | 0.0% |" in (out / "replay_asr_noise.md").read_text()
+    [line] = asr_lines(report, Path(tiny_text_checkpoint))
+    assert line.startswith(f"- **Transcripts without punctuation** (ASRs that do not punctuate): test WA-F1 "
+                           f"{plain['wa_f1']:.2f}, against {clean['wa_f1']:.2f} on MELD's punctuated text. ")
+    assert asr_lines(report, tmp_path / "checkpoints" / "another") == []  # another checkpoint's measurement
+    assert asr_lines({**report, "rows": report["rows"][:1]}, Path(tiny_text_checkpoint)) == []

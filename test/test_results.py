@@ -131,6 +131,8 @@ def test_reports_name_batches_made_otherwise_than_by_fixed_length_buckets(tmp_pa
 
     assert batches_text({}) == "" and batches_text({"bucket_megabatch": 0}) == ""  # every report so far
     assert batches_text({"length_bucketing": False, "bucket_megabatch": 50}) == " (random batches, not length-bucketed)"
+    assert batches_text({"bucket_megabatch": 50, "punctuation_dropout": 0.3}) == (
+        " (new length buckets each epoch, groups of 50 batches; 30% of the prompts unpunctuated each epoch)")
     path = report(tmp_path / "megabatch.json", "full", [63.0, 64.0, 62.0], [62.0, 62.5, 61.5])
     data = json.loads(path.read_text())
     data["config"]["bucket_megabatch"] = 50

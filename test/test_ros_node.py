@@ -129,6 +129,23 @@ def test_lifecycle_transitions_and_diagnostics(harness, tiny_text_checkpoint, ca
     assert h.node.recognizer is None and h.node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
 
 
+def test_transcripts_without_punctuation_are_flagged_and_diagnosed(harness, tiny_text_checkpoint):
+    """An ASR that does not punctuate: each answer says so in its flags, and /diagnostics warns once most of the
+    latest transcripts come so (the model scores far lower on such text)."""
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    h.publish(String, "transcript", String(data="Ross: I got the job!"))
+    for k in range(10):
+        h.publish(String, "transcript", String(data=f"Ross: i got the job number {k}"))
+    got = h.wait_for(11)
+    assert [("transcript-unpunctuated" in m.flags) for m in got] == [False] + [True] * 10
+    h.settle()
+    status = h.node.diagnostic_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == b"\x01"
+    assert status.message == "transcripts without punctuation (see transcripts_unpunctuated)"
+    assert values["transcripts_unpunctuated"] == "10 of the latest 11 transcripts of 3+ words have no punctuation"
+
+
 def result_of(future, timeout: float = 10.0):
     """The result of a service call made from the harness's client (its executor spins in another thread)."""
     deadline = time.monotonic() + timeout

@@ -501,3 +501,24 @@ def test_a_refinement_waiting_for_room_in_a_full_queue_is_dropped_by_a_stop(tiny
     pipe.stop()
     assert [(r.utterance.utterance_id, r.refined) for r in results] == [("u1", False), ("u2", False)]
     assert pipe.stats.dropped_at_stop == 1  # line 3
+
+
+def test_an_asr_that_does_not_punctuate_is_flagged_and_said_once(tiny_text_checkpoint):
+    """Transcripts of 3+ words without punctuation are flagged one by one; once half of the latest ones (10 at
+    least) have none, the pipeline logs it once and asr_unpunctuated() says so (the node's diagnostic)."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(rec, (results := []).append, log=lambda level, text: logged.append((level, text)))
+    punctuated = [utt(f"I have {k} things to say.") for k in range(10)] + [utt("no") for _ in range(5)]
+    answer(pipe, punctuated + [utt(f"i have {k} things to say") for k in range(9)])
+    assert pipe.stats.unpunctuated == 9 and not pipe.asr_unpunctuated() and not logged
+    assert [("transcript-unpunctuated" in r.prediction.flags) for r in results] == [False] * 15 + [True] * 9
+    assert pipe.punctuation_summary() == "9 of the latest 19 transcripts of 3+ words have no punctuation"
+    answer(pipe, [utt(f"and {k} more things") for k in range(3)])
+    assert pipe.asr_unpunctuated() and pipe.stats.unpunctuated == 12
+    assert logged == [("warn", "10 of the latest 20 transcripts of 3+ words have no punctuation: the transcripts "
+                               "come without punctuation, and the model, trained on punctuated subtitles, scores far "
+                               "lower on such text (reports/replay_asr_noise.md): use an ASR that punctuates, or "
+                               "restore punctuation")]
+    answer(pipe, [utt(f"Now {k} with punctuation, again.") for k in range(12)])
+    assert not pipe.asr_unpunctuated() and len(logged) == 1

@@ -285,6 +285,60 @@ def test_epoch_one_is_cross_entropy_only_then_self_distillation(tmp_path, tiny_r
     torch.testing.assert_close(sd, expected)
 
 
+@pytest.mark.parametrize("mode", ["full", "frozen"])
+def test_punctuation_dropout_gives_student_and_teacher_the_drawn_prompts_unpunctuated(tmp_path, tiny_roberta_dir, mode):
+    """punctuation_dropout: each epoch a seeded draw of the training prompts is built from the dialogue written as
+    an ASR without punctuation writes it; the student and its EMA teacher see the same prompts; dev and test stay."""
+    from ddvlm_core import losses as L
+    from ddvlm_core.asr_noise import unpunctuate
+    from ddvlm_core.model import DDVLM, DDVLMConfig
+    from training.data import UNPUNCTUATED, punctuation_drops
+    from training.loop import build_data, text_stage
+
+    cfg = tiny_cfg(tmp_path, tiny_roberta_dir, text_mode=mode, punctuation_dropout=0.5, lr=1e-3)
+    model, tok = DDVLM.from_backbone(DDVLMConfig(text_backbone=tiny_roberta_dir))
+    data = build_data(cfg, tok)
+    plain = data[UNPUNCTUATED]
+    assert [(e.key, e.label) for e in plain] == [(e.key, e.label) for e in data["train"]]
+    first = dialogues("train")[0]
+    assert tok.decode(plain[1].input_ids) == tok.decode(tok(f"<s1>: {unpunctuate(first[0].text)} <s2>: "
+                                                            f"{unpunctuate(first[1].text)} Now <s2> feels "
+                                                            f"{tok.mask_token}").input_ids)
+    stage = text_stage(cfg, model, tok, data, log=lambda *_: None)
+    drops = punctuation_drops(cfg.seed, 2, len(data["train"]), 0.5)
+    assert torch.equal(drops, punctuation_drops(cfg.seed, 2, len(data["train"]), 0.5))  # the same on every rank
+    assert not torch.equal(drops, punctuation_drops(cfg.seed, 3, len(data["train"]), 0.5))  # anew each epoch
+    assert 0.3 < drops.float().mean() < 0.7
+    idx = [i for i in range(len(drops)) if drops[i]][:3] + [i for i in range(len(drops)) if not drops[i]][:3]
+    y = torch.tensor([data["train"][i].label for i in idx])
+    teacher = L.EMATeacher(stage.student)
+    with torch.no_grad():
+        next(teacher.model.parameters()).add_(0.5)  # a teacher that disagrees with the student
+    stage.student.eval()
+
+    def expected_logits(m):
+        rows = [(plain if drops[i] else data["train"])[i] for i in idx]
+        if mode == "frozen":
+            from training.features import extract
+
+            return m(extract(model.text, rows, tok.pad_token_id, 8, "cpu"))
+        from training.data import collate
+
+        ids, mask, _ = collate(rows, tok.pad_token_id)
+        return m(ids, mask).logits
+
+    with torch.no_grad():
+        z_s, z_t = expected_logits(stage.student), expected_logits(teacher.model)
+        sd = stage.loss(stage.student, teacher, idx, y, 2)
+    torch.testing.assert_close(sd, 0.7 * L.classification_loss(z_s, y) + 0.3 * L.distillation_kl(z_t, z_s, 2.0))
+    assert not torch.allclose(z_s, stage.logits(stage.student, "train", idx))  # without the drops: other prompts
+    for over, message in (({"punctuation_dropout": "1.5"}, "punctuation_dropout must be in [0, 1]"),
+                          ({"punctuation_dropout": "0.2", "text_mode": "lora", "lora_layers": "1",
+                            "cache_frozen_layers": "true"}, "one or the other")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            tiny_cfg(tmp_path, tiny_roberta_dir, **over)
+
+
 def test_split_overlap_is_known_and_the_evaluator_wants_the_whole_test_split():
     from training.data import shared_clips
 

@@ -405,12 +405,17 @@ def planned_runs(base, rows: list[Row], seeds: list[int]) -> tuple[list[str], in
 
 
 def batches_text(config: dict) -> str:
-    """How a run's training batches were made, where not the default (fixed length buckets): '' or e.g.
-    " (new length buckets each epoch, groups of 50 batches)"."""
-    if not config.get("length_bucketing", True):
-        return " (random batches, not length-bucketed)"
+    """How a run's training batches were made, where not the default (fixed length buckets of MELD's text): '' or
+    e.g. " (new length buckets each epoch, groups of 50 batches; 30% of the prompts unpunctuated each epoch)"."""
+    parts = []
     megabatch = config.get("bucket_megabatch", 0)
-    return f" (new length buckets each epoch, groups of {megabatch} batches)" if megabatch else ""
+    if not config.get("length_bucketing", True):
+        parts.append("random batches, not length-bucketed")
+    elif megabatch:
+        parts.append(f"new length buckets each epoch, groups of {megabatch} batches")
+    if config.get("punctuation_dropout", 0):
+        parts.append(f"{config['punctuation_dropout']:.0%} of the prompts unpunctuated each epoch")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def read_rows_report(path: str | Path, head: str, what: str) -> dict:

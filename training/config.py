@@ -22,7 +22,7 @@ VALUE_RANGES = (  # (fields, test, what the test allows)
     (("max_tokens", "eval_batch_size", "lora_r"), lambda v: v >= 1, ">= 1"),
     (("weight_decay", "grad_clip", "cmkd_alpha", "cmkd_beta", "lambda_jsd", "limit_dialogues", "time_budget_min",
       "num_threads"), lambda v: v >= 0, ">= 0"),
-    (("sd_alpha", "ema_decay", "warmup_ratio"), lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (("sd_alpha", "ema_decay", "warmup_ratio", "punctuation_dropout"), lambda v: 0 <= v <= 1, "in [0, 1]"),
     (("dropout", "lora_dropout"), lambda v: 0 <= v < 1, "in [0, 1)"),
     (("seed",), lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's seeds)"),
 )
@@ -127,6 +127,12 @@ class TrainConfig:
                                      "the test score is then not one on MELD's test split)")
     caption_source: str = option("none", "none (text only) or a captions JSONL file or folder "
                                          "(python -m training.captions)")
+    punctuation_dropout: float = option(0.0, "share of the training prompts that go, each epoch, in lower case "
+                                             "without punctuation, the whole dialogue, as an ASR that does not "
+                                             "punctuate writes it (ddvlm_core.asr_noise.unpunctuate; drawn anew each "
+                                             "epoch): a model trained on MELD's subtitles alone scores far lower on "
+                                             "such transcripts (reports/replay_asr_noise.md). Dev and test stay as "
+                                             "MELD has them. 0: none (the paper's)")
     length_bucketing: bool = option(True, "batch prompts of similar length together (less padding)")
     bucket_megabatch: int = option(0, "with length_bucketing, 0: the same length-sorted batches every epoch, in a "
                                       "new order; N: batches made anew each epoch inside random groups of N batches' "
@@ -170,6 +176,9 @@ class TrainConfig:
         if self.cache_frozen_layers and not (self.text_mode == "lora" and self.lora_layers and min(self.lora_layers)):
             raise ValueError("cache_frozen_layers needs text_mode: lora with lora_layers above layer 0 (the layers "
                              "below the lowest adapted one are cached)")
+        if self.punctuation_dropout and self.cache_frozen_layers:
+            raise ValueError("punctuation_dropout changes the input of the frozen layers that cache_frozen_layers "
+                             "caches once: use one or the other")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.sd_select not in SD_SELECT:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -24,16 +25,30 @@ class Example:
         return utterance_key(self.split, self.dialogue_id, self.utterance_id)
 
 
-def build_examples(split: str, builder: PromptBuilder, meld_dir: str = "", limit_dialogues: int = 0) -> list[Example]:
-    """One example per utterance, in dialogue order; each prompt sees only its own and earlier turns."""
+def build_examples(split: str, builder: PromptBuilder, meld_dir: str = "", limit_dialogues: int = 0,
+                   text_of: Callable[[str], str] | None = None) -> list[Example]:
+    """One example per utterance, in dialogue order; each prompt sees only its own and earlier turns. ``text_of``
+    rewrites every utterance's text first (e.g. ``unpunctuate``: the dialogue as an ASR without punctuation
+    writes it)."""
     dias = dialogues(split, Path(meld_dir) if meld_dir else None)
     ids = sorted(dias)[:limit_dialogues] if limit_dialogues else sorted(dias)
     out = []
     for dia in ids:
         rows = dias[dia]
-        prompts = builder.build_all(make_turns([(r.speaker, r.text) for r in rows]))
+        prompts = builder.build_all(make_turns([(r.speaker, text_of(r.text) if text_of else r.text) for r in rows]))
         out += [Example(split, r.dialogue_id, r.utterance_id, p.input_ids, r.label) for r, p in zip(rows, prompts)]
     return out
+
+
+UNPUNCTUATED = "train_unpunctuated"  # the training prompts as an ASR without punctuation writes them
+
+
+def punctuation_drops(seed: int, epoch: int, n: int, share: float) -> torch.Tensor:
+    """Which of ``n`` training prompts go without punctuation in ``epoch`` (``punctuation_dropout``): bool (n,),
+    about ``share`` of them True, drawn from the seed and the epoch alone, so every rank of a data-parallel run
+    and a resumed run draw the same."""
+    generator = torch.Generator().manual_seed((seed + 1) * 1_000_003 + epoch)
+    return torch.rand(n, generator=generator) < share
 
 
 def shared_clips(split_a: str, split_b: str, meld_dir: str = "") -> list[tuple[str, str]]:

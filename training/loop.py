@@ -28,12 +28,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ddvlm_core import losses as L
+from ddvlm_core.asr_noise import unpunctuate
 from ddvlm_core.assets import resolve_model
 from ddvlm_core.context import PromptBuilder
 from ddvlm_core.meld import SPLITS, meld_dir
 from ddvlm_core.model import DDVLM
 from training.config import HOSTING_KEYS, ConfigError, TrainConfig, candidates, config_differences
-from training.data import Example, batches, build_examples, check_full_test_split, collate
+from training.data import (UNPUNCTUATED, Example, batches, build_examples, check_full_test_split, collate,
+                           punctuation_drops)
 from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, cached_layer_states, extract
 from training.schedule import lr_factor
@@ -303,14 +305,20 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
     """Build the text stage for the configured mode."""
     device = cfg.device
     path = resolve_model(cfg.text_backbone)
+    splits = (*SPLITS, UNPUNCTUATED) if UNPUNCTUATED in data else SPLITS
     if cfg.text_mode == "frozen":
         feats = rank0_first(lambda: {s: cached_features(model.text, data[s], tok.pad_token_id, cfg.feature_cache,
                                                         path, cfg.eval_batch_size, device, log).to(device)
-                                     for s in SPLITS})
+                                     for s in splits})
         for p in model.text.backbone.parameters():
             p.requires_grad_(False)
         student = nn.Sequential(model.text.dropout, model.text.head).to(device)
-        logits = lambda m, split, idx: m(feats[split][idx])  # noqa: E731
+
+        def logits(m, split, idx, plain=None):
+            x = feats[split][idx]
+            if plain is not None:  # punctuation_dropout: these prompts' unpunctuated features instead
+                x = torch.where(plain.to(device)[:, None], feats[UNPUNCTUATED][idx], x)
+            return m(x)
         lr = cfg.head_lr
     else:
         if cfg.text_mode == "lora":
@@ -326,26 +334,35 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
                                                                  cfg.feature_cache, path, cfg.eval_batch_size,
                                                                  device, log) for s in SPLITS})
 
-            def logits(m, split, idx):
+            def logits(m, split, idx, plain=None):  # no punctuation_dropout here (TrainConfig.validate)
                 x, mask, index = (t.to(device) for t in states[split].batch(idx))
                 with autocast:
                     return m.classify(m.encode_from_layer(x, mask, index, start)).float()
         else:
-            def logits(m, split, idx):
-                ids, mask, _ = collate([data[split][i] for i in idx], tok.pad_token_id)
+            def logits(m, split, idx, plain=None):
+                rows = [data[UNPUNCTUATED if plain is not None and plain[k] else split][i] for k, i in enumerate(idx)]
+                ids, mask, _ = collate(rows, tok.pad_token_id)
                 with autocast:
                     return m(ids.to(device), mask.to(device)).logits.float()
         lr = cfg.lr
 
+    drops = {}  # epoch -> the training prompts that go unpunctuated in it (punctuation_dropout)
+
     def loss(m, teacher, idx, y, epoch):
-        z_s = logits(m, "train", idx)
+        plain = None
+        if UNPUNCTUATED in data:
+            if epoch not in drops:
+                drops.clear()
+                drops[epoch] = punctuation_drops(cfg.seed, epoch, len(data["train"]), cfg.punctuation_dropout)
+            plain = drops[epoch][idx]
+        z_s = logits(m, "train", idx, plain)
         y = y.to(z_s.device)
         if teacher is None:
             return L.classification_loss(z_s, y)
         z_t = None
         if epoch >= 2:  # epoch 1 is CE only, so the teacher is not even run
             with torch.no_grad():
-                z_t = logits(teacher.model, "train", idx)
+                z_t = logits(teacher.model, "train", idx, plain)  # the same prompts as the student's
         return L.self_distillation_loss(z_s, z_t, y, epoch, cfg.sd_alpha, cfg.sd_tau)
 
     return Stage("text", student, logits, loss, lr, ema=cfg.self_distillation)
@@ -354,6 +371,8 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
 def build_data(cfg: TrainConfig, tok) -> dict[str, list[Example]]:
     builder = PromptBuilder(tok, cfg.max_tokens, cfg.speaker_tokens)
     data = {s: build_examples(s, builder, cfg.meld_dir, cfg.limit_dialogues) for s in SPLITS}
+    if cfg.punctuation_dropout:
+        data[UNPUNCTUATED] = build_examples("train", builder, cfg.meld_dir, cfg.limit_dialogues, text_of=unpunctuate)
     if not cfg.limit_dialogues:
         check_full_test_split(data["test"])
     return data
@@ -485,7 +504,9 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
     labels = {s: torch.tensor([e.label for e in data[s]]) for s in SPLITS}
     lengths = {s: [len(e.input_ids) for e in data[s]] for s in SPLITS}
     log("data: " + ", ".join(f"{s} {len(data[s])}" for s in SPLITS) + f"; text mode {cfg.text_mode}, "
-        f"self-distillation {'on' if cfg.self_distillation else 'off'}, captions: {cfg.caption_source}")
+        f"self-distillation {'on' if cfg.self_distillation else 'off'}, captions: {cfg.caption_source}"
+        + (f"; each epoch {cfg.punctuation_dropout:.0%} of the training prompts unpunctuated"
+           if cfg.punctuation_dropout else ""))
     results: dict = {"config": cfg.to_dict(), "hardware": hardware(cfg.device), "stages": {}}
     modules = ["text_head"]
     if "text" in cfg.stages:

@@ -120,6 +120,24 @@ def graphed_gpu_line(meta: dict, graphs: dict, mode: str, how: str, source: str)
             f"mode; WA-F1 {graphs['wa_f1']:.2f} on {meta['n']} MELD {meta['split']} utterances ({source}).")
 
 
+def asr_lines(report: dict | None, checkpoint: Path) -> list[str]:
+    """What transcripts without punctuation cost, from bench/asr_noise.py's JSON when it measured this checkpoint
+    with and without punctuation at 0 % WER (and, when it has them, at 20 %)."""
+    if not report or Path(report["model_dir"]).parts[-2:] != checkpoint.resolve().parts[-2:]:
+        return []
+    rows = {(r["target_wer"], r.get("punctuation", True)): r for r in report["rows"]}
+    if (0.0, True) not in rows or (0.0, False) not in rows:
+        return []
+    line = (f"- **Transcripts without punctuation** (ASRs that do not punctuate): test WA-F1 "
+            f"{rows[0.0, False]['wa_f1']:.2f}, against {rows[0.0, True]['wa_f1']:.2f} on MELD's punctuated text")
+    if (0.2, True) in rows and (0.2, False) in rows:
+        line += (f"; at 20 % WER {rows[0.2, False]['wa_f1']:.2f} without punctuation, {rows[0.2, True]['wa_f1']:.2f} "
+                 "with it")
+    return [line + ". It learnt from punctuated subtitles: use an ASR that punctuates. The node flags such "
+            "transcripts (`transcript-unpunctuated`) and warns in /diagnostics (`python bench/asr_noise.py`, "
+            "reports/replay_asr_noise.md)."]
+
+
 def stopped_line(info: dict, cfg: dict) -> str:
     """The card's sentence on a run its time budget stopped before the end of its learning-rate schedule."""
     stopped = info.get("stopped_early")
@@ -132,10 +150,10 @@ def stopped_line(info: dict, cfg: dict) -> str:
 
 def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation: dict | None = None,
          quantization: dict | None = None, gpu_quantization: Sequence[tuple[str, dict | None]] = (),
-         compiled_quantization: dict | None = None) -> str:
+         compiled_quantization: dict | None = None, asr_noise: dict | None = None) -> str:
     """``evaluation``: training.evaluate's result for the checkpoint as shipped; when given it is the
     headline, and the numbers the run measured on its own machine are listed beside it. ``quantization``:
-    bench/quantization.py's JSON (see quantization_lines)."""
+    bench/quantization.py's JSON (see quantization_lines); ``asr_noise``: bench/asr_noise.py's (see asr_lines)."""
     manifest = read_manifest(checkpoint)
     info = run_info(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())
@@ -203,6 +221,7 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
         "## Limits",
         "- English sitcom dialogue (Friends); robots hear other speech, other speakers, ASR errors "
         "(see reports/replay_asr_noise.md). Minority classes (fear, disgust) are poorly recognised.",
+        *asr_lines(asr_noise, checkpoint),
         "- Text only: facial expression and body language are not used by this checkpoint.",
         "- Emotion recognition is uncertain; treat the distribution as a cue, not a fact about a person.",
     ]
@@ -224,6 +243,8 @@ def main(argv: list[str]) -> int:
                     default=["reports/quantization_gpu.json", "reports/quantization_gpu_inductor.json"],
                     help="bench/quantization.py --device cuda JSONs, newest first; each GPU line comes from the "
                          "newest that measured it")
+    ap.add_argument("--asr-noise", default="reports/replay_asr_noise.json",
+                    help="bench/asr_noise.py JSON; its rows without punctuation are listed under Limits")
     ap.add_argument("--compiled-quantization", default="reports/torch_compile/quantization.json",
                     help="bench/quantization.py JSON with the woq_compiled row (whole test split)")
     args = ap.parse_args(argv)
@@ -235,12 +256,12 @@ def main(argv: list[str]) -> int:
         if not path.is_file():
             ap.error(f"no such file: {path}")
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
-    quantization, compiled = (json.loads(Path(f).read_text()) if Path(f).is_file() else None
-                              for f in (args.quantization, args.compiled_quantization))
+    quantization, compiled, asr_noise = (json.loads(Path(f).read_text()) if Path(f).is_file() else None
+                                         for f in (args.quantization, args.compiled_quantization, args.asr_noise))
     gpu_quantization = [(str(Path(f).with_suffix(".md")), json.loads(Path(f).read_text()))
                         for f in args.gpu_quantization if Path(f).is_file()]
     Path(args.out).write_text(card(run_dir, Path(args.checkpoint), args.device, args.command, evaluation,
-                                   quantization, gpu_quantization, compiled))
+                                   quantization, gpu_quantization, compiled, asr_noise))
     print(Path(args.out).read_text())
     return 0
 
