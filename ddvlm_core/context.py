@@ -73,6 +73,16 @@ def has_text(text) -> bool:
     return True
 
 
+_ANNOTATIONS = re.compile(r"(\s*(\[[^\[\]]*\]|\([^()]*\)|\*[^*]+\*|<[^<>]*>|[♪♫]+))+\s*")
+
+
+def non_speech(text) -> bool:
+    """Whether a transcript holds only annotations of what was not speech, as Whisper writes them for silence,
+    music or noise: ``[BLANK_AUDIO]``, ``(upbeat music)``, ``♪``, ``*laughs*``, ``<noise>``. Nothing was said, so
+    there is nothing to classify (no MELD utterance is made only of these)."""
+    return isinstance(text, str) and bool(text.strip()) and _ANNOTATIONS.fullmatch(text) is not None
+
+
 SENTENCE_PUNCTUATION = ".,!?;:…—–。，！？；："
 UNPUNCTUATED_MIN_WORDS = 3
 

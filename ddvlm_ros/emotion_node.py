@@ -575,7 +575,7 @@ class EmotionNode(LifecycleNode):
                        "conversations_reset": s.conversations_reset,
                        "conversations_forgotten": s.conversations_forgotten, "resets_requested": s.resets_requested,
                        "time_jumps_back": s.time_jumps_back, "speaker_tokens_reused": s.speaker_tokens_reused,
-                       "context_only_utterances": s.context_only,
+                       "context_only_utterances": s.context_only, "non_speech_transcripts": s.non_speech,
                        "transcripts_unpunctuated": self.pipeline.punctuation_summary(),
                        "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ddvlm_core.captioner import Frame, uniform_picks
-from ddvlm_core.context import UNPUNCTUATED_MIN_WORDS, Dialogue, Turn, unpunctuated
+from ddvlm_core.context import UNPUNCTUATED_MIN_WORDS, Dialogue, Turn, non_speech, unpunctuated
 
 DEFAULT_CONVERSATION = "default"
 CLOCK_SKEW_S = 1.0  # frames stamped further than this from the node's clock on arrival come from another clock
@@ -73,6 +73,7 @@ class Stats:
     conversations_forgotten: int = 0  # dropped from memory (idle, or the least recently active past the cap)
     speaker_tokens_reused: int = 0  # a 10th speaker in a conversation took the least recently heard one's token
     context_only: int = 0  # utterances of context_only_speakers: added to their dialogue, not classified
+    non_speech: int = 0  # transcripts of annotations only (Whisper's [BLANK_AUDIO], (music)): skipped, not utterances
     unpunctuated: int = 0  # classified transcripts of 3+ words without sentence punctuation (flagged)
     punctuated_recent: deque = field(default_factory=lambda: deque(maxlen=PUNCTUATION_WINDOW))  # True: punctuated
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
@@ -296,7 +297,7 @@ class EmotionPipeline:
         result), so the final result's refinement does not wait for the captioner. Best effort. An ASR sends
         partial results faster than a captioner captions (every word, for ROS4HRI's incremental speech): one
         job per stream waits at a time and captions the newest partial result when its turn comes."""
-        if self.captioner is None or self.context_only(partial.speaker_id):
+        if self.captioner is None or self.context_only(partial.speaker_id) or non_speech(partial.text):
             return
         key = self._stream_key(partial)
         with self._partials_lock:
@@ -441,6 +442,9 @@ class EmotionPipeline:
         self.log("info", f"reset {why}: {len(gone)} conversation(s) forgotten ({turns} utterances of context)")
 
     def _text(self, utt: UtteranceIn) -> None:
+        if non_speech(utt.text):  # nothing was said: not an utterance, and no turn of the dialogue
+            self.stats.non_speech += 1
+            return
         self.stats.utterances += 1
         conv = self._conversation(utt.conversation_id)
         reused = conv.dialogue.speakers.reused
@@ -481,12 +485,12 @@ class EmotionPipeline:
     def asr_unpunctuated(self) -> bool:
         """Whether at least half of the latest transcripts of 3+ words (PUNCTUATION_MIN of them at least) have
         no sentence punctuation: an ASR that does not punctuate (MELD: under 1 % of such utterances)."""
-        recent = self.stats.punctuated_recent
+        recent = list(self.stats.punctuated_recent)  # a copy: the inference worker appends while diagnostics read
         return len(recent) >= PUNCTUATION_MIN and 2 * recent.count(False) >= len(recent)
 
     def punctuation_summary(self) -> str:
         """'k of the latest n transcripts of 3+ words have no punctuation' ('' before any)."""
-        recent = self.stats.punctuated_recent
+        recent = list(self.stats.punctuated_recent)
         return (f"{recent.count(False)} of the latest {len(recent)} transcripts of {UNPUNCTUATED_MIN_WORDS}+ words "
                 "have no punctuation") if recent else ""
 

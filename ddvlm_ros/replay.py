@@ -32,7 +32,7 @@ from typing import Callable, Collection, Iterator, NamedTuple
 import numpy as np
 from rosbags.rosbag2 import Reader
 
-from ddvlm_core.context import UNPUNCTUATED_MIN_WORDS, has_text
+from ddvlm_core.context import UNPUNCTUATED_MIN_WORDS, has_text, non_speech
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.metrics import metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
@@ -262,7 +262,8 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             if key := answer_key(topics[topic], msg):
                 speaker, text = (msg.speaker_id, msg.text) if topics[topic] == "utterance" else parse_transcript(
                     msg.data, node.p("default_speaker"), node.p("speaker_prefix"))
-                if not node.pipeline.context_only(speaker):  # context_only_speakers (the robot) get no answer
+                # context_only_speakers (the robot) get no answer; nor does what was not speech ([BLANK_AUDIO])
+                if not node.pipeline.context_only(speaker) and not non_speech(text):
                     result.finals.append(key)
                     result.texts[key] = text
                     if not has_text(text):  # blank: the node skips it (counted unanswered)
@@ -319,7 +320,7 @@ def offline_predictions(bag: str | Path, recognizer) -> dict[str, str]:
     out = {}
     for _, topic, msgtype, raw in bag_messages(bag, ["/utterance"]):
         msg = deserialize_message(raw, ros_type(msgtype))
-        if not msg.is_final:
+        if not msg.is_final or non_speech(msg.text):
             continue
         turns = contexts.setdefault(msg.conversation_id, [])
         turns.append((msg.speaker_id, msg.text))

@@ -289,6 +289,25 @@ def test_the_replay_report_counts_transcripts_without_punctuation(tmp_path, tiny
     assert "transcripts:" not in (out / "punctuated.md").read_text()
 
 
+def test_a_whisper_bag_with_blank_audio_between_its_lines_gets_answers_for_speech_only(tmp_path, tiny_text_checkpoint):
+    """Whisper writes [BLANK_AUDIO] for silence: the node answers only what was said, and the replay neither waits
+    for an answer to the annotations nor counts them unanswered; the keys stay the node's numbering."""
+    from ddvlm_ros.replay import main
+
+    lines = [ROBOT_LINES[0], "[BLANK_AUDIO]", ROBOT_LINES[1], " (upbeat music) ", ROBOT_LINES[2]]
+    bag = write_robot_bag(tmp_path / "whisper", lines, fps=0.0)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
+                 "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
+    assert time.monotonic() - started < 50  # not the 60 s an answer that never comes is waited for
+    records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["speaker_token"]) for r in records] == [("default/1", "<s1>"), ("default/3", "<s2>"),
+                                                                 ("default/5", "<s1>")]
+    assert "answered 3, unanswered 0" in (out / "replay.md").read_text()
+    assert json.loads((out / "replay.json").read_text())["node"]["non_speech_transcripts"] == "2"
+
+
 def test_the_replay_report_says_what_the_node_made_of_the_camera(tmp_path, tiny_visual_checkpoint):
     from ddvlm_ros.replay import main
 
