@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
         print(f"WER {wer:.2f} (measured {measured:.3f}){'' if punctuation else ', no punctuation'}: "
               f"WA-F1 {score['wa_f1']:.2f}", flush=True)
     out = Path(args.report_dir)
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "replay_asr_noise.json").write_text(json.dumps({"model_dir": args.model_dir, "seed": args.seed,
                                                            "rows": rows}, indent=1) + "\n")
     base = rows[0]["wa_f1"]

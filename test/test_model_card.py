@@ -180,7 +180,7 @@ def test_the_card_says_what_transcripts_without_punctuation_cost_from_a_bench_ru
     """bench/asr_noise.py with its rows without punctuation, on a tiny checkpoint: its JSON gives the card's line."""
     from training.model_card import asr_lines
 
-    out = tmp_path / "reports"
+    out = tmp_path / "reports" / "punctuation"  # a folder that does not exist yet, nor its parent
     proc = subprocess.run([sys.executable, "bench/asr_noise.py", "--model-dir", str(tiny_text_checkpoint),
                            "--wers", "0", "--unpunctuated-wers", "0", "--report-dir", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
