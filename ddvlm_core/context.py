@@ -248,14 +248,28 @@ class PromptBuilder:
         self.special_prefix, self.special_suffix = special_token_template(tokenizer)
         self.n_special = len(self.special_prefix) + len(self.special_suffix)
         self._ids = lru_cache(maxsize=8192)(self._tokenize)
+        self._added_spellings = {t.content.lower() for t in tokenizer.added_tokens_decoder.values()}
 
-    def _tokenize(self, text: str, after_text: bool) -> tuple[int, ...]:
+    def _tokenize(self, text: str, after_text: bool, literal: bool = False) -> tuple[int, ...]:
         """Ids of one prompt part; ``after_text``: it follows earlier text and a space, as in the prompt
-        string (a byte-level BPE codes a word after a space differently from one at the start)."""
+        string (a byte-level BPE codes a word after a space differently from one at the start).
+        ``literal``: the part is what someone said, so a special token's spelling in it (``<mask>``,
+        ``</s>``, ``<s2>``, as typed text or an ASR's ``<unk>`` may hold) is coded as the characters it is
+        made of, never as that special token."""
         # verbose=False: a long utterance is cut to the budget below, not by the tokenizer (no length warning)
-        if not after_text:
-            return tuple(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-        return tuple(self.tokenizer(" " + text, add_special_tokens=False, verbose=False)["input_ids"])
+        text = " " + text if after_text else text
+        return tuple(self.tokenizer(text, add_special_tokens=False, verbose=False,
+                                    split_special_tokens=literal)["input_ids"])
+
+    def _line_ids(self, turn: Turn, after_text: bool) -> tuple[int, ...]:
+        """Ids of ``line(turn)``. An utterance that spells one of the tokenizer's added tokens (none of
+        MELD's does) is coded apart from its speaker token, literally, so that a ``<mask>``, ``</s>`` or
+        ``<s2>`` someone typed, or an ASR's ``<unk>``, cannot end the sequence, add a mask or a speaker."""
+        if not any(t in turn.text.lower() for t in self._added_spellings):
+            return self._ids(self.line(turn), after_text)
+        if not self.speaker_tokens:
+            return self._ids(turn.text, after_text, True)
+        return self._ids(turn.speaker_token, after_text) + self._ids(f": {turn.text}", False, True)
 
     def line(self, turn: Turn) -> str:
         return f"{turn.speaker_token}: {turn.text}" if self.speaker_tokens else turn.text
@@ -279,18 +293,18 @@ class PromptBuilder:
         # the longest run of latest lines that fits: lines[first:], the first coded as text-initial
         first, used = len(turns), 0
         while first > 0:
-            cost = used + len(self._ids(lines[first - 1], False))
+            cost = used + len(self._line_ids(turns[first - 1], False))
             if cost > budget:
                 break
             first -= 1
-            used += len(self._ids(lines[first], True))
+            used += len(self._line_ids(turns[first], True))
         truncated = first == len(turns)
         if truncated:
             first = len(turns) - 1
-            tail_ids, lines[first] = self._keep_tail(current, self._ids(lines[first], False), budget)
+            tail_ids, lines[first] = self._keep_tail(current, self._line_ids(current, False), budget)
         body: list[int] = []
         for k in range(first, len(turns)):
-            body += tail_ids if truncated else self._ids(lines[k], k > first)
+            body += tail_ids if truncated else self._line_ids(turns[k], k > first)
         input_ids = list(self.special_prefix) + body + list(query_ids) + list(self.special_suffix)
         mask_index = len(input_ids) - 1 - input_ids[::-1].index(self.tokenizer.mask_token_id)
         assert len(input_ids) <= self.max_tokens

@@ -139,3 +139,31 @@ def test_every_utterance_form_gives_the_same_turns_and_a_dict_is_never_unpacked_
                      "utterance 1: a mapping needs a 'text' key"), ([(1.5, "hi")], "speaker must be a str")]:
         with pytest.raises(TypeError, match=why):
             make_turns(bad)
+
+
+@pytest.mark.parametrize("which", ["mpnet", "roberta"])
+def test_special_token_spellings_in_an_utterance_are_text_not_tokens(which, mpnet_tokenizer, tiny_roberta_dir):
+    """Typed text or an ASR's marker may spell <mask>, </s>, <s2> or <unk>: it must not end the sequence, add a
+    mask or a speaker. Without such spellings (all of MELD) the ids are the prompt text's, as before."""
+    tok = mpnet_tokenizer if which == "mpnet" else load_tokenizer(tiny_roberta_dir)
+    said = "so I typed <mask> and </s> and <s2> and <UNK> <pad> <s>"
+    for speaker_tokens in (True, False):
+        builder = PromptBuilder(tok, speaker_tokens=speaker_tokens)
+        prompt = builder.build(make_turns([("Ross", "Hi there!"), ("Rachel", said), ("Ross", "Okay.")]))
+        ids = list(prompt.input_ids)
+        added = {i for i in tok.added_tokens_decoder}
+        expected_added = [tok.bos_token_id or tok.cls_token_id] + (
+            tok.convert_tokens_to_ids(["<s1>", "<s2>", "<s1>", "<s1>"]) if speaker_tokens else []) + [
+            tok.mask_token_id, tok.sep_token_id or tok.eos_token_id]
+        assert [i for i in ids if i in added] == expected_added
+        assert prompt.mask_index == len(ids) - 2 and ids.count(tok.mask_token_id) == 1
+        text_pieces = tok.convert_ids_to_tokens(ids)
+        assert "".join(text_pieces).replace("Ġ", "").replace("##", "").count("mask") == 2  # typed + query
+        plain = make_turns([("Ross", "Hi there!"), ("Rachel", "so I typed"), ("Ross", "Okay.")])
+        plain_prompt = builder.build(plain)
+        assert list(plain_prompt.input_ids) == tok(plain_prompt.text)["input_ids"]
+    # the typed line is cut like any other when the budget is short, and the tail is still literal
+    tail = PromptBuilder(tok, max_tokens=12).build(make_turns([("Ross", said)]))
+    assert len(tail.input_ids) <= 12 and tail.truncated_current
+    assert [i for i in tail.input_ids if i in added][-2:] == [tok.mask_token_id, tok.sep_token_id or tok.eos_token_id]
+    assert tail.input_ids.count(tok.mask_token_id) == 1
