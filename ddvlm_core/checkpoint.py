@@ -117,3 +117,19 @@ def load_checkpoint(
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{file}: unreadable safetensors ({e})") from None
     return manifest, states
+
+
+def update_manifest(directory: str | os.PathLike, config: Mapping | None = None, extra: Mapping | None = None) -> dict:
+    """Set keys of a checkpoint's config (e.g. its fitted temperatures) and top-level entries of its manifest,
+    leaving every weights file as it is (their hashes still hold); the manifest is replaced whole."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    manifest["config"].update(config or {})
+    reserved = {"format", "format_version", "labels", "config", "modules"} & set(extra or {})
+    if reserved:
+        raise ValueError(f"update_manifest: {sorted(reserved)} are not extra entries")
+    manifest.update(extra or {})
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, directory / MANIFEST)
+    return manifest

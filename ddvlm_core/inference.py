@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from ddvlm_core.calibration import describe as describe_calibration
 from ddvlm_core.captioner import Caption, filter_emotion_words
 from ddvlm_core.context import Dialogue, PromptBuilder, Turn, make_turns, unpunctuated
 from ddvlm_core.labels import LABELS
@@ -67,6 +68,7 @@ class EmotionRecognizer:
         self.name = name
         self.trained_captioner = ""  # the captioner id whose captions trained the visual branch ("" unknown)
         self.cuda_graph_skips: list[str] = []  # why the last warm_up ran compiled graphs without CUDA graphs
+        self.calibration = describe_calibration(model.config, None)  # what the confidence is (diagnostics)
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, device: str = "cpu", load_caption_embedder: bool = True,
@@ -81,6 +83,7 @@ class EmotionRecognizer:
             embedder = CaptionEmbedder(resolve_model(model.config.caption_embedder), device)
         recognizer = cls(model, tokenizer, embedder, device, visual, name=os.path.basename(os.path.normpath(directory)))
         recognizer.trained_captioner = manifest.get("captioner", "")  # written by training.loop (training.captions)
+        recognizer.calibration = describe_calibration(model.config, manifest.get("calibration"))
         return recognizer
 
     def captioner_check(self, captioner) -> str:
@@ -140,7 +143,9 @@ class EmotionRecognizer:
         if bool(use.any()):
             emb = self.caption_embedder.embed([t or "." for t in cap_texts]).to(self.device)
             logits = self.model.forward_features(text.hidden, emb, use).logits
-        probs, text_probs = probabilities(logits).cpu(), probabilities(text.logits).cpu()
+        text_t, fused_t = self.model.config.text_temperature, self.model.config.fused_temperature
+        temperature = torch.where(use, fused_t, text_t).unsqueeze(1)  # per row, by what scored it
+        probs, text_probs = probabilities(logits, temperature).cpu(), probabilities(text.logits, text_t).cpu()
         out = []
         for i, prompt in enumerate(prompts):
             f = flags[i] + (("context-truncated",) if prompt.n_turns_dropped else ()) \

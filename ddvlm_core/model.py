@@ -141,6 +141,9 @@ class DDVLMConfig:
     fusion: str = "residual"  # "concat": Table 4's w/o residual fusion (ddvlm_core.fusion.ConcatFusion)
     lora: dict | None = None  # {"r", "alpha", "dropout", "targets"} when the backbone carries a LoRA adapter
     quantization: dict | None = None  # WOQConfig.as_dict() when the modules are stored as INT8
+    # ddvlm_core.calibration: p = softmax(z / T), T fitted on dev (python -m training.calibrate); 1 = as trained
+    text_temperature: float = 1.0  # of the text branch's logits (every answer without a caption)
+    fused_temperature: float = 1.0  # of the fused logits (answers with a caption)
 
     def __post_init__(self):
         """Types and ranges checked, so that a damaged manifest fails at load with the field's name."""
@@ -153,6 +156,8 @@ class DDVLMConfig:
         checks += [("num_labels", self.num_labels == NUM_LABELS, f"{NUM_LABELS} (MELD's labels)"),
                    ("dropout", number(self.dropout) and 0 <= self.dropout < 1, "a number in [0, 1)"),
                    ("fusion_alpha_init", number(self.fusion_alpha_init), "a number"),
+                   *((name, number(getattr(self, name)) and 0 < getattr(self, name) < float("inf"),
+                      "a number > 0") for name in ("text_temperature", "fused_temperature")),
                    ("fusion", self.fusion in FUSIONS, f"one of {', '.join(FUSIONS)}"),
                    ("text_backbone", isinstance(self.text_backbone, str), "a str"),
                    ("caption_embedder", isinstance(self.caption_embedder, str), "a str"),
@@ -338,8 +343,10 @@ class DDVLM(nn.Module):
         return model.eval(), tokenizer, manifest
 
 
-def probabilities(logits: Tensor) -> Tensor:
-    return F.softmax(logits.float(), dim=-1)
+def probabilities(logits: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
+    """softmax(logits / temperature) in fp32 (ddvlm_core.calibration); temperature: a number, or one per row
+    as an (N, 1) tensor."""
+    return F.softmax(logits.float() / temperature, dim=-1)
 
 
 __all__ = ["COMPILE_MODES", "compile_options", "cuda_graph_note", "cuda_graph_outcome", "cuda_graph_skips", "DDVLM",

@@ -549,7 +549,8 @@ class EmotionNode(LifecycleNode):
                   "quantization": self.quantization, "compiled": self.compiled, "load_error": self.load_error,
                   "incompatible_qos_events": self._qos_incompatible, "bad_frames": self._bad_frames,
                   "ros4hri": self._hri_status + (f" ({len(self._hri.voices)} voices)" if self._hri else ""),
-                  "image_decoder": self.image_decoder}
+                  "image_decoder": self.image_decoder,
+                  "confidence_calibration": self.recognizer.calibration if self.recognizer else ""}
         level, message = DiagnosticStatus.OK, "running"
         if self.pipeline is not None:
             s = self.pipeline.stats

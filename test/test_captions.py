@@ -412,6 +412,23 @@ def test_the_evaluator_scores_a_fused_checkpoint_with_the_captions_as_the_node_w
         context = [(r.speaker, r.text) for r in turns[:turns.index(u) + 1]]
         answer = recognizer.predict(context, records[u.key]["caption"])
         assert answer.modalities != "text" and LABELS[b[i]] == answer.top_label, u.key
+    # calibrating with the captions fits the fused temperature on the captioned dev answers (no test clip here),
+    # the text one on all; the recognizer's fused answers then use the fused one
+    from training.calibrate import calibrate
+
+    report = calibrate(checkpoint, captions, log=logs.append)
+    fused_fit, text_fit = report["branches"]["fused"], report["branches"]["text"]
+    assert fused_fit["splits"]["dev"]["n"] == len(with_caption) and fused_fit["splits"]["test"]["n"] == 0
+    assert text_fit["splits"]["dev"]["n"] == 1109 and fused_fit["temperature"] != text_fit["temperature"]
+    config = json.loads((checkpoint / "manifest.json").read_text())["config"]
+    fitted = (fused_fit["temperature"], text_fit["temperature"])
+    assert (config["fused_temperature"], config["text_temperature"]) == fitted
+    u, turns = rows[with_caption[0]], dialogues("dev")[rows[with_caption[0]].dialogue_id]
+    context = [(r.speaker, r.text) for r in turns[:turns.index(u) + 1]]
+    before = recognizer.predict(context, records[u.key]["caption"]).probabilities
+    after = EmotionRecognizer.from_checkpoint(checkpoint).predict(context, records[u.key]["caption"]).probabilities
+    expected = torch.softmax(torch.tensor(before, dtype=torch.float64).log() / fused_fit["temperature"], -1)
+    assert torch.allclose(torch.tensor(after, dtype=torch.float64), expected, atol=1e-5)
 
 
 def test_the_captioning_command_runs_as_documented(meld_raw, tmp_path):

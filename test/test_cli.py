@@ -28,6 +28,8 @@ def test_cli_parses_speaker_prefixed_turns():
     ("ddvlm_ros.bag", ["{tmp}/bag", "--frames", "clips"], "needs the MELD.Raw folder"),
     ("ddvlm_ros.replay", ["{tmp}/no_bag"], "cannot read bag"),
     ("training.evaluate", ["{tmp}/no_checkpoint"], "does not exist"),
+    ("training.calibrate", ["{tmp}/no_checkpoint"], "does not exist"),
+    ("training.calibrate", ["checkpoints/default", "--captions", "{tmp}"], "has no visual branch and fusion"),
     ("training.export", ["{tmp}"], "no text/best.safetensors"),
     ("training.evaluate", ["checkpoints/default", "--splits", "dev,tset"], "unknown MELD splits ['tset']"),
     ("training.__main__", ["--config", "{tmp}/no.yaml"], "No such file"),
@@ -74,8 +76,9 @@ class _ParserBuilt(Exception):
     """Raised where a command would parse its arguments: the test then holds the parser it built."""
 
 
-COMMANDS = ["training.ablate", "training.evaluate", "training.captions", "training.export", "training.results",
-            "training.model_card", "ddvlm_core.cli", "ddvlm_ros.replay", "ddvlm_ros.bag", "bench/asr_noise.py",
+COMMANDS = ["training.ablate", "training.evaluate", "training.calibrate", "training.captions", "training.export",
+            "training.results", "training.model_card", "ddvlm_core.cli", "ddvlm_ros.replay", "ddvlm_ros.bag",
+            "bench/asr_noise.py",
             "bench/layer_cache.py", "bench/quantization.py", "bench/ros_latency.py", "scripts/gpu/plan.py"]
 
 

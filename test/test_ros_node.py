@@ -98,6 +98,7 @@ def test_text_result_first_then_refined_with_frames_of_the_window(harness, tiny_
     assert list(fused.probabilities) != list(text.probabilities)
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["captioner_check"] == "training captioner unknown"  # a checkpoint not from training.loop
+    assert values["confidence_calibration"].startswith("not calibrated (temperature 1")  # nor training.calibrate
     from ddvlm_ros.convert import cv_bridge_problem
 
     assert values["image_decoder"] == ("cv_bridge" if not cv_bridge_problem() else

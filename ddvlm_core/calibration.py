@@ -1,0 +1,118 @@
+"""Calibrated confidence: temperature scaling of the output distribution (Guo et al., 2017, "On Calibration of
+Modern Neural Networks", Section 4.2). Not part of the DDVLM paper, which reports argmax metrics only; a robot's
+behaviour node thresholds ``confidence`` (e.g. "react when P(anger) > 0.6"), and that needs probabilities that
+mean what they say.
+
+    p = softmax(z / T)                                   one temperature T > 0 for every class and input
+    T* = argmin_T  NLL(T) = mean_i [ log sum_c exp(z_ic / T) - z_iy_i / T ]       fitted on dev, never on test
+    ECE = sum_b (|B_b| / n) |acc(B_b) - conf(B_b)|       B_b: the inputs whose confidence max_c p_c falls in
+                                                         the b-th of n_bins equal-width bins of (0, 1]
+
+T changes no argmax, so WA-F1, accuracy and every confusion count stay exactly as they were; only the
+probabilities and the confidence move. NLL is convex in beta = 1/T (a log-sum-exp of functions linear in beta
+minus a linear term), so a golden-section search on beta finds its one minimum; no optimiser state, and the
+same T for the same logits on every machine.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+T_MIN, T_MAX = 0.05, 20.0  # the search range of T
+ECE_BINS = 15  # Guo et al.'s reliability diagrams
+
+
+def nll(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``labels`` under softmax(logits / temperature), in nats."""
+    return float(F.cross_entropy(logits.double() / temperature, labels.long()))
+
+
+def fit_temperature(logits: Tensor, labels: Tensor, t_min: float = T_MIN, t_max: float = T_MAX,
+                    tol: float = 1e-7) -> float:
+    """T* minimising ``nll(logits, labels, T)`` over [t_min, t_max]: golden-section search on beta = 1/T.
+
+    Raises ValueError for no examples, for logits and labels of different lengths, or for non-finite logits."""
+    logits, labels = logits.detach().double().cpu(), labels.detach().long().cpu()
+    if logits.ndim != 2 or len(logits) == 0 or len(logits) != len(labels):
+        raise ValueError(f"fit_temperature needs (N, C) logits and N labels, N >= 1; got {tuple(logits.shape)} "
+                         f"and {tuple(labels.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("fit_temperature: the logits hold NaN or inf")
+
+    def loss(beta: float) -> float:
+        return float(F.cross_entropy(logits * beta, labels))
+
+    lo, hi = 1.0 / t_max, 1.0 / t_min
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    loss_a, loss_b = loss(a), loss(b)
+    while hi - lo > tol:
+        if loss_a < loss_b:
+            hi, b, loss_b = b, a, loss_a
+            a = hi - ratio * (hi - lo)
+            loss_a = loss(a)
+        else:
+            lo, a, loss_a = a, b, loss_b
+            b = lo + ratio * (hi - lo)
+            loss_b = loss(b)
+    return 1.0 / ((lo + hi) / 2)
+
+
+def expected_calibration_error(probabilities: Tensor, labels: Tensor, n_bins: int = ECE_BINS) -> float:
+    """ECE in percent: the bin-weighted mean gap between accuracy and mean confidence, equal-width bins of the
+    confidence on (0, 1] (a confidence of exactly k / n_bins falls in bin k, as in Guo et al.'s code)."""
+    probabilities, labels = probabilities.detach().double().cpu(), labels.detach().long().cpu()
+    confidence, predicted = probabilities.max(-1)
+    correct = (predicted == labels).double()
+    bins = torch.clamp(torch.ceil(confidence * n_bins).long() - 1, 0, n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        members = bins == b
+        if bool(members.any()):
+            gap = abs(float(correct[members].mean()) - float(confidence[members].mean()))
+            total += float(members.double().mean()) * gap
+    return 100.0 * total
+
+
+def reliability(probabilities: Tensor, labels: Tensor, n_bins: int = 5) -> list[dict]:
+    """Per confidence bin: its range, how many inputs fell in it, their mean confidence and their accuracy (%):
+    the table a behaviour designer reads to pick a threshold."""
+    probabilities, labels = probabilities.detach().double().cpu(), labels.detach().long().cpu()
+    confidence, predicted = probabilities.max(-1)
+    correct = (predicted == labels).double()
+    bins = torch.clamp(torch.ceil(confidence * n_bins).long() - 1, 0, n_bins - 1)
+    rows = []
+    for b in range(n_bins):
+        members = bins == b
+        n = int(members.sum())
+        rows.append({"from": b / n_bins, "to": (b + 1) / n_bins, "n": n,
+                     "confidence": 100 * float(confidence[members].mean()) if n else None,
+                     "accuracy": 100 * float(correct[members].mean()) if n else None})
+    return rows
+
+
+def calibration_metrics(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> dict:
+    """NLL, ECE (%), Brier score and mean confidence (%) of softmax(logits / temperature)."""
+    probabilities = F.softmax(logits.detach().double().cpu() / temperature, dim=-1)
+    labels = labels.detach().long().cpu()
+    onehot = F.one_hot(labels, probabilities.shape[-1]).double()
+    return {"temperature": temperature,
+            "nll": nll(logits, labels, temperature),
+            "ece": expected_calibration_error(probabilities, labels),
+            "brier": float(((probabilities - onehot) ** 2).sum(-1).mean()),
+            "mean_confidence": 100 * float(probabilities.max(-1).values.mean()),
+            "accuracy": 100 * float((probabilities.argmax(-1) == labels).double().mean()),
+            "reliability": reliability(probabilities, labels)}
+
+
+def describe(config, entry: dict | None) -> str:
+    """What the answers' confidence is, for logs and /diagnostics: the temperatures a checkpoint's config holds and
+    what they were fitted on (its manifest's ``calibration`` entry), or that it is as trained."""
+    text, fused = config.text_temperature, config.fused_temperature
+    if text == 1.0 and fused == 1.0:
+        return "not calibrated (temperature 1: as trained; python -m training.calibrate fits one)"
+    where = f", fitted on {entry['fitted_on']}" if entry and entry.get("fitted_on") else ""
+    return f"temperature {text:.3f} (text), {fused:.3f} (fused){where}"

@@ -1,0 +1,170 @@
+"""Calibrate a checkpoint's confidence: fit its temperatures on MELD dev and write them into its manifest.
+
+    python -m training.calibrate CHECKPOINT [--captions CAPTIONS] [--report-dir reports] [--name calibration]
+
+Temperature scaling (``ddvlm_core.calibration``): p = softmax(z / T), one T for the text branch's logits (the
+answers without a caption) and, with ``--captions``, one for the fused logits (the answers with one), each
+minimising the NLL of MELD dev. No argmax changes, so WA-F1 and accuracy stay exactly as they were; the
+confidence a robot thresholds comes to mean what it says. Test is scored before and after, never fitted on.
+The weights files are not touched: only the manifest's ``text_temperature`` / ``fused_temperature`` and its
+``calibration`` entry (what was fitted on what). Writes REPORT_DIR/NAME.md and .json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ddvlm_core.calibration import calibration_metrics, fit_temperature
+from ddvlm_core.labels import NUM_LABELS
+
+FIT_SPLIT = "dev"
+SPLITS = ("dev", "test")
+
+
+def split_logits(model, tok, builder, split: str, caption_of=None) -> dict[str, torch.Tensor]:
+    """{"labels", "text" logits, and with captions "fused" logits and "has_visual"} of a MELD split, in one
+    pass of the backbone per batch."""
+    from training.data import build_examples, check_full_test_split
+    from training.evaluate import logits_of_examples
+
+    examples = build_examples(split, builder)
+    if split == "test":
+        check_full_test_split(examples)
+    out = {"labels": torch.tensor([e.label for e in examples])}
+    if caption_of is None:
+        out["text"] = logits_of_examples(lambda ids, mask: model.text(ids, mask).logits, examples, tok.pad_token_id,
+                                         desc=f"{split} ({len(examples)} utterances)")
+        return out
+    embeddings, has = caption_of.for_examples(examples)
+
+    def both(ids, mask, emb, has_visual):
+        result = model(ids, mask, emb, has_visual)
+        return torch.cat([result.text.logits, result.logits], -1)
+
+    joint = logits_of_examples(both, examples, tok.pad_token_id, extras=lambda idx: (embeddings[idx], has[idx]),
+                               desc=f"{split} ({len(examples)} utterances, {int(has.sum())} captioned)")
+    out.update(text=joint[:, :NUM_LABELS], fused=joint[:, NUM_LABELS:], has_visual=has)
+    return out
+
+
+def branch_inputs(logits: dict[str, torch.Tensor], branch: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) a temperature of ``branch`` applies to: every answer for "text", the captioned ones for
+    "fused" (an answer without a caption is the text branch's)."""
+    if branch == "text":
+        return logits["text"], logits["labels"]
+    keep = logits["has_visual"]
+    return logits["fused"][keep], logits["labels"][keep]
+
+
+def calibrate(checkpoint: str | Path, captions: str | Path = "", log=print, write: bool = True) -> dict:
+    """Fit the temperatures on dev, score dev and test before and after, and (``write``) store them in the
+    checkpoint's manifest. Returns the report's content."""
+    from ddvlm_core import checkpoint as ckpt
+    from ddvlm_core.context import PromptBuilder
+    from ddvlm_core.model import DDVLM
+    from training.evaluate import CaptionInputs
+
+    if captions and "fusion" not in ckpt.read_manifest(checkpoint)["modules"]:
+        raise ValueError(f"{checkpoint} has no visual branch and fusion: --captions needs a checkpoint trained on them")
+    model, tok, manifest = DDVLM.load(checkpoint)
+    caption_of = CaptionInputs(captions, manifest["config"]["caption_embedder"]) if captions else None
+    builder = PromptBuilder(tok, manifest["config"]["max_tokens"], manifest["config"].get("speaker_tokens", True))
+    logits = {split: split_logits(model, tok, builder, split, caption_of) for split in SPLITS}
+    branches = ("text", "fused") if caption_of else ("text",)
+    report = {"checkpoint": str(checkpoint), "fitted_on": f"MELD {FIT_SPLIT}", "method": "temperature scaling",
+              "captions": str(captions) if captions else "none", "branches": {}}
+    for branch in branches:
+        fit_logits, fit_labels = branch_inputs(logits[FIT_SPLIT], branch)
+        if len(fit_labels) == 0:
+            report["branches"][branch] = {"skipped": f"no {FIT_SPLIT} utterance has a caption"}
+            continue
+        temperature = fit_temperature(fit_logits, fit_labels)
+        entry = {"temperature": temperature, "splits": {}}
+        for split in SPLITS:
+            split_in, split_labels = branch_inputs(logits[split], branch)
+            entry["splits"][split] = {"n": len(split_labels)} if len(split_labels) == 0 else {
+                "n": len(split_labels), "as_trained": calibration_metrics(split_in, split_labels, 1.0),
+                "calibrated": calibration_metrics(split_in, split_labels, temperature)}
+        report["branches"][branch] = entry
+        scored = [f"{split} ECE {m['as_trained']['ece']:.2f}% -> {m['calibrated']['ece']:.2f}%, NLL "
+                  f"{m['as_trained']['nll']:.3f} -> {m['calibrated']['nll']:.3f}"
+                  for split, m in entry["splits"].items() if m["n"]]
+        log(f"{branch}: T = {temperature:.3f} (fitted on {FIT_SPLIT}); " + "; ".join(scored))
+    fitted = {f"{b}_temperature": e["temperature"] for b, e in report["branches"].items() if "temperature" in e}
+    if write:
+        ckpt.update_manifest(checkpoint, config=fitted, extra={"calibration": {
+            "method": "temperature scaling (ddvlm_core.calibration)", "fitted_on": report["fitted_on"],
+            "captions": report["captions"], **fitted}})
+    return report
+
+
+def report_markdown(report: dict) -> str:
+    command = f"python -m training.calibrate {report['checkpoint']}" + (
+        f" --captions {report['captions']}" if report["captions"] != "none" else "")
+    lines = ["# Calibrated confidence (temperature scaling)", "",
+             f"Generated by `{command}`. Each temperature T minimises the NLL of {report['fitted_on']}; test is only "
+             "scored. p = softmax(z / T) changes no argmax, so WA-F1 and accuracy are those of the checkpoint as "
+             "trained. ECE: 15 equal-width confidence bins, in percent (0 = a confidence of 70 % is right 70 % of the "
+             "time).", ""]
+    for branch, entry in report["branches"].items():
+        name = "text branch (answers without a caption)" if branch == "text" else "fused (answers with a caption)"
+        if "skipped" in entry:
+            lines += [f"## {name}", "", f"Not fitted: {entry['skipped']}.", ""]
+            continue
+        lines += [f"## {name}: T = {entry['temperature']:.3f}", "",
+                  "| split | n | T | NLL | ECE (%) | Brier | mean confidence (%) | accuracy (%) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for split, scores in entry["splits"].items():
+            if not scores["n"]:
+                lines.append(f"| {split} | 0 | | | | | | |")
+            for kind in ("as_trained", "calibrated") if scores["n"] else ():
+                m = scores[kind]
+                lines.append(f"| {split} | {scores['n']} | {m['temperature']:.3f} | {m['nll']:.4f} | {m['ece']:.2f} | "
+                             f"{m['brier']:.4f} | {m['mean_confidence']:.2f} | {m['accuracy']:.2f} |")
+        if not entry["splits"]["test"]["n"]:
+            lines.append("")
+            continue
+        lines += ["", "Reliability on test (confidence bins: how many answers, their mean confidence, how many were "
+                  "right):", "", "| confidence | as trained: n | confidence (%) | accuracy (%) | calibrated: n | "
+                  "confidence (%) | accuracy (%) |", "|---|---|---|---|---|---|---|"]
+        before, after = (entry["splits"]["test"][k]["reliability"] for k in ("as_trained", "calibrated"))
+        for a, b in zip(before, after):
+            def cells(row):
+                return f"{row['n']} | " + (f"{row['confidence']:.1f} | {row['accuracy']:.1f}" if row["n"] else "— | —")
+            lines.append(f"| {a['from']:.1f}–{a['to']:.1f} | {cells(a)} | {cells(b)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.calibrate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoint", help="a checkpoint folder (e.g. checkpoints/default, RUN_DIR/checkpoint)")
+    ap.add_argument("--captions", default="", help="captions JSONL file or folder (python -m training.captions): "
+                    "also fit the fused temperature of a checkpoint trained on captions")
+    ap.add_argument("--report-dir", default="reports", help="where NAME.md and NAME.json go (default: reports)")
+    ap.add_argument("--name", default="calibration", help="report file name, without extension")
+    ap.add_argument("--no-write", action="store_true", help="score and report only; leave the manifest as it is")
+    args = ap.parse_args(argv)
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    from ddvlm_core.checkpoint import CheckpointError
+
+    try:
+        report = calibrate(args.checkpoint, args.captions, write=not args.no_write)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        ap.error(str(e))
+    out = Path(args.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    (out / f"{args.name}.md").write_text(report_markdown(report), encoding="utf-8")
+    print(f"wrote {out / args.name}.md and .json" + ("" if args.no_write else f"; temperatures in {args.checkpoint}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
