@@ -165,6 +165,14 @@ class ReplayResult:
         gold = [label_id(labels[k]) for k in answered] if labels else []
         pred = [LABELS.index(self.prediction(k).top_label) for k in answered]
         result = metrics(gold, pred) if gold else {"n": 0}
+        if gold:  # how far the published confidence can be trusted on this bag (ddvlm_core.calibration)
+            import torch
+
+            from ddvlm_core.calibration import calibration_metrics
+
+            probs = torch.tensor([list(self.prediction(k).probabilities) for k in answered], dtype=torch.float64)
+            published = calibration_metrics(probs.clamp_min(1e-12).log(), torch.tensor(gold))
+            result["calibration"] = {k: published[k] for k in ("ece", "nll", "mean_confidence", "reliability")}
         latencies = [self.answers[k]["text"].latency_ms for k in answered if "text" in self.answers[k]]
         result |= {
             "utterances": len(keys), "answered": len(answered), "unanswered": len(keys) - len(answered),
@@ -363,8 +371,13 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
                      f"p90 {score['latency_ms']['p90']:.1f}, max {score['latency_ms']['max']:.1f}")
     if not score.get("n"):
         return "\n".join(lines + ["- no labels for these utterances: no scores"]) + "\n"
-    lines += [f"- WA-F1 **{score['wa_f1']:.2f}**, macro F1 {score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}",
-              "", "| class | F1 |", "|---|---|"]
+    lines.append(f"- WA-F1 **{score['wa_f1']:.2f}**, macro F1 {score['macro_f1']:.2f}, "
+                 f"accuracy {score['accuracy']:.2f}")
+    if "calibration" in score:
+        c = score["calibration"]
+        lines.append(f"- confidence as published: mean {c['mean_confidence']:.1f} % against accuracy "
+                     f"{score['accuracy']:.1f} %, expected calibration error {c['ece']:.2f} %, NLL {c['nll']:.3f}")
+    lines += ["", "| class | F1 |", "|---|---|"]
     lines += [f"| {name} | {f1:.2f} |" for name, f1 in score["per_class_f1"].items()]
     lines += ["", "Confusion (rows gold, columns predicted, order " + ", ".join(LABELS) + "):", "", "```"]
     lines += [" ".join(f"{v:5d}" for v in row) for row in score["confusion"]] + ["```"]

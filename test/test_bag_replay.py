@@ -462,3 +462,34 @@ def test_a_blank_transcript_is_counted_unanswered_without_holding_up_the_replay(
     scores = result.score({})
     assert (scores["utterances"], scores["answered"], scores["unanswered"]) == (4, 3, 1)
     assert result.prediction("default/2") is None and result.prediction("default/4").speaker_id == "Ross"
+
+
+def test_the_replay_scores_how_far_the_published_confidence_can_be_trusted():
+    """Known answer on real EmotionDistribution messages: two answers of confidence 0.9, one right, one wrong,
+    and two of 0.6, both right: ECE (15 bins) = 2/4 |0.5 - 0.9| + 2/4 |1 - 0.6| = 0.4; NLL = mean -log p(gold)."""
+    import math
+
+    from ddvlm_msgs.msg import EmotionDistribution
+
+    from ddvlm_core.labels import LABELS
+    from ddvlm_ros.replay import ReplayResult, report_markdown
+
+    def answer(top: int, confidence: float):
+        rest = (1 - confidence) / (len(LABELS) - 1)
+        probs = [confidence if i == top else rest for i in range(len(LABELS))]
+        return EmotionDistribution(labels=list(LABELS), probabilities=probs, top_label=LABELS[top],
+                                   confidence=confidence, latency_ms=5.0)
+
+    given = {"a": (answer(0, 0.9), "neutral"), "b": (answer(0, 0.9), "joy"), "c": (answer(4, 0.6), "joy"),
+             "d": (answer(6, 0.6), "anger")}
+    result = ReplayResult(answers={k: {"text": msg} for k, (msg, _) in given.items()}, finals=list(given))
+    score = result.score({k: gold for k, (_, gold) in given.items()})
+    calibration = score["calibration"]
+    assert calibration["ece"] == pytest.approx(40.0, abs=1e-4)
+    rest = 0.1 / 6
+    assert calibration["nll"] == pytest.approx(-(math.log(0.9) + math.log(rest) + 2 * math.log(0.6)) / 4, abs=1e-6)
+    assert calibration["mean_confidence"] == pytest.approx(75.0, abs=1e-4) and score["accuracy"] == 75.0
+    md = report_markdown("t", score, "bag", {}, 1.0)
+    assert ("- confidence as published: mean 75.0 % against accuracy 75.0 %, expected calibration error 40.00 %, "
+            f"NLL {calibration['nll']:.3f}") in md
+    assert "calibration" not in result.score({})  # no labels: nothing to compare the confidence with
