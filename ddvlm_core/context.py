@@ -76,11 +76,37 @@ def has_text(text) -> bool:
 _ANNOTATIONS = re.compile(r"(\s*(\[[^\[\]]*\]|\([^()]*\)|\*[^*]+\*|<[^<>]*>|[♪♫]+))+\s*")
 
 
+# What Whisper writes when nobody speaks, besides annotations: it learnt from subtitled videos, and on silence and
+# noise it writes their outros and subtitle credits (openai/whisper discussion #679; "Thanks for watching!",
+# "Subtitles by the Amara.org community", Japanese and Korean "thank you for watching", the ZDF's German credit).
+# Only boilerplate that nobody says to a robot: a lone "Thank you." (also one of them) stays an utterance.
+_BOILERPLATE = re.compile(
+    r"(thanks|thank you)( so much| very much)? for watching( this video| and see you next time)?"
+    r"|(please )?(don't forget to )?(like and |like & )?subscribe( to (my|our|the) channel)?"
+    r"|(subtitles?|captions?) (by|made by|created by|provided by|submitted by) .+"
+    r"|untertitel(ung)? (im auftrag )?des zdf.*"
+    r"|ご視聴ありがとうございました|시청해 ?주셔서 감사합니다")
+_SENTENCE_END = re.compile(r"[.!?。！？]+")
+
+
+def asr_boilerplate(text: str) -> bool:
+    """Whether a transcript is only a video outro or a subtitle credit (one or repeated), what Whisper writes for
+    silence and noise: "Thanks for watching!", "Please subscribe.", "Subtitles by the Amara.org community"."""
+    text = _ANNOTATIONS.sub(" ", text).lower().replace("’", "'")
+    if "amara.org" in text:  # the subtitle community's credit, in any language
+        return True
+    sentences = [" ".join(re.sub(r"[,;:\-–—\"]", " ", s).split()) for s in _SENTENCE_END.split(text)]
+    sentences = [s for s in sentences if s]
+    return bool(sentences) and all(_BOILERPLATE.fullmatch(s) for s in sentences)
+
+
 def non_speech(text) -> bool:
-    """Whether a transcript holds only annotations of what was not speech, as Whisper writes them for silence,
-    music or noise: ``[BLANK_AUDIO]``, ``(upbeat music)``, ``♪``, ``*laughs*``, ``<noise>``. Nothing was said, so
-    there is nothing to classify (no MELD utterance is made only of these)."""
-    return isinstance(text, str) and bool(text.strip()) and _ANNOTATIONS.fullmatch(text) is not None
+    """Whether a transcript holds nothing that was said, as Whisper writes it for silence, music or noise:
+    annotations only (``[BLANK_AUDIO]``, ``(upbeat music)``, ``♪``, ``*laughs*``, ``<noise>``), or a video outro or
+    subtitle credit only (``asr_boilerplate``). There is nothing to classify (no MELD utterance is either)."""
+    if not isinstance(text, str) or not text.strip():
+        return False
+    return _ANNOTATIONS.fullmatch(text) is not None or asr_boilerplate(text)
 
 
 SENTENCE_PUNCTUATION = ".,!?;:…—–。，！？；："

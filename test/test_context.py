@@ -167,3 +167,17 @@ def test_special_token_spellings_in_an_utterance_are_text_not_tokens(which, mpne
     assert len(tail.input_ids) <= 12 and tail.truncated_current
     assert [i for i in tail.input_ids if i in added][-2:] == [tok.mask_token_id, tok.sep_token_id or tok.eos_token_id]
     assert tail.input_ids.count(tok.mask_token_id) == 1
+
+
+def test_what_whisper_writes_for_silence_is_not_speech_and_no_meld_utterance_is():
+    from ddvlm_core.context import non_speech
+
+    silent = ["[BLANK_AUDIO]", " (upbeat music) ♪", "*laughs*", "<noise>", "Thanks for watching!",
+              "Thank you for watching. Thank you for watching.", "Subtitles by the Amara.org community",
+              "Please subscribe.", "Don't forget to like and subscribe!", "Untertitel im Auftrag des ZDF, 2017",
+              "ご視聴ありがとうございました", "시청해주셔서 감사합니다!", "(music) Thanks for watching."]
+    said = ["Thank you.", "Thanks for watching my dog while I was away!", "Thanks for watching, Rachel.",
+            "I'll subscribe to your newsletter.", "Thanks for watching! Bye.", "Way. [laughs]", "you", "", "  "]
+    assert [t for t in silent if not non_speech(t)] == [] and [t for t in said if non_speech(t)] == []
+    assert [r.text for split in ("train", "dev", "test") for rows in dialogues(split).values() for r in rows
+            if non_speech(r.text)] == []

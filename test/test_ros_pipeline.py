@@ -525,14 +525,16 @@ def test_an_asr_that_does_not_punctuate_is_flagged_and_said_once(tiny_text_check
 
 
 def test_transcripts_of_what_was_not_speech_are_skipped_and_counted(tiny_text_checkpoint):
-    """Whisper writes [BLANK_AUDIO], (upbeat music) or ♪ for silence, music and noise: no answer, no turn of the
-    dialogue (the next utterance is predicted as if they had not come), counted as non_speech."""
+    """Whisper writes [BLANK_AUDIO], (upbeat music) or ♪ for silence, music and noise, and on silence also the
+    outros and subtitle credits of the videos it learnt from: no answer, no turn of the dialogue (the next
+    utterance is predicted as if they had not come), counted as non_speech. A lone "Thank you." is speech."""
     rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
     lines = [("ann", "I got the job!"), ("bob", "[BLANK_AUDIO]"), ("bob", " (upbeat music) ♪"), ("bob", "No way!"),
-             ("ann", "*laughs*"), ("ann", "Way. [laughs]")]
+             ("ann", "*laughs*"), ("ann", "Thanks for watching!"), ("ann", "Way. [laughs]"),
+             ("bob", "Subtitles by the Amara.org community"), ("bob", "Thank you.")]
     pipe, results = run_pipeline(rec, [utt(t, s) for s, t in lines])
-    assert [r.utterance.text for r in results] == ["I got the job!", "No way!", "Way. [laughs]"]
-    assert pipe.stats.non_speech == 3 and pipe.stats.utterances == 3 and pipe.stats.rejected == 0
-    spoken = [lines[0], lines[3], lines[5]]
+    assert [r.utterance.text for r in results] == ["I got the job!", "No way!", "Way. [laughs]", "Thank you."]
+    assert pipe.stats.non_speech == 5 and pipe.stats.utterances == 4 and pipe.stats.rejected == 0
+    spoken = [lines[0], lines[3], lines[6], lines[8]]
     assert [r.prediction.probabilities for r in results] == [rec.predict(spoken[: k + 1]).probabilities
-                                                             for k in range(3)]
+                                                             for k in range(4)]
