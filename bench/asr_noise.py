@@ -44,12 +44,19 @@ def evaluate_bag(bag: Path, recognizer, batch: int = 16) -> dict:
     from tqdm import tqdm
 
     order = sorted(range(len(contexts)), key=lambda i: sum(len(t) for _, t in contexts[i]))
-    preds = [None] * len(contexts)
+    preds, probabilities = [None] * len(contexts), [None] * len(contexts)
     for start in tqdm(range(0, len(order), batch), desc=bag.name, unit="batch", mininterval=10, leave=False):
         idx = order[start : start + batch]
         for i, p in zip(idx, recognizer.predict_batch([contexts[i] for i in idx])):
-            preds[i] = LABELS.index(p.top_label)
-    return metrics([label_id(labels[k]) for k in keys], preds)
+            preds[i], probabilities[i] = LABELS.index(p.top_label), p.probabilities
+    gold = [label_id(labels[k]) for k in keys]
+    import torch
+
+    from ddvlm_core.calibration import calibration_metrics
+
+    published = calibration_metrics(torch.tensor(probabilities, dtype=torch.float64).clamp_min(1e-12).log(),
+                                    torch.tensor(gold))  # the confidence as the node publishes it
+    return metrics(gold, preds) | {k: published[k] for k in ("ece", "mean_confidence")}
 
 
 def main(argv: list[str]) -> int:
@@ -89,7 +96,8 @@ def main(argv: list[str]) -> int:
         measured = sum(word_error_rate(r, h) * len(r.split()) for r, h in pairs) / sum(len(r.split()) for r, _ in pairs)
         score = evaluate_bag(bag, recognizer)
         rows.append({"target_wer": wer, "punctuation": punctuation, "measured_wer": measured, "wa_f1": score["wa_f1"],
-                     "accuracy": score["accuracy"], "macro_f1": score["macro_f1"], "n": score["n"]})
+                     "accuracy": score["accuracy"], "macro_f1": score["macro_f1"], "n": score["n"],
+                     "mean_confidence": score["mean_confidence"], "ece": score["ece"]})
         print(f"WER {wer:.2f} (measured {measured:.3f}){'' if punctuation else ', no punctuation'}: "
               f"WA-F1 {score['wa_f1']:.2f}", flush=True)
     out = Path(args.report_dir)
@@ -103,12 +111,13 @@ def main(argv: list[str]) -> int:
              "deletions, 15 % insertions) at the target WER; *punctuation* no: in lower case without punctuation, "
              "as ASRs that do not punctuate write them (`ddvlm_core.asr_noise.unpunctuate`). The measured WER leaves "
              "case and punctuation out. Each utterance sees its own (noisy) dialogue context, as the node does; "
-             "*change* is against the first row.", "",
-             "| target WER | punctuation | measured WER | WA-F1 | change | accuracy | macro F1 | utterances |",
-             "|---|---|---|---|---|---|---|---|"]
+             "*change* is against the first row. *Mean confidence* and *ECE* (expected calibration error, 15 bins): "
+             "the published confidence against how often the answers were right (`ddvlm_core.calibration`).", "",
+             "| target WER | punctuation | measured WER | WA-F1 | change | accuracy | macro F1 | mean confidence | "
+             "ECE | utterances |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['target_wer']:.0%} | {'yes' if r['punctuation'] else 'no'} | {r['measured_wer']:.1%} | "
-              f"{r['wa_f1']:.2f} | {r['wa_f1'] - base:+.2f} | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | {r['n']} |"
-              for r in rows]
+              f"{r['wa_f1']:.2f} | {r['wa_f1'] - base:+.2f} | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | "
+              f"{r['mean_confidence']:.2f} | {r['ece']:.2f} | {r['n']} |" for r in rows]
     (out / "replay_asr_noise.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -188,8 +188,11 @@ def test_the_card_says_what_transcripts_without_punctuation_cost_from_a_bench_ru
     report = json.loads((out / "replay_asr_noise.json").read_text())
     assert [(r["target_wer"], r["punctuation"], r["n"]) for r in report["rows"]] == [(0, True, 2610), (0, False, 2610)]
     assert all(r["measured_wer"] == 0 for r in report["rows"])  # case and punctuation are not word errors
+    # the published confidence is scored too: ECE is at least the gap between mean confidence and accuracy
+    assert all(abs(r["mean_confidence"] - r["accuracy"]) - 1e-9 <= r["ece"] <= 100 for r in report["rows"])
     clean, plain = report["rows"]
     assert "| 0% | no | 0.0% |" in (out / "replay_asr_noise.md").read_text()
+    assert "| mean confidence | ECE | utterances |" in (out / "replay_asr_noise.md").read_text()
     [line] = asr_lines(report, Path(tiny_text_checkpoint))
     assert line.startswith(f"- **Transcripts without punctuation** (ASRs that do not punctuate): test WA-F1 "
                            f"{plain['wa_f1']:.2f}, against {clean['wa_f1']:.2f} on MELD's punctuated text. ")
