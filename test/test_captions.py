@@ -377,6 +377,11 @@ def test_one_command_per_stage_trains_what_one_call_of_all_stages_does(meld_raw,
 
     exported = json.loads((export(tmp_path / "staged", tmp_path / "exported") / "manifest.json").read_text())
     assert exported["modules"] == modules and exported["captioner"] == "cue-fallback:frames=4"
+    # the staged run and the one-call run fitted the same temperatures; the export carries them too
+    temperatures = [{k: json.loads((c / "manifest.json").read_text())["config"][k]
+                     for k in ("text_temperature", "fused_temperature")} for c in (one_call, staged)]
+    assert temperatures[0] == temperatures[1] == {k: exported["config"][k] for k in temperatures[0]}
+    assert 1.0 not in temperatures[0].values() and exported["calibration"]["fitted_on"] == "MELD dev"
 
 
 def test_the_evaluator_scores_a_fused_checkpoint_with_the_captions_as_the_node_would(meld_raw, tmp_path,
@@ -393,8 +398,15 @@ def test_the_evaluator_scores_a_fused_checkpoint_with_the_captions_as_the_node_w
     captions = tmp_path / "captions"
     assert main(["--video_dir", str(meld_raw), "--captioner", "cue-fallback", "--limit_dialogues", "2", "--splits",
                  "train,dev", "--out", str(captions)]) == 0
-    run(tiny_cfg(tmp_path, tiny_roberta_dir, limit_dialogues=2, caption_source=str(captions)), log=lambda *_: None)
+    trained = run(tiny_cfg(tmp_path, tiny_roberta_dir, limit_dialogues=2, caption_source=str(captions)),
+                  log=lambda *_: None)
     checkpoint = tmp_path / "run" / "checkpoint"
+    # the run fitted both temperatures on its dev split: the fused one on the captioned rows only
+    config = json.loads((checkpoint / "manifest.json").read_text())["config"]
+    fusion_fit = trained["stages"]["fusion"]["calibration"]
+    assert config["fused_temperature"] == fusion_fit["temperature"] != config["text_temperature"]
+    assert config["text_temperature"] == trained["stages"]["text"]["calibration"]["temperature"]
+    assert fusion_fit["dev"]["n"] < trained["stages"]["fusion"]["best"]["dev"]["n"]
     logs = []
     text_only = evaluate_checkpoint(checkpoint, ("dev",), log=logs.append)
     fused = evaluate_checkpoint(checkpoint, ("dev",), log=logs.append, captions=captions)
@@ -427,7 +439,8 @@ def test_the_evaluator_scores_a_fused_checkpoint_with_the_captions_as_the_node_w
     context = [(r.speaker, r.text) for r in turns[:turns.index(u) + 1]]
     before = recognizer.predict(context, records[u.key]["caption"]).probabilities
     after = EmotionRecognizer.from_checkpoint(checkpoint).predict(context, records[u.key]["caption"]).probabilities
-    expected = torch.softmax(torch.tensor(before, dtype=torch.float64).log() / fused_fit["temperature"], -1)
+    ratio = fusion_fit["temperature"] / fused_fit["temperature"]  # "before": the run's own temperature
+    expected = torch.softmax(torch.tensor(before, dtype=torch.float64).log() * ratio, -1)
     assert torch.allclose(torch.tensor(after, dtype=torch.float64), expected, atol=1e-5)
 
 

@@ -44,6 +44,22 @@ def test_lora_run_end_to_end_writes_a_checkpoint_that_loads_and_predicts(tmp_pat
     # the merged adapter changed the backbone: predictions differ from the untrained backbone's
     adapter = load_file(ckpt / "backbone_lora.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+    # the checkpoint's temperature is the one that fits dev best for the checkpoint as it loads: refit here on
+    # its own dev logits, computed apart from the run (the recognizer's model, the evaluator's examples)
+    from ddvlm_core.calibration import fit_temperature
+    from ddvlm_core.context import PromptBuilder
+    from training.data import build_examples
+    from training.evaluate import logits_of_examples
+
+    calibration = results["stages"]["text"]["calibration"]
+    examples = build_examples("dev", PromptBuilder(rec.tokenizer), limit_dialogues=4)
+    dev_logits = logits_of_examples(lambda ids, mask: rec.model.text(ids, mask).logits, examples,
+                                    rec.tokenizer.pad_token_id)
+    refit = fit_temperature(dev_logits, torch.tensor([e.label for e in examples]))
+    assert manifest["config"]["text_temperature"] == calibration["temperature"] == pytest.approx(refit, rel=1e-4)
+    assert manifest["calibration"]["text_temperature"] == calibration["temperature"] != 1.0
+    assert calibration["dev"]["calibrated"]["nll"] <= calibration["dev"]["as_trained"]["nll"]
+    assert "fused_temperature" not in manifest["calibration"] and manifest["config"]["fused_temperature"] == 1.0
 
 
 def test_lora_can_train_the_speaker_token_rows_and_the_checkpoint_keeps_them(tmp_path, tiny_roberta_dir):

@@ -27,7 +27,7 @@ VALUE_RANGES = (  # (fields, test, what the test allows)
     (("seed",), lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's seeds)"),
 )
 HOSTING_KEYS = ("run_dir", "feature_cache", "eval_batch_size", "num_threads", "time_budget_min",
-                "state_every", "deterministic")  # not what is trained
+                "state_every", "deterministic", "calibrate")  # not what is trained
 
 
 def mode_text(config: Mapping) -> str:
@@ -145,6 +145,9 @@ class TrainConfig:
                                           "an interrupted run there resumes")
     feature_cache: str = option(".cache/ddvlm/features", "folder of cached features and layer states")
     eval_batch_size: int = option(32, "batch size of dev/test scoring")
+    calibrate: bool = option(True, "after training, fit the temperature of the checkpoint's confidence on dev "
+                                   "(ddvlm_core.calibration; no answer changes) and score dev and test's "
+                                   "calibration before and after: one more dev and test pass per stage")
     num_threads: int = option(0, "torch CPU threads (0: torch's default)")
     time_budget_min: float = option(0.0, "> 0: no epoch is started that would end past this many minutes "
                                          "(time-boxed runs)")

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from ddvlm_core.model import DDVLM
 from training.config import TrainConfig
+from training.loop import fitted_temperatures
 from training.state import BEST, load_trainable_state, recover_state
 
 
@@ -47,6 +48,15 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
         from training.captions import captioner_of, read_captions
 
         extra["captioner"] = captioner_of(read_captions(cfg.caption_source))  # the node compares its captioner
+    # the temperatures the run fitted on dev (result.json: written when a stage finished, with its best weights)
+    stages = {stage: json.loads((run_dir / stage / "result.json").read_text())
+              for stage in ("text", "fusion") if (run_dir / stage / "result.json").is_file()}
+    calibration = fitted_temperatures(stages, modules)
+    for field, temperature in calibration.items():
+        setattr(model.config, field, temperature)
+    if calibration:
+        extra["calibration"] = {"method": "temperature scaling (ddvlm_core.calibration)", "fitted_on": "MELD dev",
+                                **calibration}
     return model.save(out or run_dir / "checkpoint", tuple(modules), extra=extra)
 
 

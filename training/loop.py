@@ -28,9 +28,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ddvlm_core import losses as L
+from ddvlm_core.calibration import calibration_metrics, fit_temperature
 from ddvlm_core.asr_noise import unpunctuate
 from ddvlm_core.assets import resolve_model
 from ddvlm_core.context import PromptBuilder
+from ddvlm_core.labels import NUM_LABELS
 from ddvlm_core.meld import SPLITS, meld_dir
 from ddvlm_core.model import DDVLM
 from training.config import HOSTING_KEYS, ConfigError, TrainConfig, candidates, config_differences
@@ -161,6 +163,8 @@ class Stage:
     lr: float
     ema: bool = False  # keep an EMA teacher of the student (self-distillation)
     train_indices: list[int] | None = None  # default: every train example
+    temperature: str = ""  # the checkpoint's temperature this stage's kept model gives (DDVLMConfig field; "": none)
+    calibration_rows: dict[str, Tensor] | None = None  # split -> the rows that temperature applies to (default all)
 
 
 def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict[str, list[int]], out_dir: Path,
@@ -256,6 +260,13 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         save_file(trainable_state(student), out_dir / f"final_rank{rank}.safetensors")
     barrier()
     load_trainable_state(student, load_file(out_dir / "best.safetensors"))
+    if main_rank and stage.temperature and cfg.calibrate:
+        info["calibration"] = calibrate_stage(stage, labels, lengths, cfg.eval_batch_size)
+        if "temperature" in info["calibration"]:
+            c = info["calibration"]
+            log(f"[{stage.name}] confidence: temperature {c['temperature']:.3f} fitted on dev; test ECE "
+                f"{c['test']['as_trained']['ece']:.2f}% -> {c['test']['calibrated']['ece']:.2f}%"
+                if c["test"]["n"] else f"[{stage.name}] confidence: temperature {c['temperature']:.3f} fitted on dev")
     if main_rank:
         (out_dir / "result.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
     return info
@@ -279,18 +290,47 @@ def over_budget(elapsed_s: float, last_epoch_s: float, budget_min: float) -> boo
 
 
 @torch.inference_mode()
-def predict_split(stage: Stage, split: str, lengths: list[int], batch_size: int,
-                  model: nn.Module | None = None) -> Tensor:
-    """Argmax predictions of ``model`` (default: the stage's student) for every example of a split, in
-    example order (batches by length)."""
+def split_logits(stage: Stage, split: str, lengths: list[int], batch_size: int,
+                 model: nn.Module | None = None) -> Tensor:
+    """Logits (N, C), fp32 on the CPU, of ``model`` (default: the stage's student) for every example of a split,
+    in example order (batches by length)."""
     model = model if model is not None else stage.student
     model.eval()
-    preds = torch.empty(len(lengths), dtype=torch.long)
+    out = torch.empty(len(lengths), NUM_LABELS)
     # a bar with an ETA, erased when done: a fine-tuned backbone's dev and test take minutes on a CPU, twice with SD
     plan = batches(lengths, batch_size, shuffle=False, seed=0)
     for idx in tqdm(plan, desc=f"{stage.name} eval {split}", unit="batch", mininterval=10, leave=False):
-        preds[idx] = stage.logits(model, split, idx).argmax(-1).cpu()
-    return preds
+        out[idx] = stage.logits(model, split, idx).float().cpu()
+    return out
+
+
+def predict_split(stage: Stage, split: str, lengths: list[int], batch_size: int,
+                  model: nn.Module | None = None) -> Tensor:
+    """Argmax predictions of ``model`` (default: the stage's student) for every example of a split, in
+    example order."""
+    return split_logits(stage, split, lengths, batch_size, model).argmax(-1)
+
+
+def calibrate_stage(stage: Stage, labels: dict[str, Tensor], lengths: dict[str, list[int]], batch_size: int) -> dict:
+    """The temperature of the stage's student (its kept weights), fitted on dev (ddvlm_core.calibration), and the
+    NLL, ECE and mean confidence of dev and test before (T = 1) and after, on the rows the temperature applies
+    to (``stage.calibration_rows``; default all)."""
+    rows = stage.calibration_rows or {}
+    scored = {}
+    for split in ("dev", "test"):
+        logits = split_logits(stage, split, lengths[split], batch_size)
+        keep = rows.get(split)
+        scored[split] = (logits, labels[split]) if keep is None else (logits[keep], labels[split][keep])
+    if len(scored["dev"][1]) == 0:
+        return {"skipped": "no dev example to fit on"}
+    temperature = fit_temperature(*scored["dev"])
+    out = {"temperature": temperature, "fitted_on": "dev"}
+    for split, (logits, gold) in scored.items():
+        out[split] = {"n": len(gold)}
+        for name, t in (("as_trained", 1.0), ("calibrated", temperature)) if len(gold) else ():
+            m = calibration_metrics(logits, gold, t)
+            out[split][name] = {k: m[k] for k in ("nll", "ece", "mean_confidence")}
+    return out
 
 
 def evaluate(stage: Stage, split: str, gold: Tensor, lengths: list[int], batch_size: int,
@@ -365,7 +405,7 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
                 z_t = logits(teacher.model, "train", idx, plain)  # the same prompts as the student's
         return L.self_distillation_loss(z_s, z_t, y, epoch, cfg.sd_alpha, cfg.sd_tau)
 
-    return Stage("text", student, logits, loss, lr, ema=cfg.self_distillation)
+    return Stage("text", student, logits, loss, lr, ema=cfg.self_distillation, temperature="text_temperature")
 
 
 def build_data(cfg: TrainConfig, tok) -> dict[str, list[Example]]:
@@ -531,11 +571,27 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
     if rank == 0:
         confusion_pngs(results["stages"], run_dir)
         captioner = {"captioner": results["captions"]["captioner"]} if "visual_head" in modules else {}
+        calibration = fitted_temperatures(results["stages"], modules)
+        for field, temperature in calibration.items():
+            setattr(model.config, field, temperature)
         model.save(run_dir / "checkpoint", tuple(modules),
-                   extra={"trained_by": "training.loop", "run": cfg.to_dict(), **captioner})
+                   extra={"trained_by": "training.loop", "run": cfg.to_dict(), **captioner,
+                          **({"calibration": {"method": "temperature scaling (ddvlm_core.calibration)",
+                                              "fitted_on": "MELD dev", **calibration}} if calibration else {})})
         (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     barrier()
     return results
+
+
+def fitted_temperatures(stages: dict, modules: list[str]) -> dict[str, float]:
+    """{"text_temperature": T, "fused_temperature": T} of the stages that fitted one, for the checkpoint's config
+    (the fused one only when the checkpoint ships the fusion)."""
+    fitted = {}
+    for stage, field in (("text", "text_temperature"), ("fusion", "fused_temperature")):
+        temperature = stages.get(stage, {}).get("calibration", {}).get("temperature")
+        if temperature is not None and (stage == "text" or "fusion" in modules):
+            fitted[field] = temperature
+    return fitted
 
 
 def confusion_pngs(stages: dict, run_dir: Path) -> None:
@@ -597,7 +653,8 @@ def multimodal_stages(cfg, model, tok, data, labels, run_dir, log) -> tuple[dict
         return L.classification_loss(fused_logits(m, "train", idx), y.to(cfg.device))
 
     if "fusion" in cfg.stages:
-        out["fusion"] = fit(cfg, Stage("fusion", fusion, fused_logits, fusion_loss, cfg.head_lr), labels, lengths,
+        out["fusion"] = fit(cfg, Stage("fusion", fusion, fused_logits, fusion_loss, cfg.head_lr,
+                                       temperature="fused_temperature", calibration_rows=has), labels, lengths,
                             run_dir / "fusion", log)
     return out, captions
 
