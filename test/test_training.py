@@ -651,6 +651,18 @@ def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_proc
     by_seed = {e["row"]: {r["seed"]: r["test_wa_f1"] for r in e["runs"]} for e in parallel}
     assert f"seed 1 {by_seed['text_sd'][1] - by_seed['text_no_sd'][1]:+.2f}" in report
     assert "epoch 1 is identical" in report  # CE only in both, deterministic CPU kernels: measured, not claimed
+    # each run's calibration as trained (Section 3.4's overconfidence), from the run's own result
+    run0 = parallel[0]["runs"][0]
+    saved = json.loads((tmp_path / "par" / "run" / "ablation" / "text_sd" / "seed0" / "text" / "result.json")
+                       .read_text())["calibration"]
+    assert run0["text_calibration"] == saved
+    assert (f"| text_sd | 0 | {run0['test_wa_f1']:.2f} |" in report
+            and f" {saved['test']['as_trained']['ece']:.2f} | {saved['temperature']:.3f} |" in report)
+    import statistics
+
+    eces = [r["text_calibration"]["test"]["as_trained"]["ece"] for r in parallel[0]["runs"]]
+    assert (f"test ECE of the text branch as trained, SD {statistics.mean(eces):.2f} ± {statistics.stdev(eces):.2f}"
+            " (2) %") in report
     # --render rebuilds the same Markdown from the JSON alone (a report brought back from another machine)
     (tmp_path / "ablation.md").unlink()
     from training.ablate import main as ablate_main

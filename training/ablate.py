@@ -101,7 +101,8 @@ def _summary(results: dict, row: Row, seed: int, seconds: float) -> dict:
             "text_dev_wa_f1": text.get("best", {}).get("dev_wa_f1"),
             "epochs_run": len(text.get("history", [])), "text_history": text.get("history", []),
             **({"hardware": results["hardware"]} if "hardware" in results else {}),
-            **({"captions": results["captions"]} if "captions" in results else {})}
+            **({"captions": results["captions"]} if "captions" in results else {}),
+            **({"text_calibration": text["calibration"]} if "temperature" in text.get("calibration", {}) else {})}
 
 
 def run_rows(base, rows: list[Row], seeds: list[int], log=print, parallel: int = 1) -> list[dict]:
@@ -262,6 +263,28 @@ def epoch_means(entry: dict, model: str = "") -> dict[int, tuple[int, float, flo
             for epoch, records in sorted(per_epoch.items())}
 
 
+def overconfidence_line(sd: dict, no_sd: dict) -> list[str]:
+    """Section 3.4 says self-distillation "alleviates the issue of overconfidence in a single class": the test ECE
+    of the text branch as trained (temperature 1) and the temperature fitted on dev, mean ± std over the seeds of
+    each row that recorded them (a temperature above 1: the model was overconfident on dev)."""
+    def stats(entry: dict, value) -> tuple[float, float, int] | None:
+        values = [value(r["text_calibration"]) for r in entry.get("runs", []) if "text_calibration" in r]
+        if not values:
+            return None
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+    def text(s) -> str:
+        return f"{s[0]:.2f} ± {s[1]:.2f} ({s[2]})"
+
+    ece = [stats(e, lambda c: c["test"]["as_trained"]["ece"]) for e in (sd, no_sd)]
+    temperature = [stats(e, lambda c: c["temperature"]) for e in (sd, no_sd)]
+    if None in ece:
+        return []
+    return ["", f"Overconfidence (Section 3.4: self-distillation \"alleviates the issue of overconfidence\"): test "
+                f"ECE of the text branch as trained, SD {text(ece[0])} %, no SD {text(ece[1])} %; temperature "
+                f"fitted on dev, SD {text(temperature[0])}, no SD {text(temperature[1])}."]
+
+
 def epoch_table(entries: list[dict]) -> list[str]:
     """Markdown: per epoch, each row's mean dev / test WA-F1 over its seeds (and how many reached the epoch),
     and its EMA teacher's where the runs recorded it."""
@@ -350,15 +373,20 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", c
         lines.append(f"| {e['title']} | {ours} | {len(e['scores'])} | {paper} | {mode} | {e['encoder']} | "
                      f"{e['captions']} |")
     runs = [(e, r) for e in entries for r in e.get("runs", [])]
+    calibrated = any("text_calibration" in r for _, r in runs)
     if runs:
         lines += ["", "Per run (model chosen on dev):", "",
-                  "| row | seed | test WA-F1 | dev WA-F1 | best epoch | epochs run | seconds |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| row | seed | test WA-F1 | dev WA-F1 | best epoch | epochs run | seconds |"
+                  + (" test ECE as trained | temperature |" if calibrated else ""),
+                  "|---|---|---|---|---|---|---|" + ("---|---|" if calibrated else "")]
         for e, r in runs:
             dev = f"{r['text_dev_wa_f1']:.2f}" if r.get("text_dev_wa_f1") is not None else "—"
             epoch = f"{r['text_best_epoch']}" + (" (EMA teacher)" if r.get("text_kept") == "ema" else "")
+            c = r.get("text_calibration")
+            confidence = (f" {c['test']['as_trained']['ece']:.2f} | {c['temperature']:.3f} |" if c else " — | — |") \
+                if calibrated else ""
             lines.append(f"| {e['row']} | {r['seed']} | {r['test_wa_f1']:.2f} | {dev} | {epoch} | "
-                         f"{r['epochs_run']} | {r['seconds']:.0f}{resumed_text(r)} |")
+                         f"{r['epochs_run']} | {r['seconds']:.0f}{resumed_text(r)} |{confidence}")
     lines += epoch_table(entries)
     failed = [(e["row"], f) for e in entries for f in e.get("failed", [])]
     for row, f in failed:
@@ -376,6 +404,7 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", c
         gain = ran["text_sd"]["mean"] - ran["text_no_sd"]["mean"]
         lines += ["", f"Self-distillation gain on the text branch: {gain:+.2f} WA-F1 (paper: +0.67)."]
         lines += paired_line(ran["text_sd"], ran["text_no_sd"])
+        lines += overconfidence_line(ran["text_sd"], ran["text_no_sd"])
     if "text_sd" in ran and "text_no_speakers" in ran:
         gain = ran["text_sd"]["mean"] - ran["text_no_speakers"]["mean"]
         lines += ["", f"Speaker tokens (SD text branch with vs without `<sN>`): {gain:+.2f} WA-F1."]
