@@ -111,8 +111,9 @@ def calibration_metrics(logits: Tensor, labels: Tensor, temperature: float = 1.0
 def describe(config, entry: dict | None) -> str:
     """What the answers' confidence is, for logs and /diagnostics: the temperatures a checkpoint's config holds and
     what they were fitted on (its manifest's ``calibration`` entry), or that it is as trained."""
-    text, fused = config.text_temperature, config.fused_temperature
-    if text == 1.0 and fused == 1.0:
+    text, fused, plain = config.text_temperature, config.fused_temperature, config.unpunctuated_temperature
+    if text == 1.0 and fused == 1.0 and plain is None:
         return "not calibrated (temperature 1: as trained; python -m training.calibrate fits one)"
     where = f", fitted on {entry['fitted_on']}" if entry and entry.get("fitted_on") else ""
-    return f"temperature {text:.3f} (text), {fused:.3f} (fused){where}"
+    plain = f", {plain:.3f} (text without punctuation)" if plain is not None else ""
+    return f"temperature {text:.3f} (text), {fused:.3f} (fused){plain}{where}"

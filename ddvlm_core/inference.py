@@ -143,14 +143,18 @@ class EmotionRecognizer:
         if bool(use.any()):
             emb = self.caption_embedder.embed([t or "." for t in cap_texts]).to(self.device)
             logits = self.model.forward_features(text.hidden, emb, use).logits
-        text_t, fused_t = self.model.config.text_temperature, self.model.config.fused_temperature
-        temperature = torch.where(use, fused_t, text_t).unsqueeze(1)  # per row, by what scored it
-        probs, text_probs = probabilities(logits, temperature).cpu(), probabilities(text.logits, text_t).cpu()
+        config = self.model.config
+        plain = [unpunctuated(t[-1].text) for t in turns]  # flagged transcript-unpunctuated
+        text_t = torch.tensor([config.unpunctuated_temperature if p and config.unpunctuated_temperature
+                               else config.text_temperature for p in plain], device=self.device)
+        temperature = torch.where(use, config.fused_temperature, text_t).unsqueeze(1)  # per row, by what scored it
+        probs = probabilities(logits, temperature).cpu()
+        text_probs = probabilities(text.logits, text_t.unsqueeze(1)).cpu()
         out = []
         for i, prompt in enumerate(prompts):
             f = flags[i] + (("context-truncated",) if prompt.n_turns_dropped else ()) \
                 + (("current-utterance-truncated",) if prompt.truncated_current else ()) \
-                + (("transcript-unpunctuated",) if unpunctuated(turns[i][-1].text) else ())
+                + (("transcript-unpunctuated",) if plain[i] else ())
             top = int(probs[i].argmax())
             out.append(EmotionPrediction(
                 LABELS, tuple(probs[i].tolist()), tuple(text_probs[i].tolist()), LABELS[top],

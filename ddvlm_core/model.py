@@ -144,6 +144,9 @@ class DDVLMConfig:
     # ddvlm_core.calibration: p = softmax(z / T), T fitted on dev (python -m training.calibrate); 1 = as trained
     text_temperature: float = 1.0  # of the text branch's logits (every answer without a caption)
     fused_temperature: float = 1.0  # of the fused logits (answers with a caption)
+    # of the text answers flagged transcript-unpunctuated (their own: such text makes the model overconfident);
+    # None: text_temperature
+    unpunctuated_temperature: float | None = None
 
     def __post_init__(self):
         """Types and ranges checked, so that a damaged manifest fails at load with the field's name."""
@@ -158,6 +161,9 @@ class DDVLMConfig:
                    ("fusion_alpha_init", number(self.fusion_alpha_init), "a number"),
                    *((name, number(getattr(self, name)) and 0 < getattr(self, name) < float("inf"),
                       "a number > 0") for name in ("text_temperature", "fused_temperature")),
+                   ("unpunctuated_temperature", self.unpunctuated_temperature is None or (
+                       number(self.unpunctuated_temperature) and 0 < self.unpunctuated_temperature < float("inf")),
+                    "a number > 0 or null"),
                    ("fusion", self.fusion in FUSIONS, f"one of {', '.join(FUSIONS)}"),
                    ("text_backbone", isinstance(self.text_backbone, str), "a str"),
                    ("caption_embedder", isinstance(self.caption_embedder, str), "a str"),

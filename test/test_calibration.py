@@ -66,28 +66,37 @@ def test_calibration_metrics_known_answer():
 def test_a_checkpoint_config_refuses_a_temperature_that_is_not_a_positive_number(value):
     from ddvlm_core.model import DDVLMConfig
 
-    for name in ("text_temperature", "fused_temperature"):
+    for name in ("text_temperature", "fused_temperature", "unpunctuated_temperature"):
         with pytest.raises(ValueError, match=f"{name} must be a number > 0"):
             DDVLMConfig(**{name: value})
+    assert DDVLMConfig(unpunctuated_temperature=None).unpunctuated_temperature is None  # the text one applies
 
 
 def test_the_recognizer_answers_with_the_checkpoint_temperatures(tiny_visual_checkpoint, tmp_path):
-    """Text answers use text_temperature, captioned ones fused_temperature, row by row in one batch; the top
-    label never changes, the confidence does."""
+    """Text answers use text_temperature, captioned ones fused_temperature, text answers flagged
+    transcript-unpunctuated unpunctuated_temperature, row by row in one batch; the top label never changes, the
+    confidence does."""
     import shutil
 
     from ddvlm_core.checkpoint import update_manifest
     from ddvlm_core.inference import EmotionRecognizer
 
     turns = [("Ross", "I got the job!"), ("Rachel", "Oh my god, no way!")]
+    asr = [("Ross", "i got the job"), ("Rachel", "oh my god no way")]  # an ASR that does not punctuate
     caption = "The woman's eyes widen and her mouth opens; she raises both hands to her face."
     plain = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
-    before = plain.predict_batch([turns, turns], [None, caption])
+    before = plain.predict_batch([turns, turns, asr], [None, caption, None])
     scaled_dir = shutil.copytree(tiny_visual_checkpoint, tmp_path / "scaled")
     update_manifest(scaled_dir, config={"text_temperature": 0.5, "fused_temperature": 3.0})
     scaled = EmotionRecognizer.from_checkpoint(scaled_dir)
-    after = scaled.predict_batch([turns, turns], [None, caption])
-    for b, a, t in zip(before, after, (0.5, 3.0)):
+    after = scaled.predict_batch([turns, turns, asr], [None, caption, None])
+    assert "transcript-unpunctuated" in after[2].flags
+    t_plain = after[2].probabilities  # no unpunctuated_temperature: the text one
+    update_manifest(scaled_dir, config={"unpunctuated_temperature": 4.0})
+    after = EmotionRecognizer.from_checkpoint(scaled_dir).predict_batch([turns, turns, asr], [None, caption, None])
+    expected_plain = F.softmax(torch.tensor(before[2].probabilities, dtype=torch.float64).log() / 0.5, -1)
+    assert torch.allclose(torch.tensor(t_plain, dtype=torch.float64), expected_plain, atol=1e-5)
+    for b, a, t in zip(before, after, (0.5, 3.0, 4.0)):
         expected = F.softmax(torch.tensor(b.probabilities, dtype=torch.float64).log() / t, -1)
         assert torch.allclose(torch.tensor(a.probabilities, dtype=torch.float64), expected, atol=1e-5)
         assert a.top_label == b.top_label and a.modalities == b.modalities
@@ -117,19 +126,31 @@ def test_calibrate_command_fits_on_dev_writes_the_manifest_and_keeps_every_answe
     manifest = json.loads((checkpoint / "manifest.json").read_text())
     assert manifest["config"]["text_temperature"] == text["temperature"] != 1.0
     assert manifest["config"]["fused_temperature"] == 1.0 and manifest["calibration"]["fitted_on"] == "MELD dev"
+    # transcripts without punctuation get their own temperature, fitted on dev written so, on the answers flagged
+    from ddvlm_core.asr_noise import unpunctuate
+    from ddvlm_core.context import unpunctuated
+    from ddvlm_core.meld import dialogues
+
+    plain = report["branches"]["unpunctuated"]
+    flagged = sum(unpunctuated(unpunctuate(r.text)) for rows in dialogues("dev").values() for r in rows)
+    assert plain["splits"]["dev"]["n"] == flagged and 600 < flagged < 1109  # those of 3+ words
+    assert manifest["config"]["unpunctuated_temperature"] == plain["temperature"] != text["temperature"]
+    dev_plain = plain["splits"]["dev"]
+    assert dev_plain["calibrated"]["nll"] <= dev_plain["text_temperature"]["nll"]
+    assert dev_plain["text_temperature"]["temperature"] == text["temperature"]
     assert {p.name: p.read_bytes() for p in checkpoint.glob("*.safetensors")} == weights
     load_checkpoint(checkpoint)  # the hashes still hold
     md = (tmp_path / "reports" / "calibration.md").read_text()
     assert f"T = {text['temperature']:.3f}" in md and "| test | 2610 |" in md
-    # the recognizer now answers with that temperature: its dev answer's NLL is the report's calibrated one
-    from ddvlm_core.meld import dialogues
-
+    # the recognizer now answers with that temperature: the answers of before, at T
     rows = dialogues("dev")[0]
     old = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
     new = EmotionRecognizer.from_checkpoint(checkpoint, load_caption_embedder=False)
     context = [(r.speaker, r.text) for r in rows]
     a, b = old.predict(context), new.predict(context)
-    assert new.calibration == f"temperature {text['temperature']:.3f} (text), 1.000 (fused), fitted on MELD dev"
+    plain = report["branches"]["unpunctuated"]
+    assert new.calibration == (f"temperature {text['temperature']:.3f} (text), 1.000 (fused), "
+                               f"{plain['temperature']:.3f} (text without punctuation), fitted on MELD dev")
     assert old.calibration.startswith("not calibrated")  # what /diagnostics says (confidence_calibration)
     assert torch.allclose(torch.tensor(b.probabilities, dtype=torch.float64),
                           F.softmax(torch.tensor(a.probabilities, dtype=torch.float64).log() / text["temperature"], -1),
@@ -140,6 +161,8 @@ def test_calibrate_command_fits_on_dev_writes_the_manifest_and_keeps_every_answe
     [line] = calibration_lines(report, checkpoint)
     assert line.startswith(f"- **Calibrated confidence**: temperature {text['temperature']:.3f}, fitted on MELD dev")
     assert f"from {test['as_trained']['ece']:.2f} % to {test['calibrated']['ece']:.2f} %" in line
+    assert (f"have their own, {plain['temperature']:.3f}: with the text one their ECE on test written so is "
+            f"{plain['splits']['test']['text_temperature']['ece']:.2f} %") in line
     assert calibration_lines(report, tmp_path / "checkpoints" / "another") == []
     from ddvlm_core.checkpoint import update_manifest
 

@@ -51,11 +51,33 @@ def split_logits(model, tok, builder, split: str, caption_of=None) -> dict[str, 
     return out
 
 
+def unpunctuated_logits(model, tok, builder, split: str) -> dict[str, torch.Tensor]:
+    """{"labels", "text" logits, "flagged"} of a MELD split written as an ASR without punctuation writes it
+    (``unpunctuate``, the whole dialogue); "flagged": the answers the recognizer flags ``transcript-unpunctuated``
+    (3+ words), the ones ``unpunctuated_temperature`` applies to."""
+    from ddvlm_core.asr_noise import unpunctuate
+    from ddvlm_core.context import unpunctuated
+    from ddvlm_core.meld import dialogues
+    from training.data import build_examples
+    from training.evaluate import logits_of_examples
+
+    examples = build_examples(split, builder, text_of=unpunctuate)
+    text_of = {(r.dialogue_id, r.utterance_id): r.text for rows in dialogues(split).values() for r in rows}
+    flagged = torch.tensor([unpunctuated(unpunctuate(text_of[e.dialogue_id, e.utterance_id])) for e in examples])
+    text = logits_of_examples(lambda ids, mask: model.text(ids, mask).logits, examples, tok.pad_token_id,
+                              desc=f"{split} without punctuation ({len(examples)} utterances)")
+    return {"labels": torch.tensor([e.label for e in examples]), "text": text, "flagged": flagged}
+
+
 def branch_inputs(logits: dict[str, torch.Tensor], branch: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) a temperature of ``branch`` applies to: every answer for "text", the captioned ones for
-    "fused" (an answer without a caption is the text branch's)."""
+    "fused" (an answer without a caption is the text branch's), the flagged ones of the split written without
+    punctuation for "unpunctuated"."""
     if branch == "text":
         return logits["text"], logits["labels"]
+    if branch == "unpunctuated":
+        keep = logits["flagged"]
+        return logits["text"][keep], logits["labels"][keep]
     keep = logits["has_visual"]
     return logits["fused"][keep], logits["labels"][keep]
 
@@ -74,20 +96,26 @@ def calibrate(checkpoint: str | Path, captions: str | Path = "", log=print, writ
     caption_of = CaptionInputs(captions, manifest["config"]["caption_embedder"]) if captions else None
     builder = PromptBuilder(tok, manifest["config"]["max_tokens"], manifest["config"].get("speaker_tokens", True))
     logits = {split: split_logits(model, tok, builder, split, caption_of) for split in SPLITS}
-    branches = ("text", "fused") if caption_of else ("text",)
+    plain = {split: unpunctuated_logits(model, tok, builder, split) for split in SPLITS}
+    branches = ("text", "fused", "unpunctuated") if caption_of else ("text", "unpunctuated")
     report = {"checkpoint": str(checkpoint), "fitted_on": f"MELD {FIT_SPLIT}", "method": "temperature scaling",
               "captions": str(captions) if captions else "none", "branches": {}}
     for branch in branches:
-        fit_logits, fit_labels = branch_inputs(logits[FIT_SPLIT], branch)
+        source = plain if branch == "unpunctuated" else logits
+        fit_logits, fit_labels = branch_inputs(source[FIT_SPLIT], branch)
         if len(fit_labels) == 0:
-            report["branches"][branch] = {"skipped": f"no {FIT_SPLIT} utterance has a caption"}
+            report["branches"][branch] = {"skipped": f"no {FIT_SPLIT} utterance of this kind" + (
+                " has a caption" if branch == "fused" else "")}
             continue
         temperature = fit_temperature(fit_logits, fit_labels)
         entry = {"temperature": temperature, "splits": {}}
+        # an unpunctuated answer had the text temperature before it had its own: that is the score to beat
+        before = report["branches"]["text"]["temperature"] if branch == "unpunctuated" else 1.0
         for split in SPLITS:
-            split_in, split_labels = branch_inputs(logits[split], branch)
+            split_in, split_labels = branch_inputs(source[split], branch)
             entry["splits"][split] = {"n": len(split_labels)} if len(split_labels) == 0 else {
                 "n": len(split_labels), "as_trained": calibration_metrics(split_in, split_labels, 1.0),
+                **({"text_temperature": calibration_metrics(split_in, split_labels, before)} if before != 1.0 else {}),
                 "calibrated": calibration_metrics(split_in, split_labels, temperature)}
         report["branches"][branch] = entry
         scored = [f"{split} ECE {m['as_trained']['ece']:.2f}% -> {m['calibrated']['ece']:.2f}%, NLL "
@@ -111,7 +139,10 @@ def report_markdown(report: dict) -> str:
              "trained. ECE: 15 equal-width confidence bins, in percent (0 = a confidence of 70 % is right 70 % of the "
              "time).", ""]
     for branch, entry in report["branches"].items():
-        name = "text branch (answers without a caption)" if branch == "text" else "fused (answers with a caption)"
+        name = {"text": "text branch (answers without a caption)", "fused": "fused (answers with a caption)",
+                "unpunctuated": "text branch on transcripts without punctuation (answers flagged "
+                                "`transcript-unpunctuated`: MELD written in lower case without punctuation, "
+                                "3+ words)"}[branch]
         if "skipped" in entry:
             lines += [f"## {name}", "", f"Not fitted: {entry['skipped']}.", ""]
             continue
@@ -121,17 +152,21 @@ def report_markdown(report: dict) -> str:
         for split, scores in entry["splits"].items():
             if not scores["n"]:
                 lines.append(f"| {split} | 0 | | | | | | |")
-            for kind in ("as_trained", "calibrated") if scores["n"] else ():
+            for kind in ("as_trained", "text_temperature", "calibrated") if scores["n"] else ():
+                if kind not in scores:
+                    continue
                 m = scores[kind]
                 lines.append(f"| {split} | {scores['n']} | {m['temperature']:.3f} | {m['nll']:.4f} | {m['ece']:.2f} | "
                              f"{m['brier']:.4f} | {m['mean_confidence']:.2f} | {m['accuracy']:.2f} |")
         if not entry["splits"]["test"]["n"]:
             lines.append("")
             continue
+        first = "text_temperature" if "text_temperature" in entry["splits"]["test"] else "as_trained"
         lines += ["", "Reliability on test (confidence bins: how many answers, their mean confidence, how many were "
-                  "right):", "", "| confidence | as trained: n | confidence (%) | accuracy (%) | calibrated: n | "
-                  "confidence (%) | accuracy (%) |", "|---|---|---|---|---|---|---|"]
-        before, after = (entry["splits"]["test"][k]["reliability"] for k in ("as_trained", "calibrated"))
+                  "right):", "", f"| confidence | {'with the text T' if first != 'as_trained' else 'as trained'}: n | "
+                  "confidence (%) | accuracy (%) | calibrated: n | confidence (%) | accuracy (%) |",
+                  "|---|---|---|---|---|---|---|"]
+        before, after = (entry["splits"]["test"][k]["reliability"] for k in (first, "calibrated"))
         for a, b in zip(before, after):
             def cells(row):
                 return f"{row['n']} | " + (f"{row['confidence']:.1f} | {row['accuracy']:.1f}" if row["n"] else "— | —")

@@ -148,11 +148,19 @@ def calibration_lines(report: dict | None, checkpoint: Path) -> list[str]:
         return []
     test = text["splits"]["test"]
     before, after = test["as_trained"], test["calibrated"]
-    return [f"- **Calibrated confidence**: temperature {text['temperature']:.3f}, fitted on {report['fitted_on']} "
+    line = (f"- **Calibrated confidence**: temperature {text['temperature']:.3f}, fitted on {report['fitted_on']} "
             f"(`python -m training.calibrate`, reports/calibration.md). On test the expected calibration error falls "
             f"from {before['ece']:.2f} % to {after['ece']:.2f} % (NLL {before['nll']:.3f} -> {after['nll']:.3f}; "
             f"mean confidence {before['mean_confidence']:.1f} % -> {after['mean_confidence']:.1f} %, accuracy "
-            f"{after['accuracy']:.1f} %); no answer changes."]
+            f"{after['accuracy']:.1f} %); no answer changes.")
+    plain = report["branches"].get("unpunctuated", {})
+    if "temperature" in plain and read_manifest(checkpoint)["config"].get("unpunctuated_temperature") == \
+            plain["temperature"] and "text_temperature" in plain["splits"]["test"]:
+        was, now = plain["splits"]["test"]["text_temperature"], plain["splits"]["test"]["calibrated"]
+        line += (f" Answers to transcripts without punctuation (flag `transcript-unpunctuated`) have their own, "
+                 f"{plain['temperature']:.3f}: with the text one their ECE on test written so is {was['ece']:.2f} %, "
+                 f"with theirs {now['ece']:.2f} %.")
+    return [line]
 
 
 def stopped_line(info: dict, cfg: dict) -> str:
