@@ -3,11 +3,13 @@
     python -m training.calibrate CHECKPOINT [--captions CAPTIONS] [--report-dir reports] [--name calibration]
 
 Temperature scaling (``ddvlm_core.calibration``): p = softmax(z / T), one T for the text branch's logits (the
-answers without a caption) and, with ``--captions``, one for the fused logits (the answers with one), each
-minimising the NLL of MELD dev. No argmax changes, so WA-F1 and accuracy stay exactly as they were; the
-confidence a robot thresholds comes to mean what it says. Test is scored before and after, never fitted on.
-The weights files are not touched: only the manifest's ``text_temperature`` / ``fused_temperature`` and its
-``calibration`` entry (what was fitted on what). Writes REPORT_DIR/NAME.md and .json.
+answers without a caption), one for the answers to transcripts without punctuation (those the recognizer flags
+``transcript-unpunctuated``, fitted on dev written as such an ASR writes it) and, with ``--captions``, one for the
+fused logits (the answers with a caption), each minimising the NLL of MELD dev. No argmax changes, so WA-F1 and
+accuracy stay exactly as they were; the confidence a robot thresholds comes to mean what it says. Test is scored
+before and after, never fitted on. The weights files are not touched: only the manifest's ``text_temperature``,
+``unpunctuated_temperature``, ``fused_temperature`` and its ``calibration`` entry (what was fitted on what).
+Writes REPORT_DIR/NAME.md and .json.
 """
 from __future__ import annotations
 
