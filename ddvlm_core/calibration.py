@@ -63,7 +63,8 @@ def fit_temperature(logits: Tensor, labels: Tensor, t_min: float = T_MIN, t_max:
 
 def expected_calibration_error(probabilities: Tensor, labels: Tensor, n_bins: int = ECE_BINS) -> float:
     """ECE in percent: the bin-weighted mean gap between accuracy and mean confidence, equal-width bins of the
-    confidence on (0, 1] (a confidence of exactly k / n_bins falls in bin k, as in Guo et al.'s code)."""
+    confidence on (0, 1], each closed on the right (a confidence of exactly k / n_bins falls in the bin that ends
+    there, as in Guo et al.'s code)."""
     probabilities, labels = probabilities.detach().double().cpu(), labels.detach().long().cpu()
     confidence, predicted = probabilities.max(-1)
     correct = (predicted == labels).double()
