@@ -50,12 +50,9 @@ def evaluate_bag(bag: Path, recognizer, batch: int = 16) -> dict:
         for i, p in zip(idx, recognizer.predict_batch([contexts[i] for i in idx])):
             preds[i], probabilities[i] = LABELS.index(p.top_label), p.probabilities
     gold = [label_id(labels[k]) for k in keys]
-    import torch
+    from ddvlm_core.calibration import published_calibration
 
-    from ddvlm_core.calibration import calibration_metrics
-
-    published = calibration_metrics(torch.tensor(probabilities, dtype=torch.float64).clamp_min(1e-12).log(),
-                                    torch.tensor(gold))  # the confidence as the node publishes it
+    published = published_calibration(probabilities, gold)  # the confidence as the node publishes it
     return metrics(gold, preds) | {k: published[k] for k in ("ece", "mean_confidence")}
 
 

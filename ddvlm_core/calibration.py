@@ -109,6 +109,33 @@ def calibration_metrics(logits: Tensor, labels: Tensor, temperature: float = 1.0
             "reliability": reliability(probabilities, labels)}
 
 
+def published_calibration(probabilities, labels) -> dict:
+    """``calibration_metrics`` of probabilities as they were published (an /emotion answer's), not of logits: their
+    log is a logit vector whose softmax they are (a probability of 0 is taken as 1e-12)."""
+    probabilities = torch.as_tensor(probabilities, dtype=torch.float64)
+    return calibration_metrics(probabilities.clamp_min(1e-12).log(), torch.as_tensor(labels))
+
+
+def before_after(logits: Tensor, labels: Tensor, temperature: float, before: float = 1.0,
+                 keys: tuple[str, ...] | None = None) -> dict:
+    """{"n", "as_trained": metrics at T = 1, ["text_temperature": at ``before`` when it is not 1,] "calibrated":
+    at ``temperature``} of one split (only "n" when it has no example); ``keys``: the metrics kept (default all)."""
+    if len(labels) == 0:
+        return {"n": 0}
+    kinds = [("as_trained", 1.0)] + ([("text_temperature", before)] if before != 1.0 else [])
+    out = {"n": len(labels)}
+    for name, t in kinds + [("calibrated", temperature)]:
+        m = calibration_metrics(logits, labels, t)
+        out[name] = {k: m[k] for k in keys} if keys else m
+    return out
+
+
+def manifest_entry(temperatures: dict[str, float], **more) -> dict:
+    """The checkpoint manifest's ``calibration`` entry: what was fitted on what, and the temperatures."""
+    return {"method": "temperature scaling (ddvlm_core.calibration)", "fitted_on": "MELD dev", **more,
+            **temperatures}
+
+
 def describe(config, entry: dict | None) -> str:
     """What the answers' confidence is, for logs and /diagnostics: the temperatures a checkpoint's config holds and
     what they were fitted on (its manifest's ``calibration`` entry), or that it is as trained."""

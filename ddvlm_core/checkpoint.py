@@ -63,10 +63,15 @@ def save_checkpoint(
         "modules": entries,
         **(dict(extra) if extra else {}),
     }
+    _write_manifest(directory, manifest)
+    return directory
+
+
+def _write_manifest(directory: Path, manifest: Mapping) -> None:
+    """manifest.json through a temporary file and a rename: a reader sees the old manifest or the new, whole."""
     tmp = directory / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, directory / MANIFEST)
-    return directory
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
@@ -129,7 +134,5 @@ def update_manifest(directory: str | os.PathLike, config: Mapping | None = None,
     if reserved:
         raise ValueError(f"update_manifest: {sorted(reserved)} are not extra entries")
     manifest.update(extra or {})
-    tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, directory / MANIFEST)
+    _write_manifest(directory, manifest)
     return manifest

@@ -153,17 +153,19 @@ class DDVLMConfig:
         def number(value) -> bool:
             return isinstance(value, (int, float)) and not isinstance(value, bool)
 
+        def positive(value) -> bool:
+            return number(value) and 0 < value < float("inf")
+
         checks = [(name, isinstance(getattr(self, name), int) and number(getattr(self, name))
                    and getattr(self, name) >= 1, "an integer >= 1")
                   for name in ("text_dim", "caption_dim", "num_labels", "n_speakers", "max_tokens")]
         checks += [("num_labels", self.num_labels == NUM_LABELS, f"{NUM_LABELS} (MELD's labels)"),
                    ("dropout", number(self.dropout) and 0 <= self.dropout < 1, "a number in [0, 1)"),
                    ("fusion_alpha_init", number(self.fusion_alpha_init), "a number"),
-                   *((name, number(getattr(self, name)) and 0 < getattr(self, name) < float("inf"),
-                      "a number > 0") for name in ("text_temperature", "fused_temperature")),
-                   ("unpunctuated_temperature", self.unpunctuated_temperature is None or (
-                       number(self.unpunctuated_temperature) and 0 < self.unpunctuated_temperature < float("inf")),
-                    "a number > 0 or null"),
+                   ("text_temperature", positive(self.text_temperature), "a number > 0"),
+                   ("fused_temperature", positive(self.fused_temperature), "a number > 0"),
+                   ("unpunctuated_temperature", self.unpunctuated_temperature is None
+                    or positive(self.unpunctuated_temperature), "a number > 0 or null"),
                    ("fusion", self.fusion in FUSIONS, f"one of {', '.join(FUSIONS)}"),
                    ("text_backbone", isinstance(self.text_backbone, str), "a str"),
                    ("caption_embedder", isinstance(self.caption_embedder, str), "a str"),

@@ -166,12 +166,9 @@ class ReplayResult:
         pred = [LABELS.index(self.prediction(k).top_label) for k in answered]
         result = metrics(gold, pred) if gold else {"n": 0}
         if gold:  # how far the published confidence can be trusted on this bag (ddvlm_core.calibration)
-            import torch
+            from ddvlm_core.calibration import published_calibration
 
-            from ddvlm_core.calibration import calibration_metrics
-
-            probs = torch.tensor([list(self.prediction(k).probabilities) for k in answered], dtype=torch.float64)
-            published = calibration_metrics(probs.clamp_min(1e-12).log(), torch.tensor(gold))
+            published = published_calibration([list(self.prediction(k).probabilities) for k in answered], gold)
             result["calibration"] = {k: published[k] for k in ("ece", "nll", "mean_confidence", "reliability")}
         latencies = [self.answers[k]["text"].latency_ms for k in answered if "text" in self.answers[k]]
         result |= {

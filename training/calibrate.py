@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ddvlm_core.calibration import calibration_metrics, fit_temperature
+from ddvlm_core.calibration import before_after, fit_temperature, manifest_entry
 from ddvlm_core.labels import NUM_LABELS
 
 FIT_SPLIT = "dev"
@@ -114,11 +114,7 @@ def calibrate(checkpoint: str | Path, captions: str | Path = "", log=print, writ
         # an unpunctuated answer had the text temperature before it had its own: that is the score to beat
         before = report["branches"]["text"]["temperature"] if branch == "unpunctuated" else 1.0
         for split in SPLITS:
-            split_in, split_labels = branch_inputs(source[split], branch)
-            entry["splits"][split] = {"n": len(split_labels)} if len(split_labels) == 0 else {
-                "n": len(split_labels), "as_trained": calibration_metrics(split_in, split_labels, 1.0),
-                **({"text_temperature": calibration_metrics(split_in, split_labels, before)} if before != 1.0 else {}),
-                "calibrated": calibration_metrics(split_in, split_labels, temperature)}
+            entry["splits"][split] = before_after(*branch_inputs(source[split], branch), temperature, before)
         report["branches"][branch] = entry
         scored = [f"{split} ECE {m['as_trained']['ece']:.2f}% -> {m['calibrated']['ece']:.2f}%, NLL "
                   f"{m['as_trained']['nll']:.3f} -> {m['calibrated']['nll']:.3f}"
@@ -126,9 +122,8 @@ def calibrate(checkpoint: str | Path, captions: str | Path = "", log=print, writ
         log(f"{branch}: T = {temperature:.3f} (fitted on {FIT_SPLIT}); " + "; ".join(scored))
     fitted = {f"{b}_temperature": e["temperature"] for b, e in report["branches"].items() if "temperature" in e}
     if write:
-        ckpt.update_manifest(checkpoint, config=fitted, extra={"calibration": {
-            "method": "temperature scaling (ddvlm_core.calibration)", "fitted_on": report["fitted_on"],
-            "captions": report["captions"], **fitted}})
+        ckpt.update_manifest(checkpoint, config=fitted,
+                             extra={"calibration": manifest_entry(fitted, captions=report["captions"])})
     return report
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from ddvlm_core.calibration import manifest_entry
 from ddvlm_core.model import DDVLM
 from training.config import TrainConfig
 from training.loop import fitted_temperatures
@@ -55,8 +56,7 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     for field, temperature in calibration.items():
         setattr(model.config, field, temperature)
     if calibration:
-        extra["calibration"] = {"method": "temperature scaling (ddvlm_core.calibration)", "fitted_on": "MELD dev",
-                                **calibration}
+        extra["calibration"] = manifest_entry(calibration)
     return model.save(out or run_dir / "checkpoint", tuple(modules), extra=extra)
 
 

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ddvlm_core import losses as L
-from ddvlm_core.calibration import calibration_metrics, fit_temperature
+from ddvlm_core.calibration import before_after, fit_temperature, manifest_entry
 from ddvlm_core.asr_noise import unpunctuate
 from ddvlm_core.assets import resolve_model
 from ddvlm_core.context import PromptBuilder
@@ -324,13 +324,9 @@ def calibrate_stage(stage: Stage, labels: dict[str, Tensor], lengths: dict[str, 
     if len(scored["dev"][1]) == 0:
         return {"skipped": "no dev example to fit on"}
     temperature = fit_temperature(*scored["dev"])
-    out = {"temperature": temperature, "fitted_on": "dev"}
-    for split, (logits, gold) in scored.items():
-        out[split] = {"n": len(gold)}
-        for name, t in (("as_trained", 1.0), ("calibrated", temperature)) if len(gold) else ():
-            m = calibration_metrics(logits, gold, t)
-            out[split][name] = {k: m[k] for k in ("nll", "ece", "mean_confidence")}
-    return out
+    return {"temperature": temperature, "fitted_on": "dev",
+            **{split: before_after(logits, gold, temperature, keys=("nll", "ece", "mean_confidence"))
+               for split, (logits, gold) in scored.items()}}
 
 
 def evaluate(stage: Stage, split: str, gold: Tensor, lengths: list[int], batch_size: int,
@@ -576,8 +572,7 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
             setattr(model.config, field, temperature)
         model.save(run_dir / "checkpoint", tuple(modules),
                    extra={"trained_by": "training.loop", "run": cfg.to_dict(), **captioner,
-                          **({"calibration": {"method": "temperature scaling (ddvlm_core.calibration)",
-                                              "fitted_on": "MELD dev", **calibration}} if calibration else {})})
+                          **({"calibration": manifest_entry(calibration)} if calibration else {})})
         (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     barrier()
     return results

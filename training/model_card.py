@@ -143,8 +143,8 @@ def calibration_lines(report: dict | None, checkpoint: Path) -> list[str]:
     one its manifest holds)."""
     if not report or Path(report["checkpoint"]).parts[-2:] != checkpoint.resolve().parts[-2:]:
         return []
-    text = report["branches"].get("text", {})
-    if "temperature" not in text or read_manifest(checkpoint)["config"].get("text_temperature") != text["temperature"]:
+    text, config = report["branches"].get("text", {}), read_manifest(checkpoint)["config"]
+    if "temperature" not in text or config.get("text_temperature") != text["temperature"]:
         return []
     test = text["splits"]["test"]
     before, after = test["as_trained"], test["calibrated"]
@@ -154,8 +154,8 @@ def calibration_lines(report: dict | None, checkpoint: Path) -> list[str]:
             f"mean confidence {before['mean_confidence']:.1f} % -> {after['mean_confidence']:.1f} %, accuracy "
             f"{after['accuracy']:.1f} %); no answer changes.")
     plain = report["branches"].get("unpunctuated", {})
-    if "temperature" in plain and read_manifest(checkpoint)["config"].get("unpunctuated_temperature") == \
-            plain["temperature"] and "text_temperature" in plain["splits"]["test"]:
+    if "temperature" in plain and config.get("unpunctuated_temperature") == plain["temperature"] \
+            and "text_temperature" in plain["splits"]["test"]:
         was, now = plain["splits"]["test"]["text_temperature"], plain["splits"]["test"]["calibrated"]
         line += (f" Answers to transcripts without punctuation (flag `transcript-unpunctuated`) have their own, "
                  f"{plain['temperature']:.3f}: with the text one their ECE on test written so is {was['ece']:.2f} %, "
