@@ -128,6 +128,7 @@ class Turn:
     speaker_token: str
     text: str
     speaker: str = ""
+    language: str = ""  # the ASR's language tag, e.g. "en-GB" ("" = not given): see ddvlm_core.language
 
 
 class SpeakerRegistry:
@@ -161,12 +162,18 @@ class SpeakerRegistry:
 
 def make_turns(utterances: Iterable) -> list[Turn]:
     """Utterances of one dialogue, in order -> Turns with stable speaker tokens. Each is a (speaker, text)
-    pair, a mapping with "text" (and "speaker"), or a bare text (no speaker); see ``speaker_and_text``."""
+    pair, a mapping with "text" (and "speaker", "language": the ASR's language tag), or a bare text (no
+    speaker); see ``speaker_and_text``."""
     registry = SpeakerRegistry()
     turns = []
     for index, item in enumerate(utterances):
         speaker, text = speaker_and_text(item, index)
-        turns.append(Turn(registry.token(speaker), normalize_utterance(text), (speaker or "").strip()))
+        language = item.get("language") or "" if isinstance(item, abc.Mapping) else ""
+        if not isinstance(language, str):
+            raise TypeError(f"utterance {index}: language must be a str (a tag such as 'en-GB'), got "
+                            f"{type(language).__name__}")
+        turns.append(Turn(registry.token(speaker), normalize_utterance(text), (speaker or "").strip(),
+                          language.strip()))
     return turns
 
 
@@ -205,8 +212,9 @@ class Dialogue:
         self.speakers = SpeakerRegistry()
         self._turns: deque[Turn] = deque(maxlen=max_turns)
 
-    def add(self, speaker: str | None, text: str | bytes) -> Turn:
-        turn = Turn(self.speakers.token(speaker), normalize_utterance(text), (speaker or "").strip())
+    def add(self, speaker: str | None, text: str | bytes, language: str = "") -> Turn:
+        turn = Turn(self.speakers.token(speaker), normalize_utterance(text), (speaker or "").strip(),
+                    (language or "").strip())
         self._turns.append(turn)
         return turn
 

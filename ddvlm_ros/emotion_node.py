@@ -519,7 +519,7 @@ class EmotionNode(LifecycleNode):
         start = start if start is not None and start <= end else end - self.p("text_window_s")
         header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
-                                         header, voice_id=voice))
+                                         header, voice_id=voice, language=getattr(msg, "language", "")))
 
     def _on_voice_incremental(self, voice: str, msg, start: float, uid: str) -> None:
         self._last_voice_speech = time.monotonic()
@@ -578,11 +578,14 @@ class EmotionNode(LifecycleNode):
                        "time_jumps_back": s.time_jumps_back, "speaker_tokens_reused": s.speaker_tokens_reused,
                        "context_only_utterances": s.context_only, "non_speech_transcripts": s.non_speech,
                        "transcripts_unpunctuated": self.pipeline.punctuation_summary(),
+                       "transcripts_not_english": self.pipeline.language_summary(),
                        "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
             elif s.frame_window_miss:
                 level, message = DiagnosticStatus.WARN, "no frames in utterance windows (see frame_window_miss)"
+            elif self.pipeline.speech_not_english():
+                level, message = DiagnosticStatus.WARN, "transcripts not in English (see transcripts_not_english)"
             elif self.pipeline.asr_unpunctuated():
                 level, message = DiagnosticStatus.WARN, "transcripts without punctuation (see transcripts_unpunctuated)"
         now = time.monotonic()

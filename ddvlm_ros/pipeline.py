@@ -20,12 +20,39 @@ from typing import Any, Callable
 
 from ddvlm_core.captioner import Frame, uniform_picks
 from ddvlm_core.context import UNPUNCTUATED_MIN_WORDS, Dialogue, Turn, non_speech, unpunctuated
+from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
 
 DEFAULT_CONVERSATION = "default"
 CLOCK_SKEW_S = 1.0  # frames stamped further than this from the node's clock on arrival come from another clock
 PUNCTUATION_WINDOW = 20  # the latest classified transcripts of 3+ words whose punctuation is watched
 PUNCTUATION_MIN = 10  # of them, before the node judges; half of them without punctuation: the ASR does not punctuate
 RATE_SLACK = 0.1  # share of a frame period by which two kept frames may be closer (stamp jitter): see FrameBuffer
+LANGUAGE_WINDOW = 20  # the latest classified transcripts whose language is watched
+LANGUAGE_MIN = 10  # of them, before the node judges; half of them not in English: the speech is not English
+
+
+class RecentShare:
+    """Which of the latest ``window`` items had some property, and whether at least half of them (``minimum``
+    items at least) had it. Thread-safe enough for one writer and readers that copy."""
+
+    def __init__(self, window: int, minimum: int):
+        self.recent: deque = deque(maxlen=window)
+        self.minimum = minimum
+
+    def add(self, has: bool) -> bool:
+        """Record one item; True when this one made "most" start to hold."""
+        was = self.most()
+        self.recent.append(bool(has))
+        return self.most() and not was
+
+    def counts(self) -> tuple[int, int]:
+        """(how many of the latest have it, how many are kept)."""
+        recent = list(self.recent)  # a copy: the inference worker appends while diagnostics read
+        return sum(recent), len(recent)
+
+    def most(self) -> bool:
+        have, n = self.counts()
+        return n >= self.minimum and 2 * have >= n
 
 
 @dataclass
@@ -40,6 +67,7 @@ class UtteranceIn:
     header: Any = None  # the transcript's header, copied to the output
     voice_id: str = ""  # ROS4HRI voice that spoke it ('' = another input)
     stream_id: str = ""  # the id its partial (streaming) results had, when the final one was given another
+    language: str = ""  # the ASR's language tag, e.g. "en-GB" (ROS4HRI's LiveSpeech.language; '' = not given)
 
 
 @dataclass
@@ -75,7 +103,10 @@ class Stats:
     context_only: int = 0  # utterances of context_only_speakers: added to their dialogue, not classified
     non_speech: int = 0  # transcripts of annotations only (Whisper's [BLANK_AUDIO], (music)): skipped, not utterances
     unpunctuated: int = 0  # classified transcripts of 3+ words without sentence punctuation (flagged)
-    punctuated_recent: deque = field(default_factory=lambda: deque(maxlen=PUNCTUATION_WINDOW))  # True: punctuated
+    unpunctuated_recent: RecentShare = field(default_factory=lambda: RecentShare(PUNCTUATION_WINDOW, PUNCTUATION_MIN))
+    not_english: int = 0  # classified transcripts in another language than English (flagged transcript-not-english)
+    not_english_why: str = ""  # what said so of the latest of them: "language tag 'ja'", "Cyrillic script"
+    not_english_recent: RecentShare = field(default_factory=lambda: RecentShare(LANGUAGE_WINDOW, LANGUAGE_MIN))
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -449,7 +480,7 @@ class EmotionPipeline:
         conv = self._conversation(utt.conversation_id)
         reused = conv.dialogue.speakers.reused
         try:
-            conv.dialogue.add(utt.speaker_id or None, utt.text)
+            conv.dialogue.add(utt.speaker_id or None, utt.text, utt.language)
         except (ValueError, TypeError) as e:
             self.stats.rejected += 1
             self.log("warn", f"utterance {utt.utterance_id!r} skipped: {e}")
@@ -460,6 +491,7 @@ class EmotionPipeline:
             return
         turns = conv.dialogue.turns
         self._watch_punctuation(turns[-1].text)
+        self._watch_language(turns[-1])
         prediction = self.recognizer.predict(turns)
         self._publish(utt, prediction, refined=False)
         if self.captioner is not None:
@@ -473,11 +505,9 @@ class EmotionPipeline:
         say so (the model learnt from punctuated text and scores far lower without it)."""
         if len(text.split()) < UNPUNCTUATED_MIN_WORDS:
             return
-        was = self.asr_unpunctuated()
         missing = unpunctuated(text)
         self.stats.unpunctuated += missing
-        self.stats.punctuated_recent.append(not missing)
-        if self.asr_unpunctuated() and not was:
+        if self.stats.unpunctuated_recent.add(missing):
             self.log("warn", f"{self.punctuation_summary()}: the transcripts come without punctuation, and the "
                              "model, trained on punctuated subtitles, scores far lower on such text "
                              "(reports/replay_asr_noise.md): use an ASR that punctuates, or restore punctuation")
@@ -485,14 +515,38 @@ class EmotionPipeline:
     def asr_unpunctuated(self) -> bool:
         """Whether at least half of the latest transcripts of 3+ words (PUNCTUATION_MIN of them at least) have
         no sentence punctuation: an ASR that does not punctuate (MELD: under 1 % of such utterances)."""
-        recent = list(self.stats.punctuated_recent)  # a copy: the inference worker appends while diagnostics read
-        return len(recent) >= PUNCTUATION_MIN and 2 * recent.count(False) >= len(recent)
+        return self.stats.unpunctuated_recent.most()
 
     def punctuation_summary(self) -> str:
         """'k of the latest n transcripts of 3+ words have no punctuation' ('' before any)."""
-        recent = list(self.stats.punctuated_recent)
-        return (f"{recent.count(False)} of the latest {len(recent)} transcripts of {UNPUNCTUATED_MIN_WORDS}+ words "
-                "have no punctuation") if recent else ""
+        missing, n = self.stats.unpunctuated_recent.counts()
+        return (f"{missing} of the latest {n} transcripts of {UNPUNCTUATED_MIN_WORDS}+ words "
+                "have no punctuation") if n else ""
+
+    def _watch_language(self, turn: Turn) -> None:
+        """Count a transcript that is not English (``ddvlm_core.language``: the ASR's tag or the script); the
+        first time half of the latest ones are not, say so: the model reads English only."""
+        why = not_english(turn.text, turn.language)
+        if why:
+            self.stats.not_english += 1
+            self.stats.not_english_why = why
+        if self.stats.not_english_recent.add(bool(why)):
+            self.log("warn", f"{self.language_summary()}: the model learnt English only (MELD), and its answers to "
+                             f"other languages say nothing of the speaker; they carry the flag {NOT_ENGLISH_FLAG}. "
+                             "Set the ASR to English, or leave such speech out")
+
+    def speech_not_english(self) -> bool:
+        """Whether at least half of the latest classified transcripts (LANGUAGE_MIN of them at least) are not
+        English (no MELD utterance is flagged)."""
+        return self.stats.not_english_recent.most()
+
+    def language_summary(self) -> str:
+        """'k of the latest n transcripts are not English (the latest: <why>)' ('' before any)."""
+        other, n = self.stats.not_english_recent.counts()
+        if not n:
+            return ""
+        why = f" (the latest: {self.stats.not_english_why})" if self.stats.not_english_why else ""
+        return f"{other} of the latest {n} transcripts are not English{why}"
 
     def _caption_loop(self, generation: int) -> None:
         self.thread_setup.get("caption", lambda: None)()

@@ -34,6 +34,7 @@ from rosbags.rosbag2 import Reader
 
 from ddvlm_core.context import UNPUNCTUATED_MIN_WORDS, has_text, non_speech
 from ddvlm_core.labels import LABELS, label_id
+from ddvlm_core.language import NOT_ENGLISH_FLAG
 from ddvlm_core.metrics import metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import parse_transcript
@@ -153,6 +154,15 @@ class ReplayResult:
             line += (" (an ASR that does not punctuate? the model, trained on punctuated text, scores far lower on "
                      "such text: reports/replay_asr_noise.md)")
         return line
+
+    def language_line(self) -> str:
+        """How many answered transcripts were not English (flag ``transcript-not-english``: another script, or the
+        ASR's language tag), '' when none: the model reads English only."""
+        answered = [k for k in self.finals if "text" in self.answers.get(k, {})]
+        flagged = sum(NOT_ENGLISH_FLAG in self.answers[k]["text"].flags for k in answered)
+        return (f"transcripts: {flagged} of the {len(answered)} answered ones are not English (flag "
+                f"{NOT_ENGLISH_FLAG}); the model reads English only, and those answers say nothing of the speaker"
+                ) if flagged else ""
 
     def prediction(self, key: str):
         entry = self.answers.get(key, {})
@@ -498,7 +508,7 @@ def main(argv: list[str]) -> int:
               f"(their keys look like {unlabelled[0]!r}); they are not scored")
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
-    notes = (result.camera_line(), result.transcript_line())
+    notes = (result.camera_line(), result.transcript_line(), result.language_line())
     for note in notes:
         if note:
             print(note)

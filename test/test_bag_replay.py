@@ -283,10 +283,34 @@ def test_the_replay_report_counts_transcripts_without_punctuation(tmp_path, tiny
     assert [("transcript-unpunctuated" in r["text"]["flags"]) for r in records] == [True, False, True, True]
     note = "transcripts: 3 of the 3 answered ones of 3+ words have no punctuation (an ASR that does not punctuate?"
     assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
-    bag = write_robot_bag(tmp_path / "punctuated", ROBOT_LINES, fps=0.0)
+    assert "transcripts:" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
+
+
+def test_the_replay_report_counts_transcripts_in_another_language(tmp_path, tiny_text_checkpoint, capsys):
+    """Whisper, left to detect the language, transcribes a short English clip in another one now and then: the
+    answer carries the flag transcript-not-english, and the report counts them."""
+    from ddvlm_ros.replay import main
+
+    lines = ROBOT_LINES[:2] + ["Ross: Они позвонили сегодня утром."] + ROBOT_LINES[3:]
+    bag = write_robot_bag(tmp_path / "whisper", lines, fps=0.0)
+    out = tmp_path / "out"
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
-                 "--report", str(out / "punctuated.md")]) == 0
-    assert "transcripts:" not in (out / "punctuated.md").read_text()
+                 "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
+    records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [("transcript-not-english" in r["text"]["flags"]) for r in records] == [False, False, True, False]
+    note = "transcripts: 1 of the 4 answered ones are not English (flag transcript-not-english)"
+    assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
+    assert "not English" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
+
+
+def report_of_robot_bag(tmp_path, checkpoint) -> str:
+    """The replay report of ROBOT_LINES (English, punctuated) as text."""
+    from ddvlm_ros.replay import main
+
+    bag = write_robot_bag(tmp_path / "english", ROBOT_LINES, fps=0.0)
+    assert main([str(bag), "--model-dir", checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
+                 "--report", str(tmp_path / "english.md")]) == 0
+    return (tmp_path / "english.md").read_text()
 
 
 def test_a_whisper_bag_with_blank_audio_between_its_lines_gets_answers_for_speech_only(tmp_path, tiny_text_checkpoint):

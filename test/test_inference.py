@@ -108,7 +108,7 @@ def test_the_readme_python_example_runs_on_the_embedded_default_and_prints_what_
     monkeypatch.chdir(repo)
     namespace = {"__name__": "readme_example"}
     exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - our own README
-    first, second = capsys.readouterr().out.splitlines()
+    first, second, third = capsys.readouterr().out.splitlines()
     prediction, batch = namespace["prediction"], namespace["batch"]
     assert first == f"<s2> {prediction.top_label} {prediction.confidence:.2f} text"  # Rachel: the second speaker
     shown = ast.literal_eval(second)  # the dict the example printed
@@ -116,3 +116,4 @@ def test_the_readme_python_example_runs_on_the_embedded_default_and_prints_what_
     assert prediction.top_label == max(shown, key=shown.get)
     assert [p.speaker_token for p in batch] == ["<s1>", "<s2>"]
     assert batch[1].probabilities == pytest.approx(prediction.probabilities, abs=1e-5)  # batched = alone
+    assert third == "('transcript-not-english',)"

@@ -20,8 +20,8 @@ def track(h, *ids, expect=None):
     assert set(h.node._hri.voices) == expect
 
 
-def speech(final="", incremental="", stamp=0.0):
-    msg = hri.LiveSpeech(final=final, incremental=incremental, confidence=0.9, language="en-US")
+def speech(final="", incremental="", stamp=0.0, language="en-US"):
+    msg = hri.LiveSpeech(final=final, incremental=incremental, confidence=0.9, language=language)
     msg.header.stamp = sec_to_stamp(stamp, Time)
     return msg
 
@@ -106,3 +106,17 @@ def test_voices_that_speak_keep_the_transcript_topics_from_being_reported_silent
     while not h.node._silence_warned and time.monotonic() < deadline:
         time.sleep(0.1)
     assert h.node._silence_warned == {"transcript", "utterance"}
+
+
+def test_the_language_a_voice_is_heard_in_flags_its_answers(harness, tiny_text_checkpoint):
+    """LiveSpeech.language is the ASR's word for what it heard: German speech is flagged transcript-not-english
+    (the model reads English only) and /diagnostics says so; English and untagged speech is not."""
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    track(h, "anna")
+    until(h, "anna", speech(final="I got the job!"), lambda: len(h.received) == 1)
+    until(h, "anna", speech(final="Ich habe den Job!", language="de-DE"), lambda: len(h.received) == 2)
+    until(h, "anna", speech(final="Really?", language=""), lambda: len(h.received) == 3)
+    assert [("transcript-not-english" in m.flags) for m in h.received] == [False, True, False]
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["transcripts_not_english"] == ("1 of the latest 3 transcripts are not English (the latest: "
+                                                 "language tag 'de-DE')")

@@ -524,6 +524,31 @@ def test_an_asr_that_does_not_punctuate_is_flagged_and_said_once(tiny_text_check
     assert not pipe.asr_unpunctuated() and len(logged) == 1
 
 
+def test_speech_in_another_language_is_flagged_and_said_once(tiny_text_checkpoint):
+    """Transcripts the ASR tags with another language, or written in another script, are flagged one by one; once
+    half of the latest ones (10 at least) are not English, the pipeline logs it once and speech_not_english() says
+    so (the node's diagnostic). The turns stay in the dialogue context."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(rec, (results := []).append, log=lambda level, text: logged.append((level, text)))
+    english = [utt(f"I have {k} things to say.") for k in range(10)]
+    tagged = [UtteranceIn("c", f"de{k}", "a", f"Ich habe {k} Dinge zu sagen.", 0.0, 0.0, time.monotonic(),
+                          language="de-DE") for k in range(5)]
+    answer(pipe, english + tagged + [utt(f"私は{k}個のことを言いたい。") for k in range(4)])
+    assert pipe.stats.not_english == 9 and not pipe.speech_not_english() and not logged
+    assert [("transcript-not-english" in r.prediction.flags) for r in results] == [False] * 10 + [True] * 9
+    assert pipe.language_summary() == ("9 of the latest 19 transcripts are not English (the latest: Japanese kana "
+                                       "script)")
+    answer(pipe, [UtteranceIn("c", "ru", "a", "Привет!", 0.0, 0.0, time.monotonic(), language="ru")])
+    assert pipe.speech_not_english() and len(pipe.conversations["c"].dialogue) == 20
+    assert logged == [("warn", "10 of the latest 20 transcripts are not English (the latest: language tag 'ru'): "
+                               "the model learnt English only (MELD), and its answers to other languages say nothing "
+                               "of the speaker; they carry the flag transcript-not-english. Set the ASR to English, "
+                               "or leave such speech out")]
+    answer(pipe, [utt(f"Back to English, {k}.") for k in range(11)])
+    assert not pipe.speech_not_english() and len(logged) == 1 and pipe.stats.not_english == 10
+
+
 def test_transcripts_of_what_was_not_speech_are_skipped_and_counted(tiny_text_checkpoint):
     """Whisper writes [BLANK_AUDIO], (upbeat music) or ♪ for silence, music and noise, and on silence also the
     outros and subtitle credits of the videos it learnt from: no answer, no turn of the dialogue (the next

@@ -248,6 +248,10 @@ def card(run_dir: Path, checkpoint: Path, device: str, command: str, evaluation:
         "## Limits",
         "- English sitcom dialogue (Friends); robots hear other speech, other speakers, ASR errors "
         "(see reports/replay_asr_noise.md). Minority classes (fear, disgust) are poorly recognised.",
+        "- **English only**: an answer to another language says nothing of the speaker. The node flags transcripts "
+        "that the ASR tags with another language or that are written mostly in another script "
+        "(`transcript-not-english`; no MELD utterance is flagged); Latin-script languages without a tag are not "
+        "detected.",
         *asr_lines(asr_noise, checkpoint),
         "- Text only: facial expression and body language are not used by this checkpoint.",
         "- Emotion recognition is uncertain; treat the distribution as a cue, not a fact about a person.",
