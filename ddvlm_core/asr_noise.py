@@ -4,7 +4,8 @@ Robots hear ASR output, not gold transcripts. ``corrupt(text, wer, rng)`` applie
 deletions and insertions (default mix 60 / 25 / 15 %, a typical ASR error profile) so that the
 expected number of edits is ``wer`` x the number of words; ``word_error_rate`` measures the result
 (Levenshtein distance over words / reference length). ``unpunctuate(text)`` writes text as an ASR that does
-not punctuate would (Vosk, Kaldi recipes, many streaming ASRs): lower case, no punctuation.
+not punctuate would (Vosk, Kaldi recipes, many streaming ASRs): lower case, no punctuation. ``whisper_loop(text)``
+writes it as Whisper in a repetition loop does: its last sentence repeated until the window is full.
 """
 from __future__ import annotations
 
@@ -62,3 +63,19 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
             cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
         prev = cur
     return prev[-1] / max(1, len(ref))
+
+
+_SENTENCE = re.compile(r"[^.!?…]+[.!?…]*")
+
+
+def whisper_loop(text: str, min_words: int = 150) -> str:
+    """``text`` as Whisper writes it when it falls into a repetition loop at the end of its 30 s window: the last
+    sentence repeated until the transcript has at least ``min_words`` words (its 224-token window: about 150),
+    the last repeat cut short by the window (half of it kept). "Oh no. I'm sorry!" -> "Oh no. I'm sorry! I'm
+    sorry! ... I'm"."""
+    sentences = [m for m in _SENTENCE.findall(text) if re.search(r"\w", m)] or [text]
+    unit = sentences[-1].split()
+    out = text.split()
+    while len(out) < min_words:
+        out += unit
+    return " ".join(out + unit[:len(unit) // 2])

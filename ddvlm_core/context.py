@@ -121,6 +121,60 @@ def unpunctuated(text: str, min_words: int = UNPUNCTUATED_MIN_WORDS) -> bool:
     return len(text.split()) >= min_words and not any(c in SENTENCE_PUNCTUATION for c in text)
 
 
+# An ASR repetition loop: Whisper, on noise or when its own previous text misleads it, repeats a word or a sentence
+# until its 30 s window ends ("Thank you. Thank you. ..." 40 times; its transcribe() retries a window whose text
+# compresses more than 2.4 times, other wrappers do not). People repeat themselves too: MELD's utterances repeat a
+# unit of up to 6 words at most 10 times, over at most 18 words ("Not yet!" x8, "Go!" x10). A unit of up to
+# LOOP_MAX_UNIT words repeated LOOP_MIN_REPEATS+ times over LOOP_MIN_WORDS+ words is a loop, beyond any of MELD's
+# (a window of about 150 words holds 3 repeats of a unit of 50).
+LOOP_MIN_REPEATS, LOOP_MIN_WORDS, LOOP_KEEP, LOOP_MAX_UNIT = 3, 24, 3, 50
+REPETITION_LOOP_FLAG = "transcript-repetition-loop"  # on an answer to a transcript whose loop was cut
+_WORD_WITH_SPACE = re.compile(r"\S+\s*")
+
+
+def _word_key(word: str) -> str:
+    """What two repeats of a word share: "Joey!" and "joey." are one word."""
+    return re.sub(r"[^\w']", "", word.lower()) or word.strip()
+
+
+def _loop_at(keys: list[str], i: int) -> tuple[int, int]:
+    """(unit length n, repeats r) of the loop that covers most words from ``keys[i]`` on ((0, 0): none)."""
+    best, covered = (0, 0), 0
+    for n in range(1, min(LOOP_MAX_UNIT, (len(keys) - i) // LOOP_MIN_REPEATS) + 1):
+        if keys[i + n] != keys[i]:
+            continue
+        unit, r = keys[i:i + n], 1
+        while keys[i + r * n:i + (r + 1) * n] == unit:
+            r += 1
+        if r >= LOOP_MIN_REPEATS and r * n >= LOOP_MIN_WORDS and r * n > covered:
+            best, covered = (n, r), r * n
+    return best
+
+
+def collapse_repetition_loops(text: str) -> tuple[str, int]:
+    """``text`` with each ASR repetition loop cut to its first LOOP_KEEP repeats, and how many repeats were cut.
+    A loop left unfinished at the end of the text (the ASR's window ended mid-repeat) goes with it. No MELD
+    utterance is changed: training and the robot see the same text."""
+    words = _WORD_WITH_SPACE.findall(text)
+    if len(words) < LOOP_MIN_WORDS:
+        return text, 0
+    keys = [_word_key(w) for w in words]
+    kept, cut, i = [], 0, 0
+    while i < len(words):
+        n, r = _loop_at(keys, i)
+        if not r:
+            kept.append(words[i])
+            i += 1
+            continue
+        kept += words[i:i + LOOP_KEEP * n]
+        cut += r - LOOP_KEEP
+        i += r * n
+        rest = keys[i:]
+        if len(rest) < n and rest == keys[i - n:i - n + len(rest)]:  # a last repeat cut short by the window
+            i = len(words)
+    return ("".join(kept).strip(), cut) if cut else (text, 0)
+
+
 @dataclass(frozen=True)
 class Turn:
     """One utterance of a dialogue with the speaker token it was given."""
@@ -129,6 +183,14 @@ class Turn:
     text: str
     speaker: str = ""
     language: str = ""  # the ASR's language tag, e.g. "en-GB" ("" = not given): see ddvlm_core.language
+    repeats_cut: int = 0  # repeats of an ASR repetition loop cut from the text (collapse_repetition_loops)
+
+    @classmethod
+    def of(cls, speaker_token: str, text: str | bytes, speaker: str | None = None, language: str = "") -> Turn:
+        """A turn as an utterance enters a dialogue: text cleaned (``normalize_utterance``), repetition loops
+        cut (``collapse_repetition_loops``)."""
+        text, cut = collapse_repetition_loops(normalize_utterance(text))
+        return cls(speaker_token, text, (speaker or "").strip(), (language or "").strip(), cut)
 
 
 class SpeakerRegistry:
@@ -172,8 +234,7 @@ def make_turns(utterances: Iterable) -> list[Turn]:
         if not isinstance(language, str):
             raise TypeError(f"utterance {index}: language must be a str (a tag such as 'en-GB'), got "
                             f"{type(language).__name__}")
-        turns.append(Turn(registry.token(speaker), normalize_utterance(text), (speaker or "").strip(),
-                          language.strip()))
+        turns.append(Turn.of(registry.token(speaker), text, speaker, language))
     return turns
 
 
@@ -213,8 +274,7 @@ class Dialogue:
         self._turns: deque[Turn] = deque(maxlen=max_turns)
 
     def add(self, speaker: str | None, text: str | bytes, language: str = "") -> Turn:
-        turn = Turn(self.speakers.token(speaker), normalize_utterance(text), (speaker or "").strip(),
-                    (language or "").strip())
+        turn = Turn.of(self.speakers.token(speaker), text, speaker, language)
         self._turns.append(turn)
         return turn
 

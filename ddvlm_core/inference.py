@@ -16,7 +16,7 @@ import torch
 
 from ddvlm_core.calibration import describe as describe_calibration
 from ddvlm_core.captioner import Caption, filter_emotion_words
-from ddvlm_core.context import Dialogue, PromptBuilder, Turn, make_turns, unpunctuated
+from ddvlm_core.context import REPETITION_LOOP_FLAG, Dialogue, PromptBuilder, Turn, make_turns, unpunctuated
 from ddvlm_core.labels import LABELS
 from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
 from ddvlm_core.model import DDVLM, cuda_graph_skips, probabilities
@@ -156,7 +156,8 @@ class EmotionRecognizer:
             f = flags[i] + (("context-truncated",) if prompt.n_turns_dropped else ()) \
                 + (("current-utterance-truncated",) if prompt.truncated_current else ()) \
                 + (("transcript-unpunctuated",) if plain[i] else ()) \
-                + ((NOT_ENGLISH_FLAG,) if not_english(turns[i][-1].text, turns[i][-1].language) else ())
+                + ((NOT_ENGLISH_FLAG,) if not_english(turns[i][-1].text, turns[i][-1].language) else ()) \
+                + ((REPETITION_LOOP_FLAG,) if turns[i][-1].repeats_cut else ())
             top = int(probs[i].argmax())
             out.append(EmotionPrediction(
                 LABELS, tuple(probs[i].tolist()), tuple(text_probs[i].tolist()), LABELS[top],

@@ -579,6 +579,7 @@ class EmotionNode(LifecycleNode):
                        "context_only_utterances": s.context_only, "non_speech_transcripts": s.non_speech,
                        "transcripts_unpunctuated": self.pipeline.punctuation_summary(),
                        "transcripts_not_english": self.pipeline.language_summary(),
+                       "asr_repetition_loops": s.repetition_loops,
                        "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ddvlm_core.captioner import Frame, uniform_picks
-from ddvlm_core.context import UNPUNCTUATED_MIN_WORDS, Dialogue, Turn, non_speech, unpunctuated
+from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_MIN_WORDS, Dialogue, Turn, non_speech,
+                                unpunctuated)
 from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
 
 DEFAULT_CONVERSATION = "default"
@@ -104,6 +105,7 @@ class Stats:
     non_speech: int = 0  # transcripts of annotations only (Whisper's [BLANK_AUDIO], (music)): skipped, not utterances
     unpunctuated: int = 0  # classified transcripts of 3+ words without sentence punctuation (flagged)
     unpunctuated_recent: RecentShare = field(default_factory=lambda: RecentShare(PUNCTUATION_WINDOW, PUNCTUATION_MIN))
+    repetition_loops: int = 0  # classified transcripts in which the ASR looped (flagged transcript-repetition-loop)
     not_english: int = 0  # classified transcripts in another language than English (flagged transcript-not-english)
     not_english_why: str = ""  # what said so of the latest of them: "language tag 'ja'", "Cyrillic script"
     not_english_recent: RecentShare = field(default_factory=lambda: RecentShare(LANGUAGE_WINDOW, LANGUAGE_MIN))
@@ -492,6 +494,7 @@ class EmotionPipeline:
         turns = conv.dialogue.turns
         self._watch_punctuation(turns[-1].text)
         self._watch_language(turns[-1])
+        self._watch_loops(turns[-1])
         prediction = self.recognizer.predict(turns)
         self._publish(utt, prediction, refined=False)
         if self.captioner is not None:
@@ -534,6 +537,17 @@ class EmotionPipeline:
             self.log("warn", f"{self.language_summary()}: the model learnt English only (MELD), and its answers to "
                              f"other languages say nothing of the speaker; they carry the flag {NOT_ENGLISH_FLAG}. "
                              "Set the ASR to English, or leave such speech out")
+
+    def _watch_loops(self, turn: Turn) -> None:
+        """Count a transcript in which the ASR looped (its repeats were cut); say so the first time."""
+        if not turn.repeats_cut:
+            return
+        self.stats.repetition_loops += 1
+        if self.stats.repetition_loops == 1:
+            self.log("warn", f"the ASR repeated itself {turn.repeats_cut + LOOP_KEEP} times in one transcript "
+                             f"({turn.text[:60]!r} ...), as Whisper does in a repetition loop: the repeats past "
+                             f"{LOOP_KEEP} are cut and the answer carries the flag {REPETITION_LOOP_FLAG}. With "
+                             "Whisper: condition_on_previous_text=False and a VAD keep it from looping")
 
     def speech_not_english(self) -> bool:
         """Whether at least half of the latest classified transcripts (LANGUAGE_MIN of them at least) are not

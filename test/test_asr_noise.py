@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from ddvlm_core.asr_noise import corrupt, unpunctuate, word_error_rate
+from ddvlm_core.asr_noise import corrupt, unpunctuate, whisper_loop, word_error_rate
 from ddvlm_core.context import unpunctuated
 from ddvlm_core.meld import read_split
 
@@ -50,3 +50,19 @@ def test_fewer_than_one_percent_of_meld_utterances_of_three_words_or_more_lack_p
         texts = [u.text for u in read_split(split) if len(u.text.split()) >= 3]
         assert sum(map(unpunctuated, texts)) < 0.01 * len(texts)
         assert all(unpunctuated(unpunctuate(t)) for t in texts if len(unpunctuate(t).split()) >= 3)
+
+
+def test_a_whisper_loop_repeats_the_last_sentence_until_the_window_is_full_and_the_node_cuts_every_one():
+    from ddvlm_core.context import collapse_repetition_loops
+
+    assert whisper_loop("Oh no. I'm sorry!", 12) == "Oh no. I'm sorry! I'm sorry! I'm sorry! I'm sorry! I'm sorry! I'm"
+    kidding = "What?! Are you kidding me?! Are you kidding me?! Are you kidding me?! Are you"
+    assert whisper_loop("What?! Are you kidding me?!", 12) == kidding
+    assert whisper_loop("Hi", 3) == "Hi Hi Hi"
+    texts = [u.text for u in read_split("test")]
+    cut = [collapse_repetition_loops(whisper_loop(t)) for t in texts]  # a window of 150+ words
+    assert all(n > 0 for _, n in cut)  # each of MELD test's 2,610 utterances, looped, is caught
+    assert max(len(t.split()) for t, _ in cut) <= 3 * max(len(t.split()) for t in texts)  # 3 repeats at most
+    long = "I told you I was going to the store to buy some milk and some bread and then I was coming right back."
+    assert len(long.split()) == 23 and len(whisper_loop(long, 40).split()) == 57
+    assert collapse_repetition_loops(whisper_loop(long, 40)) == (whisper_loop(long, 40), 0)  # 2 repeats: no loop

@@ -62,14 +62,14 @@ def test_a_failed_row_reports_its_error_with_where_it_was_raised(tiny_text_check
 
 
 @pytest.mark.parametrize("bench, option", [("quantization.py", "--checkpoint"), ("asr_noise.py", "--model-dir"),
-                                           ("ros_latency.py", "--model-dir")])
+                                           ("ros_latency.py", "--model-dir"), ("asr_loops.py", "--model-dir")])
 def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written(tmp_path, bench, option):
     out = tmp_path / "reports"
     extra = ["--report-dir", str(out)] if bench == "quantization.py" else []
     proc = subprocess.run([sys.executable, f"bench/{bench}", option, str(tmp_path), *extra], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and option in proc.stderr and "not a ddvlm checkpoint" in proc.stderr
-    if extra:  # the other two write their reports only after all rows
+    if extra:  # the others write their reports only after all rows
         assert not out.exists()  # the committed report is not replaced by a table of failures
 
 

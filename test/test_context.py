@@ -2,7 +2,7 @@ import pytest
 
 from ddvlm_core.context import (UNKNOWN_SPEAKER_TOKEN, Dialogue, PromptBuilder, SpeakerRegistry, make_turns,
                                 normalize_utterance)
-from ddvlm_core.meld import dialogues
+from ddvlm_core.meld import dialogues, read_split
 from ddvlm_core.text import load_tokenizer
 
 
@@ -66,7 +66,8 @@ def test_prompt_ids_equal_tokenizing_the_prompt_text(which, mpnet_tokenizer, tin
 
 def test_long_dialogue_drops_earliest_whole_utterances_and_stays_within_511(mpnet_tokenizer):
     builder = PromptBuilder(mpnet_tokenizer)
-    turns = make_turns([("A" if k % 2 else "B", f"utterance number {k} " + "word " * 40) for k in range(40)])
+    words = " ".join(f"word{j}" for j in range(40))  # ("word " * 40 would be cut as an ASR repetition loop)
+    turns = make_turns([("A" if k % 2 else "B", f"utterance number {k} {words}") for k in range(40)])
     prompt = builder.build(turns)
     assert len(prompt.input_ids) <= 511
     assert prompt.n_turns_dropped > 0 and prompt.n_turns_used + prompt.n_turns_dropped == 40
@@ -181,3 +182,37 @@ def test_what_whisper_writes_for_silence_is_not_speech_and_no_meld_utterance_is(
     assert [t for t in silent if not non_speech(t)] == [] and [t for t in said if non_speech(t)] == []
     assert [r.text for split in ("train", "dev", "test") for rows in dialogues(split).values() for r in rows
             if non_speech(r.text)] == []
+
+
+def test_an_asr_repetition_loop_is_cut_to_three_repeats_and_no_meld_utterance_is_changed():
+    """Whisper on noise repeats a sentence until its window ends: past 3 repeats over 24+ words it is a loop
+    (MELD's people repeat a unit at most 10 times, over at most 18 words), cut to its first 3 repeats; a last
+    repeat cut short by the window goes with it."""
+    from ddvlm_core.context import collapse_repetition_loops as collapse
+
+    assert collapse("I don't know. " + "Thank you. " * 40 + "Thank") == ("I don't know. Thank you. Thank you. "
+                                                                         "Thank you.", 37)
+    assert collapse("Wait. " + "I'm going to the store. " * 6 + "Bye!") == ("Wait. I'm going to the store. I'm going "
+                                                                            "to the store. I'm going to the store. "
+                                                                            "Bye!", 3)
+    assert collapse("No! " * 30 + "No. I'm fine.") == ("No! No! No! I'm fine.", 28)  # "No." is a repeat too
+    assert collapse("a b " * 20) == ("a b a b a b", 17)  # the shortest unit: not "a b a b" x 10
+    twice = "Oh God, I hate my job, I hate it, I really do hate this job. " * 2
+    for kept in ["Not yet! " * 8, "ha " * 23, "Go! " * 10 + "Go!", twice]:
+        assert collapse(kept) == (kept, 0)  # under 24 words, or fewer than 3 repeats
+    texts = [u.text for split in ("train", "dev", "test") for u in read_split(split)]
+    assert len(texts) == 13708 and [t for t in texts if collapse(t)[1] or collapse(t)[0] != t] == []
+
+
+def test_a_cut_loop_reaches_the_model_as_three_repeats_and_the_answer_says_so(mpnet_tokenizer, tiny_text_checkpoint):
+    from ddvlm_core.inference import EmotionRecognizer
+
+    looped = make_turns([("Ross", "I got the job!"), ("Rachel", "Thank you. " * 40)])
+    three = make_turns([("Ross", "I got the job!"), ("Rachel", "Thank you. " * 3)])
+    assert [t.repeats_cut for t in looped] == [0, 37] and [t.repeats_cut for t in three] == [0, 0]
+    builder = PromptBuilder(mpnet_tokenizer)
+    assert builder.build(looped).input_ids == builder.build(three).input_ids
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    p_looped, p_three = rec.predict_batch([looped, three])
+    assert p_looped.probabilities == pytest.approx(p_three.probabilities, abs=1e-6)
+    assert p_looped.flags == ("transcript-repetition-loop",) and p_three.flags == ()

@@ -308,9 +308,21 @@ def test_empty_or_blank_transcripts_are_skipped(harness, tiny_text_checkpoint, t
 
 def test_huge_transcript_is_answered_with_a_truncation_flag(harness, tiny_text_checkpoint):
     h = harness(model_dir=tiny_text_checkpoint).start()
-    h.publish(String, "transcript", String(data="Ross: " + "blah " * 20000))
+    h.publish(String, "transcript", String(data="Ross: " + " ".join(f"blah{k}" for k in range(20000))))
     m = h.wait_for(1)[0]
     assert "current-utterance-truncated" in m.flags
+
+
+def test_an_asr_repetition_loop_is_cut_flagged_and_counted(harness, tiny_text_checkpoint):
+    """Whisper looping on noise: the transcript reaches the model with 3 repeats, the answer says the ASR looped,
+    and /diagnostics counts it."""
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    h.publish(String, "transcript", String(data="Ross: I got the job!"))
+    h.publish(String, "transcript", String(data="Rachel: " + "Thank you. " * 40 + "Thank"))
+    first, looped = h.wait_for(2)
+    assert first.flags == [] and looped.flags == ["transcript-repetition-loop"]
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["asr_repetition_loops"] == "1"
 
 
 def test_non_utf8_text_is_rejected_by_the_pipeline(harness, tiny_text_checkpoint):

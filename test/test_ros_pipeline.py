@@ -549,6 +549,20 @@ def test_speech_in_another_language_is_flagged_and_said_once(tiny_text_checkpoin
     assert not pipe.speech_not_english() and len(logged) == 1 and pipe.stats.not_english == 10
 
 
+def test_an_asr_repetition_loop_is_said_once_and_counted(tiny_text_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(rec, (results := []).append, log=lambda level, text: logged.append((level, text)))
+    answer(pipe, [utt("I got the job!"), utt("Thank you. " * 40), utt("you " * 100), utt("Go! " * 10)])
+    assert [("transcript-repetition-loop" in r.prediction.flags) for r in results] == [False, True, True, False]
+    assert pipe.stats.repetition_loops == 2 and [t.text for t in pipe.conversations["c"].dialogue.turns][1:3] == [
+        "Thank you. Thank you. Thank you.", "you you you"]
+    assert logged == [("warn", "the ASR repeated itself 40 times in one transcript ('Thank you. Thank you. Thank "
+                               "you.' ...), as Whisper does in a repetition loop: the repeats past 3 are cut and the "
+                               "answer carries the flag transcript-repetition-loop. With Whisper: "
+                               "condition_on_previous_text=False and a VAD keep it from looping")]
+
+
 def test_transcripts_of_what_was_not_speech_are_skipped_and_counted(tiny_text_checkpoint):
     """Whisper writes [BLANK_AUDIO], (upbeat music) or ♪ for silence, music and noise, and on silence also the
     outros and subtitle credits of the videos it learnt from: no answer, no turn of the dialogue (the next

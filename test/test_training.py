@@ -605,7 +605,7 @@ def torchrun_training(tmp_path, tiny_roberta_dir, run_dir: str, *extra: str) -> 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), "-m", "training"] + [f"--{k}={v}" for k, v in overrides.items()] + list(extra)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-6000:]  # a failed rank's traceback, before torchrun's summary
 
 
 def test_two_gloo_ranks_under_torchrun_end_with_identical_weights_and_resume_as_if_uninterrupted(
