@@ -230,7 +230,7 @@ def make_turns(utterances: Iterable) -> list[Turn]:
     turns = []
     for index, item in enumerate(utterances):
         speaker, text = speaker_and_text(item, index)
-        language = item.get("language") or "" if isinstance(item, abc.Mapping) else ""
+        language = (item.get("language") or "") if isinstance(item, abc.Mapping) else ""
         if not isinstance(language, str):
             raise TypeError(f"utterance {index}: language must be a str (a tag such as 'en-GB'), got "
                             f"{type(language).__name__}")
