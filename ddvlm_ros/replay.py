@@ -32,7 +32,7 @@ from typing import Callable, Collection, Iterator, NamedTuple
 import numpy as np
 from rosbags.rosbag2 import Reader
 
-from ddvlm_core.context import UNPUNCTUATED_MIN_WORDS, has_text, non_speech
+from ddvlm_core.context import LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_MIN_WORDS, has_text, non_speech
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.language import NOT_ENGLISH_FLAG
 from ddvlm_core.metrics import metrics
@@ -155,14 +155,20 @@ class ReplayResult:
                      "such text: reports/replay_asr_noise.md)")
         return line
 
-    def language_line(self) -> str:
-        """How many answered transcripts were not English (flag ``transcript-not-english``: another script, or the
-        ASR's language tag), '' when none: the model reads English only."""
+    def flagged_line(self, flag: str, what: str) -> str:
+        """'transcripts: k of the n answered ones <what> (flag <flag>)', '' when no answer carries ``flag``."""
         answered = [k for k in self.finals if "text" in self.answers.get(k, {})]
-        flagged = sum(NOT_ENGLISH_FLAG in self.answers[k]["text"].flags for k in answered)
-        return (f"transcripts: {flagged} of the {len(answered)} answered ones are not English (flag "
-                f"{NOT_ENGLISH_FLAG}); the model reads English only, and those answers say nothing of the speaker"
-                ) if flagged else ""
+        flagged = sum(flag in self.answers[k]["text"].flags for k in answered)
+        return f"transcripts: {flagged} of the {len(answered)} answered ones {what} (flag {flag})" if flagged else ""
+
+    def language_line(self) -> str:
+        """How many answered transcripts were not English (another script, or the ASR's language tag)."""
+        return self.flagged_line(NOT_ENGLISH_FLAG, "are not English; the model reads English only, and those answers "
+                                                   "say nothing of the speaker")
+
+    def loop_line(self) -> str:
+        """How many answered transcripts were ASR repetition loops (cut to LOOP_KEEP repeats)."""
+        return self.flagged_line(REPETITION_LOOP_FLAG, f"were ASR repetition loops, cut to {LOOP_KEEP} repeats")
 
     def prediction(self, key: str):
         entry = self.answers.get(key, {})
@@ -508,7 +514,7 @@ def main(argv: list[str]) -> int:
               f"(their keys look like {unlabelled[0]!r}); they are not scored")
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
-    notes = (result.camera_line(), result.transcript_line(), result.language_line())
+    notes = (result.camera_line(), result.transcript_line(), result.language_line(), result.loop_line())
     for note in notes:
         if note:
             print(note)

@@ -286,21 +286,29 @@ def test_the_replay_report_counts_transcripts_without_punctuation(tmp_path, tiny
     assert "transcripts:" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
 
 
-def test_the_replay_report_counts_transcripts_in_another_language(tmp_path, tiny_text_checkpoint, capsys):
-    """Whisper, left to detect the language, transcribes a short English clip in another one now and then: the
-    answer carries the flag transcript-not-english, and the report counts them."""
+def test_the_replay_report_counts_transcripts_in_another_language_and_repetition_loops(tmp_path, tiny_text_checkpoint,
+                                                                                       capsys):
+    """Whisper, left to detect the language, transcribes a short English clip in another one now and then, and on
+    noise it loops: the answers carry the flags transcript-not-english and transcript-repetition-loop, and the
+    report counts them."""
     from ddvlm_ros.replay import main
 
-    lines = ROBOT_LINES[:2] + ["Ross: Они позвонили сегодня утром."] + ROBOT_LINES[3:]
+    lines = ROBOT_LINES[:2] + ["Ross: Они позвонили сегодня утром.", "Rachel: " + "Oh my God. " * 20]
     bag = write_robot_bag(tmp_path / "whisper", lines, fps=0.0)
     out = tmp_path / "out"
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
                  "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
     records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
-    assert [("transcript-not-english" in r["text"]["flags"]) for r in records] == [False, False, True, False]
-    note = "transcripts: 1 of the 4 answered ones are not English (flag transcript-not-english)"
-    assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
-    assert "not English" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
+    assert [r["text"]["flags"] for r in records] == [[], [], ["transcript-not-english"],
+                                                     ["transcript-repetition-loop"]]
+    notes = ["transcripts: 1 of the 4 answered ones are not English; the model reads English only, and those answers "
+             "say nothing of the speaker (flag transcript-not-english)",
+             "transcripts: 1 of the 4 answered ones were ASR repetition loops, cut to 3 repeats (flag "
+             "transcript-repetition-loop)"]
+    report, printed = (out / "replay.md").read_text(), capsys.readouterr().out
+    assert all(note in report and note in printed for note in notes)
+    english = report_of_robot_bag(tmp_path, tiny_text_checkpoint)
+    assert "not English" not in english and "repetition" not in english
 
 
 def report_of_robot_bag(tmp_path, checkpoint) -> str:
