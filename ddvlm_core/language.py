@@ -3,7 +3,7 @@
 Every checkpoint learnt from MELD (English subtitles of Friends) on an English text encoder (MPNet, RoBERTa). A
 multilingual robot, or an ASR that detects the language itself (Whisper does, and on short clips now and then
 picks the wrong one, then transcribes in it), hands the node text in other languages, and the answer to such text
-says nothing about the speaker. Two signs are read, both certain where they are given:
+says nothing about the speaker. Two signs are read:
 
 - the ASR's language tag (ROS4HRI's ``LiveSpeech.language``, e.g. ``en-GB``; Whisper's ``ja``);
 - the text's script: mostly letters of another script than Latin (Han, kana, Hangul, Cyrillic, Arabic ...).
