@@ -204,6 +204,16 @@ def test_an_asr_repetition_loop_is_cut_to_three_repeats_and_no_meld_utterance_is
     assert len(texts) == 13708 and [t for t in texts if collapse(t)[1] or collapse(t)[0] != t] == []
 
 
+def test_the_readme_states_the_loop_rule_the_code_applies():
+    from pathlib import Path
+
+    from ddvlm_core.context import LOOP_KEEP, LOOP_MAX_UNIT, LOOP_MIN_REPEATS, LOOP_MIN_WORDS
+
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert (f"a unit of up to {LOOP_MAX_UNIT} words repeated {LOOP_MIN_REPEATS}+ times over {LOOP_MIN_WORDS}+ words "
+            f"is cut to its first {LOOP_KEEP} repeats") in readme
+
+
 def test_a_cut_loop_reaches_the_model_as_three_repeats_and_the_answer_says_so(mpnet_tokenizer, tiny_text_checkpoint):
     from ddvlm_core.inference import EmotionRecognizer
 
