@@ -61,14 +61,19 @@ def fit_temperature(logits: Tensor, labels: Tensor, t_min: float = T_MIN, t_max:
     return 1.0 / ((lo + hi) / 2)
 
 
-def expected_calibration_error(probabilities: Tensor, labels: Tensor, n_bins: int = ECE_BINS) -> float:
-    """ECE in percent: the bin-weighted mean gap between accuracy and mean confidence, equal-width bins of the
+def confidence_bins(probabilities: Tensor, labels: Tensor, n_bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(confidence max_c p_c, 1.0 where the argmax is right, bin index) of every input: equal-width bins of the
     confidence on (0, 1], each closed on the right (a confidence of exactly k / n_bins falls in the bin that ends
     there, as in Guo et al.'s code)."""
     probabilities, labels = probabilities.detach().double().cpu(), labels.detach().long().cpu()
     confidence, predicted = probabilities.max(-1)
     correct = (predicted == labels).double()
-    bins = torch.clamp(torch.ceil(confidence * n_bins).long() - 1, 0, n_bins - 1)
+    return confidence, correct, torch.clamp(torch.ceil(confidence * n_bins).long() - 1, 0, n_bins - 1)
+
+
+def expected_calibration_error(probabilities: Tensor, labels: Tensor, n_bins: int = ECE_BINS) -> float:
+    """ECE in percent: the bin-weighted mean gap between accuracy and mean confidence (``confidence_bins``)."""
+    confidence, correct, bins = confidence_bins(probabilities, labels, n_bins)
     total = 0.0
     for b in range(n_bins):
         members = bins == b
@@ -81,10 +86,7 @@ def expected_calibration_error(probabilities: Tensor, labels: Tensor, n_bins: in
 def reliability(probabilities: Tensor, labels: Tensor, n_bins: int = 5) -> list[dict]:
     """Per confidence bin: its range, how many inputs fell in it, their mean confidence and their accuracy (%):
     the table a behaviour designer reads to pick a threshold."""
-    probabilities, labels = probabilities.detach().double().cpu(), labels.detach().long().cpu()
-    confidence, predicted = probabilities.max(-1)
-    correct = (predicted == labels).double()
-    bins = torch.clamp(torch.ceil(confidence * n_bins).long() - 1, 0, n_bins - 1)
+    confidence, correct, bins = confidence_bins(probabilities, labels, n_bins)
     rows = []
     for b in range(n_bins):
         members = bins == b

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from ddvlm_core.calibration import manifest_entry
 from ddvlm_core.model import DDVLM
 from training.config import TrainConfig
-from training.loop import fitted_temperatures
+from training.loop import apply_fitted_temperatures
 from training.state import BEST, load_trainable_state, recover_state
 
 
@@ -52,11 +51,7 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     # the temperatures the run fitted on dev (result.json: written when a stage finished, with its best weights)
     stages = {stage: json.loads((run_dir / stage / "result.json").read_text())
               for stage in ("text", "fusion") if (run_dir / stage / "result.json").is_file()}
-    calibration = fitted_temperatures(stages, modules)
-    for field, temperature in calibration.items():
-        setattr(model.config, field, temperature)
-    if calibration:
-        extra["calibration"] = manifest_entry(calibration)
+    extra |= apply_fitted_temperatures(model, stages, modules)
     return model.save(out or run_dir / "checkpoint", tuple(modules), extra=extra)
 
 

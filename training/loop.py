@@ -567,26 +567,25 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
     if rank == 0:
         confusion_pngs(results["stages"], run_dir)
         captioner = {"captioner": results["captions"]["captioner"]} if "visual_head" in modules else {}
-        calibration = fitted_temperatures(results["stages"], modules)
-        for field, temperature in calibration.items():
-            setattr(model.config, field, temperature)
+        calibration = apply_fitted_temperatures(model, results["stages"], modules)
         model.save(run_dir / "checkpoint", tuple(modules),
-                   extra={"trained_by": "training.loop", "run": cfg.to_dict(), **captioner,
-                          **({"calibration": manifest_entry(calibration)} if calibration else {})})
+                   extra={"trained_by": "training.loop", "run": cfg.to_dict(), **captioner, **calibration})
         (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     barrier()
     return results
 
 
-def fitted_temperatures(stages: dict, modules: list[str]) -> dict[str, float]:
-    """{"text_temperature": T, "fused_temperature": T} of the stages that fitted one, for the checkpoint's config
-    (the fused one only when the checkpoint ships the fusion)."""
+def apply_fitted_temperatures(model: DDVLM, stages: dict, modules: list[str]) -> dict:
+    """Set the checkpoint config's "text_temperature" and "fused_temperature" to those the stages fitted (the fused
+    one only when the checkpoint ships the fusion); returns the manifest's ``{"calibration": entry}`` ({} when no
+    stage fitted one)."""
     fitted = {}
     for stage, field in (("text", "text_temperature"), ("fusion", "fused_temperature")):
         temperature = stages.get(stage, {}).get("calibration", {}).get("temperature")
         if temperature is not None and (stage == "text" or "fusion" in modules):
             fitted[field] = temperature
-    return fitted
+            setattr(model.config, field, temperature)
+    return {"calibration": manifest_entry(fitted)} if fitted else {}
 
 
 def confusion_pngs(stages: dict, run_dir: Path) -> None:
