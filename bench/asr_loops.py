@@ -49,18 +49,6 @@ def turns_of(row: int, texts: list[str], speakers: list[str]):
     return [Turn(t.speaker_token, normalize_utterance(text), t.speaker) for t, text in zip(turns, texts)]
 
 
-def predict_all(recognizer, contexts: list, batch: int = 16) -> list:
-    from tqdm import tqdm
-
-    order = sorted(range(len(contexts)), key=lambda i: sum(len(t.text) for t in contexts[i]))
-    out = [None] * len(contexts)
-    for start in tqdm(range(0, len(order), batch), unit="batch", mininterval=10, leave=False):
-        idx = order[start:start + batch]
-        for i, p in zip(idx, recognizer.predict_batch([contexts[i] for i in idx])):
-            out[i] = p
-    return out
-
-
 def score(predictions: list, gold: list[str], keep: list[bool]) -> dict:
     from ddvlm_core.labels import label_id
     from ddvlm_core.metrics import metrics
@@ -106,7 +94,7 @@ def main(argv: list[str]) -> int:
         for texts, speakers, _, _ in data:
             turns = turns_of(row, texts[row], speakers)
             contexts += [turns[:k + 1] for k in range(len(turns))]
-        predictions = predict_all(recognizer, contexts)
+        predictions = recognizer.predict_many(contexts, desc=name)
         rows.append({"row": name, "all": score(predictions, gold, [True] * len(gold)),
                      "looped": score(predictions, gold, looped), "after_a_loop": score(predictions, gold, after),
                      "flagged_loops": sum("transcript-repetition-loop" in p.flags for p in predictions)})

@@ -41,14 +41,9 @@ def evaluate_bag(bag: Path, recognizer, batch: int = 16) -> dict:
         turns.append((msg.speaker_id, msg.text))
         contexts.append(list(turns))
         keys.append(f"{msg.conversation_id}/{msg.utterance_id}")
-    from tqdm import tqdm
-
-    order = sorted(range(len(contexts)), key=lambda i: sum(len(t) for _, t in contexts[i]))
-    preds, probabilities = [None] * len(contexts), [None] * len(contexts)
-    for start in tqdm(range(0, len(order), batch), desc=bag.name, unit="batch", mininterval=10, leave=False):
-        idx = order[start : start + batch]
-        for i, p in zip(idx, recognizer.predict_batch([contexts[i] for i in idx])):
-            preds[i], probabilities[i] = LABELS.index(p.top_label), p.probabilities
+    predictions = recognizer.predict_many(contexts, batch, desc=bag.name)
+    preds = [LABELS.index(p.top_label) for p in predictions]
+    probabilities = [p.probabilities for p in predictions]
     gold = [label_id(labels[k]) for k in keys]
     from ddvlm_core.calibration import published_calibration
 

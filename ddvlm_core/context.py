@@ -111,6 +111,7 @@ def non_speech(text) -> bool:
 
 SENTENCE_PUNCTUATION = ".,!?;:…—–。，！？；："
 UNPUNCTUATED_MIN_WORDS = 3
+UNPUNCTUATED_FLAG = "transcript-unpunctuated"  # on an answer to a transcript ``unpunctuated`` holds for
 
 
 def unpunctuated(text: str, min_words: int = UNPUNCTUATED_MIN_WORDS) -> bool:

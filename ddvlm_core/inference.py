@@ -16,7 +16,8 @@ import torch
 
 from ddvlm_core.calibration import describe as describe_calibration
 from ddvlm_core.captioner import Caption, filter_emotion_words
-from ddvlm_core.context import REPETITION_LOOP_FLAG, Dialogue, PromptBuilder, Turn, make_turns, unpunctuated
+from ddvlm_core.context import (REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, Dialogue, PromptBuilder, Turn, make_turns,
+                                speaker_and_text, unpunctuated)
 from ddvlm_core.labels import LABELS
 from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
 from ddvlm_core.model import DDVLM, cuda_graph_skips, probabilities
@@ -40,6 +41,12 @@ class EmotionPrediction:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _characters(dialogue_context) -> int:
+    """How many characters the texts of a dialogue context hold, as given (``predict_many``'s batching order)."""
+    items = dialogue_context.turns if isinstance(dialogue_context, Dialogue) else dialogue_context
+    return sum(len(t.text) if isinstance(t, Turn) else len(speaker_and_text(t)[1]) for t in items)
 
 
 def as_turns(dialogue_context) -> list[Turn]:
@@ -124,6 +131,21 @@ class EmotionRecognizer:
         """Distribution for the last utterance of ``dialogue_context``, using only it and earlier ones."""
         return self.predict_batch([dialogue_context], [caption])[0]
 
+    def predict_many(self, contexts: Sequence, batch_size: int = 16, desc: str = "") -> list[EmotionPrediction]:
+        """``predict_batch`` over many dialogue contexts (a whole split), in batches of contexts of similar length
+        (less padding): one prediction per context, in order. With ``desc``, a progress bar, erased when done."""
+        from tqdm import tqdm
+
+        contexts = list(contexts)
+        order = sorted(range(len(contexts)), key=lambda i: _characters(contexts[i]))
+        out: list = [None] * len(contexts)
+        for start in tqdm(range(0, len(order), batch_size), desc=desc or None, unit="batch", mininterval=10,
+                          leave=False):
+            idx = order[start:start + batch_size]
+            for i, prediction in zip(idx, self.predict_batch([contexts[i] for i in idx])):
+                out[i] = prediction
+        return out
+
     @torch.inference_mode()
     def predict_batch(self, contexts: Sequence, captions: Iterable[str | Caption | None] | None = None):
         """``predict`` for several dialogue contexts in one forward pass: one prediction per context, in order
@@ -155,7 +177,7 @@ class EmotionRecognizer:
         for i, prompt in enumerate(prompts):
             f = flags[i] + (("context-truncated",) if prompt.n_turns_dropped else ()) \
                 + (("current-utterance-truncated",) if prompt.truncated_current else ()) \
-                + (("transcript-unpunctuated",) if plain[i] else ()) \
+                + ((UNPUNCTUATED_FLAG,) if plain[i] else ()) \
                 + ((NOT_ENGLISH_FLAG,) if not_english(turns[i][-1].text, turns[i][-1].language) else ()) \
                 + ((REPETITION_LOOP_FLAG,) if turns[i][-1].repeats_cut else ())
             top = int(probs[i].argmax())

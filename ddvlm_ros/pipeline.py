@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ddvlm_core.captioner import Frame, uniform_picks
-from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_MIN_WORDS, Dialogue, Turn, non_speech,
-                                unpunctuated)
+from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, Dialogue,
+                                Turn, non_speech)
 from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
 
 DEFAULT_CONVERSATION = "default"
@@ -492,10 +492,10 @@ class EmotionPipeline:
             self.stats.context_only += 1
             return
         turns = conv.dialogue.turns
-        self._watch_punctuation(turns[-1].text)
-        self._watch_language(turns[-1])
-        self._watch_loops(turns[-1])
         prediction = self.recognizer.predict(turns)
+        self._watch_punctuation(turns[-1].text, prediction.flags)
+        self._watch_language(turns[-1], prediction.flags)
+        self._watch_loops(turns[-1])
         self._publish(utt, prediction, refined=False)
         if self.captioner is not None:
             try:
@@ -503,12 +503,13 @@ class EmotionPipeline:
             except queue.Full:
                 self.stats.caption_timeouts += 1
 
-    def _watch_punctuation(self, text: str) -> None:
-        """Count a transcript of 3+ words without punctuation; the first time most of the latest ones have none,
-        say so (the model learnt from punctuated text and scores far lower without it)."""
+    def _watch_punctuation(self, text: str, flags: tuple[str, ...]) -> None:
+        """Count a transcript of 3+ words without punctuation (its answer's ``flags`` say so); the first time most
+        of the latest ones have none, say so (the model learnt from punctuated text and scores far lower without
+        it)."""
         if len(text.split()) < UNPUNCTUATED_MIN_WORDS:
             return
-        missing = unpunctuated(text)
+        missing = UNPUNCTUATED_FLAG in flags
         self.stats.unpunctuated += missing
         if self.stats.unpunctuated_recent.add(missing):
             self.log("warn", f"{self.punctuation_summary()}: the transcripts come without punctuation, and the "
@@ -526,14 +527,15 @@ class EmotionPipeline:
         return (f"{missing} of the latest {n} transcripts of {UNPUNCTUATED_MIN_WORDS}+ words "
                 "have no punctuation") if n else ""
 
-    def _watch_language(self, turn: Turn) -> None:
-        """Count a transcript that is not English (``ddvlm_core.language``: the ASR's tag or the script); the
-        first time half of the latest ones are not, say so: the model reads English only."""
-        why = not_english(turn.text, turn.language)
-        if why:
+    def _watch_language(self, turn: Turn, flags: tuple[str, ...]) -> None:
+        """Count a transcript that is not English (its answer's ``flags`` say so; ``ddvlm_core.language`` says
+        why: the ASR's tag or the script); the first time half of the latest ones are not, say so: the model reads
+        English only."""
+        other = NOT_ENGLISH_FLAG in flags
+        if other:
             self.stats.not_english += 1
-            self.stats.not_english_why = why
-        if self.stats.not_english_recent.add(bool(why)):
+            self.stats.not_english_why = not_english(turn.text, turn.language)
+        if self.stats.not_english_recent.add(other):
             self.log("warn", f"{self.language_summary()}: the model learnt English only (MELD), and its answers to "
                              f"other languages say nothing of the speaker; they carry the flag {NOT_ENGLISH_FLAG}. "
                              "Set the ASR to English, or leave such speech out")

@@ -32,7 +32,8 @@ from typing import Callable, Collection, Iterator, NamedTuple
 import numpy as np
 from rosbags.rosbag2 import Reader
 
-from ddvlm_core.context import LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_MIN_WORDS, has_text, non_speech
+from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, has_text,
+                                non_speech)
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.language import NOT_ENGLISH_FLAG
 from ddvlm_core.metrics import metrics
@@ -143,8 +144,7 @@ class ReplayResult:
     def transcript_line(self) -> str:
         """How many answered transcripts of 3+ words had no punctuation (flag ``transcript-unpunctuated``), and
         what that costs when most of them had none ('' when none)."""
-        answered = [k for k in self.finals if "text" in self.answers.get(k, {})]
-        flagged = sum("transcript-unpunctuated" in self.answers[k]["text"].flags for k in answered)
+        answered, flagged = self.flagged(UNPUNCTUATED_FLAG)
         if not flagged:
             return ""
         long = sum(len(self.texts.get(k, "").split()) >= UNPUNCTUATED_MIN_WORDS for k in answered)
@@ -155,10 +155,14 @@ class ReplayResult:
                      "such text: reports/replay_asr_noise.md)")
         return line
 
+    def flagged(self, flag: str) -> tuple[list[str], int]:
+        """(the keys of the finals with a text answer, how many of those answers carry ``flag``)."""
+        answered = [k for k in self.finals if "text" in self.answers.get(k, {})]
+        return answered, sum(flag in self.answers[k]["text"].flags for k in answered)
+
     def flagged_line(self, flag: str, what: str) -> str:
         """'transcripts: k of the n answered ones <what> (flag <flag>)', '' when no answer carries ``flag``."""
-        answered = [k for k in self.finals if "text" in self.answers.get(k, {})]
-        flagged = sum(flag in self.answers[k]["text"].flags for k in answered)
+        answered, flagged = self.flagged(flag)
         return f"transcripts: {flagged} of the {len(answered)} answered ones {what} (flag {flag})" if flagged else ""
 
     def language_line(self) -> str:

@@ -76,6 +76,26 @@ def test_bad_input_is_a_clear_error(recognizer):
         recognizer.predict_batch([["Hi"]], [None, None])
 
 
+def test_predict_many_answers_each_context_in_order_as_predict_does(tiny_text_checkpoint):
+    """Many contexts, batched by length (their order shuffled for the batches): each answer is the one predict
+    gives that context alone, in the order given."""
+    from ddvlm_core.context import make_turns
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    dialogue = Dialogue()
+    dialogue.add("Ross", "We were on a break!")
+    contexts = [[("Ross", "I got the job!"), ("Rachel", "No way! That is so great, I am so happy for you!")],
+                ["Hi."], dialogue, make_turns([("Joey", "How you doin'?")]),
+                [("Monica", "Привет!")], [("Phoebe", "Smelly cat, smelly cat, what are they feeding you?")]]
+    many = rec.predict_many(contexts, batch_size=2)
+    alone = [rec.predict(c) for c in contexts]
+    assert [p.top_label for p in many] == [p.top_label for p in alone]
+    assert [p.flags for p in many] == [p.flags for p in alone] and "transcript-not-english" in many[4].flags
+    for m, a in zip(many, alone):
+        assert m.probabilities == pytest.approx(a.probabilities, abs=1e-5)
+    assert rec.predict_many([]) == []
+
+
 def test_warm_up_records_every_length_bucket_and_bucketed_predictions_match(tiny_text_checkpoint):
     """With length buckets (what compile_text sets for CUDA graphs on a GPU) warm_up runs each bucket width
     twice (run, then record), every backbone call is a bucket width, and predictions are those without."""
