@@ -580,11 +580,14 @@ class EmotionNode(LifecycleNode):
                        "transcripts_unpunctuated": self.pipeline.punctuation_summary(),
                        "transcripts_not_english": self.pipeline.language_summary(),
                        "asr_repetition_loops": s.repetition_loops,
+                       "self_echo_transcripts": self.pipeline.self_echo_summary(),
                        "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
             elif s.frame_window_miss:
                 level, message = DiagnosticStatus.WARN, "no frames in utterance windows (see frame_window_miss)"
+            elif self.pipeline.hears_robot():
+                level, message = DiagnosticStatus.WARN, "the ASR hears the robot (see self_echo_transcripts)"
             elif self.pipeline.speech_not_english():
                 level, message = DiagnosticStatus.WARN, "transcripts not in English (see transcripts_not_english)"
             elif self.pipeline.asr_unpunctuated():

@@ -94,7 +94,8 @@ PARAMS: tuple[Param, ...] = (
           at_least=0, applies="now"),
     Param("conversation_id", "default", "conversation id of plain-text transcripts", applies="now"),
     Param("context_only_speakers", "", "speaker ids, comma-separated, whose utterances join the dialogue context "
-          "but get no /emotion, e.g. the robot's own speech from its TTS ('robot')", applies="now"),
+          "but get no /emotion, e.g. the robot's own speech from its TTS ('robot'); a transcript repeating their "
+          "latest words is flagged transcript-echoes-robot (the ASR heard the robot)", applies="now"),
     Param("transcript_topic", "transcript", "std_msgs/String transcript topic ('' = off)", topic="optional",
           applies="activate"),
     Param("utterance_topic", "utterance", "ddvlm_msgs/Utterance topic ('' = off)", topic="optional",

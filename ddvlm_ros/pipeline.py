@@ -15,13 +15,14 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ddvlm_core.captioner import Frame, uniform_picks
 from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, Dialogue,
                                 Turn, non_speech)
 from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
+from ddvlm_core.self_echo import SELF_ECHO_FLAG, echoed_turn
 
 DEFAULT_CONVERSATION = "default"
 CLOCK_SKEW_S = 1.0  # frames stamped further than this from the node's clock on arrival come from another clock
@@ -30,6 +31,8 @@ PUNCTUATION_MIN = 10  # of them, before the node judges; half of them without pu
 RATE_SLACK = 0.1  # share of a frame period by which two kept frames may be closer (stamp jitter): see FrameBuffer
 LANGUAGE_WINDOW = 20  # the latest classified transcripts whose language is watched
 LANGUAGE_MIN = 10  # of them, before the node judges; half of them not in English: the speech is not English
+ECHO_WINDOW = 20  # the latest classified transcripts watched for echoes of the robot's speech
+ECHO_RECUR = 3  # of them repeating the robot: the ASR hears the robot (people, in MELD: under 1 % of utterances)
 
 
 class RecentShare:
@@ -69,6 +72,7 @@ class UtteranceIn:
     voice_id: str = ""  # ROS4HRI voice that spoke it ('' = another input)
     stream_id: str = ""  # the id its partial (streaming) results had, when the final one was given another
     language: str = ""  # the ASR's language tag, e.g. "en-GB" (ROS4HRI's LiveSpeech.language; '' = not given)
+    flags: tuple[str, ...] = ()  # what the pipeline found of it in its dialogue (an echo of the robot): on every answer
 
 
 @dataclass
@@ -109,6 +113,9 @@ class Stats:
     not_english: int = 0  # classified transcripts in another language than English (flagged transcript-not-english)
     not_english_why: str = ""  # what said so of the latest of them: "language tag 'ja'", "Cyrillic script"
     not_english_recent: RecentShare = field(default_factory=lambda: RecentShare(LANGUAGE_WINDOW, LANGUAGE_MIN))
+    self_echoes: int = 0  # classified transcripts repeating the robot's latest words (flagged transcript-echoes-robot)
+    self_echo_last: str = ""  # the latest of them and the robot's turn it repeated
+    self_echo_recent: RecentShare = field(default_factory=lambda: RecentShare(ECHO_WINDOW, ECHO_WINDOW))
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -492,6 +499,8 @@ class EmotionPipeline:
             self.stats.context_only += 1
             return
         turns = conv.dialogue.turns
+        if self.context_only_speakers.strip():
+            utt = self._watch_echo(utt, turns)
         prediction = self.recognizer.predict(turns)
         self._watch_punctuation(turns[-1].text, prediction.flags)
         self._watch_language(turns[-1], prediction.flags)
@@ -550,6 +559,35 @@ class EmotionPipeline:
                              f"({turn.text[:60]!r} ...), as Whisper does in a repetition loop: the repeats past "
                              f"{LOOP_KEEP} are cut and the answer carries the flag {REPETITION_LOOP_FLAG}. With "
                              "Whisper: condition_on_previous_text=False and a VAD keep it from looping")
+
+    def _watch_echo(self, utt: UtteranceIn, turns: tuple[Turn, ...]) -> UtteranceIn:
+        """The utterance, flagged when it repeats one of the robot's latest turns (``ddvlm_core.self_echo``); counted,
+        and the first time ECHO_RECUR of the latest transcripts do, said: the ASR hears the robot's own speech."""
+        robot = echoed_turn(turns, self.context_only)
+        recurring = self.hears_robot()
+        self.stats.self_echo_recent.add(robot is not None)
+        if robot is None:
+            return utt
+        self.stats.self_echoes += 1
+        self.stats.self_echo_last = f"{turns[-1].text[:60]!r} after the robot's {robot.text[:60]!r}"
+        if self.hears_robot() and not recurring:
+            self.log("warn", f"{self.self_echo_summary()}: the ASR hears the robot's own speech, and the node would "
+                             "answer how a person feels from the robot's words; those answers carry the flag "
+                             f"{SELF_ECHO_FLAG}. Mute the ASR while the robot speaks, or cancel the echo (AEC)")
+        return replace(utt, flags=utt.flags + (SELF_ECHO_FLAG,))
+
+    def hears_robot(self) -> bool:
+        """Whether ECHO_RECUR of the latest ECHO_WINDOW classified transcripts repeated the robot's latest words."""
+        return self.stats.self_echo_recent.counts()[0] >= ECHO_RECUR
+
+    def self_echo_summary(self) -> str:
+        """'k of the latest n transcripts repeated what the robot had just said (the latest: ...)' ('' before
+        any)."""
+        echoes, n = self.stats.self_echo_recent.counts()
+        if not echoes:
+            return ""
+        return (f"{echoes} of the latest {n} transcripts repeated what the robot had just said (the latest: "
+                f"{self.stats.self_echo_last})")
 
     def speech_not_english(self) -> bool:
         """Whether at least half of the latest classified transcripts (LANGUAGE_MIN of them at least) are not
@@ -696,4 +734,6 @@ class EmotionPipeline:
         if not refined:
             self.stats.latencies_ms.append(latency)
         self.stats.published += 1
+        if utt.flags:
+            prediction = replace(prediction, flags=prediction.flags + utt.flags)
         self.publish(Result(utt, prediction, refined, latency))

@@ -36,6 +36,7 @@ from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FL
                                 non_speech)
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.language import NOT_ENGLISH_FLAG
+from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.metrics import metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import parse_transcript
@@ -173,6 +174,10 @@ class ReplayResult:
     def loop_line(self) -> str:
         """How many answered transcripts were ASR repetition loops (cut to LOOP_KEEP repeats)."""
         return self.flagged_line(REPETITION_LOOP_FLAG, f"were ASR repetition loops, cut to {LOOP_KEEP} repeats")
+
+    def echo_line(self) -> str:
+        """How many answered transcripts repeated what the robot (``context_only_speakers``) had just said."""
+        return self.flagged_line(SELF_ECHO_FLAG, "repeated what the robot had just said: its own speech heard back?")
 
     def prediction(self, key: str):
         entry = self.answers.get(key, {})
@@ -518,7 +523,8 @@ def main(argv: list[str]) -> int:
               f"(their keys look like {unlabelled[0]!r}); they are not scored")
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
-    notes = (result.camera_line(), result.transcript_line(), result.language_line(), result.loop_line())
+    notes = (result.camera_line(), result.transcript_line(), result.language_line(), result.loop_line(),
+             result.echo_line())
     for note in notes:
         if note:
             print(note)

@@ -311,6 +311,25 @@ def test_the_replay_report_counts_transcripts_in_another_language_and_repetition
     assert "not English" not in english and "repetition" not in english
 
 
+def test_the_replay_report_counts_transcripts_repeating_the_robot(tmp_path, tiny_text_checkpoint, capsys):
+    """A robot bag whose ASR heard the robot's TTS (published as the context-only speaker robot): the answer to the
+    echo carries transcript-echoes-robot, and the report counts such answers."""
+    from ddvlm_ros.replay import main
+
+    lines = ["robot: Shall I bring you the blue cup?", "shall i bring you the blue cup", "Ann: Yes, please."]
+    bag = write_robot_bag(tmp_path / "echo", lines, fps=0.0)
+    out = tmp_path / "out"
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
+                 "--param", "context_only_speakers:=robot", "--answers", str(out / "answers.jsonl"),
+                 "--report", str(out / "replay.md")]) == 0
+    records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [("transcript-echoes-robot" in r["text"]["flags"]) for r in records] == [True, False]
+    note = ("transcripts: 1 of the 2 answered ones repeated what the robot had just said: its own speech heard back? "
+            "(flag transcript-echoes-robot)")
+    assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
+    assert "echoes-robot" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
+
+
 def report_of_robot_bag(tmp_path, checkpoint) -> str:
     """The replay report of ROBOT_LINES (English, punctuated) as text."""
     from ddvlm_ros.replay import main

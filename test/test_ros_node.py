@@ -147,6 +147,26 @@ def test_transcripts_without_punctuation_are_flagged_and_diagnosed(harness, tiny
     assert values["transcripts_unpunctuated"] == "10 of the latest 11 transcripts of 3+ words have no punctuation"
 
 
+def test_an_asr_that_hears_the_robot_is_diagnosed(harness, tiny_text_checkpoint):
+    """The robot's TTS reaches the node as its context-only speaker, and the ASR, listening while the robot speaks,
+    sends the same words back: those answers carry transcript-echoes-robot, and once three of the latest
+    transcripts do, /diagnostics says the ASR hears the robot."""
+    h = harness(model_dir=tiny_text_checkpoint, context_only_speakers="robot").start()
+    for k in range(3):
+        h.publish(String, "transcript", String(data=f"robot: Shall I bring you the blue cup number {k}?"))
+        h.publish(String, "transcript", String(data=f"shall i bring you the blue cup number {k}"))
+        h.publish(String, "transcript", String(data="Ann: Yes, please."))
+    got = h.wait_for(6)
+    assert [("transcript-echoes-robot" in m.flags, m.speaker_id) for m in got] == [(True, ""), (False, "Ann")] * 3
+    h.settle()
+    status = h.node.diagnostic_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == b"\x01" and status.message == "the ASR hears the robot (see self_echo_transcripts)"
+    assert values["self_echo_transcripts"] == (
+        "3 of the latest 6 transcripts repeated what the robot had just said (the latest: 'shall i bring you the blue "
+        "cup number 2' after the robot's 'Shall I bring you the blue cup number 2?')")
+
+
 def result_of(future, timeout: float = 10.0):
     """The result of a service call made from the harness's client (its executor spins in another thread)."""
     deadline = time.monotonic() + timeout

@@ -129,10 +129,10 @@ class CountingCaptioner:
         return Caption("The head is turning to the left.", self.name, len(frames))
 
 
-def finish_streamed_utterance(pipe, results: list) -> None:
+def finish_streamed_utterance(pipe, results: list, text: str = "I see it now") -> None:
     """The final result of utterance c/u1 (window 100.0-100.9 s), after its partial ones: wait for its text and
     refined answers and for the pipeline to go idle, then stop it."""
-    pipe.submit(UtteranceIn("c", "u1", "a", "I see it now", 100.0, 100.9, time.monotonic()))
+    pipe.submit(UtteranceIn("c", "u1", "a", text, 100.0, 100.9, time.monotonic()))
     deadline = time.monotonic() + 20
     while (len(results) < 2 or not pipe.idle()) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -577,3 +577,55 @@ def test_transcripts_of_what_was_not_speech_are_skipped_and_counted(tiny_text_ch
     spoken = [lines[0], lines[3], lines[6], lines[8]]
     assert [r.prediction.probabilities for r in results] == [rec.predict(spoken[: k + 1]).probabilities
                                                              for k in range(4)]
+
+
+ROBOT_SAID = ["I'm so sorry to hear that. That sounds terrible!", "Would you like me to call someone for you?",
+              "Okay, I will wait here with you until they come."]
+HEARD_BACK = ["so sorry to hear that that sounds terrible", "would you like me to call someone for",
+              "okay i will wait here with you until the income"]  # the last misheard at the end
+
+
+def test_transcripts_repeating_what_the_robot_just_said_are_flagged_and_said_once_they_recur(tiny_text_checkpoint):
+    """The robot's TTS comes back from an ASR that listens while the robot speaks: those transcripts repeat the
+    robot's turn (context_only_speakers) just before them. Each answer says so; the third within the latest 20
+    transcripts makes one WARN and hears_robot() (the node's diagnostic) true. A person's own reply is not flagged,
+    and with no context_only_speakers nothing is."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(rec, (results := []).append, context_only_speakers="robot",
+                           log=lambda level, text: logged.append((level, text)))
+    turns = []
+    for said, heard in zip(ROBOT_SAID, HEARD_BACK):
+        turns += [utt(said, "robot"), utt(heard, ""), utt("No, thank you, I am fine now.", "ann")]
+    answer(pipe, turns[:5])
+    assert not pipe.hears_robot() and not logged and pipe.stats.self_echoes == 2
+    assert pipe.self_echo_summary() == ("2 of the latest 3 transcripts repeated what the robot had just said (the "
+                                        "latest: 'would you like me to call someone for' after the robot's 'Would you "
+                                        "like me to call someone for you?')")
+    answer(pipe, turns[5:])
+    assert [("transcript-echoes-robot" in r.prediction.flags, r.utterance.speaker_id) for r in results] == [
+        (True, ""), (False, "ann")] * 3
+    assert pipe.hears_robot() and pipe.stats.self_echoes == 3 and len(pipe.conversations["c"].dialogue) == 9
+    assert logged == [("warn", "3 of the latest 5 transcripts repeated what the robot had just said (the latest: "
+                               "'okay i will wait here with you until the income' after the robot's 'Okay, I will wait "
+                               "here with you until they come.'): the ASR hears the robot's own speech, and the node "
+                               "would answer how a person feels from the robot's words; those answers carry the flag "
+                               "transcript-echoes-robot. Mute the ASR while the robot speaks, or cancel the echo "
+                               "(AEC)")]
+    answer(pipe, [utt(f"Something else, number {k}.", "ann") for k in range(19)])
+    assert not pipe.hears_robot() and len(logged) == 1 and pipe.self_echo_summary() == ""
+    _, plain = run_pipeline(rec, turns)  # no robot named: nothing to compare with
+    assert len(plain) == 9 and not any("transcript-echoes-robot" in r.prediction.flags for r in plain)
+
+
+def test_the_fused_answer_to_an_echo_carries_the_flag_too(tiny_visual_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    results = []
+    pipe = EmotionPipeline(rec, results.append, captioner=CountingCaptioner(), context_only_speakers="robot")
+    pipe.start()
+    for k in range(10):
+        pipe.add_frame(100.0 + 0.1 * k, __import__("numpy").zeros((8, 8, 3), "uint8"))
+    pipe.submit(UtteranceIn("c", "r1", "robot", ROBOT_SAID[0], 98.0, 100.0, time.monotonic()))
+    finish_streamed_utterance(pipe, results, HEARD_BACK[0])
+    flagged = [(r.refined, "transcript-echoes-robot" in r.prediction.flags) for r in results]
+    assert flagged == [(False, True), (True, True)]
