@@ -31,6 +31,7 @@ DEFAULT_MAX_TOKENS = 511
 N_SPEAKER_TOKENS = 9  # MELD dialogues have at most 9 speakers
 UNKNOWN_SPEAKER_TOKEN = "<s0>"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no character (json.loads('"\\ud83d"') gives one)
 
 
 def speaker_token(index: int) -> str:
@@ -46,7 +47,8 @@ def speaker_token_names(n_speakers: int = N_SPEAKER_TOKENS) -> list[str]:
 def normalize_utterance(text: str | bytes) -> str:
     """Clean transcript text: UTF-8 only, control characters removed, whitespace collapsed, non-empty.
 
-    Raises ValueError with the reason for bytes that are not UTF-8 and for text that is empty after
+    Raises ValueError with the reason for bytes that are not UTF-8, for a str that UTF-8 cannot hold (a lone
+    surrogate: half an emoji from text cut in UTF-16, or JSON's "\\ud83d") and for text that is empty after
     cleaning; TypeError for anything that is not text.
     """
     if isinstance(text, (bytes, bytearray)):
@@ -56,6 +58,9 @@ def normalize_utterance(text: str | bytes) -> str:
             raise ValueError(f"utterance is not valid UTF-8 (byte {e.start}: {e.reason})") from None
     if not isinstance(text, str):
         raise TypeError(f"utterance must be str or UTF-8 bytes, got {type(text).__name__}")
+    if bad := _SURROGATE.search(text):
+        raise ValueError(f"utterance is not valid Unicode (a lone surrogate, U+{ord(bad.group()):04X}, at character "
+                         f"{bad.start()})")
     text = unicodedata.normalize("NFC", _CONTROL.sub(" ", text))
     text = " ".join(text.split())
     if not text:
@@ -278,6 +283,12 @@ class Dialogue:
         turn = Turn.of(self.speakers.token(speaker), text, speaker, language)
         self._turns.append(turn)
         return turn
+
+    def take_back(self, turn: Turn) -> None:
+        """Remove ``turn`` when it is the latest: an utterance that could not be answered, kept out of the context
+        of the next ones. A turn it pushed out of a full window stays out."""
+        if self._turns and self._turns[-1] is turn:
+            self._turns.pop()
 
     @property
     def turns(self) -> tuple[Turn, ...]:

@@ -489,7 +489,7 @@ class EmotionPipeline:
         conv = self._conversation(utt.conversation_id)
         reused = conv.dialogue.speakers.reused
         try:
-            conv.dialogue.add(utt.speaker_id or None, utt.text, utt.language)
+            turn = conv.dialogue.add(utt.speaker_id or None, utt.text, utt.language)
         except (ValueError, TypeError) as e:
             self.stats.rejected += 1
             self.log("warn", f"utterance {utt.utterance_id!r} skipped: {e}")
@@ -501,7 +501,14 @@ class EmotionPipeline:
         turns = conv.dialogue.turns
         if self.context_only_speakers.strip():
             utt = self._watch_echo(utt, turns)
-        prediction = self.recognizer.predict(turns)
+        try:
+            prediction = self.recognizer.predict(turns)
+        except Exception as e:  # noqa: BLE001 - left in the context, it would fail every later answer there too
+            conv.dialogue.take_back(turn)
+            self.stats.last_error = f"{type(e).__name__}: {e}"
+            self.log("error", f"utterance {utt.utterance_id!r}: inference failed ({self.stats.last_error}); left "
+                              "out of the dialogue context")
+            return
         self._watch_punctuation(turns[-1].text, prediction.flags)
         self._watch_language(turns[-1], prediction.flags)
         self._watch_loops(turns[-1])

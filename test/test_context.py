@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from ddvlm_core.context import (UNKNOWN_SPEAKER_TOKEN, Dialogue, PromptBuilder, SpeakerRegistry, make_turns,
+from ddvlm_core.context import (UNKNOWN_SPEAKER_TOKEN, Dialogue, PromptBuilder, SpeakerRegistry, has_text, make_turns,
                                 normalize_utterance)
 from ddvlm_core.meld import dialogues, read_split
 from ddvlm_core.text import load_tokenizer
@@ -111,9 +113,30 @@ def test_every_meld_prompt_fits_and_is_causal(mpnet_tokenizer):
         assert all(len(p.input_ids) <= 511 for p in prompts)
 
 
+def test_a_turn_taken_back_leaves_the_dialogue_only_when_it_is_the_latest():
+    dialogue = Dialogue(max_turns=2)
+    first = dialogue.add("Ross", "Hi.")
+    second = dialogue.add("Rachel", "Hello.")
+    dialogue.take_back(first)  # not the latest: stays
+    assert dialogue.turns == (first, second)
+    dialogue.take_back(second)
+    assert dialogue.turns == (first,)
+    third = dialogue.add("Ross", "How are you?")
+    fourth = dialogue.add("Ross", "Fine?")  # pushes "Hi." out of the window of 2
+    dialogue.take_back(fourth)
+    assert dialogue.turns == (third,) and dialogue.speakers.token("Rachel") == "<s2>"
+
+
 def test_bad_text_gives_clear_errors(mpnet_tokenizer, tiny_qwen_dir):
     with pytest.raises(ValueError, match="not valid UTF-8"):
         normalize_utterance(b"caf\xe9")
+    # half an emoji (text cut between the two UTF-16 halves of 😀, then read by json.loads): the tokenizer failed
+    # on it with "TextEncodeInput must be Union[...]", and the turn stayed in the dialogue
+    for broken in ("I love it \ud83d", json.loads('"\\ude00 hi"')):
+        with pytest.raises(ValueError, match=r"not valid Unicode \(a lone surrogate, U\+D[8-F][0-9A-F]{2}, at "):
+            normalize_utterance(broken)
+        assert not has_text(broken)
+    assert normalize_utterance("I love it \U0001F600") == "I love it \U0001F600"
     with pytest.raises(ValueError, match="empty"):
         normalize_utterance(" \t\n ")
     with pytest.raises(TypeError):

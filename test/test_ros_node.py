@@ -345,13 +345,14 @@ def test_an_asr_repetition_loop_is_cut_flagged_and_counted(harness, tiny_text_ch
     assert values["asr_repetition_loops"] == "1"
 
 
-def test_non_utf8_text_is_rejected_by_the_pipeline(harness, tiny_text_checkpoint):
+@pytest.mark.parametrize("text", [b"\xff\xfe\xfa", "I love it \ud83d"])  # not UTF-8; half an emoji
+def test_text_that_is_not_unicode_is_rejected_by_the_pipeline(harness, tiny_text_checkpoint, text):
     from ddvlm_ros.pipeline import UtteranceIn
 
     h = harness(model_dir=tiny_text_checkpoint).start()
-    h.node.pipeline.submit(UtteranceIn("default", "x", "ross", b"\xff\xfe\xfa", 0, 0, time.monotonic()))
+    h.node.pipeline.submit(UtteranceIn("default", "x", "ross", text, 0, 0, time.monotonic()))
     h.settle()
-    assert h.node.pipeline.stats.rejected == 1 and h.received == []
+    assert h.node.pipeline.stats.rejected == 1 and h.received == [] and h.node.pipeline.stats.last_error == ""
     assert_alive(h, 0)
 
 

@@ -629,3 +629,30 @@ def test_the_fused_answer_to_an_echo_carries_the_flag_too(tiny_visual_checkpoint
     finish_streamed_utterance(pipe, results, HEARD_BACK[0])
     flagged = [(r.refined, "transcript-echoes-robot" in r.prediction.flags) for r in results]
     assert flagged == [(False, True), (True, True)]
+
+
+class FailsOnMarker:
+    """The real recognizer, except that a context holding the marker text fails, as a model fails on an input it
+    cannot read (a tokenizer error): a failure that follows the turn while it stays in the context."""
+
+    def __init__(self, recognizer, marker: str):
+        self.recognizer, self.marker = recognizer, marker
+
+    def predict(self, turns, caption=None):
+        if any(self.marker in t.text for t in turns):
+            raise RuntimeError("cannot read this input")
+        return self.recognizer.predict(turns, caption)
+
+
+def test_an_utterance_whose_inference_fails_is_left_out_of_the_context_so_later_ones_are_answered(
+        tiny_text_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(FailsOnMarker(rec, "#unreadable#"), (results := []).append,
+                           log=lambda level, text: logged.append((level, text)))
+    answer(pipe, [utt("Hi there."), utt("Look at #unreadable# this."), utt("Are you okay?"), utt("Yes, thanks.")])
+    assert [r.utterance.utterance_id for r in results] == ["Hi there.", "Are you okay?", "Yes, thanks."]
+    assert [t.text for t in pipe.conversations["c"].dialogue.turns] == ["Hi there.", "Are you okay?", "Yes, thanks."]
+    assert logged == [("error", "utterance 'Look at #unreadable# this.': inference failed (RuntimeError: cannot read "
+                                "this input); left out of the dialogue context")]
+    assert pipe.stats.last_error == "RuntimeError: cannot read this input"
