@@ -58,7 +58,9 @@ def robot_echo(turns: Sequence[Turn], is_robot: Callable[[str], bool]) -> tuple[
     if not turns or is_robot(turns[-1].speaker):
         return 0.0, None
     robot = [t for t in turns[-1 - ECHO_LOOKBACK:-1] if is_robot(t.speaker)]
-    return max(((echo_share(turns[-1].text, t.text), i, t) for i, t in enumerate(robot)), default=(0.0, 0, None))[::2]
+    share, _, turn = max(((echo_share(turns[-1].text, t.text), i, t) for i, t in enumerate(robot)),
+                         default=(0.0, 0, None))  # i: the latest wins a tie
+    return share, turn
 
 
 def echoed_turn(turns: Sequence[Turn], is_robot: Callable[[str], bool]) -> Turn | None:

@@ -115,7 +115,7 @@ class Stats:
     not_english_recent: RecentShare = field(default_factory=lambda: RecentShare(LANGUAGE_WINDOW, LANGUAGE_MIN))
     self_echoes: int = 0  # classified transcripts repeating the robot's latest words (flagged transcript-echoes-robot)
     self_echo_last: str = ""  # the latest of them and the robot's turn it repeated
-    self_echo_recent: RecentShare = field(default_factory=lambda: RecentShare(ECHO_WINDOW, ECHO_WINDOW))
+    self_echo_recent: deque = field(default_factory=lambda: deque(maxlen=ECHO_WINDOW))  # echo or not, per transcript
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -572,7 +572,7 @@ class EmotionPipeline:
         and the first time ECHO_RECUR of the latest transcripts do, said: the ASR hears the robot's own speech."""
         robot = echoed_turn(turns, self.context_only)
         recurring = self.hears_robot()
-        self.stats.self_echo_recent.add(robot is not None)
+        self.stats.self_echo_recent.append(robot is not None)
         if robot is None:
             return utt
         self.stats.self_echoes += 1
@@ -585,12 +585,13 @@ class EmotionPipeline:
 
     def hears_robot(self) -> bool:
         """Whether ECHO_RECUR of the latest ECHO_WINDOW classified transcripts repeated the robot's latest words."""
-        return self.stats.self_echo_recent.counts()[0] >= ECHO_RECUR
+        return sum(list(self.stats.self_echo_recent)) >= ECHO_RECUR  # a copy: diagnostics read while it grows
 
     def self_echo_summary(self) -> str:
         """'k of the latest n transcripts repeated what the robot had just said (the latest: ...)' ('' before
         any)."""
-        echoes, n = self.stats.self_echo_recent.counts()
+        recent = list(self.stats.self_echo_recent)
+        echoes, n = sum(recent), len(recent)
         if not echoes:
             return ""
         return (f"{echoes} of the latest {n} transcripts repeated what the robot had just said (the latest: "
