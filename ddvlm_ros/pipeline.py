@@ -20,9 +20,10 @@ from typing import Any, Callable
 
 from ddvlm_core.captioner import Frame, uniform_picks
 from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, Dialogue,
-                                Turn, non_speech)
+                                Turn, has_text, non_speech)
 from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
 from ddvlm_core.self_echo import SELF_ECHO_FLAG, echoed_turn
+from ddvlm_core.tts_markup import strip_tts_markup
 
 DEFAULT_CONVERSATION = "default"
 CLOCK_SKEW_S = 1.0  # frames stamped further than this from the node's clock on arrival come from another clock
@@ -482,20 +483,22 @@ class EmotionPipeline:
         self.log("info", f"reset {why}: {len(gone)} conversation(s) forgotten ({turns} utterances of context)")
 
     def _text(self, utt: UtteranceIn) -> None:
-        if non_speech(utt.text):  # nothing was said: not an utterance, and no turn of the dialogue
-            self.stats.non_speech += 1
+        robot = self.context_only(utt.speaker_id)  # e.g. the robot's own turn: context for the next human one
+        text = strip_tts_markup(utt.text) if robot and isinstance(utt.text, str) else utt.text  # its TTS input
+        if non_speech(text) or (text != utt.text and not has_text(text)):  # nothing said; or TTS markup alone
+            self.stats.non_speech += 1  # not an utterance, and no turn of the dialogue
             return
         self.stats.utterances += 1
         conv = self._conversation(utt.conversation_id)
         reused = conv.dialogue.speakers.reused
         try:
-            turn = conv.dialogue.add(utt.speaker_id or None, utt.text, utt.language)
+            turn = conv.dialogue.add(utt.speaker_id or None, text, utt.language)
         except (ValueError, TypeError) as e:
             self.stats.rejected += 1
             self.log("warn", f"utterance {utt.utterance_id!r} skipped: {e}")
             return
         self.stats.speaker_tokens_reused += conv.dialogue.speakers.reused - reused
-        if self.context_only(utt.speaker_id):  # e.g. the robot's own turn: context for the next human one
+        if robot:
             self.stats.context_only += 1
             return
         turns = conv.dialogue.turns

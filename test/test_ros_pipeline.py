@@ -656,3 +656,20 @@ def test_an_utterance_whose_inference_fails_is_left_out_of_the_context_so_later_
     assert logged == [("error", "utterance 'Look at #unreadable# this.': inference failed (RuntimeError: cannot read "
                                 "this input); left out of the dialogue context")]
     assert pipe.stats.last_error == "RuntimeError: cannot read this input"
+
+
+def test_the_robots_turns_join_the_context_without_their_tts_markup(tiny_text_checkpoint):
+    """The robot's speech published from its TTS input: its turn reads as people heard it (SSML, NAOqi tags gone),
+    so the echo of it is told as well; a person's text keeps its '<'; markup alone is no turn."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(rec, (results := []).append, context_only_speakers="robot",
+                           log=lambda level, text: logged.append((level, text)))
+    ssml = '<speak>I am <emphasis>so</emphasis> sorry <break time="300ms"/> to hear that.</speak>'
+    naoqi = "\\rspd=90\\Shall we go? ^start(animations/Stand/Gestures/Yes_1)"
+    answer(pipe, [utt(ssml, "robot"), utt("i am so sorry to hear that", ""),
+                  utt("I <3 robots, no <speak> here.", "ann"), utt("\\pau=800\\", "robot"), utt(naoqi, "robot")])
+    assert [t.text for t in pipe.conversations["c"].dialogue.turns] == [
+        "I am so sorry to hear that.", "i am so sorry to hear that", "I <3 robots, no <speak> here.", "Shall we go?"]
+    assert [("transcript-echoes-robot" in r.prediction.flags) for r in results] == [True, False]
+    assert pipe.stats.context_only == 2 and pipe.stats.non_speech == 1 and pipe.stats.rejected == 0 and not logged
