@@ -30,7 +30,7 @@ from ddvlm_msgs.srv import ResetConversation
 from ddvlm_ros.convert import (compressed_msg_to_rgb, cv_bridge_problem, image_msg_to_rgb, parse_transcript,
                                prediction_to_msg, sec_to_stamp, stamp_to_sec, use_cv_bridge)
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
-from ddvlm_ros.pipeline import EmotionPipeline, Result, UtteranceIn
+from ddvlm_ros.pipeline import ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
 from ddvlm_ros.spin import spin_until_shutdown
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
@@ -186,6 +186,7 @@ class EmotionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.load_error = ""
         self._subscribe()
+        self.pipeline.robot_speaker = ROBOT_SPEAKER if self.p("robot_speech_topic") else ""
         now = time.monotonic()
         self._last_input = {topic: now for topic in self._input_topics()}
         self._last_voice_speech = None
@@ -322,7 +323,7 @@ class EmotionNode(LifecycleNode):
     # ---- inputs ---------------------------------------------------------------------------------
     def _input_topics(self) -> list[str]:
         return [t for t in (self.p("transcript_topic"), self.p("utterance_topic"), self.p("image_topic"),
-                            self.p("compressed_image_topic")) if t]
+                            self.p("compressed_image_topic"), self.p("robot_speech_topic")) if t]
 
     def _qos(self, prefix: str) -> QoSProfile:
         return QoSProfile(depth=self.p(f"{prefix}_qos_depth"), history=HistoryPolicy.KEEP_LAST,
@@ -333,7 +334,8 @@ class EmotionNode(LifecycleNode):
         specs = [("transcript_topic", String, self._on_transcript, "transcript"),
                  ("utterance_topic", Utterance, self._on_utterance, "transcript"),
                  ("image_topic", Image, self._on_image, "image"),
-                 ("compressed_image_topic", CompressedImage, self._on_compressed, "image")]
+                 ("compressed_image_topic", CompressedImage, self._on_compressed, "image"),
+                 ("robot_speech_topic", String, self._on_robot_speech, "transcript")]
         for param, msg_type, callback, qos in specs:
             if self.p(param):
                 self._input_types[self.p(param)] = f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
@@ -365,6 +367,14 @@ class EmotionNode(LifecycleNode):
         header = Header(stamp=sec_to_stamp(end, type(Header().stamp)), frame_id="")
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text,
                                          end - self.p("text_window_s"), end, received, header))
+
+    def _on_robot_speech(self, msg: String) -> None:
+        """What the robot says: a turn of ROBOT_SPEAKER (context only: the pipeline takes its TTS markup out)."""
+        self._seen("robot_speech_topic")
+        end = self._now()
+        header = Header(stamp=sec_to_stamp(end, type(Header().stamp)), frame_id="")
+        self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), ROBOT_SPEAKER, msg.data,
+                                         end - self.p("text_window_s"), end, time.monotonic(), header))
 
     def _on_utterance(self, msg: Utterance) -> None:
         self._seen("utterance_topic")

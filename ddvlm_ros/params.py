@@ -103,6 +103,10 @@ PARAMS: tuple[Param, ...] = (
     Param("image_topic", "image", "sensor_msgs/Image topic ('' = off)", topic="optional", applies="activate"),
     Param("compressed_image_topic", "image/compressed", "sensor_msgs/CompressedImage topic ('' = off)",
           topic="optional", applies="activate"),
+    Param("robot_speech_topic", "robot_speech", "std_msgs/String of what the robot says, e.g. the text it sends its "
+          "TTS (naoqi_driver's /speech): each message is a turn of speaker 'robot' (TTS markup removed) that joins "
+          "the dialogue context and gets no /emotion, and transcripts repeating it are flagged "
+          "transcript-echoes-robot ('' = off)", topic="optional", applies="activate"),
     Param("emotion_topic", "emotion", "ddvlm_msgs/EmotionDistribution output topic", topic="required"),
     Param("transcript_qos_depth", 200, "queue depth of the transcript subscriptions (bursts must not be lost)",
           at_least=1, applies="activate"),

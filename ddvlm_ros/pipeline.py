@@ -26,6 +26,7 @@ from ddvlm_core.self_echo import SELF_ECHO_FLAG, echoed_turn
 from ddvlm_core.tts_markup import strip_tts_markup
 
 DEFAULT_CONVERSATION = "default"
+ROBOT_SPEAKER = "robot"  # speaker id of what the robot says (the node's robot_speech input)
 CLOCK_SKEW_S = 1.0  # frames stamped further than this from the node's clock on arrival come from another clock
 PUNCTUATION_WINDOW = 20  # the latest classified transcripts of 3+ words whose punctuation is watched
 PUNCTUATION_MIN = 10  # of them, before the node judges; half of them without punctuation: the ASR does not punctuate
@@ -229,6 +230,7 @@ class EmotionPipeline:
         self.thread_setup = thread_setup or {}  # worker name -> called first on that worker's thread
         self.clock = clock  # seconds; measures a conversation's silence (the node's: ROS time, a bag's under sim time)
         self.context_only_speakers = context_only_speakers  # comma-separated speaker ids: context, not classified
+        self.robot_speaker = ""  # speaker id of the node's robot speech input (ROBOT_SPEAKER while it is on): the same
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -395,9 +397,11 @@ class EmotionPipeline:
         return job
 
     def context_only(self, speaker_id: str) -> bool:
-        """Whether this speaker's utterances only join the context (``context_only_speakers``, e.g. the robot)."""
+        """Whether this speaker's utterances only join the context (``context_only_speakers``, e.g. the robot, and
+        ``robot_speaker``)."""
         speaker = (speaker_id or "").strip()
-        return bool(speaker) and speaker in {s.strip() for s in self.context_only_speakers.split(",")}
+        return bool(speaker) and (speaker == self.robot_speaker
+                                  or speaker in {s.strip() for s in self.context_only_speakers.split(",")})
 
     @staticmethod
     def _stream_key(u: UtteranceIn) -> tuple[str, str]:
@@ -502,7 +506,7 @@ class EmotionPipeline:
             self.stats.context_only += 1
             return
         turns = conv.dialogue.turns
-        if self.context_only_speakers.strip():
+        if self.context_only_speakers.strip() or self.robot_speaker:
             utt = self._watch_echo(utt, turns)
         try:
             prediction = self.recognizer.predict(turns)

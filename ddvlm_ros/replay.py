@@ -10,9 +10,10 @@ from the bag's time line and each message at its time (divided by ``--speed``), 
 WA-F1, accuracy, per-class F1, the confusion matrix, the latency distribution and how many utterances
 got no answer. The fused (refined) answer counts where there is one, else the text answer.
 
-Bag topics reach the node's inputs (utterance, transcript, image, image/compressed) by name: /utterance,
-/transcript, /image and /image/compressed by default, any other topic with ``--remap TOPIC:=INPUT``
-(a bag recorded on a robot). A bag without labels is replayed for its answers and latency only;
+Bag topics reach the node's inputs (utterance, transcript, image, image/compressed, robot_speech) by name:
+/utterance, /transcript, /image, /image/compressed and /robot_speech by default, any other topic with
+``--remap TOPIC:=INPUT`` (a bag recorded on a robot: ``--remap /speech:=robot_speech`` for what it said). A bag
+without labels is replayed for its answers and latency only;
 ``--answers`` writes every utterance's answers as JSON lines (e.g. to annotate them), ``--record`` a bag
 with the replayed messages and the /emotion answers.
 """
@@ -43,9 +44,10 @@ from ddvlm_ros.convert import parse_transcript
 
 
 INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/String",
-          "image": "sensor_msgs/msg/Image", "image/compressed": "sensor_msgs/msg/CompressedImage"}
+          "image": "sensor_msgs/msg/Image", "image/compressed": "sensor_msgs/msg/CompressedImage",
+          "robot_speech": "std_msgs/msg/String"}
 DEFAULT_TOPICS = {"/utterance": "utterance", "/transcript": "transcript", "/image": "image",
-                  "/image/compressed": "image/compressed"}
+                  "/image/compressed": "image/compressed", "/robot_speech": "robot_speech"}
 
 
 def input_topics(in_bag: dict[str, str], remaps: dict[str, str] | None = None) -> dict[str, str]:
@@ -333,6 +335,9 @@ class AnswerKeys:
     def __call__(self, node_input: str, msg) -> str:
         if node_input == "transcript":
             return f"{self.conversation_id}/{self._next()}"
+        if node_input == "robot_speech":  # numbered too; never answered
+            self._next()
+            return ""
         if node_input != "utterance" or not msg.is_final:
             return ""
         return f"{msg.conversation_id or self.conversation_id}/{msg.utterance_id or self._next()}"

@@ -23,6 +23,8 @@ TOPIC_ARGUMENTS = [  # (remapped name, launch argument, default, description)
     ("image", "image_topic", "/camera/image_raw", "sensor_msgs/Image"),
     ("image/compressed", "compressed_image_topic", "", "sensor_msgs/CompressedImage; '' = off (a camera that "
      "publishes through image_transport JPEG-encodes every frame while its compressed topic has a subscriber)"),
+    ("robot_speech", "robot_speech_topic", "/robot_speech", "std_msgs/String: what the robot says (the text it sends "
+     "its TTS): context for the next human turn, no /emotion"),
     ("emotion", "emotion_topic", "/emotion", "ddvlm_msgs/EmotionDistribution output"),
 ]
 

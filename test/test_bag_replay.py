@@ -173,10 +173,11 @@ def test_committed_sample_bag_replays_through_the_default_checkpoint():
     assert 0 <= score["wa_f1"] <= 100 and score["latency_ms"]["p50"] > 0
 
 
-def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0):
+def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0, said=None):
     """A bag as `ros2 bag record` leaves it on a robot: ASR text on /asr/text, JPEG frames on
     /camera/color/image_raw/compressed and a topic the node has no use for; no labels side file.
-    ``camera_clock_offset_s``: the camera stamps its frames with a clock that far from the robot's."""
+    ``camera_clock_offset_s``: the camera stamps its frames with a clock that far from the robot's. ``said``:
+    line index -> what the robot said 1 s before that line, on /speech (naoqi_driver's TTS input)."""
     import cv2
     import numpy as np
     from rosbags.rosbag2 import Writer
@@ -191,10 +192,13 @@ def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0):
         cam = writer.add_connection("/camera/color/image_raw/compressed", "sensor_msgs/msg/CompressedImage",
                                     typestore=store)
         status = writer.add_connection("/robot/status", "std_msgs/msg/String", typestore=store)
+        speech = writer.add_connection("/speech", "std_msgs/msg/String", typestore=store) if said else None
         events = []
         for k, line in enumerate(lines):
             t = 100.0 + 2.0 * (k + 1)
             events.append((t, asr, store.serialize_cdr(String(data=line), "std_msgs/msg/String")))
+            if k in (said or {}):
+                events.append((t - 1.0, speech, store.serialize_cdr(String(data=said[k]), "std_msgs/msg/String")))
             events.append((t - 0.5, status, store.serialize_cdr(String(data="ok"), "std_msgs/msg/String")))
             for j in range(int(2 * fps)):
                 ts = t - 2.0 + j / fps
@@ -311,18 +315,26 @@ def test_the_replay_report_counts_transcripts_in_another_language_and_repetition
     assert "not English" not in english and "repetition" not in english
 
 
-def test_the_replay_report_counts_transcripts_repeating_the_robot(tmp_path, tiny_text_checkpoint, capsys):
-    """A robot bag whose ASR heard the robot's TTS (published as the context-only speaker robot): the answer to the
-    echo carries transcript-echoes-robot, and the report counts such answers."""
+@pytest.mark.parametrize("robot_on", ["transcript", "robot_speech"])
+def test_the_replay_report_counts_transcripts_repeating_the_robot(tmp_path, tiny_text_checkpoint, capsys, robot_on):
+    """A robot bag whose ASR heard the robot's TTS: what the robot said is on the ASR's topic as speaker robot (a
+    context-only speaker) or on naoqi_driver's /speech (the robot_speech input). The answer to the echo carries
+    transcript-echoes-robot, the report counts such answers, and the keys are the node's numbering."""
     from ddvlm_ros.replay import main
 
-    lines = ["robot: Shall I bring you the blue cup?", "shall i bring you the blue cup", "Ann: Yes, please."]
-    bag = write_robot_bag(tmp_path / "echo", lines, fps=0.0)
+    said = "\\rspd=90\\ Shall I bring you the blue cup?"
+    lines = ["shall i bring you the blue cup", "Ann: Yes, please."]
+    if robot_on == "transcript":
+        bag = write_robot_bag(tmp_path / "echo", [f"robot: {said}"] + lines, fps=0.0)
+        extra = ["--remap", "/asr/text:=transcript", "--param", "context_only_speakers:=robot"]
+    else:
+        bag = write_robot_bag(tmp_path / "echo", lines, fps=0.0, said={0: said})
+        extra = ["--remap", "/asr/text:=transcript", "--remap", "/speech:=robot_speech"]
     out = tmp_path / "out"
-    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
-                 "--param", "context_only_speakers:=robot", "--answers", str(out / "answers.jsonl"),
-                 "--report", str(out / "replay.md")]) == 0
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *extra,
+                 "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
     records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in records] == ["default/2", "default/3"]
     assert [("transcript-echoes-robot" in r["text"]["flags"]) for r in records] == [True, False]
     note = ("transcripts: 1 of the 2 answered ones repeated what the robot had just said: its own speech heard back? "
             "(flag transcript-echoes-robot)")

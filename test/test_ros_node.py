@@ -167,6 +167,27 @@ def test_an_asr_that_hears_the_robot_is_diagnosed(harness, tiny_text_checkpoint)
         "cup number 2' after the robot's 'Shall I bring you the blue cup number 2?')")
 
 
+def test_what_the_robot_says_on_robot_speech_joins_the_context_and_its_echo_is_flagged(harness, tiny_text_checkpoint):
+    """naoqi_driver's /speech (what Pepper is told to say) remapped onto robot_speech: the robot's turns join the
+    context as speaker 'robot', markup removed, with no answer of their own; the ASR's transcript of them is
+    flagged."""
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    h.publish(String, "robot_speech", String(data="\\rspd=90\\Shall I bring you the blue cup?"))
+    h.settle()  # two topics: the robot spoke first
+    h.publish(String, "transcript", String(data="shall i bring you the blue cup"))
+    h.publish(String, "transcript", String(data="Ann: Yes, please."))
+    echo, reply = h.wait_for(2)
+    assert ("transcript-echoes-robot" in echo.flags, "transcript-echoes-robot" in reply.flags) == (True, False)
+    turns = h.node.pipeline.conversations["default"].dialogue.turns
+    assert [(t.speaker, t.speaker_token, t.text) for t in turns] == [
+        ("robot", "<s1>", "Shall I bring you the blue cup?"), ("", "<s0>", "shall i bring you the blue cup"),
+        ("Ann", "<s2>", "Yes, please.")]
+    h.settle()
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["context_only_utterances"] == "1" and "input_age_s[robot_speech]" in values
+    assert h.received == [echo, reply]  # nothing for the robot's own turn
+
+
 def result_of(future, timeout: float = 10.0):
     """The result of a service call made from the harness's client (its executor spins in another thread)."""
     deadline = time.monotonic() + timeout
