@@ -16,8 +16,9 @@ be told: most of the transcript's words are, in order, words of one of the robot
 People repeat each other too ("Nice to meet you too." after "Hi! Nice to meet you!"): of MELD's utterances of 3+
 words, 0.67 % (train), 0.90 % (dev) and 0.47 % (test) repeat so one of the 3 turns before them by another speaker,
 where MELD's test lines heard back through an ASR are told at 96 %, 87 % and 69 % at word error rates of 10, 20
-and 30 % (``python bench/self_echo.py``, ``reports/self_echo.md``). So an echo is flagged, not dropped: the answer
-carries ``SELF_ECHO_FLAG``, and the node says the ASR hears the robot once such echoes recur.
+and 30 % (``python bench/self_echo.py``, ``reports/self_echo.md``). So an echo is flagged, not dropped (unless the
+node's ``drop_self_echoes`` says so): the answer carries ``SELF_ECHO_FLAG``, and the node says the ASR hears the
+robot once such echoes recur.
 """
 from __future__ import annotations
 

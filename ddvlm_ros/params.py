@@ -96,6 +96,10 @@ PARAMS: tuple[Param, ...] = (
     Param("context_only_speakers", "", "speaker ids, comma-separated, whose utterances join the dialogue context "
           "but get no /emotion, e.g. the robot's own speech from its TTS ('robot'); a transcript repeating their "
           "latest words is flagged transcript-echoes-robot (the ASR heard the robot)", applies="now"),
+    Param("drop_self_echoes", False, "drop what the ASR heard of the robot: a transcript flagged "
+          "transcript-echoes-robot gets no /emotion and leaves the dialogue context (for a robot that hears itself "
+          "and cannot mute its ASR while it speaks; the few people who repeat the robot's words are dropped too)",
+          applies="now"),
     Param("transcript_topic", "transcript", "std_msgs/String transcript topic ('' = off)", topic="optional",
           applies="activate"),
     Param("utterance_topic", "utterance", "ddvlm_msgs/Utterance topic ('' = off)", topic="optional",

@@ -117,6 +117,7 @@ class Stats:
     not_english_recent: RecentShare = field(default_factory=lambda: RecentShare(LANGUAGE_WINDOW, LANGUAGE_MIN))
     self_echoes: int = 0  # classified transcripts repeating the robot's latest words (flagged transcript-echoes-robot)
     self_echo_last: str = ""  # the latest of them and the robot's turn it repeated
+    self_echoes_dropped: int = 0  # of them, dropped (drop_self_echoes): no answer, no turn of the dialogue
     self_echo_recent: deque = field(default_factory=lambda: deque(maxlen=ECHO_WINDOW))  # echo or not, per transcript
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
@@ -208,7 +209,8 @@ class EmotionPipeline:
                  queue_size: int = 256, max_conversations: int = 1000,
                  log: Callable[[str, str], None] = lambda level, msg: None,
                  thread_setup: dict[str, Callable[[], None]] | None = None,
-                 clock: Callable[[], float] = time.monotonic, context_only_speakers: str = ""):
+                 clock: Callable[[], float] = time.monotonic, context_only_speakers: str = "",
+                 drop_self_echoes: bool = False):
         self.recognizer, self.publish, self.captioner = recognizer, publish, captioner
         self.decode_frame, self.log = decode_frame, log
         self.max_turns, self.idle_timeout_s = max_turns, idle_timeout_s
@@ -230,6 +232,7 @@ class EmotionPipeline:
         self.thread_setup = thread_setup or {}  # worker name -> called first on that worker's thread
         self.clock = clock  # seconds; measures a conversation's silence (the node's: ROS time, a bag's under sim time)
         self.context_only_speakers = context_only_speakers  # comma-separated speaker ids: context, not classified
+        self.drop_self_echoes = drop_self_echoes  # an echo of the robot gets no answer and leaves the context
         self.robot_speaker = ""  # speaker id of the node's robot speech input (ROBOT_SPEAKER while it is on): the same
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -508,6 +511,10 @@ class EmotionPipeline:
         turns = conv.dialogue.turns
         if self.context_only_speakers.strip() or self.robot_speaker:
             utt = self._watch_echo(utt, turns)
+            if self.drop_self_echoes and SELF_ECHO_FLAG in utt.flags:  # the robot's words: no person's feeling
+                conv.dialogue.take_back(turn)
+                self.stats.self_echoes_dropped += 1
+                return
         try:
             prediction = self.recognizer.predict(turns)
         except Exception as e:  # noqa: BLE001 - left in the context, it would fail every later answer there too
@@ -585,9 +592,11 @@ class EmotionPipeline:
         self.stats.self_echoes += 1
         self.stats.self_echo_last = f"{turns[-1].text[:60]!r} after the robot's {robot.text[:60]!r}"
         if self.hears_robot() and not recurring:
+            handled = ("they are dropped (drop_self_echoes)" if self.drop_self_echoes else
+                       f"those answers carry the flag {SELF_ECHO_FLAG}")
             self.log("warn", f"{self.self_echo_summary()}: the ASR hears the robot's own speech, and the node would "
-                             "answer how a person feels from the robot's words; those answers carry the flag "
-                             f"{SELF_ECHO_FLAG}. Mute the ASR while the robot speaks, or cancel the echo (AEC)")
+                             f"answer how a person feels from the robot's words; {handled}. Mute the ASR while the "
+                             "robot speaks, or cancel the echo (AEC)")
         return replace(utt, flags=utt.flags + (SELF_ECHO_FLAG,))
 
     def hears_robot(self) -> bool:

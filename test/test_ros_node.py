@@ -983,3 +983,24 @@ def test_entry_points_stop_cleanly_on_ctrl_c():
     finally:
         watcher.destroy_node()
         rclpy.shutdown(context=ctx)
+
+
+def test_drop_self_echoes_takes_effect_at_once(harness, tiny_text_checkpoint):
+    """`ros2 param set /ddvlm_emotion drop_self_echoes true` on a running node: the next echo gets no answer."""
+    from rclpy.parameter import Parameter
+
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    h.publish(String, "robot_speech", String(data="Shall I bring you the blue cup?"))
+    h.settle()
+    h.publish(String, "transcript", String(data="shall i bring you the blue cup"))
+    assert "transcript-echoes-robot" in h.wait_for(1)[0].flags
+    assert h.node.set_parameters([Parameter("drop_self_echoes", value=True)])[0].successful
+    h.publish(String, "robot_speech", String(data="Here is your blue cup."))
+    h.settle()
+    h.publish(String, "transcript", String(data="here is your blue cup"))
+    h.publish(String, "transcript", String(data="Ann: Thank you!"))
+    answers = h.wait_for(2)
+    assert [m.speaker_id for m in answers] == ["", "Ann"] and "transcript-echoes-robot" not in answers[1].flags
+    h.settle()
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["self_echoes_dropped"] == "1" and "parameters_pending" not in values

@@ -673,3 +673,18 @@ def test_the_robots_turns_join_the_context_without_their_tts_markup(tiny_text_ch
         "I am so sorry to hear that.", "i am so sorry to hear that", "I <3 robots, no <speak> here.", "Shall we go?"]
     assert [("transcript-echoes-robot" in r.prediction.flags) for r in results] == [True, False]
     assert pipe.stats.context_only == 2 and pipe.stats.non_speech == 1 and pipe.stats.rejected == 0 and not logged
+
+
+def test_with_drop_self_echoes_the_robots_words_heard_back_get_no_answer_and_leave_the_context(tiny_text_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(rec, (results := []).append, context_only_speakers="robot", drop_self_echoes=True,
+                           log=lambda level, text: logged.append((level, text)))
+    turns = []
+    for said, heard in zip(ROBOT_SAID, HEARD_BACK):
+        turns += [utt(said, "robot"), utt(heard, ""), utt("No, thank you, I am fine now.", "ann")]
+    answer(pipe, turns)
+    assert [r.utterance.speaker_id for r in results] == ["ann"] * 3
+    assert [t.speaker for t in pipe.conversations["c"].dialogue.turns] == ["robot", "ann"] * 3
+    assert pipe.stats.self_echoes == pipe.stats.self_echoes_dropped == 3 and pipe.hears_robot()
+    assert [level for level, _ in logged] == ["warn"] and "they are dropped (drop_self_echoes)" in logged[0][1]
