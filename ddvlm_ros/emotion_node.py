@@ -185,8 +185,8 @@ class EmotionNode(LifecycleNode):
             self.get_logger().error(self.load_error)
             return TransitionCallbackReturn.FAILURE
         self.load_error = ""
+        self.pipeline.robot_speaker = ROBOT_SPEAKER if self.p("robot_speech_topic") else ""  # before its first message
         self._subscribe()
-        self.pipeline.robot_speaker = ROBOT_SPEAKER if self.p("robot_speech_topic") else ""
         now = time.monotonic()
         self._last_input = {topic: now for topic in self._input_topics()}
         self._last_voice_speech = None

@@ -233,7 +233,7 @@ class EmotionPipeline:
         self.clock = clock  # seconds; measures a conversation's silence (the node's: ROS time, a bag's under sim time)
         self.context_only_speakers = context_only_speakers  # comma-separated speaker ids: context, not classified
         self.drop_self_echoes = drop_self_echoes  # an echo of the robot gets no answer and leaves the context
-        self.robot_speaker = ""  # speaker id of the node's robot speech input (ROBOT_SPEAKER while it is on): the same
+        self.robot_speaker = ""  # speaker of the node's robot_speech input (ROBOT_SPEAKER while on): context only too
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
