@@ -46,6 +46,7 @@ from ddvlm_ros.convert import parse_transcript
 INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/String",
           "image": "sensor_msgs/msg/Image", "image/compressed": "sensor_msgs/msg/CompressedImage",
           "robot_speech": "std_msgs/msg/String"}
+SETTLED_S = 3.0  # the node idle this long after the bag's end while answers are missing: none will come (dropped)
 DEFAULT_TOPICS = {"/utterance": "utterance", "/transcript": "transcript", "/image": "image",
                   "/image/compressed": "image/compressed", "/robot_speech": "robot_speech"}
 
@@ -178,8 +179,13 @@ class ReplayResult:
         return self.flagged_line(REPETITION_LOOP_FLAG, f"were ASR repetition loops, cut to {LOOP_KEEP} repeats")
 
     def echo_line(self) -> str:
-        """How many answered transcripts repeated what the robot (``context_only_speakers``) had just said."""
-        return self.flagged_line(SELF_ECHO_FLAG, "repeated what the robot had just said: its own speech heard back?")
+        """How many answered transcripts repeated what the robot had just said (its own speech heard back), and how
+        many such transcripts the node dropped (``drop_self_echoes``: they count as unanswered)."""
+        dropped = int(self.node_status.get("self_echoes_dropped", 0) or 0)
+        lines = [self.flagged_line(SELF_ECHO_FLAG, "repeated what the robot had just said: its own speech heard back?"),
+                 f"transcripts: {dropped} repeated what the robot had just said and were dropped (drop_self_echoes; "
+                 "counted unanswered)" if dropped else ""]
+        return "; ".join(line for line in lines if line)
 
     def prediction(self, key: str):
         entry = self.answers.get(key, {})
@@ -301,11 +307,15 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                     if not has_text(text):  # blank: the node skips it (counted unanswered)
                         skipped.add(key)
             pubs[topic].publish(msg)
-        deadline = time.monotonic() + answer_timeout_s
+        deadline, idle_since = time.monotonic() + answer_timeout_s, None
         while time.monotonic() < deadline:
             with lock:
                 missing = [k for k in result.finals if k not in skipped and "text" not in result.answers.get(k, {})]
-            if not missing and node.pipeline.idle():
+            idle = node.pipeline.idle()
+            if idle and not missing:
+                break
+            idle_since = (idle_since or time.monotonic()) if idle else None
+            if idle_since is not None and time.monotonic() - idle_since > SETTLED_S:  # the node dropped those
                 break
             time.sleep(0.05)
         time.sleep(0.3)  # late refined answers

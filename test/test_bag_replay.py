@@ -315,7 +315,7 @@ def test_the_replay_report_counts_transcripts_in_another_language_and_repetition
     assert "not English" not in english and "repetition" not in english
 
 
-@pytest.mark.parametrize("robot_on", ["transcript", "robot_speech"])
+@pytest.mark.parametrize("robot_on", ["transcript", "robot_speech", "dropped"])
 def test_the_replay_report_counts_transcripts_repeating_the_robot(tmp_path, tiny_text_checkpoint, capsys, robot_on):
     """A robot bag whose ASR heard the robot's TTS: what the robot said is on the ASR's topic as speaker robot (a
     context-only speaker) or on naoqi_driver's /speech (the robot_speech input). The answer to the echo carries
@@ -331,6 +331,13 @@ def test_the_replay_report_counts_transcripts_repeating_the_robot(tmp_path, tiny
         bag = write_robot_bag(tmp_path / "echo", lines, fps=0.0, said={0: said})
         extra = ["--remap", "/asr/text:=transcript", "--remap", "/speech:=robot_speech"]
     out = tmp_path / "out"
+    if robot_on == "dropped":  # the node withholds the echo: one utterance unanswered, and the report says why
+        assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *extra, "--param",
+                     "drop_self_echoes:=true", "--report", str(out / "replay.md")]) == 0
+        report = (out / "replay.md").read_text()
+        note = "transcripts: 1 repeated what the robot had just said and were dropped (drop_self_echoes; counted"
+        assert "answered 1, unanswered 1" in report and f"{note} unanswered)" in report
+        return
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *extra,
                  "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
     records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
