@@ -182,10 +182,11 @@ def test_what_the_robot_says_on_robot_speech_joins_the_context_and_its_echo_is_f
     assert [(t.speaker, t.speaker_token, t.text) for t in turns] == [
         ("robot", "<s1>", "Shall I bring you the blue cup?"), ("", "<s0>", "shall i bring you the blue cup"),
         ("Ann", "<s2>", "Yes, please.")]
+    h.publish(String, "transcript", String(data="robot: Here you are."))  # speaker robot: the robot's on any input
     h.settle()
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
-    assert values["context_only_utterances"] == "1" and "input_age_s[robot_speech]" in values
-    assert h.received == [echo, reply]  # nothing for the robot's own turn
+    assert values["context_only_utterances"] == "2" and "input_age_s[robot_speech]" in values
+    assert h.received == [echo, reply]  # nothing for the robot's own turns
 
 
 def result_of(future, timeout: float = 10.0):
