@@ -25,6 +25,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
+from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
 from ddvlm_ros.convert import (compressed_msg_to_rgb, cv_bridge_problem, image_msg_to_rgb, parse_transcript,
@@ -505,8 +506,8 @@ class EmotionNode(LifecycleNode):
         self._last_output = (f"{u.conversation_id}/{u.utterance_id} {u.speaker_id or '?'}: {msg.top_label} "
                              f"{msg.confidence:.2f}{' (refined)' if result.refined else ''}")
         hri = self._hri
-        if hri is not None and u.voice_id:
-            hri.publish(u.voice_id, result.prediction, msg.header)
+        if hri is not None and u.voice_id and SELF_ECHO_FLAG not in result.prediction.flags:  # Expression has no flags:
+            hri.publish(u.voice_id, result.prediction, msg.header)  # the robot's words are no expression of the voice
 
     # ---- ROS4HRI (ddvlm_ros.ros4hri) ------------------------------------------------------------
     def _start_ros4hri(self) -> None:

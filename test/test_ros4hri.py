@@ -5,6 +5,7 @@ import time
 
 import pytest
 from builtin_interfaces.msg import Time
+from std_msgs.msg import String
 
 from ddvlm_ros.convert import sec_to_stamp
 
@@ -120,3 +121,20 @@ def test_the_language_a_voice_is_heard_in_flags_its_answers(harness, tiny_text_c
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["transcripts_not_english"] == ("1 of the latest 3 transcripts are not English (the latest: "
                                                  "language tag 'de-DE')")
+
+
+def test_a_voice_that_repeats_the_robot_gets_its_answer_flagged_and_no_expression(harness, tiny_text_checkpoint):
+    """The robot's speech heard back through a voice's ASR: /emotion carries transcript-echoes-robot, and no
+    hri_msgs/Expression is published for it (Expression has no flags: the robot's words would read as the voice's
+    expression). The voice's own words are mirrored."""
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    expressions = []
+    h.client.create_subscription(hri.Expression, "/humans/voices/anna/expression", expressions.append, 10)
+    track(h, "anna")
+    h.publish(String, "robot_speech", String(data="Shall I bring you the blue cup?"))
+    h.settle()
+    until(h, "anna", speech(final="shall i bring you the blue cup"), lambda: len(h.received) == 1)
+    until(h, "anna", speech(final="Yes, please!"), lambda: len(h.received) == 2)
+    h.settle()
+    assert [("transcript-echoes-robot" in m.flags) for m in h.received] == [True, False]
+    assert [e.confidence for e in expressions] == [pytest.approx(h.received[1].confidence)]
