@@ -35,12 +35,9 @@ def strip_tts_markup(text: str) -> str:
     """``text`` as the TTS speaks it: SSML tags removed (every tag inside ``<speak>``, else SSML's own tag names
     only) and its entities unescaped, NAOqi's ``\\tag=value\\`` and ``^start(...)`` annotations removed,
     whitespace collapsed. Text without markup comes back unchanged."""
-    if not has_tts_markup(text):
+    tags = _ANY_TAG if _SSML_ROOT.search(text) else _SSML_TAG
+    out, n_tags = tags.subn(" ", text)
+    out = _NAOQI_ANIMATION.sub(" ", _NAOQI_TAG.sub(" ", html.unescape(out) if n_tags else out))
+    if out == text:  # no markup: every match is replaced by a space, so a text with any would differ
         return text
-    out = text
-    if _SSML_ROOT.search(out) or _SSML_TAG.search(out):
-        out = (_ANY_TAG if _SSML_ROOT.search(out) else _SSML_TAG).sub(" ", out)
-        out = html.unescape(out)
-    out = _NAOQI_ANIMATION.sub(" ", _NAOQI_TAG.sub(" ", out))
-    out = re.sub(r"\s+([,.!?;:])", r"\1", " ".join(out.split()))  # "there !" where a tag stood before the "!"
-    return out
+    return re.sub(r"\s+([,.!?;:])", r"\1", " ".join(out.split()))  # "there !" where a tag stood before the "!"

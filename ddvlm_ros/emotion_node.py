@@ -362,20 +362,20 @@ class EmotionNode(LifecycleNode):
 
     def _on_transcript(self, msg: String) -> None:
         self._seen("transcript_topic")
-        received = time.monotonic()
-        end = self._now()
-        speaker, text = parse_transcript(msg.data, self.p("default_speaker"), self.p("speaker_prefix"))
-        header = Header(stamp=sec_to_stamp(end, type(Header().stamp)), frame_id="")
-        self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text,
-                                         end - self.p("text_window_s"), end, received, header))
+        self._submit_plain_text(*parse_transcript(msg.data, self.p("default_speaker"), self.p("speaker_prefix")))
 
     def _on_robot_speech(self, msg: String) -> None:
         """What the robot says: a turn of ROBOT_SPEAKER (context only: the pipeline takes its TTS markup out)."""
         self._seen("robot_speech_topic")
-        end = self._now()
+        self._submit_plain_text(ROBOT_SPEAKER, msg.data)
+
+    def _submit_plain_text(self, speaker: str, text: str) -> None:
+        """A text without stamps, ended now: its window the text_window_s before, the next id of the node's
+        counter, the conversation_id parameter's conversation."""
+        received, end = time.monotonic(), self._now()
         header = Header(stamp=sec_to_stamp(end, type(Header().stamp)), frame_id="")
-        self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), ROBOT_SPEAKER, msg.data,
-                                         end - self.p("text_window_s"), end, time.monotonic(), header))
+        self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text,
+                                         end - self.p("text_window_s"), end, received, header))
 
     def _on_utterance(self, msg: Utterance) -> None:
         self._seen("utterance_topic")
