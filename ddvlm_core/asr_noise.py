@@ -51,6 +51,20 @@ def unpunctuate(text: str) -> str:
     return " ".join(words) if words else text
 
 
+def streaming_partials(text: str, words_per_result: float = 1.25) -> list[str]:
+    """The partial results a streaming ASR (Vosk's, every 0.5 s of speech at 2.5 words a second: 1.25 words each)
+    publishes before its final result for ``text``: growing prefixes of it, ``unpunctuate``d, each with more words
+    than the one before; the whole text is left to the final result. "Oh, I can't!" -> ["oh", "oh i"]."""
+    words = unpunctuate(text).split()
+    counts, k = [], 1
+    while round(k * words_per_result) < len(words):
+        n = max(1, round(k * words_per_result))
+        if not counts or n > counts[-1]:
+            counts.append(n)
+        k += 1
+    return [" ".join(words[:n]) for n in counts]
+
+
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """(substitutions + deletions + insertions) / reference words, by word-level edit distance (of the texts as
     given: score normalised texts, e.g. both ``unpunctuate``d, to leave case and punctuation out, as ASR

@@ -280,8 +280,20 @@ class Dialogue:
         self._turns: deque[Turn] = deque(maxlen=max_turns)
 
     def add(self, speaker: str | None, text: str | bytes, language: str = "") -> Turn:
-        turn = Turn.of(self.speakers.token(speaker), text, speaker, language)
-        self._turns.append(turn)
+        return self.append(self.turn(speaker, text, language))
+
+    def turn(self, speaker: str | None, text: str | bytes, language: str = "") -> Turn:
+        """The turn of ``speaker`` saying ``text`` in this dialogue (its speaker token given), not added yet."""
+        return Turn.of(self.speakers.token(speaker), text, speaker, language)
+
+    def append(self, turn: Turn, replacing: Turn | None = None) -> Turn:
+        """Add ``turn`` as the latest; in the place of ``replacing`` when that is the latest turn (an earlier
+        version of it, e.g. an ASR's partial result: ``ddvlm_core.partial_results``), so that no earlier turn leaves
+        a full window for it."""
+        if replacing is not None and self._turns and self._turns[-1] is replacing:
+            self._turns[-1] = turn
+        else:
+            self._turns.append(turn)
         return turn
 
     def take_back(self, turn: Turn) -> None:

@@ -593,6 +593,7 @@ class EmotionNode(LifecycleNode):
                        "asr_repetition_loops": s.repetition_loops,
                        "self_echo_transcripts": self.pipeline.self_echo_summary(),
                        "self_echoes_dropped": s.self_echoes_dropped,
+                       "partial_result_transcripts": self.pipeline.partial_summary(),
                        "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
@@ -600,6 +601,9 @@ class EmotionNode(LifecycleNode):
                 level, message = DiagnosticStatus.WARN, "no frames in utterance windows (see frame_window_miss)"
             elif self.pipeline.hears_robot():
                 level, message = DiagnosticStatus.WARN, "the ASR hears the robot (see self_echo_transcripts)"
+            elif self.pipeline.asr_partials():
+                level, message = (DiagnosticStatus.WARN,
+                                  "transcripts are partial results (see partial_result_transcripts)")
             elif self.pipeline.speech_not_english():
                 level, message = DiagnosticStatus.WARN, "transcripts not in English (see transcripts_not_english)"
             elif self.pipeline.asr_unpunctuated():

@@ -22,6 +22,7 @@ from ddvlm_core.captioner import Frame, uniform_picks
 from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, Dialogue,
                                 Turn, has_text, non_speech)
 from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
+from ddvlm_core.partial_results import PARTIAL_FLAG, is_partial_of
 from ddvlm_core.self_echo import SELF_ECHO_FLAG, echoed_turn
 from ddvlm_core.tts_markup import strip_tts_markup
 
@@ -35,6 +36,8 @@ LANGUAGE_WINDOW = 20  # the latest classified transcripts whose language is watc
 LANGUAGE_MIN = 10  # of them, before the node judges; half of them not in English: the speech is not English
 ECHO_WINDOW = 20  # the latest classified transcripts watched for echoes of the robot's speech
 ECHO_RECUR = 3  # of them repeating the robot: the ASR hears the robot (people, in MELD: under 1 % of utterances)
+PARTIAL_WINDOW = 20  # the latest classified transcripts watched for partial results (the one before, extended)
+PARTIAL_RECUR = 3  # of them extending the turn before: the transcripts are partial results (people: under 1 %)
 
 
 class RecentShare:
@@ -119,6 +122,9 @@ class Stats:
     self_echo_last: str = ""  # the latest of them and the robot's turn it repeated
     self_echoes_dropped: int = 0  # of them, dropped (drop_self_echoes): no answer, no turn of the dialogue
     self_echo_recent: deque = field(default_factory=lambda: deque(maxlen=ECHO_WINDOW))  # echo or not, per transcript
+    partial_results: int = 0  # classified transcripts extending the one before (flagged transcript-extends-previous)
+    partial_last: str = ""  # the latest of them and the turn it extended
+    partial_recent: deque = field(default_factory=lambda: deque(maxlen=PARTIAL_WINDOW))  # extended or not, each
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -199,6 +205,7 @@ class Conversation:
     def __init__(self, max_turns: int, now: float):
         self.dialogue = Dialogue(max_turns)
         self.last_active = now  # on the pipeline's clock
+        self.latest: tuple[Turn, float] | None = None  # the latest turn added and its end (ROS time)
 
 
 class EmotionPipeline:
@@ -499,15 +506,19 @@ class EmotionPipeline:
         conv = self._conversation(utt.conversation_id)
         reused = conv.dialogue.speakers.reused
         try:
-            turn = conv.dialogue.add(utt.speaker_id or None, text, utt.language)
+            turn = conv.dialogue.turn(utt.speaker_id or None, text, utt.language)
         except (ValueError, TypeError) as e:
             self.stats.rejected += 1
             self.log("warn", f"utterance {utt.utterance_id!r} skipped: {e}")
             return
         self.stats.speaker_tokens_reused += conv.dialogue.speakers.reused - reused
+        earlier = None if robot else self._earlier_version(conv, turn, utt.end)  # (its turn, how long before)
+        conv.dialogue.append(turn, replacing=earlier[0] if earlier else None)
+        conv.latest = (turn, utt.end)
         if robot:
             self.stats.context_only += 1
             return
+        utt = self._watch_partial(earlier, turn, utt)
         turns = conv.dialogue.turns
         if self.context_only_speakers.strip() or self.robot_speaker:
             utt = self._watch_echo(utt, turns)
@@ -598,6 +609,48 @@ class EmotionPipeline:
                              f"answer how a person feels from the robot's words; {handled}. Mute the ASR while the "
                              "robot speaks, or cancel the echo (AEC)")
         return replace(utt, flags=utt.flags + (SELF_ECHO_FLAG,))
+
+    @staticmethod
+    def _earlier_version(conv: Conversation, turn: Turn, end: float) -> tuple[Turn, float] | None:
+        """The conversation's latest turn and how long before ``end`` it ended, when ``turn`` (ending at ``end``) is
+        its next version, as an ASR's partial results follow each other (``ddvlm_core.partial_results``); else
+        None."""
+        if conv.latest is None or not conv.dialogue.turns or conv.dialogue.turns[-1] is not conv.latest[0]:
+            return None
+        latest, gap = conv.latest[0], end - conv.latest[1]
+        return (latest, gap) if is_partial_of(latest, turn, gap) else None
+
+    def _watch_partial(self, earlier: tuple[Turn, float] | None, turn: Turn, utt: UtteranceIn) -> UtteranceIn:
+        """The utterance, flagged when its turn replaced an ``earlier`` version of it (an ASR's partial result, and
+        how long before it ended); counted, and the first time PARTIAL_RECUR of the latest transcripts are such,
+        said: the transcripts are partial results."""
+        recurring = self.asr_partials()
+        self.stats.partial_recent.append(earlier is not None)
+        if earlier is None:
+            return utt
+        self.stats.partial_results += 1
+        self.stats.partial_last = f"{turn.text[:60]!r} {earlier[1]:.1f} s after {earlier[0].text[:60]!r}"
+        if self.asr_partials() and not recurring:
+            self.log("warn", f"{self.partial_summary()}: the transcripts are an ASR's partial results, and the node "
+                             "answers each from part of the words. Remap transcript to the ASR's final results "
+                             "(ros-vosk: speech_recognition/final_result, not partial_result), or send ddvlm_msgs/"
+                             f"Utterance with is_final false on partial results; such answers carry the flag "
+                             f"{PARTIAL_FLAG}, and the context keeps the latest version")
+        return replace(utt, flags=utt.flags + (PARTIAL_FLAG,))
+
+    def asr_partials(self) -> bool:
+        """Whether PARTIAL_RECUR of the latest PARTIAL_WINDOW classified transcripts extended the turn before."""
+        return sum(list(self.stats.partial_recent)) >= PARTIAL_RECUR  # a copy: diagnostics read while it grows
+
+    def partial_summary(self) -> str:
+        """'k of the latest n transcripts repeated and extended the one before them (the latest: ...)' ('' before
+        any)."""
+        recent = list(self.stats.partial_recent)
+        extended, n = sum(recent), len(recent)
+        if not extended:
+            return ""
+        return (f"{extended} of the latest {n} transcripts repeated and extended the one before them (the latest: "
+                f"{self.stats.partial_last})")
 
     def hears_robot(self) -> bool:
         """Whether ECHO_RECUR of the latest ECHO_WINDOW classified transcripts repeated the robot's latest words."""

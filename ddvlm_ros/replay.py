@@ -37,6 +37,7 @@ from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FL
                                 non_speech)
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.language import NOT_ENGLISH_FLAG
+from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.metrics import metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
@@ -186,6 +187,11 @@ class ReplayResult:
                  f"transcripts: {dropped} repeated what the robot had just said and were dropped (drop_self_echoes; "
                  "counted unanswered)" if dropped else ""]
         return "; ".join(line for line in lines if line)
+
+    def partial_line(self) -> str:
+        """How many answered transcripts repeated and extended the one before them: an ASR's partial results."""
+        return self.flagged_line(PARTIAL_FLAG, "repeated and extended the one before them, as an ASR's partial "
+                                               "results do (remap the topic of its final results)")
 
     def prediction(self, key: str):
         entry = self.answers.get(key, {})
@@ -539,7 +545,7 @@ def main(argv: list[str]) -> int:
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
     notes = (result.camera_line(), result.transcript_line(), result.language_line(), result.loop_line(),
-             result.echo_line())
+             result.echo_line(), result.partial_line())
     for note in notes:
         if note:
             print(note)

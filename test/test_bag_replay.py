@@ -173,11 +173,12 @@ def test_committed_sample_bag_replays_through_the_default_checkpoint():
     assert 0 <= score["wa_f1"] <= 100 and score["latency_ms"]["p50"] > 0
 
 
-def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0, said=None):
+def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0, said=None, times=None):
     """A bag as `ros2 bag record` leaves it on a robot: ASR text on /asr/text, JPEG frames on
     /camera/color/image_raw/compressed and a topic the node has no use for; no labels side file.
     ``camera_clock_offset_s``: the camera stamps its frames with a clock that far from the robot's. ``said``:
-    line index -> what the robot said 1 s before that line, on /speech (naoqi_driver's TTS input)."""
+    line index -> what the robot said 1 s before that line, on /speech (naoqi_driver's TTS input). ``times``: each
+    line's time (default: every 2 s from 102 s)."""
     import cv2
     import numpy as np
     from rosbags.rosbag2 import Writer
@@ -195,7 +196,7 @@ def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0, said=None):
         speech = writer.add_connection("/speech", "std_msgs/msg/String", typestore=store) if said else None
         events = []
         for k, line in enumerate(lines):
-            t = 100.0 + 2.0 * (k + 1)
+            t = times[k] if times else 100.0 + 2.0 * (k + 1)
             events.append((t, asr, store.serialize_cdr(String(data=line), "std_msgs/msg/String")))
             if k in (said or {}):
                 events.append((t - 1.0, speech, store.serialize_cdr(String(data=said[k]), "std_msgs/msg/String")))
@@ -347,6 +348,24 @@ def test_the_replay_report_counts_transcripts_repeating_the_robot(tmp_path, tiny
             "(flag transcript-echoes-robot)")
     assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
     assert "echoes-robot" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
+
+
+def test_the_replay_report_counts_transcripts_that_are_partial_results(tmp_path, tiny_text_checkpoint, capsys):
+    """A bag whose ASR topic carries its partial results (ros-vosk's partial_result recorded as the transcript): the
+    next versions of one utterance carry transcript-extends-previous, and the report says what to remap."""
+    from ddvlm_ros.replay import main
+
+    lines = ["Ann: i", "Ann: i can't", "Ann: I can't believe it!", "Bob: What happened?"]
+    bag = write_robot_bag(tmp_path / "partials", lines, fps=0.0, times=[102.0, 102.5, 103.0, 106.0])
+    out = tmp_path / "out"
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
+                 "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
+    records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [("transcript-extends-previous" in r["text"]["flags"]) for r in records] == [False, True, True, False]
+    note = ("transcripts: 2 of the 4 answered ones repeated and extended the one before them, as an ASR's partial "
+            "results do (remap the topic of its final results) (flag transcript-extends-previous)")
+    assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
+    assert "extends-previous" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
 
 
 def report_of_robot_bag(tmp_path, checkpoint) -> str:

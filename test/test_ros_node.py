@@ -167,6 +167,25 @@ def test_an_asr_that_hears_the_robot_is_diagnosed(harness, tiny_text_checkpoint)
         "cup number 2' after the robot's 'Shall I bring you the blue cup number 2?')")
 
 
+def test_transcripts_that_are_partial_results_are_diagnosed(harness, tiny_text_checkpoint):
+    """An ASR's partial results remapped onto transcript: each next version of the utterance carries
+    transcript-extends-previous, the context holds it once, and /diagnostics says the transcripts are partial
+    results once three of the latest are."""
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    for text in ("i", "i can't", "i can't believe", "I can't believe it!"):
+        h.publish(String, "transcript", String(data=f"Ann: {text}"))
+    got = h.wait_for(4)
+    assert [("transcript-extends-previous" in m.flags) for m in got] == [False, True, True, True]
+    h.settle()
+    status = h.node.diagnostic_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == b"\x01"
+    assert status.message == "transcripts are partial results (see partial_result_transcripts)"
+    assert values["partial_result_transcripts"].startswith(
+        "3 of the latest 4 transcripts repeated and extended the one before them (the latest: \"I can't believe it!\" ")
+    assert [t.text for t in h.node.pipeline.conversations["default"].dialogue.turns] == ["I can't believe it!"]
+
+
 def test_what_the_robot_says_on_robot_speech_joins_the_context_and_its_echo_is_flagged(harness, tiny_text_checkpoint):
     """naoqi_driver's /speech (what Pepper is told to say) remapped onto robot_speech: the robot's turns join the
     context as speaker 'robot', markup removed, with no answer of their own; the ASR's transcript of them is

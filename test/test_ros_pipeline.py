@@ -509,7 +509,8 @@ def test_an_asr_that_does_not_punctuate_is_flagged_and_said_once(tiny_text_check
     rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
     logged = []
     pipe = EmotionPipeline(rec, (results := []).append, log=lambda level, text: logged.append((level, text)))
-    punctuated = [utt(f"I have {k} things to say.") for k in range(10)] + [utt("no") for _ in range(5)]
+    punctuated = [utt(f"I have {k} things to say.") for k in range(10)]
+    punctuated += [utt(w) for w in ("no", "nope", "nah", "never", "nay")]
     answer(pipe, punctuated + [utt(f"i have {k} things to say") for k in range(9)])
     assert pipe.stats.unpunctuated == 9 and not pipe.asr_unpunctuated() and not logged
     assert [("transcript-unpunctuated" in r.prediction.flags) for r in results] == [False] * 15 + [True] * 9
@@ -688,3 +689,61 @@ def test_with_drop_self_echoes_the_robots_words_heard_back_get_no_answer_and_lea
     assert [t.speaker for t in pipe.conversations["c"].dialogue.turns] == ["robot", "ann"] * 3
     assert pipe.stats.self_echoes == pipe.stats.self_echoes_dropped == 3 and pipe.hears_robot()
     assert [level for level, _ in logged] == ["warn"] and "they are dropped (drop_self_echoes)" in logged[0][1]
+
+
+def timed(text, end, speaker="ann"):
+    """A plain-text transcript that ended at ``end`` (ROS time), as the node stamps it on arrival."""
+    return UtteranceIn("c", text, speaker, text, end - 4.0, end, time.monotonic())
+
+
+def test_transcripts_that_are_an_asrs_partial_results_fold_into_one_turn_and_are_said_once_they_recur(
+        tiny_text_checkpoint):
+    """A streaming ASR's partial results on the transcript topic (Vosk's partial_result remapped onto it): each
+    next version of the utterance carries transcript-extends-previous and replaces the one before in the context, so
+    the dialogue holds the utterance once; the third such transcript makes one WARN and asr_partials() true. The
+    next utterance, said after it, is a turn of its own."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(rec, (results := []).append, log=lambda level, text: logged.append((level, text)))
+    stream = [timed("Hello.", 5.0, "bob"), timed("i", 10.0), timed("i can", 10.5), timed("i can't believe", 11.0),
+              timed("I can't believe it!", 11.6)]
+    answer(pipe, stream[:4])
+    assert pipe.stats.partial_results == 2 and not pipe.asr_partials() and not logged
+    answer(pipe, stream[4:] + [timed("Where are my keys?", 16.0)])
+    flagged = [("transcript-extends-previous" in r.prediction.flags) for r in results]
+    assert flagged == [False, False, True, True, True, False]
+    turns = [t.text for t in pipe.conversations["c"].dialogue.turns]
+    assert turns == ["Hello.", "I can't believe it!", "Where are my keys?"]
+    assert pipe.asr_partials() and pipe.stats.partial_results == 3
+    assert logged == [("warn", "3 of the latest 5 transcripts repeated and extended the one before them (the latest: "
+                               "\"I can't believe it!\" 0.6 s after \"i can't believe\"): the transcripts are an ASR's "
+                               "partial results, and the node answers each from part of the words. Remap transcript to "
+                               "the ASR's final results (ros-vosk: speech_recognition/final_result, not "
+                               "partial_result), or send ddvlm_msgs/Utterance with is_final false on partial results; "
+                               "such answers carry the flag transcript-extends-previous, and the context keeps the "
+                               "latest version")]
+    answer(pipe, [timed(f"Something else, number {k}.", 20.0 + 5 * k) for k in range(19)])
+    assert not pipe.asr_partials() and pipe.partial_summary() == "" and len(logged) == 1
+
+
+@pytest.mark.parametrize("earlier, later", [
+    (timed("no", 10.0), timed("no i won't", 12.5)),  # said again, but more than 2 s later
+    (timed("No!", 10.0), timed("No, I won't.", 10.5)),  # the turn before ends a sentence: a final result
+    (timed("i can't", 10.0, "bob"), timed("I can't believe it!", 10.5)),  # another speaker
+    (timed("where is my", 10.0), timed("Where are my keys?", 10.5)),  # not its words
+    (timed("i can't", 10.0), timed("I can't believe it!", 9.5)),  # ended before it (stamps out of order)
+])
+def test_a_transcript_that_does_not_extend_the_turn_before_stays_its_own_turn(tiny_text_checkpoint, earlier, later):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    pipe, results = run_pipeline(rec, [earlier, later])
+    assert len(pipe.conversations["c"].dialogue) == 2 and pipe.stats.partial_results == 0
+    assert not any("transcript-extends-previous" in r.prediction.flags for r in results)
+
+
+def test_the_robots_turn_between_two_transcripts_keeps_them_apart(tiny_text_checkpoint):
+    """The turn before must be the transcript's own: the robot speaking in between (robot_speech) breaks a stream."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    pipe, results = run_pipeline(rec, [timed("no", 10.0), timed("Really?", 10.5, "robot"),
+                                       timed("no i won't", 11.0)], context_only_speakers="robot")
+    assert [t.text for t in pipe.conversations["c"].dialogue.turns] == ["no", "Really?", "no i won't"]
+    assert pipe.stats.partial_results == 0 and len(results) == 2
