@@ -58,7 +58,7 @@ def hold(transcripts, fold: bool, max_gap_s: float | None = None):
     gap = PARTIAL_GAP_S if max_gap_s is None else max_gap_s
     dialogue, latest, contexts, folded, folded_partials = Dialogue(MAX_TURNS), None, {}, 0, 0
     for speaker, text, end, final in transcripts:
-        turn = dialogue.turn(speaker, text)
+        turn = dialogue.new_turn(speaker, text)
         if fold and latest is not None and is_partial_of(latest[0], turn, end - latest[1], gap):
             dialogue.append(turn, replacing=latest[0])
             folded += 1

@@ -280,9 +280,9 @@ class Dialogue:
         self._turns: deque[Turn] = deque(maxlen=max_turns)
 
     def add(self, speaker: str | None, text: str | bytes, language: str = "") -> Turn:
-        return self.append(self.turn(speaker, text, language))
+        return self.append(self.new_turn(speaker, text, language))
 
-    def turn(self, speaker: str | None, text: str | bytes, language: str = "") -> Turn:
+    def new_turn(self, speaker: str | None, text: str | bytes, language: str = "") -> Turn:
         """The turn of ``speaker`` saying ``text`` in this dialogue (its speaker token given), not added yet."""
         return Turn.of(self.speakers.token(speaker), text, speaker, language)
 

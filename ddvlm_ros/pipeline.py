@@ -506,7 +506,7 @@ class EmotionPipeline:
         conv = self._conversation(utt.conversation_id)
         reused = conv.dialogue.speakers.reused
         try:
-            turn = conv.dialogue.turn(utt.speaker_id or None, text, utt.language)
+            turn = conv.dialogue.new_turn(utt.speaker_id or None, text, utt.language)
         except (ValueError, TypeError) as e:
             self.stats.rejected += 1
             self.log("warn", f"utterance {utt.utterance_id!r} skipped: {e}")

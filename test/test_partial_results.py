@@ -54,10 +54,10 @@ def test_a_partial_result_is_the_same_speakers_turn_just_before_within_the_gap()
 def test_a_turn_appended_in_place_of_the_latest_replaces_it_and_keeps_a_full_window_whole():
     dialogue = Dialogue(max_turns=3)
     first, second, partial = dialogue.add("bob", "Hello."), dialogue.add("ann", "Hi."), dialogue.add("ann", "i can't")
-    final = dialogue.append(dialogue.turn("ann", "I can't believe it!"), replacing=partial)
+    final = dialogue.append(dialogue.new_turn("ann", "I can't believe it!"), replacing=partial)
     assert dialogue.turns == (first, second, final)  # the window was full: nothing else left it
     assert final.speaker_token == second.speaker_token == "<s2>"
-    later = dialogue.append(dialogue.turn("bob", "What?"), replacing=partial)  # not the latest: appended
+    later = dialogue.append(dialogue.new_turn("bob", "What?"), replacing=partial)  # not the latest: appended
     assert dialogue.turns == (second, final, later)
 
 
