@@ -100,6 +100,10 @@ PARAMS: tuple[Param, ...] = (
           "transcript-echoes-robot gets no /emotion and leaves the dialogue context (for a robot that hears itself "
           "and cannot mute its ASR while it speaks; the few people who repeat the robot's words are dropped too)",
           applies="now"),
+    Param("quote_speech", True, "quote people's words (60 characters at most) in the log and /diagnostics when "
+          "the node reports what the ASR did to them (a repetition loop, an echo of the robot, a partial result); "
+          "false: how many words only, for studies whose participants' speech must not reach the log files "
+          "(~/.ros/log) or recorded /diagnostics", applies="now"),
     Param("transcript_topic", "transcript", "std_msgs/String transcript topic ('' = off)", topic="optional",
           applies="activate"),
     Param("utterance_topic", "utterance", "ddvlm_msgs/Utterance topic ('' = off)", topic="optional",

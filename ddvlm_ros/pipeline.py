@@ -38,6 +38,7 @@ ECHO_WINDOW = 20  # the latest classified transcripts watched for echoes of the 
 ECHO_RECUR = 3  # of them repeating the robot: the ASR hears the robot (people, in MELD: under 1 % of utterances)
 PARTIAL_WINDOW = 20  # the latest classified transcripts watched for partial results (the one before, extended)
 PARTIAL_RECUR = 3  # of them extending the turn before: the transcripts are partial results (people: under 1 %)
+QUOTE_CHARS = 60  # of a person's words quoted in the log and the diagnostics (quote_speech)
 
 
 class RecentShare:
@@ -119,11 +120,11 @@ class Stats:
     not_english_why: str = ""  # what said so of the latest of them: "language tag 'ja'", "Cyrillic script"
     not_english_recent: RecentShare = field(default_factory=lambda: RecentShare(LANGUAGE_WINDOW, LANGUAGE_MIN))
     self_echoes: int = 0  # classified transcripts repeating the robot's latest words (flagged transcript-echoes-robot)
-    self_echo_last: str = ""  # the latest of them and the robot's turn it repeated
+    self_echo_last: tuple[str, str] = ("", "")  # the latest of them and the robot's turn it repeated
     self_echoes_dropped: int = 0  # of them, dropped (drop_self_echoes): no answer, no turn of the dialogue
     self_echo_recent: deque = field(default_factory=lambda: deque(maxlen=ECHO_WINDOW))  # echo or not, per transcript
     partial_results: int = 0  # classified transcripts extending the one before (flagged transcript-extends-previous)
-    partial_last: str = ""  # the latest of them and the turn it extended
+    partial_last: tuple[str, float, str] = ("", 0.0, "")  # the latest of them, how long after, the turn it extended
     partial_recent: deque = field(default_factory=lambda: deque(maxlen=PARTIAL_WINDOW))  # extended or not, each
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
@@ -217,7 +218,7 @@ class EmotionPipeline:
                  log: Callable[[str, str], None] = lambda level, msg: None,
                  thread_setup: dict[str, Callable[[], None]] | None = None,
                  clock: Callable[[], float] = time.monotonic, context_only_speakers: str = "",
-                 drop_self_echoes: bool = False):
+                 drop_self_echoes: bool = False, quote_speech: bool = True):
         self.recognizer, self.publish, self.captioner = recognizer, publish, captioner
         self.decode_frame, self.log = decode_frame, log
         self.max_turns, self.idle_timeout_s = max_turns, idle_timeout_s
@@ -241,6 +242,15 @@ class EmotionPipeline:
         self.context_only_speakers = context_only_speakers  # comma-separated speaker ids: context, not classified
         self.drop_self_echoes = drop_self_echoes  # an echo of the robot gets no answer and leaves the context
         self.robot_speaker = ""  # speaker of the node's robot_speech input (ROBOT_SPEAKER while on): context only too
+        self.quote_speech = quote_speech  # people's words in logs and diagnostics (False: how many words only)
+
+    def quote(self, text: str) -> str:
+        """What a person said, as the log and the diagnostics show it: quoted (QUOTE_CHARS characters at most) while
+        ``quote_speech``, else how many words it had (a study whose participants' speech must stay off the disk)."""
+        if self.quote_speech:
+            return repr(text[:QUOTE_CHARS])
+        n = len(text.split())
+        return f"<{n} word{'s' * (n != 1)}>"
 
     # ---- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -588,7 +598,7 @@ class EmotionPipeline:
         self.stats.repetition_loops += 1
         if self.stats.repetition_loops == 1:
             self.log("warn", f"the ASR repeated itself {turn.repeats_cut + LOOP_KEEP} times in one transcript "
-                             f"({turn.text[:60]!r} ...), as Whisper does in a repetition loop: the repeats past "
+                             f"({self.quote(turn.text)} ...), as Whisper does in a repetition loop: the repeats past "
                              f"{LOOP_KEEP} are cut and the answer carries the flag {REPETITION_LOOP_FLAG}. With "
                              "Whisper: condition_on_previous_text=False and a VAD keep it from looping")
 
@@ -601,7 +611,7 @@ class EmotionPipeline:
         if robot is None:
             return utt
         self.stats.self_echoes += 1
-        self.stats.self_echo_last = f"{turns[-1].text[:60]!r} after the robot's {robot.text[:60]!r}"
+        self.stats.self_echo_last = (turns[-1].text, robot.text)
         if self.hears_robot() and not recurring:
             handled = ("they are dropped (drop_self_echoes)" if self.drop_self_echoes else
                        f"those answers carry the flag {SELF_ECHO_FLAG}")
@@ -629,7 +639,7 @@ class EmotionPipeline:
         if earlier is None:
             return utt
         self.stats.partial_results += 1
-        self.stats.partial_last = f"{turn.text[:60]!r} {earlier[1]:.1f} s after {earlier[0].text[:60]!r}"
+        self.stats.partial_last = (turn.text, earlier[1], earlier[0].text)
         if self.asr_partials() and not recurring:
             self.log("warn", f"{self.partial_summary()}: the transcripts are an ASR's partial results, and the node "
                              "answers each from part of the words. Remap transcript to the ASR's final results "
@@ -649,8 +659,9 @@ class EmotionPipeline:
         extended, n = sum(recent), len(recent)
         if not extended:
             return ""
+        text, gap, before = self.stats.partial_last
         return (f"{extended} of the latest {n} transcripts repeated and extended the one before them (the latest: "
-                f"{self.stats.partial_last})")
+                f"{self.quote(text)} {gap:.1f} s after {self.quote(before)})")
 
     def hears_robot(self) -> bool:
         """Whether ECHO_RECUR of the latest ECHO_WINDOW classified transcripts repeated the robot's latest words."""
@@ -663,8 +674,9 @@ class EmotionPipeline:
         echoes, n = sum(recent), len(recent)
         if not echoes:
             return ""
+        heard, said = self.stats.self_echo_last
         return (f"{echoes} of the latest {n} transcripts repeated what the robot had just said (the latest: "
-                f"{self.stats.self_echo_last})")
+                f"{self.quote(heard)} after the robot's {said[:QUOTE_CHARS]!r})")
 
     def speech_not_english(self) -> bool:
         """Whether at least half of the latest classified transcripts (LANGUAGE_MIN of them at least) are not

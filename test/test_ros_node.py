@@ -170,7 +170,7 @@ def test_an_asr_that_hears_the_robot_is_diagnosed(harness, tiny_text_checkpoint)
 def test_transcripts_that_are_partial_results_are_diagnosed(harness, tiny_text_checkpoint):
     """An ASR's partial results remapped onto transcript: each next version of the utterance carries
     transcript-extends-previous, the context holds it once, and /diagnostics says the transcripts are partial
-    results once three of the latest are."""
+    results once three of the latest are, quoting them until quote_speech is set false."""
     h = harness(model_dir=tiny_text_checkpoint).start()
     for text in ("i", "i can't", "i can't believe", "I can't believe it!"):
         h.publish(String, "transcript", String(data=f"Ann: {text}"))
@@ -184,6 +184,13 @@ def test_transcripts_that_are_partial_results_are_diagnosed(harness, tiny_text_c
     assert values["partial_result_transcripts"].startswith(
         "3 of the latest 4 transcripts repeated and extended the one before them (the latest: \"I can't believe it!\" ")
     assert [t.text for t in h.node.pipeline.conversations["default"].dialogue.turns] == ["I can't believe it!"]
+    from rclpy.parameter import Parameter  # quote_speech: false, at once: the words leave /diagnostics
+
+    assert h.node.set_parameters([Parameter("quote_speech", value=False)])[0].successful
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["partial_result_transcripts"].startswith(
+        "3 of the latest 4 transcripts repeated and extended the one before them (the latest: <4 words> ")
+    assert values["partial_result_transcripts"].endswith(" s after <3 words>)")
 
 
 def test_what_the_robot_says_on_robot_speech_joins_the_context_and_its_echo_is_flagged(harness, tiny_text_checkpoint):

@@ -747,3 +747,25 @@ def test_the_robots_turn_between_two_transcripts_keeps_them_apart(tiny_text_chec
                                        timed("no i won't", 11.0)], context_only_speakers="robot")
     assert [t.text for t in pipe.conversations["c"].dialogue.turns] == ["no", "Really?", "no i won't"]
     assert pipe.stats.partial_results == 0 and len(results) == 2
+
+
+def test_with_quote_speech_off_no_word_a_person_said_reaches_the_log_or_the_diagnostics(tiny_text_checkpoint):
+    """quote_speech: false (a study whose participants' speech must stay off the disk): the reports of an ASR
+    repetition loop, an echo of the robot and a partial result give how many words were said, not the words; the
+    robot's own words are still quoted. Switched back on, the same reports quote again."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(rec, [].append, context_only_speakers="robot", quote_speech=False,
+                           log=lambda level, text: logged.append(text))
+    said = [timed("Shall I bring you the blue cup?", 1.0, "robot"), timed("shall i bring you the blue cup", 2.0, "")]
+    stream = [timed("i", 10.0), timed("i want", 10.5), timed("i want my", 11.0), timed("I want my mother!", 11.5)]
+    loop = timed("Goodbye now. " * 12, 20.0, "bob")
+    answer(pipe, said * 3 + stream + [loop])
+    assert pipe.stats.self_echoes == 3 and pipe.stats.partial_results == 3 and pipe.stats.repetition_loops == 1
+    shown = logged + [pipe.self_echo_summary(), pipe.partial_summary()]
+    assert len(logged) == 3 and not any(word in text.lower() for text in shown for word in ("mother", "goodbye"))
+    assert "(the latest: <7 words> after the robot's 'Shall I bring you the blue cup?')" in pipe.self_echo_summary()
+    assert pipe.partial_summary().endswith("(the latest: <4 words> 0.5 s after <3 words>)")
+    assert "in one transcript (<6 words> ...)" in logged[-1]  # the loop, cut to 3 repeats
+    pipe.quote_speech = True  # the node's parameter applies at once
+    assert pipe.partial_summary().endswith("(the latest: 'I want my mother!' 0.5 s after 'i want my')")
