@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -186,6 +188,84 @@ def parse_transcript(text: str, default_speaker: str, speaker_prefix: bool) -> t
         if sep and len(speaker) <= 32 and SPEAKER_LABEL.fullmatch(speaker):
             return speaker, rest
     return default_speaker, text
+
+
+@dataclass(frozen=True)
+class AsrJson:
+    """A transcript an ASR node published as its JSON result object, read."""
+
+    text: str
+    final: bool  # False: a partial result (Vosk's {"partial": ...}, a result marked is_final false)
+    speaker: str = ""  # its "speaker" field, if any
+    form: str = ""  # the field the text came from, e.g. "text" (Vosk's Result()), "partial", "alternatives"
+
+
+_FINAL_KEYS = ("is_final", "isFinal", "final")
+
+
+def asr_json(data: str) -> AsrJson | None:
+    """The transcript in ``data`` when it is an ASR's JSON result object published as it is on a String topic (Vosk
+    nodes publish ``rec.Result()`` / ``rec.PartialResult()``: ``{"text" : "..."}``, ``{"partial" : "..."}``); None
+    when ``data`` is not a JSON object (plain text). Read: "text" or "transcript" (with "is_final" / "isFinal" /
+    "final" when given, else final), "partial" (a partial result), "alternatives" (the first), "results" (Google's
+    and Riva's: the first alternative of each, final when every result says so), "speaker". A JSON object without
+    any of them is a ValueError naming its keys: it is no transcript the node can read."""
+    stripped = data.strip()
+    if not (stripped.startswith("{") and stripped.endswith("}")):
+        return None
+    try:
+        obj = json.loads(stripped)
+    except ValueError:
+        return None  # braces around text that is not JSON: plain text
+    if not isinstance(obj, dict):
+        return None
+    speaker = obj.get("speaker") if isinstance(obj.get("speaker"), str) else ""
+    found = _json_text(obj)
+    if found is None:
+        raise ValueError(f"a JSON object without a transcript field the node reads (keys: {sorted(obj)[:8]}); "
+                         "publish the transcript's text, or a JSON object with 'text'")
+    text, final, form = found
+    return AsrJson(text, final, speaker.strip(), form)
+
+
+def transcript_said(data: str, default_speaker: str, speaker_prefix: bool) -> tuple[str, str] | None:
+    """(speaker, text) that the node takes from a transcript message (EmotionNode._on_transcript): plain text as
+    ``parse_transcript`` reads it, or an ASR's final JSON result with words; None for what it skips (a JSON partial
+    result, an empty one, a JSON object without a transcript field)."""
+    try:
+        payload = asr_json(data)
+    except ValueError:
+        return None
+    if payload is None:
+        return parse_transcript(data, default_speaker, speaker_prefix)
+    if not payload.final or not payload.text.strip():
+        return None
+    return payload.speaker or default_speaker, payload.text
+
+
+def _json_final(obj: dict) -> bool:
+    flag = next((obj[k] for k in _FINAL_KEYS if isinstance(obj.get(k), bool)), True)
+    return bool(flag)
+
+
+def _json_text(obj: dict) -> tuple[str, bool, str] | None:
+    """(text, final, field) of an ASR's JSON result object, None when it has no field read as one."""
+    for key in ("text", "transcript"):
+        if isinstance(obj.get(key), str):
+            return obj[key], _json_final(obj), key
+    if isinstance(obj.get("partial"), str):
+        return obj["partial"], False, "partial"
+    alternatives = obj.get("alternatives")
+    if isinstance(alternatives, list) and alternatives and isinstance(alternatives[0], dict):
+        first = _json_text(alternatives[0])
+        if first is not None:
+            return first[0], first[1] and _json_final(obj), "alternatives"
+    results = obj.get("results")
+    if isinstance(results, list) and results and all(isinstance(r, dict) for r in results):
+        read = [_json_text(r) for r in results]
+        if all(r is not None for r in read):
+            return " ".join(r[0].strip() for r in read).strip(), all(r[1] for r in read), "results"
+    return None
 
 
 def prediction_to_msg(prediction, msg_type, header, conversation_id: str, utterance_id: str, speaker_id: str,

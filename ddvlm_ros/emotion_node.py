@@ -28,8 +28,8 @@ from std_msgs.msg import Header, String
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
-from ddvlm_ros.convert import (compressed_msg_to_rgb, cv_bridge_problem, image_msg_to_rgb, parse_transcript,
-                               prediction_to_msg, sec_to_stamp, stamp_to_sec, use_cv_bridge)
+from ddvlm_ros.convert import (AsrJson, asr_json, compressed_msg_to_rgb, cv_bridge_problem, image_msg_to_rgb,
+                               parse_transcript, prediction_to_msg, sec_to_stamp, stamp_to_sec, use_cv_bridge)
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
 from ddvlm_ros.pipeline import ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
 from ddvlm_ros.spin import spin_until_shutdown
@@ -77,6 +77,9 @@ class EmotionNode(LifecycleNode):
         self._utterance_msgs = {"final": 0, "partial": 0}
         self._first_partial: float | None = None  # monotonic time of the first non-final utterance message
         self._no_final_warned = False
+        self._json = {"final": 0, "partial": 0, "empty": 0, "unread": 0}  # transcripts that were ASR JSON objects
+        self._json_field = ""  # the field the latest one's text came from
+        self._first_json_partial: float | None = None  # monotonic time of the first JSON partial result
         self._input_types: dict[str, str] = {}  # input topic -> the type it takes, e.g. sensor_msgs/msg/Image
         self._qos_incompatible = 0
         self._bad_frames = 0
@@ -363,7 +366,39 @@ class EmotionNode(LifecycleNode):
 
     def _on_transcript(self, msg: String) -> None:
         self._seen("transcript_topic")
-        self._submit_plain_text(*parse_transcript(msg.data, self.p("default_speaker"), self.p("speaker_prefix")))
+        try:
+            payload = asr_json(msg.data)
+        except ValueError as e:
+            self._json["unread"] += 1
+            self.pipeline.stats.rejected += 1
+            self.pipeline.stats.last_error = f"transcript: {e}"
+            self.get_logger().warning(f"transcript skipped: {e}", once=True)  # json_transcripts counts the others
+            return
+        if payload is None:
+            self._submit_plain_text(*parse_transcript(msg.data, self.p("default_speaker"), self.p("speaker_prefix")))
+        elif self._final_json(payload):
+            self._submit_plain_text(payload.speaker or self.p("default_speaker"), payload.text)
+
+    def _final_json(self, payload: AsrJson) -> bool:
+        """Count a transcript that is an ASR's JSON result object; True when it is a final result with words. A
+        partial result is skipped (only final ones are classified), the first one with a WARN; an empty one (Vosk's
+        {"text": ""} on silence) is no utterance."""
+        self._json_field = payload.form
+        if not payload.final:
+            self._json["partial"] += 1
+            if self._first_json_partial is None:
+                self._first_json_partial = time.monotonic()
+                self.get_logger().warning(
+                    f'transcript carries partial results as JSON ({{"{payload.form}": ...}}, as Vosk\'s '
+                    "PartialResult): they are skipped, as only final results are classified; remap transcript onto "
+                    "the ASR's final results (voskros: ~/result, not ~/partial; ros-vosk: "
+                    "speech_recognition/final_result)")
+            return False
+        if not payload.text.strip():
+            self._json["empty"] += 1
+            return False
+        self._json["final"] += 1
+        return True
 
     def _on_robot_speech(self, msg: String) -> None:
         """What the robot says: a turn of ROBOT_SPEAKER (context only: the pipeline takes its TTS markup out)."""
@@ -626,6 +661,10 @@ class EmotionNode(LifecycleNode):
             values["no_final_utterance"] = no_final
             if level == DiagnosticStatus.OK:
                 level, message = DiagnosticStatus.WARN, "no final utterance (is_final)"
+        if any(self._json.values()):
+            values["json_transcripts"] = self._json_summary()
+            if self._json_partials_only() and level == DiagnosticStatus.OK:
+                level, message = DiagnosticStatus.WARN, "transcripts are partial results only (see json_transcripts)"
         if self.get_parameter("use_sim_time").value and self.get_clock().now().nanoseconds == 0:
             values["clock"] = "use_sim_time is true and no /clock message has come (`ros2 bag play --clock`?)"
             if level == DiagnosticStatus.OK:
@@ -636,6 +675,18 @@ class EmotionNode(LifecycleNode):
             level, message = DiagnosticStatus.ERROR, f"configure failed: {self.load_error}"
         return DiagnosticStatus(level=level, name=DIAGNOSTIC_NAME, message=message, hardware_id=self.get_name(),
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+    def _json_summary(self) -> str:
+        """What came on transcript as an ASR's JSON result objects: final results read, partial ones skipped."""
+        n = self._json
+        return (f"{n['final']} final results read from JSON (field {self._json_field!r} the latest), {n['partial']} "
+                f"partial results skipped, {n['empty']} empty, {n['unread']} without a transcript field")
+
+    def _json_partials_only(self) -> bool:
+        """Whether JSON partial results have come for NO_FINAL_WARN_S and no final one: transcript is remapped onto
+        the ASR's partial results, and nothing will be classified."""
+        first = self._first_json_partial
+        return not self._json["final"] and first is not None and time.monotonic() - first >= NO_FINAL_WARN_S
 
     def _no_final(self) -> str:
         """Why nothing is classified when utterance messages have come for NO_FINAL_WARN_S and none was final

@@ -41,7 +41,7 @@ from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.metrics import metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
-from ddvlm_ros.convert import parse_transcript
+from ddvlm_ros.convert import transcript_said
 
 
 INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/String",
@@ -280,7 +280,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         deadline = time.monotonic() + 10
         while any(p.get_subscription_count() == 0 for p in pubs.values()) and time.monotonic() < deadline:
             time.sleep(0.01)
-        answer_key = AnswerKeys(node.p("conversation_id"))
+        answer_key = AnswerKeys(node.p("conversation_id"), node.p("default_speaker"), node.p("speaker_prefix"))
         skipped: set[str] = set()  # final utterances the node does not classify (no text): no answer to wait for
         started = time.monotonic()
         played = bag_messages(bag, topics)
@@ -304,7 +304,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
             msg = deserialize_message(raw, types[topic])
             if key := answer_key(topics[topic], msg):
-                speaker, text = (msg.speaker_id, msg.text) if topics[topic] == "utterance" else parse_transcript(
+                speaker, text = (msg.speaker_id, msg.text) if topics[topic] == "utterance" else transcript_said(
                     msg.data, node.p("default_speaker"), node.p("speaker_prefix"))
                 # context_only_speakers (the robot) get no answer; nor does what was not speech ([BLANK_AUDIO])
                 if not node.pipeline.context_only(speaker) and not non_speech(text):
@@ -344,13 +344,15 @@ class AnswerKeys:
     the next number of the node's one counter (EmotionNode._next_id); an Utterance without a conversation_id goes
     to the node's conversation_id."""
 
-    def __init__(self, conversation_id: str):
+    def __init__(self, conversation_id: str, default_speaker: str = "", speaker_prefix: bool = True):
         self.conversation_id = conversation_id
+        self.default_speaker, self.speaker_prefix = default_speaker, speaker_prefix
         self.counter = 0
 
     def __call__(self, node_input: str, msg) -> str:
-        if node_input == "transcript":
-            return f"{self.conversation_id}/{self._next()}"
+        if node_input == "transcript":  # an ASR's JSON partial result is skipped: no number
+            said = transcript_said(msg.data, self.default_speaker, self.speaker_prefix)
+            return f"{self.conversation_id}/{self._next()}" if said is not None else ""
         if node_input == "robot_speech":  # numbered too; never answered
             self._next()
             return ""

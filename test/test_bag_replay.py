@@ -368,6 +368,22 @@ def test_the_replay_report_counts_transcripts_that_are_partial_results(tmp_path,
     assert "extends-previous" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
 
 
+def test_a_bag_of_an_asrs_json_results_replays_its_final_results_only(tmp_path, tiny_text_checkpoint):
+    """A robot bag whose ASR topic carries Vosk's JSON (partial results, a final one, silence): the replay numbers
+    only what the node answers, so every final result has its answer and none is counted unanswered."""
+    from ddvlm_ros.replay import main
+
+    lines = ['{\n  "partial" : "i can"\n}', '{\n  "text" : "i can\'t believe it"\n}', '{"text" : ""}',
+             "Bob: What happened?"]
+    bag = write_robot_bag(tmp_path / "vosk", lines, fps=0.0, times=[102.0, 102.5, 103.0, 106.0])
+    out = tmp_path / "out"
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
+                 "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
+    records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["speaker_id"]) for r in records] == [("default/1", ""), ("default/2", "Bob")]
+    assert "answered 2, unanswered 0" in (out / "replay.md").read_text()
+
+
 def report_of_robot_bag(tmp_path, checkpoint) -> str:
     """The replay report of ROBOT_LINES (English, punctuated) as text."""
     from ddvlm_ros.replay import main

@@ -246,3 +246,33 @@ def test_only_name_like_prefixes_are_speakers_and_every_meld_speaker_is_one():
         assert parse_transcript(text, "", True) == expected, text
     names = {r.speaker for s in ("train", "dev", "test") for rows in dialogues(s).values() for r in rows}
     assert len(names) > 300 and all(parse_transcript(f"{n}: hi", "", True) == (n.strip(), "hi") for n in names)
+
+
+@pytest.mark.parametrize("data, text, final, field", [
+    ('{\n  "partial" : "i can\'t"\n}', "i can't", False, "partial"),  # Vosk's PartialResult(), as voskros publishes it
+    ('{\n  "text" : "i can\'t believe it"\n}', "i can't believe it", True, "text"),  # Vosk's Result()
+    ('{"result": [{"conf": 1.0, "word": "hi"}], "text": "hi"}', "hi", True, "text"),  # with SetWords(True)
+    ('{"text": "", "partial": ""}', "", True, "text"),
+    ('{"alternatives": [{"confidence": 201.5, "text": "hi there"}, {"text": "high there"}]}', "hi there", True,
+     "alternatives"),  # Vosk with SetMaxAlternatives
+    ('{"results": [{"alternatives": [{"transcript": "I am", "confidence": 0.9}], "isFinal": true},'
+     ' {"alternatives": [{"transcript": " fine."}], "isFinal": true}]}', "I am fine.", True, "results"),  # Google
+    ('{"results": [{"alternatives": [{"transcript": "I am"}], "isFinal": false}]}', "I am", False, "results"),
+    ('{"transcript": "Sure.", "is_final": false}', "Sure.", False, "transcript"),
+])
+def test_an_asrs_json_result_object_is_read(data, text, final, field):
+    payload = convert.asr_json(data)
+    assert (payload.text, payload.final, payload.form, payload.speaker) == (text, final, field, "")
+    assert convert.asr_json('{"speaker": " SPEAKER_01 ", "text": "Hi."}').speaker == "SPEAKER_01"
+
+
+@pytest.mark.parametrize("data", ["I got the job!", "Ross: {laughs}", "{not json}", "[1, 2]", "{}x", '"{}"'])
+def test_text_that_is_not_a_json_object_is_plain_text(data):
+    assert convert.asr_json(data) is None
+
+
+def test_a_json_object_without_a_transcript_field_is_refused_with_its_keys():
+    with pytest.raises(ValueError, match=r"keys: \['confidence', 'words'\]"):
+        convert.asr_json('{"words": ["hi"], "confidence": 0.5}')
+    with pytest.raises(ValueError, match="keys"):
+        convert.asr_json('{"results": [{"alternatives": []}]}')

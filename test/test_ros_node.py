@@ -320,11 +320,15 @@ def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, t
         answer = h.wait_for(1)[0]
         angry = EmotionDistribution(labels=list(LABELS), probabilities=[0.1, 0, 0, 0, 0.1, 0.1, 0.7],
                                     top_label="anger", confidence=0.7, speaker_id="joey")
+        echo = EmotionDistribution(labels=list(LABELS), probabilities=[0, 0, 0, 1, 0, 0, 0], top_label="sadness",
+                                   confidence=1.0, speaker_id="ann", flags=["transcript-echoes-robot"])
+        h.publish(EmotionDistribution, "emotion", echo)  # before joey's on the same publisher: handled first
         h.publish(EmotionDistribution, "emotion", angry)
         deadline = time.monotonic() + 15
         while len(behaviour.mood) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert behaviour.mood == {"Ross": (answer.top_label, answer.confidence), "joey": ("anger", pytest.approx(0.7))}
+        # ann's answer was the robot's words heard back: skipped
         deadline = time.monotonic() + 15
         err = ""
         while "joey sounds upset: slowing down" not in err and time.monotonic() < deadline:
@@ -613,6 +617,35 @@ def test_utterances_that_are_never_final_are_a_warning_that_names_is_final(harne
     assert len(h.wait_for(1)) == 1
     status = h.node.diagnostic_status()
     assert status.level == b"\x00" and "no_final_utterance" not in {kv.key for kv in status.values}
+
+
+def test_an_asrs_json_results_on_transcript_are_read_and_its_partial_results_skipped(harness, tiny_text_checkpoint,
+                                                                                     monkeypatch):
+    """Vosk nodes publish Result() / PartialResult() as they are: JSON objects. A final result's text is the
+    utterance; partial results and empty results (silence) are no utterance; a JSON object with no transcript
+    field is refused and counted. Partial results only, for NO_FINAL_WARN_S: a warning (partial topic remapped)."""
+    from ddvlm_ros import emotion_node
+
+    monkeypatch.setattr(emotion_node, "NO_FINAL_WARN_S", 0.3)  # 30 s on a robot
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    for data in ['{\n  "partial" : "i can"\n}', '{\n  "partial" : "i can\'t"\n}', '{"partial" : ""}']:
+        h.publish(String, "transcript", String(data=data))
+    time.sleep(0.4)
+    h.settle()
+    status = h.node.diagnostic_status()
+    assert h.received == [] and status.level == b"\x01"
+    assert status.message == "transcripts are partial results only (see json_transcripts)"
+    for data in ['{\n  "text" : "i can\'t believe it"\n}', '{"text" : ""}', '{"words": ["hi"]}', "Ann: Okay."]:
+        h.publish(String, "transcript", String(data=data))
+    assert [m.speaker_id for m in h.wait_for(2)] == ["", "Ann"]
+    h.settle()
+    turns = h.node.pipeline.conversations["default"].dialogue.turns
+    assert [t.text for t in turns] == ["i can't believe it", "Okay."]
+    status = h.node.diagnostic_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == b"\x00" and values["rejected_utterances"] == "1"
+    assert values["json_transcripts"] == ("1 final results read from JSON (field 'text' the latest), 3 partial results "
+                                          "skipped, 1 empty, 1 without a transcript field")
 
 
 def test_no_camera_at_all_gives_text_only_results(harness, tiny_visual_checkpoint):
