@@ -199,6 +199,11 @@ class AsrJson:
     speaker: str = ""  # its "speaker" field, if any
     form: str = ""  # the field the text came from, e.g. "text" (Vosk's Result()), "partial", "alternatives"
 
+    @property
+    def utterance(self) -> bool:
+        """Whether the node classifies it: a final result with words (not Vosk's {"text": ""} on silence)."""
+        return self.final and bool(self.text.strip())
+
 
 _FINAL_KEYS = ("is_final", "isFinal", "final")
 
@@ -238,9 +243,7 @@ def transcript_said(data: str, default_speaker: str, speaker_prefix: bool) -> tu
         return None
     if payload is None:
         return parse_transcript(data, default_speaker, speaker_prefix)
-    if not payload.final or not payload.text.strip():
-        return None
-    return payload.speaker or default_speaker, payload.text
+    return (payload.speaker or default_speaker, payload.text) if payload.utterance else None
 
 
 def _json_final(obj: dict) -> bool:

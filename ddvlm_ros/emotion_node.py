@@ -370,8 +370,6 @@ class EmotionNode(LifecycleNode):
             payload = asr_json(msg.data)
         except ValueError as e:
             self._json["unread"] += 1
-            self.pipeline.stats.rejected += 1
-            self.pipeline.stats.last_error = f"transcript: {e}"
             self.get_logger().warning(f"transcript skipped: {e}", once=True)  # json_transcripts counts the others
             return
         if payload is None:
@@ -394,11 +392,8 @@ class EmotionNode(LifecycleNode):
                     "the ASR's final results (voskros: ~/result, not ~/partial; ros-vosk: "
                     "speech_recognition/final_result)")
             return False
-        if not payload.text.strip():
-            self._json["empty"] += 1
-            return False
-        self._json["final"] += 1
-        return True
+        self._json["final" if payload.utterance else "empty"] += 1
+        return payload.utterance
 
     def _on_robot_speech(self, msg: String) -> None:
         """What the robot says: a turn of ROBOT_SPEAKER (context only: the pipeline takes its TTS markup out)."""

@@ -643,7 +643,7 @@ def test_an_asrs_json_results_on_transcript_are_read_and_its_partial_results_ski
     assert [t.text for t in turns] == ["i can't believe it", "Okay."]
     status = h.node.diagnostic_status()
     values = {kv.key: kv.value for kv in status.values}
-    assert status.level == b"\x00" and values["rejected_utterances"] == "1"
+    assert status.level == b"\x00"
     assert values["json_transcripts"] == ("1 final results read from JSON (field 'text' the latest), 3 partial results "
                                           "skipped, 1 empty, 1 without a transcript field")
 
