@@ -222,6 +222,8 @@ def asr_json(data: str) -> AsrJson | None:
         obj = json.loads(stripped)
     except ValueError:
         return None  # braces around text that is not JSON: plain text
+    except RecursionError:
+        raise ValueError("a JSON object nested too deep to read") from None
     if not isinstance(obj, dict):
         return None
     speaker = obj.get("speaker") if isinstance(obj.get("speaker"), str) else ""
@@ -258,17 +260,23 @@ def _json_text(obj: dict) -> tuple[str, bool, str] | None:
             return obj[key], _json_final(obj), key
     if isinstance(obj.get("partial"), str):
         return obj["partial"], False, "partial"
-    alternatives = obj.get("alternatives")
-    if isinstance(alternatives, list) and alternatives and isinstance(alternatives[0], dict):
-        first = _json_text(alternatives[0])
-        if first is not None:
-            return first[0], first[1] and _json_final(obj), "alternatives"
+    first = _first_alternative(obj)
+    if first is not None:
+        return first, _json_final(obj), "alternatives"
     results = obj.get("results")
     if isinstance(results, list) and results and all(isinstance(r, dict) for r in results):
-        read = [_json_text(r) for r in results]
-        if all(r is not None for r in read):
-            return " ".join(r[0].strip() for r in read).strip(), all(r[1] for r in read), "results"
+        texts = [_first_alternative(r) for r in results]
+        if all(t is not None for t in texts):
+            return " ".join(t.strip() for t in texts).strip(), all(_json_final(r) for r in results), "results"
     return None
+
+
+def _first_alternative(obj: dict) -> str | None:
+    """The text of the first of ``obj``'s "alternatives" (its "text" or "transcript"), None without one."""
+    alternatives = obj.get("alternatives")
+    if not (isinstance(alternatives, list) and alternatives and isinstance(alternatives[0], dict)):
+        return None
+    return next((alternatives[0][k] for k in ("text", "transcript") if isinstance(alternatives[0].get(k), str)), None)
 
 
 def prediction_to_msg(prediction, msg_type, header, conversation_id: str, utterance_id: str, speaker_id: str,

@@ -276,3 +276,8 @@ def test_a_json_object_without_a_transcript_field_is_refused_with_its_keys():
         convert.asr_json('{"words": ["hi"], "confidence": 0.5}')
     with pytest.raises(ValueError, match="keys"):
         convert.asr_json('{"results": [{"alternatives": []}]}')
+    with pytest.raises(ValueError, match="nested too deep"):  # json's RecursionError would stop the node's spin
+        convert.asr_json('{"a": ' * 100_000 + "1" + "}" * 100_000)
+    deep = '{"alternatives": [' * 100 + '{"text": "hi"}' + "]}" * 100  # read one level deep only
+    with pytest.raises(ValueError, match=r"keys: \['alternatives'\]"):
+        convert.asr_json(deep)
