@@ -180,11 +180,14 @@ def parse_transcript(text: str, default_speaker: str, speaker_prefix: bool) -> t
     Only a name-like label counts as a speaker (at most 4 words of letters, digits and . _ ' ’ # / -, at most
     32 characters; every MELD speaker name passes), so a colon inside speech ("see http://x.org: now",
     "Note, this: ...") stays in the text. A short clause before a colon ("I told him: go") cannot be told
-    from a name: set ``speaker_prefix: false`` for ASR output that never carries speakers.
+    from a name: set ``speaker_prefix: false`` for ASR output that never carries speakers. The label may be in
+    brackets, as WhisperX and other diarizing ASRs write it: '[SPEAKER_00]: text'.
     """
     if speaker_prefix:
         speaker, sep, rest = text.partition(": ")
         speaker = speaker.strip()
+        if speaker.startswith("[") and speaker.endswith("]"):
+            speaker = speaker[1:-1].strip()
         if sep and len(speaker) <= 32 and SPEAKER_LABEL.fullmatch(speaker):
             return speaker, rest
     return default_speaker, text

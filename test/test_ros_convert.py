@@ -224,6 +224,10 @@ def test_jpeg_and_png_decode_and_garbage_is_refused():
 def test_transcript_convention_and_stamps():
     assert parse_transcript("Ross: I got it", "", True) == ("Ross", "I got it")
     assert parse_transcript("Ross: I got it", "mic1", False) == ("mic1", "Ross: I got it")
+    assert parse_transcript("[SPEAKER_00]: I got it", "", True) == ("SPEAKER_00", "I got it")  # WhisperX's label
+    assert parse_transcript("[ Guest #2 ]: Hi", "", True) == ("Guest #2", "Hi")
+    assert parse_transcript("[laughs] Well: so", "", True) == ("", "[laughs] Well: so")  # not a label
+    assert parse_transcript("[SPEAKER_00]: I got it", "mic1", False) == ("mic1", "[SPEAKER_00]: I got it")
     assert parse_transcript("no colon here", "", True) == ("", "no colon here")
     from builtin_interfaces.msg import Time
 
