@@ -12,16 +12,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from bench_modules import load_bench
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_quantization", REPO / "bench" / "quantization.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
 
 
 def test_a_row_past_its_timeout_is_stopped_and_reported_failed(tmp_path, tiny_text_checkpoint):
@@ -39,7 +32,7 @@ def test_a_row_past_its_timeout_is_stopped_and_reported_failed(tmp_path, tiny_te
 
 def test_a_failed_row_reports_its_error_with_where_it_was_raised(tiny_text_checkpoint):
     """The lent GPU returns only the report: a failed row's error names the exception and the place."""
-    bench = load_bench()
+    bench = load_bench("quantization")
     args = argparse.Namespace(checkpoint=str(tiny_text_checkpoint), split="test", limit=4, repeats=1, device="cpu",
                               row_timeout=0)
     result, error = bench.child("fp32_graphed", args)  # a GPU row on a CPU: refused inside build()
@@ -77,11 +70,7 @@ def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written
 @pytest.mark.parametrize("wers, message", [("0,0.1,a", "comma-separated numbers"), ("0,2", "each in [0, 1]"),
                                            ("nan", "each in [0, 1]")])
 def test_the_asr_noise_bench_refuses_word_error_rates_outside_0_to_1_before_any_bag_is_written(wers, message, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_asr_noise", REPO / "bench" / "asr_noise.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("asr_noise")
     with pytest.raises(SystemExit) as stop:
         bench.main(["--wers", wers])
     assert stop.value.code == 2 and message in capsys.readouterr().err
@@ -113,7 +102,7 @@ def test_a_ros_latency_row_whose_node_does_not_configure_stops_the_bench_with_th
 
 
 def test_bad_options_and_reports_of_another_kind_are_refused_before_anything_is_written(tmp_path, capsys):
-    bench = load_bench()
+    bench = load_bench("quantization")
     other = tmp_path / "ablation.json"  # another bench's report, passed by mistake: refused, left as it was
     other.write_text((REPO / "reports" / "ablation.json").read_text())
     cases = [(["--render", str(other)], "ablation.json: not a quantization report"),
@@ -159,7 +148,7 @@ def test_the_layer_cache_bench_times_both_ways_on_the_same_batches(tmp_path, tin
 
 
 def test_the_report_written_while_running_names_the_rows_still_to_run(tmp_path):
-    bench = load_bench()
+    bench = load_bench("quantization")
     done = {"row": "fp32", "title": bench.ROWS["fp32"], "wa_f1": 60.0, "accuracy": 61.0, "n": 10,
             "weight_bytes": 4 * 2**20, "note": "", "peak_rss_mb": 100.0, "predictions": [0] * 10,
             "latency": {"b1x128": {"p50_ms": 5.0, "p90_ms": 6.0}, "b1x511": {"p50_ms": 8.0, "p90_ms": 9.0}},
@@ -179,7 +168,7 @@ def test_a_compiled_row_is_compiled_now_and_its_note_says_how(tiny_text_checkpoi
     from ddvlm_core.model import DDVLM
     from ddvlm_core.quantization import WOQConfig
 
-    bench = load_bench()
+    bench = load_bench("quantization")
     model, tok, _ = DDVLM.load(tiny_text_checkpoint)
     model.quantize(WOQConfig(kernel="dequant"))
     note, graphs = bench.compile_row(model, tok, "cpu", "cudagraphs", woq=True)
@@ -192,7 +181,7 @@ def test_a_compiled_row_is_compiled_now_and_its_note_says_how(tiny_text_checkpoi
 def test_render_rebuilds_the_markdown_from_the_json_and_marks_ratios_a_run_did_not_measure(tmp_path):
     """A GPU run has no dynamic INT8 row: its 'x dynamic' cells read '—', not 'nan'. --render rewrites the
     Markdown from the JSON alone (a report brought back from the GPU machine), the same as the run wrote."""
-    bench = load_bench()
+    bench = load_bench("quantization")
 
     def row(name, ms128, ms511):
         return {"row": name, "title": bench.ROWS[name], "wa_f1": 60.0, "accuracy": 61.0, "n": 10,
@@ -219,13 +208,9 @@ def test_render_rebuilds_the_markdown_from_the_json_and_marks_ratios_a_run_did_n
 
 
 def test_the_speaker_tokens_bench_scores_both_ways_on_the_same_utterances(tmp_path, tiny_text_checkpoint):
-    import importlib.util
-
     from ddvlm_core.meld import dialogues
 
-    spec = importlib.util.spec_from_file_location("bench_speaker_tokens", REPO / "bench" / "speaker_tokens.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("speaker_tokens")
     out = tmp_path / "speaker_tokens.md"
     assert bench.main(["--model-dir", tiny_text_checkpoint, "--dialogues", "2", "--out", str(out)]) == 0
     result = json.loads(out.with_suffix(".json").read_text())

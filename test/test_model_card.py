@@ -9,6 +9,7 @@ import pytest
 from training.loop import run
 from training.model_card import MELD_TEST_SIZE, card, gpu_quantization_lines
 
+from bench_modules import load_bench
 from test_training import tiny_cfg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,11 +61,7 @@ SOURCE = "reports/quantization_gpu.md"
 def test_cuda_graph_rows_are_compared_with_fp32_in_the_same_mode_in_the_bench_and_the_card(tmp_path):
     """bench/quantization.py's same-mode ratio and the card's CUDA-graph line, on a GPU report of known latencies
     (the rows only run on a GPU: here they are refused)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_quantization", REPO / "bench" / "quantization.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("quantization")
     with pytest.raises(ValueError, match="needs a GPU"):
         bench.build("woq_cudagraphs", str(tmp_path), [], 1, device="cpu")
     with pytest.raises(ValueError, match="needs a GPU"):

@@ -1,11 +1,11 @@
 """Transcripts that are an ASR's partial results (ddvlm_core.partial_results): the rule, known answers, the dialogue's
 replacement of a turn, and its report on MELD."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from bench_modules import load_bench
 from ddvlm_core.asr_noise import streaming_partials
 from ddvlm_core.context import Dialogue, Turn
 from ddvlm_core.partial_results import PARTIAL_GAP_S, ends_sentence, extends, is_partial_of
@@ -69,19 +69,12 @@ def test_streaming_partials_grow_by_the_words_said_every_half_second():
     assert all(extends(a, b) for a, b in zip(steps, steps[1:] + ["One two three four five six seven eight nine ten."]))
 
 
-def bench_module():
-    spec = importlib.util.spec_from_file_location("bench_asr_partials", REPO / "bench" / "asr_partials.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_on_meld_the_rule_rarely_takes_people_and_the_committed_report_is_current(tmp_path):
     """bench/asr_partials.py --people-only (no model, a second): at MELD's own times, none of MELD's utterances would
     be taken for the next version of the turn before, and under 1 % of each split's written without punctuation.
     The committed report holds those numbers, and its model rows (from the full run): every simulated partial
     result folded, no WA-F1 lost to them folded."""
-    assert bench_module().main(["--people-only", "--report-dir", str(tmp_path)]) == 0
+    assert load_bench("asr_partials").main(["--people-only", "--report-dir", str(tmp_path)]) == 0
     fresh = json.loads((tmp_path / "asr_partials.json").read_text())
     gap = f"{PARTIAL_GAP_S}"
     assert all(row["meld_text"]["taken"][gap] == 0 for row in fresh["people"].values())

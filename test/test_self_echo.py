@@ -1,10 +1,10 @@
 """Transcripts of the robot's own speech (ddvlm_core.self_echo): the rule, known answers, and its report on MELD."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from bench_modules import load_bench
 from ddvlm_core.context import make_turns
 from ddvlm_core.self_echo import ECHO_LOOKBACK, ECHO_MIN_SHARE, echo_share, echo_words, echoed_turn, robot_echo
 
@@ -59,18 +59,11 @@ def test_the_threshold_is_inclusive():
     assert echoed_turn(turns, is_robot) is turns[0]
 
 
-def bench_module():
-    spec = importlib.util.spec_from_file_location("bench_self_echo", REPO / "bench" / "self_echo.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_on_meld_the_rule_tells_echoes_and_rarely_flags_people_and_the_committed_report_is_current(tmp_path):
     """bench/self_echo.py (seeded, no model): under 1 % of MELD's utterances of 3+ words in each split would be
     flagged although a person said them, where 90 % and more of echoes heard at a WER of 10 % are told. The
     committed report is what the bench writes today."""
-    assert bench_module().main(["--report-dir", str(tmp_path)]) == 0
+    assert load_bench("self_echo").main(["--report-dir", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "self_echo.json").read_text())
     shipped = f"{ECHO_MIN_SHARE:.1f}"
     assert all(row[shipped] < 1.0 and row["n"] > 800 for row in result["people_repeating"].values())
