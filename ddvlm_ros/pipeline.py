@@ -42,27 +42,28 @@ QUOTE_CHARS = 60  # of a person's words quoted in the log and the diagnostics (q
 
 
 class RecentShare:
-    """Which of the latest ``window`` items had some property, and whether at least half of them (``minimum``
-    items at least) had it. Thread-safe enough for one writer and readers that copy."""
+    """Which of the latest ``window`` items had some property, and whether that holds of the transcripts: at least
+    half of them had it (``minimum`` items at least), or, with ``recur``, ``recur`` of them at least (a rarer fault,
+    told by a few). Thread-safe enough for one writer and readers that copy."""
 
-    def __init__(self, window: int, minimum: int):
+    def __init__(self, window: int, minimum: int = 0, recur: int = 0):
         self.recent: deque = deque(maxlen=window)
-        self.minimum = minimum
+        self.minimum, self.recur = minimum, recur
 
     def add(self, has: bool) -> bool:
-        """Record one item; True when this one made "most" start to hold."""
-        was = self.most()
+        """Record one item; True when this one made ``holds`` start to hold."""
+        was = self.holds()
         self.recent.append(bool(has))
-        return self.most() and not was
+        return self.holds() and not was
 
     def counts(self) -> tuple[int, int]:
         """(how many of the latest have it, how many are kept)."""
         recent = list(self.recent)  # a copy: the inference worker appends while diagnostics read
         return sum(recent), len(recent)
 
-    def most(self) -> bool:
+    def holds(self) -> bool:
         have, n = self.counts()
-        return n >= self.minimum and 2 * have >= n
+        return have >= self.recur if self.recur else n >= self.minimum and 2 * have >= n
 
 
 @dataclass
@@ -122,10 +123,10 @@ class Stats:
     self_echoes: int = 0  # classified transcripts repeating the robot's latest words (flagged transcript-echoes-robot)
     self_echo_last: tuple[str, str] = ("", "")  # the latest of them and the robot's turn it repeated
     self_echoes_dropped: int = 0  # of them, dropped (drop_self_echoes): no answer, no turn of the dialogue
-    self_echo_recent: deque = field(default_factory=lambda: deque(maxlen=ECHO_WINDOW))  # echo or not, per transcript
+    self_echo_recent: RecentShare = field(default_factory=lambda: RecentShare(ECHO_WINDOW, recur=ECHO_RECUR))
     partial_results: int = 0  # classified transcripts extending the one before (flagged transcript-extends-previous)
     partial_last: tuple[str, float, str] = ("", 0.0, "")  # the latest of them, how long after, the turn it extended
-    partial_recent: deque = field(default_factory=lambda: deque(maxlen=PARTIAL_WINDOW))  # extended or not, each
+    partial_recent: RecentShare = field(default_factory=lambda: RecentShare(PARTIAL_WINDOW, recur=PARTIAL_RECUR))
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -570,7 +571,7 @@ class EmotionPipeline:
     def asr_unpunctuated(self) -> bool:
         """Whether at least half of the latest transcripts of 3+ words (PUNCTUATION_MIN of them at least) have
         no sentence punctuation: an ASR that does not punctuate (MELD: under 1 % of such utterances)."""
-        return self.stats.unpunctuated_recent.most()
+        return self.stats.unpunctuated_recent.holds()
 
     def punctuation_summary(self) -> str:
         """'k of the latest n transcripts of 3+ words have no punctuation' ('' before any)."""
@@ -606,13 +607,12 @@ class EmotionPipeline:
         """The utterance, flagged when it repeats one of the robot's latest turns (``ddvlm_core.self_echo``); counted,
         and the first time ECHO_RECUR of the latest transcripts do, said: the ASR hears the robot's own speech."""
         robot = echoed_turn(turns, self.context_only)
-        recurring = self.hears_robot()
-        self.stats.self_echo_recent.append(robot is not None)
+        started = self.stats.self_echo_recent.add(robot is not None)
         if robot is None:
             return utt
         self.stats.self_echoes += 1
         self.stats.self_echo_last = (turns[-1].text, robot.text)
-        if self.hears_robot() and not recurring:
+        if started:
             handled = ("they are dropped (drop_self_echoes)" if self.drop_self_echoes else
                        f"those answers carry the flag {SELF_ECHO_FLAG}")
             self.log("warn", f"{self.self_echo_summary()}: the ASR hears the robot's own speech, and the node would "
@@ -634,13 +634,12 @@ class EmotionPipeline:
         """The utterance, flagged when its turn replaced an ``earlier`` version of it (an ASR's partial result, and
         how long before it ended); counted, and the first time PARTIAL_RECUR of the latest transcripts are such,
         said: the transcripts are partial results."""
-        recurring = self.asr_partials()
-        self.stats.partial_recent.append(earlier is not None)
+        started = self.stats.partial_recent.add(earlier is not None)
         if earlier is None:
             return utt
         self.stats.partial_results += 1
         self.stats.partial_last = (turn.text, earlier[1], earlier[0].text)
-        if self.asr_partials() and not recurring:
+        if started:
             self.log("warn", f"{self.partial_summary()}: the transcripts are an ASR's partial results, and the node "
                              "answers each from part of the words. Remap transcript to the ASR's final results "
                              "(ros-vosk: speech_recognition/final_result, not partial_result), or send ddvlm_msgs/"
@@ -650,13 +649,12 @@ class EmotionPipeline:
 
     def asr_partials(self) -> bool:
         """Whether PARTIAL_RECUR of the latest PARTIAL_WINDOW classified transcripts extended the turn before."""
-        return sum(list(self.stats.partial_recent)) >= PARTIAL_RECUR  # a copy: diagnostics read while it grows
+        return self.stats.partial_recent.holds()
 
     def partial_summary(self) -> str:
         """'k of the latest n transcripts repeated and extended the one before them (the latest: ...)' ('' before
         any)."""
-        recent = list(self.stats.partial_recent)
-        extended, n = sum(recent), len(recent)
+        extended, n = self.stats.partial_recent.counts()
         if not extended:
             return ""
         text, gap, before = self.stats.partial_last
@@ -665,13 +663,12 @@ class EmotionPipeline:
 
     def hears_robot(self) -> bool:
         """Whether ECHO_RECUR of the latest ECHO_WINDOW classified transcripts repeated the robot's latest words."""
-        return sum(list(self.stats.self_echo_recent)) >= ECHO_RECUR  # a copy: diagnostics read while it grows
+        return self.stats.self_echo_recent.holds()
 
     def self_echo_summary(self) -> str:
         """'k of the latest n transcripts repeated what the robot had just said (the latest: ...)' ('' before
         any)."""
-        recent = list(self.stats.self_echo_recent)
-        echoes, n = sum(recent), len(recent)
+        echoes, n = self.stats.self_echo_recent.counts()
         if not echoes:
             return ""
         heard, said = self.stats.self_echo_last
@@ -681,7 +678,7 @@ class EmotionPipeline:
     def speech_not_english(self) -> bool:
         """Whether at least half of the latest classified transcripts (LANGUAGE_MIN of them at least) are not
         English (no MELD utterance is flagged)."""
-        return self.stats.not_english_recent.most()
+        return self.stats.not_english_recent.holds()
 
     def language_summary(self) -> str:
         """'k of the latest n transcripts are not English (the latest: <why>)' ('' before any)."""
