@@ -43,6 +43,14 @@ LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversati
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
+def partials_only_for(counts: dict[str, int], first_partial: float | None) -> float | None:
+    """Seconds since the first partial result (monotonic ``first_partial``) when they have come for NO_FINAL_WARN_S
+    and ``counts`` holds no "final" one (nothing of that input is classified); else None."""
+    if counts["final"] or first_partial is None or time.monotonic() - first_partial < NO_FINAL_WARN_S:
+        return None
+    return time.monotonic() - first_partial
+
+
 def default_model_dir() -> Path:
     from ddvlm_core.cli import DEFAULT_CHECKPOINT
 
@@ -680,16 +688,15 @@ class EmotionNode(LifecycleNode):
     def _json_partials_only(self) -> bool:
         """Whether JSON partial results have come for NO_FINAL_WARN_S and no final one: transcript is remapped onto
         the ASR's partial results, and nothing will be classified."""
-        first = self._first_json_partial
-        return not self._json["final"] and first is not None and time.monotonic() - first >= NO_FINAL_WARN_S
+        return partials_only_for(self._json, self._first_json_partial) is not None
 
     def _no_final(self) -> str:
         """Why nothing is classified when utterance messages have come for NO_FINAL_WARN_S and none was final
         (Utterance.is_final defaults to false); '' otherwise."""
-        counts, first = self._utterance_msgs, self._first_partial
-        if counts["final"] or first is None or time.monotonic() - first < NO_FINAL_WARN_S:
+        waited = partials_only_for(self._utterance_msgs, self._first_partial)
+        if waited is None:
             return ""
-        return (f"{counts['partial']} utterance messages in {time.monotonic() - first:.0f} s and none with is_final "
+        return (f"{self._utterance_msgs['partial']} utterance messages in {waited:.0f} s and none with is_final "
                 "true: only final ones are classified (set is_final on the ASR's final result)")
 
     def _frame_offset(self) -> str:
