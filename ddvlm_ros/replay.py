@@ -303,9 +303,8 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                     time.sleep(0.01)
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
             msg = deserialize_message(raw, types[topic])
-            if key := answer_key(topics[topic], msg):
-                speaker, text = (msg.speaker_id, msg.text) if topics[topic] == "utterance" else transcript_said(
-                    msg.data, node.p("default_speaker"), node.p("speaker_prefix"))
+            if answered := answer_key(topics[topic], msg):
+                key, speaker, text = answered
                 # context_only_speakers (the robot) get no answer; nor does what was not speech ([BLANK_AUDIO])
                 if not node.pipeline.context_only(speaker) and not non_speech(text):
                     result.finals.append(key)
@@ -339,26 +338,28 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
 
 
 class AnswerKeys:
-    """The "conversation/utterance" key of the node's answer to each replayed message ("" for one it does not
-    classify), numbered as the node numbers them: a transcript, or a final Utterance without an utterance_id, takes
-    the next number of the node's one counter (EmotionNode._next_id); an Utterance without a conversation_id goes
-    to the node's conversation_id."""
+    """The "conversation/utterance" key of the node's answer to each replayed message, with the speaker and text the
+    node takes from it (None for one it does not classify), numbered as the node numbers them: a transcript, or a
+    final Utterance without an utterance_id, takes the next number of the node's one counter
+    (EmotionNode._next_id); an Utterance without a conversation_id goes to the node's conversation_id."""
 
     def __init__(self, conversation_id: str, default_speaker: str = "", speaker_prefix: bool = True):
         self.conversation_id = conversation_id
         self.default_speaker, self.speaker_prefix = default_speaker, speaker_prefix
         self.counter = 0
 
-    def __call__(self, node_input: str, msg) -> str:
+    def __call__(self, node_input: str, msg) -> tuple[str, str, str] | None:
+        """(key, speaker, text), or None."""
         if node_input == "transcript":  # an ASR's JSON partial result is skipped: no number
             said = transcript_said(msg.data, self.default_speaker, self.speaker_prefix)
-            return f"{self.conversation_id}/{self._next()}" if said is not None else ""
+            return (f"{self.conversation_id}/{self._next()}", *said) if said is not None else None
         if node_input == "robot_speech":  # numbered too; never answered
             self._next()
-            return ""
+            return None
         if node_input != "utterance" or not msg.is_final:
-            return ""
-        return f"{msg.conversation_id or self.conversation_id}/{msg.utterance_id or self._next()}"
+            return None
+        key = f"{msg.conversation_id or self.conversation_id}/{msg.utterance_id or self._next()}"
+        return key, msg.speaker_id, msg.text
 
     def _next(self) -> int:
         self.counter += 1
