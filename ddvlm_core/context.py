@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable, Sequence
 
+from ddvlm_core.arrival_order import turns_ended_after
+
 DEFAULT_MAX_TOKENS = 511
 N_SPEAKER_TOKENS = 9  # MELD dialogues have at most 9 speakers
 UNKNOWN_SPEAKER_TOKEN = "<s0>"
@@ -278,6 +280,7 @@ class Dialogue:
             raise ValueError("max_turns must be >= 1 or None")
         self.speakers = SpeakerRegistry()
         self._turns: deque[Turn] = deque(maxlen=max_turns)
+        self._ends: deque[float | None] = deque(maxlen=max_turns)  # each turn's end stamp (None: not stamped)
 
     def add(self, speaker: str | None, text: str | bytes, language: str = "") -> Turn:
         return self.append(self.new_turn(speaker, text, language))
@@ -286,21 +289,44 @@ class Dialogue:
         """The turn of ``speaker`` saying ``text`` in this dialogue (its speaker token given), not added yet."""
         return Turn.of(self.speakers.token(speaker), text, speaker, language)
 
-    def append(self, turn: Turn, replacing: Turn | None = None) -> Turn:
+    def append(self, turn: Turn, replacing: Turn | None = None, end: float | None = None) -> Turn:
         """Add ``turn`` as the latest; in the place of ``replacing`` when that is the latest turn (an earlier
         version of it, e.g. an ASR's partial result: ``ddvlm_core.partial_results``), so that no earlier turn leaves
-        a full window for it."""
+        a full window for it. With its utterance's ``end`` stamp: before the latest turns that ended after it
+        (``ddvlm_core.arrival_order``: a transcript that arrived late)."""
         if replacing is not None and self._turns and self._turns[-1] is replacing:
-            self._turns[-1] = turn
-        else:
+            self._turns[-1], self._ends[-1] = turn, end
+            return turn
+        later = turns_ended_after(self._ends, end) if end is not None else 0
+        if not later:
             self._turns.append(turn)
+            self._ends.append(end)
+            return turn
+        if len(self._turns) == self._turns.maxlen:  # a full window: its earliest turn leaves, as for one appended
+            self._turns.popleft()
+            self._ends.popleft()
+        place = max(0, len(self._turns) - later)
+        self._turns.insert(place, turn)
+        self._ends.insert(place, end)
         return turn
 
+    def until(self, turn: Turn) -> tuple[Turn, ...]:
+        """The turns up to ``turn`` (included): the context its answer is read from; all of them when ``turn`` is
+        the latest, or not in the dialogue."""
+        turns = tuple(self._turns)
+        for k in range(len(turns) - 1, -1, -1):
+            if turns[k] is turn:
+                return turns[:k + 1]
+        return turns
+
     def take_back(self, turn: Turn) -> None:
-        """Remove ``turn`` when it is the latest: an utterance that could not be answered, kept out of the context
-        of the next ones. A turn it pushed out of a full window stays out."""
-        if self._turns and self._turns[-1] is turn:
-            self._turns.pop()
+        """Remove ``turn``: an utterance that could not be answered, kept out of the context of the next ones. A
+        turn it pushed out of a full window stays out."""
+        for k in range(len(self._turns) - 1, -1, -1):
+            if self._turns[k] is turn:
+                del self._turns[k]
+                del self._ends[k]
+                return
 
     @property
     def turns(self) -> tuple[Turn, ...]:

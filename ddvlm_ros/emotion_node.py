@@ -431,7 +431,8 @@ class EmotionNode(LifecycleNode):
                 self.pipeline.prefetch(UtteranceIn(msg.conversation_id or self.p("conversation_id"), msg.utterance_id,
                                                    msg.speaker_id, msg.text, start, self._now(), received))
             return
-        end = stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp) or self._now()
+        stamped = stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp)
+        end = stamped or self._now()
         start = stamp_to_sec(msg.start) or end - self.p("text_window_s")
         if start > end:
             self.get_logger().warning(f"utterance {msg.utterance_id!r}: start after end, window ignored")
@@ -441,7 +442,7 @@ class EmotionNode(LifecycleNode):
         stream = "" if msg.utterance_id else f"speaker:{msg.speaker_id}"
         self.pipeline.submit(UtteranceIn(msg.conversation_id or self.p("conversation_id"),
                                          msg.utterance_id or self._next_id(), msg.speaker_id, msg.text,
-                                         start, end, received, header, stream_id=stream))
+                                         start, end, received, header, stream_id=stream, end_stamped=bool(stamped)))
 
     def _frame_stamp(self, header) -> float:
         return stamp_to_sec(header.stamp) or self._now()
@@ -565,11 +566,13 @@ class EmotionNode(LifecycleNode):
 
     def _on_voice_final(self, voice: str, msg, start: float | None, uid: str) -> None:
         received = self._last_voice_speech = time.monotonic()
-        end = stamp_to_sec(msg.header.stamp) or self._now()
+        stamped = stamp_to_sec(msg.header.stamp)
+        end = stamped or self._now()
         start = start if start is not None and start <= end else end - self.p("text_window_s")
         header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
-                                         header, voice_id=voice, language=getattr(msg, "language", "")))
+                                         header, voice_id=voice, language=getattr(msg, "language", ""),
+                                         end_stamped=bool(stamped)))
 
     def _on_voice_incremental(self, voice: str, msg, start: float, uid: str) -> None:
         self._last_voice_speech = time.monotonic()
@@ -633,6 +636,7 @@ class EmotionNode(LifecycleNode):
                        "self_echo_transcripts": self.pipeline.self_echo_summary(),
                        "self_echoes_dropped": s.self_echoes_dropped,
                        "partial_result_transcripts": self.pipeline.partial_summary(),
+                       "late_transcripts": self.pipeline.late_summary(),
                        "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"

@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from ddvlm_core.arrival_order import LATE_FLAG
 from ddvlm_core.captioner import Frame, uniform_picks
 from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, Dialogue,
                                 Turn, has_text, non_speech)
@@ -80,6 +81,7 @@ class UtteranceIn:
     stream_id: str = ""  # the id its partial (streaming) results had, when the final one was given another
     language: str = ""  # the ASR's language tag, e.g. "en-GB" (ROS4HRI's LiveSpeech.language; '' = not given)
     flags: tuple[str, ...] = ()  # what the pipeline found of it in its dialogue (an echo of the robot): on every answer
+    end_stamped: bool = False  # ``end`` is the message's stamp (False: when it arrived): it may place it before others
 
 
 @dataclass
@@ -127,6 +129,8 @@ class Stats:
     partial_results: int = 0  # classified transcripts extending the one before (flagged transcript-extends-previous)
     partial_last: tuple[str, float, str] = ("", 0.0, "")  # the latest of them, how long after, the turn it extended
     partial_recent: RecentShare = field(default_factory=lambda: RecentShare(PARTIAL_WINDOW, recur=PARTIAL_RECUR))
+    late_transcripts: int = 0  # classified transcripts placed before turns that ended after them (arrived late)
+    late_last: tuple[int, float] = (0, 0.0)  # the latest of them: how many turns it went before, ended how long before
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -524,13 +528,18 @@ class EmotionPipeline:
             return
         self.stats.speaker_tokens_reused += conv.dialogue.speakers.reused - reused
         earlier = None if robot else self._earlier_version(conv, turn, utt.end)  # (its turn, how long before)
-        conv.dialogue.append(turn, replacing=earlier[0] if earlier else None)
-        conv.latest = (turn, utt.end)
+        conv.dialogue.append(turn, replacing=earlier[0] if earlier else None,
+                             end=utt.end if utt.end_stamped else None)  # before the turns that ended after it
+        turns = conv.dialogue.until(turn)  # its context: the turns up to it
+        later = len(conv.dialogue) - len(turns)
+        ended_before = conv.latest[1] - utt.end if later and conv.latest else 0.0
+        if not later:
+            conv.latest = (turn, utt.end)
         if robot:
             self.stats.context_only += 1
             return
         utt = self._watch_partial(earlier, turn, utt)
-        turns = conv.dialogue.turns
+        utt = self._watch_late(later, ended_before, utt)
         if self.context_only_speakers.strip() or self.robot_speaker:
             utt = self._watch_echo(utt, turns)
             if self.drop_self_echoes and SELF_ECHO_FLAG in utt.flags:  # the robot's words: no person's feeling
@@ -646,6 +655,29 @@ class EmotionPipeline:
                              f"Utterance with is_final false on partial results; such answers carry the flag "
                              f"{PARTIAL_FLAG}, and the context keeps the latest version")
         return replace(utt, flags=utt.flags + (PARTIAL_FLAG,))
+
+    def _watch_late(self, later: int, ended_before: float, utt: UtteranceIn) -> UtteranceIn:
+        """The utterance, flagged when it was placed before ``later`` turns of its dialogue that ended after it
+        (``ddvlm_core.arrival_order``; the latest of them ``ended_before`` seconds after it); counted, and the first
+        time said."""
+        if not later:
+            return utt
+        self.stats.late_transcripts += 1
+        self.stats.late_last = (later, ended_before)
+        if self.stats.late_transcripts == 1:
+            self.log("info", f"a transcript arrived after {later} turn(s) that ended after it ({ended_before:.1f} s "
+                             "later), as transcripts of several ASRs (one per voice or microphone) do: it is placed "
+                             "before them in the dialogue context by its end stamp and answered from the turns up to "
+                             f"it; its answer carries the flag {LATE_FLAG} (the header stamp is the utterance's end)")
+        return replace(utt, flags=utt.flags + (LATE_FLAG,))
+
+    def late_summary(self) -> str:
+        """'k transcripts placed before turns that ended after them (the latest: ...)' ('' before any)."""
+        if not self.stats.late_transcripts:
+            return ""
+        later, ended_before = self.stats.late_last
+        return (f"{self.stats.late_transcripts} transcripts placed before turns that ended after them (the latest: "
+                f"before {later} turn(s), the latest of which ended {ended_before:.1f} s after it)")
 
     def asr_partials(self) -> bool:
         """Whether PARTIAL_RECUR of the latest PARTIAL_WINDOW classified transcripts extended the turn before."""

@@ -33,6 +33,7 @@ from typing import Callable, Collection, Iterator, NamedTuple
 import numpy as np
 from rosbags.rosbag2 import Reader
 
+from ddvlm_core.arrival_order import LATE_FLAG
 from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, has_text,
                                 non_speech)
 from ddvlm_core.labels import LABELS, label_id
@@ -192,6 +193,11 @@ class ReplayResult:
         """How many answered transcripts repeated and extended the one before them: an ASR's partial results."""
         return self.flagged_line(PARTIAL_FLAG, "repeated and extended the one before them, as an ASR's partial "
                                                "results do (remap the topic of its final results)")
+
+    def late_line(self) -> str:
+        """How many answered transcripts arrived after turns that ended after them (several ASRs, one per voice)."""
+        return self.flagged_line(LATE_FLAG, "arrived after turns that ended after them (an ASR per voice?) and were "
+                                            "placed before them by their end stamps")
 
     def prediction(self, key: str):
         entry = self.answers.get(key, {})
@@ -548,7 +554,7 @@ def main(argv: list[str]) -> int:
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
     notes = (result.camera_line(), result.transcript_line(), result.language_line(), result.loop_line(),
-             result.echo_line(), result.partial_line())
+             result.echo_line(), result.partial_line(), result.late_line())
     for note in notes:
         if note:
             print(note)

@@ -368,6 +368,39 @@ def test_the_replay_report_counts_transcripts_that_are_partial_results(tmp_path,
     assert "extends-previous" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
 
 
+def test_the_replay_report_counts_transcripts_that_arrived_after_later_ones(tmp_path, tiny_text_checkpoint, capsys):
+    """A bag recorded from two ASRs, one per voice: the bag's times are when each Utterance arrived, their stamps
+    when it was said, and Bob's short reply was recorded before Ann's long turn that it answers. That turn's answer
+    carries transcript-arrived-late, and the report says so."""
+    from rosbags.rosbag2 import Writer
+
+    from ddvlm_ros.bag import UTTERANCE_TOPIC, UTTERANCE_TYPE, _stamp, typestore
+    from ddvlm_ros.replay import main
+
+    store = typestore()
+    Utterance, Header = store.types[UTTERANCE_TYPE], store.types["std_msgs/msg/Header"]
+    said = [("ann", "Hi Bob.", 100.0, 101.0, 101.8), ("ann", "I waited all night for your call!", 102.0, 106.0, 108.0),
+            ("bob", "Really?", 106.3, 107.0, 107.6), ("ann", "Yes, really.", 108.3, 109.5, 110.2)]
+    bag = tmp_path / "two_asrs"
+    with Writer(bag, version=9) as writer:
+        connection = writer.add_connection(UTTERANCE_TOPIC, UTTERANCE_TYPE, typestore=store)
+        for k, (speaker, text, start, end, arrived) in sorted(enumerate(said), key=lambda e: e[1][4]):
+            msg = Utterance(header=Header(stamp=_stamp(store, end), frame_id="mic"), start=_stamp(store, start),
+                            end=_stamp(store, end), conversation_id="lab", utterance_id=f"u{k}", speaker_id=speaker,
+                            text=text, is_final=True)
+            writer.write(connection, round(arrived * 1e9), store.serialize_cdr(msg, UTTERANCE_TYPE))
+    out = tmp_path / "out"
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20",
+                 "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
+    records = {(r := json.loads(line))["key"]: r for line in (out / "answers.jsonl").read_text().splitlines()}
+    assert {k: "transcript-arrived-late" in r["text"]["flags"] for k, r in records.items()} == {
+        "lab/u0": False, "lab/u1": True, "lab/u2": False, "lab/u3": False}
+    note = ("transcripts: 1 of the 4 answered ones arrived after turns that ended after them (an ASR per voice?) and "
+            "were placed before them by their end stamps (flag transcript-arrived-late)")
+    assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
+    assert "arrived-late" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
+
+
 def test_a_bag_of_an_asrs_json_results_replays_its_final_results_only(tmp_path, tiny_text_checkpoint):
     """A robot bag whose ASR topic carries Vosk's JSON (partial results, a final one, silence): the replay numbers
     only what the node answers, so every final result has its answer and none is counted unanswered."""

@@ -113,14 +113,17 @@ def test_every_meld_prompt_fits_and_is_causal(mpnet_tokenizer):
         assert all(len(p.input_ids) <= 511 for p in prompts)
 
 
-def test_a_turn_taken_back_leaves_the_dialogue_only_when_it_is_the_latest():
+def test_a_turn_taken_back_leaves_the_dialogue_wherever_it_is():
     dialogue = Dialogue(max_turns=2)
     first = dialogue.add("Ross", "Hi.")
     second = dialogue.add("Rachel", "Hello.")
-    dialogue.take_back(first)  # not the latest: stays
-    assert dialogue.turns == (first, second)
+    dialogue.take_back(first)  # not the latest (a transcript placed before later ones): it leaves too
+    assert dialogue.turns == (second,)
+    dialogue.take_back(first)  # no longer there: nothing changes
+    assert dialogue.turns == (second,)
     dialogue.take_back(second)
-    assert dialogue.turns == (first,)
+    assert dialogue.turns == ()
+    first = dialogue.add("Ross", "Hi.")
     third = dialogue.add("Ross", "How are you?")
     fourth = dialogue.add("Ross", "Fine?")  # pushes "Hi." out of the window of 2
     dialogue.take_back(fourth)

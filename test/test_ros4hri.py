@@ -138,3 +138,22 @@ def test_a_voice_that_repeats_the_robot_gets_its_answer_flagged_and_no_expressio
     h.settle()
     assert [("transcript-echoes-robot" in m.flags) for m in h.received] == [True, False]
     assert [e.confidence for e in expressions] == [pytest.approx(h.received[1].confidence)]
+
+
+def test_a_voices_transcript_that_arrives_after_a_later_one_is_placed_by_its_stamp_and_flagged(harness,
+                                                                                               tiny_text_checkpoint):
+    """An ASR per voice: Bob's short reply is transcribed first, Anna's long turn before it arrives after it. Its
+    answer carries transcript-arrived-late, the context holds the turns in the order said, /diagnostics counts it."""
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    track(h, "anna", "bob")
+    now = h.now()
+    until(h, "bob", speech(final="Really?", stamp=now + 2), lambda: len(h.received) == 1)
+    until(h, "anna", speech(final="I waited all night for your call!", stamp=now + 1), lambda: len(h.received) == 2)
+    until(h, "bob", speech(final="Sorry.", stamp=now + 4), lambda: len(h.received) == 3)
+    got = list(h.received)
+    late = [(m.speaker_id, "transcript-arrived-late" in m.flags) for m in got]
+    assert late == [("bob", False), ("anna", True), ("bob", False)]
+    turns = h.node.pipeline.conversations["default"].dialogue.turns
+    assert [t.speaker for t in turns] == ["anna", "bob", "bob"]
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["late_transcripts"].startswith("1 transcripts placed before turns that ended after them")

@@ -55,6 +55,25 @@ def test_utterance_messages_keep_ids_and_stamp_the_end(harness, tiny_text_checkp
     assert (m.header.stamp.sec, m.header.stamp.nanosec) == (11, 500_000_000)
 
 
+def test_an_utterance_stamped_before_one_already_answered_is_placed_before_it_and_flagged(
+        harness, tiny_text_checkpoint):
+    """Utterances of two ASRs on one topic, the later one first: the earlier one (its end stamp, or without one its
+    header stamp) goes before it in the context and its answer says it arrived late; an utterance without stamps
+    ends when it arrives, and is the latest."""
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    h.publish(Utterance, "utterance", utterance("Really?", "bob", 11.0, 11.5))
+    h.publish(Utterance, "utterance", utterance("I waited all night for your call!", "ann", 6.0, 11.0))
+    header_only = utterance("Where were you?", "ann")
+    header_only.header.stamp = sec_to_stamp(11.2, Time)
+    h.publish(Utterance, "utterance", header_only)
+    h.publish(Utterance, "utterance", utterance("Out.", "bob"))
+    got = h.wait_for(4)
+    assert [("transcript-arrived-late" in m.flags) for m in got] == [False, True, True, False]
+    turns = h.node.pipeline.conversations["default"].dialogue.turns
+    assert [t.text for t in turns] == ["I waited all night for your call!", "Where were you?", "Really?", "Out."]
+    assert (got[1].header.stamp.sec, got[2].header.stamp.nanosec) == (11, 200_000_000)
+
+
 @pytest.mark.parametrize("utt_id", ["u9", ""])  # an ASR that numbers its utterances, and one that does not
 def test_the_caption_made_while_a_person_speaks_refines_the_final_result(harness, tiny_visual_checkpoint, utt_id):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frames_per_window=4).start()
@@ -320,15 +339,24 @@ def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, t
         answer = h.wait_for(1)[0]
         angry = EmotionDistribution(labels=list(LABELS), probabilities=[0.1, 0, 0, 0, 0.1, 0.1, 0.7],
                                     top_label="anger", confidence=0.7, speaker_id="joey")
+        angry.header.stamp = sec_to_stamp(20.0, Time)
         echo = EmotionDistribution(labels=list(LABELS), probabilities=[0, 0, 0, 1, 0, 0, 0], top_label="sadness",
                                    confidence=1.0, speaker_id="ann", flags=["transcript-echoes-robot"])
+        earlier = EmotionDistribution(labels=list(LABELS), probabilities=[0, 0, 0, 0, 1, 0, 0], top_label="joy",
+                                      confidence=1.0, speaker_id="joey", flags=["transcript-arrived-late"])
+        earlier.header.stamp = sec_to_stamp(12.0, Time)  # joey said it before the angry line; its transcript came later
         h.publish(EmotionDistribution, "emotion", echo)  # before joey's on the same publisher: handled first
         h.publish(EmotionDistribution, "emotion", angry)
+        h.publish(EmotionDistribution, "emotion", earlier)
+        h.publish(EmotionDistribution, "emotion", last := EmotionDistribution(  # handled after all of them
+            labels=list(LABELS), probabilities=[1, 0, 0, 0, 0, 0, 0], top_label="neutral", confidence=1.0,
+            speaker_id="zoe"))
         deadline = time.monotonic() + 15
-        while len(behaviour.mood) < 2 and time.monotonic() < deadline:
+        while "zoe" not in behaviour.mood and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert behaviour.mood == {"Ross": (answer.top_label, answer.confidence), "joey": ("anger", pytest.approx(0.7))}
-        # ann's answer was the robot's words heard back: skipped
+        assert behaviour.mood == {"Ross": (answer.top_label, answer.confidence), "joey": ("anger", pytest.approx(0.7)),
+                                  "zoe": (last.top_label, last.confidence)}
+        # ann's answer was the robot's words heard back: skipped; joey's joy ended before his anger: kept out
         deadline = time.monotonic() + 15
         err = ""
         while "joey sounds upset: slowing down" not in err and time.monotonic() < deadline:

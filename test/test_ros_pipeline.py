@@ -769,3 +769,42 @@ def test_with_quote_speech_off_no_word_a_person_said_reaches_the_log_or_the_diag
     assert "in one transcript (<6 words> ...)" in logged[-1]  # the loop, cut to 3 repeats
     pipe.quote_speech = True  # the node's parameter applies at once
     assert pipe.partial_summary().endswith("(the latest: 'I want my mother!' 0.5 s after 'i want my')")
+
+
+def stamped(text, end, speaker):
+    """An Utterance whose end stamp is the message's (an ASR's), not when it arrived."""
+    return UtteranceIn("c", text, speaker, text, end - 1.0, end, time.monotonic(), end_stamped=True)
+
+
+def test_a_transcript_that_arrives_after_a_later_one_is_placed_by_its_end_stamp_and_flagged(tiny_text_checkpoint):
+    """Two voices, an ASR each: Bob's short reply is transcribed before Ann's long turn that it answers. Ann's turn
+    goes before it in the context; its answer is read from the turns up to it, as an offline predict in the order
+    said, and carries transcript-arrived-late; the next turn sees the order said. Said once, at INFO."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(rec, (results := []).append, log=lambda level, text: logged.append((level, text)))
+    said = [("bob", "Hi."), ("ann", "I waited all night and you never even called me!"), ("bob", "Really?"),
+            ("ann", "Yes, really.")]
+    answer(pipe, [stamped("Hi.", 2.0, "bob"), stamped("Really?", 11.0, "bob"), stamped(said[1][1], 10.0, "ann"),
+                  stamped("Yes, really.", 14.0, "ann")])
+    assert [t.text for t in pipe.conversations["c"].dialogue.turns] == [text for _, text in said]
+    assert [r.utterance.text for r in results] == ["Hi.", "Really?", said[1][1], "Yes, really."]
+    assert [("transcript-arrived-late" in r.prediction.flags) for r in results] == [False, False, True, False]
+    assert results[2].prediction.probabilities == rec.predict(said[:2]).probabilities
+    assert results[3].prediction.probabilities == rec.predict(said).probabilities
+    assert pipe.stats.late_transcripts == 1 and len(logged) == 1 and logged[0][0] == "info"
+    assert "arrived after 1 turn(s) that ended after it (1.0 s later)" in logged[0][1]
+    assert pipe.late_summary() == ("1 transcripts placed before turns that ended after them (the latest: before 1 "
+                                   "turn(s), the latest of which ended 1.0 s after it)")
+
+
+@pytest.mark.parametrize("first, second", [
+    (timed("Hello.", 11.0, "bob"), stamped("Late but after a plain transcript.", 10.0, "ann")),  # no stamp to pass
+    (stamped("Hello.", 11.0, "bob"), timed("A plain transcript.", 10.0, "ann")),  # its end is when it arrived
+    (stamped("Hello.", 11.0 + 31.0, "bob"), stamped("Another clock.", 11.0, "ann")),  # over LATE_MAX_S before
+])
+def test_a_transcript_is_placed_only_among_stamped_turns_on_one_clock(tiny_text_checkpoint, first, second):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    pipe, results = run_pipeline(rec, [first, second])
+    assert [t.text for t in pipe.conversations["c"].dialogue.turns] == [first.text, second.text]
+    assert pipe.stats.late_transcripts == 0 and not any(r.prediction.flags for r in results)

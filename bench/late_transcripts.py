@@ -1,0 +1,174 @@
+"""Transcripts that arrive after later ones (``ddvlm_core.arrival_order``), on MELD.
+
+    python bench/late_transcripts.py [--model-dir checkpoints/default] [--report-dir reports] [--arrivals-only]
+
+MELD's dialogues spoken one turn after another (each turn ``GAP_S`` after the one before, lasting its words at
+``WORDS_PER_S``, ``MIN_TURN_S`` at least), each speaker heard by an ASR of their own (one per voice or microphone):
+it sends a transcript ``ENDPOINT_S`` after the utterance ends (its voice activity detector waits for that much
+silence) plus the utterance's duration times its real-time factor (RTF; Whisper small: about 0.1 on a desktop GPU,
+0.3-0.5 on a Jetson Orin, 1 on a laptop CPU), one utterance after the other. A long turn followed by a short reply
+of another speaker then reaches the node after the reply.
+
+- *arrivals*: the share of transcripts that arrive after a turn that ended after them, per RTF and split. No model.
+- *model*: MELD test at ``MODEL_RTF``, each transcript answered when it arrives from the dialogue context as the node
+  holds it (32 turns, 511 tokens), three rows: one ASR for everyone (transcripts in the order said: the offline
+  evaluation); an ASR per voice with the context in the order the transcripts arrived (the node before); the same,
+  each transcript placed by its end stamp (the node). WA-F1 over all of them, and over the late ones.
+
+Writes late_transcripts.md and .json to reports/ (or ``--report-dir``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+GAP_S = 0.3  # between one turn's end and the next one's start
+WORDS_PER_S = 2.5
+MIN_TURN_S = 0.6
+ENDPOINT_S = 0.5  # silence an ASR's voice activity detector waits for before it ends an utterance
+RTFS = (0.1, 0.3, 0.5, 1.0)
+MODEL_RTF = 0.5
+MAX_TURNS = 32  # the node's max_context_turns default
+ROWS = ("one ASR for everyone: in the order said", "an ASR per voice: context in arrival order (the node before)",
+        "an ASR per voice: placed by end stamp (the node)")
+
+
+def transcripts(rows, rtf: float | None) -> list[tuple[int, float]]:
+    """A MELD dialogue's transcripts as (index of the utterance, its end time) in the order they reach the node:
+    each speaker's ASR with real-time factor ``rtf`` (None: one ASR for everyone, in the order said)."""
+    clock, ends, arrivals, busy = 0.0, [], [], {}
+    for row in rows:
+        start = clock + GAP_S
+        clock = end = start + max(MIN_TURN_S, len(row.text.split()) / WORDS_PER_S)
+        ends.append(end)
+        if rtf is not None:
+            busy[row.speaker] = max(end, busy.get(row.speaker, 0.0)) + ENDPOINT_S + rtf * (end - start)
+            arrivals.append(busy[row.speaker])
+    order = range(len(rows)) if rtf is None else sorted(range(len(rows)), key=lambda i: (arrivals[i], ends[i]))
+    return [(i, ends[i]) for i in order]
+
+
+def hold(rows, said, placed: bool):
+    """The node's dialogue over ``said`` (``transcripts``): (each utterance's context when it arrived, in MELD's
+    order; which utterances were placed before a turn that ended after them)."""
+    from ddvlm_core.context import Dialogue
+
+    dialogue, contexts, late = Dialogue(MAX_TURNS), {}, set()
+    for i, end in said:
+        turn = dialogue.append(dialogue.new_turn(rows[i].speaker, rows[i].text), end=end if placed else None)
+        contexts[i] = dialogue.until(turn)
+        if len(contexts[i]) < len(dialogue):
+            late.add(i)
+    return [contexts[i] for i in range(len(rows))], late
+
+
+def arrivals(split: str) -> dict:
+    """Per RTF, how many of ``split``'s transcripts arrive after a turn that ended after them."""
+    from ddvlm_core.meld import dialogues
+
+    data = list(dialogues(split).values())
+    n = sum(len(rows) for rows in data)
+    late = {rtf: sum(len(hold(rows, transcripts(rows, rtf), True)[1]) for rows in data) for rtf in RTFS}
+    return {"utterances": n, "late": {str(r): k for r, k in late.items()},
+            "percent": {str(r): round(100.0 * k / n, 2) for r, k in late.items()}}
+
+
+def score(predictions, gold: list[str]) -> dict:
+    from ddvlm_core.labels import label_id
+    from ddvlm_core.metrics import metrics
+
+    m = metrics([label_id(g) for g in gold], [label_id(p.top_label) for p in predictions])
+    return {"n": len(predictions), "wa_f1": m["wa_f1"], "accuracy": m["accuracy"]}
+
+
+def model_rows(model_dir: str) -> list[dict]:
+    from transformers.utils import logging
+
+    from ddvlm_core.inference import EmotionRecognizer
+    from ddvlm_core.meld import dialogues
+
+    logging.set_verbosity_error()
+    recognizer = EmotionRecognizer.from_checkpoint(model_dir, load_caption_embedder=False)
+    data = list(dialogues("test").values())
+    gold = [r.emotion for rows in data for r in rows]
+    late, offset = [], 0  # the utterances the per-voice ASRs deliver late: scored apart in every row
+    for rows in data:
+        late += sorted(offset + i for i in hold(rows, transcripts(rows, MODEL_RTF), True)[1])
+        offset += len(rows)
+    predicted: dict[tuple, object] = {}  # a context seen in an earlier row is not predicted again
+    out = []
+    for name, rtf, placed in zip(ROWS, (None, MODEL_RTF, MODEL_RTF), (False, False, True)):
+        contexts = [c for rows in data for c in hold(rows, transcripts(rows, rtf), placed)[0]]
+        keys = [tuple((t.speaker_token, t.text) for t in c) for c in contexts]
+        new = list(dict.fromkeys(k for k in keys if k not in predicted))
+        index = {k: i for i, k in enumerate(keys)}
+        for key, prediction in zip(new, recognizer.predict_many([contexts[index[k]] for k in new], desc=name)):
+            predicted[key] = prediction
+        out.append({"row": name, "rtf": rtf, "placed": placed, "predicted_here": len(new),
+                    **score([predicted[k] for k in keys], gold),
+                    "late": score([predicted[keys[k]] for k in late], [gold[k] for k in late])})
+        print(f"{name}: WA-F1 {out[-1]['wa_f1']:.2f}, on the {len(late)} late ones {out[-1]['late']['wa_f1']:.2f} "
+              f"({len(new)} contexts predicted)", flush=True)
+    return out
+
+
+def report(arrival_rows: dict, rows: list[dict], model_dir: str) -> str:
+    from ddvlm_core.arrival_order import LATE_FLAG
+
+    lines = ["# Transcripts that arrive after later ones", "",
+             "`python bench/late_transcripts.py` (`ddvlm_core/arrival_order.py`). MELD's dialogues spoken one turn "
+             f"after another ({GAP_S:g} s between turns, {WORDS_PER_S:g} words a second, {MIN_TURN_S:g} s at "
+             "least), each speaker heard by an ASR of their own that sends a transcript "
+             f"{ENDPOINT_S:g} s after the utterance ends plus its duration times the ASR's real-time factor (RTF), "
+             "one utterance after the other. A transcript that ended before turns already in the context is placed "
+             f"before them by the node, and its answer carries `{LATE_FLAG}`.", "",
+             "## Transcripts that arrive late", "",
+             "| RTF | " + " | ".join(arrival_rows) + " |", "|---|" + "---|" * len(arrival_rows)]
+    for rtf in RTFS:
+        cells = [f"{a['percent'][str(rtf)]:.2f} % ({a['late'][str(rtf)]} of {a['utterances']})"
+                 for a in arrival_rows.values()]
+        lines.append(f"| {rtf:g} | " + " | ".join(cells) + " |")
+    if rows:
+        n_late = rows[0]["late"]["n"]
+        lines += ["", f"## MELD test, an ASR per voice at RTF {MODEL_RTF:g}", "",
+                  f"Model `{model_dir}`. Each transcript answered when it arrives, from its dialogue context as the "
+                  f"node holds it ({MAX_TURNS} turns, 511 tokens); scored on all {rows[0]['n']} utterances, and on "
+                  f"the {n_late} that arrive late with an ASR per voice.", "",
+                  "| transcripts | WA-F1 | accuracy | WA-F1, late ones | accuracy, late ones |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['row']} | {r['wa_f1']:.2f} | {r['accuracy']:.2f} | {r['late']['wa_f1']:.2f} | "
+                  f"{r['late']['accuracy']:.2f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-dir", default=str(REPO / "checkpoints" / "default"), help="checkpoint to evaluate")
+    ap.add_argument("--report-dir", default=str(REPO / "reports"), help="where the reports go")
+    ap.add_argument("--arrivals-only", action="store_true", help="only the shares arriving late (no model, seconds)")
+    args = ap.parse_args(argv)
+    if not args.arrivals_only:
+        from ddvlm_core.checkpoint import CheckpointError, read_manifest
+
+        try:
+            read_manifest(args.model_dir)
+        except CheckpointError as e:
+            ap.error(f"--model-dir: {e}")
+    arrival_rows = {split: arrivals(split) for split in ("train", "dev", "test")}
+    rows = [] if args.arrivals_only else model_rows(args.model_dir)
+    out = Path(args.report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "late_transcripts.json").write_text(json.dumps({"model_dir": args.model_dir, "model_rtf": MODEL_RTF,
+                                                           "arrivals": arrival_rows, "rows": rows}, indent=1) + "\n")
+    (out / "late_transcripts.md").write_text(report(arrival_rows, rows, args.model_dir))
+    print(report(arrival_rows, rows, args.model_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
