@@ -381,9 +381,10 @@ class EmotionNode(LifecycleNode):
             self.get_logger().warning(f"transcript skipped: {e}", once=True)  # json_transcripts counts the others
             return
         if payload is None:
-            self._submit_plain_text(*parse_transcript(msg.data, self.p("default_speaker"), self.p("speaker_prefix")))
+            self._submit_plain_text(*parse_transcript(msg.data, self.p("default_speaker"), self.p("speaker_prefix")),
+                                    "transcript")
         elif self._final_json(payload):
-            self._submit_plain_text(payload.speaker or self.p("default_speaker"), payload.text)
+            self._submit_plain_text(payload.speaker or self.p("default_speaker"), payload.text, "transcript")
 
     def _final_json(self, payload: AsrJson) -> bool:
         """Count a transcript that is an ASR's JSON result object; True when it is a final result with words. A
@@ -406,15 +407,15 @@ class EmotionNode(LifecycleNode):
     def _on_robot_speech(self, msg: String) -> None:
         """What the robot says: a turn of ROBOT_SPEAKER (context only: the pipeline takes its TTS markup out)."""
         self._seen("robot_speech_topic")
-        self._submit_plain_text(ROBOT_SPEAKER, msg.data)
+        self._submit_plain_text(ROBOT_SPEAKER, msg.data, "robot_speech")
 
-    def _submit_plain_text(self, speaker: str, text: str) -> None:
-        """A text without stamps, ended now: its window the text_window_s before, the next id of the node's
-        counter, the conversation_id parameter's conversation."""
+    def _submit_plain_text(self, speaker: str, text: str, source: str) -> None:
+        """A text without stamps that came on input ``source``, ended now: its window the text_window_s before, the
+        next id of the node's counter, the conversation_id parameter's conversation."""
         received, end = time.monotonic(), self._now()
         header = Header(stamp=sec_to_stamp(end, type(Header().stamp)), frame_id="")
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text,
-                                         end - self.p("text_window_s"), end, received, header))
+                                         end - self.p("text_window_s"), end, received, header, source=source))
 
     def _on_utterance(self, msg: Utterance) -> None:
         self._seen("utterance_topic")
@@ -442,7 +443,8 @@ class EmotionNode(LifecycleNode):
         stream = "" if msg.utterance_id else f"speaker:{msg.speaker_id}"
         self.pipeline.submit(UtteranceIn(msg.conversation_id or self.p("conversation_id"),
                                          msg.utterance_id or self._next_id(), msg.speaker_id, msg.text,
-                                         start, end, received, header, stream_id=stream, end_stamped=bool(stamped)))
+                                         start, end, received, header, stream_id=stream, end_stamped=bool(stamped),
+                                         source="utterance"))
 
     def _frame_stamp(self, header) -> float:
         return stamp_to_sec(header.stamp) or self._now()
@@ -572,7 +574,7 @@ class EmotionNode(LifecycleNode):
         header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
                                          header, voice_id=voice, language=getattr(msg, "language", ""),
-                                         end_stamped=bool(stamped)))
+                                         end_stamped=bool(stamped), source=f"voice {voice}"))
 
     def _on_voice_incremental(self, voice: str, msg, start: float, uid: str) -> None:
         self._last_voice_speech = time.monotonic()
@@ -637,11 +639,14 @@ class EmotionNode(LifecycleNode):
                        "self_echoes_dropped": s.self_echoes_dropped,
                        "partial_result_transcripts": self.pipeline.partial_summary(),
                        "late_transcripts": self.pipeline.late_summary(),
+                       "duplicate_transcripts": self.pipeline.copy_summary(),
                        "last_output": self._last_output}
             if p90 > SLOW_LATENCY_MS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
             elif s.frame_window_miss:
                 level, message = DiagnosticStatus.WARN, "no frames in utterance windows (see frame_window_miss)"
+            elif self.pipeline.transcripts_copied():
+                level, message = DiagnosticStatus.WARN, "transcripts come twice (see duplicate_transcripts)"
             elif self.pipeline.hears_robot():
                 level, message = DiagnosticStatus.WARN, "the ASR hears the robot (see self_echo_transcripts)"
             elif self.pipeline.asr_partials():

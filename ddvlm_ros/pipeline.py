@@ -22,6 +22,7 @@ from ddvlm_core.arrival_order import LATE_FLAG
 from ddvlm_core.captioner import Frame, uniform_picks
 from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, Dialogue,
                                 Turn, has_text, non_speech)
+from ddvlm_core.duplicates import Delivery, is_copy
 from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
 from ddvlm_core.partial_results import PARTIAL_FLAG, is_partial_of
 from ddvlm_core.self_echo import SELF_ECHO_FLAG, echoed_turn
@@ -39,6 +40,9 @@ ECHO_WINDOW = 20  # the latest classified transcripts watched for echoes of the 
 ECHO_RECUR = 3  # of them repeating the robot: the ASR hears the robot (people, in MELD: under 1 % of utterances)
 PARTIAL_WINDOW = 20  # the latest classified transcripts watched for partial results (the one before, extended)
 PARTIAL_RECUR = 3  # of them extending the turn before: the transcripts are partial results (people: under 1 %)
+COPY_WINDOW = 20  # the latest transcripts watched for copies (the same transcript delivered twice)
+COPY_RECUR = 3  # of them copies: transcripts keep coming twice
+RECENT_DELIVERIES = 8  # per conversation: the latest transcripts a new one is compared with for a copy
 QUOTE_CHARS = 60  # of a person's words quoted in the log and the diagnostics (quote_speech)
 
 
@@ -82,6 +86,7 @@ class UtteranceIn:
     language: str = ""  # the ASR's language tag, e.g. "en-GB" (ROS4HRI's LiveSpeech.language; '' = not given)
     flags: tuple[str, ...] = ()  # what the pipeline found of it in its dialogue (an echo of the robot): on every answer
     end_stamped: bool = False  # ``end`` is the message's stamp (False: when it arrived): it may place it before others
+    source: str = ""  # the input it came on ("transcript", "utterance", "voice <id>"): tells a copy of a transcript
 
 
 @dataclass
@@ -129,6 +134,9 @@ class Stats:
     partial_results: int = 0  # classified transcripts extending the one before (flagged transcript-extends-previous)
     partial_last: tuple[str, float, str] = ("", 0.0, "")  # the latest of them, how long after, the turn it extended
     partial_recent: RecentShare = field(default_factory=lambda: RecentShare(PARTIAL_WINDOW, recur=PARTIAL_RECUR))
+    copies_dropped: int = 0  # transcripts delivered a second time (ddvlm_core.duplicates): no answer, no turn
+    copy_last: tuple[str, str, str] = ("", "", "")  # the latest of them: its text, its input, the original's input
+    copy_recent: RecentShare = field(default_factory=lambda: RecentShare(COPY_WINDOW, recur=COPY_RECUR))
     late_transcripts: int = 0  # classified transcripts placed before turns that ended after them (arrived late)
     late_last: tuple[int, float] = (0, 0.0)  # the latest of them: how many turns it went before, ended how long before
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
@@ -212,6 +220,7 @@ class Conversation:
         self.dialogue = Dialogue(max_turns)
         self.last_active = now  # on the pipeline's clock
         self.latest: tuple[Turn, float] | None = None  # the latest turn added and its end (ROS time)
+        self.deliveries: deque[Delivery] = deque(maxlen=RECENT_DELIVERIES)  # the latest transcripts, as they came
 
 
 class EmotionPipeline:
@@ -517,8 +526,10 @@ class EmotionPipeline:
         if non_speech(text) or (text != utt.text and not has_text(text)):  # nothing said; or TTS markup alone
             self.stats.non_speech += 1  # not an utterance, and no turn of the dialogue
             return
-        self.stats.utterances += 1
         conv = self._conversation(utt.conversation_id)
+        if not robot and self._copy(conv, utt, text):
+            return
+        self.stats.utterances += 1
         reused = conv.dialogue.speakers.reused
         try:
             turn = conv.dialogue.new_turn(utt.speaker_id or None, text, utt.language)
@@ -655,6 +666,39 @@ class EmotionPipeline:
                              f"Utterance with is_final false on partial results; such answers carry the flag "
                              f"{PARTIAL_FLAG}, and the context keeps the latest version")
         return replace(utt, flags=utt.flags + (PARTIAL_FLAG,))
+
+    def _copy(self, conv: Conversation, utt: UtteranceIn, text) -> bool:
+        """Whether the transcript is a copy of one of the conversation's latest (``ddvlm_core.duplicates``): then
+        counted, and said the first time; else kept to compare the next ones with."""
+        if not isinstance(text, str):
+            return False
+        delivery = Delivery(utt.source, utt.speaker_id, text, utt.end, utt.end_stamped, utt.received)
+        original = next((d for d in reversed(conv.deliveries) if is_copy(d, delivery)), None)
+        self.stats.copy_recent.add(original is not None)
+        if original is None:
+            conv.deliveries.append(delivery)
+            return False
+        self.stats.copies_dropped += 1
+        self.stats.copy_last = (text, utt.source, original.source)
+        if self.stats.copies_dropped == 1:
+            self.log("warn", f"{self.copy_summary()}: two publishers send the transcripts (`ros2 topic info -v`: the "
+                             "ASR's node started twice, or a relay or bridge forwarding its topic while it publishes "
+                             "there too), or one ASR reaches two inputs (its text on transcript and its Utterance on "
+                             "utterance: set the unused one's topic to ''); each copy is dropped")
+        return True
+
+    def copy_summary(self) -> str:
+        """'k transcripts came a second time and were dropped (the latest: ...)' ('' before any)."""
+        if not self.stats.copies_dropped:
+            return ""
+        text, source, first = self.stats.copy_last
+        where = f"on {source or 'its input'} again" if source == first else f"on {source}, first on {first}"
+        return (f"{self.stats.copies_dropped} transcripts came a second time and were dropped (the latest: "
+                f"{self.quote(text)} {where})")
+
+    def transcripts_copied(self) -> bool:
+        """Whether COPY_RECUR of the latest COPY_WINDOW transcripts were copies of one before."""
+        return self.stats.copy_recent.holds()
 
     def _watch_late(self, later: int, ended_before: float, utt: UtteranceIn) -> UtteranceIn:
         """The utterance, flagged when it was placed before ``later`` turns of its dialogue that ended after it

@@ -194,6 +194,11 @@ class ReplayResult:
         return self.flagged_line(PARTIAL_FLAG, "repeated and extended the one before them, as an ASR's partial "
                                                "results do (remap the topic of its final results)")
 
+    def copy_line(self) -> str:
+        """How many transcripts came a second time (two publishers of the ASR's topic recorded) and were dropped."""
+        copies = self.node_status.get("duplicate_transcripts", "")
+        return f"transcripts: {copies}; they count as unanswered" if copies else ""
+
     def late_line(self) -> str:
         """How many answered transcripts arrived after turns that ended after them (several ASRs, one per voice)."""
         return self.flagged_line(LATE_FLAG, "arrived after turns that ended after them (an ASR per voice?) and were "
@@ -554,7 +559,7 @@ def main(argv: list[str]) -> int:
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
     notes = (result.camera_line(), result.transcript_line(), result.language_line(), result.loop_line(),
-             result.echo_line(), result.partial_line(), result.late_line())
+             result.echo_line(), result.partial_line(), result.late_line(), result.copy_line())
     for note in notes:
         if note:
             print(note)

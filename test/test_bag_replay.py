@@ -401,6 +401,25 @@ def test_the_replay_report_counts_transcripts_that_arrived_after_later_ones(tmp_
     assert "arrived-late" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
 
 
+def test_a_bag_with_every_transcript_twice_is_answered_once_per_utterance(tmp_path, tiny_text_checkpoint, capsys):
+    """A robot bag recorded while two publishers sent the ASR's text (its node and a relay): each line is in it twice,
+    at one time. Each utterance is answered once, and the report says the copies were dropped."""
+    from ddvlm_ros.replay import main
+
+    lines = ["Ann: I got the job!", "Bob: No way!", "Ann: They called this morning."]
+    bag = write_robot_bag(tmp_path / "twice", [line for line in lines for _ in range(2)], fps=0.0,
+                          times=[t for t in (102.0, 104.0, 106.0) for _ in range(2)])
+    out = tmp_path / "out"
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
+                 "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
+    records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in records if r["text"]] == ["default/1", "default/3", "default/5"]
+    note = ("transcripts: 3 transcripts came a second time and were dropped (the latest: 'They called this morning.' "
+            "on transcript again); they count as unanswered")
+    assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
+    assert "second time" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
+
+
 def test_a_bag_of_an_asrs_json_results_replays_its_final_results_only(tmp_path, tiny_text_checkpoint):
     """A robot bag whose ASR topic carries Vosk's JSON (partial results, a final one, silence): the replay numbers
     only what the node answers, so every final result has its answer and none is counted unanswered."""

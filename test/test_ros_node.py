@@ -74,6 +74,31 @@ def test_an_utterance_stamped_before_one_already_answered_is_placed_before_it_an
     assert (got[1].header.stamp.sec, got[2].header.stamp.nanosec) == (11, 200_000_000)
 
 
+def test_utterances_from_two_publishers_of_one_asr_are_answered_once_and_diagnosed(harness, tiny_text_checkpoint):
+    """A relay forwards the ASR's Utterances onto the node's topic while the ASR publishes there too: every
+    utterance arrives twice. Each is answered once, the context holds it once, and /diagnostics says the transcripts
+    come twice once three copies came."""
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    relay = h.client.create_publisher(Utterance, "utterance", 10)
+    lines = [("Hi.", 10.0), ("I got the job!", 12.0), ("They called this morning.", 15.0)]
+    for k, (text, end) in enumerate(lines):
+        msg = utterance(text, "ann", end - 1.0, end, utt_id=f"u{k}")
+        h.publish(Utterance, "utterance", msg)
+        deadline = time.monotonic() + 15
+        while relay.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        relay.publish(msg)
+    h.wait_for(3)
+    h.settle()
+    assert [m.utterance_id for m in h.received] == ["u0", "u1", "u2"]
+    assert [t.text for t in h.node.pipeline.conversations["default"].dialogue.turns] == [t for t, _ in lines]
+    status = h.node.diagnostic_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.message == "transcripts come twice (see duplicate_transcripts)"
+    assert values["duplicate_transcripts"] == ("3 transcripts came a second time and were dropped (the latest: 'They "
+                                               "called this morning.' on utterance again)")
+
+
 @pytest.mark.parametrize("utt_id", ["u9", ""])  # an ASR that numbers its utterances, and one that does not
 def test_the_caption_made_while_a_person_speaks_refines_the_final_result(harness, tiny_visual_checkpoint, utt_id):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frames_per_window=4).start()

@@ -808,3 +808,44 @@ def test_a_transcript_is_placed_only_among_stamped_turns_on_one_clock(tiny_text_
     pipe, results = run_pipeline(rec, [first, second])
     assert [t.text for t in pipe.conversations["c"].dialogue.turns] == [first.text, second.text]
     assert pipe.stats.late_transcripts == 0 and not any(r.prediction.flags for r in results)
+
+
+def delivered(text, end, speaker, source, stamped=True, received=None):
+    """A transcript as it came on input ``source``."""
+    return UtteranceIn("c", text, speaker, text, end - 1.0, end, time.monotonic() if received is None else received,
+                       end_stamped=stamped, source=source)
+
+
+def test_a_transcript_delivered_twice_is_answered_once_and_said_at_once(tiny_text_checkpoint):
+    """Two publishers of one ASR's Utterances (a relay forwarding its topic while it publishes there too): each copy
+    is dropped (no answer, no second turn), with one WARN naming the causes; the same words said again later, with
+    their own end, are answered. A copy on another input (the ASR's text on transcript too) is dropped as well."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(rec, (results := []).append, log=lambda level, text: logged.append((level, text)))
+    hello, job = delivered("Hello.", 10.0, "ann", "utterance"), delivered("I got the job!", 14.0, "ann", "utterance")
+    answer(pipe, [hello, hello, job, delivered("I got the job!", 14.0, "Ann", "transcript", stamped=False),
+                  delivered("Hello.", 16.0, "ann", "utterance")])
+    assert [r.utterance.text for r in results] == ["Hello.", "I got the job!", "Hello."]
+    assert [t.text for t in pipe.conversations["c"].dialogue.turns] == ["Hello.", "I got the job!", "Hello."]
+    assert pipe.stats.copies_dropped == 2 and pipe.stats.utterances == 3 and pipe.transcripts_copied() is False
+    assert logged == [("warn", "1 transcripts came a second time and were dropped (the latest: 'Hello.' on utterance "
+                               "again): two publishers send the transcripts (`ros2 topic info -v`: the ASR's node "
+                               "started twice, or a relay or bridge forwarding its topic while it publishes there "
+                               "too), or one ASR reaches two inputs (its text on transcript and its Utterance on "
+                               "utterance: set the unused one's topic to ''); each copy is dropped")]
+    assert pipe.copy_summary() == ("2 transcripts came a second time and were dropped (the latest: 'I got the job!' "
+                                   "on transcript, first on utterance)")
+    answer(pipe, [delivered("Bye now.", 20.0, "ann", "utterance")] * 2)
+    assert pipe.transcripts_copied() and len(logged) == 1  # 3 of the latest 20: copies keep coming
+
+
+def test_the_robots_words_are_not_compared_for_copies(tiny_text_checkpoint):
+    """The robot saying what a person just said (or a person repeating the robot at once) is no copy: the robot's
+    turns are context, watched for echoes instead."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    pipe, results = run_pipeline(rec, [delivered("Okay.", 10.0, "ann", "transcript", stamped=False),
+                                       delivered("Okay.", 10.0, "robot", "robot_speech", stamped=False)],
+                                 context_only_speakers="robot")
+    assert [t.text for t in pipe.conversations["c"].dialogue.turns] == ["Okay.", "Okay."]
+    assert pipe.stats.copies_dropped == 0 and len(results) == 1
