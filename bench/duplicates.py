@@ -27,7 +27,7 @@ INPUTS = {"Utterance (end stamped)": True, "String (end on arrival)": False}
 
 def taken(split: str, stamped: bool, speed: float) -> list[dict]:
     """The utterances of ``split`` that the rule takes for a copy of one before, with that one."""
-    from ddvlm_core.duplicates import Delivery, is_copy
+    from ddvlm_core.duplicates import Delivery, original_of
     from ddvlm_ros.bag import timeline
     from ddvlm_ros.pipeline import RECENT_DELIVERIES
     from ddvlm_core.meld import dialogues
@@ -36,7 +36,7 @@ def taken(split: str, stamped: bool, speed: float) -> list[dict]:
     for u in timeline(dialogues(split), split):
         before = recent.setdefault(u.conversation_id, [])
         delivery = Delivery("utterance", u.speaker, u.text, u.end, stamped, u.end / speed)
-        original = next((d for d in reversed(before[-RECENT_DELIVERIES:]) if is_copy(d, delivery)), None)
+        original = original_of(before[-RECENT_DELIVERIES:], delivery)
         if original is None:
             before.append(delivery)
         else:

@@ -574,7 +574,7 @@ class EmotionNode(LifecycleNode):
         header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
                                          header, voice_id=voice, language=getattr(msg, "language", ""),
-                                         end_stamped=bool(stamped), source=f"voice {voice}"))
+                                         end_stamped=bool(stamped), source="voices"))
 
     def _on_voice_incremental(self, voice: str, msg, start: float, uid: str) -> None:
         self._last_voice_speech = time.monotonic()

@@ -22,7 +22,7 @@ from ddvlm_core.arrival_order import LATE_FLAG
 from ddvlm_core.captioner import Frame, uniform_picks
 from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, Dialogue,
                                 Turn, has_text, non_speech)
-from ddvlm_core.duplicates import Delivery, is_copy
+from ddvlm_core.duplicates import Delivery, original_of
 from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
 from ddvlm_core.partial_results import PARTIAL_FLAG, is_partial_of
 from ddvlm_core.self_echo import SELF_ECHO_FLAG, echoed_turn
@@ -86,7 +86,7 @@ class UtteranceIn:
     language: str = ""  # the ASR's language tag, e.g. "en-GB" (ROS4HRI's LiveSpeech.language; '' = not given)
     flags: tuple[str, ...] = ()  # what the pipeline found of it in its dialogue (an echo of the robot): on every answer
     end_stamped: bool = False  # ``end`` is the message's stamp (False: when it arrived): it may place it before others
-    source: str = ""  # the input it came on ("transcript", "utterance", "voice <id>"): tells a copy of a transcript
+    source: str = ""  # the input it came on ("transcript", "utterance", "voices"): tells a copy of a transcript
 
 
 @dataclass
@@ -673,7 +673,7 @@ class EmotionPipeline:
         if not isinstance(text, str):
             return False
         delivery = Delivery(utt.source, utt.speaker_id, text, utt.end, utt.end_stamped, utt.received)
-        original = next((d for d in reversed(conv.deliveries) if is_copy(d, delivery)), None)
+        original = original_of(conv.deliveries, delivery)
         self.stats.copy_recent.add(original is not None)
         if original is None:
             conv.deliveries.append(delivery)

@@ -157,3 +157,15 @@ def test_a_voices_transcript_that_arrives_after_a_later_one_is_placed_by_its_sta
     assert [t.speaker for t in turns] == ["anna", "bob", "bob"]
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["late_transcripts"].startswith("1 transcripts placed before turns that ended after them")
+
+
+def test_two_voices_saying_the_same_words_at_once_are_both_answered(harness, tiny_text_checkpoint):
+    """Two children answer the robot's question together: the same words from two voices, at one time, are two
+    utterances (voices are speakers of one input, not two inputs carrying one transcript)."""
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    track(h, "anna", "bob")
+    now = h.now()
+    h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(final="Yes, we want to play!", stamp=now))
+    h.publish(hri.LiveSpeech, "/humans/voices/bob/speech", speech(final="Yes, we want to play!", stamp=now))
+    assert sorted(m.speaker_id for m in h.wait_for(2)) == ["anna", "bob"]
+    assert h.node.pipeline.stats.copies_dropped == 0

@@ -596,8 +596,8 @@ def test_transcripts_repeating_what_the_robot_just_said_are_flagged_and_said_onc
     pipe = EmotionPipeline(rec, (results := []).append, context_only_speakers="robot",
                            log=lambda level, text: logged.append((level, text)))
     turns = []
-    for said, heard in zip(ROBOT_SAID, HEARD_BACK):
-        turns += [utt(said, "robot"), utt(heard, ""), utt("No, thank you, I am fine now.", "ann")]
+    for k, (said, heard) in enumerate(zip(ROBOT_SAID, HEARD_BACK)):  # ann's reply again: a new end, no copy
+        turns += [utt(said, "robot"), utt(heard, ""), timed("No, thank you, I am fine now.", 10.0 * (k + 1), "ann")]
     answer(pipe, turns[:5])
     assert not pipe.hears_robot() and not logged and pipe.stats.self_echoes == 2
     assert pipe.self_echo_summary() == ("2 of the latest 3 transcripts repeated what the robot had just said (the "
@@ -682,8 +682,8 @@ def test_with_drop_self_echoes_the_robots_words_heard_back_get_no_answer_and_lea
     pipe = EmotionPipeline(rec, (results := []).append, context_only_speakers="robot", drop_self_echoes=True,
                            log=lambda level, text: logged.append((level, text)))
     turns = []
-    for said, heard in zip(ROBOT_SAID, HEARD_BACK):
-        turns += [utt(said, "robot"), utt(heard, ""), utt("No, thank you, I am fine now.", "ann")]
+    for k, (said, heard) in enumerate(zip(ROBOT_SAID, HEARD_BACK)):  # ann's reply again: a new end, no copy
+        turns += [utt(said, "robot"), utt(heard, ""), timed("No, thank you, I am fine now.", 10.0 * (k + 1), "ann")]
     answer(pipe, turns)
     assert [r.utterance.speaker_id for r in results] == ["ann"] * 3
     assert [t.speaker for t in pipe.conversations["c"].dialogue.turns] == ["robot", "ann"] * 3
@@ -757,10 +757,11 @@ def test_with_quote_speech_off_no_word_a_person_said_reaches_the_log_or_the_diag
     logged = []
     pipe = EmotionPipeline(rec, [].append, context_only_speakers="robot", quote_speech=False,
                            log=lambda level, text: logged.append(text))
-    said = [timed("Shall I bring you the blue cup?", 1.0, "robot"), timed("shall i bring you the blue cup", 2.0, "")]
+    said = [[timed("Shall I bring you the blue cup?", 1.0 + k, "robot"),
+             timed("shall i bring you the blue cup", 1.5 + k, "")] for k in range(3)]  # each heard back anew
     stream = [timed("i", 10.0), timed("i want", 10.5), timed("i want my", 11.0), timed("I want my mother!", 11.5)]
     loop = timed("Goodbye now. " * 12, 20.0, "bob")
-    answer(pipe, said * 3 + stream + [loop])
+    answer(pipe, said[0] + said[1] + said[2] + stream + [loop])
     assert pipe.stats.self_echoes == 3 and pipe.stats.partial_results == 3 and pipe.stats.repetition_loops == 1
     shown = logged + [pipe.self_echo_summary(), pipe.partial_summary()]
     assert len(logged) == 3 and not any(word in text.lower() for text in shown for word in ("mother", "goodbye"))
@@ -849,3 +850,12 @@ def test_the_robots_words_are_not_compared_for_copies(tiny_text_checkpoint):
                                  context_only_speakers="robot")
     assert [t.text for t in pipe.conversations["c"].dialogue.turns] == ["Okay.", "Okay."]
     assert pipe.stats.copies_dropped == 0 and len(results) == 1
+
+
+def test_two_people_saying_the_same_words_at_once_are_both_answered(tiny_text_checkpoint):
+    """Two ROS4HRI voices (one input, two speakers) and two inputs answering "Yes!" at once: no copy among them."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    said = [delivered("Yes!", 10.0, "anna", "voices"), delivered("Yes!", 10.0, "bob", "voices"),
+            delivered("Yes!", 10.1, "carl", "utterance"), delivered("Yes!", 10.2, "", "transcript", stamped=False)]
+    pipe, results = run_pipeline(rec, said)
+    assert len(results) == 4 and pipe.stats.copies_dropped == 0
