@@ -103,3 +103,17 @@ def test_the_backbone_zip_parts_count_once_each_when_a_part_is_installed_twice(t
         part.write_bytes(b"a stale copy")
     monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path)])
     assert assets._mpnet_parts() == installed
+
+
+def test_the_readme_explains_every_flag_an_answer_can_carry():
+    """A behaviour node's author reads the flags in the README's table: every flag the code can put on an answer is
+    in it (a flag added without a row fails here), and the table names no flag the code never sets."""
+    import re
+
+    code = "\n".join(p.read_text() for folder in ("ddvlm_core", "ddvlm_ros") for p in (REPO / folder).glob("*.py"))
+    set_by_code = set(re.findall(r'_FLAG = "([a-z-]+)"', code)) | set(re.findall(r'\("([a-z]+(?:-[a-z]+)+)",\)', code))
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("| flag | what it says |"):]
+    table = table[:table.index("\n\n")]
+    in_table = {flag for row in table.splitlines()[2:] for flag in re.findall(r"`([a-z-]+)`", row.split(" | ")[0])}
+    assert len(set_by_code) == 12 and in_table == set_by_code
