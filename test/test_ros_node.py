@@ -370,10 +370,14 @@ def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, t
         earlier = EmotionDistribution(labels=list(LABELS), probabilities=[0, 0, 0, 0, 1, 0, 0], top_label="joy",
                                       confidence=1.0, speaker_id="joey", flags=["transcript-arrived-late"])
         earlier.header.stamp = sec_to_stamp(12.0, Time)  # joey said it before the angry line; its transcript came later
-        h.publish(EmotionDistribution, "emotion", echo)  # before joey's on the same publisher: handled first
-        h.publish(EmotionDistribution, "emotion", angry)
-        h.publish(EmotionDistribution, "emotion", earlier)
-        h.publish(EmotionDistribution, "emotion", last := EmotionDistribution(  # handled after all of them
+        others = h.client.create_publisher(EmotionDistribution, "emotion", 10)  # other answers, as if the node's
+        deadline = time.monotonic() + 15
+        while others.get_subscription_count() < 2 and time.monotonic() < deadline:  # the test's and the example's
+            time.sleep(0.02)
+        others.publish(echo)  # before joey's on the same publisher: handled first
+        others.publish(angry)
+        others.publish(earlier)
+        others.publish(last := EmotionDistribution(  # handled after all of them
             labels=list(LABELS), probabilities=[1, 0, 0, 0, 0, 0, 0], top_label="neutral", confidence=1.0,
             speaker_id="zoe"))
         deadline = time.monotonic() + 15
