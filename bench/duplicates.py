@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--report-dir", default=str(REPO / "reports"), help="where the reports go")
     args = ap.parse_args(argv)
-    from ddvlm_core.duplicates import COPY_WINDOW_S, SAME_END_S
+    from ddvlm_core.duplicates import COPY_WINDOW_S, CROSS_INPUT_MIN_WORDS, SAME_END_S
     from ddvlm_core.meld import SPLIT_SIZES
 
     rows = [{"split": split, "input": name, "speed": speed, "utterances": SPLIT_SIZES[split],
@@ -58,7 +58,9 @@ def main(argv: list[str]) -> int:
     lines = ["# The same transcript delivered twice: MELD's people taken for copies", "",
              "`python bench/duplicates.py` (`ddvlm_core/duplicates.py`). A transcript is a copy of one before it when "
              f"it arrives at most {COPY_WINDOW_S:g} s after it with its words, and on the same input its speaker and "
-             f"its end (the same stamp; ends stamped on arrival within {SAME_END_S:g} s). Every MELD utterance at its "
+             f"its end (the same stamp; ends stamped on arrival within {SAME_END_S:g} s, and then only the latest "
+             f"transcript of the input is compared; on another input, {CROSS_INPUT_MIN_WORDS} words at least). Every "
+             "MELD utterance at its "
              "time on a bag's time line (`ddvlm_ros.bag.timeline`), compared with the transcripts before it as the "
              "node compares them. A person taken for a copy gets no answer.", "",
              "| split | input | bag played at | taken for copies |", "|---|---|---|---|"]

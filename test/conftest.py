@@ -11,9 +11,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # This run's ROS graph is its own: two runs on one machine (CI jobs side by side on a host, a second terminal) would
-# otherwise hear each other's transcripts and /emotion. Subprocesses (the entry points' tests) inherit it.
+# otherwise hear each other's transcripts and /emotion. Subprocesses (the entry points' tests) inherit it. Discovery
+# stays multicast: limited to localhost, Fast DDS probes the first few participant ids only, and a suite's many
+# participants then stop finding each other.
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 from ddvlm_core.assets import MINILM, MPNET, resolve_model  # noqa: E402
