@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import rclpy
@@ -25,13 +26,14 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
+from ddvlm_core.arrival_order import LATE_MAX_S
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
 from ddvlm_ros.convert import (AsrJson, asr_json, compressed_msg_to_rgb, cv_bridge_problem, image_msg_to_rgb,
                                parse_transcript, prediction_to_msg, sec_to_stamp, stamp_to_sec, use_cv_bridge)
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
-from ddvlm_ros.pipeline import ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
+from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
 from ddvlm_ros.spin import spin_until_shutdown
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
@@ -83,6 +85,7 @@ class EmotionNode(LifecycleNode):
         self._last_input: dict[str, float] = {}
         self._silence_warned: set[str] = set()
         self._utterance_msgs = {"final": 0, "partial": 0}
+        self._transcript_delays: deque[float] = deque(maxlen=200)  # ROS time at arrival minus the end stamp, s
         self._first_partial: float | None = None  # monotonic time of the first non-final utterance message
         self._no_final_warned = False
         self._json = {"final": 0, "partial": 0, "empty": 0, "unread": 0}  # transcripts that were ASR JSON objects
@@ -433,7 +436,7 @@ class EmotionNode(LifecycleNode):
                                                    msg.speaker_id, msg.text, start, self._now(), received))
             return
         stamped = stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp)
-        end = stamped or self._now()
+        end = self._stamped_end(stamped)
         start = stamp_to_sec(msg.start) or end - self.p("text_window_s")
         if start > end:
             self.get_logger().warning(f"utterance {msg.utterance_id!r}: start after end, window ignored")
@@ -445,6 +448,25 @@ class EmotionNode(LifecycleNode):
                                          msg.utterance_id or self._next_id(), msg.speaker_id, msg.text,
                                          start, end, received, header, stream_id=stream, end_stamped=bool(stamped),
                                          source="utterance"))
+
+    def _stamped_end(self, stamped: float) -> float:
+        """The end of a final transcript: its stamp (``stamped``; its delay after it is kept for the diagnostics),
+        else now."""
+        now = self._now()
+        if not stamped:
+            return now
+        self._transcript_delays.append(now - stamped)
+        return stamped
+
+    def _transcript_delay(self) -> tuple[str, float | None]:
+        """(what /diagnostics says of the delays of stamped transcripts, their median in s; '' and None before
+        any): how long after an utterance ended its transcript reached the node."""
+        delays = sorted(self._transcript_delays)
+        if not delays:
+            return "", None
+        p50, p90 = delays[len(delays) // 2], delays[min(len(delays) - 1, int(0.9 * len(delays)))]
+        return (f"p50 {p50:+.2f} s, p90 {p90:+.2f} s (the latest {len(delays)} stamped transcripts: their end stamp "
+                "to their arrival, on this node's clock)"), p50
 
     def _frame_stamp(self, header) -> float:
         return stamp_to_sec(header.stamp) or self._now()
@@ -569,7 +591,7 @@ class EmotionNode(LifecycleNode):
     def _on_voice_final(self, voice: str, msg, start: float | None, uid: str) -> None:
         received = self._last_voice_speech = time.monotonic()
         stamped = stamp_to_sec(msg.header.stamp)
-        end = stamped or self._now()
+        end = self._stamped_end(stamped)
         start = start if start is not None and start <= end else end - self.p("text_window_s")
         header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
@@ -623,6 +645,7 @@ class EmotionNode(LifecycleNode):
                        "windows_without_frames": s.windows_without_frames,
                        "frame_window_miss": s.frame_window_miss,
                        "frame_stamp_offset_s": self._frame_offset(),
+                       "transcript_delay_s": self._transcript_delay()[0],
                        "latency_p50_ms": round(p50, 1),
                        "latency_p90_ms": round(p90, 1), "last_error": s.last_error,
                        "captioner": getattr(self.pipeline.captioner, "name", "none"),
@@ -681,6 +704,9 @@ class EmotionNode(LifecycleNode):
             values["clock"] = "use_sim_time is true and no /clock message has come (`ros2 bag play --clock`?)"
             if level == DiagnosticStatus.OK:
                 level, message = DiagnosticStatus.WARN, "no /clock (use_sim_time: true)"
+        delay = self._transcript_delay()[1]
+        if delay is not None and not -CLOCK_SKEW_S <= delay <= LATE_MAX_S and level == DiagnosticStatus.OK:
+            level, message = DiagnosticStatus.WARN, "transcripts stamped on another clock (see transcript_delay_s)"
         if not self._active and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, "inactive"
         if self.load_error:

@@ -99,6 +99,30 @@ def test_utterances_from_two_publishers_of_one_asr_are_answered_once_and_diagnos
                                                "called this morning.' on utterance again)")
 
 
+def test_how_long_after_its_end_a_stamped_transcript_came_is_diagnosed_and_another_clock_is_a_warning(
+        harness, tiny_text_checkpoint):
+    """transcript_delay_s: the ASR's delay, from the end stamp of an utterance to its transcript's arrival (Whisper
+    on a CPU takes seconds). Stamps from another clock (an ASR stamping with its audio device's clock, an hour off)
+    are a warning, as they misplace the utterance's camera window and its place in the dialogue."""
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    now = h.now()
+    for k, delay in enumerate((0.6, 0.8, 1.0)):
+        h.publish(Utterance, "utterance", utterance(f"Line {k}.", "ann", now - delay - 1.0, now - delay))
+    h.publish(Utterance, "utterance", utterance("No stamps: not counted.", "ann"))
+    h.wait_for(4)
+    status = h.node.diagnostic_status()
+    delay = {kv.key: kv.value for kv in status.values}["transcript_delay_s"]
+    assert delay.endswith(" s (the latest 3 stamped transcripts: their end stamp to their arrival, on this node's "
+                          "clock)")
+    p50, p90 = (float(delay.split()[k]) for k in (1, 4))
+    assert 0.8 <= p50 < 0.8 + 5 and 1.0 <= p90 < 1.0 + 5 and status.level == b"\x00"
+    for k in range(3):
+        h.publish(Utterance, "utterance", utterance(f"Off by an hour {k}.", "bob", now - 3601.0, now - 3600.0))
+    h.wait_for(7)
+    status = h.node.diagnostic_status()
+    assert status.level == b"\x01" and status.message == "transcripts stamped on another clock (see transcript_delay_s)"
+
+
 @pytest.mark.parametrize("utt_id", ["u9", ""])  # an ASR that numbers its utterances, and one that does not
 def test_the_caption_made_while_a_person_speaks_refines_the_final_result(harness, tiny_visual_checkpoint, utt_id):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frames_per_window=4).start()
