@@ -47,7 +47,7 @@ def transcripts(rows, rtf: float | None) -> list[tuple[int, float]]:
         clock = end = start + max(MIN_TURN_S, len(row.text.split()) / WORDS_PER_S)
         ends.append(end)
         if rtf is not None:
-            busy[row.speaker] = max(end, busy.get(row.speaker, 0.0)) + ENDPOINT_S + rtf * (end - start)
+            busy[row.speaker] = max(end + ENDPOINT_S, busy.get(row.speaker, 0.0)) + rtf * (end - start)
             arrivals.append(busy[row.speaker])
     order = range(len(rows)) if rtf is None else sorted(range(len(rows)), key=lambda i: (arrivals[i], ends[i]))
     return [(i, ends[i]) for i in order]

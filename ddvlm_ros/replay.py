@@ -197,7 +197,8 @@ class ReplayResult:
     def copy_line(self) -> str:
         """How many transcripts came a second time (two publishers of the ASR's topic recorded) and were dropped."""
         copies = self.node_status.get("duplicate_transcripts", "")
-        return f"transcripts: {copies}; they count as unanswered" if copies else ""
+        return (f"transcripts: {copies}; a copy of a text transcript (numbered by the node) counts as unanswered"
+                if copies else "")
 
     def late_line(self) -> str:
         """How many answered transcripts arrived after turns that ended after them (several ASRs, one per voice)."""

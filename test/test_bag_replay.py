@@ -415,7 +415,7 @@ def test_a_bag_with_every_transcript_twice_is_answered_once_per_utterance(tmp_pa
     records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert [r["key"] for r in records if r["text"]] == ["default/1", "default/3", "default/5"]
     note = ("transcripts: 3 transcripts came a second time and were dropped (the latest: 'They called this morning.' "
-            "on transcript again); they count as unanswered")
+            "on transcript again); a copy of a text transcript (numbered by the node) counts as unanswered")
     assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
     assert "second time" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
 
