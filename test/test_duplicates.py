@@ -88,5 +88,5 @@ def test_the_readme_states_the_rule_and_the_numbers_of_the_committed_report():
             "its speaker and its end (the same stamp; for a `std_msgs/String`, stamped on arrival, ends within "
             f"{SAME_END_S:g} s)") in readme
     assert f"its status warns while {COPY_RECUR} of the latest {COPY_WINDOW} transcripts are copies" in readme
-    assert not taken and (f"Of MELD's {n:,} utterances on a bag's time line, none is taken for a copy, as "
+    assert not taken and (f"of MELD's {n:,} utterances on a bag's time line, none is taken for a copy, as "
                           "`Utterance`s or as `std_msgs/String`s, played at 1x or 20x") in readme
