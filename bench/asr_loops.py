@@ -13,13 +13,14 @@ Writes asr_loops.md and .json to reports/ (or ``--report-dir``).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.shared import refuse_non_checkpoint, write_report  # noqa: E402
 
 ROWS = ("MELD's text", "loops cut (the node)", "loops as the ASR wrote them")
 
@@ -72,12 +73,7 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if not 0 <= args.fraction <= 1:
         ap.error(f"--fraction must be in [0, 1], got {args.fraction}")
-    from ddvlm_core.checkpoint import CheckpointError, read_manifest
-
-    try:
-        read_manifest(args.model_dir)
-    except CheckpointError as e:
-        ap.error(f"--model-dir: {e}")
+    refuse_non_checkpoint(ap, args.model_dir)
     from transformers.utils import logging
 
     logging.set_verbosity_error()
@@ -99,13 +95,9 @@ def main(argv: list[str]) -> int:
                      "looped": score(predictions, gold, looped), "after_a_loop": score(predictions, gold, after),
                      "flagged_loops": sum("transcript-repetition-loop" in p.flags for p in predictions)})
         print(f"{name}: WA-F1 {rows[-1]['all']['wa_f1']:.2f}", flush=True)
-    out = Path(args.report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "asr_loops.json").write_text(json.dumps({"model_dir": args.model_dir, "fraction": args.fraction,
-                                                    "min_words": args.min_words, "seed": args.seed, "rows": rows},
-                                                   indent=1) + "\n")
-    (out / "asr_loops.md").write_text(report(args, rows))
-    print(report(args, rows))
+    write_report(args.report_dir, "asr_loops", {"model_dir": args.model_dir, "fraction": args.fraction,
+                                                "min_words": args.min_words, "seed": args.seed, "rows": rows},
+                 report(args, rows))
     return 0
 
 

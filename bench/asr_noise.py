@@ -22,6 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.shared import refuse_non_checkpoint  # noqa: E402
+
 
 def evaluate_bag(bag: Path, recognizer, batch: int = 16) -> dict:
     from rclpy.serialization import deserialize_message
@@ -65,12 +67,7 @@ def main(argv: list[str]) -> int:
     plan += [(wer, False) for wer in _wers(ap, "--unpunctuated-wers", args.unpunctuated_wers)]
     if not plan:
         ap.error("no rows: --wers and --unpunctuated-wers are both empty")
-    from ddvlm_core.checkpoint import CheckpointError, read_manifest
-
-    try:  # before the bags are written and the report replaced
-        read_manifest(args.model_dir)
-    except CheckpointError as e:
-        ap.error(f"--model-dir: {e}")
+    refuse_non_checkpoint(ap, args.model_dir)  # before the bags are written
     from transformers.utils import logging
 
     logging.set_verbosity_error()

@@ -19,12 +19,13 @@ Writes asr_partials.md and .json to reports/ (or ``--report-dir``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.shared import predict_new, refuse_non_checkpoint, write_report  # noqa: E402
 
 GAPS = (1.0, 1.5, 2.0, 3.0)
 RESULT_EVERY_S = 0.5  # a streaming ASR's partial results: one per 0.5 s of speech (Vosk's ROS nodes: 8000 samples)
@@ -115,14 +116,10 @@ def model_rows(model_dir: str) -> list[dict]:
             held, k, kp = hold(said, fold)
             contexts += held
             folded, folded_partials, transcripts = folded + k, folded_partials + kp, transcripts + len(said)
-        keys = [tuple((t.speaker_token, t.text) for t in c) for c in contexts]
-        new = list(dict.fromkeys(k for k in keys if k not in predicted))
-        index = {k: i for i, k in enumerate(keys)}
-        for key, prediction in zip(new, recognizer.predict_many([contexts[index[k]] for k in new], desc=name)):
-            predicted[key] = prediction
+        keys, n_new = predict_new(recognizer, contexts, predicted, name)
         out.append({"row": name, "transcripts": transcripts, "folded": folded, "folded_partials": folded_partials,
-                    "predicted_here": len(new), **score([predicted[k] for k in keys], gold)})
-        print(f"{name}: WA-F1 {out[-1]['wa_f1']:.2f} ({len(new)} contexts predicted)", flush=True)
+                    "predicted_here": n_new, **score([predicted[k] for k in keys], gold)})
+        print(f"{name}: WA-F1 {out[-1]['wa_f1']:.2f} ({n_new} contexts predicted)", flush=True)
     return out
 
 
@@ -167,20 +164,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--people-only", action="store_true", help="only the people's rates (no model, seconds)")
     args = ap.parse_args(argv)
     if not args.people_only:
-        from ddvlm_core.checkpoint import CheckpointError, read_manifest
-
-        try:
-            read_manifest(args.model_dir)
-        except CheckpointError as e:
-            ap.error(f"--model-dir: {e}")
+        refuse_non_checkpoint(ap, args.model_dir)
     people_rows = {split: people(split) for split in ("train", "dev", "test")}
     rows = [] if args.people_only else model_rows(args.model_dir)
-    out = Path(args.report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "asr_partials.json").write_text(json.dumps({"model_dir": args.model_dir, "people": people_rows,
-                                                       "rows": rows}, indent=1) + "\n")
-    (out / "asr_partials.md").write_text(report(people_rows, rows, args.model_dir))
-    print(report(people_rows, rows, args.model_dir))
+    write_report(args.report_dir, "asr_partials", {"model_dir": args.model_dir, "people": people_rows, "rows": rows},
+                 report(people_rows, rows, args.model_dir))
     return 0
 
 

@@ -14,12 +14,13 @@ Writes duplicates.md and .json to reports/ (or ``--report-dir``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.shared import write_report  # noqa: E402
 
 SPEEDS = (1.0, 20.0)
 INPUTS = {"Utterance (end stamped)": True, "String (end on arrival)": False}
@@ -60,9 +61,8 @@ def main(argv: list[str]) -> int:
              f"it arrives at most {COPY_WINDOW_S:g} s after it with its words, and on the same input its speaker and "
              f"its end (the same stamp; ends stamped on arrival within {SAME_END_S:g} s, and then only the latest "
              f"transcript of the input is compared; on another input, {CROSS_INPUT_MIN_WORDS} words at least). Every "
-             "MELD utterance at its "
-             "time on a bag's time line (`ddvlm_ros.bag.timeline`), compared with the transcripts before it as the "
-             "node compares them. A person taken for a copy gets no answer.", "",
+             "MELD utterance at its time on a bag's time line (`ddvlm_ros.bag.timeline`), compared with the "
+             "transcripts before it as the node compares them. A person taken for a copy gets no answer.", "",
              "| split | input | bag played at | taken for copies |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['split']} | {r['input']} | {r['speed']:g}x | {len(r['taken'])} of {r['utterances']} |")
@@ -74,11 +74,7 @@ def main(argv: list[str]) -> int:
         said = [f"{k} ({t['speaker']}: {t['text']!r}, {t['after_s']:g} s after the same words)"
                 for k, t in seen.items()]
         lines += ["", "Taken: " + "; ".join(said)]
-    out = Path(args.report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "duplicates.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
-    (out / "duplicates.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.report_dir, "duplicates", {"rows": rows}, "\n".join(lines) + "\n")
     return 0
 
 

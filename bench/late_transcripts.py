@@ -20,12 +20,13 @@ Writes late_transcripts.md and .json to reports/ (or ``--report-dir``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.shared import predict_new, refuse_non_checkpoint, write_report  # noqa: E402
 
 GAP_S = 0.3  # between one turn's end and the next one's start
 WORDS_PER_S = 2.5
@@ -104,16 +105,12 @@ def model_rows(model_dir: str) -> list[dict]:
     out = []
     for name, rtf, placed in zip(ROWS, (None, MODEL_RTF, MODEL_RTF), (False, False, True)):
         contexts = [c for rows in data for c in hold(rows, transcripts(rows, rtf), placed)[0]]
-        keys = [tuple((t.speaker_token, t.text) for t in c) for c in contexts]
-        new = list(dict.fromkeys(k for k in keys if k not in predicted))
-        index = {k: i for i, k in enumerate(keys)}
-        for key, prediction in zip(new, recognizer.predict_many([contexts[index[k]] for k in new], desc=name)):
-            predicted[key] = prediction
-        out.append({"row": name, "rtf": rtf, "placed": placed, "predicted_here": len(new),
+        keys, n_new = predict_new(recognizer, contexts, predicted, name)
+        out.append({"row": name, "rtf": rtf, "placed": placed, "predicted_here": n_new,
                     **score([predicted[k] for k in keys], gold),
                     "late": score([predicted[keys[k]] for k in late], [gold[k] for k in late])})
         print(f"{name}: WA-F1 {out[-1]['wa_f1']:.2f}, on the {len(late)} late ones {out[-1]['late']['wa_f1']:.2f} "
-              f"({len(new)} contexts predicted)", flush=True)
+              f"({n_new} contexts predicted)", flush=True)
     return out
 
 
@@ -153,20 +150,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--arrivals-only", action="store_true", help="only the shares arriving late (no model, seconds)")
     args = ap.parse_args(argv)
     if not args.arrivals_only:
-        from ddvlm_core.checkpoint import CheckpointError, read_manifest
-
-        try:
-            read_manifest(args.model_dir)
-        except CheckpointError as e:
-            ap.error(f"--model-dir: {e}")
+        refuse_non_checkpoint(ap, args.model_dir)
     arrival_rows = {split: arrivals(split) for split in ("train", "dev", "test")}
     rows = [] if args.arrivals_only else model_rows(args.model_dir)
-    out = Path(args.report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "late_transcripts.json").write_text(json.dumps({"model_dir": args.model_dir, "model_rtf": MODEL_RTF,
-                                                           "arrivals": arrival_rows, "rows": rows}, indent=1) + "\n")
-    (out / "late_transcripts.md").write_text(report(arrival_rows, rows, args.model_dir))
-    print(report(arrival_rows, rows, args.model_dir))
+    write_report(args.report_dir, "late_transcripts", {"model_dir": args.model_dir, "model_rtf": MODEL_RTF,
+                                                       "arrivals": arrival_rows, "rows": rows},
+                 report(arrival_rows, rows, args.model_dir))
     return 0
 
 

@@ -25,6 +25,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.shared import refuse_non_checkpoint  # noqa: E402
 ROWS = {
     "fp32": "FP32 (PyTorch)",
     "fp16": "FP16 (PyTorch, GPU)",
@@ -431,12 +433,7 @@ def main(argv: list[str]) -> int:
     if args.row:  # child process
         Path(args.out).write_text(json.dumps(run_row(args.row, args)))
         return 0
-    from ddvlm_core.checkpoint import CheckpointError, read_manifest
-
-    try:  # before any row runs and rewrites the report: a wrong path must not replace it with failures
-        read_manifest(args.checkpoint)
-    except CheckpointError as e:
-        ap.error(f"--checkpoint: {e}")
+    refuse_non_checkpoint(ap, args.checkpoint, "--checkpoint")
     skip = CPU_ONLY if args.device.startswith("cuda") else GPU_ONLY
     rows = args.rows.split(",") if args.rows else [r for r in ROWS if r not in skip]
     results = []

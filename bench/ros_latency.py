@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 ANSWER_TIMEOUT_S = 120.0  # one utterance through the node: a missing answer stops the bench with the reason
 sys.path.insert(0, str(REPO))
 
+from bench.shared import refuse_non_checkpoint  # noqa: E402
+
 
 def percentiles(values: list[float]) -> dict:
     arr = np.asarray(values)
@@ -181,12 +183,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     directory = model_dir(args.model_dir)
-    from ddvlm_core.checkpoint import CheckpointError, read_manifest
-
-    try:  # before any row runs and the report is replaced
-        read_manifest(directory)
-    except CheckpointError as e:
-        ap.error(f"--model-dir: {e}")
+    refuse_non_checkpoint(ap, directory)
     if args.row:
         print(json.dumps(measure(args.row, directory, args.n)))
         return 0

@@ -16,13 +16,14 @@ No model runs. Writes self_echo.md and .json to reports/ (or ``--report-dir``).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.shared import write_report  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 WERS = (0.0, 0.1, 0.2, 0.3)
@@ -85,11 +86,7 @@ def main(argv: list[str]) -> int:
               "people_repeating": {split: rates(people_repeating(split)) for split in ("train", "dev", "test")},
               "echoes": [{"wer": wer, "part": part, **rates(echoes(wer, part, rng))}
                          for wer in WERS for part in (False, True)]}
-    out = Path(args.report_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "self_echo.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "self_echo.md").write_text(report(result))
-    print(report(result))
+    write_report(args.report_dir, "self_echo", result, report(result))
     return 0
 
 
