@@ -629,6 +629,7 @@ class EmotionNode(LifecycleNode):
                   "image_decoder": self.image_decoder,
                   "confidence_calibration": self.recognizer.calibration if self.recognizer else ""}
         level, message = DiagnosticStatus.OK, "running"
+        delay_text, delay = self._transcript_delay()  # the ASR's delay: a value, and a warning below
         if self.pipeline is not None:
             s = self.pipeline.stats
             lat = sorted(s.latencies_ms)
@@ -645,7 +646,7 @@ class EmotionNode(LifecycleNode):
                        "windows_without_frames": s.windows_without_frames,
                        "frame_window_miss": s.frame_window_miss,
                        "frame_stamp_offset_s": self._frame_offset(),
-                       "transcript_delay_s": self._transcript_delay()[0],
+                       "transcript_delay_s": delay_text,
                        "latency_p50_ms": round(p50, 1),
                        "latency_p90_ms": round(p90, 1), "last_error": s.last_error,
                        "captioner": getattr(self.pipeline.captioner, "name", "none"),
@@ -704,7 +705,6 @@ class EmotionNode(LifecycleNode):
             values["clock"] = "use_sim_time is true and no /clock message has come (`ros2 bag play --clock`?)"
             if level == DiagnosticStatus.OK:
                 level, message = DiagnosticStatus.WARN, "no /clock (use_sim_time: true)"
-        delay = self._transcript_delay()[1]
         if delay is not None and not -CLOCK_SKEW_S <= delay <= LATE_MAX_S and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, "transcripts stamped on another clock (see transcript_delay_s)"
         if not self._active and level == DiagnosticStatus.OK:
