@@ -12,7 +12,9 @@ A transcript whose end stamp (the message's, not when it arrived) is earlier tha
 its dialogue is therefore put before them (``turns_ended_after``; ``Dialogue.append`` with ``end``), its answer is
 read from the turns up to it (``Dialogue.until``) and carries ``LATE_FLAG``: a behaviour node keeping each person's
 latest emotion compares header stamps (the end of the utterance) rather than taking the last message received.
-The turns that arrived first keep their answers (read before this one was known).
+The turns it went before were answered before it was known: the node answers them again from the turns up to each
+(the context in the order said), and those answers carry ``REVISED_FLAG`` (same utterance, same header stamp: they
+replace the first ones).
 
 Only stamped turns are moved past: a turn whose end is when it arrived (a ``std_msgs/String`` transcript, the
 robot's speech) stays where it is, and a transcript never moves before it, so a clock that differs between two
@@ -20,14 +22,15 @@ publishers cannot reorder them. Stamps more than ``LATE_MAX_S`` before the lates
 ASR stamping from its audio device, sim time against wall time): that transcript is appended.
 
 ``python bench/late_transcripts.py`` (``reports/late_transcripts.md``): MELD test dialogues spoken one turn after
-another, each voice transcribed by its own ASR: the share of transcripts that arrive late, and WA-F1 with the
-context in arrival order and in this order.
+another, each voice transcribed by its own ASR: the share of transcripts that arrive late, WA-F1 with the context
+in arrival order and in this order, and with the answers revised.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 LATE_FLAG = "transcript-arrived-late"
+REVISED_FLAG = "answer-revised"  # an utterance answered again: a turn said before it arrived after its answer
 LATE_MAX_S = 30.0  # a transcript whose end is further before the latest turn's is on another clock
 
 

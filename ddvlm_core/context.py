@@ -313,20 +313,23 @@ class Dialogue:
     def until(self, turn: Turn) -> tuple[Turn, ...]:
         """The turns up to ``turn`` (included): the context its answer is read from; all of them when ``turn`` is
         the latest, or not in the dialogue."""
-        turns = tuple(self._turns)
-        for k in range(len(turns) - 1, -1, -1):
-            if turns[k] is turn:
-                return turns[:k + 1]
-        return turns
+        turns, k = tuple(self._turns), self.index(turn)
+        return turns if k is None else turns[:k + 1]
+
+    def index(self, turn: Turn) -> int | None:
+        """Where ``turn`` itself is (not an equal turn: the same words said again), None when it is not here."""
+        for k in range(len(self._turns) - 1, -1, -1):
+            if self._turns[k] is turn:
+                return k
+        return None
 
     def take_back(self, turn: Turn) -> None:
         """Remove ``turn``: an utterance that could not be answered, kept out of the context of the next ones. A
         turn it pushed out of a full window stays out."""
-        for k in range(len(self._turns) - 1, -1, -1):
-            if self._turns[k] is turn:
-                del self._turns[k]
-                del self._ends[k]
-                return
+        k = self.index(turn)
+        if k is not None:
+            del self._turns[k]
+            del self._ends[k]
 
     @property
     def turns(self) -> tuple[Turn, ...]:

@@ -41,7 +41,8 @@ SLOW_LATENCY_MS = 500.0  # WARN above this p90 text latency
 TIME_JUMP_BACK_S = 1.0  # ROS time going back more than this (a bag played again) starts frames and contexts afresh
 NO_FINAL_WARN_S = 30.0  # utterance messages this long, none final: WARN that only final ones are classified
 LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversations",
-                          "context_only_speakers", "drop_self_echoes", "quote_speech")  # EmotionPipeline attributes
+                          "context_only_speakers", "drop_self_echoes", "quote_speech",
+                          "revise_answers")  # EmotionPipeline attributes
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
@@ -183,7 +184,7 @@ class EmotionNode(LifecycleNode):
             frames_per_window=self.p("frames_per_window"),
             caption_timeout_s=self.p("caption_timeout_s"), log=self._log, clock=self._now,
             context_only_speakers=self.p("context_only_speakers"), drop_self_echoes=self.p("drop_self_echoes"),
-            quote_speech=self.p("quote_speech"),
+            quote_speech=self.p("quote_speech"), revise_answers=self.p("revise_answers"),
             thread_setup={"inference": cpu_threads_setup(self.p("cpu_threads")), "caption": cpu_threads_setup(1)})
         self._ensure_diagnostics()
         self.get_logger().info(f"configured: model {self.model_name}, quantization {self.quantization}, "

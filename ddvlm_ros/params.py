@@ -100,6 +100,9 @@ PARAMS: tuple[Param, ...] = (
           "transcript-echoes-robot gets no /emotion and leaves the dialogue context (for a robot that hears itself "
           "and cannot mute its ASR while it speaks; the few people who repeat the robot's words are dropped too)",
           applies="now"),
+    Param("revise_answers", True, "when a transcript arrives after turns that ended after it (an ASR per voice) "
+          "and is placed before them, answer those turns again from the context in the order said (flag "
+          "answer-revised; it replaces their first answers); false: they keep their first answers", applies="now"),
     Param("quote_speech", True, "quote people's words (60 characters at most) in the log and /diagnostics when "
           "the node reports what the ASR did to them (a repetition loop, an echo of the robot, a partial result); "
           "false: how many words only, for studies whose participants' speech must not reach the log files "

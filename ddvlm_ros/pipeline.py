@@ -2,7 +2,10 @@
 
     utterance ─► inference worker: context += utterance; text-only prediction ─► publish (refined = False)
                    └─► caption worker: frames in the utterance window ─► caption ─► inference worker:
-                       fused prediction on the same context ─► publish (refined = True)
+                       fused prediction on its context ─► publish (refined = True)
+
+An utterance placed before turns already answered (its transcript arrived late: ``ddvlm_core.arrival_order``)
+gets those turns answered again from their contexts with it (``revise_answers``; flag ``answer-revised``).
 
 The ROS callbacks only enqueue; the executor never runs a model. A slow, absent or crashing captioner
 never delays or stops text results: captions run on their own thread, a caption later than
@@ -18,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from ddvlm_core.arrival_order import LATE_FLAG
+from ddvlm_core.arrival_order import LATE_FLAG, REVISED_FLAG
 from ddvlm_core.captioner import Frame, uniform_picks
 from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, Dialogue,
                                 Turn, has_text, non_speech)
@@ -139,6 +142,7 @@ class Stats:
     copy_recent: RecentShare = field(default_factory=lambda: RecentShare(COPY_WINDOW, recur=COPY_RECUR))
     late_transcripts: int = 0  # classified transcripts placed before turns that ended after them (arrived late)
     late_last: tuple[int, float] = (0, 0.0)  # the latest of them: how many turns it went before, ended how long before
+    revised: int = 0  # answers published again because a late transcript went before their turn (answer-revised)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -215,12 +219,34 @@ class FrameBuffer:
 MAX_PREFETCHED = 256  # streaming captions waiting for their final utterance
 
 
+@dataclass
+class Answered:
+    """A turn the pipeline answered, with what it needs to answer it again (``EmotionPipeline._revise``)."""
+
+    turn: Turn
+    utterance: UtteranceIn  # as published (its flags included)
+    caption: Any = None  # the caption of its fused answer (None: text only so far)
+
+
 class Conversation:
     def __init__(self, max_turns: int, now: float):
         self.dialogue = Dialogue(max_turns)
+        self.max_turns = max_turns
         self.last_active = now  # on the pipeline's clock
         self.latest: tuple[Turn, float] | None = None  # the latest turn added and its end (ROS time)
         self.deliveries: deque[Delivery] = deque(maxlen=RECENT_DELIVERIES)  # the latest transcripts, as they came
+        self._answered: dict[int, Answered] = {}  # id(turn) -> its answer's inputs (the entry keeps the turn alive)
+
+    def remember(self, turn: Turn, utterance: UtteranceIn) -> None:
+        """Keep what answered ``turn``; entries of turns gone from the dialogue are let go once they pile up."""
+        self._answered[id(turn)] = Answered(turn, utterance)
+        if len(self._answered) > 2 * self.max_turns + 8:
+            for key in [k for k, a in self._answered.items() if self.dialogue.index(a.turn) is None]:
+                del self._answered[key]
+
+    def answered(self, turn: Turn) -> Answered | None:
+        found = self._answered.get(id(turn))
+        return found if found is not None and found.turn is turn else None
 
 
 class EmotionPipeline:
@@ -232,7 +258,7 @@ class EmotionPipeline:
                  log: Callable[[str, str], None] = lambda level, msg: None,
                  thread_setup: dict[str, Callable[[], None]] | None = None,
                  clock: Callable[[], float] = time.monotonic, context_only_speakers: str = "",
-                 drop_self_echoes: bool = False, quote_speech: bool = True):
+                 drop_self_echoes: bool = False, quote_speech: bool = True, revise_answers: bool = True):
         self.recognizer, self.publish, self.captioner = recognizer, publish, captioner
         self.decode_frame, self.log = decode_frame, log
         self.max_turns, self.idle_timeout_s = max_turns, idle_timeout_s
@@ -257,6 +283,7 @@ class EmotionPipeline:
         self.drop_self_echoes = drop_self_echoes  # an echo of the robot gets no answer and leaves the context
         self.robot_speaker = ""  # speaker of the node's robot_speech input (ROBOT_SPEAKER while on): context only too
         self.quote_speech = quote_speech  # people's words in logs and diagnostics (False: how many words only)
+        self.revise_answers = revise_answers  # answer again the turns a late transcript goes before
 
     def quote(self, text: str) -> str:
         """What a person said, as the log and the diagnostics show it: quoted (QUOTE_CHARS characters at most) while
@@ -569,6 +596,9 @@ class EmotionPipeline:
         self._watch_language(turns[-1], prediction.flags)
         self._watch_loops(turns[-1])
         self._publish(utt, prediction, refined=False)
+        conv.remember(turn, utt)
+        if later and self.revise_answers:
+            self._revise(conv, conv.dialogue.turns[len(turns):])
         if self.captioner is not None:
             try:
                 self._captions.put_nowait(("final", (utt, turns, time.monotonic())))
@@ -712,16 +742,40 @@ class EmotionPipeline:
             self.log("info", f"a transcript arrived after {later} turn(s) that ended after it ({ended_before:.1f} s "
                              "later), as transcripts of several ASRs (one per voice or microphone) do: it is placed "
                              "before them in the dialogue context by its end stamp and answered from the turns up to "
-                             f"it; its answer carries the flag {LATE_FLAG} (the header stamp is the utterance's end)")
+                             f"it; its answer carries the flag {LATE_FLAG} (the header stamp is the utterance's end)"
+                             + (f"; the turns it went before are answered again with it in their context (flag "
+                                f"{REVISED_FLAG})" if self.revise_answers else "; the turns it went before keep "
+                                "their first answers (revise_answers: false)"))
         return replace(utt, flags=utt.flags + (LATE_FLAG,))
 
+    def _revise(self, conv: Conversation, turns: tuple[Turn, ...]) -> None:
+        """Answer ``turns`` again, each from the turns up to it: a late transcript has just gone before them, and
+        their answers were read without it. The answers carry REVISED_FLAG and replace the earlier ones (same
+        utterance, same header stamp); a turn with a fused answer is answered again with its caption."""
+        for turn in turns:
+            answered = conv.answered(turn)
+            if answered is None:  # the robot's turn (context only): never answered
+                continue
+            try:
+                prediction = self.recognizer.predict(conv.dialogue.until(turn), answered.caption)
+            except Exception as e:  # noqa: BLE001 - its first answer stands
+                self.stats.last_error = f"{type(e).__name__}: {e}"
+                self.log("error", f"utterance {answered.utterance.utterance_id!r}: answering again failed "
+                                  f"({self.stats.last_error})")
+                continue
+            self.stats.revised += 1
+            utt = replace(answered.utterance, flags=answered.utterance.flags + (REVISED_FLAG,))
+            self._publish(utt, prediction, refined=prediction.modalities != "text", revised=True)
+
     def late_summary(self) -> str:
-        """'k transcripts placed before turns that ended after them (the latest: ...)' ('' before any)."""
+        """'k transcripts placed before turns that ended after them (the latest: ...); j answers revised' ('' before
+        any)."""
         if not self.stats.late_transcripts:
             return ""
         later, ended_before = self.stats.late_last
         return (f"{self.stats.late_transcripts} transcripts placed before turns that ended after them (the latest: "
-                f"before {later} turn(s), the latest of which ended {ended_before:.1f} s after it)")
+                f"before {later} turn(s), the latest of which ended {ended_before:.1f} s after it); "
+                f"{self.stats.revised} answers to those turns revised")
 
     def asr_partials(self) -> bool:
         """Whether PARTIAL_RECUR of the latest PARTIAL_WINDOW classified transcripts extended the turn before."""
@@ -885,15 +939,23 @@ class EmotionPipeline:
                              f"[{utt.start:.1f}, {utt.end:.1f}]: {miss}")
 
     def _refine(self, utt: UtteranceIn, turns: tuple[Turn, ...], caption) -> None:
+        """The fused answer, from the utterance's context as it is now: a late transcript may have gone before it
+        since its text answer (``_revise``), and that answer's caption is kept for the next such revision."""
+        conv = self.conversations.get(utt.conversation_id)
+        answered = conv.answered(turns[-1]) if conv is not None else None
+        if answered is not None and conv.dialogue.index(answered.turn) is not None:
+            turns = conv.dialogue.until(answered.turn)
         prediction = self.recognizer.predict(turns, caption)
         if prediction.modalities == "text":  # caption rejected (e.g. only emotion words) or no visual branch
             return
+        if answered is not None:
+            answered.caption = caption
         self.stats.refined += 1
         self._publish(utt, prediction, refined=True)
 
-    def _publish(self, utt: UtteranceIn, prediction, refined: bool) -> None:
+    def _publish(self, utt: UtteranceIn, prediction, refined: bool, revised: bool = False) -> None:
         latency = 1000 * (time.monotonic() - utt.received)
-        if not refined:
+        if not refined and not revised:
             self.stats.latencies_ms.append(latency)
         self.stats.published += 1
         if utt.flags:

@@ -33,7 +33,7 @@ from typing import Callable, Collection, Iterator, NamedTuple
 import numpy as np
 from rosbags.rosbag2 import Reader
 
-from ddvlm_core.arrival_order import LATE_FLAG
+from ddvlm_core.arrival_order import LATE_FLAG, REVISED_FLAG
 from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, has_text,
                                 non_speech)
 from ddvlm_core.labels import LABELS, label_id
@@ -126,7 +126,8 @@ class NodeConfigureError(RuntimeError):
 
 @dataclass
 class ReplayResult:
-    answers: dict[str, dict] = field(default_factory=dict)  # key -> {"text": msg, "refined": msg}
+    answers: dict[str, dict] = field(default_factory=dict)  # key -> {"text": msg, "refined": msg, "revised": msg,
+    #                                                         "latest": the latest of them}
     finals: list[str] = field(default_factory=list)  # keys of the final utterances replayed, in order
     wall_s: float = 0.0
     emotion_log: list[tuple[int, bytes]] = field(default_factory=list)  # (sim time ns, CDR) of every /emotion
@@ -201,13 +202,18 @@ class ReplayResult:
                 if copies else "")
 
     def late_line(self) -> str:
-        """How many answered transcripts arrived after turns that ended after them (several ASRs, one per voice)."""
-        return self.flagged_line(LATE_FLAG, "arrived after turns that ended after them (an ASR per voice?) and were "
+        """How many answered transcripts arrived after turns that ended after them (several ASRs, one per voice),
+        and how many utterances were answered again for them (``revise_answers``)."""
+        line = self.flagged_line(LATE_FLAG, "arrived after turns that ended after them (an ASR per voice?) and were "
                                             "placed before them by their end stamps")
+        revised = sum("revised" in self.answers.get(k, {}) for k in self.finals)
+        return line + (f"; {revised} utterances answered again with them in their context, scored by their latest "
+                       f"answer (flag {REVISED_FLAG})" if line and revised else "")
 
     def prediction(self, key: str):
+        """The utterance's latest answer: the fused one after the text one, a revised one after both."""
         entry = self.answers.get(key, {})
-        return entry.get("refined") or entry.get("text")
+        return entry.get("latest") or entry.get("refined") or entry.get("text")
 
     def score(self, labels: dict[str, str]) -> dict:
         """Scores over the labelled utterances; with no labels at all, answer counts and latency only."""
@@ -225,6 +231,7 @@ class ReplayResult:
         result |= {
             "utterances": len(keys), "answered": len(answered), "unanswered": len(keys) - len(answered),
             "refined": sum(1 for k in answered if "refined" in self.answers[k]),
+            "revised": sum(1 for k in answered if "revised" in self.answers[k]),
             "duplicates": sum(self.answers[k].get("duplicates", 0) for k in answered),
             "latency_ms": {"p50": float(np.percentile(latencies, 50)), "p90": float(np.percentile(latencies, 90)),
                            "max": float(max(latencies))} if latencies else {},
@@ -264,10 +271,10 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         key = f"{msg.conversation_id}/{msg.utterance_id}"
         with lock:
             entry = result.answers.setdefault(key, {})
-            slot = "refined" if msg.refined else "text"
-            if slot in entry:
+            slot = "revised" if REVISED_FLAG in msg.flags else "refined" if msg.refined else "text"
+            if slot in entry and slot != "revised":  # an utterance is revised once per late transcript before it
                 entry["duplicates"] = entry.get("duplicates", 0) + 1
-            entry[slot] = msg
+            entry[slot] = entry["latest"] = msg
             result.emotion_log.append((node.get_clock().now().nanoseconds, bytes(serialize_message(msg))))
         if on_answer is not None:
             on_answer(key, msg)
@@ -469,7 +476,8 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
 
 
 def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
-    """One record per replayed final utterance (in order): its text and refined answers and the gold label."""
+    """One record per replayed final utterance (in order): its text, refined and latest revised answers and the gold
+    label."""
     def answer(msg):
         return None if msg is None else {
             "top_label": msg.top_label, "confidence": msg.confidence,
@@ -484,7 +492,8 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
         records.append({"key": key, "speaker_id": first.speaker_id if first else None,
                         "speaker_token": first.speaker_token if first else None,
                         "transcript": result.texts.get(key), "gold": labels.get(key),
-                        "text": answer(entry.get("text")), "refined": answer(entry.get("refined"))})
+                        "text": answer(entry.get("text")), "refined": answer(entry.get("refined")),
+                        "revised": answer(entry.get("revised"))})
     return records
 
 
@@ -541,7 +550,7 @@ def main(argv: list[str]) -> int:
     def live(key, msg):
         if args.live:
             gold = labels.get(key, "-")
-            mark = "*" if msg.refined else " "
+            mark = "r" if REVISED_FLAG in msg.flags else "*" if msg.refined else " "
             print(f"{key:<22} {msg.speaker_id[:12]:<12} {msg.speaker_token:<5} {msg.top_label:<9} "
                   f"{msg.confidence:5.2f} {mark}  gold {gold:<9} {msg.latency_ms:7.1f} ms", flush=True)
 

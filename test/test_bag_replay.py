@@ -371,7 +371,7 @@ def test_the_replay_report_counts_transcripts_that_are_partial_results(tmp_path,
 def test_the_replay_report_counts_transcripts_that_arrived_after_later_ones(tmp_path, tiny_text_checkpoint, capsys):
     """A bag recorded from two ASRs, one per voice: the bag's times are when each Utterance arrived, their stamps
     when it was said, and Bob's short reply was recorded before Ann's long turn that it answers. That turn's answer
-    carries transcript-arrived-late, and the report says so."""
+    carries transcript-arrived-late, Bob's reply is answered again (answer-revised), and the report says so."""
     from rosbags.rosbag2 import Writer
 
     from ddvlm_ros.bag import UTTERANCE_TOPIC, UTTERANCE_TYPE, _stamp, typestore
@@ -395,8 +395,12 @@ def test_the_replay_report_counts_transcripts_that_arrived_after_later_ones(tmp_
     records = {(r := json.loads(line))["key"]: r for line in (out / "answers.jsonl").read_text().splitlines()}
     assert {k: "transcript-arrived-late" in r["text"]["flags"] for k, r in records.items()} == {
         "lab/u0": False, "lab/u1": True, "lab/u2": False, "lab/u3": False}
+    assert {k: r["revised"] and r["revised"]["flags"] for k, r in records.items()} == {
+        "lab/u0": None, "lab/u1": None, "lab/u2": ["answer-revised"], "lab/u3": None}  # Bob's, answered before Ann's
+    assert records["lab/u2"]["revised"]["probabilities"] != records["lab/u2"]["text"]["probabilities"]
     note = ("transcripts: 1 of the 4 answered ones arrived after turns that ended after them (an ASR per voice?) and "
-            "were placed before them by their end stamps (flag transcript-arrived-late)")
+            "were placed before them by their end stamps (flag transcript-arrived-late); 1 utterances answered again "
+            "with them in their context, scored by their latest answer (flag answer-revised)")
     assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
     assert "arrived-late" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
 

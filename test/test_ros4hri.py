@@ -143,20 +143,30 @@ def test_a_voice_that_repeats_the_robot_gets_its_answer_flagged_and_no_expressio
 def test_a_voices_transcript_that_arrives_after_a_later_one_is_placed_by_its_stamp_and_flagged(harness,
                                                                                                tiny_text_checkpoint):
     """An ASR per voice: Bob's short reply is transcribed first, Anna's long turn before it arrives after it. Its
-    answer carries transcript-arrived-late, the context holds the turns in the order said, /diagnostics counts it."""
+    answer carries transcript-arrived-late, Bob's reply is answered again (answer-revised: same utterance, same
+    stamp), the context holds the turns in the order said, /diagnostics counts it; revise_answers applies at once."""
+    from rclpy.parameter import Parameter
+
     h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
     track(h, "anna", "bob")
     now = h.now()
     until(h, "bob", speech(final="Really?", stamp=now + 2), lambda: len(h.received) == 1)
-    until(h, "anna", speech(final="I waited all night for your call!", stamp=now + 1), lambda: len(h.received) == 2)
-    until(h, "bob", speech(final="Sorry.", stamp=now + 4), lambda: len(h.received) == 3)
+    until(h, "anna", speech(final="I waited all night for your call!", stamp=now + 1), lambda: len(h.received) == 3)
+    until(h, "bob", speech(final="Sorry.", stamp=now + 4), lambda: len(h.received) == 4)
     got = list(h.received)
-    late = [(m.speaker_id, "transcript-arrived-late" in m.flags) for m in got]
-    assert late == [("bob", False), ("anna", True), ("bob", False)]
+    assert [(m.speaker_id, list(m.flags)) for m in got] == [
+        ("bob", []), ("anna", ["transcript-arrived-late"]), ("bob", ["answer-revised"]), ("bob", [])]
+    assert got[2].utterance_id == got[0].utterance_id and got[2].header.stamp == got[0].header.stamp
     turns = h.node.pipeline.conversations["default"].dialogue.turns
     assert [t.speaker for t in turns] == ["anna", "bob", "bob"]
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["late_transcripts"].startswith("1 transcripts placed before turns that ended after them")
+    assert values["late_transcripts"].endswith("; 1 answers to those turns revised")
+    # `ros2 param set /ddvlm_emotion revise_answers false`: the next late one leaves the turns after it as answered
+    assert h.node.set_parameters([Parameter("revise_answers", value=False)])[0].successful
+    until(h, "anna", speech(final="Me neither.", stamp=now + 3.5), lambda: len(h.received) == 5)
+    h.settle()
+    assert [list(m.flags) for m in h.received[4:]] == [["transcript-arrived-late"]]
 
 
 def test_two_voices_saying_the_same_words_at_once_are_both_answered(harness, tiny_text_checkpoint):

@@ -780,7 +780,9 @@ def stamped(text, end, speaker):
 def test_a_transcript_that_arrives_after_a_later_one_is_placed_by_its_end_stamp_and_flagged(tiny_text_checkpoint):
     """Two voices, an ASR each: Bob's short reply is transcribed before Ann's long turn that it answers. Ann's turn
     goes before it in the context; its answer is read from the turns up to it, as an offline predict in the order
-    said, and carries transcript-arrived-late; the next turn sees the order said. Said once, at INFO."""
+    said, and carries transcript-arrived-late; Bob's reply, answered before Ann's turn was known, is answered again
+    from the order said (answer-revised, the same utterance); the next turn sees the order said. Said once, at
+    INFO; the revision adds no latency sample (its latency counts from its transcript's arrival)."""
     rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
     logged = []
     pipe = EmotionPipeline(rec, (results := []).append, log=lambda level, text: logged.append((level, text)))
@@ -789,14 +791,94 @@ def test_a_transcript_that_arrives_after_a_later_one_is_placed_by_its_end_stamp_
     answer(pipe, [stamped("Hi.", 2.0, "bob"), stamped("Really?", 11.0, "bob"), stamped(said[1][1], 10.0, "ann"),
                   stamped("Yes, really.", 14.0, "ann")])
     assert [t.text for t in pipe.conversations["c"].dialogue.turns] == [text for _, text in said]
-    assert [r.utterance.text for r in results] == ["Hi.", "Really?", said[1][1], "Yes, really."]
-    assert [("transcript-arrived-late" in r.prediction.flags) for r in results] == [False, False, True, False]
+    assert [r.utterance.text for r in results] == ["Hi.", "Really?", said[1][1], "Really?", "Yes, really."]
+    assert [r.prediction.flags for r in results] == [(), (), ("transcript-arrived-late",), ("answer-revised",), ()]
+    assert results[1].prediction.probabilities == rec.predict(said[:1] + said[2:3]).probabilities  # before Ann's
     assert results[2].prediction.probabilities == rec.predict(said[:2]).probabilities
-    assert results[3].prediction.probabilities == rec.predict(said).probabilities
-    assert pipe.stats.late_transcripts == 1 and len(logged) == 1 and logged[0][0] == "info"
+    assert results[3].prediction.probabilities == rec.predict(said[:3]).probabilities
+    assert results[3].prediction.probabilities != results[1].prediction.probabilities
+    assert results[3].utterance.utterance_id == results[1].utterance.utterance_id and not results[3].refined
+    assert results[4].prediction.probabilities == rec.predict(said).probabilities
+    assert pipe.stats.late_transcripts == 1 and pipe.stats.revised == 1 and len(pipe.stats.latencies_ms) == 4
+    assert len(logged) == 1 and logged[0][0] == "info"
     assert "arrived after 1 turn(s) that ended after it (1.0 s later)" in logged[0][1]
     assert pipe.late_summary() == ("1 transcripts placed before turns that ended after them (the latest: before 1 "
-                                   "turn(s), the latest of which ended 1.0 s after it)")
+                                   "turn(s), the latest of which ended 1.0 s after it); 1 answers to those turns "
+                                   "revised")
+
+
+def test_with_revise_answers_false_the_turns_a_late_transcript_goes_before_keep_their_first_answers(
+        tiny_text_checkpoint):
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    pipe, results = run_pipeline(rec, [stamped("Really?", 11.0, "bob"), stamped("I waited all night!", 10.0, "ann")],
+                                 revise_answers=False)
+    assert [(r.utterance.text, r.prediction.flags) for r in results] == [
+        ("Really?", ()), ("I waited all night!", ("transcript-arrived-late",))]
+    assert pipe.stats.revised == 0 and pipe.late_summary().endswith("; 0 answers to those turns revised")
+
+
+def test_the_robots_turn_a_late_transcript_goes_before_gets_no_answer(tiny_text_checkpoint):
+    """Only the people's answered turns are answered again: the robot's turn (context only, stamped like an
+    Utterance here) stays unanswered, the person's turn after it is answered again."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    robot = UtteranceIn("c", "r1", "robot", "Shall I call someone?", 10.0, 11.0, time.monotonic(), end_stamped=True)
+    pipe, results = run_pipeline(rec, [robot, stamped("No.", 12.0, "bob"), stamped("Please do.", 10.5, "ann")],
+                                 context_only_speakers="robot")
+    assert [t.text for t in pipe.conversations["c"].dialogue.turns] == ["Please do.", "Shall I call someone?", "No."]
+    assert [(r.utterance.text, r.prediction.flags) for r in results] == [
+        ("No.", ()), ("Please do.", ("transcript-arrived-late",)), ("No.", ("answer-revised",))]
+
+
+def test_a_fused_answer_reads_the_context_as_it_is_when_its_caption_comes_and_revisions_keep_the_caption(
+        tiny_visual_checkpoint):
+    """Bob's reply is captioned slowly; meanwhile Ann's late turn goes before it: Bob's revision is text only (no
+    caption yet), and his fused answer, when the caption comes, reads Ann's turn too. When Carl's even later
+    transcript goes before both, their revisions are fused again with their captions."""
+    import numpy as np
+
+    from ddvlm_core.captioner import Caption
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    release = threading.Event()
+
+    class CaptionWhenTold(CountingCaptioner):
+        def caption(self, frames, window=None):
+            release.wait(20)
+            return super().caption(frames, window)
+
+    results = []
+    pipe = EmotionPipeline(rec, results.append, captioner=CaptionWhenTold(), caption_timeout_s=60)
+    for k in range(40):
+        pipe.add_frame(97.0 + 0.1 * k, np.zeros((8, 8, 3), "uint8"))
+    pipe.start()
+    pipe.submit(stamped("Really?", 101.0, "bob"))
+    pipe.submit(stamped("I waited all night for your call!", 100.4, "ann"))
+    deadline = time.monotonic() + 20
+    while len(results) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipe.submit(stamped("Hm.", 100.1, "carl"))
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipe.stop()
+    caption = Caption("The head is turning to the left.", "counting", 4)
+    carl, ann, bob = turns = pipe.conversations["c"].dialogue.turns  # in the order said; tokens by arrival
+    assert [t.speaker_token for t in turns] == ["<s3>", "<s2>", "<s1>"]
+    got = [(r.utterance.text, r.refined, "answer-revised" in r.prediction.flags, r.prediction.probabilities)
+           for r in results]
+    expected = [(bob.text, False, False, rec.predict([bob]).probabilities),
+                (ann.text, False, False, rec.predict([ann]).probabilities),
+                (bob.text, False, True, rec.predict([ann, bob]).probabilities),
+                (bob.text, True, False, rec.predict([ann, bob], caption).probabilities),
+                (ann.text, True, False, rec.predict([ann], caption).probabilities),
+                (carl.text, False, False, rec.predict([carl]).probabilities),
+                (ann.text, True, True, rec.predict([carl, ann], caption).probabilities),
+                (bob.text, True, True, rec.predict([carl, ann, bob], caption).probabilities),
+                (carl.text, True, False, rec.predict([carl], caption).probabilities)]
+    assert sorted(got[3:5]) == sorted(expected[3:5])  # the two captions come in either order
+    assert got[:3] + got[5:] == expected[:3] + expected[5:]
 
 
 @pytest.mark.parametrize("first, second", [
