@@ -646,6 +646,7 @@ class EmotionNode(LifecycleNode):
                        "caption_timeouts": s.caption_timeouts, "caption_prefetch_hits": s.caption_prefetch_hits,
                        "windows_without_frames": s.windows_without_frames,
                        "frame_window_miss": s.frame_window_miss,
+                       "windows_cut_short": self.pipeline.window_cut_summary(),
                        "frame_stamp_offset_s": self._frame_offset(),
                        "transcript_delay_s": delay_text,
                        "latency_p50_ms": round(p50, 1),
@@ -670,6 +671,8 @@ class EmotionNode(LifecycleNode):
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
             elif s.frame_window_miss:
                 level, message = DiagnosticStatus.WARN, "no frames in utterance windows (see frame_window_miss)"
+            elif self.pipeline.windows_cut_often():
+                level, message = DiagnosticStatus.WARN, "utterance windows cut short (see windows_cut_short)"
             elif self.pipeline.transcripts_copied():
                 level, message = DiagnosticStatus.WARN, "transcripts come twice (see duplicate_transcripts)"
             elif self.pipeline.hears_robot():

@@ -76,7 +76,9 @@ PARAMS: tuple[Param, ...] = (
           choices=("none", "cue", "qwen")),
     Param("captioner_model_dir", "", "local Qwen2.5-VL directory (captioner = qwen)"),
     Param("frames_per_window", 4, "frames sampled uniformly from each utterance window for the caption", at_least=1),
-    Param("frame_buffer_s", 10.0, "seconds of camera frames kept; older frames are dropped and counted", above=0),
+    Param("frame_buffer_s", 20.0, "seconds of camera frames kept (older frames are dropped and counted): an "
+          "utterance and the ASR's delay after it must fit, or its caption misses its start (windows_cut_short)",
+          above=0),
     Param("frame_rate_hz", 5.0, "camera frames kept per second (0 = every frame); a camera at this rate keeps "
           "every frame despite stamp jitter; a caption samples frames_per_window of them", at_least=0),
     Param("caption_timeout_s", 10.0, "a caption later than this after the text result is discarded", above=0,

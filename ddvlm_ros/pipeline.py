@@ -1,8 +1,8 @@
 """The emotion node's engine, free of ROS: conversations, a frame buffer, and two workers.
 
     utterance ─► inference worker: context += utterance; text-only prediction ─► publish (refined = False)
-                   └─► caption worker: frames in the utterance window ─► caption ─► inference worker:
-                       fused prediction on its context ─► publish (refined = True)
+                   └─► caption worker: frames in the utterance window (as buffered then) ─► caption ─►
+                       inference worker: fused prediction on its context ─► publish (refined = True)
 
 An utterance placed before turns already answered (its transcript arrived late: ``ddvlm_core.arrival_order``)
 gets those turns answered again from their contexts with it (``revise_answers``; flag ``answer-revised``).
@@ -14,6 +14,7 @@ never delays or stops text results: captions run on their own thread, a caption 
 from __future__ import annotations
 
 import bisect
+import math
 import queue
 import threading
 import time
@@ -46,6 +47,8 @@ PARTIAL_RECUR = 3  # of them extending the turn before: the transcripts are part
 COPY_WINDOW = 20  # the latest transcripts watched for copies (the same transcript delivered twice)
 COPY_RECUR = 3  # of them copies: transcripts keep coming twice
 RECENT_DELIVERIES = 8  # per conversation: the latest transcripts a new one is compared with for a copy
+CUT_WINDOW = 20  # the latest captioned utterance windows watched for a start that had left the frame buffer
+CUT_RECUR = 3  # of them cut short: frame_buffer_s is too short for these utterances and this ASR's delay
 QUOTE_CHARS = 60  # of a person's words quoted in the log and the diagnostics (quote_speech)
 
 
@@ -116,6 +119,9 @@ class Stats:
     caption_timeouts: int = 0
     caption_prefetch_hits: int = 0  # final utterances whose caption was made while they were spoken
     windows_without_frames: int = 0  # final utterances (with a captioner) whose window gave no frame to caption
+    windows_cut_short: int = 0  # final windows whose start had left the frame buffer when the transcript came
+    window_cut_last: tuple[float, float, int] = (0.0, 0.0, 0)  # the latest: seconds lost, its length, buffer needed
+    window_cut_recent: RecentShare = field(default_factory=lambda: RecentShare(CUT_WINDOW, recur=CUT_RECUR))
     frame_window_miss: str = ""  # why the last final window gave none while the camera sent frames ('' = it gave)
     conversations_reset: int = 0  # idle past idle_timeout_s: the next utterance started a new context
     resets_requested: int = 0  # reset() calls (the node's reset_conversation service)
@@ -167,6 +173,7 @@ class FrameBuffer:
         self._items: list[Any] = []
         self._lock = threading.Lock()
         self.arrival_offset_s: float | None = None  # stamp - the node's clock, for the last frame kept
+        self.dropped_until: float | None = None  # the newest stamp of a frame dropped as older than the kept span
         self.future_offset_s: float | None = None  # stamp - reference of the last frame dropped as future, if
         # no frame was kept after it
 
@@ -180,6 +187,7 @@ class FrameBuffer:
                 return False
             if newest is not None and stamp < newest - self.keep_s:
                 self.stats.frames_dropped_old += 1
+                self._dropped(stamp)
                 return False
             i = bisect.bisect_right(self._stamps, stamp)
             if any(abs(stamp - self._stamps[j]) < self.min_gap_s for j in (i - 1, i) if 0 <= j < len(self._stamps)):
@@ -193,19 +201,31 @@ class FrameBuffer:
                 self.arrival_offset_s = stamp - now
             cut = bisect.bisect_left(self._stamps, self._stamps[-1] - self.keep_s)
             if cut:
+                self._dropped(self._stamps[cut - 1])
                 del self._stamps[:cut], self._items[:cut]
                 self.stats.frames_dropped_old += cut
             return True
+
+    def _dropped(self, stamp: float) -> None:
+        self.dropped_until = stamp if self.dropped_until is None else max(self.dropped_until, stamp)
 
     def clear(self) -> None:
         with self._lock:
             self._stamps.clear()
             self._items.clear()
+            self.dropped_until = None
 
     def window(self, start: float, end: float) -> list[tuple[float, Any]]:
         with self._lock:
             lo, hi = bisect.bisect_left(self._stamps, start), bisect.bisect_right(self._stamps, end)
             return list(zip(self._stamps[lo:hi], self._items[lo:hi]))
+
+    def lost_s(self, start: float, end: float) -> float:
+        """How much of the window [start, end] had left the buffer: from its start to the newest frame dropped as
+        too old (0 when none in it was)."""
+        with self._lock:
+            until = self.dropped_until
+        return 0.0 if until is None or until < start else min(until, end) - start
 
     def span(self) -> tuple[float, float] | None:
         """(oldest, newest) stamp buffered, None when empty."""
@@ -252,7 +272,7 @@ class Conversation:
 class EmotionPipeline:
     def __init__(self, recognizer, publish: Callable[[Result], None], captioner=None,
                  decode_frame: Callable[[Any], Any] = lambda x: x, max_turns: int = 32, idle_timeout_s: float = 120.0,
-                 frame_buffer_s: float = 10.0, frame_rate_hz: float = 0.0, frames_per_window: int = 4,
+                 frame_buffer_s: float = 20.0, frame_rate_hz: float = 0.0, frames_per_window: int = 4,
                  caption_timeout_s: float = 10.0,
                  queue_size: int = 256, max_conversations: int = 1000,
                  log: Callable[[str, str], None] = lambda level, msg: None,
@@ -599,9 +619,10 @@ class EmotionPipeline:
         conv.remember(turn, utt)
         if later and self.revise_answers:
             self._revise(conv, conv.dialogue.turns[len(turns):])
-        if self.captioner is not None:
+        if self.captioner is not None:  # its frames as buffered now: a busy captioner must not see them dropped
+            window = (self.frames.window(utt.start, utt.end), self.frames.lost_s(utt.start, utt.end))
             try:
-                self._captions.put_nowait(("final", (utt, turns, time.monotonic())))
+                self._captions.put_nowait(("final", (utt, turns, time.monotonic(), window)))
             except queue.Full:
                 self.stats.caption_timeouts += 1
 
@@ -831,8 +852,8 @@ class EmotionPipeline:
                         while len(self._prefetched) > MAX_PREFETCHED:  # streams that never became final
                             self._prefetched.pop(next(iter(self._prefetched)), None)
                     continue
-                utt, turns, queued = payload
-                caption = self._reuse_prefetched(utt) or self._caption_window(utt, final=True)
+                utt, turns, queued, window = payload
+                caption = self._reuse_prefetched(utt) or self._caption_window(utt, window)
                 if caption is None:
                     continue
                 if time.monotonic() - queued > self.caption_timeout_s:
@@ -862,10 +883,14 @@ class EmotionPipeline:
             return caption
         return None
 
-    def _caption_window(self, utt: UtteranceIn, final: bool = False):
-        raw = self.frames.window(utt.start, utt.end)
+    def _caption_window(self, utt: UtteranceIn, final: tuple[list, float] | None = None):
+        """The caption of the utterance's window: of the frames buffered now (a partial result's), or of ``final``,
+        (the frames buffered when the final transcript was answered, how many seconds of the window had left the
+        buffer by then), which are checked (``_check_window``)."""
+        raw, lost_s = final if final is not None else (self.frames.window(utt.start, utt.end), 0.0)
         frames = self._decode_window(raw)
-        if final:
+        if final is not None:
+            self._watch_cut(utt, lost_s)
             self._check_window(utt, len(raw), len(frames))
         if not frames:
             return None
@@ -902,6 +927,35 @@ class EmotionPipeline:
             return picked
         good = [f for f in (frame(i) for i in range(len(raw))) if f is not None]
         return [good[i] for i in uniform_picks(len(good), n)]
+
+    def _watch_cut(self, utt: UtteranceIn, lost_s: float) -> None:
+        """Count a final window whose first ``lost_s`` seconds had left the frame buffer when its transcript was
+        answered (its caption sees the rest); the first time, say which frame_buffer_s would have kept it."""
+        self.stats.window_cut_recent.add(lost_s > 0)
+        if lost_s <= 0:
+            return
+        self.stats.windows_cut_short += 1
+        span, needed = utt.end - utt.start, math.ceil(self.frames.keep_s + lost_s)
+        self.stats.window_cut_last = (lost_s, span, needed)
+        if self.stats.windows_cut_short == 1:
+            self.log("warn", f"the first {lost_s:.1f} s of the {span:.1f} s window of utterance {utt.utterance_id!r} "
+                             "had left the frame buffer when its transcript came, and its caption sees the rest: "
+                             f"frame_buffer_s ({self.frames.keep_s:g} s) must hold an utterance and the ASR's delay "
+                             f"after it; {needed} s would have kept this one")
+
+    def window_cut_summary(self) -> str:
+        """'k utterance windows began before the oldest buffered frame (the latest: ...)' ('' before any)."""
+        if not self.stats.windows_cut_short:
+            return ""
+        lost_s, span, needed = self.stats.window_cut_last
+        cut, n = self.stats.window_cut_recent.counts()
+        return (f"{self.stats.windows_cut_short} utterance windows began before the oldest buffered frame, {cut} of "
+                f"the latest {n} (the latest: its first {lost_s:.1f} s of {span:.1f} s; frame_buffer_s {needed} s "
+                "would have kept it)")
+
+    def windows_cut_often(self) -> bool:
+        """Whether CUT_RECUR of the latest CUT_WINDOW captioned windows began before the oldest buffered frame."""
+        return self.stats.window_cut_recent.holds()
 
     def _check_window(self, utt: UtteranceIn, n_buffered: int, n_decoded: int) -> None:
         """Count a final utterance whose window gives no frame to caption; when the camera is sending frames,

@@ -1,6 +1,7 @@
 """The emotion node on a real rclpy graph: transcripts in, /emotion out; lifecycle; bad input."""
 import json
 import math
+import re
 import time
 
 import cv2
@@ -570,6 +571,28 @@ def test_future_and_out_of_order_frame_stamps(harness, tiny_visual_checkpoint):
     assert stats.frames_dropped_future == 1 and stats.frames == 3
     stamps = [s for s, _ in h.node.pipeline.frames.window(now - 1, now)]
     assert stamps == sorted(stamps)
+
+
+def test_windows_longer_than_the_frame_buffer_allows_are_diagnosed(harness, tiny_visual_checkpoint):
+    """frame_buffer_s 1 s, utterances of 2 s: each window's first second had left the buffer when its transcript
+    came. Each is still refined from the frames left; after three, /diagnostics says so (WARN) with the buffer that
+    would have kept the latest whole."""
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frame_buffer_s=1.0).start()
+    now = h.now()
+    for k in range(11):  # now - 2.0 ... now at 5 Hz: the buffer holds the last second
+        h.publish(Image, "image", image_msg(now - 2.0 + 0.2 * k, seed=k))
+        time.sleep(0.05)
+    h.settle()
+    for k in range(3):
+        h.publish(Utterance, "utterance", utterance(f"A long sentence {k}.", "ross", now - 2.0, now, utt_id=f"u{k}"))
+    assert [m.refined for m in h.wait_for(6)].count(True) == 3
+    h.settle()
+    status = h.node.diagnostic_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == b"\x01" and status.message == "utterance windows cut short (see windows_cut_short)"
+    assert re.fullmatch(r"3 utterance windows began before the oldest buffered frame, 3 of the latest 3 \(the "
+                        r"latest: its first 0\.\d s of 2\.0 s; frame_buffer_s 2 s would have kept it\)",
+                        values["windows_cut_short"]), values["windows_cut_short"]
 
 
 def test_frames_on_another_clock_are_diagnosed_and_frames_on_the_nodes_clock_refine(harness, tiny_visual_checkpoint):

@@ -22,6 +22,19 @@ def test_frame_buffer_orders_windows_and_drops_old_and_future():
     assert not buf.add(9.0, "stale", now=12.5) and stats.frames_dropped_old == 3
 
 
+def test_the_frame_buffer_says_how_much_of_a_window_had_left_it():
+    buf = FrameBuffer(keep_s=2.0, stats=Stats())
+    assert buf.lost_s(0.0, 5.0) == 0.0 and buf.dropped_until is None
+    for k in range(11):  # 10.0 ... 15.0: the buffer keeps 13.0 ... 15.0
+        buf.add(10.0 + 0.5 * k, k)
+    assert buf.span() == (13.0, 15.0) and buf.dropped_until == 12.5
+    assert buf.lost_s(11.0, 14.0) == 1.5 and buf.lost_s(12.6, 14.0) == 0.0
+    assert buf.lost_s(9.0, 11.5) == 2.5  # all of it
+    assert not buf.add(12.8, "a late frame, older than the span") and buf.dropped_until == 12.8
+    buf.clear()  # time jumped back: nothing was lost of what comes next
+    assert buf.dropped_until is None and buf.lost_s(11.0, 14.0) == 0.0
+
+
 def run_pipeline(recognizer, utterances, **kw):
     results = []
     pipe = EmotionPipeline(recognizer, results.append, **kw)
@@ -181,6 +194,76 @@ def test_partial_results_faster_than_the_captioner_share_one_caption_job_per_str
     finish_streamed_utterance(pipe, results)
     assert [r.refined for r in results] == [False, True] and pipe.stats.caption_prefetch_hits == 1
     assert captioner.calls <= 4 and captioner.windows[-1] == (100.0, 100.05 + 0.02 * 39)  # the newest partial
+
+
+class RecordingCaptioner(CountingCaptioner):
+    """Records the stamps of the frames of each caption; the first caption waits until ``release`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.release, self.stamps = threading.Event(), []
+
+    def caption(self, frames, window=None):
+        self.release.wait(20)
+        self.stamps.append([f.stamp for f in frames])
+        return super().caption(frames, window)
+
+
+def test_a_busy_captioner_captions_the_frames_buffered_when_the_transcript_was_answered(tiny_visual_checkpoint):
+    """The captioner is still busy with one utterance while the camera's frames of the next one leave a short
+    buffer: the next one's caption is made of its own frames, as buffered when its transcript was answered."""
+    import numpy as np
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    results, captioner = [], RecordingCaptioner()
+    pipe = EmotionPipeline(rec, results.append, captioner=captioner, frame_buffer_s=3.0, caption_timeout_s=60)
+    image = np.zeros((8, 8, 3), "uint8")
+    for k in range(21):
+        pipe.add_frame(99.0 + 0.1 * k, image)
+    pipe.start()
+    pipe.submit(UtteranceIn("c", "u0", "a", "First.", 99.0, 99.5, time.monotonic()))
+    pipe.submit(UtteranceIn("c", "u1", "b", "Second.", 100.0, 101.0, time.monotonic()))
+    deadline = time.monotonic() + 20
+    while len(results) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for k in range(1, 51):  # the camera goes on: the buffer now holds 103.0 ... 106.0
+        pipe.add_frame(101.0 + 0.1 * k, image)
+    captioner.release.set()
+    while (len(results) < 4 or not pipe.idle()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipe.stop()
+    assert [(r.utterance.utterance_id, r.refined) for r in results] == [
+        ("u0", False), ("u1", False), ("u0", True), ("u1", True)]
+    assert len(captioner.stamps) == 2 and all(100.0 <= t <= 101.0 for t in captioner.stamps[1])
+    assert pipe.stats.windows_cut_short == 0 and pipe.stats.windows_without_frames == 0
+
+
+def test_a_window_whose_start_had_left_the_frame_buffer_is_counted_and_said_once(tiny_visual_checkpoint):
+    """An utterance longer than the buffer allows with the ASR's delay: its caption is made of the frames left, the
+    pipeline says once which frame_buffer_s would have kept its window whole, and after 3 of the latest 20
+    windows it says so in ``windows_cut_often`` (the node's status)."""
+    import numpy as np
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    logged = []
+    pipe = EmotionPipeline(rec, (results := []).append, captioner=CountingCaptioner(), frame_buffer_s=2.0,
+                           log=lambda level, text: logged.append((level, text)))
+    for k in range(41):  # 100.0 ... 104.0: the buffer holds 102.0 ... 104.0
+        pipe.add_frame(100.0 + 0.1 * k, np.zeros((8, 8, 3), "uint8"))
+    answer(pipe, [UtteranceIn("c", "u1", "a", "A long story.", 101.0, 103.5, time.monotonic())])
+    assert [r.refined for r in results] == [False, True] and pipe.stats.windows_cut_short == 1
+    assert logged == [("warn", "the first 0.9 s of the 2.5 s window of utterance 'u1' had left the frame buffer when "
+                               "its transcript came, and its caption sees the rest: frame_buffer_s (2 s) must hold an "
+                               "utterance and the ASR's delay after it; 3 s would have kept this one")]
+    assert pipe.window_cut_summary() == ("1 utterance windows began before the oldest buffered frame, 1 of the latest "
+                                         "1 (the latest: its first 0.9 s of 2.5 s; frame_buffer_s 3 s would have "
+                                         "kept it)")
+    answer(pipe, [UtteranceIn("c", "u2", "a", "Short.", 103.5, 104.0, time.monotonic())])
+    assert not pipe.windows_cut_often() and pipe.window_cut_summary().startswith("1 utterance windows began")
+    answer(pipe, [UtteranceIn("c", f"u{k}", "a", f"Long again {k}.", 100.5, 103.0, time.monotonic()) for k in (3, 4)])
+    assert pipe.windows_cut_often() and pipe.stats.windows_cut_short == 3 and len(logged) == 1
+    assert pipe.window_cut_summary().endswith("3 of the latest 4 (the latest: its first 1.4 s of 2.5 s; "
+                                              "frame_buffer_s 4 s would have kept it)")
 
 
 def test_memory_stays_bounded_on_a_node_that_meets_new_people_for_weeks(tiny_text_checkpoint):
