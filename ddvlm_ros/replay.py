@@ -2,13 +2,14 @@
 
     python -m ddvlm_ros.replay BAG [--model-dir DIR] [--speed 5] [--live] [--report reports/replay.md]
     python -m ddvlm_ros.replay ROBOT_BAG --remap /asr/text:=transcript --remap /camera/image_raw:=image \
-        [--labels gold.json] [--answers answers.jsonl]
+        [--labels gold.json | --labels annotations.csv] [--answers answers.jsonl]
 
 The node runs in-process on a real executor with ``use_sim_time``; the replayer publishes ``/clock``
 from the bag's time line and each message at its time (divided by ``--speed``), records every
-``/emotion`` message, joins them with the labels (the bag's side file, or ``--labels``) and reports
-WA-F1, accuracy, per-class F1, the confusion matrix, the latency distribution and how many utterances
-got no answer. The fused (refined) answer counts where there is one, else the text answer.
+``/emotion`` message, joins them with the labels (the bag's side file, or ``--labels``: by utterance key, or an
+annotator's time intervals, ``ddvlm_ros.time_labels``) and reports WA-F1, accuracy, per-class F1, the confusion
+matrix, the latency distribution and how many utterances got no answer. An utterance's latest answer counts: the
+fused (refined) one after the text one, one revised after a late transcript (``answer-revised``) after both.
 
 Bag topics reach the node's inputs (utterance, transcript, image, image/compressed, robot_speech) by name:
 /utterance, /transcript, /image, /image/compressed and /robot_speech by default, any other topic with
@@ -42,7 +43,8 @@ from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.metrics import metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
-from ddvlm_ros.convert import transcript_said
+from ddvlm_ros.convert import stamp_to_sec, transcript_said
+from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
 
 
 INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/String",
@@ -134,6 +136,8 @@ class ReplayResult:
     bag: str = ""  # the bag replayed, read again by write_recording
     texts: dict[str, str] = field(default_factory=dict)  # key -> the utterance's transcript, as the node read it
     node_status: dict = field(default_factory=dict)  # the node's diagnostic values when the replay ended
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> its time span, seconds from the
+    #                                                                      bag's first message (ddvlm_ros.time_labels)
 
     def camera_line(self) -> str:
         """What the node made of the bag's camera frames, with the reason when windows got none ('' without
@@ -241,10 +245,12 @@ class ReplayResult:
 
 def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: float = 60.0,
            on_answer=None, max_in_flight: int = 0, remaps: dict[str, str] | None = None,
-           progress: bool = False) -> ReplayResult:
+           progress: bool = False, on_final=None) -> ReplayResult:
     """Play ``bag`` into a fresh node. ``max_in_flight`` > 0 holds back the next utterance while that many
     are unanswered (evaluation of a whole split faster than real time without overrunning the node).
-    ``remaps``: bag topic -> node input, for topics not named like the inputs (see ``input_topics``)."""
+    ``remaps``: bag topic -> node input, for topics not named like the inputs (see ``input_topics``).
+    ``on_final(key, span, speaker)`` is called for each final utterance before the node gets it (``span``: as
+    ``utterance_span``)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -328,6 +334,9 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 if not node.pipeline.context_only(speaker) and not non_speech(text):
                     result.finals.append(key)
                     result.texts[key] = text
+                    result.spans[key] = utterance_span(topics[topic], msg, t, node.p("text_window_s"), t_first)
+                    if on_final is not None:
+                        on_final(key, result.spans[key], speaker)
                     if not has_text(text):  # blank: the node skips it (counted unanswered)
                         skipped.add(key)
             pubs[topic].publish(msg)
@@ -354,6 +363,19 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         player.destroy_node()
         rclpy.shutdown(context=ctx)
     return result
+
+
+def utterance_span(node_input: str, msg, arrived: float, window_s: float, t_first: float) -> tuple[float, float]:
+    """When an utterance was said, in seconds from the bag's first message (``t_first``), as the node reads it for
+    its camera window: an ``Utterance``'s start and end stamps (its header stamp for a missing end); else, and for a
+    transcript, the ``window_s`` (text_window_s) before it ``arrived`` (its time in the bag)."""
+    end = start = 0.0
+    if node_input == "utterance":
+        end = stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp)
+        start = stamp_to_sec(msg.start)
+    end = end or arrived
+    start = start if 0 < start <= end else end - window_s
+    return start - t_first, end - t_first
 
 
 class AnswerKeys:
@@ -450,6 +472,7 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
 
 
 EMOTION_TYPE = "ddvlm_msgs/msg/EmotionDistribution"
+TIME_LABEL_SUFFIXES = (".csv", ".tsv", ".txt")  # --labels given as time intervals (ddvlm_ros.time_labels)
 
 
 def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
@@ -492,6 +515,7 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
         records.append({"key": key, "speaker_id": first.speaker_id if first else None,
                         "speaker_token": first.speaker_token if first else None,
                         "transcript": result.texts.get(key), "gold": labels.get(key),
+                        "span_s": list(result.spans[key]) if key in result.spans else None,
                         "text": answer(entry.get("text")), "refined": answer(entry.get("refined")),
                         "revised": answer(entry.get("revised"))})
     return records
@@ -515,7 +539,9 @@ def main(argv: list[str]) -> int:
                     help=f"play a bag topic into a node input ({', '.join(INPUTS)}); repeatable")
     ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                     help="a node parameter, as ros2 run -p (e.g. quantized:=true, compile:=true); repeatable")
-    ap.add_argument("--labels", help="gold labels JSON (a side file's format); default: the bag's side file if any")
+    ap.add_argument("--labels", help="gold labels: JSON by utterance key (a side file's format; default: the bag's "
+                    "side file if any), or time intervals, .csv/.tsv (start,end,label[,speaker]: seconds from the "
+                    "bag's start; ddvlm_ros/time_labels.py)")
     ap.add_argument("--answers", help="write one JSON line per replayed utterance with its answers")
     ap.add_argument("--record", metavar="OUT_BAG", help="write a bag: the replayed messages + /emotion answers")
     ap.add_argument("--live", action="store_true", help="print a table row per answer")
@@ -527,11 +553,15 @@ def main(argv: list[str]) -> int:
     from transformers.utils import logging
 
     logging.set_verbosity_error()
+    intervals = None  # the annotator's time intervals, when --labels gives them: labels then come by time
     try:
         remaps = parse_remaps(args.remap)
-        labels = load_labels(args.labels or args.bag, side_file=not args.labels) if args.labels or \
-            labels_path(args.bag).is_file() else {}
-    except BagError as e:
+        if args.labels and Path(args.labels).suffix.lower() in TIME_LABEL_SUFFIXES:
+            intervals, labels = load_intervals(args.labels), {}
+        else:
+            labels = load_labels(args.labels or args.bag, side_file=not args.labels) if args.labels or \
+                labels_path(args.bag).is_file() else {}
+    except (BagError, TimeLabelsError) as e:
         ap.error(str(e))
     if args.record and Path(args.record).exists():
         ap.error(f"--record {args.record}: exists already, not overwriting")
@@ -539,7 +569,7 @@ def main(argv: list[str]) -> int:
         ap.error(f"--speed must be > 0, got {args.speed}")
     if args.max_in_flight < 0:
         ap.error(f"--max-in-flight must be >= 0 (0: pure bag timing), got {args.max_in_flight}")
-    if not labels:
+    if not labels and intervals is None:
         print(f"no labels ({labels_path(args.bag)} missing, no --labels): answers and latency only")
     params = {"model_dir": args.model_dir, "captioner": args.captioner, "input_timeout_s": 0.0}
     try:
@@ -554,21 +584,29 @@ def main(argv: list[str]) -> int:
             print(f"{key:<22} {msg.speaker_id[:12]:<12} {msg.speaker_token:<5} {msg.top_label:<9} "
                   f"{msg.confidence:5.2f} {mark}  gold {gold:<9} {msg.latency_ms:7.1f} ms", flush=True)
 
+    def on_final(key, span, speaker):
+        if intervals is not None and (label := label_for(span, speaker, intervals)) is not None:
+            labels[key] = label
+
     if args.live:
         print(f"{'utterance':<22} {'speaker':<12} {'tok':<5} {'emotion':<9} {'conf':>5} R  {'gold':<14} latency")
     try:
         result = replay(args.bag, params, args.speed, on_answer=live, max_in_flight=args.max_in_flight, remaps=remaps,
-                        progress=not args.live)
+                        progress=not args.live, on_final=on_final)
     except (BagError, NodeConfigureError) as e:
         ap.error(str(e))
     score = result.score(labels)
     unlabelled = [k for k in result.finals if k not in labels]
-    if labels and unlabelled:
+    if labels and unlabelled and intervals is None:
         print(f"{len(unlabelled)} of {len(result.finals)} replayed utterances have no label "
               f"(their keys look like {unlabelled[0]!r}); they are not scored")
+    by_time = "" if intervals is None else (
+        f"labels by time: {len(labels)} of the {len(result.finals)} utterances overlap an interval of {args.labels} "
+        f"(the others are not scored); {unmatched(list(result.spans.values()), intervals)} of its "
+        f"{len(intervals)} intervals overlap no utterance")
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
-    notes = (result.camera_line(), result.transcript_line(), result.language_line(), result.loop_line(),
+    notes = (by_time, result.camera_line(), result.transcript_line(), result.language_line(), result.loop_line(),
              result.echo_line(), result.partial_line(), result.late_line(), result.copy_line())
     for note in notes:
         if note:

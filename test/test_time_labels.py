@@ -1,0 +1,121 @@
+"""Gold labels as an annotator's time intervals (ddvlm_ros/time_labels.py): times, files, matching, and a replay
+scored by them."""
+import json
+
+import pytest
+
+from ddvlm_ros.time_labels import Interval, TimeLabelsError, label_for, load_intervals, parse_time, unmatched
+
+
+@pytest.mark.parametrize("text, seconds", [("12.5", 12.5), ("1:02.5", 62.5), ("0:01:02,500", 62.5), ("1:00:00", 3600),
+                                           (" 7 ", 7.0), ("00:00:01.", 1.0), ("-2.25", -2.25)])
+def test_times_known_answers(text, seconds):
+    assert parse_time(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["12s", "", "1:2:3:4", "--1", "1.2.3", "+1"])
+def test_what_is_not_a_time_is_refused(text):
+    with pytest.raises(ValueError, match="is not a time"):
+        parse_time(text)
+
+
+def test_a_csv_or_tab_separated_file_with_a_header_gives_the_intervals(tmp_path):
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text("Start,End,Label,Speaker\n1.0,2.5,Joy,ann\n0:03,0:04.5,neutral,\n", encoding="utf-8")
+    assert load_intervals(csv_file) == [Interval(1.0, 2.5, "joy", "ann"), Interval(3.0, 4.5, "neutral", "")]
+    tsv = tmp_path / "a.tsv"
+    tsv.write_text("start\tend\tlabel\n00:00:01,0\t00:00:02,0\tanger\n", encoding="utf-8")
+    assert load_intervals(tsv) == [Interval(1.0, 2.0, "anger")]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("begin,end,label\n1,2,joy\n", "no column start in its header (start, end, label[, speaker]; found begin, end, "
+                                   "label)"),
+    ("start,end,label\n1,2,joy\n3,4,happy\n", "line 3: unknown emotion label 'happy'"),
+    ("start,end,label\n1,x,joy\n", "line 2: 'x' is not a time"),
+    ("start,end,label\n5,4,joy\n", "line 2: ends (4 s) before it starts (5 s)"),
+    ("", "no column start, end, label in its header"),
+])
+def test_a_bad_labels_file_is_refused_with_its_line(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(TimeLabelsError) as e:
+        load_intervals(path)
+    assert message in str(e.value) and str(path) in str(e.value)
+
+
+def test_an_utterance_takes_the_label_it_overlaps_most_among_its_speakers_intervals():
+    intervals = [Interval(0.0, 2.0, "joy", "Ross"), Interval(2.0, 2.4, "surprise", "rachel"),
+                 Interval(1.0, 3.0, "anger")]
+    assert label_for((0.0, 1.2), "ross", intervals) == "joy"  # 1.2 s against 0.2 s
+    assert label_for((1.5, 3.0), "Rachel", intervals) == "anger"  # anyone's 1.5 s against Rachel's 0.4 s
+    assert label_for((1.5, 3.0), "", intervals) == "anger"  # no speaker: every interval
+    assert label_for((2.0, 2.4), "rachel", intervals[:2]) == "surprise"  # Ross's interval only touches it
+    assert label_for((5.0, 6.0), "ross", intervals) is None
+    assert unmatched([(0.0, 1.0), (2.5, 6.0)], intervals) == 1  # Rachel's
+
+
+def test_a_meld_bag_scored_by_its_time_intervals_scores_as_by_its_keys(tmp_path, tiny_text_checkpoint, capsys):
+    """The labels side file of a MELD bag written as an annotator's intervals (seconds from the bag's start, some as
+    mm:ss.s): every utterance gets its own label back, and the scores are the ones by key."""
+    from ddvlm_ros.bag import labels_path, write_meld_bag
+    from ddvlm_ros.replay import main
+
+    bag = write_meld_bag(tmp_path / "b", "test", [0, 3])
+    side = json.loads(labels_path(bag).read_text())["utterances"]
+    t_first = min(u["end"] for u in side.values())  # the first message: the first Utterance, at its end
+    rows = ["start,end,label"]
+    for k, u in enumerate(side.values()):
+        start, end = u["start"] - t_first, u["end"] - t_first
+        rows.append(f"{int(start // 60)}:{start % 60:06.3f},{end:.3f},{u['label'].upper()}" if k % 2 and start >= 0 else
+                    f"{start:.3f},{end:.3f},{u['label']}")
+    (tmp_path / "gold.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    by = {}
+    for name, extra in (("key", []), ("time", ["--labels", str(tmp_path / "gold.csv")])):
+        assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *extra,
+                     "--answers", str(tmp_path / f"{name}.jsonl"), "--report", str(tmp_path / f"{name}.md")]) == 0
+        by[name] = json.loads((tmp_path / f"{name}.json").read_text())["score"]
+        records = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        assert [r["gold"] for r in records] == [u["label"] for u in side.values()]
+    assert by["time"]["n"] == by["key"]["n"] == len(side) and by["time"]["wa_f1"] == by["key"]["wa_f1"]
+    assert by["time"]["confusion"] == by["key"]["confusion"]
+    line = (f"labels by time: {len(side)} of the {len(side)} utterances overlap an interval of {tmp_path / 'gold.csv'}"
+            " (the others are not scored); 0 of its")
+    assert line in capsys.readouterr().out and line in (tmp_path / "time.md").read_text()
+    assert [r["span_s"] for r in records][:1] == [[pytest.approx(side["test/dia0/utt0"]["start"] - t_first),
+                                                   pytest.approx(side["test/dia0/utt0"]["end"] - t_first)]]
+
+
+def test_a_robot_bag_of_plain_transcripts_is_scored_by_an_annotators_intervals(tmp_path, tiny_text_checkpoint, capsys):
+    """ASR text without stamps: each transcript's span is the text_window_s (4 s) before it came. Each takes the
+    label of its own speaker's interval it overlaps most; a line no interval of its speaker overlaps is not scored,
+    and an interval no utterance overlaps is counted."""
+    from test_bag_replay import ROBOT_LINES, write_robot_bag
+
+    from ddvlm_ros.replay import main
+
+    bag = write_robot_bag(tmp_path / "robot", ROBOT_LINES, fps=0.0)  # lines at 102, 104, 106, 108 s; first message
+    gold = tmp_path / "study.tsv"  # at 101.5 s: the spans are [-3.5, 0.5], [-1.5, 2.5], [0.5, 4.5], [2.5, 6.5]
+    gold.write_text("start\tend\tlabel\tspeaker\n0\t2\tjoy\tross\n2\t2.4\tsurprise\trachel\n0:30\t0:31\tanger\t\n",
+                    encoding="utf-8")
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
+                 "--labels", str(gold), "--answers", str(tmp_path / "a.jsonl")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [(r["speaker_id"], r["gold"]) for r in records] == [("Ross", "joy"), ("Rachel", "surprise"),
+                                                               ("Ross", "joy"), ("Rachel", None)]
+    assert records[1]["span_s"] == [pytest.approx(-1.5), pytest.approx(2.5)]
+    out = capsys.readouterr().out
+    assert (f"labels by time: 3 of the 4 utterances overlap an interval of {gold} (the others are not scored); 1 of "
+            "its 3 intervals overlap no utterance") in out
+
+
+def test_the_replay_refuses_a_bad_labels_file_before_it_starts(tmp_path, tiny_text_checkpoint, capsys):
+    from ddvlm_ros.bag import write_meld_bag
+    from ddvlm_ros.replay import main
+
+    bag = write_meld_bag(tmp_path / "b", "test", [0])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("start,end,label\n1,2,joyful\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        main([str(bag), "--model-dir", tiny_text_checkpoint, "--labels", str(bad)])
+    assert e.value.code == 2 and f"{bad}, line 2: unknown emotion label 'joyful'" in capsys.readouterr().err
