@@ -8,8 +8,9 @@ The node runs in-process on a real executor with ``use_sim_time``; the replayer 
 from the bag's time line and each message at its time (divided by ``--speed``), records every
 ``/emotion`` message, joins them with the labels (the bag's side file, or ``--labels``: by utterance key, or an
 annotator's time intervals, ``ddvlm_ros.time_labels``) and reports WA-F1, accuracy, per-class F1, the confusion
-matrix, the latency distribution and how many utterances got no answer. An utterance's latest answer counts: the
-fused (refined) one after the text one, one revised after a late transcript (``answer-revised``) after both.
+matrix, per-speaker accuracy, the latency distribution and how many utterances got no answer. An utterance's
+latest answer counts: the fused (refined) one after the text one, one revised after a late transcript
+(``answer-revised``) after both.
 
 Bag topics reach the node's inputs (utterance, transcript, image, image/compressed, robot_speech) by name:
 /utterance, /transcript, /image, /image/compressed and /robot_speech by default, any other topic with
@@ -231,6 +232,8 @@ class ReplayResult:
 
             published = published_calibration([list(self.prediction(k).probabilities) for k in answered], gold)
             result["calibration"] = {k: published[k] for k in ("ece", "nll", "mean_confidence", "reliability")}
+        if gold:  # a study's participants: on whom the model is wrong, and how (labelled as / answered as)
+            result["per_speaker"] = per_speaker([self.prediction(k).speaker_id for k in answered], gold, pred)
         latencies = [self.answers[k]["text"].latency_ms for k in answered if "text" in self.answers[k]]
         result |= {
             "utterances": len(keys), "answered": len(answered), "unanswered": len(keys) - len(answered),
@@ -241,6 +244,21 @@ class ReplayResult:
                            "max": float(max(latencies))} if latencies else {},
         }
         return result
+
+
+def per_speaker(speakers: list[str], gold: list[int], pred: list[int]) -> dict[str, dict]:
+    """Per speaker ('' = unknown), most utterances first: how many, accuracy (percent), the label they were most
+    often given by the annotators and by the model (the earliest in LABELS on a tie)."""
+    from collections import Counter
+
+    rows = {}
+    for speaker in sorted(set(speakers), key=lambda s: (-speakers.count(s), s)):
+        mine = [i for i, s in enumerate(speakers) if s == speaker]
+        top = [Counter(labels[i] for i in mine).most_common() for labels in (gold, pred)]
+        rows[speaker] = {"n": len(mine), "accuracy": 100.0 * sum(gold[i] == pred[i] for i in mine) / len(mine),
+                         "labelled_most": LABELS[min(c for c, k in top[0] if k == top[0][0][1])],
+                         "answered_most": LABELS[min(c for c, k in top[1] if k == top[1][0][1])]}
+    return rows
 
 
 def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: float = 60.0,
@@ -466,12 +484,21 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
                      f"{score['accuracy']:.1f} %, expected calibration error {c['ece']:.2f} %, NLL {c['nll']:.3f}")
     lines += ["", "| class | F1 |", "|---|---|"]
     lines += [f"| {name} | {f1:.2f} |" for name, f1 in score["per_class_f1"].items()]
+    speakers = list(score.get("per_speaker", {}).items())
+    if speakers:
+        lines += ["", "| speaker | utterances | accuracy | labelled most often | answered most often |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {name or '(unknown)'} | {r['n']} | {r['accuracy']:.1f} | {r['labelled_most']} | "
+                  f"{r['answered_most']} |" for name, r in speakers[:MAX_SPEAKER_ROWS]]
+        if len(speakers) > MAX_SPEAKER_ROWS:
+            lines.append(f"| {len(speakers) - MAX_SPEAKER_ROWS} more speakers (JSON: score.per_speaker) | | | | |")
     lines += ["", "Confusion (rows gold, columns predicted, order " + ", ".join(LABELS) + "):", "", "```"]
     lines += [" ".join(f"{v:5d}" for v in row) for row in score["confusion"]] + ["```"]
     return "\n".join(lines) + "\n"
 
 
 EMOTION_TYPE = "ddvlm_msgs/msg/EmotionDistribution"
+MAX_SPEAKER_ROWS = 15  # speakers listed in the Markdown report (all of them in its JSON)
 TIME_LABEL_SUFFIXES = (".csv", ".tsv", ".txt")  # --labels given as time intervals (ddvlm_ros.time_labels)
 
 

@@ -654,3 +654,28 @@ def test_the_replay_scores_how_far_the_published_confidence_can_be_trusted():
     assert ("- confidence as published: mean 75.0 % against accuracy 75.0 %, expected calibration error 40.00 %, "
             f"NLL {calibration['nll']:.3f}") in md
     assert "calibration" not in result.score({})  # no labels: nothing to compare the confidence with
+
+
+def test_the_replay_scores_each_speaker_of_a_study(tmp_path):
+    """Known answer on real EmotionDistribution messages: on whom the model is wrong, and how; speakers with the
+    most utterances first, a tie between labels broken by MELD's order."""
+    from ddvlm_msgs.msg import EmotionDistribution
+
+    from ddvlm_core.labels import LABELS
+    from ddvlm_ros.replay import ReplayResult, report_markdown
+
+    def answer(speaker: str, top: str):
+        probs = [0.4 if name == top else 0.1 for name in LABELS]
+        return EmotionDistribution(labels=list(LABELS), probabilities=probs, top_label=top, confidence=0.4,
+                                   speaker_id=speaker, latency_ms=5.0)
+
+    given = {"a": ("ann", "joy", "joy"), "b": ("ann", "neutral", "joy"), "c": ("ann", "anger", "anger"),
+             "d": ("", "neutral", "sadness")}
+    result = ReplayResult(answers={k: {"text": answer(s, top)} for k, (s, top, _) in given.items()},
+                          finals=list(given))
+    score = result.score({k: gold for k, (_, _, gold) in given.items()})
+    assert score["per_speaker"] == {
+        "ann": {"n": 3, "accuracy": pytest.approx(200 / 3), "labelled_most": "joy", "answered_most": "neutral"},
+        "": {"n": 1, "accuracy": 0.0, "labelled_most": "sadness", "answered_most": "neutral"}}
+    md = report_markdown("t", score, "bag", {}, 1.0)
+    assert "| ann | 3 | 66.7 | joy | neutral |\n| (unknown) | 1 | 0.0 | sadness | neutral |" in md
