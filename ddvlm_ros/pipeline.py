@@ -853,13 +853,10 @@ class EmotionPipeline:
                             self._prefetched.pop(next(iter(self._prefetched)), None)
                     continue
                 utt, turns, queued, window = payload
+                if self._caption_late(utt, queued):  # waited that long for the captioner: not made at all (nor
+                    continue  # are its frames held any longer)
                 caption = self._reuse_prefetched(utt) or self._caption_window(utt, window)
-                if caption is None:
-                    continue
-                if time.monotonic() - queued > self.caption_timeout_s:
-                    self.stats.caption_timeouts += 1
-                    self.log("warn", f"caption for {utt.utterance_id!r} took longer than "
-                                     f"{self.caption_timeout_s}s: discarded")
+                if caption is None or self._caption_late(utt, queued):
                     continue
                 while self._current(generation):  # not after a stop that came while captioning or waiting
                     try:
@@ -870,6 +867,15 @@ class EmotionPipeline:
             except Exception as e:  # noqa: BLE001 - a bad job must never stop the worker
                 self.stats.last_error = f"{type(e).__name__}: {e}"
                 self.log("error", f"captioning failed: {self.stats.last_error}")
+
+    def _caption_late(self, utt: UtteranceIn, queued: float) -> bool:
+        """Whether the utterance's caption is later than caption_timeout_s after its text answer (then counted and
+        discarded: a fused answer that late would mislead more than it tells)."""
+        if time.monotonic() - queued <= self.caption_timeout_s:
+            return False
+        self.stats.caption_timeouts += 1
+        self.log("warn", f"caption for {utt.utterance_id!r} took longer than {self.caption_timeout_s}s: discarded")
+        return True
 
     def _reuse_prefetched(self, utt: UtteranceIn):
         """The streaming caption of this utterance if it covers enough of the final window."""

@@ -238,6 +238,34 @@ def test_a_busy_captioner_captions_the_frames_buffered_when_the_transcript_was_a
     assert pipe.stats.windows_cut_short == 0 and pipe.stats.windows_without_frames == 0
 
 
+def test_a_caption_that_waited_longer_than_caption_timeout_s_for_the_captioner_is_not_made(tiny_visual_checkpoint):
+    """The captioner is stuck on one utterance past caption_timeout_s: that caption is discarded when it comes, and
+    the next utterance, whose caption could only be discarded too, is not captioned at all (nor are its frames
+    held for it any longer)."""
+    import numpy as np
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
+    logged, captioner = [], RecordingCaptioner()
+    pipe = EmotionPipeline(rec, (results := []).append, captioner=captioner, caption_timeout_s=0.3,
+                           log=lambda level, text: logged.append((level, text)))
+    for k in range(21):
+        pipe.add_frame(99.0 + 0.1 * k, np.zeros((8, 8, 3), "uint8"))
+    pipe.start()
+    pipe.submit(UtteranceIn("c", "u0", "a", "First.", 99.0, 99.5, time.monotonic()))
+    pipe.submit(UtteranceIn("c", "u1", "b", "Second.", 100.0, 101.0, time.monotonic()))
+    deadline = time.monotonic() + 20
+    while len(results) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    captioner.release.set()
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pipe.stop()
+    assert [r.refined for r in results] == [False, False] and captioner.calls == 1
+    assert pipe.stats.caption_timeouts == 2
+    assert logged == [("warn", f"caption for {u!r} took longer than 0.3s: discarded") for u in ("u0", "u1")]
+
+
 def test_a_window_whose_start_had_left_the_frame_buffer_is_counted_and_said_once(tiny_visual_checkpoint):
     """An utterance longer than the buffer allows with the ASR's delay: its caption is made of the frames left, the
     pipeline says once which frame_buffer_s would have kept its window whole, and after 3 of the latest 20
