@@ -26,7 +26,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
-from ddvlm_core.arrival_order import LATE_MAX_S
+from ddvlm_core.arrival_order import LATE_MAX_S, REVISED_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
@@ -569,7 +569,8 @@ class EmotionNode(LifecycleNode):
         if self._pub is not None:
             self._pub.publish(msg)
         self._last_output = (f"{u.conversation_id}/{u.utterance_id} {u.speaker_id or '?'}: {msg.top_label} "
-                             f"{msg.confidence:.2f}{' (refined)' if result.refined else ''}")
+                             f"{msg.confidence:.2f}{' (refined)' if result.refined else ''}"
+                             f"{' (revised)' if REVISED_FLAG in msg.flags else ''}")
         hri = self._hri
         if hri is not None and u.voice_id and SELF_ECHO_FLAG not in result.prediction.flags:  # Expression has no flags:
             hri.publish(u.voice_id, result.prediction, msg.header)  # the robot's words are no expression of the voice

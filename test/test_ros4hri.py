@@ -152,6 +152,8 @@ def test_a_voices_transcript_that_arrives_after_a_later_one_is_placed_by_its_sta
     now = h.now()
     until(h, "bob", speech(final="Really?", stamp=now + 2), lambda: len(h.received) == 1)
     until(h, "anna", speech(final="I waited all night for your call!", stamp=now + 1), lambda: len(h.received) == 3)
+    last = {kv.key: kv.value for kv in h.node.diagnostic_status().values}["last_output"]
+    assert last.startswith(f"default/{h.received[0].utterance_id} bob: ") and last.endswith(" (revised)")
     until(h, "bob", speech(final="Sorry.", stamp=now + 4), lambda: len(h.received) == 4)
     got = list(h.received)
     assert [(m.speaker_id, list(m.flags)) for m in got] == [
