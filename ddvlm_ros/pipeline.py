@@ -890,9 +890,9 @@ class EmotionPipeline:
         return None
 
     def _caption_window(self, utt: UtteranceIn, final: tuple[list, float] | None = None):
-        """The caption of the utterance's window: of the frames buffered now (a partial result's), or of ``final``,
-        (the frames buffered when the final transcript was answered, how many seconds of the window had left the
-        buffer by then), which are checked (``_check_window``)."""
+        """The caption of the utterance's window: of the frames buffered now (a partial result's), or of ``final``
+        (the frames buffered when the final transcript was answered, and how many seconds of the window had left the
+        buffer by then), which are checked (``_watch_cut``, ``_check_window``)."""
         raw, lost_s = final if final is not None else (self.frames.window(utt.start, utt.end), 0.0)
         frames = self._decode_window(raw)
         if final is not None:

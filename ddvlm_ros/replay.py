@@ -251,13 +251,16 @@ def per_speaker(speakers: list[str], gold: list[int], pred: list[int]) -> dict[s
     often given by the annotators and by the model (the earliest in LABELS on a tie)."""
     from collections import Counter
 
+    def most_often(label_ids: list[int]) -> str:
+        counts = Counter(label_ids)
+        return LABELS[min(i for i, n in counts.items() if n == max(counts.values()))]
+
     rows = {}
     for speaker in sorted(set(speakers), key=lambda s: (-speakers.count(s), s)):
         mine = [i for i, s in enumerate(speakers) if s == speaker]
-        top = [Counter(labels[i] for i in mine).most_common() for labels in (gold, pred)]
         rows[speaker] = {"n": len(mine), "accuracy": 100.0 * sum(gold[i] == pred[i] for i in mine) / len(mine),
-                         "labelled_most": LABELS[min(c for c, k in top[0] if k == top[0][0][1])],
-                         "answered_most": LABELS[min(c for c, k in top[1] if k == top[1][0][1])]}
+                         "labelled_most": most_often([gold[i] for i in mine]),
+                         "answered_most": most_often([pred[i] for i in mine])}
     return rows
 
 
@@ -296,7 +299,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         with lock:
             entry = result.answers.setdefault(key, {})
             slot = "revised" if REVISED_FLAG in msg.flags else "refined" if msg.refined else "text"
-            if slot in entry and slot != "revised":  # an utterance is revised once per late transcript before it
+            if slot in entry and slot != "revised":  # revised again for each late transcript placed before it
                 entry["duplicates"] = entry.get("duplicates", 0) + 1
             entry[slot] = entry["latest"] = msg
             result.emotion_log.append((node.get_clock().now().nanoseconds, bytes(serialize_message(msg))))
