@@ -402,6 +402,9 @@ def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, t
         earlier = EmotionDistribution(labels=list(LABELS), probabilities=[0, 0, 0, 0, 1, 0, 0], top_label="joy",
                                       confidence=1.0, speaker_id="joey", flags=["transcript-arrived-late"])
         earlier.header.stamp = sec_to_stamp(12.0, Time)  # joey said it before the angry line; its transcript came later
+        revised = EmotionDistribution(labels=list(LABELS), probabilities=[0.2, 0.6, 0, 0, 0.1, 0, 0.1],
+                                      top_label="surprise", confidence=0.6, speaker_id="joey", flags=["answer-revised"])
+        revised.header.stamp = angry.header.stamp  # the angry line again, with joey's earlier line in its context
         others = h.client.create_publisher(EmotionDistribution, "emotion", 10)  # other answers, as if the node's
         deadline = time.monotonic() + 15
         while others.get_subscription_count() < 2 and time.monotonic() < deadline:  # the test's and the example's
@@ -409,15 +412,17 @@ def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, t
         others.publish(echo)  # before joey's on the same publisher: handled first
         others.publish(angry)
         others.publish(earlier)
+        others.publish(revised)
         others.publish(last := EmotionDistribution(  # handled after all of them
             labels=list(LABELS), probabilities=[1, 0, 0, 0, 0, 0, 0], top_label="neutral", confidence=1.0,
             speaker_id="zoe"))
         deadline = time.monotonic() + 15
         while "zoe" not in behaviour.mood and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert behaviour.mood == {"Ross": (answer.top_label, answer.confidence), "joey": ("anger", pytest.approx(0.7)),
-                                  "zoe": (last.top_label, last.confidence)}
-        # ann's answer was the robot's words heard back: skipped; joey's joy ended before his anger: kept out
+        assert behaviour.mood == {"Ross": (answer.top_label, answer.confidence),
+                                  "joey": ("surprise", pytest.approx(0.6)), "zoe": (last.top_label, last.confidence)}
+        # ann's answer was the robot's words heard back: skipped; joey's joy ended before his anger: kept out; the
+        # anger line's revised answer replaced its first
         deadline = time.monotonic() + 15
         err = ""
         while "joey sounds upset: slowing down" not in err and time.monotonic() < deadline:
