@@ -42,7 +42,7 @@ from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.language import NOT_ENGLISH_FLAG
 from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
-from ddvlm_core.metrics import metrics
+from ddvlm_core.metrics import confusion_png, metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
@@ -465,8 +465,9 @@ def assignments(items: list[str], error: Callable[[str], Exception], empty_value
 
 
 def report_markdown(title: str, score: dict, bag: str, params: dict, speed: float, extra: str = "",
-                    notes: tuple[str, ...] = ()) -> str:
-    """The replay's report; ``notes``: lines on its inputs (the camera, the transcripts), '' ones left out."""
+                    notes: tuple[str, ...] = (), confusion_image: str = "") -> str:
+    """The replay's report; ``notes``: lines on its inputs (the camera, the transcripts), '' ones left out;
+    ``confusion_image``: the confusion matrix drawn (``ddvlm_core.metrics.confusion_png``), next to the report."""
     lines = [f"# {title}", "", f"Bag `{bag}`, replayed at {speed}x through the emotion node "
              f"(`python -m ddvlm_ros.replay`), params {json.dumps(params)}. {extra}", ""]
     if not score.get("utterances"):
@@ -497,6 +498,8 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
             lines.append(f"| {len(speakers) - MAX_SPEAKER_ROWS} more speakers (JSON: score.per_speaker) | | | | |")
     lines += ["", "Confusion (rows gold, columns predicted, order " + ", ".join(LABELS) + "):", "", "```"]
     lines += [" ".join(f"{v:5d}" for v in row) for row in score["confusion"]] + ["```"]
+    if confusion_image:
+        lines += ["", f"![confusion matrix, rows normalised]({confusion_image})"]
     return "\n".join(lines) + "\n"
 
 
@@ -663,7 +666,11 @@ def main(argv: list[str]) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         extra = (f"At most {args.max_in_flight} utterances in flight (latency includes that queue)."
                  if args.max_in_flight else "")
-        path.write_text(report_markdown(args.title, score, args.bag, params, args.speed, extra, notes))
+        png = path.with_suffix(".confusion.png") if score.get("n") else None  # rows gold, columns predicted
+        if png is not None:
+            confusion_png(score["confusion"], png, f"{args.title[:50]}: {score['n']} utterances")
+        path.write_text(report_markdown(args.title, score, args.bag, params, args.speed, extra, notes,
+                                        png.name if png is not None else ""))
         path.with_suffix(".json").write_text(json.dumps({"bag": args.bag, "speed": args.speed, "params": params,
                                                          "remaps": remaps, "score": score, "wall_s": result.wall_s,
                                                          "node": result.node_status}, indent=1) + "\n")

@@ -403,6 +403,7 @@ def test_the_replay_report_counts_transcripts_that_arrived_after_later_ones(tmp_
             "with them in their context, scored by their latest answer (flag answer-revised)")
     assert note in (out / "replay.md").read_text() and note in capsys.readouterr().out
     assert "arrived-late" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
+    assert not (tmp_path / "english.confusion.png").exists()  # no labels, no scores: no confusion matrix
 
 
 def test_a_bag_with_every_transcript_twice_is_answered_once_per_utterance(tmp_path, tiny_text_checkpoint, capsys):

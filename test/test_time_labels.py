@@ -79,6 +79,10 @@ def test_a_meld_bag_scored_by_its_time_intervals_scores_as_by_its_keys(tmp_path,
         assert [r["gold"] for r in records] == [u["label"] for u in side.values()]
     assert by["time"]["n"] == by["key"]["n"] == len(side) and by["time"]["wa_f1"] == by["key"]["wa_f1"]
     assert by["time"]["confusion"] == by["key"]["confusion"]
+    import cv2  # the report draws its confusion matrix next to it, and shows it
+
+    assert cv2.imread(str(tmp_path / "key.confusion.png")).shape == (570, 600, 3)
+    assert "![confusion matrix, rows normalised](key.confusion.png)" in (tmp_path / "key.md").read_text()
     line = (f"labels by time: {len(side)} of the {len(side)} utterances overlap an interval of {tmp_path / 'gold.csv'}"
             " (the others are not scored); 0 of its")
     assert line in capsys.readouterr().out and line in (tmp_path / "time.md").read_text()
