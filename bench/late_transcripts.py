@@ -111,7 +111,8 @@ def score(predictions, gold: list[str]) -> dict:
     return {"n": len(predictions), "wa_f1": m["wa_f1"], "accuracy": m["accuracy"]}
 
 
-def model_rows(model_dir: str) -> list[dict]:
+def model_rows(model_dir: str) -> tuple[list[dict], dict]:
+    """The rows of MELD test (see the module's docstring), and how many answers were revised and how late."""
     from transformers.utils import logging
 
     from ddvlm_core.inference import EmotionRecognizer
@@ -123,7 +124,9 @@ def model_rows(model_dir: str) -> list[dict]:
     recognizer = EmotionRecognizer.from_checkpoint(model_dir, load_caption_embedder=False)
     data = list(dialogues("test").values())
     gold = [r.emotion for rows in data for r in rows]
-    node = [hold(rows, transcripts(rows, MODEL_RTF), True) for rows in data]  # the node: per voice, placed
+    held = {(rtf, placed): [hold(rows, transcripts(rows, rtf), placed) for rows in data]  # each dialogue's, as
+            for rtf, placed in ((None, False), (MODEL_RTF, False), (MODEL_RTF, True))}  # the rows hold it
+    node = held[MODEL_RTF, True]  # an ASR per voice, placed: the node
     late, revised, offset = [], [], 0  # utterances delivered late, and answered again: scored apart in every row
     for rows, held in zip(data, node):
         late += sorted(offset + i for i in held.late)
@@ -133,7 +136,7 @@ def model_rows(model_dir: str) -> list[dict]:
     out = []
     for name, rtf, placed, answers in zip(ROWS, (None, MODEL_RTF, MODEL_RTF, MODEL_RTF), (False, False, True, True),
                                           ("first", "first", "first", "latest")):
-        contexts = [c for rows in data for c in getattr(hold(rows, transcripts(rows, rtf), placed), answers)]
+        contexts = [c for h in held[rtf, placed] for c in getattr(h, answers)]
         keys, n_new = predict_new(recognizer, contexts, predicted, name)
         out.append({"row": name, "rtf": rtf, "placed": placed, "answers": answers, "predicted_here": n_new,
                     **score([predicted[k] for k in keys], gold),

@@ -197,7 +197,7 @@ def test_partial_results_faster_than_the_captioner_share_one_caption_job_per_str
 
 
 class RecordingCaptioner(CountingCaptioner):
-    """Records the stamps of the frames of each caption; the first caption waits until ``release`` is set."""
+    """Records the stamps of the frames of each caption; every caption waits until ``release`` is set."""
 
     def __init__(self):
         super().__init__()
@@ -209,6 +209,22 @@ class RecordingCaptioner(CountingCaptioner):
         return super().caption(frames, window)
 
 
+def answer_two_while_the_captioner_waits(pipe, results: list) -> float:
+    """Frames 99.0 ... 101.0 buffered, then u0 (99.0-99.5 s) and u1 (100.0-101.0 s) answered from their text while
+    the pipeline's RecordingCaptioner waits on u0's caption; the deadline (monotonic) for the rest of the test."""
+    import numpy as np
+
+    for k in range(21):
+        pipe.add_frame(99.0 + 0.1 * k, np.zeros((8, 8, 3), "uint8"))
+    pipe.start()
+    pipe.submit(UtteranceIn("c", "u0", "a", "First.", 99.0, 99.5, time.monotonic()))
+    pipe.submit(UtteranceIn("c", "u1", "b", "Second.", 100.0, 101.0, time.monotonic()))
+    deadline = time.monotonic() + 20
+    while len(results) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return deadline
+
+
 def test_a_busy_captioner_captions_the_frames_buffered_when_the_transcript_was_answered(tiny_visual_checkpoint):
     """The captioner is still busy with one utterance while the camera's frames of the next one leave a short
     buffer: the next one's caption is made of its own frames, as buffered when its transcript was answered."""
@@ -217,15 +233,8 @@ def test_a_busy_captioner_captions_the_frames_buffered_when_the_transcript_was_a
     rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
     results, captioner = [], RecordingCaptioner()
     pipe = EmotionPipeline(rec, results.append, captioner=captioner, frame_buffer_s=3.0, caption_timeout_s=60)
+    deadline = answer_two_while_the_captioner_waits(pipe, results)
     image = np.zeros((8, 8, 3), "uint8")
-    for k in range(21):
-        pipe.add_frame(99.0 + 0.1 * k, image)
-    pipe.start()
-    pipe.submit(UtteranceIn("c", "u0", "a", "First.", 99.0, 99.5, time.monotonic()))
-    pipe.submit(UtteranceIn("c", "u1", "b", "Second.", 100.0, 101.0, time.monotonic()))
-    deadline = time.monotonic() + 20
-    while len(results) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
     for k in range(1, 51):  # the camera goes on: the buffer now holds 103.0 ... 106.0
         pipe.add_frame(101.0 + 0.1 * k, image)
     captioner.release.set()
@@ -242,20 +251,11 @@ def test_a_caption_that_waited_longer_than_caption_timeout_s_for_the_captioner_i
     """The captioner is stuck on one utterance past caption_timeout_s: that caption is discarded when it comes, and
     the next utterance, whose caption could only be discarded too, is not captioned at all (nor are its frames
     held for it any longer)."""
-    import numpy as np
-
     rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
     logged, captioner = [], RecordingCaptioner()
     pipe = EmotionPipeline(rec, (results := []).append, captioner=captioner, caption_timeout_s=1.0,
                            log=lambda level, text: logged.append((level, text)))
-    for k in range(21):
-        pipe.add_frame(99.0 + 0.1 * k, np.zeros((8, 8, 3), "uint8"))
-    pipe.start()
-    pipe.submit(UtteranceIn("c", "u0", "a", "First.", 99.0, 99.5, time.monotonic()))
-    pipe.submit(UtteranceIn("c", "u1", "b", "Second.", 100.0, 101.0, time.monotonic()))
-    deadline = time.monotonic() + 20
-    while len(results) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    deadline = answer_two_while_the_captioner_waits(pipe, results)
     time.sleep(1.3)
     captioner.release.set()
     while not pipe.idle() and time.monotonic() < deadline:
@@ -950,15 +950,8 @@ def test_a_fused_answer_reads_the_context_as_it_is_when_its_caption_comes_and_re
     from ddvlm_core.captioner import Caption
 
     rec = EmotionRecognizer.from_checkpoint(tiny_visual_checkpoint)
-    release = threading.Event()
-
-    class CaptionWhenTold(CountingCaptioner):
-        def caption(self, frames, window=None):
-            release.wait(20)
-            return super().caption(frames, window)
-
-    results = []
-    pipe = EmotionPipeline(rec, results.append, captioner=CaptionWhenTold(), caption_timeout_s=60)
+    results, captioner = [], RecordingCaptioner()
+    pipe = EmotionPipeline(rec, results.append, captioner=captioner, caption_timeout_s=60)
     for k in range(40):
         pipe.add_frame(97.0 + 0.1 * k, np.zeros((8, 8, 3), "uint8"))
     pipe.start()
@@ -967,7 +960,7 @@ def test_a_fused_answer_reads_the_context_as_it_is_when_its_caption_comes_and_re
     deadline = time.monotonic() + 20
     while len(results) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
-    release.set()
+    captioner.release.set()
     while not pipe.idle() and time.monotonic() < deadline:
         time.sleep(0.01)
     pipe.submit(stamped("Hm.", 100.1, "carl"))
