@@ -28,6 +28,7 @@ from std_msgs.msg import Header, String
 
 from ddvlm_core.arrival_order import LATE_MAX_S, REVISED_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
+from ddvlm_core.speech_timing import AsrTiming
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
 from ddvlm_ros.convert import (AsrJson, asr_json, compressed_msg_to_rgb, cv_bridge_problem, image_msg_to_rgb,
@@ -414,12 +415,26 @@ class EmotionNode(LifecycleNode):
         self._submit_plain_text(ROBOT_SPEAKER, msg.data, "robot_speech")
 
     def _submit_plain_text(self, speaker: str, text: str, source: str) -> None:
-        """A text without stamps that came on input ``source``, ended now: its window the text_window_s before, the
-        next id of the node's counter, the conversation_id parameter's conversation."""
+        """A text without stamps that came on input ``source`` now (its stamp): its camera window when its words were
+        said (``asr_timing``), the next id of the node's counter, the conversation_id parameter's conversation."""
         received, end = time.monotonic(), self._now()
         header = Header(stamp=sec_to_stamp(end, type(Header().stamp)), frame_id="")
-        self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text,
-                                         end - self.p("text_window_s"), end, received, header, source=source))
+        start, said_until = self.asr_timing().said(text, end)
+        self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text, start, end,
+                                         received, header, source=source, said_until=said_until))
+
+    def asr_timing(self) -> AsrTiming:
+        """How the ASR's transcripts follow the words (text_window_s, text_asr_endpoint_s, text_asr_rtf): the camera
+        window of a transcript without stamps."""
+        return AsrTiming(self.p("text_window_s"), self.p("text_asr_endpoint_s"), self.p("text_asr_rtf"))
+
+    def _window(self, text, start: float | None, end: float, stamped: bool) -> tuple[float, float | None]:
+        """(start, said_until) of the words of a final transcript that ended at ``end`` (its stamp when ``stamped``,
+        else when it came: then its words ended earlier, by the ASR's delay), ``start`` when it has a start stamp."""
+        timing = self.asr_timing()
+        until = end if stamped else timing.said(text, end)[1]
+        start = start if start else timing.started(text, until)
+        return start, None if stamped else max(until, min(start, end))
 
     def _on_utterance(self, msg: Utterance) -> None:
         self._seen("utterance_topic")
@@ -438,7 +453,7 @@ class EmotionNode(LifecycleNode):
             return
         stamped = stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp)
         end = self._stamped_end(stamped)
-        start = stamp_to_sec(msg.start) or end - self.p("text_window_s")
+        start, said_until = self._window(msg.text, stamp_to_sec(msg.start), end, bool(stamped))
         if start > end:
             self.get_logger().warning(f"utterance {msg.utterance_id!r}: start after end, window ignored")
             start = end
@@ -448,7 +463,7 @@ class EmotionNode(LifecycleNode):
         self.pipeline.submit(UtteranceIn(msg.conversation_id or self.p("conversation_id"),
                                          msg.utterance_id or self._next_id(), msg.speaker_id, msg.text,
                                          start, end, received, header, stream_id=stream, end_stamped=bool(stamped),
-                                         source="utterance"))
+                                         source="utterance", said_until=said_until))
 
     def _stamped_end(self, stamped: float) -> float:
         """The end of a final transcript: its stamp (``stamped``; its delay after it is kept for the diagnostics),
@@ -594,11 +609,12 @@ class EmotionNode(LifecycleNode):
         received = self._last_voice_speech = time.monotonic()
         stamped = stamp_to_sec(msg.header.stamp)
         end = self._stamped_end(stamped)
-        start = start if start is not None and start <= end else end - self.p("text_window_s")
+        start, said_until = self._window(msg.final, start if start is not None and start <= end else None, end,
+                                         bool(stamped))
         header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
                                          header, voice_id=voice, language=getattr(msg, "language", ""),
-                                         end_stamped=bool(stamped), source="voices"))
+                                         end_stamped=bool(stamped), source="voices", said_until=said_until))
 
     def _on_voice_incremental(self, voice: str, msg, start: float, uid: str) -> None:
         self._last_voice_speech = time.monotonic()

@@ -13,6 +13,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from ddvlm_core.speech_timing import BASE_S, ENDPOINT_S, PER_WORD_S, RTF
+
 WOQ_KERNELS = ("auto", "int8pack", "decompress", "dequant")  # ddvlm_core.quantization.KERNELS (tested): no torch
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
                  "cudagraphs")  # ddvlm_core.model's
@@ -92,8 +94,14 @@ PARAMS: tuple[Param, ...] = (
     Param("default_speaker", "", "speaker id for plain-text transcripts without 'speaker: ' ('' = unknown)",
           applies="now"),
     Param("speaker_prefix", True, "read 'speaker: text' in plain-text transcripts", applies="now"),
-    Param("text_window_s", 4.0, "window length (s) before arrival used for frames of plain-text transcripts",
-          at_least=0, applies="now"),
+    Param("text_window_s", 0.0, "camera window length (s) of a transcript without a start stamp (0 = how long its "
+          f"words take to say: {BASE_S:g} s + {PER_WORD_S:g} s a word, MELD's rate)", at_least=0, applies="now"),
+    Param("text_asr_endpoint_s", ENDPOINT_S, "silence (s) the ASR waits for before it ends an utterance: a transcript "
+          "without an end stamp ended this long before it came, plus its decoding (text_asr_rtf)", at_least=0,
+          applies="now"),
+    Param("text_asr_rtf", RTF, "the ASR's real-time factor, its decoding time over the speech's duration (Whisper "
+          "small: 0.1 desktop GPU, 0.3-0.5 Jetson Orin, 1 laptop CPU): places the camera window of a transcript "
+          "without an end stamp", at_least=0, applies="now"),
     Param("conversation_id", "default", "conversation id of plain-text transcripts", applies="now"),
     Param("context_only_speakers", "", "speaker ids, comma-separated, whose utterances join the dialogue context "
           "but get no /emotion, e.g. the robot's own speech from its TTS ('robot'); a transcript repeating their "

@@ -93,6 +93,13 @@ class UtteranceIn:
     flags: tuple[str, ...] = ()  # what the pipeline found of it in its dialogue (an echo of the robot): on every answer
     end_stamped: bool = False  # ``end`` is the message's stamp (False: when it arrived): it may place it before others
     source: str = ""  # the input it came on ("transcript", "utterance", "voices"): tells a copy of a transcript
+    said_until: float | None = None  # when its words ended, estimated for one without an end stamp (``end``: when it
+    # came; ddvlm_core.speech_timing); None: at ``end``
+
+    @property
+    def window(self) -> tuple[float, float]:
+        """Its camera window: (start, end) of its words, in seconds (ROS time)."""
+        return self.start, self.end if self.said_until is None else self.said_until
 
 
 @dataclass
@@ -620,7 +627,7 @@ class EmotionPipeline:
         if later and self.revise_answers:
             self._revise(conv, conv.dialogue.turns[len(turns):])
         if self.captioner is not None:  # its frames as buffered now: a busy captioner must not see them dropped
-            window = (self.frames.window(utt.start, utt.end), self.frames.lost_s(utt.start, utt.end))
+            window = (self.frames.window(*utt.window), self.frames.lost_s(*utt.window))
             try:
                 self._captions.put_nowait(("final", (utt, turns, time.monotonic(), window)))
             except queue.Full:
@@ -882,9 +889,9 @@ class EmotionPipeline:
         found = self._prefetched.pop(self._stream_key(utt), None)
         if found is None:
             return None
-        start, end, caption = found
-        span = max(utt.end - utt.start, 1e-6)
-        if (min(end, utt.end) - max(start, utt.start)) / span >= self.prefetch_coverage:
+        (start, end, caption), (said_from, said_until) = found, utt.window
+        span = max(said_until - said_from, 1e-6)
+        if (min(end, said_until) - max(start, said_from)) / span >= self.prefetch_coverage:
             self.stats.caption_prefetch_hits += 1
             return caption
         return None
@@ -893,7 +900,7 @@ class EmotionPipeline:
         """The caption of the utterance's window: of the frames buffered now (a partial result's), or of ``final``
         (the frames buffered when the final transcript was answered, and how many seconds of the window had left the
         buffer by then), which are checked (``_watch_cut``, ``_check_window``)."""
-        raw, lost_s = final if final is not None else (self.frames.window(utt.start, utt.end), 0.0)
+        raw, lost_s = final if final is not None else (self.frames.window(*utt.window), 0.0)
         frames = self._decode_window(raw)
         if final is not None:
             self._watch_cut(utt, lost_s)
@@ -901,7 +908,7 @@ class EmotionPipeline:
         if not frames:
             return None
         try:
-            caption = self.captioner.caption(frames, (utt.start, utt.end))
+            caption = self.captioner.caption(frames, utt.window)
         except Exception as e:  # noqa: BLE001 - the captioner may fail in any way
             self.stats.caption_errors += 1
             self.stats.last_error = f"captioner {type(e).__name__}: {e}"
@@ -941,7 +948,7 @@ class EmotionPipeline:
         if lost_s <= 0:
             return
         self.stats.windows_cut_short += 1
-        span, needed = utt.end - utt.start, math.ceil(self.frames.keep_s + lost_s)
+        span, needed = utt.window[1] - utt.window[0], math.ceil(self.frames.keep_s + lost_s)
         self.stats.window_cut_last = (lost_s, span, needed)
         if self.stats.windows_cut_short == 1:
             self.log("warn", f"the first {lost_s:.1f} s of the {span:.1f} s window of utterance {utt.utterance_id!r} "
@@ -972,6 +979,7 @@ class EmotionPipeline:
             self.stats.frame_window_miss = ""
             return
         self.stats.windows_without_frames += 1
+        start, end = utt.window
         span, ahead, offset = self.frames.span(), self.frames.future_offset_s, self.frames.arrival_offset_s
         clocks = ("the camera's and the transcripts' stamps come from different clocks; playing a bag: "
                   "`ros2 bag play --clock` and `use_sim_time:=true`")
@@ -979,24 +987,24 @@ class EmotionPipeline:
             miss = f"none of the {n_buffered} frames in its window could be decoded ({self.stats.last_error})"
         elif ahead is not None:
             miss = f"the camera's latest frames are stamped {ahead:+.1f} s from this node's clock and dropped; {clocks}"
-        elif span is None or (span[0] <= utt.end and span[1] >= utt.start):
+        elif span is None or (span[0] <= end and span[1] >= start):
             self.stats.frame_window_miss = ""  # no camera, or a gap in its stream around this window
             return
-        elif span[1] >= utt.start:
-            miss = (f"the buffered frames are stamped {span[0] - utt.end:.1f} s after it; the transcript came more "
+        elif span[1] >= start:
+            miss = (f"the buffered frames are stamped {span[0] - end:.1f} s after it; the transcript came more "
                     f"than frame_buffer_s ({self.frames.keep_s:g} s) after its words, or its stamps come from "
                     "another clock than the camera's")
         elif offset is not None and abs(offset) > CLOCK_SKEW_S:
-            miss = (f"the buffered frames are stamped {utt.start - span[1]:.1f} s before it and arrive stamped "
+            miss = (f"the buffered frames are stamped {start - span[1]:.1f} s before it and arrive stamped "
                     f"{offset:+.1f} s from this node's clock; {clocks}")
         else:
-            miss = (f"the buffered frames are stamped {utt.start - span[1]:.1f} s before it and no frame has "
+            miss = (f"the buffered frames are stamped {start - span[1]:.1f} s before it and no frame has "
                     "arrived since: is the camera stalled?")
         first = not self.stats.frame_window_miss
         self.stats.frame_window_miss = miss
         if first:
             self.log("warn", f"no frame in the window of utterance {utt.utterance_id!r} "
-                             f"[{utt.start:.1f}, {utt.end:.1f}]: {miss}")
+                             f"[{start:.1f}, {end:.1f}]: {miss}")
 
     def _refine(self, utt: UtteranceIn, turns: tuple[Turn, ...], caption) -> None:
         """The fused answer, from the utterance's context as it is now: a late transcript may have gone before it

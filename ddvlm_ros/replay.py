@@ -42,6 +42,7 @@ from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.language import NOT_ENGLISH_FLAG
 from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
+from ddvlm_core.speech_timing import AsrTiming
 from ddvlm_core.metrics import confusion_png, metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
@@ -355,7 +356,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 if not node.pipeline.context_only(speaker) and not non_speech(text):
                     result.finals.append(key)
                     result.texts[key] = text
-                    result.spans[key] = utterance_span(topics[topic], msg, t, node.p("text_window_s"), t_first)
+                    result.spans[key] = utterance_span(topics[topic], msg, text, t, node.asr_timing(), t_first)
                     if on_final is not None:
                         on_final(key, result.spans[key], speaker)
                     if not has_text(text):  # blank: the node skips it (counted unanswered)
@@ -386,16 +387,18 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     return result
 
 
-def utterance_span(node_input: str, msg, arrived: float, window_s: float, t_first: float) -> tuple[float, float]:
-    """When an utterance was said, in seconds from the bag's first message (``t_first``), as the node reads it for
-    its camera window: an ``Utterance``'s start and end stamps (its header stamp for a missing end); else, and for a
-    transcript, the ``window_s`` (text_window_s) before it ``arrived`` (its time in the bag)."""
+def utterance_span(node_input: str, msg, text: str, arrived: float, timing: AsrTiming,
+                   t_first: float) -> tuple[float, float]:
+    """When an utterance (its words ``text``) was said, in seconds from the bag's first message (``t_first``), as the
+    node reads it for its camera window: an ``Utterance``'s start and end stamps (its header stamp for a missing end);
+    else, and for a transcript, estimated by ``timing`` (the node's ``asr_timing``) from its words and when it
+    ``arrived`` (its time in the bag)."""
     end = start = 0.0
     if node_input == "utterance":
         end = stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp)
         start = stamp_to_sec(msg.start)
-    end = end or arrived
-    start = start if 0 < start <= end else end - window_s
+    end = end or timing.said(text, arrived)[1]
+    start = start if 0 < start <= end else timing.started(text, end)
     return start - t_first, end - t_first
 
 

@@ -12,7 +12,8 @@ that video show): plain seconds (negative before it), ``mm:ss.s`` or ``hh:mm:ss.
 too, as in SRT).
 Labels are MELD's seven (``ddvlm_core.labels``; case is ignored). Each replayed utterance takes the label of the
 interval that overlaps its time span the most (its ``Utterance`` start and end stamps; a transcript without them:
-the ``text_window_s`` before it came, as the node's camera window), among the intervals of its speaker when both
+when its words were said, estimated from them and when it came as for the node's camera window,
+``ddvlm_core.speech_timing``), among the intervals of its speaker when both
 name one; an utterance no interval overlaps is not scored, and intervals no utterance overlaps are counted.
 """
 from __future__ import annotations

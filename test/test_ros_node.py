@@ -563,6 +563,58 @@ def test_good_frames_refine(harness, tiny_visual_checkpoint, msg_type, topic, ma
     assert h.node._bad_frames == 0
 
 
+class WindowCaptioner:
+    """Records each caption's window and the stamps of its frames."""
+
+    name = "window"
+
+    def __init__(self):
+        self.windows, self.stamps = [], []
+
+    def caption(self, frames, window=None):
+        self.windows.append(window)
+        self.stamps.append([f.stamp for f in frames])
+        return Caption("The head is turning left.", self.name, len(frames))
+
+
+def caption_window(h, recorder, msg_type, topic, msg) -> tuple[tuple[float, float], list[float], float]:
+    """Frames at 5 Hz over the 6 s before now, then ``msg``: (its caption's window, the stamps of its frames, its
+    answer's header stamp)."""
+    now = h.now()
+    for k in range(31):
+        h.publish(Image, "image", image_msg(now - 6.0 + 0.2 * k, seed=k))
+        time.sleep(0.04)
+    h.settle()
+    answered = len(h.received)
+    h.publish(msg_type, topic, msg)
+    fused = h.wait_for(answered + 2)[-1]
+    assert fused.refined and len(recorder.windows) == answered // 2 + 1
+    return recorder.windows[-1], recorder.stamps[-1], fused.header.stamp.sec + fused.header.stamp.nanosec * 1e-9
+
+
+def test_a_transcript_without_stamps_is_captioned_from_when_its_words_were_said(harness, tiny_visual_checkpoint):
+    """"I got the job!" takes 0.99 + 4 x 0.27 = 2.07 s to say (ddvlm_core.speech_timing). Its String transcript came
+    at t (its answer's stamp): the ASR waited 0.5 s of silence (text_asr_endpoint_s) and decoded for 0.3 x 2.07 s
+    (text_asr_rtf), so the words were said over [t - 3.191, t - 1.121], and the caption sees frames from then only,
+    none of the last second. text_asr_rtf and text_window_s take effect at once; an Utterance with an end stamp only
+    began its words' duration before it."""
+    from rclpy.parameter import Parameter
+
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frames_per_window=4).start()
+    recorder = h.node.pipeline.captioner = WindowCaptioner()
+    (start, end), stamps, came = caption_window(h, recorder, String, "transcript", String(data="Ross: I got the job!"))
+    assert (start, end) == (pytest.approx(came - 3.191, abs=1e-6), pytest.approx(came - 1.121, abs=1e-6))
+    assert len(stamps) == 4 and all(start <= s <= end for s in stamps)
+    h.node.set_parameters([Parameter("text_asr_rtf", value=1.0), Parameter("text_window_s", value=3.0)])
+    (start, end), _, came = caption_window(h, recorder, String, "transcript", String(data="Rachel: No way!"))
+    assert (start, end) == (pytest.approx(came - 5.03, abs=1e-6), pytest.approx(came - 2.03, abs=1e-6))
+    h.node.set_parameters([Parameter("text_window_s", value=0.0)])
+    ended = h.now() - 1.0
+    said = utterance("Oh my God.", "ross", 0.0, ended)
+    (start, end), _, _ = caption_window(h, recorder, Utterance, "utterance", said)
+    assert (start, end) == (pytest.approx(ended - 1.8, abs=1e-6), pytest.approx(ended, abs=1e-6))
+
+
 def test_future_and_out_of_order_frame_stamps(harness, tiny_visual_checkpoint):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
     now = h.now()
@@ -616,9 +668,9 @@ def test_frames_on_another_clock_are_diagnosed_and_frames_on_the_nodes_clock_ref
     assert "different clocks" in values["frame_window_miss"] and "use_sim_time:=true" in values["frame_window_miss"]
     assert -3601 < float(values["frame_stamp_offset_s"]) < -3599
     now = h.now()
-    for k in range(3):  # the camera on the node's clock
-        h.publish(Image, "image", image_msg(now - 0.5 + 0.2 * k, seed=k))
-        time.sleep(0.1)
+    for k in range(10):  # the camera on the node's clock, over the 2.5 s before now: when the words were said
+        h.publish(Image, "image", image_msg(now - 2.5 + 0.25 * k, seed=k))
+        time.sleep(0.05)
     h.publish(String, "transcript", String(data="Ross: and now?"))
     assert [m.refined for m in h.wait_for(3)] == [False, False, True]
     status = h.node.diagnostic_status()

@@ -91,26 +91,28 @@ def test_a_meld_bag_scored_by_its_time_intervals_scores_as_by_its_keys(tmp_path,
 
 
 def test_a_robot_bag_of_plain_transcripts_is_scored_by_an_annotators_intervals(tmp_path, tiny_text_checkpoint, capsys):
-    """ASR text without stamps: each transcript's span is the text_window_s (4 s) before it came. Each takes the
-    label of its own speaker's interval it overlaps most; a line no interval of its speaker overlaps is not scored,
-    and an interval no utterance overlaps is counted."""
+    """ASR text without stamps: each transcript's span is when its words were said, as the node's camera window
+    (ddvlm_core.speech_timing: as long as its words take to say, ended the ASR's 0.5 s + 0.3 x that before it came).
+    Each takes the label of its own speaker's interval (or anyone's) it overlaps most; a line no such interval
+    overlaps is not scored, and an interval no utterance overlaps is counted. The 4 s before each line came would
+    give Rachel's last line the label of Ross's speech before it."""
     from test_bag_replay import ROBOT_LINES, write_robot_bag
 
     from ddvlm_ros.replay import main
 
     bag = write_robot_bag(tmp_path / "robot", ROBOT_LINES, fps=0.0)  # lines at 102, 104, 106, 108 s; first message
-    gold = tmp_path / "study.tsv"  # at 101.5 s: the spans are [-3.5, 0.5], [-1.5, 2.5], [0.5, 4.5], [2.5, 6.5]
-    gold.write_text("start\tend\tlabel\tspeaker\n0\t2\tjoy\tross\n2\t2.4\tsurprise\trachel\n0:30\t0:31\tanger\t\n",
-                    encoding="utf-8")
+    gold = tmp_path / "study.tsv"  # at 101.5 s: the spans are [-2.691, -0.621], [0.011, 1.541], [1.309, 3.379] and
+    gold.write_text("start\tend\tlabel\tspeaker\n-2.7\t-0.6\tjoy\tross\n0\t1.5\tsurprise\trachel\n"  # [3.66, 5.46]
+                    "1.3\t3.4\tsadness\t\n3.4\t3.6\tanger\tross\n", encoding="utf-8")
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
                  "--labels", str(gold), "--answers", str(tmp_path / "a.jsonl")]) == 0
     records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [(r["speaker_id"], r["gold"]) for r in records] == [("Ross", "joy"), ("Rachel", "surprise"),
-                                                               ("Ross", "joy"), ("Rachel", None)]
-    assert records[1]["span_s"] == [pytest.approx(-1.5), pytest.approx(2.5)]
+                                                               ("Ross", "sadness"), ("Rachel", None)]
+    assert records[1]["span_s"] == [pytest.approx(0.011), pytest.approx(1.541)]
     out = capsys.readouterr().out
     assert (f"labels by time: 3 of the 4 utterances overlap an interval of {gold} (the others are not scored); 1 of "
-            "its 3 intervals overlap no utterance") in out
+            "its 4 intervals overlap no utterance") in out
 
 
 def test_the_replay_refuses_a_bad_labels_file_before_it_starts(tmp_path, tiny_text_checkpoint, capsys):
