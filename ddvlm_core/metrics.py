@@ -25,6 +25,61 @@ def metrics(y_true, y_pred) -> dict:
     }
 
 
+BOOTSTRAP_RESAMPLES = 2000
+MIN_CLUSTERS = 10  # fewer groups than this give no cluster interval worth the name: utterances are resampled
+
+
+def weighted_f1_of_confusions(confusions: np.ndarray) -> np.ndarray:
+    """WA-F1 in percent of each confusion matrix (..., C, C) (rows gold, columns predicted): per-class F1
+    2 TP / (2 TP + FP + FN) weighted by the class's support, as sklearn's ``average="weighted"`` (0 for a class
+    neither gold nor predicted)."""
+    tp = np.diagonal(confusions, axis1=-2, axis2=-1)
+    support, predicted = confusions.sum(-1), confusions.sum(-2)
+    denominator = support + predicted
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=denominator > 0)
+    total = support.sum(-1)
+    return 100 * np.divide((f1 * support).sum(-1), total, out=np.zeros(total.shape), where=total > 0)
+
+
+def bootstrap_wa_f1(y_true, y_pred, groups=None, resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
+                    seed: int = 0) -> dict:
+    """The percentile interval of WA-F1 at ``level`` over ``resamples`` bootstrap resamples of the utterances.
+
+    Utterances of one dialogue share its context, speakers and topic, so they are not independent: with
+    ``groups`` (a dialogue, conversation or session id per utterance) and at least MIN_CLUSTERS of them, whole
+    groups are drawn with replacement (a cluster bootstrap), else single utterances. Seeded: the same inputs
+    give the same interval. Returns {"low", "high", "level", "resamples", "unit": "group"|"utterance",
+    "units": how many}."""
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    if len(y_true) != len(y_pred) or (groups is not None and len(groups) != len(y_true)):
+        raise ValueError(f"gold, predictions and groups differ in length: {len(y_true)}, {len(y_pred)}, "
+                         f"{None if groups is None else len(groups)}")
+    if not len(y_true) or not 0 < level < 1 or resamples < 1:
+        raise ValueError(f"a bootstrap needs utterances, 0 < level < 1 and resamples >= 1 (got {len(y_true)}, "
+                         f"{level}, {resamples})")
+    _, unit_of = np.unique(np.asarray(groups, dtype=str), return_inverse=True) if groups is not None else (None, None)
+    clustered = unit_of is not None and unit_of.max() + 1 >= MIN_CLUSTERS
+    unit_of = unit_of if clustered else np.arange(len(y_true))
+    units = int(unit_of.max()) + 1
+    per_unit = np.zeros((units, NUM_LABELS * NUM_LABELS))  # each unit's confusion counts, flattened
+    np.add.at(per_unit, (unit_of, y_true * NUM_LABELS + y_pred), 1)
+    rng = np.random.default_rng(seed)
+    draws = np.stack([np.bincount(rng.integers(0, units, units), minlength=units) for _ in range(resamples)])
+    scores = weighted_f1_of_confusions((draws @ per_unit).reshape(resamples, NUM_LABELS, NUM_LABELS))
+    low, high = np.percentile(scores, [50 * (1 - level), 50 * (1 + level)])
+    return {"low": float(low), "high": float(high), "level": level, "resamples": resamples,
+            "unit": "group" if clustered else "utterance", "units": units}
+
+
+def interval_words(interval: dict, groups: str) -> str:
+    """A ``bootstrap_wa_f1`` interval in words: its level, its bounds and what was resampled (``groups``: what its
+    groups are, e.g. "dialogues")."""
+    resampled = (f"its {interval['units']} {groups}" if interval["unit"] == "group" else
+                 f"its {interval['units']} utterances, as it has fewer than {MIN_CLUSTERS} {groups}")
+    return (f"{100 * interval['level']:g} % interval {interval['low']:.2f}-{interval['high']:.2f}, bootstrap over "
+            f"{resampled}")
+
+
 def confusion_png(confusion: list[list[int]], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix as a heat map with counts (rows: gold, columns: predicted)."""
     import cv2

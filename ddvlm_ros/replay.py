@@ -43,7 +43,7 @@ from ddvlm_core.language import NOT_ENGLISH_FLAG
 from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.speech_timing import AsrTiming
-from ddvlm_core.metrics import confusion_png, metrics
+from ddvlm_core.metrics import bootstrap_wa_f1, confusion_png, interval_words, metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
@@ -228,6 +228,8 @@ class ReplayResult:
         gold = [label_id(labels[k]) for k in answered] if labels else []
         pred = [LABELS.index(self.prediction(k).top_label) for k in answered]
         result = metrics(gold, pred) if gold else {"n": 0}
+        if gold:  # how far WA-F1 could move on another sample of such conversations
+            result["wa_f1_interval"] = bootstrap_wa_f1(gold, pred, [k.rpartition("/")[0] for k in answered])
         if gold:  # how far the published confidence can be trusted on this bag (ddvlm_core.calibration)
             from ddvlm_core.calibration import published_calibration
 
@@ -483,8 +485,8 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
                      f"p90 {score['latency_ms']['p90']:.1f}, max {score['latency_ms']['max']:.1f}")
     if not score.get("n"):
         return "\n".join(lines + ["- no labels for these utterances: no scores"]) + "\n"
-    lines.append(f"- WA-F1 **{score['wa_f1']:.2f}**, macro F1 {score['macro_f1']:.2f}, "
-                 f"accuracy {score['accuracy']:.2f}")
+    lines.append(f"- WA-F1 **{score['wa_f1']:.2f}** ({interval_words(score['wa_f1_interval'], 'conversations')}), "
+                 f"macro F1 {score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}")
     if "calibration" in score:
         c = score["calibration"]
         lines.append(f"- confidence as published: mean {c['mean_confidence']:.1f} % against accuracy "
@@ -535,8 +537,8 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
 
 
 def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
-    """One record per replayed final utterance (in order): its text, refined and latest revised answers and the gold
-    label."""
+    """One record per replayed final utterance (in order): its text, refined and latest revised answers, the label
+    it is scored by (``prediction``: its latest answer's) and the gold label."""
     def answer(msg):
         return None if msg is None else {
             "top_label": msg.top_label, "confidence": msg.confidence,
@@ -546,9 +548,10 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
 
     records = []
     for key in result.finals:
-        entry = result.answers.get(key, {})
+        entry, scored = result.answers.get(key, {}), result.prediction(key)
         first = entry.get("text") or entry.get("refined")
         records.append({"key": key, "speaker_id": first.speaker_id if first else None,
+                        "prediction": scored.top_label if scored else None,
                         "speaker_token": first.speaker_token if first else None,
                         "transcript": result.texts.get(key), "gold": labels.get(key),
                         "span_s": list(result.spans[key]) if key in result.spans else None,

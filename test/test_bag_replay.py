@@ -155,8 +155,33 @@ def test_replay_answers_each_final_utterance_once_and_matches_the_offline_evalua
     from ddvlm_core.metrics import metrics
 
     keys = list(offline)
-    expected = metrics([label_id(labels[k]) for k in keys], [LABELS.index(offline[k]) for k in keys])
+    gold, pred = [label_id(labels[k]) for k in keys], [LABELS.index(offline[k]) for k in keys]
+    expected = metrics(gold, pred)
     assert {k: score[k] for k in expected} == expected
+    from ddvlm_core.metrics import bootstrap_wa_f1
+
+    assert score["wa_f1_interval"] == bootstrap_wa_f1(gold, pred)  # 4 conversations: too few, utterances resampled
+    assert score["wa_f1_interval"]["unit"] == "utterance" and score["wa_f1_interval"]["units"] == len(keys)
+
+
+def test_the_reports_wa_f1_interval_resamples_whole_conversations(tmp_path, tiny_text_checkpoint):
+    """Eleven MELD dialogues (ten of one utterance, dialogue 0 of several): the bootstrap draws whole conversations,
+    the report says over how many."""
+    from ddvlm_core.labels import label_id
+    from ddvlm_core.metrics import bootstrap_wa_f1
+    from ddvlm_ros.replay import main
+
+    bag = write_meld_bag(tmp_path / "eleven", "test", [0, 19, 26, 31, 82, 91, 136, 148, 235, 236, 248])
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "40", "--param", "input_timeout_s:=0.0",
+                 "--answers", str(tmp_path / "a.jsonl"), "--report", str(tmp_path / "r.md")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    gold = [label_id(r["gold"]) for r in records]
+    pred = [label_id(r["text"]["top_label"]) for r in records]
+    interval = json.loads((tmp_path / "r.json").read_text())["score"]["wa_f1_interval"]
+    assert interval == bootstrap_wa_f1(gold, pred, [r["key"].rpartition("/")[0] for r in records])
+    assert interval["unit"] == "group" and interval["units"] == 11 and len(records) > 11
+    assert (f"(95 % interval {interval['low']:.2f}-{interval['high']:.2f}, bootstrap over its 11 conversations)"
+            in (tmp_path / "r.md").read_text())
 
 
 def test_committed_sample_bag_replays_through_the_default_checkpoint():

@@ -27,6 +27,7 @@ def test_cli_parses_speaker_prefixed_turns():
     ("ddvlm_ros.bag", ["{tmp}/bag", "--dialogues", "0,one"], "comma-separated dialogue ids or all"),
     ("ddvlm_ros.bag", ["{tmp}/bag", "--frames", "clips"], "needs the MELD.Raw folder"),
     ("ddvlm_ros.replay", ["{tmp}/no_bag"], "cannot read bag"),
+    ("ddvlm_ros.study", ["{tmp}/no_answers.jsonl"], "no_answers.jsonl: cannot be read"),
     ("training.evaluate", ["{tmp}/no_checkpoint"], "does not exist"),
     ("training.calibrate", ["{tmp}/no_checkpoint"], "does not exist"),
     ("training.calibrate", ["checkpoints/default", "--captions", "{tmp}"], "has no visual branch and fusion"),
@@ -78,7 +79,7 @@ class _ParserBuilt(Exception):
 
 COMMANDS = ["training.ablate", "training.evaluate", "training.calibrate", "training.captions", "training.export",
             "training.results", "training.model_card", "ddvlm_core.cli", "ddvlm_ros.replay", "ddvlm_ros.bag",
-            "bench/asr_noise.py",
+            "ddvlm_ros.study", "bench/asr_noise.py", "bench/text_windows.py",
             "bench/layer_cache.py", "bench/quantization.py", "bench/ros_latency.py", "scripts/gpu/plan.py"]
 
 

@@ -6,7 +6,9 @@ Used to re-check a checkpoint trained elsewhere (e.g. on the lent GPU, whose bac
 bf16 shards) on the exact fp32 backbone a robot loads. The test split must be MELD's full 2,610 utterances.
 Without ``--captions`` every utterance is scored from its text alone, a fused checkpoint too (the output says
 so); with the captions of the clips (``training.captions``' JSONL) a fused checkpoint scores each captioned
-utterance with its caption, as the node does.
+utterance with its caption, as the node does. Each split's WA-F1 comes with its 95 % bootstrap interval over the
+split's dialogues (``ddvlm_core.metrics.bootstrap_wa_f1``: whole dialogues drawn, as their utterances share a
+context): how far the score could move on another sample of such dialogues.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def logits_of_examples(logits_fn, examples, pad_id: int, batch_size: int = 16, e
 def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_size: int = 16, log=print,
                         captions: str | Path = "") -> dict:
     from ddvlm_core.context import PromptBuilder
-    from ddvlm_core.metrics import metrics
+    from ddvlm_core.metrics import bootstrap_wa_f1, interval_words, metrics
     from ddvlm_core.model import DDVLM
     from training.data import build_examples, check_full_test_split
 
@@ -79,13 +81,17 @@ def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_si
         extras = (lambda idx: (embeddings[idx], has[idx])) if caption_of else None
         preds = predict_examples(lambda ids, mask, *more: model(ids, mask, *more).logits, examples,
                                  tok.pad_token_id, batch_size, extras, desc=f"{split} ({len(examples)} utterances)")
-        out["splits"][split] = {**metrics([e.label for e in examples], preds),
+        gold = [e.label for e in examples]
+        out["splits"][split] = {**metrics(gold, preds),  # and how far WA-F1 moves over other samples of dialogues
+                                "wa_f1_interval": bootstrap_wa_f1(gold, preds, [e.dialogue_id for e in examples]),
                                 "seconds": round(time.monotonic() - t0, 1),
                                 "predictions": preds.tolist()}  # in example (dialogue) order
         captioned = f", {int(has.sum())} with a caption" if caption_of else ""
         if caption_of:
             out["splits"][split]["captioned"] = int(has.sum())
-        log(f"{split}: WA-F1 {out['splits'][split]['wa_f1']:.2f} accuracy {out['splits'][split]['accuracy']:.2f} "
+        log(f"{split}: WA-F1 {out['splits'][split]['wa_f1']:.2f} ("
+            f"{interval_words(out['splits'][split]['wa_f1_interval'], 'dialogues')}) accuracy "
+            f"{out['splits'][split]['accuracy']:.2f} "
             f"({len(examples)} utterances{captioned}, {out['splits'][split]['seconds']:.0f}s)")
     return out
 

@@ -1,0 +1,134 @@
+"""Score a study: the replays of its sessions pooled, with an interval that resamples whole sessions.
+
+    python -m ddvlm_ros.study answers/*.jsonl [--report reports/study.md] [--title TITLE]
+
+A study records a bag per session (a participant, a condition), and its annotators label each. Each bag is
+replayed with ``--answers`` (``python -m ddvlm_ros.replay S01 --labels S01.csv --answers answers/S01.jsonl``): one
+JSON line per utterance with its gold label and the node's answers. This pools those files: WA-F1, macro F1,
+accuracy, per-class F1 and the confusion matrix over every labelled, answered utterance, and a row per session.
+The WA-F1 interval (``ddvlm_core.metrics.bootstrap_wa_f1``) draws whole sessions with replacement, as a
+session's utterances share a participant, a room and a robot behaviour and are not independent; with fewer than
+``MIN_CLUSTERS`` sessions it draws utterances, and the report says so. Each utterance is scored by the answer the
+replay scored (``prediction``: its latest; answers files written before it: the revised, else the refined, else
+the text answer).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ddvlm_core.labels import LABELS, label_id
+from ddvlm_core.metrics import bootstrap_wa_f1, confusion_png, interval_words, metrics
+
+
+class StudyError(ValueError):
+    """An answers file that cannot be read, with the file, the line and the reason."""
+
+
+@dataclass
+class Session:
+    name: str  # the answers file's name without .jsonl
+    gold: list[int]  # label ids of the labelled, answered utterances, in order
+    predicted: list[int]
+    unlabelled: int = 0  # answered utterances without a gold label
+    unanswered: int = 0  # labelled utterances the node did not answer
+
+
+def scored_label(record: dict) -> str | None:
+    """The label the replay scored an utterance by: its ``prediction``, else its latest answer's (revised, refined,
+    text); None when it was not answered."""
+    if "prediction" in record:
+        return record["prediction"]
+    answer = record.get("revised") or record.get("refined") or record.get("text")
+    return answer["top_label"] if answer else None
+
+
+def read_session(path: str | Path) -> Session:
+    """One replay's ``--answers`` file; StudyError naming the line of a record that cannot be read."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise StudyError(f"{path}: cannot be read ({e})") from None
+    session = Session(path.name.removesuffix(".jsonl"), [], [])
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            gold, answer = record["gold"], scored_label(record)
+            if gold is not None and answer is not None:
+                session.gold.append(label_id(gold))
+                session.predicted.append(LABELS.index(answer))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise StudyError(f"{path}, line {number}: not a replay answer record ({type(e).__name__}: {e})") from None
+        session.unlabelled += gold is None and answer is not None
+        session.unanswered += gold is not None and answer is None
+    return session
+
+
+def score_study(sessions: list[Session]) -> dict:
+    """Pooled metrics of the sessions' scored utterances with the session-resampled WA-F1 interval, and each
+    session's numbers."""
+    gold = [g for s in sessions for g in s.gold]
+    if not gold:
+        raise StudyError("no session has an utterance both labelled and answered: nothing to score")
+    predicted = [p for s in sessions for p in s.predicted]
+    of_session = [s.name for s in sessions for _ in s.gold]
+    rows = {s.name: ({k: metrics(s.gold, s.predicted)[k] for k in ("n", "wa_f1", "accuracy")} if s.gold else {"n": 0})
+            | {"unlabelled": s.unlabelled, "unanswered": s.unanswered} for s in sessions}
+    return {**metrics(gold, predicted), "wa_f1_interval": bootstrap_wa_f1(gold, predicted, of_session),
+            "sessions": len(sessions), "unlabelled": sum(s.unlabelled for s in sessions),
+            "unanswered": sum(s.unanswered for s in sessions), "per_session": rows}
+
+
+def report_markdown(title: str, score: dict, confusion_image: str = "") -> str:
+    lines = [f"# {title}", "", "`python -m ddvlm_ros.study`: the replays' answers files of "
+             f"{score['sessions']} sessions pooled.", "",
+             f"- utterances scored: {score['n']} (answered and labelled; {score['unlabelled']} answered without a "
+             f"label and {score['unanswered']} labelled without an answer are left out)",
+             f"- WA-F1 **{score['wa_f1']:.2f}** ({interval_words(score['wa_f1_interval'], 'sessions')}), macro F1 "
+             f"{score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}", "", "| class | F1 |", "|---|---|"]
+    lines += [f"| {name} | {f1:.2f} |" for name, f1 in score["per_class_f1"].items()]
+    lines += ["", "| session | utterances | WA-F1 | accuracy | unlabelled | unanswered |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {r['n']} | " + (f"{r['wa_f1']:.2f} | {r['accuracy']:.2f}" if r["n"] else "- | -")
+              + f" | {r['unlabelled']} | {r['unanswered']} |" for name, r in score["per_session"].items()]
+    lines += ["", "Confusion (rows gold, columns predicted, order " + ", ".join(LABELS) + "):", "", "```"]
+    lines += [" ".join(f"{v:5d}" for v in row) for row in score["confusion"]] + ["```"]
+    if confusion_image:
+        lines += ["", f"![confusion matrix, rows normalised]({confusion_image})"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ddvlm_ros.study", description=__doc__.split("\n\n")[0],
+                                 epilog="Each ANSWERS file: python -m ddvlm_ros.replay BAG --labels ... --answers FILE")
+    ap.add_argument("answers", nargs="+", help="one replay --answers file (JSONL) per session")
+    ap.add_argument("--report", help="write Markdown here, JSON and the confusion matrix PNG next to it")
+    ap.add_argument("--title", default="A study's sessions replayed through the emotion node",
+                    help="heading of the --report")
+    args = ap.parse_args(argv)
+    names = [Path(a).name.removesuffix(".jsonl") for a in args.answers]
+    if len(set(names)) < len(names):
+        ap.error(f"two answers files name the same session: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    try:
+        score = score_study([read_session(a) for a in args.answers])
+    except StudyError as e:
+        ap.error(str(e))
+    image = ""
+    if args.report:
+        report = Path(args.report)
+        image = confusion_png(score["confusion"], report.with_suffix(".confusion.png"), args.title).name
+        report.with_suffix(".json").write_text(json.dumps({"answers": args.answers, "score": score}, indent=1) + "\n")
+    markdown = report_markdown(args.title, score, image)
+    if args.report:
+        Path(args.report).write_text(markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""ddvlm_core.metrics: WA-F1 from confusion counts as sklearn computes it, and its bootstrap interval over
+dialogues (known answers)."""
+import numpy as np
+import pytest
+
+from ddvlm_core.metrics import MIN_CLUSTERS, bootstrap_wa_f1, metrics, weighted_f1_of_confusions
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_wa_f1_from_confusion_counts_is_sklearns_weighted_f1(seed):
+    rng = np.random.default_rng(seed)
+    gold = rng.integers(0, 6, 300)  # class 6 never gold; predicted sometimes
+    pred = np.where(rng.random(300) < 0.5, gold, rng.integers(0, 7, 300))
+    m = metrics(gold, pred)
+    assert weighted_f1_of_confusions(np.array(m["confusion"])) == pytest.approx(m["wa_f1"], abs=1e-9)
+    batch = weighted_f1_of_confusions(np.stack([np.array(m["confusion"])] * 2))
+    assert batch.shape == (2,) and batch == pytest.approx([m["wa_f1"]] * 2)
+    assert weighted_f1_of_confusions(np.zeros((7, 7))) == 0.0
+
+
+def test_perfect_answers_have_a_zero_width_interval_at_100():
+    gold = np.arange(70) % 7
+    interval = bootstrap_wa_f1(gold, gold, groups=np.arange(70) // 5)
+    assert (interval["low"], interval["high"]) == (100.0, 100.0)
+    assert interval["unit"] == "group" and interval["units"] == 14 and interval["level"] == 0.95
+
+
+def test_dialogues_are_resampled_whole():
+    """12 dialogues with the same answers: every resample of whole dialogues has the same WA-F1 (a zero-width
+    interval at it); resampling single utterances varies it."""
+    gold = np.tile([0, 0, 1, 2, 4, 6], 12)
+    pred = np.tile([0, 1, 1, 2, 0, 6], 12)
+    dialogue = np.repeat(np.arange(12), 6)
+    whole = bootstrap_wa_f1(gold, pred, dialogue)
+    assert whole["low"] == pytest.approx(metrics(gold, pred)["wa_f1"]) == pytest.approx(whole["high"])
+    single = bootstrap_wa_f1(gold, pred)
+    assert single["unit"] == "utterance" and single["units"] == 72 and single["high"] - single["low"] > 10
+
+
+def test_too_few_dialogues_resample_utterances_and_the_seed_fixes_the_interval():
+    rng = np.random.default_rng(3)
+    gold = rng.integers(0, 7, 400)
+    pred = np.where(rng.random(400) < 0.6, gold, rng.integers(0, 7, 400))
+    few = bootstrap_wa_f1(gold, pred, [f"d{i % (MIN_CLUSTERS - 1)}" for i in range(400)])
+    assert few["unit"] == "utterance" and few["units"] == 400
+    many = bootstrap_wa_f1(gold, pred, [f"d{i % 40}" for i in range(400)], resamples=500, level=0.9)
+    assert many["unit"] == "group" and many["units"] == 40 and many["resamples"] == 500
+    assert many == bootstrap_wa_f1(gold, pred, [f"d{i % 40}" for i in range(400)], resamples=500, level=0.9)
+    assert many["low"] < metrics(gold, pred)["wa_f1"] < many["high"]
+    wider = bootstrap_wa_f1(gold, pred, [f"d{i % 40}" for i in range(400)], resamples=500, level=0.99)
+    assert wider["low"] < many["low"] and wider["high"] > many["high"]
+
+
+@pytest.mark.parametrize("args, match", [(([0, 1], [0]), "differ in length"),
+                                         (([0, 1], [0, 1], ["a"]), "differ in length"),
+                                         (([], []), "needs utterances"),
+                                         (([0], [0], None, 100, 1.0), "0 < level < 1")])
+def test_bad_inputs_are_refused(args, match):
+    with pytest.raises(ValueError, match=match):
+        bootstrap_wa_f1(*args)
+
+
+def test_the_readme_quotes_the_committed_meld_test_replays_interval():
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    score = json.loads((repo / "reports" / "replay_meld_test.json").read_text())["score"]
+    interval = score["wa_f1_interval"]
+    assert interval["unit"] == "group" and interval["units"] == 280 and interval["resamples"] == 2000
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert (f"on MELD test's 280 dialogues WA-F1 {score['wa_f1']:.2f} has the interval {interval['low']:.2f}-"
+            f"{interval['high']:.2f}") in readme
+
+
+def test_the_defaults_test_interval_is_recomputed_from_its_committed_predictions_and_quoted():
+    """reports/default_checkpoint_test.json (python -m training.evaluate checkpoints/default --splits test): its
+    predictions in MELD test's dialogue order give its WA-F1 and its interval again."""
+    import json
+    from pathlib import Path
+
+    from ddvlm_core.meld import dialogues
+
+    repo = Path(__file__).resolve().parents[1]
+    test = json.loads((repo / "reports" / "default_checkpoint_test.json").read_text())["splits"]["test"]
+    rows = [u for _, said in sorted(dialogues("test").items()) for u in said]
+    gold, dialogue = [u.label for u in rows], [u.dialogue_id for u in rows]
+    assert metrics(gold, test["predictions"])["wa_f1"] == test["wa_f1"]
+    assert bootstrap_wa_f1(gold, test["predictions"], dialogue) == test["wa_f1_interval"]
+    interval = test["wa_f1_interval"]
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert (f"**test {test['wa_f1']:.2f}**" in readme and f"Its test WA-F1 has the 95 % interval {interval['low']:.2f}-"
+            f"{interval['high']:.2f} over MELD test's {interval['units']} dialogues" in readme)
+    assert f"**Test WA-F1 {test['wa_f1']:.2f}**" in (repo / "MODEL_CARD.md").read_text()
