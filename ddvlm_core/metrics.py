@@ -41,34 +41,75 @@ def weighted_f1_of_confusions(confusions: np.ndarray) -> np.ndarray:
     return 100 * np.divide((f1 * support).sum(-1), total, out=np.zeros(total.shape), where=total > 0)
 
 
-def bootstrap_wa_f1(y_true, y_pred, groups=None, resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
-                    seed: int = 0) -> dict:
-    """The percentile interval of WA-F1 at ``level`` over ``resamples`` bootstrap resamples of the utterances.
+def resampled_wa_f1(y_true, predictions: list, groups=None, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+                    ) -> tuple[np.ndarray, str, int]:
+    """WA-F1 of each of ``predictions`` (lists of label ids for the same utterances) on ``resamples`` bootstrap
+    resamples, the same resamples for all: (scores (len(predictions), resamples), "group"|"utterance", units).
 
     Utterances of one dialogue share its context, speakers and topic, so they are not independent: with
     ``groups`` (a dialogue, conversation or session id per utterance) and at least MIN_CLUSTERS of them, whole
     groups are drawn with replacement (a cluster bootstrap), else single utterances. Seeded: the same inputs
-    give the same interval. Returns {"low", "high", "level", "resamples", "unit": "group"|"utterance",
-    "units": how many}."""
-    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    if len(y_true) != len(y_pred) or (groups is not None and len(groups) != len(y_true)):
-        raise ValueError(f"gold, predictions and groups differ in length: {len(y_true)}, {len(y_pred)}, "
-                         f"{None if groups is None else len(groups)}")
-    if not len(y_true) or not 0 < level < 1 or resamples < 1:
-        raise ValueError(f"a bootstrap needs utterances, 0 < level < 1 and resamples >= 1 (got {len(y_true)}, "
-                         f"{level}, {resamples})")
+    give the same resamples."""
+    y_true = np.asarray(y_true, dtype=int)
+    predictions = [np.asarray(p, dtype=int) for p in predictions]
+    if any(len(p) != len(y_true) for p in predictions) or (groups is not None and len(groups) != len(y_true)):
+        raise ValueError(f"gold, predictions and groups differ in length: {len(y_true)}, "
+                         f"{[len(p) for p in predictions]}, {None if groups is None else len(groups)}")
+    if not len(y_true) or resamples < 1:
+        raise ValueError(f"a bootstrap needs utterances and resamples >= 1 (got {len(y_true)}, {resamples})")
     _, unit_of = np.unique(np.asarray(groups, dtype=str), return_inverse=True) if groups is not None else (None, None)
     clustered = unit_of is not None and unit_of.max() + 1 >= MIN_CLUSTERS
     unit_of = unit_of if clustered else np.arange(len(y_true))
     units = int(unit_of.max()) + 1
-    per_unit = np.zeros((units, NUM_LABELS * NUM_LABELS))  # each unit's confusion counts, flattened
-    np.add.at(per_unit, (unit_of, y_true * NUM_LABELS + y_pred), 1)
     rng = np.random.default_rng(seed)
     draws = np.stack([np.bincount(rng.integers(0, units, units), minlength=units) for _ in range(resamples)])
-    scores = weighted_f1_of_confusions((draws @ per_unit).reshape(resamples, NUM_LABELS, NUM_LABELS))
+    scores = []
+    for y_pred in predictions:
+        per_unit = np.zeros((units, NUM_LABELS * NUM_LABELS))  # each unit's confusion counts, flattened
+        np.add.at(per_unit, (unit_of, y_true * NUM_LABELS + y_pred), 1)
+        scores.append(weighted_f1_of_confusions((draws @ per_unit).reshape(resamples, NUM_LABELS, NUM_LABELS)))
+    return np.stack(scores), "group" if clustered else "utterance", units
+
+
+def percentile_interval(scores: np.ndarray, level: float, unit: str, units: int) -> dict:
+    if not 0 < level < 1:
+        raise ValueError(f"0 < level < 1 needed, got {level}")
     low, high = np.percentile(scores, [50 * (1 - level), 50 * (1 + level)])
-    return {"low": float(low), "high": float(high), "level": level, "resamples": resamples,
-            "unit": "group" if clustered else "utterance", "units": units}
+    return {"low": float(low), "high": float(high), "level": level, "resamples": len(scores), "unit": unit,
+            "units": units}
+
+
+def bootstrap_wa_f1(y_true, y_pred, groups=None, resamples: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
+                    seed: int = 0) -> dict:
+    """The percentile interval of WA-F1 at ``level`` over ``resamples`` bootstrap resamples (``resampled_wa_f1``:
+    whole groups when ``groups`` has MIN_CLUSTERS or more). Returns {"low", "high", "level", "resamples",
+    "unit": "group"|"utterance", "units": how many}."""
+    if not 0 < level < 1:
+        raise ValueError(f"0 < level < 1 needed, got {level}")
+    scores, unit, units = resampled_wa_f1(y_true, [y_pred], groups, resamples, seed)
+    return percentile_interval(scores[0], level, unit, units)
+
+
+def bootstrap_wa_f1_difference(y_true, pred_a, pred_b, groups=None, resamples: int = BOOTSTRAP_RESAMPLES,
+                               level: float = 0.95, seed: int = 0) -> dict:
+    """WA-F1 of ``pred_b`` minus that of ``pred_a`` on the same utterances, with the percentile interval of that
+    difference over paired resamples (both scored on each resample: ``resampled_wa_f1``). A paired interval is
+    narrower than the two intervals side by side, as the dialogues that are hard for one are hard for the other.
+    ``pred_a`` and ``pred_b`` may each be several runs (seeds; a list of prediction lists, paired in order): the
+    difference is then the mean over the pairs, on each resample too (the test sample's uncertainty of a mean over
+    seeds, the seeds as they ran). Returns bootstrap_wa_f1's keys plus "difference", "share_above_0" (of the
+    resampled differences) and "pairs"."""
+    if not 0 < level < 1:
+        raise ValueError(f"0 < level < 1 needed, got {level}")
+    runs_a, runs_b = (np.atleast_2d(np.asarray(p, dtype=int)) for p in (pred_a, pred_b))
+    if len(runs_a) != len(runs_b):
+        raise ValueError(f"{len(runs_a)} runs against {len(runs_b)}: the runs must pair up")
+    scores, unit, units = resampled_wa_f1(y_true, [*runs_a, *runs_b], groups, resamples, seed)
+    pairs = len(runs_a)
+    point = np.mean([metrics(y_true, b)["wa_f1"] - metrics(y_true, a)["wa_f1"] for a, b in zip(runs_a, runs_b)])
+    differences = (scores[pairs:] - scores[:pairs]).mean(0)
+    return {"difference": float(point), **percentile_interval(differences, level, unit, units),
+            "share_above_0": float((differences > 0).mean()), "pairs": pairs}
 
 
 def interval_words(interval: dict, groups: str) -> str:
@@ -76,7 +117,7 @@ def interval_words(interval: dict, groups: str) -> str:
     groups are, e.g. "dialogues")."""
     resampled = (f"its {interval['units']} {groups}" if interval["unit"] == "group" else
                  f"its {interval['units']} utterances, as it has fewer than {MIN_CLUSTERS} {groups}")
-    return (f"{100 * interval['level']:g} % interval {interval['low']:.2f}-{interval['high']:.2f}, bootstrap over "
+    return (f"{100 * interval['level']:g} % interval {interval['low']:.2f} to {interval['high']:.2f}, bootstrap over "
             f"{resampled}")
 
 

@@ -1,6 +1,7 @@
 """Score a study: the replays of its sessions pooled, with an interval that resamples whole sessions.
 
     python -m ddvlm_ros.study answers/*.jsonl [--report reports/study.md] [--title TITLE]
+    python -m ddvlm_ros.study quantized/*.jsonl --versus answers/*.jsonl   # one condition against another
 
 A study records a bag per session (a participant, a condition), and its annotators label each. Each bag is
 replayed with ``--answers`` (``python -m ddvlm_ros.replay S01 --labels S01.csv --answers answers/S01.jsonl``): one
@@ -8,9 +9,14 @@ JSON line per utterance with its gold label and the node's answers. This pools t
 accuracy, per-class F1 and the confusion matrix over every labelled, answered utterance, and a row per session.
 The WA-F1 interval (``ddvlm_core.metrics.bootstrap_wa_f1``) draws whole sessions with replacement, as a
 session's utterances share a participant, a room and a robot behaviour and are not independent; with fewer than
-``MIN_CLUSTERS`` sessions it draws utterances, and the report says so. Each utterance is scored by the answer the
+``MIN_CLUSTERS`` sessions it draws whole conversations (a MELD bag's dialogues), with fewer of those utterances, and
+the report says which. Each utterance is scored by the answer the
 replay scored (``prediction``: its latest; answers files written before it: the revised, else the refined, else
 the text answer).
+
+With ``--versus``, the same sessions replayed in another condition (another checkpoint, ``--param quantized:=true``,
+another ASR): each session's utterances are paired by key, and the report gives WA-F1 of this condition minus that
+one on the utterances both scored, with a paired interval over sessions (``bootstrap_wa_f1_difference``).
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ddvlm_core.labels import LABELS, label_id
-from ddvlm_core.metrics import bootstrap_wa_f1, confusion_png, interval_words, metrics
+from ddvlm_core.metrics import (MIN_CLUSTERS, bootstrap_wa_f1, bootstrap_wa_f1_difference, confusion_png,
+                                interval_words, metrics)
 
 
 class StudyError(ValueError):
@@ -31,10 +38,17 @@ class StudyError(ValueError):
 @dataclass
 class Session:
     name: str  # the answers file's name without .jsonl
-    gold: list[int]  # label ids of the labelled, answered utterances, in order
-    predicted: list[int]
+    scored: dict[str, tuple[int, int]]  # key -> (gold, predicted) label ids of the labelled, answered utterances
     unlabelled: int = 0  # answered utterances without a gold label
     unanswered: int = 0  # labelled utterances the node did not answer
+
+    @property
+    def gold(self) -> list[int]:
+        return [g for g, _ in self.scored.values()]
+
+    @property
+    def predicted(self) -> list[int]:
+        return [p for _, p in self.scored.values()]
 
 
 def scored_label(record: dict) -> str | None:
@@ -53,21 +67,28 @@ def read_session(path: str | Path) -> Session:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise StudyError(f"{path}: cannot be read ({e})") from None
-    session = Session(path.name.removesuffix(".jsonl"), [], [])
+    session = Session(path.name.removesuffix(".jsonl"), {})
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            gold, answer = record["gold"], scored_label(record)
+            key, gold, answer = record["key"], record["gold"], scored_label(record)
             if gold is not None and answer is not None:
-                session.gold.append(label_id(gold))
-                session.predicted.append(LABELS.index(answer))
+                session.scored[key] = (label_id(gold), LABELS.index(answer))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise StudyError(f"{path}, line {number}: not a replay answer record ({type(e).__name__}: {e})") from None
         session.unlabelled += gold is None and answer is not None
         session.unanswered += gold is not None and answer is None
     return session
+
+
+def groups_of(keyed: list[tuple[str, str]]) -> tuple[list[str], str]:
+    """(the group of each (session, utterance key), what the groups are): sessions when there are MIN_CLUSTERS of
+    them, else the sessions' conversations (the key up to its last '/')."""
+    if len({session for session, _ in keyed}) >= MIN_CLUSTERS:
+        return [session for session, _ in keyed], "sessions"
+    return [f"{session}/{key.rpartition('/')[0]}" for session, key in keyed], "conversations"
 
 
 def score_study(sessions: list[Session]) -> dict:
@@ -77,20 +98,39 @@ def score_study(sessions: list[Session]) -> dict:
     if not gold:
         raise StudyError("no session has an utterance both labelled and answered: nothing to score")
     predicted = [p for s in sessions for p in s.predicted]
-    of_session = [s.name for s in sessions for _ in s.gold]
+    groups, grouped_by = groups_of([(s.name, key) for s in sessions for key in s.scored])
     rows = {s.name: ({k: metrics(s.gold, s.predicted)[k] for k in ("n", "wa_f1", "accuracy")} if s.gold else {"n": 0})
             | {"unlabelled": s.unlabelled, "unanswered": s.unanswered} for s in sessions}
-    return {**metrics(gold, predicted), "wa_f1_interval": bootstrap_wa_f1(gold, predicted, of_session),
+    interval = bootstrap_wa_f1(gold, predicted, groups) | {"groups": grouped_by}
+    return {**metrics(gold, predicted), "wa_f1_interval": interval,
             "sessions": len(sessions), "unlabelled": sum(s.unlabelled for s in sessions),
             "unanswered": sum(s.unanswered for s in sessions), "per_session": rows}
 
 
+def compare_sessions(sessions: list[Session], baseline: list[Session]) -> dict:
+    """WA-F1 of ``sessions`` minus that of ``baseline`` (the same sessions in another condition) on the utterances
+    both scored, paired by session name and utterance key, with the paired interval over sessions."""
+    by_name = {s.name: s for s in baseline}
+    unpaired = sorted(set(by_name) ^ {s.name for s in sessions})
+    if unpaired:
+        raise StudyError(f"--versus must name the same sessions: {unpaired} not in both")
+    paired = [((s.name, key), g, p, by_name[s.name].scored[key][1])  # ((session, key), gold, here, there)
+              for s in sessions for key, (g, p) in s.scored.items() if key in by_name[s.name].scored]
+    keyed, gold, here, there = (list(column) for column in zip(*paired)) if paired else ([], [], [], [])
+    if not gold:
+        raise StudyError("no utterance was scored in both conditions: nothing to compare")
+    groups, grouped_by = groups_of(keyed)
+    return {"n": len(gold), "wa_f1": metrics(gold, here)["wa_f1"], "versus_wa_f1": metrics(gold, there)["wa_f1"],
+            "difference_interval": bootstrap_wa_f1_difference(gold, there, here, groups) | {"groups": grouped_by}}
+
+
 def report_markdown(title: str, score: dict, confusion_image: str = "") -> str:
+    interval = score["wa_f1_interval"]
     lines = [f"# {title}", "", "`python -m ddvlm_ros.study`: the replays' answers files of "
              f"{score['sessions']} sessions pooled.", "",
              f"- utterances scored: {score['n']} (answered and labelled; {score['unlabelled']} answered without a "
              f"label and {score['unanswered']} labelled without an answer are left out)",
-             f"- WA-F1 **{score['wa_f1']:.2f}** ({interval_words(score['wa_f1_interval'], 'sessions')}), macro F1 "
+             f"- WA-F1 **{score['wa_f1']:.2f}** ({interval_words(interval, interval['groups'])}), macro F1 "
              f"{score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}", "", "| class | F1 |", "|---|---|"]
     lines += [f"| {name} | {f1:.2f} |" for name, f1 in score["per_class_f1"].items()]
     lines += ["", "| session | utterances | WA-F1 | accuracy | unlabelled | unanswered |", "|---|---|---|---|---|---|"]
@@ -100,6 +140,13 @@ def report_markdown(title: str, score: dict, confusion_image: str = "") -> str:
     lines += [" ".join(f"{v:5d}" for v in row) for row in score["confusion"]] + ["```"]
     if confusion_image:
         lines += ["", f"![confusion matrix, rows normalised]({confusion_image})"]
+    if "versus" in score:
+        v = score["versus"]
+        d = v["difference_interval"]
+        lines += ["", f"## Against {v['answers']}", "",
+                  f"On the {v['n']} utterances scored in both: WA-F1 {v['wa_f1']:.2f} here, {v['versus_wa_f1']:.2f} "
+                  f"there, a difference of **{d['difference']:+.2f}** (paired {interval_words(d, d['groups'])}; "
+                  f"{100 * d['share_above_0']:.1f} % of the resampled differences above 0)."]
     return "\n".join(lines) + "\n"
 
 
@@ -110,12 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", help="write Markdown here, JSON and the confusion matrix PNG next to it")
     ap.add_argument("--title", default="A study's sessions replayed through the emotion node",
                     help="heading of the --report")
+    ap.add_argument("--versus", nargs="+", metavar="ANSWERS",
+                    help="the same sessions' answers files in another condition: WA-F1 here minus there, paired")
     args = ap.parse_args(argv)
-    names = [Path(a).name.removesuffix(".jsonl") for a in args.answers]
-    if len(set(names)) < len(names):
-        ap.error(f"two answers files name the same session: {sorted(n for n in set(names) if names.count(n) > 1)}")
+    for files in (args.answers, args.versus or []):
+        names = [Path(a).name.removesuffix(".jsonl") for a in files]
+        if len(set(names)) < len(names):
+            ap.error(f"two answers files name the same session: {sorted(n for n in set(names) if names.count(n) > 1)}")
     try:
-        score = score_study([read_session(a) for a in args.answers])
+        sessions = [read_session(a) for a in args.answers]
+        score = score_study(sessions)
+        if args.versus:
+            score["versus"] = {"answers": " ".join(args.versus),
+                               **compare_sessions(sessions, [read_session(a) for a in args.versus])}
     except StudyError as e:
         ap.error(str(e))
     image = ""

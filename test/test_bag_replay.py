@@ -180,7 +180,7 @@ def test_the_reports_wa_f1_interval_resamples_whole_conversations(tmp_path, tiny
     interval = json.loads((tmp_path / "r.json").read_text())["score"]["wa_f1_interval"]
     assert interval == bootstrap_wa_f1(gold, pred, [r["key"].rpartition("/")[0] for r in records])
     assert interval["unit"] == "group" and interval["units"] == 11 and len(records) > 11
-    assert (f"(95 % interval {interval['low']:.2f}-{interval['high']:.2f}, bootstrap over its 11 conversations)"
+    assert (f"(95 % interval {interval['low']:.2f} to {interval['high']:.2f}, bootstrap over its 11 conversations)"
             in (tmp_path / "r.md").read_text())
 
 

@@ -69,7 +69,7 @@ def test_the_readme_quotes_the_committed_meld_test_replays_interval():
     interval = score["wa_f1_interval"]
     assert interval["unit"] == "group" and interval["units"] == 280 and interval["resamples"] == 2000
     readme = " ".join((repo / "README.md").read_text().split())
-    assert (f"on MELD test's 280 dialogues WA-F1 {score['wa_f1']:.2f} has the interval {interval['low']:.2f}-"
+    assert (f"on MELD test's 280 dialogues WA-F1 {score['wa_f1']:.2f} has the interval {interval['low']:.2f} to "
             f"{interval['high']:.2f}") in readme
 
 
@@ -89,6 +89,47 @@ def test_the_defaults_test_interval_is_recomputed_from_its_committed_predictions
     assert bootstrap_wa_f1(gold, test["predictions"], dialogue) == test["wa_f1_interval"]
     interval = test["wa_f1_interval"]
     readme = " ".join((repo / "README.md").read_text().split())
-    assert (f"**test {test['wa_f1']:.2f}**" in readme and f"Its test WA-F1 has the 95 % interval {interval['low']:.2f}-"
-            f"{interval['high']:.2f} over MELD test's {interval['units']} dialogues" in readme)
+    assert f"**test {test['wa_f1']:.2f}**" in readme
+    assert (f"Its test WA-F1 has the 95 % interval {interval['low']:.2f} to {interval['high']:.2f} over MELD test's "
+            f"{interval['units']} dialogues") in readme
     assert f"**Test WA-F1 {test['wa_f1']:.2f}**" in (repo / "MODEL_CARD.md").read_text()
+
+
+def test_the_paired_difference_of_identical_answers_is_zero_and_of_better_answers_above_zero():
+    from ddvlm_core.metrics import bootstrap_wa_f1_difference
+
+    rng = np.random.default_rng(5)
+    gold = rng.integers(0, 7, 600)
+    a = np.where(rng.random(600) < 0.5, gold, rng.integers(0, 7, 600))
+    dialogue = np.arange(600) // 6  # 100 dialogues
+    same = bootstrap_wa_f1_difference(gold, a, a, dialogue)
+    assert (same["difference"], same["low"], same["high"], same["share_above_0"]) == (0.0, 0.0, 0.0, 0.0)
+    b = a.copy()
+    b[:60] = gold[:60]  # b answers the first 10 dialogues right, a as a does elsewhere
+    better = bootstrap_wa_f1_difference(gold, a, b, dialogue)
+    assert better["difference"] == pytest.approx(metrics(gold, b)["wa_f1"] - metrics(gold, a)["wa_f1"])
+    assert 0 < better["low"] < better["difference"] < better["high"] and better["unit"] == "group"
+    assert better["share_above_0"] > 0.95
+    reverse = bootstrap_wa_f1_difference(gold, b, a, dialogue)
+    assert (reverse["difference"], reverse["low"], reverse["high"]) == pytest.approx(
+        (-better["difference"], -better["high"], -better["low"]))
+    # paired: narrower than either score's own interval
+    for answers in (a, b):
+        alone = bootstrap_wa_f1(gold, answers, dialogue)
+        assert better["high"] - better["low"] < alone["high"] - alone["low"]
+
+
+def test_the_difference_of_several_seeds_is_their_mean_on_the_same_resamples():
+    from ddvlm_core.metrics import bootstrap_wa_f1_difference
+
+    rng = np.random.default_rng(9)
+    gold = rng.integers(0, 7, 300)
+    a, b = (np.where(rng.random(300) < share, gold, rng.integers(0, 7, 300)) for share in (0.5, 0.6))
+    dialogue = np.arange(300) // 10
+    one = bootstrap_wa_f1_difference(gold, a, b, dialogue)
+    twice = bootstrap_wa_f1_difference(gold, [a, a], [b, b], dialogue)
+    assert {**twice, "pairs": 1} == pytest.approx(one) and twice["pairs"] == 2
+    crossed = bootstrap_wa_f1_difference(gold, [a, b], [b, a], dialogue)
+    assert (crossed["difference"], crossed["low"], crossed["high"]) == pytest.approx((0.0, 0.0, 0.0), abs=1e-9)
+    with pytest.raises(ValueError, match="the runs must pair up"):
+        bootstrap_wa_f1_difference(gold, [a, a], [b], dialogue)

@@ -138,3 +138,27 @@ def test_reports_name_batches_made_otherwise_than_by_fixed_length_buckets(tmp_pa
     data["config"]["bucket_megabatch"] = 50
     path.write_text(json.dumps(data))
     assert summary(path)["schedule"] == "5 epochs (new length buckets each epoch, groups of 50 batches)"
+
+
+def test_a_report_whose_runs_recorded_test_predictions_gives_the_gain_its_interval(tmp_path):
+    """Two seed pairs on 40 dialogues: the SD runs answer 60 utterances right that the no-SD runs got wrong. The
+    table shows the mean gain with its interval over the dialogues, as bootstrap_wa_f1_difference computes it."""
+    import numpy as np
+
+    from ddvlm_core.metrics import bootstrap_wa_f1_difference
+
+    rng = np.random.default_rng(4)
+    gold = rng.integers(0, 7, 400).tolist()
+    dialogues = [k // 10 for k in range(400)]
+    no_sd = [np.where(rng.random(400) < 0.5, gold, rng.integers(0, 7, 400)) for _ in range(2)]
+    sd = [np.where(np.arange(400) < 60, gold, answers) for answers in no_sd]
+    path = report(tmp_path / "r.json", "full", [0.0, 0.0], [0.0, 0.0])
+    data = json.loads(path.read_text())
+    for row, answers in zip(data["rows"], (sd, no_sd)):
+        for run, predicted in zip(row["runs"], answers):
+            run |= {"test_predictions": predicted.tolist(), "gold": gold, "dialogues": dialogues}
+    path.write_text(json.dumps(data))
+    expected = bootstrap_wa_f1_difference(gold, [a.tolist() for a in no_sd], [a.tolist() for a in sd], dialogues)
+    assert summary(path)["gain_interval"] == expected and expected["low"] > 0
+    assert main([str(path), "--out", str(tmp_path / "t")]) == 0
+    assert f"[{expected['low']:+.2f}, {expected['high']:+.2f}]" in (tmp_path / "t.md").read_text()

@@ -45,7 +45,7 @@ def test_twelve_sessions_pool_their_utterances_and_the_interval_draws_whole_sess
     assert {k: score[k] for k in ("n", "wa_f1", "macro_f1", "accuracy", "confusion")} == {
         k: metrics(gold, predicted)[k] for k in ("n", "wa_f1", "macro_f1", "accuracy", "confusion")}
     groups = [f"P{s:02d}" for s in range(12) for _ in range(15)]
-    assert score["wa_f1_interval"] == bootstrap_wa_f1(gold, predicted, groups)
+    assert score["wa_f1_interval"] == bootstrap_wa_f1(gold, predicted, groups) | {"groups": "sessions"}
     assert score["wa_f1_interval"]["unit"] == "group" and score["sessions"] == 12
     first = metrics([label_id(g) for g, _ in pairs[0]], [label_id(p) for _, p in pairs[0]])
     assert score["per_session"]["P00"] == {"n": 15, "wa_f1": first["wa_f1"], "accuracy": first["accuracy"],
@@ -112,3 +112,72 @@ def test_two_replayed_bags_pool_to_the_metrics_of_both_replays_answers(tmp_path,
         replayed = json.loads((tmp_path / f"{name}.json").read_text())["score"]
         assert score["per_session"][name]["wa_f1"] == replayed["wa_f1"]
         assert score["per_session"][name]["n"] == replayed["n"]
+
+
+def test_one_condition_against_another_pairs_sessions_and_utterances(tmp_path, capsys):
+    """Twelve sessions replayed twice: the second condition answers some utterances right that the first got wrong.
+    Only utterances scored in both are compared; the difference is the second's WA-F1 minus the first's."""
+    from ddvlm_core.metrics import bootstrap_wa_f1_difference
+
+    files, pairs = random_sessions(tmp_path, 12)
+    (tmp_path / "b").mkdir()
+    better, compared = [], []
+    for s, session in enumerate(pairs):
+        fixed = [(g, g if k < 5 else p) for k, (g, p) in enumerate(session)]
+        fixed[-1] = (fixed[-1][0], None)  # unanswered in b: left out of the comparison
+        better.append(write_session(tmp_path / "b" / f"P{s:02d}.jsonl", fixed))
+        compared += [(f"P{s:02d}", g, p, q) for (g, p), (_, q) in zip(session, fixed) if q is not None]
+    assert main([str(f) for f in better] + ["--versus"] + [str(f) for f in files]
+                + ["--report", str(tmp_path / "ab.md")]) == 0
+    versus = json.loads((tmp_path / "ab.json").read_text())["score"]["versus"]
+    gold = [label_id(g) for _, g, _, _ in compared]
+    a, b = [label_id(p) for _, _, p, _ in compared], [label_id(q) for _, _, _, q in compared]
+    assert versus["n"] == len(compared) == 12 * 14
+    assert versus["wa_f1"] == metrics(gold, b)["wa_f1"] and versus["versus_wa_f1"] == metrics(gold, a)["wa_f1"]
+    expected = bootstrap_wa_f1_difference(gold, a, b, [s for s, _, _, _ in compared])
+    assert versus["difference_interval"] == expected | {"groups": "sessions"} and expected["low"] > 0
+    assert (f"a difference of **{expected['difference']:+.2f}** (paired 95 % interval {expected['low']:.2f} to "
+            f"{expected['high']:.2f}, bootstrap over its 12 sessions;") in capsys.readouterr().out
+
+
+def test_versus_must_name_the_same_sessions(tmp_path, capsys):
+    files, _ = random_sessions(tmp_path, 2)
+    other = write_session(tmp_path / "P09.jsonl", [("joy", "joy")])
+    with pytest.raises(SystemExit) as e:
+        main([str(files[0]), str(files[1]), "--versus", str(files[0]), str(other)])
+    assert e.value.code == 2 and "--versus must name the same sessions: ['P01', 'P09'] not in both" in \
+        capsys.readouterr().err
+
+
+def test_fewer_than_ten_sessions_resample_their_conversations(tmp_path, capsys):
+    """Two sessions of six conversations each (keys conversation/utterance): twelve conversations are drawn whole."""
+    rng = np.random.default_rng(7)
+    files = []
+    for name in ("A", "B"):
+        records = []
+        for k in range(36):
+            gold = LABELS[rng.integers(0, 7)]
+            said = gold if rng.random() < 0.6 else LABELS[rng.integers(0, 7)]
+            records.append(json.dumps({"key": f"c{k % 6}/{k}", "gold": gold, "prediction": said}))
+        files.append(tmp_path / f"{name}.jsonl")
+        files[-1].write_text("\n".join(records) + "\n", encoding="utf-8")
+    assert main([str(f) for f in files]) == 0
+    assert "bootstrap over its 12 conversations)" in capsys.readouterr().out
+    score = score_study([read_session(f) for f in files])
+    keys = [f"{name}/c{k % 6}" for name in ("A", "B") for k in range(36)]
+    assert score["wa_f1_interval"] == bootstrap_wa_f1(
+        [g for f in files for g in read_session(f).gold], [p for f in files for p in read_session(f).predicted],
+        keys) | {"groups": "conversations"}
+
+
+def test_the_readme_quotes_the_committed_woq_against_fp32_comparison():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    versus = json.loads((repo / "reports" / "study_woq_vs_fp32.json").read_text())["score"]["versus"]
+    d = versus["difference_interval"]
+    assert versus["n"] == 2610 and d["unit"] == "group" and d["units"] == 280 and d["groups"] == "conversations"
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert (f"WOQ {versus['wa_f1']:.2f}, FP32 {versus['versus_wa_f1']:.2f}, a paired difference of "
+            f"{d['difference']:+.2f} whose 95 % interval over the 280 dialogues is {d['low']:.2f} to {d['high']:.2f}"
+            ) in readme

@@ -60,10 +60,15 @@ ROWS = (
 )
 
 
-def row_score(results: dict, row: Row) -> float:
+def row_test(results: dict, row: Row) -> dict:
+    """The test metrics (and predictions) of the stage the row is scored by, at its dev-selected epoch."""
     stages = results["stages"]
     name = row.score if row.score != "final" else ("fusion" if "best" in stages.get("fusion", {}) else "text")
-    return stages[name]["best"]["test"]["wa_f1"]
+    return stages[name]["best"]["test"]
+
+
+def row_score(results: dict, row: Row) -> float:
+    return row_test(results, row)["wa_f1"]
 
 
 def _job_config(base, row: Row, seed: int):
@@ -95,7 +100,10 @@ def _summary(results: dict, row: Row, seed: int, seconds: float) -> dict:
     earlier = text.get("resumed_after", 0)
     seconds += sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in text.get("history", [])
                    if r["epoch"] <= earlier)
+    predictions = row_test(results, row).get("predictions")
     return {"seed": seed, "test_wa_f1": row_score(results, row), "seconds": round(seconds, 1),
+            **({"test_predictions": predictions, **results["test_examples"]}
+               if predictions is not None and "test_examples" in results else {}),
             **({"resumed_after": earlier} if earlier else {}),
             "text_best_epoch": text.get("best", {}).get("epoch"), "text_kept": text.get("best", {}).get("kept"),
             "text_dev_wa_f1": text.get("best", {}).get("dev_wa_f1"),
@@ -246,6 +254,34 @@ def paired_line(a: dict, b: dict) -> list[str]:
                  f"{spread:.2f} dev WA-F1: kernels that are not deterministic")
     return [f"Paired by seed ({start}): {', '.join(f'seed {k} {d:+.2f}' for k, d in diffs.items())}; "
             f"mean {statistics.mean(diffs.values()):+.2f} ± {statistics.stdev(diffs.values()):.2f}."]
+
+
+def gain_interval(a: dict, b: dict) -> dict | None:
+    """How far the test sample alone could move the mean gain of row ``a`` over row ``b``: the 95 % interval of
+    the seeds' mean paired difference over resamples of the test dialogues, every seed's predictions scored on the
+    same resamples (``ddvlm_core.metrics.bootstrap_wa_f1_difference``); None when the runs recorded no test
+    predictions (reports written before they did)."""
+    from ddvlm_core.metrics import bootstrap_wa_f1_difference
+
+    runs_b = {r["seed"]: r for r in b.get("runs", []) if "test_predictions" in r}
+    pairs = [(r, runs_b[r["seed"]]) for r in a.get("runs", []) if "test_predictions" in r and r["seed"] in runs_b]
+    if not pairs or any((x["gold"], x["dialogues"]) != (pairs[0][0]["gold"], pairs[0][0]["dialogues"])
+                        for pair in pairs for x in pair):
+        return None
+    return bootstrap_wa_f1_difference(pairs[0][0]["gold"], [y["test_predictions"] for _, y in pairs],
+                                      [x["test_predictions"] for x, _ in pairs], pairs[0][0]["dialogues"])
+
+
+def gain_interval_line(a: dict, b: dict) -> list[str]:
+    """``gain_interval`` in words ([] without one)."""
+    from ddvlm_core.metrics import interval_words
+
+    d = gain_interval(a, b)
+    if d is None:
+        return []
+    return [f"Over the test dialogues ({d['pairs']} seed pair{'s' if d['pairs'] > 1 else ''}, every run scored on "
+            f"the same resamples): mean gain {d['difference']:+.2f}, {interval_words(d, 'test dialogues')}; "
+            f"{100 * d['share_above_0']:.1f} % of the resampled gains above 0."]
 
 
 def epoch_means(entry: dict, model: str = "") -> dict[int, tuple[int, float, float]]:
@@ -404,6 +440,7 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", c
         gain = ran["text_sd"]["mean"] - ran["text_no_sd"]["mean"]
         lines += ["", f"Self-distillation gain on the text branch: {gain:+.2f} WA-F1 (paper: +0.67)."]
         lines += paired_line(ran["text_sd"], ran["text_no_sd"])
+        lines += gain_interval_line(ran["text_sd"], ran["text_no_sd"])
         lines += overconfidence_line(ran["text_sd"], ran["text_no_sd"])
     if "text_sd" in ran and "text_no_speakers" in ran:
         gain = ran["text_sd"]["mean"] - ran["text_no_speakers"]["mean"]

@@ -331,7 +331,9 @@ def calibrate_stage(stage: Stage, labels: dict[str, Tensor], lengths: dict[str, 
 
 def evaluate(stage: Stage, split: str, gold: Tensor, lengths: list[int], batch_size: int,
              model: nn.Module | None = None) -> dict:
-    return metrics(gold.numpy(), predict_split(stage, split, lengths, batch_size, model).numpy())
+    """The split's metrics and its predictions (in example order: to compare two runs on the same utterances)."""
+    predictions = predict_split(stage, split, lengths, batch_size, model).numpy()
+    return metrics(gold.numpy(), predictions) | {"predictions": predictions.tolist()}
 
 
 # ---- stages -------------------------------------------------------------------------------------
@@ -543,7 +545,9 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
         f"self-distillation {'on' if cfg.self_distillation else 'off'}, captions: {cfg.caption_source}"
         + (f"; each epoch {cfg.punctuation_dropout:.0%} of the training prompts unpunctuated"
            if cfg.punctuation_dropout else ""))
-    results: dict = {"config": cfg.to_dict(), "hardware": hardware(cfg.device), "stages": {}}
+    results: dict = {"config": cfg.to_dict(), "hardware": hardware(cfg.device), "stages": {},
+                     "test_examples": {"gold": labels["test"].tolist(),  # the order of the stages' test predictions
+                                       "dialogues": [e.dialogue_id for e in data["test"]]}}
     modules = ["text_head"]
     if "text" in cfg.stages:
         stage = text_stage(cfg, model, tok, data, log)

@@ -22,7 +22,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from training.ablate import ROWS, batches_text, epoch_one_spread, hardware_text, read_report, stopped_runs
+from training.ablate import (ROWS, batches_text, epoch_one_spread, gain_interval, hardware_text, read_report,
+                             stopped_runs)
 from training.config import candidates, mode_text
 
 PAPER = {row.name: row.paper for row in ROWS}  # RoBERTa-large, Table 4
@@ -97,6 +98,7 @@ def summary(path: Path) -> dict | None:
         "sd": sd_scores, "no_sd": no_sd_scores,
         "gain": statistics.mean(sd_scores) - statistics.mean(no_sd_scores) if no_sd_scores else None,
         "epoch1_gap": epoch_one_spread(rows["text_sd"], rows["text_no_sd"]) if no_sd else None,
+        "gain_interval": gain_interval(rows["text_sd"], rows["text_no_sd"]) if no_sd else None,
         "best_sd_run": max(sd_scores), "either": either if len(either) == len(sd) else [],
         "test_ceiling": highest_test_score(sd),
     }
@@ -115,13 +117,17 @@ def write(summaries: list[dict], out: Path) -> None:
              "but the most that any other choice of epoch or of student/teacher could have reported from these "
              "runs. *Epoch-1 gap*: the largest dev WA-F1 difference between a seed's SD and no-SD runs after epoch 1, "
              "which is CE only in both: 0 where the kernels are deterministic, so that the SD gain is SD's alone; "
-             "above 0, each paired difference carries that much kernel noise. The lr of a frozen-backbone run is its "
+             "above 0, each paired difference carries that much kernel noise. [low, high] after a gain: its 95 % "
+             "interval over resamples of the test dialogues, the seeds' paired predictions scored on the same "
+             "resamples (reports whose runs recorded their test predictions). The lr of a frozen-backbone run is its "
              "head's.", "",
              "| report | mode | device | schedule | batch | lr | SD | no SD | SD gain | epoch-1 gap | best SD run "
              "| either | test ceiling |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
         gain = f"{s['gain']:+.2f}" if s["gain"] is not None else "—"
+        if s.get("gain_interval"):
+            gain += f" [{s['gain_interval']['low']:+.2f}, {s['gain_interval']['high']:+.2f}]"
         kept = "" if s["sd_select"] == "student" else f" (kept: {s['sd_select']})"
         lines.append(f"| `{s['report']}` | {s['mode']} | {s['device']} | {s['schedule']} | {s['batch_size']} | "
                      f"{s['lr']:g} | {mean_std(s['sd'])}{kept} | {mean_std(s['no_sd'])} | {gain} | "
