@@ -97,6 +97,23 @@ def reliability(probabilities: Tensor, labels: Tensor, n_bins: int = 5) -> list[
     return rows
 
 
+COVERAGE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def coverage(probabilities: Tensor, labels: Tensor, thresholds=COVERAGE_THRESHOLDS) -> list[dict]:
+    """Per confidence threshold t: how many answers have a confidence of t or more (n, and % of all) and how often
+    those are right (%; None when none): what a behaviour that acts only on such answers keeps, and how far it can
+    trust them."""
+    confidence, correct, _ = confidence_bins(probabilities, labels, 1)
+    rows = []
+    for t in thresholds:
+        kept = confidence >= t
+        n = int(kept.sum())
+        rows.append({"threshold": t, "n": n, "share": 100 * n / len(confidence) if len(confidence) else 0.0,
+                     "accuracy": 100 * float(correct[kept].mean()) if n else None})
+    return rows
+
+
 def calibration_metrics(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> dict:
     """NLL, ECE (%), Brier score and mean confidence (%) of softmax(logits / temperature)."""
     probabilities = F.softmax(logits.detach().double().cpu() / temperature, dim=-1)
@@ -108,7 +125,7 @@ def calibration_metrics(logits: Tensor, labels: Tensor, temperature: float = 1.0
             "brier": float(((probabilities - onehot) ** 2).sum(-1).mean()),
             "mean_confidence": 100 * float(probabilities.max(-1).values.mean()),
             "accuracy": 100 * float((probabilities.argmax(-1) == labels).double().mean()),
-            "reliability": reliability(probabilities, labels)}
+            "reliability": reliability(probabilities, labels), "coverage": coverage(probabilities, labels)}
 
 
 def published_calibration(probabilities, labels) -> dict:

@@ -234,7 +234,8 @@ class ReplayResult:
             from ddvlm_core.calibration import published_calibration
 
             published = published_calibration([list(self.prediction(k).probabilities) for k in answered], gold)
-            result["calibration"] = {k: published[k] for k in ("ece", "nll", "mean_confidence", "reliability")}
+            result["calibration"] = {k: published[k] for k in ("ece", "nll", "mean_confidence", "reliability",
+                                                               "coverage")}
         if gold:  # a study's participants: on whom the model is wrong, and how (labelled as / answered as)
             result["per_speaker"] = per_speaker([self.prediction(k).speaker_id for k in answered], gold, pred)
         latencies = [self.answers[k]["text"].latency_ms for k in answered if "text" in self.answers[k]]
@@ -493,6 +494,11 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
                      f"{score['accuracy']:.1f} %, expected calibration error {c['ece']:.2f} %, NLL {c['nll']:.3f}")
     lines += ["", "| class | F1 |", "|---|---|"]
     lines += [f"| {name} | {f1:.2f} |" for name, f1 in score["per_class_f1"].items()]
+    if "coverage" in score.get("calibration", {}):  # answers acted on only above a confidence: how many, how right
+        lines += ["", "| act on answers of confidence at least | answers kept | right |", "|---|---|---|"]
+        lines += [f"| {r['threshold']:.1f} | {r['share']:.1f} % ({r['n']}) | "
+                  + (f"{r['accuracy']:.1f} % |" if r["accuracy"] is not None else "— |")
+                  for r in score["calibration"]["coverage"]]
     speakers = list(score.get("per_speaker", {}).items())
     if speakers:
         lines += ["", "| speaker | utterances | accuracy | labelled most often | answered most often |",

@@ -182,6 +182,15 @@ def test_the_reports_wa_f1_interval_resamples_whole_conversations(tmp_path, tiny
     assert interval["unit"] == "group" and interval["units"] == 11 and len(records) > 11
     assert (f"(95 % interval {interval['low']:.2f} to {interval['high']:.2f}, bootstrap over its 11 conversations)"
             in (tmp_path / "r.md").read_text())
+    # acting only on confident answers: how many each threshold keeps, and how often those are right
+    rows = json.loads((tmp_path / "r.json").read_text())["score"]["calibration"]["coverage"]
+    for row in rows:
+        kept = [r for r in records if max(r["text"]["probabilities"].values()) >= row["threshold"]]
+        assert row["n"] == len(kept) and row["share"] == pytest.approx(100 * len(kept) / len(records))
+        right = [r["gold"] == r["text"]["top_label"] for r in kept]
+        assert row["accuracy"] == (pytest.approx(100 * sum(right) / len(right)) if kept else None)
+    first = f"| {rows[0]['threshold']:.1f} | {rows[0]['share']:.1f} % ({rows[0]['n']}) |"
+    assert first in (tmp_path / "r.md").read_text()
 
 
 def test_committed_sample_bag_replays_through_the_default_checkpoint():

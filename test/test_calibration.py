@@ -168,3 +168,19 @@ def test_calibrate_command_fits_on_dev_writes_the_manifest_and_keeps_every_answe
 
     update_manifest(checkpoint, config={"text_temperature": 1.0})  # since re-trained or reset: not this report's
     assert calibration_lines(report, Path(checkpoint)) == []
+
+
+def test_coverage_says_how_many_answers_a_confidence_threshold_keeps_and_how_often_they_are_right():
+    from ddvlm_core.calibration import coverage
+
+    def answer(confidence, label):  # the rest of the probability spread over the 6 other classes
+        p = torch.full((7,), (1 - confidence) / 6, dtype=torch.float64)
+        p[label] = confidence
+        return p
+
+    probabilities = torch.stack([answer(0.35, 0), answer(0.55, 1), answer(0.75, 2), answer(0.95, 3)])
+    labels = torch.tensor([4, 1, 5, 3])  # the 0.35 and 0.75 answers are wrong
+    rows = coverage(probabilities, labels, thresholds=(0.3, 0.5, 0.7, 0.9, 0.99))
+    assert [(r["threshold"], r["n"], r["share"], r["accuracy"]) for r in rows] == [
+        (0.3, 4, 100.0, 50.0), (0.5, 3, 75.0, pytest.approx(200 / 3)), (0.7, 2, 50.0, 50.0), (0.9, 1, 25.0, 100.0),
+        (0.99, 0, 0.0, None)]

@@ -133,3 +133,17 @@ def test_the_difference_of_several_seeds_is_their_mean_on_the_same_resamples():
     assert (crossed["difference"], crossed["low"], crossed["high"]) == pytest.approx((0.0, 0.0, 0.0), abs=1e-9)
     with pytest.raises(ValueError, match="the runs must pair up"):
         bootstrap_wa_f1_difference(gold, [a, a], [b], dialogue)
+
+
+def test_the_readme_quotes_the_committed_replays_confidence_thresholds():
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    rows = {r["threshold"]: r for r in json.loads((repo / "reports" / "replay_meld_test.json").read_text())
+            ["score"]["calibration"]["coverage"]}
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert (f"acts only on answers of confidence 0.7 or more acts on {rows[0.7]['share']:.1f} % of the utterances and "
+            f"is right {rows[0.7]['accuracy']:.1f} % of the time (0.5 or more: {rows[0.5]['share']:.1f} % and "
+            f"{rows[0.5]['accuracy']:.1f} %; 0.8: {rows[0.8]['share']:.1f} % and {rows[0.8]['accuracy']:.1f} %); no "
+            "answer reaches 0.9") in readme and rows[0.9]["n"] == 0
