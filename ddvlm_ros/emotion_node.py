@@ -99,6 +99,7 @@ class EmotionNode(LifecycleNode):
         self._last_output = ""  # the last /emotion answer, in words (diagnostics)
         self._active = False
         self._hri = None  # ddvlm_ros.ros4hri.Ros4HriBridge while active with ros4hri: true
+        self._crops = None  # ddvlm_ros.ros4hri.PersonCrops while active with ros4hri: true and a captioner
         self._last_voice_speech: float | None = None  # monotonic time of the last ROS4HRI speech result
         self._hri_status = "off"
         self._inputs_group = MutuallyExclusiveCallbackGroup()
@@ -220,6 +221,10 @@ class EmotionNode(LifecycleNode):
         if self._hri is not None:
             self._hri.stop()
             self._hri = None
+        if self._crops is not None:
+            self._crops.stop()
+            self._crops = None
+            self.pipeline.crops_of = lambda voice: []
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -604,6 +609,18 @@ class EmotionNode(LifecycleNode):
         self._hri = Ros4HriBridge(self, self._on_voice_final, self._on_voice_incremental, self._next_id, self._now,
                                   self._qos("transcript"), callback_group=self._inputs_group)
         self._hri_status = "on"
+        if self.pipeline.captioner is not None:  # whose body or face a voice's frames should show
+            from ddvlm_ros.ros4hri import PersonCrops
+
+            crops = self._crops = PersonCrops(self, self._on_person_crop, self._qos("image"),
+                                              callback_group=self._inputs_group)
+            self.pipeline.crops_of = lambda voice: crops.crops_of(voice) if self.p("caption_person_crops") else []
+
+    def _on_person_crop(self, key: str, msg: Image) -> None:
+        if msg.height == 0 or msg.width == 0 or len(msg.data) < msg.step * msg.height:
+            self._bad_frames += 1
+            return
+        self.pipeline.add_person_frame(key, self._frame_stamp(msg.header), ("raw", msg), now=self._now())
 
     def _on_voice_final(self, voice: str, msg, start: float | None, uid: str) -> None:
         received = self._last_voice_speech = time.monotonic()
@@ -661,6 +678,8 @@ class EmotionNode(LifecycleNode):
                        "frames_thinned": s.frames_thinned,
                        "frames_dropped_future": s.frames_dropped_future, "caption_errors": s.caption_errors,
                        "caption_timeouts": s.caption_timeouts, "caption_prefetch_hits": s.caption_prefetch_hits,
+                       "captions_made_from": ", ".join(f"{source} {n}" for source, n in
+                                                       sorted(s.caption_frames_from.items())) or "none yet",
                        "windows_without_frames": s.windows_without_frames,
                        "frame_window_miss": s.frame_window_miss,
                        "windows_cut_short": self.pipeline.window_cut_summary(),

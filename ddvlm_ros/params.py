@@ -145,6 +145,10 @@ PARAMS: tuple[Param, ...] = (
     Param("ros4hri", False, "ROS4HRI: voices of /humans/voices/tracked, final /humans/voices/<id>/speech as "
           "transcripts (speaker = voice id), results mirrored as hri_msgs/Expression on "
           "/humans/voices/<id>/expression", applies="activate"),
+    Param("caption_person_crops", True, "with ros4hri and a captioner: caption a voice's utterance from the crops "
+          "of its person's body (/humans/bodies/<id>/cropped), else face, when the person manager links them "
+          "(/humans/persons/<id>/voice_id, body_id, face_id) and they have frames in its window; else from the "
+          "camera", applies="now"),
     Param("autostart", False, "configure and activate on start (for launch setups without a lifecycle manager)",
           applies="start"),
 )

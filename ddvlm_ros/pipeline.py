@@ -18,7 +18,7 @@ import math
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -125,6 +125,7 @@ class Stats:
     caption_errors: int = 0
     caption_timeouts: int = 0
     caption_prefetch_hits: int = 0  # final utterances whose caption was made while they were spoken
+    caption_frames_from: Counter = field(default_factory=Counter)  # "camera" | "body" | "face" -> captions made
     windows_without_frames: int = 0  # final utterances (with a captioner) whose window gave no frame to caption
     windows_cut_short: int = 0  # final windows whose start had left the frame buffer when the transcript came
     window_cut_last: tuple[float, float, int] = (0.0, 0.0, 0)  # the latest: seconds lost, its length, buffer needed
@@ -244,6 +245,7 @@ class FrameBuffer:
 
 
 MAX_PREFETCHED = 256  # streaming captions waiting for their final utterance
+MAX_PERSON_BUFFERS = 32  # crops of people's bodies and faces buffered (ROS4HRI), each as long as the camera's
 
 
 @dataclass
@@ -292,6 +294,10 @@ class EmotionPipeline:
         self.frames_per_window, self.caption_timeout_s = frames_per_window, caption_timeout_s
         self.stats = Stats()
         self.frames = FrameBuffer(frame_buffer_s, self.stats, max_rate_hz=frame_rate_hz)
+        self.frame_buffer_s, self.frame_rate_hz = frame_buffer_s, frame_rate_hz
+        self.person_frames: dict[str, FrameBuffer] = {}  # "body/<id>" | "face/<id>" -> that crop's frames
+        self._person_stats = Stats()  # their counts (the camera's are the diagnostics')
+        self.crops_of: Callable[[str], list[str]] = lambda voice: []  # a voice -> its person's crop keys, best first
         self.conversations: dict[str, Conversation] = {}
         self._jobs: queue.Queue = queue.Queue(maxsize=queue_size)
         self._captions: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -466,6 +472,7 @@ class EmotionPipeline:
         (else every new frame would be older than the kept span), the contexts after the utterances queued
         before the jump (as ``reset('')``), and the streaming captions with them."""
         self.frames.clear()
+        self.person_frames.clear()
         self._prefetched.clear()
         with self._partials_lock:
             self._partials.clear()
@@ -498,6 +505,29 @@ class EmotionPipeline:
 
     def add_frame(self, stamp: float, frame: Any, now: float | None = None) -> bool:
         return self.frames.add(stamp, frame, now)
+
+    def add_person_frame(self, key: str, stamp: float, frame: Any, now: float | None = None) -> bool:
+        """A crop of a person's body or face (``key`` "body/<id>" or "face/<id>"), kept as camera frames are; the
+        buffers of MAX_PERSON_BUFFERS crops at most, those that sent nothing for longest go first."""
+        buffer = self.person_frames.get(key)
+        if buffer is None:
+            buffer = self.person_frames[key] = FrameBuffer(self.frame_buffer_s, self._person_stats,
+                                                           max_rate_hz=self.frame_rate_hz)
+            while len(self.person_frames) > MAX_PERSON_BUFFERS:
+                stale = min(self.person_frames, key=lambda k: (self.person_frames[k].span() or (0.0, -math.inf))[1])
+                del self.person_frames[stale]
+        return buffer.add(stamp, frame, now)
+
+    def _window_frames(self, utt: UtteranceIn) -> tuple[list, float, str]:
+        """(the frames of the utterance's window, seconds of it that had left their buffer, where they come from):
+        a voice's person's crops, body first, when they have frames in the window (``crops_of``); else the
+        camera's."""
+        for key in self.crops_of(utt.voice_id) if utt.voice_id else ():
+            buffer = self.person_frames.get(key)
+            raw = buffer.window(*utt.window) if buffer is not None else []
+            if raw:
+                return raw, buffer.lost_s(*utt.window), key.partition("/")[0]
+        return self.frames.window(*utt.window), self.frames.lost_s(*utt.window), "camera"
 
     # ---- workers ---------------------------------------------------------------------------------
     def _jobs_of(self, jobs: queue.Queue, generation: int):
@@ -627,7 +657,7 @@ class EmotionPipeline:
         if later and self.revise_answers:
             self._revise(conv, conv.dialogue.turns[len(turns):])
         if self.captioner is not None:  # its frames as buffered now: a busy captioner must not see them dropped
-            window = (self.frames.window(*utt.window), self.frames.lost_s(*utt.window))
+            window = self._window_frames(utt)
             try:
                 self._captions.put_nowait(("final", (utt, turns, time.monotonic(), window)))
             except queue.Full:
@@ -896,11 +926,12 @@ class EmotionPipeline:
             return caption
         return None
 
-    def _caption_window(self, utt: UtteranceIn, final: tuple[list, float] | None = None):
+    def _caption_window(self, utt: UtteranceIn, final: tuple[list, float, str] | None = None):
         """The caption of the utterance's window: of the frames buffered now (a partial result's), or of ``final``
-        (the frames buffered when the final transcript was answered, and how many seconds of the window had left the
-        buffer by then), which are checked (``_watch_cut``, ``_check_window``)."""
-        raw, lost_s = final if final is not None else (self.frames.window(*utt.window), 0.0)
+        (the frames buffered when the final transcript was answered, how many seconds of the window had left the
+        buffer by then, and where they came from: ``_window_frames``), which are checked (``_watch_cut``,
+        ``_check_window``). Each caption made is counted by where its frames came from."""
+        raw, lost_s, source = final if final is not None else self._window_frames(utt)
         frames = self._decode_window(raw)
         if final is not None:
             self._watch_cut(utt, lost_s)
@@ -914,7 +945,10 @@ class EmotionPipeline:
             self.stats.last_error = f"captioner {type(e).__name__}: {e}"
             self.log("error", f"captioner failed on {utt.utterance_id!r}: {e}")
             return None
-        return caption if caption.text else None
+        if not caption.text:
+            return None
+        self.stats.caption_frames_from[source] += 1
+        return caption
 
     def _decode_window(self, raw: list[tuple[float, Any]]) -> list[Frame]:
         """The frames of a window the captioner will look at, decoded: its ``frames_per_window`` picked uniformly

@@ -9,6 +9,12 @@
   message's constants; ``confidence`` is the top probability. Valence and arousal are not estimated by
   this model and are NaN (0 would read as "neutral valence"). REP-155 puts face expressions under
   /humans/faces/<id>/expression; a person manager links a voice to a face.
+- ``PersonCrops``: the person manager's links (``/humans/persons/tracked``; per person ``voice_id``, ``body_id``
+  and ``face_id``, std_msgs/String, latched) and the crops of the tracked bodies and faces
+  (``/humans/bodies/<id>/cropped``, ``/humans/faces/<id>/cropped``, sensor_msgs/Image). With several people in
+  view the camera's frame shows all of them, while the captions that trained the visual branch came from MELD's
+  clips, which mostly frame the speaker: a voice's utterance is captioned from its own person's body crops, else
+  face crops, when the person manager links them (``caption_person_crops``).
 """
 from __future__ import annotations
 
@@ -17,6 +23,9 @@ import threading
 from typing import Callable
 
 VOICES = "/humans/voices"
+PERSONS = "/humans/persons"
+CROPPED = {"body": "/humans/bodies", "face": "/humans/faces"}  # crop kind -> its REP-155 namespace
+LINKS = ("voice_id", "body_id", "face_id")  # a person's links, in the order their crops are preferred
 
 EXPRESSION_NAME = {  # MELD label -> hri_msgs/Expression constant name
     "neutral": "NEUTRAL", "surprise": "SURPRISED", "fear": "SCARED", "sadness": "SAD",
@@ -107,3 +116,79 @@ class Ros4HriBridge:
                 self.node.destroy_publisher(pub)
             self.voices.clear()
         self.node.destroy_subscription(self.tracked)
+
+
+class PersonCrops:
+    """Which bodies and faces belong to each voice (REP-155's person manager), and their crops, on one node.
+
+    ``on_crop(key, msg)`` receives every crop (``key`` "body/<id>" or "face/<id>"); ``crops_of(voice)`` gives the
+    keys of its person's crops, body first. The links are latched: they are subscribed with transient-local
+    durability, as hri_person_manager publishes them, so that a node started later still reads them."""
+
+    def __init__(self, node, on_crop: Callable, qos, callback_group=None):
+        from hri_msgs.msg import IdsList
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+        self.node, self.on_crop, self.qos, self.group = node, on_crop, qos, callback_group
+        self.latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                  reliability=ReliabilityPolicy.RELIABLE)
+        self.lock = threading.Lock()
+        self.persons: dict[str, list] = {}  # person id -> its link subscriptions
+        self.links: dict[str, dict[str, str]] = {}  # person id -> {"voice_id": .., "body_id": .., "face_id": ..}
+        self.crops: dict[str, object] = {}  # "body/<id>" | "face/<id>" -> its crop subscription
+        self.tracked = [node.create_subscription(IdsList, f"{PERSONS}/tracked", self._on_persons, 10,
+                                                 callback_group=callback_group)]
+        self.tracked += [node.create_subscription(IdsList, f"{space}/tracked",
+                                                  lambda m, k=kind: self._on_tracked_crops(k, m), 10,
+                                                  callback_group=callback_group)
+                         for kind, space in CROPPED.items()]
+
+    def _on_persons(self, msg) -> None:
+        from std_msgs.msg import String
+
+        ids = {i for i in msg.ids if valid_id(i)}
+        with self.lock:
+            for gone in set(self.persons) - ids:
+                for sub in self.persons.pop(gone):
+                    self.node.destroy_subscription(sub)
+                self.links.pop(gone, None)
+            for person in sorted(ids - set(self.persons)):
+                self.links[person] = {}
+                self.persons[person] = [
+                    self.node.create_subscription(String, f"{PERSONS}/{person}/{link}",
+                                                  lambda m, p=person, k=link: self._on_link(p, k, m), self.latched,
+                                                  callback_group=self.group) for link in LINKS]
+
+    def _on_link(self, person: str, link: str, msg) -> None:
+        with self.lock:
+            if person in self.links:
+                self.links[person][link] = msg.data.strip()
+
+    def _on_tracked_crops(self, kind: str, msg) -> None:
+        from sensor_msgs.msg import Image
+
+        ids = {f"{kind}/{i}" for i in msg.ids if valid_id(i)}
+        with self.lock:
+            mine = {key for key in self.crops if key.startswith(f"{kind}/")}
+            for gone in mine - ids:
+                self.node.destroy_subscription(self.crops.pop(gone))
+            for key in sorted(ids - mine):
+                self.crops[key] = self.node.create_subscription(
+                    Image, f"{CROPPED[kind]}/{key.partition('/')[2]}/cropped",
+                    lambda m, k=key: self.on_crop(k, m), self.qos, callback_group=self.group)
+
+    def crops_of(self, voice: str) -> list[str]:
+        """The crop keys of the person whose voice is ``voice``, body first ([] when no person links it)."""
+        with self.lock:
+            for links in self.links.values():
+                if voice and links.get("voice_id") == voice:
+                    return [f"{kind}/{links[f'{kind}_id']}" for kind in CROPPED if links.get(f"{kind}_id")]
+        return []
+
+    def stop(self) -> None:
+        with self.lock:
+            for sub in [*self.tracked, *self.crops.values(), *(s for subs in self.persons.values() for s in subs)]:
+                self.node.destroy_subscription(sub)
+            self.persons.clear()
+            self.links.clear()
+            self.crops.clear()

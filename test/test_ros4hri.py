@@ -181,3 +181,71 @@ def test_two_voices_saying_the_same_words_at_once_are_both_answered(harness, tin
     h.publish(hri.LiveSpeech, "/humans/voices/bob/speech", speech(final="Yes, we want to play!", stamp=now))
     assert sorted(m.speaker_id for m in h.wait_for(2)) == ["anna", "bob"]
     assert h.node.pipeline.stats.copies_dropped == 0
+
+
+class ShapeCaptioner:
+    """Records the image shape of each caption's frames."""
+
+    name = "shapes"
+
+    def __init__(self):
+        self.shapes = []
+
+    def caption(self, frames, window=None):
+        from ddvlm_core.captioner import Caption
+
+        self.shapes.append({f.image.shape for f in frames})
+        return Caption("The head is turning left.", self.name, len(frames))
+
+
+def image(stamp, height, width, value):
+    import numpy as np
+    from sensor_msgs.msg import Image
+
+    msg = Image(height=height, width=width, encoding="rgb8", step=width * 3,
+                data=np.full((height, width, 3), value, np.uint8).tobytes())
+    msg.header.stamp = sec_to_stamp(stamp, Time)
+    return msg
+
+
+def test_a_voices_utterance_is_captioned_from_its_persons_body_crops(harness, tiny_visual_checkpoint):
+    """The person manager links voice anna to person p1 and p1 to body b1 (latched, as hri_person_manager publishes
+    them): anna's utterance is captioned from b1's 24x16 crops, not the camera's 64x64 scene. With
+    caption_person_crops false, or for a voice no person links, the camera's frames are captioned."""
+    from rclpy.parameter import Parameter
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", ros4hri=True).start()
+    recorder = h.node.pipeline.captioner = ShapeCaptioner()
+    track(h, "anna", "bob")
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+    links = {link: h.client.create_publisher(String, f"/humans/persons/p1/{link}", latched)
+             for link in ("voice_id", "body_id")}
+    links["voice_id"].publish(String(data="anna"))
+    links["body_id"].publish(String(data="b1"))
+    h.publish(hri.IdsList, "/humans/persons/tracked", hri.IdsList(ids=["p1"]))
+    h.publish(hri.IdsList, "/humans/bodies/tracked", hri.IdsList(ids=["b1"]))
+    deadline = time.monotonic() + 15
+    while (h.node._crops.crops_of("anna") != ["body/b1"] or "body/b1" not in h.node._crops.crops) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert h.node._crops.crops_of("anna") == ["body/b1"] and h.node._crops.crops_of("bob") == []
+
+    def say(voice, words):
+        now = h.now()
+        for k in range(5):  # the camera and b1's crops over the second before now
+            h.publish(Image, "image", image(now - 1.0 + 0.2 * k, 64, 64, 40))
+            h.publish(Image, "/humans/bodies/b1/cropped", image(now - 1.0 + 0.2 * k, 24, 16, 200))
+            time.sleep(0.05)
+        h.settle()
+        answered = len(h.received)
+        until(h, voice, speech(final=words, stamp=now), lambda: len(h.received) == answered + 2)
+        return recorder.shapes[-1]
+
+    assert say("anna", "I got the job!") == {(24, 16, 3)}
+    assert say("bob", "No way!") == {(64, 64, 3)}  # no person links bob
+    h.node.set_parameters([Parameter("caption_person_crops", value=False)])
+    assert say("anna", "They called this morning.") == {(64, 64, 3)}
+    status = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert status["captions_made_from"] == "body 1, camera 2"
