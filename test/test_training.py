@@ -584,6 +584,8 @@ def test_export_rebuilds_the_run_checkpoint_from_its_best_weights(tmp_path, tiny
     assert a.probabilities == b.probabilities
     from training.export import main as export_main
 
+    best = json.loads((exported / "manifest.json").read_text())["text_best"]  # scores, not the run's answers
+    assert 0 <= best["test"]["wa_f1"] <= 100 and "predictions" not in best["test"] and "predictions" not in best["dev"]
     manifest = (exported / "manifest.json").read_bytes()
     with pytest.raises(SystemExit) as exit_:  # a checkpoint (e.g. checkpoints/default) is not overwritten silently
         export_main([str(tmp_path / "run"), str(exported)])

@@ -40,7 +40,9 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
         load_trainable_state(model.text, best)
         modules.append("backbone")
     result = json.loads((run_dir / "text" / "last" / "state.json").read_text())["info"]
-    extra = {"trained_by": "training.export", "run": cfg.to_dict(), "text_best": result["best"]}
+    best_scores = {k: ({m: v for m, v in x.items() if m != "predictions"} if isinstance(x, dict) else x)
+                   for k, x in result["best"].items()}  # the manifest keeps the scores, not every answer
+    extra = {"trained_by": "training.export", "run": cfg.to_dict(), "text_best": best_scores}
     if all((run_dir / stage / BEST).is_file() for stage in ("visual", "fusion")):  # else a text-only checkpoint
         load_trainable_state(model.visual, load_file(run_dir / "visual" / BEST))
         load_trainable_state(model.fusion, load_file(run_dir / "fusion" / BEST))
