@@ -101,17 +101,28 @@ COVERAGE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def coverage(probabilities: Tensor, labels: Tensor, thresholds=COVERAGE_THRESHOLDS) -> list[dict]:
+    """``coverage_of`` the answers' confidence (max_c p_c) and whether each is right."""
+    confidence, correct, _ = confidence_bins(probabilities, labels, 1)
+    return coverage_of(confidence.tolist(), correct.bool().tolist(), thresholds)
+
+
+def coverage_of(confidence: list[float], correct: list[bool], thresholds=COVERAGE_THRESHOLDS) -> list[dict]:
     """Per confidence threshold t: how many answers have a confidence of t or more (n, and % of all) and how often
     those are right (%; None when none): what a behaviour that acts only on such answers keeps, and how far it can
     trust them."""
-    confidence, correct, _ = confidence_bins(probabilities, labels, 1)
     rows = []
     for t in thresholds:
-        kept = confidence >= t
-        n = int(kept.sum())
-        rows.append({"threshold": t, "n": n, "share": 100 * n / len(confidence) if len(confidence) else 0.0,
-                     "accuracy": 100 * float(correct[kept].mean()) if n else None})
+        kept = [ok for c, ok in zip(confidence, correct) if c >= t]
+        rows.append({"threshold": t, "n": len(kept), "share": 100 * len(kept) / len(confidence) if confidence else 0.0,
+                     "accuracy": 100 * sum(kept) / len(kept) if kept else None})
     return rows
+
+
+def coverage_table(rows: list[dict]) -> list[str]:
+    """``coverage_of``'s rows as Markdown table lines."""
+    return ["| act on answers of confidence at least | answers kept | right |", "|---|---|---|"] + [
+        f"| {r['threshold']:.1f} | {r['share']:.1f} % ({r['n']}) | "
+        + (f"{r['accuracy']:.1f} % |" if r["accuracy"] is not None else "— |") for r in rows]
 
 
 def calibration_metrics(logits: Tensor, labels: Tensor, temperature: float = 1.0) -> dict:

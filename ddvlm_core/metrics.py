@@ -72,6 +72,7 @@ def resampled_wa_f1(y_true, predictions: list, groups=None, resamples: int = BOO
 
 
 def percentile_interval(scores: np.ndarray, level: float, unit: str, units: int) -> dict:
+    """The central ``level`` share of resampled ``scores`` (percentiles), with what was resampled."""
     if not 0 < level < 1:
         raise ValueError(f"0 < level < 1 needed, got {level}")
     low, high = np.percentile(scores, [50 * (1 - level), 50 * (1 + level)])
@@ -84,8 +85,6 @@ def bootstrap_wa_f1(y_true, y_pred, groups=None, resamples: int = BOOTSTRAP_RESA
     """The percentile interval of WA-F1 at ``level`` over ``resamples`` bootstrap resamples (``resampled_wa_f1``:
     whole groups when ``groups`` has MIN_CLUSTERS or more). Returns {"low", "high", "level", "resamples",
     "unit": "group"|"utterance", "units": how many}."""
-    if not 0 < level < 1:
-        raise ValueError(f"0 < level < 1 needed, got {level}")
     scores, unit, units = resampled_wa_f1(y_true, [y_pred], groups, resamples, seed)
     return percentile_interval(scores[0], level, unit, units)
 
@@ -99,8 +98,6 @@ def bootstrap_wa_f1_difference(y_true, pred_a, pred_b, groups=None, resamples: i
     difference is then the mean over the pairs, on each resample too (the test sample's uncertainty of a mean over
     seeds, the seeds as they ran). Returns bootstrap_wa_f1's keys plus "difference", "share_above_0" (of the
     resampled differences) and "pairs"."""
-    if not 0 < level < 1:
-        raise ValueError(f"0 < level < 1 needed, got {level}")
     runs_a, runs_b = (np.atleast_2d(np.asarray(p, dtype=int)) for p in (pred_a, pred_b))
     if len(runs_a) != len(runs_b):
         raise ValueError(f"{len(runs_a)} runs against {len(runs_b)}: the runs must pair up")

@@ -36,14 +36,15 @@ import numpy as np
 from rosbags.rosbag2 import Reader
 
 from ddvlm_core.arrival_order import LATE_FLAG, REVISED_FLAG
+from ddvlm_core.calibration import coverage_table
 from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, has_text,
                                 non_speech)
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.language import NOT_ENGLISH_FLAG
+from ddvlm_core.metrics import bootstrap_wa_f1, confusion_png, interval_words, metrics
 from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.speech_timing import AsrTiming
-from ddvlm_core.metrics import bootstrap_wa_f1, confusion_png, interval_words, metrics
 from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
@@ -495,10 +496,7 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
     lines += ["", "| class | F1 |", "|---|---|"]
     lines += [f"| {name} | {f1:.2f} |" for name, f1 in score["per_class_f1"].items()]
     if "coverage" in score.get("calibration", {}):  # answers acted on only above a confidence: how many, how right
-        lines += ["", "| act on answers of confidence at least | answers kept | right |", "|---|---|---|"]
-        lines += [f"| {r['threshold']:.1f} | {r['share']:.1f} % ({r['n']}) | "
-                  + (f"{r['accuracy']:.1f} % |" if r["accuracy"] is not None else "— |")
-                  for r in score["calibration"]["coverage"]]
+        lines += ["", *coverage_table(score["calibration"]["coverage"])]
     speakers = list(score.get("per_speaker", {}).items())
     if speakers:
         lines += ["", "| speaker | utterances | accuracy | labelled most often | answered most often |",
@@ -544,7 +542,7 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
 
 def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
     """One record per replayed final utterance (in order): its text, refined and latest revised answers, the label
-    it is scored by (``prediction``: its latest answer's) and the gold label."""
+    it is scored by and its confidence (``prediction``, ``confidence``: its latest answer's) and the gold label."""
     def answer(msg):
         return None if msg is None else {
             "top_label": msg.top_label, "confidence": msg.confidence,
@@ -558,6 +556,7 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
         first = entry.get("text") or entry.get("refined")
         records.append({"key": key, "speaker_id": first.speaker_id if first else None,
                         "prediction": scored.top_label if scored else None,
+                        "confidence": float(scored.confidence) if scored else None,
                         "speaker_token": first.speaker_token if first else None,
                         "transcript": result.texts.get(key), "gold": labels.get(key),
                         "span_s": list(result.spans[key]) if key in result.spans else None,

@@ -12,7 +12,8 @@ session's utterances share a participant, a room and a robot behaviour and are n
 ``MIN_CLUSTERS`` sessions it draws whole conversations (a MELD bag's dialogues), with fewer of those utterances, and
 the report says which. Each utterance is scored by the answer the
 replay scored (``prediction``: its latest; answers files written before it: the revised, else the refined, else
-the text answer).
+the text answer), and the study says what acting only on confident answers keeps and how often those are right
+(``ddvlm_core.calibration.coverage_of``).
 
 With ``--versus``, the same sessions replayed in another condition (another checkpoint, ``--param quantized:=true``,
 another ASR): each session's utterances are paired by key, and the report gives WA-F1 of this condition minus that
@@ -23,9 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ddvlm_core.calibration import coverage_of, coverage_table
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.metrics import (MIN_CLUSTERS, bootstrap_wa_f1, bootstrap_wa_f1_difference, confusion_png,
                                 interval_words, metrics)
@@ -39,6 +41,7 @@ class StudyError(ValueError):
 class Session:
     name: str  # the answers file's name without .jsonl
     scored: dict[str, tuple[int, int]]  # key -> (gold, predicted) label ids of the labelled, answered utterances
+    confidence: dict[str, float] = field(default_factory=dict)  # key -> the scored answer's confidence, when known
     unlabelled: int = 0  # answered utterances without a gold label
     unanswered: int = 0  # labelled utterances the node did not answer
 
@@ -51,13 +54,13 @@ class Session:
         return [p for _, p in self.scored.values()]
 
 
-def scored_label(record: dict) -> str | None:
-    """The label the replay scored an utterance by: its ``prediction``, else its latest answer's (revised, refined,
-    text); None when it was not answered."""
+def scored_answer(record: dict) -> tuple[str | None, float | None]:
+    """(the label the replay scored an utterance by, its confidence): its ``prediction`` and ``confidence``, else
+    its latest answer's (revised, refined, text); (None, None) when it was not answered."""
     if "prediction" in record:
-        return record["prediction"]
+        return record["prediction"], record.get("confidence")
     answer = record.get("revised") or record.get("refined") or record.get("text")
-    return answer["top_label"] if answer else None
+    return (answer["top_label"], answer.get("confidence")) if answer else (None, None)
 
 
 def read_session(path: str | Path) -> Session:
@@ -73,9 +76,11 @@ def read_session(path: str | Path) -> Session:
             continue
         try:
             record = json.loads(line)
-            key, gold, answer = record["key"], record["gold"], scored_label(record)
+            (key, gold), (answer, confidence) = (record["key"], record["gold"]), scored_answer(record)
             if gold is not None and answer is not None:
                 session.scored[key] = (label_id(gold), LABELS.index(answer))
+                if confidence is not None:
+                    session.confidence[key] = float(confidence)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise StudyError(f"{path}, line {number}: not a replay answer record ({type(e).__name__}: {e})") from None
         session.unlabelled += gold is None and answer is not None
@@ -102,7 +107,9 @@ def score_study(sessions: list[Session]) -> dict:
     rows = {s.name: ({k: metrics(s.gold, s.predicted)[k] for k in ("n", "wa_f1", "accuracy")} if s.gold else {"n": 0})
             | {"unlabelled": s.unlabelled, "unanswered": s.unanswered} for s in sessions}
     interval = bootstrap_wa_f1(gold, predicted, groups) | {"groups": grouped_by}
+    confident = [(s.confidence[k], g == p) for s in sessions for k, (g, p) in s.scored.items() if k in s.confidence]
     return {**metrics(gold, predicted), "wa_f1_interval": interval,
+            **({"coverage": coverage_of(*zip(*confident))} if len(confident) == len(gold) else {}),
             "sessions": len(sessions), "unlabelled": sum(s.unlabelled for s in sessions),
             "unanswered": sum(s.unanswered for s in sessions), "per_session": rows}
 
@@ -133,6 +140,8 @@ def report_markdown(title: str, score: dict, confusion_image: str = "") -> str:
              f"- WA-F1 **{score['wa_f1']:.2f}** ({interval_words(interval, interval['groups'])}), macro F1 "
              f"{score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}", "", "| class | F1 |", "|---|---|"]
     lines += [f"| {name} | {f1:.2f} |" for name, f1 in score["per_class_f1"].items()]
+    if "coverage" in score:
+        lines += ["", *coverage_table(score["coverage"])]
     lines += ["", "| session | utterances | WA-F1 | accuracy | unlabelled | unanswered |", "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {r['n']} | " + (f"{r['wa_f1']:.2f} | {r['accuracy']:.2f}" if r["n"] else "- | -")
               + f" | {r['unlabelled']} | {r['unanswered']} |" for name, r in score["per_session"].items()]

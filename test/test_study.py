@@ -5,20 +5,28 @@ import json
 import numpy as np
 import pytest
 
+from ddvlm_core.calibration import coverage_of
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.metrics import bootstrap_wa_f1, metrics
 from ddvlm_ros.study import main, read_session, score_study
 
 
+def confidence_of(k: int) -> float:
+    """The confidence the answer to the k-th utterance of a session is given: 0.35 ... 0.9."""
+    return 0.35 + 0.05 * (k % 12)
+
+
 def write_session(path, pairs, old_format=False):
-    """An answers file of (gold, predicted) pairs; None for an unlabelled or unanswered utterance."""
+    """An answers file of (gold, predicted) pairs (the k-th answer of confidence ``confidence_of(k)``); None for
+    an unlabelled or unanswered utterance."""
     lines = []
     for k, (gold, predicted) in enumerate(pairs):
-        answer = None if predicted is None else {"top_label": predicted, "confidence": 0.5}
+        answer = None if predicted is None else {"top_label": predicted, "confidence": confidence_of(k)}
         record = {"key": f"default/{k + 1}", "speaker_id": "p", "gold": gold, "text": answer, "refined": None,
                   "revised": None}
         if not old_format:
             record["prediction"] = predicted
+            record["confidence"] = None if predicted is None else confidence_of(k)
         lines.append(json.dumps(record))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -50,7 +58,12 @@ def test_twelve_sessions_pool_their_utterances_and_the_interval_draws_whole_sess
     first = metrics([label_id(g) for g, _ in pairs[0]], [label_id(p) for _, p in pairs[0]])
     assert score["per_session"]["P00"] == {"n": 15, "wa_f1": first["wa_f1"], "accuracy": first["accuracy"],
                                            "unlabelled": 0, "unanswered": 0}
+    confident = [(confidence_of(k), g == p) for session in pairs for k, (g, p) in enumerate(session)]
+    assert score["coverage"] == coverage_of(*zip(*confident))  # every answer's confidence, pooled
+    seven = [ok for c, ok in confident if c >= 0.7]
     markdown = (tmp_path / "study.md").read_text()
+    row = f"| 0.7 | {100 * len(seven) / len(confident):.1f} % ({len(seven)}) | {100 * sum(seven) / len(seven):.1f} % |"
+    assert row in markdown
     assert "bootstrap over its 12 sessions)" in markdown and f"| P00 | 15 | {first['wa_f1']:.2f} |" in markdown
     assert (tmp_path / "study.confusion.png").stat().st_size > 0 and markdown in capsys.readouterr().out
 
@@ -64,6 +77,7 @@ def test_unlabelled_and_unanswered_utterances_are_counted_not_scored_and_old_fil
                "refined": {"top_label": "neutral"}, "revised": {"top_label": "sadness"}}
     (tmp_path / "S2.jsonl").write_text(json.dumps(revised) + "\n\n", encoding="utf-8")
     assert read_session(tmp_path / "S2.jsonl").predicted == [label_id("sadness")]
+    assert old.confidence == {"default/1": confidence_of(0)}  # an old file: its latest answer's confidence
     score = score_study([old, read_session(tmp_path / "S2.jsonl")])
     assert score["n"] == 2 and score["accuracy"] == 100.0 and (score["unlabelled"], score["unanswered"]) == (1, 1)
     assert score["wa_f1_interval"]["unit"] == "utterance"  # two sessions: too few to resample
@@ -106,6 +120,9 @@ def test_two_replayed_bags_pool_to_the_metrics_of_both_replays_answers(tmp_path,
     records = [json.loads(line) for name in ("S1", "S2")
                for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
     assert score["n"] == len(records) and all(r["prediction"] == r["text"]["top_label"] for r in records)
+    assert all(r["confidence"] == pytest.approx(r["text"]["confidence"]) for r in records)
+    assert score["coverage"] == coverage_of([r["confidence"] for r in records],
+                                            [r["prediction"] == r["gold"] for r in records])
     assert score["wa_f1"] == metrics([label_id(r["gold"]) for r in records],
                                      [label_id(r["prediction"]) for r in records])["wa_f1"]
     for name in ("S1", "S2"):
