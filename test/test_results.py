@@ -154,11 +154,39 @@ def test_a_report_whose_runs_recorded_test_predictions_gives_the_gain_its_interv
     sd = [np.where(np.arange(400) < 60, gold, answers) for answers in no_sd]
     path = report(tmp_path / "r.json", "full", [0.0, 0.0], [0.0, 0.0])
     data = json.loads(path.read_text())
+    from training.ablate import label_string, run_lengths
+
     for row, answers in zip(data["rows"], (sd, no_sd)):
         for run, predicted in zip(row["runs"], answers):
-            run |= {"test_predictions": predicted.tolist(), "gold": gold, "dialogues": dialogues}
+            run |= {"test_predictions": label_string(predicted.tolist()), "test_gold": label_string(gold),
+                    "test_dialogues": run_lengths(dialogues)}
     path.write_text(json.dumps(data))
     expected = bootstrap_wa_f1_difference(gold, [a.tolist() for a in no_sd], [a.tolist() for a in sd], dialogues)
     assert summary(path)["gain_interval"] == expected and expected["low"] > 0
     assert main([str(path), "--out", str(tmp_path / "t")]) == 0
     assert f"[{expected['low']:+.2f}, {expected['high']:+.2f}]" in (tmp_path / "t.md").read_text()
+
+
+def test_test_answers_are_kept_compactly_and_read_back_unchanged():
+    from training.ablate import from_run_lengths, label_string, labels_of, run_lengths
+
+    assert label_string([0, 6, 3, 3]) == "0633" and labels_of("0633") == [0, 6, 3, 3]
+    dialogues = [0, 0, 0, 1, 2, 2, 0]  # a dialogue met again later is a new run
+    assert run_lengths(dialogues) == "0:3,1:1,2:2,0:1" and from_run_lengths(run_lengths(dialogues)) == dialogues
+    assert run_lengths([]) == "" and from_run_lengths("") == []
+
+
+def test_the_readme_quotes_the_frozen_runs_sd_gain_and_its_interval():
+    import re
+
+    from training.ablate import gain_interval
+
+    rows = {r["row"]: r for r in json.loads((REPO / "reports" / "ablation_frozen_either.json").read_text())["rows"]}
+    d = gain_interval(rows["text_sd"], rows["text_no_sd"])
+    assert d["pairs"] == 3 and d["units"] == 280 and d["high"] < 0
+    readme = " ".join((REPO / "README.md").read_text().split())
+    said = re.search(r"There SD scores ([\d.]+) ± ([\d.]+) and no SD ([\d.]+) ± ([\d.]+): a gain of (-?[\d.]+) whose "
+                     r"95 % interval over the test dialogues is (-?[\d.]+) to (-?[\d.]+)", readme)
+    sd, no_sd = rows["text_sd"], rows["text_no_sd"]
+    measured = (sd["mean"], sd["std"], no_sd["mean"], no_sd["std"], d["difference"], d["low"], d["high"])
+    assert [float(x) for x in said.groups()] == [round(v, 2) for v in measured]

@@ -655,13 +655,17 @@ def test_parallel_ablation_runs_each_seed_as_its_own_process_and_matches_in_proc
     assert "epoch 1 is identical" in report  # CE only in both, deterministic CPU kernels: measured, not claimed
     # each run keeps its dev-selected test predictions; the mean gain's interval resamples the test dialogues
     from ddvlm_core.metrics import bootstrap_wa_f1_difference, metrics
+    from training.ablate import from_run_lengths, labels_of
 
     sd_runs, no_sd_runs = parallel[0]["runs"], parallel[1]["runs"]
+    gold, dialogues = labels_of(sd_runs[0]["test_gold"]), from_run_lengths(sd_runs[0]["test_dialogues"])
     for one in sd_runs + no_sd_runs:
-        assert len(one["test_predictions"]) == len(one["gold"]) == len(one["dialogues"]) > 0
-        assert metrics(one["gold"], one["test_predictions"])["wa_f1"] == pytest.approx(one["test_wa_f1"])
-    interval = bootstrap_wa_f1_difference(sd_runs[0]["gold"], [r["test_predictions"] for r in no_sd_runs],
-                                          [r["test_predictions"] for r in sd_runs], sd_runs[0]["dialogues"])
+        assert len(one["test_predictions"]) == len(gold) == len(dialogues) > 0
+        assert metrics(gold, labels_of(one["test_predictions"]))["wa_f1"] == pytest.approx(one["test_wa_f1"])
+    saved = json.loads((tmp_path / "par" / "run" / "ablation" / "text_sd" / "seed0" / "results.json").read_text())
+    assert dialogues == saved["test_examples"]["dialogues"] and gold == saved["test_examples"]["gold"]
+    interval = bootstrap_wa_f1_difference(gold, [labels_of(r["test_predictions"]) for r in no_sd_runs],
+                                          [labels_of(r["test_predictions"]) for r in sd_runs], dialogues)
     mean_gain = sum(by_seed["text_sd"][k] - by_seed["text_no_sd"][k] for k in (0, 1)) / 2
     assert interval["difference"] == pytest.approx(mean_gain, abs=1e-9)
     assert (f"Over the test dialogues (2 seed pairs, every run scored on the same resamples): mean gain "

@@ -100,10 +100,10 @@ def _summary(results: dict, row: Row, seed: int, seconds: float) -> dict:
     earlier = text.get("resumed_after", 0)
     seconds += sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in text.get("history", [])
                    if r["epoch"] <= earlier)
-    predictions = row_test(results, row).get("predictions")
+    predictions, examples = row_test(results, row).get("predictions"), results.get("test_examples")
     return {"seed": seed, "test_wa_f1": row_score(results, row), "seconds": round(seconds, 1),
-            **({"test_predictions": predictions, **results["test_examples"]}
-               if predictions is not None and "test_examples" in results else {}),
+            **({"test_predictions": label_string(predictions), "test_gold": label_string(examples["gold"]),
+                "test_dialogues": run_lengths(examples["dialogues"])} if predictions and examples else {}),
             **({"resumed_after": earlier} if earlier else {}),
             "text_best_epoch": text.get("best", {}).get("epoch"), "text_kept": text.get("best", {}).get("kept"),
             "text_dev_wa_f1": text.get("best", {}).get("dev_wa_f1"),
@@ -256,6 +256,31 @@ def paired_line(a: dict, b: dict) -> list[str]:
             f"mean {statistics.mean(diffs.values()):+.2f} ± {statistics.stdev(diffs.values()):.2f}."]
 
 
+def label_string(labels: list[int]) -> str:
+    """Label ids (0-6) as one digit each: a run's 2,610 test answers in 2,610 characters of the report's JSON."""
+    return "".join(map(str, labels))
+
+
+def labels_of(digits: str) -> list[int]:
+    return [int(d) for d in digits]
+
+
+def run_lengths(ids: list[int]) -> str:
+    """"id:count,..." of the test examples' dialogue ids, in order: each dialogue and how many of its utterances
+    follow each other (a dialogue met again later starts a new run)."""
+    out: list[list[int]] = []
+    for i in ids:
+        if out and out[-1][0] == i:
+            out[-1][1] += 1
+        else:
+            out.append([i, 1])
+    return ",".join(f"{i}:{n}" for i, n in out)
+
+
+def from_run_lengths(runs: str) -> list[int]:
+    return [int(i) for i, n in (run.split(":") for run in runs.split(",") if run) for _ in range(int(n))]
+
+
 def gain_interval(a: dict, b: dict) -> dict | None:
     """How far the test sample alone could move the mean gain of row ``a`` over row ``b``: the 95 % interval of
     the seeds' mean paired difference over resamples of the test dialogues, every seed's predictions scored on the
@@ -265,11 +290,14 @@ def gain_interval(a: dict, b: dict) -> dict | None:
 
     runs_b = {r["seed"]: r for r in b.get("runs", []) if "test_predictions" in r}
     pairs = [(r, runs_b[r["seed"]]) for r in a.get("runs", []) if "test_predictions" in r and r["seed"] in runs_b]
-    if not pairs or any((x["gold"], x["dialogues"]) != (pairs[0][0]["gold"], pairs[0][0]["dialogues"])
+    first = pairs[0][0] if pairs else {}
+    if not pairs or any((x["test_gold"], x["test_dialogues"]) != (first["test_gold"], first["test_dialogues"])
                         for pair in pairs for x in pair):
         return None
-    return bootstrap_wa_f1_difference(pairs[0][0]["gold"], [y["test_predictions"] for _, y in pairs],
-                                      [x["test_predictions"] for x, _ in pairs], pairs[0][0]["dialogues"])
+    return bootstrap_wa_f1_difference(labels_of(first["test_gold"]),
+                                      [labels_of(y["test_predictions"]) for _, y in pairs],
+                                      [labels_of(x["test_predictions"]) for x, _ in pairs],
+                                      from_run_lengths(first["test_dialogues"]))
 
 
 def gain_interval_line(a: dict, b: dict) -> list[str]:
