@@ -811,3 +811,16 @@ def test_a_fine_tuned_copy_of_the_backbone_does_not_reuse_its_cached_features(tm
         h[name] = {p.name: load_file(p)["h_text"] for p in cache.glob("dev-*.safetensors")}
     (base,), (new,) = h["base"].values(), [v for k, v in h["tuned"].items() if k not in h["base"]]
     assert base.shape == new.shape and not torch.allclose(base, new)  # its own features, not the base model's
+
+
+def test_the_run_config_is_replaced_whole_so_that_another_rank_never_reads_half_of_it(tmp_path):
+    """Rank 0 rewrites config.json while rank 1 of the same call reads the earlier one (refuse_other_runs_state):
+    a rename, never a truncated file, and no temporary file left."""
+    from training.loop import write_atomically
+
+    target = tmp_path / "config.json"
+    target.write_text('{"seed": 0}', encoding="utf-8")
+    before = target.stat().st_ino
+    write_atomically(target, '{"seed": 1}')
+    assert json.loads(target.read_text()) == {"seed": 1} and target.stat().st_ino != before  # a new file swapped in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]

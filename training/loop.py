@@ -451,6 +451,14 @@ def stages_to_run(cfg: TrainConfig) -> tuple[str, ...]:
     return stages
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """``text`` to ``path`` through a temporary file and a rename: a reader sees the old file or the new one whole,
+    never one being written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def refuse_other_runs_state(run_dir: Path, cfg: TrainConfig) -> None:
     """A run resumes from the state its directory holds; a directory holding the state of a run of another
     configuration is refused (resuming would mix two runs). Where it ran (HOSTING_KEYS) may differ."""
@@ -535,8 +543,8 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
     refuse_other_runs_state(run_dir, cfg)
     cfg = dataclasses.replace(cfg, stages=stages_to_run(cfg))  # with the finished stages they build on
     run_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1), encoding="utf-8")
+    if rank == 0:  # whole or not at all: another rank may be reading the earlier call's (refuse_other_runs_state)
+        write_atomically(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
     model, tok = DDVLM.from_backbone(cfg.model_config())
     data = build_data(cfg, tok)
     labels = {s: torch.tensor([e.label for e in data[s]]) for s in SPLITS}
