@@ -190,3 +190,21 @@ def test_the_readme_quotes_the_frozen_runs_sd_gain_and_its_interval():
     sd, no_sd = rows["text_sd"], rows["text_no_sd"]
     measured = (sd["mean"], sd["std"], no_sd["mean"], no_sd["std"], d["difference"], d["low"], d["high"])
     assert [float(x) for x in said.groups()] == [round(v, 2) for v in measured]
+
+
+def test_the_readme_quotes_table_4s_speaker_token_effect_and_its_interval():
+    import re
+
+    from training.ablate import gain_interval
+
+    rows = {r["row"]: r for r in json.loads((REPO / "reports" / "ablation.json").read_text())["rows"]}
+    d = gain_interval(rows["text_sd"], rows["text_no_speakers"])
+    assert d["pairs"] == 3 and d["units"] == 280
+    report = (REPO / "reports" / "ablation.md").read_text()
+    assert f"mean gain {d['difference']:+.2f}, 95 % interval {d['low']:.2f} to {d['high']:.2f}" in report
+    readme = " ".join((REPO / "README.md").read_text().split())
+    said = re.search(r"SD without speaker tokens ([\d.]+) ± ([\d.]+), so speaker tokens change WA-F1 by (-?[\d.]+), "
+                     r"whose 95 % interval over the test dialogues is (-?[\d.]+) to (-?[\d.]+)", readme)
+    none = rows["text_no_speakers"]
+    measured = (none["mean"], none["std"], d["difference"], d["low"], d["high"])
+    assert [float(x) for x in said.groups()] == [round(v, 2) for v in measured]

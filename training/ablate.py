@@ -473,6 +473,7 @@ def write_report(entries: list[dict], base, path: Path = REPORTS / "ablation", c
     if "text_sd" in ran and "text_no_speakers" in ran:
         gain = ran["text_sd"]["mean"] - ran["text_no_speakers"]["mean"]
         lines += ["", f"Speaker tokens (SD text branch with vs without `<sN>`): {gain:+.2f} WA-F1."]
+        lines += gain_interval_line(ran["text_sd"], ran["text_no_speakers"])
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
