@@ -96,16 +96,23 @@ def groups_of(keyed: list[tuple[str, str]]) -> tuple[list[str], str]:
     return [f"{session}/{key.rpartition('/')[0]}" for session, key in keyed], "conversations"
 
 
+def session_row(session: Session) -> dict:
+    """A session's line: its scored utterances, WA-F1 and accuracy, and what was left out."""
+    scores = metrics(session.gold, session.predicted) if session.gold else {"n": 0}
+    return {k: scores[k] for k in ("n", "wa_f1", "accuracy") if k in scores} | {
+        "unlabelled": session.unlabelled, "unanswered": session.unanswered}
+
+
 def score_study(sessions: list[Session]) -> dict:
-    """Pooled metrics of the sessions' scored utterances with the session-resampled WA-F1 interval, and each
-    session's numbers."""
+    """Pooled metrics of the sessions' scored utterances with the WA-F1 interval over sessions (or their
+    conversations: ``groups_of``), the confidence thresholds when every answer has a confidence, and each
+    session's line."""
     gold = [g for s in sessions for g in s.gold]
     if not gold:
         raise StudyError("no session has an utterance both labelled and answered: nothing to score")
     predicted = [p for s in sessions for p in s.predicted]
     groups, grouped_by = groups_of([(s.name, key) for s in sessions for key in s.scored])
-    rows = {s.name: ({k: metrics(s.gold, s.predicted)[k] for k in ("n", "wa_f1", "accuracy")} if s.gold else {"n": 0})
-            | {"unlabelled": s.unlabelled, "unanswered": s.unanswered} for s in sessions}
+    rows = {s.name: session_row(s) for s in sessions}
     interval = bootstrap_wa_f1(gold, predicted, groups) | {"groups": grouped_by}
     confident = [(s.confidence[k], g == p) for s in sessions for k, (g, p) in s.scored.items() if k in s.confidence]
     return {**metrics(gold, predicted), "wa_f1_interval": interval,
