@@ -128,9 +128,9 @@ def model_rows(model_dir: str) -> tuple[list[dict], dict]:
             for rtf, placed in ((None, False), (MODEL_RTF, False), (MODEL_RTF, True))}  # the rows hold it
     node = held[MODEL_RTF, True]  # an ASR per voice, placed: the node
     late, revised, offset = [], [], 0  # utterances delivered late, and answered again: scored apart in every row
-    for rows, held in zip(data, node):
-        late += sorted(offset + i for i in held.late)
-        revised += [offset + i for i in range(len(rows)) if held.latest[i] != held.first[i]]
+    for rows, one in zip(data, node):
+        late += sorted(offset + i for i in one.late)
+        revised += [offset + i for i in range(len(rows)) if one.latest[i] != one.first[i]]
         offset += len(rows)
     predicted: dict[tuple, object] = {}  # a context seen in an earlier row is not predicted again
     out = []
@@ -145,7 +145,7 @@ def model_rows(model_dir: str) -> tuple[list[dict], dict]:
         print(f"{name}: WA-F1 {out[-1]['wa_f1']:.2f}, on the {len(late)} late ones {out[-1]['late']['wa_f1']:.2f}, "
               f"on the {len(revised)} revised ones {out[-1]['revised']['wa_f1']:.2f} ({n_new} contexts predicted)",
               flush=True)
-    delays = sorted(d for held in node for d in held.revision_delays)
+    delays = sorted(d for one in node for d in one.revision_delays)
     return out, {"answers": len(delays), "utterances": len(revised),
                  "delay_s": {"p50": round(float(np.percentile(delays, 50)), 2),
                              "p90": round(float(np.percentile(delays, 90)), 2), "max": round(max(delays), 2)}}

@@ -120,3 +120,17 @@ def test_the_readme_states_the_rule_and_the_numbers_of_the_committed_report():
         f"{revised['revised']['wa_f1']:.2f} revised, a revision coming {delay['p50']:.2f} s after the first answer "
         f"at the median ({delay['p90']:.2f} s at p90), and {report['revisions']['answers']} answers again in all "
         f"({100 * report['revisions']['answers'] / in_order['n']:.0f} % more inferences than transcripts)") in readme
+
+
+def test_the_benchs_model_rows_score_each_answer_set_up(tiny_text_checkpoint, monkeypatch):
+    """bench/late_transcripts.py's model part on three MELD test dialogues (6, 11, 24: one answer revised in each at
+    RTF 0.5) with a tiny model: its four rows score every utterance, and three answers were published again."""
+    import ddvlm_core.meld
+
+    bench = load_bench("late_transcripts")
+    chosen = {k: rows for k, rows in ddvlm_core.meld.dialogues("test").items() if k in (6, 11, 24)}
+    monkeypatch.setattr(ddvlm_core.meld, "dialogues", lambda split: chosen)
+    rows, revisions = bench.model_rows(tiny_text_checkpoint)
+    assert [r["row"] for r in rows] == list(bench.ROWS)
+    assert all(r["n"] == 12 for r in rows) and revisions["answers"] == 3 and revisions["utterances"] == 3
+    assert [r["revised"]["n"] for r in rows] == [3] * 4
