@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from bench.late_transcripts import ENDPOINT_S, RTFS  # noqa: E402  the same ASR model
 from bench.shared import write_report  # noqa: E402
 from ddvlm_core.speech_timing import AsrTiming  # noqa: E402
+from ddvlm_ros.time_labels import overlap  # noqa: E402  seconds two spans share
 
 DEFAULT = AsrTiming()  # the node's: text_window_s, text_asr_endpoint_s and text_asr_rtf's defaults (tested)
 
@@ -72,10 +73,6 @@ def arrivals(rows, rtf: float) -> list[float]:
         busy = max(end + ENDPOINT_S, busy) + rtf * (end - start)
         out.append(busy)
     return out
-
-
-def overlap(a: tuple[float, float], b: tuple[float, float]) -> float:
-    return max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
 
 
 def covered(window: tuple[float, float], spans: list[tuple[float, float]]) -> float:

@@ -118,6 +118,18 @@ def interval_words(interval: dict, groups: str) -> str:
             f"{resampled}")
 
 
+def class_f1_lines(per_class_f1: dict[str, float]) -> list[str]:
+    """A report's per-class F1 as Markdown table lines."""
+    return ["| class | F1 |", "|---|---|"] + [f"| {name} | {f1:.2f} |" for name, f1 in per_class_f1.items()]
+
+
+def confusion_lines(confusion: list[list[int]], image: str = "") -> list[str]:
+    """A report's confusion counts as a Markdown code block, and the drawn matrix (``confusion_png``) when given."""
+    lines = ["Confusion (rows gold, columns predicted, order " + ", ".join(LABELS) + "):", "", "```"]
+    lines += [" ".join(f"{v:5d}" for v in row) for row in confusion] + ["```"]
+    return lines + (["", f"![confusion matrix, rows normalised]({image})"] if image else [])
+
+
 def confusion_png(confusion: list[list[int]], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix as a heat map with counts (rows: gold, columns: predicted)."""
     import cv2

@@ -424,7 +424,7 @@ class EmotionNode(LifecycleNode):
         said (``asr_timing``), the next id of the node's counter, the conversation_id parameter's conversation."""
         received, end = time.monotonic(), self._now()
         header = Header(stamp=sec_to_stamp(end, type(Header().stamp)), frame_id="")
-        start, said_until = self.asr_timing().said(text, end)
+        start, said_until = self._window(text, None, end, stamped=False)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text, start, end,
                                          received, header, source=source, said_until=said_until))
 
@@ -492,10 +492,16 @@ class EmotionNode(LifecycleNode):
     def _frame_stamp(self, header) -> float:
         return stamp_to_sec(header.stamp) or self._now()
 
-    def _on_image(self, msg: Image) -> None:
-        self._seen("image_topic")
+    def _raw_frame_ok(self, msg: Image) -> bool:
+        """Whether a raw image has pixels and all of its rows' bytes (else counted as a bad frame)."""
         if msg.height == 0 or msg.width == 0 or len(msg.data) < msg.step * msg.height:
             self._bad_frames += 1
+            return False
+        return True
+
+    def _on_image(self, msg: Image) -> None:
+        self._seen("image_topic")
+        if not self._raw_frame_ok(msg):
             return
         self.pipeline.add_frame(self._frame_stamp(msg.header), ("raw", msg), now=self._now())
 
@@ -617,8 +623,7 @@ class EmotionNode(LifecycleNode):
             self.pipeline.crops_of = lambda voice: crops.crops_of(voice) if self.p("caption_person_crops") else []
 
     def _on_person_crop(self, key: str, msg: Image) -> None:
-        if msg.height == 0 or msg.width == 0 or len(msg.data) < msg.step * msg.height:
-            self._bad_frames += 1
+        if not self._raw_frame_ok(msg):
             return
         self.pipeline.add_person_frame(key, self._frame_stamp(msg.header), ("raw", msg), now=self._now())
 

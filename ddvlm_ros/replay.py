@@ -41,7 +41,8 @@ from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FL
                                 non_speech)
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.language import NOT_ENGLISH_FLAG
-from ddvlm_core.metrics import bootstrap_wa_f1, confusion_png, interval_words, metrics
+from ddvlm_core.metrics import (bootstrap_wa_f1, class_f1_lines, confusion_lines, confusion_png, interval_words,
+                                metrics)
 from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.speech_timing import AsrTiming
@@ -229,15 +230,16 @@ class ReplayResult:
         gold = [label_id(labels[k]) for k in answered] if labels else []
         pred = [LABELS.index(self.prediction(k).top_label) for k in answered]
         result = metrics(gold, pred) if gold else {"n": 0}
-        if gold:  # how far WA-F1 could move on another sample of such conversations
-            result["wa_f1_interval"] = bootstrap_wa_f1(gold, pred, [k.rpartition("/")[0] for k in answered])
-        if gold:  # how far the published confidence can be trusted on this bag (ddvlm_core.calibration)
+        if gold:
             from ddvlm_core.calibration import published_calibration
 
+            # how far WA-F1 could move on another sample of such conversations
+            result["wa_f1_interval"] = bootstrap_wa_f1(gold, pred, [k.rpartition("/")[0] for k in answered])
+            # how far the published confidence can be trusted on this bag (ddvlm_core.calibration)
             published = published_calibration([list(self.prediction(k).probabilities) for k in answered], gold)
             result["calibration"] = {k: published[k] for k in ("ece", "nll", "mean_confidence", "reliability",
                                                                "coverage")}
-        if gold:  # a study's participants: on whom the model is wrong, and how (labelled as / answered as)
+            # a study's participants: on whom the model is wrong, and how (labelled as / answered as)
             result["per_speaker"] = per_speaker([self.prediction(k).speaker_id for k in answered], gold, pred)
         latencies = [self.answers[k]["text"].latency_ms for k in answered if "text" in self.answers[k]]
         result |= {
@@ -493,8 +495,7 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
         c = score["calibration"]
         lines.append(f"- confidence as published: mean {c['mean_confidence']:.1f} % against accuracy "
                      f"{score['accuracy']:.1f} %, expected calibration error {c['ece']:.2f} %, NLL {c['nll']:.3f}")
-    lines += ["", "| class | F1 |", "|---|---|"]
-    lines += [f"| {name} | {f1:.2f} |" for name, f1 in score["per_class_f1"].items()]
+    lines += ["", *class_f1_lines(score["per_class_f1"])]
     if "coverage" in score.get("calibration", {}):  # answers acted on only above a confidence: how many, how right
         lines += ["", *coverage_table(score["calibration"]["coverage"])]
     speakers = list(score.get("per_speaker", {}).items())
@@ -505,10 +506,7 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
                   f"{r['answered_most']} |" for name, r in speakers[:MAX_SPEAKER_ROWS]]
         if len(speakers) > MAX_SPEAKER_ROWS:
             lines.append(f"| {len(speakers) - MAX_SPEAKER_ROWS} more speakers (JSON: score.per_speaker) | | | | |")
-    lines += ["", "Confusion (rows gold, columns predicted, order " + ", ".join(LABELS) + "):", "", "```"]
-    lines += [" ".join(f"{v:5d}" for v in row) for row in score["confusion"]] + ["```"]
-    if confusion_image:
-        lines += ["", f"![confusion matrix, rows normalised]({confusion_image})"]
+    lines += ["", *confusion_lines(score["confusion"], confusion_image)]
     return "\n".join(lines) + "\n"
 
 

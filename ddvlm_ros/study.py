@@ -29,8 +29,8 @@ from pathlib import Path
 
 from ddvlm_core.calibration import coverage_of, coverage_table
 from ddvlm_core.labels import LABELS, label_id
-from ddvlm_core.metrics import (MIN_CLUSTERS, bootstrap_wa_f1, bootstrap_wa_f1_difference, confusion_png,
-                                interval_words, metrics)
+from ddvlm_core.metrics import (MIN_CLUSTERS, bootstrap_wa_f1, bootstrap_wa_f1_difference, class_f1_lines,
+                                confusion_lines, confusion_png, interval_words, metrics)
 
 
 class StudyError(ValueError):
@@ -145,17 +145,13 @@ def report_markdown(title: str, score: dict, confusion_image: str = "") -> str:
              f"- utterances scored: {score['n']} (answered and labelled; {score['unlabelled']} answered without a "
              f"label and {score['unanswered']} labelled without an answer are left out)",
              f"- WA-F1 **{score['wa_f1']:.2f}** ({interval_words(interval, interval['groups'])}), macro F1 "
-             f"{score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}", "", "| class | F1 |", "|---|---|"]
-    lines += [f"| {name} | {f1:.2f} |" for name, f1 in score["per_class_f1"].items()]
+             f"{score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}", "", *class_f1_lines(score["per_class_f1"])]
     if "coverage" in score:
         lines += ["", *coverage_table(score["coverage"])]
     lines += ["", "| session | utterances | WA-F1 | accuracy | unlabelled | unanswered |", "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {r['n']} | " + (f"{r['wa_f1']:.2f} | {r['accuracy']:.2f}" if r["n"] else "- | -")
               + f" | {r['unlabelled']} | {r['unanswered']} |" for name, r in score["per_session"].items()]
-    lines += ["", "Confusion (rows gold, columns predicted, order " + ", ".join(LABELS) + "):", "", "```"]
-    lines += [" ".join(f"{v:5d}" for v in row) for row in score["confusion"]] + ["```"]
-    if confusion_image:
-        lines += ["", f"![confusion matrix, rows normalised]({confusion_image})"]
+    lines += ["", *confusion_lines(score["confusion"], confusion_image)]
     if "versus" in score:
         v = score["versus"]
         d = v["difference_interval"]
