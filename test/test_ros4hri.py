@@ -249,3 +249,10 @@ def test_a_voices_utterance_is_captioned_from_its_persons_body_crops(harness, ti
     assert say("anna", "They called this morning.") == {(64, 64, 3)}
     status = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert status["captions_made_from"] == "body 1, camera 2"
+    broken = image(h.now(), 24, 16, 200)
+    broken.data = broken.data[:100]  # rows cut short: counted as a bad frame, not buffered, the node answers on
+    h.publish(Image, "/humans/bodies/b1/cropped", broken)
+    deadline = time.monotonic() + 10
+    while h.node._bad_frames == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert h.node._bad_frames == 1 and say("bob", "Still there?") == {(64, 64, 3)}
