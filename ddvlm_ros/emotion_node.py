@@ -19,7 +19,6 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
-from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -33,6 +32,7 @@ from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
 from ddvlm_ros.convert import (AsrJson, asr_json, compressed_msg_to_rgb, cv_bridge_problem, image_msg_to_rgb,
                                parse_transcript, prediction_to_msg, sec_to_stamp, stamp_to_sec, use_cv_bridge)
+from ddvlm_ros.compat import PublisherEventCallbacks, SubscriptionEventCallbacks, add_after_set_parameters
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
 from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
 from ddvlm_ros.spin import spin_until_shutdown
@@ -67,8 +67,7 @@ class EmotionNode(LifecycleNode):
         for p in PARAMS:  # typed by ddvlm_ros.params.coerce, so a wrong type is a clear configure error, not a crash
             self.declare_parameter(p.name, p.default, ParameterDescriptor(
                 description=p.described(), additional_constraints=p.constraint(), dynamic_typing=True))
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._after_set_parameters)
+        add_after_set_parameters(self, self._on_set_parameters, self._after_set_parameters)
         self._values_in_use: dict[str, object] = {}  # parameters read at configure / activate: the values read
         self.pipeline: EmotionPipeline | None = None
         self.recognizer = None

@@ -2,7 +2,7 @@
 # Generate and install an interface package into the venv, which is the ROS prefix here.
 #   scripts/build_msgs.sh                          ddvlm_msgs from msg/
 #   scripts/build_msgs.sh third_party/hri_msgs     the vendored ROS4HRI subset (only if hri_msgs does not import)
-# Recipe and pitfalls: ros-kilted-* wheels from PyPI + Debian cmake/g++ (see README, "Messages").
+# Recipe and pitfalls: ros-kilted-* (or ros-jazzy-*) wheels from PyPI + Debian cmake/g++ (see README, "Messages").
 # Idempotent: skips the build when the installed package matches the hash of its sources.
 set -euo pipefail
 SRC=${1:-msg}
@@ -23,7 +23,7 @@ command -v cmake >/dev/null && command -v g++ >/dev/null || {
 # Pitfall 3: the wheels' exported CMake targets name the wheel build host's include dirs.
 PYINC=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 NPINC=$($PY -c 'import numpy; print(numpy.get_include())')
-sed -i "s#/opt/python/cp311-cp311/include/python3.11#$PYINC#g; s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$NPINC#g" \
+sed -E -i "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$PYINC#g; s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$NPINC#g" \
   "$VENV"/share/*/cmake/export_*__rosidl_generator_pyExport.cmake
 # Pitfall 2: the ament index is found through the environment.
 export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV PATH=$VENV/bin:$PATH

@@ -13,11 +13,11 @@ from ddvlm_ros.emotion_node import EmotionNode
 
 
 class Harness:
-    def __init__(self, **params):
+    def __init__(self, node_class=EmotionNode, **params):
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         overrides = [Parameter(k, value=v) for k, v in params.items()]
-        self.node = EmotionNode(parameter_overrides=overrides, context=self.context)
+        self.node = node_class(parameter_overrides=overrides, context=self.context)
         self.client = rclpy.create_node("ddvlm_test_client", context=self.context)
         self.received: list[EmotionDistribution] = []
         self.client.create_subscription(EmotionDistribution, "emotion", self.received.append, 200)

@@ -26,7 +26,7 @@ def test_cli_parses_speaker_prefixed_turns():
     ("ddvlm_ros.bag", ["{tmp}/bag", "--split", "val"], "MELD split must be one of"),
     ("ddvlm_ros.bag", ["{tmp}/bag", "--dialogues", "0,one"], "comma-separated dialogue ids or all"),
     ("ddvlm_ros.bag", ["{tmp}/bag", "--frames", "clips"], "needs the MELD.Raw folder"),
-    ("ddvlm_ros.replay", ["{tmp}/no_bag"], "cannot read bag"),
+    pytest.param("ddvlm_ros.replay", ["{tmp}/no_bag"], "cannot read bag", marks=pytest.mark.ros),
     ("ddvlm_ros.study", ["{tmp}/no_answers.jsonl"], "no_answers.jsonl: cannot be read"),
     ("training.evaluate", ["{tmp}/no_checkpoint"], "does not exist"),
     ("training.calibrate", ["{tmp}/no_checkpoint"], "does not exist"),

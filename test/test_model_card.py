@@ -172,6 +172,7 @@ def test_the_card_command_refuses_what_is_not_a_run_or_a_checkpoint_with_one_lin
     assert not (tmp_path / "card.md").exists()
 
 
+@pytest.mark.ros  # the bench replays a bag through rclpy's deserializer
 def test_the_card_says_what_transcripts_without_punctuation_cost_from_a_bench_run_of_the_checkpoint(
         tmp_path, tiny_text_checkpoint):
     """bench/asr_noise.py with its rows without punctuation, on a tiny checkpoint: its JSON gives the card's line."""

@@ -3,11 +3,11 @@ import time
 
 import pytest
 
-rclpy = pytest.importorskip("rclpy")
-from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
+import rclpy
+from rclpy.serialization import deserialize_message, serialize_message
 
-from ddvlm_msgs.msg import EmotionDistribution, Utterance  # noqa: E402
-from ddvlm_core.labels import LABELS  # noqa: E402
+from ddvlm_core.labels import LABELS
+from ddvlm_msgs.msg import EmotionDistribution, Utterance
 
 
 def test_fields_and_constants_are_as_documented():

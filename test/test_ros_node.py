@@ -15,6 +15,7 @@ from ddvlm_core.captioner import Caption
 from ddvlm_core.labels import LABELS
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_ros.convert import sec_to_stamp
+from ddvlm_ros.emotion_node import EmotionNode
 
 
 def image_msg(stamp: float, h=64, w=64, encoding="rgb8", value=None, seed=0):
@@ -337,9 +338,15 @@ def set_parameters(h, **values):
     return [r.successful for r in result_of(future).results]
 
 
+class OnSetOnlyEmotionNode(EmotionNode):
+    """The node on an rclpy without post-set parameter callbacks, as Humble's (ddvlm_ros.compat)."""
+    add_post_set_parameters_callback = None
+
+
+@pytest.mark.parametrize("node_class", [EmotionNode, OnSetOnlyEmotionNode], ids=["post-set-callbacks", "humble"])
 def test_param_set_on_a_running_node_applies_live_settings_and_names_the_rest_as_pending(
-        harness, tiny_text_checkpoint, capfd):
-    h = harness(model_dir=tiny_text_checkpoint).start()
+        harness, tiny_text_checkpoint, capfd, node_class):
+    h = harness(node_class=node_class, model_dir=tiny_text_checkpoint).start()
     assert set_parameters(h, idle_timeout_s=0.0, caption_timeout_s=3, conversation_id="lab") == [True] * 3
     assert (h.node.pipeline.idle_timeout_s, h.node.pipeline.caption_timeout_s) == (0.0, 3.0)
     h.publish(String, "transcript", String(data="Ross: hi"))
