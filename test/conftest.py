@@ -19,7 +19,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 from ddvlm_core.assets import MINILM, MPNET, resolve_model  # noqa: E402
 
-# The test modules that import ROS 2 (rclpy, message packages). `pytest --without-ros` leaves them out, and the tests
+# The test modules that need ROS 2 (rclpy, message packages). `pytest --without-ros` leaves them out, and the tests
 # marked `ros` elsewhere: the ROS-free part on a Python that PyPI has no ROS wheels for (3.10, Humble's: README,
 # "Which ROS 2"). test_ros_compat checks that every other module imports without ROS.
 ROS_TEST_MODULES = frozenset({
