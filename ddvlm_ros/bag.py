@@ -4,13 +4,15 @@ A bag holds ``/utterance`` (ddvlm_msgs/Utterance, final ASR results on a real ti
 Start/EndTime), optionally ``/image/compressed`` (sensor_msgs/CompressedImage, JPEG frames from MELD.Raw
 clips when present, or small synthetic ones), and a labels side file ``<bag>.labels.json`` keyed by
 conversation/utterance id. ``read_bag`` also reads bags recorded on a robot with ``ros2 bag record``
-(std_msgs/String transcripts, sensor_msgs images, our types).
+(std_msgs/String transcripts, sensor_msgs images, our types, ROS4HRI's hri_msgs).
 """
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +20,7 @@ from typing import Iterator
 import numpy as np
 from rosbags.rosbag2 import Reader, Writer, WriterError
 from rosbags.rosbag2.enums import StoragePlugin
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys import Stores, TypesysError, get_types_from_msg, get_typestore
 
 from ddvlm_core.asr_noise import corrupt, unpunctuate
 from ddvlm_core.assets import shipped
@@ -37,13 +39,35 @@ class BagError(RuntimeError):
 
 
 def typestore():
-    """ROS 2 Kilted types + ddvlm_msgs from msg/*.msg."""
+    """ROS 2 Kilted types + ddvlm_msgs from msg/*.msg + ROS4HRI's hri_msgs (``hri_msgs_dir``), to read and write bags
+    of a ROS4HRI robot."""
     store = get_typestore(Stores.ROS2_KILTED)
-    types = {}
-    for path in sorted(MSG_DIR.glob("*.msg")):
-        types.update(get_types_from_msg(path.read_text(encoding="utf-8"), f"ddvlm_msgs/msg/{path.stem}"))
-    store.register(types)
+    store.register(_msg_types("ddvlm_msgs", MSG_DIR) | _msg_types("hri_msgs", hri_msgs_dir(), skip_unreadable=True))
     return store
+
+
+def _msg_types(package: str, folder: Path, skip_unreadable: bool = False) -> dict:
+    """The types of the .msg files in ``folder``; ``skip_unreadable``: leave out those rosbags cannot parse (a later
+    hri_msgs' new message: its topics are then of an unknown type, as a robot's own packages' are); else
+    TypesysError."""
+    types = {}
+    for path in sorted(folder.glob("*.msg")):
+        try:
+            types.update(get_types_from_msg(path.read_text(encoding="utf-8"), f"{package}/msg/{path.stem}"))
+        except TypesysError:
+            if not skip_unreadable:
+                raise
+    return types
+
+
+def hri_msgs_dir() -> Path:
+    """The .msg files of hri_msgs: the installed package's (``<prefix>/share/hri_msgs/msg``, in $AMENT_PREFIX_PATH
+    then ``sys.prefix``: apt's, or the subset ``make`` builds), else the subset vendored in ``third_party``."""
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
+    for prefix in prefixes:
+        if (installed := Path(prefix) / "share" / "hri_msgs" / "msg").is_dir():
+            return installed
+    return shipped("third_party/hri_msgs/msg")
 
 
 @dataclass(frozen=True)
@@ -293,6 +317,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

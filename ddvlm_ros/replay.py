@@ -14,8 +14,9 @@ latest answer counts: the fused (refined) one after the text one, one revised af
 
 Bag topics reach the node's inputs (utterance, transcript, image, image/compressed, robot_speech) by name:
 /utterance, /transcript, /image, /image/compressed and /robot_speech by default, any other topic with
-``--remap TOPIC:=INPUT`` (a bag recorded on a robot: ``--remap /speech:=robot_speech`` for what it said). A bag
-without labels is replayed for its answers and latency only;
+``--remap TOPIC:=INPUT`` (a bag recorded on a robot: ``--remap /speech:=robot_speech`` for what it said). With
+``ros4hri: true`` (by default for a bag with ROS4HRI voices) the REP-155 topics the node reads play on their own names
+(``ROS4HRI_TOPICS``). A bag without labels is replayed for its answers and latency only;
 ``--answers`` writes every utterance's answers as JSON lines (e.g. to annotate them), ``--record`` a bag
 with the replayed messages and the /emotion answers.
 """
@@ -25,6 +26,7 @@ import argparse
 import heapq
 import importlib
 import json
+import re
 import sys
 import threading
 import time
@@ -48,22 +50,31 @@ from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.speech_timing import AsrTiming
 from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
+from ddvlm_ros.ros4hri import CROPPED, LINKS, VOICES, valid_id
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
 
 
+# REP-155 topics that the node reads with ros4hri: true, played on their own names: (pattern, type)
+ROS4HRI_TOPICS = ((re.compile(r"/humans/(voices|persons|bodies|faces)/tracked"), "hri_msgs/msg/IdsList"),
+                  (re.compile(r"/humans/voices/[^/]+/speech"), "hri_msgs/msg/LiveSpeech"),
+                  (re.compile(r"/humans/persons/[^/]+/(voice|body|face)_id"), "std_msgs/msg/String"),
+                  (re.compile(r"/humans/(bodies|faces)/[^/]+/cropped"), "sensor_msgs/msg/Image"))
 INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/String",
           "image": "sensor_msgs/msg/Image", "image/compressed": "sensor_msgs/msg/CompressedImage",
           "robot_speech": "std_msgs/msg/String"}
+SUBSCRIBE_WAIT_S = 5.0  # the longest wait for the node to subscribe a voice or crop it has just begun to track
 SETTLED_S = 3.0  # the node idle this long after the bag's end while answers are missing: none will come (dropped)
 DEFAULT_TOPICS = {"/utterance": "utterance", "/transcript": "transcript", "/image": "image",
                   "/image/compressed": "image/compressed", "/robot_speech": "robot_speech"}
 
 
-def input_topics(in_bag: dict[str, str], remaps: dict[str, str] | None = None) -> dict[str, str]:
+def input_topics(in_bag: dict[str, str], remaps: dict[str, str] | None = None, ros4hri: bool = False
+                 ) -> dict[str, str]:
     """Bag topic -> node input for the topics to play, from the bag's topics and their types (``bag_topics``):
-    the default names, overridden by ``remaps`` (an input that is remapped no longer takes its default topic).
-    BagError, naming the bag's topics, for a remap of a topic the bag lacks, an unknown input, a type mismatch
-    or nothing to transcribe."""
+    the default names, overridden by ``remaps`` (an input that is remapped no longer takes its default topic); with
+    ``ros4hri``, also the bag's REP-155 topics that the node reads (``ROS4HRI_TOPICS``: voices, their speech, the
+    person manager's links, body and face crops), each to its own name. BagError, naming the bag's topics, for a
+    remap of a topic the bag lacks, an unknown input, a type mismatch or nothing to transcribe."""
     remaps = dict(remaps or {})
     for topic, target in remaps.items():
         if target not in INPUTS:
@@ -74,11 +85,46 @@ def input_topics(in_bag: dict[str, str], remaps: dict[str, str] | None = None) -
     for topic, target in chosen.items():
         if in_bag[topic] != INPUTS[target]:
             raise BagError(f"{topic} is {in_bag[topic]}, but the node's input {target!r} takes {INPUTS[target]}")
-    if not {"utterance", "transcript"} & set(chosen.values()):
+    hri = {topic: msgtype for topic, msgtype in in_bag.items() if ros4hri_type(topic)}
+    for topic, msgtype in hri.items() if ros4hri else ():
+        if topic in remaps:
+            continue
+        if msgtype != ros4hri_type(topic):
+            raise BagError(f"{topic} is {msgtype}, but ROS4HRI's {topic} is {ros4hri_type(topic)}")
+        chosen[topic] = topic
+    if not {"utterance", "transcript"} & set(chosen.values()) and not (ros4hri and any(map(is_speech, hri))):
+        voices = any(map(is_speech, hri)) and not ros4hri
         raise BagError(f"nothing to transcribe in the bag ({_listing(in_bag)}): map a topic with "
                        f"--remap TOPIC:=transcript ({INPUTS['transcript']}) or "
-                       f"TOPIC:=utterance ({INPUTS['utterance']})")
+                       f"TOPIC:=utterance ({INPUTS['utterance']})"
+                       + (", or play its ROS4HRI voices (ros4hri: true)" if voices else ""))
     return chosen
+
+
+def publisher_qos(node_input: str):
+    """The replay's publisher QoS for a node input: depth 1 for camera frames and crops (the latest frame, as a camera
+    publishes), transient-local for a person's links (latched, as hri_person_manager publishes them: the node
+    subscribes them once the person is tracked, after they were published), else reliable with a deep queue."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+
+    if node_input.rpartition("/")[2] in LINKS:
+        return QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    return QoSProfile(depth=1 if "image" in node_input or node_input.endswith("/cropped") else 500)
+
+
+def ros4hri_type(topic: str) -> str:
+    """The message type of a REP-155 topic the node reads with ros4hri: true ('' for any other topic)."""
+    return next((msgtype for pattern, msgtype in ROS4HRI_TOPICS if pattern.fullmatch(topic)), "")
+
+
+def is_speech(topic: str) -> bool:
+    """Whether ``topic`` is a ROS4HRI voice's speech (``/humans/voices/<id>/speech``)."""
+    return ROS4HRI_TOPICS[1][0].fullmatch(topic) is not None
+
+
+def has_ros4hri_voices(in_bag: dict[str, str]) -> bool:
+    """Whether the bag holds ROS4HRI voices that speak: ``/humans/voices/tracked`` and a voice's speech."""
+    return f"{VOICES}/tracked" in in_bag and any(map(is_speech, in_bag))
 
 
 def _listing(in_bag: dict[str, str]) -> str:
@@ -86,9 +132,13 @@ def _listing(in_bag: dict[str, str]) -> str:
 
 
 def ros_type(msgtype: str):
-    """'pkg/msg/Type' -> the rclpy message class."""
+    """'pkg/msg/Type' -> the rclpy message class; BagError when its package does not import."""
     pkg, _, name = msgtype.split("/")
-    return getattr(importlib.import_module(f"{pkg}.msg"), name)
+    try:
+        return getattr(importlib.import_module(f"{pkg}.msg"), name)
+    except ImportError as e:
+        hint = " (ROS4HRI's: apt's ros-$ROS_DISTRO-hri-msgs; `make` builds a subset)" if pkg == "hri_msgs" else ""
+        raise BagError(f"cannot play {msgtype}: {e}{hint}") from None
 
 
 class BagIndex(NamedTuple):
@@ -292,7 +342,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     in_bag, counts, t_first = bag_topics(bag)
     if t_first is None:
         raise BagError(f"{bag}: no messages")
-    topics = input_topics(in_bag, remaps)
+    topics = input_topics(in_bag, remaps, ros4hri=bool(params.get("ros4hri")))
     result = ReplayResult(bag=str(bag))
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -318,7 +368,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     pubs, types = {}, {}
     for topic, node_input in topics.items():
         types[topic] = ros_type(in_bag[topic])
-        pubs[topic] = player.create_publisher(types[topic], node_input, 1 if "image" in node_input else 500)
+        pubs[topic] = player.create_publisher(types[topic], node_input, publisher_qos(node_input))
     executor = SingleThreadedExecutor(context=ctx)  # as the node's main(): callbacks only enqueue
     executor.add_node(node)
     executor.add_node(player)
@@ -330,11 +380,13 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         if node.load_error:
             raise NodeConfigureError(f"the emotion node did not configure: {node.load_error}")
         node.trigger_activate()
-        deadline = time.monotonic() + 10
-        while any(p.get_subscription_count() == 0 for p in pubs.values()) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        answer_key = AnswerKeys(node.p("conversation_id"), node.p("default_speaker"), node.p("speaker_prefix"))
+        subscribed_now = [p for t, p in pubs.items() if not t.startswith("/humans/") or t == f"{VOICES}/tracked" or
+                          (t.endswith("/tracked") and node._crops is not None)]  # ROS4HRI's others: once tracked
+        wait_for(lambda: all(p.get_subscription_count() for p in subscribed_now), 10.0)
+        answer_key = AnswerKeys(node.p("conversation_id"), node.p("default_speaker"), node.p("speaker_prefix"),
+                                crops_read=node._crops is not None)
         skipped: set[str] = set()  # final utterances the node does not classify (no text): no answer to wait for
+        in_step = True  # the node numbers what answer_key numbers (one that waited in vain: it does not; no more waits)
         started = time.monotonic()
         played = bag_messages(bag, topics)
         if progress:  # a whole MELD split takes minutes: a bar with an ETA (``--live`` prints a line per answer)
@@ -345,7 +397,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             delay = (t - t_first) / speed - (time.monotonic() - started)
             if delay > 0:
                 time.sleep(delay)
-            if max_in_flight and topics[topic] in ("utterance", "transcript"):
+            if max_in_flight and (topics[topic] in ("utterance", "transcript") or is_speech(topic)):
                 held = time.monotonic() + answer_timeout_s  # an utterance the node dropped is not waited for forever
                 while time.monotonic() < held:
                     with lock:
@@ -356,17 +408,24 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                     time.sleep(0.01)
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
             msg = deserialize_message(raw, types[topic])
-            if answered := answer_key(topics[topic], msg):
+            numbered = answer_key.counter
+            if answered := answer_key(topics[topic], msg, t):
                 key, speaker, text = answered
                 # context_only_speakers (the robot) get no answer; nor does what was not speech ([BLANK_AUDIO])
                 if not node.pipeline.context_only(speaker) and not non_speech(text):
                     result.finals.append(key)
                     result.texts[key] = text
-                    result.spans[key] = utterance_span(topics[topic], msg, text, t, node.asr_timing(), t_first)
+                    result.spans[key] = utterance_span(topics[topic], msg, text, t, node.asr_timing(), t_first,
+                                                       answer_key.started.pop(key, None))
                     if on_final is not None:
                         on_final(key, result.spans[key], speaker)
                     if not has_text(text):  # blank: the node skips it (counted unanswered)
                         skipped.add(key)
+            if answer_key.subscribes(topic):  # a voice or crop the node has just begun to track: not lost to discovery
+                wait_for(lambda p=pubs[topic]: p.get_subscription_count() > 0, SUBSCRIBE_WAIT_S)
+            if answer_key.counter > numbered and in_step:  # it takes the node's next number: after the node numbered
+                # the one before, which may have come on another topic (another voice), where nothing orders delivery
+                in_step = wait_for(lambda n=numbered: node._counter >= n, SUBSCRIBE_WAIT_S)  # else: not numbered
             pubs[topic].publish(msg)
         deadline, idle_since = time.monotonic() + answer_timeout_s, None
         while time.monotonic() < deadline:
@@ -393,16 +452,30 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     return result
 
 
+def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    """Poll ``condition`` until it holds or ``seconds`` have passed; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
 def utterance_span(node_input: str, msg, text: str, arrived: float, timing: AsrTiming,
-                   t_first: float) -> tuple[float, float]:
+                   t_first: float, started: float | None = None) -> tuple[float, float]:
     """When an utterance (its words ``text``) was said, in seconds from the bag's first message (``t_first``), as the
     node reads it for its camera window: an ``Utterance``'s start and end stamps (its header stamp for a missing end);
+    a ROS4HRI voice's final result: its header stamp, and when its first incremental result came (``started``);
     else, and for a transcript, estimated by ``timing`` (the node's ``asr_timing``) from its words and when it
     ``arrived`` (its time in the bag)."""
     end = start = 0.0
     if node_input == "utterance":
         end = stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp)
         start = stamp_to_sec(msg.start)
+    elif is_speech(node_input):
+        end = stamp_to_sec(msg.header.stamp)
+        start = started if started is not None and started <= (end or arrived) else 0.0
     end = end or timing.said(text, arrived)[1]
     start = start if 0 < start <= end else timing.started(text, end)
     return start - t_first, end - t_first
@@ -412,15 +485,27 @@ class AnswerKeys:
     """The "conversation/utterance" key of the node's answer to each replayed message, with the speaker and text the
     node takes from it (None for one it does not classify), numbered as the node numbers them: a transcript, or a
     final Utterance without an utterance_id, takes the next number of the node's one counter
-    (EmotionNode._next_id); an Utterance without a conversation_id goes to the node's conversation_id."""
+    (EmotionNode._next_id); an Utterance without a conversation_id goes to the node's conversation_id. ROS4HRI
+    (``ddvlm_ros.ros4hri``): the node hears the speech of the voices the latest ``/humans/voices/tracked`` names; a
+    voice's first incremental result takes the next number (and starts its utterance: ``started``), its final result
+    that number, or the next one after no incremental result; the ids that ``/humans/*/tracked`` name are kept
+    (``tracked``), as the node subscribes their topics, crops only where it reads them (``crops_read``: with a
+    captioner)."""
 
-    def __init__(self, conversation_id: str, default_speaker: str = "", speaker_prefix: bool = True):
+    def __init__(self, conversation_id: str, default_speaker: str = "", speaker_prefix: bool = True,
+                 crops_read: bool = False):
         self.conversation_id = conversation_id
         self.default_speaker, self.speaker_prefix = default_speaker, speaker_prefix
+        self.crops_read = crops_read
         self.counter = 0
+        self.tracked: dict[str, set[str]] = {}  # voices | persons | bodies | faces -> the ids its latest list names
+        self.speaking: dict[str, str] = {}  # voice -> the key of its utterance, from its first incremental result
+        self.started: dict[str, float] = {}  # key -> when its voice's first incremental result came (bag time, s)
 
-    def __call__(self, node_input: str, msg) -> tuple[str, str, str] | None:
-        """(key, speaker, text), or None."""
+    def __call__(self, node_input: str, msg, arrived: float = 0.0) -> tuple[str, str, str] | None:
+        """(key, speaker, text) of a message that came at ``arrived`` (bag time), or None."""
+        if node_input.startswith("/humans/"):
+            return self._ros4hri(node_input, msg, arrived)
         if node_input == "transcript":  # an ASR's JSON partial result is skipped: no number
             said = transcript_said(msg.data, self.default_speaker, self.speaker_prefix)
             return (f"{self.conversation_id}/{self._next()}", *said) if said is not None else None
@@ -435,6 +520,30 @@ class AnswerKeys:
     def _next(self) -> int:
         self.counter += 1
         return self.counter
+
+    def _ros4hri(self, topic: str, msg, arrived: float) -> tuple[str, str, str] | None:
+        kind, ident, leaf = (topic.split("/") + [""])[2:5]
+        if ident == "tracked":
+            self.tracked[kind] = {i for i in msg.ids if valid_id(i)}
+            if kind == "voices":
+                self.speaking = {v: k for v, k in self.speaking.items() if v in self.tracked[kind]}
+            return None
+        if leaf != "speech" or ident not in self.tracked.get("voices", ()):  # a voice the node does not hear
+            return None
+        if msg.final.strip():
+            return self.speaking.pop(ident, None) or f"{self.conversation_id}/{self._next()}", ident, msg.final
+        if msg.incremental.strip() and ident not in self.speaking:
+            key = self.speaking[ident] = f"{self.conversation_id}/{self._next()}"
+            self.started[key] = arrived
+        return None
+
+    def subscribes(self, topic: str) -> bool:
+        """Whether the node subscribes ``topic``, a voice's speech or a body's or face's crops, because a tracked list
+        named its id (it then may not have matched the replay's publisher yet)."""
+        kind, ident, leaf = (topic.split("/") + ["", "", "", ""])[2:5]
+        if not topic.startswith("/humans/") or ident not in self.tracked.get(kind, ()):
+            return False
+        return leaf == "speech" or (leaf == "cropped" and self.crops_read and f"/humans/{kind}" in CROPPED.values())
 
 
 def offline_predictions(bag: str | Path, recognizer) -> dict[str, str]:
@@ -616,8 +725,13 @@ def main(argv: list[str]) -> int:
     params = {"model_dir": args.model_dir, "captioner": args.captioner, "input_timeout_s": 0.0}
     try:
         params.update(parse_params(args.param))
-    except ValueError as e:
+        in_bag = bag_topics(args.bag).types
+    except (ValueError, BagError) as e:
         ap.error(str(e))
+    if "ros4hri" not in params and has_ros4hri_voices(in_bag):  # a ROS4HRI robot's bag: its voices are its ASR
+        params["ros4hri"] = True
+        print(f"the bag has ROS4HRI voices ({VOICES}/tracked): replayed with ros4hri: true "
+              "(--param ros4hri:=false: without them)")
 
     def live(key, msg):
         if args.live:

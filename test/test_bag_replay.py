@@ -714,3 +714,156 @@ def test_the_replay_scores_each_speaker_of_a_study(tmp_path):
         "": {"n": 1, "accuracy": 0.0, "labelled_most": "sadness", "answered_most": "neutral"}}
     md = report_markdown("t", score, "bag", {}, 1.0)
     assert "| ann | 3 | 66.7 | joy | neutral |\n| (unknown) | 1 | 0.0 | sadness | neutral |" in md
+
+
+ROS4HRI_TURNS = [("anna", "I got the job!", "joy"), ("bob", "No way!", "surprise"),
+                 ("anna", "They called this morning.", "neutral"), ("bob", "Oh my God, that is great.", "joy"),
+                 ("anna", "I start on Monday.", "neutral")]
+
+
+def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", incremental=True):
+    """A bag of ``turns`` (voice, text, label), turn k said from 100 + 3k s to 2 s later, as a ROS4HRI robot records
+    it (REP-155, ``form`` ros4hri): ``/humans/voices/tracked`` at 2 Hz naming the voices that spoke so far, naming each
+    one first 20 ms before its first words; per turn an incremental result at its start (``incremental``) and the final
+    one 0.3 s after its end, stamped with its end; ``untracked``: a voice that speaks once (at 99 s) but no list names.
+    ``crops``: the person manager links person p_<voice> to voice <voice> and body b_<voice> (latched, published before
+    the person is tracked), /humans/bodies/tracked names the bodies, and each turn has 24x16 crops of its voice's body
+    and 64x64 camera frames on /image, at 5 Hz. ``form`` utterance: the same turns as final ddvlm_msgs/Utterance
+    messages (conversation default, ids 1, 2 ...), stamped as the voices' results."""
+    import numpy as np
+    from rosbags.rosbag2 import Writer
+
+    from ddvlm_ros.bag import _stamp, typestore
+
+    store = typestore()
+    Header = store.types["std_msgs/msg/Header"]
+    types = {"tracked": "hri_msgs/msg/IdsList", "speech": "hri_msgs/msg/LiveSpeech", "link": "std_msgs/msg/String",
+             "image": "sensor_msgs/msg/Image", "utterance": "ddvlm_msgs/msg/Utterance"}
+    events = []  # (time s, topic, type key, message)
+
+    def add(t, topic, kind, msg):
+        events.append((t, topic, kind, msg))
+
+    def header(t, frame_id=""):
+        return Header(stamp=_stamp(store, t), frame_id=frame_id)
+
+    def image(t, height, width, value):
+        return store.types[types["image"]](header=header(t, "camera"), height=height, width=width, encoding="rgb8",
+                                           is_bigendian=0, step=3 * width,
+                                           data=np.full(height * width * 3, value, np.uint8))
+
+    def speech(stamp, incremental="", final=""):
+        return store.types[types["speech"]](header=header(stamp, "mic"), incremental=incremental, final=final,
+                                            confidence=0.9, language="en")
+
+    first = {}
+    for k, (voice, text, _) in enumerate(turns):
+        start, end = 100.0 + 3 * k, 102.0 + 3 * k
+        first.setdefault(voice, start - 0.02)
+        if form == "utterance":
+            add(end + 0.3, "/utterance", "utterance", store.types[types["utterance"]](
+                header=header(end, "mic"), start=_stamp(store, start), end=_stamp(store, end),
+                conversation_id="default", utterance_id=str(k + 1), speaker_id=voice, text=text, is_final=True))
+            continue
+        if incremental:
+            add(start, f"/humans/voices/{voice}/speech", "speech", speech(0.0, incremental=text.split()[0]))
+        add(end + 0.3, f"/humans/voices/{voice}/speech", "speech", speech(end, final=text))
+        for j in range(10) if crops else ():
+            add(start + 0.2 * j, "/image", "image", image(start + 0.2 * j, 64, 64, 40))
+            add(start + 0.2 * j, f"/humans/bodies/b_{voice}/cropped", "image", image(start + 0.2 * j, 24, 16, 200))
+    if form == "ros4hri":
+        times = sorted({*first.values(), *np.arange(99.0, 101.0 + 3 * len(turns), 0.5)})
+        for t in times:
+            ids = [v for v, t0 in first.items() if t0 <= t]
+            add(t, "/humans/voices/tracked", "tracked", store.types[types["tracked"]](header=header(t), ids=ids))
+            for space, prefix in (("persons", "p_"), ("bodies", "b_")) if crops else ():
+                add(t, f"/humans/{space}/tracked", "tracked", store.types[types["tracked"]](
+                    header=header(t), ids=[prefix + v for v in ids]))
+        for voice, t0 in first.items() if crops else ():
+            for link, value in (("voice_id", voice), ("body_id", f"b_{voice}")):
+                add(t0 - 0.5, f"/humans/persons/p_{voice}/{link}", "link", store.types[types["link"]](data=value))
+        if untracked:
+            add(99.0, f"/humans/voices/{untracked}/speech", "speech", speech(98.5, final="Hello there."))
+    with Writer(path, version=9) as writer:
+        connections = {}
+        for t, topic, kind, msg in sorted(events, key=lambda e: e[0]):
+            if topic not in connections:
+                connections[topic] = writer.add_connection(topic, types[kind], typestore=store)
+            writer.write(connections[topic], int(round(t * 1e9)), store.serialize_cdr(msg, types[kind]))
+    return path
+
+
+def test_a_ros4hri_robots_bag_is_replayed_through_its_voices_and_answers_as_the_same_turns_as_utterances(
+        tmp_path, tiny_text_checkpoint):
+    """A ROS4HRI robot has no transcript topic: its ASR publishes each voice's speech. Each voice is named by the
+    tracked list just 20 ms before it first speaks, and the node subscribes its speech only then. Replayed 1000x
+    faster than the bag: every final result is answered (none lost before the node's new subscription is matched)
+    and keyed as the node numbers them (the voices' topics deliver in no order among them), with the voice as speaker
+    and the span from its first incremental result to its stamp. The answers are those to the same turns as
+    Utterances (same contexts, same speaker tokens). A voice no list names is not heard, nor waited for."""
+    params = {"model_dir": tiny_text_checkpoint, "input_timeout_s": 0.0}
+    voices = replay(write_ros4hri_bag(tmp_path / "voices", ROS4HRI_TURNS, untracked="carl"), params | {"ros4hri": True},
+                    speed=1000.0)  # 20 us from the list naming a voice to its first words: the node subscribes them
+    keys = [f"default/{k + 1}" for k in range(len(ROS4HRI_TURNS))]
+    assert voices.finals == keys and all("text" in voices.answers[k] for k in keys)
+    assert [voices.prediction(k).speaker_id for k in keys] == [voice for voice, _, _ in ROS4HRI_TURNS]
+    assert [voices.prediction(k).speaker_token for k in keys] == ["<s1>", "<s2>", "<s1>", "<s2>", "<s1>"]
+    assert voices.spans["default/2"] == (pytest.approx(4.0), pytest.approx(6.0))  # 103 s to 105 s; the bag starts at 99
+    utterances = replay(write_ros4hri_bag(tmp_path / "utterances", ROS4HRI_TURNS, form="utterance"), params,
+                        speed=10.0)
+    assert utterances.finals == keys
+    for k in keys:
+        assert voices.prediction(k).top_label == utterances.prediction(k).top_label
+        assert list(voices.prediction(k).probabilities) == pytest.approx(list(utterances.prediction(k).probabilities),
+                                                                         abs=1e-6)
+    with pytest.raises(BagError, match=r"nothing to transcribe .*or play its ROS4HRI voices \(ros4hri: true\)"):
+        replay(tmp_path / "voices", params, speed=10.0)
+
+
+def test_a_ros4hri_bag_is_scored_by_intervals_of_its_voices_and_captioned_from_their_bodies(
+        tmp_path, tiny_visual_checkpoint, capsys):
+    """`python -m ddvlm_ros.replay` on a ROS4HRI bag turns ros4hri on by itself; an annotator's intervals name the
+    voices as speakers. With a captioner, each turn is captioned from its voice's body crops: the person manager's
+    links were recorded before the person was tracked and reach the node because the replay publishes them latched,
+    as hri_person_manager does; and the first crops of each body reach it. (Without incremental results: those
+    caption the frames so far while a voice speaks, and the crops might not have come yet.)"""
+    from ddvlm_ros.replay import main
+
+    bag = write_ros4hri_bag(tmp_path / "robot", ROS4HRI_TURNS, crops=True, incremental=False)
+    rows = ["start,end,label,speaker"] + [f"{1.02 + 3 * k:.2f},{3.02 + 3 * k:.2f},{label},{voice}"
+                                          for k, (voice, _, label) in enumerate(ROS4HRI_TURNS)]
+    (tmp_path / "gold.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    assert main([str(bag), "--model-dir", tiny_visual_checkpoint, "--captioner", "cue", "--speed", "10", "--labels",
+                 str(tmp_path / "gold.csv"), "--answers", str(tmp_path / "a.jsonl"),
+                 "--report", str(tmp_path / "r.md"), "--record", str(tmp_path / "recorded")]) == 0
+    out = capsys.readouterr().out
+    assert "the bag has ROS4HRI voices (/humans/voices/tracked): replayed with ros4hri: true" in out
+    assert "messages of unknown types left out" not in out  # the ROS4HRI topics are recorded with the answers
+    recorded = {m.topic for m in read_bag(tmp_path / "recorded")}
+    assert recorded >= {"/emotion", "/humans/voices/tracked", "/humans/voices/anna/speech",
+                        "/humans/persons/p_bob/body_id", "/humans/bodies/b_anna/cropped"}
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [(r["speaker_id"], r["gold"]) for r in records] == [(v, label) for v, _, label in ROS4HRI_TURNS]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["params"]["ros4hri"] is True and report["score"]["n"] == len(ROS4HRI_TURNS)
+    assert report["node"]["captions_made_from"] == f"body {len(ROS4HRI_TURNS)}"
+    assert all(r["refined"] is not None for r in records)
+
+
+def test_bags_are_read_and_written_with_the_installed_hri_msgs_and_one_message_rosbags_cannot_parse_is_left_out(
+        tmp_path, monkeypatch):
+    """A robot's hri_msgs (apt's, in $AMENT_PREFIX_PATH) has more messages than the subset `make` builds: its bags'
+    other ROS4HRI topics (engagement, gaze ...) are then of known types too. A message file rosbags cannot parse
+    leaves out that type only."""
+    from ddvlm_ros.bag import typestore
+
+    folder = tmp_path / "share" / "hri_msgs" / "msg"
+    folder.mkdir(parents=True)
+    (folder / "IdsList.msg").write_text("std_msgs/Header header\nstring[] ids\n", encoding="utf-8")
+    (folder / "EngagementLevel.msg").write_text("std_msgs/Header header\nuint8 UNKNOWN=0\nuint8 level\n",
+                                                encoding="utf-8")
+    (folder / "Broken.msg").write_text("uint8 = = ]\n", encoding="utf-8")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path))
+    types = typestore().types
+    assert {t for t in types if t.startswith("hri_msgs/")} == {"hri_msgs/msg/IdsList", "hri_msgs/msg/EngagementLevel"}
+    assert "ddvlm_msgs/msg/Utterance" in types
