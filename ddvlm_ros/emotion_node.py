@@ -425,7 +425,7 @@ class EmotionNode(LifecycleNode):
         header = Header(stamp=sec_to_stamp(end, type(Header().stamp)), frame_id="")
         start, said_until = self._window(text, None, end, stamped=False)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text, start, end,
-                                         received, header, source=source, said_until=said_until))
+                                         received, header, source=source, said_until=said_until, heard=end))
 
     def asr_timing(self) -> AsrTiming:
         """How the ASR's transcripts follow the words (text_window_s, text_asr_endpoint_s, text_asr_rtf): the camera
@@ -467,7 +467,7 @@ class EmotionNode(LifecycleNode):
         self.pipeline.submit(UtteranceIn(msg.conversation_id or self.p("conversation_id"),
                                          msg.utterance_id or self._next_id(), msg.speaker_id, msg.text,
                                          start, end, received, header, stream_id=stream, end_stamped=bool(stamped),
-                                         source="utterance", said_until=said_until))
+                                         source="utterance", said_until=said_until, heard=self._now()))
 
     def _stamped_end(self, stamped: float) -> float:
         """The end of a final transcript: its stamp (``stamped``; its delay after it is kept for the diagnostics),
@@ -635,7 +635,8 @@ class EmotionNode(LifecycleNode):
         header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
                                          header, voice_id=voice, language=getattr(msg, "language", ""),
-                                         end_stamped=bool(stamped), source="voices", said_until=said_until))
+                                         end_stamped=bool(stamped), source="voices", said_until=said_until,
+                                         heard=self._now()))
 
     def _on_voice_incremental(self, voice: str, msg, start: float, uid: str) -> None:
         self._last_voice_speech = time.monotonic()

@@ -95,6 +95,8 @@ class UtteranceIn:
     source: str = ""  # the input it came on ("transcript", "utterance", "voices"): tells a copy of a transcript
     said_until: float | None = None  # when its words ended, estimated for one without an end stamp (``end``: when it
     # came; ddvlm_core.speech_timing); None: at ``end``
+    heard: float | None = None  # ROS time when it came (None: the pipeline's clock when it is answered): the silence
+    # before it is measured to it (idle_timeout_s), not to when the inference thread comes to it
 
     @property
     def window(self) -> tuple[float, float]:
@@ -562,9 +564,13 @@ class EmotionPipeline:
                 self.stats.last_error = f"{type(e).__name__}: {e}"
                 self.log("error", f"inference failed: {self.stats.last_error}")
 
-    def _conversation(self, conversation_id: str) -> Conversation:
+    def _conversation(self, conversation_id: str, heard: float | None = None) -> Conversation:
+        """The conversation an utterance that came at ROS time ``heard`` (None: now) joins; a new one when it was
+        silent for longer than ``idle_timeout_s`` before. ``heard``, not now: under a bag played faster
+        (``use_sim_time``) the clock runs on while the inference thread works through a backlog, and the silence
+        before an utterance would read longer than it was, up to a new context in the middle of a dialogue."""
         conv = self.conversations.get(conversation_id)
-        now = self.clock()
+        now = self.clock() if heard is None else heard
         last = conv.last_active if conv is not None else self._dropped_idle.pop(conversation_id, None)
         if last is not None and self.idle_timeout_s > 0 and now - last > self.idle_timeout_s:
             self.stats.conversations_reset += 1
@@ -610,7 +616,7 @@ class EmotionPipeline:
         if non_speech(text) or (text != utt.text and not has_text(text)):  # nothing said; or TTS markup alone
             self.stats.non_speech += 1  # not an utterance, and no turn of the dialogue
             return
-        conv = self._conversation(utt.conversation_id)
+        conv = self._conversation(utt.conversation_id, utt.heard)
         if not robot and self._copy(conv, utt, text):
             return
         self.stats.utterances += 1

@@ -72,6 +72,25 @@ def test_idle_conversations_restart_and_conversations_are_separate(tiny_text_che
     assert results[-1].prediction.speaker_token == "<s1>" and pipe2.stats.conversations_reset == 1
 
 
+def test_the_silence_before_an_utterance_is_measured_to_when_it_came_not_to_when_it_is_answered(tiny_text_checkpoint):
+    """A bag played fast under use_sim_time: the clock is 200 s on when the inference thread comes to b's turn, which
+    came 10 s after a's. Measured to when it came (``heard``), b joins a's context; c, which came 130 s after b,
+    starts a new one, and so does d, without a time of arrival, by the clock at its turn: 400 s."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    clock, results = [0.0], []
+    pipe = EmotionPipeline(rec, results.append, idle_timeout_s=120.0, clock=lambda: clock[0])
+    pipe.start()
+    for speaker, heard, now in (("a", 0.0, 0.0), ("b", 10.0, 200.0), ("c", 140.0, 200.0), ("d", None, 400.0)):
+        clock[0] = now
+        pipe.submit(UtteranceIn("c", speaker, speaker, f"I am {speaker}.", 0.0, 0.0, time.monotonic(), heard=heard))
+        deadline = time.monotonic() + 20
+        while not pipe.idle() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    pipe.stop()
+    assert [r.prediction.speaker_token for r in results] == ["<s1>", "<s2>", "<s1>", "<s1>"]
+    assert pipe.stats.conversations_reset == 2
+
+
 def test_a_tenth_speaker_reuses_a_token_and_the_pipeline_counts_it(tiny_text_checkpoint):
     rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
     guests = [utt(f"hello {k}", f"guest{k}") for k in range(1, 11)] + [utt("again", "guest1")]
