@@ -9,8 +9,10 @@ conversation/utterance id. ``read_bag`` also reads bags recorded on a robot with
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -27,11 +29,17 @@ from ddvlm_core.assets import shipped
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.meld import MeldUtterance, dialogues, parse_time
 from ddvlm_ros.convert import sec_to_stamp
+from ddvlm_ros.params import PARAMS_BY_NAME
 
 MSG_DIR = shipped("msg")  # the .msg files of ddvlm_msgs (also installed to share/ddvlm_ros/msg)
 UTTERANCE_TOPIC, IMAGE_TOPIC = "/utterance", "/image/compressed"
 UTTERANCE_TYPE, IMAGE_TYPE = "ddvlm_msgs/msg/Utterance", "sensor_msgs/msg/CompressedImage"
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+FORMS = ("utterance", "ros4hri")  # what the ASR publishes: ddvlm_msgs/Utterance, or ROS4HRI voices' speech
+TRACKED_TYPE, SPEECH_TYPE = "hri_msgs/msg/IdsList", "hri_msgs/msg/LiveSpeech"
+ROS4HRI_CONVERSATION = PARAMS_BY_NAME["conversation_id"].default  # where the node files the voices' utterances
+# between two dialogues of a ROS4HRI bag: longer than the node's idle_timeout_s, so that each starts a new context
+ROS4HRI_GAP_S = PARAMS_BY_NAME["idle_timeout_s"].default + 10.0
 
 
 class BagError(RuntimeError):
@@ -130,12 +138,16 @@ def _stamp(store, seconds: float):
 
 def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int] | None = None,
                    storage: str = "mcap", frames: str = "none", fps: float = 5.0, clips_dir: str | Path | None = None,
-                   asr_wer: float = 0.0, seed: int = 0, asr_punctuation: bool = True) -> Path:
+                   asr_wer: float = 0.0, seed: int = 0, asr_punctuation: bool = True, form: str = "utterance"
+                   ) -> Path:
     """Write MELD dialogues as a bag + labels side file. ``frames``: none | synthetic | clips. The transcripts
     are MELD's, or as an ASR would give them: ``asr_wer`` > 0 adds seeded word errors, ``asr_punctuation``
-    False writes them without punctuation, in lower case (``unpunctuate``), as ASRs that do not punctuate do."""
+    False writes them without punctuation, in lower case (``unpunctuate``), as ASRs that do not punctuate do.
+    ``form`` ros4hri: the turns as a ROS4HRI robot's voices say them (``_voices``), instead of on /utterance."""
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {sorted(STORAGES)}")
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
     if frames != "none" and not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     if frames == "clips" and (clips_dir is None or not Path(clips_dir).is_dir()):
@@ -151,17 +163,18 @@ def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int]
     if missing:
         raise ValueError(f"MELD {split} has no dialogues {missing}")
     store = typestore()
-    events, labels, clip_problems = _meld_events(timeline({d: rows[d] for d in ids}, split), store, frames, fps,
-                                                 clips_dir, {r.key: r for d in ids for r in rows[d]}, asr_wer, seed,
-                                                 asr_punctuation)
+    gap = {"gap_s": ROS4HRI_GAP_S} if form == "ros4hri" else {}
+    events, labels, clip_problems = _meld_events(timeline({d: rows[d] for d in ids}, split, **gap), store, frames,
+                                                 fps, clips_dir, {r.key: r for d in ids for r in rows[d]}, asr_wer,
+                                                 seed, asr_punctuation, form)
     made = False  # whether this call made the folder (a folder another process made meanwhile is not ours)
     try:  # every message is made before the bag folder is: only writing them can fail halfway
         with Writer(out, version=9, storage_plugin=STORAGES[storage]) as writer:
             made = True
-            connections = {UTTERANCE_TOPIC: writer.add_connection(UTTERANCE_TOPIC, UTTERANCE_TYPE, typestore=store)}
-            if frames != "none":
-                connections[IMAGE_TOPIC] = writer.add_connection(IMAGE_TOPIC, IMAGE_TYPE, typestore=store)
-            for t, topic, data in sorted(events, key=lambda e: e[0]):
+            connections = {}
+            for t, topic, msgtype, data in sorted(events, key=lambda e: e[0]):
+                if topic not in connections:
+                    connections[topic] = writer.add_connection(topic, msgtype, typestore=store)
                 writer.write(connections[topic], round(t * 1e9), data)
     except BaseException:  # e.g. Ctrl-C, a full disk: no half-written bag is left to be mistaken for a whole one
         if made:
@@ -170,31 +183,36 @@ def write_meld_bag(out: str | Path, split: str = "test", dialogue_ids: list[int]
     side = labels_path(out)
     clips = {"clip_problems": clip_problems} if frames == "clips" else {}  # utterances without camera frames
     side.write_text(json.dumps({"split": split, "dialogues": ids, "asr_wer": asr_wer, "seed": seed,
-                                "asr_punctuation": asr_punctuation, **clips,
+                                "asr_punctuation": asr_punctuation, "form": form, **clips,
                                 "utterances": labels}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
 
 
 def _meld_events(utterances: list[TimedUtterance], store, frames: str, fps: float, clips_dir,
                  by_key: dict[str, MeldUtterance], asr_wer: float, seed: int,
-                 asr_punctuation: bool = True) -> tuple[list, dict, dict]:
-    """The bag's messages as (time s, topic, CDR bytes), the labels side file's utterance records, and the
-    utterances whose clips gave no frames (and why)."""
+                 asr_punctuation: bool = True, form: str = "utterance") -> tuple[list, dict, dict]:
+    """The bag's messages as (time s, topic, type, CDR bytes), the labels side file's utterance records (by the
+    key of the node's answer), and the utterances whose clips gave no frames (and why)."""
     import cv2
 
     Utterance, Header, Compressed = (store.types[t] for t in (UTTERANCE_TYPE, "std_msgs/msg/Header", IMAGE_TYPE))
     rng = random.Random(seed)
     events, labels, clip_problems = [], {}, {}
+    texts = {}
     for u in utterances:
-        key = f"{u.conversation_id}/{u.utterance_id}"
         text = u.text if asr_punctuation else unpunctuate(u.text)
-        text = corrupt(text, asr_wer, rng) if asr_wer else text
+        texts[u] = text = corrupt(text, asr_wer, rng) if asr_wer else text
         msg = Utterance(header=Header(stamp=_stamp(store, u.end), frame_id="mic"), start=_stamp(store, u.start),
                         end=_stamp(store, u.end), conversation_id=u.conversation_id, utterance_id=u.utterance_id,
                         speaker_id=u.speaker, text=text, is_final=True)
-        events.append((u.end, UTTERANCE_TOPIC, store.serialize_cdr(msg, UTTERANCE_TYPE)))
-        labels[key] = {"label": u.label, "text": u.text, "asr_text": text, "speaker": u.speaker, "start": u.start,
-                       "end": u.end}
+        if form == "utterance":
+            events.append((u.end, UTTERANCE_TOPIC, UTTERANCE_TYPE, store.serialize_cdr(msg, UTTERANCE_TYPE)))
+    voice_events, keys = _voices(utterances, texts, store) if form == "ros4hri" else ([], {})
+    events += voice_events
+    for u in utterances:
+        key = f"{u.conversation_id}/{u.utterance_id}"
+        labels[keys.get(key, key)] = {"label": u.label, "text": u.text, "asr_text": texts[u], "speaker": u.speaker,
+                                      "start": u.start, "end": u.end} | ({"meld": key} if key in keys else {})
         if frames == "none":
             continue
         images, problem = _frames_for(u, frames, fps, clips_dir, by_key)
@@ -204,8 +222,58 @@ def _meld_events(utterances: list[TimedUtterance], store, frames: str, fps: floa
             ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 70])
             frame = Compressed(header=Header(stamp=_stamp(store, t), frame_id="camera"), format="jpeg",
                                data=np.frombuffer(jpg.tobytes(), np.uint8))
-            events.append((t, IMAGE_TOPIC, store.serialize_cdr(frame, IMAGE_TYPE)))
+            events.append((t, IMAGE_TOPIC, IMAGE_TYPE, store.serialize_cdr(frame, IMAGE_TYPE)))
     return events, labels, clip_problems
+
+
+def voice_id(u: TimedUtterance) -> str:
+    """The ROS4HRI voice id of an utterance's speaker: one per speaker and dialogue (dia<D>_<name>), a valid topic
+    name token (``ddvlm_ros.ros4hri.valid_id``)."""
+    name = re.sub(r"[^a-z0-9]+", "_", u.speaker.lower()).strip("_") or "someone"
+    return f"{u.conversation_id.rpartition('/')[2]}_{name}"
+
+
+def _voices(utterances: list[TimedUtterance], texts: dict, store) -> tuple[list, dict[str, str]]:
+    """The turns as a ROS4HRI robot hears them (REP-155): /humans/voices/tracked names a dialogue's voices from 20 ms
+    before each first speaks until 1 s after the dialogue's last words; each turn is an incremental result (its first
+    word) at its start and the final one at its end, stamped with it, on /humans/voices/<voice_id>/speech. A voice's
+    next incremental result comes after its previous final one, and no two at once, so that the node numbers the
+    turns in this order: returns the messages (time s, topic, type, CDR) and MELD key -> the node's answer key
+    (``ROS4HRI_CONVERSATION``/1, /2 ...)."""
+    IdsList, LiveSpeech, Header = (store.types[t] for t in (TRACKED_TYPE, SPEECH_TYPE, "std_msgs/msg/Header"))
+
+    def tracked(t: float, ids: list[str]) -> tuple:
+        msg = IdsList(header=Header(stamp=_stamp(store, t), frame_id=""), ids=list(ids))
+        return t, "/humans/voices/tracked", TRACKED_TYPE, store.serialize_cdr(msg, TRACKED_TYPE)
+
+    def speech(t: float, voice: str, stamp: float, incremental: str = "", final: str = "") -> tuple:
+        msg = LiveSpeech(header=Header(stamp=_stamp(store, stamp), frame_id="mic"), incremental=incremental,
+                         final=final, confidence=1.0, language="en")
+        return t, f"/humans/voices/{voice}/speech", SPEECH_TYPE, store.serialize_cdr(msg, SPEECH_TYPE)
+
+    events, keys, done = [], {}, {}  # done: voice -> when its latest final result came
+    voices, dialogue_end = [], -math.inf  # the current dialogue's voices so far, and its latest final result
+    last = -math.inf  # the latest incremental result
+    for k, u in enumerate(utterances):
+        if k and u.conversation_id != utterances[k - 1].conversation_id and voices:  # the dialogue's people leave
+            events.append(tracked(dialogue_end + 1.0, []))
+            voices, dialogue_end = [], -math.inf
+        words = texts[u].split()
+        if not words:  # an ASR that heard nothing (every word deleted at a high --asr-noise) publishes no result
+            continue
+        voice = voice_id(u)
+        began = last = max(u.start, done.get(voice, -math.inf) + 1e-3, last + 1e-3)
+        if voice not in voices:
+            voices.append(voice)
+            events.append(tracked(began - 0.02, voices))
+        events.append(speech(began, voice, 0.0, incremental=words[0]))
+        done[voice] = max(u.end, began + 1e-3)
+        dialogue_end = max(dialogue_end, done[voice])
+        events.append(speech(done[voice], voice, u.end, final=texts[u]))
+        keys[f"{u.conversation_id}/{u.utterance_id}"] = f"{ROS4HRI_CONVERSATION}/{len(keys) + 1}"
+    if voices:
+        events.append(tracked(dialogue_end + 1.0, []))
+    return events, keys
 
 
 def _frames_for(u: TimedUtterance, frames: str, fps: float, clips_dir, by_key: dict[str, MeldUtterance]
@@ -298,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--asr-no-punctuation", action="store_true",
                     help="transcripts without punctuation, in lower case, as ASRs that do not punctuate give them")
     ap.add_argument("--seed", type=int, default=0, help="seed of the simulated ASR errors")
+    ap.add_argument("--form", default="utterance", choices=FORMS,
+                    help="utterance: final results on /utterance; ros4hri: ROS4HRI voices' speech (REP-155), one "
+                         f"voice per speaker and dialogue, dialogues {ROS4HRI_GAP_S:g} s apart")
     args = ap.parse_args(argv)
     try:
         ids = None if args.dialogues == "all" else [int(d) for d in args.dialogues.split(",")]
@@ -305,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--dialogues: comma-separated dialogue ids or all, got {args.dialogues!r}")
     try:
         bag = write_meld_bag(args.out, args.split, ids, args.storage, args.frames, args.fps, args.clips_dir,
-                             args.asr_noise, args.seed, not args.asr_no_punctuation)
+                             args.asr_noise, args.seed, not args.asr_no_punctuation, args.form)
     except (ValueError, WriterError) as e:  # a bad split or id, an existing bag
         ap.error(str(e))
     n = sum(1 for _ in read_bag(bag))

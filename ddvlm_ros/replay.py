@@ -192,6 +192,21 @@ class ReplayResult:
     node_status: dict = field(default_factory=dict)  # the node's diagnostic values when the replay ended
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> its time span, seconds from the
     #                                                                      bag's first message (ddvlm_ros.time_labels)
+    idle_timeout_s: float = 0.0  # the node's: a silence this long in a conversation starts a new context (0: never)
+
+    def contexts(self, keys: list[str]) -> list[str]:
+        """Each key's dialogue context, as the node keeps them: its conversation, and in one conversation a new
+        context after a silence longer than ``idle_timeout_s`` between the ends of two utterances (a ROS4HRI bag's
+        voices all speak in the node's one conversation; so do a robot's sessions on one transcript topic):
+        "<conversation>#<k>"."""
+        count, last, of = {}, {}, {}
+        for key in self.finals:
+            conversation, end = key.rpartition("/")[0], self.spans.get(key, (0.0, 0.0))[1]
+            if conversation in last and self.idle_timeout_s > 0 and end - last[conversation] > self.idle_timeout_s:
+                count[conversation] = count.get(conversation, 0) + 1
+            last[conversation] = end
+            of[key] = f"{conversation}#{count.get(conversation, 0)}"
+        return [of.get(key, key.rpartition("/")[0]) for key in keys]
 
     def camera_line(self) -> str:
         """What the node made of the bag's camera frames, with the reason when windows got none ('' without
@@ -284,7 +299,7 @@ class ReplayResult:
             from ddvlm_core.calibration import published_calibration
 
             # how far WA-F1 could move on another sample of such conversations
-            result["wa_f1_interval"] = bootstrap_wa_f1(gold, pred, [k.rpartition("/")[0] for k in answered])
+            result["wa_f1_interval"] = bootstrap_wa_f1(gold, pred, self.contexts(answered))
             # how far the published confidence can be trusted on this bag (ddvlm_core.calibration)
             published = published_calibration([list(self.prediction(k).probabilities) for k in answered], gold)
             result["calibration"] = {k: published[k] for k in ("ece", "nll", "mean_confidence", "reliability",
@@ -385,8 +400,14 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         wait_for(lambda: all(p.get_subscription_count() for p in subscribed_now), 10.0)
         answer_key = AnswerKeys(node.p("conversation_id"), node.p("default_speaker"), node.p("speaker_prefix"),
                                 crops_read=node._crops is not None)
+        result.idle_timeout_s = node.p("idle_timeout_s")
         skipped: set[str] = set()  # final utterances the node does not classify (no text): no answer to wait for
         in_step = True  # the node numbers what answer_key numbers (one that waited in vain: it does not; no more waits)
+
+        def unanswered(keys: list[str]) -> list[str]:
+            with lock:
+                return [k for k in keys if k not in skipped and "text" not in result.answers.get(k, {})]
+
         started = time.monotonic()
         played = bag_messages(bag, topics)
         if progress:  # a whole MELD split takes minutes: a bar with an ETA (``--live`` prints a line per answer)
@@ -400,10 +421,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             if max_in_flight and (topics[topic] in ("utterance", "transcript") or is_speech(topic)):
                 held = time.monotonic() + answer_timeout_s  # an utterance the node dropped is not waited for forever
                 while time.monotonic() < held:
-                    with lock:
-                        waiting = sum(1 for k in result.finals if k not in skipped and "text" not in
-                                      result.answers.get(k, {}))
-                    if waiting < max_in_flight:
+                    if len(unanswered(result.finals)) < max_in_flight:
                         break
                     time.sleep(0.01)
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
@@ -423,14 +441,16 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                         skipped.add(key)
             if answer_key.subscribes(topic):  # a voice or crop the node has just begun to track: not lost to discovery
                 wait_for(lambda p=pubs[topic]: p.get_subscription_count() > 0, SUBSCRIBE_WAIT_S)
+            if topic == f"{VOICES}/tracked" and answer_key.leaving:  # the node unsubscribes the voices it drops: what
+                # they said must have reached it first (on the robot 1 s passed; here perhaps a millisecond)
+                wait_for(lambda: not unanswered([k for k in answer_key.leaving if k in result.texts]), SUBSCRIBE_WAIT_S)
             if answer_key.counter > numbered and in_step:  # it takes the node's next number: after the node numbered
                 # the one before, which may have come on another topic (another voice), where nothing orders delivery
                 in_step = wait_for(lambda n=numbered: node._counter >= n, SUBSCRIBE_WAIT_S)  # else: not numbered
             pubs[topic].publish(msg)
         deadline, idle_since = time.monotonic() + answer_timeout_s, None
         while time.monotonic() < deadline:
-            with lock:
-                missing = [k for k in result.finals if k not in skipped and "text" not in result.answers.get(k, {})]
+            missing = unanswered(result.finals)
             idle = node.pipeline.idle()
             if idle and not missing:
                 break
@@ -490,7 +510,8 @@ class AnswerKeys:
     voice's first incremental result takes the next number (and starts its utterance: ``started``), its final result
     that number, or the next one after no incremental result; the ids that ``/humans/*/tracked`` name are kept
     (``tracked``), as the node subscribes their topics, crops only where it reads them (``crops_read``: with a
-    captioner)."""
+    captioner); ``leaving``: the keys of what the voices that the latest list drops said (the node unsubscribes
+    them)."""
 
     def __init__(self, conversation_id: str, default_speaker: str = "", speaker_prefix: bool = True,
                  crops_read: bool = False):
@@ -501,6 +522,8 @@ class AnswerKeys:
         self.tracked: dict[str, set[str]] = {}  # voices | persons | bodies | faces -> the ids its latest list names
         self.speaking: dict[str, str] = {}  # voice -> the key of its utterance, from its first incremental result
         self.started: dict[str, float] = {}  # key -> when its voice's first incremental result came (bag time, s)
+        self.said: dict[str, list[str]] = {}  # voice -> the keys of its final results
+        self.leaving: list[str] = []  # the keys of the final results of the voices that the latest tracked list drops
 
     def __call__(self, node_input: str, msg, arrived: float = 0.0) -> tuple[str, str, str] | None:
         """(key, speaker, text) of a message that came at ``arrived`` (bag time), or None."""
@@ -524,14 +547,18 @@ class AnswerKeys:
     def _ros4hri(self, topic: str, msg, arrived: float) -> tuple[str, str, str] | None:
         kind, ident, leaf = (topic.split("/") + [""])[2:5]
         if ident == "tracked":
-            self.tracked[kind] = {i for i in msg.ids if valid_id(i)}
+            gone = self.tracked.get(kind, set()) - (tracked := {i for i in msg.ids if valid_id(i)})
+            self.tracked[kind] = tracked
             if kind == "voices":
-                self.speaking = {v: k for v, k in self.speaking.items() if v in self.tracked[kind]}
+                self.speaking = {v: k for v, k in self.speaking.items() if v in tracked}
+                self.leaving = [key for voice in gone for key in self.said.pop(voice, [])]
             return None
         if leaf != "speech" or ident not in self.tracked.get("voices", ()):  # a voice the node does not hear
             return None
         if msg.final.strip():
-            return self.speaking.pop(ident, None) or f"{self.conversation_id}/{self._next()}", ident, msg.final
+            key = self.speaking.pop(ident, None) or f"{self.conversation_id}/{self._next()}"
+            self.said.setdefault(ident, []).append(key)
+            return key, ident, msg.final
         if msg.incremental.strip() and ident not in self.speaking:
             key = self.speaking[ident] = f"{self.conversation_id}/{self._next()}"
             self.started[key] = arrived

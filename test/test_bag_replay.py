@@ -867,3 +867,38 @@ def test_bags_are_read_and_written_with_the_installed_hri_msgs_and_one_message_r
     types = typestore().types
     assert {t for t in types if t.startswith("hri_msgs/")} == {"hri_msgs/msg/IdsList", "hri_msgs/msg/EngagementLevel"}
     assert "ddvlm_msgs/msg/Utterance" in types
+
+
+def test_meld_written_as_ros4hri_voices_replays_to_the_answers_and_scores_of_its_utterance_bag(
+        tmp_path, tiny_text_checkpoint):
+    """`python -m ddvlm_ros.bag --form ros4hri`: each speaker of each dialogue a voice (ids valid as topic names), the
+    dialogues further apart than the node's idle_timeout_s, so that each starts a new context as its own conversation
+    does on /utterance. Replayed 1000x faster than the bag, every turn gets the answer it gets from the Utterance
+    bag (dialogue 218 has three speakers), and the labels side file, keyed as the node keys the voices' answers, gives
+    the same scores. (A dialogue's voices leave the tracked list 1 s after its last words, a millisecond here: the
+    node unsubscribes them, and what they said must have reached it before.)"""
+    from ddvlm_ros.bag import ROS4HRI_GAP_S, labels_path
+    from ddvlm_ros.ros4hri import valid_id
+
+    params = {"model_dir": tiny_text_checkpoint, "input_timeout_s": 0.0}
+    by_form = {}
+    for form in ("utterance", "ros4hri"):
+        bag = write_meld_bag(tmp_path / form, "test", [0, 218, 2, 3], form=form)
+        result = replay(bag, params | {"ros4hri": form == "ros4hri"}, speed=1000.0)
+        by_form[form] = (result, json.loads(labels_path(bag).read_text())["utterances"])
+    (voices, side), (utterances, meld_side) = by_form["ros4hri"], by_form["utterance"]
+    assert list(side) == voices.finals == [f"default/{k + 1}" for k in range(len(meld_side))]
+    assert [side[k]["meld"] for k in voices.finals] == utterances.finals == list(meld_side)
+    for key, meld in zip(voices.finals, utterances.finals):
+        answer, expected = voices.prediction(key), utterances.prediction(meld)
+        assert valid_id(answer.speaker_id) and answer.speaker_id.startswith(meld.split("/")[1] + "_")
+        assert answer.speaker_token == expected.speaker_token
+        assert list(answer.probabilities) == pytest.approx(list(expected.probabilities), abs=1e-6)
+    assert voices.node_status["conversations_reset"] == "3" and ROS4HRI_GAP_S > 120
+    # the report's interval resamples the node's contexts: here a dialogue each, as the Utterance bag's conversations
+    in_dialogues = set(zip(voices.contexts(voices.finals), [side[k]["meld"].rpartition("/")[0] for k in voices.finals]))
+    assert len(in_dialogues) == len({c for c, _ in in_dialogues}) == len({d for _, d in in_dialogues}) == 4
+    assert voices.score(load_labels(tmp_path / "ros4hri"))["wa_f1"] == utterances.score(
+        load_labels(tmp_path / "utterance"))["wa_f1"]
+    with pytest.raises(ValueError, match="form must be one of utterance, ros4hri"):
+        write_meld_bag(tmp_path / "x", "test", [0], form="voices")

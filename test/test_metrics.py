@@ -73,6 +73,32 @@ def test_the_readme_quotes_the_committed_meld_test_replays_interval():
             f"{interval['high']:.2f}") in readme
 
 
+def test_the_readme_quotes_the_committed_ros4hri_replay_of_meld_test_which_scores_as_its_utterance_bag():
+    """reports/replay_meld_test_ros4hri (MELD test as ROS4HRI voices, one conversation whose contexts the dialogues'
+    silences separate) against reports/replay_meld_test (each dialogue its own conversation on /utterance)."""
+    import json
+    from pathlib import Path
+
+    from ddvlm_core.metrics import interval_words
+    from ddvlm_ros.bag import ROS4HRI_GAP_S
+
+    repo = Path(__file__).resolve().parents[1]
+    voices, utterances = (json.loads((repo / "reports" / f"{name}.json").read_text())
+                          for name in ("replay_meld_test_ros4hri", "replay_meld_test"))
+    assert voices["params"]["ros4hri"] is True and voices["speed"] == 1000.0
+    score = voices["score"]
+    assert score["answered"] == score["n"] == utterances["score"]["n"] == 2610
+    for metric in ("wa_f1", "macro_f1", "accuracy", "confusion"):
+        assert score[metric] == utterances["score"][metric]
+    interval = score["wa_f1_interval"]
+    assert interval["unit"] == "group" and interval["units"] == 280 == int(voices["node"]["conversations_reset"]) + 1
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert (f"the dialogues {ROS4HRI_GAP_S:g} s apart" in readme and f"answers all {score['n']:,} utterances and "
+            f"scores WA-F1 {score['wa_f1']:.2f} ({interval_words(interval, 'conversations')}), macro F1 "
+            f"{score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}, as its `Utterance` bag does "
+            f"(`reports/replay_meld_test_ros4hri.md`; {voices['node']['conversations_reset']} new contexts)") in readme
+
+
 def test_the_defaults_test_interval_is_recomputed_from_its_committed_predictions_and_quoted():
     """reports/default_checkpoint_test.json (python -m training.evaluate checkpoints/default --splits test): its
     predictions in MELD test's dialogue order give its WA-F1 and its interval again."""
