@@ -54,9 +54,10 @@ from ddvlm_ros.ros4hri import CROPPED, LINKS, VOICES, valid_id
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
 
 
+SPEECH_TOPIC = re.compile(r"/humans/voices/[^/]+/speech")  # a ROS4HRI voice's speech
 # REP-155 topics that the node reads with ros4hri: true, played on their own names: (pattern, type)
 ROS4HRI_TOPICS = ((re.compile(r"/humans/(voices|persons|bodies|faces)/tracked"), "hri_msgs/msg/IdsList"),
-                  (re.compile(r"/humans/voices/[^/]+/speech"), "hri_msgs/msg/LiveSpeech"),
+                  (SPEECH_TOPIC, "hri_msgs/msg/LiveSpeech"),
                   (re.compile(r"/humans/persons/[^/]+/(voice|body|face)_id"), "std_msgs/msg/String"),
                   (re.compile(r"/humans/(bodies|faces)/[^/]+/cropped"), "sensor_msgs/msg/Image"))
 INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/String",
@@ -119,7 +120,7 @@ def ros4hri_type(topic: str) -> str:
 
 def is_speech(topic: str) -> bool:
     """Whether ``topic`` is a ROS4HRI voice's speech (``/humans/voices/<id>/speech``)."""
-    return ROS4HRI_TOPICS[1][0].fullmatch(topic) is not None
+    return SPEECH_TOPIC.fullmatch(topic) is not None
 
 
 def has_ros4hri_voices(in_bag: dict[str, str]) -> bool:
@@ -472,6 +473,13 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     return result
 
 
+def _ros4hri_parts(topic: str) -> tuple[str, str, str]:
+    """'/humans/voices/anna/speech' -> ('voices', 'anna', 'speech'); '/humans/voices/tracked' -> ('voices', 'tracked',
+    '')."""
+    kind, ident, leaf = (topic.split("/") + ["", "", ""])[2:5]
+    return kind, ident, leaf
+
+
 def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
     """Poll ``condition`` until it holds or ``seconds`` have passed; whether it held."""
     deadline = time.monotonic() + seconds
@@ -545,7 +553,7 @@ class AnswerKeys:
         return self.counter
 
     def _ros4hri(self, topic: str, msg, arrived: float) -> tuple[str, str, str] | None:
-        kind, ident, leaf = (topic.split("/") + [""])[2:5]
+        kind, ident, leaf = _ros4hri_parts(topic)
         if ident == "tracked":
             gone = self.tracked.get(kind, set()) - (tracked := {i for i in msg.ids if valid_id(i)})
             self.tracked[kind] = tracked
@@ -567,7 +575,7 @@ class AnswerKeys:
     def subscribes(self, topic: str) -> bool:
         """Whether the node subscribes ``topic``, a voice's speech or a body's or face's crops, because a tracked list
         named its id (it then may not have matched the replay's publisher yet)."""
-        kind, ident, leaf = (topic.split("/") + ["", "", "", ""])[2:5]
+        kind, ident, leaf = _ros4hri_parts(topic)
         if not topic.startswith("/humans/") or ident not in self.tracked.get(kind, ()):
             return False
         return leaf == "speech" or (leaf == "cropped" and self.crops_read and f"/humans/{kind}" in CROPPED.values())
