@@ -32,12 +32,18 @@ def shipped(relative: str) -> Path:
     source = Path(__file__).resolve().parents[1] / relative
     if source.exists():
         return source
+    return installed("ddvlm_ros", relative) or source
+
+
+def installed(package: str, relative: str) -> Path | None:
+    """``<prefix>/share/<package>/<relative>`` in the first prefix that has it, searched in ``$AMENT_PREFIX_PATH``
+    then ``sys.prefix`` (None: none has it)."""
     prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
     for prefix in prefixes:
-        installed = Path(prefix) / "share" / "ddvlm_ros" / relative
-        if installed.exists():
-            return installed
-    return source
+        path = Path(prefix) / "share" / package / relative
+        if path.exists():
+            return path
+    return None
 
 
 def _mpnet_parts() -> list[str]:

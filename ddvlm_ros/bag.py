@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import shutil
@@ -25,7 +24,7 @@ from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import Stores, TypesysError, get_types_from_msg, get_typestore
 
 from ddvlm_core.asr_noise import corrupt, unpunctuate
-from ddvlm_core.assets import shipped
+from ddvlm_core.assets import installed, shipped
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.meld import MeldUtterance, dialogues, parse_time
 from ddvlm_ros.convert import sec_to_stamp
@@ -71,11 +70,7 @@ def _msg_types(package: str, folder: Path, skip_unreadable: bool = False) -> dic
 def hri_msgs_dir() -> Path:
     """The .msg files of hri_msgs: the installed package's (``<prefix>/share/hri_msgs/msg``, in $AMENT_PREFIX_PATH
     then ``sys.prefix``: apt's, or the subset ``make`` builds), else the subset vendored in ``third_party``."""
-    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
-    for prefix in prefixes:
-        if (installed := Path(prefix) / "share" / "hri_msgs" / "msg").is_dir():
-            return installed
-    return shipped("third_party/hri_msgs/msg")
+    return installed("hri_msgs", "msg") or shipped("third_party/hri_msgs/msg")
 
 
 @dataclass(frozen=True)

@@ -420,11 +420,8 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             if delay > 0:
                 time.sleep(delay)
             if max_in_flight and (topics[topic] in ("utterance", "transcript") or is_speech(topic)):
-                held = time.monotonic() + answer_timeout_s  # an utterance the node dropped is not waited for forever
-                while time.monotonic() < held:
-                    if len(unanswered(result.finals)) < max_in_flight:
-                        break
-                    time.sleep(0.01)
+                # an utterance the node dropped is not waited for forever
+                wait_for(lambda: len(unanswered(result.finals)) < max_in_flight, answer_timeout_s, poll_s=0.01)
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
             msg = deserialize_message(raw, types[topic])
             numbered = answer_key.counter
@@ -480,13 +477,13 @@ def _ros4hri_parts(topic: str) -> tuple[str, str, str]:
     return kind, ident, leaf
 
 
-def wait_for(condition: Callable[[], bool], seconds: float) -> bool:
-    """Poll ``condition`` until it holds or ``seconds`` have passed; whether it held."""
+def wait_for(condition: Callable[[], bool], seconds: float, poll_s: float = 0.002) -> bool:
+    """Poll ``condition`` every ``poll_s`` until it holds or ``seconds`` have passed; whether it held."""
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.002)
+        time.sleep(poll_s)
     return True
 
 
