@@ -200,7 +200,8 @@ def _meld_events(utterances: list[TimedUtterance], store, frames: str, fps: floa
         if form == "utterance":
             msg = Utterance(header=Header(stamp=_stamp(store, u.end), frame_id="mic"), start=_stamp(store, u.start),
                             end=_stamp(store, u.end), conversation_id=u.conversation_id,
-                            utterance_id=u.utterance_id, speaker_id=u.speaker, text=text, is_final=True)
+                            utterance_id=u.utterance_id, speaker_id=u.speaker, text=text, is_final=True,
+                            confidence=0.0)
             events.append((u.end, UTTERANCE_TOPIC, UTTERANCE_TYPE, store.serialize_cdr(msg, UTTERANCE_TYPE)))
     voice_events, keys = _voices(utterances, texts, store) if form == "ros4hri" else ([], {})
     events += voice_events

@@ -201,6 +201,7 @@ class AsrJson:
     final: bool  # False: a partial result (Vosk's {"partial": ...}, a result marked is_final false)
     speaker: str = ""  # its "speaker" field, if any
     form: str = ""  # the field the text came from, e.g. "text" (Vosk's Result()), "partial", "alternatives"
+    confidence: float = 0.0  # the ASR's confidence in it, in (0, 1]; 0 = not given (``json_confidence``)
 
     @property
     def utterance(self) -> bool:
@@ -235,7 +236,7 @@ def asr_json(data: str) -> AsrJson | None:
         raise ValueError(f"a JSON object without a transcript field the node reads (keys: {sorted(obj)[:8]}); "
                          "publish the transcript's text, or a JSON object with 'text'")
     text, final, form = found
-    return AsrJson(text, final, speaker.strip(), form)
+    return AsrJson(text, final, speaker.strip(), form, json_confidence(obj))
 
 
 def transcript_said(data: str, default_speaker: str, speaker_prefix: bool) -> tuple[str, str] | None:
@@ -274,6 +275,37 @@ def _json_text(obj: dict) -> tuple[str, bool, str] | None:
     return None
 
 
+def asr_confidence(value) -> float:
+    """An ASR's confidence as the node keeps it: a number in (0, 1], else 0 (not given). 0 is what LiveSpeech,
+    Utterance and Google's results hold when the ASR set none; a value above 1 is a score, not a probability
+    (Vosk's alternatives: a total log-likelihood)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return float(value) if 0.0 < value <= 1.0 else 0.0
+
+
+def json_confidence(obj: dict) -> float:
+    """The ASR's confidence in a JSON result object's transcript (0 = not given): its "confidence"; else the mean of
+    its words' "conf" (Vosk's Result() with SetWords: "result": [{"word", "conf", ...}]); else the first
+    alternative's "confidence"; else the mean over "results" (Google's and Riva's) of their first alternative's.
+    Values outside (0, 1] are not read as confidences."""
+    if (given := asr_confidence(obj.get("confidence"))) > 0:
+        return given
+    words = obj.get("result")
+    if isinstance(words, list) and words and all(isinstance(w, dict) for w in words):
+        confs = [asr_confidence(w.get("conf")) for w in words]
+        return sum(confs) / len(confs) if all(confs) else 0.0
+    alternatives = obj.get("alternatives")
+    if isinstance(alternatives, list) and alternatives and isinstance(alternatives[0], dict):
+        return asr_confidence(alternatives[0].get("confidence"))
+    results = obj.get("results")
+    if isinstance(results, list) and results and all(isinstance(r, dict) for r in results):
+        confs = [json_confidence({"alternatives": r.get("alternatives")}) for r in results]
+        given = [c for c in confs if c > 0]  # Google sets it on final results only
+        return sum(given) / len(given) if given else 0.0
+    return 0.0
+
+
 def _first_alternative(obj: dict) -> str | None:
     """The text of the first of ``obj``'s "alternatives" (its "text" or "transcript"), None without one."""
     alternatives = obj.get("alternatives")
@@ -283,8 +315,9 @@ def _first_alternative(obj: dict) -> str | None:
 
 
 def prediction_to_msg(prediction, msg_type, header, conversation_id: str, utterance_id: str, speaker_id: str,
-                      refined: bool, latency_ms: float):
-    """EmotionPrediction -> ddvlm_msgs/EmotionDistribution (header copied from the utterance)."""
+                      refined: bool, latency_ms: float, transcript_confidence: float = 0.0):
+    """EmotionPrediction -> ddvlm_msgs/EmotionDistribution (header copied from the utterance; the ASR's confidence
+    in the transcript, 0 = not given)."""
     return msg_type(
         header=header,
         conversation_id=conversation_id,
@@ -301,4 +334,5 @@ def prediction_to_msg(prediction, msg_type, header, conversation_id: str, uttera
         caption_source=prediction.caption_source,
         latency_ms=float(latency_ms),
         flags=list(prediction.flags),
+        transcript_confidence=float(transcript_confidence),
     )

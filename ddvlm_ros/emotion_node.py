@@ -30,8 +30,9 @@ from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.speech_timing import AsrTiming
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
-from ddvlm_ros.convert import (AsrJson, asr_json, compressed_msg_to_rgb, cv_bridge_problem, image_msg_to_rgb,
-                               parse_transcript, prediction_to_msg, sec_to_stamp, stamp_to_sec, use_cv_bridge)
+from ddvlm_ros.convert import (AsrJson, asr_confidence, asr_json, compressed_msg_to_rgb, cv_bridge_problem,
+                               image_msg_to_rgb, parse_transcript, prediction_to_msg, sec_to_stamp, stamp_to_sec,
+                               use_cv_bridge)
 from ddvlm_ros.compat import PublisherEventCallbacks, SubscriptionEventCallbacks, add_after_set_parameters
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
 from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
@@ -43,7 +44,7 @@ TIME_JUMP_BACK_S = 1.0  # ROS time going back more than this (a bag played again
 NO_FINAL_WARN_S = 30.0  # utterance messages this long, none final: WARN that only final ones are classified
 LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversations",
                           "context_only_speakers", "drop_self_echoes", "quote_speech",
-                          "revise_answers")  # EmotionPipeline attributes
+                          "revise_answers", "asr_min_confidence")  # EmotionPipeline attributes
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
@@ -186,6 +187,7 @@ class EmotionNode(LifecycleNode):
             caption_timeout_s=self.p("caption_timeout_s"), log=self._log, clock=self._now,
             context_only_speakers=self.p("context_only_speakers"), drop_self_echoes=self.p("drop_self_echoes"),
             quote_speech=self.p("quote_speech"), revise_answers=self.p("revise_answers"),
+            asr_min_confidence=self.p("asr_min_confidence"),
             thread_setup={"inference": cpu_threads_setup(self.p("cpu_threads")), "caption": cpu_threads_setup(1)})
         self._ensure_diagnostics()
         self.get_logger().info(f"configured: model {self.model_name}, quantization {self.quantization}, "
@@ -393,7 +395,8 @@ class EmotionNode(LifecycleNode):
             self._submit_plain_text(*parse_transcript(msg.data, self.p("default_speaker"), self.p("speaker_prefix")),
                                     "transcript")
         elif self._final_json(payload):
-            self._submit_plain_text(payload.speaker or self.p("default_speaker"), payload.text, "transcript")
+            self._submit_plain_text(payload.speaker or self.p("default_speaker"), payload.text, "transcript",
+                                    payload.confidence)
 
     def _final_json(self, payload: AsrJson) -> bool:
         """Count a transcript that is an ASR's JSON result object; True when it is a final result with words. A
@@ -418,14 +421,16 @@ class EmotionNode(LifecycleNode):
         self._seen("robot_speech_topic")
         self._submit_plain_text(ROBOT_SPEAKER, msg.data, "robot_speech")
 
-    def _submit_plain_text(self, speaker: str, text: str, source: str) -> None:
+    def _submit_plain_text(self, speaker: str, text: str, source: str, confidence: float = 0.0) -> None:
         """A text without stamps that came on input ``source`` now (its stamp): its camera window when its words were
-        said (``asr_timing``), the next id of the node's counter, the conversation_id parameter's conversation."""
+        said (``asr_timing``), the next id of the node's counter, the conversation_id parameter's conversation
+        (``confidence``: the ASR's in it, 0 = not given)."""
         received, end = time.monotonic(), self._now()
         header = Header(stamp=sec_to_stamp(end, type(Header().stamp)), frame_id="")
         start, said_until = self._window(text, None, end, stamped=False)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text, start, end,
-                                         received, header, source=source, said_until=said_until, heard=end))
+                                         received, header, source=source, said_until=said_until, heard=end,
+                                         asr_confidence=confidence))
 
     def asr_timing(self) -> AsrTiming:
         """How the ASR's transcripts follow the words (text_window_s, text_asr_endpoint_s, text_asr_rtf): the camera
@@ -467,7 +472,8 @@ class EmotionNode(LifecycleNode):
         self.pipeline.submit(UtteranceIn(msg.conversation_id or self.p("conversation_id"),
                                          msg.utterance_id or self._next_id(), msg.speaker_id, msg.text,
                                          start, end, received, header, stream_id=stream, end_stamped=bool(stamped),
-                                         source="utterance", said_until=said_until, heard=self._now()))
+                                         source="utterance", said_until=said_until, heard=self._now(),
+                                         asr_confidence=asr_confidence(msg.confidence)))
 
     def _stamped_end(self, stamped: float) -> float:
         """The end of a final transcript: its stamp (``stamped``; its delay after it is kept for the diagnostics),
@@ -590,7 +596,7 @@ class EmotionNode(LifecycleNode):
     def _on_result(self, result: Result) -> None:
         u = result.utterance
         msg = prediction_to_msg(result.prediction, EmotionDistribution, u.header, u.conversation_id,
-                                u.utterance_id, u.speaker_id, result.refined, result.latency_ms)
+                                u.utterance_id, u.speaker_id, result.refined, result.latency_ms, u.asr_confidence)
         if self._pub is not None:
             self._pub.publish(msg)
         self._last_output = (f"{u.conversation_id}/{u.utterance_id} {u.speaker_id or '?'}: {msg.top_label} "
@@ -636,7 +642,7 @@ class EmotionNode(LifecycleNode):
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
                                          header, voice_id=voice, language=getattr(msg, "language", ""),
                                          end_stamped=bool(stamped), source="voices", said_until=said_until,
-                                         heard=self._now()))
+                                         heard=self._now(), asr_confidence=asr_confidence(msg.confidence)))
 
     def _on_voice_incremental(self, voice: str, msg, start: float, uid: str) -> None:
         self._last_voice_speech = time.monotonic()
@@ -701,6 +707,7 @@ class EmotionNode(LifecycleNode):
                        "context_only_utterances": s.context_only, "non_speech_transcripts": s.non_speech,
                        "transcripts_unpunctuated": self.pipeline.punctuation_summary(),
                        "transcripts_not_english": self.pipeline.language_summary(),
+                       "transcripts_low_confidence": self.pipeline.confidence_summary(),
                        "asr_repetition_loops": s.repetition_loops,
                        "self_echo_transcripts": self.pipeline.self_echo_summary(),
                        "self_echoes_dropped": s.self_echoes_dropped,

@@ -29,6 +29,7 @@ class Param:
     choices: tuple[str, ...] = ()  # the allowed values of a string parameter
     at_least: float | None = None  # numbers: value >= at_least
     above: float | None = None  # numbers: value > above
+    at_most: float | None = None  # numbers: value <= at_most
     pattern: str = ""  # strings: a full match of this regular expression
     topic: str = ""  # "optional": a topic name or '' (off); "required": a topic name
     what: str = ""  # the pattern in words
@@ -42,6 +43,8 @@ class Param:
         """The allowed values in words ('' = any value of the type); shown by ``ros2 param describe``."""
         if self.choices:
             return "one of: " + ", ".join(self.choices)
+        if self.at_least is not None and self.at_most is not None:
+            return f"{self.at_least:g} to {self.at_most:g}"
         if self.at_least is not None:
             return f">= {self.at_least:g}"
         if self.above is not None:
@@ -113,6 +116,10 @@ PARAMS: tuple[Param, ...] = (
     Param("revise_answers", True, "when a transcript arrives after turns that ended after it (an ASR per voice) "
           "and is placed before them, answer those turns again from the context in the order said (flag "
           "answer-revised; it replaces their first answers); false: they keep their first answers", applies="now"),
+    Param("asr_min_confidence", 0.5, "flag an answer transcript-low-confidence when the ASR's confidence in its "
+          "transcript is below this (LiveSpeech.confidence, Utterance.confidence, a JSON result's confidence or the "
+          "mean of its words' conf); a transcript without a confidence is not flagged; 0 = never",
+          at_least=0.0, at_most=1.0, applies="now"),
     Param("quote_speech", True, "quote people's words (60 characters at most) in the log and /diagnostics when "
           "the node reports what the ASR did to them (a repetition loop, an echo of the robot, a partial result); "
           "false: how many words only, for studies whose participants' speech must not reach the log files "
@@ -176,6 +183,7 @@ def value_error(name: str, value: object) -> str:
     bad = ((p.choices and value not in p.choices)
            or (p.at_least is not None and value < p.at_least)
            or (p.above is not None and value <= p.above)
+           or (p.at_most is not None and value > p.at_most)
            or (p.pattern and not re.fullmatch(p.pattern, value)))
     if bad:
         return f"parameter {name!r} must be {p.constraint()}, got {value!r}"

@@ -50,6 +50,7 @@ RECENT_DELIVERIES = 8  # per conversation: the latest transcripts a new one is c
 CUT_WINDOW = 20  # the latest captioned utterance windows watched for a start that had left the frame buffer
 CUT_RECUR = 3  # of them cut short: frame_buffer_s is too short for these utterances and this ASR's delay
 QUOTE_CHARS = 60  # of a person's words quoted in the log and the diagnostics (quote_speech)
+LOW_CONFIDENCE_FLAG = "transcript-low-confidence"  # the ASR's confidence in it is below asr_min_confidence
 
 
 class RecentShare:
@@ -97,6 +98,7 @@ class UtteranceIn:
     # came; ddvlm_core.speech_timing); None: at ``end``
     heard: float | None = None  # ROS time when it came (None: the pipeline's clock when it is answered): the silence
     # before it is measured to it (idle_timeout_s), not to when the inference thread comes to it
+    asr_confidence: float = 0.0  # the ASR's confidence in the text, in (0, 1]; 0 = not given
 
     @property
     def window(self) -> tuple[float, float]:
@@ -159,6 +161,9 @@ class Stats:
     late_transcripts: int = 0  # classified transcripts placed before turns that ended after them (arrived late)
     late_last: tuple[int, float] = (0, 0.0)  # the latest of them: how many turns it went before, ended how long before
     revised: int = 0  # answers published again because a late transcript went before their turn (answer-revised)
+    asr_confidences: deque = field(default_factory=lambda: deque(maxlen=200))  # the latest classified transcripts'
+    #                                                                             confidences, where the ASR gave one
+    low_confidence: int = 0  # classified transcripts below asr_min_confidence (flagged transcript-low-confidence)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
     last_error: str = ""
 
@@ -289,7 +294,8 @@ class EmotionPipeline:
                  log: Callable[[str, str], None] = lambda level, msg: None,
                  thread_setup: dict[str, Callable[[], None]] | None = None,
                  clock: Callable[[], float] = time.monotonic, context_only_speakers: str = "",
-                 drop_self_echoes: bool = False, quote_speech: bool = True, revise_answers: bool = True):
+                 drop_self_echoes: bool = False, quote_speech: bool = True, revise_answers: bool = True,
+                 asr_min_confidence: float = 0.0):
         self.recognizer, self.publish, self.captioner = recognizer, publish, captioner
         self.decode_frame, self.log = decode_frame, log
         self.max_turns, self.idle_timeout_s = max_turns, idle_timeout_s
@@ -319,6 +325,7 @@ class EmotionPipeline:
         self.robot_speaker = ""  # speaker of the node's robot_speech input (ROBOT_SPEAKER while on): context only too
         self.quote_speech = quote_speech  # people's words in logs and diagnostics (False: how many words only)
         self.revise_answers = revise_answers  # answer again the turns a late transcript goes before
+        self.asr_min_confidence = asr_min_confidence  # a transcript the ASR gave less confidence is flagged
 
     def quote(self, text: str) -> str:
         """What a person said, as the log and the diagnostics show it: quoted (QUOTE_CHARS characters at most) while
@@ -641,6 +648,7 @@ class EmotionPipeline:
             return
         utt = self._watch_partial(earlier, turn, utt)
         utt = self._watch_late(later, ended_before, utt)
+        utt = self._watch_confidence(utt)
         if self.context_only_speakers.strip() or self.robot_speaker:
             utt = self._watch_echo(utt, turns)
             if self.drop_self_echoes and SELF_ECHO_FLAG in utt.flags:  # the robot's words: no person's feeling
@@ -705,6 +713,26 @@ class EmotionPipeline:
             self.log("warn", f"{self.language_summary()}: the model learnt English only (MELD), and its answers to "
                              f"other languages say nothing of the speaker; they carry the flag {NOT_ENGLISH_FLAG}. "
                              "Set the ASR to English, or leave such speech out")
+
+    def _watch_confidence(self, utt: UtteranceIn) -> UtteranceIn:
+        """The utterance, flagged when the ASR gave it a confidence below ``asr_min_confidence`` (words it may have
+        misheard: the answer reads them as said); counted."""
+        if not utt.asr_confidence:
+            return utt
+        self.stats.asr_confidences.append(utt.asr_confidence)
+        if utt.asr_confidence >= self.asr_min_confidence:
+            return utt
+        self.stats.low_confidence += 1
+        return replace(utt, flags=utt.flags + (LOW_CONFIDENCE_FLAG,))
+
+    def confidence_summary(self) -> str:
+        """'k of the latest n transcripts with an ASR confidence below t (p50 c)' ('' while the ASR gave none)."""
+        given = sorted(self.stats.asr_confidences)  # a copy: the inference worker appends while diagnostics read
+        if not given:
+            return ""
+        below = sum(c < self.asr_min_confidence for c in given)
+        return (f"{below} of the latest {len(given)} transcripts with an ASR confidence below "
+                f"{self.asr_min_confidence:g} (p50 {given[len(given) // 2]:.2f}); {self.stats.low_confidence} in all")
 
     def _watch_loops(self, turn: Turn) -> None:
         """Count a transcript in which the ASR looped (its repeats were cut); say so the first time."""

@@ -50,6 +50,8 @@ from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.speech_timing import AsrTiming
 from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
+from ddvlm_ros.pipeline import LOW_CONFIDENCE_FLAG
+from ddvlm_ros.recorded import DefinitionError, RecordedTypes
 from ddvlm_ros.ros4hri import CROPPED, LINKS, VOICES, valid_id
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
 
@@ -194,6 +196,8 @@ class ReplayResult:
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> its time span, seconds from the
     #                                                                      bag's first message (ddvlm_ros.time_labels)
     idle_timeout_s: float = 0.0  # the node's: a silence this long in a conversation starts a new context (0: never)
+    recorded_types: str = ""  # topics recorded with another version of their type (ddvlm_ros.recorded), in words
+    asr_min_confidence: float = 0.0  # the node's: a transcript the ASR gave less confidence is flagged
 
     def contexts(self, keys: list[str]) -> list[str]:
         """Each key's dialogue context, as the node keeps them: its conversation, and in one conversation a new
@@ -251,6 +255,10 @@ class ReplayResult:
         return self.flagged_line(NOT_ENGLISH_FLAG, "are not English; the model reads English only, and those answers "
                                                    "say nothing of the speaker")
 
+    def confidence_line(self) -> str:
+        """How many answered transcripts had an ASR confidence below the node's asr_min_confidence."""
+        return self.flagged_line(LOW_CONFIDENCE_FLAG, f"had an ASR confidence below {self.asr_min_confidence:g}")
+
     def loop_line(self) -> str:
         """How many answered transcripts were ASR repetition loops (cut to LOOP_KEEP repeats)."""
         return self.flagged_line(REPETITION_LOOP_FLAG, f"were ASR repetition loops, cut to {LOOP_KEEP} repeats")
@@ -307,6 +315,8 @@ class ReplayResult:
                                                                "coverage")}
             # a study's participants: on whom the model is wrong, and how (labelled as / answered as)
             result["per_speaker"] = per_speaker([self.prediction(k).speaker_id for k in answered], gold, pred)
+            # how right the answers a flag marks are, against the others (e.g. whether to trust them less)
+            result["per_flag"] = per_flag([list(self.prediction(k).flags) for k in answered], gold, pred)
         latencies = [self.answers[k]["text"].latency_ms for k in answered if "text" in self.answers[k]]
         result |= {
             "utterances": len(keys), "answered": len(answered), "unanswered": len(keys) - len(answered),
@@ -317,6 +327,23 @@ class ReplayResult:
                            "max": float(max(latencies))} if latencies else {},
         }
         return result
+
+
+def per_flag(flags: list[list[str]], gold: list[int], pred: list[int]) -> dict[str, dict]:
+    """Per flag carried by a scored answer, most often first: how many answers carry it, their accuracy and the
+    accuracy of the answers without it (percent; None where there are none)."""
+    from collections import Counter
+
+    def accuracy(picked: list[int]) -> float | None:
+        return 100.0 * sum(gold[i] == pred[i] for i in picked) / len(picked) if picked else None
+
+    counts = Counter(flag for answer in flags for flag in set(answer))
+    out = {}
+    for flag, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        has = [i for i, answer in enumerate(flags) if flag in answer]
+        others = [i for i, answer in enumerate(flags) if flag not in answer]
+        out[flag] = {"n": n, "accuracy": accuracy(has), "accuracy_others": accuracy(others)}
+    return out
 
 
 def per_speaker(speakers: list[str], gold: list[int], pred: list[int]) -> dict[str, dict]:
@@ -348,7 +375,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
-    from rclpy.serialization import deserialize_message, serialize_message
+    from rclpy.serialization import serialize_message
     from rosgraph_msgs.msg import Clock
 
     from ddvlm_msgs.msg import EmotionDistribution
@@ -359,6 +386,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     if t_first is None:
         raise BagError(f"{bag}: no messages")
     topics = input_topics(in_bag, remaps, ros4hri=bool(params.get("ros4hri")))
+    decoder = recorded_types(bag)
     result = ReplayResult(bag=str(bag))
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -401,7 +429,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         wait_for(lambda: all(p.get_subscription_count() for p in subscribed_now), 10.0)
         answer_key = AnswerKeys(node.p("conversation_id"), node.p("default_speaker"), node.p("speaker_prefix"),
                                 crops_read=node._crops is not None)
-        result.idle_timeout_s = node.p("idle_timeout_s")
+        result.idle_timeout_s, result.asr_min_confidence = node.p("idle_timeout_s"), node.p("asr_min_confidence")
         skipped: set[str] = set()  # final utterances the node does not classify (no text): no answer to wait for
         in_step = True  # the node numbers what answer_key numbers (one that waited in vain: it does not; no more waits)
 
@@ -423,7 +451,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 # an utterance the node dropped is not waited for forever
                 wait_for(lambda: len(unanswered(result.finals)) < max_in_flight, answer_timeout_s, poll_s=0.01)
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
-            msg = deserialize_message(raw, types[topic])
+            msg = decode(decoder, topic, raw, types[topic])
             numbered = answer_key.counter
             if answered := answer_key(topics[topic], msg, t):
                 key, speaker, text = answered
@@ -458,6 +486,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             time.sleep(0.05)
         time.sleep(0.3)  # late refined answers
         result.wall_s = time.monotonic() - started
+        result.recorded_types = decoder.summary()
         result.node_status = {kv.key: kv.value for kv in node.diagnostic_status().values}
     finally:
         if node.pipeline is not None:
@@ -578,14 +607,29 @@ class AnswerKeys:
         return leaf == "speech" or (leaf == "cropped" and self.crops_read and f"/humans/{kind}" in CROPPED.values())
 
 
+def recorded_types(bag: str | Path) -> RecordedTypes:
+    """The bag's message definitions, to decode its messages as the installed types (BagError for a broken bag)."""
+    try:
+        return RecordedTypes(bag)
+    except Exception as e:  # rosbags raises several types for broken bags
+        raise BagError(f"{bag}: cannot read bag ({type(e).__name__}: {e})") from None
+
+
+def decode(decoder: RecordedTypes, topic: str, raw: bytes, cls):
+    """One of the bag's messages as the installed ``cls`` (BagError when it cannot be: ddvlm_ros.recorded)."""
+    try:
+        return decoder.decode(topic, raw, cls)
+    except DefinitionError as e:
+        raise BagError(str(e)) from None
+
+
 def offline_predictions(bag: str | Path, recognizer) -> dict[str, str]:
     """What ddvlm_core predicts, offline, for every final utterance of a bag (same contexts, text only)."""
-    from rclpy.serialization import deserialize_message
-
+    decoder = recorded_types(bag)
     contexts: dict[str, list[tuple[str, str]]] = {}
     out = {}
     for _, topic, msgtype, raw in bag_messages(bag, ["/utterance"]):
-        msg = deserialize_message(raw, ros_type(msgtype))
+        msg = decode(decoder, topic, raw, ros_type(msgtype))
         if not msg.is_final or non_speech(msg.text):
             continue
         turns = contexts.setdefault(msg.conversation_id, [])
@@ -639,6 +683,12 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
     lines += ["", *class_f1_lines(score["per_class_f1"])]
     if "coverage" in score.get("calibration", {}):  # answers acted on only above a confidence: how many, how right
         lines += ["", *coverage_table(score["calibration"]["coverage"])]
+    flagged = list(score.get("per_flag", {}).items())
+    if flagged:
+        lines += ["", "| flag (README, Flags) | answers | accuracy | accuracy of the others |", "|---|---|---|---|"]
+        lines += [f"| `{flag}` | {r['n']} | {r['accuracy']:.1f} | "
+                  f"{'—' if r['accuracy_others'] is None else format(r['accuracy_others'], '.1f')} |"
+                  for flag, r in flagged]
     speakers = list(score.get("per_speaker", {}).items())
     if speakers:
         lines += ["", "| speaker | utterances | accuracy | labelled most often | answered most often |",
@@ -658,15 +708,18 @@ TIME_LABEL_SUFFIXES = (".csv", ".tsv", ".txt")  # --labels given as time interva
 
 def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
     """A new bag (mcap): the replayed bag's messages plus every /emotion answer at the simulated time it
-    came out, to look at side by side (e.g. in Foxglove or rqt_bag). Topics of message types unknown
-    here (a robot's own packages) are left out; returns (bag, how many messages were left out)."""
+    came out, to look at side by side (e.g. in Foxglove or rqt_bag). Each topic keeps the definition the bag
+    recorded for its type (a robot's own packages, an older hri_msgs); a topic of a bag that recorded none (sqlite3
+    before Iron) is written by the definition installed here, and left out where its type is unknown here; returns
+    (bag, how many messages were left out)."""
     from rosbags.rosbag2 import Writer
 
     from ddvlm_ros.bag import typestore
 
-    store, out = typestore(), Path(out)
+    store, out, recorded = typestore(), Path(out), recorded_types(result.bag)
     index = bag_topics(result.bag)  # which topics can be written, how many messages cannot
-    known = {topic for topic, msgtype in index.types.items() if msgtype in store.types}
+    known = {topic for topic, msgtype in index.types.items()
+             if recorded.recorded_msg(topic) is not None or msgtype in store.types}
     left_out = sum(count for topic, count in index.counts.items() if topic not in known)
     played = ((int(round(t * 1e9)), topic, msgtype, raw) for t, topic, msgtype, raw in bag_messages(result.bag, known))
     answers = [(t, "/emotion", EMOTION_TYPE, raw) for t, raw in sorted(result.emotion_log, key=lambda e: e[0])]
@@ -674,7 +727,10 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
         connections = {}
         for t, topic, msgtype, raw in heapq.merge(played, answers, key=lambda e: e[0]):  # both in time order
             if (topic, msgtype) not in connections:
-                connections[topic, msgtype] = writer.add_connection(topic, msgtype, typestore=store)
+                own = recorded.recorded_msg(topic) if topic != "/emotion" else None
+                connections[topic, msgtype] = (
+                    writer.add_connection(topic, msgtype, msgdef=own[0], rihs01=own[1] or None) if own else
+                    writer.add_connection(topic, msgtype, typestore=store))
             writer.write(connections[topic, msgtype], t, raw)
     return out, left_out
 
@@ -687,7 +743,8 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
             "top_label": msg.top_label, "confidence": msg.confidence,
             "probabilities": dict(zip(msg.labels, map(float, msg.probabilities))),
             "modalities": msg.modalities, "caption": msg.caption, "caption_source": msg.caption_source,
-            "latency_ms": msg.latency_ms, "flags": list(msg.flags)}
+            "latency_ms": msg.latency_ms, "flags": list(msg.flags),
+            "transcript_confidence": float(msg.transcript_confidence)}
 
     records = []
     for key in result.finals:
@@ -794,7 +851,8 @@ def main(argv: list[str]) -> int:
         f"{len(intervals)} intervals overlap no utterance")
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
-    notes = (by_time, result.camera_line(), result.transcript_line(), result.language_line(), result.loop_line(),
+    notes = (by_time, result.recorded_types, result.camera_line(), result.transcript_line(), result.language_line(),
+             result.confidence_line(), result.loop_line(),
              result.echo_line(), result.partial_line(), result.late_line(), result.copy_line())
     for note in notes:
         if note:

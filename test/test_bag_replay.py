@@ -421,7 +421,7 @@ def test_the_replay_report_counts_transcripts_that_arrived_after_later_ones(tmp_
         for k, (speaker, text, start, end, arrived) in sorted(enumerate(said), key=lambda e: e[1][4]):
             msg = Utterance(header=Header(stamp=_stamp(store, end), frame_id="mic"), start=_stamp(store, start),
                             end=_stamp(store, end), conversation_id="lab", utterance_id=f"u{k}", speaker_id=speaker,
-                            text=text, is_final=True)
+                            text=text, is_final=True, confidence=0.0)
             writer.write(connection, round(arrived * 1e9), store.serialize_cdr(msg, UTTERANCE_TYPE))
     out = tmp_path / "out"
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20",
@@ -618,7 +618,7 @@ def test_utterances_without_ids_are_keyed_as_the_node_numbers_them_and_answers_c
             for final, words in ((False, text.split()[0]), (True, text)):  # a partial result, then the final one
                 msg = Utterance(header=Header(stamp=_stamp(store, end), frame_id="mic"), start=_stamp(store, end - 1.5),
                                 end=_stamp(store, end), conversation_id="", utterance_id="" if final else "p",
-                                speaker_id=speaker, text=words, is_final=final)
+                                speaker_id=speaker, text=words, is_final=final, confidence=0.0)
                 writer.write(topic, int(end * 1e9), store.serialize_cdr(msg, "ddvlm_msgs/msg/Utterance"))
     out = tmp_path / "answers.jsonl"
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/utterance:=utterance",
@@ -721,7 +721,25 @@ ROS4HRI_TURNS = [("anna", "I got the job!", "joy"), ("bob", "No way!", "surprise
                  ("anna", "I start on Monday.", "neutral")]
 
 
-def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", incremental=True):
+def older_typestore():
+    """The types of a robot that ran hri_msgs before LiveSpeech had ``language`` (2023) and ddvlm_msgs before
+    Utterance had ``confidence``."""
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    from ddvlm_ros.bag import MSG_DIR, hri_msgs_dir
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    older = {"hri_msgs/msg/LiveSpeech": "std_msgs/Header header\nstring incremental\nstring final\n"
+                                        "float64 confidence\n",
+             "hri_msgs/msg/IdsList": (hri_msgs_dir() / "IdsList.msg").read_text(encoding="utf-8"),
+             "ddvlm_msgs/msg/Utterance": (MSG_DIR / "Utterance.msg").read_text(encoding="utf-8").split(
+                 "float32 confidence")[0]}
+    for name, definition in older.items():
+        store.register(get_types_from_msg(definition, name))
+    return store
+
+
+def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", incremental=True, older=False):
     """A bag of ``turns`` (voice, text, label), turn k said from 100 + 3k s to 2 s later, as a ROS4HRI robot records
     it (REP-155, ``form`` ros4hri): ``/humans/voices/tracked`` at 2 Hz naming the voices that spoke so far, naming each
     one first 20 ms before its first words; per turn an incremental result at its start (``incremental``) and the final
@@ -729,13 +747,14 @@ def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", in
     ``crops``: the person manager links person p_<voice> to voice <voice> and body b_<voice> (latched, published before
     the person is tracked), /humans/bodies/tracked names the bodies, and each turn has 24x16 crops of its voice's body
     and 64x64 camera frames on /image, at 5 Hz. ``form`` utterance: the same turns as final ddvlm_msgs/Utterance
-    messages (conversation default, ids 1, 2 ...), stamped as the voices' results."""
+    messages (conversation default, ids 1, 2 ...), stamped as the voices' results. ``older``: recorded with the types
+    of ``older_typestore``."""
     import numpy as np
     from rosbags.rosbag2 import Writer
 
     from ddvlm_ros.bag import _stamp, typestore
 
-    store = typestore()
+    store = older_typestore() if older else typestore()
     Header = store.types["std_msgs/msg/Header"]
     types = {"tracked": "hri_msgs/msg/IdsList", "speech": "hri_msgs/msg/LiveSpeech", "link": "std_msgs/msg/String",
              "image": "sensor_msgs/msg/Image", "utterance": "ddvlm_msgs/msg/Utterance"}
@@ -754,7 +773,7 @@ def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", in
 
     def speech(stamp, incremental="", final=""):
         return store.types[types["speech"]](header=header(stamp, "mic"), incremental=incremental, final=final,
-                                            confidence=0.9, language="en")
+                                            confidence=0.9, **({} if older else {"language": "en"}))
 
     first = {}
     for k, (voice, text, _) in enumerate(turns):
@@ -763,7 +782,8 @@ def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", in
         if form == "utterance":
             add(end + 0.3, "/utterance", "utterance", store.types[types["utterance"]](
                 header=header(end, "mic"), start=_stamp(store, start), end=_stamp(store, end),
-                conversation_id="default", utterance_id=str(k + 1), speaker_id=voice, text=text, is_final=True))
+                conversation_id="default", utterance_id=str(k + 1), speaker_id=voice, text=text, is_final=True,
+                **({} if older else {"confidence": 0.0})))
             continue
         if incremental:
             add(start, f"/humans/voices/{voice}/speech", "speech", speech(0.0, incremental=text.split()[0]))
@@ -902,3 +922,94 @@ def test_meld_written_as_ros4hri_voices_replays_to_the_answers_and_scores_of_its
         load_labels(tmp_path / "utterance"))["wa_f1"]
     with pytest.raises(ValueError, match="form must be one of utterance, ros4hri"):
         write_meld_bag(tmp_path / "x", "test", [0], form="voices")
+
+
+def test_bags_recorded_with_older_message_definitions_replay_as_bags_of_todays(tmp_path, tiny_text_checkpoint,
+                                                                               capsys):
+    """hri_msgs' LiveSpeech had no ``language`` before 2023, and ddvlm_msgs' Utterance no ``confidence`` before now:
+    a bag of those versions does not decode as today's types (Fast CDR runs out of bytes). It is decoded by the
+    definitions it recorded, the fields it lacks taking their defaults: its turns get the answers of the same bag
+    recorded with today's types, the report names the topics so read, and --record keeps the recorded definitions.
+    A bag that recorded no definition (sqlite3 before Iron) is refused with the reason."""
+    import sqlite3
+
+    from hri_msgs.msg import LiveSpeech
+
+    from ddvlm_ros.recorded import RecordedTypes
+    from ddvlm_ros.replay import main
+
+    params = {"model_dir": tiny_text_checkpoint, "input_timeout_s": 0.0}
+    speech = "/humans/voices/anna/speech"
+    for form, topic, lacks in (("ros4hri", speech, "hri_msgs/msg/LiveSpeech: no language"),
+                               ("utterance", "/utterance", "ddvlm_msgs/msg/Utterance: no confidence")):
+        played = {}
+        for older in (False, True):
+            bag = write_ros4hri_bag(tmp_path / f"{form}_{older}", ROS4HRI_TURNS, form=form, older=older)
+            played[older] = replay(bag, params | {"ros4hri": form == "ros4hri"}, speed=100.0)
+        today, older = played[False], played[True]
+        assert older.finals == today.finals and len(older.finals) == len(ROS4HRI_TURNS)
+        for key in today.finals:
+            assert list(older.prediction(key).probabilities) == pytest.approx(
+                list(today.prediction(key).probabilities), abs=1e-6)
+        assert today.recorded_types == "" and f"{topic} ({lacks})" in older.recorded_types
+    old_bag = tmp_path / "ros4hri_True"
+    assert main([str(old_bag), "--model-dir", tiny_text_checkpoint, "--speed", "100", "--record",
+                 str(tmp_path / "recorded")]) == 0
+    out = capsys.readouterr().out
+    assert f"read by the bag's own definition (missing fields keep their defaults): {speech} (hri_msgs" in out
+    recorded = RecordedTypes(tmp_path / "recorded")
+    assert "language" not in recorded.definitions[speech][1].data and "/emotion" in recorded.definitions
+    said = [recorded.decode(speech, raw, LiveSpeech) for raw in read_raw(tmp_path / "recorded", speech)]
+    finals = [m.final for m in said if m.final]
+    assert finals == [text for voice, text, _ in ROS4HRI_TURNS if voice == "anna"]
+    (db,) = old_bag.glob("*.db3")
+    with sqlite3.connect(db) as connection:  # as Humble's rosbag2 records: no definitions
+        connection.execute("DELETE FROM message_definitions")
+    with pytest.raises(BagError, match=f"{speech}: a message does not decode as the installed hri_msgs/msg/LiveSpeech"
+                                       r" .*the bag stores no definition of it"):
+        replay(old_bag, params | {"ros4hri": True}, speed=100.0)
+
+
+def read_raw(bag, topic):
+    """The raw CDR of every message on ``topic``."""
+    from ddvlm_ros.replay import bag_messages
+
+    return [raw for _, _, _, raw in bag_messages(bag, [topic])]
+
+
+def test_the_replay_reports_how_right_the_answers_each_flag_marks_are(tmp_path, tiny_text_checkpoint):
+    """Utterances whose ASR confidence is below asr_min_confidence are flagged; the report counts them and gives, per
+    flag, the accuracy of its answers and of the others, computed from the answers it scored."""
+    from rosbags.rosbag2 import Writer
+
+    from ddvlm_ros.bag import _stamp, typestore
+    from ddvlm_ros.replay import main
+
+    store = typestore()
+    Utterance, Header = store.types["ddvlm_msgs/msg/Utterance"], store.types["std_msgs/msg/Header"]
+    said = [(text, 0.3 if k % 2 else 0.9, label) for k, (_, text, label) in enumerate(ROS4HRI_TURNS * 2)]
+    with Writer(tmp_path / "asr", version=9) as writer:
+        connection = writer.add_connection("/utterance", "ddvlm_msgs/msg/Utterance", typestore=store)
+        for k, (text, confidence, _) in enumerate(said):
+            end = 100.0 + 2 * k
+            msg = Utterance(header=Header(stamp=_stamp(store, end), frame_id="mic"), start=_stamp(store, end - 1),
+                            end=_stamp(store, end), conversation_id="lab", utterance_id=f"u{k}", speaker_id="ann",
+                            text=text, is_final=True, confidence=confidence)
+            writer.write(connection, int(end * 1e9), store.serialize_cdr(msg, "ddvlm_msgs/msg/Utterance"))
+    labels = {f"lab/u{k}": label for k, (_, _, label) in enumerate(said)}
+    (tmp_path / "gold.json").write_text(json.dumps(labels), encoding="utf-8")
+    assert main([str(tmp_path / "asr"), "--model-dir", tiny_text_checkpoint, "--speed", "50", "--labels",
+                 str(tmp_path / "gold.json"), "--answers", str(tmp_path / "a.jsonl"), "--report",
+                 str(tmp_path / "r.md")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert [r["text"]["transcript_confidence"] for r in records] == [pytest.approx(c) for _, c, _ in said]
+    low = [("transcript-low-confidence" in r["text"]["flags"]) for r in records]
+    assert low == [c < 0.5 for _, c, _ in said]
+    right = [r["prediction"] == r["gold"] for r in records]
+    flagged = json.loads((tmp_path / "r.json").read_text())["score"]["per_flag"]["transcript-low-confidence"]
+    expected = [100 * sum(ok for ok, f in zip(right, low) if f == side) / low.count(side) for side in (True, False)]
+    assert (flagged["n"], flagged["accuracy"], flagged["accuracy_others"]) == (5, *map(pytest.approx, expected))
+    report = (tmp_path / "r.md").read_text()
+    assert "transcripts: 5 of the 10 answered ones had an ASR confidence below 0.5 (flag transcript-low-confidence)" \
+        in report
+    assert f"| `transcript-low-confidence` | 5 | {expected[0]:.1f} | {expected[1]:.1f} |" in report

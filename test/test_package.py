@@ -116,4 +116,4 @@ def test_the_readme_explains_every_flag_an_answer_can_carry():
     table = readme[readme.index("| flag | what it says |"):]
     table = table[:table.index("\n\n")]
     in_table = {flag for row in table.splitlines()[2:] for flag in re.findall(r"`([a-z-]+)`", row.split(" | ")[0])}
-    assert len(set_by_code) == 13 and in_table == set_by_code
+    assert len(set_by_code) == 14 and in_table == set_by_code

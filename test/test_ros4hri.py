@@ -122,6 +122,22 @@ def test_the_language_a_voice_is_heard_in_flags_its_answers(harness, tiny_text_c
                                                  "language tag 'de-DE')")
 
 
+def test_a_voices_asr_confidence_is_carried_and_a_low_one_flagged(harness, tiny_text_checkpoint):
+    """LiveSpeech.confidence reaches the answer (transcript_confidence); below asr_min_confidence the answer is
+    flagged transcript-low-confidence, and 0 (an ASR that sets none) is no confidence."""
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True, asr_min_confidence=0.6).start()
+    track(h, "anna")
+    for k, confidence in enumerate((0.9, 0.3, 0.0)):
+        msg = speech(final=f"I got the job {k}!")
+        msg.confidence = confidence
+        until(h, "anna", msg, lambda n=k + 1: len(h.received) == n)
+    assert [round(m.transcript_confidence, 3) for m in h.received] == [0.9, 0.3, 0.0]
+    assert [("transcript-low-confidence" in m.flags) for m in h.received] == [False, True, False]
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["transcripts_low_confidence"] == ("1 of the latest 2 transcripts with an ASR confidence below 0.6 "
+                                                    "(p50 0.90); 1 in all")
+
+
 def test_a_voice_that_repeats_the_robot_gets_its_answer_flagged_and_no_expression(harness, tiny_text_checkpoint):
     """The robot's speech heard back through a voice's ASR: /emotion carries transcript-echoes-robot, and no
     hri_msgs/Expression is published for it (Expression has no flags: the robot's words would read as the voice's

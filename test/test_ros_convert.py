@@ -270,6 +270,24 @@ def test_an_asrs_json_result_object_is_read(data, text, final, field):
     assert convert.asr_json('{"speaker": " SPEAKER_01 ", "text": "Hi."}').speaker == "SPEAKER_01"
 
 
+@pytest.mark.parametrize("data, confidence", [
+    ('{"text": "hi", "confidence": 0.42}', 0.42),
+    ('{"result": [{"conf": 1.0, "word": "i"}, {"conf": 0.5, "word": "can"}, {"conf": 0.3, "word": "go"}], '
+     '"text": "i can go"}', 0.6),  # Vosk's Result() with SetWords(True): its words' mean
+    ('{"result": [{"conf": 1.0, "word": "i"}, {"word": "go"}], "text": "i go"}', 0.0),  # a word without: not given
+    ('{"alternatives": [{"confidence": 201.5, "text": "hi there"}]}', 0.0),  # Vosk's alternatives: a score
+    ('{"alternatives": [{"confidence": 0.8, "transcript": "hi"}]}', 0.8),
+    ('{"results": [{"alternatives": [{"transcript": "I am", "confidence": 0.9}], "isFinal": true},'
+     ' {"alternatives": [{"transcript": " fine.", "confidence": 0.5}], "isFinal": true}]}', 0.7),  # Google: mean
+    ('{"results": [{"alternatives": [{"transcript": "I am", "confidence": 0.0}]}]}', 0.0),  # Google's "not set"
+    ('{"text": "hi", "confidence": true}', 0.0), ('{"text": "hi", "confidence": "high"}', 0.0),
+    ('{"text": "hi", "confidence": NaN}', 0.0), ('{"text": "hi", "confidence": -0.2}', 0.0),
+    ('{"text": "hi"}', 0.0),
+])
+def test_an_asrs_confidence_is_read_from_its_json_result_where_it_is_a_probability(data, confidence):
+    assert convert.asr_json(data).confidence == pytest.approx(confidence)
+
+
 @pytest.mark.parametrize("data", ["I got the job!", "Ross: {laughs}", "{not json}", "[1, 2]", "{}x", '"{}"'])
 def test_text_that_is_not_a_json_object_is_plain_text(data):
     assert convert.asr_json(data) is None

@@ -823,6 +823,25 @@ def test_an_asrs_json_results_on_transcript_are_read_and_its_partial_results_ski
                                           "skipped, 1 empty, 1 without a transcript field")
 
 
+def test_the_asrs_confidence_comes_from_utterances_and_json_results_and_its_threshold_is_set_at_once(
+        harness, tiny_text_checkpoint):
+    """Utterance.confidence and a JSON result's (Vosk's words' conf) reach the answer as transcript_confidence; below
+    asr_min_confidence (0.5 by default) it is flagged; ros2 param set moves the threshold at once and refuses one
+    above 1."""
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    h.publish(Utterance, "utterance", Utterance(speaker_id="ann", text="I won!", is_final=True, confidence=0.25))
+    h.wait_for(1)
+    h.publish(String, "transcript", String(data='{"result": [{"conf": 0.9, "word": "great"}, {"conf": 0.7, '
+                                                '"word": "news"}], "text": "great news"}'))
+    h.wait_for(2)
+    assert [round(m.transcript_confidence, 3) for m in h.received] == [0.25, 0.8]
+    assert [("transcript-low-confidence" in m.flags) for m in h.received] == [True, False]
+    assert set_parameters(h, asr_min_confidence=0.85) == [True]
+    assert set_parameters(h, asr_min_confidence=1.5) == [False]
+    h.publish(String, "transcript", String(data='{"text": "Oh no.", "confidence": 0.8}'))
+    assert "transcript-low-confidence" in h.wait_for(3)[-1].flags
+
+
 def test_no_camera_at_all_gives_text_only_results(harness, tiny_visual_checkpoint):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
     h.publish(String, "transcript", String(data="Ross: is the camera on?"))

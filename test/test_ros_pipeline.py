@@ -680,6 +680,30 @@ def test_speech_in_another_language_is_flagged_and_said_once(tiny_text_checkpoin
     assert not pipe.speech_not_english() and len(logged) == 1 and pipe.stats.not_english == 10
 
 
+def test_transcripts_the_asr_was_unsure_of_are_flagged_below_the_threshold(tiny_text_checkpoint):
+    """A classified transcript whose ASR confidence is below asr_min_confidence is flagged transcript-low-confidence;
+    one without a confidence (0) never is, nor is the robot's own speech counted; the threshold applies at once and
+    the summary gives the share below it and the median of the latest confidences."""
+    from dataclasses import replace
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    pipe = EmotionPipeline(rec, (results := []).append, context_only_speakers="robot", asr_min_confidence=0.5)
+    assert pipe.confidence_summary() == ""
+    sure = [(0.9, "a"), (0.49, "a"), (0.0, "a"), (0.5, "b"), (0.2, "robot"), (1.0, "b")]
+    answer(pipe, [replace(utt(f"Turn {k}.", speaker), asr_confidence=c) for k, (c, speaker) in enumerate(sure)])
+    flagged = [("transcript-low-confidence" in r.prediction.flags) for r in results]
+    assert flagged == [False, True, False, False, False]
+    assert pipe.stats.low_confidence == 1
+    assert pipe.confidence_summary() == ("1 of the latest 4 transcripts with an ASR confidence below 0.5 (p50 0.90); "
+                                         "1 in all")
+    pipe.asr_min_confidence = 0.95  # ros2 param set, at once
+    answer(pipe, [replace(utt("Again."), asr_confidence=0.9)])
+    assert "transcript-low-confidence" in results[-1].prediction.flags and pipe.stats.low_confidence == 2
+    pipe.asr_min_confidence = 0.0  # never
+    answer(pipe, [replace(utt("And again."), asr_confidence=0.01)])
+    assert "transcript-low-confidence" not in results[-1].prediction.flags
+
+
 def test_an_asr_repetition_loop_is_said_once_and_counted(tiny_text_checkpoint):
     rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
     logged = []
