@@ -3,9 +3,11 @@
     ddvlm-emotion-echo [--ros-args -r emotion:=/my_robot/emotion]
 
 `ros2 topic echo /emotion` prints the raw arrays; this prints who, which emotion, how sure, the runners-up,
-text or text+visual, refined or not, latency and flags, e.g.
+text or text+visual, refined or not, latency, the ASR's confidence in the transcript (where it gave one) and flags,
+e.g.
 
     default/3  Ross <s1>  joy 0.82  (surprise 0.10, neutral 0.05)  text  45 ms
+    default/4  Ann <s2>  neutral 0.41  (joy 0.22, fear 0.15)  text  38 ms  asr 0.31  flags: transcript-low-confidence
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ def format_emotion(msg, runners_up: int = 2) -> str:
     others = ", ".join(f"{label} {p:.2f}" for label, p in ranked[1:1 + runners_up])
     line = (f"{msg.conversation_id}/{msg.utterance_id}  {msg.speaker_id or '?'} {msg.speaker_token}  "
             f"{msg.top_label} {msg.confidence:.2f}  ({others})  {msg.modalities}"
-            f"{' refined' if msg.refined else ''}  {msg.latency_ms:.0f} ms")
+            f"{' refined' if msg.refined else ''}  {msg.latency_ms:.0f} ms"
+            f"{f'  asr {msg.transcript_confidence:.2f}' if msg.transcript_confidence else ''}")
     return line + (f"  flags: {', '.join(msg.flags)}" if msg.flags else "")
 
 

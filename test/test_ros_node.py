@@ -1170,6 +1170,12 @@ def test_echo_tool_prints_one_readable_line_per_answer(harness, tiny_text_checkp
     assert lines == [f"default/{m.utterance_id}  Ross <s1>  {m.top_label} {m.confidence:.2f}  "
                      f"({ranked[1][0]} {ranked[1][1]:.2f}, {ranked[2][0]} {ranked[2][1]:.2f})  text  "
                      f"{m.latency_ms:.0f} ms"]
+    h.publish(String, "transcript", String(data='{"speaker": "Rachel", "text": "Oh.", "confidence": 0.31}'))
+    m = h.wait_for(2)[1]
+    while len(lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lines[1].startswith("default/") and lines[1].endswith(
+        f"text  {m.latency_ms:.0f} ms  asr 0.31  flags: transcript-low-confidence")
     h.executor.remove_node(echo)
     echo.destroy_node()
     from ddvlm_ros.echo import main
