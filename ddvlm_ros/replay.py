@@ -190,6 +190,9 @@ class ReplayResult:
     finals: list[str] = field(default_factory=list)  # keys of the final utterances replayed, in order
     wall_s: float = 0.0
     emotion_log: list[tuple[int, bytes]] = field(default_factory=list)  # (sim time ns, CDR) of every /emotion
+    expression_log: list[tuple[int, str, bytes]] = field(default_factory=list)  # (sim time ns, topic, CDR) of every
+    #                                                                 hri_msgs/Expression the node published (ros4hri)
+    voice_answers: int = 0  # /emotion answers to a voice's speech that the node mirrors as Expression (ros4hri)
     bag: str = ""  # the bag replayed, read again by write_recording
     texts: dict[str, str] = field(default_factory=dict)  # key -> the utterance's transcript, as the node read it
     node_status: dict = field(default_factory=dict)  # the node's diagnostic values when the replay ended
@@ -258,6 +261,17 @@ class ReplayResult:
     def confidence_line(self) -> str:
         """How many answered transcripts had an ASR confidence below the node's asr_min_confidence."""
         return self.flagged_line(LOW_CONFIDENCE_FLAG, f"had an ASR confidence below {self.asr_min_confidence:g}")
+
+    def expression_line(self) -> str:
+        """ROS4HRI: whether every answer to a voice was mirrored as hri_msgs/Expression on the voice's topic ('' when
+        no voice was answered)."""
+        if not self.voice_answers:
+            return ""
+        n, missed = len(self.expression_log), self.voice_answers - len(self.expression_log)
+        if missed <= 0:
+            return f"ROS4HRI: each of the {n} answers to voices was mirrored as hri_msgs/Expression"
+        return (f"ROS4HRI: {missed} of the {self.voice_answers} answers to voices were not mirrored as "
+                "hri_msgs/Expression (the node publishes none once a voice has left /humans/voices/tracked)")
 
     def loop_line(self) -> str:
         """How many answered transcripts were ASR repetition loops (cut to LOOP_KEEP repeats)."""
@@ -395,9 +409,12 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     player = rclpy.create_node("ddvlm_replay", context=ctx)
     lock = threading.Lock()
 
+    voices = {_ros4hri_parts(t)[1] for t in topics if is_speech(t)}
+
     def on_emotion(msg):
         key = f"{msg.conversation_id}/{msg.utterance_id}"
         with lock:
+            result.voice_answers += msg.speaker_id in voices and SELF_ECHO_FLAG not in msg.flags
             entry = result.answers.setdefault(key, {})
             slot = "revised" if REVISED_FLAG in msg.flags else "refined" if msg.refined else "text"
             if slot in entry and slot != "revised":  # revised again for each late transcript placed before it
@@ -408,6 +425,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             on_answer(key, msg)
 
     player.create_subscription(EmotionDistribution, "emotion", on_emotion, 500)
+    expressions = expression_subscriptions(player, voices, node, result, lock) if params.get("ros4hri") else {}
     clock_pub = player.create_publisher(Clock, "/clock", 10)
     pubs, types = {}, {}
     for topic, node_input in topics.items():
@@ -467,6 +485,8 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                         skipped.add(key)
             if answer_key.subscribes(topic):  # a voice or crop the node has just begun to track: not lost to discovery
                 wait_for(lambda p=pubs[topic]: p.get_subscription_count() > 0, SUBSCRIBE_WAIT_S)
+                if (expression := expressions.get(_ros4hri_parts(topic)[1])) is not None and is_speech(topic):
+                    wait_for(lambda e=expression: publisher_count(player, e) > 0, SUBSCRIBE_WAIT_S)  # its answers too
             if topic == f"{VOICES}/tracked" and answer_key.leaving:  # the node unsubscribes the voices it drops: what
                 # they said must have reached it first (on the robot 1 s passed; here perhaps a millisecond)
                 wait_for(lambda: not unanswered([k for k in answer_key.leaving if k in result.texts]), SUBSCRIBE_WAIT_S)
@@ -497,6 +517,30 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         player.destroy_node()
         rclpy.shutdown(context=ctx)
     return result
+
+
+def expression_subscriptions(player, voices: set[str], node, result: ReplayResult, lock) -> dict:
+    """voice id -> a subscription of ``player`` to the voice's hri_msgs/Expression topic, logging what the node
+    publishes there (``result.expression_log``, raw CDR at the node's time); {} without hri_msgs."""
+    from ddvlm_ros.ros4hri import hri_msgs_available
+
+    if not hri_msgs_available():
+        return {}
+    from hri_msgs.msg import Expression
+
+    def log(topic: str, raw: bytes) -> None:
+        with lock:
+            result.expression_log.append((node.get_clock().now().nanoseconds, topic, bytes(raw)))
+
+    return {voice: player.create_subscription(Expression, f"{VOICES}/{voice}/expression",
+                                              lambda raw, t=f"{VOICES}/{voice}/expression": log(t, raw), 500, raw=True)
+            for voice in sorted(voices) if valid_id(voice)}
+
+
+def publisher_count(node, subscription) -> int:
+    """Publishers matched to ``subscription`` (rclpy before Iron: those on its topic in the graph)."""
+    count = getattr(subscription, "get_publisher_count", None)
+    return count() if count is not None else node.count_publishers(subscription.topic_name)
 
 
 def _ros4hri_parts(topic: str) -> tuple[str, str, str]:
@@ -702,6 +746,7 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
 
 
 EMOTION_TYPE = "ddvlm_msgs/msg/EmotionDistribution"
+EXPRESSION_TYPE = "hri_msgs/msg/Expression"  # the node's ROS4HRI answers, on /humans/voices/<id>/expression
 MAX_SPEAKER_ROWS = 15  # speakers listed in the Markdown report (all of them in its JSON)
 TIME_LABEL_SUFFIXES = (".csv", ".tsv", ".txt")  # --labels given as time intervals (ddvlm_ros.time_labels)
 
@@ -722,12 +767,13 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
              if recorded.recorded_msg(topic) is not None or msgtype in store.types}
     left_out = sum(count for topic, count in index.counts.items() if topic not in known)
     played = ((int(round(t * 1e9)), topic, msgtype, raw) for t, topic, msgtype, raw in bag_messages(result.bag, known))
-    answers = [(t, "/emotion", EMOTION_TYPE, raw) for t, raw in sorted(result.emotion_log, key=lambda e: e[0])]
+    answers = sorted([(t, "/emotion", EMOTION_TYPE, raw) for t, raw in result.emotion_log] +
+                     [(t, topic, EXPRESSION_TYPE, raw) for t, topic, raw in result.expression_log], key=lambda e: e[0])
     with Writer(out, version=9) as writer:
         connections = {}
         for t, topic, msgtype, raw in heapq.merge(played, answers, key=lambda e: e[0]):  # both in time order
             if (topic, msgtype) not in connections:
-                own = recorded.recorded_msg(topic) if topic != "/emotion" else None
+                own = recorded.recorded_msg(topic) if msgtype not in (EMOTION_TYPE, EXPRESSION_TYPE) else None
                 connections[topic, msgtype] = (
                     writer.add_connection(topic, msgtype, msgdef=own[0], rihs01=own[1] or None) if own else
                     writer.add_connection(topic, msgtype, typestore=store))
@@ -783,7 +829,8 @@ def main(argv: list[str]) -> int:
                     "side file if any), or time intervals, .csv/.tsv (start,end,label[,speaker]: seconds from the "
                     "bag's start; ddvlm_ros/time_labels.py)")
     ap.add_argument("--answers", help="write one JSON line per replayed utterance with its answers")
-    ap.add_argument("--record", metavar="OUT_BAG", help="write a bag: the replayed messages + /emotion answers")
+    ap.add_argument("--record", metavar="OUT_BAG", help="write a bag: the replayed messages + /emotion answers (+ the "
+                    "voices' hri_msgs/Expression, with ros4hri)")
     ap.add_argument("--live", action="store_true", help="print a table row per answer")
     ap.add_argument("--max-in-flight", type=int, default=0,
                     help="hold back utterances while this many are unanswered (0: pure bag timing)")
@@ -852,7 +899,7 @@ def main(argv: list[str]) -> int:
     print(f"\nanswered {score['answered']}/{score['utterances']} utterances "
           f"({score['unanswered']} without answer, {score['refined']} refined) in {result.wall_s:.1f}s")
     notes = (by_time, result.recorded_types, result.camera_line(), result.transcript_line(), result.language_line(),
-             result.confidence_line(), result.loop_line(),
+             result.confidence_line(), result.expression_line(), result.loop_line(),
              result.echo_line(), result.partial_line(), result.late_line(), result.copy_line())
     for note in notes:
         if note:

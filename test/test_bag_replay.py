@@ -847,7 +847,10 @@ def test_a_ros4hri_bag_is_scored_by_intervals_of_its_voices_and_captioned_from_t
     links were recorded before the person was tracked and reach the node because the replay publishes them latched,
     as hri_person_manager does; and the first crops of each body reach it. (Without incremental results: those
     caption the frames so far while a voice speaks, and the crops might not have come yet.)"""
+    import hri_msgs.msg as hri
+
     from ddvlm_ros.replay import main
+    from ddvlm_ros.ros4hri import EXPRESSION_NAME
 
     bag = write_ros4hri_bag(tmp_path / "robot", ROS4HRI_TURNS, crops=True, incremental=False)
     rows = ["start,end,label,speaker"] + [f"{1.02 + 3 * k:.2f},{3.02 + 3 * k:.2f},{label},{voice}"
@@ -861,7 +864,18 @@ def test_a_ros4hri_bag_is_scored_by_intervals_of_its_voices_and_captioned_from_t
     assert "messages of unknown types left out" not in out  # the ROS4HRI topics are recorded with the answers
     recorded = {m.topic for m in read_bag(tmp_path / "recorded")}
     assert recorded >= {"/emotion", "/humans/voices/tracked", "/humans/voices/anna/speech",
-                        "/humans/persons/p_bob/body_id", "/humans/bodies/b_anna/cropped"}
+                        "/humans/persons/p_bob/body_id", "/humans/bodies/b_anna/cropped",
+                        "/humans/voices/anna/expression", "/humans/voices/bob/expression"}
+    # each answer (text, then fused) mirrored as the voice's Expression, recorded beside it
+    answers = [m.msg for m in read_bag(tmp_path / "recorded") if m.topic == "/emotion"]
+    for voice in ("anna", "bob"):
+        mirrored = [m.msg for m in read_bag(tmp_path / "recorded") if m.topic == f"/humans/voices/{voice}/expression"]
+        theirs = [a for a in answers if a.speaker_id == voice]
+        assert len(theirs) == 2 * sum(v == voice for v, _, _ in ROS4HRI_TURNS) == len(mirrored)
+        assert sorted((e.header.stamp.sec, e.expression, round(e.confidence, 5)) for e in mirrored) == sorted(
+            (a.header.stamp.sec, getattr(hri.Expression, EXPRESSION_NAME[a.top_label]), round(a.confidence, 5))
+            for a in theirs)
+    assert f"ROS4HRI: each of the {len(answers)} answers to voices was mirrored as hri_msgs/Expression" in out
     records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [(r["speaker_id"], r["gold"]) for r in records] == [(v, label) for v, _, label in ROS4HRI_TURNS]
     report = json.loads((tmp_path / "r.json").read_text())
