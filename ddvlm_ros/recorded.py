@@ -84,10 +84,9 @@ def copy_into(cls, source):
             nested = installed_class(inner)
             value = [copy_into(nested, v) for v in value] if isinstance(slot, AbstractNestedType) else \
                 copy_into(nested, value)
-        elif isinstance(value, np.ndarray) and isinstance(slot, AbstractSequence) and value.dtype in _TYPECODES:
-            value = array.array(_TYPECODES[value.dtype], value.tobytes())
-        elif isinstance(value, np.ndarray) and not isinstance(slot, AbstractNestedType):
-            value = value.item()
+        elif isinstance(value, np.ndarray) and isinstance(slot, AbstractSequence):  # rclpy: array.array or a list
+            value = array.array(_TYPECODES[value.dtype], value.tobytes()) if value.dtype in _TYPECODES else \
+                value.tolist()
         try:
             setattr(msg, name, value)
         except (AssertionError, TypeError, ValueError):
@@ -122,18 +121,26 @@ class RecordedTypes:
                 if topic not in self._stores:
                     raise DefinitionError(
                         f"{topic}: a message does not decode as the installed {self._name(topic)} "
-                        f"({str(e).splitlines()[0]}), and the bag stores no definition of it (a sqlite3 bag recorded "
-                        "before Iron): it was recorded with another version of the message; replay it where that "
-                        "version is installed") from None
+                        f"({str(e).splitlines()[0]}), and the bag stores no definition of it that can be read (a "
+                        "sqlite3 bag recorded before Iron stores none): it was recorded with another version of the "
+                        "message; replay it where that version is installed") from None
                 self.differences[topic] = ["fields of other types"]  # same names: read by the bag's from now on
-        return copy_into(cls, self._stores[topic].deserialize_cdr(raw, self._name(topic)))
+        try:
+            recorded = self._stores[topic].deserialize_cdr(raw, self._name(topic))
+        except Exception as e:  # noqa: BLE001 - rosbags raises several types for bytes that are not the message
+            raise DefinitionError(f"{topic}: a message does not decode by the bag's own definition of "
+                                  f"{self._name(topic)} either ({type(e).__name__}: {e}): a broken message") from None
+        return copy_into(cls, recorded)
 
     def _check(self, topic: str, cls) -> None:
         """Compare the bag's definition of the topic's type with the installed one; where they differ, keep a
         typestore of the bag's to decode it."""
         self._checked.add(topic)
         msgtype, msgdef = self.definitions.get(topic, ("", None))
-        store = self._store(msgtype, msgdef) if msgdef is not None and msgdef.data.strip() else None
+        try:
+            store = self._store(msgtype, msgdef) if msgdef is not None and msgdef.data.strip() else None
+        except DefinitionError:
+            store = None  # one rosbags cannot parse: as if none were recorded
         if store is None:
             return  # nothing recorded to compare: decoded as installed (an error says so if it fails)
         self._stores[topic] = store
