@@ -123,6 +123,32 @@ def class_f1_lines(per_class_f1: dict[str, float]) -> list[str]:
     return ["| class | F1 |", "|---|---|"] + [f"| {name} | {f1:.2f} |" for name, f1 in per_class_f1.items()]
 
 
+def per_flag(flags: list[list[str]], gold: list[int], pred: list[int]) -> dict[str, dict]:
+    """Per flag carried by a scored answer (``flags[i]``: the answer to utterance i), most often first: how many
+    answers carry it, their accuracy and the accuracy of the answers without it (percent; None where there are none):
+    whether the answers a flag marks are worth less."""
+    from collections import Counter
+
+    def accuracy(picked: list[int]) -> float | None:
+        return 100.0 * sum(gold[i] == pred[i] for i in picked) / len(picked) if picked else None
+
+    out = {}
+    for flag, n in sorted(Counter(f for answer in flags for f in set(answer)).items(), key=lambda kv: (-kv[1], kv[0])):
+        out[flag] = {"n": n, "accuracy": accuracy([i for i, answer in enumerate(flags) if flag in answer]),
+                     "accuracy_others": accuracy([i for i, answer in enumerate(flags) if flag not in answer])}
+    return out
+
+
+def flag_lines(flagged: dict[str, dict]) -> list[str]:
+    """``per_flag`` as Markdown table lines ([] when no answer carries a flag)."""
+    if not flagged:
+        return []
+    return ["| flag (README, Flags) | answers | accuracy | accuracy of the others |", "|---|---|---|---|"] + [
+        f"| `{flag}` | {r['n']} | {r['accuracy']:.1f} | "
+        f"{'—' if r['accuracy_others'] is None else format(r['accuracy_others'], '.1f')} |"
+        for flag, r in flagged.items()]
+
+
 def confusion_lines(confusion: list[list[int]], image: str = "") -> list[str]:
     """A report's confusion counts as a Markdown code block, and the drawn matrix (``confusion_png``) when given."""
     lines = ["Confusion (rows gold, columns predicted, order " + ", ".join(LABELS) + "):", "", "```"]

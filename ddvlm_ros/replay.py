@@ -43,8 +43,8 @@ from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FL
                                 non_speech)
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.language import NOT_ENGLISH_FLAG
-from ddvlm_core.metrics import (bootstrap_wa_f1, class_f1_lines, confusion_lines, confusion_png, interval_words,
-                                metrics)
+from ddvlm_core.metrics import (bootstrap_wa_f1, class_f1_lines, confusion_lines, confusion_png, flag_lines,
+                                interval_words, metrics, per_flag)
 from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.speech_timing import AsrTiming
@@ -341,23 +341,6 @@ class ReplayResult:
                            "max": float(max(latencies))} if latencies else {},
         }
         return result
-
-
-def per_flag(flags: list[list[str]], gold: list[int], pred: list[int]) -> dict[str, dict]:
-    """Per flag carried by a scored answer, most often first: how many answers carry it, their accuracy and the
-    accuracy of the answers without it (percent; None where there are none)."""
-    from collections import Counter
-
-    def accuracy(picked: list[int]) -> float | None:
-        return 100.0 * sum(gold[i] == pred[i] for i in picked) / len(picked) if picked else None
-
-    counts = Counter(flag for answer in flags for flag in set(answer))
-    out = {}
-    for flag, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        has = [i for i, answer in enumerate(flags) if flag in answer]
-        others = [i for i, answer in enumerate(flags) if flag not in answer]
-        out[flag] = {"n": n, "accuracy": accuracy(has), "accuracy_others": accuracy(others)}
-    return out
 
 
 def per_speaker(speakers: list[str], gold: list[int], pred: list[int]) -> dict[str, dict]:
@@ -727,12 +710,8 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
     lines += ["", *class_f1_lines(score["per_class_f1"])]
     if "coverage" in score.get("calibration", {}):  # answers acted on only above a confidence: how many, how right
         lines += ["", *coverage_table(score["calibration"]["coverage"])]
-    flagged = list(score.get("per_flag", {}).items())
-    if flagged:
-        lines += ["", "| flag (README, Flags) | answers | accuracy | accuracy of the others |", "|---|---|---|---|"]
-        lines += [f"| `{flag}` | {r['n']} | {r['accuracy']:.1f} | "
-                  f"{'—' if r['accuracy_others'] is None else format(r['accuracy_others'], '.1f')} |"
-                  for flag, r in flagged]
+    if score.get("per_flag"):
+        lines += ["", *flag_lines(score["per_flag"])]
     speakers = list(score.get("per_speaker", {}).items())
     if speakers:
         lines += ["", "| speaker | utterances | accuracy | labelled most often | answered most often |",

@@ -30,7 +30,7 @@ from pathlib import Path
 from ddvlm_core.calibration import coverage_of, coverage_table
 from ddvlm_core.labels import LABELS, label_id
 from ddvlm_core.metrics import (MIN_CLUSTERS, bootstrap_wa_f1, bootstrap_wa_f1_difference, class_f1_lines,
-                                confusion_lines, confusion_png, interval_words, metrics)
+                                confusion_lines, confusion_png, flag_lines, interval_words, metrics, per_flag)
 
 
 class StudyError(ValueError):
@@ -42,6 +42,7 @@ class Session:
     name: str  # the answers file's name without .jsonl
     scored: dict[str, tuple[int, int]]  # key -> (gold, predicted) label ids of the labelled, answered utterances
     confidence: dict[str, float] = field(default_factory=dict)  # key -> the scored answer's confidence, when known
+    flags: dict[str, list[str]] = field(default_factory=dict)  # key -> the flags of its latest answer
     unlabelled: int = 0  # answered utterances without a gold label
     unanswered: int = 0  # labelled utterances the node did not answer
 
@@ -81,6 +82,8 @@ def read_session(path: str | Path) -> Session:
                 session.scored[key] = (label_id(gold), LABELS.index(answer))
                 if confidence is not None:
                     session.confidence[key] = float(confidence)
+                latest = record.get("revised") or record.get("refined") or record.get("text") or {}
+                session.flags[key] = list(latest.get("flags", []))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise StudyError(f"{path}, line {number}: not a replay answer record ({type(e).__name__}: {e})") from None
         session.unlabelled += gold is None and answer is not None
@@ -115,8 +118,10 @@ def score_study(sessions: list[Session]) -> dict:
     rows = {s.name: session_row(s) for s in sessions}
     interval = bootstrap_wa_f1(gold, predicted, groups) | {"groups": grouped_by}
     confident = [(s.confidence[k], g == p) for s in sessions for k, (g, p) in s.scored.items() if k in s.confidence]
+    flags = [s.flags.get(k, []) for s in sessions for k in s.scored]
     return {**metrics(gold, predicted), "wa_f1_interval": interval,
             **({"coverage": coverage_of(*zip(*confident))} if len(confident) == len(gold) else {}),
+            "per_flag": per_flag(flags, gold, predicted),
             "sessions": len(sessions), "unlabelled": sum(s.unlabelled for s in sessions),
             "unanswered": sum(s.unanswered for s in sessions), "per_session": rows}
 
@@ -148,6 +153,8 @@ def report_markdown(title: str, score: dict, confusion_image: str = "") -> str:
              f"{score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}", "", *class_f1_lines(score["per_class_f1"])]
     if "coverage" in score:
         lines += ["", *coverage_table(score["coverage"])]
+    if score.get("per_flag"):
+        lines += ["", *flag_lines(score["per_flag"])]
     lines += ["", "| session | utterances | WA-F1 | accuracy | unlabelled | unanswered |", "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {r['n']} | " + (f"{r['wa_f1']:.2f} | {r['accuracy']:.2f}" if r["n"] else "- | -")
               + f" | {r['unlabelled']} | {r['unanswered']} |" for name, r in score["per_session"].items()]

@@ -173,3 +173,14 @@ def test_the_readme_quotes_the_committed_replays_confidence_thresholds():
             f"is right {rows[0.7]['accuracy']:.1f} % of the time (0.5 or more: {rows[0.5]['share']:.1f} % and "
             f"{rows[0.5]['accuracy']:.1f} %; 0.8: {rows[0.8]['share']:.1f} % and {rows[0.8]['accuracy']:.1f} %); no "
             "answer reaches 0.9") in readme and rows[0.9]["n"] == 0
+
+
+def test_per_flag_gives_the_accuracy_of_the_answers_a_flag_marks_and_of_the_others():
+    from ddvlm_core.metrics import flag_lines, per_flag
+
+    flags = [["a"], ["a", "b"], [], ["b"], ["a", "a"], []]
+    gold, pred = [0, 1, 2, 3, 4, 5], [0, 0, 2, 3, 4, 0]  # right: 0, 2, 3, 4
+    assert per_flag(flags, gold, pred) == {"a": {"n": 3, "accuracy": 200 / 3, "accuracy_others": 200 / 3},
+                                           "b": {"n": 2, "accuracy": 50.0, "accuracy_others": 75.0}}
+    assert per_flag([["c"]], [1], [1]) == {"c": {"n": 1, "accuracy": 100.0, "accuracy_others": None}}
+    assert flag_lines(per_flag([["c"]], [1], [1]))[2] == "| `c` | 1 | 100.0 | — |" and flag_lines({}) == []

@@ -17,11 +17,12 @@ def confidence_of(k: int) -> float:
 
 
 def write_session(path, pairs, old_format=False):
-    """An answers file of (gold, predicted) pairs (the k-th answer of confidence ``confidence_of(k)``); None for
-    an unlabelled or unanswered utterance."""
+    """An answers file of (gold, predicted) pairs (the k-th answer of confidence ``confidence_of(k)``, every third
+    one flagged transcript-low-confidence); None for an unlabelled or unanswered utterance."""
     lines = []
     for k, (gold, predicted) in enumerate(pairs):
-        answer = None if predicted is None else {"top_label": predicted, "confidence": confidence_of(k)}
+        answer = None if predicted is None else {"top_label": predicted, "confidence": confidence_of(k),
+                                                 "flags": ["transcript-low-confidence"] * (k % 3 == 0)}
         record = {"key": f"default/{k + 1}", "speaker_id": "p", "gold": gold, "text": answer, "refined": None,
                   "revised": None}
         if not old_format:
@@ -65,6 +66,12 @@ def test_twelve_sessions_pool_their_utterances_and_the_interval_draws_whole_sess
     row = f"| 0.7 | {100 * len(seven) / len(confident):.1f} % ({len(seven)}) | {100 * sum(seven) / len(seven):.1f} % |"
     assert row in markdown
     assert "bootstrap over its 12 sessions)" in markdown and f"| P00 | 15 | {first['wa_f1']:.2f} |" in markdown
+    flagged = [g == p for session in pairs for k, (g, p) in enumerate(session) if k % 3 == 0]
+    others = [g == p for session in pairs for k, (g, p) in enumerate(session) if k % 3]
+    assert score["per_flag"] == {"transcript-low-confidence": {"n": 60, "accuracy": pytest.approx(
+        100 * sum(flagged) / 60), "accuracy_others": pytest.approx(100 * sum(others) / 120)}}
+    assert f"| `transcript-low-confidence` | 60 | {100 * sum(flagged) / 60:.1f} | {100 * sum(others) / 120:.1f} |" \
+        in markdown
     assert (tmp_path / "study.confusion.png").stat().st_size > 0 and markdown in capsys.readouterr().out
 
 
