@@ -50,7 +50,24 @@ def evaluate_bag(bag: Path, recognizer, batch: int = 16) -> dict:
     from ddvlm_core.calibration import published_calibration
 
     published = published_calibration(probabilities, gold)  # the confidence as the node publishes it
-    return metrics(gold, preds) | {k: published[k] for k in ("ece", "mean_confidence")}
+    return metrics(gold, preds) | {k: published[k] for k in ("ece", "mean_confidence")} | {
+        "right": {k: g == p for k, g, p in zip(keys, gold, preds)}}
+
+
+MISHEARD_WER = 0.5  # an utterance with at least this share of its words wrong: an exact ASR confidence below 0.5
+
+
+def misheard_split(right: dict[str, bool], utterance_wer: dict[str, float]) -> dict:
+    """The share of utterances the ASR misheard (utterance WER >= MISHEARD_WER) and the accuracy of the answers to
+    them and to the others (percent; None where there are none): what the node's transcript-low-confidence flag
+    (asr_min_confidence 0.5) would separate if the ASR's confidence were exactly the share of words it got right."""
+    def accuracy(keys: list[str]) -> float | None:
+        return 100.0 * sum(right[k] for k in keys) / len(keys) if keys else None
+
+    misheard = [k for k in right if utterance_wer[k] >= MISHEARD_WER]
+    heard = [k for k in right if utterance_wer[k] < MISHEARD_WER]
+    return {"misheard_share": 100.0 * len(misheard) / len(right), "accuracy_misheard": accuracy(misheard),
+            "accuracy_heard": accuracy(heard)}
 
 
 def main(argv: list[str]) -> int:
@@ -80,13 +97,15 @@ def main(argv: list[str]) -> int:
     for wer, punctuation in plan:
         bag = write_meld_bag(Path(tempfile.mkdtemp()) / f"meld_test_wer{wer}", "test", asr_wer=wer, seed=args.seed,
                              asr_punctuation=punctuation)
-        side = json.loads(labels_path(bag).read_text())["utterances"].values()
-        pairs = [(unpunctuate(u["text"]), unpunctuate(u["asr_text"])) for u in side]
-        measured = sum(word_error_rate(r, h) * len(r.split()) for r, h in pairs) / sum(len(r.split()) for r, _ in pairs)
+        side = json.loads(labels_path(bag).read_text())["utterances"]
+        pairs = {key: (unpunctuate(u["text"]), unpunctuate(u["asr_text"])) for key, u in side.items()}
+        measured = sum(word_error_rate(r, h) * len(r.split()) for r, h in pairs.values()) / sum(
+            len(r.split()) for r, _ in pairs.values())
         score = evaluate_bag(bag, recognizer)
+        split = misheard_split(score["right"], {key: word_error_rate(*pair) for key, pair in pairs.items()})
         rows.append({"target_wer": wer, "punctuation": punctuation, "measured_wer": measured, "wa_f1": score["wa_f1"],
                      "accuracy": score["accuracy"], "macro_f1": score["macro_f1"], "n": score["n"],
-                     "mean_confidence": score["mean_confidence"], "ece": score["ece"]})
+                     "mean_confidence": score["mean_confidence"], "ece": score["ece"]} | split)
         print(f"WER {wer:.2f} (measured {measured:.3f}){'' if punctuation else ', no punctuation'}: "
               f"WA-F1 {score['wa_f1']:.2f}", flush=True)
     out = Path(args.report_dir)
@@ -101,15 +120,24 @@ def main(argv: list[str]) -> int:
              "as ASRs that do not punctuate write them (`ddvlm_core.asr_noise.unpunctuate`). The measured WER leaves "
              "case and punctuation out. Each utterance sees its own (noisy) dialogue context, as the node does; "
              "*change* is against the first row. *Mean confidence* and *ECE* (expected calibration error, 15 bins): "
-             "the published confidence against how often the answers were right (`ddvlm_core.calibration`).", "",
-             "| target WER | punctuation | measured WER | WA-F1 | change | accuracy | macro F1 | mean confidence | "
-             "ECE | utterances |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "the published confidence against how often the answers were right (`ddvlm_core.calibration`). "
+             f"*Misheard*: utterances with at least {MISHEARD_WER:.0%} of their words wrong (their own WER), which "
+             "the node's flag `transcript-low-confidence` (`asr_min_confidence` 0.5) would mark if the ASR's "
+             "confidence were exactly the share of words it got right; a real ASR's confidence only estimates it.",
+             "", "| target WER | punctuation | measured WER | WA-F1 | change | accuracy | macro F1 | mean confidence | "
+             "ECE | misheard | accuracy, misheard | accuracy, the others | utterances |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['target_wer']:.0%} | {'yes' if r['punctuation'] else 'no'} | {r['measured_wer']:.1%} | "
               f"{r['wa_f1']:.2f} | {r['wa_f1'] - base:+.2f} | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | "
-              f"{r['mean_confidence']:.2f} | {r['ece']:.2f} | {r['n']} |" for r in rows]
+              f"{r['mean_confidence']:.2f} | {r['ece']:.2f} | {r['misheard_share']:.1f} % | "
+              f"{_percent(r['accuracy_misheard'])} | {_percent(r['accuracy_heard'])} | {r['n']} |" for r in rows]
     (out / "replay_asr_noise.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
 
 
 def _wers(ap: argparse.ArgumentParser, option: str, text: str) -> list[float]:

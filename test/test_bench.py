@@ -76,6 +76,15 @@ def test_the_asr_noise_bench_refuses_word_error_rates_outside_0_to_1_before_any_
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_the_asr_noise_bench_splits_the_answers_by_how_much_of_each_utterance_the_asr_misheard():
+    """Utterances with half their words wrong or more are the misheard ones; the accuracy of the answers to them and
+    to the others."""
+    split = load_bench("asr_noise").misheard_split({"a": True, "b": False, "c": True, "d": True},
+                                                   {"a": 0.5, "b": 1.0, "c": 0.0, "d": 0.49})
+    assert split == {"misheard_share": 50.0, "accuracy_misheard": 50.0, "accuracy_heard": 100.0}
+    assert load_bench("asr_noise").misheard_split({"a": True}, {"a": 0.0})["accuracy_misheard"] is None
+
+
 def test_the_ros_latency_bench_refuses_a_count_below_one_before_any_row_runs():
     proc = subprocess.run([sys.executable, "bench/ros_latency.py", "--n", "0"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
