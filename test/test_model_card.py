@@ -190,7 +190,11 @@ def test_the_card_says_what_transcripts_without_punctuation_cost_from_a_bench_ru
     assert all(abs(r["mean_confidence"] - r["accuracy"]) - 1e-9 <= r["ece"] <= 100 for r in report["rows"])
     clean, plain = report["rows"]
     assert "| 0% | no | 0.0% |" in (out / "replay_asr_noise.md").read_text()
-    assert "| mean confidence | ECE | utterances |" in (out / "replay_asr_noise.md").read_text()
+    assert "| mean confidence | ECE | misheard | accuracy, misheard | accuracy, the others | utterances |" in (
+        out / "replay_asr_noise.md").read_text()
+    # without word errors no utterance is misheard: the others are all of them
+    assert all((r["misheard_share"], r["accuracy_misheard"]) == (0, None) for r in report["rows"])
+    assert all(r["accuracy_heard"] == pytest.approx(r["accuracy"]) for r in report["rows"])
     [line] = asr_lines(report, Path(tiny_text_checkpoint))
     assert line.startswith(f"- **Transcripts without punctuation** (ASRs that do not punctuate): test WA-F1 "
                            f"{plain['wa_f1']:.2f}, against {clean['wa_f1']:.2f} on MELD's punctuated text. ")
