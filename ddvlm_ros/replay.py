@@ -736,7 +736,7 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
     recorded for its type (a robot's own packages, an older hri_msgs); a topic of a bag that recorded none (sqlite3
     before Iron) is written by the definition installed here, and left out where its type is unknown here; returns
     (bag, how many messages were left out)."""
-    from rosbags.rosbag2 import Writer
+    from rosbags.rosbag2 import StoragePlugin, Writer
 
     from ddvlm_ros.bag import typestore
 
@@ -748,7 +748,7 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
     played = ((int(round(t * 1e9)), topic, msgtype, raw) for t, topic, msgtype, raw in bag_messages(result.bag, known))
     answers = sorted([(t, "/emotion", EMOTION_TYPE, raw) for t, raw in result.emotion_log] +
                      [(t, topic, EXPRESSION_TYPE, raw) for t, topic, raw in result.expression_log], key=lambda e: e[0])
-    with Writer(out, version=9) as writer:
+    with Writer(out, version=9, storage_plugin=StoragePlugin.MCAP) as writer:  # (rosbags' default: sqlite3)
         connections = {}
         for t, topic, msgtype, raw in heapq.merge(played, answers, key=lambda e: e[0]):  # both in time order
             if (topic, msgtype) not in connections:

@@ -863,6 +863,7 @@ def test_a_ros4hri_bag_is_scored_by_intervals_of_its_voices_and_captioned_from_t
     assert "the bag has ROS4HRI voices (/humans/voices/tracked): replayed with ros4hri: true" in out
     assert "messages of unknown types left out" not in out  # the ROS4HRI topics are recorded with the answers
     recorded = {m.topic for m in read_bag(tmp_path / "recorded")}
+    assert [p.suffix for p in (tmp_path / "recorded").iterdir() if p.suffix != ".yaml"] == [".mcap"]
     assert recorded >= {"/emotion", "/humans/voices/tracked", "/humans/voices/anna/speech",
                         "/humans/persons/p_bob/body_id", "/humans/bodies/b_anna/cropped",
                         "/humans/voices/anna/expression", "/humans/voices/bob/expression"}
