@@ -184,3 +184,22 @@ def test_per_flag_gives_the_accuracy_of_the_answers_a_flag_marks_and_of_the_othe
                                            "b": {"n": 2, "accuracy": 50.0, "accuracy_others": 75.0}}
     assert per_flag([["c"]], [1], [1]) == {"c": {"n": 1, "accuracy": 100.0, "accuracy_others": None}}
     assert flag_lines(per_flag([["c"]], [1], [1]))[2] == "| `c` | 1 | 100.0 | — |" and flag_lines({}) == []
+
+
+def test_the_readme_quotes_what_the_low_confidence_flag_marks_from_the_asr_noise_report():
+    """reports/replay_asr_noise.json (python bench/asr_noise.py): the misheard share and the two accuracies the README
+    gives for 10, 20 and 30 % WER."""
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    rows = {r["target_wer"]: r for r in json.loads((repo / "reports" / "replay_asr_noise.json").read_text())["rows"]
+            if r["punctuation"]}
+    readme = " ".join((repo / "README.md").read_text().split())
+    r10, r20, r30 = rows[0.1], rows[0.2], rows[0.3]
+    assert (f"at 20 % WER, the {r20['misheard_share']:.1f} % of MELD test's utterances with half their words wrong or "
+            f"more are answered right {r20['accuracy_misheard']:.1f} % of the time, the others "
+            f"{r20['accuracy_heard']:.1f} % (30 % WER: {r30['misheard_share']:.1f} %, {r30['accuracy_misheard']:.1f} "
+            f"% against {r30['accuracy_heard']:.1f} %)") in readme
+    assert (f"(at 10 % WER the {r10['misheard_share']:.1f} % misheard are right {r10['accuracy_misheard']:.1f} % of "
+            f"the time, the others {r10['accuracy_heard']:.1f} %)") in readme
