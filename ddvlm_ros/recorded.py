@@ -104,9 +104,10 @@ class RecordedTypes:
         with Reader(Path(path)) as reader:
             self.definitions = {c.topic: (c.msgtype, c.msgdef) for c in reader.connections}
             self.digests = {c.topic: c.digest for c in reader.connections}  # RIHS01_... (type hash) where recorded
-        self._stores: dict[str, object] = {}  # topic -> the rosbags typestore of the bag's definition (if it has one)
-        self.differences: dict[str, list[str]] = {}  # topic -> what differs from the installed type, in words: these
-        self._checked: set[str] = set()  # topics are decoded by the bag's definition
+        self._stores: dict[str, object] = {}  # topic -> the rosbags typestore of the bag's definition, if readable
+        self.differences: dict[str, list[str]] = {}  # topic -> what differs from the installed type, in words (its
+        #                                              messages are decoded by the bag's definition)
+        self._checked: set[str] = set()  # topics whose definitions were compared
 
     def decode(self, topic: str, raw: bytes, cls):
         """One message of ``topic`` as ``cls``; DefinitionError when it cannot be read as that."""
@@ -137,12 +138,9 @@ class RecordedTypes:
         typestore of the bag's to decode it."""
         self._checked.add(topic)
         msgtype, msgdef = self.definitions.get(topic, ("", None))
-        try:
-            store = self._store(msgtype, msgdef) if msgdef is not None and msgdef.data.strip() else None
-        except DefinitionError:
-            store = None  # one rosbags cannot parse: as if none were recorded
+        store = self._store(msgtype, msgdef) if msgdef is not None and msgdef.data.strip() else None
         if store is None:
-            return  # nothing recorded to compare: decoded as installed (an error says so if it fails)
+            return  # nothing readable recorded to compare: decoded as installed (an error says so if it fails)
         self._stores[topic] = store
         difference = shape_difference(installed_shape(cls), recorded_shape(store, msgtype))
         if difference:
@@ -150,15 +148,16 @@ class RecordedTypes:
 
     @staticmethod
     def _store(msgtype: str, msgdef):
+        """A rosbags typestore of the bag's definition of ``msgtype``; None when rosbags cannot parse it (as if the
+        bag had recorded none)."""
         from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 
         store = get_typestore(Stores.EMPTY)
         try:
-            read = get_types_from_idl if msgdef.format.name == "IDL" else get_types_from_msg
-            store.register(read(msgdef.data, msgtype) if read is get_types_from_msg else read(msgdef.data))
-        except Exception as e:  # noqa: BLE001 - rosbags' parsers raise several types
-            raise DefinitionError(f"the bag's definition of {msgtype} cannot be read ({type(e).__name__}: {e})") \
-                from None
+            store.register(get_types_from_idl(msgdef.data) if msgdef.format.name == "IDL" else
+                           get_types_from_msg(msgdef.data, msgtype))
+        except Exception:  # noqa: BLE001 - rosbags' parsers raise several types
+            return None
         return store
 
     def recorded_msg(self, topic: str) -> tuple[str, str] | None:

@@ -79,6 +79,16 @@ def test_a_topic_whose_recorded_definition_matches_is_decoded_by_rclpy_and_an_un
     with Reader(bag) as reader:
         (raw,) = [bytes(r) for _, _, r in reader.messages()]
     assert decoder.decode("/asr", raw, String).data == "Hi." and decoder.summary() == "" and not decoder.differences
+    import sqlite3
+
+    (db,) = bag.glob("*.db3")
+    with sqlite3.connect(db) as connection:  # a definition rosbags cannot parse: as if none were recorded
+        connection.execute("UPDATE message_definitions SET encoded_message_definition = 'uint8 = = ]'")
+    unreadable = RecordedTypes(bag)
+    assert unreadable.decode("/asr", raw, String).data == "Hi." and not unreadable.differences
+    with pytest.raises(DefinitionError, match="/asr: a message does not decode as the installed std_msgs/msg/String "
+                                              r".*no definition of it that can be read"):
+        unreadable.decode("/asr", b"\x00\x01\x00\x00\xff", String)
     with pytest.raises(DefinitionError, match="/asr: a message does not decode by the bag's own definition of "
                                               "std_msgs/msg/String either"):
-        RecordedTypes(bag).decode("/asr", b"\x00\x01\x00\x00\xff", String)  # no CDR of it: a broken message
+        decoder.decode("/asr", b"\x00\x01\x00\x00\xff", String)  # no CDR of it: a broken message
