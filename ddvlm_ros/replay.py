@@ -52,7 +52,7 @@ from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
 from ddvlm_ros.pipeline import LOW_CONFIDENCE_FLAG
 from ddvlm_ros.recorded import DefinitionError, RecordedTypes
-from ddvlm_ros.ros4hri import CROPPED, LINKS, VOICES, valid_id
+from ddvlm_ros.ros4hri import CROPPED, EXPRESSION_LINGER_S, LINKS, VOICES, valid_id
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
 
 
@@ -271,7 +271,8 @@ class ReplayResult:
         if missed <= 0:
             return f"ROS4HRI: each of the {n} answers to voices was mirrored as hri_msgs/Expression"
         return (f"ROS4HRI: {missed} of the {self.voice_answers} answers to voices were not mirrored as "
-                "hri_msgs/Expression (the node publishes none once a voice has left /humans/voices/tracked)")
+                f"hri_msgs/Expression (the node publishes none once a voice has left /humans/voices/tracked "
+                f"{EXPRESSION_LINGER_S:g} s before)")
 
     def loop_line(self) -> str:
         """How many answered transcripts were ASR repetition loops (cut to LOOP_KEEP repeats)."""

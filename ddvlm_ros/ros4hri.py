@@ -8,7 +8,9 @@
   ``/humans/voices/<id>/expression``: MELD's 7 classes are Ekman's basic emotions, named with the
   message's constants; ``confidence`` is the top probability. Valence and arousal are not estimated by
   this model and are NaN (0 would read as "neutral valence"). REP-155 puts face expressions under
-  /humans/faces/<id>/expression; a person manager links a voice to a face.
+  /humans/faces/<id>/expression; a person manager links a voice to a face. A voice that leaves the tracked list is
+  unsubscribed at once, but keeps its Expression publisher for EXPRESSION_LINGER_S: the answers to its last words
+  still come (an ASR's voice may leave the list before the model has answered them).
 - ``PersonCrops``: the person manager's links (``/humans/persons/tracked``; per person ``voice_id``, ``body_id``
   and ``face_id``, std_msgs/String, latched) and the crops of the tracked bodies and faces
   (``/humans/bodies/<id>/cropped``, ``/humans/faces/<id>/cropped``, sensor_msgs/Image). With several people in
@@ -20,12 +22,15 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from typing import Callable
 
 VOICES = "/humans/voices"
 PERSONS = "/humans/persons"
 CROPPED = {"body": "/humans/bodies", "face": "/humans/faces"}  # crop kind -> its REP-155 namespace
 LINKS = ("voice_id", "body_id", "face_id")  # a person's links, in the order their crops are preferred
+EXPRESSION_LINGER_S = 15.0  # a voice that left the tracked list keeps its Expression publisher this long: the answers
+# to what it said still come (the text answer's inference, the fused one up to caption_timeout_s later)
 
 EXPRESSION_NAME = {  # MELD label -> hri_msgs/Expression constant name
     "neutral": "NEUTRAL", "surprise": "SURPRISED", "fear": "SCARED", "sadness": "SAD",
@@ -69,6 +74,8 @@ class Ros4HriBridge:
         self.new_id, self.now = new_id, now
         self.qos, self.group = qos, callback_group
         self.voices: dict[str, tuple] = {}  # id -> (speech subscription, expression publisher)
+        self.leaving: dict[str, tuple] = {}  # id of a voice no longer tracked -> (its expression publisher, when it
+        #                                      left: time.monotonic()), until EXPRESSION_LINGER_S later
         self.speaking: dict[str, tuple[float, str]] = {}  # id -> (start, utterance id) while speaking
         self.lock = threading.Lock()
         self.tracked = node.create_subscription(IdsList, f"{VOICES}/tracked", self._on_tracked, 10,
@@ -79,17 +86,24 @@ class Ros4HriBridge:
 
         ids = {i for i in msg.ids if valid_id(i)}
         with self.lock:  # publish() runs on the inference thread
-            for gone in set(self.voices) - ids:
+            for gone in set(self.voices) - ids:  # no more speech; answers to what it said are still published
                 sub, pub = self.voices.pop(gone)
                 self.node.destroy_subscription(sub)
-                self.node.destroy_publisher(pub)
+                self.leaving[gone] = (pub, time.monotonic())
                 self.speaking.pop(gone, None)
             for voice in sorted(ids - set(self.voices)):
                 sub = self.node.create_subscription(LiveSpeech, f"{VOICES}/{voice}/speech",
                                                     lambda m, v=voice: self._on_speech(v, m), self.qos,
                                                     callback_group=self.group)
-                pub = self.node.create_publisher(Expression, f"{VOICES}/{voice}/expression", 10)
+                pub = self.leaving.pop(voice, (None,))[0] or self.node.create_publisher(
+                    Expression, f"{VOICES}/{voice}/expression", 10)
                 self.voices[voice] = (sub, pub)
+            self._drop_left(time.monotonic() - EXPRESSION_LINGER_S)
+
+    def _drop_left(self, before: float) -> None:
+        """Destroy the Expression publishers of the voices that left the tracked list before ``before``."""
+        for voice in [v for v, (_, left) in self.leaving.items() if left < before]:
+            self.node.destroy_publisher(self.leaving.pop(voice)[0])
 
     def _on_speech(self, voice: str, msg) -> None:
         if msg.final.strip():
@@ -102,11 +116,13 @@ class Ros4HriBridge:
             self.on_incremental(voice, msg, start, uid)
 
     def publish(self, voice: str, prediction, header) -> bool:
+        """Mirror an answer to what ``voice`` said, also after it left the tracked list (for EXPRESSION_LINGER_S);
+        False when it has no publisher (any more)."""
         with self.lock:
-            entry = self.voices.get(voice)
-            if entry is None:  # the voice stopped being tracked meanwhile
+            pub = self.voices[voice][1] if voice in self.voices else self.leaving.get(voice, (None,))[0]
+            if pub is None:
                 return False
-            entry[1].publish(expression_msg(prediction, header))
+            pub.publish(expression_msg(prediction, header))
             return True
 
     def stop(self) -> None:
@@ -115,6 +131,7 @@ class Ros4HriBridge:
                 self.node.destroy_subscription(sub)
                 self.node.destroy_publisher(pub)
             self.voices.clear()
+            self._drop_left(math.inf)
         self.node.destroy_subscription(self.tracked)
 
 

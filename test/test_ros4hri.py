@@ -81,6 +81,47 @@ def test_a_voice_that_is_no_longer_tracked_is_unsubscribed(harness, tiny_text_ch
     assert h.node._hri is None
 
 
+def test_a_voice_that_leaves_the_tracked_list_before_its_answer_still_gets_its_expression(
+        harness, tiny_text_checkpoint, monkeypatch):
+    """An ASR's voice may leave /humans/voices/tracked before the model has answered its last words: the node stops
+    hearing it at once, but the answer is still mirrored on its expression topic (the publisher lingers), and once
+    EXPRESSION_LINGER_S has passed, the next tracked list drops the publisher. Tracked again meanwhile, it keeps it."""
+    import threading
+
+    from pathlib import Path
+
+    import ddvlm_ros.ros4hri
+    from ddvlm_ros.ros4hri import EXPRESSION_LINGER_S
+
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    expressions = []
+    h.client.create_subscription(hri.Expression, "/humans/voices/anna/expression", expressions.append, 10)
+    track(h, "anna")
+    gate, predict = threading.Event(), h.node.pipeline.recognizer.predict
+    monkeypatch.setattr(h.node.pipeline.recognizer, "predict", lambda turns: gate.wait(10) and predict(turns))
+    until(h, "anna", speech(final="I got the job!"), lambda: h.node.pipeline.stats.utterances == 1)  # being answered
+    track(h, expect=set())  # anna leaves the list before her answer
+    assert "anna" in h.node._hri.leaving
+    gate.set()
+    [answer] = h.wait_for(1)
+    deadline = time.monotonic() + 15
+    while not expressions and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [e.confidence for e in expressions] == [pytest.approx(answer.confidence)]
+    lingering = h.node._hri.leaving["anna"][0]
+    track(h, "anna")  # back before the linger ran out: the same publisher
+    assert h.node._hri.voices["anna"][1] is lingering and "anna" not in h.node._hri.leaving
+    track(h, expect=set())
+    monkeypatch.setattr(ddvlm_ros.ros4hri, "EXPRESSION_LINGER_S", 0.0)
+    track(h, expect=set())  # the next list after the linger: gone
+    deadline = time.monotonic() + 15
+    while h.node._hri.leaving and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert h.node._hri.leaving == {} and not h.node._hri.publish("anna", None, None)
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert f"(its publisher is kept {EXPRESSION_LINGER_S:g} s)" in readme  # the value imported before the patch
+
+
 def test_ros4hri_without_hri_msgs_says_so_and_the_node_keeps_working(harness, tiny_text_checkpoint, monkeypatch):
     from std_msgs.msg import String
 
