@@ -52,7 +52,7 @@ from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
 from ddvlm_ros.pipeline import LOW_CONFIDENCE_FLAG
 from ddvlm_ros.recorded import DefinitionError, RecordedTypes
-from ddvlm_ros.ros4hri import CROPPED, EXPRESSION_LINGER_S, LINKS, VOICES, valid_id
+from ddvlm_ros.ros4hri import CROPPED, EXPRESSION_LINGER_S, LINKS, PERSONS, VOICES, valid_id
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
 
 
@@ -433,6 +433,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                                 crops_read=node._crops is not None)
         result.idle_timeout_s, result.asr_min_confidence = node.p("idle_timeout_s"), node.p("asr_min_confidence")
         skipped: set[str] = set()  # final utterances the node does not classify (no text): no answer to wait for
+        links_sent: dict[str, dict[str, str]] = {}  # person -> {link: value} published (latched) so far
         in_step = True  # the node numbers what answer_key numbers (one that waited in vain: it does not; no more waits)
 
         def unanswered(keys: list[str]) -> list[str]:
@@ -478,6 +479,12 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 # the one before, which may have come on another topic (another voice), where nothing orders delivery
                 in_step = wait_for(lambda n=numbered: node._counter >= n, SUBSCRIBE_WAIT_S)  # else: not numbered
             pubs[topic].publish(msg)
+            kind, ident, leaf = _ros4hri_parts(topic)
+            if kind == "persons" and leaf in LINKS:
+                links_sent.setdefault(ident, {})[leaf] = msg.data.strip()
+            elif topic == f"{PERSONS}/tracked" and node._crops is not None:  # the links latched before: read before
+                # the persons' voices speak (on the robot they had a second; under load here, not)
+                wait_for(lambda ids=set(msg.ids): links_read(node._crops, ids, links_sent), SUBSCRIBE_WAIT_S)
         deadline, idle_since = time.monotonic() + answer_timeout_s, None
         while time.monotonic() < deadline:
             missing = unanswered(result.finals)
@@ -519,6 +526,13 @@ def expression_subscriptions(player, voices: set[str], node, result: ReplayResul
     return {voice: player.create_subscription(Expression, f"{VOICES}/{voice}/expression",
                                               lambda raw, t=f"{VOICES}/{voice}/expression": log(t, raw), 500, raw=True)
             for voice in sorted(voices) if valid_id(voice)}
+
+
+def links_read(crops, persons: set[str], sent: dict[str, dict[str, str]]) -> bool:
+    """Whether the node's ``PersonCrops`` holds each link of ``persons`` that the replay has published."""
+    with crops.lock:
+        return all(crops.links.get(person, {}).get(link) == value
+                   for person in persons if valid_id(person) for link, value in sent.get(person, {}).items())
 
 
 def publisher_count(node, subscription) -> int:
