@@ -55,12 +55,17 @@ class Session:
         return [p for _, p in self.scored.values()]
 
 
+def latest_answer(record: dict) -> dict | None:
+    """An utterance's latest answer in a replay's answers file: revised, else refined, else text (None: none)."""
+    return record.get("revised") or record.get("refined") or record.get("text")
+
+
 def scored_answer(record: dict) -> tuple[str | None, float | None]:
     """(the label the replay scored an utterance by, its confidence): its ``prediction`` and ``confidence``, else
-    its latest answer's (revised, refined, text); (None, None) when it was not answered."""
+    its latest answer's; (None, None) when it was not answered."""
     if "prediction" in record:
         return record["prediction"], record.get("confidence")
-    answer = record.get("revised") or record.get("refined") or record.get("text")
+    answer = latest_answer(record)
     return (answer["top_label"], answer.get("confidence")) if answer else (None, None)
 
 
@@ -82,8 +87,7 @@ def read_session(path: str | Path) -> Session:
                 session.scored[key] = (label_id(gold), LABELS.index(answer))
                 if confidence is not None:
                     session.confidence[key] = float(confidence)
-                latest = record.get("revised") or record.get("refined") or record.get("text") or {}
-                session.flags[key] = list(latest.get("flags", []))
+                session.flags[key] = list((latest_answer(record) or {}).get("flags", []))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise StudyError(f"{path}, line {number}: not a replay answer record ({type(e).__name__}: {e})") from None
         session.unlabelled += gold is None and answer is not None
