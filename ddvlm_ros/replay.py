@@ -52,7 +52,7 @@ from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
 from ddvlm_ros.pipeline import LOW_CONFIDENCE_FLAG
 from ddvlm_ros.recorded import DefinitionError, RecordedTypes
-from ddvlm_ros.ros4hri import CROPPED, EXPRESSION_LINGER_S, LINKS, PERSONS, VOICES, valid_id
+from ddvlm_ros.ros4hri import CROPPED, LINKS, PERSONS, VOICE_LINGER_S, VOICES, valid_id
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
 
 
@@ -272,7 +272,7 @@ class ReplayResult:
             return f"ROS4HRI: each of the {n} answers to voices was mirrored as hri_msgs/Expression"
         return (f"ROS4HRI: {missed} of the {self.voice_answers} answers to voices were not mirrored as "
                 f"hri_msgs/Expression (the node publishes none once a voice has left /humans/voices/tracked "
-                f"{EXPRESSION_LINGER_S:g} s before)")
+                f"{VOICE_LINGER_S:g} s before its answer, or before its last words)")
 
     def loop_line(self) -> str:
         """How many answered transcripts were ASR repetition loops (cut to LOOP_KEEP repeats)."""
@@ -472,9 +472,6 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 wait_for(lambda p=pubs[topic]: p.get_subscription_count() > 0, SUBSCRIBE_WAIT_S)
                 if (expression := expressions.get(_ros4hri_parts(topic)[1])) is not None and is_speech(topic):
                     wait_for(lambda e=expression: publisher_count(player, e) > 0, SUBSCRIBE_WAIT_S)  # its answers too
-            if topic == f"{VOICES}/tracked" and answer_key.leaving:  # the node unsubscribes the voices it drops: what
-                # they said must have reached it first (on the robot 1 s passed; here perhaps a millisecond)
-                wait_for(lambda: not unanswered([k for k in answer_key.leaving if k in result.texts]), SUBSCRIBE_WAIT_S)
             if answer_key.counter > numbered and in_step:  # it takes the node's next number: after the node numbered
                 # the one before, which may have come on another topic (another voice), where nothing orders delivery
                 in_step = wait_for(lambda n=numbered: node._counter >= n, SUBSCRIBE_WAIT_S)  # else: not numbered
@@ -586,8 +583,8 @@ class AnswerKeys:
     voice's first incremental result takes the next number (and starts its utterance: ``started``), its final result
     that number, or the next one after no incremental result; the ids that ``/humans/*/tracked`` name are kept
     (``tracked``), as the node subscribes their topics, crops only where it reads them (``crops_read``: with a
-    captioner); ``leaving``: the keys of what the voices that the latest list drops said (the node unsubscribes
-    them)."""
+    captioner); a voice that the latest list drops is still heard for VOICE_LINGER_S of bag time (``left``: when
+    it was dropped), as the node hears it for as long in ROS time, which a replay's /clock sets."""
 
     def __init__(self, conversation_id: str, default_speaker: str = "", speaker_prefix: bool = True,
                  crops_read: bool = False):
@@ -598,8 +595,7 @@ class AnswerKeys:
         self.tracked: dict[str, set[str]] = {}  # voices | persons | bodies | faces -> the ids its latest list names
         self.speaking: dict[str, str] = {}  # voice -> the key of its utterance, from its first incremental result
         self.started: dict[str, float] = {}  # key -> when its voice's first incremental result came (bag time, s)
-        self.said: dict[str, list[str]] = {}  # voice -> the keys of its final results
-        self.leaving: list[str] = []  # the keys of the final results of the voices that the latest tracked list drops
+        self.left: dict[str, float] = {}  # voice that a tracked list dropped -> when (bag time, s), until it is back
 
     def __call__(self, node_input: str, msg, arrived: float = 0.0) -> tuple[str, str, str] | None:
         """(key, speaker, text) of a message that came at ``arrived`` (bag time), or None."""
@@ -626,19 +622,28 @@ class AnswerKeys:
             gone = self.tracked.get(kind, set()) - (tracked := {i for i in msg.ids if valid_id(i)})
             self.tracked[kind] = tracked
             if kind == "voices":
-                self.speaking = {v: k for v, k in self.speaking.items() if v in tracked}
-                self.leaving = [key for voice in gone for key in self.said.pop(voice, [])]
+                for voice in tracked & set(self.left):  # back: its utterance goes on if it was still heard
+                    if not self._still_heard(voice, arrived):
+                        self.speaking.pop(voice, None)
+                    del self.left[voice]
+                self.left.update(dict.fromkeys(gone, arrived))
             return None
-        if leaf != "speech" or ident not in self.tracked.get("voices", ()):  # a voice the node does not hear
+        if leaf != "speech":
+            return None
+        if ident not in self.tracked.get("voices", ()) and not self._still_heard(ident, arrived):
+            self.speaking.pop(ident, None)  # a voice the node does not hear (any more: its utterance is over)
             return None
         if msg.final.strip():
             key = self.speaking.pop(ident, None) or f"{self.conversation_id}/{self._next()}"
-            self.said.setdefault(ident, []).append(key)
             return key, ident, msg.final
         if msg.incremental.strip() and ident not in self.speaking:
             key = self.speaking[ident] = f"{self.conversation_id}/{self._next()}"
             self.started[key] = arrived
         return None
+
+    def _still_heard(self, voice: str, arrived: float) -> bool:
+        """Whether a voice that a tracked list dropped is still heard at bag time ``arrived``."""
+        return voice in self.left and arrived - self.left[voice] <= VOICE_LINGER_S
 
     def subscribes(self, topic: str) -> bool:
         """Whether the node subscribes ``topic``, a voice's speech or a body's or face's crops, because a tracked list

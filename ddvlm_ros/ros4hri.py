@@ -9,8 +9,9 @@
   message's constants; ``confidence`` is the top probability. Valence and arousal are not estimated by
   this model and are NaN (0 would read as "neutral valence"). REP-155 puts face expressions under
   /humans/faces/<id>/expression; a person manager links a voice to a face. A voice that leaves the tracked list is
-  unsubscribed at once, but keeps its Expression publisher for EXPRESSION_LINGER_S: the answers to its last words
-  still come (an ASR's voice may leave the list before the model has answered them).
+  still heard for VOICE_LINGER_S, and its Expression publisher kept as long after it left or after its last words
+  heard since: an ASR's final result may come after the list that drops its voice (nothing orders two topics), and
+  the answers to a voice's last words come after the model has run.
 - ``PersonCrops``: the person manager's links (``/humans/persons/tracked``; per person ``voice_id``, ``body_id``
   and ``face_id``, std_msgs/String, latched) and the crops of the tracked bodies and faces
   (``/humans/bodies/<id>/cropped``, ``/humans/faces/<id>/cropped``, sensor_msgs/Image). With several people in
@@ -23,14 +24,17 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 VOICES = "/humans/voices"
 PERSONS = "/humans/persons"
 CROPPED = {"body": "/humans/bodies", "face": "/humans/faces"}  # crop kind -> its REP-155 namespace
 LINKS = ("voice_id", "body_id", "face_id")  # a person's links, in the order their crops are preferred
-EXPRESSION_LINGER_S = 15.0  # a voice that left the tracked list keeps its Expression publisher this long: the answers
-# to what it said still come (the text answer's inference, the fused one up to caption_timeout_s later)
+VOICE_LINGER_S = 15.0  # a voice that left the tracked list is still heard this long (ROS time: its final result may
+# come after that list), and its Expression publisher kept this long after it left or after its last words heard since
+# (wall time: the answers to them still come, the text answer after its inference, the fused one up to
+# caption_timeout_s later)
 
 EXPRESSION_NAME = {  # MELD label -> hri_msgs/Expression constant name
     "neutral": "NEUTRAL", "surprise": "SURPRISED", "fear": "SCARED", "sadness": "SAD",
@@ -60,6 +64,15 @@ def valid_id(voice_id: str) -> bool:
             and not voice_id[0].isdigit())
 
 
+@dataclass
+class LeftVoice:
+    """A voice that left the tracked list, until its linger has run out."""
+    speech: object  # its LiveSpeech subscription
+    expression: object  # its Expression publisher
+    heard_until: float  # ROS time (s) until which what it says is still heard
+    kept_until: float  # time.monotonic() until which its publisher is kept
+
+
 class Ros4HriBridge:
     """Per-voice subscriptions and expression publishers of one node; created at activate."""
 
@@ -74,38 +87,59 @@ class Ros4HriBridge:
         self.new_id, self.now = new_id, now
         self.qos, self.group = qos, callback_group
         self.voices: dict[str, tuple] = {}  # id -> (speech subscription, expression publisher)
-        self.leaving: dict[str, tuple] = {}  # id of a voice no longer tracked -> (its expression publisher, when it
-        #                                      left: time.monotonic()), until EXPRESSION_LINGER_S later
+        self.leaving: dict[str, LeftVoice] = {}  # id of a voice no longer tracked, until its linger has run out
         self.speaking: dict[str, tuple[float, str]] = {}  # id -> (start, utterance id) while speaking
         self.lock = threading.Lock()
         self.tracked = node.create_subscription(IdsList, f"{VOICES}/tracked", self._on_tracked, 10,
                                                 callback_group=callback_group)
+        from rclpy.clock import Clock, ClockType
+
+        self.reaper = node.create_timer(1.0, self._reap, callback_group=callback_group,  # wall time: it also runs
+                                        clock=Clock(clock_type=ClockType.STEADY_TIME))  # when a bag's /clock stops
 
     def _on_tracked(self, msg) -> None:
         from hri_msgs.msg import Expression, LiveSpeech
 
         ids = {i for i in msg.ids if valid_id(i)}
+        now, wall = self.now(), time.monotonic()
         with self.lock:  # publish() runs on the inference thread
-            for gone in set(self.voices) - ids:  # no more speech; answers to what it said are still published
-                sub, pub = self.voices.pop(gone)
-                self.node.destroy_subscription(sub)
-                self.leaving[gone] = (pub, time.monotonic())
-                self.speaking.pop(gone, None)
+            for gone in set(self.voices) - ids:  # still heard, and answered, for VOICE_LINGER_S
+                speech, expression = self.voices.pop(gone)
+                self.leaving[gone] = LeftVoice(speech, expression, now + VOICE_LINGER_S, wall + VOICE_LINGER_S)
             for voice in sorted(ids - set(self.voices)):
+                left = self.leaving.pop(voice, None)
+                if left is not None:  # back: the same subscription and publisher
+                    if now > left.heard_until:  # no longer the utterance it had begun before it left
+                        self.speaking.pop(voice, None)
+                    self.voices[voice] = (left.speech, left.expression)
+                    continue
                 sub = self.node.create_subscription(LiveSpeech, f"{VOICES}/{voice}/speech",
                                                     lambda m, v=voice: self._on_speech(v, m), self.qos,
                                                     callback_group=self.group)
-                pub = self.leaving.pop(voice, (None,))[0] or self.node.create_publisher(
-                    Expression, f"{VOICES}/{voice}/expression", 10)
-                self.voices[voice] = (sub, pub)
-            self._drop_left(time.monotonic() - EXPRESSION_LINGER_S)
+                self.voices[voice] = (sub, self.node.create_publisher(Expression, f"{VOICES}/{voice}/expression", 10))
+            self._drop_left(now, wall)
 
-    def _drop_left(self, before: float) -> None:
-        """Destroy the Expression publishers of the voices that left the tracked list before ``before``."""
-        for voice in [v for v, (_, left) in self.leaving.items() if left < before]:
-            self.node.destroy_publisher(self.leaving.pop(voice)[0])
+    def _reap(self) -> None:
+        with self.lock:
+            self._drop_left(self.now(), time.monotonic())
+
+    def _drop_left(self, now: float, wall: float) -> None:
+        """Unsubscribe the voices that left the tracked list and are no longer heard at ROS time ``now``, and destroy
+        their Expression publishers, once kept until before ``wall`` (time.monotonic())."""
+        for voice in [v for v, left in self.leaving.items() if left.heard_until < now and left.kept_until < wall]:
+            left = self.leaving.pop(voice)
+            self.node.destroy_subscription(left.speech)
+            self.node.destroy_publisher(left.expression)
+            self.speaking.pop(voice, None)
 
     def _on_speech(self, voice: str, msg) -> None:
+        with self.lock:
+            left = self.leaving.get(voice)
+            if left is not None and self.now() > left.heard_until:  # its linger ran out: not heard
+                self.speaking.pop(voice, None)
+                return
+            if left is not None and msg.final.strip():  # its answer still comes after it left
+                left.kept_until = max(left.kept_until, time.monotonic() + VOICE_LINGER_S)
         if msg.final.strip():
             start, uid = self.speaking.pop(voice, None) or (None, self.new_id())
             self.on_final(voice, msg, start, uid)
@@ -116,10 +150,11 @@ class Ros4HriBridge:
             self.on_incremental(voice, msg, start, uid)
 
     def publish(self, voice: str, prediction, header) -> bool:
-        """Mirror an answer to what ``voice`` said, also after it left the tracked list (for EXPRESSION_LINGER_S);
-        False when it has no publisher (any more)."""
+        """Mirror an answer to what ``voice`` said, also after it left the tracked list (VOICE_LINGER_S); False when it
+        has no publisher (any more)."""
         with self.lock:
-            pub = self.voices[voice][1] if voice in self.voices else self.leaving.get(voice, (None,))[0]
+            left = self.leaving.get(voice)
+            pub = self.voices[voice][1] if voice in self.voices else left.expression if left is not None else None
             if pub is None:
                 return False
             pub.publish(expression_msg(prediction, header))
@@ -131,7 +166,8 @@ class Ros4HriBridge:
                 self.node.destroy_subscription(sub)
                 self.node.destroy_publisher(pub)
             self.voices.clear()
-            self._drop_left(math.inf)
+            self._drop_left(math.inf, math.inf)
+        self.node.destroy_timer(self.reaper)
         self.node.destroy_subscription(self.tracked)
 
 

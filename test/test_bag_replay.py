@@ -1,5 +1,6 @@
 """rosbag2 bags of MELD dialogues, written and read with rosbags, replayed through the real node."""
 import json
+import math
 import time
 
 import pytest
@@ -741,7 +742,8 @@ def older_typestore():
     return store
 
 
-def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", incremental=True, older=False):
+def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", incremental=True, older=False,
+                      leaves=None):
     """A bag of ``turns`` (voice, text, label), turn k said from 100 + 3k s to 2 s later, as a ROS4HRI robot records
     it (REP-155, ``form`` ros4hri): ``/humans/voices/tracked`` at 2 Hz naming the voices that spoke so far, naming each
     one first 20 ms before its first words; per turn an incremental result at its start (``incremental``) and the final
@@ -750,7 +752,7 @@ def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", in
     the person is tracked), /humans/bodies/tracked names the bodies, and each turn has 24x16 crops of its voice's body
     and 64x64 camera frames on /image, at 5 Hz. ``form`` utterance: the same turns as final ddvlm_msgs/Utterance
     messages (conversation default, ids 1, 2 ...), stamped as the voices' results. ``older``: recorded with the types
-    of ``older_typestore``."""
+    of ``older_typestore``. ``leaves``: voice -> from when (bag time, s) no list names it any more."""
     import numpy as np
     from rosbags.rosbag2 import Writer
 
@@ -796,7 +798,7 @@ def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", in
     if form == "ros4hri":
         times = sorted({*first.values(), *np.arange(99.0, 101.0 + 3 * len(turns), 0.5)})
         for t in times:
-            ids = [v for v, t0 in first.items() if t0 <= t]
+            ids = [v for v, t0 in first.items() if t0 <= t < (leaves or {}).get(v, math.inf)]
             add(t, "/humans/voices/tracked", "tracked", store.types[types["tracked"]](header=header(t), ids=ids))
             for space, prefix in (("persons", "p_"), ("bodies", "b_")) if crops else ():
                 add(t, f"/humans/{space}/tracked", "tracked", store.types[types["tracked"]](
@@ -840,6 +842,25 @@ def test_a_ros4hri_robots_bag_is_replayed_through_its_voices_and_answers_as_the_
                                                                          abs=1e-6)
     with pytest.raises(BagError, match=r"nothing to transcribe .*or play its ROS4HRI voices \(ros4hri: true\)"):
         replay(tmp_path / "voices", params, speed=10.0)
+
+
+def test_a_ros4hri_voices_last_words_after_the_list_dropped_it_are_answered_until_its_linger_ran_out(
+        tmp_path, tiny_text_checkpoint):
+    """An ASR's final result may come after the tracked list that drops its voice: anna leaves the list at 101 s,
+    while saying her first turn (its final result at 102.3 s) and the node still hears her for VOICE_LINGER_S (bag
+    time: the replay's /clock). Her turn at 106 s is heard too; the one at 118 s, 17 s after she left, is not."""
+    from ddvlm_ros.ros4hri import VOICE_LINGER_S
+
+    turns = [*ROS4HRI_TURNS[:4], ("bob", "And then?", "neutral"), ("bob", "Tell me more.", "neutral"),
+             ("anna", "Not now.", "anger")]
+    assert 108.3 - 101.0 < VOICE_LINGER_S < 118.0 - 101.0
+    bag = write_ros4hri_bag(tmp_path / "voices", turns, leaves={"anna": 101.0})
+    result = replay(bag, {"model_dir": tiny_text_checkpoint, "input_timeout_s": 0.0, "ros4hri": True}, speed=1000.0)
+    heard = [voice for k, (voice, _, _) in enumerate(turns) if k != 6]
+    assert result.finals == [f"default/{k + 1}" for k in range(6)] and all("text" in result.answers[k]
+                                                                           for k in result.finals)
+    assert [result.prediction(k).speaker_id for k in result.finals] == heard
+    assert result.spans["default/1"] == (pytest.approx(1.0), pytest.approx(3.0))  # from her incremental result
 
 
 def test_a_ros4hri_bag_is_scored_by_intervals_of_its_voices_and_captioned_from_their_bodies(
@@ -912,8 +933,8 @@ def test_meld_written_as_ros4hri_voices_replays_to_the_answers_and_scores_of_its
     dialogues further apart than the node's idle_timeout_s, so that each starts a new context as its own conversation
     does on /utterance. Replayed 1000x faster than the bag, every turn gets the answer it gets from the Utterance
     bag (dialogue 218 has three speakers), and the labels side file, keyed as the node keys the voices' answers, gives
-    the same scores. (A dialogue's voices leave the tracked list 1 s after its last words, a millisecond here: the
-    node unsubscribes them, and what they said must have reached it before.)"""
+    the same scores. (A dialogue's voices leave the tracked list 1 s after its last words, a millisecond here, and
+    nothing orders that list and their speech: the node still hears them for VOICE_LINGER_S.)"""
     from ddvlm_ros.bag import ROS4HRI_GAP_S, labels_path
     from ddvlm_ros.ros4hri import valid_id
 

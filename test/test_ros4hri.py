@@ -66,32 +66,61 @@ def test_voices_become_speakers_and_results_are_mirrored_as_expressions(harness,
     assert {kv.key: kv.value for kv in h.node.diagnostic_status().values}["ros4hri"] == "on (2 voices)"
 
 
-def test_a_voice_that_is_no_longer_tracked_is_unsubscribed(harness, tiny_text_checkpoint):
+def test_a_voice_that_is_no_longer_tracked_is_unsubscribed_once_its_linger_ran_out(
+        harness, tiny_text_checkpoint, monkeypatch):
+    """Without another tracked list: the node's own timer unsubscribes it; what it says then is not heard."""
+    import ddvlm_ros.ros4hri
+
     h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
     track(h, "anna")
     h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(final="hello"))
     assert len(h.wait_for(1)) == 1
     pub = h._pubs["/humans/voices/anna/speech"]
+    monkeypatch.setattr(ddvlm_ros.ros4hri, "VOICE_LINGER_S", 0.0)
     track(h, "bad/id", "", "7up", "zoë", expect=set())  # anna is gone; invalid topic tokens are ignored
     deadline = time.monotonic() + 15
     while pub.get_subscription_count() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert pub.get_subscription_count() == 0
+    assert pub.get_subscription_count() == 0 and h.node._hri.leaving == {}
+    h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(final="still there?"))
+    h.settle()
+    assert len(h.received) == 1
     h.node.trigger_deactivate()
     assert h.node._hri is None
+
+
+def test_a_voices_last_words_that_come_after_the_list_that_dropped_it_are_answered_and_mirrored(
+        harness, tiny_text_checkpoint):
+    """An ASR's final result may come after the tracked list that drops its voice (or be delivered after it: nothing
+    orders two topics). The node still hears the voice for VOICE_LINGER_S: the words are answered as the utterance
+    its incremental result began, and the answer is mirrored as its Expression."""
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    expressions = []
+    h.client.create_subscription(hri.Expression, "/humans/voices/anna/expression", expressions.append, 10)
+    track(h, "anna")
+    until(h, "anna", speech(incremental="I got"), lambda: "anna" in h.node._hri.speaking)  # id 1
+    track(h, expect=set())
+    assert "anna" in h.node._hri.leaving
+    h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(final="I got the job!", stamp=h.now()))
+    [answer] = h.wait_for(1)
+    assert (answer.speaker_id, answer.utterance_id) == ("anna", "1")
+    deadline = time.monotonic() + 15
+    while not expressions and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [e.confidence for e in expressions] == [pytest.approx(answer.confidence)]
 
 
 def test_a_voice_that_leaves_the_tracked_list_before_its_answer_still_gets_its_expression(
         harness, tiny_text_checkpoint, monkeypatch):
     """An ASR's voice may leave /humans/voices/tracked before the model has answered its last words: the node stops
     hearing it at once, but the answer is still mirrored on its expression topic (the publisher lingers), and once
-    EXPRESSION_LINGER_S has passed, the next tracked list drops the publisher. Tracked again meanwhile, it keeps it."""
+    VOICE_LINGER_S has passed, the node drops the publisher. Tracked again meanwhile, it keeps it."""
     import threading
 
     from pathlib import Path
 
     import ddvlm_ros.ros4hri
-    from ddvlm_ros.ros4hri import EXPRESSION_LINGER_S
+    from ddvlm_ros.ros4hri import VOICE_LINGER_S
 
     h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
     expressions = []
@@ -108,18 +137,18 @@ def test_a_voice_that_leaves_the_tracked_list_before_its_answer_still_gets_its_e
     while not expressions and time.monotonic() < deadline:
         time.sleep(0.02)
     assert [e.confidence for e in expressions] == [pytest.approx(answer.confidence)]
-    lingering = h.node._hri.leaving["anna"][0]
-    track(h, "anna")  # back before the linger ran out: the same publisher
-    assert h.node._hri.voices["anna"][1] is lingering and "anna" not in h.node._hri.leaving
-    track(h, expect=set())
-    monkeypatch.setattr(ddvlm_ros.ros4hri, "EXPRESSION_LINGER_S", 0.0)
-    track(h, expect=set())  # the next list after the linger: gone
+    lingering = h.node._hri.leaving["anna"]
+    track(h, "anna")  # back before the linger ran out: the same subscription and publisher
+    assert h.node._hri.voices["anna"] == (lingering.speech, lingering.expression)
+    assert "anna" not in h.node._hri.leaving
+    monkeypatch.setattr(ddvlm_ros.ros4hri, "VOICE_LINGER_S", 0.0)
+    track(h, expect=set())  # gone once the (now no) linger ran out, without another list
     deadline = time.monotonic() + 15
     while h.node._hri.leaving and time.monotonic() < deadline:
         time.sleep(0.02)
     assert h.node._hri.leaving == {} and not h.node._hri.publish("anna", None, None)
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
-    assert f"(its publisher is kept {EXPRESSION_LINGER_S:g} s)" in readme  # the value imported before the patch
+    assert f"still heard for {VOICE_LINGER_S:g} s" in readme  # the value imported before the patch
 
 
 def test_ros4hri_without_hri_msgs_says_so_and_the_node_keeps_working(harness, tiny_text_checkpoint, monkeypatch):
