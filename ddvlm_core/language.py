@@ -5,7 +5,8 @@ multilingual robot, or an ASR that detects the language itself (Whisper does, an
 picks the wrong one, then transcribes in it), hands the node text in other languages, and the answer to such text
 says nothing about the speaker. Two signs are read:
 
-- the ASR's language tag (ROS4HRI's ``LiveSpeech.language``, e.g. ``en-GB``; Whisper's ``ja``);
+- the ASR's language tag (ROS4HRI's ``LiveSpeech.locale``, e.g. ``en_GB``, or ``language``, e.g. ``en-GB``; Whisper's
+  ``ja``);
 - the text's script: mostly letters of another script than Latin (Han, kana, Hangul, Cyrillic, Arabic ...).
 
 Text in another Latin-script language (Spanish, German ...) without a tag is not detected.

@@ -237,6 +237,8 @@ def _voices(utterances: list[TimedUtterance], texts: dict, store) -> tuple[list,
     turns in this order: returns the messages (time s, topic, type, CDR) and MELD key -> the node's answer key
     (``ROS4HRI_CONVERSATION``/1, /2 ...)."""
     IdsList, LiveSpeech, Header = (store.types[t] for t in (TRACKED_TYPE, SPEECH_TYPE, "std_msgs/msg/Header"))
+    english = {field: tag for field, tag in (("locale", "en_US"), ("language", "en-US"))  # hri_msgs 2.1 on / 2.0
+               if field in LiveSpeech.__dataclass_fields__}
 
     def tracked(t: float, ids: list[str]) -> tuple:
         msg = IdsList(header=Header(stamp=_stamp(store, t), frame_id=""), ids=list(ids))
@@ -244,7 +246,7 @@ def _voices(utterances: list[TimedUtterance], texts: dict, store) -> tuple[list,
 
     def speech(t: float, voice: str, stamp: float, incremental: str = "", final: str = "") -> tuple:
         msg = LiveSpeech(header=Header(stamp=_stamp(store, stamp), frame_id="mic"), incremental=incremental,
-                         final=final, confidence=1.0, language="en")
+                         final=final, confidence=1.0, **english)
         return t, f"/humans/voices/{voice}/speech", SPEECH_TYPE, store.serialize_cdr(msg, SPEECH_TYPE)
 
     events, keys, done = [], {}, {}  # done: voice -> when its latest final result came

@@ -36,6 +36,7 @@ from ddvlm_ros.convert import (AsrJson, asr_confidence, asr_json, compressed_msg
 from ddvlm_ros.compat import PublisherEventCallbacks, SubscriptionEventCallbacks, add_after_set_parameters
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
 from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
+from ddvlm_ros.ros4hri import spoken_locale
 from ddvlm_ros.spin import spin_until_shutdown
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
@@ -640,7 +641,7 @@ class EmotionNode(LifecycleNode):
                                          bool(stamped))
         header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
-                                         header, voice_id=voice, language=getattr(msg, "language", ""),
+                                         header, voice_id=voice, language=spoken_locale(msg),
                                          end_stamped=bool(stamped), source="voices", said_until=said_until,
                                          heard=self._now(), asr_confidence=asr_confidence(msg.confidence)))
 

@@ -90,7 +90,7 @@ class UtteranceIn:
     header: Any = None  # the transcript's header, copied to the output
     voice_id: str = ""  # ROS4HRI voice that spoke it ('' = another input)
     stream_id: str = ""  # the id its partial (streaming) results had, when the final one was given another
-    language: str = ""  # the ASR's language tag, e.g. "en-GB" (ROS4HRI's LiveSpeech.language; '' = not given)
+    language: str = ""  # the ASR's language tag, e.g. "en-GB" (ROS4HRI's LiveSpeech.locale: "en_GB"; '' = not given)
     flags: tuple[str, ...] = ()  # what the pipeline found of it in its dialogue (an echo of the robot): on every answer
     end_stamped: bool = False  # ``end`` is the message's stamp (False: when it arrived): it may place it before others
     source: str = ""  # the input it came on ("transcript", "utterance", "voices"): tells a copy of a transcript

@@ -1,13 +1,15 @@
 """A bag's messages as the message types installed here, also where the bag recorded another version of a type.
 
 Message definitions change between versions of a package: ROS4HRI's ``hri_msgs/LiveSpeech`` gained ``language`` in
-2023, ``ddvlm_msgs/Utterance`` gained ``confidence``. A bag keeps the bytes (CDR) of the version its robot ran, and
+2023, which became ``locale`` in 2024 (hri_msgs 2.1.0; ``language`` removed in 2.2.1), ``ddvlm_msgs/Utterance`` gained
+``confidence``. A bag keeps the bytes (CDR) of the version its robot ran, and
 decoding them as the installed version fails ("Fast CDR exception") or reads fields from the wrong bytes. A rosbag2
 bag (mcap, and sqlite3 since Iron) also stores each topic's definition. ``RecordedTypes`` compares it with the
 installed type, field names and nesting: where they match, rclpy decodes the CDR as it is; where they differ, the
 bag's own definition decodes it (rosbags) and the fields are copied by name into the installed type, so fields the
-recorded version lacks keep their defaults (0, ''), as a publisher of that version leaves them. ``differences``
-says which topics were read so, and what differed.
+recorded version lacks keep their defaults (0, ''), as a publisher of that version leaves them, except a field that
+was renamed (``RENAMED_FIELDS``), which takes its value under the other name. ``differences`` says which topics were
+read so, and what differed.
 """
 from __future__ import annotations
 
@@ -20,6 +22,11 @@ import numpy as np
 _TYPECODES = {np.dtype(d): c for d, c in (("uint8", "B"), ("int8", "b"), ("uint16", "H"), ("int16", "h"),
                                           ("uint32", "I"), ("int32", "i"), ("uint64", "Q"), ("int64", "q"),
                                           ("float32", "f"), ("float64", "d"))}
+
+
+RENAMED_FIELDS = {  # message type -> {a field: its name in another version of the type}
+    "hri_msgs/msg/LiveSpeech": {"locale": "language", "language": "locale"},  # hri_msgs 2.1.0 renamed it
+}
 
 
 class DefinitionError(ValueError):
@@ -69,16 +76,17 @@ def shape_difference(installed: tuple, recorded: tuple, prefix: str = "") -> lis
     return words
 
 
-def copy_into(cls, source):
-    """A new ``cls`` message with the fields of ``source`` (a rosbags message) of the same names; the others keep
-    their defaults."""
+def copy_into(cls, source, renamed: dict[str, str] | None = None):
+    """A new ``cls`` message with the fields of ``source`` (a rosbags message) of the same names, or of the names
+    ``renamed`` gives them in the source's version; the others keep their defaults."""
     from rosidl_parser.definition import AbstractNestedType, AbstractSequence, NamespacedType
 
     msg = cls()
     for name, slot in zip(cls.get_fields_and_field_types(), cls.SLOT_TYPES):
-        if not hasattr(source, name):
+        there = name if hasattr(source, name) else (renamed or {}).get(name)
+        if there is None or not hasattr(source, there):
             continue
-        value = getattr(source, name)
+        value = getattr(source, there)
         inner = slot.value_type if isinstance(slot, AbstractNestedType) else slot
         if isinstance(inner, NamespacedType):
             nested = installed_class(inner)
@@ -131,7 +139,7 @@ class RecordedTypes:
         except Exception as e:  # noqa: BLE001 - rosbags raises several types for bytes that are not the message
             raise DefinitionError(f"{topic}: a message does not decode by the bag's own definition of "
                                   f"{self._name(topic)} either ({type(e).__name__}: {e}): a broken message") from None
-        return copy_into(cls, recorded)
+        return copy_into(cls, recorded, RENAMED_FIELDS.get(self._name(topic)))
 
     def _check(self, topic: str, cls) -> None:
         """Compare the bag's definition of the topic's type with the installed one; where they differ, keep a

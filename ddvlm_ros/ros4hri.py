@@ -58,6 +58,12 @@ def expression_msg(prediction, header):
                       valence=math.nan, arousal=math.nan, confidence=float(prediction.confidence))
 
 
+def spoken_locale(msg) -> str:
+    """What a LiveSpeech says its words are in: ``locale`` (hri_msgs 2.1 on, e.g. 'en_GB', as PAL's asr_vosk fills
+    it), else ``language`` (hri_msgs 2.0 and 2.1, an IETF tag, e.g. 'en-GB'), else '' (not said)."""
+    return (getattr(msg, "locale", "") or getattr(msg, "language", "") or "").strip()
+
+
 def valid_id(voice_id: str) -> bool:
     """Usable as a topic name token: ASCII letters, digits and '_', not starting with a digit."""
     return (bool(voice_id) and voice_id.isascii() and voice_id.replace("_", "a").isalnum()

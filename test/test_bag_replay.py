@@ -725,8 +725,8 @@ ROS4HRI_TURNS = [("anna", "I got the job!", "joy"), ("bob", "No way!", "surprise
 
 
 def older_typestore():
-    """The types of a robot that ran hri_msgs before LiveSpeech had ``language`` (2023) and ddvlm_msgs before
-    Utterance had ``confidence``."""
+    """The types of a robot that ran hri_msgs before LiveSpeech had ``language`` (2023; ``locale`` since) and
+    ddvlm_msgs before Utterance had ``confidence``."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     from ddvlm_ros.bag import MSG_DIR, hri_msgs_dir
@@ -777,7 +777,7 @@ def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", in
 
     def speech(stamp, incremental="", final=""):
         return store.types[types["speech"]](header=header(stamp, "mic"), incremental=incremental, final=final,
-                                            confidence=0.9, **({} if older else {"language": "en"}))
+                                            confidence=0.9, **({} if older else {"locale": "en_US"}))
 
     first = {}
     for k, (voice, text, _) in enumerate(turns):
@@ -964,11 +964,11 @@ def test_meld_written_as_ros4hri_voices_replays_to_the_answers_and_scores_of_its
 
 def test_bags_recorded_with_older_message_definitions_replay_as_bags_of_todays(tmp_path, tiny_text_checkpoint,
                                                                                capsys):
-    """hri_msgs' LiveSpeech had no ``language`` before 2023, and ddvlm_msgs' Utterance no ``confidence`` before now:
-    a bag of those versions does not decode as today's types (Fast CDR runs out of bytes). It is decoded by the
-    definitions it recorded, the fields it lacks taking their defaults: its turns get the answers of the same bag
-    recorded with today's types, the report names the topics so read, and --record keeps the recorded definitions.
-    A bag that recorded no definition (sqlite3 before Iron) is refused with the reason."""
+    """hri_msgs' LiveSpeech had no ``language`` (now ``locale``) before 2023, and ddvlm_msgs' Utterance no
+    ``confidence`` before now: a bag of those versions does not decode as today's types (Fast CDR runs out of bytes).
+    It is decoded by the definitions it recorded, the fields it lacks taking their defaults: its turns get the answers
+    of the same bag recorded with today's types, the report names the topics so read, and --record keeps the recorded
+    definitions. A bag that recorded no definition (sqlite3 before Iron) is refused with the reason."""
     import sqlite3
 
     from hri_msgs.msg import LiveSpeech
@@ -978,7 +978,7 @@ def test_bags_recorded_with_older_message_definitions_replay_as_bags_of_todays(t
 
     params = {"model_dir": tiny_text_checkpoint, "input_timeout_s": 0.0}
     speech = "/humans/voices/anna/speech"
-    for form, topic, lacks in (("ros4hri", speech, "hri_msgs/msg/LiveSpeech: no language"),
+    for form, topic, lacks in (("ros4hri", speech, "hri_msgs/msg/LiveSpeech: no locale"),
                                ("utterance", "/utterance", "ddvlm_msgs/msg/Utterance: no confidence")):
         played = {}
         for older in (False, True):
@@ -996,7 +996,7 @@ def test_bags_recorded_with_older_message_definitions_replay_as_bags_of_todays(t
     out = capsys.readouterr().out
     assert f"read by the bag's own definition (missing fields keep their defaults): {speech} (hri_msgs" in out
     recorded = RecordedTypes(tmp_path / "recorded")
-    assert "language" not in recorded.definitions[speech][1].data and "/emotion" in recorded.definitions
+    assert "locale" not in recorded.definitions[speech][1].data and "/emotion" in recorded.definitions
     said = [recorded.decode(speech, raw, LiveSpeech) for raw in read_raw(tmp_path / "recorded", speech)]
     finals = [m.final for m in said if m.final]
     assert finals == [text for voice, text, _ in ROS4HRI_TURNS if voice == "anna"]

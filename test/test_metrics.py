@@ -203,3 +203,17 @@ def test_the_readme_quotes_what_the_low_confidence_flag_marks_from_the_asr_noise
             f"% against {r30['accuracy_heard']:.1f} %)") in readme
     assert (f"(at 10 % WER the {r10['misheard_share']:.1f} % misheard are right {r10['accuracy_misheard']:.1f} % of "
             f"the time, the others {r10['accuracy_heard']:.1f} %)") in readme
+
+
+def test_the_readme_quotes_what_one_speaker_for_every_turn_costs_from_the_speaker_tokens_report():
+    """reports/speaker_tokens.json (python bench/speaker_tokens.py): both WA-F1s, where the README explains LoRA's
+    speaker tokens and where it tells a ROS4HRI integrator that asr_vosk hears everyone as one voice."""
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    scores = json.loads((repo / "reports" / "speaker_tokens.json").read_text())["scores"]
+    real, one = scores["real speakers"]["wa_f1"], scores["every turn one speaker"]["wa_f1"]
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert f"the real speakers score WA-F1 {real:.2f} and every turn given to one speaker {one:.2f}" in readme
+    assert f"WA-F1 {real:.2f} with MELD's speakers and {one:.2f} with every turn given to one speaker" in readme

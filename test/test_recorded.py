@@ -26,7 +26,7 @@ def test_what_differs_between_the_installed_and_a_recorded_definition_is_said_by
     older = older_store(**{"hri_msgs__msg__LiveSpeech": "std_msgs/Header header\nstring incremental\nstring final\n"
                                                         "float64 confidence\nstring mood\n"})
     assert shape_difference(installed_shape(LiveSpeech), recorded_shape(older, "hri_msgs/msg/LiveSpeech")) == [
-        "no language", "extra mood"]
+        "no locale", "extra mood"]
     assert shape_difference(installed_shape(Image), recorded_shape(older, "sensor_msgs/msg/Image")) == []
     stamped = older_store(**{"a__msg__Stamped": "std_msgs/Header header\n", "a__msg__Other": "uint32 seq\n"})
     renamed = older_store(**{"a__msg__Stamped": "a/Other header\n", "a__msg__Other": "uint32 seq\n"})
@@ -92,3 +92,29 @@ def test_a_topic_whose_recorded_definition_matches_is_decoded_by_rclpy_and_an_un
     with pytest.raises(DefinitionError, match="/asr: a message does not decode by the bag's own definition of "
                                               "std_msgs/msg/String either"):
         decoder.decode("/asr", b"\x00\x01\x00\x00\xff", String)  # no CDR of it: a broken message
+
+
+def test_a_field_renamed_between_versions_takes_its_value_under_the_other_name(tmp_path):
+    """hri_msgs 2.1.0 renamed LiveSpeech's ``language`` ``locale`` (and 2.2.1 removed ``language``): a bag recorded
+    on a robot with hri_msgs 2.0 says what language its ASR heard under the old name, and a replay here reads it as
+    the locale, so that German speech is still flagged. A field renamed nowhere (``mood``) is not copied."""
+    from hri_msgs.msg import LiveSpeech
+    from rosbags.rosbag2 import Reader
+
+    from ddvlm_ros.recorded import RENAMED_FIELDS
+
+    older = older_store(**{"hri_msgs__msg__LiveSpeech": "std_msgs/Header header\nstring incremental\nstring final\n"
+                                                        "float64 confidence\nstring language\nstring mood\n"})
+    said = older.types["hri_msgs/msg/LiveSpeech"](
+        header=older.types["std_msgs/msg/Header"](stamp=older.types["builtin_interfaces/msg/Time"](sec=3, nanosec=0),
+                                                  frame_id="mic"),
+        incremental="", final="Ich habe den Job!", confidence=0.8, language="de-DE", mood="happy")
+    bag = write_bag(tmp_path / "hri_msgs_2_0", older, "/humans/voices/anna/speech", "hri_msgs/msg/LiveSpeech", said)
+    with Reader(bag) as reader:
+        (raw,) = [bytes(r) for _, _, r in reader.messages()]
+    decoder = RecordedTypes(bag)
+    msg = decoder.decode("/humans/voices/anna/speech", raw, LiveSpeech)
+    assert (msg.final, msg.confidence, msg.locale, msg.header.stamp.sec) == ("Ich habe den Job!", 0.8, "de-DE", 3)
+    assert decoder.differences["/humans/voices/anna/speech"] == ["no locale", "extra language", "extra mood"]
+    assert copy_into(LiveSpeech, said).locale == ""  # without the renames: its default
+    assert RENAMED_FIELDS["hri_msgs/msg/LiveSpeech"]["language"] == "locale"  # and back, for a node built with 2.0

@@ -20,8 +20,8 @@ def track(h, *ids, expect=None):
     assert set(h.node._hri.voices) == expect
 
 
-def speech(final="", incremental="", stamp=0.0, language="en-US"):
-    msg = hri.LiveSpeech(final=final, incremental=incremental, confidence=0.9, language=language)
+def speech(final="", incremental="", stamp=0.0, locale="en_US"):
+    msg = hri.LiveSpeech(final=final, incremental=incremental, confidence=0.9, locale=locale)
     msg.header.stamp = sec_to_stamp(stamp, Time)
     return msg
 
@@ -178,18 +178,37 @@ def test_voices_that_speak_keep_the_transcript_topics_from_being_reported_silent
     assert h.node._silence_warned == {"transcript", "utterance"}
 
 
-def test_the_language_a_voice_is_heard_in_flags_its_answers(harness, tiny_text_checkpoint):
-    """LiveSpeech.language is the ASR's word for what it heard: German speech is flagged transcript-not-english
-    (the model reads English only) and /diagnostics says so; English and untagged speech is not."""
+def test_the_locale_a_voice_is_heard_in_flags_its_answers(harness, tiny_text_checkpoint):
+    """LiveSpeech.locale (hri_msgs 2.1 on; 'language' before) is the ASR's word for what it heard: German speech is
+    flagged transcript-not-english (the model reads English only) and /diagnostics says so; English and untagged
+    speech is not. PAL's asr_vosk sends its final result with ``incremental`` set to the same words: one answer."""
     h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
     track(h, "anna")
     until(h, "anna", speech(final="I got the job!"), lambda: len(h.received) == 1)
-    until(h, "anna", speech(final="Ich habe den Job!", language="de-DE"), lambda: len(h.received) == 2)
-    until(h, "anna", speech(final="Really?", language=""), lambda: len(h.received) == 3)
+    german = speech(final="Ich habe den Job!", incremental="Ich habe den Job!", locale="de_DE")
+    until(h, "anna", german, lambda: len(h.received) == 2)
+    until(h, "anna", speech(final="Really?", locale=""), lambda: len(h.received) == 3)
+    h.settle()
     assert [("transcript-not-english" in m.flags) for m in h.received] == [False, True, False]
+    assert [m.utterance_id for m in h.received] == ["1", "2", "3"] and "anna" not in h.node._hri.speaking
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["transcripts_not_english"] == ("1 of the latest 3 transcripts are not English (the latest: "
-                                                 "language tag 'de-DE')")
+                                                 "language tag 'de_DE')")
+
+
+def test_a_livespeechs_locale_is_read_from_either_version_of_hri_msgs():
+    """hri_msgs 2.0 named the field ``language`` (an IETF tag), 2.1 added ``locale`` and 2.2.1 removed ``language``:
+    a node built against any of them reads what the ASR said (rclpy messages of those versions, as duck types)."""
+    from types import SimpleNamespace
+
+    from ddvlm_ros.ros4hri import spoken_locale
+
+    assert spoken_locale(hri.LiveSpeech(locale="de_DE")) == "de_DE"
+    assert spoken_locale(hri.LiveSpeech()) == ""
+    assert spoken_locale(SimpleNamespace(language="en-GB")) == "en-GB"  # 2.0
+    assert spoken_locale(SimpleNamespace(locale="", language="fr-FR")) == "fr-FR"  # 2.1, the old field filled
+    assert spoken_locale(SimpleNamespace(locale="it_IT", language="")) == "it_IT"  # 2.1, the new one
+    assert spoken_locale(SimpleNamespace(final="hi")) == ""  # before 2.0
 
 
 def test_a_voices_asr_confidence_is_carried_and_a_low_one_flagged(harness, tiny_text_checkpoint):
