@@ -26,7 +26,6 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from ddvlm_core.arrival_order import LATE_MAX_S, REVISED_FLAG
-from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.speech_timing import AsrTiming
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
@@ -36,7 +35,7 @@ from ddvlm_ros.convert import (AsrJson, asr_confidence, asr_json, compressed_msg
 from ddvlm_ros.compat import PublisherEventCallbacks, SubscriptionEventCallbacks, add_after_set_parameters
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
 from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
-from ddvlm_ros.ros4hri import spoken_locale
+from ddvlm_ros.ros4hri import mirrored, spoken_locale
 from ddvlm_ros.spin import spin_until_shutdown
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
@@ -604,8 +603,8 @@ class EmotionNode(LifecycleNode):
                              f"{msg.confidence:.2f}{' (refined)' if result.refined else ''}"
                              f"{' (revised)' if REVISED_FLAG in msg.flags else ''}")
         hri = self._hri
-        if hri is not None and u.voice_id and SELF_ECHO_FLAG not in result.prediction.flags:  # Expression has no flags:
-            hri.publish(u.voice_id, result.prediction, msg.header)  # the robot's words are no expression of the voice
+        if hri is not None and u.voice_id and mirrored(result.prediction.flags):
+            hri.publish(u.voice_id, result.prediction, msg.header)
 
     # ---- ROS4HRI (ddvlm_ros.ros4hri) ------------------------------------------------------------
     def _start_ros4hri(self) -> None:

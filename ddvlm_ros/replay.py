@@ -52,7 +52,7 @@ from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
 from ddvlm_ros.pipeline import LOW_CONFIDENCE_FLAG
 from ddvlm_ros.recorded import DefinitionError, RecordedTypes
-from ddvlm_ros.ros4hri import CROPPED, LINKS, PERSONS, VOICE_LINGER_S, VOICES, valid_id
+from ddvlm_ros.ros4hri import CROPPED, LINKS, PERSONS, VOICE_LINGER_S, VOICES, mirrored, valid_id
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
 
 
@@ -398,7 +398,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     def on_emotion(msg):
         key = f"{msg.conversation_id}/{msg.utterance_id}"
         with lock:
-            result.voice_answers += msg.speaker_id in voices and SELF_ECHO_FLAG not in msg.flags
+            result.voice_answers += msg.speaker_id in voices and mirrored(msg.flags)
             entry = result.answers.setdefault(key, {})
             slot = "revised" if REVISED_FLAG in msg.flags else "refined" if msg.refined else "text"
             if slot in entry and slot != "revised":  # revised again for each late transcript placed before it

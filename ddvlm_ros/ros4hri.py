@@ -25,7 +25,10 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
+
+from ddvlm_core.language import NOT_ENGLISH_FLAG
+from ddvlm_core.self_echo import SELF_ECHO_FLAG
 
 VOICES = "/humans/voices"
 PERSONS = "/humans/persons"
@@ -36,6 +39,9 @@ VOICE_LINGER_S = 15.0  # a voice that left the tracked list is still heard this 
 # (wall time: the answers to them still come, the text answer after its inference, the fused one up to
 # caption_timeout_s later)
 
+NOT_MIRRORED = (SELF_ECHO_FLAG, NOT_ENGLISH_FLAG)  # answers a behaviour node should ignore (the README's flags
+# table): Expression has no flags, so they are not mirrored (the robot's own words, and words the model cannot read,
+# are no expression of the voice)
 EXPRESSION_NAME = {  # MELD label -> hri_msgs/Expression constant name
     "neutral": "NEUTRAL", "surprise": "SURPRISED", "fear": "SCARED", "sadness": "SAD",
     "joy": "HAPPY", "disgust": "DISGUSTED", "anger": "ANGRY",
@@ -56,6 +62,11 @@ def expression_msg(prediction, header):
 
     return Expression(header=header, expression=getattr(Expression, EXPRESSION_NAME[prediction.top_label]),
                       valence=math.nan, arousal=math.nan, confidence=float(prediction.confidence))
+
+
+def mirrored(flags: Iterable[str]) -> bool:
+    """Whether an answer with these flags is mirrored as hri_msgs/Expression (none of NOT_MIRRORED)."""
+    return not set(flags) & set(NOT_MIRRORED)
 
 
 def spoken_locale(msg) -> str:

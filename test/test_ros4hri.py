@@ -180,9 +180,13 @@ def test_voices_that_speak_keep_the_transcript_topics_from_being_reported_silent
 
 def test_the_locale_a_voice_is_heard_in_flags_its_answers(harness, tiny_text_checkpoint):
     """LiveSpeech.locale (hri_msgs 2.1 on; 'language' before) is the ASR's word for what it heard: German speech is
-    flagged transcript-not-english (the model reads English only) and /diagnostics says so; English and untagged
-    speech is not. PAL's asr_vosk sends its final result with ``incremental`` set to the same words: one answer."""
+    flagged transcript-not-english (the model reads English only), /diagnostics says so, and its answer is not
+    mirrored as hri_msgs/Expression (which has no flags; the answer says nothing of the speaker); English and untagged
+    speech is not flagged. PAL's asr_vosk sends its final result with ``incremental`` set to the same words: one
+    answer."""
     h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    expressions = []
+    h.client.create_subscription(hri.Expression, "/humans/voices/anna/expression", expressions.append, 10)
     track(h, "anna")
     until(h, "anna", speech(final="I got the job!"), lambda: len(h.received) == 1)
     german = speech(final="Ich habe den Job!", incremental="Ich habe den Job!", locale="de_DE")
@@ -191,6 +195,11 @@ def test_the_locale_a_voice_is_heard_in_flags_its_answers(harness, tiny_text_che
     h.settle()
     assert [("transcript-not-english" in m.flags) for m in h.received] == [False, True, False]
     assert [m.utterance_id for m in h.received] == ["1", "2", "3"] and "anna" not in h.node._hri.speaking
+    deadline = time.monotonic() + 15
+    while len(expressions) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    h.settle()
+    assert [e.confidence for e in expressions] == [pytest.approx(h.received[k].confidence) for k in (0, 2)]
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["transcripts_not_english"] == ("1 of the latest 3 transcripts are not English (the latest: "
                                                  "language tag 'de_DE')")
