@@ -5,13 +5,13 @@
   speaker is the voice id (``<s1>``, ``<s2>`` ... stay stable per voice); ``incremental`` results start
   the utterance's camera window and caption its frames while the person speaks (streaming).
 - Every /emotion result of a voice's utterance is mirrored as hri_msgs/Expression on
-  ``/humans/voices/<id>/expression``: MELD's 7 classes are Ekman's basic emotions, named with the
-  message's constants; ``confidence`` is the top probability. Valence and arousal are not estimated by
-  this model and are NaN (0 would read as "neutral valence"). REP-155 puts face expressions under
-  /humans/faces/<id>/expression; a person manager links a voice to a face. A voice that leaves the tracked list is
-  still heard for VOICE_LINGER_S, and its Expression publisher kept as long after it left or after its last words
-  heard since: an ASR's final result may come after the list that drops its voice (nothing orders two topics), and
-  the answers to a voice's last words come after the model has run.
+  ``/humans/voices/<id>/expression``, except those a behaviour node should ignore (NOT_MIRRORED): MELD's 7
+  classes are Ekman's basic emotions, named with the message's constants; ``confidence`` is the top probability.
+  Valence and arousal are not estimated by this model and are NaN (0 would read as "neutral valence"). REP-155
+  puts face expressions under /humans/faces/<id>/expression; a person manager links a voice to a face. A voice
+  that leaves the tracked list is still heard for VOICE_LINGER_S, and its Expression publisher kept as long after
+  it left or after its last words heard since: an ASR's final result may come after the list that drops its voice
+  (nothing orders two topics), and the answers to a voice's last words come after the model has run.
 - ``PersonCrops``: the person manager's links (``/humans/persons/tracked``; per person ``voice_id``, ``body_id``
   and ``face_id``, std_msgs/String, latched) and the crops of the tracked bodies and faces
   (``/humans/bodies/<id>/cropped``, ``/humans/faces/<id>/cropped``, sensor_msgs/Image). With several people in
@@ -99,6 +99,7 @@ class Ros4HriBridge:
         ``start`` is the ROS time of the voice's first incremental result (None if there was none) and the
         utterance id is shared by an utterance's incremental and final results."""
         from hri_msgs.msg import IdsList
+        from rclpy.clock import Clock, ClockType
 
         self.node, self.on_final, self.on_incremental = node, on_final, on_incremental
         self.new_id, self.now = new_id, now
@@ -109,8 +110,6 @@ class Ros4HriBridge:
         self.lock = threading.Lock()
         self.tracked = node.create_subscription(IdsList, f"{VOICES}/tracked", self._on_tracked, 10,
                                                 callback_group=callback_group)
-        from rclpy.clock import Clock, ClockType
-
         self.reaper = node.create_timer(1.0, self._reap, callback_group=callback_group,  # wall time: it also runs
                                         clock=Clock(clock_type=ClockType.STEADY_TIME))  # when a bag's /clock stops
 
