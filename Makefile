@@ -24,6 +24,7 @@ $(VENV)/.deps: requirements-ml.txt $(ROS_PYPI) requirements-assets.txt setup.py
 msgs: $(VENV)/.deps
 	VENV=$(CURDIR)/$(VENV) scripts/build_msgs.sh
 	VENV=$(CURDIR)/$(VENV) scripts/build_msgs.sh third_party/hri_msgs
+	VENV=$(CURDIR)/$(VENV) scripts/build_msgs.sh third_party/whisper_msgs
 
 assets: $(VENV)/.deps
 	$(PY) -m ddvlm_core.assets > /dev/null

@@ -12,6 +12,14 @@ The words themselves lasted about as long as people take to say that many words:
     end      = arrived - endpoint_s - rtf * duration
     start    = end - duration
 
+An ASR that says how long the audio it transcribed lasted and how long it took (whisper_ros' ``Transcription``:
+``audio_time``, ``transcription_time``) needs no estimate of either: its voice activity detector sent the audio
+when the silence after the words had lasted ``endpoint_s``, so (``transcribed``)::
+
+    heard_until = arrived - transcription_s         (the end of the audio it was sent)
+    start       = heard_until - audio_s
+    end         = heard_until - endpoint_s          (not before start)
+
 Before this module the window was the 4 s before the transcript came (``text_window_s`` 4, no delay):
 ``reports/text_windows.md`` compares the two on MELD test's dialogues at their own times.
 """
@@ -76,3 +84,14 @@ class AsrTiming:
         """(start, end) of the words of ``text``, a transcript that came at ``arrived`` without stamps."""
         end = arrived - self.endpoint_s - self.rtf * spoken_s(text)
         return end - self.duration_s(text), end
+
+    def transcribed(self, audio_s: float, transcription_s: float, arrived: float) -> tuple[float, float]:
+        """(start, end) of the words of a transcript that came at ``arrived``, ``transcription_s`` after its ASR was
+        sent ``audio_s`` of audio (the words, then ``endpoint_s`` of silence). A value below 0, or not finite, is
+        refused (ValueError)."""
+        for name, value in (("audio_s", audio_s), ("transcription_s", transcription_s)):
+            if not 0 <= value < float("inf"):  # also NaN
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        heard_until = arrived - transcription_s
+        start = heard_until - audio_s
+        return start, max(start, heard_until - self.endpoint_s)

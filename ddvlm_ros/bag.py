@@ -46,10 +46,11 @@ class BagError(RuntimeError):
 
 
 def typestore():
-    """ROS 2 Kilted types + ddvlm_msgs from msg/*.msg + ROS4HRI's hri_msgs (``hri_msgs_dir``), to read and write bags
-    of a ROS4HRI robot."""
+    """ROS 2 Kilted types + ddvlm_msgs from msg/*.msg + ROS4HRI's hri_msgs (``hri_msgs_dir``) and whisper_ros'
+    whisper_msgs (``whisper_msgs_dir``), to read and write bags of a ROS4HRI robot, or one that runs whisper_ros."""
     store = get_typestore(Stores.ROS2_KILTED)
-    store.register(_msg_types("ddvlm_msgs", MSG_DIR) | _msg_types("hri_msgs", hri_msgs_dir(), skip_unreadable=True))
+    store.register(_msg_types("ddvlm_msgs", MSG_DIR) | _msg_types("hri_msgs", hri_msgs_dir(), skip_unreadable=True)
+                   | _msg_types("whisper_msgs", whisper_msgs_dir(), skip_unreadable=True))
     return store
 
 
@@ -71,6 +72,11 @@ def hri_msgs_dir() -> Path:
     """The .msg files of hri_msgs: the installed package's (``<prefix>/share/hri_msgs/msg``, in $AMENT_PREFIX_PATH
     then ``sys.prefix``: apt's, or the subset ``make`` builds), else the subset vendored in ``third_party``."""
     return installed("hri_msgs", "msg") or shipped("third_party/hri_msgs/msg")
+
+
+def whisper_msgs_dir() -> Path:
+    """The .msg files of whisper_msgs: the installed package's, else the subset vendored in ``third_party``."""
+    return installed("whisper_msgs", "msg") or shipped("third_party/whisper_msgs/msg")
 
 
 @dataclass(frozen=True)

@@ -336,3 +336,15 @@ def prediction_to_msg(prediction, msg_type, header, conversation_id: str, uttera
         flags=list(prediction.flags),
         transcript_confidence=float(transcript_confidence),
     )
+
+
+def whisper_msgs_available() -> bool:
+    """Whether whisper_ros' message package imports (whisper_topic is read only then)."""
+    return importlib.util.find_spec("whisper_msgs") is not None
+
+
+def whisper_transcription():
+    """whisper_msgs/Transcription (whisper_ros: ``text``, ``audio_time``, ``transcription_time``)."""
+    from whisper_msgs.msg import Transcription
+
+    return Transcription

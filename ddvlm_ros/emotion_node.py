@@ -31,7 +31,7 @@ from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
 from ddvlm_ros.convert import (AsrJson, asr_confidence, asr_json, compressed_msg_to_rgb, cv_bridge_problem,
                                image_msg_to_rgb, parse_transcript, prediction_to_msg, sec_to_stamp, stamp_to_sec,
-                               use_cv_bridge)
+                               use_cv_bridge, whisper_msgs_available, whisper_transcription)
 from ddvlm_ros.compat import PublisherEventCallbacks, SubscriptionEventCallbacks, add_after_set_parameters
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
 from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
@@ -346,8 +346,12 @@ class EmotionNode(LifecycleNode):
 
     # ---- inputs ---------------------------------------------------------------------------------
     def _input_topics(self) -> list[str]:
-        return [t for t in (self.p("transcript_topic"), self.p("utterance_topic"), self.p("image_topic"),
-                            self.p("compressed_image_topic"), self.p("robot_speech_topic")) if t]
+        return [t for t in (self.p("transcript_topic"), self.p("utterance_topic"), self._whisper_topic(),
+                            self.p("image_topic"), self.p("compressed_image_topic"), self.p("robot_speech_topic")) if t]
+
+    def _whisper_topic(self) -> str:
+        """The whisper_topic parameter where whisper_msgs is installed, else '' (that input off)."""
+        return self.p("whisper_topic") if whisper_msgs_available() else ""
 
     def _qos(self, prefix: str) -> QoSProfile:
         return QoSProfile(depth=self.p(f"{prefix}_qos_depth"), history=HistoryPolicy.KEEP_LAST,
@@ -357,6 +361,8 @@ class EmotionNode(LifecycleNode):
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         specs = [("transcript_topic", String, self._on_transcript, "transcript"),
                  ("utterance_topic", Utterance, self._on_utterance, "transcript"),
+                 *([("whisper_topic", whisper_transcription(), self._on_whisper, "transcript")]
+                   if self._whisper_topic() else []),
                  ("image_topic", Image, self._on_image, "image"),
                  ("compressed_image_topic", CompressedImage, self._on_compressed, "image"),
                  ("robot_speech_topic", String, self._on_robot_speech, "transcript")]
@@ -398,6 +404,14 @@ class EmotionNode(LifecycleNode):
             self._submit_plain_text(payload.speaker or self.p("default_speaker"), payload.text, "transcript",
                                     payload.confidence)
 
+    def _on_whisper(self, msg) -> None:
+        """whisper_ros' Transcription: a transcript of ``default_speaker`` that says how long its audio lasted and how
+        long transcribing it took, so that its words' window is known, not estimated from their number
+        (AsrTiming.transcribed); with values that cannot be times, it is estimated, and the node says so once."""
+        self._seen("whisper_topic")
+        self._submit_plain_text(self.p("default_speaker"), msg.text, "whisper",
+                                transcribed=(msg.audio_time, msg.transcription_time))
+
     def _final_json(self, payload: AsrJson) -> bool:
         """Count a transcript that is an ASR's JSON result object; True when it is a final result with words. A
         partial result is skipped (only final ones are classified), the first one with a WARN; an empty one (Vosk's
@@ -421,13 +435,21 @@ class EmotionNode(LifecycleNode):
         self._seen("robot_speech_topic")
         self._submit_plain_text(ROBOT_SPEAKER, msg.data, "robot_speech")
 
-    def _submit_plain_text(self, speaker: str, text: str, source: str, confidence: float = 0.0) -> None:
+    def _submit_plain_text(self, speaker: str, text: str, source: str, confidence: float = 0.0,
+                           transcribed: tuple[float, float] | None = None) -> None:
         """A text without stamps that came on input ``source`` now (its stamp): its camera window when its words were
-        said (``asr_timing``), the next id of the node's counter, the conversation_id parameter's conversation
+        said (estimated by ``asr_timing``, or from ``transcribed``: how long its audio lasted and how long
+        transcribing it took), the next id of the node's counter, the conversation_id parameter's conversation
         (``confidence``: the ASR's in it, 0 = not given)."""
         received, end = time.monotonic(), self._now()
         header = Header(stamp=sec_to_stamp(end, type(Header().stamp)), frame_id="")
-        start, said_until = self._window(text, None, end, stamped=False)
+        said = None
+        if transcribed is not None:
+            try:
+                said = self.asr_timing().transcribed(*transcribed, end)
+            except ValueError as e:
+                self.get_logger().warning(f"{source}: {e}; its camera window is estimated from its words", once=True)
+        start, said_until = said or self._window(text, None, end, stamped=False)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text, start, end,
                                          received, header, source=source, said_until=said_until, heard=end,
                                          asr_confidence=confidence))
@@ -555,7 +577,7 @@ class EmotionNode(LifecycleNode):
         did the same job: transcripts (ROS4HRI speech does it too), and camera frames only when a captioner would
         caption them."""
         voices = [self._last_voice_speech] if self._hri is not None and self._last_voice_speech is not None else []
-        groups = [(("transcript_topic", "utterance_topic"), voices)]
+        groups = [(("transcript_topic", "utterance_topic", "whisper_topic"), voices)]
         if self.pipeline is not None and self.pipeline.captioner is not None:
             groups.append((("image_topic", "compressed_image_topic"), []))
         return [([t for t in map(self._in_use, names) if t], heard) for names, heard in groups]

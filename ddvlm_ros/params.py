@@ -128,6 +128,9 @@ PARAMS: tuple[Param, ...] = (
           applies="activate"),
     Param("utterance_topic", "utterance", "ddvlm_msgs/Utterance topic ('' = off)", topic="optional",
           applies="activate"),
+    Param("whisper_topic", "transcription", "whisper_msgs/Transcription topic (whisper_ros): transcripts that say how "
+          "long their audio lasted and how long transcribing it took, which place their words' camera window; read "
+          "where whisper_msgs is installed ('' = off)", topic="optional", applies="activate"),
     Param("image_topic", "image", "sensor_msgs/Image topic ('' = off)", topic="optional", applies="activate"),
     Param("compressed_image_topic", "image/compressed", "sensor_msgs/CompressedImage topic ('' = off)",
           topic="optional", applies="activate"),

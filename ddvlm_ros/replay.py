@@ -63,11 +63,13 @@ ROS4HRI_TOPICS = ((re.compile(r"/humans/(voices|persons|bodies|faces)/tracked"),
                   (re.compile(r"/humans/persons/[^/]+/(voice|body|face)_id"), "std_msgs/msg/String"),
                   (re.compile(r"/humans/(bodies|faces)/[^/]+/cropped"), "sensor_msgs/msg/Image"))
 INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/String",
-          "image": "sensor_msgs/msg/Image", "image/compressed": "sensor_msgs/msg/CompressedImage",
-          "robot_speech": "std_msgs/msg/String"}
+          "transcription": "whisper_msgs/msg/Transcription", "image": "sensor_msgs/msg/Image",
+          "image/compressed": "sensor_msgs/msg/CompressedImage", "robot_speech": "std_msgs/msg/String"}
+TRANSCRIBED = ("utterance", "transcript", "transcription")  # the inputs whose messages the node answers
 SUBSCRIBE_WAIT_S = 5.0  # the longest wait for the node to subscribe a voice or crop it has just begun to track
 SETTLED_S = 3.0  # the node idle this long after the bag's end while answers are missing: none will come (dropped)
-DEFAULT_TOPICS = {"/utterance": "utterance", "/transcript": "transcript", "/image": "image",
+DEFAULT_TOPICS = {"/utterance": "utterance", "/transcript": "transcript", "/whisper/transcription": "transcription",
+                  "/image": "image",
                   "/image/compressed": "image/compressed", "/robot_speech": "robot_speech"}
 
 
@@ -95,11 +97,11 @@ def input_topics(in_bag: dict[str, str], remaps: dict[str, str] | None = None, r
         if msgtype != ros4hri_type(topic):
             raise BagError(f"{topic} is {msgtype}, but ROS4HRI's {topic} is {ros4hri_type(topic)}")
         chosen[topic] = topic
-    if not {"utterance", "transcript"} & set(chosen.values()) and not (ros4hri and any(map(is_speech, hri))):
+    if not set(TRANSCRIBED) & set(chosen.values()) and not (ros4hri and any(map(is_speech, hri))):
         voices = any(map(is_speech, hri)) and not ros4hri
         raise BagError(f"nothing to transcribe in the bag ({_listing(in_bag)}): map a topic with "
-                       f"--remap TOPIC:=transcript ({INPUTS['transcript']}) or "
-                       f"TOPIC:=utterance ({INPUTS['utterance']})"
+                       f"--remap TOPIC:=transcript ({INPUTS['transcript']}), "
+                       f"TOPIC:=utterance ({INPUTS['utterance']}) or TOPIC:=transcription ({INPUTS['transcription']})"
                        + (", or play its ROS4HRI voices (ros4hri: true)" if voices else ""))
     return chosen
 
@@ -140,7 +142,8 @@ def ros_type(msgtype: str):
     try:
         return getattr(importlib.import_module(f"{pkg}.msg"), name)
     except ImportError as e:
-        hint = " (ROS4HRI's: apt's ros-$ROS_DISTRO-hri-msgs; `make` builds a subset)" if pkg == "hri_msgs" else ""
+        hint = {"hri_msgs": " (ROS4HRI's: apt's ros-$ROS_DISTRO-hri-msgs; `make` builds a subset)",
+                "whisper_msgs": " (whisper_ros': build it from source; `make` builds a subset)"}.get(pkg, "")
         raise BagError(f"cannot play {msgtype}: {e}{hint}") from None
 
 
@@ -450,7 +453,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             delay = (t - t_first) / speed - (time.monotonic() - started)
             if delay > 0:
                 time.sleep(delay)
-            if max_in_flight and (topics[topic] in ("utterance", "transcript") or is_speech(topic)):
+            if max_in_flight and (topics[topic] in TRANSCRIBED or is_speech(topic)):
                 # an utterance the node dropped is not waited for forever
                 wait_for(lambda: len(unanswered(result.finals)) < max_in_flight, answer_timeout_s, poll_s=0.01)
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
@@ -560,10 +563,17 @@ def utterance_span(node_input: str, msg, text: str, arrived: float, timing: AsrT
     """When an utterance (its words ``text``) was said, in seconds from the bag's first message (``t_first``), as the
     node reads it for its camera window: an ``Utterance``'s start and end stamps (its header stamp for a missing end);
     a ROS4HRI voice's final result: its header stamp, and when its first incremental result came (``started``);
+    a whisper_ros Transcription: from its audio's duration and its transcription time (``AsrTiming.transcribed``);
     else, and for a transcript, estimated by ``timing`` (the node's ``asr_timing``) from its words and when it
     ``arrived`` (its time in the bag)."""
     end = start = 0.0
-    if node_input == "utterance":
+    if node_input == "transcription":
+        try:
+            start, end = timing.transcribed(msg.audio_time, msg.transcription_time, arrived)
+            return start - t_first, end - t_first
+        except ValueError:  # no times: estimated, as the node does
+            pass
+    elif node_input == "utterance":
         end = stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp)
         start = stamp_to_sec(msg.start)
     elif is_speech(node_input):
@@ -577,8 +587,8 @@ def utterance_span(node_input: str, msg, text: str, arrived: float, timing: AsrT
 class AnswerKeys:
     """The "conversation/utterance" key of the node's answer to each replayed message, with the speaker and text the
     node takes from it (None for one it does not classify), numbered as the node numbers them: a transcript, or a
-    final Utterance without an utterance_id, takes the next number of the node's one counter
-    (EmotionNode._next_id); an Utterance without a conversation_id goes to the node's conversation_id. ROS4HRI
+    final Utterance without an utterance_id, or a whisper_ros Transcription, takes the next number of the node's one
+    counter (EmotionNode._next_id); an Utterance without a conversation_id goes to the node's conversation_id. ROS4HRI
     (``ddvlm_ros.ros4hri``): the node hears the speech of the voices the latest ``/humans/voices/tracked`` names; a
     voice's first incremental result takes the next number (and starts its utterance: ``started``), its final result
     that number, or the next one after no incremental result; the ids that ``/humans/*/tracked`` name are kept
@@ -604,6 +614,8 @@ class AnswerKeys:
         if node_input == "transcript":  # an ASR's JSON partial result is skipped: no number
             said = transcript_said(msg.data, self.default_speaker, self.speaker_prefix)
             return (f"{self.conversation_id}/{self._next()}", *said) if said is not None else None
+        if node_input == "transcription":  # whisper_ros': numbered, default_speaker's (blank too: skipped unanswered)
+            return f"{self.conversation_id}/{self._next()}", self.default_speaker, msg.text
         if node_input == "robot_speech":  # numbered too; never answered
             self._next()
             return None

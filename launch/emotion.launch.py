@@ -20,6 +20,8 @@ from ddvlm_ros.params import launch_arguments, launch_overrides, launch_topics
 TOPIC_ARGUMENTS = [  # (remapped name, launch argument, default, description)
     ("transcript", "transcript_topic", "/transcript", "std_msgs/String ASR transcripts ('speaker: text')"),
     ("utterance", "utterance_topic", "/utterance", "ddvlm_msgs/Utterance transcripts with speaker and timing"),
+    ("transcription", "whisper_topic", "/whisper/transcription", "whisper_msgs/Transcription from whisper_ros (read "
+     "where whisper_msgs is installed)"),
     ("image", "image_topic", "/camera/image_raw", "sensor_msgs/Image"),
     ("image/compressed", "compressed_image_topic", "", "sensor_msgs/CompressedImage; '' = off (a camera that "
      "publishes through image_transport JPEG-encodes every frame while its compressed topic has a subscriber)"),

@@ -507,6 +507,31 @@ def test_a_whisper_bag_with_blank_audio_between_its_lines_gets_answers_for_speec
     assert json.loads((out / "replay.json").read_text())["node"]["non_speech_transcripts"] == "2"
 
 
+def test_a_whisper_ros_robots_bag_replays_its_transcriptions_at_the_times_their_audio_says(
+        tmp_path, tiny_text_checkpoint):
+    """whisper_ros publishes whisper_msgs/Transcription on /whisper/transcription (played there by default): each is
+    numbered as the node numbers it and answered as default_speaker's (a blank one is numbered, not answered), and
+    its span for --labels intervals is when its audio says its words were said, as the node places its camera
+    window: turn k said over [100 + 3k, 102 + 3k], its audio sent after 0.5 s of silence and transcribed in 0.4 s."""
+    from rosbags.rosbag2 import Writer
+
+    from ddvlm_ros.bag import typestore
+
+    store, msgtype = typestore(), "whisper_msgs/msg/Transcription"
+    lines = [ROBOT_LINES[0], "[BLANK_AUDIO]", ROBOT_LINES[1]]
+    with Writer(tmp_path / "whisper_ros", version=9) as writer:
+        connection = writer.add_connection("/whisper/transcription", msgtype, typestore=store)
+        for k, text in enumerate(lines):
+            said = store.types[msgtype](text=text, audio_time=2.5, transcription_time=0.4)
+            writer.write(connection, int(round((102.9 + 3 * k) * 1e9)), store.serialize_cdr(said, msgtype))
+    result = replay(tmp_path / "whisper_ros", {"model_dir": tiny_text_checkpoint, "input_timeout_s": 0.0}, speed=100.0)
+    assert result.finals == ["default/1", "default/3"] and all("text" in result.answers[k] for k in result.finals)
+    assert {result.prediction(k).speaker_id for k in result.finals} == {""}  # default_speaker
+    for k, key in ((0, "default/1"), (2, "default/3")):  # the bag starts at 102.9
+        assert result.spans[key] == (pytest.approx(100 + 3 * k - 102.9, abs=1e-6),
+                                     pytest.approx(102 + 3 * k - 102.9, abs=1e-6))
+
+
 def test_the_replay_report_says_what_the_node_made_of_the_camera(tmp_path, tiny_visual_checkpoint):
     from ddvlm_ros.replay import main
 

@@ -175,7 +175,7 @@ def test_voices_that_speak_keep_the_transcript_topics_from_being_reported_silent
     deadline = time.monotonic() + 15  # anna stops speaking: now the transcripts are missed
     while not h.node._silence_warned and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert h.node._silence_warned == {"transcript", "utterance"}
+    assert h.node._silence_warned == {"transcript", "utterance", "transcription"}
 
 
 def test_the_locale_a_voice_is_heard_in_flags_its_answers(harness, tiny_text_checkpoint):

@@ -29,7 +29,7 @@ def test_launch_file_starts_the_lifecycle_node_with_params_and_remaps():
                       if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TOPIC_ARGUMENTS")
     defaults = {p.name: p.default for p in PARAMS}
     topics = [p.name for p in PARAMS if p.topic]  # every topic parameter, robot_speech_topic too
-    assert len(topics) == 6
+    assert len(topics) == 7
     assert {remapped for remapped, *_ in topic_args} == {defaults[k] for k in topics}
     assert {arg for _, arg, *_ in topic_args} == set(topics)  # topics are remapped, never set as parameters
     assert ast.unparse(kw["parameters"]) == "[LaunchConfiguration('params_file'), given]"  # given ones win
@@ -145,7 +145,8 @@ def test_a_topic_launch_argument_set_to_nothing_turns_that_input_off(tiny_text_c
                            + [Parameter(name, value=value) for name, value in off.items()])
         node.trigger_configure()
         node.trigger_activate()
-        assert sorted(s.topic_name for s in node._subs) == ["/cam/raw", "/robot_speech", "/transcript"]
+        subscribed = sorted(s.topic_name for s in node._subs)
+        assert subscribed == ["/cam/raw", "/robot_speech", "/transcript", "/whisper/transcription"]
         node.trigger_deactivate()
         node.destroy_node()
     finally:

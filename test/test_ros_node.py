@@ -622,6 +622,29 @@ def test_a_transcript_without_stamps_is_captioned_from_when_its_words_were_said(
     assert (start, end) == (pytest.approx(ended - 1.8, abs=1e-6), pytest.approx(ended, abs=1e-6))
 
 
+def test_a_whisper_ros_transcription_is_captioned_from_when_its_audio_says_its_words_were_said(
+        harness, tiny_visual_checkpoint):
+    """whisper_ros' Transcription: its audio lasted 2.5 s and transcribing it took 0.7 s. It came at t (its answer's
+    stamp), so its audio ended at t - 0.7, its words 0.5 s of silence before (text_asr_endpoint_s): said over
+    [t - 3.2, t - 1.2], whatever their number, by default_speaker. An audio_time that is no time (NaN): the window is
+    estimated from the words, as for a String transcript ([t - 3.191, t - 1.121])."""
+    import math
+
+    from whisper_msgs.msg import Transcription
+
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frames_per_window=4).start()
+    recorder = h.node.pipeline.captioner = WindowCaptioner()
+    said = Transcription(text="I got the job!", audio_time=2.5, transcription_time=0.7)
+    (start, end), stamps, came = caption_window(h, recorder, Transcription, "transcription", said)
+    assert (start, end) == (pytest.approx(came - 3.2, abs=1e-6), pytest.approx(came - 1.2, abs=1e-6))
+    assert len(stamps) == 4 and all(start <= s <= end for s in stamps)
+    assert {m.speaker_id for m in h.received} == {h.node.p("default_speaker")}
+    broken = Transcription(text="I got the job!", audio_time=math.nan, transcription_time=0.7)
+    (start, end), _, came = caption_window(h, recorder, Transcription, "transcription", broken)
+    assert (start, end) == (pytest.approx(came - 3.191, abs=1e-6), pytest.approx(came - 1.121, abs=1e-6))
+    assert [m.utterance_id for m in h.received] == ["1", "1", "2", "2"]  # text, then fused answer, each
+
+
 def test_future_and_out_of_order_frame_stamps(harness, tiny_visual_checkpoint):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
     now = h.now()
@@ -964,7 +987,7 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
         camera.create_publisher(String, "transcript", 1)  # an ASR that has not spoken yet
         deadline = time.monotonic() + 10  # the warnings, and the camera's publishers discovered (a busy machine
         while time.monotonic() < deadline and (  # can take seconds: the status would say "no node publishes it")
-                len(h.node._silence_warned) < 4 or not h.node.count_publishers("image")
+                len(h.node._silence_warned) < 5 or not h.node.count_publishers("image")
                 or not h.node.count_publishers("transcript")):
             time.sleep(0.1)
         status = h.node.diagnostic_status()
@@ -978,7 +1001,8 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
     assert ages and all(age >= 0.5 for age in ages.values())
     assert why["image"] == "its publishers send sensor_msgs/msg/CompressedImage; this input takes sensor_msgs/msg/Image"
     assert why["transcript"] == "1 publisher(s) of std_msgs/msg/String, nothing received (QoS, or they are idle)"
-    assert why["utterance"] == why["image/compressed"] == "no node publishes it (check the remapping)"
+    assert why["utterance"] == why["transcription"] == why["image/compressed"] == "no node publishes it (check the " \
+        "remapping)"
     assert set_parameters(h, input_timeout_s=0) == [True]  # off, on a running node: the warnings go
     deadline = time.monotonic() + 15
     while h.node._silence_warned and time.monotonic() < deadline:
@@ -996,10 +1020,11 @@ def test_an_unused_alternative_input_is_not_reported_silent(harness, tiny_text_c
     h.wait_for(8)
     assert h.node._silence_warned == set()
     assert "no input on" not in h.node.diagnostic_status().message
-    deadline = time.monotonic() + 15  # the ASR stops: now the transcripts are missed, on both topics
-    while len(h.node._silence_warned) < 2 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 15  # the ASR stops: now the transcripts are missed, on the three topics
+    while len(h.node._silence_warned) < 3 and time.monotonic() < deadline:  # (transcription: whisper_ros')
         time.sleep(0.1)
-    assert h.node._silence_warned == {"transcript", "utterance"}  # the camera is not needed without a captioner
+    assert h.node._silence_warned == {"transcript", "utterance", "transcription"}  # the camera is not needed
+    # without a captioner
 
 
 def test_quantized_node_answers_with_the_chosen_woq_kernel(harness, tiny_text_checkpoint):

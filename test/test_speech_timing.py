@@ -32,6 +32,20 @@ def test_a_transcript_that_came_at_t_was_said_before_the_asrs_delay():
     assert AsrTiming(3.0).started("Oh my God.", 50.0) == 47.0
 
 
+def test_a_transcript_that_says_its_audio_and_its_transcription_time_needs_no_estimate():
+    """whisper_ros: 2.5 s of audio (the words, then 0.5 s of the silence that ended them), transcribed in 0.7 s, came
+    at 100: the words were said over [96.8, 98.8], whatever the words and the rtf; audio shorter than the silence
+    ends where it starts."""
+    assert AsrTiming().transcribed(2.5, 0.7, 100.0) == (pytest.approx(96.8), pytest.approx(98.8))
+    assert AsrTiming(4.0, 0.128, 1.0).transcribed(2.5, 0.7, 100.0) == (pytest.approx(96.8), pytest.approx(99.172))
+    assert AsrTiming().transcribed(0.3, 0.0, 10.0) == (pytest.approx(9.7), pytest.approx(9.7))
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="audio_s must be a finite number >= 0"):
+            AsrTiming().transcribed(bad, 0.1, 10.0)
+    with pytest.raises(ValueError, match="transcription_s must be a finite number >= 0"):
+        AsrTiming().transcribed(1.0, -1.0, 10.0)
+
+
 @pytest.mark.parametrize("bad", [dict(length_s=-1.0), dict(endpoint_s=-0.1), dict(rtf=math.nan)])
 def test_negative_or_nan_timings_are_refused_by_name(bad):
     with pytest.raises(ValueError, match=f"{next(iter(bad))} must be >= 0"):
