@@ -13,6 +13,8 @@ came (``text_window_s``, ``text_asr_endpoint_s``, ``text_asr_rtf``).
    (RTF), one utterance after the other (``bench/late_transcripts.py``'s ASR). Per RTF and window rule, the mean
    over utterances of: the share of the utterance's speech inside its window, the share of the window on it, and
    the share of the window on the other speakers' speech (someone else's face talking, or the person listening).
+   whisper_ros' Transcription (``WHISPER_RULE``) says how long the audio its voice activity detector sent lasted
+   and how long transcribing it took: placed by ``AsrTiming.transcribed``, not estimated.
 
 Writes text_windows.md and .json to reports/ (or ``--report-dir``). No model, seconds.
 """
@@ -41,6 +43,15 @@ RULES = {  # name -> AsrTiming arguments (length_s, endpoint_s, rtf); None: the 
     f"its words' duration, {DEFAULT.endpoint_s:g} s + the ASR's own RTF (text_asr_rtf set to it)":
         (DEFAULT.length_s, DEFAULT.endpoint_s, None),
 }
+WHISPER_RULE = "whisper_ros' Transcription: from its audio_time and transcription_time"
+WHISPER_PAD_S = 1.0 + 0.032  # whisper_ros pads audio shorter than 1 s with silence, to 1 s and a 32 ms chunk
+
+
+def whisper_transcription(start: float, end: float, rtf: float) -> tuple[float, float]:
+    """(audio_time, transcription_time) of whisper_ros' Transcription of an utterance said over [start, end]: its
+    voice activity detector sends the audio from the words' start until ENDPOINT_S of silence after them (padded to
+    WHISPER_PAD_S), and transcribing takes the ASR's decoding time (``arrivals``)."""
+    return max(end + ENDPOINT_S - start, WHISPER_PAD_S), rtf * (end - start)
 
 
 def timed(split: str) -> dict[int, list[tuple[float, float, str, str]]]:
@@ -91,12 +102,13 @@ def window_rows(split: str = "test") -> dict:
     out = {"utterances": sum(len(rows) for rows in dialogues.values()), "rtf": {}}
     for rtf in RTFS:
         out["rtf"][str(rtf)] = {}
-        for name, (length_s, endpoint_s, rule_rtf) in RULES.items():
+        for name, (length_s, endpoint_s, rule_rtf) in [*RULES.items(), (WHISPER_RULE, (0.0, ENDPOINT_S, 0.0))]:
             timing = AsrTiming(length_s, endpoint_s, rtf if rule_rtf is None else rule_rtf)
             own = on_own = on_others = 0.0
             for rows in dialogues.values():
                 for (start, end, speaker, text), came in zip(rows, arrivals(rows, rtf)):
-                    window = timing.said(text, came)
+                    window = timing.transcribed(*whisper_transcription(start, end, rtf), came) \
+                        if name == WHISPER_RULE else timing.said(text, came)
                     length = window[1] - window[0]
                     own += overlap(window, (start, end)) / (end - start)
                     on_own += overlap(window, (start, end)) / length
@@ -134,7 +146,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--report-dir", default=str(REPO / "reports"), help="where the reports go")
     args = ap.parse_args(argv)
     rate, rows = speaking_rate(), window_rows()
-    write_report(args.report_dir, "text_windows", {"endpoint_s": ENDPOINT_S, "rules": list(RULES),
+    write_report(args.report_dir, "text_windows", {"endpoint_s": ENDPOINT_S, "rules": [*RULES, WHISPER_RULE],
                                                    "speaking_rate": rate, "test": rows}, report(rate, rows))
     return 0 if rate["in_speech_timing"] else 1
 

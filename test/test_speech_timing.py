@@ -74,6 +74,13 @@ def test_one_asr_sends_each_transcript_after_its_endpoint_and_decoding_one_after
     # 2.0 + 0.5 + 0.5 x 2; then b waits for the ASR: max(3.6, 3.5) + 0.5; a alone again: 12.5 + 1.0
     assert arrivals(rows, 0.5) == [pytest.approx(3.5), pytest.approx(4.1), pytest.approx(13.5)]
     assert covered((1.0, 5.0), [(0.0, 2.0), (1.5, 3.0), (4.0, 9.0)]) == pytest.approx(3.0)  # overlaps counted once
+    # whisper_ros: the audio of the words and 0.5 s of silence (2.5 s for a), decoded in 0.5 x the words: placed
+    # exactly; b's 0.2 s came while the ASR decoded a (until 13.5 s, the audio 12.1 s to 12.8 s padded to 1.032 s,
+    # decoded in 0.1 s): came at 13.6 s, 0.7 s late, which its transcription_time does not say
+    rows = [(10.0, 12.0, "a", ""), (12.1, 12.3, "b", "")]
+    whisper = [AsrTiming().transcribed(*bench.whisper_transcription(s, e, 0.5), came)
+               for (s, e, _, _), came in zip(rows, arrivals(rows, 0.5))]
+    assert whisper == [(pytest.approx(10.0), pytest.approx(12.0)), (pytest.approx(13.5 - 1.032), pytest.approx(13.0))]
 
 
 def test_the_committed_report_is_a_fresh_run_and_the_readme_quotes_it(tmp_path):
@@ -96,7 +103,13 @@ def test_the_committed_report_is_a_fresh_run_and_the_readme_quotes_it(tmp_path):
     assert [float(x) for x in re.findall(r"[\d.]+(?= %)", said)] == [
         default["window_on_its_speech"], default["window_on_others_speech"], before["window_on_its_speech"],
         before["window_on_others_speech"], default["speech_in_window"], before["speech_in_window"]]
-    rtf1 = rows["1.0"]
+    rtf1, whisper = rows["1.0"], rows["0.3"][bench.WHISPER_RULE]
+    assert (f"at RTF 0.3 such a window is {whisper['window_on_its_speech']:.1f} % on the utterance's own speech and "
+            f"{whisper['window_on_others_speech']:.1f} % on the other speakers' ({default['window_on_its_speech']:.1f} "
+            f"% and {default['window_on_others_speech']:.1f} % estimated); at RTF 1 the ASR falls behind, and the time "
+            "a transcription waited for the one before is not in its `transcription_time`: "
+            f"{rtf1[bench.WHISPER_RULE]['window_on_its_speech']:.1f} % ({own['window_on_its_speech']:.1f} % estimated "
+            "with `text_asr_rtf` set)") in readme
     assert (f"the window is {own['window_on_its_speech']:.1f} % on its speech with it, "
             f"{rtf1[default_rule]['window_on_its_speech']:.1f} % with the default and "
             f"{rtf1[old_rule]['window_on_its_speech']:.1f} % "
