@@ -8,6 +8,7 @@ Callbacks only enqueue (see ddvlm_ros.pipeline): the executor never runs a model
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections import deque
@@ -88,6 +89,8 @@ class EmotionNode(LifecycleNode):
         self._silence_warned: set[str] = set()
         self._utterance_msgs = {"final": 0, "partial": 0}
         self._transcript_delays: deque[float] = deque(maxlen=200)  # ROS time at arrival minus the end stamp, s
+        self._whisper_times: deque[tuple[float, float]] = deque(maxlen=200)  # whisper_ros: (audio_time,
+        #                                                  transcription_time) of the latest valid Transcriptions, s
         self._first_partial: float | None = None  # monotonic time of the first non-final utterance message
         self._no_final_warned = False
         self._json = {"final": 0, "partial": 0, "empty": 0, "unread": 0}  # transcripts that were ASR JSON objects
@@ -409,8 +412,22 @@ class EmotionNode(LifecycleNode):
         long transcribing it took, so that its words' window is known, not estimated from their number
         (AsrTiming.transcribed); with values that cannot be times, it is estimated, and the node says so once."""
         self._seen("whisper_topic")
+        if 0 <= msg.audio_time < math.inf and 0 <= msg.transcription_time < math.inf:
+            self._whisper_times.append((msg.audio_time, msg.transcription_time))
         self._submit_plain_text(self.p("default_speaker"), msg.text, "whisper",
                                 transcribed=(msg.audio_time, msg.transcription_time))
+
+    def _whisper_summary(self) -> str:
+        """What /diagnostics says of whisper_ros' Transcriptions: off, or the medians of the latest ones' audio and
+        transcription times and their ratio, the ASR's real-time factor."""
+        if not self._whisper_topic():
+            return "off" + ("" if whisper_msgs_available() else " (whisper_msgs is not installed)")
+        if not self._whisper_times:
+            return "none yet"
+        audio, taken = (sorted(times)[len(times) // 2] for times in zip(*self._whisper_times))
+        rtf = sorted(t / a for a, t in self._whisper_times if a > 0)
+        return (f"the latest {len(self._whisper_times)}: median audio {audio:.2f} s, transcribed in {taken:.2f} s"
+                + (f" (real-time factor {rtf[len(rtf) // 2]:.2f})" if rtf else ""))
 
     def _final_json(self, payload: AsrJson) -> bool:
         """Count a transcript that is an ASR's JSON result object; True when it is a final result with words. A
@@ -694,6 +711,7 @@ class EmotionNode(LifecycleNode):
                   "quantization": self.quantization, "compiled": self.compiled, "load_error": self.load_error,
                   "incompatible_qos_events": self._qos_incompatible, "bad_frames": self._bad_frames,
                   "ros4hri": self._hri_status + (f" ({len(self._hri.voices)} voices)" if self._hri else ""),
+                  "whisper_transcriptions": self._whisper_summary(),
                   "image_decoder": self.image_decoder,
                   "confidence_calibration": self.recognizer.calibration if self.recognizer else ""}
         level, message = DiagnosticStatus.OK, "running"

@@ -643,6 +643,9 @@ def test_a_whisper_ros_transcription_is_captioned_from_when_its_audio_says_its_w
     (start, end), _, came = caption_window(h, recorder, Transcription, "transcription", broken)
     assert (start, end) == (pytest.approx(came - 3.191, abs=1e-6), pytest.approx(came - 1.121, abs=1e-6))
     assert [m.utterance_id for m in h.received] == ["1", "1", "2", "2"]  # text, then fused answer, each
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}  # the valid one: whisper's own RTF
+    assert values["whisper_transcriptions"] == ("the latest 1: median audio 2.50 s, transcribed in 0.70 s (real-time "
+                                                "factor 0.28)")
 
 
 def test_future_and_out_of_order_frame_stamps(harness, tiny_visual_checkpoint):
@@ -1019,6 +1022,7 @@ def test_an_unused_alternative_input_is_not_reported_silent(harness, tiny_text_c
         time.sleep(0.2)
     h.wait_for(8)
     assert h.node._silence_warned == set()
+    assert {kv.key: kv.value for kv in h.node.diagnostic_status().values}["whisper_transcriptions"] == "none yet"
     assert "no input on" not in h.node.diagnostic_status().message
     deadline = time.monotonic() + 15  # the ASR stops: now the transcripts are missed, on the three topics
     while len(h.node._silence_warned) < 3 and time.monotonic() < deadline:  # (transcription: whisper_ros')
