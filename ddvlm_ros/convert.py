@@ -338,6 +338,7 @@ def prediction_to_msg(prediction, msg_type, header, conversation_id: str, uttera
     )
 
 
+@functools.lru_cache(maxsize=1)
 def whisper_msgs_available() -> bool:
     """Whether whisper_ros' message package imports (whisper_topic is read only then)."""
     return importlib.util.find_spec("whisper_msgs") is not None

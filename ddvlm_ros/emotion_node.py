@@ -422,11 +422,12 @@ class EmotionNode(LifecycleNode):
         transcription times and their ratio, the ASR's real-time factor."""
         if not self._whisper_topic():
             return "off" + ("" if whisper_msgs_available() else " (whisper_msgs is not installed)")
-        if not self._whisper_times:
+        latest = list(self._whisper_times)  # a copy: the executor appends to it meanwhile
+        if not latest:
             return "none yet"
-        audio, taken = (sorted(times)[len(times) // 2] for times in zip(*self._whisper_times))
-        rtf = sorted(t / a for a, t in self._whisper_times if a > 0)
-        return (f"the latest {len(self._whisper_times)}: median audio {audio:.2f} s, transcribed in {taken:.2f} s"
+        audio, taken = (sorted(times)[len(times) // 2] for times in zip(*latest))
+        rtf = sorted(t / a for a, t in latest if a > 0)
+        return (f"the latest {len(latest)}: median audio {audio:.2f} s, transcribed in {taken:.2f} s"
                 + (f" (real-time factor {rtf[len(rtf) // 2]:.2f})" if rtf else ""))
 
     def _final_json(self, payload: AsrJson) -> bool:
