@@ -475,6 +475,10 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 wait_for(lambda p=pubs[topic]: p.get_subscription_count() > 0, SUBSCRIBE_WAIT_S)
                 if (expression := expressions.get(_ros4hri_parts(topic)[1])) is not None and is_speech(topic):
                     wait_for(lambda e=expression: publisher_count(player, e) > 0, SUBSCRIBE_WAIT_S)  # its answers too
+            if topic == f"{VOICES}/tracked" and answer_key.leaving:  # what the voices it drops said is answered
+                # first, as on the robot, where 1 s passes (here perhaps a millisecond): the node hears them for
+                # VOICE_LINGER_S of ROS time, which this /clock would otherwise run past before it read them
+                wait_for(lambda: not unanswered([k for k in answer_key.leaving if k in result.texts]), SUBSCRIBE_WAIT_S)
             if answer_key.counter > numbered and in_step:  # it takes the node's next number: after the node numbered
                 # the one before, which may have come on another topic (another voice), where nothing orders delivery
                 in_step = wait_for(lambda n=numbered: node._counter >= n, SUBSCRIBE_WAIT_S)  # else: not numbered
@@ -594,7 +598,8 @@ class AnswerKeys:
     that number, or the next one after no incremental result; the ids that ``/humans/*/tracked`` name are kept
     (``tracked``), as the node subscribes their topics, crops only where it reads them (``crops_read``: with a
     captioner); a voice that the latest list drops is still heard for VOICE_LINGER_S of bag time (``left``: when
-    it was dropped), as the node hears it for as long in ROS time, which a replay's /clock sets."""
+    it was dropped), as the node hears it for as long in ROS time, which a replay's /clock sets; ``leaving``: the
+    keys of what the voices that the latest list drops said."""
 
     def __init__(self, conversation_id: str, default_speaker: str = "", speaker_prefix: bool = True,
                  crops_read: bool = False):
@@ -606,6 +611,8 @@ class AnswerKeys:
         self.speaking: dict[str, str] = {}  # voice -> the key of its utterance, from its first incremental result
         self.started: dict[str, float] = {}  # key -> when its voice's first incremental result came (bag time, s)
         self.left: dict[str, float] = {}  # voice that a tracked list dropped -> when (bag time, s), until it is back
+        self.said: dict[str, list[str]] = {}  # voice -> the keys of its final results while tracked
+        self.leaving: list[str] = []  # the keys of the final results of the voices that the latest tracked list drops
 
     def __call__(self, node_input: str, msg, arrived: float = 0.0) -> tuple[str, str, str] | None:
         """(key, speaker, text) of a message that came at ``arrived`` (bag time), or None."""
@@ -639,6 +646,7 @@ class AnswerKeys:
                         self.speaking.pop(voice, None)
                     del self.left[voice]
                 self.left.update(dict.fromkeys(gone, arrived))
+                self.leaving = [key for voice in gone for key in self.said.pop(voice, [])]
             return None
         if leaf != "speech":
             return None
@@ -647,6 +655,7 @@ class AnswerKeys:
             return None
         if msg.final.strip():
             key = self.speaking.pop(ident, None) or f"{self.conversation_id}/{self._next()}"
+            self.said.setdefault(ident, []).append(key)
             return key, ident, msg.final
         if msg.incremental.strip() and ident not in self.speaking:
             key = self.speaking[ident] = f"{self.conversation_id}/{self._next()}"

@@ -958,8 +958,8 @@ def test_meld_written_as_ros4hri_voices_replays_to_the_answers_and_scores_of_its
     dialogues further apart than the node's idle_timeout_s, so that each starts a new context as its own conversation
     does on /utterance. Replayed 1000x faster than the bag, every turn gets the answer it gets from the Utterance
     bag (dialogue 218 has three speakers), and the labels side file, keyed as the node keys the voices' answers, gives
-    the same scores. (A dialogue's voices leave the tracked list 1 s after its last words, a millisecond here, and
-    nothing orders that list and their speech: the node still hears them for VOICE_LINGER_S.)"""
+    the same scores. (A dialogue's voices leave the tracked list 1 s after its last words, a millisecond here: the
+    replay publishes that list once what they said was answered, as on the robot.)"""
     from ddvlm_ros.bag import ROS4HRI_GAP_S, labels_path
     from ddvlm_ros.ros4hri import valid_id
 
