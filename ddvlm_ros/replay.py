@@ -69,8 +69,7 @@ TRANSCRIBED = ("utterance", "transcript", "transcription")  # the inputs whose m
 SUBSCRIBE_WAIT_S = 5.0  # the longest wait for the node to subscribe a voice or crop it has just begun to track
 SETTLED_S = 3.0  # the node idle this long after the bag's end while answers are missing: none will come (dropped)
 DEFAULT_TOPICS = {"/utterance": "utterance", "/transcript": "transcript", "/whisper/transcription": "transcription",
-                  "/image": "image",
-                  "/image/compressed": "image/compressed", "/robot_speech": "robot_speech"}
+                  "/image": "image", "/image/compressed": "image/compressed", "/robot_speech": "robot_speech"}
 
 
 def input_topics(in_bag: dict[str, str], remaps: dict[str, str] | None = None, ros4hri: bool = False
