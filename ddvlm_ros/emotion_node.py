@@ -658,7 +658,8 @@ class EmotionNode(LifecycleNode):
             self.get_logger().warning("ros4hri: true but hri_msgs does not import: ROS4HRI input/output is off")
             return
         self._hri = Ros4HriBridge(self, self._on_voice_final, self._on_voice_incremental, self._next_id, self._now,
-                                  self._qos("transcript"), callback_group=self._inputs_group)
+                                  self._qos("transcript"), callback_group=self._inputs_group,
+                                  busy=lambda: self.pipeline is not None and not self.pipeline.idle())
         self._hri_status = "on"
         if self.pipeline.captioner is not None:  # whose body or face a voice's frames should show
             from ddvlm_ros.ros4hri import PersonCrops

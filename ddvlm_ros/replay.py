@@ -273,8 +273,7 @@ class ReplayResult:
         if missed <= 0:
             return f"ROS4HRI: each of the {n} answers to voices was mirrored as hri_msgs/Expression"
         return (f"ROS4HRI: {missed} of the {self.voice_answers} answers to voices were not mirrored as "
-                f"hri_msgs/Expression (the node publishes none once a voice has left /humans/voices/tracked "
-                f"{VOICE_LINGER_S:g} s before its answer, or before its last words)")
+                "hri_msgs/Expression")
 
     def loop_line(self) -> str:
         """How many answered transcripts were ASR repetition loops (cut to LOOP_KEEP repeats)."""

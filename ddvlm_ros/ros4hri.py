@@ -37,7 +37,7 @@ LINKS = ("voice_id", "body_id", "face_id")  # a person's links, in the order the
 VOICE_LINGER_S = 15.0  # a voice that left the tracked list is still heard this long (ROS time: its final result may
 # come after that list), and its Expression publisher kept this long after it left or after its last words heard since
 # (wall time: the answers to them still come, the text answer after its inference, the fused one up to
-# caption_timeout_s later)
+# caption_timeout_s later), and for as long as the node still has utterances to answer (a backlog)
 
 NOT_MIRRORED = (SELF_ECHO_FLAG, NOT_ENGLISH_FLAG)  # answers a behaviour node should ignore (the README's flags
 # table): Expression has no flags, so they are not mirrored (the robot's own words, and words the model cannot read,
@@ -94,15 +94,16 @@ class Ros4HriBridge:
     """Per-voice subscriptions and expression publishers of one node; created at activate."""
 
     def __init__(self, node, on_final: Callable, on_incremental: Callable, new_id: Callable[[], str],
-                 now: Callable[[], float], qos, callback_group=None):
+                 now: Callable[[], float], qos, callback_group=None, busy: Callable[[], bool] = lambda: False):
         """``on_final(voice, msg, start, utterance_id)`` / ``on_incremental(voice, msg, start, utterance_id)``:
         ``start`` is the ROS time of the voice's first incremental result (None if there was none) and the
-        utterance id is shared by an utterance's incremental and final results."""
+        utterance id is shared by an utterance's incremental and final results; ``busy()``: whether the node still
+        has utterances to answer (no Expression publisher goes meanwhile)."""
         from hri_msgs.msg import IdsList
         from rclpy.clock import Clock, ClockType
 
         self.node, self.on_final, self.on_incremental = node, on_final, on_incremental
-        self.new_id, self.now = new_id, now
+        self.new_id, self.now, self.busy = new_id, now, busy
         self.qos, self.group = qos, callback_group
         self.voices: dict[str, tuple] = {}  # id -> (speech subscription, expression publisher)
         self.leaving: dict[str, LeftVoice] = {}  # id of a voice no longer tracked, until its linger has run out
@@ -139,9 +140,12 @@ class Ros4HriBridge:
         with self.lock:
             self._drop_left(self.now(), time.monotonic())
 
-    def _drop_left(self, now: float, wall: float) -> None:
+    def _drop_left(self, now: float, wall: float, force: bool = False) -> None:
         """Unsubscribe the voices that left the tracked list and are no longer heard at ROS time ``now``, and destroy
-        their Expression publishers, once kept until before ``wall`` (time.monotonic())."""
+        their Expression publishers, once kept until before ``wall`` (time.monotonic()) and the node has nothing left
+        to answer (or ``force``)."""
+        if not force and self.leaving and self.busy():
+            return
         for voice in [v for v, left in self.leaving.items() if left.heard_until < now and left.kept_until < wall]:
             left = self.leaving.pop(voice)
             self.node.destroy_subscription(left.speech)
@@ -182,7 +186,7 @@ class Ros4HriBridge:
                 self.node.destroy_subscription(sub)
                 self.node.destroy_publisher(pub)
             self.voices.clear()
-            self._drop_left(math.inf, math.inf)
+            self._drop_left(math.inf, math.inf, force=True)
         self.node.destroy_timer(self.reaper)
         self.node.destroy_subscription(self.tracked)
 

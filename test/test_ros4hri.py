@@ -151,6 +151,34 @@ def test_a_voice_that_leaves_the_tracked_list_before_its_answer_still_gets_its_e
     assert f"still heard for {VOICE_LINGER_S:g} s" in readme  # the value imported before the patch
 
 
+def test_a_voice_that_left_keeps_its_expression_publisher_while_the_node_still_has_answers_to_give(
+        harness, tiny_text_checkpoint, monkeypatch):
+    """A backlog (a slow CPU, a burst of speech) can hold an answer back longer than VOICE_LINGER_S: the publisher of a
+    voice that left stays while the node has utterances to answer, so that the late answer is still mirrored; then
+    it goes."""
+    import threading
+
+    import ddvlm_ros.ros4hri
+
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    expressions = []
+    h.client.create_subscription(hri.Expression, "/humans/voices/anna/expression", expressions.append, 10)
+    track(h, "anna")
+    gate, predict = threading.Event(), h.node.pipeline.recognizer.predict
+    monkeypatch.setattr(h.node.pipeline.recognizer, "predict", lambda turns: gate.wait(20) and predict(turns))
+    until(h, "anna", speech(final="I got the job!"), lambda: h.node.pipeline.stats.utterances == 1)  # being answered
+    monkeypatch.setattr(ddvlm_ros.ros4hri, "VOICE_LINGER_S", 0.0)
+    track(h, expect=set())
+    time.sleep(2.5)  # the reaper ran twice: the linger is over, the answer still to come
+    assert "anna" in h.node._hri.leaving and not expressions
+    gate.set()
+    [answer] = h.wait_for(1)
+    deadline = time.monotonic() + 15
+    while (not expressions or h.node._hri.leaving) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [e.confidence for e in expressions] == [pytest.approx(answer.confidence)] and h.node._hri.leaving == {}
+
+
 def test_ros4hri_without_hri_msgs_says_so_and_the_node_keeps_working(harness, tiny_text_checkpoint, monkeypatch):
     from std_msgs.msg import String
 
