@@ -97,6 +97,10 @@ def test_the_readme_quotes_the_committed_ros4hri_replay_of_meld_test_which_score
             f"scores WA-F1 {score['wa_f1']:.2f} ({interval_words(interval, 'conversations')}), macro F1 "
             f"{score['macro_f1']:.2f}, accuracy {score['accuracy']:.2f}, as its `Utterance` bag does "
             f"(`reports/replay_meld_test_ros4hri.md`; {voices['node']['conversations_reset']} new contexts)") in readme
+    published = int(voices["node"]["published"])
+    mirrored = f"ROS4HRI: each of the {published} answers to voices was mirrored as hri_msgs/Expression"
+    assert mirrored in (repo / "reports" / "replay_meld_test_ros4hri.md").read_text()
+    assert f"and each of its {published:,} answers to voices (revised ones included) is mirrored" in readme
 
 
 def test_the_defaults_test_interval_is_recomputed_from_its_committed_predictions_and_quoted():
