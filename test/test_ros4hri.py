@@ -35,6 +35,21 @@ def until(h, voice, msg, done, timeout=10.0):
     assert done()
 
 
+def answer_held_back(harness, checkpoint, monkeypatch, hold_s: float):
+    """A ROS4HRI node with voice anna tracked, whose answer to "I got the job!" waits (up to ``hold_s``) for the gate
+    returned: (harness, anna's Expressions as they come, the gate)."""
+    import threading
+
+    h = harness(model_dir=checkpoint, ros4hri=True).start()
+    expressions = []
+    h.client.create_subscription(hri.Expression, "/humans/voices/anna/expression", expressions.append, 10)
+    track(h, "anna")
+    gate, predict = threading.Event(), h.node.pipeline.recognizer.predict
+    monkeypatch.setattr(h.node.pipeline.recognizer, "predict", lambda turns: gate.wait(hold_s) and predict(turns))
+    until(h, "anna", speech(final="I got the job!"), lambda: h.node.pipeline.stats.utterances == 1)  # being answered
+    return h, expressions, gate
+
+
 def test_voices_become_speakers_and_results_are_mirrored_as_expressions(harness, tiny_text_checkpoint):
     from ddvlm_ros.ros4hri import EXPRESSION_NAME
 
@@ -115,20 +130,12 @@ def test_a_voice_that_leaves_the_tracked_list_before_its_answer_still_gets_its_e
     """An ASR's voice may leave /humans/voices/tracked before the model has answered its last words: the node stops
     hearing it at once, but the answer is still mirrored on its expression topic (the publisher lingers), and once
     VOICE_LINGER_S has passed, the node drops the publisher. Tracked again meanwhile, it keeps it."""
-    import threading
-
     from pathlib import Path
 
     import ddvlm_ros.ros4hri
     from ddvlm_ros.ros4hri import VOICE_LINGER_S
 
-    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
-    expressions = []
-    h.client.create_subscription(hri.Expression, "/humans/voices/anna/expression", expressions.append, 10)
-    track(h, "anna")
-    gate, predict = threading.Event(), h.node.pipeline.recognizer.predict
-    monkeypatch.setattr(h.node.pipeline.recognizer, "predict", lambda turns: gate.wait(10) and predict(turns))
-    until(h, "anna", speech(final="I got the job!"), lambda: h.node.pipeline.stats.utterances == 1)  # being answered
+    h, expressions, gate = answer_held_back(harness, tiny_text_checkpoint, monkeypatch, 10)
     track(h, expect=set())  # anna leaves the list before her answer
     assert "anna" in h.node._hri.leaving
     gate.set()
@@ -156,17 +163,9 @@ def test_a_voice_that_left_keeps_its_expression_publisher_while_the_node_still_h
     """A backlog (a slow CPU, a burst of speech) can hold an answer back longer than VOICE_LINGER_S: the publisher of a
     voice that left stays while the node has utterances to answer, so that the late answer is still mirrored; then
     it goes."""
-    import threading
-
     import ddvlm_ros.ros4hri
 
-    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
-    expressions = []
-    h.client.create_subscription(hri.Expression, "/humans/voices/anna/expression", expressions.append, 10)
-    track(h, "anna")
-    gate, predict = threading.Event(), h.node.pipeline.recognizer.predict
-    monkeypatch.setattr(h.node.pipeline.recognizer, "predict", lambda turns: gate.wait(20) and predict(turns))
-    until(h, "anna", speech(final="I got the job!"), lambda: h.node.pipeline.stats.utterances == 1)  # being answered
+    h, expressions, gate = answer_held_back(harness, tiny_text_checkpoint, monkeypatch, 20)
     monkeypatch.setattr(ddvlm_ros.ros4hri, "VOICE_LINGER_S", 0.0)
     track(h, expect=set())
     time.sleep(2.5)  # the reaper ran twice: the linger is over, the answer still to come
