@@ -81,6 +81,7 @@ def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "singl
 
     from ddvlm_msgs.msg import EmotionDistribution, Utterance
     from ddvlm_ros.emotion_node import EmotionNode
+    from ddvlm_ros.spin import BackgroundSpin
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -101,8 +102,7 @@ def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "singl
                 else SingleThreadedExecutor(context=ctx))
     executor.add_node(node)
     executor.add_node(client)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
+    spinner = BackgroundSpin(executor)
     node.trigger_configure()
     if node.load_error:
         raise RuntimeError(f"the emotion node did not configure: {node.load_error}")
@@ -145,8 +145,7 @@ def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "singl
     stop.set()
     frames_seen = node.pipeline.stats.frames
     node.trigger_deactivate()
-    executor.shutdown()
-    spin.join(timeout=5)
+    spinner.stop()
     node.destroy_node()
     client.destroy_node()
     rclpy.shutdown(context=ctx)

@@ -53,6 +53,7 @@ from ddvlm_ros.convert import stamp_to_sec, transcript_said
 from ddvlm_ros.pipeline import LOW_CONFIDENCE_FLAG
 from ddvlm_ros.recorded import DefinitionError, RecordedTypes
 from ddvlm_ros.ros4hri import CROPPED, LINKS, PERSONS, VOICE_LINGER_S, VOICES, mirrored, valid_id
+from ddvlm_ros.spin import BackgroundSpin
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
 
 
@@ -419,8 +420,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     executor = SingleThreadedExecutor(context=ctx)  # as the node's main(): callbacks only enqueue
     executor.add_node(node)
     executor.add_node(player)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = BackgroundSpin(executor)
     try:
         clock_pub.publish(Clock(clock=sec_to_stamp(t_first, type(Clock().clock))))
         node.trigger_configure()
@@ -504,8 +504,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     finally:
         if node.pipeline is not None:
             node.pipeline.stop()
-        executor.shutdown()
-        spinner.join(timeout=5)  # spin must be out of rcl_wait before the context goes
+        spinner.stop()  # spin must be out of rcl_wait before the context goes
         node.destroy_node()
         player.destroy_node()
         rclpy.shutdown(context=ctx)

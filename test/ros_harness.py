@@ -1,7 +1,6 @@
 """Test helper: a real EmotionNode and a client node on a real executor, in-process."""
 from __future__ import annotations
 
-import threading
 import time
 
 import rclpy
@@ -10,6 +9,7 @@ from rclpy.parameter import Parameter
 
 from ddvlm_msgs.msg import EmotionDistribution
 from ddvlm_ros.emotion_node import EmotionNode
+from ddvlm_ros.spin import BackgroundSpin
 
 
 class Harness:
@@ -24,8 +24,7 @@ class Harness:
         self.executor = SingleThreadedExecutor(context=self.context)  # as the node's main()
         self.executor.add_node(self.node)
         self.executor.add_node(self.client)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.spinner = BackgroundSpin(self.executor)
         self._pubs = {}
 
     def start(self) -> "Harness":
@@ -71,8 +70,7 @@ class Harness:
         self._closed = True
         if self.node.pipeline is not None:
             self.node.pipeline.stop()
-        self.executor.shutdown()
-        self.thread.join(timeout=5)  # spin must be out of rcl_wait before the context goes
+        self.spinner.stop()  # spin must be out of rcl_wait before the context goes
         self.node.destroy_node()
         self.client.destroy_node()
         rclpy.shutdown(context=self.context)

@@ -377,13 +377,13 @@ def test_param_set_on_a_running_node_applies_live_settings_and_names_the_rest_as
 
 def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, tiny_text_checkpoint, capfd):
     import re
-    import threading
     from pathlib import Path
 
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
     from ddvlm_msgs.msg import EmotionDistribution
+    from ddvlm_ros.spin import BackgroundSpin
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     (example,) = re.findall(r"```python\n(# A behaviour node.*?)```", readme, re.S)
@@ -395,7 +395,7 @@ def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, t
         behaviour = namespace["EmotionAwareBehaviour"]()
         executor = SingleThreadedExecutor()
         executor.add_node(behaviour)
-        threading.Thread(target=executor.spin, daemon=True).start()
+        spinner = BackgroundSpin(executor)
         deadline = time.monotonic() + 15  # both ends: the node sees the example's reader, the example the node's writer
         while (h.node.count_subscribers("emotion") < 2 or behaviour.count_publishers("emotion") < 1) and \
                 time.monotonic() < deadline:
@@ -437,7 +437,7 @@ def test_the_readme_behaviour_node_example_receives_the_nodes_answers(harness, t
             err += capfd.readouterr().err
             time.sleep(0.05)
         assert "joey sounds upset: slowing down" in err
-        executor.shutdown()
+        spinner.stop()
         behaviour.destroy_node()
     finally:
         rclpy.shutdown()
@@ -1243,6 +1243,49 @@ def test_ctrl_c_between_the_executors_shutdown_check_and_its_wait_set_is_a_clean
         else:
             assert spin_until_shutdown(node, spin, before_destroy=lambda: cleaned.append(1)) == 0
         assert cleaned == [1] and not ctx.ok()  # cleaned up, and the node's own context shut down either way
+
+
+def test_an_executor_spun_in_the_background_stops_without_its_thread_dying(monkeypatch):
+    """rclpy's Executor.shutdown() from another thread while spin() runs took a ready callback on the spinning thread
+    after the guard condition was gone: a long replay ended with "'NoneType' object has no attribute 'trigger'" from
+    its spinner. BackgroundSpin stops the spinning first. Here shutdown comes while a timer and a flooded
+    subscription keep the executor busy, and the interpreter switches threads every microsecond (this made rclpy's
+    own spin-and-shutdown fail in about half of 100 tries); no spinner dies, and each stop ends its thread."""
+    import sys
+    import threading
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from ddvlm_ros.spin import BackgroundSpin
+
+    died = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(repr(args.exc_value)))
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for attempt in range(40):
+            ctx = rclpy.Context()
+            rclpy.init(context=ctx)
+            node = rclpy.create_node(f"spun_{attempt}", context=ctx)
+            node.create_subscription(String, "flood", lambda msg: None, 100)
+            node.create_timer(0.0002, lambda: None)
+            pub, flooding = node.create_publisher(String, "flood", 100), threading.Event()
+            executor = SingleThreadedExecutor(context=ctx)
+            executor.add_node(node)
+            spinner = BackgroundSpin(executor)
+            flood = threading.Thread(target=lambda: [pub.publish(String(data="x"))
+                                                     for _ in iter(flooding.is_set, True)])
+            flood.start()
+            time.sleep(0.01)
+            assert spinner.stop() and not spinner.thread.is_alive()
+            flooding.set()
+            flood.join()
+            node.destroy_node()
+            rclpy.shutdown(context=ctx)
+    finally:
+        sys.setswitchinterval(switch)
+    assert died == []
 
 
 def test_entry_points_stop_cleanly_on_ctrl_c():

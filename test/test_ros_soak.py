@@ -96,7 +96,7 @@ def test_a_random_mix_of_inputs_transitions_and_settings_never_stops_the_node(
         h.node.diagnostic_status()
         ops += 1
         time.sleep(rng.random() * 0.02)
-    assert h.thread.is_alive() and not escaped, escaped  # the executor still spins; no worker died
+    assert h.spinner.thread.is_alive() and not escaped, escaped  # the executor still spins; no worker died
     state = h.node._state_machine.current_state[0]
     if state == State.PRIMARY_STATE_UNCONFIGURED:
         h.node.trigger_configure()
