@@ -46,11 +46,13 @@ class BagError(RuntimeError):
 
 
 def typestore():
-    """ROS 2 Kilted types + ddvlm_msgs from msg/*.msg + ROS4HRI's hri_msgs (``hri_msgs_dir``) and whisper_ros'
-    whisper_msgs (``whisper_msgs_dir``), to read and write bags of a ROS4HRI robot, or one that runs whisper_ros."""
+    """ROS 2 Kilted types + ddvlm_msgs from msg/*.msg + ROS4HRI's hri_msgs and whisper_ros' whisper_msgs
+    (``msgs_dir``), to read and write bags of a ROS4HRI robot, or one that runs whisper_ros."""
     store = get_typestore(Stores.ROS2_KILTED)
-    store.register(_msg_types("ddvlm_msgs", MSG_DIR) | _msg_types("hri_msgs", hri_msgs_dir(), skip_unreadable=True)
-                   | _msg_types("whisper_msgs", whisper_msgs_dir(), skip_unreadable=True))
+    types = _msg_types("ddvlm_msgs", MSG_DIR)
+    for package in ("hri_msgs", "whisper_msgs"):
+        types |= _msg_types(package, msgs_dir(package), skip_unreadable=True)
+    store.register(types)
     return store
 
 
@@ -68,15 +70,11 @@ def _msg_types(package: str, folder: Path, skip_unreadable: bool = False) -> dic
     return types
 
 
-def hri_msgs_dir() -> Path:
-    """The .msg files of hri_msgs: the installed package's (``<prefix>/share/hri_msgs/msg``, in $AMENT_PREFIX_PATH
-    then ``sys.prefix``: apt's, or the subset ``make`` builds), else the subset vendored in ``third_party``."""
-    return installed("hri_msgs", "msg") or shipped("third_party/hri_msgs/msg")
-
-
-def whisper_msgs_dir() -> Path:
-    """The .msg files of whisper_msgs: the installed package's, else the subset vendored in ``third_party``."""
-    return installed("whisper_msgs", "msg") or shipped("third_party/whisper_msgs/msg")
+def msgs_dir(package: str) -> Path:
+    """The .msg files of a package we vendor a subset of (hri_msgs, whisper_msgs): the installed package's
+    (``<prefix>/share/<package>/msg``, in $AMENT_PREFIX_PATH then ``sys.prefix``: apt's, or the subset ``make``
+    builds), else the subset vendored in ``third_party/<package>``."""
+    return installed(package, "msg") or shipped(f"third_party/{package}/msg")
 
 
 @dataclass(frozen=True)

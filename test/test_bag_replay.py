@@ -754,12 +754,12 @@ def older_typestore():
     ddvlm_msgs before Utterance had ``confidence``."""
     from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-    from ddvlm_ros.bag import MSG_DIR, hri_msgs_dir
+    from ddvlm_ros.bag import MSG_DIR, msgs_dir
 
     store = get_typestore(Stores.ROS2_HUMBLE)
     older = {"hri_msgs/msg/LiveSpeech": "std_msgs/Header header\nstring incremental\nstring final\n"
                                         "float64 confidence\n",
-             "hri_msgs/msg/IdsList": (hri_msgs_dir() / "IdsList.msg").read_text(encoding="utf-8"),
+             "hri_msgs/msg/IdsList": (msgs_dir("hri_msgs") / "IdsList.msg").read_text(encoding="utf-8"),
              "ddvlm_msgs/msg/Utterance": (MSG_DIR / "Utterance.msg").read_text(encoding="utf-8").split(
                  "float32 confidence")[0]}
     for name, definition in older.items():
