@@ -30,6 +30,7 @@ import re
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Collection, Iterator, NamedTuple
@@ -52,7 +53,7 @@ from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
 from ddvlm_ros.pipeline import LOW_CONFIDENCE_FLAG
 from ddvlm_ros.recorded import DefinitionError, RecordedTypes
-from ddvlm_ros.ros4hri import CROPPED, LINKS, PERSONS, VOICE_LINGER_S, VOICES, mirrored, valid_id
+from ddvlm_ros.ros4hri import CROPPED, EXPRESSION_NAME, LINKS, PERSONS, VOICE_LINGER_S, VOICES, mirrored, valid_id
 from ddvlm_ros.spin import BackgroundSpin
 from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, unmatched
 
@@ -195,7 +196,8 @@ class ReplayResult:
     emotion_log: list[tuple[int, bytes]] = field(default_factory=list)  # (sim time ns, CDR) of every /emotion
     expression_log: list[tuple[int, str, bytes]] = field(default_factory=list)  # (sim time ns, topic, CDR) of every
     #                                                                 hri_msgs/Expression the node published (ros4hri)
-    voice_answers: int = 0  # /emotion answers to a voice's speech that the node mirrors as Expression (ros4hri)
+    voice_answers: list[tuple] = field(default_factory=list)  # the Expression each /emotion answer to a voice's speech
+    #                                        is mirrored as (mirrored_as: ros4hri, flags not in NOT_MIRRORED), in order
     bag: str = ""  # the bag replayed, read again by write_recording
     texts: dict[str, str] = field(default_factory=dict)  # key -> the utterance's transcript, as the node read it
     node_status: dict = field(default_factory=dict)  # the node's diagnostic values when the replay ended
@@ -266,15 +268,18 @@ class ReplayResult:
         return self.flagged_line(LOW_CONFIDENCE_FLAG, f"had an ASR confidence below {self.asr_min_confidence:g}")
 
     def expression_line(self) -> str:
-        """ROS4HRI: whether every answer to a voice was mirrored as hri_msgs/Expression on the voice's topic ('' when
-        no voice was answered)."""
+        """ROS4HRI: whether every answer to a voice was mirrored as hri_msgs/Expression, each by its own: on the
+        voice's topic, with the answer's stamp, top label and confidence ('' when no voice was answered)."""
         if not self.voice_answers:
             return ""
-        n, missed = len(self.expression_log), self.voice_answers - len(self.expression_log)
-        if missed <= 0:
+        n, published = len(self.voice_answers), Counter(expressions(self.expression_log))
+        missed = sum((Counter(self.voice_answers) - published).values())
+        unmatched = sum((published - Counter(self.voice_answers)).values())
+        others = f"; {unmatched} Expression{'s' * (unmatched > 1)} published matched no answer" if unmatched else ""
+        if not missed and not unmatched:
             return f"ROS4HRI: each of the {n} answers to voices was mirrored as hri_msgs/Expression"
-        return (f"ROS4HRI: {missed} of the {self.voice_answers} answers to voices were not mirrored as "
-                "hri_msgs/Expression")
+        return (f"ROS4HRI: {missed} of the {n} answers to voices were not mirrored as hri_msgs/Expression (on its "
+                f"voice's topic, with its stamp, top label and confidence){others}")
 
     def loop_line(self) -> str:
         """How many answered transcripts were ASR repetition loops (cut to LOOP_KEEP repeats)."""
@@ -400,7 +405,8 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     def on_emotion(msg):
         key = f"{msg.conversation_id}/{msg.utterance_id}"
         with lock:
-            result.voice_answers += msg.speaker_id in voices and mirrored(msg.flags)
+            if msg.speaker_id in voices and mirrored(msg.flags):
+                result.voice_answers.append(mirrored_as(msg))
             entry = result.answers.setdefault(key, {})
             slot = "revised" if REVISED_FLAG in msg.flags else "refined" if msg.refined else "text"
             if slot in entry and slot != "revised":  # revised again for each late transcript placed before it
@@ -527,6 +533,30 @@ def expression_subscriptions(player, voices: set[str], node, result: ReplayResul
     return {voice: player.create_subscription(Expression, f"{VOICES}/{voice}/expression",
                                               lambda raw, t=f"{VOICES}/{voice}/expression": log(t, raw), 500, raw=True)
             for voice in sorted(voices) if valid_id(voice)}
+
+
+def mirrored_as(answer) -> tuple[str, int, str, float]:
+    """The hri_msgs/Expression an /emotion answer to a voice is mirrored as: (topic, stamp ns, Expression constant
+    name, confidence), as ``expressions`` reads the published ones."""
+    stamp = answer.header.stamp
+    return (f"{VOICES}/{answer.speaker_id}/expression", stamp.sec * 10**9 + stamp.nanosec,
+            EXPRESSION_NAME.get(answer.top_label, answer.top_label), round(float(answer.confidence), 5))
+
+
+def expressions(log: list[tuple[int, str, bytes]]) -> list[tuple[str, int, str, float]]:
+    """The hri_msgs/Expression messages of ``ReplayResult.expression_log`` as ``mirrored_as`` gives them."""
+    if not log:
+        return []
+    from hri_msgs.msg import Expression
+    from rclpy.serialization import deserialize_message
+
+    names = {getattr(Expression, name): name for name in EXPRESSION_NAME.values()}
+    read = []
+    for _, topic, raw in log:
+        e = deserialize_message(raw, Expression)
+        read.append((topic, e.header.stamp.sec * 10**9 + e.header.stamp.nanosec,
+                     names.get(e.expression, e.expression), round(float(e.confidence), 5)))
+    return read
 
 
 def links_read(crops, persons: set[str], sent: dict[str, dict[str, str]]) -> bool:

@@ -888,6 +888,44 @@ def test_a_ros4hri_voices_last_words_after_the_list_dropped_it_are_answered_unti
     assert result.spans["default/1"] == (pytest.approx(1.0), pytest.approx(3.0))  # from her incremental result
 
 
+def test_the_replay_report_says_an_answer_was_mirrored_only_when_its_own_expression_was_published():
+    """The report's ROS4HRI line matches each answer to a voice with an Expression on that voice's topic, of its stamp,
+    top label and confidence; as many Expressions as answers is not enough (one sent on another voice's topic, one
+    with another label, one twice)."""
+    import hri_msgs.msg as hri
+    from rclpy.serialization import serialize_message
+
+    from ddvlm_msgs.msg import EmotionDistribution
+    from ddvlm_ros.replay import ReplayResult, mirrored_as
+    from ddvlm_ros.ros4hri import EXPRESSION_NAME
+
+    def answer(voice, sec, label, confidence):
+        msg = EmotionDistribution(speaker_id=voice, top_label=label, confidence=confidence)
+        msg.header.stamp.sec = sec
+        return msg
+
+    def published(voice, sec, label, confidence):
+        e = hri.Expression(expression=getattr(hri.Expression, EXPRESSION_NAME[label]), confidence=confidence)
+        e.header.stamp.sec = sec
+        return (sec * 10**9, f"/humans/voices/{voice}/expression", bytes(serialize_message(e)))
+
+    answers = [answer("anna", 1, "joy", 0.6), answer("bob", 2, "anger", 0.7), answer("anna", 3, "fear", 0.4)]
+    right = [published(a.speaker_id, a.header.stamp.sec, a.top_label, a.confidence) for a in answers]
+    result = ReplayResult(voice_answers=[mirrored_as(a) for a in answers], expression_log=right)
+    assert result.expression_line() == "ROS4HRI: each of the 3 answers to voices was mirrored as hri_msgs/Expression"
+    for wrong in (published("anna", 2, "anger", 0.7),  # bob's, on anna's topic
+                  published("bob", 2, "sadness", 0.7),  # bob's, another label
+                  right[0]):  # anna's first twice, bob's not at all
+        result.expression_log = [right[0], wrong, right[2]]
+        assert result.expression_line() == (
+            "ROS4HRI: 1 of the 3 answers to voices were not mirrored as hri_msgs/Expression (on its voice's topic, "
+            "with its stamp, top label and confidence); 1 Expression published matched no answer")
+    result.expression_log = right[:2]
+    assert result.expression_line().startswith("ROS4HRI: 1 of the 3 answers to voices were not mirrored")
+    assert result.expression_line().endswith("confidence)")
+    assert ReplayResult().expression_line() == ""  # no voice answered: no line
+
+
 def test_a_ros4hri_bag_is_scored_by_intervals_of_its_voices_and_captioned_from_their_bodies(
         tmp_path, tiny_visual_checkpoint, capsys):
     """`python -m ddvlm_ros.replay` on a ROS4HRI bag turns ros4hri on by itself; an annotator's intervals name the
