@@ -499,7 +499,8 @@ def write_report(results: list[dict], args, pending: list[str] | None = None) ->
 
     from ddvlm_core.quantization import cpu_bf16_units
 
-    meta = {"checkpoint": args.checkpoint, "split": args.split, "n": base["n"] if base else None,
+    measured = base or next(iter(ok.values()), None)  # every row scores the same utterances
+    meta = {"checkpoint": args.checkpoint, "split": args.split, "n": measured["n"] if measured else None,
             "device": args.device, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "cpu_bf16": list(cpu_bf16_units()),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
