@@ -40,7 +40,7 @@ class BackgroundSpin:
     rclpy's ``Executor.shutdown()`` called from another thread while ``spin()`` runs races with it: shutdown
     destroys the executor's guard condition without waiting for the spinning thread, which may take a ready
     callback just then, and dies with AttributeError ("'NoneType' object has no attribute 'trigger'") or
-    InvalidHandle (rclpy 10, Kilted). A long replay printed that traceback when it ended. Here the thread spins
+    InvalidHandle (rclpy 9.1, Kilted). A long replay printed that traceback when it ended. Here the thread spins
     until a future completes; ``stop()`` completes it (which wakes the executor), joins the thread, then shuts
     the executor down."""
 
