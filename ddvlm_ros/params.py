@@ -254,6 +254,24 @@ def launch_topics(topic_arguments, values: dict[str, str]) -> tuple[list[tuple[s
     return remappings, off
 
 
+RESPAWN_DELAY_S = 2.0  # the launch file's default wait before a respawn (nav2's bringup waits as long)
+
+
+def launch_respawn(respawn: str, delay: str) -> tuple[bool, float]:
+    """The launch arguments ``respawn`` ('true' / 'false') and ``respawn_delay`` (seconds, '' = RESPAWN_DELAY_S)
+    -> (respawn, respawn_delay) for the node's launch action: a node whose process died is started again and, with
+    autostart, configures and activates itself. ValueError, naming the argument, for anything else."""
+    if respawn not in ("true", "false"):
+        raise ValueError(f"launch argument respawn: 'true' or 'false', got {respawn!r}")
+    try:
+        seconds = float(delay) if delay.strip() else RESPAWN_DELAY_S
+    except ValueError:
+        raise ValueError(f"launch argument respawn_delay: seconds, got {delay!r}") from None
+    if not 0.0 <= seconds < float("inf"):
+        raise ValueError(f"launch argument respawn_delay: seconds >= 0, got {delay!r}")
+    return respawn == "true", seconds
+
+
 def launch_overrides(values: dict[str, str]) -> dict[str, object]:
     """Launch argument strings -> typed parameter overrides, leaving out the empty ones (ValueError, naming
     every bad argument, for a value of the wrong type or not allowed)."""

@@ -3,6 +3,8 @@
 Starts the ddvlm emotion lifecycle node with config/emotion.yaml; by default it configures and
 activates itself (autostart), so no lifecycle manager is needed. Topics are remapped, not set.
 ``use_sim_time:=true`` when the inputs come from ``ros2 bag play --clock``.
+``respawn:=true`` starts the node again when its process dies (after ``respawn_delay`` seconds), and with
+autostart it configures and activates itself again.
 A topic argument set to '' turns that input off (``compressed_image_topic`` is off unless given).
 Every other node parameter is also a launch argument (``quantized:=true cpu_threads:=4 ...``): one that
 is not given keeps the params file's value (``ros2 launch ddvlm_ros emotion.launch.py --show-args``).
@@ -15,7 +17,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 
-from ddvlm_ros.params import launch_arguments, launch_overrides, launch_topics
+from ddvlm_ros.params import RESPAWN_DELAY_S, launch_arguments, launch_overrides, launch_respawn, launch_topics
 
 TOPIC_ARGUMENTS = [  # (remapped name, launch argument, default, description)
     ("transcript", "transcript_topic", "/transcript", "std_msgs/String ASR transcripts ('speaker: text')"),
@@ -40,6 +42,8 @@ def emotion_node(context):
     sim_time = LaunchConfiguration("use_sim_time").perform(context)
     if sim_time:  # rclpy's own parameter: /clock (e.g. `ros2 bag play --clock`) instead of the wall clock
         given["use_sim_time"] = sim_time == "true"
+    respawn, respawn_delay = launch_respawn(LaunchConfiguration("respawn").perform(context),
+                                            LaunchConfiguration("respawn_delay").perform(context))
     return [LifecycleNode(
         package="ddvlm_ros",
         executable="emotion_node",
@@ -49,6 +53,8 @@ def emotion_node(context):
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         parameters=[LaunchConfiguration("params_file"), given],
         remappings=remappings,
+        respawn=respawn,  # a process that died is started again; autostart configures and activates it
+        respawn_delay=respawn_delay,
     )]
 
 
@@ -63,6 +69,11 @@ def generate_launch_description():
         DeclareLaunchArgument("use_sim_time", default_value="", choices=["", "true", "false"],
                               description="true: the node's clock is /clock (replaying a bag with `ros2 bag "
                                           "play --clock`) [node default false; '' = the params file's value]"),
+        DeclareLaunchArgument("respawn", default_value="false", choices=["true", "false"],
+                              description="true: start the node again when its process dies (with autostart it "
+                                          "configures and activates itself again)"),
+        DeclareLaunchArgument("respawn_delay", default_value=str(RESPAWN_DELAY_S),
+                              description="seconds to wait before such a restart"),
     ]
     args += [DeclareLaunchArgument(arg, default_value=default, description=description)
              for _, arg, default, description in TOPIC_ARGUMENTS]

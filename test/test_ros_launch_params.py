@@ -35,7 +35,8 @@ def test_launch_file_starts_the_lifecycle_node_with_params_and_remaps():
     assert ast.unparse(kw["parameters"]) == "[LaunchConfiguration('params_file'), given]"  # given ones win
     declared = [c for c in calls if c.func.id == "DeclareLaunchArgument"]
     assert {c.args[0].value for c in declared if c.args and isinstance(c.args[0], ast.Constant)} == {
-        "params_file", "namespace", "log_level", "use_sim_time"}  # the others: TOPIC_ARGUMENTS, launch_arguments()
+        "params_file", "namespace", "log_level", "use_sim_time", "respawn", "respawn_delay"}  # the others:
+    #                                                                   TOPIC_ARGUMENTS, launch_arguments()
     assert ast.unparse(kw["ros_arguments"]) == "['--log-level', LaunchConfiguration('log_level')]"
     sim_time = next(c for c in declared if c.args and getattr(c.args[0], "value", "") == "use_sim_time")
     assert ast.literal_eval(next(k.value for k in sim_time.keywords if k.arg == "choices")) == ["", "true", "false"]
@@ -43,6 +44,27 @@ def test_launch_file_starts_the_lifecycle_node_with_params_and_remaps():
     assert 'given["use_sim_time"] = sim_time == "true"' in source  # a bool, and only when given
     assert all(any(k.arg in ("description", None) for k in c.keywords) for c in declared)
     assert "emotion.yaml" in (REPO / "launch" / "emotion.launch.py").read_text()
+    # respawn: off unless asked; both arguments read by launch_respawn (tested below) and passed to the node
+    respawn = next(c for c in declared if c.args and getattr(c.args[0], "value", "") == "respawn")
+    assert ast.literal_eval(next(k.value for k in respawn.keywords if k.arg == "default_value")) == "false"
+    assert (ast.unparse(kw["respawn"]), ast.unparse(kw["respawn_delay"])) == ("respawn", "respawn_delay")
+    read = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Assign)
+                and ast.unparse(n.targets[0]) == "(respawn, respawn_delay)")
+    assert ast.unparse(read.value) == ("launch_respawn(LaunchConfiguration('respawn').perform(context), "
+                                       "LaunchConfiguration('respawn_delay').perform(context))")
+
+
+def test_the_respawn_launch_arguments_are_read_as_a_bool_and_seconds_and_bad_ones_are_named():
+    from ddvlm_ros.params import RESPAWN_DELAY_S, launch_respawn
+
+    assert launch_respawn("false", str(RESPAWN_DELAY_S)) == (False, RESPAWN_DELAY_S)  # the launch file's defaults
+    assert launch_respawn("true", "0.5") == (True, 0.5)
+    assert launch_respawn("true", "") == (True, RESPAWN_DELAY_S)
+    for respawn, delay, named in (("yes", "1", "respawn:"), ("True", "1", "respawn:"),
+                                  ("true", "soon", "respawn_delay"), ("true", "-1", "respawn_delay"),
+                                  ("true", "inf", "respawn_delay"), ("true", "nan", "respawn_delay")):
+        with pytest.raises(ValueError, match=f"launch argument {named}"):
+            launch_respawn(respawn, delay)
 
 
 def test_every_other_parameter_is_a_launch_argument_that_only_overrides_when_given():
