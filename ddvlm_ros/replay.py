@@ -535,16 +535,20 @@ def expression_subscriptions(player, voices: set[str], node, result: ReplayResul
             for voice in sorted(voices) if valid_id(voice)}
 
 
+def expression_key(topic: str, stamp, name: str, confidence: float) -> tuple[str, int, str, float]:
+    """What an answer and the Expression that mirrors it are matched on: (topic, stamp ns, Expression constant name,
+    confidence to 5 places), built the same way for both sides."""
+    return topic, stamp.sec * 10**9 + stamp.nanosec, name, round(float(confidence), 5)
+
+
 def mirrored_as(answer) -> tuple[str, int, str, float]:
-    """The hri_msgs/Expression an /emotion answer to a voice is mirrored as: (topic, stamp ns, Expression constant
-    name, confidence), as ``expressions`` reads the published ones."""
-    stamp = answer.header.stamp
-    return (f"{VOICES}/{answer.speaker_id}/expression", stamp.sec * 10**9 + stamp.nanosec,
-            EXPRESSION_NAME.get(answer.top_label, answer.top_label), round(float(answer.confidence), 5))
+    """The ``expression_key`` of the hri_msgs/Expression an /emotion answer to a voice is mirrored as."""
+    return expression_key(f"{VOICES}/{answer.speaker_id}/expression", answer.header.stamp,
+                          EXPRESSION_NAME.get(answer.top_label, answer.top_label), answer.confidence)
 
 
 def expressions(log: list[tuple[int, str, bytes]]) -> list[tuple[str, int, str, float]]:
-    """The hri_msgs/Expression messages of ``ReplayResult.expression_log`` as ``mirrored_as`` gives them."""
+    """The ``expression_key`` of each hri_msgs/Expression of ``ReplayResult.expression_log``."""
     if not log:
         return []
     from hri_msgs.msg import Expression
@@ -554,8 +558,7 @@ def expressions(log: list[tuple[int, str, bytes]]) -> list[tuple[str, int, str, 
     read = []
     for _, topic, raw in log:
         e = deserialize_message(raw, Expression)
-        read.append((topic, e.header.stamp.sec * 10**9 + e.header.stamp.nanosec,
-                     names.get(e.expression, e.expression), round(float(e.confidence), 5)))
+        read.append(expression_key(topic, e.header.stamp, names.get(e.expression, e.expression), e.confidence))
     return read
 
 
