@@ -4,8 +4,9 @@
 
 Five rows on the same MELD test contexts, each in its own fresh process: (1) bare predict, (2) the node
 in-process on a real executor (publish a transcript, wait for its /emotion), (3) the same with a 30 Hz
-640x480 camera stream running, (4) the node with ``quantized: true``, (5) the node on rclpy's
-MultiThreadedExecutor (a comparison). Writes reports/ros_latency.json and reports/ros_latency.md.
+640x480 camera stream running (which a node without a captioner does not subscribe: the row says whether it
+buffered frames), (4) the node with ``quantized: true``, (5) the node on rclpy's MultiThreadedExecutor (a
+comparison). Writes reports/ros_latency.json and reports/ros_latency.md.
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def bare(recognizer, ctxs) -> list[float]:
 
 
 def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "single",
-                 quantized: bool = False) -> list[float]:
+                 quantized: bool = False) -> tuple[list[float], int]:
+    """(the latency of each context's last utterance, ms; how many camera frames the node buffered)."""
     import rclpy
     from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -149,20 +151,19 @@ def through_node(directory: str, ctxs, camera: bool, executor_kind: str = "singl
     node.destroy_node()
     client.destroy_node()
     rclpy.shutdown(context=ctx)
-    if camera:
-        print(f"camera frames buffered by the node: {frames_seen}")
-    return times
+    return times, frames_seen
 
 
 ROWS = ("bare_predict", "node", "node_with_30hz_camera", "node_quantized", "node_multithreaded_executor")
 
 
-def measure(row: str, directory: str, n: int) -> list[float]:
+def measure(row: str, directory: str, n: int) -> tuple[list[float], int]:
+    """(latencies in ms, camera frames the node buffered) of one row."""
     ctxs = contexts(n)
     if row == "bare_predict":
         from ddvlm_core.inference import EmotionRecognizer
 
-        return bare(EmotionRecognizer.from_checkpoint(directory, load_caption_embedder=False), ctxs)
+        return bare(EmotionRecognizer.from_checkpoint(directory, load_caption_embedder=False), ctxs), 0
     return through_node(directory, ctxs, camera=row == "node_with_30hz_camera",
                         executor_kind="multi" if row == "node_multithreaded_executor" else "single",
                         quantized=row == "node_quantized")
@@ -196,7 +197,8 @@ def main(argv: list[str]) -> int:
             why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
             print(f"ros_latency.py: row {row} failed: {why}", file=sys.stderr)
             return 1
-        results[row] = percentiles(json.loads(proc.stdout.strip().splitlines()[-1]))
+        times, frames = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[row] = percentiles(times) | ({"frames_buffered": frames} if row == "node_with_30hz_camera" else {})
     ctxs = contexts(args.n)
     base = results["bare_predict"]["p50_ms"]
     for key in ("node", "node_with_30hz_camera", "node_quantized", "node_multithreaded_executor"):
@@ -215,7 +217,10 @@ def main(argv: list[str]) -> int:
              "rclpy's MultiThreadedExecutor cost before that change.", "",
              "| path | p50 ms | p90 ms | p50 ratio |", "|---|---|---|---|"]
     for key, label in (("bare_predict", "bare predict"), ("node", "node (text result)"),
-                       ("node_with_30hz_camera", "node + 30 Hz 640x480 camera"),
+                       ("node_with_30hz_camera", "node + 30 Hz 640x480 camera " + (
+                           f"({results['node_with_30hz_camera']['frames_buffered']} frames buffered)"
+                           if results["node_with_30hz_camera"]["frames_buffered"] else
+                           "(published; no captioner, so not subscribed)")),
                        ("node_quantized", "node, `quantized: true` (WOQ INT8, default kernel)"),
                        ("node_multithreaded_executor", "node on rclpy's MultiThreadedExecutor (not used: comparison)")):
         r = results[key]

@@ -46,6 +46,7 @@ NO_FINAL_WARN_S = 30.0  # utterance messages this long, none final: WARN that on
 LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversations",
                           "context_only_speakers", "drop_self_echoes", "quote_speech",
                           "revise_answers", "asr_min_confidence")  # EmotionPipeline attributes
+CAMERA_TOPICS = ("image_topic", "compressed_image_topic")  # subscribed only when a captioner captions frames
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
@@ -55,6 +56,11 @@ def partials_only_for(counts: dict[str, int], first_partial: float | None) -> fl
     if counts["final"] or first_partial is None or time.monotonic() - first_partial < NO_FINAL_WARN_S:
         return None
     return time.monotonic() - first_partial
+
+
+def type_name(msg_type) -> str:
+    """A message class's ROS type name, e.g. sensor_msgs/msg/Image."""
+    return f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
 
 
 def default_model_dir() -> Path:
@@ -218,6 +224,7 @@ class EmotionNode(LifecycleNode):
         self._start_ros4hri()
         self._read("activate")
         self._active = True
+        self.get_logger().info(self.wiring())
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -349,8 +356,29 @@ class EmotionNode(LifecycleNode):
 
     # ---- inputs ---------------------------------------------------------------------------------
     def _input_topics(self) -> list[str]:
+        """The topics the node subscribes while active (the camera's only when it captions: ``captions_frames``)."""
+        camera = map(self.p, CAMERA_TOPICS) if self.captions_frames() else ()
         return [t for t in (self.p("transcript_topic"), self.p("utterance_topic"), self._whisper_topic(),
-                            self.p("image_topic"), self.p("compressed_image_topic"), self.p("robot_speech_topic")) if t]
+                            *camera, self.p("robot_speech_topic")) if t]
+
+    def wiring(self) -> str:
+        """What the active node reads and where it answers, by the topics' resolved names (remaps and namespace
+        applied), for the log at activate: whoever wires it sees at once whether the remaps took."""
+        reads = [f"{sub.topic_name} ({type_name(sub.msg_type)})" for sub in self._subs]
+        if self._hri is not None:
+            reads.append(f"ROS4HRI voices ({self.resolve_topic_name('/humans/voices/tracked')})"
+                         + (", their persons' body and face crops" if self._crops is not None else ""))
+        camera = "" if self.captions_frames() else "; camera not subscribed (no captioner: answers from text alone)"
+        answers = self._pub.topic_name if self._pub is not None else "nothing"
+        return f"active: reading {', '.join(reads) or 'nothing'}{camera}; answers on {answers}"
+
+    def captions_frames(self) -> bool:
+        """Whether a captioner captions camera frames: one is configured and the checkpoint has a visual branch to
+        read its captions. Without one the answers come from text alone, and the node leaves the camera topics
+        unsubscribed: a camera stream taken into Python and buffered for ``frame_buffer_s`` costs CPU time and
+        memory for nothing (92 MB at 640x480 rgb8 and 5 Hz), and a camera driver that publishes only while its
+        topic has a subscriber can rest."""
+        return self.pipeline is not None and self.pipeline.captioner is not None
 
     def _whisper_topic(self) -> str:
         """The whisper_topic parameter where whisper_msgs is installed, else '' (that input off)."""
@@ -370,8 +398,8 @@ class EmotionNode(LifecycleNode):
                  ("compressed_image_topic", CompressedImage, self._on_compressed, "image"),
                  ("robot_speech_topic", String, self._on_robot_speech, "transcript")]
         for param, msg_type, callback, qos in specs:
-            if self.p(param):
-                self._input_types[self.p(param)] = f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
+            if self.p(param) and (param not in CAMERA_TOPICS or self.captions_frames()):
+                self._input_types[self.p(param)] = type_name(msg_type)
                 self._subs.append(self.create_subscription(msg_type, self.p(param), callback, self._qos(qos),
                                                            callback_group=self._inputs_group, event_callbacks=events))
 
@@ -661,7 +689,7 @@ class EmotionNode(LifecycleNode):
                                   self._qos("transcript"), callback_group=self._inputs_group,
                                   busy=lambda: self.pipeline is not None and not self.pipeline.idle())
         self._hri_status = "on"
-        if self.pipeline.captioner is not None:  # whose body or face a voice's frames should show
+        if self.captions_frames():  # whose body or face a voice's frames should show
             from ddvlm_ros.ros4hri import PersonCrops
 
             crops = self._crops = PersonCrops(self, self._on_person_crop, self._qos("image"),
@@ -741,6 +769,8 @@ class EmotionNode(LifecycleNode):
                        "latency_p50_ms": round(p50, 1),
                        "latency_p90_ms": round(p90, 1), "last_error": s.last_error,
                        "captioner": getattr(self.pipeline.captioner, "name", "none"),
+                       "camera": (", ".join(self.resolve_topic_name(t) for t in map(self._in_use, CAMERA_TOPICS) if t)
+                                  or "off") if self.captions_frames() else "not subscribed: no captioner",
                        **({"captioner_check": self.captioner_check} if self.pipeline.captioner is not None else {}),
                        "conversations": len(self.pipeline.conversations),
                        "conversations_reset": s.conversations_reset,
@@ -901,6 +931,11 @@ def main(args: list[str] | None = None) -> int:
             node.trigger_configure()
             if node.load_error == "":
                 node.trigger_activate()
+        else:  # nothing else would say why a node started by hand sits still
+            name = node.get_fully_qualified_name()
+            node.get_logger().info(f"unconfigured (autostart: false): waiting for a lifecycle manager, or for "
+                                   f"`ros2 lifecycle set {name} configure`, then `activate`; -p autostart:=true "
+                                   "starts it by itself")
         executor.spin()
 
     def stop_pipeline() -> None:

@@ -68,6 +68,7 @@ INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/S
           "transcription": "whisper_msgs/msg/Transcription", "image": "sensor_msgs/msg/Image",
           "image/compressed": "sensor_msgs/msg/CompressedImage", "robot_speech": "std_msgs/msg/String"}
 TRANSCRIBED = ("utterance", "transcript", "transcription")  # the inputs whose messages the node answers
+CAMERA_INPUTS = ("image", "image/compressed")  # read by the node only when a captioner captions them
 SUBSCRIBE_WAIT_S = 5.0  # the longest wait for the node to subscribe a voice or crop it has just begun to track
 SETTLED_S = 3.0  # the node idle this long after the bag's end while answers are missing: none will come (dropped)
 DEFAULT_TOPICS = {"/utterance": "utterance", "/transcript": "transcript", "/whisper/transcription": "transcription",
@@ -206,6 +207,7 @@ class ReplayResult:
     idle_timeout_s: float = 0.0  # the node's: a silence this long in a conversation starts a new context (0: never)
     recorded_types: str = ""  # topics recorded with another version of their type (ddvlm_ros.recorded), in words
     asr_min_confidence: float = 0.0  # the node's: a transcript the ASR gave less confidence is flagged
+    frames_not_played: int = 0  # the bag's camera frames, not played to a node without a captioner (not subscribed)
 
     def contexts(self, keys: list[str]) -> list[str]:
         """Each key's dialogue context, as the node keeps them: its conversation, and in one conversation a new
@@ -225,11 +227,12 @@ class ReplayResult:
         """What the node made of the bag's camera frames, with the reason when windows got none ('' without
         a camera)."""
         s = self.node_status
+        if self.frames_not_played:
+            return (f"camera: the bag's {self.frames_not_played} frames were not played: without a captioner the "
+                    "node answers from text alone and does not subscribe the camera")
         counts = [int(s.get(k, 0) or 0) for k in ("frames", "bad_frames", "windows_without_frames")]
         if not any(counts):
             return ""
-        if s.get("captioner", "none") == "none":
-            return f"camera: {counts[0]} frames kept, {counts[1]} undecodable; no captioner, so no frame was used"
         miss = s.get("frame_window_miss", "")
         return (f"camera: {counts[0]} frames kept, {counts[1]} undecodable, {counts[2]} utterance windows without "
                 f"a frame to caption" + (f" (the last: {miss})" if miss else ""))
@@ -433,7 +436,11 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         if node.load_error:
             raise NodeConfigureError(f"the emotion node did not configure: {node.load_error}")
         node.trigger_activate()
-        subscribed_now = [p for t, p in pubs.items() if not t.startswith("/humans/") or t == f"{VOICES}/tracked" or
+        if not node.captions_frames():  # text alone: the node does not subscribe the camera, nor is it played
+            unplayed = [t for t in topics if topics[t] in CAMERA_INPUTS]
+            result.frames_not_played = sum(counts[t] for t in unplayed)
+            topics = {t: node_input for t, node_input in topics.items() if t not in unplayed}
+        subscribed_now = [pubs[t] for t in topics if not t.startswith("/humans/") or t == f"{VOICES}/tracked" or
                           (t.endswith("/tracked") and node._crops is not None)]  # ROS4HRI's others: once tracked
         wait_for(lambda: all(p.get_subscription_count() for p in subscribed_now), 10.0)
         answer_key = AnswerKeys(node.p("conversation_id"), node.p("default_speaker"), node.p("speaker_prefix"),

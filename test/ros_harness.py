@@ -13,11 +13,15 @@ from ddvlm_ros.spin import BackgroundSpin
 
 
 class Harness:
-    def __init__(self, node_class=EmotionNode, **params):
+    def __init__(self, node_class=EmotionNode, node_name: str = "", **params):
+        """``node_name``: a name no node of this process had before, for a test that reads the node's log on
+        /rosout (rcl sends a node's log through the rosout publisher registered under its name, which the
+        belated finalisation of an earlier node of that name in another context unregisters)."""
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         overrides = [Parameter(k, value=v) for k, v in params.items()]
-        self.node = node_class(parameter_overrides=overrides, context=self.context)
+        self.node = node_class(parameter_overrides=overrides, context=self.context,
+                               **({"node_name": node_name} if node_name else {}))
         self.client = rclpy.create_node("ddvlm_test_client", context=self.context)
         self.received: list[EmotionDistribution] = []
         self.client.create_subscription(EmotionDistribution, "emotion", self.received.append, 200)

@@ -261,7 +261,8 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
     out = tmp_path / "out"
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *remaps,
                  "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
-    assert "replay:   0%|          | 0/36 " in capsys.readouterr().err  # 4 transcripts, 32 frames: a progress bar
+    # a progress bar over the 4 transcripts: the 32 camera frames are not played to a node without a captioner
+    assert "replay:   0%|          | 0/4 " in capsys.readouterr().err
     records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert [r["key"] for r in records] == ["default/1", "default/2", "default/3", "default/4"]
     assert [r["speaker_id"] for r in records] == ["Ross", "Rachel", "Ross", "Rachel"]
@@ -269,6 +270,7 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
     assert all(r["gold"] is None and abs(sum(r["text"]["probabilities"].values()) - 1) < 1e-4 for r in records)
     report = (out / "replay.md").read_text()
     assert "answered 4, unanswered 0" in report and "no labels for these utterances" in report
+    assert "- camera: the bag's 32 frames were not played: without a captioner the node answers from text" in report
     assert json.loads((out / "replay.json").read_text())["remaps"]["/asr/text"] == "transcript"
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *remaps,
                  "--record", str(out / "with_answers")]) == 0

@@ -142,7 +142,7 @@ def topic_arguments():
                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TOPIC_ARGUMENTS")
 
 
-def test_a_topic_launch_argument_set_to_nothing_turns_that_input_off(tiny_text_checkpoint):
+def test_a_topic_launch_argument_set_to_nothing_turns_that_input_off(tiny_visual_checkpoint):
     """As the launch file builds the node: an empty remapping would stop it from starting (rcl refuses it), so ''
     turns the input off through its parameter. compressed_image_topic is off unless given: subscribing to a
     camera's compressed twin of the raw stream gets every frame twice and makes the camera JPEG-encode them."""
@@ -163,7 +163,8 @@ def test_a_topic_launch_argument_set_to_nothing_turns_that_input_off(tiny_text_c
     rules = [a for name, target in remappings for a in ("-r", f"{name}:={target}")]
     rclpy.init(context=ctx, args=["--ros-args", *rules])
     try:
-        node = EmotionNode(context=ctx, parameter_overrides=[Parameter("model_dir", value=tiny_text_checkpoint)]
+        node = EmotionNode(context=ctx, parameter_overrides=[Parameter("model_dir", value=tiny_visual_checkpoint),
+                                                             Parameter("captioner", value="cue")]
                            + [Parameter(name, value=value) for name, value in off.items()])
         node.trigger_configure()
         node.trigger_activate()

@@ -1032,6 +1032,63 @@ def test_an_unused_alternative_input_is_not_reported_silent(harness, tiny_text_c
     # without a captioner
 
 
+def rosout_listener(h) -> list:
+    """The messages the harness's node logs (its /rosout), from before the node is started (transient local); the
+    node needs a name of its own (``node_name``: see ros_harness.Harness)."""
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+
+    logged = []
+    h.client.create_subscription(Log, "/rosout", lambda m: logged.append(m) if m.name == h.node.get_name() else None,
+                                 QoSProfile(depth=1000, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    return logged
+
+
+def logged_line(logged: list, start: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = next((m.msg for m in list(logged) if m.msg.startswith(start)), None)
+        if line is not None:
+            return line
+        time.sleep(0.05)
+    return f"no log line starting {start!r} in {[m.msg for m in logged]}"
+
+
+@pytest.mark.parametrize("captioner", ["none", "cue"])  # cue: asked for, ignored (no visual branch to read it)
+def test_a_text_only_node_leaves_the_camera_unsubscribed_and_logs_what_it_reads(harness, tiny_text_checkpoint,
+                                                                                captioner):
+    """Without a captioner the answers come from text alone: the camera topics get no subscription (a camera stream
+    taken into Python and buffered for nothing; before, 92 MB of frames at 640x480 and 5 Hz), and the log at activate
+    names the topics the node reads, remaps applied, and that the camera is left alone."""
+    h = harness(model_dir=tiny_text_checkpoint, captioner=captioner, transcript_topic="/asr/text",
+                node_name=f"emotion_text_only_{captioner}_{time.time_ns()}")
+    logged = rosout_listener(h)
+    h.start()
+    assert h.client.count_subscribers("/image") == 0 and h.client.count_subscribers("/image/compressed") == 0
+    assert h.client.count_subscribers("/asr/text") == 1
+    line = logged_line(logged, "active: ")
+    assert line.startswith("active: reading /asr/text (std_msgs/msg/String), /utterance (ddvlm_msgs/msg/Utterance)")
+    assert line.endswith("; camera not subscribed (no captioner: answers from text alone); answers on /emotion")
+    h.publish(String, "/asr/text", String(data="Ross: I got the job!"))
+    assert len(h.wait_for(1)) == 1
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["camera"] == "not subscribed: no captioner"
+    assert not any(k.startswith("input_age_s[image") for k in values)
+
+
+def test_a_node_with_a_captioner_subscribes_the_camera_and_logs_it(harness, tiny_visual_checkpoint):
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", image_topic="/cam/raw",
+                node_name=f"emotion_captioning_{time.time_ns()}")
+    logged = rosout_listener(h)
+    h.start()
+    assert h.client.count_subscribers("/cam/raw") == 1 and h.client.count_subscribers("/image/compressed") == 1
+    line = logged_line(logged, "active: ")
+    assert "/cam/raw (sensor_msgs/msg/Image), /image/compressed (sensor_msgs/msg/CompressedImage)" in line, line
+    assert "camera not subscribed" not in line and line.endswith("; answers on /emotion")
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["camera"] == "/cam/raw, /image/compressed"
+
+
 def test_quantized_node_answers_with_the_chosen_woq_kernel(harness, tiny_text_checkpoint):
     from ddvlm_core.quantization import Int8WeightOnlyLinear, cpu_bf16_units
 
@@ -1313,6 +1370,9 @@ def test_entry_points_stop_cleanly_on_ctrl_c():
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=60)  # a loaded machine (the whole suite) takes its time
             assert proc.returncode == 0 and "Traceback" not in err, err
+            if module == "ddvlm_ros.emotion_node":  # started by hand without autostart: it says why it sits still
+                assert f"unconfigured (autostart: false): waiting for a lifecycle manager, or for `ros2 lifecycle " \
+                       f"set /{name} configure`" in err, err
     finally:
         watcher.destroy_node()
         rclpy.shutdown(context=ctx)
