@@ -36,7 +36,7 @@ from ddvlm_ros.convert import (AsrJson, asr_confidence, asr_json, compressed_msg
 from ddvlm_ros.compat import PublisherEventCallbacks, SubscriptionEventCallbacks, add_after_set_parameters
 from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
 from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
-from ddvlm_ros.ros4hri import mirrored, spoken_locale
+from ddvlm_ros.ros4hri import VOICES, mirrored, spoken_locale
 from ddvlm_ros.spin import spin_until_shutdown
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
@@ -366,7 +366,7 @@ class EmotionNode(LifecycleNode):
         applied), for the log at activate: whoever wires it sees at once whether the remaps took."""
         reads = [f"{sub.topic_name} ({type_name(sub.msg_type)})" for sub in self._subs]
         if self._hri is not None:
-            reads.append(f"ROS4HRI voices ({self.resolve_topic_name('/humans/voices/tracked')})"
+            reads.append(f"ROS4HRI voices ({VOICES}/tracked)"
                          + (", their persons' body and face crops" if self._crops is not None else ""))
         camera = "" if self.captions_frames() else "; camera not subscribed (no captioner: answers from text alone)"
         answers = self._pub.topic_name if self._pub is not None else "nothing"
@@ -600,16 +600,19 @@ class EmotionNode(LifecycleNode):
 
     def _check_silence(self) -> None:
         """WARN once per input topic silent for input_timeout_s, among the inputs the node needs: transcripts on
-        ``transcript`` or ``utterance``, or ROS4HRI speech (any is enough: the others' silence is not reported while
-        one speaks), and, when a captioner uses frames, images on ``image`` or ``image/compressed`` (the same)."""
+        ``transcript``, ``utterance`` or ``transcription``, or ROS4HRI speech (any is enough: the others' silence is
+        not reported while one speaks), and, when a captioner uses frames, images on ``image`` or ``image/compressed``
+        (the same). Transcripts stop whenever nobody speaks: their silence is reported only while no ASR is on the
+        graph to send them (``_asr_on_graph``); a camera streams all the time, and its silence is a fault."""
         limit = self.p("input_timeout_s")
         if limit <= 0:  # off (it may be set so while active)
             self._silence_warned.clear()
             return
         now = time.monotonic()
-        for group, heard_elsewhere in self._needed_inputs():
+        for group, heard_elsewhere, silent_when_idle in self._needed_inputs():
             lasts = {topic: self._last_input[topic] for topic in group if topic in self._last_input}
-            if not lasts or now - max([*lasts.values(), *heard_elsewhere]) <= limit:  # one alternative is heard
+            if (not lasts or now - max([*lasts.values(), *heard_elsewhere]) <= limit  # one alternative is heard
+                    or silent_when_idle and self._asr_on_graph(group)):  # or nobody speaks
                 self._silence_warned -= set(lasts)
                 continue
             for topic, last in lasts.items():
@@ -618,15 +621,28 @@ class EmotionNode(LifecycleNode):
                     self.get_logger().warning(f"no message on {self.resolve_topic_name(topic)} for {now - last:.0f}s: "
                                               f"{self._why_silent(topic)}")
 
-    def _needed_inputs(self) -> list[tuple[list[str], list[float]]]:
-        """The inputs the node needs, each as its alternative topics and when an input other than a topic last
-        did the same job: transcripts (ROS4HRI speech does it too), and camera frames only when a captioner would
-        caption them."""
+    def _needed_inputs(self) -> list[tuple[list[str], list[float], bool]]:
+        """The inputs the node needs, each as its alternative topics, when an input other than a topic last did the
+        same job, and whether it is silent whenever there is nothing to send: transcripts (ROS4HRI speech does
+        their job too; nothing comes while nobody speaks), and camera frames only when a captioner would caption
+        them (a camera streams)."""
         voices = [self._last_voice_speech] if self._hri is not None and self._last_voice_speech is not None else []
-        groups = [(("transcript_topic", "utterance_topic", "whisper_topic"), voices)]
-        if self.pipeline is not None and self.pipeline.captioner is not None:
-            groups.append((("image_topic", "compressed_image_topic"), []))
-        return [([t for t in map(self._in_use, names) if t], heard) for names, heard in groups]
+        groups = [(("transcript_topic", "utterance_topic", "whisper_topic"), voices, True)]
+        if self.captions_frames():
+            groups.append((("image_topic", "compressed_image_topic"), [], False))
+        return [([t for t in map(self._in_use, names) if t], heard, idle) for names, heard, idle in groups]
+
+    def _asr_on_graph(self, topics: list[str]) -> bool:
+        """Whether a node publishes one of the transcript ``topics`` with the type it takes, or, with ROS4HRI, the
+        tracked voices: an ASR is there, and its silence means that nobody speaks (a robot in a quiet room), not
+        a fault. A wrong remap, an ASR not started or one that died leaves no such publisher."""
+        try:
+            if self._hri is not None and self.count_publishers(f"{VOICES}/tracked"):
+                return True
+            return any(p.topic_type == self._input_types.get(topic, "") for topic in topics
+                       for p in self.get_publishers_info_by_topic(self.resolve_topic_name(topic)))
+        except Exception:  # noqa: BLE001 - runs on a timer: it must never stop the executor (the WARN says the error)
+            return False
 
     def _why_silent(self, topic: str) -> str:
         """What the ROS graph says about a silent input: no publisher, publishers of another type (a wrong

@@ -148,8 +148,10 @@ PARAMS: tuple[Param, ...] = (
     Param("image_qos_reliability", "best_effort", "reliable | best_effort for the camera subscriptions",
           choices=("reliable", "best_effort"), applies="activate"),
     Param("emotion_qos_depth", 10, "queue depth of the /emotion publisher", at_least=1),
-    Param("input_timeout_s", 30.0, "WARN and a diagnostic when transcripts (transcript, utterance, ROS4HRI speech) "
-          "or, with a captioner, camera frames (image, image/compressed) stopped this long (0 = off)",
+    Param("input_timeout_s", 30.0, "WARN and a diagnostic when, with a captioner, camera frames (image, "
+          "image/compressed) stopped this long, or transcripts did while no ASR is on the graph to send them (no "
+          "publisher of transcript, utterance, transcription or ROS4HRI's tracked voices: nobody speaking is no "
+          "fault) (0 = off)",
           at_least=0, applies="now"),
     Param("diagnostics_period_s", 1.0, "period of /diagnostics", above=0, applies="now"),
     Param("ros4hri", False, "ROS4HRI: voices of /humans/voices/tracked, final /humans/voices/<id>/speech as "

@@ -192,14 +192,18 @@ def test_ros4hri_without_hri_msgs_says_so_and_the_node_keeps_working(harness, ti
 
 
 def test_voices_that_speak_keep_the_transcript_topics_from_being_reported_silent(harness, tiny_text_checkpoint):
-    """With ROS4HRI the transcripts come from the voices: nothing on transcript or utterance is then expected."""
+    """With ROS4HRI the transcripts come from the voices: nothing on transcript or utterance is then expected. A
+    quiet room is no fault while the voices are tracked; once nothing tracks them, the transcripts are missed."""
     h = harness(model_dir=tiny_text_checkpoint, ros4hri=True, input_timeout_s=0.5).start()
     track(h, "anna")
     for k in range(8):
         h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(incremental=f"word {k}"))
         time.sleep(0.2)
     assert not h.node._silence_warned & {"transcript", "utterance"}
-    deadline = time.monotonic() + 15  # anna stops speaking: now the transcripts are missed
+    time.sleep(2.0)  # anna stops speaking, four times input_timeout_s: the voices are still tracked
+    assert h.node._silence_warned == set()
+    h.client.destroy_publisher(h._pubs.pop("/humans/voices/tracked"))  # the voice tracker died: now they are missed
+    deadline = time.monotonic() + 15
     while not h.node._silence_warned and time.monotonic() < deadline:
         time.sleep(0.1)
     assert h.node._silence_warned == {"transcript", "utterance", "transcription"}

@@ -988,15 +988,22 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
     camera = rclpy.create_node("wrongly_remapped_camera", context=context)
     try:
         camera.create_publisher(CompressedImage, "image", 1)  # a compressed stream remapped onto `image`
-        camera.create_publisher(String, "transcript", 1)  # an ASR that has not spoken yet
+        camera.create_publisher(CompressedImage, "image/compressed", 1)  # a camera that stalled
+        wrong = camera.create_publisher(Utterance, "transcript", 1)  # an ASR's Utterances remapped onto `transcript`
         deadline = time.monotonic() + 10  # the warnings, and the camera's publishers discovered (a busy machine
         while time.monotonic() < deadline and (  # can take seconds: the status would say "no node publishes it")
                 len(h.node._silence_warned) < 5 or not h.node.count_publishers("image")
-                or not h.node.count_publishers("transcript")):
+                or not h.node.count_publishers("transcript") or not h.node.count_publishers("image/compressed")):
             time.sleep(0.1)
         status = h.node.diagnostic_status()
         values = {v.key: v.value for v in status.values}
         why = {k[len("silent_why["):-1]: v for k, v in values.items() if k.startswith("silent_why[")}
+        camera.destroy_publisher(wrong)
+        camera.create_publisher(String, "transcript", 1)  # the ASR, rightly wired, on the graph: nobody speaks yet,
+        deadline = time.monotonic() + 10  # which is no fault; the camera still is
+        while time.monotonic() < deadline and h.node._silence_warned != {"image", "image/compressed"}:
+            time.sleep(0.1)
+        warned_with_an_asr = set(h.node._silence_warned)
     finally:
         camera.destroy_node()
         rclpy.shutdown(context=context)
@@ -1004,9 +1011,11 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
     ages = {k: float(v) for k, v in values.items() if k.startswith("input_age_s")}
     assert ages and all(age >= 0.5 for age in ages.values())
     assert why["image"] == "its publishers send sensor_msgs/msg/CompressedImage; this input takes sensor_msgs/msg/Image"
-    assert why["transcript"] == "1 publisher(s) of std_msgs/msg/String, nothing received (QoS, or they are idle)"
-    assert why["utterance"] == why["transcription"] == why["image/compressed"] == "no node publishes it (check the " \
-        "remapping)"
+    assert why["image/compressed"] == ("1 publisher(s) of sensor_msgs/msg/CompressedImage, nothing received (QoS, or "
+                                       "they are idle)")
+    assert why["transcript"] == "its publishers send ddvlm_msgs/msg/Utterance; this input takes std_msgs/msg/String"
+    assert why["utterance"] == why["transcription"] == "no node publishes it (check the remapping)"
+    assert warned_with_an_asr == {"image", "image/compressed"}
     assert set_parameters(h, input_timeout_s=0) == [True]  # off, on a running node: the warnings go
     deadline = time.monotonic() + 15
     while h.node._silence_warned and time.monotonic() < deadline:
@@ -1025,11 +1034,15 @@ def test_an_unused_alternative_input_is_not_reported_silent(harness, tiny_text_c
     assert h.node._silence_warned == set()
     assert {kv.key: kv.value for kv in h.node.diagnostic_status().values}["whisper_transcriptions"] == "none yet"
     assert "no input on" not in h.node.diagnostic_status().message
-    deadline = time.monotonic() + 15  # the ASR stops: now the transcripts are missed, on the three topics
-    while len(h.node._silence_warned) < 3 and time.monotonic() < deadline:  # (transcription: whisper_ros')
+    time.sleep(2.0)  # nobody speaks, four times input_timeout_s: no fault while the ASR is on the graph
+    assert h.node._silence_warned == set() and "no input on" not in h.node.diagnostic_status().message
+    h.client.destroy_publisher(h._pubs.pop("transcript"))  # the ASR died: now the transcripts are missed, on the
+    deadline = time.monotonic() + 15  # three topics (transcription: whisper_ros')
+    while len(h.node._silence_warned) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert h.node._silence_warned == {"transcript", "utterance", "transcription"}  # the camera is not needed
     # without a captioner
+    assert "no input on" in h.node.diagnostic_status().message
 
 
 def rosout_listener(h) -> list:
