@@ -93,6 +93,7 @@ class EmotionNode(LifecycleNode):
         self._counter = 0
         self._last_input: dict[str, float] = {}
         self._silence_warned: set[str] = set()
+        self._topics_in_use: set[str] = set()  # input topics that had a publisher or a message since activate
         self._utterance_msgs = {"final": 0, "partial": 0}
         self._transcript_delays: deque[float] = deque(maxlen=200)  # ROS time at arrival minus the end stamp, s
         self._whisper_times: deque[tuple[float, float]] = deque(maxlen=200)  # whisper_ros: (audio_time,
@@ -220,6 +221,7 @@ class EmotionNode(LifecycleNode):
         self._last_input = {topic: now for topic in self._input_topics()}
         self._last_voice_speech = None
         self._silence_warned.clear()
+        self._topics_in_use.clear()
         self._silence_timer = self.create_timer(1.0, self._check_silence, callback_group=self._diag_group)
         self._start_ros4hri()
         self._read("activate")
@@ -412,6 +414,7 @@ class EmotionNode(LifecycleNode):
         topic = self._in_use(param)  # the subscribed topic, also after a new name was set but not yet applied
         self._last_input[topic] = time.monotonic()
         self._silence_warned.discard(topic)
+        self._topics_in_use.add(topic)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -611,15 +614,30 @@ class EmotionNode(LifecycleNode):
         now = time.monotonic()
         for group, heard_elsewhere, silent_when_idle in self._needed_inputs():
             lasts = {topic: self._last_input[topic] for topic in group if topic in self._last_input}
+            self._note_topics_in_use(lasts)
             if (not lasts or now - max([*lasts.values(), *heard_elsewhere]) <= limit  # one alternative is heard
                     or silent_when_idle and self._asr_on_graph(group)):  # or nobody speaks
                 self._silence_warned -= set(lasts)
                 continue
-            for topic, last in lasts.items():
+            named = [topic for topic in lasts if topic in self._topics_in_use] or list(lasts)
+            self._silence_warned -= set(lasts) - set(named)
+            for topic in named:
+                last = lasts[topic]
                 if topic not in self._silence_warned:
                     self._silence_warned.add(topic)
                     self.get_logger().warning(f"no message on {self.resolve_topic_name(topic)} for {now - last:.0f}s: "
                                               f"{self._why_silent(topic)}")
+
+    def _note_topics_in_use(self, topics) -> None:
+        """Remember the ``topics`` that have a publisher now: when their group falls silent, only the alternatives
+        that were in use are named (an ASR on transcript that died: not utterance and transcription as well, which
+        nobody meant to use); a group none of whose topics ever had one is named whole (wired nowhere)."""
+        for topic in set(topics) - self._topics_in_use:
+            try:
+                if self.count_publishers(topic):
+                    self._topics_in_use.add(topic)
+            except Exception:  # noqa: BLE001 - runs on a timer: it must never stop the executor
+                pass
 
     def _needed_inputs(self) -> list[tuple[list[str], list[float], bool]]:
         """The inputs the node needs, each as its alternative topics, when an input other than a topic last did the

@@ -203,10 +203,13 @@ def test_voices_that_speak_keep_the_transcript_topics_from_being_reported_silent
     time.sleep(2.0)  # anna stops speaking, four times input_timeout_s: the voices are still tracked
     assert h.node._silence_warned == set()
     h.client.destroy_publisher(h._pubs.pop("/humans/voices/tracked"))  # the voice tracker died: now they are missed
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 15  # on every transcript topic, none of which ever had a publisher
     while not h.node._silence_warned and time.monotonic() < deadline:
         time.sleep(0.1)
     assert h.node._silence_warned == {"transcript", "utterance", "transcription"}
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert {values[f"silent_why[{t}]"] for t in ("transcript", "utterance", "transcription")} == {
+        "no node publishes it (check the remapping)"}
 
 
 def test_the_locale_a_voice_is_heard_in_flags_its_answers(harness, tiny_text_checkpoint):
