@@ -24,9 +24,10 @@ TOPIC_ARGUMENTS = [  # (remapped name, launch argument, default, description)
     ("utterance", "utterance_topic", "/utterance", "ddvlm_msgs/Utterance transcripts with speaker and timing"),
     ("transcription", "whisper_topic", "/whisper/transcription", "whisper_msgs/Transcription from whisper_ros (read "
      "where whisper_msgs is installed)"),
-    ("image", "image_topic", "/camera/image_raw", "sensor_msgs/Image"),
-    ("image/compressed", "compressed_image_topic", "", "sensor_msgs/CompressedImage; '' = off (a camera that "
-     "publishes through image_transport JPEG-encodes every frame while its compressed topic has a subscriber)"),
+    ("image", "image_topic", "/camera/image_raw", "sensor_msgs/Image (subscribed only with a captioner)"),
+    ("image/compressed", "compressed_image_topic", "", "sensor_msgs/CompressedImage (subscribed only with a "
+     "captioner); '' = off (a camera that publishes through image_transport JPEG-encodes every frame while its "
+     "compressed topic has a subscriber)"),
     ("robot_speech", "robot_speech_topic", "/robot_speech", "std_msgs/String: what the robot says (the text it sends "
      "its TTS): context for the next human turn, no /emotion"),
     ("emotion", "emotion_topic", "/emotion", "ddvlm_msgs/EmotionDistribution output"),
