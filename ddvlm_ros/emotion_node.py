@@ -633,11 +633,8 @@ class EmotionNode(LifecycleNode):
         that were in use are named (an ASR on transcript that died: not utterance and transcription as well, which
         nobody meant to use); a group none of whose topics ever had one is named whole (wired nowhere)."""
         for topic in set(topics) - self._topics_in_use:
-            try:
-                if self.count_publishers(topic):
-                    self._topics_in_use.add(topic)
-            except Exception:  # noqa: BLE001 - runs on a timer: it must never stop the executor
-                pass
+            if self._publisher_types(topic, unreadable=[]):
+                self._topics_in_use.add(topic)
 
     def _needed_inputs(self) -> list[tuple[list[str], list[float], bool]]:
         """The inputs the node needs, each as its alternative topics, when an input other than a topic last did the
@@ -654,28 +651,34 @@ class EmotionNode(LifecycleNode):
         """Whether a node publishes one of the transcript ``topics`` with the type it takes, or, with ROS4HRI, the
         tracked voices: an ASR is there, and its silence means that nobody speaks (a robot in a quiet room), not
         a fault. A wrong remap, an ASR not started or one that died leaves no such publisher."""
+        if self._hri is not None and self._publisher_types(f"{VOICES}/tracked", unreadable=[]):
+            return True
+        return any(self._input_types.get(topic, "") in self._publisher_types(topic, unreadable=[]) for topic in topics)
+
+    def _publisher_types(self, topic: str, unreadable=None) -> list[str]:
+        """The type of each publisher of ``topic`` on the ROS graph; ``unreadable`` (e.g. []) instead of the
+        exception when the graph cannot be read (these run on a timer, which must never stop the executor)."""
         try:
-            if self._hri is not None and self.count_publishers(f"{VOICES}/tracked"):
-                return True
-            return any(p.topic_type == self._input_types.get(topic, "") for topic in topics
-                       for p in self.get_publishers_info_by_topic(self.resolve_topic_name(topic)))
-        except Exception:  # noqa: BLE001 - runs on a timer: it must never stop the executor (the WARN says the error)
-            return False
+            return [p.topic_type for p in self.get_publishers_info_by_topic(self.resolve_topic_name(topic))]
+        except Exception:  # noqa: BLE001 - rclpy raises several types here
+            if unreadable is None:
+                raise
+            return unreadable
 
     def _why_silent(self, topic: str) -> str:
         """What the ROS graph says about a silent input: no publisher, publishers of another type (a wrong
         remap, e.g. a compressed image topic on ``image``), or publishers of the right type that sent nothing."""
         expected = self._input_types.get(topic, "")
         try:
-            publishers = self.get_publishers_info_by_topic(self.resolve_topic_name(topic))
+            types = self._publisher_types(topic)
         except Exception as e:  # noqa: BLE001 - runs on the diagnostics timer: it must never stop the executor
             return f"the ROS graph could not be read ({type(e).__name__}: {e})"
-        if not publishers:
+        if not types:
             return "no node publishes it (check the remapping)"
-        wrong = sorted({p.topic_type for p in publishers if p.topic_type != expected})
+        wrong = sorted({t for t in types if t != expected})
         if wrong:
             return f"its publishers send {', '.join(wrong)}; this input takes {expected}"
-        return f"{len(publishers)} publisher(s) of {expected}, nothing received (QoS, or they are idle)"
+        return f"{len(types)} publisher(s) of {expected}, nothing received (QoS, or they are idle)"
 
     def _on_time_jump(self, jump) -> None:
         if self.pipeline is not None:
