@@ -56,7 +56,8 @@ def test_a_failed_row_reports_its_error_with_where_it_was_raised(tiny_text_check
 
 @pytest.mark.parametrize("bench, option", [("quantization.py", "--checkpoint"), ("asr_noise.py", "--model-dir"),
                                            ("ros_latency.py", "--model-dir"), ("asr_loops.py", "--model-dir"),
-                                           ("asr_partials.py", "--model-dir"), ("late_transcripts.py", "--model-dir")])
+                                           ("asr_partials.py", "--model-dir"), ("late_transcripts.py", "--model-dir"),
+                                           ("camera_cost.py", "--model-dir")])
 def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written(tmp_path, bench, option):
     out = tmp_path / "reports"
     extra = ["--report-dir", str(out)] if bench == "quantization.py" else []

@@ -221,3 +221,18 @@ def test_the_readme_quotes_what_one_speaker_for_every_turn_costs_from_the_speake
     readme = " ".join((repo / "README.md").read_text().split())
     assert f"the real speakers score WA-F1 {real:.2f} and every turn given to one speaker {one:.2f}" in readme
     assert f"WA-F1 {real:.2f} with MELD's speakers and {one:.2f} with every turn given to one speaker" in readme
+
+
+def test_the_readme_quotes_what_a_camera_costs_the_node_from_the_camera_cost_report():
+    """reports/camera_cost.json (python bench/camera_cost.py): the share of a core each node spends on a camera, and
+    that the node without a captioner took no frame."""
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    rows = json.loads((repo / "reports" / "camera_cost.json").read_text())["rows"]
+    with_one, without = (100 * rows[k]["cpu_share_of_a_core"] for k in ("captioning", "text_only"))
+    assert rows["text_only"]["frames_taken"] == 0 and rows["captioning"]["frames_taken"] > 0
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert (f"costs a node with a captioner {with_one:.1f} % of a core (it takes every frame) and one without "
+            f"{without:.1f} % (it does not subscribe the camera)") in readme
