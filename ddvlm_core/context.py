@@ -108,11 +108,15 @@ def asr_boilerplate(text: str) -> bool:
 
 
 def non_speech(text) -> bool:
-    """Whether a transcript holds nothing that was said, as Whisper writes it for silence, music or noise:
-    annotations only (``[BLANK_AUDIO]``, ``(upbeat music)``, ``♪``, ``*laughs*``, ``<noise>``), or a video outro or
-    subtitle credit only (``asr_boilerplate``). There is nothing to classify (no MELD utterance is either)."""
-    if not isinstance(text, str) or not text.strip():
+    """Whether a transcript holds nothing that was said: empty or blank (what many ASR wrappers publish when their
+    VAD fired on noise), or as Whisper writes it for silence, music or noise: annotations only (``[BLANK_AUDIO]``,
+    ``(upbeat music)``, ``♪``, ``*laughs*``, ``<noise>``), or a video outro or subtitle credit only
+    (``asr_boilerplate``). There is nothing to classify (no MELD utterance is either). Text that is not a string
+    (bytes) is no transcript at all: False, for the caller to reject."""
+    if not isinstance(text, str):
         return False
+    if not text.strip():
+        return True
     return _ANNOTATIONS.fullmatch(text) is not None or asr_boilerplate(text)
 
 

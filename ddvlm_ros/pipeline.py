@@ -119,7 +119,7 @@ class Stats:
     utterances: int = 0
     published: int = 0
     refined: int = 0
-    rejected: int = 0  # bad transcripts (empty, not UTF-8 ...)
+    rejected: int = 0  # bad transcripts (not UTF-8, not text ...)
     dropped_utterances: int = 0  # queue full
     dropped_at_stop: int = 0  # utterances still queued when the pipeline stopped (deactivate): never answered
     frames: int = 0
@@ -141,7 +141,7 @@ class Stats:
     conversations_forgotten: int = 0  # dropped from memory (idle, or the least recently active past the cap)
     speaker_tokens_reused: int = 0  # a 10th speaker in a conversation took the least recently heard one's token
     context_only: int = 0  # utterances of context_only_speakers: added to their dialogue, not classified
-    non_speech: int = 0  # transcripts of annotations only (Whisper's [BLANK_AUDIO], (music)): skipped, not utterances
+    non_speech: int = 0  # transcripts of no speech (empty, Whisper's [BLANK_AUDIO], (music)): skipped, not utterances
     unpunctuated: int = 0  # classified transcripts of 3+ words without sentence punctuation (flagged)
     unpunctuated_recent: RecentShare = field(default_factory=lambda: RecentShare(PUNCTUATION_WINDOW, PUNCTUATION_MIN))
     repetition_loops: int = 0  # classified transcripts in which the ASR looped (flagged transcript-repetition-loop)

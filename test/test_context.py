@@ -202,9 +202,9 @@ def test_what_whisper_writes_for_silence_is_not_speech_and_no_meld_utterance_is(
     silent = ["[BLANK_AUDIO]", " (upbeat music) ♪", "*laughs*", "<noise>", "Thanks for watching!",
               "Thank you for watching. Thank you for watching.", "Subtitles by the Amara.org community",
               "Please subscribe.", "Don't forget to like and subscribe!", "Untertitel im Auftrag des ZDF, 2017",
-              "ご視聴ありがとうございました", "시청해주셔서 감사합니다!", "(music) Thanks for watching."]
+              "ご視聴ありがとうございました", "시청해주셔서 감사합니다!", "(music) Thanks for watching.", "", "  \t"]
     said = ["Thank you.", "Thanks for watching my dog while I was away!", "Thanks for watching, Rachel.",
-            "I'll subscribe to your newsletter.", "Thanks for watching! Bye.", "Way. [laughs]", "you", "", "  "]
+            "I'll subscribe to your newsletter.", "Thanks for watching! Bye.", "Way. [laughs]", "you", b"Ross: hi"]
     assert [t for t in silent if not non_speech(t)] == [] and [t for t in said if non_speech(t)] == []
     assert [r.text for split in ("train", "dev", "test") for rows in dialogues(split).values() for r in rows
             if non_speech(r.text)] == []

@@ -472,12 +472,20 @@ def assert_alive(h, n_before):
 
 
 @pytest.mark.parametrize("text", ["", "   \t  ", "Ross:    "])
-def test_empty_or_blank_transcripts_are_skipped(harness, tiny_text_checkpoint, text):
+def test_empty_or_blank_transcripts_are_no_speech_counted_without_a_warning(harness, tiny_text_checkpoint, text):
+    """What an ASR wrapper publishes when its VAD fired on noise: nothing was said. It is counted with the
+    transcripts of no speech, as Whisper's [BLANK_AUDIO] is, not rejected with a WARN each time (a robot's log
+    filled with one per second of noise), and it is no turn of the dialogue."""
     h = harness(model_dir=tiny_text_checkpoint).start()
-    h.publish(String, "transcript", String(data=text))
+    warned = []
+    h.node.pipeline.log = lambda level, message: level != "info" and warned.append(message)
+    for _ in range(3):
+        h.publish(String, "transcript", String(data=text))
     h.settle()
-    assert h.received == [] and h.node.pipeline.stats.rejected == 1
+    stats = h.node.pipeline.stats
+    assert h.received == [] and (stats.non_speech, stats.rejected, stats.utterances) == (3, 0, 0) and warned == []
     assert_alive(h, 0)
+    assert [len(c.dialogue) for c in h.node.pipeline.conversations.values()] == [1]
 
 
 def test_huge_transcript_is_answered_with_a_truncation_flag(harness, tiny_text_checkpoint):
