@@ -47,6 +47,7 @@ LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversati
                           "context_only_speakers", "drop_self_echoes", "quote_speech",
                           "revise_answers", "asr_min_confidence")  # EmotionPipeline attributes
 CAMERA_TOPICS = ("image_topic", "compressed_image_topic")  # subscribed only when a captioner captions frames
+TRANSCRIPT_TOPICS = ("transcript_topic", "utterance_topic", "whisper_topic")  # any one is enough
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
@@ -642,7 +643,7 @@ class EmotionNode(LifecycleNode):
         their job too; nothing comes while nobody speaks), and camera frames only when a captioner would caption
         them (a camera streams)."""
         voices = [self._last_voice_speech] if self._hri is not None and self._last_voice_speech is not None else []
-        groups = [(("transcript_topic", "utterance_topic", "whisper_topic"), voices, True)]
+        groups = [(TRANSCRIPT_TOPICS, voices, True)]
         if self.captions_frames():
             groups.append((("image_topic", "compressed_image_topic"), [], False))
         return [([t for t in map(self._in_use, names) if t], heard, idle) for names, heard, idle in groups]
@@ -674,11 +675,20 @@ class EmotionNode(LifecycleNode):
         except Exception as e:  # noqa: BLE001 - runs on the diagnostics timer: it must never stop the executor
             return f"the ROS graph could not be read ({type(e).__name__}: {e})"
         if not types:
-            return "no node publishes it (check the remapping)"
+            return "no node publishes it (check the remapping)" + self._untracked_voices(topic)
         wrong = sorted({t for t in types if t != expected})
         if wrong:
             return f"its publishers send {', '.join(wrong)}; this input takes {expected}"
         return f"{len(types)} publisher(s) of {expected}, nothing received (QoS, or they are idle)"
+
+    def _untracked_voices(self, topic: str) -> str:
+        """With ROS4HRI, what a silent transcript input with no publisher adds: that the voices' speech is not read
+        either, as no node publishes the tracked voices (the voice tracker, often the one ASR, is not running)."""
+        if self._hri is None or topic not in map(self._in_use, TRANSCRIPT_TOPICS):
+            return ""
+        if self._publisher_types(f"{VOICES}/tracked", unreadable=[]):
+            return ""
+        return f"; nor does any node publish {VOICES}/tracked (ros4hri: true), so no voice's speech is read"
 
     def _on_time_jump(self, jump) -> None:
         if self.pipeline is not None:

@@ -209,7 +209,8 @@ def test_voices_that_speak_keep_the_transcript_topics_from_being_reported_silent
     assert h.node._silence_warned == {"transcript", "utterance", "transcription"}
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert {values[f"silent_why[{t}]"] for t in ("transcript", "utterance", "transcription")} == {
-        "no node publishes it (check the remapping)"}
+        "no node publishes it (check the remapping); nor does any node publish /humans/voices/tracked (ros4hri: "
+        "true), so no voice's speech is read"}
 
 
 def test_the_locale_a_voice_is_heard_in_flags_its_answers(harness, tiny_text_checkpoint):
