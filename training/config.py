@@ -179,9 +179,6 @@ class TrainConfig:
         if self.cache_frozen_layers and not (self.text_mode == "lora" and self.lora_layers and min(self.lora_layers)):
             raise ValueError("cache_frozen_layers needs text_mode: lora with lora_layers above layer 0 (the layers "
                              "below the lowest adapted one are cached)")
-        if self.punctuation_dropout and self.cache_frozen_layers:
-            raise ValueError("punctuation_dropout changes the input of the frozen layers that cache_frozen_layers "
-                             "caches once: use one or the other")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.sd_select not in SD_SELECT:

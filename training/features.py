@@ -103,13 +103,17 @@ class LayerStates:
     def __post_init__(self):
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.lengths.cumsum(0)])
 
-    def batch(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(states (B, T, H) right-padded with zeros, attention_mask (B, T), mask_index (B,)) of prompts ``idx``."""
-        rows = [self.values[self.offsets[i]:self.offsets[i + 1]] for i in idx]
+    def batch(self, idx: list[int], instead: LayerStates | None = None,
+              use: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(states (B, T, H) right-padded with zeros, attention_mask (B, T), mask_index (B,)) of prompts ``idx``;
+        where ``use`` (bool (B,)) holds, prompt ``idx[k]``'s states in ``instead``, the same prompts written
+        otherwise (punctuation_dropout: as an ASR without punctuation writes them)."""
+        sources = [instead if use is not None and use[k] else self for k in range(len(idx))]
+        rows = [src.values[src.offsets[i]:src.offsets[i + 1]] for src, i in zip(sources, idx)]
         states = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        lengths = self.lengths[idx]
+        lengths = torch.stack([src.lengths[i] for src, i in zip(sources, idx)])
         mask = (torch.arange(states.shape[1])[None, :] < lengths[:, None]).long()
-        return states, mask, self.mask_index[idx]
+        return states, mask, torch.stack([src.mask_index[i] for src, i in zip(sources, idx)])
 
 
 @torch.inference_mode()

@@ -370,10 +370,10 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
             start = min(cfg.lora_layers)
             states = rank0_first(lambda: {s: cached_layer_states(model.text, data[s], tok.pad_token_id, start,
                                                                  cfg.feature_cache, path, cfg.eval_batch_size,
-                                                                 device, log) for s in SPLITS})
+                                                                 device, log) for s in splits})
 
-            def logits(m, split, idx, plain=None):  # no punctuation_dropout here (TrainConfig.validate)
-                x, mask, index = (t.to(device) for t in states[split].batch(idx))
+            def logits(m, split, idx, plain=None):
+                x, mask, index = (t.to(device) for t in states[split].batch(idx, states.get(UNPUNCTUATED), plain))
                 with autocast:
                     return m.classify(m.encode_from_layer(x, mask, index, start)).float()
         else:
