@@ -645,7 +645,7 @@ class EmotionNode(LifecycleNode):
         voices = [self._last_voice_speech] if self._hri is not None and self._last_voice_speech is not None else []
         groups = [(TRANSCRIPT_TOPICS, voices, True)]
         if self.captions_frames():
-            groups.append((("image_topic", "compressed_image_topic"), [], False))
+            groups.append((CAMERA_TOPICS, [], False))
         return [([t for t in map(self._in_use, names) if t], heard, idle) for names, heard, idle in groups]
 
     def _asr_on_graph(self, topics: list[str]) -> bool:
