@@ -652,9 +652,13 @@ class EmotionNode(LifecycleNode):
         """Whether a node publishes one of the transcript ``topics`` with the type it takes, or, with ROS4HRI, the
         tracked voices: an ASR is there, and its silence means that nobody speaks (a robot in a quiet room), not
         a fault. A wrong remap, an ASR not started or one that died leaves no such publisher."""
-        if self._hri is not None and self._publisher_types(f"{VOICES}/tracked", unreadable=[]):
+        if self._voices_tracked():
             return True
         return any(self._input_types.get(topic, "") in self._publisher_types(topic, unreadable=[]) for topic in topics)
+
+    def _voices_tracked(self) -> bool:
+        """With ROS4HRI, whether a node publishes the tracked voices (the voice tracker, often the one ASR)."""
+        return self._hri is not None and bool(self._publisher_types(f"{VOICES}/tracked", unreadable=[]))
 
     def _publisher_types(self, topic: str, unreadable=None) -> list[str]:
         """The type of each publisher of ``topic`` on the ROS graph; ``unreadable`` (e.g. []) instead of the
@@ -684,9 +688,7 @@ class EmotionNode(LifecycleNode):
     def _untracked_voices(self, topic: str) -> str:
         """With ROS4HRI, what a silent transcript input with no publisher adds: that the voices' speech is not read
         either, as no node publishes the tracked voices (the voice tracker, often the one ASR, is not running)."""
-        if self._hri is None or topic not in map(self._in_use, TRANSCRIPT_TOPICS):
-            return ""
-        if self._publisher_types(f"{VOICES}/tracked", unreadable=[]):
+        if self._hri is None or topic not in map(self._in_use, TRANSCRIPT_TOPICS) or self._voices_tracked():
             return ""
         return f"; nor does any node publish {VOICES}/tracked (ros4hri: true), so no voice's speech is read"
 
