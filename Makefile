@@ -33,13 +33,15 @@ demo: setup
 	$(PY) -m ddvlm_ros.replay data/sample_bag --speed 4 --live \
 		--report reports/replay_demo.md --title "make demo: sample bag through the emotion node"
 
+# One pytest-xdist worker per core of CI's 2 (each test runs in one of them, on its own ROS domain: test/conftest.py)
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q test
+	$(PY) -m pytest -q test -n $(TEST_WORKERS)
 
 # The tests that need no ROS 2, on a Python that PyPI has no ROS wheels for:
 #   make test-without-ros PYTHON=python3.10 VENV=.venv-py310 ROS_PYPI=
 test-without-ros: $(VENV)/.deps assets
-	$(PY) -m pytest -q test --without-ros
+	$(PY) -m pytest -q test -n $(TEST_WORKERS) --without-ros
 
 clean:
 	rm -rf build .cache *.egg-info

@@ -15,7 +15,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # stays multicast: limited to localhost, Fast DDS probes the first few participant ids only, and a suite's many
 # participants then stop finding each other.
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# pytest-xdist's workers (`make test` runs one per core) inherit the run's domain: each takes its own, spread over
+# 1..100, or one worker's nodes would answer the other's tests (and be the publishers its silence checks look for)
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKER:
+    spread = int(WORKER.removeprefix("gw")) * (100 // WORKERS)
+    os.environ["ROS_DOMAIN_ID"] = str(1 + (int(os.environ["ROS_DOMAIN_ID"]) - 1 + spread) % 100)
+# ... and share the cores: each computes on its share
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 from ddvlm_core.assets import MINILM, MPNET, resolve_model  # noqa: E402
 
