@@ -133,6 +133,20 @@ def unpunctuated(text: str, min_words: int = UNPUNCTUATED_MIN_WORDS) -> bool:
     return len(text.split()) >= min_words and not any(c in SENTENCE_PUNCTUATION for c in text)
 
 
+_WORD_CHARACTER = re.compile(r"\w")
+
+
+def end_sentence(text: str) -> str:
+    """``text`` with a full stop after it when it has a word but none of ``SENTENCE_PUNCTUATION``, else as it is:
+    a turn of an ASR that does not punctuate, ended as MELD's subtitles end nearly all of theirs (. ! ? ...). The
+    model then reads where each turn ends; which mark it was (an exclamation mark carries emotion) cannot be told
+    from the words. ``EmotionRecognizer.end_unpunctuated_turns`` (the node's parameter of that name) writes the
+    turns of its prompts so (reports/turn_ends.md)."""
+    if any(c in SENTENCE_PUNCTUATION for c in text) or not _WORD_CHARACTER.search(text):
+        return text
+    return text.rstrip() + "."
+
+
 # An ASR repetition loop: Whisper, on noise or when its own previous text misleads it, repeats a word or a sentence
 # until its 30 s window ends ("Thank you. Thank you. ..." 40 times; its transcribe() retries a window whose text
 # compresses more than 2.4 times, other wrappers do not). People repeat themselves too: MELD's utterances repeat a

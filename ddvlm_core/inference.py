@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable, Sequence
 
 import torch
 
 from ddvlm_core.calibration import describe as describe_calibration
 from ddvlm_core.captioner import Caption, filter_emotion_words
-from ddvlm_core.context import (REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, Dialogue, PromptBuilder, Turn, make_turns,
-                                speaker_and_text, unpunctuated)
+from ddvlm_core.context import (REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, Dialogue, PromptBuilder, Turn, end_sentence,
+                                make_turns, speaker_and_text, unpunctuated)
 from ddvlm_core.labels import LABELS
 from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
 from ddvlm_core.model import DDVLM, cuda_graph_skips, probabilities
@@ -77,6 +77,8 @@ class EmotionRecognizer:
         self.trained_captioner = ""  # the captioner id whose captions trained the visual branch ("" unknown)
         self.cuda_graph_skips: list[str] = []  # why the last warm_up ran compiled graphs without CUDA graphs
         self.calibration = describe_calibration(model.config, None)  # what the confidence is (diagnostics)
+        # prompts end each turn that has no punctuation with a full stop (an ASR that does not punctuate: end_sentence)
+        self.end_unpunctuated_turns = False
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike, device: str = "cpu", load_caption_embedder: bool = True,
@@ -157,7 +159,7 @@ class EmotionRecognizer:
         if not contexts:
             return []
         turns = [as_turns(c) for c in contexts]
-        prompts = [self.prompts.build(t) for t in turns]
+        prompts = [self.prompts.build(self.prompt_turns(t)) for t in turns]
         ids, mask = collate_prompts([p.input_ids for p in prompts], self.tokenizer.pad_token_id)
         text = self.model.text(ids.to(self.device), mask.to(self.device))
         cap_texts, sources, flags = zip(*(self._caption(c) for c in captions))
@@ -186,6 +188,13 @@ class EmotionRecognizer:
                 float(probs[i, top]), MODALITY_TEXT_VISUAL if bool(use[i]) else MODALITY_TEXT,
                 prompt.speaker_token, cap_texts[i], sources[i], f))
         return out
+
+    def prompt_turns(self, turns: list[Turn]) -> list[Turn]:
+        """The turns as the prompt writes them: as given, or with ``end_unpunctuated_turns`` each turn without
+        punctuation ended with a full stop (``end_sentence``). The flags read the turns as given."""
+        if not self.end_unpunctuated_turns:
+            return turns
+        return [replace(t, text=end_sentence(t.text)) for t in turns]
 
     def _caption(self, caption: str | Caption | None) -> tuple[str, str, tuple[str, ...]]:
         """(usable caption text or "", source, flags)."""

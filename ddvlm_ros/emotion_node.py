@@ -45,7 +45,8 @@ TIME_JUMP_BACK_S = 1.0  # ROS time going back more than this (a bag played again
 NO_FINAL_WARN_S = 30.0  # utterance messages this long, none final: WARN that only final ones are classified
 LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversations",
                           "context_only_speakers", "drop_self_echoes", "quote_speech",
-                          "revise_answers", "asr_min_confidence")  # EmotionPipeline attributes
+                          "revise_answers", "asr_min_confidence",
+                          "end_unpunctuated_turns")  # EmotionPipeline attributes
 CAMERA_TOPICS = ("image_topic", "compressed_image_topic")  # subscribed only when a captioner captions frames
 TRANSCRIPT_TOPICS = ("transcript_topic", "utterance_topic", "whisper_topic")  # any one is enough
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
@@ -198,7 +199,7 @@ class EmotionNode(LifecycleNode):
             caption_timeout_s=self.p("caption_timeout_s"), log=self._log, clock=self._now,
             context_only_speakers=self.p("context_only_speakers"), drop_self_echoes=self.p("drop_self_echoes"),
             quote_speech=self.p("quote_speech"), revise_answers=self.p("revise_answers"),
-            asr_min_confidence=self.p("asr_min_confidence"),
+            asr_min_confidence=self.p("asr_min_confidence"), end_unpunctuated_turns=self.p("end_unpunctuated_turns"),
             thread_setup={"inference": cpu_threads_setup(self.p("cpu_threads")), "caption": cpu_threads_setup(1)})
         self._ensure_diagnostics()
         self.get_logger().info(f"configured: model {self.model_name}, quantization {self.quantization}, "

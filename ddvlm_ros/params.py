@@ -120,6 +120,10 @@ PARAMS: tuple[Param, ...] = (
           "transcript is below this (LiveSpeech.confidence, Utterance.confidence, a JSON result's confidence or the "
           "mean of its words' conf); a transcript without a confidence is not flagged; 0 = never",
           at_least=0.0, at_most=1.0, applies="now"),
+    Param("end_unpunctuated_turns", "auto", "end each turn without punctuation with a full stop in the model's "
+          "prompt, as MELD's subtitles end theirs (the model then scores higher on an ASR that does not punctuate: "
+          "reports/turn_ends.md): auto = while half of the latest transcripts of 3+ words have no punctuation, "
+          "always, never", choices=("auto", "always", "never"), applies="now"),
     Param("quote_speech", True, "quote people's words (60 characters at most) in the log and /diagnostics when "
           "the node reports what the ASR did to them (a repetition loop, an echo of the robot, a partial result); "
           "false: how many words only, for studies whose participants' speech must not reach the log files "

@@ -37,6 +37,7 @@ ROBOT_SPEAKER = "robot"  # speaker id of what the robot says (the node's robot_s
 CLOCK_SKEW_S = 1.0  # frames stamped further than this from the node's clock on arrival come from another clock
 PUNCTUATION_WINDOW = 20  # the latest classified transcripts of 3+ words whose punctuation is watched
 PUNCTUATION_MIN = 10  # of them, before the node judges; half of them without punctuation: the ASR does not punctuate
+TURN_ENDS = ("auto", "always", "never")  # end_unpunctuated_turns: auto = while the ASR does not punctuate
 RATE_SLACK = 0.1  # share of a frame period by which two kept frames may be closer (stamp jitter): see FrameBuffer
 LANGUAGE_WINDOW = 20  # the latest classified transcripts whose language is watched
 LANGUAGE_MIN = 10  # of them, before the node judges; half of them not in English: the speech is not English
@@ -295,7 +296,7 @@ class EmotionPipeline:
                  thread_setup: dict[str, Callable[[], None]] | None = None,
                  clock: Callable[[], float] = time.monotonic, context_only_speakers: str = "",
                  drop_self_echoes: bool = False, quote_speech: bool = True, revise_answers: bool = True,
-                 asr_min_confidence: float = 0.0):
+                 asr_min_confidence: float = 0.0, end_unpunctuated_turns: str = "never"):
         self.recognizer, self.publish, self.captioner = recognizer, publish, captioner
         self.decode_frame, self.log = decode_frame, log
         self.max_turns, self.idle_timeout_s = max_turns, idle_timeout_s
@@ -326,6 +327,25 @@ class EmotionPipeline:
         self.quote_speech = quote_speech  # people's words in logs and diagnostics (False: how many words only)
         self.revise_answers = revise_answers  # answer again the turns a late transcript goes before
         self.asr_min_confidence = asr_min_confidence  # a transcript the ASR gave less confidence is flagged
+        self.end_unpunctuated_turns = end_unpunctuated_turns  # TURN_ENDS: prompts end turns without punctuation
+
+    @property
+    def end_unpunctuated_turns(self) -> str:
+        return self._turn_ends
+
+    @end_unpunctuated_turns.setter
+    def end_unpunctuated_turns(self, mode: str) -> None:
+        if mode not in TURN_ENDS:
+            raise ValueError(f"end_unpunctuated_turns must be one of {TURN_ENDS}, got {mode!r}")
+        self._turn_ends = mode
+        self._end_turns()
+
+    def _end_turns(self) -> None:
+        """Have the recognizer end each turn without punctuation with a full stop in its prompts
+        (``EmotionRecognizer.end_unpunctuated_turns``): always, never, or (auto) while the ASR does not punctuate
+        (``asr_unpunctuated``), which a transcript that keeps MELD's punctuation never turns on."""
+        mode = self._turn_ends
+        self.recognizer.end_unpunctuated_turns = mode == "always" or (mode == "auto" and self.asr_unpunctuated())
 
     def quote(self, text: str) -> str:
         """What a person said, as the log and the diagnostics show it: quoted (QUOTE_CHARS characters at most) while
@@ -685,10 +705,15 @@ class EmotionPipeline:
             return
         missing = UNPUNCTUATED_FLAG in flags
         self.stats.unpunctuated += missing
-        if self.stats.unpunctuated_recent.add(missing):
+        started = self.stats.unpunctuated_recent.add(missing)
+        self._end_turns()
+        if started:
+            ended = (" The prompts now end each turn without punctuation with a full stop (end_unpunctuated_turns: "
+                     "auto), which wins some of it back (reports/turn_ends.md).") if self._turn_ends == "auto" else ""
             self.log("warn", f"{self.punctuation_summary()}: the transcripts come without punctuation, and the "
                              "model, trained on punctuated subtitles, scores far lower on such text "
-                             "(reports/replay_asr_noise.md): use an ASR that punctuates, or restore punctuation")
+                             "(reports/replay_asr_noise.md): use an ASR that punctuates, or restore punctuation."
+                             + ended)
 
     def asr_unpunctuated(self) -> bool:
         """Whether at least half of the latest transcripts of 3+ words (PUNCTUATION_MIN of them at least) have
@@ -698,8 +723,10 @@ class EmotionPipeline:
     def punctuation_summary(self) -> str:
         """'k of the latest n transcripts of 3+ words have no punctuation' ('' before any)."""
         missing, n = self.stats.unpunctuated_recent.counts()
+        ended = "; the prompts end their turns with a full stop" if getattr(
+            self.recognizer, "end_unpunctuated_turns", False) else ""
         return (f"{missing} of the latest {n} transcripts of {UNPUNCTUATED_MIN_WORDS}+ words "
-                "have no punctuation") if n else ""
+                f"have no punctuation{ended}") if n else ""
 
     def _watch_language(self, turn: Turn, flags: tuple[str, ...]) -> None:
         """Count a transcript that is not English (its answer's ``flags`` say so; ``ddvlm_core.language`` says

@@ -57,7 +57,7 @@ def test_a_failed_row_reports_its_error_with_where_it_was_raised(tiny_text_check
 @pytest.mark.parametrize("bench, option", [("quantization.py", "--checkpoint"), ("asr_noise.py", "--model-dir"),
                                            ("ros_latency.py", "--model-dir"), ("asr_loops.py", "--model-dir"),
                                            ("asr_partials.py", "--model-dir"), ("late_transcripts.py", "--model-dir"),
-                                           ("camera_cost.py", "--model-dir")])
+                                           ("camera_cost.py", "--model-dir"), ("turn_ends.py", "--model-dir")])
 def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written(tmp_path, bench, option):
     out = tmp_path / "reports"
     extra = ["--report-dir", str(out)] if bench == "quantization.py" else []
@@ -229,3 +229,58 @@ def test_the_speaker_tokens_bench_scores_both_ways_on_the_same_utterances(tmp_pa
     cos = result["speaker_token_cosine_s1_s9"]
     assert -1 <= cos["min"] <= cos["max"] <= 1
     assert "| real speakers |" in out.read_text() and result["dialogues"] == 2
+
+
+def test_the_turn_ends_bench_scores_each_writing_of_the_same_utterances(tmp_path, tiny_text_checkpoint):
+    """bench/turn_ends.py on a tiny checkpoint and the first 12 utterances of MELD dev: a row per writing, each
+    scored on the same 12 (the last two unpunctuated), the Markdown from the JSON."""
+    from ddvlm_core.asr_noise import unpunctuate
+    from ddvlm_core.context import end_sentence
+    from ddvlm_core.labels import LABELS
+    from ddvlm_core.metrics import metrics
+
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "bench/turn_ends.py", "--splits", "dev", "--limit", "12", "--model-dir",
+                           tiny_text_checkpoint, "--report-dir", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "turn_ends.json").read_text())
+    assert [(r["unpunctuated"], r["turns_ended"], r["n"]) for r in report["rows"]] == [
+        (False, False, 12), (True, False, 12), (True, True, 12)]
+    bench = load_bench("turn_ends")
+    contexts, gold, dialogues = bench.contexts_of("dev", unpunctuated=True, limit=12)
+    assert contexts[1] == [(s, unpunctuate(t)) for s, t in bench.contexts_of("dev", False, 12)[0][1]]
+    assert dialogues == [0] * 2 + [1] * 10  # dev's dialogue 0 has 2 utterances, 1 has 16
+    paired = report["rows"][2]["against_read_as_it_is"]
+    assert paired["difference"] == pytest.approx(report["rows"][2]["wa_f1"] - report["rows"][1]["wa_f1"])
+    assert paired["unit"] == "utterance"  # 2 dialogues are too few to resample
+    from ddvlm_core.inference import EmotionRecognizer
+
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    ended = [[(s, end_sentence(t)) for s, t in c] for c in contexts]  # written so, read by a recognizer as it is
+    wa_f1 = metrics(gold, [LABELS.index(p.top_label) for p in rec.predict_many(ended)])["wa_f1"]
+    assert report["rows"][2]["wa_f1"] == pytest.approx(wa_f1)
+    markdown = bench.markdown(report["rows"], report["command"], report["model_dir"])
+    assert (out / "turn_ends.md").read_text() == markdown
+
+
+def test_the_readme_quotes_what_ending_the_turns_wins_from_the_turn_ends_report():
+    """reports/turn_ends.json (python bench/turn_ends.py): the WA-F1s the README gives where it says that the node
+    ends the turns of an ASR that does not punctuate."""
+    report = json.loads((REPO / "reports" / "turn_ends.json").read_text())
+    assert report["command"] == "python bench/turn_ends.py"  # both splits, every utterance
+    wa_f1 = {(r["split"], r["unpunctuated"], r["turns_ended"]): f"{r['wa_f1']:.2f}" for r in report["rows"]}
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert (f"On MELD test that is WA-F1 {wa_f1['test', True, True]} against {wa_f1['test', True, False]} read as it "
+            f"is ({wa_f1['test', False, False]} in MELD's text; dev: {wa_f1['dev', True, True]} against "
+            f"{wa_f1['dev', True, False]})") in readme
+    dev, test = (r["against_read_as_it_is"] for r in report["rows"] if r["turns_ended"])
+    ece = {r["turns_ended"]: f"{r['ece']:.2f}" for r in report["rows"] if r["split"] == "test" and r["unpunctuated"]}
+    assert (f"a gain of {test['difference']:+.2f} whose 95 % interval over test's dialogues, {test['low']:.2f} to "
+            f"{test['high']:.2f}, still holds 0 (dev: {dev['difference']:+.2f}, {dev['low']:.2f} to "
+            f"{dev['high']:.2f}), "
+            f"with a better calibrated confidence on both (ECE {ece[True]} % against {ece[False]} % on test)") in readme
+    assert test["low"] <= 0 < dev["low"]  # what "still holds 0" says of test, and the dev interval does not
+    for split in ("dev", "test"):  # "better calibrated on both"
+        read, ended = (r["ece"] for r in report["rows"] if r["split"] == split and r["unpunctuated"])
+        assert ended < read

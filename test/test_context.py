@@ -252,3 +252,13 @@ def test_a_cut_loop_reaches_the_model_as_three_repeats_and_the_answer_says_so(mp
     p_looped, p_three = rec.predict_batch([looped, three])
     assert p_looped.probabilities == pytest.approx(p_three.probabilities, abs=1e-6)
     assert p_looped.flags == ("transcript-repetition-loop",) and p_three.flags == ()
+
+
+def test_a_turn_without_punctuation_is_ended_with_a_full_stop_and_any_other_is_kept():
+    from ddvlm_core.context import end_sentence
+
+    assert end_sentence("i got the job") == "i got the job."
+    assert end_sentence("oh my god  ") == "oh my god."  # 1 or 2 words too: every turn ends
+    assert end_sentence("yeah") == "yeah."
+    for kept in ("I got the job!", "Well, maybe", "you did what?", "wait…", "", "   ", "♪"):
+        assert end_sentence(kept) == kept  # punctuated somewhere, or no word to end

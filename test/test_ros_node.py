@@ -221,7 +221,14 @@ def test_transcripts_without_punctuation_are_flagged_and_diagnosed(harness, tiny
     values = {kv.key: kv.value for kv in status.values}
     assert status.level == b"\x01"
     assert status.message == "transcripts without punctuation (see transcripts_unpunctuated)"
-    assert values["transcripts_unpunctuated"] == "10 of the latest 11 transcripts of 3+ words have no punctuation"
+    assert values["transcripts_unpunctuated"] == ("10 of the latest 11 transcripts of 3+ words have no punctuation; "
+                                                  "the prompts end their turns with a full stop")  # auto: the default
+    assert h.node.recognizer.end_unpunctuated_turns
+    from rclpy.parameter import Parameter
+
+    assert h.node.set_parameters([Parameter("end_unpunctuated_turns", value="never")])[0].successful
+    assert not h.node.recognizer.end_unpunctuated_turns  # at once
+    assert not h.node.set_parameters([Parameter("end_unpunctuated_turns", value="sometimes")])[0].successful
 
 
 def test_an_asr_that_hears_the_robot_is_diagnosed(harness, tiny_text_checkpoint):

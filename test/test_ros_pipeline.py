@@ -650,9 +650,47 @@ def test_an_asr_that_does_not_punctuate_is_flagged_and_said_once(tiny_text_check
     assert logged == [("warn", "10 of the latest 20 transcripts of 3+ words have no punctuation: the transcripts "
                                "come without punctuation, and the model, trained on punctuated subtitles, scores far "
                                "lower on such text (reports/replay_asr_noise.md): use an ASR that punctuates, or "
-                               "restore punctuation")]
+                               "restore punctuation.")]
     answer(pipe, [utt(f"Now {k} with punctuation, again.") for k in range(12)])
     assert not pipe.asr_unpunctuated() and len(logged) == 1
+    assert not rec.end_unpunctuated_turns  # the pipeline's default: never
+
+
+@pytest.mark.parametrize("mode", ["auto", "always", "never"])
+def test_turns_without_punctuation_are_ended_in_the_prompt_once_the_asr_is_found_not_to_punctuate(
+        tiny_text_checkpoint, mode):
+    """end_unpunctuated_turns: auto ends each turn without punctuation with a full stop in the prompt from the
+    answer after the one that showed the ASR does not punctuate (half of the latest 10+), and stops when the ASR
+    punctuates again; always from the first answer; never. Each answer is the one a recognizer that ends nothing
+    gives the dialogue written with the full stops (or without)."""
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    reference = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    logged = []
+    pipe = EmotionPipeline(rec, (results := []).append, end_unpunctuated_turns=mode,
+                           log=lambda level, text: logged.append((level, text)))
+    plain = [f"i have {k} things to say" for k in range(13)]
+    answer(pipe, [utt(t) for t in plain])
+
+    def expected(k, ended):
+        return reference.predict([("a", t + "." if ended else t) for t in plain[:k + 1]]).probabilities
+
+    ended_from = {"auto": 10, "always": 0, "never": len(plain)}[mode]  # the 10th answer shows it: the 11th is ended
+    for k, result in enumerate(results):
+        torch.testing.assert_close(torch.tensor(result.prediction.probabilities),
+                                   torch.tensor(expected(k, k >= ended_from)), rtol=0, atol=1e-5)
+    assert torch.tensor(expected(12, True)).sub(torch.tensor(expected(12, False))).abs().max() > 1e-4  # it shows
+    assert rec.end_unpunctuated_turns is (mode != "never")
+    assert pipe.punctuation_summary().endswith("have no punctuation" + (
+        "; the prompts end their turns with a full stop" if mode != "never" else ""))
+    assert logged[0][1].endswith("which wins some of it back (reports/turn_ends.md).") is (mode == "auto")
+    answer(pipe, [utt(f"Now {k} with punctuation, again.") for k in range(14)])
+    assert rec.end_unpunctuated_turns is (mode == "always")  # auto: the ASR punctuates again
+    with pytest.raises(ValueError, match="end_unpunctuated_turns must be one of"):
+        pipe.end_unpunctuated_turns = "sometimes"
+    from ddvlm_ros.params import PARAMS_BY_NAME
+    from ddvlm_ros.pipeline import TURN_ENDS
+
+    assert PARAMS_BY_NAME["end_unpunctuated_turns"].choices == TURN_ENDS  # the node's parameter allows these
 
 
 def test_speech_in_another_language_is_flagged_and_said_once(tiny_text_checkpoint):
