@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from ddvlm_core.captioner import Caption
 from ddvlm_core.context import Dialogue
@@ -128,7 +129,7 @@ def test_the_readme_python_example_runs_on_the_embedded_default_and_prints_what_
     monkeypatch.chdir(repo)
     namespace = {"__name__": "readme_example"}
     exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - our own README
-    first, second, third = capsys.readouterr().out.splitlines()
+    first, second, third, fourth = capsys.readouterr().out.splitlines()
     prediction, batch = namespace["prediction"], namespace["batch"]
     assert first == f"<s2> {prediction.top_label} {prediction.confidence:.2f} text"  # Rachel: the second speaker
     shown = ast.literal_eval(second)  # the dict the example printed
@@ -137,3 +138,10 @@ def test_the_readme_python_example_runs_on_the_embedded_default_and_prints_what_
     assert [p.speaker_token for p in batch] == ["<s1>", "<s2>"]
     assert batch[1].probabilities == pytest.approx(prediction.probabilities, abs=1e-5)  # batched = alone
     assert third == "('transcript-not-english',)"
+    assert fourth == "('transcript-unpunctuated',)"  # flagged as written; read with the full stop: the logits of
+    recognizer, config = namespace["recognizer"], namespace["recognizer"].model.config  # "i got the job."
+    ended = torch.tensor(recognizer.predict([("Ross", "i got the job")]).probabilities).log()
+    recognizer.end_unpunctuated_turns = False
+    plain = torch.tensor(recognizer.predict([("Ross", "i got the job.")]).probabilities).log()
+    logits = [ended * config.unpunctuated_temperature, plain * config.text_temperature]  # each at its temperature
+    torch.testing.assert_close(*(x - x.mean() for x in logits), rtol=0, atol=1e-4)
