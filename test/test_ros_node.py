@@ -1057,6 +1057,9 @@ def test_an_unused_alternative_input_is_not_reported_silent(harness, tiny_text_c
         time.sleep(0.1)
     time.sleep(1.5)  # the silence checks after the first (each second)
     assert h.node._silence_warned == {"transcript"}
+    # the 8 answers' latencies are not what this test is about: on a loaded machine (CI's two test processes) one
+    # took 1.5 s, and 'slow: p90 latency' outranks the silence in the status message
+    h.node.pipeline.stats.latencies_ms.clear()
     status = h.node.diagnostic_status()
     values = {kv.key: kv.value for kv in status.values}
     assert status.message == "no input on transcript"
