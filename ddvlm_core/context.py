@@ -142,7 +142,7 @@ def end_sentence(text: str) -> str:
     model then reads where each turn ends; which mark it was (an exclamation mark carries emotion) cannot be told
     from the words. ``EmotionRecognizer.end_unpunctuated_turns`` (the node's parameter of that name) writes the
     turns of its prompts so (reports/turn_ends.md)."""
-    if any(c in SENTENCE_PUNCTUATION for c in text) or not _WORD_CHARACTER.search(text):
+    if not unpunctuated(text, min_words=1) or not _WORD_CHARACTER.search(text):
         return text
     return text.rstrip() + "."
 

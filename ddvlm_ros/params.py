@@ -19,6 +19,7 @@ WOQ_KERNELS = ("auto", "int8pack", "decompress", "dequant")  # ddvlm_core.quanti
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
                  "cudagraphs")  # ddvlm_core.model's
 DEVICE = r"cpu|cuda(:\d+)?"
+TURN_ENDS = ("auto", "always", "never")  # end_unpunctuated_turns: auto = while the ASR punctuates nothing
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ PARAMS: tuple[Param, ...] = (
     Param("end_unpunctuated_turns", "auto", "end each turn without punctuation with a full stop in the model's "
           "prompt, as MELD's subtitles end theirs (the model then scores higher on an ASR that does not punctuate: "
           "reports/turn_ends.md): auto = while half of the latest transcripts of 3+ words have no punctuation, "
-          "always, never", choices=("auto", "always", "never"), applies="now"),
+          "always, never", choices=TURN_ENDS, applies="now"),
     Param("quote_speech", True, "quote people's words (60 characters at most) in the log and /diagnostics when "
           "the node reports what the ASR did to them (a repetition loop, an echo of the robot, a partial result); "
           "false: how many words only, for studies whose participants' speech must not reach the log files "

@@ -31,13 +31,13 @@ from ddvlm_core.language import NOT_ENGLISH_FLAG, not_english
 from ddvlm_core.partial_results import PARTIAL_FLAG, is_partial_of
 from ddvlm_core.self_echo import SELF_ECHO_FLAG, echoed_turn
 from ddvlm_core.tts_markup import strip_tts_markup
+from ddvlm_ros.params import TURN_ENDS
 
 DEFAULT_CONVERSATION = "default"
 ROBOT_SPEAKER = "robot"  # speaker id of what the robot says (the node's robot_speech input)
 CLOCK_SKEW_S = 1.0  # frames stamped further than this from the node's clock on arrival come from another clock
 PUNCTUATION_WINDOW = 20  # the latest classified transcripts of 3+ words whose punctuation is watched
 PUNCTUATION_MIN = 10  # of them, before the node judges; half of them without punctuation: the ASR does not punctuate
-TURN_ENDS = ("auto", "always", "never")  # end_unpunctuated_turns: auto = while the ASR does not punctuate
 RATE_SLACK = 0.1  # share of a frame period by which two kept frames may be closer (stamp jitter): see FrameBuffer
 LANGUAGE_WINDOW = 20  # the latest classified transcripts whose language is watched
 LANGUAGE_MIN = 10  # of them, before the node judges; half of them not in English: the speech is not English
