@@ -7,9 +7,11 @@ without punctuation (an ASR that does not punctuate) at WER 0 / 20 %.
 For each row a MELD test bag is written with seeded word substitutions, deletions and insertions
 (``python -m ddvlm_ros.bag --asr-noise``; ``--asr-no-punctuation`` for the unpunctuated rows), its utterances
 are read back and evaluated with the same contexts the node builds (the replay evaluator's metrics equal these
-on the same utterances, tested in test/test_bag_replay.py). The measured WER leaves case and punctuation out
-(both texts ``unpunctuate``d), as ASR evaluations do. Writes replay_asr_noise.md and .json to reports/ (or
-``--report-dir``).
+on the same utterances, tested in test/test_bag_replay.py), each turn read as it is: the unpunctuated rows are
+the node's with ``end_unpunctuated_turns: never`` (its default, ``auto``, ends such turns with a full stop once it
+has found that the ASR does not punctuate: ``bench/turn_ends.py`` measures that). The measured WER leaves case
+and punctuation out (both texts ``unpunctuate``d), as ASR evaluations do. Writes replay_asr_noise.md and .json to
+reports/ (or ``--report-dir``).
 """
 from __future__ import annotations
 
