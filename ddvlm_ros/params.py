@@ -89,8 +89,8 @@ PARAMS: tuple[Param, ...] = (
           "every frame despite stamp jitter; a caption samples frames_per_window of them", at_least=0),
     Param("caption_timeout_s", 10.0, "a caption later than this after the text result is discarded", above=0,
           applies="now"),
-    Param("max_context_turns", 32, "utterances kept per conversation (the prompt also stays <= 511 tokens)",
-          at_least=1),
+    Param("max_context_turns", 32, "utterances kept per conversation (the prompt also stays <= 511 tokens); fewer: "
+          "faster answers in long conversations, read with less context (reports/context_turns.md)", at_least=1),
     Param("idle_timeout_s", 120.0, "a conversation silent this long (ROS time: the bag's under use_sim_time) "
           "starts a new context (0 = never)", at_least=0, applies="now"),
     Param("max_conversations", 1000, "conversation contexts kept in memory; the least recently active go first",

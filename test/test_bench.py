@@ -57,7 +57,8 @@ def test_a_failed_row_reports_its_error_with_where_it_was_raised(tiny_text_check
 @pytest.mark.parametrize("bench, option", [("quantization.py", "--checkpoint"), ("asr_noise.py", "--model-dir"),
                                            ("ros_latency.py", "--model-dir"), ("asr_loops.py", "--model-dir"),
                                            ("asr_partials.py", "--model-dir"), ("late_transcripts.py", "--model-dir"),
-                                           ("camera_cost.py", "--model-dir"), ("turn_ends.py", "--model-dir")])
+                                           ("camera_cost.py", "--model-dir"), ("turn_ends.py", "--model-dir"),
+                                           ("context_turns.py", "--model-dir")])
 def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written(tmp_path, bench, option):
     out = tmp_path / "reports"
     extra = ["--report-dir", str(out)] if bench == "quantization.py" else []
@@ -262,6 +263,81 @@ def test_the_turn_ends_bench_scores_each_writing_of_the_same_utterances(tmp_path
     assert report["rows"][2]["wa_f1"] == pytest.approx(wa_f1)
     markdown = bench.markdown(report["rows"], report["command"], report["model_dir"])
     assert (out / "turn_ends.md").read_text() == markdown
+
+
+def test_the_context_turns_bench_scores_each_window_and_times_each_in_one_long_conversation(
+        tmp_path, tiny_text_checkpoint):
+    """bench/context_turns.py on a tiny checkpoint and the first 12 utterances of MELD dev: a row per number of
+    turns (the node's default, 32, always one), each scored on the same 12 as a recognizer scores the contexts the
+    node keeps, the default against the others paired, the answers timed in one conversation made of the split's
+    dialogues, in which each row's prompts hold its number of turns; the Markdown from the JSON."""
+    from ddvlm_core.inference import EmotionRecognizer
+    from ddvlm_core.labels import LABELS
+    from ddvlm_core.metrics import metrics
+
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "bench/context_turns.py", "--turns", "2,1", "--splits", "dev", "--limit",
+                           "12", "--latency-utterances", "3", "--model-dir", tiny_text_checkpoint, "--report-dir",
+                           str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "context_turns.json").read_text())
+    assert [(r["max_context_turns"], r["n"]) for r in report["rows"]] == [(1, 12), (2, 12), (32, 12)]
+    bench = load_bench("context_turns")
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    for row in report["rows"]:
+        contexts, gold, _ = bench.contexts_of("dev", row["max_context_turns"], limit=12)
+        predicted = [LABELS.index(p.top_label) for p in rec.predict_many(contexts)]
+        assert row["wa_f1"] == pytest.approx(metrics(gold, predicted)["wa_f1"])
+        lengths = [len(rec.prompts.build(list(c)).input_ids) for c in contexts]
+        assert row["mean_tokens"] == pytest.approx(sum(lengths) / 12) and row["cut_by_token_cap"] == 0
+    one, two, default = report["rows"]
+    assert one["mean_tokens"] < two["mean_tokens"] < default["mean_tokens"]
+    assert two["against_default"]["difference"] == pytest.approx(two["wa_f1"] - default["wa_f1"])
+    assert "against_default" not in default
+    latency = report["latency"]
+    assert latency["utterances"] == 3 and set(latency["rows"]) == {"1", "2", "32"}
+    assert latency["rows"]["32"]["ratio_to_default"] == 1.0 and all(r["ms"] > 0 for r in latency["rows"].values())
+    timed = {k: bench.long_conversation("dev", k, 3) for k in (1, 2, 32)}
+    assert [len(c) for c in timed[2]] == [2, 2, 2] and [len(c) for c in timed[32]] == [32, 32, 32]
+    assert [c[-1] for c in timed[1]] == [c[-1] for c in timed[32]]  # the same answers: turns 33 to 35
+    markdown = bench.markdown(report["rows"], latency, report["command"], report["model_dir"])
+    assert (out / "context_turns.md").read_text() == markdown
+    assert report["command"] == ("python bench/context_turns.py --turns 2,1 --splits dev --limit 12 "
+                                 "--latency-utterances 3")
+
+
+def test_the_readme_quotes_what_fewer_turns_of_context_cost_and_save_from_the_context_turns_report():
+    """reports/context_turns.json (python bench/context_turns.py): the WA-F1s and the times of an answer the README
+    gives for max_context_turns, and how many of MELD test's utterances a shorter window reads less of."""
+    from ddvlm_ros.emotion_node import SLOW_LATENCY_MS
+    from ddvlm_ros.params import PARAMS_BY_NAME
+
+    report = json.loads((REPO / "reports" / "context_turns.json").read_text())
+    assert report["command"] == "python bench/context_turns.py"  # both splits, every utterance, 100 answers timed
+    bench = load_bench("context_turns")
+    assert PARAMS_BY_NAME["max_context_turns"].default == bench.DEFAULT_TURNS
+    row = {(r["split"], r["max_context_turns"]): r for r in report["rows"]}
+    timed = report["latency"]["rows"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+
+    def against(split, k):
+        paired = row[split, k]["against_default"]
+        return f"{paired['difference']:+.2f}", f"{paired['low']:.2f} to {paired['high']:.2f}"
+
+    assert (f"an answer took {timed['32']['ms']:.1f} ms with 32 turns (prompts of {timed['32']['mean_tokens']:.0f} "
+            f"tokens on average), {timed['16']['ms']:.1f} ms with 16 ({timed['16']['ratio_to_default']:.2f}x) and "
+            f"{timed['8']['ms']:.1f} ms with 8 ({timed['8']['ratio_to_default']:.2f}x) on this 2-core CPU without "
+            f"AVX-512, above the {SLOW_LATENCY_MS:.0f} ms at which the status says `slow`") in readme
+    assert timed["32"]["ms"] > SLOW_LATENCY_MS > timed["16"]["ms"]
+    wa = {key: f"{r['wa_f1']:.2f}" for key, r in row.items()}
+    (d16, i16), (d8, i8), (d4, _), (d1, i1) = (against("test", k) for k in (16, 8, 4, 1))
+    assert (f"16 turns score WA-F1 {wa['test', 16]} against {wa['test', 32]} ({d16}, paired 95 % interval over the "
+            f"dialogues {i16}), 8 turns {wa['test', 8]} ({d8}, {i8}), 4 turns {wa['test', 4]} ({d4}) and the "
+            f"utterance alone {wa['test', 1]} ({d1}, {i1}); on dev {wa['dev', 16]}, {wa['dev', 8]}, {wa['dev', 4]} "
+            f"and {wa['dev', 1]} against {wa['dev', 32]}") in readme
+    full = bench.contexts_of("test", 32)[0]
+    shorter = {k: sum(len(c) < len(f) for c, f in zip(bench.contexts_of("test", k)[0], full)) for k in (8, 16)}
+    assert f"for {shorter[8]} of test's 2,610 utterances with 8 turns, for {shorter[16]} with 16" in readme
 
 
 def test_the_readme_quotes_what_ending_the_turns_wins_from_the_turn_ends_report():

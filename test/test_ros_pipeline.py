@@ -1143,3 +1143,26 @@ def test_two_people_saying_the_same_words_at_once_are_both_answered(tiny_text_ch
             delivered("Yes!", 10.1, "carl", "utterance"), delivered("Yes!", 10.2, "", "transcript", stamped=False)]
     pipe, results = run_pipeline(rec, said)
     assert len(results) == 4 and pipe.stats.copies_dropped == 0
+
+
+def test_a_pipeline_of_max_turns_k_reads_the_contexts_the_context_turns_bench_scores(tiny_text_checkpoint):
+    """bench/context_turns.py scores the node's max_context_turns: each answer of a pipeline of max_turns 2 to MELD
+    dev's first 12 utterances equals the recognizer's to the bench's context of that utterance, its latest 2 turns
+    with the speaker tokens of the whole dialogue."""
+    from ddvlm_core.meld import dialogues
+    from bench_modules import load_bench
+
+    bench = load_bench("context_turns")
+    contexts, _, dialogue_ids = bench.contexts_of("dev", 2, limit=12)
+    rows = [r for _, rs in sorted(dialogues("dev").items()) for r in rs][:12]
+    rec = EmotionRecognizer.from_checkpoint(tiny_text_checkpoint, load_caption_embedder=False)
+    said = [UtteranceIn(f"dialogue {d}", str(k), r.speaker, r.text, 0.0, 0.0, time.monotonic())
+            for k, (d, r) in enumerate(zip(dialogue_ids, rows))]
+    _, results = run_pipeline(rec, said, max_turns=2)
+    assert [r.utterance.utterance_id for r in results] == [u.utterance_id for u in said]
+    assert [len(c) for c in contexts] == [1, 2, 1] + [2] * 9  # dev's dialogue 0 has 2 utterances
+    everything = bench.contexts_of("dev", 32, limit=12)[0]
+    assert [c[-1].speaker_token for c in contexts] == [c[-1].speaker_token for c in everything]
+    assert [c[-2:] for c in everything] == [tuple(c) for c in contexts]
+    for r, context in zip(results, contexts):
+        assert r.prediction.probabilities == alike(rec.predict(context).probabilities)
