@@ -11,7 +11,7 @@ percentile, in tokens) and how many lost earlier turns to the 511-token cap; the
 (``DEFAULT_TURNS``) is compared with each other one on the same utterances, paired over whole dialogues.
 
 Latency: the time one answer takes (``EmotionRecognizer.predict``, batch 1, this machine's torch threads) in a
-conversation longer than any row's window, as a robot's conversations are (MELD's dialogues have 9.3 turns on
+conversation longer than any row's window, as a robot's conversations are (MELD's dialogues have under 10 turns on
 average, 33 at most): the last split's dialogues one after the other as one conversation, the
 ``--latency-utterances`` answers after its first ``DEFAULT_TURNS`` turns, so that each row's prompts hold k turns (up
 to the token cap). Each row's median of 3 rounds, the rows taken in turn within each round, and its ratio to the
