@@ -21,7 +21,7 @@ from ddvlm_ros.emotion_node import EmotionNode
 @pytest.fixture(autouse=True)
 def no_slow_warning(monkeypatch):
     """The status message names one fault, and 'slow: p90 latency' outranks every other: on a loaded machine (CI's
-    two test processes) one answer of 1.5 s among a test's few (their p90 is the slowest of under 10) hid the fault
+    two test processes) one answer of 1.5 s among a test's few (their p90 is the slowest of 10 or fewer) hid the fault
     a test checked. The slow warning's own test lowers the threshold again."""
     monkeypatch.setattr("ddvlm_ros.emotion_node.SLOW_LATENCY_MS", math.inf)
 
