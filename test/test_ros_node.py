@@ -1417,7 +1417,8 @@ def test_entry_points_stop_cleanly_on_ctrl_c():
     try:
         for module in ("ddvlm_ros.echo", "ddvlm_ros.emotion_node"):
             name = f"ctrl_c_{module.rpartition('.')[2]}_{time.time_ns()}"  # not a name other tests' nodes left
-            proc = subprocess.Popen([sys.executable, "-c", f"import sys; from {module} import main; sys.exit(main())",
+            proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c",
+                                     f"import sys; from {module} import main; sys.exit(main())",
                                      "--ros-args", "-r", f"__node:={name}"],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             deadline = time.monotonic() + 60
@@ -1426,7 +1427,11 @@ def test_entry_points_stop_cleanly_on_ctrl_c():
             assert proc.poll() is None and name in watcher.get_node_names(), proc.communicate()[1]
             time.sleep(0.5)
             proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=60)  # a loaded machine (the whole suite) takes its time
+            try:
+                _, err = proc.communicate(timeout=60)  # a loaded machine (the whole suite) takes its time
+            except subprocess.TimeoutExpired:  # twice in CI's suite so far (once > 20 s, once > 60 s): where it was
+                proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to stderr
+                pytest.fail(f"{module}: still running 60 s after Ctrl-C; its threads:\n{proc.communicate()[1][-8000:]}")
             assert proc.returncode == 0 and "Traceback" not in err, err
             if module == "ddvlm_ros.emotion_node":  # started by hand without autostart: it says why it sits still
                 assert f"unconfigured (autostart: false): waiting for a lifecycle manager, or for `ros2 lifecycle " \
