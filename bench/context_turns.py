@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.shared import refuse_non_checkpoint, write_report  # noqa: E402
+from bench.shared import difference_words, meld_splits, refuse_non_checkpoint, write_report  # noqa: E402
 
 DEFAULT_TURNS = 32  # the node's max_context_turns (ddvlm_ros.params)
 LATENCY_ROUNDS = 3
@@ -118,11 +118,9 @@ def main(argv: list[str]) -> int:
         turns = sorted({int(k) for k in args.turns.split(",") if k.strip()} | {DEFAULT_TURNS})
     except ValueError:
         ap.error(f"--turns: comma-separated whole numbers, got {args.turns!r}")
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     if turns[0] < 1:
         ap.error(f"--turns: each at least 1, got {args.turns!r}")
-    if not splits or any(s not in ("train", "dev", "test") for s in splits):
-        ap.error(f"--splits: MELD splits (train, dev, test), got {args.splits!r}")
+    splits = meld_splits(ap, args.splits)
     if args.limit < 0 or args.latency_utterances < 0:
         ap.error("--limit and --latency-utterances: 0 or more")
     refuse_non_checkpoint(ap, args.model_dir)
@@ -166,8 +164,6 @@ def main(argv: list[str]) -> int:
 
 
 def markdown(rows: list[dict], latency: dict, command: str, model_dir: str) -> str:
-    from bench.turn_ends import difference_words
-
     lines = ["# How many turns of context: max_context_turns", "",
              f"`{command}`; model `{model_dir}`. Each MELD utterance predicted from the latest *turns* of its dialogue "
              "(itself included), as the node keeps them with `max_context_turns`, in a prompt of at most 511 tokens. "

@@ -1,5 +1,6 @@
-"""What the benches do alike: refuse a checkpoint path that is none before anything runs, predict each distinct
-dialogue context once over several rows, and write a report as JSON and Markdown."""
+"""What the benches do alike: refuse a checkpoint path that is none before anything runs, read a list of MELD
+splits, predict each distinct dialogue context once over several rows, say a paired WA-F1 difference in words, and
+write a report as JSON and Markdown."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,22 @@ def refuse_non_checkpoint(ap: argparse.ArgumentParser, directory: str, option: s
         read_manifest(directory)
     except CheckpointError as e:
         ap.error(f"{option}: {e}")
+
+
+def meld_splits(ap: argparse.ArgumentParser, text: str) -> list[str]:
+    """The MELD splits of a comma-separated ``--splits``; exits through ``ap.error`` on anything else."""
+    splits = [s.strip() for s in text.split(",") if s.strip()]
+    if not splits or any(s not in ("train", "dev", "test") for s in splits):
+        ap.error(f"--splits: MELD splits (train, dev, test), got {text!r}")
+    return splits
+
+
+def difference_words(paired: dict) -> str:
+    """A ``ddvlm_core.metrics.bootstrap_wa_f1_difference`` in words."""
+    from ddvlm_core.metrics import interval_words
+
+    return (f"WA-F1 {paired['difference']:+.2f} ({interval_words(paired, 'dialogues')}; above 0 in "
+            f"{100 * paired['share_above_0']:.1f} % of the resamples)")
 
 
 def predict_new(recognizer, contexts: list, predicted: dict, desc: str) -> tuple[list[tuple], int]:

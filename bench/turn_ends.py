@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.shared import refuse_non_checkpoint, write_report  # noqa: E402
+from bench.shared import difference_words, meld_splits, refuse_non_checkpoint, write_report  # noqa: E402
 
 ROWS = (("MELD's text", False, False), ("no punctuation, read as it is (never)", True, False),
         ("no punctuation, turns ended (auto, always)", True, True))  # (row, unpunctuated, turns ended)
@@ -67,9 +67,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--model-dir", default=str(REPO / "checkpoints" / "default"), help="checkpoint to evaluate")
     ap.add_argument("--report-dir", default=str(REPO / "reports"), help="where the reports go")
     args = ap.parse_args(argv)
-    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    if not splits or any(s not in ("train", "dev", "test") for s in splits):
-        ap.error(f"--splits: MELD splits (train, dev, test), got {args.splits!r}")
+    splits = meld_splits(ap, args.splits)
     refuse_non_checkpoint(ap, args.model_dir)
     from transformers.utils import logging
 
@@ -116,14 +114,6 @@ def markdown(rows: list[dict], command: str, model_dir: str) -> str:
     lines += [f"- {r['split']}: {difference_words(r['against_read_as_it_is'])}" for r in rows
               if "against_read_as_it_is" in r]
     return "\n".join(lines) + "\n"
-
-
-def difference_words(paired: dict) -> str:
-    """A ``bootstrap_wa_f1_difference`` in words."""
-    from ddvlm_core.metrics import interval_words
-
-    return (f"WA-F1 {paired['difference']:+.2f} ({interval_words(paired, 'dialogues')}; above 0 in "
-            f"{100 * paired['share_above_0']:.1f} % of the resamples)")
 
 
 if __name__ == "__main__":

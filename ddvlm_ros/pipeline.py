@@ -723,8 +723,7 @@ class EmotionPipeline:
     def punctuation_summary(self) -> str:
         """'k of the latest n transcripts of 3+ words have no punctuation' ('' before any)."""
         missing, n = self.stats.unpunctuated_recent.counts()
-        ended = "; the prompts end their turns with a full stop" if getattr(
-            self.recognizer, "end_unpunctuated_turns", False) else ""
+        ended = "; the prompts end their turns with a full stop" if self.recognizer.end_unpunctuated_turns else ""
         return (f"{missing} of the latest {n} transcripts of {UNPUNCTUATED_MIN_WORDS}+ words "
                 f"have no punctuation{ended}") if n else ""
 
