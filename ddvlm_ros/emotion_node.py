@@ -34,12 +34,14 @@ from ddvlm_ros.convert import (AsrJson, asr_confidence, asr_json, compressed_msg
                                image_msg_to_rgb, parse_transcript, prediction_to_msg, sec_to_stamp, stamp_to_sec,
                                use_cv_bridge, whisper_msgs_available, whisper_transcription)
 from ddvlm_ros.compat import PublisherEventCallbacks, SubscriptionEventCallbacks, add_after_set_parameters
-from ddvlm_ros.params import PARAMS, PARAMS_BY_NAME, coerce, parameter_errors
+from ddvlm_ros.params import (PARAMS, PARAMS_BY_NAME, coerce, params_files, parameter_errors,
+                              unapplied_params_files)
 from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
 from ddvlm_ros.ros4hri import VOICES, mirrored, spoken_locale
 from ddvlm_ros.spin import spin_until_shutdown
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
+DEFAULT_NODE = "/ddvlm_emotion"  # the launch file's node, in no namespace: its status is DIAGNOSTIC_NAME as it is
 SLOW_LATENCY_MS = 500.0  # WARN above this p90 text latency
 TIME_JUMP_BACK_S = 1.0  # ROS time going back more than this (a bag played again) starts frames and contexts afresh
 NO_FINAL_WARN_S = 30.0  # utterance messages this long, none final: WARN that only final ones are classified
@@ -63,6 +65,16 @@ def partials_only_for(counts: dict[str, int], first_partial: float | None) -> fl
 def type_name(msg_type) -> str:
     """A message class's ROS type name, e.g. sensor_msgs/msg/Image."""
     return f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
+
+
+def diagnostic_name(fully_qualified_name: str) -> str:
+    """The node's status name in /diagnostics: DIAGNOSTIC_NAME for the launch file's node in no namespace; any other
+    node (``namespace:=robot1``, a second node for a second microphone) adds its fully qualified name after it,
+    as diagnostic_updater's ``use_fqn`` does, since diagnostic_aggregator and rqt_robot_monitor key statuses by
+    name and would show two nodes' as one."""
+    if fully_qualified_name == DEFAULT_NODE:
+        return DIAGNOSTIC_NAME
+    return f"{DIAGNOSTIC_NAME}: {fully_qualified_name}"
 
 
 def default_model_dir() -> Path:
@@ -114,6 +126,7 @@ class EmotionNode(LifecycleNode):
         self._crops = None  # ddvlm_ros.ros4hri.PersonCrops while active with ros4hri: true and a captioner
         self._last_voice_speech: float | None = None  # monotonic time of the last ROS4HRI speech result
         self._hri_status = "off"
+        self.params_files_unapplied: list[str] = []  # params files that gave this node nothing (check_params_files)
         self._inputs_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
         self.create_service(ResetConversation, "~/reset_conversation", self._on_reset_conversation,
@@ -121,6 +134,15 @@ class EmotionNode(LifecycleNode):
         self._time_jump = self.get_clock().create_jump_callback(  # the handle must live as long as the node
             JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-int(TIME_JUMP_BACK_S * 1e9)),
                           on_clock_change=False), post_callback=self._on_time_jump)
+
+    def check_params_files(self, argv: list[str]) -> list[str]:
+        """The params files of the command line ``argv`` that gave this node none of their parameters (rcl says
+        nothing of it: a file keyed ``ddvlm_emotion:`` is ignored by a node in a namespace): a WARN for each, and
+        ``params_files_unapplied`` in the diagnostics."""
+        self.params_files_unapplied = unapplied_params_files(params_files(argv), self.get_fully_qualified_name())
+        for why in self.params_files_unapplied:
+            self.get_logger().warning(f"params file not applied: {why}")
+        return self.params_files_unapplied
 
     def p(self, name: str):
         """Parameter ``name`` as its declared type (ValueError if it has another: see parameter_errors)."""
@@ -881,11 +903,16 @@ class EmotionNode(LifecycleNode):
                 level, message = DiagnosticStatus.WARN, "no /clock (use_sim_time: true)"
         if delay is not None and not -CLOCK_SKEW_S <= delay <= LATE_MAX_S and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, "transcripts stamped on another clock (see transcript_delay_s)"
+        if self.params_files_unapplied:  # e.g. its autostart: true: ahead of the "inactive" it explains
+            values["params_files_unapplied"] = " | ".join(self.params_files_unapplied)
+            if level == DiagnosticStatus.OK:
+                level, message = DiagnosticStatus.WARN, "params file not applied (see params_files_unapplied)"
         if not self._active and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, "inactive"
         if self.load_error:
             level, message = DiagnosticStatus.ERROR, f"configure failed: {self.load_error}"
-        return DiagnosticStatus(level=level, name=DIAGNOSTIC_NAME, message=message, hardware_id=self.get_name(),
+        return DiagnosticStatus(level=level, name=diagnostic_name(self.get_fully_qualified_name()), message=message,
+                                hardware_id=self.get_fully_qualified_name(),
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
     def _json_summary(self) -> str:
@@ -963,8 +990,10 @@ def check_device(device: str) -> None:
 
 def main(args: list[str] | None = None) -> int:
     """ddvlm-emotion [--ros-args --params-file config/emotion.yaml -r transcript:=/asr/text ...]"""
-    rclpy.init(args=args if args is not None else sys.argv)
+    args = args if args is not None else sys.argv
+    rclpy.init(args=args)
     node = EmotionNode()
+    node.check_params_files(args)
     # Callbacks only enqueue (the model runs on the pipeline's threads), so one executor thread is enough,
     # and rclpy's MultiThreadedExecutor costs the inference thread the GIL: bench/ros_latency.py measured
     # transcript->/emotion p50 at 2.6x a bare predict with it vs 1.2x with this one.

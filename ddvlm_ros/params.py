@@ -305,3 +305,62 @@ def typed_overrides(values: dict[str, str], source: str) -> dict[str, object]:
     if errors:
         raise ValueError(f"{source}: " + "; ".join(errors))
     return {name: coerce(name, value) for name, value in typed.items()}
+
+
+def params_files(argv: list[str]) -> list[str]:
+    """The files given with ``--params-file`` among the ROS arguments of ``argv`` (after ``--ros-args``, up to
+    ``--``), as rcl reads them."""
+    files, ros, args = [], False, iter(argv)
+    for arg in args:
+        if arg == "--ros-args":
+            ros = True
+        elif arg == "--":
+            ros = False
+        elif ros and arg == "--params-file":
+            files.append(next(args, ""))
+    return [f for f in files if f]
+
+
+def params_file_nodes(doc: object, prefix: str = "") -> list[str]:
+    """The node names a params file's YAML holds ``ros__parameters`` for, as rcl reads them: nested keys joined
+    by '/' (``/robot1: {ddvlm_emotion: ...}`` is ``/robot1/ddvlm_emotion``), each with a leading '/'."""
+    if not isinstance(doc, dict):
+        return []
+    names = []
+    for key, value in doc.items():
+        if key == "ros__parameters":
+            names.append(prefix or "/")
+        else:
+            names += params_file_nodes(value, f"{prefix}/{str(key).strip('/')}")
+    return names
+
+
+def node_name_matches(pattern: str, fully_qualified_name: str) -> bool:
+    """Whether rcl gives the parameters under ``pattern`` (a params file's node name) to the node
+    ``fully_qualified_name``: ``**`` stands for any number of namespaces, none included, ``*`` for one name."""
+    tokens = [t for t in pattern.split("/") if t]
+    regex = "".join("(/[^/]+)*" if t == "**" else "/[^/]+" if t == "*" else "/" + re.escape(t) for t in tokens)
+    return re.fullmatch(regex or "/", fully_qualified_name) is not None
+
+
+def unapplied_params_files(paths: list[str], fully_qualified_name: str) -> list[str]:
+    """Why each params file of ``paths`` gave the node ``fully_qualified_name`` none of its parameters: rcl applies
+    only the parameters under a node name that matches the node's, namespace included, and says nothing otherwise
+    (a file keyed ``ddvlm_emotion:`` is ignored by a node launched with ``namespace:=robot1``). A file that cannot
+    be read is left to rcl, which refused it at start."""
+    import yaml
+
+    why = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                nodes = params_file_nodes(yaml.safe_load(f))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if any(node_name_matches(n, fully_qualified_name) for n in nodes):
+            continue
+        base = fully_qualified_name.rpartition("/")[2]
+        held = f"its parameters are for {', '.join(nodes)}" if nodes else "it has no 'ros__parameters'"
+        why.append(f"{path}: nothing in it applies to this node, {fully_qualified_name}: {held}; key them "
+                   f"'/**/{base}:' (this node's name in any namespace) or '{fully_qualified_name}:'")
+    return why

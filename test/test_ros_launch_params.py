@@ -97,7 +97,7 @@ def test_every_other_parameter_is_a_launch_argument_that_only_overrides_when_giv
 
 def test_params_yaml_declares_exactly_the_node_parameters_with_their_defaults():
     doc = yaml.safe_load((REPO / "config" / "emotion.yaml").read_text())
-    params = doc["ddvlm_emotion"]["ros__parameters"]
+    params = doc["/**/ddvlm_emotion"]["ros__parameters"]
     assert params == {p.name: p.default for p in PARAMS}
 
 
@@ -174,3 +174,119 @@ def test_a_topic_launch_argument_set_to_nothing_turns_that_input_off(tiny_visual
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def node_reads(params_file: Path, namespace: str, name: str = "ddvlm_emotion") -> tuple[str, bool]:
+    """What rcl gives a real node in ``namespace`` from ``params_file``: its fully qualified name, and whether the
+    file's parameter ``foo`` reached it."""
+    import rclpy
+    from rclpy.node import Node
+
+    ctx = rclpy.Context()
+    rclpy.init(args=["--ros-args", "--params-file", str(params_file), "-r", f"__ns:={namespace or '/'}"], context=ctx)
+    try:
+        node = Node(name, context=ctx, allow_undeclared_parameters=True,
+                    automatically_declare_parameters_from_overrides=True)
+        fqn, read = node.get_fully_qualified_name(), node.has_parameter("foo")
+        node.destroy_node()
+        return fqn, read
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
+@pytest.mark.parametrize("key", ["/**", "/**/ddvlm_emotion", "ddvlm_emotion", "/ddvlm_emotion", "/*/ddvlm_emotion",
+                                 "robot1/ddvlm_emotion", "/**/robot1/**", "/**/other", "/robot1:\n  ddvlm_emotion"])
+def test_which_params_file_keys_reach_a_node_is_what_rcl_does(tmp_path, key):
+    """ddvlm_ros.params.unapplied_params_files against rcl itself: a node in no namespace, in one and in two, and a
+    key in each of rcl's forms (wildcards, no leading '/', namespaces nested as YAML keys)."""
+    from ddvlm_ros.params import unapplied_params_files
+
+    f = tmp_path / "params.yaml"
+    indent = "  " * (key.count("\n") + 1)
+    f.write_text(f"{key}:\n{indent}ros__parameters:\n{indent}  foo: 7\n")
+    for namespace in ("", "/robot1", "/a/b"):
+        fqn, read = node_reads(f, namespace)
+        why = unapplied_params_files([str(f)], fqn)
+        assert (why == []) == read, (key, fqn, why)
+        if not read:
+            keyed = key.replace(":\n  ", "/").lstrip("/")
+            assert why == [f"{f}: nothing in it applies to this node, {fqn}: its parameters are for /{keyed}; key "
+                           f"them '/**/ddvlm_emotion:' (this node's name in any namespace) or '{fqn}:'"]
+
+
+def test_params_files_are_the_ros_arguments_files_only(tmp_path):
+    from ddvlm_ros.params import params_files, unapplied_params_files
+
+    argv = ["ddvlm-emotion", "--params-file", "not-ros.yaml", "--ros-args", "-r", "__ns:=/r", "--params-file", "a.yaml",
+            "-p", "x:=1", "--", "--params-file", "app.yaml", "--ros-args", "--params-file", "b.yaml"]
+    assert params_files(argv) == ["a.yaml", "b.yaml"]
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    assert unapplied_params_files([str(empty), str(tmp_path / "gone.yaml")], "/ddvlm_emotion") == [
+        f"{empty}: nothing in it applies to this node, /ddvlm_emotion: it has no 'ros__parameters'; key them "
+        "'/**/ddvlm_emotion:' (this node's name in any namespace) or '/ddvlm_emotion:'"]
+
+
+def test_the_shipped_params_file_reaches_the_node_in_any_namespace_and_one_keyed_by_name_says_it_does_not(tmp_path):
+    """config/emotion.yaml, with one value changed as an integrator would, configures the node launched with
+    namespace:=robot1; the same file keyed 'ddvlm_emotion:' (as it was) gives that node nothing, which rcl does not
+    say: the node warns, and its status says so. Two nodes' statuses differ in name (diagnostic_aggregator and
+    rqt_robot_monitor key them by name)."""
+    import rclpy
+
+    from ddvlm_ros.emotion_node import DIAGNOSTIC_NAME, EmotionNode
+
+    shipped = (REPO / "config" / "emotion.yaml").read_text()
+    assert "\n    idle_timeout_s: 120.0\n" in shipped
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(shipped.replace("\n    idle_timeout_s: 120.0\n", "\n    idle_timeout_s: 60.0\n"))
+    by_name = tmp_path / "by_name.yaml"
+    by_name.write_text(mine.read_text().replace("\n/**/ddvlm_emotion:\n", "\nddvlm_emotion:\n"))
+    seen = {}
+    for f, namespace in [(mine, ""), (mine, "/robot1"), (mine, "/a/b"), (by_name, ""), (by_name, "/robot1")]:
+        args = ["ddvlm-emotion", "--ros-args", "--params-file", str(f), "-r", f"__ns:={namespace or '/'}"]
+        ctx = rclpy.Context()
+        rclpy.init(args=args, context=ctx)
+        try:
+            node = EmotionNode(context=ctx)
+            unapplied = node.check_params_files(args)
+            status = node.diagnostic_status()
+            seen[f.name, namespace] = (node.p("idle_timeout_s"), status.name, status.hardware_id, status.message)
+            if unapplied:
+                assert {kv.key: kv.value for kv in status.values}["params_files_unapplied"] == unapplied[0]
+                assert unapplied[0].startswith(f"{by_name}: nothing in it applies to this node, /robot1/ddvlm_emotion")
+            node.destroy_node()
+        finally:
+            rclpy.shutdown(context=ctx)
+    inactive = "inactive"  # not configured: the status a node with nothing wrong has before configure
+    not_applied = "params file not applied (see params_files_unapplied)"
+    robot1, ab = "/robot1/ddvlm_emotion", "/a/b/ddvlm_emotion"
+    assert seen == {
+        ("mine.yaml", ""): (60.0, DIAGNOSTIC_NAME, "/ddvlm_emotion", inactive),
+        ("mine.yaml", "/robot1"): (60.0, f"{DIAGNOSTIC_NAME}: {robot1}", robot1, inactive),
+        ("mine.yaml", "/a/b"): (60.0, f"{DIAGNOSTIC_NAME}: {ab}", ab, inactive),
+        ("by_name.yaml", ""): (60.0, DIAGNOSTIC_NAME, "/ddvlm_emotion", inactive),
+        ("by_name.yaml", "/robot1"): (120.0, f"{DIAGNOSTIC_NAME}: {robot1}", robot1, not_applied)}
+
+
+def test_every_warning_and_error_the_status_gives_has_a_troubleshooting_row():
+    """Each message the node's status can say (a WARN or ERROR in ddvlm_ros/emotion_node.py) is a row of the
+    README's troubleshooting table, which says what to do about it."""
+    tree = ast.parse((REPO / "ddvlm_ros" / "emotion_node.py").read_text())
+    said = set()
+    for t in ast.walk(tree):
+        if (isinstance(t, ast.Tuple) and len(t.elts) == 2 and isinstance(t.elts[0], ast.Attribute)
+                and t.elts[0].attr in ("WARN", "ERROR")):
+            text = t.elts[1]
+            parts = text.values if isinstance(text, ast.JoinedStr) else [text]
+            lead = ""
+            for part in parts:  # the words before the first value filled in
+                if not isinstance(part, ast.Constant):
+                    break
+                lead += part.value
+            said.add(re.sub(r" \(see \w+\)$", "", lead).strip())
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("**Troubleshooting**"):readme.index("\nParameters (")]
+    rows = re.findall(r"^\| (?:ERROR )?`([^`]+)`", table, re.M)
+    assert len(said) >= 15 and "params file not applied" in said and "configure failed:" in said
+    assert [s for s in sorted(said) if not any(row.startswith(s) for row in rows)] == []

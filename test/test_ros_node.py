@@ -1404,8 +1404,9 @@ def test_an_executor_spun_in_the_background_stops_without_its_thread_dying(monke
     assert died == []
 
 
-def test_entry_points_stop_cleanly_on_ctrl_c():
-    """ddvlm_ros.spin.spin_until_shutdown ends both entry points: Ctrl-C gives status 0, no traceback."""
+def test_entry_points_stop_cleanly_on_ctrl_c(tmp_path):
+    """ddvlm_ros.spin.spin_until_shutdown ends both entry points: Ctrl-C gives status 0, no traceback. The emotion
+    node's entry point warns of a params file that gave it nothing (its autostart: true did not reach it)."""
     import signal
     import subprocess
     import sys
@@ -1422,9 +1423,13 @@ def test_entry_points_stop_cleanly_on_ctrl_c():
             # the background may hand its children SIGINT ignored (a background job inherits that), and rclpy then
             # only wakes the executor: such a child never ended (twice in this suite)
             start = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            params = []  # the emotion node also checks its params files: one keyed by another name gives it nothing
+            if module == "ddvlm_ros.emotion_node":
+                params = ["--params-file", str(tmp_path / "keyed_by_name.yaml")]
+                Path(params[1]).write_text("ddvlm_emotion:\n  ros__parameters:\n    autostart: true\n")
             proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c",
                                      f"{start}from {module} import main; sys.exit(main())",
-                                     "--ros-args", "-r", f"__node:={name}"],
+                                     "--ros-args", "-r", f"__node:={name}", *params],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             deadline = time.monotonic() + 60
             while name not in watcher.get_node_names() and proc.poll() is None and time.monotonic() < deadline:
@@ -1442,6 +1447,8 @@ def test_entry_points_stop_cleanly_on_ctrl_c():
                             f"{proc.communicate()[1][-8000:]}")
             assert proc.returncode == 0 and "Traceback" not in err, err
             if module == "ddvlm_ros.emotion_node":  # started by hand without autostart: it says why it sits still
+                assert f"params file not applied: {params[1]}: nothing in it applies to this node, /{name}: its " \
+                       "parameters are for /ddvlm_emotion" in err, err
                 assert f"unconfigured (autostart: false): waiting for a lifecycle manager, or for `ros2 lifecycle " \
                        f"set /{name} configure`" in err, err
     finally:
