@@ -7,8 +7,9 @@ inference and quantization see a plain model. With ``trainable_tokens`` (ids) th
 """
 from __future__ import annotations
 
+import re
 import warnings
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -68,6 +69,12 @@ def adapter_state(peft_backbone: nn.Module) -> dict[str, Tensor]:
 
 def merge_adapter(backbone: nn.Module, settings: Mapping, state: Mapping[str, Tensor]) -> nn.Module:
     """backbone + stored adapter -> a plain backbone with W + (alpha/r) B A merged in."""
+    return load_adapter(backbone, settings, state).merge_and_unload()
+
+
+def load_adapter(backbone: nn.Module, settings: Mapping, state: Mapping[str, Tensor]) -> nn.Module:
+    """backbone + stored adapter -> the backbone wrapped with that adapter, unmerged (to train on from it); KeyError
+    when the adapter does not fit the settings exactly."""
     from peft import set_peft_model_state_dict
 
     peft_backbone = apply_lora(backbone, settings)
@@ -80,4 +87,22 @@ def merge_adapter(backbone: nn.Module, settings: Mapping, state: Mapping[str, Te
     missing = [k for k in getattr(result, "missing_keys", []) if ".lora_" in k or "trainable_tokens" in k]
     if missing:
         raise KeyError(f"adapter lacks {len(missing)} of the tensors its settings give the backbone: {missing[:3]}")
-    return peft_backbone.merge_and_unload()
+    return peft_backbone
+
+
+def adapter_layer(name: str) -> int | None:
+    """The encoder layer of an adapter parameter, from its name (``...encoder.layer.9.attention...lora_A...``);
+    None for one outside the layers (trainable token rows)."""
+    match = re.search(r"\.layer\.(\d+)\.", name)
+    return int(match[1]) if match else None
+
+
+def train_only_layers(peft_backbone: nn.Module, layers: Sequence[int]) -> list[str]:
+    """Freeze the adapter parameters outside ``layers`` (empty: all train); the names of those that still train."""
+    training = []
+    for name, p in peft_backbone.named_parameters():
+        if p.requires_grad and layers and adapter_layer(name) not in layers:
+            p.requires_grad_(False)
+        if p.requires_grad:
+            training.append(name)
+    return training

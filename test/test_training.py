@@ -87,6 +87,76 @@ def test_lora_can_train_the_speaker_token_rows_and_the_checkpoint_keeps_them(tmp
             tiny_cfg(tmp_path, tiny_roberta_dir, lora_speaker_tokens="true", **over)
 
 
+def test_lora_goes_on_from_a_checkpoint_training_only_the_layers_named(tmp_path, tiny_roberta_dir):
+    """init_checkpoint: training starts from the checkpoint's adapter and head (the model then answers as the
+    checkpoint does), the adapter's layers outside lora_layers stay as they were, the frozen layers' cache is keyed
+    by the adapter, and the new checkpoint holds the whole adapter; what cannot go on is refused before any work."""
+    import shutil
+
+    from ddvlm_core.model import DDVLM
+    from training.config import ConfigError
+    from training.init_from import start_from_checkpoint
+
+    run(tiny_cfg(tmp_path / "a", tiny_roberta_dir, text_mode="lora", lr=1e-2, epochs=1), log=lambda *_: None)
+    start = tmp_path / "a" / "run" / "checkpoint"
+    go_on = {"text_mode": "lora", "lr": 1e-2, "epochs": 1, "init_checkpoint": str(start), "lora_layers": "1",
+             "cache_frozen_layers": "true", "punctuation_dropout": 0.5, "self_distillation": "false"}
+    cfg = tiny_cfg(tmp_path / "b", tiny_roberta_dir, **go_on)
+    model, tok = DDVLM.from_backbone(cfg.model_config())
+    digest = start_from_checkpoint(cfg, model, log=lambda *_: None)
+    loaded = EmotionRecognizer.from_checkpoint(start, load_caption_embedder=False)
+    ids = tok("Now <s1> feels <mask>", return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(model.eval().text(ids.input_ids, ids.attention_mask).logits,
+                              loaded.model.text(ids.input_ids, ids.attention_mask).logits, atol=1e-5)
+    trains = {n for n, p in model.text.backbone.named_parameters() if p.requires_grad}
+    assert trains and all(".layer.1." in n for n in trains)
+
+    logs = []
+    run(cfg, log=logs.append)
+    assert any("init: " in line and "training the adapter in layers 1" in line for line in logs)
+    before = load_file(start / "backbone_lora.safetensors")
+    after = load_file(tmp_path / "b" / "run" / "checkpoint" / "backbone_lora.safetensors")
+    assert set(after) == set(before)
+    assert all(torch.equal(after[k], before[k]) for k in before if ".layer.0." in k)
+    assert any(not torch.equal(after[k], before[k]) for k in before if ".layer.1." in k and "lora_B" in k)
+    head_before = load_file(start / "text_head.safetensors")
+    head_after = load_file(tmp_path / "b" / "run" / "checkpoint" / "text_head.safetensors")
+    assert not all(torch.equal(head_after[k], head_before[k]) for k in head_before)
+    manifest = json.loads((tmp_path / "b" / "run" / "checkpoint" / "manifest.json").read_text())
+    assert manifest["config"]["lora"] == json.loads((start / "manifest.json").read_text())["config"]["lora"]
+    cached = sorted(p.name for p in (tmp_path / "b" / "features").glob("*-layer1-*.safetensors"))
+    assert len(cached) == 4 and all(f"-{digest[:16]}-" in name for name in cached)  # train, its unpunctuated, dev, test
+    rec = EmotionRecognizer.from_checkpoint(tmp_path / "b" / "run" / "checkpoint", load_caption_embedder=False)
+    assert sum(rec.predict([("Ross", "I got the job!")]).probabilities) == pytest.approx(1, abs=1e-5)
+    from training.export import export  # a run's best weights, exported: on the same start, the same adapter
+
+    exported = export(tmp_path / "b" / "run", tmp_path / "exported")
+    assert all(torch.equal(v, after[k]) for k, v in load_file(exported / "backbone_lora.safetensors").items())
+    record = tmp_path / "b" / "run" / "init_checkpoint.json"
+    assert json.loads(record.read_text())["backbone_lora_sha256"] == digest
+    record.write_text(json.dumps({"init_checkpoint": str(start), "backbone_lora_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="not the one this run started from"):  # the start was replaced since
+        export(tmp_path / "b" / "run", tmp_path / "exported_again")
+
+    no_adapter = tmp_path / "no_adapter"
+    shutil.copytree(start, no_adapter)
+    manifest = json.loads((no_adapter / "manifest.json").read_text())
+    del manifest["modules"]["backbone_lora"]
+    (no_adapter / "manifest.json").write_text(json.dumps(manifest))
+    refused = [({"init_checkpoint": str(no_adapter)}, "no backbone_lora in it"),
+               ({"speaker_tokens": "false"}, "its speaker_tokens is True, this run's False"),
+               ({"init_checkpoint": str(tmp_path / "nowhere")}, "init_checkpoint: ")]
+    for over, message in refused:
+        with pytest.raises(ConfigError, match=message):
+            run(tiny_cfg(tmp_path / "c", tiny_roberta_dir, **(go_on | over)), log=lambda *_: None)
+    assert not (tmp_path / "c" / "features").exists()  # refused before any work
+    for over, message in (({"text_mode": "full"}, "only applies to text_mode: lora"),
+                          ({"lora_speaker_tokens": "true", "cache_frozen_layers": "false"}, "cannot add token rows")):
+        with pytest.raises(ValueError, match=message):
+            tiny_cfg(tmp_path, tiny_roberta_dir, **(go_on | over))
+
+
 def test_resume_after_interrupt_gives_the_same_weights(tmp_path, tiny_roberta_dir):
     straight = tiny_cfg(tmp_path / "a", tiny_roberta_dir, epochs=3)
     run(straight, log=lambda *_: None)

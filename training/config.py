@@ -121,6 +121,11 @@ class TrainConfig:
                                               "lowest adapted one once per split (eval mode, cached in "
                                               "feature_cache) and train only the layers above; those frozen "
                                               "layers then drop nothing out")
+    init_checkpoint: str = option("", "a ddvlm checkpoint with a LoRA adapter (e.g. checkpoints/default) to go on "
+                                      "training from, text_mode lora: its adapter, in the layers it has, and its "
+                                      "text head are where training starts; of its adapter only the layers in "
+                                      "lora_layers train (empty: all), and the lora_r/alpha/dropout/targets keys "
+                                      "are its own. Empty: a new adapter")
     # data
     meld_dir: str = option("", "folder of MELD's CSVs (empty: the repository's data/meld)")
     limit_dialogues: int = option(0, "> 0: only the first N dialogues per split (smoke runs and tests only: "
@@ -176,6 +181,11 @@ class TrainConfig:
         if self.lora_speaker_tokens and self.cache_frozen_layers:
             raise ValueError("lora_speaker_tokens changes the input of the frozen layers that cache_frozen_layers "
                              "caches: use one or the other")
+        if self.init_checkpoint and self.text_mode != "lora":
+            raise ValueError("init_checkpoint only applies to text_mode: lora (it continues a checkpoint's adapter)")
+        if self.init_checkpoint and self.lora_speaker_tokens:
+            raise ValueError("init_checkpoint continues a checkpoint's adapter as it is: lora_speaker_tokens cannot "
+                             "add token rows to it")
         if self.cache_frozen_layers and not (self.text_mode == "lora" and self.lora_layers and min(self.lora_layers)):
             raise ValueError("cache_frozen_layers needs text_mode: lora with lora_layers above layer 0 (the layers "
                              "below the lowest adapted one are cached)")

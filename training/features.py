@@ -136,10 +136,13 @@ def extract_layer_states(text_encoder, examples: list[Example], pad_id: int, lay
 
 
 def cached_layer_states(text_encoder, examples: list[Example], pad_id: int, layer: int, cache_dir: str | Path,
-                        backbone_path: str, batch_size: int = 32, device: str = "cpu", log=print) -> LayerStates:
-    """``extract_layer_states``, read from the cache when this backbone, layer and these prompts were seen."""
+                        backbone_path: str, batch_size: int = 32, device: str = "cpu", log=print,
+                        adapter: str = "") -> LayerStates:
+    """``extract_layer_states``, read from the cache when this backbone, layer and these prompts were seen;
+    ``adapter``: the sha256 of a LoRA adapter that the layers below ``layer`` carry (init_checkpoint), '' for none."""
     split = examples[0].split if examples else "empty"
-    key = f"{split}-layer{layer}-{backbone_digest(backbone_path)}-{prompts_digest(examples)}"
+    key = f"{split}-layer{layer}-{backbone_digest(backbone_path)}{'-' + adapter[:16] if adapter else ''}-" \
+          f"{prompts_digest(examples)}"
     path = Path(cache_dir) / f"{key}.safetensors"
     if path.is_file():
         return LayerStates(**load_file(path))

@@ -3,7 +3,8 @@
 Stages (paper Sections 3.4-3.6, Table 2):
   text    EMA self-distillation of the text branch (or CE only: ``self_distillation: false``), in one of
           three modes: full fine-tuning (the paper's), LoRA, or frozen backbone (cached h_text, heads only).
-          LoRA on the top layers can cache what the frozen layers below compute (``cache_frozen_layers``).
+          LoRA on the top layers can cache what the frozen layers below compute (``cache_frozen_layers``), and
+          can go on from a checkpoint's adapter and head (``init_checkpoint``: training.init_from).
   visual  cross-modal KD from the trained, frozen text branch: L = CE + a L_resp + b L_feat
           (or CE only: ``cross_modal_kd: false``). Needs captions.
   fusion  residual gated fusion trained on the frozen branches (CE on the fused logits). Needs captions.
@@ -40,6 +41,7 @@ from training.data import (UNPUNCTUATED, Example, batches, build_examples, check
                            punctuation_drops)
 from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, cached_layer_states, extract
+from training.init_from import init_problem, record_start, start_from_checkpoint
 from training.schedule import lr_factor
 from training.state import (holds_state, load_state, load_trainable_state, recover_state, save_state,
                             trainable_state, trainable_state_like)
@@ -359,7 +361,12 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
             return m(x)
         lr = cfg.head_lr
     else:
-        if cfg.text_mode == "lora":
+        adapter = ""  # what the frozen layers' cache is keyed by besides the backbone: a checkpoint's adapter
+        if cfg.init_checkpoint:
+            adapter = start_from_checkpoint(cfg, model, log)
+            if dist_info()[0] == 0:
+                record_start(cfg.run_dir, cfg, adapter)
+        elif cfg.text_mode == "lora":
             from ddvlm_core.lora import apply_lora
 
             model.config.lora = cfg.lora_settings(tok)
@@ -370,7 +377,7 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
             start = min(cfg.lora_layers)
             states = rank0_first(lambda: {s: cached_layer_states(model.text, data[s], tok.pad_token_id, start,
                                                                  cfg.feature_cache, path, cfg.eval_batch_size,
-                                                                 device, log) for s in splits})
+                                                                 device, log, adapter) for s in splits})
 
             def logits(m, split, idx, plain=None):
                 x, mask, index = (t.to(device) for t in states[split].batch(idx, states.get(UNPUNCTUATED), plain))
@@ -494,6 +501,8 @@ def preflight(cfg: TrainConfig) -> None:
             require_caption_source(cfg.caption_source)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    if cfg.init_checkpoint and "text" in cfg.stages and (problem := init_problem(cfg)):
+        raise ConfigError(problem)
     if cfg.meld_dir and not Path(cfg.meld_dir).is_dir():
         raise ConfigError(f"meld_dir {cfg.meld_dir!r}: no such folder (leave it empty for the repository's data/meld)")
     folder = Path(cfg.meld_dir) if cfg.meld_dir else meld_dir()
