@@ -365,3 +365,32 @@ def test_the_readme_quotes_what_ending_the_turns_wins_from_the_turn_ends_report(
     for split in ("dev", "test"):  # "better calibrated on both"
         read, ended = (r["ece"] for r in report["rows"] if r["split"] == split and r["unpunctuated"])
         assert ended < read
+
+
+def test_the_readme_quotes_the_default_gone_on_with_punctuation_dropout_from_its_reports():
+    """reports/punctuation_dropout/cpu_from_default_punct30/ (the run's record and bench/turn_ends.py on its
+    checkpoint) against reports/turn_ends.json (the default): the figures the README gives under "Going on from a
+    checkpoint", and what it concludes from them."""
+    folder = REPO / "reports" / "punctuation_dropout" / "cpu_from_default_punct30"
+    run = json.loads((folder / "training.json").read_text())
+    assert "--init_checkpoint=checkpoints/default --punctuation_dropout=0.3" in run["command"]
+    best = run["stages"]["text"]["best"]
+    reports = (folder / "turn_ends.json", REPO / "reports" / "turn_ends.json")  # this checkpoint's, the default's
+    new, default = ({(r["unpunctuated"], r["turns_ended"]): r for r in json.loads(path.read_text())["rows"]
+                     if r["split"] == "test"} for path in reports)
+    assert new[False, False]["wa_f1"] == pytest.approx(best["test_wa_f1"], abs=0.005)  # the bench scores the run's
+    f = {k: f"{r['wa_f1']:.2f}" for k, r in new.items()}
+    d = {k: f"{r['wa_f1']:.2f}" for k, r in default.items()}
+    ended = new[True, True]["against_read_as_it_is"]
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert (f"it kept epoch {best['epoch']}'s EMA teacher (dev WA-F1 {best['dev_wa_f1']:.2f}). On MELD test it scores "
+            f"WA-F1 {f[False, False]} in MELD's text, {f[True, False]} without punctuation read as it is and "
+            f"{f[True, True]} with the turns ended, where the default scores {d[False, False]}, {d[True, False]} and "
+            f"{d[True, True]}") in readme and best["kept"] == "ema"
+    lost = default[False, False]["wa_f1"] - default[True, False]["wa_f1"]
+    won = new[True, False]["wa_f1"] - default[True, False]["wa_f1"]
+    assert f"wins back about {round(won)} of the {lost:.1f} points" in readme
+    assert (f"ending its turns with a full stop costs it {-ended['difference']:.2f} (95 % interval over test's "
+            f"dialogues {ended['low']:.2f} to {ended['high']:.2f})") in readme and ended["high"] < 0
+    minutes = [round((h["train_seconds"] + h["eval_seconds"]) / 60) for h in run["stages"]["text"]["history"]]
+    assert f"then 2 epochs of {minutes[0]} and {minutes[1]} min" in readme
