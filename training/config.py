@@ -124,8 +124,9 @@ class TrainConfig:
     init_checkpoint: str = option("", "a ddvlm checkpoint with a LoRA adapter (e.g. checkpoints/default) to go on "
                                       "training from, text_mode lora: its adapter, in the layers it has, and its "
                                       "text head are where training starts; of its adapter only the layers in "
-                                      "lora_layers train (empty: all), and the lora_r/alpha/dropout/targets keys "
-                                      "are its own. Empty: a new adapter")
+                                      "lora_layers train (empty: all), and its own rank, alpha, dropout and targets "
+                                      "are kept (lora_r, lora_alpha, lora_dropout, lora_targets do not apply). "
+                                      "Empty: a new adapter")
     # data
     meld_dir: str = option("", "folder of MELD's CSVs (empty: the repository's data/meld)")
     limit_dialogues: int = option(0, "> 0: only the first N dialogues per split (smoke runs and tests only: "

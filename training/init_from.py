@@ -1,5 +1,5 @@
 """Go on training from a checkpoint (``init_checkpoint``): its LoRA adapter and its text head are where training
-starts, e.g. to fit the embedded default to an ASR's writing (``punctuation_dropout``) or to a lab's own dialogues.
+starts, e.g. to fit the embedded default to an ASR's writing (``punctuation_dropout``) on a CPU.
 
 Only the adapter's layers named in ``lora_layers`` train; the others stay as the checkpoint has them, so that
 ``cache_frozen_layers`` can run the layers below once (their cache is keyed by the adapter too). The new
