@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from ddvlm_core.model import DDVLM
 from training.config import TrainConfig
-from training.init_from import check_same_start, start_from_checkpoint
+from training.init_from import check_same_start, lora_backbone
 from training.loop import apply_fitted_temperatures
 from training.state import BEST, load_trainable_state, recover_state
 
@@ -28,15 +28,10 @@ def export(run_dir: str | Path, out: str | Path | None = None) -> Path:
     model, tokenizer = DDVLM.from_backbone(cfg.model_config())
     best = load_file(run_dir / "text" / "best.safetensors")
     modules = ["text_head"]
-    if cfg.init_checkpoint:  # the run's adapter went on from a checkpoint's: its frozen layers are that one's
-        check_same_start(run_dir, start_from_checkpoint(cfg, model, log=lambda *_: None))
-        load_trainable_state(model.text, best)
-        modules.append("backbone_lora")
-    elif cfg.text_mode == "lora":
-        from ddvlm_core.lora import apply_lora
-
-        model.config.lora = cfg.lora_settings(tokenizer)
-        model.text.backbone = apply_lora(model.text.backbone, model.config.lora)
+    if cfg.text_mode == "lora":
+        adapter = lora_backbone(cfg, model, tokenizer, log=lambda *_: None)
+        if cfg.init_checkpoint:  # the run went on from a checkpoint's adapter: its frozen layers are that one's
+            check_same_start(run_dir, adapter)
         load_trainable_state(model.text, best)
         modules.append("backbone_lora")
     elif cfg.text_mode == "frozen":

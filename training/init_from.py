@@ -54,6 +54,19 @@ def start_from_checkpoint(cfg, model, log=print) -> str:
     return manifest["modules"]["backbone_lora"]["sha256"]
 
 
+def lora_backbone(cfg, model, tokenizer, log=print) -> str:
+    """Wrap ``model``'s backbone for a LoRA run (training and ``training.export`` alike): with ``init_checkpoint``
+    the checkpoint's adapter and head (``start_from_checkpoint``; returns the adapter's sha256), else a new adapter
+    of the run's settings (returns '')."""
+    if cfg.init_checkpoint:
+        return start_from_checkpoint(cfg, model, log)
+    from ddvlm_core.lora import apply_lora
+
+    model.config.lora = cfg.lora_settings(tokenizer)
+    model.text.backbone = apply_lora(model.text.backbone, model.config.lora)
+    return ""
+
+
 RECORD = "init_checkpoint.json"  # in the run directory: which adapter the run started from
 
 

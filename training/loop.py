@@ -41,7 +41,7 @@ from training.data import (UNPUNCTUATED, Example, batches, build_examples, check
                            punctuation_drops)
 from ddvlm_core.metrics import confusion_png, metrics
 from training.features import cached_features, cached_layer_states, extract
-from training.init_from import init_problem, record_start, start_from_checkpoint
+from training.init_from import init_problem, lora_backbone, record_start
 from training.schedule import lr_factor
 from training.state import (holds_state, load_state, load_trainable_state, recover_state, save_state,
                             trainable_state, trainable_state_like)
@@ -362,15 +362,10 @@ def text_stage(cfg: TrainConfig, model: DDVLM, tok, data: dict[str, list[Example
         lr = cfg.head_lr
     else:
         adapter = ""  # what the frozen layers' cache is keyed by besides the backbone: a checkpoint's adapter
-        if cfg.init_checkpoint:
-            adapter = start_from_checkpoint(cfg, model, log)
-            if dist_info()[0] == 0:
+        if cfg.text_mode == "lora":
+            adapter = lora_backbone(cfg, model, tok, log)
+            if adapter and dist_info()[0] == 0:
                 record_start(cfg.run_dir, cfg, adapter)
-        elif cfg.text_mode == "lora":
-            from ddvlm_core.lora import apply_lora
-
-            model.config.lora = cfg.lora_settings(tok)
-            model.text.backbone = apply_lora(model.text.backbone, model.config.lora)
         student = model.text.to(device)
         autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.bf16)
         if cfg.cache_frozen_layers:
