@@ -1015,8 +1015,9 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
         camera.create_publisher(CompressedImage, "image/compressed", 1)  # a camera that stalled
         wrong = camera.create_publisher(Utterance, "transcript", 1)  # an ASR's Utterances remapped onto `transcript`
         deadline = time.monotonic() + 10  # the warnings, and the camera's publishers discovered (a busy machine
-        while time.monotonic() < deadline and (  # can take seconds: the status would say "no node publishes it")
-                len(h.node._silence_warned) < 3 or not h.node.count_publishers("image")
+        while time.monotonic() < deadline and (  # can take seconds: the status would say "no node publishes it",
+                h.node._silence_warned != {"image", "image/compressed", "transcript"}  # and a check that ran before
+                or not h.node.count_publishers("image")  # the discovery names all 5 topics until the next one)
                 or not h.node.count_publishers("transcript") or not h.node.count_publishers("image/compressed")):
             time.sleep(0.1)
         status = h.node.diagnostic_status()
