@@ -6,6 +6,9 @@ activates itself (autostart), so no lifecycle manager is needed. Topics are rema
 ``respawn:=true`` starts the node again when its process dies (after ``respawn_delay`` seconds), and with
 autostart it configures and activates itself again.
 A topic argument set to '' turns that input off (``compressed_image_topic`` is off unless given).
+The default topics are relative: ``namespace:=robot1`` puts them under it (/robot1/transcript,
+/robot1/camera/image_raw, /robot1/emotion: one node per robot, side by side); a topic given with a leading '/'
+is taken as it is. ROS4HRI's /humans/... topics and /diagnostics stay where REP-155 and ROS put them.
 Every other node parameter is also a launch argument (``quantized:=true cpu_threads:=4 ...``): one that
 is not given keeps the params file's value (``ros2 launch ddvlm_ros emotion.launch.py --show-args``).
 """
@@ -19,18 +22,18 @@ from launch_ros.actions import LifecycleNode
 
 from ddvlm_ros.params import RESPAWN_DELAY_S, launch_arguments, launch_overrides, launch_respawn, launch_topics
 
-TOPIC_ARGUMENTS = [  # (remapped name, launch argument, default, description)
-    ("transcript", "transcript_topic", "/transcript", "std_msgs/String ASR transcripts ('speaker: text')"),
-    ("utterance", "utterance_topic", "/utterance", "ddvlm_msgs/Utterance transcripts with speaker and timing"),
-    ("transcription", "whisper_topic", "/whisper/transcription", "whisper_msgs/Transcription from whisper_ros (read "
+TOPIC_ARGUMENTS = [  # (remapped name, launch argument, default, description); defaults relative: in `namespace`
+    ("transcript", "transcript_topic", "transcript", "std_msgs/String ASR transcripts ('speaker: text')"),
+    ("utterance", "utterance_topic", "utterance", "ddvlm_msgs/Utterance transcripts with speaker and timing"),
+    ("transcription", "whisper_topic", "whisper/transcription", "whisper_msgs/Transcription from whisper_ros (read "
      "where whisper_msgs is installed)"),
-    ("image", "image_topic", "/camera/image_raw", "sensor_msgs/Image (subscribed only with a captioner)"),
+    ("image", "image_topic", "camera/image_raw", "sensor_msgs/Image (subscribed only with a captioner)"),
     ("image/compressed", "compressed_image_topic", "", "sensor_msgs/CompressedImage (subscribed only with a "
      "captioner); '' = off (a camera that publishes through image_transport JPEG-encodes every frame while its "
      "compressed topic has a subscriber)"),
-    ("robot_speech", "robot_speech_topic", "/robot_speech", "std_msgs/String: what the robot says (the text it sends "
+    ("robot_speech", "robot_speech_topic", "robot_speech", "std_msgs/String: what the robot says (the text it sends "
      "its TTS): context for the next human turn, no /emotion"),
-    ("emotion", "emotion_topic", "/emotion", "ddvlm_msgs/EmotionDistribution output"),
+    ("emotion", "emotion_topic", "emotion", "ddvlm_msgs/EmotionDistribution output"),
 ]
 
 
@@ -64,7 +67,9 @@ def generate_launch_description():
     args = [
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "emotion.yaml"),
                               description="YAML file with the node's parameters"),
-        DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="namespace of the node and of its default topics (robot1: "
+                                          "/robot1/transcript ... /robot1/emotion)"),
         DeclareLaunchArgument("log_level", default_value="info", choices=["debug", "info", "warn", "error", "fatal"],
                               description="the node's log level"),
         DeclareLaunchArgument("use_sim_time", default_value="", choices=["", "true", "false"],

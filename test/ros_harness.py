@@ -13,12 +13,13 @@ from ddvlm_ros.spin import BackgroundSpin
 
 
 class Harness:
-    def __init__(self, node_class=EmotionNode, node_name: str = "", **params):
+    def __init__(self, node_class=EmotionNode, node_name: str = "", ros_args: tuple[str, ...] = (), **params):
         """``node_name``: a name no node of this process had before, for a test that reads the node's log on
         /rosout (rcl sends a node's log through the rosout publisher registered under its name, which the
-        belated finalisation of an earlier node of that name in another context unregisters)."""
+        belated finalisation of an earlier node of that name in another context unregisters). ``ros_args``: the
+        command line's ``--ros-args`` (remaps, ``__ns``), for both nodes, as a launch file gives them a process."""
         self.context = rclpy.Context()
-        rclpy.init(context=self.context)
+        rclpy.init(context=self.context, args=["--ros-args", *ros_args] if ros_args else None)
         overrides = [Parameter(k, value=v) for k, v in params.items()]
         self.node = node_class(parameter_overrides=overrides, context=self.context,
                                **({"node_name": node_name} if node_name else {}))

@@ -1,6 +1,7 @@
 """Static checks of what a robot integrator wires up: launch file, params YAML, README table."""
 import ast
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -154,7 +155,7 @@ def test_a_topic_launch_argument_set_to_nothing_turns_that_input_off(tiny_visual
 
     args = topic_arguments()
     defaults = {arg: default for _, arg, default, _ in args}
-    assert defaults["compressed_image_topic"] == "" and defaults["image_topic"] == "/camera/image_raw"
+    assert defaults["compressed_image_topic"] == "" and defaults["image_topic"] == "camera/image_raw"
     remappings, off = launch_topics(args, defaults | {"utterance_topic": "", "image_topic": "/cam/raw"})
     assert off == {"utterance_topic": "", "compressed_image_topic": ""}
     ctx = rclpy.Context()
@@ -174,6 +175,37 @@ def test_a_topic_launch_argument_set_to_nothing_turns_that_input_off(tiny_visual
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_the_launch_files_topics_go_under_its_namespace_so_that_two_robots_stay_apart(harness, tiny_visual_checkpoint):
+    """As the launch file builds the node, with its default topics, in no namespace and in namespace:=robot1 and
+    robot2 side by side (one node per robot on one network): each reads and answers under its own namespace, and an
+    ASR of robot1 gets answers from robot1's node alone. Before, the defaults were absolute (/transcript, ...,
+    /emotion): every robot's node read every robot's transcripts and answered on the one /emotion. A topic given
+    with a leading '/' is still taken as it is."""
+    from std_msgs.msg import String
+
+    from ddvlm_ros.params import launch_topics
+
+    args = topic_arguments()
+    defaults = {arg: default for _, arg, default, _ in args}
+    given = {"/": {}, "/robot1": {}, "/robot2": {"transcript_topic": "/asr/text"}}  # robot2's ASR: one absolute name
+    robots = {}
+    for ns, topics in given.items():
+        remappings, off = launch_topics(args, defaults | topics)
+        rules = [a for name, target in remappings for a in ("-r", f"{name}:={target}")]
+        robots[ns] = harness(model_dir=tiny_visual_checkpoint, captioner="cue", ros_args=("-r", f"__ns:={ns}", *rules),
+                             **off).start()
+    for ns, h in robots.items():
+        under = ns.rstrip("/")
+        transcript = "/asr/text" if ns == "/robot2" else f"{under}/transcript"
+        assert sorted(s.topic_name for s in h.node._subs) == sorted([transcript] + [
+            f"{under}/{t}" for t in ("camera/image_raw", "robot_speech", "utterance", "whisper/transcription")])
+        assert h.node._pub.topic_name == f"{under}/emotion"
+    robots["/robot1"].publish(String, "/robot1/transcript", String(data="Ross: I got the job!"))
+    assert len(robots["/robot1"].wait_for(1)) == 1
+    time.sleep(1.0)  # time for a stray answer to reach the other robots' behaviour nodes
+    assert robots["/"].received == [] and robots["/robot2"].received == []
 
 
 def node_reads(params_file: Path, namespace: str, name: str = "ddvlm_emotion") -> tuple[str, bool]:
