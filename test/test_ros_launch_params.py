@@ -185,6 +185,7 @@ def test_the_launch_files_topics_go_under_its_namespace_so_that_two_robots_stay_
     with a leading '/' is still taken as it is."""
     from std_msgs.msg import String
 
+    from ddvlm_ros.echo import EmotionEcho
     from ddvlm_ros.params import launch_topics
 
     args = topic_arguments()
@@ -202,10 +203,20 @@ def test_the_launch_files_topics_go_under_its_namespace_so_that_two_robots_stay_
         assert sorted(s.topic_name for s in h.node._subs) == sorted([transcript] + [
             f"{under}/{t}" for t in ("camera/image_raw", "robot_speech", "utterance", "whisper/transcription")])
         assert h.node._pub.topic_name == f"{under}/emotion"
-    robots["/robot1"].publish(String, "/robot1/transcript", String(data="Ross: I got the job!"))
-    assert len(robots["/robot1"].wait_for(1)) == 1
+    robot1 = robots["/robot1"]
+    lines = []  # ddvlm-emotion-echo --ros-args -r __ns:=/robot1 (the README's way to check it)
+    echo = EmotionEcho(out=lines.append, context=robot1.context)
+    robot1.executor.add_node(echo)
+    deadline = time.monotonic() + 15
+    while robot1.node.count_subscribers("emotion") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    robot1.publish(String, "/robot1/transcript", String(data="Ross: I got the job!"))
+    assert len(robot1.wait_for(1)) == 1
     time.sleep(1.0)  # time for a stray answer to reach the other robots' behaviour nodes
     assert robots["/"].received == [] and robots["/robot2"].received == []
+    assert len(lines) == 1 and lines[0].startswith("default/") and " Ross <s1> " in lines[0]
+    robot1.executor.remove_node(echo)
+    echo.destroy_node()
 
 
 def node_reads(params_file: Path, namespace: str, name: str = "ddvlm_emotion") -> tuple[str, bool]:
