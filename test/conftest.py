@@ -31,9 +31,9 @@ from ddvlm_core.assets import MINILM, MPNET, resolve_model  # noqa: E402
 # marked `ros` elsewhere: the ROS-free part on a Python that PyPI has no ROS wheels for (3.10, Humble's: README,
 # "Which ROS 2"). test_ros_compat checks that every other module imports without ROS.
 ROS_TEST_MODULES = frozenset({
-    "ros_harness.py", "test_bag_replay.py", "test_frame_windows.py", "test_msgs.py", "test_ros4hri.py",
-    "test_ros_compat.py", "test_ros_convert.py", "test_ros_launch_params.py", "test_ros_node.py", "test_ros_soak.py",
-    "test_study.py", "test_time_labels.py"})
+    "ros_harness.py", "test_bag_replay.py", "test_frame_windows.py", "test_msgs.py", "test_recorded.py",
+    "test_ros4hri.py", "test_ros_compat.py", "test_ros_convert.py", "test_ros_launch_params.py", "test_ros_node.py",
+    "test_ros_soak.py", "test_study.py", "test_time_labels.py"})
 
 
 def pytest_addoption(parser):

@@ -306,6 +306,7 @@ def test_the_context_turns_bench_scores_each_window_and_times_each_in_one_long_c
                                  "--latency-utterances 3")
 
 
+@pytest.mark.ros  # the node's SLOW_LATENCY_MS: ddvlm_ros.emotion_node imports rclpy
 def test_the_readme_quotes_what_fewer_turns_of_context_cost_and_save_from_the_context_turns_report():
     """reports/context_turns.json (python bench/context_turns.py): the WA-F1s and the times of an answer the README
     gives for max_context_turns, and how many of MELD test's utterances a shorter window reads less of."""

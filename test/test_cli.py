@@ -78,7 +78,8 @@ class _ParserBuilt(Exception):
 
 
 COMMANDS = ["training.ablate", "training.evaluate", "training.calibrate", "training.captions", "training.export",
-            "training.results", "training.model_card", "ddvlm_core.cli", "ddvlm_ros.replay", "ddvlm_ros.bag",
+            "training.results", "training.model_card", "ddvlm_core.cli",
+            pytest.param("ddvlm_ros.replay", marks=pytest.mark.ros), "ddvlm_ros.bag",
             "ddvlm_ros.study", "bench/asr_noise.py", "bench/text_windows.py", "bench/turn_ends.py",
             "bench/context_turns.py", "bench/layer_cache.py", "bench/quantization.py", "bench/ros_latency.py",
             "bench/camera_cost.py", "scripts/gpu/plan.py"]
