@@ -219,6 +219,36 @@ def test_the_launch_files_topics_go_under_its_namespace_so_that_two_robots_stay_
     echo.destroy_node()
 
 
+def test_every_launch_command_the_docs_give_uses_launch_arguments_that_exist_with_values_they_take():
+    """Each `ros2 launch ddvlm_ros emotion.launch.py name:=value ...` of the README (and the launch file's own
+    docstring), as an integrator copies it: every name is a launch argument the file declares, and every value one
+    it takes (ros2 launch refuses an unknown choice; the node's parameters are typed and checked as the launch file
+    does, with launch_overrides; respawn_delay with launch_respawn)."""
+    from ddvlm_ros.params import launch_arguments, launch_overrides, launch_respawn
+
+    tree = ast.parse((REPO / "launch" / "emotion.launch.py").read_text())
+    declared = {}  # launch argument -> its choices (None: any value)
+    for c in launch_calls():
+        if c.func.id == "DeclareLaunchArgument" and c.args and isinstance(c.args[0], ast.Constant):
+            choices = next((k.value for k in c.keywords if k.arg == "choices"), None)
+            declared[c.args[0].value] = ast.literal_eval(choices) if choices is not None else None
+    topics = {arg for _, arg, *_ in topic_arguments()}
+    parameters = {a["name"] for a in launch_arguments()}
+    assert set(declared) & (topics | parameters) == set()
+    docs = (REPO / "README.md").read_text() + ast.get_docstring(tree)
+    commands = [line.split("#")[0] for line in docs.splitlines() if "ros2 launch ddvlm_ros emotion.launch.py" in line]
+    given = [(name, value) for line in commands for name, value in re.findall(r"(\w+):=(\S*)", line)]
+    assert len(commands) >= 8 and {"namespace", "transcript_topic", "quantized", "respawn"} <= {n for n, _ in given}
+    for name, value in given:
+        assert name in declared or name in topics or name in parameters, f"{name}:= is no launch argument"
+        if name in parameters:
+            launch_overrides({name: value})  # ValueError for a value the parameter does not take
+        elif name == "respawn_delay":
+            launch_respawn("true", value)
+        elif declared.get(name) is not None:
+            assert value in declared[name], f"{name}:={value} is none of {declared[name]}"
+
+
 def node_reads(params_file: Path, namespace: str, name: str = "ddvlm_emotion") -> tuple[str, bool]:
     """What rcl gives a real node in ``namespace`` from ``params_file``: its fully qualified name, and whether the
     file's parameter ``foo`` reached it."""
