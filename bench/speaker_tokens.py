@@ -56,9 +56,11 @@ def main(argv=None) -> int:
     from ddvlm_core.meld import dialogues
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model-dir", default=str(DEFAULT_CHECKPOINT))
+    ap.add_argument("--model-dir", default=str(DEFAULT_CHECKPOINT),
+                    help="checkpoint folder (default: the embedded default, checkpoints/default)")
     ap.add_argument("--dialogues", type=int, default=0, help="the first N test dialogues (0: all 280)")
-    ap.add_argument("--out", default=str(REPO / "reports" / "speaker_tokens.md"))
+    ap.add_argument("--out", default=str(REPO / "reports" / "speaker_tokens.md"),
+                    help="the Markdown report; its .json goes beside it (default: reports/speaker_tokens.md)")
     args = ap.parse_args(argv)
     recognizer = EmotionRecognizer.from_checkpoint(args.model_dir, load_caption_embedder=False)
     test = list(dialogues("test").values())[: args.dialogues or None]

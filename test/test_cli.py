@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 
 from ddvlm_core import cli
@@ -82,18 +85,20 @@ COMMANDS = ["training.ablate", "training.evaluate", "training.calibrate", "train
             pytest.param("ddvlm_ros.replay", marks=pytest.mark.ros), "ddvlm_ros.bag",
             "ddvlm_ros.study", "bench/asr_noise.py", "bench/text_windows.py", "bench/turn_ends.py",
             "bench/context_turns.py", "bench/layer_cache.py", "bench/quantization.py", "bench/ros_latency.py",
-            "bench/camera_cost.py", "scripts/gpu/plan.py"]
+            "bench/camera_cost.py", "bench/asr_loops.py", "bench/asr_partials.py", "bench/duplicates.py",
+            "bench/frame_windows.py", "bench/late_transcripts.py", "bench/self_echo.py", "bench/speaker_tokens.py",
+            "scripts/gpu/plan.py"]
+REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_says_what_it_does_and_what_each_option_means(command, monkeypatch):
+def parser_of(command: str, monkeypatch):
+    """The argparse parser that ``command`` (a module, or a script's path) builds, held where it would parse."""
     import argparse
     import importlib
     import importlib.util
-    from pathlib import Path
 
     if command.endswith(".py"):
-        spec = importlib.util.spec_from_file_location(Path(command).stem, Path(__file__).parents[1] / command)
+        spec = importlib.util.spec_from_file_location(Path(command).stem, REPO / command)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     else:
@@ -104,10 +109,68 @@ def test_every_command_says_what_it_does_and_what_each_option_means(command, mon
         built.append(parser)
         raise _ParserBuilt
 
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", hold)
-    with pytest.raises(_ParserBuilt):
-        module.main(["x"])
-    parser = built[0]
+    with monkeypatch.context() as patched:
+        patched.setattr(argparse.ArgumentParser, "parse_known_args", hold)
+        with pytest.raises(_ParserBuilt):
+            module.main(["x"])
+    return built[0]
+
+
+def test_every_script_with_a_command_line_is_checked_here():
+    commands = {c if isinstance(c, str) else c.values[0] for c in COMMANDS}
+    scripts = {f"bench/{p.name}" for p in (REPO / "bench").glob("*.py") if "def main(" in p.read_text()}
+    assert scripts <= commands, sorted(scripts - commands)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_says_what_it_does_and_what_each_option_means(command, monkeypatch):
+    parser = parser_of(command, monkeypatch)
     assert parser.description and len(parser.description) > 20
     undescribed = [a.option_strings or a.dest for a in parser._actions if not a.help]
     assert undescribed == []
+
+
+DOCS = ("README.md", "MODEL_CARD.md", "scripts/gpu/README.md")
+COMMAND = re.compile(r"python3? (?:-m ([a-z_][\w.]*)|((?:bench|scripts/gpu)/\w+\.py))")
+UNCHECKED = {"venv", "colcon", "ddvlm_core.assets", "scripts/gpu/backbone_shards.py"}  # not ours, or no options
+
+
+def commands_in(text: str) -> list[tuple[str, list[str]]]:
+    """(command, its --options) of each `python -m X ...` / `python bench/X.py ...` in Markdown ``text``: in a code
+    block, line by line (a trailing backslash goes on), elsewhere in a `code span` (which may wrap); the command
+    ends at a comment, a pipe, && or ;."""
+    pieces = []
+    for k, part in enumerate(re.split(r"^```.*$", text, flags=re.M)):
+        if k % 2:  # inside a code block
+            pieces += part.replace("\\\n", " ").splitlines()
+        else:
+            pieces += re.findall(r"`([^`]+)`", part.replace("\n", " "))
+    found = []
+    for piece in pieces:
+        for m in COMMAND.finditer(piece):
+            rest = re.split(r"\s#|\||&&|;", piece[m.end():])[0]
+            found.append((m.group(1) or m.group(2), re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", rest)))
+    return found
+
+
+@pytest.mark.ros  # ddvlm_ros.replay's parser: the module imports rclpy
+def test_every_command_the_docs_give_uses_options_the_command_has(monkeypatch):
+    """Each command the README, the model card and the GPU plan give (python -m training ..., python -m
+    training.ablate ..., python bench/asr_noise.py ...) as a reader copies it: every --option is one its parser has,
+    or for training and training.ablate a key of TrainConfig (--key=value)."""
+    import dataclasses
+
+    from training.config import TrainConfig
+
+    keys = {f"--{f.name}" for f in dataclasses.fields(TrainConfig)}
+    options = {"training": keys | {"--config", "--dry-run", "--help"}}
+    mentions = [mention for doc in DOCS for mention in commands_in((REPO / doc).read_text())]
+    found = [(command, option) for command, opts in mentions for option in opts]
+    assert len({command for command, _ in mentions}) >= 25 and len(found) >= 60
+    for command in sorted({c for c, _ in found} - set(options) - UNCHECKED):
+        parser = parser_of(command, monkeypatch)
+        options[command] = {o for a in parser._actions for o in a.option_strings} | (
+            keys | {"--config"} if command == "training.ablate" else set())
+    unknown = sorted({(command, option) for command, option in found
+                      if command not in UNCHECKED and option not in options[command]})
+    assert unknown == []
