@@ -29,7 +29,8 @@ from ddvlm_core.assets import MINILM, MPNET, resolve_model  # noqa: E402
 
 # The test modules that need ROS 2 (rclpy, message packages). `pytest --without-ros` leaves them out, and the tests
 # marked `ros` elsewhere: the ROS-free part on a Python that PyPI has no ROS wheels for (3.10, Humble's: README,
-# "Which ROS 2"). test_ros_compat checks that every other module imports without ROS.
+# "Which ROS 2"). test_ros_compat checks that every other module imports without ROS, and that each of their tests
+# that needs ROS (by its imports, helpers, parameters or the harness fixture) is marked `ros`.
 ROS_TEST_MODULES = frozenset({
     "ros_harness.py", "test_bag_replay.py", "test_frame_windows.py", "test_msgs.py", "test_recorded.py",
     "test_ros4hri.py", "test_ros_compat.py", "test_ros_convert.py", "test_ros_launch_params.py", "test_ros_node.py",

@@ -121,8 +121,6 @@ def unmarked_tests_needing_ros(path: Path, ours_needing_ros: set[str]) -> list[s
 
 
 def test_every_test_module_that_pytest_without_ros_collects_imports_without_ros():
-    from pathlib import Path
-
     from conftest import ROS_TEST_MODULES
 
     test_dir = Path(__file__).parent
@@ -135,9 +133,10 @@ def test_every_test_module_that_pytest_without_ros_collects_imports_without_ros(
 
 def test_every_test_that_pytest_without_ros_runs_needs_no_ros():
     """A test outside ROS_TEST_MODULES that imports ROS 2 (rclpy, a message package) or a module of ours that
-    does (found by importing each with ROS hidden), directly or through a helper of its module, or that starts a
-    node through the ``harness`` fixture, is marked ``ros``. On Python 3.10, six such tests failed
-    `make test-without-ros` (2026-12-07): none of the suite's own checks imported them with ROS hidden."""
+    does (found by importing each with ROS hidden), directly, through a helper of its module or as a parametrized
+    command, or that starts a node through the ``harness`` fixture, is marked ``ros``. On Python 3.10, six such
+    tests failed `make test-without-ros` (2026-12-07): none of the suite's own checks imported them with ROS
+    hidden."""
     from conftest import ROS_TEST_MODULES
 
     repo = Path(__file__).resolve().parents[1]
