@@ -31,6 +31,7 @@ class Harness:
         self.executor.add_node(self.client)
         self.spinner = BackgroundSpin(self.executor)
         self._pubs = {}
+        self._echoes = []  # add_echo's nodes
 
     def start(self) -> "Harness":
         from lifecycle_msgs.msg import State
@@ -68,14 +69,27 @@ class Harness:
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
 
+    def add_echo(self) -> list[str]:
+        """ddvlm-emotion-echo's node beside the client (the same context: its namespace and remaps), once the node
+        sees its subscription; the lines it prints, one per answer, are appended to the list returned."""
+        from ddvlm_ros.echo import EmotionEcho
+
+        lines = []
+        self._echoes.append(EmotionEcho(out=lines.append, context=self.context))
+        self.executor.add_node(self._echoes[-1])
+        deadline = time.monotonic() + 15
+        while self.node.count_subscribers("emotion") < 2 and time.monotonic() < deadline:  # the client's and its
+            time.sleep(0.01)
+        return lines
+
     def close(self) -> None:
-        """Stop and destroy both nodes and the context (again: nothing)."""
+        """Stop and destroy the nodes and the context (again: nothing)."""
         if getattr(self, "_closed", False):
             return
         self._closed = True
         if self.node.pipeline is not None:
             self.node.pipeline.stop()
         self.spinner.stop()  # spin must be out of rcl_wait before the context goes
-        self.node.destroy_node()
-        self.client.destroy_node()
+        for node in [self.node, self.client, *self._echoes]:
+            node.destroy_node()
         rclpy.shutdown(context=self.context)

@@ -12,8 +12,11 @@ from ddvlm_ros.params import PARAMS, parameter_errors
 REPO = Path(__file__).resolve().parents[1]
 
 
+LAUNCH_FILE = REPO / "launch" / "emotion.launch.py"
+
+
 def launch_calls():
-    tree = ast.parse((REPO / "launch" / "emotion.launch.py").read_text())
+    tree = ast.parse(LAUNCH_FILE.read_text())
     return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
 
 
@@ -25,9 +28,7 @@ def test_launch_file_starts_the_lifecycle_node_with_params_and_remaps():
     assert ast.literal_eval(kw["name"]) == "ddvlm_emotion"
     executable = ast.literal_eval(kw["executable"])
     assert f'"{executable} = ddvlm_ros.emotion_node:main"' in (REPO / "setup.py").read_text()
-    tree = ast.parse((REPO / "launch" / "emotion.launch.py").read_text())
-    topic_args = next(ast.literal_eval(n.value) for n in ast.walk(tree)
-                      if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TOPIC_ARGUMENTS")
+    topic_args = topic_arguments()
     defaults = {p.name: p.default for p in PARAMS}
     topics = [p.name for p in PARAMS if p.topic]  # every topic parameter, robot_speech_topic too
     assert len(topics) == 7
@@ -41,10 +42,10 @@ def test_launch_file_starts_the_lifecycle_node_with_params_and_remaps():
     assert ast.unparse(kw["ros_arguments"]) == "['--log-level', LaunchConfiguration('log_level')]"
     sim_time = next(c for c in declared if c.args and getattr(c.args[0], "value", "") == "use_sim_time")
     assert ast.literal_eval(next(k.value for k in sim_time.keywords if k.arg == "choices")) == ["", "true", "false"]
-    source = (REPO / "launch" / "emotion.launch.py").read_text()
+    source = LAUNCH_FILE.read_text()
     assert 'given["use_sim_time"] = sim_time == "true"' in source  # a bool, and only when given
     assert all(any(k.arg in ("description", None) for k in c.keywords) for c in declared)
-    assert "emotion.yaml" in (REPO / "launch" / "emotion.launch.py").read_text()
+    assert "emotion.yaml" in source
     # respawn: off unless asked; both arguments read by launch_respawn (tested below) and passed to the node
     respawn = next(c for c in declared if c.args and getattr(c.args[0], "value", "") == "respawn")
     assert ast.literal_eval(next(k.value for k in respawn.keywords if k.arg == "default_value")) == "false"
@@ -138,7 +139,7 @@ def test_every_declared_parameter_has_a_description(tiny_text_checkpoint):
 
 
 def topic_arguments():
-    tree = ast.parse((REPO / "launch" / "emotion.launch.py").read_text())
+    tree = ast.parse(LAUNCH_FILE.read_text())
     return next(ast.literal_eval(n.value) for n in ast.walk(tree)
                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "TOPIC_ARGUMENTS")
 
@@ -185,7 +186,6 @@ def test_the_launch_files_topics_go_under_its_namespace_so_that_two_robots_stay_
     with a leading '/' is still taken as it is."""
     from std_msgs.msg import String
 
-    from ddvlm_ros.echo import EmotionEcho
     from ddvlm_ros.params import launch_topics
 
     args = topic_arguments()
@@ -204,19 +204,12 @@ def test_the_launch_files_topics_go_under_its_namespace_so_that_two_robots_stay_
             f"{under}/{t}" for t in ("camera/image_raw", "robot_speech", "utterance", "whisper/transcription")])
         assert h.node._pub.topic_name == f"{under}/emotion"
     robot1 = robots["/robot1"]
-    lines = []  # ddvlm-emotion-echo --ros-args -r __ns:=/robot1 (the README's way to check it)
-    echo = EmotionEcho(out=lines.append, context=robot1.context)
-    robot1.executor.add_node(echo)
-    deadline = time.monotonic() + 15
-    while robot1.node.count_subscribers("emotion") < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    lines = robot1.add_echo()  # ddvlm-emotion-echo --ros-args -r __ns:=/robot1 (the README's way to check it)
     robot1.publish(String, "/robot1/transcript", String(data="Ross: I got the job!"))
     assert len(robot1.wait_for(1)) == 1
     time.sleep(1.0)  # time for a stray answer to reach the other robots' behaviour nodes
     assert robots["/"].received == [] and robots["/robot2"].received == []
     assert len(lines) == 1 and lines[0].startswith("default/") and " Ross <s1> " in lines[0]
-    robot1.executor.remove_node(echo)
-    echo.destroy_node()
 
 
 def test_every_launch_command_the_docs_give_uses_launch_arguments_that_exist_with_values_they_take():
@@ -226,7 +219,6 @@ def test_every_launch_command_the_docs_give_uses_launch_arguments_that_exist_wit
     does, with launch_overrides; respawn_delay with launch_respawn)."""
     from ddvlm_ros.params import launch_arguments, launch_overrides, launch_respawn
 
-    tree = ast.parse((REPO / "launch" / "emotion.launch.py").read_text())
     declared = {}  # launch argument -> its choices (None: any value)
     for c in launch_calls():
         if c.func.id == "DeclareLaunchArgument" and c.args and isinstance(c.args[0], ast.Constant):
@@ -235,7 +227,7 @@ def test_every_launch_command_the_docs_give_uses_launch_arguments_that_exist_wit
     topics = {arg for _, arg, *_ in topic_arguments()}
     parameters = {a["name"] for a in launch_arguments()}
     assert set(declared) & (topics | parameters) == set()
-    docs = (REPO / "README.md").read_text() + ast.get_docstring(tree)
+    docs = (REPO / "README.md").read_text() + ast.get_docstring(ast.parse(LAUNCH_FILE.read_text()))
     commands = [line.split("#")[0] for line in docs.splitlines() if "ros2 launch ddvlm_ros emotion.launch.py" in line]
     given = [(name, value) for line in commands for name, value in re.findall(r"(\w+):=(\S*)", line)]
     assert len(commands) >= 8 and {"namespace", "transcript_topic", "quantized", "respawn"} <= {n for n, _ in given}

@@ -1299,15 +1299,8 @@ def test_a_params_file_and_command_line_with_integers_for_numbers_start_the_node
 
 
 def test_echo_tool_prints_one_readable_line_per_answer(harness, tiny_text_checkpoint):
-    from ddvlm_ros.echo import EmotionEcho
-
     h = harness(model_dir=tiny_text_checkpoint).start()
-    lines = []
-    echo = EmotionEcho(out=lines.append, context=h.context)
-    h.executor.add_node(echo)
-    deadline = time.monotonic() + 15
-    while h.node.count_subscribers("emotion") < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    lines = h.add_echo()
     h.publish(String, "transcript", String(data="Ross: I got the job!"))
     m = h.wait_for(1)[0]
     deadline = time.monotonic() + 15
@@ -1323,8 +1316,6 @@ def test_echo_tool_prints_one_readable_line_per_answer(harness, tiny_text_checkp
         time.sleep(0.01)
     assert lines[1].startswith("default/") and lines[1].endswith(
         f"text  {m.latency_ms:.0f} ms  asr 0.31  flags: transcript-low-confidence")
-    h.executor.remove_node(echo)
-    echo.destroy_node()
     from ddvlm_ros.echo import main
 
     assert main(["ddvlm-emotion-echo", "--help"]) == 0 and main(["ddvlm-emotion-echo", "--bogus"]) == 2  # no spin
