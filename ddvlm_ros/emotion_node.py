@@ -42,7 +42,9 @@ from ddvlm_ros.spin import spin_until_shutdown
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
 DEFAULT_NODE = "/ddvlm_emotion"  # the launch file's node, in no namespace: its status is DIAGNOSTIC_NAME as it is
-SLOW_LATENCY_MS = 500.0  # WARN above this p90 text latency
+SLOW_LATENCY_MS = 500.0  # WARN above this p90 text latency ...
+SLOW_MIN_ANSWERS = 2  # ... when at least this many answers took longer: the p90 of 10 or fewer answers is the slowest,
+# and one slow answer (a long prompt, the machine busy for a moment) would outrank every other fault for 10 answers
 TIME_JUMP_BACK_S = 1.0  # ROS time going back more than this (a bag played again) starts frames and contexts afresh
 NO_FINAL_WARN_S = 30.0  # utterance messages this long, none final: WARN that only final ones are classified
 LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversations",
@@ -859,7 +861,7 @@ class EmotionNode(LifecycleNode):
                        "late_transcripts": self.pipeline.late_summary(),
                        "duplicate_transcripts": self.pipeline.copy_summary(),
                        "last_output": self._last_output}
-            if p90 > SLOW_LATENCY_MS:
+            if p90 > SLOW_LATENCY_MS and sum(ms > SLOW_LATENCY_MS for ms in lat) >= SLOW_MIN_ANSWERS:
                 level, message = DiagnosticStatus.WARN, f"slow: p90 latency {p90:.0f} ms"
             elif s.frame_window_miss:
                 level, message = DiagnosticStatus.WARN, "no frames in utterance windows (see frame_window_miss)"

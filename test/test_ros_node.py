@@ -23,7 +23,8 @@ from ddvlm_ros.emotion_node import EmotionNode
 def no_slow_warning(monkeypatch):
     """The status message names one fault, and 'slow: p90 latency' outranks every other: on a loaded machine (CI's
     two test processes) one answer of 1.5 s among a test's few (their p90 is the slowest of 10 or fewer) hid the fault
-    a test checked. The slow warning's own test lowers the threshold again."""
+    a test checked; since, one is not enough (SLOW_MIN_ANSWERS), but a busy machine can make two. The slow warning's
+    own tests set the threshold again."""
     monkeypatch.setattr("ddvlm_ros.emotion_node.SLOW_LATENCY_MS", math.inf)
 
 
@@ -1090,6 +1091,32 @@ def test_slow_answers_are_the_warning_the_status_gives_first(harness, tiny_text_
     monkeypatch.setattr("ddvlm_ros.emotion_node.SLOW_LATENCY_MS", p90 - 1e-3)
     status = h.node.diagnostic_status()
     assert status.level == b"\x01" and status.message == f"slow: p90 latency {p90:.0f} ms"
+
+
+def test_one_slow_answer_among_few_is_not_called_slow(harness, tiny_text_checkpoint, monkeypatch):
+    """The p90 of 10 or fewer answers is the slowest one: a single slow answer (a long prompt, the machine busy for
+    a moment) is no WARN, nor does it hide the status's other faults; a second one is. The README's troubleshooting
+    row says so."""
+    import ddvlm_ros.emotion_node as node
+
+    monkeypatch.undo()  # the threshold as shipped (no_slow_warning raised it), for the README's words
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert node.SLOW_MIN_ANSWERS == 2 and f"is above {node.SLOW_LATENCY_MS:.0f} ms, and two answers at least" in readme
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    for k in range(6):
+        h.publish(String, "transcript", String(data=f"Ross: I said line {k}."))
+    h.wait_for(6)
+    h.settle()
+    latencies = sorted(h.node.pipeline.stats.latencies_ms)
+    assert len(latencies) == 6 and latencies[-2] < latencies[-1]
+    monkeypatch.setattr("ddvlm_ros.emotion_node.SLOW_LATENCY_MS", (latencies[-2] + latencies[-1]) / 2)
+    status = h.node.diagnostic_status()
+    values = {kv.key: kv.value for kv in status.values}
+    assert float(values["latency_p90_ms"]) == round(latencies[-1], 1)  # the slowest, as the values still say
+    assert status.level == b"\x00" and status.message == "running"
+    monkeypatch.setattr("ddvlm_ros.emotion_node.SLOW_LATENCY_MS", (latencies[-3] + latencies[-2]) / 2)
+    status = h.node.diagnostic_status()
+    assert status.level == b"\x01" and status.message == f"slow: p90 latency {latencies[-1]:.0f} ms"
 
 
 def rosout_listener(h) -> list:
