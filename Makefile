@@ -25,6 +25,7 @@ msgs: $(VENV)/.deps
 	VENV=$(CURDIR)/$(VENV) scripts/build_msgs.sh
 	VENV=$(CURDIR)/$(VENV) scripts/build_msgs.sh third_party/hri_msgs
 	VENV=$(CURDIR)/$(VENV) scripts/build_msgs.sh third_party/whisper_msgs
+	VENV=$(CURDIR)/$(VENV) scripts/build_msgs.sh third_party/bond
 
 assets: $(VENV)/.deps
 	$(PY) -m ddvlm_core.assets > /dev/null

@@ -128,6 +128,8 @@ class EmotionNode(LifecycleNode):
         self._crops = None  # ddvlm_ros.ros4hri.PersonCrops while active with ros4hri: true and a captioner
         self._last_voice_speech: float | None = None  # monotonic time of the last ROS4HRI speech result
         self._hri_status = "off"
+        self._bond = None  # ddvlm_ros.bond.LifecycleBond, from the first activate where the bond messages import
+        self._bond_state = "inactive"  # what diagnostics say of the bond while there is none
         self.params_files_unapplied: list[str] = []  # params files that gave this node nothing (check_params_files)
         self._inputs_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
@@ -253,10 +255,12 @@ class EmotionNode(LifecycleNode):
         self._read("activate")
         self._active = True
         self.get_logger().info(self.wiring())
+        self._start_bond()
         return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         self._active = False
+        self._stop_bond("inactive")
         if self._hri is not None:
             self._hri.stop()
             self._hri = None
@@ -286,9 +290,26 @@ class EmotionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        self._stop_bond("shut down")
         if self.pipeline is not None:
             self.pipeline.stop()
         return TransitionCallbackReturn.SUCCESS
+
+    def _start_bond(self) -> None:
+        """Keep the bond a lifecycle manager checks its active nodes by (nav2_lifecycle_manager; ddvlm_ros.bond),
+        where the bond messages import."""
+        from ddvlm_ros.bond import NOT_INSTALLED, LifecycleBond, bond_msgs_available
+
+        if self._bond is None:
+            if not bond_msgs_available():
+                self._bond_state = NOT_INSTALLED
+                return
+            self._bond = LifecycleBond(self, callback_group=self._diag_group)
+        self._bond.start()
+
+    def _stop_bond(self, why: str) -> None:
+        if self._bond is not None:
+            self._bond.stop(why)
 
     # ---- loading ----------------------------------------------------------------------------
     def _load_recognizer(self):
@@ -817,7 +838,8 @@ class EmotionNode(LifecycleNode):
                   "ros4hri": self._hri_status + (f" ({len(self._hri.voices)} voices)" if self._hri else ""),
                   "whisper_transcriptions": self._whisper_summary(),
                   "image_decoder": self.image_decoder,
-                  "confidence_calibration": self.recognizer.calibration if self.recognizer else ""}
+                  "confidence_calibration": self.recognizer.calibration if self.recognizer else "",
+                  "lifecycle_bond": self._bond.state if self._bond is not None else self._bond_state}
         level, message = DiagnosticStatus.OK, "running"
         delay_text, delay = self._transcript_delay()  # the ASR's delay: a value, and a warning below
         if self.pipeline is not None:

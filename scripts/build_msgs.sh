@@ -3,6 +3,7 @@
 #   scripts/build_msgs.sh                          ddvlm_msgs from msg/
 #   scripts/build_msgs.sh third_party/hri_msgs     the vendored ROS4HRI subset (only if hri_msgs does not import)
 #   scripts/build_msgs.sh third_party/whisper_msgs the vendored whisper_ros subset (the same)
+#   scripts/build_msgs.sh third_party/bond         bond's messages (nav2's lifecycle bond; the same)
 # Recipe and pitfalls: ros-kilted-* (or ros-jazzy-*) wheels from PyPI + Debian cmake/g++ (see README, "Messages").
 # Idempotent: skips the build when the installed package matches the hash of its sources.
 set -euo pipefail

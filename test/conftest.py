@@ -32,7 +32,7 @@ from ddvlm_core.assets import MINILM, MPNET, resolve_model  # noqa: E402
 # "Which ROS 2"). test_ros_compat checks that every other module imports without ROS, and that each of their tests
 # that needs ROS (by its imports, helpers, parameters or the harness fixture) is marked `ros`.
 ROS_TEST_MODULES = frozenset({
-    "ros_harness.py", "test_bag_replay.py", "test_frame_windows.py", "test_msgs.py", "test_recorded.py",
+    "ros_harness.py", "test_bag_replay.py", "test_bond.py", "test_frame_windows.py", "test_msgs.py", "test_recorded.py",
     "test_ros4hri.py", "test_ros_compat.py", "test_ros_convert.py", "test_ros_launch_params.py", "test_ros_node.py",
     "test_ros_soak.py", "test_study.py", "test_time_labels.py"})
 
