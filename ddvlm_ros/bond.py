@@ -20,11 +20,13 @@ kept and ``state`` says that a manager needs ``bond_timeout: 0.0`` for this node
 """
 from __future__ import annotations
 
+import threading
 import uuid
 
 TOPIC = "bond"  # relative: beside the manager, in the node's namespace (nav2: Bond("bond", node_name, manager))
 HEARTBEAT_PERIOD_S = 0.1  # as nav2's servers (nav2_util::LifecycleNode::createBond)
 HEARTBEAT_TIMEOUT_S = 4.0  # bond's DEFAULT_HEARTBEAT_TIMEOUT and nav2's default bond_timeout: said in each status
+WAITING, FORMED, BROKEN = "waiting for a lifecycle manager", "formed", "broken by the lifecycle manager"
 NOT_INSTALLED = "bond messages not installed: a nav2_lifecycle_manager needs bond_timeout: 0.0 for this node"
 
 
@@ -51,6 +53,7 @@ class LifecycleBond:
         self.instance_id = ""
         self.sister = ""  # the manager's instance id, once its status came
         self.state = "inactive"
+        self._lock = threading.Lock()  # transitions come from the lifecycle services, statuses and heartbeats
         self._pub = node.create_publisher(Status, TOPIC, QoSProfile(depth=5))  # bondcpp: KeepLast(5), reliable
         self._sub = node.create_subscription(Status, TOPIC, self._on_status, QoSProfile(depth=100),
                                              callback_group=callback_group)
@@ -61,27 +64,33 @@ class LifecycleBond:
 
     @property
     def alive(self) -> bool:
-        return self.state in ("waiting for a lifecycle manager", "formed")
+        return self.state in (WAITING, FORMED)
 
     def start(self) -> None:
         """A new bond: heartbeats from now on."""
-        self.instance_id, self.sister = str(uuid.uuid4()), ""
-        self.state = "waiting for a lifecycle manager"
-        self._publish(True)
-        self._timer.reset()
+        with self._lock:
+            self.instance_id, self.sister, self.state = str(uuid.uuid4()), "", WAITING
+            self._publish(True)
+            self._timer.reset()
 
     def stop(self, why: str = "inactive") -> None:
         """Break the bond from this side (``active=False``), if it is alive."""
-        self._timer.cancel()
-        if self.alive:
-            self._publish(False)
-        self.state = why
+        with self._lock:
+            self._timer.cancel()
+            if self.alive:
+                self._publish(False)
+            self.state = why
 
     def _heartbeat(self) -> None:
-        if self.alive:
-            self._publish(True)
+        with self._lock:
+            if self.alive:
+                self._publish(True)
 
     def _on_status(self, msg) -> None:
+        with self._lock:
+            self._sister_status(msg)
+
+    def _sister_status(self, msg) -> None:
         if msg.id != self.bond_id or msg.instance_id == self.instance_id or not self.alive:
             return  # another node's bond, our own status, or no bond now
         if not self.sister and not msg.active:
@@ -90,13 +99,13 @@ class LifecycleBond:
             return  # a second manager of the same node: the first one's bond is this one
         self.sister = msg.instance_id
         if msg.active:
-            if self.state != "formed":
-                self.state = "formed"
+            if self.state != FORMED:
+                self.state = FORMED
                 self.node.get_logger().info(f"bond formed with a lifecycle manager ({TOPIC}, id {self.bond_id!r})")
             return
         self._timer.cancel()
         self._publish(False)  # the ack the manager's bond waits for
-        self.state = "broken by the lifecycle manager"
+        self.state = BROKEN
 
     def _publish(self, active: bool) -> None:
         from rclpy.clock import Clock, ClockType

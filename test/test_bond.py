@@ -5,12 +5,13 @@ built by `make`)."""
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import rclpy
 from bond.msg import Status
 
-from ddvlm_ros.bond import HEARTBEAT_PERIOD_S, NOT_INSTALLED
+from ddvlm_ros.bond import BROKEN, FORMED, HEARTBEAT_PERIOD_S, NOT_INSTALLED, WAITING
 
 
 class Manager:
@@ -85,7 +86,7 @@ def test_a_lifecycle_managers_bond_forms_on_activate_and_ends_on_deactivate(harn
     manager.start()
     first = manager.wait_for(lambda m: m.active)
     assert first is not None and first.heartbeat_period == pytest.approx(HEARTBEAT_PERIOD_S)
-    assert wait_state(h, "formed") == "formed"
+    assert wait_state(h, FORMED) == FORMED
     time.sleep(1.0)
     beats = [m for m in manager.statuses(time.monotonic() - 1.0) if m.instance_id == first.instance_id]
     assert len(beats) >= 3 and all(m.active for m in beats)  # 10 a second where nothing holds the executor up
@@ -110,24 +111,28 @@ def test_the_managers_end_of_the_bond_is_acknowledged_and_an_earlier_bonds_is_no
     manager.wait_matched()
     manager.send(False, instance_id="an earlier manager instance")
     time.sleep(0.5)
-    assert bond_state(h) == "waiting for a lifecycle manager"
+    assert bond_state(h) == WAITING
     manager.start()
-    assert wait_state(h, "formed") == "formed"
+    assert wait_state(h, FORMED) == FORMED
     manager.break_bond()
     broke = time.monotonic()
     ack = manager.wait_for(lambda m: not m.active, since=broke)
-    assert ack is not None and wait_state(h, "broken by the lifecycle manager") == "broken by the lifecycle manager"
+    assert ack is not None and wait_state(h, BROKEN) == BROKEN
     time.sleep(0.5)
     assert not [m for m in manager.statuses(time.monotonic() - 0.3) if m.active]
 
 
 def test_without_the_bond_messages_the_node_runs_and_says_what_a_manager_needs(
         harness, tiny_text_checkpoint, monkeypatch):
+    """... as the README says, beside the other states lifecycle_bond can be in."""
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    said = readme[readme.index("`lifecycle_bond` in the diagnostics says which"):][:300]
+    assert all(f"`{state}`" in said for state in (FORMED, WAITING, "inactive", BROKEN))
+    assert "bond_timeout: 0.0" in NOT_INSTALLED and "a manager needs `bond_timeout: 0.0`" in readme
     monkeypatch.setitem(sys.modules, "bond", None)  # not installed: `import bond.msg` fails
     monkeypatch.setitem(sys.modules, "bond.msg", None)
     h = harness(model_dir=tiny_text_checkpoint).start()
     assert bond_state(h) == NOT_INSTALLED
-    assert "bond_timeout: 0.0" in NOT_INSTALLED
     from std_msgs.msg import String
 
     h.publish(String, "transcript", String(data="Ross: it still answers."))
