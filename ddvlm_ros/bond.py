@@ -7,7 +7,8 @@ by bond"), and once formed, a node whose heartbeats stop for ``bond_timeout`` is
 manager brings all its nodes down. nav2's own servers keep the bond from ``on_activate`` to ``on_deactivate``
 (``nav2_util::LifecycleNode::createBond``); so does this, with the same heartbeat period:
 
-- active: ``Status(active=True)`` at once and every HEARTBEAT_PERIOD_S, under a new ``instance_id`` each time;
+- active: ``Status(active=True)`` at once and every ``bond_heartbeat_period`` (the node's parameter, named as
+  nav2's servers name theirs; 0 = no bond), under a new ``instance_id`` each time;
 - the manager's first ``active`` status (same id, another instance) forms the bond: ``state`` says so;
 - the manager breaking it (``active=False``: it deactivates the node, or shuts down) is acknowledged at once
   with ``active=False``, as bondcpp does (the manager's bond waits for that ack), and the heartbeats stop;
@@ -24,10 +25,11 @@ import threading
 import uuid
 
 TOPIC = "bond"  # relative: beside the manager, in the node's namespace (nav2: Bond("bond", node_name, manager))
-HEARTBEAT_PERIOD_S = 0.1  # as nav2's servers (nav2_util::LifecycleNode::createBond)
+HEARTBEAT_PERIOD_S = 0.1  # the node's bond_heartbeat_period by default: nav2's servers' (nav2_util::LifecycleNode)
 HEARTBEAT_TIMEOUT_S = 4.0  # bond's DEFAULT_HEARTBEAT_TIMEOUT and nav2's default bond_timeout: said in each status
 WAITING, FORMED, BROKEN = "waiting for a lifecycle manager", "formed", "broken by the lifecycle manager"
 NOT_INSTALLED = "bond messages not installed: a nav2_lifecycle_manager needs bond_timeout: 0.0 for this node"
+OFF = "off (bond_heartbeat_period: 0): a nav2_lifecycle_manager needs bond_timeout: 0.0 for this node"
 
 
 def bond_msgs_available() -> bool:
@@ -51,6 +53,7 @@ class LifecycleBond:
         self.node, self.Status = node, Status
         self.bond_id = node.get_name()
         self.instance_id = ""
+        self.period_s = HEARTBEAT_PERIOD_S
         self.sister = ""  # the manager's instance id, once its status came
         self.state = "inactive"
         self._lock = threading.Lock()  # transitions come from the lifecycle services, statuses and heartbeats
@@ -66,10 +69,12 @@ class LifecycleBond:
     def alive(self) -> bool:
         return self.state in (WAITING, FORMED)
 
-    def start(self) -> None:
-        """A new bond: heartbeats from now on."""
+    def start(self, period_s: float = HEARTBEAT_PERIOD_S) -> None:
+        """A new bond: heartbeats every ``period_s`` from now on."""
         with self._lock:
             self.instance_id, self.sister, self.state = str(uuid.uuid4()), "", WAITING
+            self.period_s = period_s
+            self._timer.timer_period_ns = int(period_s * 1e9)
             self._publish(True)
             self._timer.reset()
 
@@ -111,6 +116,6 @@ class LifecycleBond:
         from rclpy.clock import Clock, ClockType
 
         msg = self.Status(id=self.bond_id, instance_id=self.instance_id, active=active,
-                          heartbeat_timeout=HEARTBEAT_TIMEOUT_S, heartbeat_period=HEARTBEAT_PERIOD_S)
+                          heartbeat_timeout=HEARTBEAT_TIMEOUT_S, heartbeat_period=self.period_s)
         msg.header.stamp = Clock(clock_type=ClockType.STEADY_TIME).now().to_msg()  # bondcpp stamps steady time
         self._pub.publish(msg)

@@ -129,7 +129,7 @@ class EmotionNode(LifecycleNode):
         self._last_voice_speech: float | None = None  # monotonic time of the last ROS4HRI speech result
         self._hri_status = "off"
         self._bond = None  # ddvlm_ros.bond.LifecycleBond, from the first activate where the bond messages import
-        self._bond_state = "inactive"  # what diagnostics say of the bond while there is none
+        self._bond_state = "inactive"  # what diagnostics say of the bond while there is none in use ('' = in use)
         self.params_files_unapplied: list[str] = []  # params files that gave this node nothing (check_params_files)
         self._inputs_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
@@ -298,14 +298,16 @@ class EmotionNode(LifecycleNode):
     def _start_bond(self) -> None:
         """Keep the bond a lifecycle manager checks its active nodes by (nav2_lifecycle_manager; ddvlm_ros.bond),
         where the bond messages import."""
-        from ddvlm_ros.bond import NOT_INSTALLED, LifecycleBond, bond_msgs_available
+        from ddvlm_ros.bond import NOT_INSTALLED, OFF, LifecycleBond, bond_msgs_available
 
+        period = self.p("bond_heartbeat_period")
+        if period <= 0 or not bond_msgs_available():
+            self._bond_state = OFF if period <= 0 else NOT_INSTALLED
+            return
         if self._bond is None:
-            if not bond_msgs_available():
-                self._bond_state = NOT_INSTALLED
-                return
             self._bond = LifecycleBond(self, callback_group=self._diag_group)
-        self._bond.start()
+        self._bond_state = ""
+        self._bond.start(period)
 
     def _stop_bond(self, why: str) -> None:
         if self._bond is not None:
@@ -839,7 +841,7 @@ class EmotionNode(LifecycleNode):
                   "whisper_transcriptions": self._whisper_summary(),
                   "image_decoder": self.image_decoder,
                   "confidence_calibration": self.recognizer.calibration if self.recognizer else "",
-                  "lifecycle_bond": self._bond.state if self._bond is not None else self._bond_state}
+                  "lifecycle_bond": self._bond_state or self._bond.state}
         level, message = DiagnosticStatus.OK, "running"
         delay_text, delay = self._transcript_delay()  # the ASR's delay: a value, and a warning below
         if self.pipeline is not None:

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 
 from ddvlm_core.speech_timing import BASE_S, ENDPOINT_S, PER_WORD_S, RTF
+from ddvlm_ros.bond import HEARTBEAT_PERIOD_S
 
 WOQ_KERNELS = ("auto", "int8pack", "decompress", "dequant")  # ddvlm_core.quantization.KERNELS (tested): no torch
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
@@ -159,6 +160,9 @@ PARAMS: tuple[Param, ...] = (
           "fault) (0 = off)",
           at_least=0, applies="now"),
     Param("diagnostics_period_s", 1.0, "period of /diagnostics", above=0, applies="now"),
+    Param("bond_heartbeat_period", HEARTBEAT_PERIOD_S, "seconds between the heartbeats of the bond a "
+          "nav2_lifecycle_manager checks its active nodes by (bond/msg/Status on bond; nav2's servers name theirs "
+          "so); 0 = no bond, and such a manager then needs bond_timeout: 0.0", at_least=0, applies="activate"),
     Param("ros4hri", False, "ROS4HRI: voices of /humans/voices/tracked, final /humans/voices/<id>/speech as "
           "transcripts (speaker = voice id), results mirrored as hri_msgs/Expression on "
           "/humans/voices/<id>/expression", applies="activate"),

@@ -11,7 +11,7 @@ import pytest
 import rclpy
 from bond.msg import Status
 
-from ddvlm_ros.bond import BROKEN, FORMED, HEARTBEAT_PERIOD_S, NOT_INSTALLED, WAITING
+from ddvlm_ros.bond import BROKEN, FORMED, HEARTBEAT_PERIOD_S, NOT_INSTALLED, OFF, WAITING
 
 
 class Manager:
@@ -122,12 +122,34 @@ def test_the_managers_end_of_the_bond_is_acknowledged_and_an_earlier_bonds_is_no
     assert not [m for m in manager.statuses(time.monotonic() - 0.3) if m.active]
 
 
+def test_bond_heartbeat_period_sets_the_heartbeats_and_0_turns_the_bond_off(harness, tiny_text_checkpoint):
+    """nav2's servers' parameter of the same name: read at activate."""
+    from rclpy.parameter import Parameter
+
+    h = harness(model_dir=tiny_text_checkpoint, bond_heartbeat_period=0.4)
+    manager = Manager(h, "ddvlm_emotion")
+    manager.wait_matched()
+    h.start()
+    began = time.monotonic()
+    assert manager.wait_for(lambda m: m.active) is not None
+    time.sleep(1.0)
+    beats = manager.statuses(began)
+    assert 2 <= len(beats) <= 5 and all(m.heartbeat_period == pytest.approx(0.4) for m in beats)  # 1 + 1 / 0.4 s
+    h.node.trigger_deactivate()
+    h.node.set_parameters([Parameter("bond_heartbeat_period", value=0.0)])
+    h.node.trigger_activate()
+    off = time.monotonic()
+    assert bond_state(h) == OFF
+    time.sleep(0.5)
+    assert manager.statuses(off) == []
+
+
 def test_without_the_bond_messages_the_node_runs_and_says_what_a_manager_needs(
         harness, tiny_text_checkpoint, monkeypatch):
     """... as the README says, beside the other states lifecycle_bond can be in."""
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     said = readme[readme.index("`lifecycle_bond` in the diagnostics says which"):][:300]
-    assert all(f"`{state}`" in said for state in (FORMED, WAITING, "inactive", BROKEN))
+    assert all(f"`{state}`" in said for state in (FORMED, WAITING, "inactive", BROKEN, OFF.split()[0]))
     assert "bond_timeout: 0.0" in NOT_INSTALLED and "a manager needs `bond_timeout: 0.0`" in readme
     monkeypatch.setitem(sys.modules, "bond", None)  # not installed: `import bond.msg` fails
     monkeypatch.setitem(sys.modules, "bond.msg", None)
