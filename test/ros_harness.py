@@ -31,7 +31,7 @@ class Harness:
         self.executor.add_node(self.client)
         self.spinner = BackgroundSpin(self.executor)
         self._pubs = {}
-        self._echoes = []  # add_echo's nodes
+        self._added = []  # add_node's nodes
 
     def start(self) -> "Harness":
         from lifecycle_msgs.msg import State
@@ -75,12 +75,17 @@ class Harness:
         from ddvlm_ros.echo import EmotionEcho
 
         lines = []
-        self._echoes.append(EmotionEcho(out=lines.append, context=self.context))
-        self.executor.add_node(self._echoes[-1])
+        self.add_node(EmotionEcho(out=lines.append, context=self.context))
         deadline = time.monotonic() + 15
         while self.node.count_subscribers("emotion") < 2 and time.monotonic() < deadline:  # the client's and its
             time.sleep(0.01)
         return lines
+
+    def add_node(self, node):
+        """Spin ``node`` (made in this harness's context) on the harness's executor; close() destroys it."""
+        self._added.append(node)
+        self.executor.add_node(node)
+        return node
 
     def close(self) -> None:
         """Stop and destroy the nodes and the context (again: nothing)."""
@@ -90,6 +95,6 @@ class Harness:
         if self.node.pipeline is not None:
             self.node.pipeline.stop()
         self.spinner.stop()  # spin must be out of rcl_wait before the context goes
-        for node in [self.node, self.client, *self._echoes]:
+        for node in [self.node, self.client, *self._added]:
             node.destroy_node()
         rclpy.shutdown(context=self.context)

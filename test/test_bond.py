@@ -26,8 +26,7 @@ class Manager:
         self.pub = self.node.create_publisher(Status, topic, 5)
         self.node.create_subscription(Status, topic, self._on_status, 100)
         self.node.create_timer(0.25, lambda: self.active and self.send(True))
-        harness.executor.add_node(self.node)
-        harness._echoes.append(self.node)  # destroyed with the harness
+        harness.add_node(self.node)
 
     def _on_status(self, msg: Status) -> None:
         if msg.id == self.bond_id and msg.instance_id != self.instance_id:
