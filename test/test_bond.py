@@ -89,9 +89,10 @@ def test_a_lifecycle_managers_bond_forms_on_activate_and_ends_on_deactivate(harn
     time.sleep(1.0)
     beats = [m for m in manager.statuses(time.monotonic() - 1.0) if m.instance_id == first.instance_id]
     assert len(beats) >= 3 and all(m.active for m in beats)  # 10 a second where nothing holds the executor up
+    asked = time.monotonic()
     h.node.trigger_deactivate()
     ended = time.monotonic()
-    assert manager.wait_for(lambda m: not m.active and m.instance_id == first.instance_id, since=ended - 0.5)
+    assert manager.wait_for(lambda m: not m.active and m.instance_id == first.instance_id, since=asked)
     assert bond_state(h) == "inactive"
     time.sleep(0.5)
     assert not [m for m in manager.statuses(ended + 0.2) if m.active]  # no heartbeat after it
@@ -140,7 +141,7 @@ def test_bond_heartbeat_period_sets_the_heartbeats_and_0_turns_the_bond_off(harn
     off = time.monotonic()
     assert bond_state(h) == OFF
     time.sleep(0.5)
-    assert manager.statuses(off) == []
+    assert [m for m in manager.statuses(off) if m.active] == []  # (the last bond's end may still be on its way)
 
 
 def test_without_the_bond_messages_the_node_runs_and_says_what_a_manager_needs(
