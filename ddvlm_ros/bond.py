@@ -32,14 +32,6 @@ NOT_INSTALLED = "bond messages not installed: a nav2_lifecycle_manager needs bon
 OFF = "off (bond_heartbeat_period: 0): a nav2_lifecycle_manager needs bond_timeout: 0.0 for this node"
 
 
-def bond_msgs_available() -> bool:
-    try:
-        import bond.msg  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class LifecycleBond:
     """This node's side of a lifecycle manager's bond: ``start()`` in on_activate, ``stop()`` in on_deactivate
     and on_shutdown. The publisher and subscription live as long as the node, so that the last ``active=False``
@@ -60,9 +52,10 @@ class LifecycleBond:
         self._pub = node.create_publisher(Status, TOPIC, QoSProfile(depth=5))  # bondcpp: KeepLast(5), reliable
         self._sub = node.create_subscription(Status, TOPIC, self._on_status, QoSProfile(depth=100),
                                              callback_group=callback_group)
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)  # bondcpp's timers and stamps: not ROS time, which a
+        # paused bag (use_sim_time) stops, and the manager would take the node for crashed
         self._timer = node.create_timer(HEARTBEAT_PERIOD_S, self._heartbeat, callback_group=callback_group,
-                                        clock=Clock(clock_type=ClockType.STEADY_TIME))  # not ROS time: a paused
-        # bag (use_sim_time) stops ROS time, and the manager would take the node for crashed (bondcpp: wall timers)
+                                        clock=self._steady)
         self._timer.cancel()
 
     @property
@@ -113,9 +106,7 @@ class LifecycleBond:
         self.state = BROKEN
 
     def _publish(self, active: bool) -> None:
-        from rclpy.clock import Clock, ClockType
-
         msg = self.Status(id=self.bond_id, instance_id=self.instance_id, active=active,
                           heartbeat_timeout=HEARTBEAT_TIMEOUT_S, heartbeat_period=self.period_s)
-        msg.header.stamp = Clock(clock_type=ClockType.STEADY_TIME).now().to_msg()  # bondcpp stamps steady time
+        msg.header.stamp = self._steady.now().to_msg()
         self._pub.publish(msg)

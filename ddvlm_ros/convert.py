@@ -10,6 +10,7 @@ OpenCV conversions; JPEG/PNG compressed images are decoded by OpenCV. Anything e
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import json
 import re
@@ -336,6 +337,15 @@ def prediction_to_msg(prediction, msg_type, header, conversation_id: str, uttera
         flags=list(prediction.flags),
         transcript_confidence=float(transcript_confidence),
     )
+
+
+def messages_import(package: str) -> bool:
+    """Whether the optional interface package ``package`` (hri_msgs, bond) has a ``msg`` module that imports."""
+    try:
+        importlib.import_module(f"{package}.msg")
+    except ImportError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=1)

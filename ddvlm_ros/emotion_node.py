@@ -31,8 +31,8 @@ from ddvlm_core.speech_timing import AsrTiming
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_msgs.srv import ResetConversation
 from ddvlm_ros.convert import (AsrJson, asr_confidence, asr_json, compressed_msg_to_rgb, cv_bridge_problem,
-                               image_msg_to_rgb, parse_transcript, prediction_to_msg, sec_to_stamp, stamp_to_sec,
-                               use_cv_bridge, whisper_msgs_available, whisper_transcription)
+                               image_msg_to_rgb, messages_import, parse_transcript, prediction_to_msg, sec_to_stamp,
+                               stamp_to_sec, use_cv_bridge, whisper_msgs_available, whisper_transcription)
 from ddvlm_ros.compat import PublisherEventCallbacks, SubscriptionEventCallbacks, add_after_set_parameters
 from ddvlm_ros.params import (PARAMS, PARAMS_BY_NAME, coerce, params_files, parameter_errors,
                               unapplied_params_files)
@@ -298,10 +298,10 @@ class EmotionNode(LifecycleNode):
     def _start_bond(self) -> None:
         """Keep the bond a lifecycle manager checks its active nodes by (nav2_lifecycle_manager; ddvlm_ros.bond),
         where the bond messages import."""
-        from ddvlm_ros.bond import NOT_INSTALLED, OFF, LifecycleBond, bond_msgs_available
+        from ddvlm_ros.bond import NOT_INSTALLED, OFF, LifecycleBond
 
         period = self.p("bond_heartbeat_period")
-        if period <= 0 or not bond_msgs_available():
+        if period <= 0 or not messages_import("bond"):
             self._bond_state = OFF if period <= 0 else NOT_INSTALLED
             return
         if self._bond is None:

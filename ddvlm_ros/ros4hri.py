@@ -29,6 +29,7 @@ from typing import Callable, Iterable
 
 from ddvlm_core.language import NOT_ENGLISH_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
+from ddvlm_ros.convert import messages_import
 
 VOICES = "/humans/voices"
 PERSONS = "/humans/persons"
@@ -49,11 +50,7 @@ EXPRESSION_NAME = {  # MELD label -> hri_msgs/Expression constant name
 
 
 def hri_msgs_available() -> bool:
-    try:
-        import hri_msgs.msg  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return messages_import("hri_msgs")
 
 
 def expression_msg(prediction, header):
