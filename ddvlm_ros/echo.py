@@ -16,7 +16,7 @@ import sys
 import rclpy
 from rclpy.node import Node
 
-from ddvlm_msgs.msg import EmotionDistribution
+from ddvlm_ros.msgs import EmotionDistribution
 from ddvlm_ros.spin import spin_until_shutdown
 
 

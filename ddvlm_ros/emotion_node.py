@@ -28,12 +28,11 @@ from std_msgs.msg import Header, String
 
 from ddvlm_core.arrival_order import LATE_MAX_S, REVISED_FLAG
 from ddvlm_core.speech_timing import AsrTiming
-from ddvlm_msgs.msg import EmotionDistribution, Utterance
-from ddvlm_msgs.srv import ResetConversation
 from ddvlm_ros.convert import (AsrJson, asr_confidence, asr_json, compressed_msg_to_rgb, cv_bridge_problem,
                                image_msg_to_rgb, messages_import, parse_transcript, prediction_to_msg, sec_to_stamp,
                                stamp_to_sec, use_cv_bridge, whisper_msgs_available, whisper_transcription)
 from ddvlm_ros.compat import PublisherEventCallbacks, SubscriptionEventCallbacks, add_after_set_parameters
+from ddvlm_ros.msgs import EmotionDistribution, ResetConversation, Utterance
 from ddvlm_ros.params import (PARAMS, PARAMS_BY_NAME, coerce, params_files, parameter_errors,
                               unapplied_params_files)
 from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn

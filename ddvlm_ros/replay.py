@@ -386,9 +386,9 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
     from rclpy.serialization import serialize_message
     from rosgraph_msgs.msg import Clock
 
-    from ddvlm_msgs.msg import EmotionDistribution
     from ddvlm_ros.convert import sec_to_stamp
     from ddvlm_ros.emotion_node import EmotionNode
+    from ddvlm_ros.msgs import EmotionDistribution
 
     in_bag, counts, t_first = bag_topics(bag)
     if t_first is None:
