@@ -197,3 +197,26 @@ def test_a_node_without_the_message_package_says_how_to_build_it(module):
     last = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 1 and last.startswith("ModuleNotFoundError: No module named 'ddvlm_msgs': ")
     assert "`ln -s ddvlm/msg ddvlm_msgs`" in last and "colcon build" in last
+
+
+@pytest.mark.ros  # ament_cmake and the rosidl generators come with the ROS wheels
+def test_the_message_package_configures_through_the_workspace_link(tmp_path):
+    """CMake reaches msg/ through src/ddvlm_msgs, whose parent is src, not the repository: the .msg files must
+    still be found (rosidl_generate_interfaces checks that they exist when CMake configures)."""
+    import os
+    import shutil
+
+    if shutil.which("cmake") is None:
+        pytest.fail("cmake is needed to build messages (README: apt-get install -y cmake g++ make)")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ddvlm").symlink_to(REPO)
+    (src / "ddvlm_msgs").symlink_to(Path("ddvlm") / "msg")
+    prefix = sys.prefix
+    env = {**os.environ, "AMENT_PREFIX_PATH": prefix, "CMAKE_PREFIX_PATH": prefix,
+           "PATH": f"{prefix}/bin:{os.environ['PATH']}"}
+    out = subprocess.run(["cmake", "-S", str(src / "ddvlm_msgs"), "-B", str(tmp_path / "build"),
+                          f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "doesn't exist" not in out.stderr
