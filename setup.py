@@ -19,6 +19,8 @@ setup(
         ("share/" + package_name + "/checkpoints/default", glob("checkpoints/default/*")),  # the embedded default
     ],
     install_requires=["setuptools"],
+    # colcon test runs pytest only for a package that names it here (else unittest, which finds no test)
+    extras_require={"test": ["pytest"]},
     zip_safe=False,
     maintainer="ddvlm developers",
     maintainer_email="ddvlm@example.org",

@@ -96,6 +96,24 @@ def test_setup_py_installs_both_packages_data_files_and_entry_points():
         assert needle in text, needle
 
 
+def test_colcon_test_runs_the_suite_with_pytest():
+    """colcon test runs pytest for a Python package only where setup.py names pytest as a test dependency
+    (extras_require's "test", or tests_require), else unittest, which finds none of these tests: "NO TESTS RAN",
+    and colcon test fails for ddvlm_ros. setup() is read as colcon-python-setup-py reads it: setup.py run with
+    setuptools.setup replaced by one that keeps its arguments."""
+    import json
+
+    code = ("import json, runpy, setuptools\n"
+            "kept = {}\n"
+            "setuptools.setup = lambda **kwargs: kept.update(kwargs)\n"
+            "runpy.run_path('setup.py', run_name='__main__')\n"
+            "print(json.dumps({'tests_require': kept.get('tests_require', []),\n"
+            "                  'test_extras': (kept.get('extras_require') or {}).get('test', [])}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    test_dependencies = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "pytest" in test_dependencies["tests_require"] + test_dependencies["test_extras"]
+
+
 def ros_imports(path: Path) -> list[str]:
     names = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
