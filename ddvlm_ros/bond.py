@@ -30,6 +30,8 @@ HEARTBEAT_TIMEOUT_S = 4.0  # bond's DEFAULT_HEARTBEAT_TIMEOUT and nav2's default
 WAITING, FORMED, BROKEN = "waiting for a lifecycle manager", "formed", "broken by the lifecycle manager"
 NOT_INSTALLED = "bond messages not installed: a nav2_lifecycle_manager needs bond_timeout: 0.0 for this node"
 OFF = "off (bond_heartbeat_period: 0): a nav2_lifecycle_manager needs bond_timeout: 0.0 for this node"
+SELF_STARTED = ("not used (autostart: true): a nav2_lifecycle_manager starts the nodes it manages; launch this "
+                "one with autostart:=false for that")
 
 
 class LifecycleBond:

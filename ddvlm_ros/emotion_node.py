@@ -296,9 +296,13 @@ class EmotionNode(LifecycleNode):
 
     def _start_bond(self) -> None:
         """Keep the bond a lifecycle manager checks its active nodes by (nav2_lifecycle_manager; ddvlm_ros.bond),
-        where the bond messages import."""
-        from ddvlm_ros.bond import NOT_INSTALLED, OFF, LifecycleBond
+        where the bond messages import, unless the node started itself (autostart: true), which no manager does:
+        it would find the node already configured and fail its startup."""
+        from ddvlm_ros.bond import NOT_INSTALLED, OFF, SELF_STARTED, LifecycleBond
 
+        if self.p("autostart"):
+            self._bond_state = SELF_STARTED
+            return
         period = self.p("bond_heartbeat_period")
         if period <= 0 or not messages_import("bond"):
             self._bond_state = OFF if period <= 0 else NOT_INSTALLED

@@ -11,7 +11,7 @@ import pytest
 import rclpy
 from bond.msg import Status
 
-from ddvlm_ros.bond import BROKEN, FORMED, HEARTBEAT_PERIOD_S, NOT_INSTALLED, OFF, WAITING
+from ddvlm_ros.bond import BROKEN, FORMED, HEARTBEAT_PERIOD_S, NOT_INSTALLED, OFF, SELF_STARTED, WAITING
 
 
 class Manager:
@@ -144,12 +144,23 @@ def test_bond_heartbeat_period_sets_the_heartbeats_and_0_turns_the_bond_off(harn
     assert [m for m in manager.statuses(off) if m.active] == []  # (the last bond's end may still be on its way)
 
 
+def test_a_node_that_starts_itself_keeps_no_bond(harness, tiny_text_checkpoint):
+    """autostart: true (the launch file's default) is a node no lifecycle manager starts: it sends no heartbeats,
+    and lifecycle_bond says how to put it under a manager."""
+    h = harness(model_dir=tiny_text_checkpoint, autostart=True)
+    manager = Manager(h, "ddvlm_emotion")
+    h.start()
+    assert manager.wait_for(lambda m: True, timeout=2.0) is None
+    assert bond_state(h) == SELF_STARTED and "autostart:=false" in SELF_STARTED
+
+
 def test_without_the_bond_messages_the_node_runs_and_says_what_a_manager_needs(
         harness, tiny_text_checkpoint, monkeypatch):
     """... as the README says, beside the other states lifecycle_bond can be in."""
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
     said = readme[readme.index("`lifecycle_bond` in the diagnostics says which"):][:300]
-    assert all(f"`{state}`" in said for state in (FORMED, WAITING, "inactive", BROKEN, OFF.split()[0]))
+    self_started = SELF_STARTED[:SELF_STARTED.index(")") + 1]
+    assert all(f"`{state}`" in said for state in (FORMED, WAITING, "inactive", BROKEN, OFF.split()[0], self_started))
     assert "bond_timeout: 0.0" in NOT_INSTALLED and "a manager needs `bond_timeout: 0.0`" in readme
     monkeypatch.setitem(sys.modules, "bond", None)  # not installed: `import bond.msg` fails
     monkeypatch.setitem(sys.modules, "bond.msg", None)
