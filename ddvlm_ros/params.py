@@ -162,7 +162,8 @@ PARAMS: tuple[Param, ...] = (
     Param("diagnostics_period_s", 1.0, "period of /diagnostics", above=0, applies="now"),
     Param("bond_heartbeat_period", HEARTBEAT_PERIOD_S, "seconds between the heartbeats of the bond a "
           "nav2_lifecycle_manager checks its active nodes by (bond/msg/Status on bond; nav2's servers name theirs "
-          "so); 0 = no bond, and such a manager then needs bond_timeout: 0.0", at_least=0, applies="activate"),
+          "so); 0 = no bond, and such a manager then needs bond_timeout: 0.0; none with autostart: true (no "
+          "manager starts such a node)", at_least=0, applies="activate"),
     Param("ros4hri", False, "ROS4HRI: voices of /humans/voices/tracked, final /humans/voices/<id>/speech as "
           "transcripts (speaker = voice id), results mirrored as hri_msgs/Expression on "
           "/humans/voices/<id>/expression", applies="activate"),
