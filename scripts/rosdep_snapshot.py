@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
-from importlib.metadata import packages_distributions
+from importlib.metadata import distributions
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,13 +78,24 @@ def imported_modules(folders=SHIPPED_CODE) -> dict[str, set[str]]:
     return found
 
 
+def modules_from_pip() -> set[str]:
+    """The top-level modules of the installed distributions that a pip requirement names: each one's
+    top_level.txt, and the folders and modules of its .py files (wheels built with meson or maturin, such as
+    NumPy's and tokenizers', have no top_level.txt; Python 3.10's packages_distributions() reads only that)."""
+    wanted = _requirement_names()
+    modules = set()
+    for dist in distributions():
+        if (dist.metadata["Name"] or "").lower().replace("_", "-") not in wanted:
+            continue
+        modules.update((dist.read_text("top_level.txt") or "").split())
+        modules.update(f.parts[0] if len(f.parts) > 1 else f.stem for f in dist.files or () if f.suffix == ".py")
+    return modules
+
+
 def imported_ros_packages() -> set[str]:
     """The ROS packages the shipped code imports: every imported top-level module that no pip requirement
     (requirements-ml.txt, requirements-assets.txt, torch) provides, as installed in this Python."""
-    from_pip = _requirement_names()
-    providers = packages_distributions()
-    return {module for module in imported_modules()
-            if not {d.lower().replace("_", "-") for d in providers.get(module, [])} & from_pip}
+    return set(imported_modules()) - modules_from_pip()
 
 
 def keys_to_resolve() -> list[str]:
