@@ -57,25 +57,19 @@ def _requirement_names() -> set[str]:
     return {n.replace("_", "-") for n in names}
 
 
-def imported_modules(folders=SHIPPED_CODE) -> dict[str, set[str]]:
-    """Top-level module imported -> the files that import it, for every absolute import in ``folders``
-    that is neither the standard library nor this repository's own code."""
+def imported_modules(folders=SHIPPED_CODE) -> set[str]:
+    """The top-level modules of every absolute import in ``folders`` that are neither the standard library nor
+    this repository's own code."""
     ours = {"ddvlm_core", "ddvlm_ros", "training"}
-    found: dict[str, set[str]] = {}
+    found = set()
     for folder in folders:
         for path in sorted((REPO / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
+                    found.update(a.name.split(".")[0] for a in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    names = [node.module]
-                else:
-                    continue
-                for name in names:
-                    top = name.split(".")[0]
-                    if top not in sys.stdlib_module_names and top not in ours:
-                        found.setdefault(top, set()).add(str(path.relative_to(REPO)))
-    return found
+                    found.add(node.module.split(".")[0])
+    return {m for m in found if m not in sys.stdlib_module_names and m not in ours}
 
 
 def modules_from_pip() -> set[str]:
@@ -95,7 +89,7 @@ def modules_from_pip() -> set[str]:
 def imported_ros_packages() -> set[str]:
     """The ROS packages the shipped code imports: every imported top-level module that no pip requirement
     (requirements-ml.txt, requirements-assets.txt, torch) provides, as installed in this Python."""
-    return set(imported_modules()) - modules_from_pip()
+    return imported_modules() - modules_from_pip()
 
 
 def keys_to_resolve() -> list[str]:
@@ -104,18 +98,19 @@ def keys_to_resolve() -> list[str]:
 
 
 def parse_resolve(output: str) -> dict[str, str | None]:
-    """`rosdep resolve k1 k2 ...`'s output -> key -> 'installer: package ...' (None: no rule for it)."""
-    resolved: dict[str, str | None] = {}
-    key, installer = None, None
+    """`rosdep resolve k1 k2 ...`'s output -> key -> 'installer: its packages' (None: no rule for it)."""
+    installers: dict[str, str | None] = {}
+    packages: dict[str, list[str]] = {}
+    key = None
     for line in output.splitlines():
         if line.startswith("#ROSDEP[") and line.endswith("]"):
-            key, installer = line[len("#ROSDEP["):-1], None
-            resolved[key] = None
+            key = line[len("#ROSDEP["):-1]
+            installers[key], packages[key] = None, []
         elif line.startswith("#") and key is not None:
-            installer = line[1:]
-        elif line.strip() and key is not None and installer is not None:
-            resolved[key] = f"{installer}: {line.strip()}"
-    return resolved
+            installers[key] = line[1:]
+        elif key is not None and installers[key] is not None:
+            packages[key] += line.split()
+    return {k: f"{installers[k]}: {' '.join(packages[k])}" if packages[k] else None for k in installers}
 
 
 def offline_rosdep_env(rosdistro: Path, work: Path) -> dict[str, str]:

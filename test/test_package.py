@@ -68,8 +68,10 @@ def test_package_xml_declares_the_ros_packages_the_node_imports_and_no_other():
 
 def test_parse_resolve_reads_rosdeps_output_including_keys_without_a_rule():
     script, _ = rosdep_snapshot()
-    out = "#ROSDEP[rclpy]\n#apt\nros-kilted-rclpy\n#ROSDEP[hri_msgs]\n#ROSDEP[python3-x-pip]\n#pip\nx\n"
-    assert script.parse_resolve(out) == {"rclpy": "apt: ros-kilted-rclpy", "hri_msgs": None, "python3-x-pip": "pip: x"}
+    out = ("#ROSDEP[rclpy]\n#apt\nros-kilted-rclpy\n#ROSDEP[hri_msgs]\n#ROSDEP[python3-x-pip]\n#pip\nx\n"
+           "#ROSDEP[two]\n#apt\na b\nc\n")
+    assert script.parse_resolve(out) == {"rclpy": "apt: ros-kilted-rclpy", "hri_msgs": None, "python3-x-pip": "pip: x",
+                                         "two": "apt: a b c"}
 
 
 @pytest.mark.ros  # catkin_pkg comes with the ROS wheels
