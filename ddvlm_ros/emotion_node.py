@@ -51,6 +51,7 @@ LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversati
                           "revise_answers", "asr_min_confidence",
                           "end_unpunctuated_turns")  # EmotionPipeline attributes
 CAMERA_TOPICS = ("image_topic", "compressed_image_topic")  # subscribed only when a captioner captions frames
+NO_IMAGES_DECODED = "none: no captioner, the camera is not read"  # image_decoder of a text-only node
 TRANSCRIPT_TOPICS = ("transcript_topic", "utterance_topic", "whisper_topic")  # any one is enough
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
@@ -208,8 +209,10 @@ class EmotionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.load_error = ""
         self._read("configure")
-        self.image_decoder = use_cv_bridge()
-        if cv_bridge_problem() not in ("", "not installed"):
+        # Only a captioner's node decodes images. rosdep installs apt's cv_bridge, which crashes under NumPy 2:
+        # probing it costs a child process, and its warning would be noise where no camera is read.
+        self.image_decoder = use_cv_bridge() if captioner is not None else NO_IMAGES_DECODED
+        if captioner is not None and cv_bridge_problem() not in ("", "not installed"):
             self.get_logger().warning(f"cv_bridge does not work here: raw images are decoded by {self.image_decoder}")
         self._pub = self.create_lifecycle_publisher(
             EmotionDistribution, self.p("emotion_topic"),

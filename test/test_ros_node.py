@@ -192,6 +192,23 @@ def test_text_result_first_then_refined_with_frames_of_the_window(harness, tiny_
                                        f"ddvlm (cv_bridge: {cv_bridge_problem()})")  # here: not installed
 
 
+def test_a_node_without_a_captioner_leaves_cv_bridge_alone(harness, tiny_text_checkpoint, monkeypatch, capfd):
+    """rosdep installs apt's cv_bridge, which imports under the venv's NumPy 2 and crashes at its first conversion.
+    A text-only node reads no camera: it neither probes cv_bridge (a child process at each configure) nor warns
+    that it does not work."""
+    import ddvlm_ros.emotion_node as emotion_node
+
+    crashed = "the process crashed (signal 11) converting a test image"
+    probed = []
+    monkeypatch.setattr(emotion_node, "cv_bridge_problem", lambda: probed.append(1) or crashed)
+    monkeypatch.setattr(emotion_node, "use_cv_bridge", lambda: probed.append(1) or f"ddvlm (cv_bridge: {crashed})")
+    capfd.readouterr()
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["image_decoder"] == emotion_node.NO_IMAGES_DECODED and probed == []
+    assert "cv_bridge" not in capfd.readouterr().err
+
+
 def test_lifecycle_transitions_and_diagnostics(harness, tiny_text_checkpoint, capfd):
     from lifecycle_msgs.msg import State
 
