@@ -211,9 +211,12 @@ class EmotionNode(LifecycleNode):
         self._read("configure")
         # Only a captioner's node decodes images. rosdep installs apt's cv_bridge, which crashes under NumPy 2:
         # probing it costs a child process, and its warning would be noise where no camera is read.
-        self.image_decoder = use_cv_bridge() if captioner is not None else NO_IMAGES_DECODED
-        if captioner is not None and cv_bridge_problem() not in ("", "not installed"):
-            self.get_logger().warning(f"cv_bridge does not work here: raw images are decoded by {self.image_decoder}")
+        self.image_decoder = NO_IMAGES_DECODED
+        if captioner is not None:
+            self.image_decoder = use_cv_bridge()
+            if cv_bridge_problem() not in ("", "not installed"):
+                self.get_logger().warning(f"cv_bridge does not work here: raw images are decoded by "
+                                          f"{self.image_decoder}")
         self._pub = self.create_lifecycle_publisher(
             EmotionDistribution, self.p("emotion_topic"),
             QoSProfile(depth=self.p("emotion_qos_depth"), history=HistoryPolicy.KEEP_LAST),

@@ -27,6 +27,9 @@ import xml.etree.ElementTree as ET
 from importlib.metadata import distributions
 from pathlib import Path
 
+from packaging.requirements import Requirement  # transformers' dependency
+from packaging.utils import canonicalize_name
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE_XMLS = (REPO / "package.xml", REPO / "msg" / "package.xml")
 SHIPPED_CODE = ("ddvlm_core", "ddvlm_ros", "launch")  # what a robot runs (setup.py also installs training/)
@@ -48,13 +51,14 @@ def own_packages() -> set[str]:
 
 
 def _requirement_names() -> set[str]:
+    """The distributions the pip requirements files name (and torch), as pip normalizes names."""
     names = set(PIP_INSTALLED_APART)
     for path in PIP_REQUIREMENTS:
         for line in path.read_text().splitlines():
             line = line.split("#")[0].strip()
             if line:
-                names.add(line.split(";")[0].split("==")[0].split(">")[0].split("<")[0].strip().lower())
-    return {n.replace("_", "-") for n in names}
+                names.add(canonicalize_name(Requirement(line).name))
+    return names
 
 
 def imported_modules(folders=SHIPPED_CODE) -> set[str]:
@@ -79,7 +83,7 @@ def modules_from_pip() -> set[str]:
     wanted = _requirement_names()
     modules = set()
     for dist in distributions():
-        if (dist.metadata["Name"] or "").lower().replace("_", "-") not in wanted:
+        if canonicalize_name(dist.metadata["Name"] or "") not in wanted:
             continue
         modules.update((dist.read_text("top_level.txt") or "").split())
         modules.update(f.parts[0] if len(f.parts) > 1 else f.stem for f in dist.files or () if f.suffix == ".py")
