@@ -14,7 +14,11 @@ came (``text_window_s``, ``text_asr_endpoint_s``, ``text_asr_rtf``).
    over utterances of: the share of the utterance's speech inside its window, the share of the window on it, and
    the share of the window on the other speakers' speech (someone else's face talking, or the person listening).
    whisper_ros' Transcription (``WHISPER_RULE``) says how long the audio its voice activity detector sent lasted
-   and how long transcribing it took: placed by ``AsrTiming.transcribed``, not estimated.
+   and how long transcribing it took: placed by ``AsrTiming.transcribed``, not estimated. A voice activity
+   detector (``VAD_RULES``: one that hears everyone, on ``voice_activity_topic``, or one per voice, ROS4HRI's
+   is_speaking) goes on when an utterance starts and off ``VAD_HANGOVER_S`` after it ends; the node places a
+   transcript on the VAD's speech with ``VoiceActivity.heard``, picked by the node's default estimate (which it
+   falls back to when the VAD heard nothing fresh: how often is in the report).
 
 Writes text_windows.md and .json to reports/ (or ``--report-dir``). No model, seconds.
 """
@@ -29,7 +33,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.late_transcripts import ENDPOINT_S, RTFS  # noqa: E402  the same ASR model
 from bench.shared import write_report  # noqa: E402
-from ddvlm_core.speech_timing import AsrTiming  # noqa: E402
+from ddvlm_core.speech_timing import AsrTiming, spoken_s  # noqa: E402
+from ddvlm_core.voice_activity import LONGEST_FACTOR, VoiceActivity  # noqa: E402
 from ddvlm_ros.time_labels import overlap  # noqa: E402  seconds two spans share
 
 DEFAULT = AsrTiming()  # the node's: text_window_s, text_asr_endpoint_s and text_asr_rtf's defaults (tested)
@@ -44,6 +49,9 @@ RULES = {  # name -> AsrTiming arguments (length_s, endpoint_s, rtf); None: the 
         (DEFAULT.length_s, DEFAULT.endpoint_s, None),
 }
 WHISPER_RULE = "whisper_ros' Transcription: from its audio_time and transcription_time"
+VAD_RULES = {"a VAD that hears everyone (voice_activity_topic), picked by the node's default": False,
+             "each voice's own VAD (ROS4HRI is_speaking), picked by the node's default": True}  # name -> per voice
+VAD_HANGOVER_S = 0.1  # a VAD goes off this long after the speech (silero-vad's min_silence_duration_ms: 100)
 WHISPER_PAD_S = 1.0 + 0.032  # whisper_ros pads audio shorter than 1 s with silence, to 1 s and a 32 ms chunk
 
 
@@ -97,27 +105,67 @@ def covered(window: tuple[float, float], spans: list[tuple[float, float]]) -> fl
     return total
 
 
+def vad_changes(spans: list[tuple[float, float]]) -> list[tuple[float, bool]]:
+    """(time, speaking) of a VAD that hears ``spans`` of speech (overlapping ones are one stretch of speech to it),
+    in time order."""
+    stretches: list[list[float]] = []
+    for start, end in sorted(spans):
+        if stretches and start <= stretches[-1][1]:
+            stretches[-1][1] = max(stretches[-1][1], end + VAD_HANGOVER_S)
+        else:
+            stretches.append([start, end + VAD_HANGOVER_S])
+    return [(t, on) for start, end in stretches for t, on in ((start, True), (end, False))]
+
+
+def vad_windows(rows, arrived: list[float], per_voice: bool) -> tuple[list[tuple[float, float]], int]:
+    """The windows the node gives a dialogue's transcripts (``arrived``) with a VAD (``per_voice``: one per
+    speaker), and how many of them the VAD placed (the others: the node's default estimate)."""
+    heard_by = {who: who if per_voice else "" for _, _, who, _ in rows}
+    vads = {key: (VoiceActivity(), vad_changes([(s, e) for s, e, who, _ in rows if heard_by[who] == key]))
+            for key in set(heard_by.values())}
+    windows, placed = [], 0
+    for (_, _, who, text), came in zip(rows, arrived):
+        activity, changes = vads[heard_by[who]]
+        while changes and changes[0][0] <= came:
+            t, on = changes.pop(0)
+            activity.hear(on, t)
+        estimate = DEFAULT.said(text, came)
+        window = activity.heard(came, DEFAULT.endpoint_s, estimate, LONGEST_FACTOR * spoken_s(text))
+        placed += window is not None
+        windows.append(window or estimate)
+    return windows, placed
+
+
 def window_rows(split: str = "test") -> dict:
     dialogues = timed(split)
     out = {"utterances": sum(len(rows) for rows in dialogues.values()), "rtf": {}}
     for rtf in RTFS:
-        out["rtf"][str(rtf)] = {}
+        out["rtf"][str(rtf)] = rules = {}
         for name, (length_s, endpoint_s, rule_rtf) in [*RULES.items(), (WHISPER_RULE, (0.0, ENDPOINT_S, 0.0))]:
             timing = AsrTiming(length_s, endpoint_s, rtf if rule_rtf is None else rule_rtf)
-            own = on_own = on_others = 0.0
-            for rows in dialogues.values():
-                for (start, end, speaker, text), came in zip(rows, arrivals(rows, rtf)):
-                    window = timing.transcribed(*whisper_transcription(start, end, rtf), came) \
-                        if name == WHISPER_RULE else timing.said(text, came)
-                    length = window[1] - window[0]
-                    own += overlap(window, (start, end)) / (end - start)
-                    on_own += overlap(window, (start, end)) / length
-                    on_others += covered(window, [(s, e) for s, e, who, _ in rows if who != speaker]) / length
-            n = out["utterances"]
-            out["rtf"][str(rtf)][name] = {"speech_in_window": round(100 * own / n, 1),
-                                          "window_on_its_speech": round(100 * on_own / n, 1),
-                                          "window_on_others_speech": round(100 * on_others / n, 1)}
+            windows = [[timing.transcribed(*whisper_transcription(start, end, rtf), came) if name == WHISPER_RULE
+                        else timing.said(text, came) for (start, end, _, text), came in zip(rows, arrivals(rows, rtf))]
+                       for rows in dialogues.values()]
+            rules[name] = shares(dialogues, windows)
+        for name, per_voice in VAD_RULES.items():
+            placed = [vad_windows(rows, arrivals(rows, rtf), per_voice) for rows in dialogues.values()]
+            rules[name] = shares(dialogues, [w for w, _ in placed]) | {"vad_placed": sum(n for _, n in placed)}
     return out
+
+
+def shares(dialogues: dict, windows: list[list[tuple[float, float]]]) -> dict:
+    """Means over utterances (percent) of its speech inside its window, of the window on its speech and of the
+    window on the other speakers' speech; ``windows``: per dialogue, its utterances' windows."""
+    own = on_own = on_others = 0.0
+    for rows, placed in zip(dialogues.values(), windows):
+        for (start, end, speaker, _), window in zip(rows, placed):
+            length = window[1] - window[0]
+            own += overlap(window, (start, end)) / (end - start)
+            on_own += overlap(window, (start, end)) / length
+            on_others += covered(window, [(s, e) for s, e, who, _ in rows if who != speaker]) / length
+    n = sum(len(rows) for rows in dialogues.values())
+    return {"speech_in_window": round(100 * own / n, 1), "window_on_its_speech": round(100 * on_own / n, 1),
+            "window_on_others_speech": round(100 * on_others / n, 1)}
 
 
 def report(rate: dict, rows: dict) -> str:
@@ -130,14 +178,18 @@ def report(rate: dict, rows: dict) -> str:
              f"{'yes' if rate['in_speech_timing'] else 'NO: update BASE_S and PER_WORD_S'}.", "",
              f"## Windows: MELD test, {rows['utterances']} utterances at their own times, one ASR", "",
              f"The ASR sends each transcript {ENDPOINT_S:g} s after the utterance ends plus its duration times the "
-             "ASR's real-time factor (RTF), one after the other. Means over utterances.", ""]
+             "ASR's real-time factor (RTF), one after the other. Means over utterances. A VAD goes on when an "
+             f"utterance starts and off {VAD_HANGOVER_S:g} s after it ends.", ""]
     for rtf, rules in rows["rtf"].items():
         lines += [f"### ASR at RTF {rtf}", "",
                   "| window | its speech in the window | window on its speech | window on others' speech |",
                   "|---|---|---|---|"]
         lines += [f"| {name} | {r['speech_in_window']:.1f} % | {r['window_on_its_speech']:.1f} % | "
                   f"{r['window_on_others_speech']:.1f} % |" for name, r in rules.items()]
-        lines.append("")
+        placed = " and ".join(f"{r['vad_placed']} ({name.partition(' (')[0]})" for name, r in rules.items()
+                              if "vad_placed" in r)
+        lines += ["", f"The VAD placed {placed} of the {rows['utterances']} transcripts; the default estimate the "
+                      "others.", ""]
     return "\n".join(lines)
 
 
@@ -146,7 +198,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--report-dir", default=str(REPO / "reports"), help="where the reports go")
     args = ap.parse_args(argv)
     rate, rows = speaking_rate(), window_rows()
-    write_report(args.report_dir, "text_windows", {"endpoint_s": ENDPOINT_S, "rules": [*RULES, WHISPER_RULE],
+    write_report(args.report_dir, "text_windows", {"endpoint_s": ENDPOINT_S, "vad_hangover_s": VAD_HANGOVER_S,
+                                                   "rules": [*RULES, WHISPER_RULE, *VAD_RULES],
                                                    "speaking_rate": rate, "test": rows}, report(rate, rows))
     return 0 if rate["in_speech_timing"] else 1
 

@@ -24,10 +24,11 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header, String
+from std_msgs.msg import Bool, Header, String
 
 from ddvlm_core.arrival_order import LATE_MAX_S, REVISED_FLAG
-from ddvlm_core.speech_timing import AsrTiming
+from ddvlm_core.speech_timing import AsrTiming, spoken_s
+from ddvlm_core.voice_activity import LONGEST_FACTOR, VoiceActivity
 from ddvlm_ros.convert import (AsrJson, asr_confidence, asr_json, compressed_msg_to_rgb, cv_bridge_problem,
                                image_msg_to_rgb, messages_import, parse_transcript, prediction_to_msg, sec_to_stamp,
                                stamp_to_sec, use_cv_bridge, whisper_msgs_available, whisper_transcription)
@@ -51,6 +52,7 @@ LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversati
                           "revise_answers", "asr_min_confidence",
                           "end_unpunctuated_turns")  # EmotionPipeline attributes
 CAMERA_TOPICS = ("image_topic", "compressed_image_topic")  # subscribed only when a captioner captions frames
+CAPTION_INPUTS = (*CAMERA_TOPICS, "voice_activity_topic")  # as are the VAD's on/off, which only place their windows
 NO_IMAGES_DECODED = "none: no captioner, the camera is not read"  # image_decoder of a text-only node
 TRANSCRIPT_TOPICS = ("transcript_topic", "utterance_topic", "whisper_topic")  # any one is enough
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
@@ -127,6 +129,8 @@ class EmotionNode(LifecycleNode):
         self._hri = None  # ddvlm_ros.ros4hri.Ros4HriBridge while active with ros4hri: true
         self._crops = None  # ddvlm_ros.ros4hri.PersonCrops while active with ros4hri: true and a captioner
         self._last_voice_speech: float | None = None  # monotonic time of the last ROS4HRI speech result
+        self._activity: VoiceActivity | None = None  # voice_activity_topic's VAD while it is read (a captioner)
+        self._windows_by = {"vad": 0, "estimate": 0}  # transcripts a VAD could place: by it, or by their words
         self._hri_status = "off"
         self._bond = None  # ddvlm_ros.bond.LifecycleBond, from the first activate where the bond messages import
         self._bond_state = "inactive"  # what diagnostics say of the bond while there is none in use ('' = in use)
@@ -249,6 +253,8 @@ class EmotionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.load_error = ""
         self.pipeline.robot_speaker = ROBOT_SPEAKER if self.p("robot_speech_topic") else ""  # before its first message
+        self._activity = VoiceActivity() if self.p("voice_activity_topic") and self.captions_frames() else None
+        self._windows_by = {"vad": 0, "estimate": 0}
         self._subscribe()
         now = time.monotonic()
         self._last_input = {topic: now for topic in self._input_topics()}
@@ -417,7 +423,7 @@ class EmotionNode(LifecycleNode):
     # ---- inputs ---------------------------------------------------------------------------------
     def _input_topics(self) -> list[str]:
         """The topics the node subscribes while active (the camera's only when it captions: ``captions_frames``)."""
-        camera = map(self.p, CAMERA_TOPICS) if self.captions_frames() else ()
+        camera = map(self.p, CAPTION_INPUTS) if self.captions_frames() else ()
         return [t for t in (self.p("transcript_topic"), self.p("utterance_topic"), self._whisper_topic(),
                             *camera, self.p("robot_speech_topic")) if t]
 
@@ -456,9 +462,10 @@ class EmotionNode(LifecycleNode):
                    if self._whisper_topic() else []),
                  ("image_topic", Image, self._on_image, "image"),
                  ("compressed_image_topic", CompressedImage, self._on_compressed, "image"),
-                 ("robot_speech_topic", String, self._on_robot_speech, "transcript")]
+                 ("robot_speech_topic", String, self._on_robot_speech, "transcript"),
+                 ("voice_activity_topic", Bool, self._on_voice_activity, "transcript")]
         for param, msg_type, callback, qos in specs:
-            if self.p(param) and (param not in CAMERA_TOPICS or self.captions_frames()):
+            if self.p(param) and (param not in CAPTION_INPUTS or self.captions_frames()):
                 self._input_types[self.p(param)] = type_name(msg_type)
                 self._subs.append(self.create_subscription(msg_type, self.p(param), callback, self._qos(qos),
                                                            callback_group=self._inputs_group, event_callbacks=events))
@@ -557,6 +564,8 @@ class EmotionNode(LifecycleNode):
             except ValueError as e:
                 self.get_logger().warning(f"{source}: {e}; its camera window is estimated from its words", once=True)
         start, said_until = said or self._window(text, None, end, stamped=False)
+        if said is None and source == "transcript":  # what the robot says is not the people's speech the VAD heard
+            start, said_until = self._heard(self._activity, text, (start, said_until), end) or (start, said_until)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text, start, end,
                                          received, header, source=source, said_until=said_until, heard=end,
                                          asr_confidence=confidence))
@@ -565,6 +574,35 @@ class EmotionNode(LifecycleNode):
         """How the ASR's transcripts follow the words (text_window_s, text_asr_endpoint_s, text_asr_rtf): the camera
         window of a transcript without stamps."""
         return AsrTiming(self.p("text_window_s"), self.p("text_asr_endpoint_s"), self.p("text_asr_rtf"))
+
+    def _on_voice_activity(self, msg: Bool) -> None:
+        """voice_activity_topic: whether the VAD hears speech now (timed on arrival: std_msgs/Bool has no stamp)."""
+        self._seen("voice_activity_topic")
+        if self._activity is not None:
+            self._activity.hear(bool(msg.data), self._now())
+
+    def _heard(self, activity: VoiceActivity | None, text, estimate: tuple[float, float], came: float
+               ) -> tuple[float, float] | None:
+        """The camera window of a transcript that came at ``came`` on the speech a VAD heard (``activity``; None: no
+        VAD), picked by the window ``estimate``d from its words; None when the VAD heard no fresh speech (the estimate
+        stays). Counted for /diagnostics (voice_activity)."""
+        if activity is None:
+            return None
+        window = activity.heard(came, self.p("text_asr_endpoint_s"), estimate, LONGEST_FACTOR * spoken_s(text))
+        self._windows_by["vad" if window else "estimate"] += 1
+        return window
+
+    def _voice_activity_summary(self) -> str:
+        """What /diagnostics says of the VADs that place transcripts' camera windows."""
+        if not self.captions_frames():
+            return "not read: no captioner"
+        vads = ([self.resolve_topic_name(self._in_use("voice_activity_topic"))] if self._activity else []) + (
+            [f"{VOICES}/<id>/is_speaking"] if self._hri is not None else [])
+        if not vads:
+            return "off"
+        placed, estimated = self._windows_by["vad"], self._windows_by["estimate"]
+        return (f"{' and '.join(vads)}: {placed} transcript windows placed on the speech heard, {estimated} estimated "
+                "from their words (no fresh speech heard)")
 
     def _window(self, text, start: float | None, end: float, stamped: bool) -> tuple[float, float | None]:
         """(start, said_until) of the words of a final transcript that ended at ``end`` (its stamp when ``stamped``,
@@ -592,6 +630,8 @@ class EmotionNode(LifecycleNode):
         stamped = stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp)
         end = self._stamped_end(stamped)
         start, said_until = self._window(msg.text, stamp_to_sec(msg.start), end, bool(stamped))
+        if not stamped and not stamp_to_sec(msg.start):  # it says nothing of its timing: the VAD may
+            start, said_until = self._heard(self._activity, msg.text, (start, said_until), end) or (start, said_until)
         if start > end:
             self.get_logger().warning(f"utterance {msg.utterance_id!r}: start after end, window ignored")
             start = end
@@ -793,7 +833,8 @@ class EmotionNode(LifecycleNode):
             return
         self._hri = Ros4HriBridge(self, self._on_voice_final, self._on_voice_incremental, self._next_id, self._now,
                                   self._qos("transcript"), callback_group=self._inputs_group,
-                                  busy=lambda: self.pipeline is not None and not self.pipeline.idle())
+                                  busy=lambda: self.pipeline is not None and not self.pipeline.idle(),
+                                  voice_activity=self.captions_frames())
         self._hri_status = "on"
         if self.captions_frames():  # whose body or face a voice's frames should show
             from ddvlm_ros.ros4hri import PersonCrops
@@ -807,20 +848,30 @@ class EmotionNode(LifecycleNode):
             return
         self.pipeline.add_person_frame(key, self._frame_stamp(msg.header), ("raw", msg), now=self._now())
 
-    def _on_voice_final(self, voice: str, msg, start: float | None, uid: str) -> None:
+    def _on_voice_final(self, voice: str, msg, start: float | None, uid: str,
+                        activity: VoiceActivity | None = None) -> None:
+        """A voice's final result; ``start``: when its partial results began; ``activity``: the voice's is_speaking
+        (its VAD), which places its window where it heard fresh speech."""
         received = self._last_voice_speech = time.monotonic()
         stamped = stamp_to_sec(msg.header.stamp)
         end = self._stamped_end(stamped)
         start, said_until = self._window(msg.final, start if start is not None and start <= end else None, end,
                                          bool(stamped))
+        estimate = (start, end if said_until is None else said_until)
+        start, said_until = self._heard(activity, msg.final, estimate, self._now()) or (start, said_until)
         header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
                                          header, voice_id=voice, language=spoken_locale(msg),
                                          end_stamped=bool(stamped), source="voices", said_until=said_until,
                                          heard=self._now(), asr_confidence=asr_confidence(msg.confidence)))
 
-    def _on_voice_incremental(self, voice: str, msg, start: float, uid: str) -> None:
+    def _on_voice_incremental(self, voice: str, msg, start: float, uid: str,
+                              activity: VoiceActivity | None = None) -> None:
+        """A voice's partial result: its frames so far are captioned from when its first partial result came
+        (``start``), or from when its VAD (``activity``) heard the utterance begin."""
         self._last_voice_speech = time.monotonic()
+        began = activity.began(self._now(), self.p("text_asr_endpoint_s")) if activity is not None else None
+        start = start if began is None else began
         self.pipeline.prefetch(UtteranceIn(self.p("conversation_id"), uid, voice, msg.incremental, start,
                                            self._now(), time.monotonic(), voice_id=voice))
 
@@ -848,6 +899,7 @@ class EmotionNode(LifecycleNode):
                   "incompatible_qos_events": self._qos_incompatible, "bad_frames": self._bad_frames,
                   "ros4hri": self._hri_status + (f" ({len(self._hri.voices)} voices)" if self._hri else ""),
                   "whisper_transcriptions": self._whisper_summary(),
+                  "voice_activity": self._voice_activity_summary(),
                   "image_decoder": self.image_decoder,
                   "confidence_calibration": self.recognizer.calibration if self.recognizer else "",
                   "lifecycle_bond": self._bond_state or self._bond.state}

@@ -137,6 +137,12 @@ PARAMS: tuple[Param, ...] = (
     Param("whisper_topic", "transcription", "whisper_msgs/Transcription topic (whisper_ros): transcripts that say how "
           "long their audio lasted and how long transcribing it took, which place their words' camera window; read "
           "where whisper_msgs is installed ('' = off)", topic="optional", applies="activate"),
+    Param("voice_activity_topic", "voice_activity", "std_msgs/Bool of a voice activity detector that hears the "
+          "people transcribed (respeaker_ros' is_speeching, audio/voice_detected), read with a captioner: a "
+          "transcript without stamps (String, an Utterance without them) is captioned from the speech it heard "
+          "before the transcript came, instead of a window estimated from its words (ddvlm_core.voice_activity; "
+          "ROS4HRI voices use their own /humans/voices/<id>/is_speaking) ('' = off)", topic="optional",
+          applies="activate"),
     Param("image_topic", "image", "sensor_msgs/Image topic ('' = off)", topic="optional", applies="activate"),
     Param("compressed_image_topic", "image/compressed", "sensor_msgs/CompressedImage topic ('' = off)",
           topic="optional", applies="activate"),

@@ -12,6 +12,9 @@
   that leaves the tracked list is still heard for VOICE_LINGER_S, and its Expression publisher kept as long after
   it left or after its last words heard since: an ASR's final result may come after the list that drops its voice
   (nothing orders two topics), and the answers to a voice's last words come after the model has run.
+- With a captioner, each voice's ``/humans/voices/<id>/is_speaking`` (std_msgs/Bool: its voice activity, as
+  asr_vosk relays its VAD there) places its utterances' camera windows on the speech it heard
+  (``ddvlm_core.voice_activity``): a final result's stamp is when the ASR recognised it, after its endpoint.
 - ``PersonCrops``: the person manager's links (``/humans/persons/tracked``; per person ``voice_id``, ``body_id``
   and ``face_id``, std_msgs/String, latched) and the crops of the tracked bodies and faces
   (``/humans/bodies/<id>/cropped``, ``/humans/faces/<id>/cropped``, sensor_msgs/Image). With several people in
@@ -29,6 +32,7 @@ from typing import Callable, Iterable
 
 from ddvlm_core.language import NOT_ENGLISH_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
+from ddvlm_core.voice_activity import VoiceActivity
 from ddvlm_ros.convert import messages_import
 
 VOICES = "/humans/voices"
@@ -83,6 +87,7 @@ class LeftVoice:
     """A voice that left the tracked list, until its linger has run out."""
     speech: object  # its LiveSpeech subscription
     expression: object  # its Expression publisher
+    is_speaking: object  # its is_speaking subscription (None: not read)
     heard_until: float  # ROS time (s) until which what it says is still heard
     kept_until: float  # time.monotonic() until which its publisher is kept
 
@@ -91,18 +96,22 @@ class Ros4HriBridge:
     """Per-voice subscriptions and expression publishers of one node; created at activate."""
 
     def __init__(self, node, on_final: Callable, on_incremental: Callable, new_id: Callable[[], str],
-                 now: Callable[[], float], qos, callback_group=None, busy: Callable[[], bool] = lambda: False):
-        """``on_final(voice, msg, start, utterance_id)`` / ``on_incremental(voice, msg, start, utterance_id)``:
-        ``start`` is the ROS time of the voice's first incremental result (None if there was none) and the
-        utterance id is shared by an utterance's incremental and final results; ``busy()``: whether the node still
-        has utterances to answer (no Expression publisher goes meanwhile)."""
+                 now: Callable[[], float], qos, callback_group=None, busy: Callable[[], bool] = lambda: False,
+                 voice_activity: bool = False):
+        """``on_final(voice, msg, start, utterance_id, activity)`` / ``on_incremental(voice, msg, start,
+        utterance_id, activity)``: ``start`` is the ROS time of the voice's first incremental result (None if there
+        was none), the utterance id is shared by an utterance's incremental and final results, and ``activity`` is
+        the voice's VoiceActivity (None without ``voice_activity``: is_speaking not read); ``busy()``: whether the
+        node still has utterances to answer (no Expression publisher goes meanwhile)."""
         from hri_msgs.msg import IdsList
         from rclpy.clock import Clock, ClockType
 
         self.node, self.on_final, self.on_incremental = node, on_final, on_incremental
         self.new_id, self.now, self.busy = new_id, now, busy
         self.qos, self.group = qos, callback_group
-        self.voices: dict[str, tuple] = {}  # id -> (speech subscription, expression publisher)
+        self.voices: dict[str, tuple] = {}  # id -> (speech subscription, expression publisher, is_speaking one)
+        self.voice_activity = voice_activity  # whether each voice's is_speaking is read
+        self.activity: dict[str, VoiceActivity] = {}  # id -> what its is_speaking said, while it is heard
         self.leaving: dict[str, LeftVoice] = {}  # id of a voice no longer tracked, until its linger has run out
         self.speaking: dict[str, tuple[float, str]] = {}  # id -> (start, utterance id) while speaking
         self.lock = threading.Lock()
@@ -118,20 +127,42 @@ class Ros4HriBridge:
         now, wall = self.now(), time.monotonic()
         with self.lock:  # publish() runs on the inference thread
             for gone in set(self.voices) - ids:  # still heard, and answered, for VOICE_LINGER_S
-                speech, expression = self.voices.pop(gone)
-                self.leaving[gone] = LeftVoice(speech, expression, now + VOICE_LINGER_S, wall + VOICE_LINGER_S)
+                speech, expression, is_speaking = self.voices.pop(gone)
+                self.leaving[gone] = LeftVoice(speech, expression, is_speaking, now + VOICE_LINGER_S,
+                                               wall + VOICE_LINGER_S)
             for voice in sorted(ids - set(self.voices)):
                 left = self.leaving.pop(voice, None)
                 if left is not None:  # back: the same subscription and publisher
                     if now > left.heard_until:  # no longer the utterance it had begun before it left
                         self.speaking.pop(voice, None)
-                    self.voices[voice] = (left.speech, left.expression)
+                        if voice in self.activity:  # nor the speech heard then
+                            self.activity[voice] = VoiceActivity()
+                    self.voices[voice] = (left.speech, left.expression, left.is_speaking)
                     continue
                 sub = self.node.create_subscription(LiveSpeech, f"{VOICES}/{voice}/speech",
                                                     lambda m, v=voice: self._on_speech(v, m), self.qos,
                                                     callback_group=self.group)
-                self.voices[voice] = (sub, self.node.create_publisher(Expression, f"{VOICES}/{voice}/expression", 10))
+                self.voices[voice] = (sub, self.node.create_publisher(Expression, f"{VOICES}/{voice}/expression", 10),
+                                      self._read_is_speaking(voice))
             self._drop_left(now, wall)
+
+    def _read_is_speaking(self, voice: str):
+        """The voice's is_speaking subscription (None when not read), with a fresh VoiceActivity."""
+        if not self.voice_activity:
+            return None
+        from std_msgs.msg import Bool
+
+        self.activity[voice] = VoiceActivity()
+        return self.node.create_subscription(Bool, f"{VOICES}/{voice}/is_speaking",
+                                             lambda m, v=voice: self._on_is_speaking(v, m), self.qos,
+                                             callback_group=self.group)
+
+    def _on_is_speaking(self, voice: str, msg) -> None:
+        with self.lock:
+            left = self.leaving.get(voice)
+            activity = self.activity.get(voice)
+            if activity is not None and (left is None or self.now() <= left.heard_until):
+                activity.hear(bool(msg.data), self.now())
 
     def _reap(self) -> None:
         with self.lock:
@@ -147,7 +178,10 @@ class Ros4HriBridge:
             left = self.leaving.pop(voice)
             self.node.destroy_subscription(left.speech)
             self.node.destroy_publisher(left.expression)
+            if left.is_speaking is not None:
+                self.node.destroy_subscription(left.is_speaking)
             self.speaking.pop(voice, None)
+            self.activity.pop(voice, None)
 
     def _on_speech(self, voice: str, msg) -> None:
         with self.lock:
@@ -157,14 +191,15 @@ class Ros4HriBridge:
                 return
             if left is not None and msg.final.strip():  # its answer still comes after it left
                 left.kept_until = max(left.kept_until, time.monotonic() + VOICE_LINGER_S)
+        activity = self.activity.get(voice)
         if msg.final.strip():
             start, uid = self.speaking.pop(voice, None) or (None, self.new_id())
-            self.on_final(voice, msg, start, uid)
+            self.on_final(voice, msg, start, uid, activity)
         elif msg.incremental.strip():
             if voice not in self.speaking:
                 self.speaking[voice] = (self.now(), self.new_id())
             start, uid = self.speaking[voice]
-            self.on_incremental(voice, msg, start, uid)
+            self.on_incremental(voice, msg, start, uid, activity)
 
     def publish(self, voice: str, prediction, header) -> bool:
         """Mirror an answer to what ``voice`` said, also after it left the tracked list (VOICE_LINGER_S); False when it
@@ -179,10 +214,13 @@ class Ros4HriBridge:
 
     def stop(self) -> None:
         with self.lock:
-            for sub, pub in self.voices.values():
+            for sub, pub, is_speaking in self.voices.values():
                 self.node.destroy_subscription(sub)
                 self.node.destroy_publisher(pub)
+                if is_speaking is not None:
+                    self.node.destroy_subscription(is_speaking)
             self.voices.clear()
+            self.activity.clear()
             self._drop_left(math.inf, math.inf, force=True)
         self.node.destroy_timer(self.reaper)
         self.node.destroy_subscription(self.tracked)

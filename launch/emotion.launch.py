@@ -27,6 +27,8 @@ TOPIC_ARGUMENTS = [  # (remapped name, launch argument, default, description); d
     ("utterance", "utterance_topic", "utterance", "ddvlm_msgs/Utterance transcripts with speaker and timing"),
     ("transcription", "whisper_topic", "whisper/transcription", "whisper_msgs/Transcription from whisper_ros (read "
      "where whisper_msgs is installed)"),
+    ("voice_activity", "voice_activity_topic", "voice_activity", "std_msgs/Bool of a voice activity detector, e.g. "
+     "respeaker_ros' is_speeching (read only with a captioner): places transcripts' camera windows"),
     ("image", "image_topic", "camera/image_raw", "sensor_msgs/Image (subscribed only with a captioner)"),
     ("image/compressed", "compressed_image_topic", "", "sensor_msgs/CompressedImage (subscribed only with a "
      "captioner); '' = off (a camera that publishes through image_transport JPEG-encodes every frame while its "

@@ -146,7 +146,7 @@ def test_a_voice_that_leaves_the_tracked_list_before_its_answer_still_gets_its_e
     assert [e.confidence for e in expressions] == [pytest.approx(answer.confidence)]
     lingering = h.node._hri.leaving["anna"]
     track(h, "anna")  # back before the linger ran out: the same subscription and publisher
-    assert h.node._hri.voices["anna"] == (lingering.speech, lingering.expression)
+    assert h.node._hri.voices["anna"] == (lingering.speech, lingering.expression, lingering.is_speaking)
     assert "anna" not in h.node._hri.leaving
     monkeypatch.setattr(ddvlm_ros.ros4hri, "VOICE_LINGER_S", 0.0)
     track(h, expect=set())  # gone once the (now no) linger ran out, without another list
@@ -404,3 +404,60 @@ def test_a_voices_utterance_is_captioned_from_its_persons_body_crops(harness, ti
     while h.node._bad_frames == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert h.node._bad_frames == 1 and say("bob", "Still there?") == {(64, 64, 3)}
+
+
+class WindowRecorder:
+    """Records each caption's window."""
+
+    name = "windows"
+
+    def __init__(self):
+        self.windows = []
+
+    def caption(self, frames, window=None):
+        from ddvlm_core.captioner import Caption
+
+        self.windows.append(window)
+        return Caption("The head is turning left.", self.name, len(frames))
+
+
+def test_a_voices_is_speaking_places_its_utterances_camera_window(harness, tiny_visual_checkpoint):
+    """asr_vosk relays its VAD on /humans/voices/<id>/is_speaking and stamps a final result when it recognised it,
+    after its endpoint. Anna's VAD went on, her partial result came 0.3 s later, her VAD went off 0.8 s after it went
+    on, and her final result, stamped 0.4 s after that, came: her partial results were captioned from when her VAD
+    went on, her final one over [on, off], not from her first partial result to its stamp."""
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import Bool
+
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", ros4hri=True, frames_per_window=4).start()
+    recorder = h.node.pipeline.captioner = WindowRecorder()
+    track(h, "anna")
+    vad = h.node._hri.activity["anna"]
+
+    def vad_says(speaking):
+        changes = vad.changes
+        h.publish(Bool, "/humans/voices/anna/is_speaking", Bool(data=speaking))
+        deadline = time.monotonic() + 10
+        while vad.changes == changes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert vad.changes == changes + 1
+
+    def frames(seconds):
+        for _ in range(int(seconds / 0.1)):
+            h.publish(Image, "image", image(h.now(), 64, 64, 40))
+            time.sleep(0.1)
+
+    vad_says(True)
+    frames(0.3)
+    until(h, "anna", speech(incremental="I got"), lambda: len(recorder.windows) >= 1)  # captioned while speaking
+    frames(0.5)
+    vad_says(False)
+    [(on, off)] = [tuple(i) for i in vad.intervals]
+    time.sleep(0.4)
+    answered = len(h.received)
+    until(h, "anna", speech(final="I got the job!", stamp=h.now()), lambda: len(h.received) == answered + 2)
+    assert recorder.windows[0][0] == on  # the partial results' window began when her VAD went on
+    assert recorder.windows[-1] == (on, off)
+    assert {kv.key: kv.value for kv in h.node.diagnostic_status().values}["voice_activity"] == (
+        "/voice_activity and /humans/voices/<id>/is_speaking: 1 transcript windows placed on the speech heard, 0 "
+        "estimated from their words (no fresh speech heard)")

@@ -691,6 +691,56 @@ def test_a_whisper_ros_transcription_is_captioned_from_when_its_audio_says_its_w
                                                 "factor 0.28)")
 
 
+def vad_says(h, activity, speaking: bool, topic: str = "voice_activity") -> None:
+    """Publish a VAD's std_msgs/Bool and wait until the node has heard the change."""
+    from std_msgs.msg import Bool
+
+    changes = activity.changes
+    h.publish(Bool, topic, Bool(data=speaking))
+    deadline = time.monotonic() + 10
+    while activity.changes == changes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert activity.changes == changes + 1
+
+
+def test_a_transcript_without_stamps_is_captioned_from_the_speech_its_vad_heard(harness, tiny_visual_checkpoint):
+    """voice_activity (std_msgs/Bool: respeaker_ros' is_speeching) went on and, 0.8 s later, off before "I got the
+    job!" came: its caption's window is that speech, from the on to the off as the node timed them, not the window
+    estimated from its words. What the robot says (robot_speech) takes none of the VAD's speech. The next
+    transcript, with no fresh speech heard, gets the estimate ([t - 2.489, t - 0.959] for "No way!")."""
+    from ddvlm_core.speech_timing import AsrTiming
+
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frames_per_window=4).start()
+    recorder = h.node.pipeline.captioner = WindowCaptioner()
+    vad = h.node._activity
+    vad_says(h, vad, True)
+    time.sleep(0.8)
+    vad_says(h, vad, False)
+    [(on, off)] = [tuple(i) for i in vad.intervals]
+    assert 0.8 <= off - on < 2.0
+    answered = len(h.received)
+    h.publish(String, "robot_speech", String(data="Did you get the job?"))  # context only: no answer, no window
+    h.settle()
+    assert len(h.received) == answered and [tuple(i) for i in vad.intervals] == [(on, off)]
+    (start, end), stamps, came = caption_window(h, recorder, String, "transcript", String(data="Ross: I got the job!"))
+    assert (start, end) == (on, off) and came - end > 1.0
+    assert all(on <= s <= off for s in stamps) and stamps
+    (start, end), _, came = caption_window(h, recorder, String, "transcript", String(data="Rachel: No way!"))
+    assert (start, end) == tuple(pytest.approx(t, abs=1e-6) for t in AsrTiming().said("No way!", came))
+    assert (start, end) == (pytest.approx(came - 2.489, abs=1e-6), pytest.approx(came - 0.959, abs=1e-6))
+    values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert values["voice_activity"] == ("/voice_activity: 1 transcript windows placed on the speech heard, 1 "
+                                        "estimated from their words (no fresh speech heard)")
+
+
+def test_the_vad_is_read_only_with_a_captioner(harness, tiny_text_checkpoint):
+    """Without a captioner no window is captioned: voice_activity is not subscribed, as the camera is not."""
+    h = harness(model_dir=tiny_text_checkpoint).start()
+    assert h.node._activity is None and "/voice_activity" not in {s.topic_name for s in h.node._subs}
+    assert {kv.key: kv.value for kv in h.node.diagnostic_status().values}["voice_activity"] == ("not read: no "
+                                                                                                "captioner")
+
+
 def test_future_and_out_of_order_frame_stamps(harness, tiny_visual_checkpoint):
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue").start()
     now = h.now()

@@ -114,6 +114,30 @@ def test_the_committed_report_is_a_fresh_run_and_the_readme_quotes_it(tmp_path):
             f"{rtf1[default_rule]['window_on_its_speech']:.1f} % with the default and "
             f"{rtf1[old_rule]['window_on_its_speech']:.1f} % "
             "before") in readme
+    one_mic, per_voice = (rows["0.3"][name] for name in bench.VAD_RULES)
+    assert (f"with a VAD that hears everyone, {one_mic['window_on_its_speech']:.1f} % of the window is on the "
+            f"utterance's own speech and {one_mic['window_on_others_speech']:.1f} % on the other speakers' "
+            f"({default['window_on_its_speech']:.1f} % and {default['window_on_others_speech']:.1f} % estimated); "
+            f"with one VAD per voice, {per_voice['window_on_its_speech']:.1f} % and "
+            f"{per_voice['window_on_others_speech']:.1f} %") in readme
+    assert one_mic["window_on_its_speech"] > default["window_on_its_speech"] < per_voice["window_on_its_speech"]
+
+
+def test_a_vad_places_each_transcript_on_the_speech_it_heard_and_the_estimate_picks_which():
+    """Two speakers, a's [0, 2] and b's [2.2, 3.0], heard by one ASR at RTF 0.5 (transcripts at 3.5 and 4.1 s): one
+    VAD (off 0.1 s after the speech) hears [0, 2.1] and [2.2, 3.1], one utterance to the ASR (0.1 s of silence is
+    under its 0.5 s endpoint), so a's transcript is placed on both and b's, with nothing fresh left, estimated; a VAD
+    per speaker places each on its own speech (+0.1 s)."""
+    bench = load_bench("text_windows")
+    rows = [(0.0, 2.0, "a", "I got the job today"), (2.2, 3.0, "b", "No way")]
+    arrived = bench.arrivals(rows, 0.5)
+    assert bench.vad_changes([(0.0, 2.0), (2.2, 3.0)]) == [(0.0, True), (2.1, False), (2.2, True), (3.1, False)]
+    assert bench.vad_changes([(0.0, 2.0), (1.5, 3.0)]) == [(0.0, True), (3.1, False)]  # overlapping: one stretch
+    windows, placed = bench.vad_windows(rows, arrived, per_voice=False)
+    assert placed == 1 and windows[0] == (0.0, pytest.approx(3.1))
+    assert windows[1] == bench.DEFAULT.said("No way", arrived[1])
+    windows, placed = bench.vad_windows(rows, arrived, per_voice=True)
+    assert placed == 2 and windows == [(0.0, pytest.approx(2.1)), (2.2, pytest.approx(3.1))]
 
 
 def test_the_nodes_defaults_are_the_benchs_default_rule():
