@@ -52,7 +52,8 @@ LIVE_PIPELINE_SETTINGS = ("caption_timeout_s", "idle_timeout_s", "max_conversati
                           "revise_answers", "asr_min_confidence",
                           "end_unpunctuated_turns")  # EmotionPipeline attributes
 CAMERA_TOPICS = ("image_topic", "compressed_image_topic")  # subscribed only when a captioner captions frames
-CAPTION_INPUTS = (*CAMERA_TOPICS, "voice_activity_topic")  # as are the VAD's on/off, which only place their windows
+CAPTION_INPUTS = (*CAMERA_TOPICS, "voice_activity_topic", "robot_speaking_topic")  # and so are the VAD's on/off
+# and whether the robot speaks, which only place the windows of the captions
 NO_IMAGES_DECODED = "none: no captioner, the camera is not read"  # image_decoder of a text-only node
 TRANSCRIPT_TOPICS = ("transcript_topic", "utterance_topic", "whisper_topic")  # any one is enough
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
@@ -131,6 +132,7 @@ class EmotionNode(LifecycleNode):
         self._last_voice_speech: float | None = None  # monotonic time of the last ROS4HRI speech result
         self._activity: VoiceActivity | None = None  # voice_activity_topic's VAD while it is read (a captioner)
         self._windows_by = {"vad": 0, "estimate": 0}  # transcripts a VAD could place: by it, or by their words
+        self._robot_speaking = False  # what robot_speaking_topic said last
         self._hri_status = "off"
         self._bond = None  # ddvlm_ros.bond.LifecycleBond, from the first activate where the bond messages import
         self._bond_state = "inactive"  # what diagnostics say of the bond while there is none in use ('' = in use)
@@ -253,6 +255,7 @@ class EmotionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.load_error = ""
         self.pipeline.robot_speaker = ROBOT_SPEAKER if self.p("robot_speech_topic") else ""  # before its first message
+        self._robot_speaking = False
         self._activity = VoiceActivity() if self.p("voice_activity_topic") and self.captions_frames() else None
         self._windows_by = {"vad": 0, "estimate": 0}
         self._subscribe()
@@ -463,7 +466,8 @@ class EmotionNode(LifecycleNode):
                  ("image_topic", Image, self._on_image, "image"),
                  ("compressed_image_topic", CompressedImage, self._on_compressed, "image"),
                  ("robot_speech_topic", String, self._on_robot_speech, "transcript"),
-                 ("voice_activity_topic", Bool, self._on_voice_activity, "transcript")]
+                 ("voice_activity_topic", Bool, self._on_voice_activity, "transcript"),
+                 ("robot_speaking_topic", Bool, self._on_robot_speaking, "transcript")]
         for param, msg_type, callback, qos in specs:
             if self.p(param) and (param not in CAPTION_INPUTS or self.captions_frames()):
                 self._input_types[self.p(param)] = type_name(msg_type)
@@ -580,6 +584,16 @@ class EmotionNode(LifecycleNode):
         self._seen("voice_activity_topic")
         if self._activity is not None:
             self._activity.hear(bool(msg.data), self._now())
+
+    def _on_robot_speaking(self, msg: Bool) -> None:
+        """robot_speaking_topic: whether the robot is speaking now; what the VADs hear meanwhile is the robot."""
+        self._seen("robot_speaking_topic")
+        speaking, now = bool(msg.data), self._now()
+        self._robot_speaking = speaking
+        if self._activity is not None:
+            self._activity.robot(speaking, now)
+        if self._hri is not None:
+            self._hri.robot(speaking, now)
 
     def _heard(self, activity: VoiceActivity | None, text, estimate: tuple[float, float], came: float
                ) -> tuple[float, float] | None:
@@ -792,6 +806,10 @@ class EmotionNode(LifecycleNode):
     def _on_time_jump(self, jump) -> None:
         if self.pipeline is not None:
             self.pipeline.time_jumped_back(-jump.delta.nanoseconds * 1e-9)
+        if self._activity is not None:  # the VAD's speech of a timeline that will not come again
+            self._activity = VoiceActivity(robot_speaking=self._robot_speaking)
+        if self._hri is not None:
+            self._hri.forget_speech()
 
     def _on_reset_conversation(self, request, response):
         """~/reset_conversation: forget a conversation's context ('' = all), e.g. when a new participant
@@ -835,6 +853,7 @@ class EmotionNode(LifecycleNode):
                                   self._qos("transcript"), callback_group=self._inputs_group,
                                   busy=lambda: self.pipeline is not None and not self.pipeline.idle(),
                                   voice_activity=self.captions_frames())
+        self._hri.robot(self._robot_speaking, self._now())
         self._hri_status = "on"
         if self.captions_frames():  # whose body or face a voice's frames should show
             from ddvlm_ros.ros4hri import PersonCrops
@@ -870,7 +889,8 @@ class EmotionNode(LifecycleNode):
         """A voice's partial result: its frames so far are captioned from when its first partial result came
         (``start``), or from when its VAD (``activity``) heard the utterance begin."""
         self._last_voice_speech = time.monotonic()
-        began = activity.began(self._now(), self.p("text_asr_endpoint_s")) if activity is not None else None
+        began = activity.began(self._now(), self.p("text_asr_endpoint_s"),
+                               LONGEST_FACTOR * spoken_s(msg.incremental)) if activity is not None else None
         start = start if began is None else began
         self.pipeline.prefetch(UtteranceIn(self.p("conversation_id"), uid, voice, msg.incremental, start,
                                            self._now(), time.monotonic(), voice_id=voice))

@@ -112,6 +112,7 @@ class Ros4HriBridge:
         self.voices: dict[str, tuple] = {}  # id -> (speech subscription, expression publisher, is_speaking one)
         self.voice_activity = voice_activity  # whether each voice's is_speaking is read
         self.activity: dict[str, VoiceActivity] = {}  # id -> what its is_speaking said, while it is heard
+        self.robot_speaking = False  # what its VADs hear meanwhile is the robot (VoiceActivity.robot)
         self.leaving: dict[str, LeftVoice] = {}  # id of a voice no longer tracked, until its linger has run out
         self.speaking: dict[str, tuple[float, str]] = {}  # id -> (start, utterance id) while speaking
         self.lock = threading.Lock()
@@ -136,7 +137,7 @@ class Ros4HriBridge:
                     if now > left.heard_until:  # no longer the utterance it had begun before it left
                         self.speaking.pop(voice, None)
                         if voice in self.activity:  # nor the speech heard then
-                            self.activity[voice] = VoiceActivity()
+                            self.activity[voice] = VoiceActivity(robot_speaking=self.robot_speaking)
                     self.voices[voice] = (left.speech, left.expression, left.is_speaking)
                     continue
                 sub = self.node.create_subscription(LiveSpeech, f"{VOICES}/{voice}/speech",
@@ -152,10 +153,24 @@ class Ros4HriBridge:
             return None
         from std_msgs.msg import Bool
 
-        self.activity[voice] = VoiceActivity()
+        self.activity[voice] = VoiceActivity(robot_speaking=self.robot_speaking)
         return self.node.create_subscription(Bool, f"{VOICES}/{voice}/is_speaking",
                                              lambda m, v=voice: self._on_is_speaking(v, m), self.qos,
                                              callback_group=self.group)
+
+    def robot(self, speaking: bool, t: float) -> None:
+        """The robot started or stopped speaking at ``t``: what the voices' VADs hear meanwhile is the robot."""
+        with self.lock:
+            self.robot_speaking = speaking
+            for activity in self.activity.values():
+                activity.robot(speaking, t)
+
+    def forget_speech(self) -> None:
+        """ROS time went back (a bag played again): the speech the voices' VADs heard is of a timeline that will not
+        come again (its times would keep the new speech from placing anything)."""
+        with self.lock:
+            for voice in self.activity:
+                self.activity[voice] = VoiceActivity(robot_speaking=self.robot_speaking)
 
     def _on_is_speaking(self, voice: str, msg) -> None:
         with self.lock:

@@ -461,3 +461,31 @@ def test_a_voices_is_speaking_places_its_utterances_camera_window(harness, tiny_
     assert {kv.key: kv.value for kv in h.node.diagnostic_status().values}["voice_activity"] == (
         "/voice_activity and /humans/voices/<id>/is_speaking: 1 transcript windows placed on the speech heard, 0 "
         "estimated from their words (no fresh speech heard)")
+
+
+def test_a_voices_vad_hears_no_person_while_the_robot_speaks(harness, tiny_visual_checkpoint):
+    """robot_speaking on: a voice tracked meanwhile starts with its VAD muted, and its is_speaking heard then opens
+    no speech; when the robot stops while the VAD still hears speech, the person's speech starts then."""
+    from std_msgs.msg import Bool
+
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", ros4hri=True).start()
+
+    def wait(done):
+        deadline = time.monotonic() + 10
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert done()
+
+    h.publish(Bool, "robot_speaking", Bool(data=True))
+    wait(lambda: h.node._robot_speaking)
+    track(h, "anna")
+    vad = h.node._hri.activity["anna"]
+    assert vad.robot_speaking
+    h.publish(Bool, "/humans/voices/anna/is_speaking", Bool(data=True))
+    wait(lambda: vad.changes == 1)
+    assert vad.vad_on and not vad.speaking and not vad.intervals
+    stopped = h.now()
+    h.publish(Bool, "robot_speaking", Bool(data=False))
+    wait(lambda: vad.speaking)
+    [(on, off)] = [tuple(i) for i in vad.intervals]
+    assert off is None and stopped <= on <= h.now()

@@ -31,7 +31,7 @@ def test_launch_file_starts_the_lifecycle_node_with_params_and_remaps():
     topic_args = topic_arguments()
     defaults = {p.name: p.default for p in PARAMS}
     topics = [p.name for p in PARAMS if p.topic]  # every topic parameter, robot_speech_topic too
-    assert len(topics) == 8
+    assert len(topics) == 9
     assert {remapped for remapped, *_ in topic_args} == {defaults[k] for k in topics}
     assert {arg for _, arg, *_ in topic_args} == set(topics)  # topics are remapped, never set as parameters
     assert ast.unparse(kw["parameters"]) == "[LaunchConfiguration('params_file'), given]"  # given ones win
@@ -171,7 +171,8 @@ def test_a_topic_launch_argument_set_to_nothing_turns_that_input_off(tiny_visual
         node.trigger_configure()
         node.trigger_activate()
         subscribed = sorted(s.topic_name for s in node._subs)
-        assert subscribed == ["/cam/raw", "/robot_speech", "/transcript", "/voice_activity", "/whisper/transcription"]
+        assert subscribed == ["/cam/raw", "/robot_speaking", "/robot_speech", "/transcript", "/voice_activity",
+                              "/whisper/transcription"]
         node.trigger_deactivate()
         node.destroy_node()
     finally:
@@ -201,8 +202,8 @@ def test_the_launch_files_topics_go_under_its_namespace_so_that_two_robots_stay_
         under = ns.rstrip("/")
         transcript = "/asr/text" if ns == "/robot2" else f"{under}/transcript"
         assert sorted(s.topic_name for s in h.node._subs) == sorted([transcript] + [
-            f"{under}/{t}" for t in ("camera/image_raw", "robot_speech", "utterance", "voice_activity",
-                                     "whisper/transcription")])
+            f"{under}/{t}" for t in ("camera/image_raw", "robot_speaking", "robot_speech", "utterance",
+                                     "voice_activity", "whisper/transcription")])
         assert h.node._pub.topic_name == f"{under}/emotion"
     robot1 = robots["/robot1"]
     lines = robot1.add_echo()  # ddvlm-emotion-echo --ros-args -r __ns:=/robot1 (the README's way to check it)

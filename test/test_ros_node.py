@@ -733,6 +733,37 @@ def test_a_transcript_without_stamps_is_captioned_from_the_speech_its_vad_heard(
                                         "estimated from their words (no fresh speech heard)")
 
 
+def test_what_the_vad_hears_while_the_robot_speaks_places_no_window(harness, tiny_visual_checkpoint):
+    """robot_speaking (the /robot_speaking Bool TTS nodes publish) is on while the VAD hears the robot; the robot
+    stops while the VAD still hears speech (a person who spoke over its last words), which goes off 0.6 s later:
+    the transcript is captioned from when the robot stopped to the VAD's off, not from the robot's voice."""
+    from std_msgs.msg import Bool
+
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frames_per_window=4).start()
+    recorder = h.node.pipeline.captioner = WindowCaptioner()
+    vad = h.node._activity
+
+    def robot(speaking):
+        h.publish(Bool, "robot_speaking", Bool(data=speaking))
+        deadline = time.monotonic() + 10
+        while vad.robot_speaking != speaking and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert vad.robot_speaking == speaking
+
+    robot(True)
+    vad_says(h, vad, True)
+    time.sleep(0.5)
+    assert not vad.intervals  # the robot's voice
+    robot(False)
+    [(person, _)] = [tuple(i) for i in vad.intervals]
+    time.sleep(0.6)
+    vad_says(h, vad, False)
+    [(on, off)] = [tuple(i) for i in vad.intervals]
+    assert on == person and off - on >= 0.6
+    (start, end), _, _ = caption_window(h, recorder, String, "transcript", String(data="Ross: Wait, what?"))
+    assert (start, end) == (on, off)
+
+
 def test_the_vad_is_read_only_with_a_captioner(harness, tiny_text_checkpoint):
     """Without a captioner no window is captioned: voice_activity is not subscribed, as the camera is not."""
     h = harness(model_dir=tiny_text_checkpoint).start()
@@ -866,6 +897,38 @@ def test_a_bag_played_again_time_going_back_starts_frames_and_contexts_afresh(ha
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["time_jumps_back"] == "1" and values["windows_without_frames"] == "0"
     assert values["speaker_tokens_reused"] == "0"  # two speakers: each keeps a token of their own
+
+
+def test_a_bag_played_again_places_its_transcripts_on_the_speech_its_vad_heard_again(harness, tiny_visual_checkpoint):
+    """Under use_sim_time, the VAD heard [1000.0, 1000.8] and the transcript after it was placed there; the bag is
+    played again, a minute back: its VAD's speech at 940 s places the same transcript again. Before, the speech of
+    the first play, later than any of the second, kept the second play's from counting as fresh: estimated."""
+    from rosgraph_msgs.msg import Clock
+
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", use_sim_time=True).start()
+
+    def at(t):
+        h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(t, Time)))
+        deadline = time.monotonic() + 15
+        while abs(h.now() - t) > 1e-3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert abs(h.now() - t) <= 1e-3
+
+    def play(t0):
+        at(t0)
+        vad_says(h, h.node._activity, True)
+        at(t0 + 0.8)
+        vad_says(h, h.node._activity, False)
+        at(t0 + 1.5)
+        placed = dict(h.node._windows_by)
+        h.publish(String, "transcript", String(data="Ross: I got the job!"))
+        deadline = time.monotonic() + 10
+        while h.node._windows_by == placed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return {k: h.node._windows_by[k] - placed[k] for k in placed}
+
+    assert play(1000.0) == {"vad": 1, "estimate": 0}
+    assert play(1000.0 - 60) == {"vad": 1, "estimate": 0}
 
 
 def test_idle_timeout_counts_ros_time_so_a_paused_bag_keeps_its_contexts(harness, tiny_text_checkpoint):

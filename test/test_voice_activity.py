@@ -103,3 +103,47 @@ def test_a_window_is_at_most_longest_s_long_and_keeps_its_end():
     from ddvlm_core.voice_activity import LONGEST_FACTOR
 
     assert vad((0.0, True), (20.0, False)).heard(20.5, 0.5, longest_s=LONGEST_FACTOR * 1.5) == (15.5, 20.0)
+
+
+def test_a_vad_held_on_by_noise_places_nothing_until_it_goes_off():
+    """The VAD has been on since 0 s (a fan it takes for speech): a transcript at 20.5 whose words take 1.5 s gets
+    no window from it (its estimate stays), nor do partial results; once the VAD goes off at 21, a transcript at
+    21.6 gets the last 4.5 s (longest_s) of that stretch, which ended with speech."""
+    activity = vad((0.0, True))
+    assert activity.heard(20.5, 0.5, longest_s=4.5) is None
+    assert activity.began(20.5, 0.5, longest_s=4.5) is None and activity.began(3.0, 0.5, longest_s=4.5) == 0.0
+    activity.hear(False, 21.0)
+    assert activity.heard(21.6, 0.5, longest_s=4.5) == (16.5, 21.0)
+
+
+def test_what_the_vad_hears_while_the_robot_speaks_is_no_persons_speech():
+    """The robot speaks over [9.5, 12.0]; the VAD hears it from 10.0 until 12.1 (its hang-over), then a person over
+    [12.4, 14.0]: the person's transcript at 14.6 was said over [12.4, 14.0]. Without the robot's speech told, the
+    0.3 s between the two is under the endpoint and the robot's voice joins the person's window: [10.0, 14.0]."""
+    changes = ((10.0, True), (12.1, False), (12.4, True), (14.0, False))
+    assert vad(*changes).heard(14.6, 0.5) == (10.0, 14.0)
+    activity = VoiceActivity()
+    activity.robot(True, 9.5)
+    for t, speaking in changes[:1]:
+        activity.hear(speaking, t)
+    assert not activity.speaking and activity.vad_on
+    activity.robot(False, 12.0)  # the VAD still hears speech: its hang-over, from 12.0 a person's to it
+    for t, speaking in changes[1:]:
+        activity.hear(speaking, t)
+    assert [list(i) for i in activity.intervals] == [[12.0, 12.1], [12.4, 14.0]]
+    assert activity.heard(14.6, 0.5) == (12.0, 14.0)  # hang-over and speech closer than the endpoint: one
+
+
+def test_a_person_who_speaks_over_the_robot_is_heard_from_when_the_robot_stops():
+    """Barge-in: the VAD is on from 10.0 (the robot) and the person starts at 11.0, over the robot until it stops at
+    12.0 (the VAD cannot tell voices apart): the person's speech counts from 12.0 to the VAD's off at 13.0. A VAD
+    made while the robot speaks starts muted."""
+    activity = vad((10.0, True))
+    activity.robot(True, 9.0)  # told late: the interval the robot's voice opened is closed when it is told
+    activity.robot(False, 12.0)
+    activity.hear(False, 13.0)
+    assert [list(i) for i in activity.intervals] == [[10.0, 10.0], [12.0, 13.0]]
+    assert activity.heard(13.5, 0.5) == (12.0, 13.0)
+    muted = VoiceActivity(robot_speaking=True)
+    muted.hear(True, 1.0)
+    assert not muted.speaking and not muted.intervals
