@@ -173,11 +173,11 @@ class Ros4HriBridge:
                 self.activity[voice] = VoiceActivity(robot_speaking=self.robot_speaking)
 
     def _on_is_speaking(self, voice: str, msg) -> None:
+        now = self.now()
         with self.lock:
-            left = self.leaving.get(voice)
-            activity = self.activity.get(voice)
-            if activity is not None and (left is None or self.now() <= left.heard_until):
-                activity.hear(bool(msg.data), self.now())
+            left, activity = self.leaving.get(voice), self.activity.get(voice)
+            if activity is not None and (left is None or now <= left.heard_until):  # its linger has not run out
+                activity.hear(bool(msg.data), now)
 
     def _reap(self) -> None:
         with self.lock:
