@@ -853,7 +853,6 @@ class EmotionNode(LifecycleNode):
                                   self._qos("transcript"), callback_group=self._inputs_group,
                                   busy=lambda: self.pipeline is not None and not self.pipeline.idle(),
                                   voice_activity=self.captions_frames())
-        self._hri.robot(self._robot_speaking, self._now())
         self._hri_status = "on"
         if self.captions_frames():  # whose body or face a voice's frames should show
             from ddvlm_ros.ros4hri import PersonCrops
