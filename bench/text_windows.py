@@ -17,8 +17,9 @@ came (``text_window_s``, ``text_asr_endpoint_s``, ``text_asr_rtf``).
    and how long transcribing it took: placed by ``AsrTiming.transcribed``, not estimated. A voice activity
    detector (``VAD_RULES``: one that hears everyone, on ``voice_activity_topic``, or one per voice, ROS4HRI's
    is_speaking) goes on when an utterance starts and off ``VAD_HANGOVER_S`` after it ends; the node places a
-   transcript on the VAD's speech with ``VoiceActivity.heard``, picked by the node's default estimate (which it
-   falls back to when the VAD heard nothing fresh: how often is in the report).
+   transcript on the VAD's speech with ``VoiceActivity.heard``, picked by the node's estimate, with its default
+   RTF or with ``text_asr_rtf`` set to the ASR's (which it falls back to when the VAD heard nothing fresh: how
+   often is in the report).
 
 Writes text_windows.md and .json to reports/ (or ``--report-dir``). No model, seconds.
 """
@@ -49,8 +50,12 @@ RULES = {  # name -> AsrTiming arguments (length_s, endpoint_s, rtf); None: the 
         (DEFAULT.length_s, DEFAULT.endpoint_s, None),
 }
 WHISPER_RULE = "whisper_ros' Transcription: from its audio_time and transcription_time"
-VAD_RULES = {"a VAD that hears everyone (voice_activity_topic), picked by the node's default": False,
-             "each voice's own VAD (ROS4HRI is_speaking), picked by the node's default": True}  # name -> per voice
+VAD_RULES = {  # name -> (one VAD per voice, text_asr_rtf set to the ASR's own)
+    "a VAD that hears everyone (voice_activity_topic), picked by the node's default": (False, False),
+    "each voice's own VAD (ROS4HRI is_speaking), picked by the node's default": (True, False),
+    "a VAD that hears everyone, picked with text_asr_rtf set": (False, True),
+    "each voice's own VAD, picked with text_asr_rtf set": (True, True),
+}
 VAD_HANGOVER_S = 0.1  # a VAD goes off this long after the speech (silero-vad's min_silence_duration_ms: 100)
 WHISPER_PAD_S = 1.0 + 0.032  # whisper_ros pads audio shorter than 1 s with silence, to 1 s and a 32 ms chunk
 
@@ -117,9 +122,10 @@ def vad_changes(spans: list[tuple[float, float]]) -> list[tuple[float, bool]]:
     return [(t, on) for start, end in stretches for t, on in ((start, True), (end, False))]
 
 
-def vad_windows(rows, arrived: list[float], per_voice: bool) -> tuple[list[tuple[float, float]], int]:
+def vad_windows(rows, arrived: list[float], per_voice: bool, timing: AsrTiming = DEFAULT
+                ) -> tuple[list[tuple[float, float]], int]:
     """The windows the node gives a dialogue's transcripts (``arrived``) with a VAD (``per_voice``: one per
-    speaker), and how many of them the VAD placed (the others: the node's default estimate)."""
+    speaker), and how many of them the VAD placed (the others: the estimate by ``timing``, the node's)."""
     heard_by = {who: who if per_voice else "" for _, _, who, _ in rows}
     vads = {key: (VoiceActivity(), vad_changes([(s, e) for s, e, who, _ in rows if heard_by[who] == key]))
             for key in set(heard_by.values())}
@@ -129,8 +135,8 @@ def vad_windows(rows, arrived: list[float], per_voice: bool) -> tuple[list[tuple
         while changes and changes[0][0] <= came:
             t, on = changes.pop(0)
             activity.hear(on, t)
-        estimate = DEFAULT.said(text, came)
-        window = activity.heard(came, DEFAULT.endpoint_s, estimate, LONGEST_FACTOR * spoken_s(text))
+        estimate = timing.said(text, came)
+        window = activity.heard(came, timing.endpoint_s, estimate, LONGEST_FACTOR * spoken_s(text))
         placed += window is not None
         windows.append(window or estimate)
     return windows, placed
@@ -147,8 +153,9 @@ def window_rows(split: str = "test") -> dict:
                         else timing.said(text, came) for (start, end, _, text), came in zip(rows, arrivals(rows, rtf))]
                        for rows in dialogues.values()]
             rules[name] = shares(dialogues, windows)
-        for name, per_voice in VAD_RULES.items():
-            placed = [vad_windows(rows, arrivals(rows, rtf), per_voice) for rows in dialogues.values()]
+        for name, (per_voice, own_rtf) in VAD_RULES.items():
+            timing = AsrTiming(DEFAULT.length_s, DEFAULT.endpoint_s, rtf) if own_rtf else DEFAULT
+            placed = [vad_windows(rows, arrivals(rows, rtf), per_voice, timing) for rows in dialogues.values()]
             rules[name] = shares(dialogues, [w for w, _ in placed]) | {"vad_placed": sum(n for _, n in placed)}
     return out
 
@@ -179,17 +186,15 @@ def report(rate: dict, rows: dict) -> str:
              f"## Windows: MELD test, {rows['utterances']} utterances at their own times, one ASR", "",
              f"The ASR sends each transcript {ENDPOINT_S:g} s after the utterance ends plus its duration times the "
              "ASR's real-time factor (RTF), one after the other. Means over utterances. A VAD goes on when an "
-             f"utterance starts and off {VAD_HANGOVER_S:g} s after it ends.", ""]
+             f"utterance starts and off {VAD_HANGOVER_S:g} s after it ends; the transcripts it placed (the node's "
+             "estimate placed the others).", ""]
     for rtf, rules in rows["rtf"].items():
         lines += [f"### ASR at RTF {rtf}", "",
-                  "| window | its speech in the window | window on its speech | window on others' speech |",
-                  "|---|---|---|---|"]
+                  "| window | its speech in the window | window on its speech | window on others' speech | placed by "
+                  "the VAD |", "|---|---|---|---|---|"]
         lines += [f"| {name} | {r['speech_in_window']:.1f} % | {r['window_on_its_speech']:.1f} % | "
-                  f"{r['window_on_others_speech']:.1f} % |" for name, r in rules.items()]
-        placed = " and ".join(f"{r['vad_placed']} ({name.partition(' (')[0]})" for name, r in rules.items()
-                              if "vad_placed" in r)
-        lines += ["", f"The VAD placed {placed} of the {rows['utterances']} transcripts; the default estimate the "
-                      "others.", ""]
+                  f"{r['window_on_others_speech']:.1f} % | {r.get('vad_placed', '-')} |" for name, r in rules.items()]
+        lines.append("")
     return "\n".join(lines)
 
 

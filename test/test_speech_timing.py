@@ -114,13 +114,18 @@ def test_the_committed_report_is_a_fresh_run_and_the_readme_quotes_it(tmp_path):
             f"{rtf1[default_rule]['window_on_its_speech']:.1f} % with the default and "
             f"{rtf1[old_rule]['window_on_its_speech']:.1f} % "
             "before") in readme
-    one_mic, per_voice = (rows["0.3"][name] for name in bench.VAD_RULES)
+    one_mic, per_voice, _, per_voice_rtf = (rows["0.3"][name] for name in bench.VAD_RULES)
     assert (f"with a VAD that hears everyone, {one_mic['window_on_its_speech']:.1f} % of the window is on the "
             f"utterance's own speech and {one_mic['window_on_others_speech']:.1f} % on the other speakers' "
             f"({default['window_on_its_speech']:.1f} % and {default['window_on_others_speech']:.1f} % estimated); "
             f"with one VAD per voice, {per_voice['window_on_its_speech']:.1f} % and "
             f"{per_voice['window_on_others_speech']:.1f} %") in readme
     assert one_mic["window_on_its_speech"] > default["window_on_its_speech"] < per_voice["window_on_its_speech"]
+    behind = [rows["1.0"][name]["window_on_its_speech"] for name in bench.VAD_RULES]
+    assert (f"at RTF 1, where the ASR falls behind the VAD, one VAD per voice puts {behind[1]:.1f} % of the window "
+            f"on the utterance's own speech with the default and {behind[3]:.1f} % with `text_asr_rtf` set (one VAD "
+            f"for everyone: {behind[0]:.1f} % and {behind[2]:.1f} %)") in readme
+    assert behind[3] > behind[1] and per_voice_rtf == per_voice
 
 
 def test_a_vad_places_each_transcript_on_the_speech_it_heard_and_the_estimate_picks_which():
