@@ -124,7 +124,10 @@ def test_the_committed_report_is_a_fresh_run_and_the_readme_quotes_it(tmp_path):
     behind = [rows["1.0"][name]["window_on_its_speech"] for name in bench.VAD_RULES]
     assert (f"at RTF 1, where the ASR falls behind the VAD, one VAD per voice puts {behind[1]:.1f} % of the window "
             f"on the utterance's own speech with the default and {behind[3]:.1f} % with `text_asr_rtf` set (one VAD "
-            f"for everyone: {behind[0]:.1f} % and {behind[2]:.1f} %)") in readme
+            f"for everyone: {behind[0]:.1f} % and {behind[2]:.1f} %, and "
+            f"{rows['1.0'][list(bench.VAD_RULES)[2]]['window_on_others_speech']:.1f} % on the other speakers': no "
+            f"better than the estimate alone, {own['window_on_its_speech']:.1f} % and "
+            f"{own['window_on_others_speech']:.1f} %") in readme
     assert behind[3] > behind[1] and per_voice_rtf == per_voice
 
 
