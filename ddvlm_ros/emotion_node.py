@@ -615,8 +615,13 @@ class EmotionNode(LifecycleNode):
         if not vads:
             return "off"
         placed, estimated = self._windows_by["vad"], self._windows_by["estimate"]
-        return (f"{' and '.join(vads)}: {placed} transcript windows placed on the speech heard, {estimated} estimated "
-                "from their words (no fresh speech heard)")
+        summary = (f"{' and '.join(vads)}: {placed} transcript windows placed on the speech heard, {estimated} "
+                   "estimated from their words (no fresh speech heard)")
+        changes = (self._activity.changes if self._activity else 0) + (self._hri.vad_changes() if self._hri else 0)
+        if changes:
+            return summary
+        silent = [vads[0]] if self._activity and not self._publisher_types(vads[0], unreadable=[]) else []
+        return summary + "; no VAD message yet" + (f" ({silent[0]} has no publisher)" if silent else "")
 
     def _window(self, text, start: float | None, end: float, stamped: bool) -> tuple[float, float | None]:
         """(start, said_until) of the words of a final transcript that ended at ``end`` (its stamp when ``stamped``,

@@ -165,6 +165,11 @@ class Ros4HriBridge:
             for activity in self.activity.values():
                 activity.robot(speaking, t)
 
+    def vad_changes(self) -> int:
+        """How many times the voices' VADs changed state (their is_speaking), of the voices still heard."""
+        with self.lock:
+            return sum(activity.changes for activity in self.activity.values())
+
     def forget_speech(self) -> None:
         """ROS time went back (a bag played again): the speech the voices' VADs heard is of a timeline that will not
         come again (its times would keep the new speech from placing anything)."""

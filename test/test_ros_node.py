@@ -713,6 +713,9 @@ def test_a_transcript_without_stamps_is_captioned_from_the_speech_its_vad_heard(
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", frames_per_window=4).start()
     recorder = h.node.pipeline.captioner = WindowCaptioner()
     vad = h.node._activity
+    assert {kv.key: kv.value for kv in h.node.diagnostic_status().values}["voice_activity"] == (
+        "/voice_activity: 0 transcript windows placed on the speech heard, 0 estimated from their words (no fresh "
+        "speech heard); no VAD message yet (/voice_activity has no publisher)")  # a wrong remap shows
     vad_says(h, vad, True)
     time.sleep(0.8)
     vad_says(h, vad, False)
