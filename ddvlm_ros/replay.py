@@ -12,9 +12,10 @@ matrix, per-speaker accuracy, the latency distribution and how many utterances g
 latest answer counts: the fused (refined) one after the text one, one revised after a late transcript
 (``answer-revised``) after both.
 
-Bag topics reach the node's inputs (utterance, transcript, image, image/compressed, robot_speech) by name:
-/utterance, /transcript, /image, /image/compressed and /robot_speech by default, any other topic with
-``--remap TOPIC:=INPUT`` (a bag recorded on a robot: ``--remap /speech:=robot_speech`` for what it said). With
+Bag topics reach the node's inputs (utterance, transcript, image, image/compressed, robot_speech, voice_activity,
+robot_speaking) by name: /utterance, /transcript, /image, /image/compressed, /robot_speech, /voice_activity and
+/robot_speaking by default, any other topic with ``--remap TOPIC:=INPUT`` (a bag recorded on a robot:
+``--remap /speech:=robot_speech`` for what it said, ``--remap /is_speeching:=voice_activity`` for its VAD). With
 ``ros4hri: true`` (by default for a bag with ROS4HRI voices) the REP-155 topics the node reads play on their own names
 (``ROS4HRI_TOPICS``). A bag without labels is replayed for its answers and latency only;
 ``--answers`` writes every utterance's answers as JSON lines (e.g. to annotate them), ``--record`` a bag
@@ -63,16 +64,20 @@ SPEECH_TOPIC = re.compile(r"/humans/voices/[^/]+/speech")  # a ROS4HRI voice's s
 ROS4HRI_TOPICS = ((re.compile(r"/humans/(voices|persons|bodies|faces)/tracked"), "hri_msgs/msg/IdsList"),
                   (SPEECH_TOPIC, "hri_msgs/msg/LiveSpeech"),
                   (re.compile(r"/humans/persons/[^/]+/(voice|body|face)_id"), "std_msgs/msg/String"),
-                  (re.compile(r"/humans/(bodies|faces)/[^/]+/cropped"), "sensor_msgs/msg/Image"))
+                  (re.compile(r"/humans/(bodies|faces)/[^/]+/cropped"), "sensor_msgs/msg/Image"),
+                  (re.compile(r"/humans/voices/[^/]+/is_speaking"), "std_msgs/msg/Bool"))
 INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/String",
           "transcription": "whisper_msgs/msg/Transcription", "image": "sensor_msgs/msg/Image",
-          "image/compressed": "sensor_msgs/msg/CompressedImage", "robot_speech": "std_msgs/msg/String"}
+          "image/compressed": "sensor_msgs/msg/CompressedImage", "robot_speech": "std_msgs/msg/String",
+          "voice_activity": "std_msgs/msg/Bool", "robot_speaking": "std_msgs/msg/Bool"}
 TRANSCRIBED = ("utterance", "transcript", "transcription")  # the inputs whose messages the node answers
 CAMERA_INPUTS = ("image", "image/compressed")  # read by the node only when a captioner captions them
+TIMING_INPUTS = ("voice_activity", "robot_speaking")  # as are these, which place the windows of its captions
 SUBSCRIBE_WAIT_S = 5.0  # the longest wait for the node to subscribe a voice or crop it has just begun to track
 SETTLED_S = 3.0  # the node idle this long after the bag's end while answers are missing: none will come (dropped)
 DEFAULT_TOPICS = {"/utterance": "utterance", "/transcript": "transcript", "/whisper/transcription": "transcription",
-                  "/image": "image", "/image/compressed": "image/compressed", "/robot_speech": "robot_speech"}
+                  "/image": "image", "/image/compressed": "image/compressed", "/robot_speech": "robot_speech",
+                  "/voice_activity": "voice_activity", "/robot_speaking": "robot_speaking"}
 
 
 def input_topics(in_bag: dict[str, str], remaps: dict[str, str] | None = None, ros4hri: bool = False
@@ -436,9 +441,11 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         if node.load_error:
             raise NodeConfigureError(f"the emotion node did not configure: {node.load_error}")
         node.trigger_activate()
-        if not node.captions_frames():  # text alone: the node does not subscribe the camera, nor is it played
-            unplayed = [t for t in topics if topics[t] in CAMERA_INPUTS]
-            result.frames_not_played = sum(counts[t] for t in unplayed)
+        if not node.captions_frames():  # text alone: the node does not subscribe the camera, nor is it played,
+            # nor the VADs and the robot's speaking, which only place the windows of captions
+            unplayed = [t for t in topics if topics[t] in (*CAMERA_INPUTS, *TIMING_INPUTS)
+                        or _ros4hri_parts(t)[2] == "is_speaking"]
+            result.frames_not_played = sum(counts[t] for t in unplayed if topics[t] in CAMERA_INPUTS)
             topics = {t: node_input for t, node_input in topics.items() if t not in unplayed}
         subscribed_now = [pubs[t] for t in topics if not t.startswith("/humans/") or t == f"{VOICES}/tracked" or
                           (t.endswith("/tracked") and node._crops is not None)]  # ROS4HRI's others: once tracked
@@ -704,12 +711,14 @@ class AnswerKeys:
         return voice in self.left and arrived - self.left[voice] <= VOICE_LINGER_S
 
     def subscribes(self, topic: str) -> bool:
-        """Whether the node subscribes ``topic``, a voice's speech or a body's or face's crops, because a tracked list
-        named its id (it then may not have matched the replay's publisher yet)."""
+        """Whether the node subscribes ``topic``, a voice's speech (and with a captioner its is_speaking) or a body's
+        or face's crops, because a tracked list named its id (it then may not have matched the replay's publisher
+        yet)."""
         kind, ident, leaf = _ros4hri_parts(topic)
         if not topic.startswith("/humans/") or ident not in self.tracked.get(kind, ()):
             return False
-        return leaf == "speech" or (leaf == "cropped" and self.crops_read and f"/humans/{kind}" in CROPPED.values())
+        return (leaf == "speech" or (leaf == "is_speaking" and self.crops_read)
+                or (leaf == "cropped" and self.crops_read and f"/humans/{kind}" in CROPPED.values()))
 
 
 def recorded_types(bag: str | Path) -> RecordedTypes:

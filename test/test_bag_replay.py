@@ -210,12 +210,13 @@ def test_committed_sample_bag_replays_through_the_default_checkpoint():
     assert "/utterance (ddvlm_msgs/msg/Utterance: no confidence)" in result.recorded_types
 
 
-def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0, said=None, times=None):
+def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0, said=None, times=None, vad=False):
     """A bag as `ros2 bag record` leaves it on a robot: ASR text on /asr/text, JPEG frames on
     /camera/color/image_raw/compressed and a topic the node has no use for; no labels side file.
     ``camera_clock_offset_s``: the camera stamps its frames with a clock that far from the robot's. ``said``:
     line index -> what the robot said 1 s before that line, on /speech (naoqi_driver's TTS input). ``times``: each
-    line's time (default: every 2 s from 102 s)."""
+    line's time (default: every 2 s from 102 s). ``vad``: respeaker_ros' VAD on /is_speeching (std_msgs/Bool), on
+    from 1.8 s to 0.6 s before each line."""
     import cv2
     import numpy as np
     from rosbags.rosbag2 import Writer
@@ -231,6 +232,7 @@ def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0, said=None, 
                                     typestore=store)
         status = writer.add_connection("/robot/status", "std_msgs/msg/String", typestore=store)
         speech = writer.add_connection("/speech", "std_msgs/msg/String", typestore=store) if said else None
+        heard = writer.add_connection("/is_speeching", "std_msgs/msg/Bool", typestore=store) if vad else None
         events = []
         for k, line in enumerate(lines):
             t = times[k] if times else 100.0 + 2.0 * (k + 1)
@@ -238,6 +240,9 @@ def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0, said=None, 
             if k in (said or {}):
                 events.append((t - 1.0, speech, store.serialize_cdr(String(data=said[k]), "std_msgs/msg/String")))
             events.append((t - 0.5, status, store.serialize_cdr(String(data="ok"), "std_msgs/msg/String")))
+            for when, on in ((t - 1.8, True), (t - 0.6, False)) if vad else ():
+                events.append((when, heard, store.serialize_cdr(store.types["std_msgs/msg/Bool"](data=on),
+                                                                "std_msgs/msg/Bool")))
             for j in range(int(2 * fps)):
                 ts = t - 2.0 + j / fps
                 jpg = cv2.imencode(".jpg", synthetic_frame(j))[1]
@@ -553,6 +558,27 @@ def test_the_replay_report_says_what_the_node_made_of_the_camera(tmp_path, tiny_
     assert "different clocks" in text
 
 
+def test_a_robots_vad_recorded_in_its_bag_places_the_replayed_transcripts_camera_windows(
+        tmp_path, tiny_visual_checkpoint):
+    """respeaker_ros' /is_speeching recorded beside the ASR's text and the camera, remapped onto voice_activity: with a
+    captioner every transcript is placed on the speech the VAD heard, as live; without one the VAD is not played."""
+    from ddvlm_ros.replay import main
+
+    bag = write_robot_bag(tmp_path / "robot", ROBOT_LINES, vad=True)
+    remaps = ["--remap", "/asr/text:=transcript", "--remap", "/camera/color/image_raw/compressed:=image/compressed",
+              "--remap", "/is_speeching:=voice_activity"]
+    assert main([str(bag), "--model-dir", tiny_visual_checkpoint, "--captioner", "cue", "--speed", "4", *remaps,
+                 "--report", str(tmp_path / "vad.md")]) == 0
+    data = json.loads((tmp_path / "vad.json").read_text())
+    assert data["score"]["refined"] == 4
+    assert data["node"]["voice_activity"] == ("/voice_activity: 4 transcript windows placed on the speech heard, 0 "
+                                              "estimated from their words (no fresh speech heard)")
+    assert main([str(bag), "--model-dir", tiny_visual_checkpoint, "--speed", "4", *remaps,
+                 "--report", str(tmp_path / "text.md")]) == 0
+    data = json.loads((tmp_path / "text.json").read_text())
+    assert data["node"]["voice_activity"] == "not read: no captioner" and data["score"]["refined"] == 0
+
+
 def test_a_bag_of_raw_camera_images_is_read_one_message_at_a_time(tmp_path):
     """A robot's bag of raw 720p images is about 2.7 MB a frame, tens of GB an hour: the replay and its recording
     read it message by message (the whole bag used to be read into memory first)."""
@@ -771,7 +797,7 @@ def older_typestore():
 
 
 def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", incremental=True, older=False,
-                      leaves=None):
+                      leaves=None, is_speaking=False):
     """A bag of ``turns`` (voice, text, label), turn k said from 100 + 3k s to 2 s later, as a ROS4HRI robot records
     it (REP-155, ``form`` ros4hri): ``/humans/voices/tracked`` at 2 Hz naming the voices that spoke so far, naming each
     one first 20 ms before its first words; per turn an incremental result at its start (``incremental``) and the final
@@ -780,7 +806,8 @@ def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", in
     the person is tracked), /humans/bodies/tracked names the bodies, and each turn has 24x16 crops of its voice's body
     and 64x64 camera frames on /image, at 5 Hz. ``form`` utterance: the same turns as final ddvlm_msgs/Utterance
     messages (conversation default, ids 1, 2 ...), stamped as the voices' results. ``older``: recorded with the types
-    of ``older_typestore``. ``leaves``: voice -> from when (bag time, s) no list names it any more."""
+    of ``older_typestore``. ``leaves``: voice -> from when (bag time, s) no list names it any more. ``is_speaking``:
+    each voice's VAD (as asr_vosk relays it), on at its turn's start and off 0.1 s after its end."""
     import numpy as np
     from rosbags.rosbag2 import Writer
 
@@ -789,7 +816,7 @@ def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", in
     store = older_typestore() if older else typestore()
     Header = store.types["std_msgs/msg/Header"]
     types = {"tracked": "hri_msgs/msg/IdsList", "speech": "hri_msgs/msg/LiveSpeech", "link": "std_msgs/msg/String",
-             "image": "sensor_msgs/msg/Image", "utterance": "ddvlm_msgs/msg/Utterance"}
+             "image": "sensor_msgs/msg/Image", "utterance": "ddvlm_msgs/msg/Utterance", "vad": "std_msgs/msg/Bool"}
     events = []  # (time s, topic, type key, message)
 
     def add(t, topic, kind, msg):
@@ -820,6 +847,8 @@ def write_ros4hri_bag(path, turns, form="ros4hri", crops=False, untracked="", in
         if incremental:
             add(start, f"/humans/voices/{voice}/speech", "speech", speech(0.0, incremental=text.split()[0]))
         add(end + 0.3, f"/humans/voices/{voice}/speech", "speech", speech(end, final=text))
+        for t, on in ((start, True), (end + 0.1, False)) if is_speaking else ():
+            add(t, f"/humans/voices/{voice}/is_speaking", "vad", store.types[types["vad"]](data=on))
         for j in range(10) if crops else ():
             add(start + 0.2 * j, "/image", "image", image(start + 0.2 * j, 64, 64, 40))
             add(start + 0.2 * j, f"/humans/bodies/b_{voice}/cropped", "image", image(start + 0.2 * j, 24, 16, 200))
@@ -934,14 +963,15 @@ def test_a_ros4hri_bag_is_scored_by_intervals_of_its_voices_and_captioned_from_t
     """`python -m ddvlm_ros.replay` on a ROS4HRI bag turns ros4hri on by itself; an annotator's intervals name the
     voices as speakers. With a captioner, each turn is captioned from its voice's body crops: the person manager's
     links were recorded before the person was tracked and reach the node because the replay publishes them latched,
-    as hri_person_manager does; and the first crops of each body reach it. (Without incremental results: those
-    caption the frames so far while a voice speaks, and the crops might not have come yet.)"""
+    as hri_person_manager does; and the first crops of each body reach it. Each voice's is_speaking, recorded too,
+    places its turns' windows. (Without incremental results: those caption the frames so far while a voice speaks,
+    and the crops might not have come yet.)"""
     import hri_msgs.msg as hri
 
     from ddvlm_ros.replay import main
     from ddvlm_ros.ros4hri import EXPRESSION_NAME
 
-    bag = write_ros4hri_bag(tmp_path / "robot", ROS4HRI_TURNS, crops=True, incremental=False)
+    bag = write_ros4hri_bag(tmp_path / "robot", ROS4HRI_TURNS, crops=True, incremental=False, is_speaking=True)
     rows = ["start,end,label,speaker"] + [f"{1.02 + 3 * k:.2f},{3.02 + 3 * k:.2f},{label},{voice}"
                                           for k, (voice, _, label) in enumerate(ROS4HRI_TURNS)]
     (tmp_path / "gold.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
@@ -971,6 +1001,9 @@ def test_a_ros4hri_bag_is_scored_by_intervals_of_its_voices_and_captioned_from_t
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["params"]["ros4hri"] is True and report["score"]["n"] == len(ROS4HRI_TURNS)
     assert report["node"]["captions_made_from"] == f"body {len(ROS4HRI_TURNS)}"
+    assert report["node"]["voice_activity"].startswith(  # each voice's recorded is_speaking placed its windows
+        f"/voice_activity and /humans/voices/<id>/is_speaking: {len(ROS4HRI_TURNS)} transcript windows placed on the "
+        "speech heard, 0 estimated")
     assert all(r["refined"] is not None for r in records)
 
 
