@@ -60,12 +60,13 @@ from ddvlm_ros.time_labels import TimeLabelsError, label_for, load_intervals, un
 
 
 SPEECH_TOPIC = re.compile(r"/humans/voices/[^/]+/speech")  # a ROS4HRI voice's speech
+IS_SPEAKING_TOPIC = re.compile(r"/humans/voices/[^/]+/is_speaking")  # its VAD (read with a captioner)
 # REP-155 topics that the node reads with ros4hri: true, played on their own names: (pattern, type)
 ROS4HRI_TOPICS = ((re.compile(r"/humans/(voices|persons|bodies|faces)/tracked"), "hri_msgs/msg/IdsList"),
                   (SPEECH_TOPIC, "hri_msgs/msg/LiveSpeech"),
                   (re.compile(r"/humans/persons/[^/]+/(voice|body|face)_id"), "std_msgs/msg/String"),
                   (re.compile(r"/humans/(bodies|faces)/[^/]+/cropped"), "sensor_msgs/msg/Image"),
-                  (re.compile(r"/humans/voices/[^/]+/is_speaking"), "std_msgs/msg/Bool"))
+                  (IS_SPEAKING_TOPIC, "std_msgs/msg/Bool"))
 INPUTS = {"utterance": "ddvlm_msgs/msg/Utterance", "transcript": "std_msgs/msg/String",
           "transcription": "whisper_msgs/msg/Transcription", "image": "sensor_msgs/msg/Image",
           "image/compressed": "sensor_msgs/msg/CompressedImage", "robot_speech": "std_msgs/msg/String",
@@ -444,7 +445,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         if not node.captions_frames():  # text alone: the node does not subscribe the camera, nor is it played,
             # nor the VADs and the robot's speaking, which only place the windows of captions
             unplayed = [t for t in topics if topics[t] in (*CAMERA_INPUTS, *TIMING_INPUTS)
-                        or _ros4hri_parts(t)[2] == "is_speaking"]
+                        or IS_SPEAKING_TOPIC.fullmatch(t)]
             result.frames_not_played = sum(counts[t] for t in unplayed if topics[t] in CAMERA_INPUTS)
             topics = {t: node_input for t, node_input in topics.items() if t not in unplayed}
         subscribed_now = [pubs[t] for t in topics if not t.startswith("/humans/") or t == f"{VOICES}/tracked" or
