@@ -614,7 +614,8 @@ def utterance_span(node_input: str, msg, text: str, arrived: float, timing: AsrT
     a ROS4HRI voice's final result: its header stamp, and when its first incremental result came (``started``);
     a whisper_ros Transcription: from its audio's duration and its transcription time (``AsrTiming.transcribed``);
     else, and for a transcript, estimated by ``timing`` (the node's ``asr_timing``) from its words and when it
-    ``arrived`` (its time in the bag)."""
+    ``arrived`` (its time in the bag). A VAD in the bag (``voice_activity``, a voice's ``is_speaking``), which places
+    the node's camera windows when it captions, does not place these spans: they stay the estimate."""
     end = start = 0.0
     if node_input == "transcription":
         try:
