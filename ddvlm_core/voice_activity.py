@@ -53,9 +53,9 @@ class VoiceActivity:
             self._follow(t)
 
     def robot(self, speaking: bool, t: float) -> None:
-        """The robot started (``speaking``) or stopped speaking at ``t`` (a ``/robot_speaking`` Bool, as TTS nodes
-        publish it for asr_vosk): a VAD that also hears the robot takes its voice for speech, which is no person's.
-        A person's speech goes on from the robot's last word if the VAD still hears it then."""
+        """The robot started (``speaking``) or stopped speaking at ``t`` (a ``/robot_speaking`` Bool, as a robot's
+        speech stack publishes it for asr_vosk): a VAD that also hears the robot takes its voice for speech, which is
+        no person's. A person's speech goes on from the robot's last word if the VAD still hears it then."""
         self.robot_speaking = speaking
         self._follow(t)
 

@@ -144,8 +144,8 @@ PARAMS: tuple[Param, ...] = (
           "ROS4HRI voices use their own /humans/voices/<id>/is_speaking) ('' = off)", topic="optional",
           applies="activate"),
     Param("robot_speaking_topic", "robot_speaking", "std_msgs/Bool: whether the robot is speaking now (the "
-          "/robot_speaking that TTS nodes publish and asr_vosk reads), read with a captioner: what a VAD "
-          "(voice_activity_topic, ROS4HRI's is_speaking) hears meanwhile is the robot's voice, no person's speech "
+          "/robot_speaking that a robot's speech stack publishes and asr_vosk reads), read with a captioner: what a "
+          "VAD (voice_activity_topic, ROS4HRI's is_speaking) hears meanwhile is the robot's voice, no person's speech "
           "('' = off)",
           topic="optional", applies="activate"),
     Param("image_topic", "image", "sensor_msgs/Image topic ('' = off)", topic="optional", applies="activate"),

@@ -30,7 +30,7 @@ TOPIC_ARGUMENTS = [  # (remapped name, launch argument, default, description); d
     ("voice_activity", "voice_activity_topic", "voice_activity", "std_msgs/Bool of a voice activity detector, e.g. "
      "respeaker_ros' is_speeching (read only with a captioner): places transcripts' camera windows"),
     ("robot_speaking", "robot_speaking_topic", "robot_speaking", "std_msgs/Bool: whether the robot is speaking now "
-     "(/robot_speaking, as TTS nodes publish it for asr_vosk; read only with a captioner): what a VAD hears "
+     "(/robot_speaking, as a speech stack publishes it for asr_vosk; read only with a captioner): what a VAD hears "
      "meanwhile is the robot"),
     ("image", "image_topic", "camera/image_raw", "sensor_msgs/Image (subscribed only with a captioner)"),
     ("image/compressed", "compressed_image_topic", "", "sensor_msgs/CompressedImage (subscribed only with a "

@@ -737,8 +737,8 @@ def test_a_transcript_without_stamps_is_captioned_from_the_speech_its_vad_heard(
 
 
 def test_what_the_vad_hears_while_the_robot_speaks_places_no_window(harness, tiny_visual_checkpoint):
-    """robot_speaking (the /robot_speaking Bool TTS nodes publish) is on while the VAD hears the robot; the robot
-    stops while the VAD still hears speech (a person who spoke over its last words), which goes off 0.6 s later:
+    """robot_speaking (the /robot_speaking Bool of a robot's speech stack) is on while the VAD hears the robot; the
+    robot stops while the VAD still hears speech (a person who spoke over its last words), which goes off 0.6 s later:
     the transcript is captioned from when the robot stopped to the VAD's off, not from the robot's voice."""
     from std_msgs.msg import Bool
 
