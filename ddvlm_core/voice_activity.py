@@ -40,10 +40,17 @@ class VoiceActivity:
 
     def __init__(self, keep: int = KEEP, robot_speaking: bool = False):
         self.intervals: deque[list] = deque(maxlen=keep)  # [on, off] in seconds; off None while speaking
+        self.robot_speaking = robot_speaking  # while the robot speaks, what the VAD hears is no person's speech
+        self.forget()
+
+    def forget(self) -> None:
+        """Start afresh: what the VAD heard is of a timeline that will not come again (ROS time went back, or a voice
+        is heard again after its linger ran out). Whether the robot speaks stays: its own topic says when that
+        changes."""
+        self.intervals.clear()
         self.used_until = -math.inf  # the end of the latest window handed out: what went before it is used
         self.changes = 0  # messages that changed the state (on after off, off after on)
         self.vad_on = False  # what the VAD says now
-        self.robot_speaking = robot_speaking  # while the robot speaks, what the VAD hears is no person's speech
 
     def hear(self, speaking: bool, t: float) -> None:
         """The VAD said ``speaking`` at time ``t`` (a repeated state changes nothing)."""

@@ -132,7 +132,6 @@ class EmotionNode(LifecycleNode):
         self._last_voice_speech: float | None = None  # monotonic time of the last ROS4HRI speech result
         self._activity: VoiceActivity | None = None  # voice_activity_topic's VAD while it is read (a captioner)
         self._windows_by = {"vad": 0, "estimate": 0}  # transcripts a VAD could place: by it, or by their words
-        self._robot_speaking = False  # what robot_speaking_topic said last
         self._hri_status = "off"
         self._bond = None  # ddvlm_ros.bond.LifecycleBond, from the first activate where the bond messages import
         self._bond_state = "inactive"  # what diagnostics say of the bond while there is none in use ('' = in use)
@@ -255,7 +254,6 @@ class EmotionNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.load_error = ""
         self.pipeline.robot_speaker = ROBOT_SPEAKER if self.p("robot_speech_topic") else ""  # before its first message
-        self._robot_speaking = False
         self._activity = VoiceActivity() if self.p("voice_activity_topic") and self.captions_frames() else None
         self._windows_by = {"vad": 0, "estimate": 0}
         self._subscribe()
@@ -569,7 +567,7 @@ class EmotionNode(LifecycleNode):
                 self.get_logger().warning(f"{source}: {e}; its camera window is estimated from its words", once=True)
         start, said_until = said or self._window(text, None, end, stamped=False)
         if said is None and source == "transcript":  # what the robot says is not the people's speech the VAD heard
-            start, said_until = self._heard(self._activity, text, (start, said_until), end) or (start, said_until)
+            start, said_until = self._heard(self._activity, text, start, said_until, end, came=end)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), self._next_id(), speaker, text, start, end,
                                          received, header, source=source, said_until=said_until, heard=end,
                                          asr_confidence=confidence))
@@ -589,22 +587,22 @@ class EmotionNode(LifecycleNode):
         """robot_speaking_topic: whether the robot is speaking now; what the VADs hear meanwhile is the robot."""
         self._seen("robot_speaking_topic")
         speaking, now = bool(msg.data), self._now()
-        self._robot_speaking = speaking
         if self._activity is not None:
             self._activity.robot(speaking, now)
         if self._hri is not None:
             self._hri.robot(speaking, now)
 
-    def _heard(self, activity: VoiceActivity | None, text, estimate: tuple[float, float], came: float
-               ) -> tuple[float, float] | None:
-        """The camera window of a transcript that came at ``came`` on the speech a VAD heard (``activity``; None: no
-        VAD), picked by the window ``estimate``d from its words; None when the VAD heard no fresh speech (the estimate
-        stays). Counted for /diagnostics (voice_activity)."""
+    def _heard(self, activity: VoiceActivity | None, text, start: float, said_until: float | None, end: float,
+               came: float) -> tuple[float, float | None]:
+        """(start, said_until) of a transcript that came at ``came``: on the speech a VAD heard (``activity``; None:
+        no VAD), picked by its window as ``_window`` estimated it (``start``, ``said_until``, ``end``), which stays
+        where the VAD heard no fresh speech. Counted for /diagnostics (voice_activity)."""
         if activity is None:
-            return None
+            return start, said_until
+        estimate = (start, end if said_until is None else said_until)
         window = activity.heard(came, self.p("text_asr_endpoint_s"), estimate, LONGEST_FACTOR * spoken_s(text))
         self._windows_by["vad" if window else "estimate"] += 1
-        return window
+        return window or (start, said_until)
 
     def _voice_activity_summary(self) -> str:
         """What /diagnostics says of the VADs that place transcripts' camera windows."""
@@ -620,8 +618,8 @@ class EmotionNode(LifecycleNode):
         changes = (self._activity.changes if self._activity else 0) + (self._hri.vad_changes() if self._hri else 0)
         if changes:
             return summary
-        silent = [vads[0]] if self._activity and not self._publisher_types(vads[0], unreadable=[]) else []
-        return summary + "; no VAD message yet" + (f" ({silent[0]} has no publisher)" if silent else "")
+        unpublished = self._activity is not None and not self._publisher_types(vads[0], unreadable=[])
+        return summary + "; no VAD message yet" + (f" ({vads[0]} has no publisher)" if unpublished else "")
 
     def _window(self, text, start: float | None, end: float, stamped: bool) -> tuple[float, float | None]:
         """(start, said_until) of the words of a final transcript that ended at ``end`` (its stamp when ``stamped``,
@@ -650,7 +648,7 @@ class EmotionNode(LifecycleNode):
         end = self._stamped_end(stamped)
         start, said_until = self._window(msg.text, stamp_to_sec(msg.start), end, bool(stamped))
         if not stamped and not stamp_to_sec(msg.start):  # it says nothing of its timing: the VAD may
-            start, said_until = self._heard(self._activity, msg.text, (start, said_until), end) or (start, said_until)
+            start, said_until = self._heard(self._activity, msg.text, start, said_until, end, came=end)
         if start > end:
             self.get_logger().warning(f"utterance {msg.utterance_id!r}: start after end, window ignored")
             start = end
@@ -812,7 +810,7 @@ class EmotionNode(LifecycleNode):
         if self.pipeline is not None:
             self.pipeline.time_jumped_back(-jump.delta.nanoseconds * 1e-9)
         if self._activity is not None:  # the VAD's speech of a timeline that will not come again
-            self._activity = VoiceActivity(robot_speaking=self._robot_speaking)
+            self._activity.forget()
         if self._hri is not None:
             self._hri.forget_speech()
 
@@ -880,8 +878,7 @@ class EmotionNode(LifecycleNode):
         end = self._stamped_end(stamped)
         start, said_until = self._window(msg.final, start if start is not None and start <= end else None, end,
                                          bool(stamped))
-        estimate = (start, end if said_until is None else said_until)
-        start, said_until = self._heard(activity, msg.final, estimate, self._now()) or (start, said_until)
+        start, said_until = self._heard(activity, msg.final, start, said_until, end, came=self._now())
         header = Header(stamp=sec_to_stamp(end, type(msg.header.stamp)), frame_id=msg.header.frame_id)
         self.pipeline.submit(UtteranceIn(self.p("conversation_id"), uid, voice, msg.final, start, end, received,
                                          header, voice_id=voice, language=spoken_locale(msg),

@@ -137,7 +137,7 @@ class Ros4HriBridge:
                     if now > left.heard_until:  # no longer the utterance it had begun before it left
                         self.speaking.pop(voice, None)
                         if voice in self.activity:  # nor the speech heard then
-                            self.activity[voice] = VoiceActivity(robot_speaking=self.robot_speaking)
+                            self.activity[voice].forget()
                     self.voices[voice] = (left.speech, left.expression, left.is_speaking)
                     continue
                 sub = self.node.create_subscription(LiveSpeech, f"{VOICES}/{voice}/speech",
@@ -174,8 +174,8 @@ class Ros4HriBridge:
         """ROS time went back (a bag played again): the speech the voices' VADs heard is of a timeline that will not
         come again (its times would keep the new speech from placing anything)."""
         with self.lock:
-            for voice in self.activity:
-                self.activity[voice] = VoiceActivity(robot_speaking=self.robot_speaking)
+            for activity in self.activity.values():
+                activity.forget()
 
     def _on_is_speaking(self, voice: str, msg) -> None:
         now = self.now()

@@ -477,7 +477,7 @@ def test_a_voices_vad_hears_no_person_while_the_robot_speaks(harness, tiny_visua
         assert done()
 
     h.publish(Bool, "robot_speaking", Bool(data=True))
-    wait(lambda: h.node._robot_speaking)
+    wait(lambda: h.node._hri.robot_speaking)
     track(h, "anna")
     vad = h.node._hri.activity["anna"]
     assert vad.robot_speaking
