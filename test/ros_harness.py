@@ -7,6 +7,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
+from ddvlm_core.captioner import Caption
 from ddvlm_msgs.msg import EmotionDistribution
 from ddvlm_ros.emotion_node import EmotionNode
 from ddvlm_ros.spin import BackgroundSpin
@@ -69,6 +70,18 @@ class Harness:
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
 
+    def vad_says(self, activity, speaking: bool, topic: str = "voice_activity") -> None:
+        """Publish a VAD's std_msgs/Bool on ``topic`` and wait until ``activity`` (the node's VoiceActivity that
+        reads it) has heard the change."""
+        from std_msgs.msg import Bool
+
+        changes = activity.changes
+        self.publish(Bool, topic, Bool(data=speaking))
+        deadline = time.monotonic() + 10
+        while activity.changes == changes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert activity.changes == changes + 1
+
     def add_echo(self) -> list[str]:
         """ddvlm-emotion-echo's node beside the client (the same context: its namespace and remaps), once the node
         sees its subscription; the lines it prints, one per answer, are appended to the list returned."""
@@ -98,3 +111,17 @@ class Harness:
         for node in [self.node, self.client, *self._added]:
             node.destroy_node()
         rclpy.shutdown(context=self.context)
+
+
+class WindowCaptioner:
+    """Records each caption's window and the stamps of its frames."""
+
+    name = "window"
+
+    def __init__(self):
+        self.windows, self.stamps = [], []
+
+    def caption(self, frames, window=None):
+        self.windows.append(window)
+        self.stamps.append([f.stamp for f in frames])
+        return Caption("The head is turning left.", self.name, len(frames))

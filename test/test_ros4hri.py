@@ -406,41 +406,22 @@ def test_a_voices_utterance_is_captioned_from_its_persons_body_crops(harness, ti
     assert h.node._bad_frames == 1 and say("bob", "Still there?") == {(64, 64, 3)}
 
 
-class WindowRecorder:
-    """Records each caption's window."""
-
-    name = "windows"
-
-    def __init__(self):
-        self.windows = []
-
-    def caption(self, frames, window=None):
-        from ddvlm_core.captioner import Caption
-
-        self.windows.append(window)
-        return Caption("The head is turning left.", self.name, len(frames))
-
-
 def test_a_voices_is_speaking_places_its_utterances_camera_window(harness, tiny_visual_checkpoint):
     """asr_vosk relays its VAD on /humans/voices/<id>/is_speaking and stamps a final result when it recognised it,
     after its endpoint. Anna's VAD went on, her partial result came 0.3 s later, her VAD went off 0.8 s after it went
     on, and her final result, stamped 0.4 s after that, came: her partial results were captioned from when her VAD
     went on, her final one over [on, off], not from her first partial result to its stamp."""
     from sensor_msgs.msg import Image
-    from std_msgs.msg import Bool
+
+    from ros_harness import WindowCaptioner
 
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", ros4hri=True, frames_per_window=4).start()
-    recorder = h.node.pipeline.captioner = WindowRecorder()
+    recorder = h.node.pipeline.captioner = WindowCaptioner()
     track(h, "anna")
     vad = h.node._hri.activity["anna"]
 
     def vad_says(speaking):
-        changes = vad.changes
-        h.publish(Bool, "/humans/voices/anna/is_speaking", Bool(data=speaking))
-        deadline = time.monotonic() + 10
-        while vad.changes == changes and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert vad.changes == changes + 1
+        h.vad_says(vad, speaking, topic="/humans/voices/anna/is_speaking")
 
     def frames(seconds):
         for _ in range(int(seconds / 0.1)):

@@ -17,6 +17,7 @@ from ddvlm_core.labels import LABELS
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_ros.convert import sec_to_stamp
 from ddvlm_ros.emotion_node import EmotionNode
+from ros_harness import WindowCaptioner  # records each caption's window (test/ros_harness.py)
 
 
 @pytest.fixture(autouse=True)
@@ -613,20 +614,6 @@ def test_good_frames_refine(harness, tiny_visual_checkpoint, msg_type, topic, ma
     assert h.node._bad_frames == 0
 
 
-class WindowCaptioner:
-    """Records each caption's window and the stamps of its frames."""
-
-    name = "window"
-
-    def __init__(self):
-        self.windows, self.stamps = [], []
-
-    def caption(self, frames, window=None):
-        self.windows.append(window)
-        self.stamps.append([f.stamp for f in frames])
-        return Caption("The head is turning left.", self.name, len(frames))
-
-
 def caption_window(h, recorder, msg_type, topic, msg) -> tuple[tuple[float, float], list[float], float]:
     """Frames at 5 Hz over the 6 s before now, then ``msg``: (its caption's window, the stamps of its frames, its
     answer's header stamp)."""
@@ -691,18 +678,6 @@ def test_a_whisper_ros_transcription_is_captioned_from_when_its_audio_says_its_w
                                                 "factor 0.28)")
 
 
-def vad_says(h, activity, speaking: bool, topic: str = "voice_activity") -> None:
-    """Publish a VAD's std_msgs/Bool and wait until the node has heard the change."""
-    from std_msgs.msg import Bool
-
-    changes = activity.changes
-    h.publish(Bool, topic, Bool(data=speaking))
-    deadline = time.monotonic() + 10
-    while activity.changes == changes and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert activity.changes == changes + 1
-
-
 def test_a_transcript_without_stamps_is_captioned_from_the_speech_its_vad_heard(harness, tiny_visual_checkpoint):
     """voice_activity (std_msgs/Bool: respeaker_ros' is_speeching) went on and, 0.8 s later, off before "I got the
     job!" came: its caption's window is that speech, from the on to the off as the node timed them, not the window
@@ -716,9 +691,9 @@ def test_a_transcript_without_stamps_is_captioned_from_the_speech_its_vad_heard(
     assert {kv.key: kv.value for kv in h.node.diagnostic_status().values}["voice_activity"] == (
         "/voice_activity: 0 transcript windows placed on the speech heard, 0 estimated from their words (no fresh "
         "speech heard); no VAD message yet (/voice_activity has no publisher)")  # a wrong remap shows
-    vad_says(h, vad, True)
+    h.vad_says(vad, True)
     time.sleep(0.8)
-    vad_says(h, vad, False)
+    h.vad_says(vad, False)
     [(on, off)] = [tuple(i) for i in vad.intervals]
     assert 0.8 <= off - on < 2.0
     answered = len(h.received)
@@ -754,13 +729,13 @@ def test_what_the_vad_hears_while_the_robot_speaks_places_no_window(harness, tin
         assert vad.robot_speaking == speaking
 
     robot(True)
-    vad_says(h, vad, True)
+    h.vad_says(vad, True)
     time.sleep(0.5)
     assert not vad.intervals  # the robot's voice
     robot(False)
     [(person, _)] = [tuple(i) for i in vad.intervals]
     time.sleep(0.6)
-    vad_says(h, vad, False)
+    h.vad_says(vad, False)
     [(on, off)] = [tuple(i) for i in vad.intervals]
     assert on == person and off - on >= 0.6
     (start, end), _, _ = caption_window(h, recorder, String, "transcript", String(data="Ross: Wait, what?"))
@@ -919,9 +894,9 @@ def test_a_bag_played_again_places_its_transcripts_on_the_speech_its_vad_heard_a
 
     def play(t0):
         at(t0)
-        vad_says(h, h.node._activity, True)
+        h.vad_says(h.node._activity, True)
         at(t0 + 0.8)
-        vad_says(h, h.node._activity, False)
+        h.vad_says(h.node._activity, False)
         at(t0 + 1.5)
         placed = dict(h.node._windows_by)
         h.publish(String, "transcript", String(data="Ross: I got the job!"))
