@@ -56,6 +56,8 @@ CAPTION_INPUTS = (*CAMERA_TOPICS, "voice_activity_topic", "robot_speaking_topic"
 # and whether the robot speaks, which only place the windows of the captions
 NO_IMAGES_DECODED = "none: no captioner, the camera is not read"  # image_decoder of a text-only node
 TRANSCRIPT_TOPICS = ("transcript_topic", "utterance_topic", "whisper_topic")  # any one is enough
+OPTIONAL_INPUTS = ("robot_speech_topic", "voice_activity_topic", "robot_speaking_topic")  # most robots have none of
+# these, so their silence is no fault; publishers of another type on them are (a remap onto the wrong topic)
 RELIABILITY = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 
 
@@ -112,6 +114,7 @@ class EmotionNode(LifecycleNode):
         self._counter = 0
         self._last_input: dict[str, float] = {}
         self._silence_warned: set[str] = set()
+        self._mistyped: dict[str, str] = {}  # optional input topic -> why its publishers are not read (another type)
         self._topics_in_use: set[str] = set()  # input topics that had a publisher or a message since activate
         self._utterance_msgs = {"final": 0, "partial": 0}
         self._transcript_delays: deque[float] = deque(maxlen=200)  # ROS time at arrival minus the end stamp, s
@@ -261,8 +264,9 @@ class EmotionNode(LifecycleNode):
         self._last_input = {topic: now for topic in self._input_topics()}
         self._last_voice_speech = None
         self._silence_warned.clear()
+        self._mistyped.clear()
         self._topics_in_use.clear()
-        self._silence_timer = self.create_timer(1.0, self._check_silence, callback_group=self._diag_group)
+        self._silence_timer = self.create_timer(1.0, self._check_inputs, callback_group=self._diag_group)
         self._start_ros4hri()
         self._read("activate")
         self._active = True
@@ -286,6 +290,7 @@ class EmotionNode(LifecycleNode):
         if self._silence_timer is not None:
             self.destroy_timer(self._silence_timer)
             self._silence_timer = None
+        self._mistyped.clear()  # read again at activate
         if self.pipeline is not None:
             self.pipeline.stop()
         self._to_device("cpu")  # frees GPU memory while inactive
@@ -618,7 +623,12 @@ class EmotionNode(LifecycleNode):
         changes = (self._activity.changes if self._activity else 0) + (self._hri.vad_changes() if self._hri else 0)
         if changes:
             return summary
-        unpublished = self._activity is not None and not self._publisher_types(vads[0], unreadable=[])
+        if self._activity is None:
+            return summary + "; no VAD message yet"
+        topic = self._in_use("voice_activity_topic")
+        if topic in self._mistyped:
+            return summary + f"; no VAD message yet ({vads[0]} is not read: {self._mistyped[topic]})"
+        unpublished = not self._publisher_types(topic, unreadable=[])
         return summary + "; no VAD message yet" + (f" ({vads[0]} has no publisher)" if unpublished else "")
 
     def _window(self, text, start: float | None, end: float, stamped: bool) -> tuple[float, float | None]:
@@ -716,6 +726,31 @@ class EmotionNode(LifecycleNode):
         self.get_logger().warning(f"incompatible QoS with a peer (policy {event.last_policy_kind}); "
                                   "check reliability/durability of the publisher")
 
+    def _check_inputs(self) -> None:
+        self._check_silence()
+        self._check_mistyped()
+
+    def _check_mistyped(self) -> None:
+        """WARN once per optional input (``OPTIONAL_INPUTS``: the robot's speech, a VAD, whether the robot speaks)
+        whose publishers send another type than it takes: DDS matches none of them, so nothing of theirs ever
+        comes, which silence cannot tell (most robots publish none of these). E.g. ``voice_activity_topic`` remapped
+        onto a VAD that publishes a level, not a std_msgs/Bool: the camera windows stay estimated from the words."""
+        subscribed = [t for t in map(self._in_use, OPTIONAL_INPUTS) if t in self._input_types]
+        mistyped = {}
+        for topic in subscribed:
+            wrong = self._wrong_types(topic, self._publisher_types(topic, unreadable=[]))
+            if wrong:
+                mistyped[topic] = wrong
+                if self._mistyped.get(topic) != wrong:
+                    self.get_logger().warning(f"{self.resolve_topic_name(topic)} is not read: {wrong}")
+        self._mistyped = mistyped
+
+    def _wrong_types(self, topic: str, types: list[str]) -> str:
+        """What ``types`` (of ``topic``'s publishers) that ``topic``'s input does not take, in words ('' if none)."""
+        expected = self._input_types.get(topic, "")
+        wrong = sorted({t for t in types if t != expected})
+        return f"its publishers send {', '.join(wrong)}; this input takes {expected}" if wrong else ""
+
     def _check_silence(self) -> None:
         """WARN once per input topic silent for input_timeout_s, among the inputs the node needs: transcripts on
         ``transcript``, ``utterance`` or ``transcription``, or ROS4HRI speech (any is enough: the others' silence is
@@ -794,10 +829,8 @@ class EmotionNode(LifecycleNode):
             return f"the ROS graph could not be read ({type(e).__name__}: {e})"
         if not types:
             return "no node publishes it (check the remapping)" + self._untracked_voices(topic)
-        wrong = sorted({t for t in types if t != expected})
-        if wrong:
-            return f"its publishers send {', '.join(wrong)}; this input takes {expected}"
-        return f"{len(types)} publisher(s) of {expected}, nothing received (QoS, or they are idle)"
+        return self._wrong_types(topic, types) or (f"{len(types)} publisher(s) of {expected}, nothing received (QoS, "
+                                                   "or they are idle)")
 
     def _untracked_voices(self, topic: str) -> str:
         """With ROS4HRI, what a silent transcript input with no publisher adds: that the voices' speech is not read
@@ -992,6 +1025,10 @@ class EmotionNode(LifecycleNode):
             values[f"silent_why[{topic}]"] = self._why_silent(topic)
         if silent and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, f"no input on {', '.join(silent)}"
+        values["inputs_not_read"] = "; ".join(f"{self.resolve_topic_name(t)}: {why}"
+                                              for t, why in sorted(self._mistyped.items())) or "none"
+        if self._mistyped and level == DiagnosticStatus.OK:
+            level, message = DiagnosticStatus.WARN, "publishers of another type (see inputs_not_read)"
         pending = self.pending_parameters()
         if pending:
             values["parameters_pending"] = ", ".join(f"{n} (next {PARAMS_BY_NAME[n].applies})" for n in pending)

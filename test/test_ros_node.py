@@ -1157,6 +1157,56 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
     assert "no input on" not in h.node.diagnostic_status().message
 
 
+def test_an_optional_input_whose_publishers_send_another_type_is_a_warning(harness, tiny_visual_checkpoint):
+    """voice_activity remapped onto a VAD that publishes its speech probability (std_msgs/Float32), and what the robot
+    says (robot_speech) onto the robot's speaking Bool: DDS matches neither, and as most robots publish no VAD and no
+    robot speech, silence would never tell. Each is logged once, named in inputs_not_read and in voice_activity, and
+    the status is a WARN until a publisher of the right type replaces it."""
+    import rclpy
+    from std_msgs.msg import Bool, Float32
+
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", node_name="mistyped_inputs_node")
+    logged = rosout_listener(h)
+    h.start()
+    assert {kv.key: kv.value for kv in h.node.diagnostic_status().values}["inputs_not_read"] == "none"
+    context = rclpy.Context()  # another process's node: a participant of its own
+    rclpy.init(context=context)
+    robot = rclpy.create_node("wrongly_remapped_vad", context=context)
+    try:
+        probability = robot.create_publisher(Float32, "voice_activity", 1)
+        robot.create_publisher(Bool, "robot_speech", 1)
+        deadline = time.monotonic() + 15  # discovery, then the check each second
+        while time.monotonic() < deadline and set(h.node._mistyped) != {"voice_activity", "robot_speech"}:
+            time.sleep(0.1)
+        status = h.node.diagnostic_status()
+        values = {kv.key: kv.value for kv in status.values}
+        robot.destroy_publisher(probability)
+        robot.create_publisher(Bool, "voice_activity", 1)  # the VAD's Bool: read
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and set(h.node._mistyped) != {"robot_speech"}:
+            time.sleep(0.1)
+        mistyped_after = dict(h.node._mistyped)
+    finally:
+        robot.destroy_node()
+        rclpy.shutdown(context=context)
+    assert status.level == b"\x01" and status.message == "publishers of another type (see inputs_not_read)"
+    assert values["inputs_not_read"] == (
+        "/robot_speech: its publishers send std_msgs/msg/Bool; this input takes std_msgs/msg/String; "
+        "/voice_activity: its publishers send std_msgs/msg/Float32; this input takes std_msgs/msg/Bool")
+    assert values["voice_activity"].endswith(
+        "; no VAD message yet (/voice_activity is not read: its publishers send std_msgs/msg/Float32; this input "
+        "takes std_msgs/msg/Bool)")
+    assert logged_line(logged, "/voice_activity is not read") == (
+        "/voice_activity is not read: its publishers send std_msgs/msg/Float32; this input takes std_msgs/msg/Bool")
+    assert sum(m.msg.startswith("/voice_activity is not read") for m in logged) == 1  # once, not each second
+    assert mistyped_after == {
+        "robot_speech": "its publishers send std_msgs/msg/Bool; this input takes std_msgs/msg/String"}
+    deadline = time.monotonic() + 15  # the robot's node gone: nothing of another type is left
+    while time.monotonic() < deadline and h.node._mistyped:
+        time.sleep(0.1)
+    assert h.node.diagnostic_status().message != "publishers of another type (see inputs_not_read)"
+
+
 def test_an_unused_alternative_input_is_not_reported_silent(harness, tiny_text_checkpoint):
     """The usual wiring: an ASR on transcript, nothing on utterance, and no captioner, so that the camera topics are
     not needed. Before, utterance, image and image/compressed were each reported silent (WARN) for ever."""
