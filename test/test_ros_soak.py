@@ -2,8 +2,9 @@
 
 Transcripts (good, empty, huge), utterances (final, partial, several conversations), camera frames (good,
 odd encodings, truncated, stamped in the past or future), corrupt compressed frames, ROS4HRI voices coming and
-going, lifecycle transitions, parameter changes, conversation resets and /clock going forwards and back. The
-invariants: no exception escapes a callback or a worker thread, and afterwards the node answers.
+going, voice activity (the VAD's, each voice's is_speaking, the robot's speaking) flickering, lifecycle
+transitions, parameter changes, conversation resets and /clock going forwards and back. The invariants: no
+exception escapes a callback or a worker thread, and afterwards the node answers.
 """
 import random
 import threading
@@ -16,13 +17,14 @@ from lifecycle_msgs.msg import State
 from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 
 from ddvlm_msgs.msg import Utterance
 from ddvlm_ros.convert import sec_to_stamp
 
 OPS = ("transcript", "transcript", "utterance", "partial", "image", "image", "bad_image", "compressed", "clock",
-       "clock", "deactivate", "activate", "cleanup", "configure", "parameter", "reset", "track", "speech", "speech")
+       "clock", "deactivate", "activate", "cleanup", "configure", "parameter", "reset", "track", "speech", "speech",
+       "vad", "vad", "voice_vad", "robot_speaking")
 PARAMETERS = (("idle_timeout_s", 0.0), ("caption_timeout_s", 0.5), ("frames_per_window", 2),
               ("diagnostics_period_s", 0.3), ("input_timeout_s", 0.0), ("image_topic", "camera"),
               ("conversation_id", "lab"))
@@ -80,6 +82,12 @@ def act(h, rng: random.Random, op: str, sim: list[float]) -> None:
         msg.header.stamp = sec_to_stamp(now, Time)
         h.publish(hri.LiveSpeech, f"/humans/voices/{rng.choice(['anna', 'bob', 'cleo'])}/speech", msg,
                   wait_subscribers=False)
+    elif op in ("vad", "robot_speaking"):
+        h.publish(Bool, "voice_activity" if op == "vad" else "robot_speaking", Bool(data=rng.random() < 0.5),
+                  wait_subscribers=False)
+    elif op == "voice_vad":
+        h.publish(Bool, f"/humans/voices/{rng.choice(['anna', 'bob', 'cleo'])}/is_speaking",
+                  Bool(data=rng.random() < 0.5), wait_subscribers=False)
 
 
 def test_a_random_mix_of_inputs_transitions_and_settings_never_stops_the_node(
