@@ -52,19 +52,36 @@ def meld_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "data" / "meld"
 
 
+REQUIRED_COLUMNS = ("Dialogue_ID", "Utterance_ID", "Speaker", "Utterance", "Emotion")  # the rest is MELD's own
+# (StartTime, EndTime: the clip's place in the episode; Season, Episode): optional in a corpus of your own
+UNLABELLED = -1  # the label of a turn whose Emotion is empty (your own corpus): context for the turns after it only
+
+
 def read_split(split: str, directory: Path | None = None) -> list[MeldUtterance]:
+    """The split's rows, from ``{split}_sent_emo.csv`` in ``directory`` (default: ``meld_dir()``). MELD's CSVs, or
+    your own dialogues in their columns (``REQUIRED_COLUMNS``; an empty Emotion: a turn that only gives context,
+    label ``UNLABELLED``). ValueError naming the file and line of a row that cannot be read."""
     if split not in SPLITS:
         raise ValueError(f"MELD split must be one of {SPLITS}, got {split!r}")
     path = (directory or meld_dir()) / f"{split}_sent_emo.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: MELD annotations not found (set DDVLM_MELD_DIR)")
     with open(path, encoding="utf-8", newline="") as fh:
-        return [
-            MeldUtterance(split, int(r["Dialogue_ID"]), int(r["Utterance_ID"]), r["Speaker"].strip(),
-                          r["Utterance"], r["Emotion"], label_id(r["Emotion"]), r["StartTime"], r["EndTime"],
-                          int(r["Season"]), int(r["Episode"]))
-            for r in csv.DictReader(fh)
-        ]
+        reader = csv.DictReader(fh)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: no column {', '.join(missing)} (needs {', '.join(REQUIRED_COLUMNS)})")
+        rows = []
+        for r in reader:
+            try:
+                rows.append(MeldUtterance(
+                    split, int(r["Dialogue_ID"]), int(r["Utterance_ID"]), r["Speaker"].strip(), r["Utterance"],
+                    r["Emotion"].strip(), label_id(r["Emotion"]) if r["Emotion"].strip() else UNLABELLED,
+                    r.get("StartTime") or "", r.get("EndTime") or "", int(r.get("Season") or 0),
+                    int(r.get("Episode") or 0)))
+            except (ValueError, TypeError, AttributeError) as e:  # None: a row with fewer fields than the header
+                raise ValueError(f"{path}, line {reader.line_num}: {e}") from None
+        return rows
 
 
 def dialogues(split: str, directory: Path | None = None) -> dict[int, list[MeldUtterance]]:

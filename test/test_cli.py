@@ -83,11 +83,11 @@ class _ParserBuilt(Exception):
 COMMANDS = ["training.ablate", "training.evaluate", "training.calibrate", "training.captions", "training.export",
             "training.results", "training.model_card", "ddvlm_core.cli",
             pytest.param("ddvlm_ros.replay", marks=pytest.mark.ros), "ddvlm_ros.bag",
-            "ddvlm_ros.study", "bench/asr_noise.py", "bench/text_windows.py", "bench/turn_ends.py",
-            "bench/context_turns.py", "bench/layer_cache.py", "bench/quantization.py", "bench/ros_latency.py",
-            "bench/camera_cost.py", "bench/asr_loops.py", "bench/asr_partials.py", "bench/duplicates.py",
-            "bench/frame_windows.py", "bench/late_transcripts.py", "bench/self_echo.py", "bench/speaker_tokens.py",
-            "scripts/gpu/plan.py", "scripts/rosdep_snapshot.py"]
+            "ddvlm_ros.study", "ddvlm_ros.corpus", "bench/asr_noise.py", "bench/text_windows.py",
+            "bench/turn_ends.py", "bench/context_turns.py", "bench/layer_cache.py", "bench/quantization.py",
+            "bench/ros_latency.py", "bench/camera_cost.py", "bench/asr_loops.py", "bench/asr_partials.py",
+            "bench/duplicates.py", "bench/frame_windows.py", "bench/late_transcripts.py", "bench/self_echo.py",
+            "bench/speaker_tokens.py", "scripts/gpu/plan.py", "scripts/rosdep_snapshot.py"]
 REPO = Path(__file__).resolve().parents[1]
 
 

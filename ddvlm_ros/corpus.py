@@ -1,0 +1,132 @@
+"""A study's labelled sessions as a corpus to train on: replays' answers files -> MELD's CSV files.
+
+    python -m ddvlm_ros.corpus answers/*.jsonl --out study_corpus --dev S05 --test S06,S07
+    python -m training --config training/configs/lora_cpu.yaml --init_checkpoint=checkpoints/default \\
+           --corpus=own --meld_dir=study_corpus --epochs=2 --lr=1e-4
+    python -m training.evaluate runs/lora_cpu/checkpoint --corpus study_corpus
+
+Each answers file (``python -m ddvlm_ros.replay BAG --labels LABELS --answers FILE``) is one session; each of its
+conversations becomes a dialogue, and each utterance the replay answered a row, in the order the node heard them:
+Speaker (its speaker id), Utterance (the transcript as the robot's ASR wrote it: what the node reads), Emotion (the
+annotators' label; empty where they gave none, a turn that is then context only) and StartTime / EndTime (its span
+in the bag). Whole sessions go to one split each (``--dev``, ``--test``, the rest train), never a participant's turns
+to two splits: a model scored on the people it was trained on scores higher than it will on the next participant.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+from ddvlm_core.labels import label_id
+from ddvlm_core.meld import SPLITS
+
+COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID", "StartTime", "EndTime",
+           "Session")  # MELD's own order; Session: the answers file a dialogue came from
+
+
+class CorpusError(ValueError):
+    """Answers files that cannot make a corpus, with the reason."""
+
+
+def session_dialogues(path: Path) -> dict[str, list[dict]]:
+    """An answers file's utterances by conversation (in the order the node heard them): dicts with speaker,
+    text, emotion ('' unlabelled) and span; CorpusError naming the line of a record that cannot be read."""
+    dialogues: dict[str, list[dict]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            key, text, gold = record["key"], record["transcript"], record["gold"]
+            emotion = "" if gold is None else str(gold).strip().lower()
+            if emotion:
+                label_id(emotion)  # a label of the 7
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise CorpusError(f"{path}, line {number}: not a replay answer record ({type(e).__name__}: {e})") from None
+        if text is None:
+            continue
+        conversation = key.rpartition("/")[0]
+        dialogues.setdefault(conversation, []).append(
+            {"speaker": record.get("speaker_id") or "", "text": text, "emotion": emotion,
+             "span": record.get("span_s")})
+    return dialogues
+
+
+def clock(seconds: float | None) -> str:
+    """Seconds into the bag as MELD's 'hh:mm:ss,mmm' ('' for none)."""
+    if seconds is None:
+        return ""
+    ms = max(0, round(seconds * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def split_of(session: str, dev: set[str], test: set[str]) -> str:
+    return "dev" if session in dev else "test" if session in test else "train"
+
+
+def write_corpus(answers: list[Path], out: Path, dev: set[str], test: set[str]) -> dict[str, dict[str, int]]:
+    """``out/{train,dev,test}_sent_emo.csv`` from the ``answers`` files (one session each, named by the file);
+    returns per split how many dialogues, utterances and labelled utterances it holds. CorpusError where a split
+    would have no labelled utterance (training needs each one), or a --dev / --test session has no file."""
+    sessions = {path.name.removesuffix(".jsonl"): path for path in answers}
+    if len(sessions) < len(answers):
+        raise CorpusError("two answers files name the same session")
+    unknown = sorted((dev | test) - set(sessions))
+    if unknown:
+        raise CorpusError(f"--dev / --test name sessions without an answers file: {unknown}")
+    if dev & test:
+        raise CorpusError(f"sessions both in --dev and --test: {sorted(dev & test)}")
+    rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    counts = {split: {"sessions": 0, "dialogues": 0, "utterances": 0, "labelled": 0} for split in SPLITS}
+    for session, path in sessions.items():
+        split = split_of(session, dev, test)
+        counts[split]["sessions"] += 1
+        for turns in session_dialogues(path).values():
+            dialogue = counts[split]["dialogues"]
+            counts[split]["dialogues"] += 1
+            for number, turn in enumerate(turns):
+                start, end = turn["span"] or (None, None)
+                rows[split].append({"Sr No.": len(rows[split]) + 1, "Utterance": turn["text"],
+                                    "Speaker": turn["speaker"], "Emotion": turn["emotion"],
+                                    "Dialogue_ID": dialogue, "Utterance_ID": number, "StartTime": clock(start),
+                                    "EndTime": clock(end), "Session": session})
+                counts[split]["utterances"] += 1
+                counts[split]["labelled"] += bool(turn["emotion"])
+    empty = [split for split in SPLITS if not counts[split]["labelled"]]
+    if empty:
+        raise CorpusError(f"no labelled utterance in {', '.join(empty)}: each split needs sessions with labels "
+                          f"(--dev, --test name them; the others train)")
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        with open(out / f"{split}_sent_emo.csv", "w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows[split])
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m ddvlm_ros.corpus", description=__doc__.split("\n\n")[0])
+    ap.add_argument("answers", nargs="+", type=Path, help="one replay --answers file (JSONL) per session")
+    ap.add_argument("--out", required=True, type=Path, help="folder for train/dev/test_sent_emo.csv")
+    ap.add_argument("--dev", default="", help="comma-separated sessions (answers file names without .jsonl) for dev, "
+                    "on which training picks its epoch")
+    ap.add_argument("--test", default="", help="comma-separated sessions for test, scored once at the end")
+    args = ap.parse_args(argv)
+    names = {split: {s for s in getattr(args, split).split(",") if s} for split in ("dev", "test")}
+    try:
+        counts = write_corpus(args.answers, args.out, names["dev"], names["test"])
+    except (CorpusError, OSError, UnicodeDecodeError) as e:
+        ap.error(str(e))
+    for split in SPLITS:
+        c = counts[split]
+        print(f"{split}: {c['sessions']} sessions, {c['dialogues']} dialogues, {c['utterances']} utterances "
+              f"({c['labelled']} labelled) -> {args.out / f'{split}_sent_emo.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Your own dialogues as a corpus: a study's answers files -> MELD's CSV files (python -m ddvlm_ros.corpus), read
+back by ddvlm_core.meld, trained on (corpus: own) and scored (training.evaluate --corpus) on a tiny real model."""
+import csv
+import json
+
+import pytest
+
+from ddvlm_core.context import PromptBuilder
+from ddvlm_core.meld import UNLABELLED, meld_dir, read_split
+from ddvlm_ros.corpus import clock, main, write_corpus
+from training.data import build_examples
+
+LINES = [("ana", "I got the job!", "joy"), ("robot", "Congratulations!", None),
+         ("ana", "Thanks, I can't believe it.", "surprise"), ("ben", "Whatever.", "disgust")]
+
+
+def write_answers(path, conversations, old_key=""):
+    """An answers file as ``replay.answer_records`` writes it: per conversation, (speaker, transcript, gold) lines,
+    keyed conversation/number, spans 2 s apart; answers left out (the corpus reads none of them)."""
+    records, k = [], 0
+    for conversation, lines in conversations.items():
+        for speaker, text, gold in lines:
+            k += 1
+            records.append({"key": f"{conversation}/{k}", "speaker_id": speaker, "prediction": "neutral",
+                            "confidence": 0.5, "speaker_token": "<s1>", "transcript": text, "gold": gold,
+                            "span_s": [2.0 * k, 2.0 * k + 1.5], "text": None, "refined": None, "revised": None})
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def study(tmp_path, sessions=("S01", "S02", "S03", "S04")):
+    folder = tmp_path / "answers"
+    folder.mkdir(exist_ok=True)
+    return [write_answers(folder / f"{s}.jsonl", {"default": LINES, "lab": LINES[:2]}) for s in sessions]
+
+
+def test_sessions_become_whole_dialogues_of_one_split_each_in_meld_columns(tmp_path):
+    answers = study(tmp_path)
+    counts = write_corpus(answers, tmp_path / "corpus", dev={"S03"}, test={"S04"})
+    assert counts == {"train": {"sessions": 2, "dialogues": 4, "utterances": 12, "labelled": 8},
+                      "dev": {"sessions": 1, "dialogues": 2, "utterances": 6, "labelled": 4},
+                      "test": {"sessions": 1, "dialogues": 2, "utterances": 6, "labelled": 4}}
+    rows = read_split("dev", tmp_path / "corpus")
+    assert [(r.dialogue_id, r.utterance_id, r.speaker, r.text, r.label) for r in rows] == [
+        (0, 0, "ana", "I got the job!", 4), (0, 1, "robot", "Congratulations!", UNLABELLED),
+        (0, 2, "ana", "Thanks, I can't believe it.", 1), (0, 3, "ben", "Whatever.", 5),
+        (1, 0, "ana", "I got the job!", 4), (1, 1, "robot", "Congratulations!", UNLABELLED)]
+    assert (rows[0].start, rows[0].end) == ("00:00:02,000", "00:00:03,500")
+    with open(tmp_path / "corpus" / "train_sent_emo.csv", encoding="utf-8", newline="") as fh:
+        sessions = {(r["Session"], r["Dialogue_ID"]) for r in csv.DictReader(fh)}
+    assert sessions == {("S01", "0"), ("S01", "1"), ("S02", "2"), ("S02", "3")}  # numbered across the split
+    # the unlabelled turn is context for the next one, and no example of its own
+    examples = build_examples("dev", PromptBuilder(_tokenizer()), str(tmp_path / "corpus"))
+    assert [e.key for e in examples] == ["dev/dia0_utt0", "dev/dia0_utt2", "dev/dia0_utt3", "dev/dia1_utt0"]
+    assert _tokenizer().decode(examples[1].input_ids) == (
+        "<s> <s1> : i got the job! <s2> : congratulations! <s1> : thanks, i can ' t believe it. now <s1> feels "
+        "<mask> </s>")
+
+
+def _tokenizer():
+    from ddvlm_core.assets import resolve_model
+    from ddvlm_core.text import load_tokenizer
+
+    return load_tokenizer(resolve_model("all-mpnet-base-v2"))
+
+
+def exit_code(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's error: the usage and the reason on stderr
+        return e.code
+
+
+def test_what_cannot_make_a_corpus_is_refused_with_the_reason(tmp_path, capsys):
+    answers = study(tmp_path, ("S01", "S02"))
+    out = str(tmp_path / "corpus")
+    assert exit_code([*map(str, answers), "--out", out, "--dev", "S02", "--test", "S09"]) == 2
+    assert "--dev / --test name sessions without an answers file: ['S09']" in capsys.readouterr().err
+    assert exit_code([*map(str, answers), "--out", out, "--dev", "S02"]) == 2  # no session left for test
+    assert "no labelled utterance in test" in capsys.readouterr().err
+    bad = tmp_path / "answers" / "S03.jsonl"
+    bad.write_text(json.dumps({"key": "default/1", "transcript": "Hi", "gold": "happy"}) + "\n")
+    assert exit_code([*map(str, answers), str(bad), "--out", out, "--dev", "S02", "--test", "S03"]) == 2
+    assert "S03.jsonl, line 1: not a replay answer record (ValueError: unknown emotion label 'happy'" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "corpus").exists()
+    answers = study(tmp_path, ("S01", "S02", "S03"))
+    assert exit_code([*map(str, answers), "--out", out, "--dev", "S02", "--test", "S03"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"train: 1 sessions, 2 dialogues, 6 utterances (4 labelled) -> {tmp_path / 'corpus' / 'train_sent_emo.csv'}")
+
+
+def test_clock_writes_meld_times():
+    assert clock(3723.0456) == "01:02:03,046" and clock(None) == "" and clock(-0.2) == "00:00:00,000"
+
+
+def test_a_run_on_your_own_corpus_trains_and_is_scored_on_its_own_dev_and_test(tmp_path, tiny_roberta_dir):
+    """corpus: own lifts MELD's 2,610-utterance test check (its test has 4 labelled utterances) and scores every
+    labelled utterance of its dev and test; the checkpoint's manifest says what it was trained on, and
+    training.evaluate --corpus scores it on the same."""
+    from test_training import tiny_cfg
+    from training.evaluate import evaluate_checkpoint
+    from training.loop import run
+
+    write_corpus(study(tmp_path), tmp_path / "corpus", dev={"S03"}, test={"S04"})
+    cfg = tiny_cfg(tmp_path, tiny_roberta_dir, corpus="own", meld_dir=str(tmp_path / "corpus"), limit_dialogues=0)
+    results = run(cfg, log=lambda *_: None)
+    best = results["stages"]["text"]["best"]
+    assert (best["dev"]["n"], best["test"]["n"]) == (4, 4)
+    assert results["test_examples"]["gold"] == [4, 1, 5, 4]
+    manifest = json.loads((tmp_path / "run" / "checkpoint" / "manifest.json").read_text())
+    assert (manifest["run"]["corpus"], manifest["run"]["meld_dir"]) == ("own", str(tmp_path / "corpus"))
+    scored = evaluate_checkpoint(tmp_path / "run" / "checkpoint", corpus=tmp_path / "corpus", log=lambda *_: None)
+    assert scored["corpus"] == str(tmp_path / "corpus")
+    assert [scored["splits"][s]["n"] for s in ("dev", "test")] == [4, 4]
+    assert scored["splits"]["test"]["predictions"] == best["test"]["predictions"]  # the run's own test answers
+
+
+def test_a_corpus_that_cannot_be_trained_on_is_refused_before_any_work(tmp_path, tiny_roberta_dir):
+    from test_training import tiny_cfg
+    from training.config import ConfigError
+    from training.loop import preflight
+
+    cut = tmp_path / "meld_cut"  # a copy of MELD cut short: scored as if it were MELD, until the evaluator refused
+    cut.mkdir()
+    for split in ("train", "dev", "test"):
+        source = (meld_dir() / f"{split}_sent_emo.csv").read_text(encoding="utf-8")
+        (cut / f"{split}_sent_emo.csv").write_text("\n".join(source.splitlines()[:40]) + "\n", encoding="utf-8")
+    write_corpus(study(tmp_path), tmp_path / "corpus", dev={"S03"}, test={"S04"})
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for split in ("train", "dev", "test"):
+        (broken / f"{split}_sent_emo.csv").write_text(
+            (tmp_path / "corpus" / f"{split}_sent_emo.csv").read_text(encoding="utf-8"), encoding="utf-8")
+    text = (broken / "dev_sent_emo.csv").read_text(encoding="utf-8").replace(",disgust,", ",bored,")
+    (broken / "dev_sent_emo.csv").write_text(text, encoding="utf-8")
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for split in ("train", "dev", "test"):
+        rows = (tmp_path / "corpus" / f"{split}_sent_emo.csv").read_text(encoding="utf-8")
+        if split == "test":
+            rows = "Dialogue_ID,Utterance_ID,Speaker,Utterance,Emotion\n0,0,ana,Hello,\n"
+        (unlabelled / f"{split}_sent_emo.csv").write_text(rows, encoding="utf-8")
+    cases = [({"meld_dir": str(cut)}, "train has 39 utterances, MELD's 9989 \\(a corpus of your own: corpus: own\\)"),
+             ({"meld_dir": str(broken), "corpus": "own"}, "dev_sent_emo.csv, line 5: unknown emotion label 'bored'"),
+             ({"meld_dir": str(unlabelled), "corpus": "own"}, "test_sent_emo.csv has no utterance with an Emotion")]
+    for over, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            preflight(tiny_cfg(tmp_path, tiny_roberta_dir, **over))
+    with pytest.raises(ValueError, match="corpus: own needs meld_dir"):
+        tiny_cfg(tmp_path, tiny_roberta_dir, corpus="own")
+    with pytest.raises(ValueError, match="corpus must be one of"):
+        tiny_cfg(tmp_path, tiny_roberta_dir, corpus="friends")
+    preflight(tiny_cfg(tmp_path, tiny_roberta_dir, meld_dir=str(tmp_path / "corpus"), corpus="own"))  # passes
+
+
+def test_the_ablations_are_refused_on_your_own_corpus(tmp_path, tiny_roberta_dir, capsys):
+    from training.ablate import main as ablate
+
+    write_corpus(study(tmp_path), tmp_path / "corpus", dev={"S03"}, test={"S04"})
+    args = ["--config", "training/configs/cpu.yaml", f"--text_backbone={tiny_roberta_dir}", "--corpus=own",
+            f"--meld_dir={tmp_path / 'corpus'}", "--dry-run"]
+    with pytest.raises(SystemExit):
+        ablate(args)
+    assert "training.ablate reproduces the paper's Table 4 on MELD" in capsys.readouterr().err
+
+
+@pytest.mark.ros
+def test_real_replays_of_meld_bags_make_a_corpus_of_their_dialogues(tmp_path, tiny_text_checkpoint):
+    """Three MELD test dialogues written as bags and replayed with --answers, as a study's sessions: the corpus holds
+    each dialogue's turns, speakers and labels as MELD has them, and a checkpoint is scored on its test session."""
+    from ddvlm_core.meld import dialogues
+    from ddvlm_ros.bag import write_meld_bag
+    from ddvlm_ros.replay import main as replay
+    from training.evaluate import evaluate_checkpoint
+
+    sessions = {"S1": 0, "S2": 1, "S3": 2}  # session -> MELD test dialogue
+    for name, dialogue in sessions.items():
+        bag = write_meld_bag(tmp_path / name, "test", [dialogue])
+        assert replay([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "40", "--param",
+                       "input_timeout_s:=0.0", "--answers", str(tmp_path / f"{name}.jsonl")]) == 0
+    assert main([str(tmp_path / f"{name}.jsonl") for name in sessions] + [
+        "--out", str(tmp_path / "corpus"), "--dev", "S2", "--test", "S3"]) == 0
+    meld = dialogues("test")
+    for split, name in (("train", "S1"), ("dev", "S2"), ("test", "S3")):
+        rows = read_split(split, tmp_path / "corpus")
+        assert [(r.speaker, r.text, r.label) for r in rows] == [
+            (u.speaker, u.text, u.label) for u in meld[sessions[name]]]
+        assert all(r.dialogue_id == 0 for r in rows) and [r.utterance_id for r in rows] == list(range(len(rows)))
+    scored = evaluate_checkpoint(tiny_text_checkpoint, corpus=tmp_path / "corpus", log=lambda *_: None)
+    assert scored["splits"]["test"]["n"] == len(meld[2])
