@@ -6,11 +6,12 @@
     python -m training.evaluate runs/lora_cpu/checkpoint --corpus study_corpus
 
 Each answers file (``python -m ddvlm_ros.replay BAG --labels LABELS --answers FILE``) is one session; each of its
-conversations becomes a dialogue, and each utterance the replay answered a row, in the order the node heard them:
-Speaker (its speaker id), Utterance (the transcript as the robot's ASR wrote it: what the node reads), Emotion (the
-annotators' label; empty where they gave none, a turn that is then context only) and StartTime / EndTime (its span
-in the bag). Whole sessions go to one split each (``--dev``, ``--test``, the rest train), never a participant's turns
-to two splits: a model scored on the people it was trained on scores higher than it will on the next participant.
+conversations becomes a dialogue, and each of its turns a row, in the order the node heard them: Speaker (its
+speaker id), Utterance (the transcript as the robot's ASR wrote it, or what the robot said: what the node reads),
+Emotion (the annotators' label; empty where they gave none and for the robot's turns, which are then context only)
+and StartTime / EndTime (its span in the bag, where the replay gave one). Whole sessions go to one split each
+(``--dev``, ``--test``, the rest train), never a participant's turns to two splits: a model scored on the people it
+was trained on scores higher than it will on the next participant.
 """
 from __future__ import annotations
 

@@ -52,7 +52,8 @@ from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.speech_timing import AsrTiming
 from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
-from ddvlm_ros.pipeline import LOW_CONFIDENCE_FLAG
+from ddvlm_core.tts_markup import strip_tts_markup
+from ddvlm_ros.pipeline import LOW_CONFIDENCE_FLAG, ROBOT_SPEAKER
 from ddvlm_ros.recorded import DefinitionError, RecordedTypes
 from ddvlm_ros.ros4hri import CROPPED, EXPRESSION_NAME, LINKS, PERSONS, VOICE_LINGER_S, VOICES, mirrored, valid_id
 from ddvlm_ros.spin import BackgroundSpin
@@ -199,6 +200,9 @@ class ReplayResult:
     answers: dict[str, dict] = field(default_factory=dict)  # key -> {"text": msg, "refined": msg, "revised": msg,
     #                                                         "latest": the latest of them}
     finals: list[str] = field(default_factory=list)  # keys of the final utterances replayed, in order
+    context_turns: list[tuple[int, str, str, str]] = field(default_factory=list)  # (finals before it, key, speaker,
+    #                      text) of each turn that only joins the context: the robot's (robot_speech), and the
+    #                      context_only_speakers' transcripts; in answers files, as dialogues have them
     wall_s: float = 0.0
     emotion_log: list[tuple[int, bytes]] = field(default_factory=list)  # (sim time ns, CDR) of every /emotion
     expression_log: list[tuple[int, str, bytes]] = field(default_factory=list)  # (sim time ns, topic, CDR) of every
@@ -481,7 +485,10 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             if answered := answer_key(topics[topic], msg, t):
                 key, speaker, text = answered
                 # context_only_speakers (the robot) get no answer; nor does what was not speech ([BLANK_AUDIO])
-                if not node.pipeline.context_only(speaker) and not non_speech(text):
+                if node.pipeline.context_only(speaker) and has_text(said := strip_tts_markup(text)) and not non_speech(
+                        said):  # as the node reads it: its TTS markup out
+                    result.context_turns.append((len(result.finals), key, speaker, said))
+                elif not node.pipeline.context_only(speaker) and not non_speech(text):
                     result.finals.append(key)
                     result.texts[key] = text
                     result.spans[key] = utterance_span(topics[topic], msg, text, t, node.asr_timing(), t_first,
@@ -490,6 +497,10 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                         on_final(key, result.spans[key], speaker)
                     if not has_text(text):  # blank: the node skips it (counted unanswered)
                         skipped.add(key)
+            elif topics[topic] == "robot_speech" and answer_key.counter > numbered and has_text(
+                    said := strip_tts_markup(msg.data)):  # what the robot said, as the node reads it
+                result.context_turns.append((len(result.finals), f"{answer_key.conversation_id}/{answer_key.counter}",
+                                             ROBOT_SPEAKER, said))
             if answer_key.subscribes(topic):  # a voice or crop the node has just begun to track: not lost to discovery
                 wait_for(lambda p=pubs[topic]: p.get_subscription_count() > 0, SUBSCRIBE_WAIT_S)
                 if (expression := expressions.get(_ros4hri_parts(topic)[1])) is not None and is_speech(topic):
@@ -851,7 +862,9 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
 
 def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
     """One record per replayed final utterance (in order): its text, refined and latest revised answers, the label
-    it is scored by and its confidence (``prediction``, ``confidence``: its latest answer's) and the gold label."""
+    it is scored by and its confidence (``prediction``, ``confidence``: its latest answer's) and the gold label;
+    between them, where they came, one per turn that only joined the context (the robot's: ``context_only``,
+    its text, no answer and no label), so that a file holds each dialogue as the node read it."""
     def answer(msg):
         return None if msg is None else {
             "top_label": msg.top_label, "confidence": msg.confidence,
@@ -860,8 +873,14 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
             "latency_ms": msg.latency_ms, "flags": list(msg.flags),
             "transcript_confidence": float(msg.transcript_confidence)}
 
-    records = []
-    for key in result.finals:
+    records, context = [], sorted(result.context_turns, key=lambda turn: turn[0])
+    for position, key in enumerate([*result.finals, None]):
+        while context and context[0][0] <= position:  # the turns that only gave context, where they came
+            _, turn_key, speaker, text = context.pop(0)
+            records.append({"key": turn_key, "speaker_id": speaker, "context_only": True, "transcript": text,
+                            "gold": None, "prediction": None, "confidence": None})
+        if key is None:
+            break
         entry, scored = result.answers.get(key, {}), result.prediction(key)
         first = entry.get("text") or entry.get("refined")
         records.append({"key": key, "speaker_id": first.speaker_id if first else None,
@@ -896,7 +915,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--labels", help="gold labels: JSON by utterance key (a side file's format; default: the bag's "
                     "side file if any), or time intervals, .csv/.tsv (start,end,label[,speaker]: seconds from the "
                     "bag's start; ddvlm_ros/time_labels.py)")
-    ap.add_argument("--answers", help="write one JSON line per replayed utterance with its answers")
+    ap.add_argument("--answers", help="write one JSON line per replayed utterance with its answers (and one per "
+                    "turn that only gave context: the robot's)")
     ap.add_argument("--record", metavar="OUT_BAG", help="write a bag: the replayed messages + /emotion answers (+ the "
                     "voices' hri_msgs/Expression, with ros4hri)")
     ap.add_argument("--live", action="store_true", help="print a table row per answer")

@@ -304,8 +304,11 @@ def test_robot_bag_replays_through_remaps_without_labels_and_writes_answers(tmp_
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *remaps, "--param",
                  "context_only_speakers:=Rachel", "--answers", str(out / "robot.jsonl"),
                  "--report", str(out / "robot.md")]) == 0
-    assert [json.loads(line)["key"] for line in (out / "robot.jsonl").read_text().splitlines()] == [
-        "default/1", "default/3"]
+    records = [json.loads(line) for line in (out / "robot.jsonl").read_text().splitlines()]
+    assert [(r["key"], r["speaker_id"], r.get("context_only", False), r["transcript"]) for r in records] == [
+        ("default/1", "Ross", False, "I got the job!"), ("default/2", "Rachel", True, "No way!"),  # her turns are in
+        ("default/3", "Ross", False, "They called this morning."), ("default/4", "Rachel", True, "Oh my God.")]  # the
+    assert [r["gold"] for r in records] == [None] * 4 and records[1]["prediction"] is None  # file: context, no answer
     assert "answered 2, unanswered 0" in (out / "robot.md").read_text()
     for refused, message in (
             (["--record", str(out / "with_answers")], "exists already"),  # before the replay, not after
@@ -385,7 +388,9 @@ def test_the_replay_report_counts_transcripts_repeating_the_robot(tmp_path, tiny
         return
     assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", *extra,
                  "--answers", str(out / "answers.jsonl"), "--report", str(out / "replay.md")]) == 0
-    records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    robot_turn, *records = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert (robot_turn["key"], robot_turn["speaker_id"], robot_turn["context_only"], robot_turn["transcript"]) == (
+        "default/1", "robot", True, "Shall I bring you the blue cup?")  # as the node read it: its TTS markup out
     assert [r["key"] for r in records] == ["default/2", "default/3"]
     assert [("transcript-echoes-robot" in r["text"]["flags"]) for r in records] == [True, False]
     note = ("transcripts: 1 of the 2 answered ones repeated what the robot had just said: its own speech heard back? "

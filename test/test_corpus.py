@@ -16,11 +16,16 @@ LINES = [("ana", "I got the job!", "joy"), ("robot", "Congratulations!", None),
 
 def write_answers(path, conversations, old_key=""):
     """An answers file as ``replay.answer_records`` writes it: per conversation, (speaker, transcript, gold) lines,
-    keyed conversation/number, spans 2 s apart; answers left out (the corpus reads none of them)."""
+    keyed conversation/number, spans 2 s apart, the robot's a context-only turn; answers left out (the corpus reads
+    none of them)."""
     records, k = [], 0
     for conversation, lines in conversations.items():
         for speaker, text, gold in lines:
             k += 1
+            if speaker == "robot":  # a turn that only gave context, as the replay writes it
+                records.append({"key": f"{conversation}/{k}", "speaker_id": speaker, "context_only": True,
+                                "transcript": text, "gold": None, "prediction": None, "confidence": None})
+                continue
             records.append({"key": f"{conversation}/{k}", "speaker_id": speaker, "prediction": "neutral",
                             "confidence": 0.5, "speaker_token": "<s1>", "transcript": text, "gold": gold,
                             "span_s": [2.0 * k, 2.0 * k + 1.5], "text": None, "refined": None, "revised": None})
