@@ -6,6 +6,7 @@ import json
 import pytest
 
 from ddvlm_core.context import PromptBuilder
+from ddvlm_core.labels import LABELS
 from ddvlm_core.meld import UNLABELLED, meld_dir, read_split
 from ddvlm_ros.corpus import clock, main, write_corpus
 from training.data import build_examples
@@ -194,3 +195,7 @@ def test_real_replays_of_meld_bags_make_a_corpus_of_their_dialogues(tmp_path, ti
         assert all(r.dialogue_id == 0 for r in rows) and [r.utterance_id for r in rows] == list(range(len(rows)))
     scored = evaluate_checkpoint(tiny_text_checkpoint, corpus=tmp_path / "corpus", log=lambda *_: None)
     assert scored["splits"]["test"]["n"] == len(meld[2])
+    replayed = [json.loads(line) for line in (tmp_path / "S3.jsonl").read_text().splitlines()]
+    # the prompts training builds from the corpus are the node's: the same answers as the replay, utterance for
+    # utterance (the checkpoint's temperature changes no top label)
+    assert scored["splits"]["test"]["predictions"] == [LABELS.index(r["prediction"]) for r in replayed]
