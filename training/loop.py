@@ -521,8 +521,9 @@ def preflight(cfg: TrainConfig) -> None:
 
 def check_corpus(folder: Path, corpus: str) -> str:
     """What keeps the CSVs in ``folder`` from being trained on as ``corpus`` ('' if nothing): MELD's splits must be
-    MELD's whole (a copy cut short would be scored as if it were MELD, which the evaluator refuses only after the
-    training); your own corpus's rows must read, and each split must have a labelled utterance to score."""
+    MELD's whole (a copy whose train or dev was cut short would train and be reported as MELD; its test was refused
+    only once the backbone had loaded); your own corpus's rows must read, and each split must have a labelled
+    utterance to score."""
     from ddvlm_core.meld import SPLIT_SIZES, UNLABELLED, read_split
 
     for split in SPLITS:
