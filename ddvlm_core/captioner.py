@@ -8,10 +8,12 @@ Every caption passes the emotion-word filter (the paper's leakage rule: no emoti
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -396,3 +398,20 @@ class QwenVLCaptioner(WindowCaptioner):
         if not image_lists:
             return []
         return [self.processor.decode(row, skip_special_tokens=True) for row in self.batch_new_tokens(image_lists)]
+
+
+def captioner_id(captioner) -> str:
+    """Which captioner, weights and settings wrote a caption, e.g. "cue-fallback:frames=4" or
+    "qwen2.5-vl:Qwen2.5-VL-7B-Instruct@1a2b3c4d5e6f:frames=4,max_new_tokens=96,pixels=3136-200704,bfloat16,
+    prompt=9f8e7d6c" (the hash of the model's config.json, the frames' pixel range, the weights' dtype, the
+    prompt's hash): captions of one id are interchangeable, of two ids are not."""
+    settings = f"frames={captioner.frames_per_window}"
+    if captioner.name != "qwen2.5-vl":
+        return f"{captioner.name}:{settings}"
+    folder = Path(captioner.model.name_or_path)
+    weights = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:12]
+    prompt = hashlib.sha256(captioner.prompt.encode()).hexdigest()[:8]
+    size = captioner.processor.image_processor.size  # the pixel range frames are resized into
+    dtype = str(captioner.model.dtype).removeprefix("torch.")
+    return (f"qwen2.5-vl:{folder.name}@{weights}:{settings},max_new_tokens={captioner.max_new_tokens},"
+            f"pixels={size.shortest_edge}-{size.longest_edge},{dtype},prompt={prompt}")

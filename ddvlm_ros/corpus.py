@@ -9,7 +9,10 @@ Each answers file (``python -m ddvlm_ros.replay BAG --labels LABELS --answers FI
 conversations becomes a dialogue, and each of its turns a row, in the order the node heard them: Speaker (its
 speaker id), Utterance (the transcript as the robot's ASR wrote it, or what the robot said: what the node reads),
 Emotion (the annotators' label; empty where they gave none and for the robot's turns, which are then context only)
-and StartTime / EndTime (its span in the bag, where the replay gave one). Whole sessions go to one split each
+and StartTime / EndTime (its span in the bag, where the replay gave one). Sessions replayed with a captioner
+(``--captioner qwen``) also give each utterance the caption the node fused its answer with, written as
+``training.captions`` records in ``captions.jsonl``: the visual branch and the fusion then train on the robot's own
+camera (``--caption_source=OUT/captions.jsonl``). Whole sessions go to one split each
 (``--dev``, ``--test``, the rest train), never a participant's turns to two splits: a model scored on the people it
 was trained on scores higher than it will on the next participant.
 """
@@ -22,8 +25,9 @@ import sys
 from pathlib import Path
 
 from ddvlm_core.labels import label_id
-from ddvlm_core.meld import SPLITS
+from ddvlm_core.meld import SPLITS, utterance_key
 
+CAPTIONS = "captions.jsonl"  # in the corpus folder, where the sessions were replayed with a captioner
 COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID", "StartTime", "EndTime",
            "Session")  # MELD's own order; Session: the answers file a dialogue came from
 
@@ -52,8 +56,15 @@ def session_dialogues(path: Path) -> dict[str, list[dict]]:
         conversation = key.rpartition("/")[0]
         dialogues.setdefault(conversation, []).append(
             {"speaker": record.get("speaker_id") or "", "text": text, "emotion": emotion,
-             "span": record.get("span_s")})
+             "span": record.get("span_s"), "captioner": record.get("captioner", ""), "caption": caption_of(record),
+             "context_only": bool(record.get("context_only"))})
     return dialogues
+
+
+def caption_of(record: dict) -> str:
+    """The caption the node fused an utterance's answer with (its revised answer's, else its refined one's; '' for
+    none: no frames in its window, no captioner, a turn that only gave context)."""
+    return next((a["caption"] for a in (record.get("revised"), record.get("refined")) if a and a.get("caption")), "")
 
 
 def clock(seconds: float | None) -> str:
@@ -81,7 +92,9 @@ def write_corpus(answers: list[Path], out: Path, dev: set[str], test: set[str]) 
     if dev & test:
         raise CorpusError(f"sessions both in --dev and --test: {sorted(dev & test)}")
     rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
-    counts = {split: {"sessions": 0, "dialogues": 0, "utterances": 0, "labelled": 0} for split in SPLITS}
+    captions: list[dict] = []
+    counts = {split: {"sessions": 0, "dialogues": 0, "utterances": 0, "labelled": 0, "captioned": 0}
+              for split in SPLITS}
     for session, path in sessions.items():
         split = split_of(session, dev, test)
         counts[split]["sessions"] += 1
@@ -96,17 +109,36 @@ def write_corpus(answers: list[Path], out: Path, dev: set[str], test: set[str]) 
                                     "EndTime": clock(end), "Session": session})
                 counts[split]["utterances"] += 1
                 counts[split]["labelled"] += bool(turn["emotion"])
+                if turn["captioner"] and not turn["context_only"]:
+                    captions.append(caption_record(utterance_key(split, dialogue, number), turn, session))
+                    counts[split]["captioned"] += bool(turn["caption"])
     empty = [split for split in SPLITS if not counts[split]["labelled"]]
     if empty:
         raise CorpusError(f"no labelled utterance in {', '.join(empty)}: each split needs sessions with labels "
                           f"(--dev, --test name them; the others train)")
+    captioners = sorted({c["captioner"] for c in captions})
+    if len(captioners) > 1:
+        raise CorpusError(f"the sessions were replayed with different captioners {captioners}: their captions "
+                          "cannot train one visual branch (replay them with one)")
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         with open(out / f"{split}_sent_emo.csv", "w", encoding="utf-8", newline="") as fh:
             writer = csv.DictWriter(fh, COLUMNS)
             writer.writeheader()
             writer.writerows(rows[split])
+    (out / CAPTIONS).unlink(missing_ok=True)  # an earlier corpus's
+    if captions:
+        (out / CAPTIONS).write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in captions),
+                                    encoding="utf-8")
     return counts
+
+
+def caption_record(key: str, turn: dict, session: str) -> dict:
+    """An utterance's caption as ``training.captions`` records one (key, captioner id, status, caption): what the
+    node captioned from the camera during the replay, so that the visual branch trains on the robot's own captions;
+    an utterance without one trains and is scored from its text (status no_caption)."""
+    return {"key": key, "captioner": turn["captioner"], "status": "ok" if turn["caption"] else "no_caption",
+            "caption": turn["caption"], "detail": f"replayed session {session}"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,8 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     for split in SPLITS:
         c = counts[split]
+        captioned = f", {c['captioned']} captioned" if (args.out / CAPTIONS).is_file() else ""
         print(f"{split}: {c['sessions']} sessions, {c['dialogues']} dialogues, {c['utterances']} utterances "
-              f"({c['labelled']} labelled) -> {args.out / f'{split}_sent_emo.csv'}")
+              f"({c['labelled']} labelled{captioned}) -> {args.out / f'{split}_sent_emo.csv'}")
+    if (args.out / CAPTIONS).is_file():
+        print(f"captions (--caption_source): {args.out / CAPTIONS}")
     return 0
 
 

@@ -41,6 +41,7 @@ from rosbags.rosbag2 import Reader
 
 from ddvlm_core.arrival_order import LATE_FLAG, REVISED_FLAG
 from ddvlm_core.calibration import coverage_table
+from ddvlm_core.captioner import captioner_id
 from ddvlm_core.context import (LOOP_KEEP, REPETITION_LOOP_FLAG, UNPUNCTUATED_FLAG, UNPUNCTUATED_MIN_WORDS, has_text,
                                 non_speech)
 from ddvlm_core.labels import LABELS, label_id
@@ -212,6 +213,7 @@ class ReplayResult:
     bag: str = ""  # the bag replayed, read again by write_recording
     texts: dict[str, str] = field(default_factory=dict)  # key -> the utterance's transcript, as the node read it
     node_status: dict = field(default_factory=dict)  # the node's diagnostic values when the replay ended
+    captioner: str = ""  # which captioner wrote the answers' captions (ddvlm_core.captioner.captioner_id); '' none
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> its time span, seconds from the
     #                                                                      bag's first message (ddvlm_ros.time_labels)
     idle_timeout_s: float = 0.0  # the node's: a silence this long in a conversation starts a new context (0: never)
@@ -533,6 +535,8 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         result.wall_s = time.monotonic() - started
         result.recorded_types = decoder.summary()
         result.node_status = {kv.key: kv.value for kv in node.diagnostic_status().values}
+        if node.pipeline.captioner is not None:
+            result.captioner = captioner_id(node.pipeline.captioner)
     finally:
         if node.pipeline is not None:
             node.pipeline.stop()
@@ -862,8 +866,9 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
 
 def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
     """One record per replayed final utterance (in order): its text, refined and latest revised answers, the label
-    it is scored by and its confidence (``prediction``, ``confidence``: its latest answer's) and the gold label;
-    between them, where they came, one per turn that only joined the context (the robot's: ``context_only``,
+    it is scored by and its confidence (``prediction``, ``confidence``: its latest answer's), the gold label, and
+    with a captioner which one wrote the answers' captions (``captioner``: its id, as training's caption records
+    have it); between them, where they came, one per turn that only joined the context (the robot's: ``context_only``,
     its text, no answer and no label), so that a file holds each dialogue as the node read it."""
     def answer(msg):
         return None if msg is None else {
@@ -890,7 +895,8 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
                         "transcript": result.texts.get(key), "gold": labels.get(key),
                         "span_s": list(result.spans[key]) if key in result.spans else None,
                         "text": answer(entry.get("text")), "refined": answer(entry.get("refined")),
-                        "revised": answer(entry.get("revised"))})
+                        "revised": answer(entry.get("revised")),
+                        **({"captioner": result.captioner} if result.captioner else {})})
     return records
 
 

@@ -43,9 +43,10 @@ def study(tmp_path, sessions=("S01", "S02", "S03", "S04")):
 def test_sessions_become_whole_dialogues_of_one_split_each_in_meld_columns(tmp_path):
     answers = study(tmp_path)
     counts = write_corpus(answers, tmp_path / "corpus", dev={"S03"}, test={"S04"})
-    assert counts == {"train": {"sessions": 2, "dialogues": 4, "utterances": 12, "labelled": 8},
-                      "dev": {"sessions": 1, "dialogues": 2, "utterances": 6, "labelled": 4},
-                      "test": {"sessions": 1, "dialogues": 2, "utterances": 6, "labelled": 4}}
+    assert counts == {"train": {"sessions": 2, "dialogues": 4, "utterances": 12, "labelled": 8, "captioned": 0},
+                      "dev": {"sessions": 1, "dialogues": 2, "utterances": 6, "labelled": 4, "captioned": 0},
+                      "test": {"sessions": 1, "dialogues": 2, "utterances": 6, "labelled": 4, "captioned": 0}}
+    assert not (tmp_path / "corpus" / "captions.jsonl").exists()  # replayed without a captioner
     rows = read_split("dev", tmp_path / "corpus")
     assert [(r.dialogue_id, r.utterance_id, r.speaker, r.text, r.label) for r in rows] == [
         (0, 0, "ana", "I got the job!", 4), (0, 1, "robot", "Congratulations!", UNLABELLED),
@@ -199,3 +200,41 @@ def test_real_replays_of_meld_bags_make_a_corpus_of_their_dialogues(tmp_path, ti
     # the prompts training builds from the corpus are the node's: the same answers as the replay, utterance for
     # utterance (the checkpoint's temperature changes no top label)
     assert scored["splits"]["test"]["predictions"] == [LABELS.index(r["prediction"]) for r in replayed]
+
+
+@pytest.mark.ros
+def test_sessions_replayed_with_a_captioner_train_the_visual_branch_on_the_robots_captions(
+        tmp_path, tiny_roberta_dir, tiny_visual_checkpoint):
+    """MELD bags with camera frames replayed through a fused checkpoint and the cue captioner: the corpus holds each
+    utterance's caption, the one its refined answer was fused with, as a caption record of that captioner; a run on
+    it trains the text, visual (CMKD) and fusion stages, and its checkpoint names the captioner, so that the node
+    checks it against its own."""
+    from test_training import tiny_cfg
+
+    from ddvlm_ros.bag import write_meld_bag
+    from ddvlm_ros.replay import main as replay
+    from training.captions import read_captions
+    from training.loop import run
+
+    sessions = {"S1": [0, 3], "S2": [1], "S3": [2]}
+    for name, ids in sessions.items():
+        bag = write_meld_bag(tmp_path / name, "test", ids, frames="synthetic", fps=4.0)
+        assert replay([str(bag), "--model-dir", tiny_visual_checkpoint, "--captioner", "cue", "--speed", "10",
+                       "--param", "input_timeout_s:=0.0", "--answers", str(tmp_path / f"{name}.jsonl")]) == 0
+    assert main([str(tmp_path / f"{name}.jsonl") for name in sessions] + [
+        "--out", str(tmp_path / "corpus"), "--dev", "S2", "--test", "S3"]) == 0
+    captions = read_captions(tmp_path / "corpus" / "captions.jsonl")
+    replayed = [json.loads(line) for line in (tmp_path / "S3.jsonl").read_text().splitlines()]
+    assert {r["captioner"] for r in captions.values()} == {replayed[0]["captioner"]} == {"cue-fallback:frames=4"}
+    tested = [captions[f"test/dia0_utt{k}"] for k in range(len(replayed))]
+    assert [c["caption"] for c in tested] == [(r["refined"] or {}).get("caption", "") for r in replayed]
+    assert sum(c["status"] == "ok" for c in captions.values()) >= len(captions) - 2  # nearly all were captioned
+    cfg = tiny_cfg(tmp_path, tiny_roberta_dir, corpus="own", meld_dir=str(tmp_path / "corpus"), limit_dialogues=0,
+                   caption_source=str(tmp_path / "corpus" / "captions.jsonl"), stages="text,visual,fusion",
+                   epochs=1)
+    results = run(cfg, log=lambda *_: None)
+    assert results["captions"]["captioner"] == "cue-fallback:frames=4"
+    assert results["captions"]["test"]["captioned"] == sum(c["status"] == "ok" for c in tested)
+    manifest = json.loads((tmp_path / "run" / "checkpoint" / "manifest.json").read_text())
+    assert set(manifest["modules"]) == {"text_head", "visual_head", "fusion"}
+    assert manifest["captioner"] == "cue-fallback:frames=4"

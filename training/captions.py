@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from ddvlm_core.assets import resolve_model
-from ddvlm_core.captioner import filter_emotion_words
+from ddvlm_core.captioner import captioner_id, filter_emotion_words
 from ddvlm_core.meld import SPLITS, MeldUtterance, dialogues
 from training.features import save_atomically
 from training.video import error_text
@@ -107,23 +107,6 @@ def make_captioner(name: str, qwen_path: str = "", device: str = "cpu", frames: 
         return QwenVLCaptioner(qwen_path, device=device, frames_per_window=frames, max_new_tokens=max_new_tokens,
                                dtype=dtype)
     raise ValueError(f"captioner must be one of {CAPTIONERS}, got {name!r}")
-
-
-def captioner_id(captioner) -> str:
-    """Which captioner, weights and settings wrote a caption, e.g. "cue-fallback:frames=4" or
-    "qwen2.5-vl:Qwen2.5-VL-7B-Instruct@1a2b3c4d5e6f:frames=4,max_new_tokens=96,pixels=3136-200704,bfloat16,
-    prompt=9f8e7d6c" (the hash of the model's config.json, the frames' pixel range, the weights' dtype, the
-    prompt's hash): captions of one id are interchangeable, of two ids are not."""
-    settings = f"frames={captioner.frames_per_window}"
-    if captioner.name != "qwen2.5-vl":
-        return f"{captioner.name}:{settings}"
-    folder = Path(captioner.model.name_or_path)
-    weights = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:12]
-    prompt = hashlib.sha256(captioner.prompt.encode()).hexdigest()[:8]
-    size = captioner.processor.image_processor.size  # the pixel range frames are resized into
-    dtype = str(captioner.model.dtype).removeprefix("torch.")
-    return (f"qwen2.5-vl:{folder.name}@{weights}:{settings},max_new_tokens={captioner.max_new_tokens},"
-            f"pixels={size.shortest_edge}-{size.longest_edge},{dtype},prompt={prompt}")
 
 
 def utterances(splits: list[str], meld_dir: str = "", limit_dialogues: int = 0) -> list[MeldUtterance]:
