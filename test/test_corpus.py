@@ -117,6 +117,7 @@ def test_a_run_on_your_own_corpus_trains_and_is_scored_on_its_own_dev_and_test(t
     assert results["test_examples"]["gold"] == [4, 1, 5, 4]
     manifest = json.loads((tmp_path / "run" / "checkpoint" / "manifest.json").read_text())
     assert (manifest["run"]["corpus"], manifest["run"]["meld_dir"]) == ("own", str(tmp_path / "corpus"))
+    assert manifest["calibration"]["fitted_on"] == f"{tmp_path / 'corpus'} dev"  # what the node's diagnostics say
     scored = evaluate_checkpoint(tmp_path / "run" / "checkpoint", corpus=tmp_path / "corpus", log=lambda *_: None)
     assert scored["corpus"] == str(tmp_path / "corpus")
     assert [scored["splits"][s]["n"] for s in ("dev", "test")] == [4, 4]
@@ -238,3 +239,32 @@ def test_sessions_replayed_with_a_captioner_train_the_visual_branch_on_the_robot
     manifest = json.loads((tmp_path / "run" / "checkpoint" / "manifest.json").read_text())
     assert set(manifest["modules"]) == {"text_head", "visual_head", "fusion"}
     assert manifest["captioner"] == "cue-fallback:frames=4"
+
+
+def test_a_checkpoint_is_calibrated_on_your_own_sessions_as_the_robots_asr_wrote_them(tmp_path, tiny_text_checkpoint):
+    """training.calibrate --corpus: the temperatures fitted on the corpus's dev, the text one on the answers not
+    flagged unpunctuated and the unpunctuated one on those that are (transcripts as written, not MELD rewritten);
+    the manifest says what they were fitted on."""
+    import shutil
+
+    from ddvlm_core.calibration import describe
+    from ddvlm_core.checkpoint import read_manifest
+    from ddvlm_core.model import DDVLMConfig
+    from training.calibrate import main as calibrate
+
+    answers = study(tmp_path)
+    unpunctuated = [("ana", "i got the job i cant believe it", "joy"), ("ben", "whatever man who cares", "disgust")]
+    write_answers(answers[2], {"default": LINES + unpunctuated, "lab": LINES[:2] + unpunctuated})  # S03: dev
+    write_corpus(answers, tmp_path / "corpus", dev={"S03"}, test={"S04"})
+    checkpoint = shutil.copytree(tiny_text_checkpoint, tmp_path / "checkpoint")
+    assert calibrate([str(checkpoint), "--corpus", str(tmp_path / "corpus"), "--report-dir", str(tmp_path),
+                      "--name", "study_calibration"]) == 0
+    report = json.loads((tmp_path / "study_calibration.json").read_text())
+    assert report["fitted_on"] == f"{tmp_path / 'corpus'} dev"
+    assert [report["branches"][b]["splits"]["dev"]["n"] for b in ("text", "unpunctuated")] == [4, 4]
+    assert report["branches"]["unpunctuated"]["splits"]["test"]["n"] == 0  # S04's transcripts all punctuated
+    manifest = read_manifest(checkpoint)
+    assert manifest["calibration"]["fitted_on"] == f"{tmp_path / 'corpus'} dev"
+    config = DDVLMConfig(**{k: v for k, v in manifest["config"].items() if k in DDVLMConfig.__dataclass_fields__})
+    assert describe(config, manifest["calibration"]).endswith(f"fitted on {tmp_path / 'corpus'} dev")
+    assert f"--corpus {tmp_path / 'corpus'}" in (tmp_path / "study_calibration.md").read_text()

@@ -1,6 +1,7 @@
 """Calibrate a checkpoint's confidence: fit its temperatures on MELD dev and write them into its manifest.
 
     python -m training.calibrate CHECKPOINT [--captions CAPTIONS] [--report-dir reports] [--name calibration]
+    python -m training.calibrate CHECKPOINT --corpus study_corpus --name study_calibration   # on your own sessions
 
 Temperature scaling (``ddvlm_core.calibration``): p = softmax(z / T), one T for the text branch's logits (the
 answers without a caption), one for the answers to transcripts without punctuation (those the recognizer flags
@@ -27,16 +28,24 @@ FIT_SPLIT = "dev"
 SPLITS = ("dev", "test")
 
 
-def split_logits(model, tok, builder, split: str, caption_of=None) -> dict[str, torch.Tensor]:
+def split_logits(model, tok, builder, split: str, caption_of=None, corpus: str | Path = "") -> dict[str, torch.Tensor]:
     """{"labels", "text" logits, and with captions "fused" logits and "has_visual"} of a MELD split, in one
-    pass of the backbone per batch."""
+    pass of the backbone per batch; of your own ``corpus``'s split, also "flagged": the answers the recognizer
+    flags ``transcript-unpunctuated`` (its transcripts as the robot's ASR wrote them)."""
+    from ddvlm_core.context import unpunctuated
+    from ddvlm_core.meld import dialogues
     from training.data import build_examples, check_full_test_split
     from training.evaluate import logits_of_examples
 
-    examples = build_examples(split, builder)
-    if split == "test":
+    examples = build_examples(split, builder, str(corpus))
+    if split == "test" and not corpus:
         check_full_test_split(examples)
     out = {"labels": torch.tensor([e.label for e in examples])}
+    if corpus:
+        text_of = {(r.dialogue_id, r.utterance_id): r.text for rows in dialogues(split, Path(corpus)).values()
+                   for r in rows}
+        out["flagged"] = torch.tensor([unpunctuated(text_of[e.dialogue_id, e.utterance_id]) for e in examples],
+                                      dtype=torch.bool)
     if caption_of is None:
         out["text"] = logits_of_examples(lambda ids, mask: model.text(ids, mask).logits, examples, tok.pad_token_id,
                                          desc=f"{split} ({len(examples)} utterances)")
@@ -72,9 +81,12 @@ def unpunctuated_logits(model, tok, builder, split: str) -> dict[str, torch.Tens
 
 
 def branch_inputs(logits: dict[str, torch.Tensor], branch: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, labels) a temperature of ``branch`` applies to: every answer for "text", the captioned ones for
-    "fused" (an answer without a caption is the text branch's), the flagged ones of the split written without
-    punctuation for "unpunctuated"."""
+    """(logits, labels) a temperature of ``branch`` applies to: every answer for "text" (of your own corpus: those
+    not flagged unpunctuated), the captioned ones for "fused" (an answer without a caption is the text branch's),
+    the flagged ones of the split written without punctuation (of your own corpus: as it is) for
+    "unpunctuated"."""
+    if branch == "text" and "flagged" in logits:  # your own corpus: the answers not flagged unpunctuated
+        return logits["text"][~logits["flagged"]], logits["labels"][~logits["flagged"]]
     if branch == "text":
         return logits["text"], logits["labels"]
     if branch == "unpunctuated":
@@ -84,9 +96,12 @@ def branch_inputs(logits: dict[str, torch.Tensor], branch: str) -> tuple[torch.T
     return logits["fused"][keep], logits["labels"][keep]
 
 
-def calibrate(checkpoint: str | Path, captions: str | Path = "", log=print, write: bool = True) -> dict:
+def calibrate(checkpoint: str | Path, captions: str | Path = "", log=print, write: bool = True,
+              corpus: str | Path = "") -> dict:
     """Fit the temperatures on dev, score dev and test before and after, and (``write``) store them in the
-    checkpoint's manifest. Returns the report's content."""
+    checkpoint's manifest. Returns the report's content. ``corpus``: your own dialogues' dev and test (e.g. a
+    study's, ``python -m ddvlm_ros.corpus``) instead of MELD's, their transcripts as the robot's ASR wrote them:
+    answers the recognizer flags unpunctuated are those it wrote so, not MELD rewritten."""
     from ddvlm_core import checkpoint as ckpt
     from ddvlm_core.context import PromptBuilder
     from ddvlm_core.model import DDVLM
@@ -97,11 +112,12 @@ def calibrate(checkpoint: str | Path, captions: str | Path = "", log=print, writ
     model, tok, manifest = DDVLM.load(checkpoint)
     caption_of = CaptionInputs(captions, manifest["config"]["caption_embedder"]) if captions else None
     builder = PromptBuilder(tok, manifest["config"]["max_tokens"], manifest["config"].get("speaker_tokens", True))
-    logits = {split: split_logits(model, tok, builder, split, caption_of) for split in SPLITS}
-    plain = {split: unpunctuated_logits(model, tok, builder, split) for split in SPLITS}
+    logits = {split: split_logits(model, tok, builder, split, caption_of, corpus) for split in SPLITS}
+    plain = logits if corpus else {split: unpunctuated_logits(model, tok, builder, split) for split in SPLITS}
     branches = ("text", "fused", "unpunctuated") if caption_of else ("text", "unpunctuated")
-    report = {"checkpoint": str(checkpoint), "fitted_on": f"MELD {FIT_SPLIT}", "method": "temperature scaling",
-              "captions": str(captions) if captions else "none", "branches": {}}
+    report = {"checkpoint": str(checkpoint), "fitted_on": f"{corpus or 'MELD'} {FIT_SPLIT}",
+              "method": "temperature scaling", "captions": str(captions) if captions else "none",
+              "corpus": str(corpus) if corpus else "meld", "branches": {}}
     for branch in branches:
         source = plain if branch == "unpunctuated" else logits
         fit_logits, fit_labels = branch_inputs(source[FIT_SPLIT], branch)
@@ -122,14 +138,15 @@ def calibrate(checkpoint: str | Path, captions: str | Path = "", log=print, writ
         log(f"{branch}: T = {temperature:.3f} (fitted on {FIT_SPLIT}); " + "; ".join(scored))
     fitted = {f"{b}_temperature": e["temperature"] for b, e in report["branches"].items() if "temperature" in e}
     if write:
-        ckpt.update_manifest(checkpoint, config=fitted,
-                             extra={"calibration": manifest_entry(fitted, captions=report["captions"])})
+        entry = manifest_entry(fitted, captions=report["captions"], fitted_on=report["fitted_on"])
+        ckpt.update_manifest(checkpoint, config=fitted, extra={"calibration": entry})
     return report
 
 
 def report_markdown(report: dict) -> str:
     command = f"python -m training.calibrate {report['checkpoint']}" + (
-        f" --captions {report['captions']}" if report["captions"] != "none" else "")
+        f" --captions {report['captions']}" if report["captions"] != "none" else "") + (
+        f" --corpus {report['corpus']}" if report.get("corpus", "meld") != "meld" else "")
     lines = ["# Calibrated confidence (temperature scaling)", "",
              f"Generated by `{command}`. Each temperature T minimises the NLL of {report['fitted_on']}; test is only "
              "scored. p = softmax(z / T) changes no argmax, so WA-F1 and accuracy are those of the checkpoint as "
@@ -177,6 +194,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("checkpoint", help="a checkpoint folder (e.g. checkpoints/default, RUN_DIR/checkpoint)")
     ap.add_argument("--captions", default="", help="captions JSONL file or folder (python -m training.captions): "
                     "also fit the fused temperature of a checkpoint trained on captions")
+    ap.add_argument("--corpus", default="", help="a folder of your own corpus's CSVs (python -m ddvlm_ros.corpus): "
+                    "fit on its dev and score its test, transcripts as the robot's ASR wrote them, instead of MELD's")
     ap.add_argument("--report-dir", default="reports", help="where NAME.md and NAME.json go (default: reports)")
     ap.add_argument("--name", default="calibration", help="report file name, without extension")
     ap.add_argument("--no-write", action="store_true", help="score and report only; leave the manifest as it is")
@@ -187,7 +206,7 @@ def main(argv: list[str]) -> int:
     from ddvlm_core.checkpoint import CheckpointError
 
     try:
-        report = calibrate(args.checkpoint, args.captions, write=not args.no_write)
+        report = calibrate(args.checkpoint, args.captions, write=not args.no_write, corpus=args.corpus)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         ap.error(str(e))
     out = Path(args.report_dir)

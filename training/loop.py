@@ -607,7 +607,8 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
     if rank == 0:
         confusion_pngs(results["stages"], run_dir)
         captioner = {"captioner": results["captions"]["captioner"]} if "visual_head" in modules else {}
-        calibration = apply_fitted_temperatures(model, results["stages"], modules)
+        calibration = apply_fitted_temperatures(model, results["stages"], modules,
+                                                fitted_on="MELD dev" if cfg.corpus == "meld" else f"{cfg.meld_dir} dev")
         model.save(run_dir / "checkpoint", tuple(modules),
                    extra={"trained_by": "training.loop", "run": cfg.to_dict(), **captioner, **calibration})
         (run_dir / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
@@ -615,17 +616,17 @@ def run_stages(cfg: TrainConfig, log=print) -> dict:
     return results
 
 
-def apply_fitted_temperatures(model: DDVLM, stages: dict, modules: list[str]) -> dict:
+def apply_fitted_temperatures(model: DDVLM, stages: dict, modules: list[str], fitted_on: str = "MELD dev") -> dict:
     """Set the checkpoint config's "text_temperature" and "fused_temperature" to those the stages fitted (the fused
     one only when the checkpoint ships the fusion); returns the manifest's ``{"calibration": entry}`` ({} when no
-    stage fitted one)."""
+    stage fitted one), which says what they were ``fitted_on``."""
     fitted = {}
     for stage, field in (("text", "text_temperature"), ("fusion", "fused_temperature")):
         temperature = stages.get(stage, {}).get("calibration", {}).get("temperature")
         if temperature is not None and (stage == "text" or "fusion" in modules):
             fitted[field] = temperature
             setattr(model.config, field, temperature)
-    return {"calibration": manifest_entry(fitted)} if fitted else {}
+    return {"calibration": manifest_entry(fitted, fitted_on=fitted_on)} if fitted else {}
 
 
 def confusion_pngs(stages: dict, run_dir: Path) -> None:
