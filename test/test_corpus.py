@@ -248,7 +248,7 @@ def test_a_checkpoint_is_calibrated_on_your_own_sessions_as_the_robots_asr_wrote
     import shutil
 
     from ddvlm_core.calibration import describe
-    from ddvlm_core.checkpoint import read_manifest
+    from ddvlm_core.checkpoint import read_manifest, update_manifest
     from ddvlm_core.model import DDVLMConfig
     from training.calibrate import main as calibrate
 
@@ -257,12 +257,15 @@ def test_a_checkpoint_is_calibrated_on_your_own_sessions_as_the_robots_asr_wrote
     write_answers(answers[2], {"default": LINES + unpunctuated, "lab": LINES[:2] + unpunctuated})  # S03: dev
     write_corpus(answers, tmp_path / "corpus", dev={"S03"}, test={"S04"})
     checkpoint = shutil.copytree(tiny_text_checkpoint, tmp_path / "checkpoint")
+    update_manifest(checkpoint, config={"text_temperature": 1.3})  # as if fitted on MELD dev: the score to beat
     assert calibrate([str(checkpoint), "--corpus", str(tmp_path / "corpus"), "--report-dir", str(tmp_path),
                       "--name", "study_calibration"]) == 0
     report = json.loads((tmp_path / "study_calibration.json").read_text())
     assert report["fitted_on"] == f"{tmp_path / 'corpus'} dev"
     assert [report["branches"][b]["splits"]["dev"]["n"] for b in ("text", "unpunctuated")] == [4, 4]
     assert report["branches"]["unpunctuated"]["splits"]["test"]["n"] == 0  # S04's transcripts all punctuated
+    for branch in ("text", "unpunctuated"):  # each scored at the checkpoint's temperature too, before it is refitted
+        assert report["branches"][branch]["splits"]["dev"]["text_temperature"]["temperature"] == 1.3
     manifest = read_manifest(checkpoint)
     assert manifest["calibration"]["fitted_on"] == f"{tmp_path / 'corpus'} dev"
     config = DDVLMConfig(**{k: v for k, v in manifest["config"].items() if k in DDVLMConfig.__dataclass_fields__})

@@ -112,6 +112,9 @@ def calibrate(checkpoint: str | Path, captions: str | Path = "", log=print, writ
     model, tok, manifest = DDVLM.load(checkpoint)
     caption_of = CaptionInputs(captions, manifest["config"]["caption_embedder"]) if captions else None
     builder = PromptBuilder(tok, manifest["config"]["max_tokens"], manifest["config"].get("speaker_tokens", True))
+    config = manifest["config"]
+    shipped = {"text": config.get("text_temperature", 1.0), "fused": config.get("fused_temperature", 1.0),
+               "unpunctuated": config.get("unpunctuated_temperature") or config.get("text_temperature", 1.0)}
     logits = {split: split_logits(model, tok, builder, split, caption_of, corpus) for split in SPLITS}
     plain = logits if corpus else {split: unpunctuated_logits(model, tok, builder, split) for split in SPLITS}
     branches = ("text", "fused", "unpunctuated") if caption_of else ("text", "unpunctuated")
@@ -127,8 +130,10 @@ def calibrate(checkpoint: str | Path, captions: str | Path = "", log=print, writ
             continue
         temperature = fit_temperature(fit_logits, fit_labels)
         entry = {"temperature": temperature, "splits": {}}
-        # an unpunctuated answer had the text temperature before it had its own: that is the score to beat
-        before = report["branches"]["text"]["temperature"] if branch == "unpunctuated" else 1.0
+        # an unpunctuated answer had the text temperature before it had its own: that is the score to beat; on your
+        # own corpus, the checkpoint's temperatures as they were (fitted on MELD dev) are
+        before = shipped[branch] if corpus else (
+            report["branches"]["text"]["temperature"] if branch == "unpunctuated" else 1.0)
         for split in SPLITS:
             entry["splits"][split] = before_after(*branch_inputs(source[split], branch), temperature, before)
         report["branches"][branch] = entry
