@@ -271,3 +271,37 @@ def test_a_checkpoint_is_calibrated_on_your_own_sessions_as_the_robots_asr_wrote
     config = DDVLMConfig(**{k: v for k, v in manifest["config"].items() if k in DDVLMConfig.__dataclass_fields__})
     assert describe(config, manifest["calibration"]).endswith(f"fitted on {tmp_path / 'corpus'} dev")
     assert f"--corpus {tmp_path / 'corpus'}" in (tmp_path / "study_calibration.md").read_text()
+
+
+@pytest.mark.ros
+def test_the_study_corpus_bench_finds_the_evaluator_answering_as_the_node_did(tmp_path, tiny_text_checkpoint):
+    """bench/study_corpus.py on the tiny checkpoint, one dialogue per session: every utterance of each split is
+    answered alike by the node (replay) and the evaluator (corpus), and the calibration is reported."""
+    from bench_modules import load_bench
+
+    bench = load_bench("study_corpus")
+    assert bench.main(["--sessions", "3", "--dialogues", "1", "--model-dir", tiny_text_checkpoint, "--speed", "40",
+                       "--report-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "study_corpus.json").read_text())
+    assert [data["same_prompts"][s]["n"] for s in ("train", "dev", "test")] == [
+        data["corpus"][s]["labelled"] for s in ("train", "dev", "test")]
+    assert all(row["alike"] == row["n"] > 0 and row["node_wa_f1"] == pytest.approx(row["evaluator_wa_f1"])
+               for row in data["same_prompts"].values())
+    assert "refitted" in (tmp_path / "study_corpus.md").read_text()
+
+
+def test_the_readme_quotes_the_study_corpus_report():
+    """The calibration numbers the README gives for three replayed MELD sessions are reports/study_corpus.json's."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    data = json.loads((repo / "reports" / "study_corpus.json").read_text())
+    text = data["calibration"]["branches"]["text"]
+    dev, test = text["splits"]["dev"], text["splits"]["test"]
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert (f"dev {dev['n']} utterances: T {text['temperature']:.3f} refitted against the shipped "
+            f"{test['text_temperature']['temperature']:.3f}, test ECE {test['calibrated']['ece']:.2f} % against "
+            f"{test['text_temperature']['ece']:.2f} %") in readme
+    alike = sum(row["alike"] for row in data["same_prompts"].values())
+    total = sum(row["n"] for row in data["same_prompts"].values())
+    assert f"{alike} of its {total} utterances" in readme
