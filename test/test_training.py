@@ -113,8 +113,21 @@ def test_lora_goes_on_from_a_checkpoint_training_only_the_layers_named(tmp_path,
     assert trains and all(".layer.1." in n for n in trains)
 
     logs = []
-    run(cfg, log=logs.append)
+    results = run(cfg, log=logs.append)
     assert any("init: " in line and "training the adapter in layers 1" in line for line in logs)
+    start_scores = results["stages"]["text"]["start"]  # the start checkpoint scored first: the score to beat
+    first = json.loads((tmp_path / "a" / "run" / "results.json").read_text())["stages"]["text"]["best"]
+    assert (start_scores["dev_wa_f1"], start_scores["test_wa_f1"]) == pytest.approx(
+        (first["dev_wa_f1"], first["test_wa_f1"]))  # what the first run's kept epoch scored
+    beaten = results["stages"]["text"]["best"]["dev_wa_f1"] > start_scores["dev_wa_f1"]
+    assert any(line.startswith("[text] no epoch beat the start on dev") for line in logs) is not beaten
+    assert results["stages"]["text"].get("start_was_better", False) is not beaten
+    still = []  # a learning rate that moves nothing: the one epoch scores what the start did, and the run says so
+    unmoved = run(tiny_cfg(tmp_path / "still", tiny_roberta_dir, **(go_on | {"lr": 1e-12})), log=still.append)
+    assert unmoved["stages"]["text"]["start_was_better"] is True
+    assert [line for line in still if line.startswith("[text] no epoch beat the start on dev")] == [
+        f"[text] no epoch beat the start on dev (dev WA-F1 {start_scores['dev_wa_f1']:.2f} at the start, "
+        f"{start_scores['dev_wa_f1']:.2f} at epoch 1): {start} as it was is the better model on this dev"]
     before = load_file(start / "backbone_lora.safetensors")
     after = load_file(tmp_path / "b" / "run" / "checkpoint" / "backbone_lora.safetensors")
     assert set(after) == set(before)

@@ -173,7 +173,8 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         log=print) -> dict:
     """The loop: AdamW + linear warm-up, clipping, EMA teacher update after every step, per-epoch dev/test
     evaluation, best-on-dev selection, resumable from ``out_dir/last`` after the epochs that saved it
-    (``saves_state_after``: every epoch by default, and whenever the run stops)."""
+    (``saves_state_after``: every epoch by default, and whenever the run stops). A run going on from a checkpoint
+    (``init_checkpoint``) scores the start too ("start"), and says so when no epoch beat it on dev."""
     rank, world = dist_info()
     main_rank = rank == 0
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,6 +196,11 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         log(f"[{stage.name}] resumed after epoch {info['epoch']}")
         info["resumed_after"] = info["epoch"]  # the epochs up to here ran in an earlier call (their time: history)
     info = info or {"epoch": 0, "best": None, "history": []}
+    if cfg.init_checkpoint and stage.name == "text" and "start" not in info:  # the score to beat: where it started
+        info["start"] = headline_scores({s: evaluate(stage, s, labels[s], lengths[s], cfg.eval_batch_size)
+                                         for s in ("dev", "test")})
+        log(f"[{stage.name}] at the start ({cfg.init_checkpoint}): dev WA-F1 {info['start']['dev_wa_f1']:.2f}  "
+            f"test WA-F1 {info['start']['test_wa_f1']:.2f}")
     started = time.monotonic()
     best_weights = None  # the best epoch's trainable weights, until they are written with the next saved state
     for epoch in range(info["epoch"] + 1, cfg.epochs + 1):
@@ -262,6 +268,12 @@ def fit(cfg: TrainConfig, stage: Stage, labels: dict[str, Tensor], lengths: dict
         save_file(trainable_state(student), out_dir / f"final_rank{rank}.safetensors")
     barrier()
     load_trainable_state(student, load_file(out_dir / "best.safetensors"))
+    start = info.get("start")
+    if start and info["best"] and start["dev_wa_f1"] >= info["best"]["dev_wa_f1"]:
+        info["start_was_better"] = True  # on dev: selection kept the best epoch, which is no better than the start
+        log(f"[{stage.name}] no epoch beat the start on dev (dev WA-F1 {start['dev_wa_f1']:.2f} at the start, "
+            f"{info['best']['dev_wa_f1']:.2f} at epoch {info['best']['epoch']}): {cfg.init_checkpoint} as it was is "
+            "the better model on this dev")
     if main_rank and stage.temperature and cfg.calibrate:
         info["calibration"] = calibrate_stage(stage, labels, lengths, cfg.eval_batch_size)
         if "temperature" in info["calibration"]:
