@@ -6,6 +6,7 @@ Rows are read as UTF-8 CSV; dialogues are lists of utterances in Utterance_ID or
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,22 @@ def meld_dir() -> Path:
 REQUIRED_COLUMNS = ("Dialogue_ID", "Utterance_ID", "Speaker", "Utterance", "Emotion")  # the rest is MELD's own
 # (StartTime, EndTime: the clip's place in the episode; Season, Episode): optional in a corpus of your own
 UNLABELLED = -1  # the label of a turn whose Emotion is empty (your own corpus): context for the turns after it only
+READING = "corpus.json"  # beside your own corpus's CSVs: how its dialogues are read ({"max_context_turns": N})
+
+
+def max_context_turns(directory: Path | None = None) -> int | None:
+    """How many turns of a dialogue a prompt reads at most, in the corpus in ``directory`` (its ``READING`` file's
+    ``max_context_turns``: the robot's node read no more); None: all of them (MELD, as the paper reads it)."""
+    path = (directory or meld_dir()) / READING
+    if not path.is_file():
+        return None
+    try:
+        turns = json.loads(path.read_text(encoding="utf-8")).get("max_context_turns")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a corpus's reading ({e})") from None
+    if turns is not None and (not isinstance(turns, int) or turns < 1):
+        raise ValueError(f"{path}: max_context_turns must be an integer >= 1, got {turns!r}")
+    return turns
 
 
 def read_split(split: str, directory: Path | None = None) -> list[MeldUtterance]:

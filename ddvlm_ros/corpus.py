@@ -9,12 +9,14 @@ Each answers file (``python -m ddvlm_ros.replay BAG --labels LABELS --answers FI
 conversations becomes a dialogue, and each of its turns a row, in the order the node heard them: Speaker (its
 speaker id), Utterance (the transcript as the robot's ASR wrote it, or what the robot said: what the node reads),
 Emotion (the annotators' label; empty where they gave none and for the robot's turns, which are then context only)
-and StartTime / EndTime (its span in the bag, where the replay gave one). Sessions replayed with a captioner
-(``--captioner qwen``) also give each utterance the caption the node fused its answer with, written as
+and StartTime / EndTime (its span in the bag, where the replay gave one). A conversation is one dialogue until the
+node began a new context in it (its ``idle_timeout_s``), and ``corpus.json`` says how many turns of it the node read
+(its ``max_context_turns``), so that training builds each prompt as the robot built it. Sessions replayed with a
+captioner (``--captioner qwen``) also give each utterance the caption the node fused its answer with, written as
 ``training.captions`` records in ``captions.jsonl``: the visual branch and the fusion then train on the robot's own
-camera (``--caption_source=OUT/captions.jsonl``). Whole sessions go to one split each
-(``--dev``, ``--test``, the rest train), never a participant's turns to two splits: a model scored on the people it
-was trained on scores higher than it will on the next participant.
+camera (``--caption_source=OUT/captions.jsonl``). Whole sessions go to one split each (``--dev``, ``--test``, the
+rest train), never a participant's turns to two splits: a model scored on the people it was trained on scores
+higher than it will on the next participant.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import sys
 from pathlib import Path
 
 from ddvlm_core.labels import label_id
-from ddvlm_core.meld import SPLITS, utterance_key
+from ddvlm_core.meld import READING, SPLITS, utterance_key
 
 CAPTIONS = "captions.jsonl"  # in the corpus folder, where the sessions were replayed with a captioner
 COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID", "StartTime", "EndTime",
@@ -37,8 +39,10 @@ class CorpusError(ValueError):
 
 
 def session_dialogues(path: Path) -> dict[str, list[dict]]:
-    """An answers file's utterances by conversation (in the order the node heard them): dicts with speaker,
-    text, emotion ('' unlabelled) and span; CorpusError naming the line of a record that cannot be read."""
+    """An answers file's turns by dialogue context (the node's: a conversation, and in it a new context after its
+    idle_timeout_s), in the order the node heard them: dicts with speaker, text, emotion ('' unlabelled), span, how
+    many turns the node read (max_context_turns), the captioner and caption, whether it only gave context;
+    CorpusError naming the line of a record that cannot be read."""
     dialogues: dict[str, list[dict]] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -53,9 +57,10 @@ def session_dialogues(path: Path) -> dict[str, list[dict]]:
             raise CorpusError(f"{path}, line {number}: not a replay answer record ({type(e).__name__}: {e})") from None
         if text is None:
             continue
-        conversation = key.rpartition("/")[0]
-        dialogues.setdefault(conversation, []).append(
-            {"speaker": record.get("speaker_id") or "", "text": text, "emotion": emotion,
+        context = record.get("context") or key.rpartition("/")[0]  # a new one where the node began a new context
+        dialogues.setdefault(context, []).append(
+            {"speaker": record.get("speaker_id") or "", "text": text, "emotion": "" if record.get("context_only")
+             else emotion, "max_context_turns": record.get("max_context_turns") or 0,
              "span": record.get("span_s"), "captioner": record.get("captioner", ""), "caption": caption_of(record),
              "context_only": bool(record.get("context_only"))})
     return dialogues
@@ -95,10 +100,12 @@ def write_corpus(answers: list[Path], out: Path, dev: set[str], test: set[str]) 
     captions: list[dict] = []
     counts = {split: {"sessions": 0, "dialogues": 0, "utterances": 0, "labelled": 0, "captioned": 0}
               for split in SPLITS}
+    dialogues_read = []
     for session, path in sessions.items():
         split = split_of(session, dev, test)
         counts[split]["sessions"] += 1
         for turns in session_dialogues(path).values():
+            dialogues_read.append(turns)
             dialogue = counts[split]["dialogues"]
             counts[split]["dialogues"] += 1
             for number, turn in enumerate(turns):
@@ -116,6 +123,10 @@ def write_corpus(answers: list[Path], out: Path, dev: set[str], test: set[str]) 
     if empty:
         raise CorpusError(f"no labelled utterance in {', '.join(empty)}: each split needs sessions with labels "
                           f"(--dev, --test name them; the others train)")
+    turns_read = sorted({turn["max_context_turns"] for turns in dialogues_read for turn in turns} - {0})
+    if len(turns_read) > 1:
+        raise CorpusError(f"the sessions were replayed with different max_context_turns {turns_read}: replay them "
+                          "with one, the robot's")
     captioners = sorted({c["captioner"] for c in captions})
     if len(captioners) > 1:
         raise CorpusError(f"the sessions were replayed with different captioners {captioners}: their captions "
@@ -126,6 +137,8 @@ def write_corpus(answers: list[Path], out: Path, dev: set[str], test: set[str]) 
             writer = csv.DictWriter(fh, COLUMNS)
             writer.writeheader()
             writer.writerows(rows[split])
+    reading = {"max_context_turns": turns_read[0]} if turns_read else {}  # the prompts read as the node read them
+    (out / READING).write_text(json.dumps(reading, indent=1) + "\n", encoding="utf-8")
     (out / CAPTIONS).unlink(missing_ok=True)  # an earlier corpus's
     if captions:
         (out / CAPTIONS).write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in captions),

@@ -51,9 +51,9 @@ from ddvlm_core.metrics import (bootstrap_wa_f1, class_f1_lines, confusion_lines
 from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.speech_timing import AsrTiming
+from ddvlm_core.tts_markup import strip_tts_markup
 from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
-from ddvlm_core.tts_markup import strip_tts_markup
 from ddvlm_ros.pipeline import LOW_CONFIDENCE_FLAG, ROBOT_SPEAKER
 from ddvlm_ros.recorded import DefinitionError, RecordedTypes
 from ddvlm_ros.ros4hri import CROPPED, EXPRESSION_NAME, LINKS, PERSONS, VOICE_LINGER_S, VOICES, mirrored, valid_id
@@ -217,6 +217,7 @@ class ReplayResult:
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> its time span, seconds from the
     #                                                                      bag's first message (ddvlm_ros.time_labels)
     idle_timeout_s: float = 0.0  # the node's: a silence this long in a conversation starts a new context (0: never)
+    max_context_turns: int = 0  # the node's: the turns of a conversation a prompt reads, at most (0: not known)
     recorded_types: str = ""  # topics recorded with another version of their type (ddvlm_ros.recorded), in words
     asr_min_confidence: float = 0.0  # the node's: a transcript the ASR gave less confidence is flagged
     frames_not_played: int = 0  # the bag's camera frames, not played to a node without a captioner (not subscribed)
@@ -460,6 +461,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         answer_key = AnswerKeys(node.p("conversation_id"), node.p("default_speaker"), node.p("speaker_prefix"),
                                 crops_read=node._crops is not None)
         result.idle_timeout_s, result.asr_min_confidence = node.p("idle_timeout_s"), node.p("asr_min_confidence")
+        result.max_context_turns = node.p("max_context_turns")
         skipped: set[str] = set()  # final utterances the node does not classify (no text): no answer to wait for
         links_sent: dict[str, dict[str, str]] = {}  # person -> {link: value} published (latched) so far
         in_step = True  # the node numbers what answer_key numbers (one that waited in vain: it does not; no more waits)
@@ -487,10 +489,11 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             if answered := answer_key(topics[topic], msg, t):
                 key, speaker, text = answered
                 # context_only_speakers (the robot) get no answer; nor does what was not speech ([BLANK_AUDIO])
-                if node.pipeline.context_only(speaker) and has_text(said := strip_tts_markup(text)) and not non_speech(
-                        said):  # as the node reads it: its TTS markup out
+                robot = node.pipeline.context_only(speaker)
+                said = strip_tts_markup(text) if robot else text  # as the node reads it: its TTS markup out
+                if robot and has_text(said) and not non_speech(said):
                     result.context_turns.append((len(result.finals), key, speaker, said))
-                elif not node.pipeline.context_only(speaker) and not non_speech(text):
+                elif not robot and not non_speech(text):
                     result.finals.append(key)
                     result.texts[key] = text
                     result.spans[key] = utterance_span(topics[topic], msg, text, t, node.asr_timing(), t_first,
@@ -866,10 +869,12 @@ def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
 
 def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
     """One record per replayed final utterance (in order): its text, refined and latest revised answers, the label
-    it is scored by and its confidence (``prediction``, ``confidence``: its latest answer's), the gold label, and
-    with a captioner which one wrote the answers' captions (``captioner``: its id, as training's caption records
-    have it); between them, where they came, one per turn that only joined the context (the robot's: ``context_only``,
-    its text, no answer and no label), so that a file holds each dialogue as the node read it."""
+    it is scored by and its confidence (``prediction``, ``confidence``: its latest answer's), the gold label, the
+    dialogue context it joined (``context``: "<conversation>#<k>", a new k after the node's idle_timeout_s) and how
+    many turns of it the node reads (``max_context_turns``), and with a captioner which one wrote the answers'
+    captions (``captioner``: its id, as training's caption records have it); between them, where they came, one
+    per turn that only joined the context (the robot's: ``context_only``, its text, no answer and no label), so
+    that a file holds each dialogue as the node read it."""
     def answer(msg):
         return None if msg is None else {
             "top_label": msg.top_label, "confidence": msg.confidence,
@@ -879,11 +884,14 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
             "transcript_confidence": float(msg.transcript_confidence)}
 
     records, context = [], sorted(result.context_turns, key=lambda turn: turn[0])
+    contexts = dict(zip(result.finals, result.contexts(result.finals)))
     for position, key in enumerate([*result.finals, None]):
         while context and context[0][0] <= position:  # the turns that only gave context, where they came
             _, turn_key, speaker, text = context.pop(0)
             records.append({"key": turn_key, "speaker_id": speaker, "context_only": True, "transcript": text,
-                            "gold": None, "prediction": None, "confidence": None})
+                            "gold": None, "prediction": None, "confidence": None,
+                            "context": turn_context(turn_key, result.finals[position:], result.finals[:position],
+                                                    contexts)})
         if key is None:
             break
         entry, scored = result.answers.get(key, {}), result.prediction(key)
@@ -895,9 +903,19 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
                         "transcript": result.texts.get(key), "gold": labels.get(key),
                         "span_s": list(result.spans[key]) if key in result.spans else None,
                         "text": answer(entry.get("text")), "refined": answer(entry.get("refined")),
-                        "revised": answer(entry.get("revised")),
+                        "revised": answer(entry.get("revised")), "context": contexts[key],
+                        "max_context_turns": result.max_context_turns,
                         **({"captioner": result.captioner} if result.captioner else {})})
     return records
+
+
+def turn_context(key: str, later: list[str], earlier: list[str], contexts: dict[str, str]) -> str:
+    """The dialogue context (``ReplayResult.contexts``) a turn that only gave context joined: that of the next
+    utterance of its conversation (the robot speaks, a person answers), else of the one before it."""
+    conversation = key.rpartition("/")[0]
+    mine = [k for k in later if k.rpartition("/")[0] == conversation] or [
+        k for k in reversed(earlier) if k.rpartition("/")[0] == conversation]
+    return contexts[mine[0]] if mine else f"{conversation}#0"
 
 
 def parse_remaps(items: list[str]) -> dict[str, str]:

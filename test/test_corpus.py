@@ -305,3 +305,35 @@ def test_the_readme_quotes_the_study_corpus_report():
     alike = sum(row["alike"] for row in data["same_prompts"].values())
     total = sum(row["n"] for row in data["same_prompts"].values())
     assert f"{alike} of its {total} utterances" in readme
+
+
+@pytest.mark.ros
+def test_a_corpus_reads_each_dialogue_as_the_node_did_its_context_window_and_new_contexts(
+        tmp_path, tiny_text_checkpoint):
+    """Sessions replayed with the node reading 3 turns at most (max_context_turns) and starting a new context after
+    4 s of silence (idle_timeout_s): the corpus splits each conversation where the node began anew and says it read
+    3 turns (corpus.json), so the evaluator, building its prompts from the corpus, answers every utterance as the
+    node did."""
+    from ddvlm_ros.bag import write_meld_bag
+    from ddvlm_ros.replay import main as replay
+    from training.evaluate import evaluate_checkpoint
+
+    sessions = {"S1": 9, "S2": 3, "S3": 2}  # MELD test dialogues of 18, 7 and 11 turns, with pauses of seconds
+    for name, dialogue in sessions.items():
+        bag = write_meld_bag(tmp_path / name, "test", [dialogue])
+        assert replay([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--param",
+                       "input_timeout_s:=0.0", "--param", "max_context_turns:=3", "--param", "idle_timeout_s:=4.0",
+                       "--answers", str(tmp_path / f"{name}.jsonl")]) == 0
+    assert main([str(tmp_path / f"{name}.jsonl") for name in sessions] + [
+        "--out", str(tmp_path / "corpus"), "--dev", "S2", "--test", "S3"]) == 0
+    assert json.loads((tmp_path / "corpus" / "corpus.json").read_text()) == {"max_context_turns": 3}
+    replayed = {name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+                for name in sessions}
+    assert any(r["context"].endswith("#1") for records in replayed.values() for r in records)  # a new context
+    assert len(read_split("train", tmp_path / "corpus")) == 18  # a dialogue per context, every turn
+    assert len({r.dialogue_id for r in read_split("train", tmp_path / "corpus")}) == len(
+        {r["context"] for r in replayed["S1"]}) > 1
+    scored = evaluate_checkpoint(tiny_text_checkpoint, ("train", "dev", "test"), corpus=tmp_path / "corpus",
+                                 log=lambda *_: None)
+    for split, name in (("train", "S1"), ("dev", "S2"), ("test", "S3")):
+        assert scored["splits"][split]["predictions"] == [LABELS.index(r["prediction"]) for r in replayed[name]]

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from ddvlm_core.context import PromptBuilder, make_turns
-from ddvlm_core.meld import SPLIT_SIZES, UNLABELLED, dialogues, utterance_key
+from ddvlm_core.meld import SPLIT_SIZES, UNLABELLED, dialogues, max_context_turns, utterance_key
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,18 @@ class Example:
 def build_examples(split: str, builder: PromptBuilder, meld_dir: str = "", limit_dialogues: int = 0,
                    text_of: Callable[[str], str] | None = None) -> list[Example]:
     """One example per labelled utterance (all of MELD's; a turn of your own corpus without an emotion is context
-    only), in dialogue order; each prompt sees only its own and earlier turns. ``text_of`` rewrites every
+    only), in dialogue order; each prompt sees only its own and earlier turns (of your own corpus, as many as the
+    robot's node read: ``max_context_turns``). ``text_of`` rewrites every
     utterance's text first (e.g. ``unpunctuate``: the dialogue as an ASR without punctuation writes it)."""
-    dias = dialogues(split, Path(meld_dir) if meld_dir else None)
+    directory = Path(meld_dir) if meld_dir else None
+    dias = dialogues(split, directory)
+    window = max_context_turns(directory)  # your own corpus: the turns the robot's node read, at most
     ids = sorted(dias)[:limit_dialogues] if limit_dialogues else sorted(dias)
     out = []
     for dia in ids:
         rows = dias[dia]
-        prompts = builder.build_all(make_turns([(r.speaker, text_of(r.text) if text_of else r.text) for r in rows]))
+        turns = make_turns([(r.speaker, text_of(r.text) if text_of else r.text) for r in rows])
+        prompts = [builder.build(turns[max(0, k + 1 - (window or k + 1)):k + 1]) for k in range(len(turns))]
         out += [Example(split, r.dialogue_id, r.utterance_id, p.input_ids, r.label) for r, p in zip(rows, prompts)
                 if r.label != UNLABELLED]
     return out
