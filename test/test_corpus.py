@@ -125,6 +125,8 @@ def test_a_run_on_your_own_corpus_trains_and_is_scored_on_its_own_dev_and_test(t
 
 
 def test_a_corpus_that_cannot_be_trained_on_is_refused_before_any_work(tmp_path, tiny_roberta_dir):
+    import shutil
+
     from test_training import tiny_cfg
     from training.config import ConfigError
     from training.loop import preflight
@@ -149,7 +151,11 @@ def test_a_corpus_that_cannot_be_trained_on_is_refused_before_any_work(tmp_path,
         if split == "test":
             rows = "Dialogue_ID,Utterance_ID,Speaker,Utterance,Emotion\n0,0,ana,Hello,\n"
         (unlabelled / f"{split}_sent_emo.csv").write_text(rows, encoding="utf-8")
+    window = tmp_path / "window"  # a corpus whose reading is broken
+    shutil.copytree(tmp_path / "corpus", window)
+    (window / "corpus.json").write_text('{"max_context_turns": 0}')
     cases = [({"meld_dir": str(cut)}, "train has 39 utterances, MELD's 9989 \\(a corpus of your own: corpus: own\\)"),
+             ({"meld_dir": str(window), "corpus": "own"}, "max_context_turns must be an integer >= 1, got 0"),
              ({"meld_dir": str(broken), "corpus": "own"}, "dev_sent_emo.csv, line 5: unknown emotion label 'bored'"),
              ({"meld_dir": str(unlabelled), "corpus": "own"}, "test_sent_emo.csv has no utterance with an Emotion")]
     for over, message in cases:

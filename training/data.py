@@ -29,8 +29,8 @@ def build_examples(split: str, builder: PromptBuilder, meld_dir: str = "", limit
                    text_of: Callable[[str], str] | None = None) -> list[Example]:
     """One example per labelled utterance (all of MELD's; a turn of your own corpus without an emotion is context
     only), in dialogue order; each prompt sees only its own and earlier turns (of your own corpus, as many as the
-    robot's node read: ``max_context_turns``). ``text_of`` rewrites every
-    utterance's text first (e.g. ``unpunctuate``: the dialogue as an ASR without punctuation writes it)."""
+    robot's node read: ``max_context_turns``). ``text_of`` rewrites every utterance's text first (e.g.
+    ``unpunctuate``: the dialogue as an ASR without punctuation writes it)."""
     directory = Path(meld_dir) if meld_dir else None
     dias = dialogues(split, directory)
     window = max_context_turns(directory)  # your own corpus: the turns the robot's node read, at most

@@ -536,8 +536,12 @@ def check_corpus(folder: Path, corpus: str) -> str:
     MELD's whole (a copy whose train or dev was cut short would train and be reported as MELD; its test was refused
     only once the backbone had loaded); your own corpus's rows must read, and each split must have a labelled
     utterance to score."""
-    from ddvlm_core.meld import SPLIT_SIZES, UNLABELLED, read_split
+    from ddvlm_core.meld import SPLIT_SIZES, UNLABELLED, max_context_turns, read_split
 
+    try:
+        max_context_turns(folder)  # its corpus.json, if any, reads
+    except ValueError as e:
+        return str(e)
     for split in SPLITS:
         try:
             rows = read_split(split, folder)
