@@ -15,7 +15,7 @@ LINES = [("ana", "I got the job!", "joy"), ("robot", "Congratulations!", None),
          ("ana", "Thanks, I can't believe it.", "surprise"), ("ben", "Whatever.", "disgust")]
 
 
-def write_answers(path, conversations, old_key=""):
+def write_answers(path, conversations):
     """An answers file as ``replay.answer_records`` writes it: per conversation, (speaker, transcript, gold) lines,
     keyed conversation/number, spans 2 s apart, the robot's a context-only turn; answers left out (the corpus reads
     none of them)."""
