@@ -85,9 +85,12 @@ def split_of(session: str, dev: set[str], test: set[str]) -> str:
 
 
 def write_corpus(answers: list[Path], out: Path, dev: set[str], test: set[str]) -> dict[str, dict[str, int]]:
-    """``out/{train,dev,test}_sent_emo.csv`` from the ``answers`` files (one session each, named by the file);
-    returns per split how many dialogues, utterances and labelled utterances it holds. CorpusError where a split
-    would have no labelled utterance (training needs each one), or a --dev / --test session has no file."""
+    """``out/{train,dev,test}_sent_emo.csv``, ``out/corpus.json`` (how the node read the dialogues) and, where the
+    sessions were captioned, ``out/captions.jsonl``, from the ``answers`` files (one session each, named by the
+    file); returns per split how many sessions, dialogues, utterances, labelled and captioned utterances it holds.
+    CorpusError, before anything is written, where a --dev / --test session has no file, a split would have no
+    labelled utterance (training needs each one), or the sessions were replayed with different captioners or
+    max_context_turns."""
     sessions = {path.name.removesuffix(".jsonl"): path for path in answers}
     if len(sessions) < len(answers):
         raise CorpusError("two answers files name the same session")

@@ -131,7 +131,7 @@ def calibrate(checkpoint: str | Path, captions: str | Path = "", log=print, writ
         temperature = fit_temperature(fit_logits, fit_labels)
         entry = {"temperature": temperature, "splits": {}}
         # an unpunctuated answer had the text temperature before it had its own: that is the score to beat; on your
-        # own corpus, the checkpoint's temperatures as they were (fitted on MELD dev) are
+        # own corpus, the checkpoint's temperatures as they were are
         before = shipped[branch] if corpus else (
             report["branches"]["text"]["temperature"] if branch == "unpunctuated" else 1.0)
         for split in SPLITS:
