@@ -68,11 +68,10 @@ class VoiceActivity:
 
     def _follow(self, t: float) -> None:
         """Open or close the current interval: a person speaks while the VAD hears speech and the robot is silent."""
-        ongoing = bool(self.intervals) and self.intervals[-1][1] is None
         person = self.vad_on and not self.robot_speaking
-        if person and not ongoing:
+        if person and not self.speaking:
             self.intervals.append([t, None])
-        elif not person and ongoing:
+        elif not person and self.speaking:
             self.intervals[-1][1] = max(t, self.intervals[-1][0])
 
     @property

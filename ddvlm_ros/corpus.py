@@ -103,12 +103,11 @@ def write_corpus(answers: list[Path], out: Path, dev: set[str], test: set[str]) 
     captions: list[dict] = []
     counts = {split: {"sessions": 0, "dialogues": 0, "utterances": 0, "labelled": 0, "captioned": 0}
               for split in SPLITS}
-    dialogues_read = []
+    turns_read: set[int] = set()  # the max_context_turns the sessions were replayed with (0: not recorded)
     for session, path in sessions.items():
         split = split_of(session, dev, test)
         counts[split]["sessions"] += 1
         for turns in session_dialogues(path).values():
-            dialogues_read.append(turns)
             dialogue = counts[split]["dialogues"]
             counts[split]["dialogues"] += 1
             for number, turn in enumerate(turns):
@@ -119,6 +118,7 @@ def write_corpus(answers: list[Path], out: Path, dev: set[str], test: set[str]) 
                                     "EndTime": clock(end), "Session": session})
                 counts[split]["utterances"] += 1
                 counts[split]["labelled"] += bool(turn["emotion"])
+                turns_read.add(turn["max_context_turns"])
                 if turn["captioner"] and not turn["context_only"]:
                     captions.append(caption_record(utterance_key(split, dialogue, number), turn, session))
                     counts[split]["captioned"] += bool(turn["caption"])
@@ -126,7 +126,7 @@ def write_corpus(answers: list[Path], out: Path, dev: set[str], test: set[str]) 
     if empty:
         raise CorpusError(f"no labelled utterance in {', '.join(empty)}: each split needs sessions with labels "
                           f"(--dev, --test name them; the others train)")
-    turns_read = sorted({turn["max_context_turns"] for turns in dialogues_read for turn in turns} - {0})
+    turns_read = sorted(turns_read - {0})
     if len(turns_read) > 1:
         raise CorpusError(f"the sessions were replayed with different max_context_turns {turns_read}: replay them "
                           "with one, the robot's")

@@ -613,7 +613,8 @@ class EmotionNode(LifecycleNode):
         """What /diagnostics says of the VADs that place transcripts' camera windows."""
         if not self.captions_frames():
             return "not read: no captioner"
-        vads = ([self.resolve_topic_name(self._in_use("voice_activity_topic"))] if self._activity else []) + (
+        topic = self._in_use("voice_activity_topic")
+        vads = ([self.resolve_topic_name(topic)] if self._activity else []) + (
             [f"{VOICES}/<id>/is_speaking"] if self._hri is not None else [])
         if not vads:
             return "off"
@@ -625,7 +626,6 @@ class EmotionNode(LifecycleNode):
             return summary
         if self._activity is None:
             return summary + "; no VAD message yet"
-        topic = self._in_use("voice_activity_topic")
         if topic in self._mistyped:
             return summary + f"; no VAD message yet ({vads[0]} is not read: {self._mistyped[topic]})"
         unpublished = not self._publisher_types(topic, unreadable=[])
