@@ -43,6 +43,34 @@ class Harness:
         assert self.node._state_machine.current_state[0] == State.PRIMARY_STATE_ACTIVE
         return self
 
+    def change_state(self, transition: str) -> bool:
+        """Make the lifecycle ``transition`` ("configure", "activate", "deactivate", "cleanup") as ``ros2 lifecycle
+        set`` does: a ChangeState request, served on the executor's thread like every callback of the node; whether
+        it succeeded. Calling ``node.trigger_deactivate()`` from the test's thread instead destroys the node's
+        subscriptions beside the spinning executor, which rclpy (9.1, Kilted) does not always survive: the
+        executor thread dies with InvalidHandle from a destroyed subscription's event handler (ros2/rclpy#1284)."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        if not hasattr(self, "_change_state"):
+            self._change_state = self.client.create_client(ChangeState, f"{self.node.get_fully_qualified_name()}"
+                                                                        "/change_state")
+            assert self._change_state.wait_for_service(timeout_sec=5)
+        transition_id = getattr(Transition, f"TRANSITION_{transition.upper()}")
+        return result_of(self._change_state.call_async(ChangeState.Request(
+            transition=Transition(id=transition_id)))).success
+
+    def set_parameters(self, **values) -> list[bool]:
+        """Set the node's parameters as ``ros2 param set`` does, through its set_parameters service (served on the
+        executor's thread, see change_state); whether each was accepted, in order."""
+        from rclpy.parameter_client import AsyncParameterClient
+
+        if not hasattr(self, "_parameters"):
+            self._parameters = AsyncParameterClient(self.client, self.node.get_fully_qualified_name())
+            assert self._parameters.wait_for_services(timeout_sec=5)
+        future = self._parameters.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        return [r.successful for r in result_of(future).results]
+
     def publish(self, msg_type, topic: str, msg, wait_subscribers: bool = True):
         if topic not in self._pubs:
             self._pubs[topic] = self.client.create_publisher(msg_type, topic, 200)
@@ -111,6 +139,15 @@ class Harness:
         for node in [self.node, self.client, *self._added]:
             node.destroy_node()
         rclpy.shutdown(context=self.context)
+
+
+def result_of(future, timeout: float = 30.0):
+    """The result of a service call made from the harness's client (its executor spins in another thread)."""
+    deadline = time.monotonic() + timeout
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert future.done(), f"no response in {timeout} s"
+    return future.result()
 
 
 class WindowCaptioner:

@@ -90,7 +90,7 @@ def test_a_lifecycle_managers_bond_forms_on_activate_and_ends_on_deactivate(harn
     beats = [m for m in manager.statuses(time.monotonic() - 1.0) if m.instance_id == first.instance_id]
     assert len(beats) >= 3 and all(m.active for m in beats)  # 10 a second where nothing holds the executor up
     asked = time.monotonic()
-    h.node.trigger_deactivate()
+    assert h.change_state("deactivate")
     ended = time.monotonic()
     assert manager.wait_for(lambda m: not m.active and m.instance_id == first.instance_id, since=asked)
     assert bond_state(h) == "inactive"
@@ -135,7 +135,7 @@ def test_bond_heartbeat_period_sets_the_heartbeats_and_0_turns_the_bond_off(harn
     time.sleep(1.0)
     beats = manager.statuses(began)
     assert 2 <= len(beats) <= 5 and all(m.heartbeat_period == pytest.approx(0.4) for m in beats)  # 1 + 1 / 0.4 s
-    h.node.trigger_deactivate()
+    assert h.change_state("deactivate")
     h.node.set_parameters([Parameter("bond_heartbeat_period", value=0.0)])
     h.node.trigger_activate()
     off = time.monotonic()

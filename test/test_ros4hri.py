@@ -100,7 +100,7 @@ def test_a_voice_that_is_no_longer_tracked_is_unsubscribed_once_its_linger_ran_o
     h.publish(hri.LiveSpeech, "/humans/voices/anna/speech", speech(final="still there?"))
     h.settle()
     assert len(h.received) == 1
-    h.node.trigger_deactivate()
+    assert h.change_state("deactivate")
     assert h.node._hri is None
 
 

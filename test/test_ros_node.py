@@ -17,7 +17,7 @@ from ddvlm_core.labels import LABELS
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_ros.convert import sec_to_stamp
 from ddvlm_ros.emotion_node import EmotionNode
-from ros_harness import WindowCaptioner  # records each caption's window (test/ros_harness.py)
+from ros_harness import WindowCaptioner, result_of  # records each caption's window (test/ros_harness.py)
 
 
 @pytest.fixture(autouse=True)
@@ -219,7 +219,7 @@ def test_lifecycle_transitions_and_diagnostics(harness, tiny_text_checkpoint, ca
     h.start()
     assert "Loading weights" not in capfd.readouterr().err  # no progress bars in the node's log
     assert h.node.diagnostic_status().level == b"\x00"
-    h.node.trigger_deactivate()
+    assert h.change_state("deactivate")
     assert h.node._state_machine.current_state[0] == State.PRIMARY_STATE_INACTIVE
     h.publish(String, "transcript", String(data="Ross: anyone?"), wait_subscribers=False)
     time.sleep(0.5)
@@ -230,8 +230,8 @@ def test_lifecycle_transitions_and_diagnostics(harness, tiny_text_checkpoint, ca
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["last_output"] == f"default/{answer.utterance_id} Ross: {answer.top_label} {answer.confidence:.2f}"
     assert values["conversations"] == "1" and values["published"] == "1"
-    h.node.trigger_deactivate()
-    h.node.trigger_cleanup()
+    assert h.change_state("deactivate")
+    assert h.change_state("cleanup")
     assert h.node.recognizer is None and h.node._state_machine.current_state[0] == State.PRIMARY_STATE_UNCONFIGURED
 
 
@@ -327,14 +327,6 @@ def test_what_the_robot_says_on_robot_speech_joins_the_context_and_its_echo_is_f
     assert h.received == [echo, reply]  # nothing for the robot's own turns
 
 
-def result_of(future, timeout: float = 10.0):
-    """The result of a service call made from the harness's client (its executor spins in another thread)."""
-    deadline = time.monotonic() + timeout
-    while not future.done() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return future.result()
-
-
 def call_reset(h, conversation_id: str):
     from ddvlm_msgs.srv import ResetConversation
 
@@ -363,16 +355,6 @@ def test_the_reset_service_starts_one_conversation_over_and_refuses_while_inacti
     assert values["resets_requested"] == "1" and values["conversations"] == "2"
 
 
-def set_parameters(h, **values):
-    from rclpy.parameter import Parameter
-    from rclpy.parameter_client import AsyncParameterClient
-
-    client = AsyncParameterClient(h.client, "ddvlm_emotion")
-    assert client.wait_for_services(timeout_sec=5)
-    future = client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
-    return [r.successful for r in result_of(future).results]
-
-
 class OnSetOnlyEmotionNode(EmotionNode):
     """The node on an rclpy without post-set parameter callbacks, as Humble's (ddvlm_ros.compat)."""
     add_post_set_parameters_callback = None
@@ -382,29 +364,29 @@ class OnSetOnlyEmotionNode(EmotionNode):
 def test_param_set_on_a_running_node_applies_live_settings_and_names_the_rest_as_pending(
         harness, tiny_text_checkpoint, capfd, node_class):
     h = harness(node_class=node_class, model_dir=tiny_text_checkpoint).start()
-    assert set_parameters(h, idle_timeout_s=0.0, caption_timeout_s=3, conversation_id="lab") == [True] * 3
+    assert h.set_parameters(idle_timeout_s=0.0, caption_timeout_s=3, conversation_id="lab") == [True] * 3
     assert (h.node.pipeline.idle_timeout_s, h.node.pipeline.caption_timeout_s) == (0.0, 3.0)
     h.publish(String, "transcript", String(data="Ross: hi"))
     assert h.wait_for(1)[0].conversation_id == "lab"
     assert h.node.pending_parameters() == []
-    assert set_parameters(h, frames_per_window=2, frame_buffer_s=0) == [True, False]  # 0 is refused
+    assert h.set_parameters(frames_per_window=2, frame_buffer_s=0) == [True, False]  # 0 is refused
     values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
     assert values["parameters_pending"] == "frames_per_window (next configure)"
     assert h.node.pipeline.frames_per_window == 4  # the running pipeline keeps its configuration
     assert "frames_per_window = 2 takes effect at the next configure (in use: 4)" in capfd.readouterr().err
-    assert set_parameters(h, max_context_turns=32) == [True]  # the value in use: nothing to say
+    assert h.set_parameters(max_context_turns=32) == [True]  # the value in use: nothing to say
     assert "max_context_turns" not in capfd.readouterr().err and h.node.pending_parameters() == ["frames_per_window"]
-    assert set_parameters(h, transcript_topic="asr/text", diagnostics_period_s=0.25) == [True, True]
+    assert h.set_parameters(transcript_topic="asr/text", diagnostics_period_s=0.25) == [True, True]
     assert h.node.pending_parameters() == ["frames_per_window", "transcript_topic"]
     assert "transcript_topic = 'asr/text' takes effect at the next activate" in capfd.readouterr().err
     assert h.node._diag_timer.timer_period_ns == 250_000_000  # at once
-    h.node.trigger_deactivate()
+    assert h.change_state("deactivate")
     h.node.trigger_activate()  # subscribes to the new topic; the pipeline's settings wait for configure
     assert h.node.pending_parameters() == ["frames_per_window"]
     h.publish(String, "asr/text", String(data="Rachel: hi"))
     assert h.wait_for(2)[-1].speaker_id == "Rachel"
-    h.node.trigger_deactivate()
-    h.node.trigger_cleanup()
+    assert h.change_state("deactivate")
+    assert h.change_state("cleanup")
     h.start()
     assert h.node.pipeline.frames_per_window == 2 and h.node.pending_parameters() == []
     assert "parameters_pending" not in {kv.key for kv in h.node.diagnostic_status().values}
@@ -485,7 +467,7 @@ def test_deactivate_with_utterances_queued_drops_them_and_the_reactivated_node_a
     deadline = time.monotonic() + 10
     while h.node.pipeline.stats.utterances < 5 and time.monotonic() < deadline:
         time.sleep(0.005)
-    h.node.trigger_deactivate()  # while the rest of the burst waits (or is still arriving)
+    assert h.change_state("deactivate")  # while the rest of the burst waits (or is still arriving)
     h.settle()
     stats = h.node.pipeline.stats
     before = len(h.received)
@@ -996,8 +978,8 @@ def test_the_asrs_confidence_comes_from_utterances_and_json_results_and_its_thre
     h.wait_for(2)
     assert [round(m.transcript_confidence, 3) for m in h.received] == [0.25, 0.8]
     assert [("transcript-low-confidence" in m.flags) for m in h.received] == [True, False]
-    assert set_parameters(h, asr_min_confidence=0.85) == [True]
-    assert set_parameters(h, asr_min_confidence=1.5) == [False]
+    assert h.set_parameters(asr_min_confidence=0.85) == [True]
+    assert h.set_parameters(asr_min_confidence=1.5) == [False]
     h.publish(String, "transcript", String(data='{"text": "Oh no.", "confidence": 0.8}'))
     assert "transcript-low-confidence" in h.wait_for(3)[-1].flags
 
@@ -1150,7 +1132,7 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
     assert why["transcript"] == "its publishers send ddvlm_msgs/msg/Utterance; this input takes std_msgs/msg/String"
     assert set(why) == {"image", "image/compressed", "transcript"}  # not the alternatives no node publishes
     assert warned_with_an_asr == {"image", "image/compressed"}
-    assert set_parameters(h, input_timeout_s=0) == [True]  # off, on a running node: the warnings go
+    assert h.set_parameters(input_timeout_s=0) == [True]  # off, on a running node: the warnings go
     deadline = time.monotonic() + 15
     while h.node._silence_warned and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -3,18 +3,19 @@
 Transcripts (good, empty, huge), utterances (final, partial, several conversations), camera frames (good,
 odd encodings, truncated, stamped in the past or future), corrupt compressed frames, ROS4HRI voices coming and
 going, voice activity (the VAD's, each voice's is_speaking, the robot's speaking) flickering, lifecycle
-transitions, parameter changes, conversation resets and /clock going forwards and back. The invariants: no
-exception escapes a callback or a worker thread, and afterwards the node answers.
+transitions and parameter changes (as an operator makes them: through the node's services), conversation
+resets and /clock going forwards and back. The invariants: no exception escapes a callback or a worker thread,
+and afterwards the node answers.
 """
 import random
 import threading
 import time
+import traceback
 
 import hri_msgs.msg as hri  # built by make msgs (the vendored subset where the real package is missing)
 import numpy as np
 from builtin_interfaces.msg import Time
 from lifecycle_msgs.msg import State
-from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, String
@@ -61,16 +62,16 @@ def act(h, rng: random.Random, op: str, sim: list[float]) -> None:
         sim[0] = max(100.0, sim[0] + rng.choice([0.1, 0.3, 0.5, 5.0, -30.0]))
         h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(sim[0], Time)), wait_subscribers=False)
     elif op == "deactivate" and state == State.PRIMARY_STATE_ACTIVE:
-        h.node.trigger_deactivate()
+        assert h.change_state("deactivate")
     elif op == "activate" and state == State.PRIMARY_STATE_INACTIVE:
-        h.node.trigger_activate()
+        assert h.change_state("activate")
     elif op == "cleanup" and state == State.PRIMARY_STATE_INACTIVE:
-        h.node.trigger_cleanup()
+        assert h.change_state("cleanup")
     elif op == "configure" and state == State.PRIMARY_STATE_UNCONFIGURED:
-        h.node.trigger_configure()
+        assert h.change_state("configure")
     elif op == "parameter":
         name, value = rng.choice(PARAMETERS)
-        h.node.set_parameters([Parameter(name, value=value)])
+        h.set_parameters(**{name: value})
     elif op == "reset" and h.node.pipeline is not None and h.node._active:
         h.node.pipeline.reset(rng.choice(["", "c1"]))
     elif op == "track":
@@ -93,7 +94,8 @@ def act(h, rng: random.Random, op: str, sim: list[float]) -> None:
 def test_a_random_mix_of_inputs_transitions_and_settings_never_stops_the_node(
         harness, tiny_visual_checkpoint, monkeypatch):
     escaped = []
-    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(f"{args.thread}: {args.exc_value!r}"))
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(
+        f"{args.thread}: " + "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))))
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", input_timeout_s=1.0, idle_timeout_s=0.5,
                 use_sim_time=True, ros4hri=True).start()
     h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(1000.0, Time)))
@@ -107,10 +109,10 @@ def test_a_random_mix_of_inputs_transitions_and_settings_never_stops_the_node(
     assert h.spinner.thread.is_alive() and not escaped, escaped  # the executor still spins; no worker died
     state = h.node._state_machine.current_state[0]
     if state == State.PRIMARY_STATE_UNCONFIGURED:
-        h.node.trigger_configure()
+        assert h.change_state("configure")
     if h.node._state_machine.current_state[0] == State.PRIMARY_STATE_INACTIVE:
-        h.node.trigger_activate()
-    h.node.set_parameters([Parameter("conversation_id", value="after")])
+        assert h.change_state("activate")
+    h.set_parameters(conversation_id="after")
     h.settle()
     h.publish(String, "transcript", String(data="Ross: still there?"))
     answered = h.wait_for(1, predicate=lambda m: m.conversation_id == "after")
