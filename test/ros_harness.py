@@ -44,25 +44,23 @@ class Harness:
         return self
 
     def change_state(self, transition: str) -> bool:
-        """Make the lifecycle ``transition`` ("configure", "activate", "deactivate", "cleanup") as ``ros2 lifecycle
-        set`` does: a ChangeState request, served on the executor's thread like every callback of the node; whether
+        """Make the lifecycle ``transition`` ("configure", "activate", "deactivate", "cleanup") on the executor's
+        thread, where a node serves ``ros2 lifecycle set`` (its change_state service) as all its callbacks; whether
         it succeeded. Calling ``node.trigger_deactivate()`` from the test's thread instead destroys the node's
-        subscriptions beside the spinning executor, which rclpy (9.1, Kilted) does not always survive: the
-        executor thread dies with InvalidHandle from a destroyed subscription's event handler (ros2/rclpy#1284)."""
-        from lifecycle_msgs.msg import Transition
-        from lifecycle_msgs.srv import ChangeState
+        subscriptions beside the spinning executor, which rclpy (9.1, Kilted) does not always survive: the executor
+        thread dies with InvalidHandle from a destroyed subscription's event handler (ros2/rclpy#1284)."""
+        from rclpy.lifecycle import TransitionCallbackReturn
 
-        if not hasattr(self, "_change_state"):
-            self._change_state = self.client.create_client(ChangeState, f"{self.node.get_fully_qualified_name()}"
-                                                                        "/change_state")
-            assert self._change_state.wait_for_service(timeout_sec=5)
-        transition_id = getattr(Transition, f"TRANSITION_{transition.upper()}")
-        return result_of(self._change_state.call_async(ChangeState.Request(
-            transition=Transition(id=transition_id)))).success
+        return self.on_executor(getattr(self.node, f"trigger_{transition}")) == TransitionCallbackReturn.SUCCESS
+
+    def on_executor(self, function, *args):
+        """``function(*args)`` run on the executor's thread, as a callback of the node is; its result (or its
+        exception, raised here)."""
+        return result_of(self.executor.create_task(function, *args))
 
     def set_parameters(self, **values) -> list[bool]:
-        """Set the node's parameters as ``ros2 param set`` does, through its set_parameters service (served on the
-        executor's thread, see change_state); whether each was accepted, in order."""
+        """Set the node's parameters as ``ros2 param set`` does, through its set_parameters service, served on the
+        executor's thread (see change_state); whether each was accepted, in order."""
         from rclpy.parameter_client import AsyncParameterClient
 
         if not hasattr(self, "_parameters"):
