@@ -32,11 +32,12 @@ from ddvlm_core.voice_activity import LONGEST_FACTOR, VoiceActivity
 from ddvlm_ros.convert import (AsrJson, asr_confidence, asr_json, compressed_msg_to_rgb, cv_bridge_problem,
                                image_msg_to_rgb, messages_import, parse_transcript, prediction_to_msg, sec_to_stamp,
                                stamp_to_sec, use_cv_bridge, whisper_msgs_available, whisper_transcription)
-from ddvlm_ros.compat import PublisherEventCallbacks, SubscriptionEventCallbacks, add_after_set_parameters
+from ddvlm_ros.compat import add_after_set_parameters
 from ddvlm_ros.msgs import EmotionDistribution, ResetConversation, Utterance
 from ddvlm_ros.params import (PARAMS, PARAMS_BY_NAME, coerce, params_files, parameter_errors,
                               unapplied_params_files)
 from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
+from ddvlm_ros.qos import NO_PUBLISHER_EVENTS, NO_SUBSCRIPTION_EVENTS, incompatible_qos, type_name
 from ddvlm_ros.ros4hri import VOICES, mirrored, spoken_locale
 from ddvlm_ros.spin import spin_until_shutdown
 
@@ -67,11 +68,6 @@ def partials_only_for(counts: dict[str, int], first_partial: float | None) -> fl
     if counts["final"] or first_partial is None or time.monotonic() - first_partial < NO_FINAL_WARN_S:
         return None
     return time.monotonic() - first_partial
-
-
-def type_name(msg_type) -> str:
-    """A message class's ROS type name, e.g. sensor_msgs/msg/Image."""
-    return f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
 
 
 def diagnostic_name(fully_qualified_name: str) -> str:
@@ -126,7 +122,7 @@ class EmotionNode(LifecycleNode):
         self._json_field = ""  # the field the latest one's text came from
         self._first_json_partial: float | None = None  # monotonic time of the first JSON partial result
         self._input_types: dict[str, str] = {}  # input topic -> the type it takes, e.g. sensor_msgs/msg/Image
-        self._qos_incompatible = 0
+        self._qos_mismatch: dict[str, str] = {}  # topic -> its peers whose QoS cannot match the node's (qos.py)
         self._bad_frames = 0
         self._last_output = ""  # the last /emotion answer, in words (diagnostics)
         self._active = False
@@ -228,7 +224,7 @@ class EmotionNode(LifecycleNode):
         self._pub = self.create_lifecycle_publisher(
             EmotionDistribution, self.p("emotion_topic"),
             QoSProfile(depth=self.p("emotion_qos_depth"), history=HistoryPolicy.KEEP_LAST),
-            event_callbacks=PublisherEventCallbacks(incompatible_qos=self._on_incompatible_qos))
+            event_callbacks=NO_PUBLISHER_EVENTS)  # rclpy's create_lifecycle_publisher calls Node's create_publisher
         self.pipeline = EmotionPipeline(
             self.recognizer, self._on_result, captioner, decode_frame=self._decode_frame,
             max_turns=self.p("max_context_turns"), idle_timeout_s=self.p("idle_timeout_s"),
@@ -291,6 +287,7 @@ class EmotionNode(LifecycleNode):
             self.destroy_timer(self._silence_timer)
             self._silence_timer = None
         self._mistyped.clear()  # read again at activate
+        self._qos_mismatch.clear()
         if self.pipeline is not None:
             self.pipeline.stop()
         self._to_device("cpu")  # frees GPU memory while inactive
@@ -461,7 +458,6 @@ class EmotionNode(LifecycleNode):
                           reliability=RELIABILITY[self.p(f"{prefix}_qos_reliability")])  # checked at configure
 
     def _subscribe(self) -> None:
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         specs = [("transcript_topic", String, self._on_transcript, "transcript"),
                  ("utterance_topic", Utterance, self._on_utterance, "transcript"),
                  *([("whisper_topic", whisper_transcription(), self._on_whisper, "transcript")]
@@ -475,7 +471,7 @@ class EmotionNode(LifecycleNode):
             if self.p(param) and (param not in CAPTION_INPUTS or self.captions_frames()):
                 self._input_types[self.p(param)] = type_name(msg_type)
                 self._subs.append(self.create_subscription(msg_type, self.p(param), callback, self._qos(qos),
-                                                           callback_group=self._inputs_group, event_callbacks=events))
+                                                           callback_group=self._inputs_group))
 
     def _in_use(self, name: str):
         """The value of parameter ``name`` that the node runs with: the one read at configure or activate (a new
@@ -721,14 +717,35 @@ class EmotionNode(LifecycleNode):
             self._bad_frames += 1
             raise
 
-    def _on_incompatible_qos(self, event) -> None:
-        self._qos_incompatible += 1
-        self.get_logger().warning(f"incompatible QoS with a peer (policy {event.last_policy_kind}); "
-                                  "check reliability/durability of the publisher")
+    def create_subscription(self, *args, **kwargs):
+        """rclpy's, without QoS event handlers unless given (ddvlm_ros/qos.py: the node destroys subscriptions at
+        deactivate and as ROS4HRI voices leave, which a MultiThreadedExecutor does not survive with them);
+        ``incompatible_qos`` tells of incompatible peers instead."""
+        kwargs.setdefault("event_callbacks", NO_SUBSCRIPTION_EVENTS)
+        return super().create_subscription(*args, **kwargs)
+
+    def create_publisher(self, *args, **kwargs):
+        """rclpy's, without QoS event handlers unless given (see create_subscription)."""
+        kwargs.setdefault("event_callbacks", NO_PUBLISHER_EVENTS)
+        return super().create_publisher(*args, **kwargs)
 
     def _check_inputs(self) -> None:
         self._check_silence()
         self._check_mistyped()
+        self._check_qos()
+
+    def _check_qos(self) -> None:
+        """WARN once per topic where a peer's QoS cannot match the node's endpoint (``ddvlm_ros.qos``), e.g. a
+        best-effort camera driver on a reliable ``image`` subscription: no frame ever comes."""
+        try:
+            mismatch = incompatible_qos(self)
+        except Exception:  # noqa: BLE001 - runs on a timer, which must never stop the executor; next time
+            return
+        for topic, peers in mismatch.items():
+            if self._qos_mismatch.get(topic) != peers:
+                self.get_logger().warning(f"incompatible QoS on {topic}: {peers}; nothing passes between them (set "
+                                          "the *_qos_reliability parameter, or the peer's QoS, to match)")
+        self._qos_mismatch = mismatch
 
     def _check_mistyped(self) -> None:
         """WARN once per optional input (``OPTIONAL_INPUTS``: the robot's speech, a VAD, whether the robot speaks)
@@ -829,8 +846,10 @@ class EmotionNode(LifecycleNode):
             return f"the ROS graph could not be read ({type(e).__name__}: {e})"
         if not types:
             return "no node publishes it (check the remapping)" + self._untracked_voices(topic)
-        return self._wrong_types(topic, types) or (f"{len(types)} publisher(s) of {expected}, nothing received (QoS, "
-                                                   "or they are idle)")
+        mismatch = self._qos_mismatch.get(self.resolve_topic_name(topic), "")
+        return self._wrong_types(topic, types) or (f"{len(types)} publisher(s) of {expected}, nothing received "
+                                                   + (f"(incompatible QoS: {mismatch})" if mismatch else
+                                                      "(they are idle, or their QoS: see incompatible_qos)"))
 
     def _untracked_voices(self, topic: str) -> str:
         """With ROS4HRI, what a silent transcript input with no publisher adds: that the voices' speech is not read
@@ -950,7 +969,7 @@ class EmotionNode(LifecycleNode):
     def diagnostic_status(self) -> DiagnosticStatus:
         values = {"lifecycle_state": "active" if self._active else "inactive", "model": self.model_name,
                   "quantization": self.quantization, "compiled": self.compiled, "load_error": self.load_error,
-                  "incompatible_qos_events": self._qos_incompatible, "bad_frames": self._bad_frames,
+                  "bad_frames": self._bad_frames,
                   "ros4hri": self._hri_status + (f" ({len(self._hri.voices)} voices)" if self._hri else ""),
                   "whisper_transcriptions": self._whisper_summary(),
                   "voice_activity": self._voice_activity_summary(),
@@ -1029,6 +1048,10 @@ class EmotionNode(LifecycleNode):
                                               for t, why in sorted(self._mistyped.items())) or "none"
         if self._mistyped and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, "publishers of another type (see inputs_not_read)"
+        values["incompatible_qos"] = "; ".join(f"{t}: {peers}" for t, peers in sorted(self._qos_mismatch.items())) \
+            or "none"
+        if self._qos_mismatch and level == DiagnosticStatus.OK:
+            level, message = DiagnosticStatus.WARN, "incompatible QoS (see incompatible_qos)"
         pending = self.pending_parameters()
         if pending:
             values["parameters_pending"] = ", ".join(f"{n} (next {PARAMS_BY_NAME[n].applies})" for n in pending)

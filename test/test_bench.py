@@ -58,7 +58,8 @@ def test_a_failed_row_reports_its_error_with_where_it_was_raised(tiny_text_check
                                            ("ros_latency.py", "--model-dir"), ("asr_loops.py", "--model-dir"),
                                            ("asr_partials.py", "--model-dir"), ("late_transcripts.py", "--model-dir"),
                                            ("camera_cost.py", "--model-dir"), ("turn_ends.py", "--model-dir"),
-                                           ("context_turns.py", "--model-dir")])
+                                           ("context_turns.py", "--model-dir"),
+                                           ("executor_transitions.py", "--model-dir")])
 def test_a_path_that_is_not_a_checkpoint_is_refused_before_any_report_is_written(tmp_path, bench, option):
     out = tmp_path / "reports"
     extra = ["--report-dir", str(out)] if bench == "quantization.py" else []
@@ -395,3 +396,20 @@ def test_the_readme_quotes_the_default_gone_on_with_punctuation_dropout_from_its
             f"dialogues {ended['low']:.2f} to {ended['high']:.2f})") in readme and ended["high"] < 0
     minutes = [round((h["train_seconds"] + h["eval_seconds"]) / 60) for h in run["stages"]["text"]["history"]]
     assert f"then 2 epochs of {minutes[0]} and {minutes[1]} min" in readme
+
+
+@pytest.mark.ros
+def test_the_executor_transitions_bench_runs_each_row_and_writes_its_report(tmp_path, tiny_text_checkpoint):
+    """Each executor row, on the tiny model: transitions made through the service, the executor spinning after them
+    where the node is as shipped (the before row may stop at any transition: it is a race), the report written."""
+    out = tmp_path / "reports"
+    proc = subprocess.run([sys.executable, "bench/executor_transitions.py", "--model-dir", tiny_text_checkpoint,
+                           "--transitions", "6", "--seconds", "60", "--report-dir", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((out / "executor_transitions.json").read_text())["rows"]
+    assert [(r["executor"], r["event_handlers"]) for r in rows] == [
+        ("multi_threaded", True), ("multi_threaded", False), ("single_threaded", False)]
+    assert all(r["transitions"] == 6 and r["executor_spinning"] and r["ended_by"] == "" for r in rows[1:])
+    assert rows[0]["transitions"] == 6 or "InvalidHandle" in rows[0]["ended_by"]
+    assert "| multi_threaded | none (as shipped) | 6 |" in (out / "executor_transitions.md").read_text()

@@ -87,7 +87,7 @@ COMMANDS = ["training.ablate", "training.evaluate", "training.calibrate", "train
             "bench/turn_ends.py", "bench/context_turns.py", "bench/layer_cache.py", "bench/quantization.py",
             "bench/ros_latency.py", "bench/camera_cost.py", "bench/asr_loops.py", "bench/asr_partials.py",
             "bench/duplicates.py", "bench/frame_windows.py", "bench/late_transcripts.py", "bench/self_echo.py",
-            "bench/speaker_tokens.py", "bench/study_corpus.py",
+            "bench/speaker_tokens.py", "bench/study_corpus.py", "bench/executor_transitions.py",
             "scripts/gpu/plan.py", "scripts/rosdep_snapshot.py"]
 REPO = Path(__file__).resolve().parents[1]
 

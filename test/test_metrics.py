@@ -223,6 +223,27 @@ def test_the_readme_quotes_what_one_speaker_for_every_turn_costs_from_the_speake
     assert f"WA-F1 {real:.2f} with MELD's speakers and {one:.2f} with every turn given to one speaker" in readme
 
 
+def test_the_readme_quotes_how_many_transitions_each_executor_survived_from_the_executor_transitions_report():
+    """reports/executor_transitions.json (python bench/executor_transitions.py): the MultiThreadedExecutor with rclpy's
+    QoS event handlers stopped, the node as shipped kept it spinning through every transition, as the
+    SingleThreadedExecutor."""
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    report = json.loads((repo / "reports" / "executor_transitions.json").read_text())
+    before, shipped, single = report["rows"]
+    assert (before["executor"], before["event_handlers"]) == ("multi_threaded", True)
+    assert not before["executor_spinning"]
+    assert "InvalidHandle" in before["ended_by"]
+    assert shipped["executor"] == "multi_threaded" and not shipped["event_handlers"]
+    assert single["executor"] == "single_threaded"
+    assert all(r["executor_spinning"] and r["transitions"] == report["max_transitions"] for r in (shipped, single))
+    readme = " ".join((repo / "README.md").read_text().split())
+    assert (f"a MultiThreadedExecutor stopped after {before['transitions']} transitions with rclpy's handlers, and "
+            f"still spins after {shipped['transitions']} with the node as shipped") in readme
+
+
 def test_the_readme_quotes_what_a_camera_costs_the_node_from_the_camera_cost_report():
     """reports/camera_cost.json (python bench/camera_cost.py): the share of a core each node spends on a camera, and
     that the node without a captioner took no frame."""

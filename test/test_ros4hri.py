@@ -470,3 +470,18 @@ def test_a_voices_vad_hears_no_person_while_the_robot_speaks(harness, tiny_visua
     wait(lambda: vad.speaking)
     [(on, off)] = [tuple(i) for i in vad.intervals]
     assert off is None and stopped <= on <= h.now()
+
+
+def test_no_entity_of_the_node_carries_qos_event_handlers(harness, tiny_visual_checkpoint):
+    """Every subscription and publisher of an active node (the inputs, /emotion, /diagnostics, /clock under
+    use_sim_time, each tracked voice's speech, is_speaking and expression, the bond) comes without rclpy's QoS
+    event handlers. The executor waits on those handlers, and one of an entity destroyed meanwhile from another
+    thread (a MultiThreadedExecutor's callbacks: deactivate, a voice leaving) ended its spin with InvalidHandle
+    (ros2/rclpy#1284; bench/executor_transitions.py). Before, each had one or two."""
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", ros4hri=True, use_sim_time=True).start()
+    track(h, "anna", "bob")
+    entities = [*h.node.subscriptions, *h.node.publishers]
+    topics = {e.topic_name for e in entities}
+    assert {"/clock", "/emotion", "/diagnostics", "/transcript", "/image", "/humans/voices/anna/speech",
+            "/humans/voices/bob/is_speaking", "/humans/voices/bob/expression"} <= topics
+    assert [e.topic_name for e in entities if e.event_handlers] == []

@@ -1127,8 +1127,8 @@ def test_silent_inputs_are_reported_with_what_the_graph_says_about_them(harness,
     ages = {k: float(v) for k, v in values.items() if k.startswith("input_age_s")}
     assert ages and all(age >= 0.5 for age in ages.values())
     assert why["image"] == "its publishers send sensor_msgs/msg/CompressedImage; this input takes sensor_msgs/msg/Image"
-    assert why["image/compressed"] == ("1 publisher(s) of sensor_msgs/msg/CompressedImage, nothing received (QoS, or "
-                                       "they are idle)")
+    assert why["image/compressed"] == ("1 publisher(s) of sensor_msgs/msg/CompressedImage, nothing received (they "
+                                       "are idle, or their QoS: see incompatible_qos)")
     assert why["transcript"] == "its publishers send ddvlm_msgs/msg/Utterance; this input takes std_msgs/msg/String"
     assert set(why) == {"image", "image/compressed", "transcript"}  # not the alternatives no node publishes
     assert warned_with_an_asr == {"image", "image/compressed"}
@@ -1187,6 +1187,53 @@ def test_an_optional_input_whose_publishers_send_another_type_is_a_warning(harne
     while time.monotonic() < deadline and h.node._mistyped:
         time.sleep(0.1)
     assert h.node.diagnostic_status().message != "publishers of another type (see inputs_not_read)"
+
+
+def test_a_peer_whose_qos_cannot_match_is_named_with_its_topic_and_node(harness, tiny_visual_checkpoint):
+    """A camera driver publishing best effort to a node that reads the camera reliably, an ASR publishing best
+    effort to the reliable transcript subscription, and a behaviour node asking /emotion for transient-local
+    durability: DDS matches none of these pairs, so nothing passes. The node names each topic, peer node and policy
+    in a WARN (once), in incompatible_qos and in the camera's silent_why; they go with the peers. Before, rclpy's
+    QoS event said "incompatible QoS with a peer (policy 2)", naming neither the topic nor the peer."""
+    import rclpy
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", image_qos_reliability="reliable",
+                input_timeout_s=0.5, node_name="qos_checked_node")
+    logged = rosout_listener(h)
+    h.start()
+    context = rclpy.Context()  # another process's nodes: a participant of its own
+    rclpy.init(context=context)
+    robot = rclpy.create_node("robot_drivers", context=context)
+    best_effort = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+    try:
+        robot.create_publisher(Image, "image", best_effort)
+        robot.create_publisher(String, "transcript", best_effort)
+        robot.create_subscription(EmotionDistribution, "emotion", lambda m: None,
+                                  QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        deadline = time.monotonic() + 15  # discovery, then the check each second
+        while time.monotonic() < deadline and (set(h.node._qos_mismatch) != {"/image", "/transcript", "/emotion"}
+                                               or "image" not in h.node._silence_warned):
+            time.sleep(0.1)
+        values = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    finally:
+        robot.destroy_node()
+        rclpy.shutdown(context=context)
+    assert values["incompatible_qos"] == (
+        "/emotion: /robot_drivers (subscriber): volatile publisher and transient local subscription; "
+        "/image: /robot_drivers (publisher): best effort publisher and reliable subscription; "
+        "/transcript: /robot_drivers (publisher): best effort publisher and reliable subscription")
+    assert values["silent_why[image]"] == (
+        "1 publisher(s) of sensor_msgs/msg/Image, nothing received (incompatible QoS: /robot_drivers (publisher): "
+        "best effort publisher and reliable subscription)")
+    assert logged_line(logged, "incompatible QoS on /transcript") == (
+        "incompatible QoS on /transcript: /robot_drivers (publisher): best effort publisher and reliable "
+        "subscription; nothing passes between them (set the *_qos_reliability parameter, or the peer's QoS, to match)")
+    assert sum(m.msg.startswith("incompatible QoS on /transcript") for m in logged) == 1  # once, not each second
+    deadline = time.monotonic() + 15  # the peers gone: nothing is left to match
+    while time.monotonic() < deadline and h.node._qos_mismatch:
+        time.sleep(0.1)
+    assert {kv.key: kv.value for kv in h.node.diagnostic_status().values}["incompatible_qos"] == "none"
 
 
 def test_an_unused_alternative_input_is_not_reported_silent(harness, tiny_text_checkpoint):
