@@ -14,9 +14,10 @@ humble.PublisherEventCallbacks = iron.PublisherEventCallbacks
 humble.SubscriptionEventCallbacks = iron.SubscriptionEventCallbacks
 sys.modules["rclpy.qos_event"] = humble
 sys.modules["rclpy.event_handler"] = None  # import rclpy.event_handler: ImportError, as on Humble
-import ddvlm_ros.emotion_node as node
-assert node.PublisherEventCallbacks is iron.PublisherEventCallbacks
-assert node.SubscriptionEventCallbacks is iron.SubscriptionEventCallbacks
+import ddvlm_ros.emotion_node
+import ddvlm_ros.qos as qos  # the node's entities are made with these (no event handlers)
+assert type(qos.NO_PUBLISHER_EVENTS) is iron.PublisherEventCallbacks
+assert type(qos.NO_SUBSCRIPTION_EVENTS) is iron.SubscriptionEventCallbacks
 print("imported")
 """
 
