@@ -123,6 +123,7 @@ class EmotionNode(LifecycleNode):
         self._first_json_partial: float | None = None  # monotonic time of the first JSON partial result
         self._input_types: dict[str, str] = {}  # input topic -> the type it takes, e.g. sensor_msgs/msg/Image
         self._qos_mismatch: dict[str, str] = {}  # topic -> its peers whose QoS cannot match the node's (qos.py)
+        self._reliability_param: dict[str, str] = {}  # input topic (resolved) -> the parameter setting its reliability
         self._bad_frames = 0
         self._last_output = ""  # the last /emotion answer, in words (diagnostics)
         self._active = False
@@ -283,6 +284,7 @@ class EmotionNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
+        self._reliability_param.clear()
         if self._silence_timer is not None:
             self.destroy_timer(self._silence_timer)
             self._silence_timer = None
@@ -472,6 +474,7 @@ class EmotionNode(LifecycleNode):
                 self._input_types[self.p(param)] = type_name(msg_type)
                 self._subs.append(self.create_subscription(msg_type, self.p(param), callback, self._qos(qos),
                                                            callback_group=self._inputs_group))
+                self._reliability_param[self._subs[-1].topic_name] = f"{qos}_qos_reliability"
 
     def _in_use(self, name: str):
         """The value of parameter ``name`` that the node runs with: the one read at configure or activate (a new
@@ -743,8 +746,9 @@ class EmotionNode(LifecycleNode):
             return
         for topic, peers in mismatch.items():
             if self._qos_mismatch.get(topic) != peers:
-                self.get_logger().warning(f"incompatible QoS on {topic}: {peers}; nothing passes between them (set "
-                                          "the *_qos_reliability parameter, or the peer's QoS, to match)")
+                param = self._reliability_param.get(topic)
+                fix = f"set {param}, or the peer's QoS, to match" if param else "set the peer's QoS to match"
+                self.get_logger().warning(f"incompatible QoS on {topic}: {peers}; nothing passes between them ({fix})")
         self._qos_mismatch = mismatch
 
     def _check_mistyped(self) -> None:

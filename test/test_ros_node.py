@@ -1228,7 +1228,9 @@ def test_a_peer_whose_qos_cannot_match_is_named_with_its_topic_and_node(harness,
         "best effort publisher and reliable subscription)")
     assert logged_line(logged, "incompatible QoS on /transcript") == (
         "incompatible QoS on /transcript: /robot_drivers (publisher): best effort publisher and reliable "
-        "subscription; nothing passes between them (set the *_qos_reliability parameter, or the peer's QoS, to match)")
+        "subscription; nothing passes between them (set transcript_qos_reliability, or the peer's QoS, to match)")
+    assert logged_line(logged, "incompatible QoS on /emotion").endswith(
+        "nothing passes between them (set the peer's QoS to match)")  # no parameter sets /emotion's durability
     assert sum(m.msg.startswith("incompatible QoS on /transcript") for m in logged) == 1  # once, not each second
     deadline = time.monotonic() + 15  # the peers gone: nothing is left to match
     while time.monotonic() < deadline and h.node._qos_mismatch:
