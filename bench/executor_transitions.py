@@ -109,17 +109,17 @@ def measure(model_dir: str, executor_kind: str, event_handlers: bool, transition
             if not (future.done() and future.result().success):
                 break
             active, made = not active, made + 1
-        spinning = spinner.is_alive()
+        row = {"executor": executor_kind, "event_handlers": event_handlers, "transitions": made,
+               "seconds": round(time.monotonic() - began, 1), "executor_spinning": spinner.is_alive(),
+               "ended_by": ended[0] if ended else ""}  # before the shutdown below, which may end the spin too
     finally:
-        elapsed = time.monotonic() - began
         operator_spin.stop()
         executor.shutdown()
         for n in (operator, node):
             n.destroy_node()
         for context in (robot, operator_context):
             rclpy.shutdown(context=context)
-    return {"executor": executor_kind, "event_handlers": event_handlers, "transitions": made,
-            "seconds": round(elapsed, 1), "executor_spinning": spinning, "ended_by": ended[0] if ended else ""}
+    return row
 
 
 def markdown(rows: list[dict], args) -> str:
