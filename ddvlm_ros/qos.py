@@ -52,7 +52,7 @@ def incompatible_qos(node) -> dict[str, str]:
     ``BUILTIN_TOPICS``. Both profiles are the graph's (a profile as created holds 0 for "no deadline", the graph's
     the infinite duration it means). Peers of another type are left out: DDS would not match them whatever their
     QoS (the node reports them as publishers of another type). May raise where the graph cannot be read."""
-    me = (node.get_namespace().rstrip("/"), node.get_name())
+    me = node.get_fully_qualified_name()
     found: dict[str, list[str]] = {}
     endpoints = [*node.subscriptions, *node.publishers]
     for topic, msg_type in sorted({(e.topic_name, type_name(e.msg_type)) for e in endpoints}):
@@ -61,12 +61,11 @@ def incompatible_qos(node) -> dict[str, str]:
         publishers, subscribers = (node.get_publishers_info_by_topic(topic),
                                    node.get_subscriptions_info_by_topic(topic))
         mine = [(info, role) for infos, role in ((publishers, "publisher"), (subscribers, "subscriber"))
-                for info in infos if info.topic_type == msg_type and (info.node_namespace.rstrip("/"),
-                                                                      info.node_name) == me]
+                for info in infos if info.topic_type == msg_type and peer_name(info) == me]
         for own, role in mine:
             peers = subscribers if role == "publisher" else publishers
             for info in peers:
-                if info.topic_type != msg_type or (info.node_namespace.rstrip("/"), info.node_name) == me:
+                if info.topic_type != msg_type or peer_name(info) == me:
                     continue
                 offered, requested = (own, info) if role == "publisher" else (info, own)
                 why = why_incompatible(offered.qos_profile, requested.qos_profile)
