@@ -37,8 +37,8 @@ from ddvlm_ros.msgs import EmotionDistribution, ResetConversation, Utterance
 from ddvlm_ros.params import (PARAMS, PARAMS_BY_NAME, coerce, params_files, parameter_errors,
                               unapplied_params_files)
 from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
-from ddvlm_ros.qos import NO_PUBLISHER_EVENTS, NO_SUBSCRIPTION_EVENTS, incompatible_qos, type_name
-from ddvlm_ros.ros4hri import VOICES, mirrored, spoken_locale
+from ddvlm_ros.qos import NO_PUBLISHER_EVENTS, NO_SUBSCRIPTION_EVENTS, incompatible_qos, peer_name, type_name
+from ddvlm_ros.ros4hri import FACES, VOICES, mirrored, spoken_locale
 from ddvlm_ros.spin import spin_until_shutdown
 
 DIAGNOSTIC_NAME = "/social_perception/ddvlm/emotion"
@@ -128,7 +128,11 @@ class EmotionNode(LifecycleNode):
         self._last_output = ""  # the last /emotion answer, in words (diagnostics)
         self._active = False
         self._hri = None  # ddvlm_ros.ros4hri.Ros4HriBridge while active with ros4hri: true
+        self._persons = None  # ddvlm_ros.ros4hri.PersonLinks while active with ros4hri: true, and a captioner or
+        # face_expression: true
         self._crops = None  # ddvlm_ros.ros4hri.PersonCrops while active with ros4hri: true and a captioner
+        self._face_links = None  # self._persons while active with face_expression: true (answers go on faces too)
+        self._faces_shared: dict[str, str] = {}  # face expression topic -> the other nodes publishing on it
         self._last_voice_speech: float | None = None  # monotonic time of the last ROS4HRI speech result
         self._activity: VoiceActivity | None = None  # voice_activity_topic's VAD while it is read (a captioner)
         self._windows_by = {"vad": 0, "estimate": 0}  # transcripts a VAD could place: by it, or by their words
@@ -281,6 +285,10 @@ class EmotionNode(LifecycleNode):
             self._crops.stop()
             self._crops = None
             self.pipeline.crops_of = lambda voice: []
+        if self._persons is not None:
+            self._persons.stop()
+            self._persons = self._face_links = None
+        self._faces_shared.clear()
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -441,6 +449,9 @@ class EmotionNode(LifecycleNode):
                          + (", their persons' body and face crops" if self._crops is not None else ""))
         camera = "" if self.captions_frames() else "; camera not subscribed (no captioner: answers from text alone)"
         answers = self._pub.topic_name if self._pub is not None else "nothing"
+        if self._hri is not None:
+            answers += f", {VOICES}/<id>/expression" + (f", {FACES}/<id>/expression of their persons' faces"
+                                                        if self._face_links is not None else "")
         return f"active: reading {', '.join(reads) or 'nothing'}{camera}; answers on {answers}"
 
     def captions_frames(self) -> bool:
@@ -736,6 +747,27 @@ class EmotionNode(LifecycleNode):
         self._check_silence()
         self._check_mistyped()
         self._check_qos()
+        self._check_faces_shared()
+
+    def _check_faces_shared(self) -> None:
+        """WARN once per face expression topic the node publishes on (``face_expression``) where another node
+        publishes too, e.g. a facial-expression classifier: two sources of one face's expression on one topic, which
+        a behaviour node reading ``person.face.expression`` cannot tell apart."""
+        hri = self._hri
+        if hri is None:
+            return
+        me, shared = self.get_fully_qualified_name(), {}
+        for topic in hri.face_topics():
+            try:
+                others = sorted({peer_name(i) for i in self.get_publishers_info_by_topic(topic)} - {me})
+            except Exception:  # noqa: BLE001 - runs on a timer, which must never stop the executor; next time
+                return
+            if others:
+                shared[topic] = ", ".join(others)
+                if self._faces_shared.get(topic) != shared[topic]:
+                    self.get_logger().warning(f"{topic} is published by {shared[topic]} too: two sources of that "
+                                              "face's expression (set face_expression false, or stop the other)")
+        self._faces_shared = shared
 
     def _check_qos(self) -> None:
         """WARN once per topic where a peer's QoS cannot match the node's endpoint (``ddvlm_ros.qos``), e.g. a
@@ -895,11 +927,13 @@ class EmotionNode(LifecycleNode):
                              f"{' (revised)' if REVISED_FLAG in msg.flags else ''}")
         hri = self._hri
         if hri is not None and u.voice_id and mirrored(result.prediction.flags):
-            hri.publish(u.voice_id, result.prediction, msg.header)
+            faces = self._face_links
+            hri.publish(u.voice_id, result.prediction, msg.header,
+                        face=faces.face_of(u.voice_id) if faces is not None else "")
 
     # ---- ROS4HRI (ddvlm_ros.ros4hri) ------------------------------------------------------------
     def _start_ros4hri(self) -> None:
-        from ddvlm_ros.ros4hri import Ros4HriBridge, hri_msgs_available
+        from ddvlm_ros.ros4hri import PersonCrops, PersonLinks, Ros4HriBridge, hri_msgs_available
 
         if not self.p("ros4hri"):
             self._hri_status = "off"
@@ -908,15 +942,19 @@ class EmotionNode(LifecycleNode):
             self._hri_status = "requested, but hri_msgs is not installed"
             self.get_logger().warning("ros4hri: true but hri_msgs does not import: ROS4HRI input/output is off")
             return
+        if self.captions_frames() or self.p("face_expression"):  # whose body or face a voice's frames should show,
+            # whose face its expression is
+            self._persons = PersonLinks(self, callback_group=self._inputs_group)
+        persons = self._persons
+        self._face_links = persons if self.p("face_expression") else None
         self._hri = Ros4HriBridge(self, self._on_voice_final, self._on_voice_incremental, self._next_id, self._now,
                                   self._qos("transcript"), callback_group=self._inputs_group,
                                   busy=lambda: self.pipeline is not None and not self.pipeline.idle(),
-                                  voice_activity=self.captions_frames())
+                                  voice_activity=self.captions_frames(),
+                                  linked_faces=persons.faces if persons is not None else set)
         self._hri_status = "on"
-        if self.captions_frames():  # whose body or face a voice's frames should show
-            from ddvlm_ros.ros4hri import PersonCrops
-
-            crops = self._crops = PersonCrops(self, self._on_person_crop, self._qos("image"),
+        if self.captions_frames():
+            crops = self._crops = PersonCrops(self, self._on_person_crop, self._qos("image"), persons,
                                               callback_group=self._inputs_group)
             self.pipeline.crops_of = lambda voice: crops.crops_of(voice) if self.p("caption_person_crops") else []
 
@@ -1052,6 +1090,13 @@ class EmotionNode(LifecycleNode):
                                               for t, why in sorted(self._mistyped.items())) or "none"
         if self._mistyped and level == DiagnosticStatus.OK:
             level, message = DiagnosticStatus.WARN, "publishers of another type (see inputs_not_read)"
+        if self._hri is not None and self._face_links is not None:
+            values["face_expressions"] = ", ".join(self._hri.face_topics()) or "none yet"
+            values["face_expressions_shared"] = "; ".join(f"{t}: {peers}"
+                                                          for t, peers in sorted(self._faces_shared.items())) or "none"
+        if self._faces_shared and level == DiagnosticStatus.OK:
+            level, message = DiagnosticStatus.WARN, "another node publishes a face's expression too " \
+                "(see face_expressions_shared)"
         values["incompatible_qos"] = "; ".join(f"{t}: {peers}" for t, peers in sorted(self._qos_mismatch.items())) \
             or "none"
         if self._qos_mismatch and level == DiagnosticStatus.OK:

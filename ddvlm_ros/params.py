@@ -178,6 +178,10 @@ PARAMS: tuple[Param, ...] = (
     Param("ros4hri", False, "ROS4HRI: voices of /humans/voices/tracked, final /humans/voices/<id>/speech as "
           "transcripts (speaker = voice id), results mirrored as hri_msgs/Expression on "
           "/humans/voices/<id>/expression", applies="activate"),
+    Param("face_expression", False, "with ros4hri: also publish each voice's hri_msgs/Expression on "
+          "/humans/faces/<id>/expression of the face its person manager links to the voice's person "
+          "(/humans/persons/<id>/voice_id, face_id), where REP-155 puts expressions and libhri / pyhri read them; "
+          "leave off where a facial-expression node publishes there", applies="activate"),
     Param("caption_person_crops", True, "with ros4hri and a captioner: caption a voice's utterance from the crops "
           "of its person's body (/humans/bodies/<id>/cropped), else face, when the person manager links them "
           "(/humans/persons/<id>/voice_id, body_id, face_id) and they have frames in its window; else from the "

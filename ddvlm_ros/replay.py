@@ -456,6 +456,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             result.frames_not_played = sum(counts[t] for t in unplayed if topics[t] in CAMERA_INPUTS)
             topics = {t: node_input for t, node_input in topics.items() if t not in unplayed}
         subscribed_now = [pubs[t] for t in topics if not t.startswith("/humans/") or t == f"{VOICES}/tracked" or
+                          (t == f"{PERSONS}/tracked" and node._persons is not None) or
                           (t.endswith("/tracked") and node._crops is not None)]  # ROS4HRI's others: once tracked
         wait_for(lambda: all(p.get_subscription_count() for p in subscribed_now), 10.0)
         answer_key = AnswerKeys(node.p("conversation_id"), node.p("default_speaker"), node.p("speaker_prefix"),
@@ -521,9 +522,9 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             kind, ident, leaf = _ros4hri_parts(topic)
             if kind == "persons" and leaf in LINKS:
                 links_sent.setdefault(ident, {})[leaf] = msg.data.strip()
-            elif topic == f"{PERSONS}/tracked" and node._crops is not None:  # the links latched before: read before
-                # the persons' voices speak (on the robot they had a second; under load here, not)
-                wait_for(lambda ids=set(msg.ids): links_read(node._crops, ids, links_sent), SUBSCRIBE_WAIT_S)
+            elif topic == f"{PERSONS}/tracked" and node._persons is not None:  # the links latched before: read
+                # before the persons' voices speak (on the robot they had a second; under load here, not)
+                wait_for(lambda ids=set(msg.ids): links_read(node._persons, ids, links_sent), SUBSCRIBE_WAIT_S)
         deadline, idle_since = time.monotonic() + answer_timeout_s, None
         while time.monotonic() < deadline:
             missing = unanswered(result.finals)
@@ -595,10 +596,10 @@ def expressions(log: list[tuple[int, str, bytes]]) -> list[tuple[str, int, str, 
     return read
 
 
-def links_read(crops, persons: set[str], sent: dict[str, dict[str, str]]) -> bool:
-    """Whether the node's ``PersonCrops`` holds each link of ``persons`` that the replay has published."""
-    with crops.lock:
-        return all(crops.links.get(person, {}).get(link) == value
+def links_read(links, persons: set[str], sent: dict[str, dict[str, str]]) -> bool:
+    """Whether the node's ``PersonLinks`` holds each link of ``persons`` that the replay has published."""
+    with links.lock:
+        return all(links.links.get(person, {}).get(link) == value
                    for person in persons if valid_id(person) for link, value in sent.get(person, {}).items())
 
 

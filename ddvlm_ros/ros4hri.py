@@ -15,12 +15,17 @@
 - With a captioner, each voice's ``/humans/voices/<id>/is_speaking`` (std_msgs/Bool: its voice activity, as
   asr_vosk relays its VAD there) places its utterances' camera windows on the speech it heard
   (``ddvlm_core.voice_activity``): a final result's stamp is when the ASR recognised it, after its endpoint.
-- ``PersonCrops``: the person manager's links (``/humans/persons/tracked``; per person ``voice_id``, ``body_id``
-  and ``face_id``, std_msgs/String, latched) and the crops of the tracked bodies and faces
-  (``/humans/bodies/<id>/cropped``, ``/humans/faces/<id>/cropped``, sensor_msgs/Image). With several people in
-  view the camera's frame shows all of them, while the captions that trained the visual branch came from MELD's
-  clips, which mostly frame the speaker: a voice's utterance is captioned from its own person's body crops, else
-  face crops, when the person manager links them (``caption_person_crops``).
+- ``face_expression``: each mirrored answer also goes on ``/humans/faces/<face_id>/expression`` of the face that
+  the person manager links to the voice's person, where REP-155 puts expressions and libhri / pyhri read them
+  (``person.face.expression``); off by default, as a facial-expression node may publish there already (the node
+  WARNs of one: two sources on one topic). Such a publisher is kept while the node answers that face, and destroyed
+  VOICE_LINGER_S after its last answer, once no person links the face.
+- ``PersonLinks``: the person manager's links (``/humans/persons/tracked``; per person ``voice_id``, ``body_id`` and
+  ``face_id``, std_msgs/String, latched), read with a captioner or ``face_expression``. ``PersonCrops``: the crops
+  of the tracked bodies and faces (``/humans/bodies/<id>/cropped``, ``/humans/faces/<id>/cropped``,
+  sensor_msgs/Image). With several people in view the camera's frame shows all of them, while the captions that
+  trained the visual branch came from MELD's clips, which mostly frame the speaker: a voice's utterance is captioned
+  from its own person's body crops, else face crops, when the person manager links them (``caption_person_crops``).
 """
 from __future__ import annotations
 
@@ -37,7 +42,8 @@ from ddvlm_ros.convert import messages_import
 
 VOICES = "/humans/voices"
 PERSONS = "/humans/persons"
-CROPPED = {"body": "/humans/bodies", "face": "/humans/faces"}  # crop kind -> its REP-155 namespace
+FACES = "/humans/faces"
+CROPPED = {"body": "/humans/bodies", "face": FACES}  # crop kind -> its REP-155 namespace
 LINKS = ("voice_id", "body_id", "face_id")  # a person's links, in the order their crops are preferred
 VOICE_LINGER_S = 15.0  # a voice that left the tracked list is still heard this long (ROS time: its final result may
 # come after that list), and its Expression publisher kept this long after it left or after its last words heard since
@@ -97,23 +103,25 @@ class Ros4HriBridge:
 
     def __init__(self, node, on_final: Callable, on_incremental: Callable, new_id: Callable[[], str],
                  now: Callable[[], float], qos, callback_group=None, busy: Callable[[], bool] = lambda: False,
-                 voice_activity: bool = False):
+                 voice_activity: bool = False, linked_faces: Callable[[], set] = set):
         """``on_final(voice, msg, start, utterance_id, activity)`` / ``on_incremental(voice, msg, start,
         utterance_id, activity)``: ``start`` is the ROS time of the voice's first incremental result (None if there
         was none), the utterance id is shared by an utterance's incremental and final results, and ``activity`` is
         the voice's VoiceActivity (None without ``voice_activity``: is_speaking not read); ``busy()``: whether the
-        node still has utterances to answer (no Expression publisher goes meanwhile)."""
+        node still has utterances to answer (no Expression publisher goes meanwhile); ``linked_faces()``: the faces
+        a person links now (their Expression publishers stay)."""
         from hri_msgs.msg import IdsList
         from rclpy.clock import Clock, ClockType
 
         self.node, self.on_final, self.on_incremental = node, on_final, on_incremental
-        self.new_id, self.now, self.busy = new_id, now, busy
+        self.new_id, self.now, self.busy, self.linked_faces = new_id, now, busy, linked_faces
         self.qos, self.group = qos, callback_group
         self.voices: dict[str, tuple] = {}  # id -> (speech subscription, expression publisher, is_speaking one)
         self.voice_activity = voice_activity  # whether each voice's is_speaking is read
         self.activity: dict[str, VoiceActivity] = {}  # id -> what its is_speaking said, while it is heard
         self.robot_speaking = False  # what its VADs hear meanwhile is the robot (VoiceActivity.robot)
         self.leaving: dict[str, LeftVoice] = {}  # id of a voice no longer tracked, until its linger has run out
+        self.faces: dict[str, list] = {}  # face id -> [its Expression publisher, time.monotonic() it is kept until]
         self.speaking: dict[str, tuple[float, str]] = {}  # id -> (start, utterance id) while speaking
         self.lock = threading.Lock()
         self.tracked = node.create_subscription(IdsList, f"{VOICES}/tracked", self._on_tracked, 10,
@@ -187,6 +195,16 @@ class Ros4HriBridge:
     def _reap(self) -> None:
         with self.lock:
             self._drop_left(self.now(), time.monotonic())
+            self._drop_faces(time.monotonic())
+
+    def _drop_faces(self, wall: float, force: bool = False) -> None:
+        """Destroy the face Expression publishers kept until before ``wall`` whose face no person links now
+        (``linked``), once the node has nothing left to answer (or ``force``)."""
+        if not force and (not self.faces or self.busy()):
+            return
+        linked = set() if force else self.linked_faces()
+        for face in [f for f, (_, kept_until) in self.faces.items() if kept_until < wall and f not in linked]:
+            self.node.destroy_publisher(self.faces.pop(face)[0])
 
     def _drop_left(self, now: float, wall: float, force: bool = False) -> None:
         """Unsubscribe the voices that left the tracked list and are no longer heard at ROS time ``now``, and destroy
@@ -221,16 +239,30 @@ class Ros4HriBridge:
             start, uid = self.speaking[voice]
             self.on_incremental(voice, msg, start, uid, activity)
 
-    def publish(self, voice: str, prediction, header) -> bool:
-        """Mirror an answer to what ``voice`` said, also after it left the tracked list (VOICE_LINGER_S); False when it
-        has no publisher (any more)."""
+    def publish(self, voice: str, prediction, header, face: str = "") -> bool:
+        """Mirror an answer to what ``voice`` said, also after it left the tracked list (VOICE_LINGER_S), and on
+        ``face``'s expression topic when given (``face_expression``: the face the person manager links to the voice's
+        person); False when the voice has no publisher (any more)."""
+        from hri_msgs.msg import Expression
+
         with self.lock:
             left = self.leaving.get(voice)
             pub = self.voices[voice][1] if voice in self.voices else left.expression if left is not None else None
             if pub is None:
                 return False
-            pub.publish(expression_msg(prediction, header))
+            msg = expression_msg(prediction, header)
+            pub.publish(msg)
+            if valid_id(face):
+                if face not in self.faces:
+                    self.faces[face] = [self.node.create_publisher(Expression, f"{FACES}/{face}/expression", 10), 0.0]
+                self.faces[face][1] = time.monotonic() + VOICE_LINGER_S
+                self.faces[face][0].publish(msg)
             return True
+
+    def face_topics(self) -> list[str]:
+        """The faces' expression topics the node publishes on now (``face_expression``)."""
+        with self.lock:
+            return [f"{FACES}/{face}/expression" for face in sorted(self.faces)]
 
     def stop(self) -> None:
         with self.lock:
@@ -242,34 +274,29 @@ class Ros4HriBridge:
             self.voices.clear()
             self.activity.clear()
             self._drop_left(math.inf, math.inf, force=True)
+            self._drop_faces(math.inf, force=True)
         self.node.destroy_timer(self.reaper)
         self.node.destroy_subscription(self.tracked)
 
 
-class PersonCrops:
-    """Which bodies and faces belong to each voice (REP-155's person manager), and their crops, on one node.
+class PersonLinks:
+    """Which voice, body and face belong to each tracked person (REP-155's person manager), on one node.
 
-    ``on_crop(key, msg)`` receives every crop (``key`` "body/<id>" or "face/<id>"); ``crops_of(voice)`` gives the
-    keys of its person's crops, body first. The links are latched: they are subscribed with transient-local
-    durability, as hri_person_manager publishes them, so that a node started later still reads them."""
+    The links are latched: they are subscribed with transient-local durability, as hri_person_manager publishes
+    them, so that a node started later still reads them."""
 
-    def __init__(self, node, on_crop: Callable, qos, callback_group=None):
+    def __init__(self, node, callback_group=None):
         from hri_msgs.msg import IdsList
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-        self.node, self.on_crop, self.qos, self.group = node, on_crop, qos, callback_group
+        self.node, self.group = node, callback_group
         self.latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                   reliability=ReliabilityPolicy.RELIABLE)
         self.lock = threading.Lock()
         self.persons: dict[str, list] = {}  # person id -> its link subscriptions
         self.links: dict[str, dict[str, str]] = {}  # person id -> {"voice_id": .., "body_id": .., "face_id": ..}
-        self.crops: dict[str, object] = {}  # "body/<id>" | "face/<id>" -> its crop subscription
-        self.tracked = [node.create_subscription(IdsList, f"{PERSONS}/tracked", self._on_persons, 10,
-                                                 callback_group=callback_group)]
-        self.tracked += [node.create_subscription(IdsList, f"{space}/tracked",
-                                                  lambda m, k=kind: self._on_tracked_crops(k, m), 10,
-                                                  callback_group=callback_group)
-                         for kind, space in CROPPED.items()]
+        self.tracked = node.create_subscription(IdsList, f"{PERSONS}/tracked", self._on_persons, 10,
+                                                callback_group=callback_group)
 
     def _on_persons(self, msg) -> None:
         from std_msgs.msg import String
@@ -292,6 +319,45 @@ class PersonCrops:
             if person in self.links:
                 self.links[person][link] = msg.data.strip()
 
+    def of_voice(self, voice: str) -> dict[str, str]:
+        """The links of the person whose voice is ``voice`` ({} when no person links it)."""
+        with self.lock:
+            return next((dict(links) for links in self.links.values() if voice and links.get("voice_id") == voice), {})
+
+    def face_of(self, voice: str) -> str:
+        """The face of the person whose voice is ``voice`` ('' when no person links both)."""
+        return self.of_voice(voice).get("face_id", "")
+
+    def faces(self) -> set[str]:
+        """The faces that a tracked person links now."""
+        with self.lock:
+            return {links["face_id"] for links in self.links.values() if links.get("face_id")}
+
+    def stop(self) -> None:
+        with self.lock:
+            for sub in [self.tracked, *(s for subs in self.persons.values() for s in subs)]:
+                self.node.destroy_subscription(sub)
+            self.persons.clear()
+            self.links.clear()
+
+
+class PersonCrops:
+    """The crops of the tracked bodies and faces, on one node, and which of them belong to each voice (``links``).
+
+    ``on_crop(key, msg)`` receives every crop (``key`` "body/<id>" or "face/<id>"); ``crops_of(voice)`` gives the
+    keys of its person's crops, body first."""
+
+    def __init__(self, node, on_crop: Callable, qos, links: PersonLinks, callback_group=None):
+        from hri_msgs.msg import IdsList
+
+        self.node, self.on_crop, self.qos, self.links, self.group = node, on_crop, qos, links, callback_group
+        self.lock = threading.Lock()
+        self.crops: dict[str, object] = {}  # "body/<id>" | "face/<id>" -> its crop subscription
+        self.tracked = [node.create_subscription(IdsList, f"{space}/tracked",
+                                                 lambda m, k=kind: self._on_tracked_crops(k, m), 10,
+                                                 callback_group=callback_group)
+                        for kind, space in CROPPED.items()]
+
     def _on_tracked_crops(self, kind: str, msg) -> None:
         from sensor_msgs.msg import Image
 
@@ -307,16 +373,11 @@ class PersonCrops:
 
     def crops_of(self, voice: str) -> list[str]:
         """The crop keys of the person whose voice is ``voice``, body first ([] when no person links it)."""
-        with self.lock:
-            for links in self.links.values():
-                if voice and links.get("voice_id") == voice:
-                    return [f"{kind}/{links[f'{kind}_id']}" for kind in CROPPED if links.get(f"{kind}_id")]
-        return []
+        links = self.links.of_voice(voice)
+        return [f"{kind}/{links[f'{kind}_id']}" for kind in CROPPED if links.get(f"{kind}_id")]
 
     def stop(self) -> None:
         with self.lock:
-            for sub in [*self.tracked, *self.crops.values(), *(s for subs in self.persons.values() for s in subs)]:
+            for sub in [*self.tracked, *self.crops.values()]:
                 self.node.destroy_subscription(sub)
-            self.persons.clear()
-            self.links.clear()
             self.crops.clear()

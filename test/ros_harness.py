@@ -160,3 +160,25 @@ class WindowCaptioner:
         self.windows.append(window)
         self.stamps.append([f.stamp for f in frames])
         return Caption("The head is turning left.", self.name, len(frames))
+
+
+def rosout_listener(h) -> list:
+    """The messages the harness's node logs (its /rosout), from before the node is started (transient local); the
+    node needs a name of its own (``node_name``: see ros_harness.Harness)."""
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import DurabilityPolicy, QoSProfile
+
+    logged = []
+    h.client.create_subscription(Log, "/rosout", lambda m: logged.append(m) if m.name == h.node.get_name() else None,
+                                 QoSProfile(depth=1000, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    return logged
+
+
+def logged_line(logged: list, start: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = next((m.msg for m in list(logged) if m.msg.startswith(start)), None)
+        if line is not None:
+            return line
+        time.sleep(0.05)
+    return f"no log line starting {start!r} in {[m.msg for m in logged]}"

@@ -485,3 +485,106 @@ def test_no_entity_of_the_node_carries_qos_event_handlers(harness, tiny_visual_c
     assert {"/clock", "/emotion", "/diagnostics", "/transcript", "/image", "/humans/voices/anna/speech",
             "/humans/voices/bob/is_speaking", "/humans/voices/bob/expression"} <= topics
     assert [e.topic_name for e in entities if e.event_handlers] == []
+
+
+def link_person(h, person: str, wait_subscribers: bool = True, **links):
+    """The person manager links ``person`` to ``links`` (voice_id=..., face_id=...: latched, as hri_person_manager
+    publishes them) and lists it as tracked (``wait_subscribers``: once the node subscribes the list); returns the
+    link publishers."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {link: h.client.create_publisher(String, f"/humans/persons/{person}/{link}", latched) for link in links}
+    for link, value in links.items():
+        pubs[link].publish(String(data=value))
+    h.publish(hri.IdsList, "/humans/persons/tracked", hri.IdsList(ids=[person]), wait_subscribers=wait_subscribers)
+    return pubs
+
+
+def test_with_face_expression_a_voices_answer_also_goes_on_its_persons_face(
+        harness, tiny_text_checkpoint, monkeypatch):
+    """face_expression: true. The person manager links voice anna and face f1 to person p1: anna's answer goes on
+    /humans/faces/f1/expression (where REP-155 puts expressions and pyhri's person.face.expression reads them) as on
+    her voice's topic; bob, whom no person links, gets none. Another node publishing on f1's expression topic too
+    is a WARN, logged once, with a diagnostic naming it, gone with it. Once no person links f1 and its linger has
+    run out, the node no longer publishes there."""
+    import ddvlm_ros.ros4hri
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from ros_harness import logged_line, rosout_listener
+
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True, face_expression=True,
+                node_name="ddvlm_face_expression").start()
+    logged = rosout_listener(h)
+    on_face, on_voice = [], []
+    h.client.create_subscription(hri.Expression, "/humans/faces/f1/expression", on_face.append, 10)
+    h.client.create_subscription(hri.Expression, "/humans/voices/anna/expression", on_voice.append, 10)
+    link_person(h, "p1", voice_id="anna", face_id="f1")
+    track(h, "anna", "bob")
+    deadline = time.monotonic() + 15
+    while h.node._persons.face_of("anna") != "f1" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert h.node._persons.face_of("anna") == "f1" and h.node._persons.face_of("bob") == ""
+    until(h, "anna", speech(final="I got the job!", stamp=h.now()), lambda: len(on_face) == 1 and len(on_voice) == 1)
+    [face], [voice] = on_face, on_voice
+    assert (face.expression, face.confidence) == (voice.expression, voice.confidence)
+    assert face.header.stamp == voice.header.stamp
+    until(h, "bob", speech(final="No way!"), lambda: len(h.received) == 2)
+    h.settle()
+    assert len(on_face) == 1 and h.node._hri.face_topics() == ["/humans/faces/f1/expression"]
+    [mine] = [p for p in h.node.publishers if p.topic_name == "/humans/faces/f1/expression"]
+    assert not mine.event_handlers  # see test_no_entity_of_the_node_carries_qos_event_handlers
+    status = {kv.key: kv.value for kv in h.node.diagnostic_status().values}
+    assert (status["face_expressions"], status["face_expressions_shared"]) == ("/humans/faces/f1/expression", "none")
+
+    classifier = rclpy_node(h, "face_expression_classifier")
+    other = classifier.create_publisher(hri.Expression, "/humans/faces/f1/expression", 10)
+    line = logged_line(logged, "/humans/faces/f1/expression is published by")
+    assert line == ("/humans/faces/f1/expression is published by /face_expression_classifier too: two sources of "
+                    "that face's expression (set face_expression false, or stop the other)")
+    status = h.node.diagnostic_status()
+    assert status.level == DiagnosticStatus.WARN and "face_expressions_shared" in status.message
+    assert {kv.key: kv.value for kv in status.values}["face_expressions_shared"] == \
+        "/humans/faces/f1/expression: /face_expression_classifier"
+    h.on_executor(classifier.destroy_publisher, other)
+    deadline = time.monotonic() + 10
+    while h.node._faces_shared and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h.node._faces_shared == {} and h.node.diagnostic_status().level == DiagnosticStatus.OK
+    assert [m.msg for m in logged].count(line) == 1
+
+    monkeypatch.setattr(ddvlm_ros.ros4hri, "VOICE_LINGER_S", 0.0)
+    until(h, "anna", speech(final="They called me."), lambda: len(on_face) == 2)  # kept until now + 0 s
+    assert h.node._hri.faces  # p1 still links f1
+    h.publish(hri.IdsList, "/humans/persons/tracked", hri.IdsList(ids=[]))  # p1 is gone
+    deadline = time.monotonic() + 15
+    while h.node.count_publishers("/humans/faces/f1/expression") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h.node.count_publishers("/humans/faces/f1/expression") == 0 and h.node._hri.faces == {}
+    until(h, "anna", speech(final="Still here."), lambda: len(on_voice) == 3)
+    h.settle()
+    assert len(on_face) == 2  # no person links anna to a face now
+
+
+def rclpy_node(h, name: str):
+    """Another node of the harness's process (another node on the robot), spun with the harness's."""
+    import rclpy
+
+    node = rclpy.create_node(name, context=h.context)
+    h.add_node(node)
+    return node
+
+
+def test_face_expression_is_off_by_default_and_then_no_persons_are_read(harness, tiny_text_checkpoint):
+    """A facial-expression node may publish on /humans/faces/<id>/expression: by default the node leaves those topics
+    alone, and a text-only node reads no person manager links."""
+    h = harness(model_dir=tiny_text_checkpoint, ros4hri=True).start()
+    on_face = []
+    h.client.create_subscription(hri.Expression, "/humans/faces/f1/expression", on_face.append, 10)
+    link_person(h, "p1", wait_subscribers=False, voice_id="anna", face_id="f1")
+    track(h, "anna")
+    until(h, "anna", speech(final="I got the job!"), lambda: len(h.received) == 1)
+    h.settle()
+    assert h.node._persons is None and on_face == [] and h.node._hri.faces == {}
+    assert h.node.count_publishers("/humans/faces/f1/expression") == 0
+    assert "face_expressions" not in {kv.key for kv in h.node.diagnostic_status().values}

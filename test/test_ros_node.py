@@ -17,7 +17,7 @@ from ddvlm_core.labels import LABELS
 from ddvlm_msgs.msg import EmotionDistribution, Utterance
 from ddvlm_ros.convert import sec_to_stamp
 from ddvlm_ros.emotion_node import EmotionNode
-from ros_harness import WindowCaptioner, result_of  # records each caption's window (test/ros_harness.py)
+from ros_harness import WindowCaptioner, logged_line, result_of, rosout_listener  # test/ros_harness.py
 
 
 @pytest.fixture(autouse=True)
@@ -1306,28 +1306,6 @@ def test_one_slow_answer_among_few_is_not_called_slow(harness, tiny_text_checkpo
     monkeypatch.setattr("ddvlm_ros.emotion_node.SLOW_LATENCY_MS", (latencies[-3] + latencies[-2]) / 2)
     status = h.node.diagnostic_status()
     assert status.level == b"\x01" and status.message == f"slow: p90 latency {latencies[-1]:.0f} ms"
-
-
-def rosout_listener(h) -> list:
-    """The messages the harness's node logs (its /rosout), from before the node is started (transient local); the
-    node needs a name of its own (``node_name``: see ros_harness.Harness)."""
-    from rcl_interfaces.msg import Log
-    from rclpy.qos import DurabilityPolicy, QoSProfile
-
-    logged = []
-    h.client.create_subscription(Log, "/rosout", lambda m: logged.append(m) if m.name == h.node.get_name() else None,
-                                 QoSProfile(depth=1000, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-    return logged
-
-
-def logged_line(logged: list, start: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = next((m.msg for m in list(logged) if m.msg.startswith(start)), None)
-        if line is not None:
-            return line
-        time.sleep(0.05)
-    return f"no log line starting {start!r} in {[m.msg for m in logged]}"
 
 
 @pytest.mark.parametrize("captioner", ["none", "cue"])  # cue: asked for, ignored (no visual branch to read it)
