@@ -944,19 +944,26 @@ class EmotionNode(LifecycleNode):
             return
         if self.captions_frames() or self.p("face_expression"):  # whose body or face a voice's frames should show,
             # whose face its expression is
-            self._persons = PersonLinks(self, callback_group=self._inputs_group)
+            self._persons = PersonLinks(self, callback_group=self._inputs_group, on_change=self._sync_faces)
         persons = self._persons
         self._face_links = persons if self.p("face_expression") else None
         self._hri = Ros4HriBridge(self, self._on_voice_final, self._on_voice_incremental, self._next_id, self._now,
                                   self._qos("transcript"), callback_group=self._inputs_group,
                                   busy=lambda: self.pipeline is not None and not self.pipeline.idle(),
                                   voice_activity=self.captions_frames(),
-                                  linked_faces=persons.faces if persons is not None else set)
+                                  linked_faces=self._face_links.voiced_faces if self._face_links else set)
         self._hri_status = "on"
         if self.captions_frames():
             crops = self._crops = PersonCrops(self, self._on_person_crop, self._qos("image"), persons,
                                               callback_group=self._inputs_group)
             self.pipeline.crops_of = lambda voice: crops.crops_of(voice) if self.p("caption_person_crops") else []
+
+    def _sync_faces(self) -> None:
+        """The person manager's links changed: with ``face_expression``, the faces linked to a voice get their
+        Expression publishers now, before their first answer (``Ros4HriBridge.sync_faces``)."""
+        hri = self._hri
+        if hri is not None and self._face_links is not None:
+            hri.sync_faces()
 
     def _on_person_crop(self, key: str, msg: Image) -> None:
         if not self._raw_frame_ok(msg):

@@ -18,8 +18,10 @@
 - ``face_expression``: each mirrored answer also goes on ``/humans/faces/<face_id>/expression`` of the face that
   the person manager links to the voice's person, where REP-155 puts expressions and libhri / pyhri read them
   (``person.face.expression``); off by default, as a facial-expression node may publish there already (the node
-  WARNs of one: two sources on one topic). Such a publisher is kept while the node answers that face, and destroyed
-  VOICE_LINGER_S after its last answer, once no person links the face.
+  WARNs of one: two sources on one topic). The face's publisher is made as soon as a person links it to a voice, so
+  that the behaviour nodes have matched it before its first answer (a publisher made at its first answer loses that
+  answer to a subscriber of another process that has not matched it yet), and destroyed once no person links it to
+  a voice, VOICE_LINGER_S after its last answer at the earliest.
 - ``PersonLinks``: the person manager's links (``/humans/persons/tracked``; per person ``voice_id``, ``body_id`` and
   ``face_id``, std_msgs/String, latched), read with a captioner or ``face_expression``. ``PersonCrops``: the crops
   of the tracked bodies and faces (``/humans/bodies/<id>/cropped``, ``/humans/faces/<id>/cropped``,
@@ -109,7 +111,7 @@ class Ros4HriBridge:
         was none), the utterance id is shared by an utterance's incremental and final results, and ``activity`` is
         the voice's VoiceActivity (None without ``voice_activity``: is_speaking not read); ``busy()``: whether the
         node still has utterances to answer (no Expression publisher goes meanwhile); ``linked_faces()``: the faces
-        a person links now (their Expression publishers stay)."""
+        a person links to a voice now (``face_expression``: their Expression publishers are made, and stay)."""
         from hri_msgs.msg import IdsList
         from rclpy.clock import Clock, ClockType
 
@@ -195,11 +197,11 @@ class Ros4HriBridge:
     def _reap(self) -> None:
         with self.lock:
             self._drop_left(self.now(), time.monotonic())
-            self._drop_faces(time.monotonic())
+            self._sync_faces()
 
     def _drop_faces(self, wall: float, force: bool = False) -> None:
-        """Destroy the face Expression publishers kept until before ``wall`` whose face no person links now
-        (``linked``), once the node has nothing left to answer (or ``force``)."""
+        """Destroy the face Expression publishers kept until before ``wall`` whose face no person links to a voice
+        now (``linked_faces``), once the node has nothing left to answer (or ``force``)."""
         if not force and (not self.faces or self.busy()):
             return
         linked = set() if force else self.linked_faces()
@@ -243,8 +245,6 @@ class Ros4HriBridge:
         """Mirror an answer to what ``voice`` said, also after it left the tracked list (VOICE_LINGER_S), and on
         ``face``'s expression topic when given (``face_expression``: the face the person manager links to the voice's
         person); False when the voice has no publisher (any more)."""
-        from hri_msgs.msg import Expression
-
         with self.lock:
             left = self.leaving.get(voice)
             pub = self.voices[voice][1] if voice in self.voices else left.expression if left is not None else None
@@ -253,11 +253,30 @@ class Ros4HriBridge:
             msg = expression_msg(prediction, header)
             pub.publish(msg)
             if valid_id(face):
-                if face not in self.faces:
-                    self.faces[face] = [self.node.create_publisher(Expression, f"{FACES}/{face}/expression", 10), 0.0]
+                self._face_publisher(face)
                 self.faces[face][1] = time.monotonic() + VOICE_LINGER_S
                 self.faces[face][0].publish(msg)
             return True
+
+    def _face_publisher(self, face: str) -> None:
+        """Make ``face``'s Expression publisher, unless it has one (the lock held)."""
+        from hri_msgs.msg import Expression
+
+        if face not in self.faces:
+            self.faces[face] = [self.node.create_publisher(Expression, f"{FACES}/{face}/expression", 10), 0.0]
+
+    def sync_faces(self) -> None:
+        """Make the Expression publisher of each face a person links to a voice now (``linked_faces``), before its
+        first answer, and destroy those of the faces no longer linked whose linger has run out (also once a second,
+        on the reaper's timer)."""
+        with self.lock:
+            self._sync_faces()
+
+    def _sync_faces(self) -> None:
+        for face in sorted(self.linked_faces()):
+            if valid_id(face):
+                self._face_publisher(face)
+        self._drop_faces(time.monotonic())
 
     def face_topics(self) -> list[str]:
         """The faces' expression topics the node publishes on now (``face_expression``)."""
@@ -285,11 +304,12 @@ class PersonLinks:
     The links are latched: they are subscribed with transient-local durability, as hri_person_manager publishes
     them, so that a node started later still reads them."""
 
-    def __init__(self, node, callback_group=None):
+    def __init__(self, node, callback_group=None, on_change: Callable[[], None] = lambda: None):
+        """``on_change()``: after the persons or their links changed."""
         from hri_msgs.msg import IdsList
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-        self.node, self.group = node, callback_group
+        self.node, self.group, self.on_change = node, callback_group, on_change
         self.latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                   reliability=ReliabilityPolicy.RELIABLE)
         self.lock = threading.Lock()
@@ -313,11 +333,13 @@ class PersonLinks:
                     self.node.create_subscription(String, f"{PERSONS}/{person}/{link}",
                                                   lambda m, p=person, k=link: self._on_link(p, k, m), self.latched,
                                                   callback_group=self.group) for link in LINKS]
+        self.on_change()
 
     def _on_link(self, person: str, link: str, msg) -> None:
         with self.lock:
             if person in self.links:
                 self.links[person][link] = msg.data.strip()
+        self.on_change()
 
     def of_voice(self, voice: str) -> dict[str, str]:
         """The links of the person whose voice is ``voice`` ({} when no person links it)."""
@@ -328,10 +350,10 @@ class PersonLinks:
         """The face of the person whose voice is ``voice`` ('' when no person links both)."""
         return self.of_voice(voice).get("face_id", "")
 
-    def faces(self) -> set[str]:
-        """The faces that a tracked person links now."""
+    def voiced_faces(self) -> set[str]:
+        """The faces that a tracked person links to a voice now."""
         with self.lock:
-            return {links["face_id"] for links in self.links.values() if links.get("face_id")}
+            return {links["face_id"] for links in self.links.values() if links.get("face_id") and links.get("voice_id")}
 
     def stop(self) -> None:
         with self.lock:

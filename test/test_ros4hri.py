@@ -503,11 +503,12 @@ def link_person(h, person: str, wait_subscribers: bool = True, **links):
 
 def test_with_face_expression_a_voices_answer_also_goes_on_its_persons_face(
         harness, tiny_text_checkpoint, monkeypatch):
-    """face_expression: true. The person manager links voice anna and face f1 to person p1: anna's answer goes on
-    /humans/faces/f1/expression (where REP-155 puts expressions and pyhri's person.face.expression reads them) as on
-    her voice's topic; bob, whom no person links, gets none. Another node publishing on f1's expression topic too
-    is a WARN, logged once, with a diagnostic naming it, gone with it. Once no person links f1 and its linger has
-    run out, the node no longer publishes there."""
+    """face_expression: true. The person manager links voice anna and face f1 to person p1: the node publishes on
+    /humans/faces/f1/expression (where REP-155 puts expressions and pyhri's person.face.expression reads them) from
+    then on, before anna's first answer, which a subscriber of another process would otherwise miss while it
+    matches a new publisher; anna's answer goes there as on her voice's topic; bob, whom no person links, gets none.
+    Another node publishing on f1's expression topic too is a WARN, logged once, with a diagnostic naming it, gone
+    with it. Once no person links f1 and its linger has run out, the node no longer publishes there."""
     import ddvlm_ros.ros4hri
     from diagnostic_msgs.msg import DiagnosticStatus
 
@@ -525,6 +526,9 @@ def test_with_face_expression_a_voices_answer_also_goes_on_its_persons_face(
     while h.node._persons.face_of("anna") != "f1" and time.monotonic() < deadline:
         time.sleep(0.02)
     assert h.node._persons.face_of("anna") == "f1" and h.node._persons.face_of("bob") == ""
+    while h.node.count_publishers("/humans/faces/f1/expression") == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert h.node._hri.face_topics() == ["/humans/faces/f1/expression"] and on_face == []  # before anna speaks
     until(h, "anna", speech(final="I got the job!", stamp=h.now()), lambda: len(on_face) == 1 and len(on_voice) == 1)
     [face], [voice] = on_face, on_voice
     assert (face.expression, face.confidence) == (voice.expression, voice.confidence)

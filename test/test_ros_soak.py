@@ -2,7 +2,8 @@
 
 Transcripts (good, empty, huge), utterances (final, partial, several conversations), camera frames (good,
 odd encodings, truncated, stamped in the past or future), corrupt compressed frames, ROS4HRI voices coming and
-going, voice activity (the VAD's, each voice's is_speaking, the robot's speaking) flickering, lifecycle
+going, persons linked to them and to faces (whose expression topics the node publishes on, then leaves), voice
+activity (the VAD's, each voice's is_speaking, the robot's speaking) flickering, lifecycle
 transitions and parameter changes (as an operator makes them: through the node's services), conversation
 resets and /clock going forwards and back. The invariants: no exception escapes a callback or a worker thread,
 and afterwards the node answers.
@@ -25,7 +26,7 @@ from ddvlm_ros.convert import sec_to_stamp
 
 OPS = ("transcript", "transcript", "utterance", "partial", "image", "image", "bad_image", "compressed", "clock",
        "clock", "deactivate", "activate", "cleanup", "configure", "parameter", "reset", "track", "speech", "speech",
-       "vad", "vad", "voice_vad", "robot_speaking")
+       "vad", "vad", "voice_vad", "robot_speaking", "persons", "link", "link")
 PARAMETERS = (("idle_timeout_s", 0.0), ("caption_timeout_s", 0.5), ("frames_per_window", 2),
               ("diagnostics_period_s", 0.3), ("input_timeout_s", 0.0), ("image_topic", "camera"),
               ("conversation_id", "lab"))
@@ -86,6 +87,18 @@ def act(h, rng: random.Random, op: str, sim: list[float]) -> None:
     elif op in ("vad", "robot_speaking"):
         h.publish(Bool, "voice_activity" if op == "vad" else "robot_speaking", Bool(data=rng.random() < 0.5),
                   wait_subscribers=False)
+    elif op == "persons":
+        ids = rng.sample(["p1", "p2", "9bad"], rng.randint(0, 3))
+        h.publish(hri.IdsList, "/humans/persons/tracked", hri.IdsList(ids=ids), wait_subscribers=False)
+    elif op == "link":  # latched, as hri_person_manager publishes them
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+        topic = f"/humans/persons/{rng.choice(['p1', 'p2'])}/{rng.choice(['voice_id', 'face_id'])}"
+        if topic not in h._pubs:
+            h._pubs[topic] = h.client.create_publisher(String, topic, QoSProfile(
+                depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE))
+        value = rng.choice(["anna", "bob", "cleo"] if topic.endswith("voice_id") else ["f1", "f2", "bad/id", ""])
+        h._pubs[topic].publish(String(data=value))
     elif op == "voice_vad":
         h.publish(Bool, f"/humans/voices/{rng.choice(['anna', 'bob', 'cleo'])}/is_speaking",
                   Bool(data=rng.random() < 0.5), wait_subscribers=False)
@@ -93,11 +106,14 @@ def act(h, rng: random.Random, op: str, sim: list[float]) -> None:
 
 def test_a_random_mix_of_inputs_transitions_and_settings_never_stops_the_node(
         harness, tiny_visual_checkpoint, monkeypatch):
+    import ddvlm_ros.ros4hri
+
     escaped = []
+    monkeypatch.setattr(ddvlm_ros.ros4hri, "VOICE_LINGER_S", 0.5)  # voices and faces' publishers come and go
     monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(
         f"{args.thread}: " + "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))))
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", input_timeout_s=1.0, idle_timeout_s=0.5,
-                use_sim_time=True, ros4hri=True).start()
+                use_sim_time=True, ros4hri=True, face_expression=True).start()
     h.publish(Clock, "/clock", Clock(clock=sec_to_stamp(1000.0, Time)))
     rng, sim, ops = random.Random(0), [1000.0], 0
     deadline = time.monotonic() + 20
