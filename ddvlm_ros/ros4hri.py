@@ -124,6 +124,7 @@ class Ros4HriBridge:
         self.robot_speaking = False  # what its VADs hear meanwhile is the robot (VoiceActivity.robot)
         self.leaving: dict[str, LeftVoice] = {}  # id of a voice no longer tracked, until its linger has run out
         self.faces: dict[str, list] = {}  # face id -> [its Expression publisher, time.monotonic() it is kept until]
+        self.stopped = False  # stop() destroyed everything: nothing is made any more (a link may still come in)
         self.speaking: dict[str, tuple[float, str]] = {}  # id -> (start, utterance id) while speaking
         self.lock = threading.Lock()
         self.tracked = node.create_subscription(IdsList, f"{VOICES}/tracked", self._on_tracked, 10,
@@ -273,6 +274,8 @@ class Ros4HriBridge:
             self._sync_faces()
 
     def _sync_faces(self) -> None:
+        if self.stopped:  # a person's link that came in as the node deactivated (a MultiThreadedExecutor)
+            return
         for face in sorted(self.linked_faces()):
             if valid_id(face):
                 self._face_publisher(face)
@@ -294,6 +297,7 @@ class Ros4HriBridge:
             self.activity.clear()
             self._drop_left(math.inf, math.inf, force=True)
             self._drop_faces(math.inf, force=True)
+            self.stopped = True
         self.node.destroy_timer(self.reaper)
         self.node.destroy_subscription(self.tracked)
 

@@ -568,6 +568,11 @@ def test_with_face_expression_a_voices_answer_also_goes_on_its_persons_face(
     until(h, "anna", speech(final="Still here."), lambda: len(on_voice) == 3)
     h.settle()
     assert len(on_face) == 2  # no person links anna to a face now
+    bridge = h.node._hri
+    assert h.change_state("deactivate") and h.node._persons is None
+    bridge.linked_faces = lambda: {"f9"}  # a link that comes in as the node deactivates (a MultiThreadedExecutor)
+    bridge.sync_faces()
+    assert bridge.faces == {} and h.node.count_publishers("/humans/faces/f9/expression") == 0
 
 
 def rclpy_node(h, name: str):
