@@ -138,6 +138,8 @@ class Ros4HriBridge:
         ids = {i for i in msg.ids if valid_id(i)}
         now, wall = self.now(), time.monotonic()
         with self.lock:  # publish() runs on the inference thread
+            if self.stopped:  # a list that came in as the node deactivated (a MultiThreadedExecutor runs both)
+                return
             for gone in set(self.voices) - ids:  # still heard, and answered, for VOICE_LINGER_S
                 speech, expression, is_speaking = self.voices.pop(gone)
                 self.leaving[gone] = LeftVoice(speech, expression, is_speaking, now + VOICE_LINGER_S,
@@ -319,6 +321,7 @@ class PersonLinks:
         self.lock = threading.Lock()
         self.persons: dict[str, list] = {}  # person id -> its link subscriptions
         self.links: dict[str, dict[str, str]] = {}  # person id -> {"voice_id": .., "body_id": .., "face_id": ..}
+        self.stopped = False  # stop() destroyed everything: a list that comes in after subscribes nothing
         self.tracked = node.create_subscription(IdsList, f"{PERSONS}/tracked", self._on_persons, 10,
                                                 callback_group=callback_group)
 
@@ -327,6 +330,8 @@ class PersonLinks:
 
         ids = {i for i in msg.ids if valid_id(i)}
         with self.lock:
+            if self.stopped:
+                return
             for gone in set(self.persons) - ids:
                 for sub in self.persons.pop(gone):
                     self.node.destroy_subscription(sub)
@@ -365,6 +370,7 @@ class PersonLinks:
                 self.node.destroy_subscription(sub)
             self.persons.clear()
             self.links.clear()
+            self.stopped = True
 
 
 class PersonCrops:
@@ -379,6 +385,7 @@ class PersonCrops:
         self.node, self.on_crop, self.qos, self.links, self.group = node, on_crop, qos, links, callback_group
         self.lock = threading.Lock()
         self.crops: dict[str, object] = {}  # "body/<id>" | "face/<id>" -> its crop subscription
+        self.stopped = False  # stop() destroyed everything: a list that comes in after subscribes nothing
         self.tracked = [node.create_subscription(IdsList, f"{space}/tracked",
                                                  lambda m, k=kind: self._on_tracked_crops(k, m), 10,
                                                  callback_group=callback_group)
@@ -389,6 +396,8 @@ class PersonCrops:
 
         ids = {f"{kind}/{i}" for i in msg.ids if valid_id(i)}
         with self.lock:
+            if self.stopped:
+                return
             mine = {key for key in self.crops if key.startswith(f"{kind}/")}
             for gone in mine - ids:
                 self.node.destroy_subscription(self.crops.pop(gone))
@@ -407,3 +416,4 @@ class PersonCrops:
             for sub in [*self.tracked, *self.crops.values()]:
                 self.node.destroy_subscription(sub)
             self.crops.clear()
+            self.stopped = True

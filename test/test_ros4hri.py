@@ -404,6 +404,10 @@ def test_a_voices_utterance_is_captioned_from_its_persons_body_crops(harness, ti
     while h.node._bad_frames == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert h.node._bad_frames == 1 and say("bob", "Still there?") == {(64, 64, 3)}
+    crops = h.node._crops
+    assert h.change_state("deactivate")
+    crops._on_tracked_crops("body", hri.IdsList(ids=["b9"]))  # came in as the node deactivated: subscribes nothing
+    assert crops.crops == {} and h.node.count_subscribers("/humans/bodies/b9/cropped") == 0
 
 
 def test_a_voices_is_speaking_places_its_utterances_camera_window(harness, tiny_visual_checkpoint):
@@ -568,11 +572,17 @@ def test_with_face_expression_a_voices_answer_also_goes_on_its_persons_face(
     until(h, "anna", speech(final="Still here."), lambda: len(on_voice) == 3)
     h.settle()
     assert len(on_face) == 2  # no person links anna to a face now
-    bridge = h.node._hri
+    bridge, links = h.node._hri, h.node._persons
     assert h.change_state("deactivate") and h.node._persons is None
-    bridge.linked_faces = lambda: {"f9"}  # a link that comes in as the node deactivates (a MultiThreadedExecutor)
+    # what comes in as the node deactivates (a MultiThreadedExecutor runs both at once) subscribes and makes nothing
+    bridge.linked_faces = lambda: {"f9"}
     bridge.sync_faces()
-    assert bridge.faces == {} and h.node.count_publishers("/humans/faces/f9/expression") == 0
+    bridge._on_tracked(hri.IdsList(ids=["zed"]))
+    links._on_persons(hri.IdsList(ids=["p7"]))
+    assert bridge.faces == {} and bridge.voices == {} and links.persons == {}
+    assert h.node.count_publishers("/humans/faces/f9/expression") == 0
+    assert h.node.count_subscribers("/humans/voices/zed/speech") == 0
+    assert h.node.count_subscribers("/humans/persons/p7/voice_id") == 0
 
 
 def rclpy_node(h, name: str):
