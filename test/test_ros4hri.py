@@ -521,6 +521,8 @@ def test_with_face_expression_a_voices_answer_also_goes_on_its_persons_face(
     h = harness(model_dir=tiny_text_checkpoint, ros4hri=True, face_expression=True,
                 node_name="ddvlm_face_expression").start()
     logged = rosout_listener(h)
+    assert logged_line(logged, "active: reading").endswith(
+        "answers on /emotion, /humans/voices/<id>/expression, /humans/faces/<id>/expression of their persons' faces")
     on_face, on_voice = [], []
     h.client.create_subscription(hri.Expression, "/humans/faces/f1/expression", on_face.append, 10)
     h.client.create_subscription(hri.Expression, "/humans/voices/anna/expression", on_voice.append, 10)
