@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from ddvlm_core.context import PromptBuilder, make_turns
+from ddvlm_core.context import Dialogue, PromptBuilder
 from ddvlm_core.meld import SPLIT_SIZES, UNLABELLED, dialogues, max_context_turns, utterance_key
 
 
@@ -29,19 +29,21 @@ def build_examples(split: str, builder: PromptBuilder, meld_dir: str = "", limit
                    text_of: Callable[[str], str] | None = None) -> list[Example]:
     """One example per labelled utterance (all of MELD's; a turn of your own corpus without an emotion is context
     only), in dialogue order; each prompt sees only its own and earlier turns (of your own corpus, as many as the
-    robot's node read: ``max_context_turns``). ``text_of`` rewrites every utterance's text first (e.g.
-    ``unpunctuate``: the dialogue as an ASR without punctuation writes it)."""
+    robot's node read: ``max_context_turns``), read from a ``Dialogue`` as the node reads its context. ``text_of``
+    rewrites every utterance's text first (e.g. ``unpunctuate``: the dialogue as an ASR without punctuation writes
+    it)."""
     directory = Path(meld_dir) if meld_dir else None
     dias = dialogues(split, directory)
     window = max_context_turns(directory)  # your own corpus: the turns the robot's node read, at most
     ids = sorted(dias)[:limit_dialogues] if limit_dialogues else sorted(dias)
     out = []
     for dia in ids:
-        rows = dias[dia]
-        turns = make_turns([(r.speaker, text_of(r.text) if text_of else r.text) for r in rows])
-        prompts = [builder.build(turns[max(0, k + 1 - (window or k + 1)):k + 1]) for k in range(len(turns))]
-        out += [Example(split, r.dialogue_id, r.utterance_id, p.input_ids, r.label) for r, p in zip(rows, prompts)
-                if r.label != UNLABELLED]
+        dialogue = Dialogue(window)  # the node's rolling context: the latest ``window`` turns, tokens kept
+        for r in dias[dia]:
+            dialogue.add(r.speaker, text_of(r.text) if text_of else r.text)
+            if r.label != UNLABELLED:
+                out.append(Example(split, r.dialogue_id, r.utterance_id, builder.build(dialogue.turns).input_ids,
+                                   r.label))
     return out
 
 
