@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.late_transcripts import ENDPOINT_S, RTFS  # noqa: E402  the same ASR model
 from bench.shared import write_report  # noqa: E402
-from ddvlm_core.speech_timing import AsrTiming, spoken_s  # noqa: E402
-from ddvlm_core.voice_activity import LONGEST_FACTOR, VoiceActivity  # noqa: E402
+from ddvlm_core.speech_timing import AsrTiming  # noqa: E402
+from ddvlm_core.voice_activity import VoiceActivity, longest_s  # noqa: E402
 from ddvlm_ros.time_labels import overlap  # noqa: E402  seconds two spans share
 
 DEFAULT = AsrTiming()  # the node's: text_window_s, text_asr_endpoint_s and text_asr_rtf's defaults (tested)
@@ -136,7 +136,7 @@ def vad_windows(rows, arrived: list[float], per_voice: bool, timing: AsrTiming =
             t, on = changes.pop(0)
             activity.hear(on, t)
         estimate = timing.said(text, came)
-        window = activity.heard(came, timing.endpoint_s, estimate, LONGEST_FACTOR * spoken_s(text))
+        window = activity.heard(came, timing.endpoint_s, estimate, longest_s(text))
         placed += window is not None
         windows.append(window or estimate)
     return windows, placed

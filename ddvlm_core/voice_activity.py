@@ -29,9 +29,17 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from ddvlm_core.speech_timing import spoken_s
+
 KEEP = 64  # speaking intervals kept: a VAD that flickers in noise cannot grow the history without bound
 LONGEST_FACTOR = 3.0  # a window lasts at most this many times its words' estimated duration (speech_timing.spoken_s):
 # 99 % of MELD train's utterances last less (a VAD held on by noise would otherwise stretch it over seconds of it)
+
+
+def longest_s(text: str) -> float:
+    """The longest the window of a transcript saying ``text`` may last (``longest_s`` of ``heard`` and ``began``):
+    LONGEST_FACTOR times its words' estimated duration (``speech_timing.spoken_s``)."""
+    return LONGEST_FACTOR * spoken_s(text)
 
 
 class VoiceActivity:

@@ -27,8 +27,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Bool, Header, String
 
 from ddvlm_core.arrival_order import LATE_MAX_S, REVISED_FLAG
-from ddvlm_core.speech_timing import AsrTiming, spoken_s
-from ddvlm_core.voice_activity import LONGEST_FACTOR, VoiceActivity
+from ddvlm_core.speech_timing import AsrTiming
+from ddvlm_core.voice_activity import VoiceActivity, longest_s
 from ddvlm_ros.convert import (AsrJson, asr_confidence, asr_json, compressed_msg_to_rgb, cv_bridge_problem,
                                image_msg_to_rgb, messages_import, parse_transcript, prediction_to_msg, sec_to_stamp,
                                stamp_to_sec, use_cv_bridge, whisper_msgs_available, whisper_transcription)
@@ -615,7 +615,7 @@ class EmotionNode(LifecycleNode):
         if activity is None:
             return start, said_until
         estimate = (start, end if said_until is None else said_until)
-        window = activity.heard(came, self.p("text_asr_endpoint_s"), estimate, LONGEST_FACTOR * spoken_s(text))
+        window = activity.heard(came, self.p("text_asr_endpoint_s"), estimate, longest_s(text))
         self._windows_by["vad" if window else "estimate"] += 1
         return window or (start, said_until)
 
@@ -992,7 +992,7 @@ class EmotionNode(LifecycleNode):
         (``start``), or from when its VAD (``activity``) heard the utterance begin."""
         self._last_voice_speech = time.monotonic()
         began = activity.began(self._now(), self.p("text_asr_endpoint_s"),
-                               LONGEST_FACTOR * spoken_s(msg.incremental)) if activity is not None else None
+                               longest_s(msg.incremental)) if activity is not None else None
         start = start if began is None else began
         self.pipeline.prefetch(UtteranceIn(self.p("conversation_id"), uid, voice, msg.incremental, start,
                                            self._now(), time.monotonic(), voice_id=voice))
