@@ -37,7 +37,8 @@ from ddvlm_ros.msgs import EmotionDistribution, ResetConversation, Utterance
 from ddvlm_ros.params import (PARAMS, PARAMS_BY_NAME, coerce, params_files, parameter_errors,
                               unapplied_params_files)
 from ddvlm_ros.pipeline import CLOCK_SKEW_S, ROBOT_SPEAKER, EmotionPipeline, Result, UtteranceIn
-from ddvlm_ros.qos import NO_PUBLISHER_EVENTS, NO_SUBSCRIPTION_EVENTS, incompatible_qos, peer_name, type_name
+from ddvlm_ros.qos import (NO_PUBLISHER_EVENTS, NO_SUBSCRIPTION_EVENTS, graph_endpoints, incompatible_qos, peer_name,
+                           type_name)
 from ddvlm_ros.ros4hri import FACES, VOICES, mirrored, spoken_locale
 from ddvlm_ros.spin import spin_until_shutdown
 
@@ -746,22 +747,25 @@ class EmotionNode(LifecycleNode):
     def _check_inputs(self) -> None:
         self._check_silence()
         self._check_mistyped()
-        self._check_qos()
-        self._check_faces_shared()
+        try:
+            endpoints = graph_endpoints(self)
+        except Exception:  # noqa: BLE001 - runs on a timer, which must never stop the executor; next time
+            return
+        self._check_qos(endpoints)
+        self._check_faces_shared(endpoints)
 
-    def _check_faces_shared(self) -> None:
+    def _check_faces_shared(self, endpoints: dict) -> None:
         """WARN once per face expression topic the node publishes on (``face_expression``) where another node
         publishes too, e.g. a facial-expression classifier: two sources of one face's expression on one topic, which
-        a behaviour node reading ``person.face.expression`` cannot tell apart."""
+        a behaviour node reading ``person.face.expression`` cannot tell apart. ``endpoints``: ``graph_endpoints``."""
         hri = self._hri
         if hri is None:
             return
         me, shared = self.get_fully_qualified_name(), {}
         for topic in hri.face_topics():
-            try:
-                others = sorted({peer_name(i) for i in self.get_publishers_info_by_topic(topic)} - {me})
-            except Exception:  # noqa: BLE001 - runs on a timer, which must never stop the executor; next time
-                return
+            if topic not in endpoints:  # a face publisher made since the graph was read: next time
+                continue
+            others = sorted({peer_name(i) for i in endpoints[topic][1]} - {me})
             if others:
                 shared[topic] = ", ".join(others)
                 if self._faces_shared.get(topic) != shared[topic]:
@@ -769,13 +773,11 @@ class EmotionNode(LifecycleNode):
                                               "face's expression (set face_expression false, or stop the other)")
         self._faces_shared = shared
 
-    def _check_qos(self) -> None:
+    def _check_qos(self, endpoints: dict) -> None:
         """WARN once per topic where a peer's QoS cannot match the node's endpoint (``ddvlm_ros.qos``), e.g. a
-        best-effort camera driver on a reliable ``image`` subscription: no frame ever comes."""
-        try:
-            mismatch = incompatible_qos(self)
-        except Exception:  # noqa: BLE001 - runs on a timer, which must never stop the executor; next time
-            return
+        best-effort camera driver on a reliable ``image`` subscription: no frame ever comes. ``endpoints``:
+        ``graph_endpoints``."""
+        mismatch = incompatible_qos(self, endpoints)
         for topic, peers in mismatch.items():
             if self._qos_mismatch.get(topic) != peers:
                 param = self._reliability_param.get(topic)

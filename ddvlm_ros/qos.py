@@ -9,7 +9,8 @@ leaves; under a MultiThreadedExecutor its callbacks run beside the thread that g
 node in one lost its executor (``bench/executor_transitions.py``). Without event handlers there is nothing of
 that kind to wait on: the executor survives a destroyed subscription's handle (it skips it).
 
-What the incompatible-QoS handlers said, ``incompatible_qos`` reads from the graph once a second: for each of
+What the incompatible-QoS handlers said, ``incompatible_qos`` reads from the graph once a second
+(``graph_endpoints``, read once for every check of that second): for each of
 the node's subscriptions, the publishers of its type whose QoS cannot match it (a best-effort camera driver and a
 reliable ``image`` subscription: no frame ever comes), and for each of its publishers, the subscribers it cannot
 match (a subscriber asking for transient-local ``/emotion``). It names the topic and the peer node, which the
@@ -46,20 +47,25 @@ def peer_name(info) -> str:
     return f"{namespace}/{info.node_name}"
 
 
-def incompatible_qos(node) -> dict[str, str]:
+def graph_endpoints(node) -> dict[str, tuple[str, list, list]]:
+    """Topic -> (the node's type there, its publishers, its subscriptions on the ROS graph: TopicEndpointInfo, the
+    node's own included) for each topic of the node's subscriptions and publishers outside ``BUILTIN_TOPICS``: one
+    read of the graph for the checks of a tick. May raise where the graph cannot be read."""
+    endpoints = [*node.subscriptions, *node.publishers]
+    return {topic: (msg_type, node.get_publishers_info_by_topic(topic), node.get_subscriptions_info_by_topic(topic))
+            for topic, msg_type in sorted({(e.topic_name, type_name(e.msg_type)) for e in endpoints})
+            if topic not in BUILTIN_TOPICS}
+
+
+def incompatible_qos(node, endpoints: dict[str, tuple[str, list, list]]) -> dict[str, str]:
     """Topic -> its peers whose QoS cannot match the node's endpoint there, in words ('<peer> (publisher): best
-    effort publisher and reliable subscription'), for the node's subscriptions and publishers outside
-    ``BUILTIN_TOPICS``. Both profiles are the graph's (a profile as created holds 0 for "no deadline", the graph's
-    the infinite duration it means). Peers of another type are left out: DDS would not match them whatever their
-    QoS (the node reports them as publishers of another type). May raise where the graph cannot be read."""
+    effort publisher and reliable subscription'), from the node's ``graph_endpoints``. Both profiles are the graph's
+    (a profile as created holds 0 for "no deadline", the graph's the infinite duration it means). Peers of another
+    type are left out: DDS would not match them whatever their QoS (the node reports them as publishers of another
+    type)."""
     me = node.get_fully_qualified_name()
     found: dict[str, list[str]] = {}
-    endpoints = [*node.subscriptions, *node.publishers]
-    for topic, msg_type in sorted({(e.topic_name, type_name(e.msg_type)) for e in endpoints}):
-        if topic in BUILTIN_TOPICS:
-            continue
-        publishers, subscribers = (node.get_publishers_info_by_topic(topic),
-                                   node.get_subscriptions_info_by_topic(topic))
+    for topic, (msg_type, publishers, subscribers) in endpoints.items():
         mine = [(info, role) for infos, role in ((publishers, "publisher"), (subscribers, "subscriber"))
                 for info in infos if info.topic_type == msg_type and peer_name(info) == me]
         for own, role in mine:
