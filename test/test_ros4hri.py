@@ -361,18 +361,12 @@ def test_a_voices_utterance_is_captioned_from_its_persons_body_crops(harness, ti
     them): anna's utterance is captioned from b1's 24x16 crops, not the camera's 64x64 scene. With
     caption_person_crops false, or for a voice no person links, the camera's frames are captioned."""
     from rclpy.parameter import Parameter
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
     h = harness(model_dir=tiny_visual_checkpoint, captioner="cue", ros4hri=True).start()
     recorder = h.node.pipeline.captioner = ShapeCaptioner()
     track(h, "anna", "bob")
-    latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
-    links = {link: h.client.create_publisher(String, f"/humans/persons/p1/{link}", latched)
-             for link in ("voice_id", "body_id")}
-    links["voice_id"].publish(String(data="anna"))
-    links["body_id"].publish(String(data="b1"))
-    h.publish(hri.IdsList, "/humans/persons/tracked", hri.IdsList(ids=["p1"]))
+    link_person(h, "p1", voice_id="anna", body_id="b1")
     h.publish(hri.IdsList, "/humans/bodies/tracked", hri.IdsList(ids=["b1"]))
     deadline = time.monotonic() + 15
     while (h.node._crops.crops_of("anna") != ["body/b1"] or "body/b1" not in h.node._crops.crops) \
