@@ -2,6 +2,7 @@
 back by ddvlm_core.meld, trained on (corpus: own) and scored (training.evaluate --corpus) on a tiny real model."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -168,15 +169,49 @@ def test_a_corpus_that_cannot_be_trained_on_is_refused_before_any_work(tmp_path,
     preflight(tiny_cfg(tmp_path, tiny_roberta_dir, meld_dir=str(tmp_path / "corpus"), corpus="own"))  # passes
 
 
-def test_the_ablations_are_refused_on_your_own_corpus(tmp_path, tiny_roberta_dir, capsys):
-    from training.ablate import main as ablate
+def test_the_ablations_run_on_your_own_corpus_and_report_beside_its_runs_without_the_papers_numbers(
+        tmp_path, tiny_roberta_dir, capsys):
+    """A study's corpus gets Table 4's rows as MELD does (each a configuration of the one loop, per seed): scored on
+    its own test, reported under the run directory (not reports/, whose MELD tables the README cites) with no paper
+    number beside them, and kept out of training.results' table of MELD scores."""
+    import hashlib
 
+    from training.ablate import main as ablate
+    from training.results import main as results
+
+    def digest(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("ablation*"))}
+
+    meld_reports = digest(Path("reports"))
     write_corpus(study(tmp_path), tmp_path / "corpus", dev={"S03"}, test={"S04"})
-    args = ["--config", "training/configs/cpu.yaml", f"--text_backbone={tiny_roberta_dir}", "--corpus=own",
-            f"--meld_dir={tmp_path / 'corpus'}", "--dry-run"]
+    run_dir = tmp_path / "run"
+    args = [f"--text_backbone={tiny_roberta_dir}", "--corpus=own", f"--meld_dir={tmp_path / 'corpus'}",
+            f"--run_dir={run_dir}", f"--feature_cache={tmp_path / 'features'}", "--text_mode=frozen",
+            "--head_lr=1e-2", "--epochs=2", "--batch_size=4", "--eval_batch_size=8"]
+    assert ablate(["--rows", "full,text_sd,text_no_sd", "--seeds", "0,1", *args]) == 0
+    capsys.readouterr()
+    report = json.loads((run_dir / "ablation" / "report.json").read_text())
+    rows = {row["row"]: row for row in report["rows"]}
+    assert rows["full"]["not_run"] == "needs captions; caption_source: none"
+    for name in ("text_sd", "text_no_sd"):
+        assert rows[name]["paper"] is None and [r["seed"] for r in rows[name]["runs"]] == [0, 1]
+        for run in rows[name]["runs"]:  # each the run's own score on the corpus's 4 labelled test utterances
+            saved = json.loads((run_dir / "ablation" / name / f"seed{run['seed']}" / "results.json").read_text())
+            assert run["test_wa_f1"] == saved["stages"]["text"]["best"]["test"]["wa_f1"]
+            assert run["test_gold"] == "4154"
+    markdown = (run_dir / "ablation" / "report.md").read_text()
+    assert markdown.startswith(f"# Table 4's ablations on your corpus {tmp_path / 'corpus'} (test WA-F1, model chosen "
+                               "on its dev)\n")
+    assert "| row | ours (mean ± std) | seeds | mode | encoder | captions |" in markdown
+    sd = rows["text_sd"]
+    assert f"| Self-Distillation Only Text | {sd['mean']:.2f} ± {sd['std']:.2f} | 2 | frozen |" in markdown
+    gain = sd["mean"] - rows["text_no_sd"]["mean"]
+    assert f"Self-distillation gain on the text branch: {gain:+.2f} WA-F1.\n" in markdown  # no paper's +0.67
+    assert "paper" not in markdown.split("\n| row |")[1]
+    assert digest(Path("reports")) == meld_reports  # MELD's reports untouched
     with pytest.raises(SystemExit):
-        ablate(args)
-    assert "training.ablate reproduces the paper's Table 4 on MELD" in capsys.readouterr().err
+        results([str(run_dir / "ablation" / "report.json"), "--out", str(tmp_path / "text_branch")])
+    assert f"ablations on your corpus {tmp_path / 'corpus'}, not on MELD" in capsys.readouterr().err
 
 
 @pytest.mark.ros

@@ -81,6 +81,9 @@ def schedule(config: dict, rows: dict) -> str:
 def summary(path: Path) -> dict | None:
     """One report's line, or None when it has no self-distilled text row with runs."""
     report = read_report(path)
+    if report["config"].get("corpus", "meld") != "meld":  # scores on another test set: not comparable in one table
+        raise ValueError(f"{path}: ablations on your corpus {report['config']['meld_dir']}, not on MELD; this table "
+                         f"compares MELD test scores (that run's own table: {path.with_suffix('.md')})")
     rows = {row["row"]: row for row in report["rows"]}
     sd = rows.get("text_sd", {}).get("runs", [])
     if not sd:
