@@ -117,14 +117,11 @@ def test_colcon_test_runs_the_suite_with_pytest():
 
 
 def ros_imports(path: Path) -> list[str]:
-    names = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.append(node.module)
+    """The ROS modules (and ours that use ROS) the module at ``path`` imports, anywhere in it, sorted."""
+    from test_ros_compat import imports_in
+
     ros = r"(rclpy|ddvlm_msgs|ddvlm_ros|\w+_msgs|launch|cv_bridge|message_filters)\b"
-    return [n for n in names if re.match(ros, n)]
+    return sorted(n for n in imports_in(ast.parse(path.read_text(encoding="utf-8"))) if re.match(ros, n))
 
 
 def test_ddvlm_core_never_imports_ros():

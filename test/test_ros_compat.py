@@ -69,7 +69,8 @@ def is_ros(module: str) -> bool:
 
 
 def imports_in(node: ast.AST) -> set[str]:
-    """The modules ``node`` (a function) imports in its body."""
+    """The modules ``node`` (a function, or a whole module's tree) imports in its body (relative imports left out:
+    ours are absolute)."""
     names = set()
     for n in ast.walk(node):
         if isinstance(n, ast.Import):
