@@ -216,23 +216,39 @@ class ReplayResult:
     captioner: str = ""  # which captioner wrote the answers' captions (ddvlm_core.captioner.captioner_id); '' none
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> its time span, seconds from the
     #                                                                      bag's first message (ddvlm_ros.time_labels)
+    heard: dict[str, float] = field(default_factory=dict)  # key -> when the node got it (its time in the bag, seconds
+    #                                  from the first message), of the final utterances and the context-only turns
     idle_timeout_s: float = 0.0  # the node's: a silence this long in a conversation starts a new context (0: never)
     max_context_turns: int = 0  # the node's: the turns of a conversation a prompt reads, at most (0: not known)
     recorded_types: str = ""  # topics recorded with another version of their type (ddvlm_ros.recorded), in words
     asr_min_confidence: float = 0.0  # the node's: a transcript the ASR gave less confidence is flagged
     frames_not_played: int = 0  # the bag's camera frames, not played to a node without a captioner (not subscribed)
 
+    def turns(self) -> list[str]:
+        """The keys of every turn the node added to a dialogue, in the order it got them: the final utterances and,
+        where they came, the turns that only gave context (the robot's)."""
+        order, context = [], sorted(self.context_turns, key=lambda turn: turn[0])
+        for position, key in enumerate([*self.finals, None]):
+            while context and context[0][0] <= position:
+                order.append(context.pop(0)[1])
+            if key is not None:
+                order.append(key)
+        return order
+
     def contexts(self, keys: list[str]) -> list[str]:
         """Each key's dialogue context, as the node keeps them: its conversation, and in one conversation a new
-        context after a silence longer than ``idle_timeout_s`` between the ends of two utterances (a ROS4HRI bag's
-        voices all speak in the node's one conversation; so do a robot's sessions on one transcript topic):
-        "<conversation>#<k>"."""
+        context when a turn came more than ``idle_timeout_s`` after the one before it (a ROS4HRI bag's voices all
+        speak in the node's one conversation; so do a robot's sessions on one transcript topic): "<conversation>#<k>".
+        As the node (``pipeline._conversation``): every turn counts, the robot's too (a robot that keeps talking keeps
+        the context), each at the time it came, not when its words ended; a turn with no such time (results from
+        before they were kept) at its span's end."""
         count, last, of = {}, {}, {}
-        for key in self.finals:
-            conversation, end = key.rpartition("/")[0], self.spans.get(key, (0.0, 0.0))[1]
-            if conversation in last and self.idle_timeout_s > 0 and end - last[conversation] > self.idle_timeout_s:
+        for key in self.turns():
+            conversation = key.rpartition("/")[0]
+            came = self.heard.get(key, self.spans.get(key, (0.0, 0.0))[1])
+            if conversation in last and self.idle_timeout_s > 0 and came - last[conversation] > self.idle_timeout_s:
                 count[conversation] = count.get(conversation, 0) + 1
-            last[conversation] = end
+            last[conversation] = came
             of[key] = f"{conversation}#{count.get(conversation, 0)}"
         return [of.get(key, key.rpartition("/")[0]) for key in keys]
 
@@ -494,9 +510,11 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 said = strip_tts_markup(text) if robot else text  # as the node reads it: its TTS markup out
                 if robot and has_text(said) and not non_speech(said):
                     result.context_turns.append((len(result.finals), key, speaker, said))
+                    result.heard[key] = t - t_first
                 elif not robot and not non_speech(text):
                     result.finals.append(key)
                     result.texts[key] = text
+                    result.heard[key] = t - t_first
                     result.spans[key] = utterance_span(topics[topic], msg, text, t, node.asr_timing(), t_first,
                                                        answer_key.started.pop(key, None))
                     if on_final is not None:
@@ -505,8 +523,9 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                         skipped.add(key)
             elif topics[topic] == "robot_speech" and answer_key.counter > numbered and has_text(
                     said := strip_tts_markup(msg.data)):  # what the robot said, as the node reads it
-                result.context_turns.append((len(result.finals), f"{answer_key.conversation_id}/{answer_key.counter}",
-                                             ROBOT_SPEAKER, said))
+                key = f"{answer_key.conversation_id}/{answer_key.counter}"
+                result.context_turns.append((len(result.finals), key, ROBOT_SPEAKER, said))
+                result.heard[key] = t - t_first
             if answer_key.subscribes(topic):  # a voice or crop the node has just begun to track: not lost to discovery
                 wait_for(lambda p=pubs[topic]: p.get_subscription_count() > 0, SUBSCRIBE_WAIT_S)
                 if (expression := expressions.get(_ros4hri_parts(topic)[1])) is not None and is_speech(topic):
@@ -884,17 +903,15 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
             "latency_ms": msg.latency_ms, "flags": list(msg.flags),
             "transcript_confidence": float(msg.transcript_confidence)}
 
-    records, context = [], sorted(result.context_turns, key=lambda turn: turn[0])
-    contexts = dict(zip(result.finals, result.contexts(result.finals)))
-    for position, key in enumerate([*result.finals, None]):
-        while context and context[0][0] <= position:  # the turns that only gave context, where they came
-            _, turn_key, speaker, text = context.pop(0)
-            records.append({"key": turn_key, "speaker_id": speaker, "context_only": True, "transcript": text,
-                            "gold": None, "prediction": None, "confidence": None,
-                            "context": turn_context(turn_key, result.finals[position:], result.finals[:position],
-                                                    contexts)})
-        if key is None:
-            break
+    records, context = [], {turn[1]: turn for turn in result.context_turns}
+    turns = result.turns()
+    contexts = dict(zip(turns, result.contexts(turns)))
+    for key in turns:
+        if key in context:  # a turn that only gave context, where it came
+            _, _, speaker, text = context[key]
+            records.append({"key": key, "speaker_id": speaker, "context_only": True, "transcript": text,
+                            "gold": None, "prediction": None, "confidence": None, "context": contexts[key]})
+            continue
         entry, scored = result.answers.get(key, {}), result.prediction(key)
         first = entry.get("text") or entry.get("refined")
         records.append({"key": key, "speaker_id": first.speaker_id if first else None,
@@ -908,15 +925,6 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
                         "max_context_turns": result.max_context_turns,
                         **({"captioner": result.captioner} if result.captioner else {})})
     return records
-
-
-def turn_context(key: str, later: list[str], earlier: list[str], contexts: dict[str, str]) -> str:
-    """The dialogue context (``ReplayResult.contexts``) a turn that only gave context joined: that of the next
-    utterance of its conversation (the robot speaks, a person answers), else of the one before it."""
-    conversation = key.rpartition("/")[0]
-    mine = [k for k in later if k.rpartition("/")[0] == conversation] or [
-        k for k in reversed(earlier) if k.rpartition("/")[0] == conversation]
-    return contexts[mine[0]] if mine else f"{conversation}#0"
 
 
 def parse_remaps(items: list[str]) -> dict[str, str]:

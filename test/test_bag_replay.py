@@ -399,6 +399,36 @@ def test_the_replay_report_counts_transcripts_repeating_the_robot(tmp_path, tiny
     assert "echoes-robot" not in report_of_robot_bag(tmp_path, tiny_text_checkpoint)
 
 
+def test_the_robots_own_turns_keep_a_conversations_context_in_the_answers_as_in_the_node(tmp_path,
+                                                                                         tiny_text_checkpoint):
+    """With idle_timeout_s 3.5: Ann speaks at 102 s, the robot at 105 s, Ben at 106 s, Ann again at 112 s. The node
+    begins a new context only at 112 s: the robot's turn kept the conversation going, though 4 s passed between Ann's
+    and Ben's words. The answers file's contexts, which a corpus cuts its dialogues by, are the node's."""
+    from ddvlm_core.meld import read_split
+    from ddvlm_ros.corpus import main as corpus
+    from ddvlm_ros.replay import answer_records, replay
+
+    lines = ["Ann: I got the job!", "Ben: No way, really?", "Ann: Yes, since Monday.", "Ben: Wow."]
+    bag = write_robot_bag(tmp_path / "robot", lines, fps=0.0, said={1: "Shall I bring some cake?"},
+                          times=[102.0, 106.0, 112.0, 113.0])
+    result = replay(bag, {"model_dir": tiny_text_checkpoint, "input_timeout_s": 0.0, "idle_timeout_s": 3.5},
+                    speed=20.0, remaps={"/asr/text": "transcript", "/speech": "robot_speech"})
+    assert result.node_status["conversations_reset"] == "1"  # the node: one new context, at 112 s
+    records = answer_records(result, dict(zip(result.finals, ["joy", "surprise", "joy", "surprise"])))
+    assert [(r["speaker_id"], r["context"]) for r in records] == [
+        ("Ann", "default#0"), ("robot", "default#0"), ("Ben", "default#0"), ("Ann", "default#1"), ("Ben", "default#1")]
+    # what the node read: Ben's answer at 106 s saw Ann's and the robot's turns (his token is the third speaker's)
+    assert [r["speaker_token"] for r in records if not r.get("context_only")] == ["<s1>", "<s3>", "<s1>", "<s2>"]
+    answers = tmp_path / "S01.jsonl"
+    answers.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    for name in ("S02", "S03"):
+        (tmp_path / f"{name}.jsonl").write_text(answers.read_text(encoding="utf-8"), encoding="utf-8")
+    assert corpus([str(tmp_path / f"S0{k}.jsonl") for k in (1, 2, 3)] + [
+        "--out", str(tmp_path / "corpus"), "--dev", "S02", "--test", "S03"]) == 0
+    assert [(r.dialogue_id, r.speaker) for r in read_split("test", tmp_path / "corpus")] == [
+        (0, "Ann"), (0, "robot"), (0, "Ben"), (1, "Ann"), (1, "Ben")]
+
+
 def test_the_replay_report_counts_transcripts_that_are_partial_results(tmp_path, tiny_text_checkpoint, capsys):
     """A bag whose ASR topic carries its partial results (ros-vosk's partial_result recorded as the transcript): the
     next versions of one utterance carry transcript-extends-previous, and the report says what to remap."""
