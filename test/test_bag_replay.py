@@ -427,6 +427,12 @@ def test_the_robots_own_turns_keep_a_conversations_context_in_the_answers_as_in_
         "--out", str(tmp_path / "corpus"), "--dev", "S02", "--test", "S03"]) == 0
     assert [(r.dialogue_id, r.speaker) for r in read_split("test", tmp_path / "corpus")] == [
         (0, "Ann"), (0, "robot"), (0, "Ben"), (1, "Ann"), (1, "Ben")]
+    from ddvlm_core.labels import LABELS
+    from training.evaluate import evaluate_checkpoint
+
+    scored = evaluate_checkpoint(tiny_text_checkpoint, ("test",), corpus=tmp_path / "corpus", log=lambda *_: None)
+    answered = [LABELS.index(r["prediction"]) for r in records if not r.get("context_only")]
+    assert scored["splits"]["test"]["predictions"] == answered  # the node's prompts
 
 
 def test_the_replay_report_counts_transcripts_that_are_partial_results(tmp_path, tiny_text_checkpoint, capsys):
