@@ -52,6 +52,7 @@ from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
 from ddvlm_core.speech_timing import AsrTiming
 from ddvlm_core.tts_markup import strip_tts_markup
+from ddvlm_core.voice_activity import VoiceActivity, longest_s
 from ddvlm_ros.bag import BagError, labels_path, load_labels
 from ddvlm_ros.convert import stamp_to_sec, transcript_said
 from ddvlm_ros.pipeline import LOW_CONFIDENCE_FLAG, ROBOT_SPEAKER
@@ -470,7 +471,10 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             unplayed = [t for t in topics if topics[t] in (*CAMERA_INPUTS, *TIMING_INPUTS)
                         or IS_SPEAKING_TOPIC.fullmatch(t)]
             result.frames_not_played = sum(counts[t] for t in unplayed if topics[t] in CAMERA_INPUTS)
+            vads_only = {t: topics[t] for t in unplayed if topics[t] in TIMING_INPUTS or IS_SPEAKING_TOPIC.fullmatch(t)}
             topics = {t: node_input for t, node_input in topics.items() if t not in unplayed}
+        else:
+            vads_only = {}
         subscribed_now = [pubs[t] for t in topics if not t.startswith("/humans/") or t == f"{VOICES}/tracked" or
                           (t == f"{PERSONS}/tracked" and node._persons is not None) or
                           (t.endswith("/tracked") and node._crops is not None)]  # ROS4HRI's others: once tracked
@@ -482,18 +486,22 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         skipped: set[str] = set()  # final utterances the node does not classify (no text): no answer to wait for
         links_sent: dict[str, dict[str, str]] = {}  # person -> {link: value} published (latched) so far
         in_step = True  # the node numbers what answer_key numbers (one that waited in vain: it does not; no more waits)
+        vads = BagVads()  # the bag's VADs, read (not played without a captioner) to place the spans
 
         def unanswered(keys: list[str]) -> list[str]:
             with lock:
                 return [k for k in keys if k not in skipped and "text" not in result.answers.get(k, {})]
 
         started = time.monotonic()
-        played = bag_messages(bag, topics)
+        played = bag_messages(bag, {**topics, **vads_only})
         if progress:  # a whole MELD split takes minutes: a bar with an ETA (``--live`` prints a line per answer)
             from tqdm import tqdm
 
             played = tqdm(played, total=sum(counts[t] for t in topics), desc="replay", unit="msg", mininterval=10)
         for t, topic, msgtype, raw in played:
+            if topic in vads_only:  # not played: the node does not read it without a captioner
+                vads.read(vads_only[topic], topic, decode(decoder, topic, raw, ros_type(in_bag[topic])), t, answer_key)
+                continue
             delay = (t - t_first) / speed - (time.monotonic() - started)
             if delay > 0:
                 time.sleep(delay)
@@ -502,9 +510,13 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 wait_for(lambda: len(unanswered(result.finals)) < max_in_flight, answer_timeout_s, poll_s=0.01)
             clock_pub.publish(Clock(clock=sec_to_stamp(t, type(Clock().clock))))
             msg = decode(decoder, topic, raw, types[topic])
+            vads.read(topics[topic], topic, msg, t, answer_key)
             numbered = answer_key.counter
             if answered := answer_key(topics[topic], msg, t):
                 key, speaker, text = answered
+                # where the node places its words (a VAD's speech is used by each transcript it places, as in the node)
+                span = utterance_span(topics[topic], msg, text, t, node.asr_timing(), t_first,
+                                      answer_key.started.pop(key, None), vads.placing(topics[topic], topic, msg))
                 # context_only_speakers (the robot) get no answer; nor does what was not speech ([BLANK_AUDIO])
                 robot = node.pipeline.context_only(speaker)
                 said = strip_tts_markup(text) if robot else text  # as the node reads it: its TTS markup out
@@ -515,8 +527,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                     result.finals.append(key)
                     result.texts[key] = text
                     result.heard[key] = t - t_first
-                    result.spans[key] = utterance_span(topics[topic], msg, text, t, node.asr_timing(), t_first,
-                                                       answer_key.started.pop(key, None))
+                    result.spans[key] = span
                     if on_final is not None:
                         on_final(key, result.spans[key], speaker)
                     if not has_text(text):  # blank: the node skips it (counted unanswered)
@@ -646,19 +657,28 @@ def wait_for(condition: Callable[[], bool], seconds: float, poll_s: float = 0.00
 
 
 def utterance_span(node_input: str, msg, text: str, arrived: float, timing: AsrTiming,
-                   t_first: float, started: float | None = None) -> tuple[float, float]:
+                   t_first: float, started: float | None = None,
+                   activity: VoiceActivity | None = None) -> tuple[float, float]:
     """When an utterance (its words ``text``) was said, in seconds from the bag's first message (``t_first``), as the
     node reads it for its camera window: an ``Utterance``'s start and end stamps (its header stamp for a missing end);
     a ROS4HRI voice's final result: its header stamp, and when its first incremental result came (``started``);
     a whisper_ros Transcription: from its audio's duration and its transcription time (``AsrTiming.transcribed``);
     else, and for a transcript, estimated by ``timing`` (the node's ``asr_timing``) from its words and when it
-    ``arrived`` (its time in the bag). A VAD in the bag (``voice_activity``, a voice's ``is_speaking``), which places
-    the node's camera windows when it captions, does not place these spans: they stay the estimate."""
+    ``arrived`` (its time in the bag). Then, as the node places its camera window when it captions, on the speech a VAD
+    heard (``activity``: ``BagVads.placing``; ``VoiceActivity.heard``), where it heard fresh speech."""
+    start, end = _said(node_input, msg, text, arrived, timing, started)
+    window = activity.heard(arrived, timing.endpoint_s, (start, end), longest_s(text)) if activity else None
+    start, end = window or (start, end)
+    return start - t_first, end - t_first
+
+
+def _said(node_input: str, msg, text: str, arrived: float, timing: AsrTiming,
+          started: float | None) -> tuple[float, float]:
+    """``utterance_span`` before a VAD places it, in the bag's time."""
     end = start = 0.0
     if node_input == "transcription":
         try:
-            start, end = timing.transcribed(msg.audio_time, msg.transcription_time, arrived)
-            return start - t_first, end - t_first
+            return timing.transcribed(msg.audio_time, msg.transcription_time, arrived)
         except ValueError:  # no times: estimated, as the node does
             pass
     elif node_input == "utterance":
@@ -669,7 +689,50 @@ def utterance_span(node_input: str, msg, text: str, arrived: float, timing: AsrT
         start = started if started is not None and started <= (end or arrived) else 0.0
     end = end or timing.said(text, arrived)[1]
     start = start if 0 < start <= end else timing.started(text, end)
-    return start - t_first, end - t_first
+    return start, end
+
+
+class BagVads:
+    """The VADs a bag recorded, read as the node reads them when it captions (``ddvlm_core.voice_activity``):
+    ``voice_activity``, the robot's ``robot_speaking`` (what the VADs hear meanwhile is the robot), and each ROS4HRI
+    voice's ``is_speaking`` while the node hears the voice (forgotten when it is tracked again after its linger ran
+    out). ``placing`` says which one places a transcript's span, as it places the node's camera window: a transcript
+    and an Utterance with no stamps on ``voice_activity``, a voice's final result on its own ``is_speaking``."""
+
+    def __init__(self):
+        self.shared: VoiceActivity | None = None  # voice_activity
+        self.voices: dict[str, VoiceActivity] = {}  # ROS4HRI voice id -> its is_speaking
+        self.robot_speaking = False
+
+    def read(self, node_input: str, topic: str, msg, t: float, keys: AnswerKeys) -> None:
+        """A message on ``topic`` at bag time ``t``, before ``keys`` reads it (it says which voices the node hears)."""
+        if node_input == "robot_speaking":
+            self.robot_speaking = bool(msg.data)
+            for activity in [self.shared, *self.voices.values()]:
+                if activity is not None:
+                    activity.robot(self.robot_speaking, t)
+        elif node_input == "voice_activity":
+            self.shared = self.shared or VoiceActivity(robot_speaking=self.robot_speaking)
+            self.shared.hear(bool(msg.data), t)
+        elif IS_SPEAKING_TOPIC.fullmatch(topic):
+            voice = _ros4hri_parts(topic)[1]
+            if voice in keys.tracked.get("voices", ()) or keys._still_heard(voice, t):
+                self.voices.setdefault(voice, VoiceActivity(robot_speaking=self.robot_speaking)).hear(bool(msg.data), t)
+        elif topic == f"{VOICES}/tracked":
+            for voice in set(msg.ids) & set(keys.left):
+                if not keys._still_heard(voice, t) and voice in self.voices:  # back after its linger: heard anew
+                    self.voices[voice].forget()
+
+    def placing(self, node_input: str, topic: str, msg) -> VoiceActivity | None:
+        """The VAD that places the span of a transcript on ``topic`` (None: its stamps or its words do)."""
+        if node_input == "transcript":
+            return self.shared
+        if node_input == "utterance" and not (stamp_to_sec(msg.end) or stamp_to_sec(msg.header.stamp)
+                                              or stamp_to_sec(msg.start)):
+            return self.shared
+        if is_speech(topic):
+            return self.voices.get(_ros4hri_parts(topic)[1])
+        return None
 
 
 class AnswerKeys:

@@ -11,10 +11,11 @@ Times are seconds from the bag's first message (what a video made from the bag, 
 that video show): plain seconds (negative before it), ``mm:ss.s`` or ``hh:mm:ss.s`` (a comma for the decimal point
 too, as in SRT).
 Labels are MELD's seven (``ddvlm_core.labels``; case is ignored). Each replayed utterance takes the label of the
-interval that overlaps its time span the most (its ``Utterance`` start and end stamps; a transcript without them:
-when its words were said, estimated from them and when it came as for the node's camera window,
-``ddvlm_core.speech_timing``), among the intervals of its speaker when both
-name one; an utterance no interval overlaps is not scored, and intervals no utterance overlaps are counted.
+interval that overlaps its time span the most (where the node places its camera window: its ``Utterance`` start and
+end stamps; a transcript without them: when its words were said, estimated from them and when it came,
+``ddvlm_core.speech_timing``; and on the speech a VAD in the bag heard, ``ddvlm_ros.replay.BagVads``), among the
+intervals of its speaker when both name one; an utterance no interval overlaps is not scored, and intervals no
+utterance overlaps are counted.
 """
 from __future__ import annotations
 

@@ -620,6 +620,30 @@ def test_a_robots_vad_recorded_in_its_bag_places_the_replayed_transcripts_camera
     assert data["node"]["voice_activity"] == "not read: no captioner" and data["score"]["refined"] == 0
 
 
+def test_a_vad_recorded_in_the_bag_places_the_answers_spans_as_the_nodes_camera_windows_also_without_a_captioner(
+        tmp_path, tiny_text_checkpoint):
+    """The spans that time labels are matched by and a corpus records: with respeaker_ros' /is_speeching remapped
+    onto voice_activity, each transcript's span is the speech the VAD heard (on 1.8 s to 0.6 s before it came), as
+    the node places its camera window, though a text-only node reads no VAD; without the VAD, the estimate from its
+    words. The same for a ROS4HRI voice's is_speaking, which ends each turn 0.1 s after its end stamp."""
+    from ddvlm_ros.replay import bag_topics, replay
+
+    bag = write_robot_bag(tmp_path / "robot", ROBOT_LINES, fps=0.0, vad=True)
+    t_first = bag_topics(bag).start_s
+    params = {"model_dir": tiny_text_checkpoint, "input_timeout_s": 0.0}
+    heard = replay(bag, params, speed=20.0, remaps={"/asr/text": "transcript", "/is_speeching": "voice_activity"})
+    assert heard.node_status["voice_activity"] == "not read: no captioner"
+    said = [(100.0 + 2 * (k + 1) - 1.8 - t_first, 100.0 + 2 * (k + 1) - 0.6 - t_first) for k in range(4)]
+    assert [heard.spans[key] for key in heard.finals] == [(pytest.approx(a), pytest.approx(b)) for a, b in said]
+    estimated = replay(bag, params, speed=20.0, remaps={"/asr/text": "transcript"})
+    assert all(abs(estimated.spans[key][0] - start) > 0.1 for key, (start, _) in zip(estimated.finals, said))
+    voices = replay(write_ros4hri_bag(tmp_path / "voices", ROS4HRI_TURNS, is_speaking=True), params | {"ros4hri": True},
+                    speed=1000.0)
+    t_first = bag_topics(tmp_path / "voices").start_s
+    assert [voices.spans[key] for key in voices.finals] == [(pytest.approx(100.0 + 3 * k - t_first),
+                                                             pytest.approx(102.1 + 3 * k - t_first)) for k in range(5)]
+
+
 def test_a_bag_of_raw_camera_images_is_read_one_message_at_a_time(tmp_path):
     """A robot's bag of raw 720p images is about 2.7 MB a frame, tens of GB an hour: the replay and its recording
     read it message by message (the whole bag used to be read into memory first)."""
