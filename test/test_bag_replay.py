@@ -644,6 +644,39 @@ def test_a_vad_recorded_in_the_bag_places_the_answers_spans_as_the_nodes_camera_
                                                              pytest.approx(102.1 + 3 * k - t_first)) for k in range(5)]
 
 
+@pytest.mark.parametrize("form", ["robot", "ros4hri"])
+def test_with_a_captioner_the_replays_spans_are_the_camera_windows_the_node_placed(tmp_path, tiny_visual_checkpoint,
+                                                                                   monkeypatch, form):
+    """What the node read: each final utterance's camera window, as the node handed it to its pipeline, equals the
+    span the replay gives it (a robot's transcripts on /is_speeching's speech; ROS4HRI voices on their is_speaking)."""
+    from ddvlm_ros.pipeline import EmotionPipeline
+    from ddvlm_ros.replay import bag_topics, replay
+
+    windows = {}
+    submit = EmotionPipeline.submit
+
+    def submitted(self, utterance):
+        windows[f"{utterance.conversation_id}/{utterance.utterance_id}"] = utterance.window
+        return submit(self, utterance)
+
+    monkeypatch.setattr(EmotionPipeline, "submit", submitted)
+    params = {"model_dir": tiny_visual_checkpoint, "captioner": "cue", "input_timeout_s": 0.0}
+    if form == "robot":
+        bag = write_robot_bag(tmp_path / "robot", ROBOT_LINES, vad=True)
+        remaps = {"/asr/text": "transcript", "/is_speeching": "voice_activity",
+                  "/camera/color/image_raw/compressed": "image/compressed"}
+        result = replay(bag, params, speed=4.0, remaps=remaps)
+    else:
+        bag = write_ros4hri_bag(tmp_path / "voices", ROS4HRI_TURNS, crops=True, is_speaking=True)
+        result = replay(bag, params | {"ros4hri": True}, speed=4.0)
+    assert f" {len(result.finals)} transcript windows placed on the speech heard, 0 estimated" in (
+        result.node_status["voice_activity"])
+    t_first = bag_topics(bag).start_s
+    assert len(result.finals) == (4 if form == "robot" else 5)
+    for key in result.finals:
+        assert result.spans[key] == pytest.approx((windows[key][0] - t_first, windows[key][1] - t_first), abs=1e-6)
+
+
 def test_a_bag_of_raw_camera_images_is_read_one_message_at_a_time(tmp_path):
     """A robot's bag of raw 720p images is about 2.7 MB a frame, tens of GB an hour: the replay and its recording
     read it message by message (the whole bag used to be read into memory first)."""
