@@ -2,7 +2,7 @@
 
     python -m ddvlm_ros.replay BAG [--model-dir DIR] [--speed 5] [--live] [--report reports/replay.md]
     python -m ddvlm_ros.replay ROBOT_BAG --remap /asr/text:=transcript --remap /camera/image_raw:=image \
-        [--labels gold.json | --labels annotations.csv] [--answers answers.jsonl]
+        [--labels gold.json | --labels annotations.csv | --labels session.eaf] [--answers answers.jsonl]
 
 The node runs in-process on a real executor with ``use_sim_time``; the replayer publishes ``/clock``
 from the bag's time line and each message at its time (divided by ``--speed``), records every
@@ -917,7 +917,7 @@ def report_markdown(title: str, score: dict, bag: str, params: dict, speed: floa
 EMOTION_TYPE = "ddvlm_msgs/msg/EmotionDistribution"
 EXPRESSION_TYPE = "hri_msgs/msg/Expression"  # the node's ROS4HRI answers, on /humans/voices/<id>/expression
 MAX_SPEAKER_ROWS = 15  # speakers listed in the Markdown report (all of them in its JSON)
-TIME_LABEL_SUFFIXES = (".csv", ".tsv", ".txt")  # --labels given as time intervals (ddvlm_ros.time_labels)
+TIME_LABEL_SUFFIXES = (".csv", ".tsv", ".txt", ".eaf")  # --labels given as time intervals (ddvlm_ros.time_labels)
 
 
 def write_recording(out: str | Path, result: ReplayResult) -> tuple[Path, int]:
@@ -1010,7 +1010,9 @@ def main(argv: list[str]) -> int:
                     help="a node parameter, as ros2 run -p (e.g. quantized:=true, compile:=true); repeatable")
     ap.add_argument("--labels", help="gold labels: JSON by utterance key (a side file's format; default: the bag's "
                     "side file if any), or time intervals, .csv/.tsv (start,end,label[,speaker]: seconds from the "
-                    "bag's start; ddvlm_ros/time_labels.py)")
+                    "bag's start) or an ELAN .eaf file (ddvlm_ros/time_labels.py)")
+    ap.add_argument("--labels-tier", default="", metavar="TIERS", help="with an ELAN .eaf --labels: its tiers of "
+                    "labels, comma-separated (default: every tier whose annotations are all labels)")
     ap.add_argument("--answers", help="write one JSON line per replayed utterance with its answers (and one per "
                     "turn that only gave context: the robot's)")
     ap.add_argument("--record", metavar="OUT_BAG", help="write a bag: the replayed messages + /emotion answers (+ the "
@@ -1025,10 +1027,12 @@ def main(argv: list[str]) -> int:
 
     logging.set_verbosity_error()
     intervals = None  # the annotator's time intervals, when --labels gives them: labels then come by time
+    if args.labels_tier and Path(args.labels or "").suffix.lower() != ".eaf":
+        ap.error("--labels-tier names tiers of an ELAN .eaf file given as --labels")
     try:
         remaps = parse_remaps(args.remap)
         if args.labels and Path(args.labels).suffix.lower() in TIME_LABEL_SUFFIXES:
-            intervals, labels = load_intervals(args.labels), {}
+            intervals, labels = load_intervals(args.labels, [t for t in args.labels_tier.split(",") if t]), {}
         else:
             labels = load_labels(args.labels or args.bag, side_file=not args.labels) if args.labels or \
                 labels_path(args.bag).is_file() else {}

@@ -10,6 +10,11 @@ file with a header naming the columns ``start``, ``end`` and ``label``, and opti
 Times are seconds from the bag's first message (what a video made from the bag, Foxglove's time line or ELAN with
 that video show): plain seconds (negative before it), ``mm:ss.s`` or ``hh:mm:ss.s`` (a comma for the decimal point
 too, as in SRT).
+
+An ELAN annotation file (``.eaf``, on a video made from the bag, linked without an offset) is read as it is: each
+annotation of a tier of labels is an interval, its speaker the tier's participant. The tiers of labels are those
+named (``tiers``; ELAN's tier ids), else every tier all of whose annotations are labels; a dependent tier's
+annotations (an emotion tier on a transcription tier's utterances) take their parent annotation's times.
 Labels are MELD's seven (``ddvlm_core.labels``; case is ignored). Each replayed utterance takes the label of the
 interval that overlaps its time span the most (where the node places its camera window: its ``Utterance`` start and
 end stamps; a transcript without them: when its words were said, estimated from them and when it came,
@@ -23,6 +28,7 @@ import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from ddvlm_core.labels import LABELS, label_id
 
@@ -52,9 +58,14 @@ def parse_time(text: str) -> float:
     return -value if sign else value
 
 
-def load_intervals(path: str | Path) -> list[Interval]:
-    """The intervals of a CSV or tab-separated file with a header (start, end, label[, speaker])."""
+def load_intervals(path: str | Path, tiers: Sequence[str] = ()) -> list[Interval]:
+    """The intervals of a CSV or tab-separated file with a header (start, end, label[, speaker]), or of an ELAN
+    annotation file's tiers of labels (``load_eaf``; ``tiers``: those named)."""
     path = Path(path)
+    if path.suffix.lower() == ".eaf":
+        return load_eaf(path, tiers)
+    if tiers:
+        raise TimeLabelsError(f"{path}: tiers ({', '.join(tiers)}) are an ELAN .eaf file's; a CSV has none")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
@@ -78,6 +89,101 @@ def load_intervals(path: str | Path) -> list[Interval]:
         speaker = (row.get(columns["speaker"]) or "").strip() if "speaker" in columns else ""
         out.append(Interval(start, end, label, speaker))
     return out
+
+
+def load_eaf(path: str | Path, tiers: Sequence[str] = ()) -> list[Interval]:
+    """The intervals of an ELAN annotation file (EAF): every annotation of its tiers of labels, in seconds of ELAN's
+    time line, the tier's participant its speaker. ``tiers``: the tier ids to read, each all labels (empty
+    annotations left out); none named: every tier whose annotations are all labels, and a tier with labels and
+    other values too is refused (a typo would otherwise drop its labels without a word)."""
+    import xml.etree.ElementTree as ElementTree
+
+    path = Path(path)
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError) as e:
+        raise TimeLabelsError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    if root.tag != "ANNOTATION_DOCUMENT":
+        raise TimeLabelsError(f"{path}: not an ELAN annotation file (its root is <{root.tag}>)")
+    header = root.find("HEADER")
+    units = header.get("TIME_UNITS", "milliseconds") if header is not None else "milliseconds"
+    if units != "milliseconds":
+        raise TimeLabelsError(f"{path}: time units {units!r}; ELAN's milliseconds are read")
+    offsets = [m.get("MEDIA_URL", "") for m in root.iter("MEDIA_DESCRIPTOR")
+               if (m.get("TIME_ORIGIN") or "0").strip() != "0"]
+    if offsets:
+        raise TimeLabelsError(f"{path}: {offsets[0]} is linked with an offset (TIME_ORIGIN): link the video made from "
+                              "the bag without one, so that ELAN's time line is the bag's")
+    slots = {slot.get("TIME_SLOT_ID"): slot.get("TIME_VALUE") for slot in root.iter("TIME_SLOT")}
+    found = {tier.get("TIER_ID", ""): tier for tier in root.iter("TIER")}
+    aligned, refs = {}, {}  # annotation id -> (slot 1, slot 2); id -> the id it refers to (a dependent tier's)
+    for tier in found.values():
+        for a in tier.iter("ALIGNABLE_ANNOTATION"):
+            aligned[a.get("ANNOTATION_ID")] = (a.get("TIME_SLOT_REF1"), a.get("TIME_SLOT_REF2"))
+        for a in tier.iter("REF_ANNOTATION"):
+            refs[a.get("ANNOTATION_ID")] = a.get("ANNOTATION_REF")
+    values = {name: [(a.get("ANNOTATION_ID"), (a.findtext("ANNOTATION_VALUE") or "").strip())
+                     for a in tier.iter() if a.tag in ("ALIGNABLE_ANNOTATION", "REF_ANNOTATION")]
+              for name, tier in found.items()}
+    values = {name: [(ident, text) for ident, text in rows if text] for name, rows in values.items()}
+    chosen = _label_tiers(path, values, tiers)
+    out = []
+    for name in chosen:
+        speaker = (found[name].get("PARTICIPANT") or "").strip()
+        for ident, text in values[name]:
+            start, end = _annotation_times(path, name, ident, aligned, refs, slots)
+            try:
+                label = LABELS[label_id(text)]
+            except ValueError as e:
+                raise TimeLabelsError(f"{path}, tier {name!r} at {start:g} s: {e}") from None
+            if end <= start:
+                raise TimeLabelsError(f"{path}, tier {name!r} at {start:g} s: ends before it starts")
+            out.append(Interval(start, end, label, speaker))
+    return sorted(out, key=lambda iv: (iv.start, iv.end))
+
+
+def _is_label(text: str) -> bool:
+    try:
+        label_id(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _label_tiers(path: Path, values: dict[str, list[tuple[str, str]]], named: Sequence[str]) -> list[str]:
+    """The tiers of an EAF file read as labels: ``named``, or every one all labels; a refusal in words."""
+    listing = "; ".join(f"{name} ({len(rows)} annotations" + (f", e.g. {rows[0][1]!r})" if rows else ")")
+                        for name, rows in values.items()) or "none"
+    if named:
+        unknown = [name for name in named if name not in values]
+        if unknown:
+            raise TimeLabelsError(f"{path}: no tier {', '.join(map(repr, unknown))}; its tiers: {listing}")
+        return list(named)
+    labelled = {name: sum(_is_label(text) for _, text in rows) for name, rows in values.items()}
+    mixed = [name for name, n in labelled.items() if 2 * n >= len(values[name]) and 0 < n < len(values[name])]
+    if mixed:
+        odd = next(text for _, text in values[mixed[0]] if not _is_label(text))
+        raise TimeLabelsError(f"{path}: tier {mixed[0]!r} has labels and {odd!r}, which is none (labels: "
+                              f"{', '.join(LABELS)}); correct it, or name the tiers of labels (--labels-tier)")
+    chosen = [name for name, n in labelled.items() if n and n == len(values[name])]
+    if not chosen:
+        raise TimeLabelsError(f"{path}: no tier whose annotations are all labels ({', '.join(LABELS)}); its tiers: "
+                              f"{listing}")
+    return chosen
+
+
+def _annotation_times(path: Path, tier: str, ident: str, aligned: dict, refs: dict,
+                      slots: dict) -> tuple[float, float]:
+    """(start, end) in seconds of an annotation, a dependent tier's through the annotations it refers to."""
+    seen = set()
+    while ident in refs and ident not in seen:
+        seen.add(ident)
+        ident = refs[ident]
+    values = [slots.get(slot) for slot in aligned.get(ident, (None, None))]
+    if any(v is None or not v.strip().lstrip("-").isdigit() for v in values):
+        raise TimeLabelsError(f"{path}, tier {tier!r}: annotation {ident} is not aligned to times (an unaligned "
+                              "slot of a time subdivision?); align it in ELAN")
+    return int(values[0]) / 1000.0, int(values[1]) / 1000.0
 
 
 def overlap(a: tuple[float, float], b: tuple[float, float]) -> float:

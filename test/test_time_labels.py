@@ -1,6 +1,7 @@
 """Gold labels as an annotator's time intervals (ddvlm_ros/time_labels.py): times, files, matching, and a replay
 scored by them."""
 import json
+import re
 
 import pytest
 
@@ -125,3 +126,105 @@ def test_the_replay_refuses_a_bad_labels_file_before_it_starts(tmp_path, tiny_te
     with pytest.raises(SystemExit) as e:
         main([str(bag), "--model-dir", tiny_text_checkpoint, "--labels", str(bad)])
     assert e.value.code == 2 and f"{bad}, line 2: unknown emotion label 'joyful'" in capsys.readouterr().err
+
+
+def elan_file(path, tiers, linked=None):
+    """An ELAN annotation file written with pympi (a library that writes ELAN's format): ``tiers`` maps a tier id to
+    (participant, parent tier or None, [(start s, end s, value)]); a tier with a parent is a symbolic association of
+    it (one value per parent annotation, at its start). ``linked``: (media file, time origin ms) of the video."""
+    from pympi.Elan import Eaf
+
+    eaf = Eaf(author="study")
+    eaf.add_linguistic_type("emotion-of", constraints="Symbolic_Association", timealignable=False)
+    for tier, (participant, parent, rows) in tiers.items():
+        eaf.add_tier(tier, ling="emotion-of" if parent else "default-lt", parent=parent, part=participant)
+        for start, end, value in rows:
+            if parent:
+                eaf.add_ref_annotation(tier, parent, round(start * 1000), value)
+            else:
+                eaf.add_annotation(tier, round(start * 1000), round(end * 1000), value)
+    if linked:
+        eaf.add_linked_file(linked[0], mimetype="video/mp4", time_origin=linked[1])
+    eaf.to_file(str(path))
+    return path
+
+
+def test_an_elan_files_tiers_of_labels_give_the_intervals_with_their_participants_as_speakers(tmp_path):
+    """Ann's emotion tier depends on her transcription tier (each label on one of her utterances, at its times); Bob's
+    labels are a tier of their own; a gesture tier and the transcription are no labels and are left out."""
+    path = elan_file(tmp_path / "S01.eaf", {
+        "transcript-ann": ("Ann", None, [(1.0, 2.5, "I got the job!"), (6.2, 7.0, "Since Monday.")]),
+        "emotion-ann": ("Ann", "transcript-ann", [(1.0, None, "Joy"), (6.2, None, "neutral")]),
+        "emotion-bob": ("Bob", None, [(3.0, 4.25, "surprise")]),
+        "gesture": ("Bob", None, [(3.1, 3.5, "nod")])})
+    assert load_intervals(path) == [Interval(1.0, 2.5, "joy", "Ann"), Interval(3.0, 4.25, "surprise", "Bob"),
+                                    Interval(6.2, 7.0, "neutral", "Ann")]
+    assert load_intervals(path, ["emotion-bob"]) == [Interval(3.0, 4.25, "surprise", "Bob")]
+
+
+@pytest.mark.parametrize("tiers, named, linked, message", [
+    ({"emotion": ("Ann", None, [(1, 2, "joy"), (3, 4, "happy"), (5, 6, "sadness")])}, [], None,
+     "tier 'emotion' has labels and 'happy', which is none"),
+    ({"emotion": ("Ann", None, [(1, 2, "joy")])}, ["emotions"], None,
+     "no tier 'emotions'; its tiers: default (0 annotations); emotion (1 annotations, e.g. 'joy')"),
+    ({"emotion": ("Ann", None, [(1, 2, "joy"), (3, 4, "happy")])}, ["emotion"], None,
+     "tier 'emotion' at 3 s: unknown emotion label 'happy'"),
+    ({"words": ("Ann", None, [(1, 2, "Hello")])}, [], None, "no tier whose annotations are all labels"),
+    ({"emotion": ("Ann", None, [(1, 2, "joy")])}, [], ("file:///study/S01.mp4", 1500),
+     "file:///study/S01.mp4 is linked with an offset (TIME_ORIGIN)"),
+])
+def test_an_elan_file_that_cannot_give_labels_is_refused_with_the_reason(tmp_path, tiers, named, linked, message):
+    path = elan_file(tmp_path / "S01.eaf", tiers, linked)
+    with pytest.raises(TimeLabelsError) as e:
+        load_intervals(path, named)
+    assert message in str(e.value) and str(path) in str(e.value)
+
+
+def test_what_is_no_elan_file_or_names_tiers_of_a_csv_is_refused(tmp_path):
+    (tmp_path / "a.eaf").write_text("<TEI><text/></TEI>", encoding="utf-8")
+    (tmp_path / "b.eaf").write_text("start,end,label\n", encoding="utf-8")
+    (tmp_path / "c.csv").write_text("start,end,label\n1,2,joy\n", encoding="utf-8")
+    (tmp_path / "d.eaf").write_text(  # a time subdivision's slot that ELAN has not aligned
+        '<ANNOTATION_DOCUMENT><HEADER TIME_UNITS="milliseconds"/><TIME_ORDER><TIME_SLOT TIME_SLOT_ID="ts1" '
+        'TIME_VALUE="1000"/><TIME_SLOT TIME_SLOT_ID="ts2"/></TIME_ORDER><TIER TIER_ID="emotion"><ANNOTATION>'
+        '<ALIGNABLE_ANNOTATION ANNOTATION_ID="a1" TIME_SLOT_REF1="ts1" TIME_SLOT_REF2="ts2"><ANNOTATION_VALUE>joy'
+        '</ANNOTATION_VALUE></ALIGNABLE_ANNOTATION></ANNOTATION></TIER></ANNOTATION_DOCUMENT>', encoding="utf-8")
+    for path, tiers, message in ((tmp_path / "a.eaf", [], "not an ELAN annotation file (its root is <TEI>)"),
+                                 (tmp_path / "b.eaf", [], "cannot read (ParseError"),
+                                 (tmp_path / "d.eaf", [], "tier 'emotion': annotation a1 is not aligned to times"),
+                                 (tmp_path / "c.csv", ["emotion"], "tiers (emotion) are an ELAN .eaf file's")):
+        with pytest.raises(TimeLabelsError, match=re.escape(message)):
+            load_intervals(path, tiers)
+
+
+def test_a_robot_bag_is_scored_by_an_elan_file_as_by_the_same_intervals_in_a_csv(tmp_path, tiny_text_checkpoint):
+    """The robot bag of the test above, its annotator's intervals (those at or after the bag's start, where ELAN's time
+    line begins) in an ELAN file, a tier per participant and one for anyone: the same golds as from a CSV."""
+    from test_bag_replay import ROBOT_LINES, write_robot_bag
+
+    from ddvlm_ros.replay import main
+
+    bag = write_robot_bag(tmp_path / "robot", ROBOT_LINES, fps=0.0)
+    (tmp_path / "study.csv").write_text("start,end,label,speaker\n0,1.5,surprise,rachel\n1.3,3.4,sadness,\n"
+                                        "3.4,3.6,anger,ross\n", encoding="utf-8")
+    elan_file(tmp_path / "study.eaf", {"emotion-rachel": ("rachel", None, [(0.0, 1.5, "surprise")]),
+                                       "emotion": ("", None, [(1.3, 3.4, "sadness")]),
+                                       "emotion-ross": ("ross", None, [(3.4, 3.6, "anger")]),
+                                       "transcript": ("", None, [(0.0, 1.5, "No way!")])})
+    golds = {}
+    for name in ("study.csv", "study.eaf"):
+        assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap",
+                     "/asr/text:=transcript", "--labels", str(tmp_path / name), "--answers",
+                     str(tmp_path / f"{name}.jsonl")]) == 0
+        golds[name] = [json.loads(line)["gold"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert golds["study.eaf"] == golds["study.csv"] == [None, "surprise", "sadness", None]
+
+
+def test_labels_tier_names_tiers_of_an_elan_file_only(tmp_path, tiny_text_checkpoint, capsys):
+    from ddvlm_ros.bag import write_meld_bag
+    from ddvlm_ros.replay import main
+
+    bag = write_meld_bag(tmp_path / "b", "test", [0])
+    with pytest.raises(SystemExit) as e:
+        main([str(bag), "--model-dir", tiny_text_checkpoint, "--labels-tier", "emotion"])
+    assert e.value.code == 2 and "--labels-tier names tiers of an ELAN .eaf file" in capsys.readouterr().err
