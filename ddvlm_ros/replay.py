@@ -18,8 +18,8 @@ robot_speaking) by name: /utterance, /transcript, /image, /image/compressed, /ro
 ``--remap /speech:=robot_speech`` for what it said, ``--remap /is_speeching:=voice_activity`` for its VAD). With
 ``ros4hri: true`` (by default for a bag with ROS4HRI voices) the REP-155 topics the node reads play on their own names
 (``ROS4HRI_TOPICS``). A bag without labels is replayed for its answers and latency only;
-``--answers`` writes every utterance's answers as JSON lines (e.g. to annotate them), ``--record`` a bag
-with the replayed messages and the /emotion answers.
+``--answers`` writes every utterance's answers as JSON lines (e.g. to annotate them), ``--elan`` as ELAN tiers
+(``ddvlm_ros.elan``), ``--record`` a bag with the replayed messages and the /emotion answers.
 """
 from __future__ import annotations
 
@@ -1015,6 +1015,9 @@ def main(argv: list[str]) -> int:
                     "labels, comma-separated (default: every tier whose annotations are all labels)")
     ap.add_argument("--answers", help="write one JSON line per replayed utterance with its answers (and one per "
                     "turn that only gave context: the robot's)")
+    ap.add_argument("--elan", metavar="OUT_EAF", help="write the answers as ELAN tiers per speaker (transcript, "
+                    "emotion, confidence at each utterance's span), into a copy of an .eaf --labels if given "
+                    "(ddvlm_ros/elan.py)")
     ap.add_argument("--record", metavar="OUT_BAG", help="write a bag: the replayed messages + /emotion answers (+ the "
                     "voices' hri_msgs/Expression, with ros4hri)")
     ap.add_argument("--live", action="store_true", help="print a table row per answer")
@@ -1040,6 +1043,8 @@ def main(argv: list[str]) -> int:
         ap.error(str(e))
     if args.record and Path(args.record).exists():
         ap.error(f"--record {args.record}: exists already, not overwriting")
+    if args.elan and args.labels and Path(args.elan).resolve() == Path(args.labels).resolve():
+        ap.error(f"--elan {args.elan}: the annotators' --labels file; the answers go into a copy, not into it")
     if not args.speed > 0:  # the bag's time line is divided by it
         ap.error(f"--speed must be > 0, got {args.speed}")
     if args.max_in_flight < 0:
@@ -1103,12 +1108,19 @@ def main(argv: list[str]) -> int:
         except WriterError as e:
             ap.error(str(e))
         print(f"recording: {out}" + (f" ({left_out} messages of unknown types left out)" if left_out else ""))
+    records = answer_records(result, labels)
     if args.answers:
         path = Path(args.answers)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in answer_records(result, labels)),
-                        encoding="utf-8")
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
         print(f"answers: {path}")
+    if args.elan:
+        from ddvlm_ros.elan import write_answers
+
+        base = args.labels if args.labels and Path(args.labels).suffix.lower() == ".eaf" else None
+        written = write_answers(records, args.elan, base)
+        print(f"ELAN tiers: {args.elan} ({sum(written.values())} utterances of {len(written)} speakers"
+              + (f", into a copy of {base})" if base else ")"))
     if args.report:
         path = Path(args.report)
         path.parent.mkdir(parents=True, exist_ok=True)

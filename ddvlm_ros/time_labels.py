@@ -13,7 +13,8 @@ too, as in SRT).
 
 An ELAN annotation file (``.eaf``, on a video made from the bag, linked without an offset) is read as it is: each
 annotation of a tier of labels is an interval, its speaker the tier's participant. The tiers of labels are those
-named (``tiers``; ELAN's tier ids), else every tier all of whose annotations are labels; a dependent tier's
+named (``tiers``; ELAN's tier ids), else every tier all of whose annotations are labels (but the node's own, which
+``--elan`` writes: ``ddvlm_ros.elan``); a dependent tier's
 annotations (an emotion tier on a transcription tier's utterances) take their parent annotation's times.
 Labels are MELD's seven (``ddvlm_core.labels``; case is ignored). Each replayed utterance takes the label of the
 interval that overlaps its time span the most (where the node places its camera window: its ``Utterance`` start and
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ddvlm_core.labels import LABELS, label_id
+from ddvlm_ros.elan import TIER_PREFIX
 
 TIME = re.compile(r"(-?)(?:(?:(\d+):)?(\d+):)?(\d+(?:[.,]\d*)?)")
 
@@ -159,7 +161,8 @@ def _label_tiers(path: Path, values: dict[str, list[tuple[str, str]]], named: Se
         if unknown:
             raise TimeLabelsError(f"{path}: no tier {', '.join(map(repr, unknown))}; its tiers: {listing}")
         return list(named)
-    labelled = {name: sum(_is_label(text) for _, text in rows) for name, rows in values.items()}
+    labelled = {name: sum(_is_label(text) for _, text in rows) for name, rows in values.items()
+                if not name.startswith(TIER_PREFIX)}  # the node's own answers (--elan), no annotator's
     mixed = [name for name, n in labelled.items() if 2 * n >= len(values[name]) and 0 < n < len(values[name])]
     if mixed:
         odd = next(text for _, text in values[mixed[0]] if not _is_label(text))

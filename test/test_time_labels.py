@@ -228,3 +228,61 @@ def test_labels_tier_names_tiers_of_an_elan_file_only(tmp_path, tiny_text_checkp
     with pytest.raises(SystemExit) as e:
         main([str(bag), "--model-dir", tiny_text_checkpoint, "--labels-tier", "emotion"])
     assert e.value.code == 2 and "--labels-tier names tiers of an ELAN .eaf file" in capsys.readouterr().err
+
+
+def test_the_answers_go_into_a_copy_of_the_annotators_elan_file_as_tiers_elan_reads(
+        tmp_path, tiny_text_checkpoint, capsys):
+    """--elan: per speaker, the utterances at their spans with the words the node read, their emotion and confidence
+    in dependent tiers, added to a copy of the annotators' file (theirs unchanged; read back with pympi and with
+    --labels-tier); as --labels again, the node's tiers are not taken for an annotator's, and a second replay
+    replaces them."""
+    from pympi.Elan import Eaf
+    from test_bag_replay import ROBOT_LINES, write_robot_bag
+
+    from ddvlm_ros.replay import main
+
+    bag = write_robot_bag(tmp_path / "robot", ROBOT_LINES, fps=0.0)
+    study = elan_file(tmp_path / "study.eaf", {"emotion-rachel": ("rachel", None, [(0.0, 1.5, "surprise")]),
+                                               "emotion": ("", None, [(1.3, 3.4, "sadness")]),
+                                               "words": ("", None, [(0.0, 1.5, "No way!")])})
+    before = study.read_bytes()
+    args = [str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript"]
+    assert main([*args, "--labels", str(study), "--answers", str(tmp_path / "a.jsonl"),
+                 "--elan", str(tmp_path / "S01_ddvlm.eaf")]) == 0
+    assert study.read_bytes() == before
+    records = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    shown = [r for r in records if r["span_s"][1] > 0]  # Ross's first line ended before the bag began
+    assert len(shown) == 3
+    assert f"ELAN tiers: {tmp_path / 'S01_ddvlm.eaf'} (3 utterances of 2 speakers, into a copy of {study})" in (
+        capsys.readouterr().out)
+    eaf, theirs = Eaf(str(tmp_path / "S01_ddvlm.eaf")), Eaf(str(study))
+    for tier in theirs.get_tier_names():
+        assert eaf.get_annotation_data_for_tier(tier) == theirs.get_annotation_data_for_tier(tier)
+    for speaker in ("Ross", "Rachel"):
+        mine = [r for r in shown if r["speaker_id"] == speaker]
+        spans = [(max(0, round(1000 * r["span_s"][0])), round(1000 * r["span_s"][1])) for r in mine]
+        assert sorted(eaf.get_annotation_data_for_tier(f"ddvlm-transcript:{speaker}")) == [
+            (a, b, r["transcript"]) for (a, b), r in zip(spans, mine)]
+        assert [(a, b, value) for a, b, value, _ in eaf.get_ref_annotation_data_for_tier(f"ddvlm-emotion:{speaker}")] \
+            == [(a, b, r["prediction"]) for (a, b), r in zip(spans, mine)]
+        assert [float(v[2]) for v in eaf.get_ref_annotation_data_for_tier(f"ddvlm-confidence:{speaker}")] == [
+            pytest.approx(r["confidence"], abs=5e-4) for r in mine]
+        assert load_intervals(tmp_path / "S01_ddvlm.eaf", [f"ddvlm-emotion:{speaker}"]) == [
+            Interval(a / 1000, b / 1000, r["prediction"], speaker) for (a, b), r in zip(spans, mine)]
+    assert load_intervals(tmp_path / "S01_ddvlm.eaf") == load_intervals(study)  # the annotators' labels only
+    assert main([*args, "--labels", str(tmp_path / "S01_ddvlm.eaf"), "--answers", str(tmp_path / "b.jsonl"),
+                 "--elan", str(tmp_path / "again.eaf")]) == 0
+    assert [json.loads(line)["gold"] for line in (tmp_path / "b.jsonl").read_text().splitlines()] == [
+        r["gold"] for r in records]
+    assert sorted(Eaf(str(tmp_path / "again.eaf")).get_tier_names()) == sorted(eaf.get_tier_names())
+    assert len(Eaf(str(tmp_path / "again.eaf")).get_annotation_data_for_tier("ddvlm-transcript:Rachel")) == 2
+    assert main([*args, "--elan", str(tmp_path / "alone.eaf")]) == 0  # no annotators' file: a new one
+    alone = Eaf(str(tmp_path / "alone.eaf"))
+    assert sorted(alone.get_tier_names()) == sorted(f"ddvlm-{what}:{speaker}" for speaker in ("Ross", "Rachel")
+                                                    for what in ("transcript", "emotion", "confidence"))
+    assert alone.get_annotation_data_for_tier("ddvlm-transcript:Rachel") == eaf.get_annotation_data_for_tier(
+        "ddvlm-transcript:Rachel")
+    with pytest.raises(SystemExit):
+        main([*args, "--labels", str(study), "--elan", str(study)])
+    assert "the annotators' --labels file; the answers go into a copy, not into it" in capsys.readouterr().err
+    assert study.read_bytes() == before
