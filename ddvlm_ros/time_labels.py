@@ -129,7 +129,7 @@ def load_eaf(path: str | Path, tiers: Sequence[str] = ()) -> list[Interval]:
               for name, tier in found.items()}
     values = {name: [(ident, text) for ident, text in rows if text] for name, rows in values.items()}
     chosen = _label_tiers(path, values, tiers)
-    out = []
+    out, of_tier = [], {}
     for name in chosen:
         speaker = (found[name].get("PARTICIPANT") or "").strip()
         for ident, text in values[name]:
@@ -141,7 +141,25 @@ def load_eaf(path: str | Path, tiers: Sequence[str] = ()) -> list[Interval]:
             if end <= start:
                 raise TimeLabelsError(f"{path}, tier {name!r} at {start:g} s: ends before it starts")
             out.append(Interval(start, end, label, speaker))
+            of_tier[out[-1]] = name
+    if not tiers:
+        _check_one_annotator(path, out, of_tier)
     return sorted(out, key=lambda iv: (iv.start, iv.end))
+
+
+def _check_one_annotator(path: Path, intervals: list[Interval], of_tier: dict[Interval, str]) -> None:
+    """Refuse tiers found by themselves that label one speaker's speech twice (two annotators' tiers, whose
+    labels the overlap would pick between): the tiers to score by are then named (--labels-tier)."""
+    ordered = sorted(intervals, key=lambda iv: (iv.speaker, iv.start))
+    for k, a in enumerate(ordered):
+        for b in ordered[k + 1:]:
+            if b.speaker != a.speaker or b.start >= a.end:
+                break
+            if of_tier[a] != of_tier[b]:
+                who = f"{a.speaker}'s speech" if a.speaker else "speech of anyone"
+                tiers = sorted((of_tier[a], of_tier[b]))
+                raise TimeLabelsError(f"{path}: tiers {tiers[0]!r} and {tiers[1]!r} both label {who} at {b.start:g} s "
+                                      "(two annotators?); name the tiers to score by (--labels-tier)")
 
 
 def _is_label(text: str) -> bool:

@@ -170,6 +170,8 @@ def test_an_elan_files_tiers_of_labels_give_the_intervals_with_their_participant
     ({"emotion": ("Ann", None, [(1, 2, "joy"), (3, 4, "happy")])}, ["emotion"], None,
      "tier 'emotion' at 3 s: unknown emotion label 'happy'"),
     ({"words": ("Ann", None, [(1, 2, "Hello")])}, [], None, "no tier whose annotations are all labels"),
+    ({"emotion-A1": ("Ann", None, [(1, 2, "joy"), (5, 6, "fear")]), "emotion-A2": ("Ann", None, [(5.5, 7, "anger")])},
+     [], None, "tiers 'emotion-A1' and 'emotion-A2' both label Ann's speech at 5.5 s (two annotators?)"),
     ({"emotion": ("Ann", None, [(1, 2, "joy")])}, [], ("file:///study/S01.mp4", 1500),
      "file:///study/S01.mp4 is linked with an offset (TIME_ORIGIN)"),
 ])
