@@ -23,11 +23,11 @@ UTTERANCE_TYPE, DEPENDENT_TYPE = "ddvlm-utterance", "ddvlm-of-utterance"  # thei
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 SCHEMA = "http://www.mpi.nl/tools/elan/EAFv3.0.xsd"
 ORDER = ("HEADER", "TIME_ORDER", "TIER", "LINGUISTIC_TYPE", "LOCALE", "LANGUAGE", "CONSTRAINT")  # EAF's element order
+ElementTree.register_namespace("xsi", XSI)  # written as ELAN writes it (xsi:noNamespaceSchemaLocation), not ns0
 
 
 def new_document() -> ElementTree.Element:
     """An empty EAF 3.0 document: a header in milliseconds and an empty time order."""
-    ElementTree.register_namespace("xsi", XSI)
     root = ElementTree.Element("ANNOTATION_DOCUMENT", {
         "AUTHOR": "ddvlm", "DATE": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "FORMAT": "3.0", "VERSION": "3.0", f"{{{XSI}}}noNamespaceSchemaLocation": SCHEMA})
@@ -39,7 +39,6 @@ def new_document() -> ElementTree.Element:
 def write_answers(records: list[dict], out: str | Path, base: str | Path | None = None) -> dict[str, int]:
     """Write ``records`` (``replay.answer_records``) as tiers to ``out``, into a copy of ``base`` if given; returns
     speaker id -> annotations written. ValueError for a ``base`` that is no ELAN file."""
-    ElementTree.register_namespace("xsi", XSI)
     if base is not None:
         try:
             root = ElementTree.parse(base).getroot()

@@ -497,10 +497,11 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         if progress:  # a whole MELD split takes minutes: a bar with an ETA (``--live`` prints a line per answer)
             from tqdm import tqdm
 
-            played = tqdm(played, total=sum(counts[t] for t in topics), desc="replay", unit="msg", mininterval=10)
+            played = tqdm(played, total=sum(counts[t] for t in {**topics, **vads_only}), desc="replay", unit="msg",
+                          mininterval=10)
         for t, topic, msgtype, raw in played:
             if topic in vads_only:  # not played: the node does not read it without a captioner
-                vads.read(vads_only[topic], topic, decode(decoder, topic, raw, ros_type(in_bag[topic])), t, answer_key)
+                vads.read(vads_only[topic], topic, decode(decoder, topic, raw, types[topic]), t, answer_key)
                 continue
             delay = (t - t_first) / speed - (time.monotonic() - started)
             if delay > 0:
@@ -716,11 +717,11 @@ class BagVads:
             self.shared.hear(bool(msg.data), t)
         elif IS_SPEAKING_TOPIC.fullmatch(topic):
             voice = _ros4hri_parts(topic)[1]
-            if voice in keys.tracked.get("voices", ()) or keys._still_heard(voice, t):
+            if voice in keys.tracked.get("voices", ()) or keys.still_heard(voice, t):
                 self.voices.setdefault(voice, VoiceActivity(robot_speaking=self.robot_speaking)).hear(bool(msg.data), t)
         elif topic == f"{VOICES}/tracked":
             for voice in set(msg.ids) & set(keys.left):
-                if not keys._still_heard(voice, t) and voice in self.voices:  # back after its linger: heard anew
+                if not keys.still_heard(voice, t) and voice in self.voices:  # back after its linger: heard anew
                     self.voices[voice].forget()
 
     def placing(self, node_input: str, topic: str, msg) -> VoiceActivity | None:
@@ -789,7 +790,7 @@ class AnswerKeys:
             self.tracked[kind] = tracked
             if kind == "voices":
                 for voice in tracked & set(self.left):  # back: its utterance goes on if it was still heard
-                    if not self._still_heard(voice, arrived):
+                    if not self.still_heard(voice, arrived):
                         self.speaking.pop(voice, None)
                     del self.left[voice]
                 self.left.update(dict.fromkeys(gone, arrived))
@@ -797,7 +798,7 @@ class AnswerKeys:
             return None
         if leaf != "speech":
             return None
-        if ident not in self.tracked.get("voices", ()) and not self._still_heard(ident, arrived):
+        if ident not in self.tracked.get("voices", ()) and not self.still_heard(ident, arrived):
             self.speaking.pop(ident, None)  # a voice the node does not hear (any more: its utterance is over)
             return None
         if msg.final.strip():
@@ -809,7 +810,7 @@ class AnswerKeys:
             self.started[key] = arrived
         return None
 
-    def _still_heard(self, voice: str, arrived: float) -> bool:
+    def still_heard(self, voice: str, arrived: float) -> bool:
         """Whether a voice that a tracked list dropped is still heard at bag time ``arrived``."""
         return voice in self.left and arrived - self.left[voice] <= VOICE_LINGER_S
 
@@ -1118,7 +1119,10 @@ def main(argv: list[str]) -> int:
         from ddvlm_ros.elan import write_answers
 
         base = args.labels if args.labels and Path(args.labels).suffix.lower() == ".eaf" else None
-        written = write_answers(records, args.elan, base)
+        try:
+            written = write_answers(records, args.elan, base)
+        except (OSError, ValueError) as e:
+            ap.error(f"--elan {args.elan}: {e}")
         print(f"ELAN tiers: {args.elan} ({sum(written.values())} utterances of {len(written)} speakers"
               + (f", into a copy of {base})" if base else ")"))
     if args.report:

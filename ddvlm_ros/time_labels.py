@@ -14,8 +14,8 @@ too, as in SRT).
 An ELAN annotation file (``.eaf``, on a video made from the bag, linked without an offset) is read as it is: each
 annotation of a tier of labels is an interval, its speaker the tier's participant. The tiers of labels are those
 named (``tiers``; ELAN's tier ids), else every tier all of whose annotations are labels (but the node's own, which
-``--elan`` writes: ``ddvlm_ros.elan``); a dependent tier's
-annotations (an emotion tier on a transcription tier's utterances) take their parent annotation's times.
+``--elan`` writes: ``ddvlm_ros.elan``); a dependent tier's annotations (an emotion tier on a transcription tier's
+utterances) take their parent annotation's times.
 Labels are MELD's seven (``ddvlm_core.labels``; case is ignored). Each replayed utterance takes the label of the
 interval that overlaps its time span the most (where the node places its camera window: its ``Utterance`` start and
 end stamps; a transcript without them: when its words were said, estimated from them and when it came,
@@ -129,7 +129,7 @@ def load_eaf(path: str | Path, tiers: Sequence[str] = ()) -> list[Interval]:
               for name, tier in found.items()}
     values = {name: [(ident, text) for ident, text in rows if text] for name, rows in values.items()}
     chosen = _label_tiers(path, values, tiers)
-    out, of_tier = [], {}
+    out: list[tuple[Interval, str]] = []  # each interval and its tier
     for name in chosen:
         speaker = (found[name].get("PARTICIPANT") or "").strip()
         for ident, text in values[name]:
@@ -140,24 +140,23 @@ def load_eaf(path: str | Path, tiers: Sequence[str] = ()) -> list[Interval]:
                 raise TimeLabelsError(f"{path}, tier {name!r} at {start:g} s: {e}") from None
             if end <= start:
                 raise TimeLabelsError(f"{path}, tier {name!r} at {start:g} s: ends before it starts")
-            out.append(Interval(start, end, label, speaker))
-            of_tier[out[-1]] = name
+            out.append((Interval(start, end, label, speaker), name))
     if not tiers:
-        _check_one_annotator(path, out, of_tier)
-    return sorted(out, key=lambda iv: (iv.start, iv.end))
+        _check_one_annotator(path, out)
+    return sorted((iv for iv, _ in out), key=lambda iv: (iv.start, iv.end))
 
 
-def _check_one_annotator(path: Path, intervals: list[Interval], of_tier: dict[Interval, str]) -> None:
+def _check_one_annotator(path: Path, intervals: list[tuple[Interval, str]]) -> None:
     """Refuse tiers found by themselves that label one speaker's speech twice (two annotators' tiers, whose
     labels the overlap would pick between): the tiers to score by are then named (--labels-tier)."""
-    ordered = sorted(intervals, key=lambda iv: (iv.speaker, iv.start))
-    for k, a in enumerate(ordered):
-        for b in ordered[k + 1:]:
+    ordered = sorted(intervals, key=lambda pair: (pair[0].speaker, pair[0].start))
+    for k, (a, tier_a) in enumerate(ordered):
+        for b, tier_b in ordered[k + 1:]:
             if b.speaker != a.speaker or b.start >= a.end:
                 break
-            if of_tier[a] != of_tier[b]:
+            if tier_a != tier_b:
                 who = f"{a.speaker}'s speech" if a.speaker else "speech of anyone"
-                tiers = sorted((of_tier[a], of_tier[b]))
+                tiers = sorted((tier_a, tier_b))
                 raise TimeLabelsError(f"{path}: tiers {tiers[0]!r} and {tiers[1]!r} both label {who} at {b.start:g} s "
                                       "(two annotators?); name the tiers to score by (--labels-tier)")
 
