@@ -9,8 +9,10 @@ without an offset) with the words as the node read them, and two that depend on 
 annotators' .eaf given as ``--labels``) the tiers go into a copy of it, whose own tiers, time slots and annotations
 stay as they were; tiers of an earlier replay (``TIER_PREFIX``) are replaced. Times are whole milliseconds; a span
 that begins before the bag (speech it caught the end of) begins at 0, and one that would overlap the speaker's
-previous one on its tier (ELAN keeps a tier's annotations apart) begins where that one ends. The robot's own turns,
-which have no span, and unanswered utterances are left out.
+previous one on its tier (ELAN keeps a tier's annotations apart) begins where that one ends. The turns that only
+gave context (the robot's: when its ``robot_speaking`` says it spoke them, else estimated from their words; see
+``replay.robot_span``) get a transcript tier alone, which shows whom a person answered; unanswered utterances are
+left out.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ def new_document() -> ElementTree.Element:
 
 def write_answers(records: list[dict], out: str | Path, base: str | Path | None = None) -> dict[str, int]:
     """Write ``records`` (``replay.answer_records``) as tiers to ``out``, into a copy of ``base`` if given; returns
-    speaker id -> annotations written. ValueError for a ``base`` that is no ELAN file."""
+    speaker id -> transcript annotations written (utterances, or turns that only gave context). ValueError for a
+    ``base`` that is no ELAN file."""
     if base is not None:
         try:
             root = ElementTree.parse(base).getroot()
@@ -56,14 +59,18 @@ def write_answers(records: list[dict], out: str | Path, base: str | Path | None 
     ids = _Ids(root)
     written: dict[str, int] = {}
     for speaker, utterances in _by_speaker(records).items():
+        answered = any(not record.get("context_only") for _, _, record in utterances)
         tiers = {what: _tier(root, f"{TIER_PREFIX}{what}:{speaker}", speaker, parent)
-                 for what, parent in (("transcript", None), ("emotion", "transcript"), ("confidence", "transcript"))}
+                 for what, parent in (("transcript", None), ("emotion", "transcript"), ("confidence", "transcript"))
+                 if answered or not parent}
         for start, end, record in utterances:
             slots = [ids.slot(time_order, ms) for ms in (start, end)]
             parent = ids.annotation()
             _annotation(tiers["transcript"], "ALIGNABLE_ANNOTATION", {
                 "ANNOTATION_ID": parent, "TIME_SLOT_REF1": slots[0], "TIME_SLOT_REF2": slots[1]},
                 record.get("transcript") or "")
+            if record.get("context_only"):
+                continue
             for what, value in (("emotion", record["prediction"]), ("confidence", f"{record['confidence']:.3f}")):
                 _annotation(tiers[what], "REF_ANNOTATION", {"ANNOTATION_ID": ids.annotation(),
                                                             "ANNOTATION_REF": parent}, value)
@@ -75,11 +82,12 @@ def write_answers(records: list[dict], out: str | Path, base: str | Path | None 
 
 
 def _by_speaker(records: list[dict]) -> dict[str, list[tuple[int, int, dict]]]:
-    """speaker -> (start ms, end ms, record) of each answered utterance with a span, in time order, kept apart."""
+    """speaker -> (start ms, end ms, record) of each answered utterance and each turn that only gave context with a
+    span, in time order, kept apart."""
     out: dict[str, list[tuple[int, int, dict]]] = {}
     for record in records:
         span = record.get("span_s")
-        if record.get("context_only") or not span or record.get("prediction") is None:
+        if not span or (record.get("prediction") is None and not record.get("context_only")):
             continue
         out.setdefault(record.get("speaker_id") or "unknown", []).append(
             (max(0, round(span[0] * 1000)), round(span[1] * 1000), record))
@@ -92,7 +100,7 @@ def _by_speaker(records: list[dict]) -> dict[str, list[tuple[int, int, dict]]]:
                 kept.append((start, end, record))
                 last_end = end
         out[speaker] = kept
-    return out
+    return {speaker: kept for speaker, kept in out.items() if kept}  # no tiers for speech all before the bag
 
 
 class _Ids:

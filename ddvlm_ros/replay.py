@@ -27,6 +27,7 @@ import argparse
 import heapq
 import importlib
 import json
+import math
 import re
 import sys
 import threading
@@ -50,7 +51,7 @@ from ddvlm_core.metrics import (bootstrap_wa_f1, class_f1_lines, confusion_lines
                                 interval_words, metrics, per_flag)
 from ddvlm_core.partial_results import PARTIAL_FLAG
 from ddvlm_core.self_echo import SELF_ECHO_FLAG
-from ddvlm_core.speech_timing import AsrTiming
+from ddvlm_core.speech_timing import AsrTiming, spoken_s
 from ddvlm_core.tts_markup import strip_tts_markup
 from ddvlm_core.voice_activity import VoiceActivity, longest_s
 from ddvlm_ros.bag import BagError, labels_path, load_labels
@@ -217,6 +218,8 @@ class ReplayResult:
     captioner: str = ""  # which captioner wrote the answers' captions (ddvlm_core.captioner.captioner_id); '' none
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> its time span, seconds from the
     #                                                                      bag's first message (ddvlm_ros.time_labels)
+    context_spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # key -> the time span of a turn
+    #              that only gave context (the robot's: robot_span; a context-only speaker's transcript: as a final's)
     heard: dict[str, float] = field(default_factory=dict)  # key -> when the node got it (its time in the bag, seconds
     #                                  from the first message), of the final utterances and the context-only turns
     idle_timeout_s: float = 0.0  # the node's: a silence this long in a conversation starts a new context (0: never)
@@ -487,6 +490,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
         links_sent: dict[str, dict[str, str]] = {}  # person -> {link: value} published (latched) so far
         in_step = True  # the node numbers what answer_key numbers (one that waited in vain: it does not; no more waits)
         vads = BagVads()  # the bag's VADs, read (not played without a captioner) to place the spans
+        robot_said: list[tuple[str, float, str]] = []  # (key, bag time, text) of what the robot said (robot_speech)
 
         def unanswered(keys: list[str]) -> list[str]:
             with lock:
@@ -524,6 +528,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 if robot and has_text(said) and not non_speech(said):
                     result.context_turns.append((len(result.finals), key, speaker, said))
                     result.heard[key] = t - t_first
+                    result.context_spans[key] = span
                 elif not robot and not non_speech(text):
                     result.finals.append(key)
                     result.texts[key] = text
@@ -538,6 +543,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
                 key = f"{answer_key.conversation_id}/{answer_key.counter}"
                 result.context_turns.append((len(result.finals), key, ROBOT_SPEAKER, said))
                 result.heard[key] = t - t_first
+                robot_said.append((key, t, said))
             if answer_key.subscribes(topic):  # a voice or crop the node has just begun to track: not lost to discovery
                 wait_for(lambda p=pubs[topic]: p.get_subscription_count() > 0, SUBSCRIBE_WAIT_S)
                 if (expression := expressions.get(_ros4hri_parts(topic)[1])) is not None and is_speech(topic):
@@ -556,6 +562,7 @@ def replay(bag: str | Path, params: dict, speed: float = 1.0, answer_timeout_s: 
             elif topic == f"{PERSONS}/tracked" and node._persons is not None:  # the links latched before: read
                 # before the persons' voices speak (on the robot they had a second; under load here, not)
                 wait_for(lambda ids=set(msg.ids): links_read(node._persons, ids, links_sent), SUBSCRIBE_WAIT_S)
+        result.context_spans.update(robot_spans(robot_said, vads.robot_intervals, t_first))  # its speaking: all read
         deadline, idle_since = time.monotonic() + answer_timeout_s, None
         while time.monotonic() < deadline:
             missing = unanswered(result.finals)
@@ -693,6 +700,40 @@ def _said(node_input: str, msg, text: str, arrived: float, timing: AsrTiming,
     return start, end
 
 
+ROBOT_LEAD_S = 0.5  # a TTS may say it speaks a moment before the text it got is recorded (another process)
+ROBOT_DELAY_S = 3.0  # and begins to speak at most this long after it got the text (synthesis; a TTS queue's turn)
+ROBOT_PAUSE_S = 1.0  # pauses of its speaking shorter than this are within one turn (a TTS that speaks by sentences)
+
+
+def robot_span(heard: float, said: str, speaking: list[list], after: float = -math.inf,
+               until: float = math.inf) -> tuple[float, float]:
+    """When the robot said ``said``, whose text its TTS got at ``heard`` (its robot_speech message; bag time, s), as
+    its ``robot_speaking`` says (``speaking``: BagVads.robot_intervals): from the first interval that began between
+    ROBOT_LEAD_S before ``heard`` and ROBOT_DELAY_S after it, after ``after`` (the end of its turn before) and before
+    ``until`` (its next turn), to the end of the last one joined to it by pauses shorter than ROBOT_PAUSE_S, at most
+    ``longest_s(said)`` long (as a person's window; also where it still spoke at the bag's end). With none (no
+    robot_speaking recorded), estimated from its words as a transcript's is: from ``heard``, for ``spoken_s(said)``."""
+    for k, (on, off) in enumerate(speaking):
+        if max(heard - ROBOT_LEAD_S, after) <= on <= heard + ROBOT_DELAY_S and on < until:
+            end = off
+            for next_on, next_off in speaking[k + 1:]:
+                if end is None or next_on >= until or next_on - end >= ROBOT_PAUSE_S:
+                    break
+                end = next_off
+            return on, min(math.inf if end is None else end, on + longest_s(said))
+    return heard, heard + spoken_s(said)
+
+
+def robot_spans(said: list[tuple[str, float, str]], speaking: list[list], t_first: float) -> dict[str, tuple]:
+    """key -> ``robot_span`` of each (key, bag time, text) the robot said, in seconds from the bag's first message."""
+    spans, after = {}, -math.inf
+    for k, (key, heard, text) in enumerate(said):
+        until = said[k + 1][1] if k + 1 < len(said) else math.inf
+        start, end = robot_span(heard, text, speaking, after, until)
+        spans[key], after = (start - t_first, end - t_first), end
+    return spans
+
+
 class BagVads:
     """The VADs a bag recorded, read as the node reads them when it captions (``ddvlm_core.voice_activity``):
     ``voice_activity``, the robot's ``robot_speaking`` (what the VADs hear meanwhile is the robot), and each ROS4HRI
@@ -704,10 +745,16 @@ class BagVads:
         self.shared: VoiceActivity | None = None  # voice_activity
         self.voices: dict[str, VoiceActivity] = {}  # ROS4HRI voice id -> its is_speaking
         self.robot_speaking = False
+        self.robot_intervals: list[list] = []  # [on, off] of robot_speaking (bag time, s; off None while it speaks)
 
     def read(self, node_input: str, topic: str, msg, t: float, keys: AnswerKeys) -> None:
         """A message on ``topic`` at bag time ``t``, before ``keys`` reads it (it says which voices the node hears)."""
         if node_input == "robot_speaking":
+            if bool(msg.data) != self.robot_speaking:
+                if msg.data:
+                    self.robot_intervals.append([t, None])
+                elif self.robot_intervals:
+                    self.robot_intervals[-1][1] = t
             self.robot_speaking = bool(msg.data)
             for activity in [self.shared, *self.voices.values()]:
                 if activity is not None:
@@ -973,8 +1020,10 @@ def answer_records(result: ReplayResult, labels: dict[str, str]) -> list[dict]:
     for key in turns:
         if key in context:  # a turn that only gave context, where it came
             _, _, speaker, text = context[key]
+            span = result.context_spans.get(key)
             records.append({"key": key, "speaker_id": speaker, "context_only": True, "transcript": text,
-                            "gold": None, "prediction": None, "confidence": None, "context": contexts[key]})
+                            "gold": None, "prediction": None, "confidence": None,
+                            "span_s": list(span) if span else None, "context": contexts[key]})
             continue
         entry, scored = result.answers.get(key, {}), result.prediction(key)
         first = entry.get("text") or entry.get("refined")
@@ -1017,8 +1066,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--answers", help="write one JSON line per replayed utterance with its answers (and one per "
                     "turn that only gave context: the robot's)")
     ap.add_argument("--elan", metavar="OUT_EAF", help="write the answers as ELAN tiers per speaker (transcript, "
-                    "emotion, confidence at each utterance's span), into a copy of an .eaf --labels if given "
-                    "(ddvlm_ros/elan.py)")
+                    "emotion, confidence at each utterance's span; the robot's turns: transcript), into a copy of "
+                    "an .eaf --labels if given (ddvlm_ros/elan.py)")
     ap.add_argument("--record", metavar="OUT_BAG", help="write a bag: the replayed messages + /emotion answers (+ the "
                     "voices' hri_msgs/Expression, with ros4hri)")
     ap.add_argument("--live", action="store_true", help="print a table row per answer")
@@ -1123,8 +1172,13 @@ def main(argv: list[str]) -> int:
             written = write_answers(records, args.elan, base)
         except (OSError, ValueError) as e:
             ap.error(f"--elan {args.elan}: {e}")
-        print(f"ELAN tiers: {args.elan} ({sum(written.values())} utterances of {len(written)} speakers"
-              + (f", into a copy of {base})" if base else ")"))
+        context_only = {r["speaker_id"] for r in records if r.get("context_only")}
+        answered = {speaker: n for speaker, n in written.items() if speaker not in context_only}
+        n_utterances = sum(answered.values())
+        print(f"ELAN tiers: {args.elan} ({n_utterances} utterance{'s' * (n_utterances != 1)} of {len(answered)} "
+              f"speaker{'s' * (len(answered) != 1)}"
+              + "".join(f", {n} turn{'s' * (n != 1)} of {speaker} (transcript only)" for speaker, n in written.items()
+                        if speaker in context_only) + (f", into a copy of {base})" if base else ")"))
     if args.report:
         path = Path(args.report)
         path.parent.mkdir(parents=True, exist_ok=True)

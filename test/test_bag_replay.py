@@ -210,13 +210,15 @@ def test_committed_sample_bag_replays_through_the_default_checkpoint():
     assert "/utterance (ddvlm_msgs/msg/Utterance: no confidence)" in result.recorded_types
 
 
-def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0, said=None, times=None, vad=False):
+def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0, said=None, times=None, vad=False,
+                    robot_speaking=False):
     """A bag as `ros2 bag record` leaves it on a robot: ASR text on /asr/text, JPEG frames on
     /camera/color/image_raw/compressed and a topic the node has no use for; no labels side file.
     ``camera_clock_offset_s``: the camera stamps its frames with a clock that far from the robot's. ``said``:
     line index -> what the robot said 1 s before that line, on /speech (naoqi_driver's TTS input). ``times``: each
     line's time (default: every 2 s from 102 s). ``vad``: respeaker_ros' VAD on /is_speeching (std_msgs/Bool), on
-    from 1.8 s to 0.6 s before each line."""
+    from 1.8 s to 0.6 s before each line. ``robot_speaking``: its TTS says it speaks on /tts/speaking (std_msgs/Bool)
+    from 0.8 s to 0.1 s before each line it said something before."""
     import cv2
     import numpy as np
     from rosbags.rosbag2 import Writer
@@ -233,12 +235,16 @@ def write_robot_bag(path, lines, fps=4.0, camera_clock_offset_s=0.0, said=None, 
         status = writer.add_connection("/robot/status", "std_msgs/msg/String", typestore=store)
         speech = writer.add_connection("/speech", "std_msgs/msg/String", typestore=store) if said else None
         heard = writer.add_connection("/is_speeching", "std_msgs/msg/Bool", typestore=store) if vad else None
+        tts = writer.add_connection("/tts/speaking", "std_msgs/msg/Bool", typestore=store) if robot_speaking else None
         events = []
         for k, line in enumerate(lines):
             t = times[k] if times else 100.0 + 2.0 * (k + 1)
             events.append((t, asr, store.serialize_cdr(String(data=line), "std_msgs/msg/String")))
             if k in (said or {}):
                 events.append((t - 1.0, speech, store.serialize_cdr(String(data=said[k]), "std_msgs/msg/String")))
+                for when, on in ((t - 0.8, True), (t - 0.1, False)) if robot_speaking else ():
+                    events.append((when, tts, store.serialize_cdr(store.types["std_msgs/msg/Bool"](data=on),
+                                                                  "std_msgs/msg/Bool")))
             events.append((t - 0.5, status, store.serialize_cdr(String(data="ok"), "std_msgs/msg/String")))
             for when, on in ((t - 1.8, True), (t - 0.6, False)) if vad else ():
                 events.append((when, heard, store.serialize_cdr(store.types["std_msgs/msg/Bool"](data=on),
@@ -433,6 +439,50 @@ def test_the_robots_own_turns_keep_a_conversations_context_in_the_answers_as_in_
     scored = evaluate_checkpoint(tiny_text_checkpoint, ("test",), corpus=tmp_path / "corpus", log=lambda *_: None)
     answered = [LABELS.index(r["prediction"]) for r in records if not r.get("context_only")]
     assert scored["splits"]["test"]["predictions"] == answered  # the node's prompts
+
+
+def test_a_robot_turns_span_is_when_its_robot_speaking_says_it_spoke_else_estimated_from_its_words():
+    """Known answers of robot_span: the first robot_speaking interval begun within ROBOT_LEAD_S before to
+    ROBOT_DELAY_S after the TTS got the text, joined to the next across a pause under ROBOT_PAUSE_S; none: from
+    when the TTS got it, for as long as its words take."""
+    from ddvlm_core.speech_timing import spoken_s
+    from ddvlm_core.voice_activity import longest_s
+    from ddvlm_ros.replay import robot_span, robot_spans
+
+    said, speaking = "Shall I bring some cake?", [[10.2, 11.0], [11.5, 12.0], [13.5, 14.0]]
+    assert robot_span(10.0, said, speaking) == (10.2, 12.0)  # 0.5 s pause: one turn; 1.5 s: not
+    assert robot_span(10.0, said, speaking, until=11.4) == (10.2, 11.0)  # its next turn came meanwhile
+    assert robot_span(10.6, said, speaking) == (10.2, 12.0)  # its TTS said so 0.4 s before the text was recorded
+    assert robot_span(10.0, said, speaking, after=11.0) == (11.5, 12.0)  # the turn before spoke until 11 s
+    assert robot_span(20.0, said, speaking) == (20.0, 20.0 + spoken_s(said))  # nothing begun by 23 s
+    assert robot_span(6.0, said, speaking) == (6.0, 6.0 + spoken_s(said))  # 10.2 s: more than 3 s later
+    assert robot_span(10.0, said, [[10.2, None]]) == (10.2, 10.2 + longest_s(said))  # still speaking at the end
+    assert robot_spans([("d/1", 10.0, said), ("d/3", 11.2, "Cake!")], speaking, 10.0) == {
+        "d/1": (pytest.approx(0.2), pytest.approx(1.0)), "d/3": (pytest.approx(1.5), pytest.approx(2.0))}
+
+
+def test_the_robots_turns_in_the_answers_have_the_span_its_robot_speaking_gave(tmp_path, tiny_text_checkpoint):
+    """The robot says "Shall I bring some cake?" at 105 s (the bag begins at 101.5 s) and its TTS says it speaks from
+    105.2 s to 105.9 s: that is its turn's span in the answers, read though a node without a captioner does not read
+    robot_speaking; without it, the span is estimated from its words from 105 s."""
+    from ddvlm_core.speech_timing import spoken_s
+    from ddvlm_ros.replay import answer_records, replay
+
+    said = "Shall I bring some cake?"
+    lines = ["Ann: I got the job!", "Ben: No way, really?"]
+    bag = write_robot_bag(tmp_path / "robot", lines, fps=0.0, said={1: said}, times=[102.0, 106.0],
+                          robot_speaking=True)
+    spans = {}
+    for name, remaps in (("speaking", {"/tts/speaking": "robot_speaking"}), ("words", {})):
+        result = replay(bag, {"model_dir": tiny_text_checkpoint, "input_timeout_s": 0.0}, speed=20.0,
+                        remaps={"/asr/text": "transcript", "/speech": "robot_speech", **remaps})
+        records = answer_records(result, {})
+        assert [(r["speaker_id"], r.get("context_only", False)) for r in records] == [
+            ("Ann", False), ("robot", True), ("Ben", False)]
+        spans[name] = records[1]["span_s"]
+        assert records[2]["span_s"] == list(result.spans[result.finals[1]])  # Ben's, as before
+    assert spans["speaking"] == [pytest.approx(105.2 - 101.5), pytest.approx(105.9 - 101.5)]
+    assert spans["words"] == [pytest.approx(105.0 - 101.5), pytest.approx(105.0 - 101.5 + spoken_s(said))]
 
 
 def test_the_replay_report_counts_transcripts_that_are_partial_results(tmp_path, tiny_text_checkpoint, capsys):

@@ -288,3 +288,43 @@ def test_the_answers_go_into_a_copy_of_the_annotators_elan_file_as_tiers_elan_re
         main([*args, "--labels", str(study), "--elan", str(study)])
     assert "the annotators' --labels file; the answers go into a copy, not into it" in capsys.readouterr().err
     assert study.read_bytes() == before
+
+
+def test_the_robots_turns_go_into_the_elan_file_as_a_transcript_tier_alone(tmp_path, tiny_text_checkpoint, capsys):
+    """--elan with the robot's words (/speech) and its TTS's robot_speaking (/tts/speaking): its turn at the span its
+    TTS spoke it (105.2 s to 105.9 s of a bag begun at 100.2 s, its VAD's first message), in a transcript tier with
+    no emotion or confidence tier; the persons' tiers as before."""
+    from pympi.Elan import Eaf
+    from test_bag_replay import write_robot_bag
+
+    from ddvlm_ros.replay import main
+
+    said = "Shall I bring some cake?"
+    bag = write_robot_bag(tmp_path / "robot", ["Ann: I got the job!", "Ben: No way, really?"], fps=0.0,
+                          said={1: said}, times=[102.0, 106.0], robot_speaking=True, vad=True)
+    assert main([str(bag), "--model-dir", tiny_text_checkpoint, "--speed", "20", "--remap", "/asr/text:=transcript",
+                 "--remap", "/speech:=robot_speech", "--remap", "/tts/speaking:=robot_speaking",
+                 "--remap", "/is_speeching:=voice_activity", "--elan", str(tmp_path / "S01.eaf")]) == 0
+    assert f"ELAN tiers: {tmp_path / 'S01.eaf'} (2 utterances of 2 speakers, 1 turn of robot (transcript only))" in (
+        capsys.readouterr().out)
+    eaf = Eaf(str(tmp_path / "S01.eaf"))
+    assert sorted(eaf.get_tier_names()) == sorted(["ddvlm-transcript:robot"] + [
+        f"ddvlm-{what}:{speaker}" for speaker in ("Ann", "Ben") for what in ("transcript", "emotion", "confidence")])
+    assert eaf.get_annotation_data_for_tier("ddvlm-transcript:robot") == [(5000, 5700, said)]
+    assert eaf.get_parameters_for_tier("ddvlm-transcript:robot")["PARTICIPANT"] == "robot"
+    assert len(eaf.get_ref_annotation_data_for_tier("ddvlm-emotion:Ben")) == 1
+
+
+def test_a_speaker_whose_speech_all_came_before_the_bag_gets_no_elan_tiers(tmp_path):
+    from pympi.Elan import Eaf
+
+    from ddvlm_ros.elan import write_answers
+
+    records = [{"speaker_id": "Zoe", "span_s": [-3.0, -1.0], "prediction": "joy", "confidence": 0.5,
+                "transcript": "Hi"},
+               {"speaker_id": "Max", "span_s": [-1.0, 2.0], "prediction": "anger", "confidence": 0.25,
+                "transcript": "No!"}]
+    assert write_answers(records, tmp_path / "a.eaf") == {"Max": 1}
+    eaf = Eaf(str(tmp_path / "a.eaf"))
+    assert sorted(eaf.get_tier_names()) == [f"ddvlm-{what}:Max" for what in ("confidence", "emotion", "transcript")]
+    assert eaf.get_annotation_data_for_tier("ddvlm-transcript:Max") == [(0, 2000, "No!")]
