@@ -433,6 +433,11 @@ def test_the_robots_own_turns_keep_a_conversations_context_in_the_answers_as_in_
         "--out", str(tmp_path / "corpus"), "--dev", "S02", "--test", "S03"]) == 0
     assert [(r.dialogue_id, r.speaker) for r in read_split("test", tmp_path / "corpus")] == [
         (0, "Ann"), (0, "robot"), (0, "Ben"), (1, "Ann"), (1, "Ben")]
+    from ddvlm_core.speech_timing import spoken_s
+    from ddvlm_ros.corpus import clock
+
+    robot = [(r.start, r.end) for r in read_split("test", tmp_path / "corpus") if r.speaker == "robot"]
+    assert robot == [(clock(3.5), clock(3.5 + spoken_s("Shall I bring some cake?")))]  # at 105 s of a bag from 101.5 s
     from ddvlm_core.labels import LABELS
     from training.evaluate import evaluate_checkpoint
 
