@@ -38,19 +38,23 @@ def new_document() -> ElementTree.Element:
     return root
 
 
+def read_document(path: str | Path) -> ElementTree.Element:
+    """The root of the ELAN annotation file at ``path``; ValueError, with the reason, for one that cannot be read or
+    is no ELAN file."""
+    try:
+        root = ElementTree.parse(path).getroot()
+    except (OSError, ElementTree.ParseError) as e:
+        raise ValueError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    if root.tag != "ANNOTATION_DOCUMENT":
+        raise ValueError(f"{path}: not an ELAN annotation file (its root is <{root.tag}>)")
+    return root
+
+
 def write_answers(records: list[dict], out: str | Path, base: str | Path | None = None) -> dict[str, int]:
     """Write ``records`` (``replay.answer_records``) as tiers to ``out``, into a copy of ``base`` if given; returns
     speaker id -> transcript annotations written (utterances, or turns that only gave context). ValueError for a
     ``base`` that is no ELAN file."""
-    if base is not None:
-        try:
-            root = ElementTree.parse(base).getroot()
-        except (OSError, ElementTree.ParseError) as e:
-            raise ValueError(f"{base}: cannot read ({type(e).__name__}: {e})") from None
-        if root.tag != "ANNOTATION_DOCUMENT":
-            raise ValueError(f"{base}: not an ELAN annotation file (its root is <{root.tag}>)")
-    else:
-        root = new_document()
+    root = read_document(base) if base is not None else new_document()
     _drop_earlier_tiers(root)
     _add_types(root)
     time_order = root.find("TIME_ORDER")

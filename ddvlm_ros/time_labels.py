@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ddvlm_core.labels import LABELS, label_id
-from ddvlm_ros.elan import TIER_PREFIX
+from ddvlm_ros.elan import TIER_PREFIX, read_document
 
 TIME = re.compile(r"(-?)(?:(?:(\d+):)?(\d+):)?(\d+(?:[.,]\d*)?)")
 
@@ -98,15 +98,11 @@ def load_eaf(path: str | Path, tiers: Sequence[str] = ()) -> list[Interval]:
     time line, the tier's participant its speaker. ``tiers``: the tier ids to read, each all labels (empty
     annotations left out); none named: every tier whose annotations are all labels, and a tier with labels and
     other values too is refused (a typo would otherwise drop its labels without a word)."""
-    import xml.etree.ElementTree as ElementTree
-
     path = Path(path)
     try:
-        root = ElementTree.parse(path).getroot()
-    except (OSError, ElementTree.ParseError) as e:
-        raise TimeLabelsError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-    if root.tag != "ANNOTATION_DOCUMENT":
-        raise TimeLabelsError(f"{path}: not an ELAN annotation file (its root is <{root.tag}>)")
+        root = read_document(path)
+    except ValueError as e:
+        raise TimeLabelsError(str(e)) from None
     header = root.find("HEADER")
     units = header.get("TIME_UNITS", "milliseconds") if header is not None else "milliseconds"
     if units != "milliseconds":
